@@ -1,0 +1,78 @@
+/**
+ * The resident agent: one orchestrator and one watcher per app, a periodic
+ * re-check as the safety net for any file event a watcher missed, and a
+ * claim on the stateDir so that two agents never manage the same apps.
+ */
+import type { Logger } from 'pino';
+import { AppAgent } from './app.js';
+import type { AgentConfig } from './config.js';
+import { realEffects } from './effects.js';
+import { claimAgent, releaseAgent } from './state.js';
+import { VERSION } from './version.js';
+import { CurrentWatcher } from './watch.js';
+
+export class Agent {
+  readonly config: AgentConfig;
+  readonly apps: readonly AppAgent[];
+  readonly #watchers: CurrentWatcher[] = [];
+  readonly #log: Logger;
+  #timer: NodeJS.Timeout | undefined;
+  #closing: Promise<void> | undefined;
+
+  private constructor(config: AgentConfig, apps: AppAgent[], log: Logger) {
+    this.config = config;
+    this.apps = apps;
+    this.#log = log;
+  }
+
+  /** Claim the stateDir, adopt or start every app, and begin watching. */
+  static async start(config: AgentConfig, log: Logger): Promise<Agent> {
+    await claimAgent(config.stateDir, config.file, VERSION);
+    const apps = config.apps.map((app) => new AppAgent(app, realEffects(app, config.stateDir), log.child({ app: app.name })));
+    const agent = new Agent(config, apps, log);
+    try {
+      for (const app of apps) {
+        const applog = log.child({ app: app.app.name });
+        const watcher = await CurrentWatcher.start({
+          file: app.app.currentFile,
+          stabilityMs: config.watch.stabilityMs,
+          pollMs: config.watch.pollMs,
+          onChange: (event) => app.trigger(`watch:${event}`),
+          onError: (err) => applog.error({ err }, 'watcher error'),
+        });
+        agent.#watchers.push(watcher);
+        // After the watcher is armed: an edit made while the agent was down,
+        // or between start and ready, is seen by this first read.
+        await app.start();
+      }
+      agent.#timer = setInterval(() => {
+        for (const app of apps) app.trigger('recheck');
+      }, config.reconcileMs);
+    } catch (err) {
+      await agent.close();
+      throw err;
+    }
+    log.info({ version: VERSION, config: config.file, stateDir: config.stateDir, apps: config.apps.map((a) => a.name) }, 'agent started');
+    return agent;
+  }
+
+  /** Resolves when every app has finished the passes asked of it so far. */
+  async idle(): Promise<void> {
+    await Promise.all(this.apps.map((a) => a.idle()));
+  }
+
+  /**
+   * Stop watching, let an apply in progress finish, release the stateDir.
+   * The apps keep running. The same promise every time.
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      clearInterval(this.#timer);
+      await Promise.allSettled(this.#watchers.map((w) => w.close()));
+      await Promise.allSettled(this.apps.map((a) => a.close()));
+      await releaseAgent(this.config.stateDir).catch(() => undefined);
+      this.#log.info('agent stopped; apps left running');
+    })();
+    return this.#closing;
+  }
+}

@@ -1,0 +1,112 @@
+import path from 'node:path';
+import type { AppConfig, AgentConfig } from '../config.js';
+import type { HistoryEntry } from '../history.js';
+import { ProcessFinder, type ProcInfo } from '../proc.js';
+import { readLinks } from '../relink.js';
+import { readAppState, runningAgent, type AgentRecord, type AppStateName } from '../state.js';
+import { ago, EXIT, loadFor, parse, selectApps, table, type IO } from './io.js';
+import type { Command } from './main.js';
+
+const HELP = `Usage: relink status [--config FILE] [--app NAME] [--json]
+
+Show each app: its state, the release files its links point at, its main
+process and since when, and the last deploy with its outcome. The process is
+checked live (through /proc), not only read from the agent's state file.
+
+States: running, stopped, deploying, failed (the last deploy failed and the
+app is not running).
+
+Options:
+  --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
+  --app NAME      only this app
+  --json          {"agent": {...} | null, "apps": [{"name", "state", "pid", "bin", "cfg", ...}]}
+  -h, --help      this text
+
+Exit codes: 0 every app shown is running, 1 one is not (or the config is bad), 2 usage error.
+`;
+
+export interface AppStatus {
+  readonly name: string;
+  readonly state: AppStateName;
+  readonly pid: number | null;
+  readonly since: string | null;
+  readonly uptimeSeconds: number | null;
+  readonly exe: string | null;
+  readonly exeDeleted: boolean;
+  readonly bin: string | null;
+  readonly cfg: string | null;
+  readonly currentFile: string;
+  readonly lastDeploy: HistoryEntry | null;
+}
+
+export async function appStatus(config: AgentConfig, app: AppConfig, agentRunning: boolean, now = Date.now()): Promise<AppStatus> {
+  const [saved, links] = await Promise.all([readAppState(config.stateDir, app.name), readLinks(app.links)]);
+  const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile });
+  const known = saved?.pid != null && saved.pidStart != null ? { pid: saved.pid, startTime: saved.pidStart } : undefined;
+  let proc: ProcInfo | undefined = known === undefined ? undefined : await finder.verify(known);
+  proc ??= (await finder.discover(known)).main;
+  const sameAsSaved = proc !== undefined && proc.pid === saved?.pid;
+  let state: AppStateName;
+  if (proc === undefined) state = saved?.lastDeploy?.outcome === 'failed' ? 'failed' : 'stopped';
+  else if (agentRunning && saved?.state === 'deploying') state = 'deploying';
+  else state = 'running';
+  const since = proc === undefined ? null : sameAsSaved ? saved?.since ?? null : null;
+  return {
+    name: app.name,
+    state,
+    pid: proc?.pid ?? null,
+    since,
+    uptimeSeconds: since === null ? null : Math.max(0, Math.round((now - Date.parse(since)) / 1000)),
+    exe: proc?.exe ?? null,
+    exeDeleted: proc?.deleted ?? false,
+    bin: links.bin ?? null,
+    cfg: links.cfg ?? null,
+    currentFile: app.currentFile,
+    lastDeploy: saved?.lastDeploy ?? null,
+  };
+}
+
+function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], configFile: string): string {
+  let out = agent === undefined
+    ? `agent: not running for ${configFile}\n`
+    : `agent: running, pid ${agent.pid}, since ${agent.startedAt} (${ago(agent.startedAt)})\n`;
+  for (const a of apps) {
+    const proc = a.pid === null ? '' : `, pid ${a.pid}${a.since ? ` since ${a.since} (${ago(a.since)})` : ''}`;
+    out += `\n${a.name}: ${a.state}${proc}\n`;
+    const rows: string[][] = [
+      ['  bin', a.bin ?? '(no link)'],
+      ['  cfg', a.cfg ?? '(no link)'],
+    ];
+    if (a.exe !== null && a.exe !== a.bin) rows.push(['  running', `${a.exe}${a.exeDeleted ? ' (deleted on disk)' : ''}`]);
+    const d = a.lastDeploy;
+    if (d !== null) {
+      const to = d.to.bin === null ? '' : ` ${path.basename(d.to.bin)}`;
+      const pids = d.pidBefore === d.pidAfter ? `pid ${d.pidAfter ?? '-'}` : `pid ${d.pidBefore ?? '-'} -> ${d.pidAfter ?? '-'}`;
+      rows.push(['  last deploy', `${d.time} (${ago(d.time)} ago): ${d.outcome}${to}, ${d.action}, ${pids}, ${d.durationMs} ms`]);
+      if (d.reason !== null) rows.push(['  reason', d.reason]);
+    }
+    out += table(rows);
+  }
+  return out;
+}
+
+export const statusCommand: Command = {
+  summary: 'show each app: state, release, process, last deploy',
+  async run(args: string[], io: IO): Promise<number> {
+    const { values } = parse(args, { config: { type: 'string', short: 'c' }, app: { type: 'string' }, json: { type: 'boolean' } });
+    if (values.help) {
+      io.stdout(HELP);
+      return EXIT.ok;
+    }
+    const config = await loadFor(values.config, io);
+    const apps = selectApps(config, values.app);
+    const agent = await runningAgent(config.stateDir);
+    const statuses = await Promise.all(apps.map((a) => appStatus(config, a, agent !== undefined)));
+    if (values.json) {
+      io.stdout(`${JSON.stringify({ agent: agent ?? null, apps: statuses }, null, 2)}\n`);
+    } else {
+      io.stdout(render(agent, statuses, config.file));
+    }
+    return statuses.every((s) => s.state === 'running' || s.state === 'deploying') ? EXIT.ok : EXIT.failed;
+  },
+};

@@ -1,0 +1,51 @@
+import path from 'node:path';
+import { loadCurrent } from '../current.js';
+import { RelinkError, RelinkErrors } from '../errors.js';
+import { readLinks } from '../relink.js';
+import { EXIT, loadFor, parse, selectApp, UsageError, type IO } from './io.js';
+import type { Command } from './main.js';
+
+const HELP = `Usage: relink validate [--config FILE] [--app NAME] [--json] [CURRENT_CONF]
+
+Check a current.conf exactly as the agent would (JSON, keys, that both files
+exist inside the app's releases folder, the binary is executable) and apply
+nothing. CURRENT_CONF defaults to the app's own current.conf; relative paths
+inside it resolve against the folder holding it.
+
+Options:
+  --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
+  --app NAME      the app (needed when the config has several)
+  --json          {"ok": true|false, "file", "bin", "cfg", "live", "problems": [...]}
+  -h, --help      this text
+
+Exit codes: 0 the agent would deploy it, 1 it would refuse it (reasons on stderr), 2 usage error.
+`;
+
+export const validateCommand: Command = {
+  summary: 'check a current.conf as the agent would; apply nothing',
+  async run(args: string[], io: IO): Promise<number> {
+    const { values, positionals } = parse(args, { config: { type: 'string', short: 'c' }, app: { type: 'string' }, json: { type: 'boolean' } }, true);
+    if (values.help) {
+      io.stdout(HELP);
+      return EXIT.ok;
+    }
+    if (positionals.length > 1) throw new UsageError(`expected at most one CURRENT_CONF, got ${positionals.length}`);
+    const config = await loadFor(values.config, io);
+    const app = selectApp(config, values.app);
+    const file = positionals[0] === undefined ? app.currentFile : path.resolve(positionals[0]);
+    try {
+      const { release } = await loadCurrent(app, file);
+      const links = await readLinks(app.links);
+      const live = links.bin === release.bin && links.cfg === release.cfg;
+      if (values.json) io.stdout(`${JSON.stringify({ ok: true, app: app.name, file, bin: release.bin, cfg: release.cfg, live, problems: [] })}\n`);
+      else io.stdout(`${file}: OK for app ${app.name}${live ? ' (already live)' : ''}\n  bin.file  ${release.bin}\n  cfg.file  ${release.cfg}\n`);
+      return EXIT.ok;
+    } catch (err) {
+      if (!(err instanceof RelinkError)) throw err;
+      const problems = err instanceof RelinkErrors ? err.problems : [err];
+      if (values.json) io.stdout(`${JSON.stringify({ ok: false, app: app.name, file, problems: problems.map((p) => p.toJSON()) })}\n`);
+      else io.stderr(`${problems.map((p) => `${p.message} [${p.code}]`).join('\n')}\n`);
+      return EXIT.failed;
+    }
+  },
+};

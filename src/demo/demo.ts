@@ -1,0 +1,121 @@
+/**
+ * `relink demo`: the agent on a self-contained demo in a temp folder. Two
+ * releases of the demo web app, the real agent, a scripted deploy, a refused
+ * typo and a rollback, then (unless told to exit) the agent stays up for the
+ * reader to edit current.conf by hand. Everything is removed at the end.
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { pino } from 'pino';
+import { Agent } from '../agent.js';
+import { loadConfig } from '../config.js';
+import { readHistory, type HistoryEntry } from '../history.js';
+import { createLogger } from '../log.js';
+import { sendSignal } from '../proc.js';
+import { makeApp, setCurrent, writeConfig } from './layout.js';
+
+export interface DemoOptions {
+  /** Stop after the scripted tour instead of waiting for `stop`. */
+  readonly exitAfterTour: boolean;
+  readonly port?: number | undefined;
+  readonly print: (line: string) => void;
+  readonly stop: Promise<unknown>;
+}
+
+export function get(url: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent: false, headers: { connection: 'close' } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => { body += c; });
+      res.on('end', () => resolve(body.trim()));
+    });
+    req.on('error', reject);
+    req.setTimeout(5000, () => req.destroy(new Error(`GET ${url} timed out`)));
+  });
+}
+
+export async function runDemo(opts: DemoOptions): Promise<void> {
+  const say = opts.print;
+  const root = await mkdtemp(path.join(os.tmpdir(), 'relink-demo-'));
+  let agent: Agent | undefined;
+  try {
+    say(`Building the demo app and two releases in ${root} ...`);
+    const app = await makeApp({ root, name: 'web', port: opts.port });
+    await setCurrent(app, '1.0');
+    const configFile = await writeConfig(root, [app]);
+    const config = await loadConfig(configFile);
+    const logFile = path.join(root, 'agent.log');
+    await writeFile(logFile, '');
+    agent = await Agent.start(config, createLogger('info', pino.destination({ dest: logFile, sync: true })));
+
+    let seen = 0;
+    const next = async (): Promise<HistoryEntry> => {
+      const deadline = Date.now() + 15_000;
+      for (;;) {
+        const all = await readHistory(config.stateDir, app.name);
+        const e = all[seen];
+        if (e !== undefined) {
+          seen += 1;
+          return e;
+        }
+        if (Date.now() > deadline) throw new Error(`the agent recorded nothing within 15 s; see ${logFile}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    const show = (e: HistoryEntry) => {
+      const to = e.to.bin === null ? '' : ` ${path.basename(e.to.bin)} + ${path.basename(e.to.cfg ?? '')}`;
+      const pids = e.pidBefore === e.pidAfter ? `pid ${e.pidAfter ?? '-'}` : `pid ${e.pidBefore ?? '-'} -> ${e.pidAfter ?? '-'}`;
+      say(`  agent: ${e.outcome}${to} (${e.action}, ${pids}, ${e.durationMs} ms)${e.reason ? `\n         ${e.reason}` : ''}`);
+    };
+    const curl = async () => say(`  curl ${app.url} -> ${await get(app.url)}`);
+
+    say('\n1. The agent starts the app from current.conf (release 1.0):');
+    show(await next());
+    await curl();
+
+    say('\n2. Deploy: current.conf now names release 2.0; the app re-executes itself on SIGHUP, PID changes, no request refused:');
+    await setCurrent(app, '2.0');
+    show(await next());
+    await curl();
+
+    say('\n3. A typo in current.conf is refused, with the file, the key and the rule; 2.0 keeps serving:');
+    await writeFile(app.currentFile, '{"bin.file": "app.3.0", "cfg.flie": "cfg.3.0"}\n');
+    show(await next());
+    await curl();
+
+    say('\n4. Rollback: current.conf back to 1.0:');
+    await setCurrent(app, '1.0');
+    show(await next());
+    await curl();
+
+    if (opts.exitAfterTour) return;
+    say(`
+Your turn. The agent keeps running on this demo:
+  edit      ${app.currentFile}
+            e.g. {"bin.file": "app.2.0", "cfg.file": "cfg.2.0"}
+  curl      ${app.url}
+  status    npx relink status --config ${configFile}
+  history   npx relink history --config ${configFile}
+  validate  npx relink validate --config ${configFile}
+  agent log ${logFile}
+Ctrl-C stops the demo, its app, and removes ${root}.
+`);
+    let stopped = false;
+    void opts.stop.then(() => { stopped = true; });
+    while (!stopped) {
+      const all = await readHistory(config.stateDir, app.name);
+      while (seen < all.length) show(all[seen++] as HistoryEntry);
+      await Promise.race([opts.stop, new Promise((r) => setTimeout(r, 200))]);
+    }
+  } finally {
+    await agent?.close();
+    // Unlike a real deployment, the demo takes its app down with it.
+    const pid = agent?.apps[0]?.mainPid;
+    if (pid !== undefined) sendSignal(pid, 'SIGTERM');
+    await rm(root, { recursive: true, force: true });
+    say('demo stopped and cleaned up');
+  }
+}

@@ -1,0 +1,103 @@
+/**
+ * Typed errors. Every refusal an operator can see carries a stable `code`
+ * (logged as a field, used by scripts) and, where it applies, the file, the
+ * key, the rule that was broken and what was found, so the message reads:
+ *   /srv/app/release/current.conf: "bin.file": /srv/app/release/app.3 is not executable (mode 0644)
+ */
+
+export type ErrorCode =
+  // agent config
+  | 'CONFIG_UNREADABLE'
+  | 'CONFIG_SYNTAX'
+  | 'CONFIG_INVALID'
+  // current.conf
+  | 'CURRENT_MISSING'
+  | 'CURRENT_UNREADABLE'
+  | 'CURRENT_TOO_LARGE'
+  | 'CURRENT_SYNTAX'
+  | 'CURRENT_INVALID'
+  | 'CURRENT_UNKNOWN_KEY'
+  | 'RELEASE_MISSING'
+  | 'RELEASE_NOT_FILE'
+  | 'RELEASE_OUTSIDE'
+  | 'RELEASE_NOT_EXECUTABLE'
+  | 'RELEASE_UNREADABLE'
+  | 'HOME_UNKNOWN'
+  // relink / process
+  | 'LINK_NOT_SYMLINK'
+  | 'LINK_FAILED'
+  | 'START_FAILED'
+  | 'SIGNAL_FAILED'
+  | 'HANDOFF_TIMEOUT'
+  | 'APP_EXITED'
+  // agent / CLI
+  | 'AGENT_RUNNING'
+  | 'STATE_UNREADABLE'
+  | 'UNKNOWN_APP'
+  | 'USAGE';
+
+export interface ErrorDetail {
+  /** The file the problem is in (current.conf, the agent config, a link). */
+  file?: string;
+  /** The key inside that file, e.g. "bin.file" or "apps[0].dir". */
+  key?: string;
+  /** The rule that was broken, in words: "must be executable". */
+  rule?: string;
+  /** What was found instead: "mode 0644". */
+  found?: string;
+}
+
+export class RelinkError extends Error {
+  readonly code: ErrorCode;
+  readonly file: string | undefined;
+  readonly key: string | undefined;
+  readonly rule: string | undefined;
+  readonly found: string | undefined;
+
+  constructor(code: ErrorCode, message: string, detail: ErrorDetail = {}, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'RelinkError';
+    this.code = code;
+    this.file = detail.file;
+    this.key = detail.key;
+    this.rule = detail.rule;
+    this.found = detail.found;
+  }
+
+  /** Fields for a log line or a history entry. */
+  toJSON(): Record<string, string> {
+    const out: Record<string, string> = { code: this.code, message: this.message };
+    if (this.file !== undefined) out.file = this.file;
+    if (this.key !== undefined) out.key = this.key;
+    if (this.rule !== undefined) out.rule = this.rule;
+    if (this.found !== undefined) out.found = this.found;
+    return out;
+  }
+}
+
+/**
+ * A problem located in a file: `FILE: "KEY": RULE (found: FOUND)`. The
+ * message is composed here so every such error reads the same way.
+ */
+export function fileError(code: ErrorCode, file: string, key: string | undefined, rule: string, found?: string): RelinkError {
+  const where = key === undefined ? `${file}:` : `${file}: ${JSON.stringify(key)}:`;
+  const tail = found === undefined ? '' : ` (found: ${found})`;
+  return new RelinkError(code, `${where} ${rule}${tail}`, { file, key, rule, found });
+}
+
+/** Several problems found at once (a config with three mistakes lists all three). */
+export class RelinkErrors extends RelinkError {
+  readonly problems: readonly RelinkError[];
+  constructor(problems: readonly RelinkError[]) {
+    const first = problems[0];
+    if (first === undefined) throw new TypeError('RelinkErrors needs at least one problem');
+    super(first.code, problems.map((p) => p.message).join('\n'), first);
+    this.name = 'RelinkErrors';
+    this.problems = problems;
+  }
+}
+
+export function isErrno(err: unknown, code?: string): err is NodeJS.ErrnoException {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string' &&
+    (code === undefined || (err as NodeJS.ErrnoException).code === code);
+}

@@ -1,0 +1,156 @@
+/**
+ * Finding the app's process, and never anybody else's.
+ *
+ * A process belongs to the app only if /proc/PID/exe resolves to a file in
+ * the app's releases folder. A command line that merely mentions app.bin (an
+ * editor, `tail -f`, a shell) proves nothing and is never looked at. A
+ * process is pinned by (pid, start time) so a recycled PID is not mistaken
+ * for the app. ps-list does discovery, as the design card says; every
+ * candidate is then confirmed through /proc directly, because ps-list strips
+ * the kernel's " (deleted)" marker and its view is a moment old.
+ */
+import { readFile, readlink, realpath, stat } from 'node:fs/promises';
+import path from 'node:path';
+import psList from 'ps-list';
+import { isErrno } from './errors.js';
+
+export interface ProcIdentity {
+  readonly pid: number;
+  /** Start time in clock ticks after boot (/proc/PID/stat field 22): guards against PID reuse. */
+  readonly startTime: number;
+}
+
+export interface ProcInfo extends ProcIdentity {
+  readonly ppid: number;
+  /** The real executable; " (deleted)" removed, see `deleted`. */
+  readonly exe: string;
+  /** The executable was unlinked or replaced on disk since the process started. */
+  readonly deleted: boolean;
+  readonly uid: number;
+}
+
+const DELETED = ' (deleted)';
+
+/** The process as /proc sees it now, or undefined if it is gone, a zombie or not readable. */
+export async function readProc(pid: number): Promise<ProcInfo | undefined> {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return undefined;
+  try {
+    const [statText, exeRaw, st] = await Promise.all([
+      readFile(`/proc/${pid}/stat`, 'utf8'),
+      readlink(`/proc/${pid}/exe`),
+      stat(`/proc/${pid}`),
+    ]);
+    // comm (field 2) may hold spaces and parentheses: fields resume after the last ')'.
+    const rest = statText.slice(statText.lastIndexOf(')') + 2).split(' ');
+    const state = rest[0];
+    if (state === 'Z' || state === 'X') return undefined;
+    const ppid = Number(rest[1]);
+    const startTime = Number(rest[19]);
+    const deleted = exeRaw.endsWith(DELETED);
+    const exe = deleted ? exeRaw.slice(0, -DELETED.length) : exeRaw;
+    return { pid, ppid, startTime, exe, deleted, uid: st.uid };
+  } catch (err) {
+    if (isErrno(err, 'ENOENT') || isErrno(err, 'ESRCH') || isErrno(err, 'EACCES') || isErrno(err, 'EPERM')) return undefined;
+    throw err;
+  }
+}
+
+export function sameProcess(a: ProcIdentity | undefined, b: ProcIdentity | undefined): boolean {
+  return a !== undefined && b !== undefined && a.pid === b.pid && a.startTime === b.startTime;
+}
+
+export interface Discovery {
+  /** The app's main process: the one whose parent is not itself a process of the app. */
+  readonly main: ProcInfo | undefined;
+  /** Other main-looking processes (a second copy started by hand): logged, never signalled. */
+  readonly strays: readonly ProcInfo[];
+  /** Every process of the app, workers and handoff generations included. */
+  readonly all: readonly ProcInfo[];
+}
+
+export type ProcessLister = () => Promise<ReadonlyArray<{ pid: number; path?: string | undefined }>>;
+
+export interface FinderOptions {
+  readonly releasesDir: string;
+  readonly pidFile?: string | undefined;
+  /** Swappable for tests and benchmarks; defaults to ps-list. */
+  readonly list?: ProcessLister;
+}
+
+export class ProcessFinder {
+  readonly #releasesDir: string;
+  readonly #pidFile: string | undefined;
+  readonly #list: ProcessLister;
+
+  constructor(opts: FinderOptions) {
+    this.#releasesDir = opts.releasesDir;
+    this.#pidFile = opts.pidFile;
+    this.#list = opts.list ?? (() => psList());
+  }
+
+  /** Real path of the releases folder, with a trailing separator, for prefix checks. */
+  async #prefix(): Promise<string> {
+    return (await realpath(this.#releasesDir)) + path.sep;
+  }
+
+  /** Does this process run a binary from the app's releases folder? */
+  async belongs(info: ProcInfo): Promise<boolean> {
+    return info.exe.startsWith(await this.#prefix());
+  }
+
+  /**
+   * Cheap re-check of a process found earlier: same PID, same start time,
+   * still running one of the app's binaries. No process-table scan.
+   */
+  async verify(id: ProcIdentity): Promise<ProcInfo | undefined> {
+    const info = await readProc(id.pid);
+    if (info === undefined || info.startTime !== id.startTime) return undefined;
+    return (await this.belongs(info)) ? info : undefined;
+  }
+
+  /** Full discovery: the PID file if configured and valid, else a process-table scan. */
+  async discover(preferred?: ProcIdentity): Promise<Discovery> {
+    const prefix = await this.#prefix();
+    const fromPidFile = await this.#fromPidFile(prefix);
+    const listed = await this.#list();
+    // ps-list's path is only a hint (a moment old, " (deleted)" stripped);
+    // /proc is asked again for every candidate.
+    const hinted = listed.filter((p) => p.path !== undefined && p.path.startsWith(prefix)).map((p) => p.pid);
+    const infos = await Promise.all(hinted.map((pid) => readProc(pid)));
+    const all = infos.filter((i): i is ProcInfo => i !== undefined && i.exe.startsWith(prefix));
+    if (fromPidFile !== undefined && !all.some((p) => p.pid === fromPidFile.pid)) all.push(fromPidFile);
+    const pids = new Set(all.map((p) => p.pid));
+    const mains = all.filter((p) => !pids.has(p.ppid)).sort((a, b) => a.startTime - b.startTime || a.pid - b.pid);
+    const chosen = pick(mains, fromPidFile ?? preferred);
+    return { main: chosen, strays: mains.filter((p) => p !== chosen), all };
+  }
+
+  async #fromPidFile(prefix: string): Promise<ProcInfo | undefined> {
+    if (this.#pidFile === undefined) return undefined;
+    const text = await readFile(this.#pidFile, 'utf8').catch(() => '');
+    const pid = Number.parseInt(text.trim(), 10);
+    const info = await readProc(pid);
+    // A PID file only names a candidate; it must pass the same executable check.
+    return info !== undefined && info.exe.startsWith(prefix) ? info : undefined;
+  }
+}
+
+/** The preferred process if it is among the mains, else the oldest main. */
+function pick(mains: readonly ProcInfo[], preferred: ProcIdentity | undefined): ProcInfo | undefined {
+  if (preferred !== undefined) {
+    const hit = mains.find((m) => sameProcess(m, preferred));
+    if (hit !== undefined) return hit;
+  }
+  return mains[0];
+}
+
+/** Send `signal`; false if the process is already gone. */
+export function sendSignal(pid: number, signal: NodeJS.Signals): boolean {
+  try {
+    process.kill(pid, signal);
+    return true;
+  } catch (err) {
+    if (isErrno(err, 'ESRCH')) return false;
+    throw err;
+  }
+}
