@@ -1,0 +1,135 @@
+/**
+ * Shared test helpers: a temp folder per test (removed after it), waiting on
+ * a condition with a deadline instead of sleeping, the agent as a real child
+ * process, and cleanup that leaves no app process behind.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, realpath, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import type { TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { ProcessFinder, readProc } from '../src/proc.js';
+
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+export const MAIN = path.join(ROOT, 'src', 'cli', 'main.ts');
+
+/** A fresh folder (real path), removed with everything in it when the test ends. */
+export async function tmpDir(t: TestContext, prefix = 'relink-test-'): Promise<string> {
+  const dir = await realpath(await mkdtemp(path.join(os.tmpdir(), prefix)));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+export interface WaitOptions {
+  readonly timeoutMs?: number;
+  readonly intervalMs?: number;
+}
+
+/** Poll `probe` until it returns something truthy; fail with `what` after the deadline. */
+export async function waitFor<T>(what: string, probe: () => T | Promise<T>, opts: WaitOptions = {}): Promise<NonNullable<T>> {
+  const deadline = Date.now() + (opts.timeoutMs ?? 15_000);
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v) return v as NonNullable<T>;
+      last = v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
+    await new Promise((r) => setTimeout(r, opts.intervalMs ?? 20));
+  }
+}
+
+/** Is the process alive (zombies count as dead: nobody may reap them for a while here)? */
+export async function alive(pid: number): Promise<boolean> {
+  return (await readProc(pid)) !== undefined;
+}
+
+/** SIGKILL every process running a binary from `releasesDir`; registered with t.after. */
+export function reapAppsAfter(t: TestContext, releasesDir: string): void {
+  t.after(async () => {
+    const finder = new ProcessFinder({ releasesDir });
+    const found = await finder.discover().catch(() => undefined);
+    for (const p of found?.all ?? []) {
+      try {
+        process.kill(p.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  });
+}
+
+export interface LogLine {
+  readonly level: string;
+  readonly msg: string;
+  readonly [key: string]: unknown;
+}
+
+export interface AgentProc {
+  readonly child: ChildProcess;
+  readonly lines: LogLine[];
+  readonly stderr: string[];
+  /** Resolves with the first log line (already seen or to come) matching `pred`. */
+  waitForLog(what: string, pred: (l: LogLine) => boolean, opts?: WaitOptions): Promise<LogLine>;
+  /** SIGTERM and wait for exit; resolves with the exit code. Idempotent. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/** The real agent, as systemd would run it, in a child process. Stopped after the test. */
+export function startAgent(t: TestContext, configFile: string): AgentProc {
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, 'agent', '--config', configFile], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: LogLine[] = [];
+  const stderr: string[] = [];
+  createInterface({ input: child.stdout! }).on('line', (l) => {
+    try {
+      lines.push(JSON.parse(l) as LogLine);
+    } catch {
+      lines.push({ level: 'raw', msg: l });
+    }
+  });
+  createInterface({ input: child.stderr! }).on('line', (l) => stderr.push(l));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  let stopping: Promise<number | null> | undefined;
+  const proc: AgentProc = {
+    child,
+    lines,
+    stderr,
+    waitForLog: (what, pred, opts) => waitFor(what, () => lines.find(pred), opts),
+    stop(signal = 'SIGTERM') {
+      stopping ??= (async () => {
+        if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+        return exited;
+      })();
+      return stopping;
+    },
+  };
+  t.after(() => proc.stop());
+  return proc;
+}
+
+export interface CliResult {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Run `relink ARGS...` as a real process. */
+export function relinkCli(args: readonly string[], env: Record<string, string> = {}): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
