@@ -23,7 +23,9 @@ export function zodProblems(
   input: unknown,
 ): RelinkError[] {
   const out: RelinkError[] = [];
-  for (const issue of error.issues) {
+  // A typo'd key also makes the real key "missing": name the typo first, it is the cause.
+  const issues = [...error.issues].sort((a, b) => Number(b.code === 'unrecognized_keys') - Number(a.code === 'unrecognized_keys'));
+  for (const issue of issues) {
     if (issue.code === 'unrecognized_keys') {
       for (const k of issue.keys) {
         const key = keyPath([...issue.path, k]);
