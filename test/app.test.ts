@@ -1,0 +1,300 @@
+/**
+ * The per-app orchestrator against a fake Effects (the edges are proven for
+ * real in agent.test.ts, proc.test.ts, relink.test.ts, watch.test.ts). The
+ * fake clock makes timeouts deterministic, as tableflip's env does.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { pino } from 'pino';
+import { AppAgent } from '../src/app.js';
+import { parseConfig, type AppConfig } from '../src/config.js';
+import type { CurrentSnapshot, Release } from '../src/current.js';
+import type { Effects } from '../src/effects.js';
+import { fileError, RelinkErrors } from '../src/errors.js';
+import type { HistoryEntry } from '../src/history.js';
+import type { Launched } from '../src/launch.js';
+import type { Discovery, ProcIdentity, ProcInfo } from '../src/proc.js';
+import type { AppState } from '../src/state.js';
+
+const REL = '/srv/web/release';
+
+function appConfig(reload: Record<string, unknown> = {}): AppConfig {
+  const cfg = parseConfig(JSON.stringify({ stateDir: '/nonexistent', apps: [{ name: 'web', dir: '/srv/web', reload }] }), '/etc/relink/config.json');
+  return cfg.apps[0] as AppConfig;
+}
+
+function deferred<T = void>() {
+  let resolve!: (v: T) => void;
+  const promise = new Promise<T>((r) => { resolve = r; });
+  return { promise, resolve };
+}
+
+/** An in-memory world: one current.conf, two links, a process table. */
+class World implements Effects {
+  text = '';
+  mtime = 1;
+  links: { bin: string | undefined; cfg: string | undefined } = { bin: undefined, cfg: undefined };
+  procs = new Map<number, ProcInfo>();
+  nextPid = 100;
+  clock = 0;
+  entries: HistoryEntry[] = [];
+  states: AppState[] = [];
+  signals: Array<[number, string]> = [];
+  inFlight = 0;
+  maxInFlight = 0;
+  validations = 0;
+  /** When set, relink waits for it: lets a test hold an apply open. */
+  gate: Promise<void> | undefined;
+  /** What a signal does to the process: re-exec (new pid), in-place (nothing), or nothing at all (hang). */
+  onSignal: 'reexec' | 'inplace' | 'ignore' = 'reexec';
+  launchExits = false;
+
+  write(r: string): void {
+    this.text = JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` });
+    this.mtime += 1;
+  }
+
+  spawnProc(bin: string): ProcInfo {
+    const p: ProcInfo = { pid: this.nextPid++, ppid: 1, startTime: this.clock + 1, exe: bin, deleted: false, uid: 0 };
+    this.procs.set(p.pid, p);
+    return p;
+  }
+
+  async readCurrent(): Promise<CurrentSnapshot> {
+    if (this.text === '') throw fileError('CURRENT_MISSING', `${REL}/current.conf`, undefined, 'must exist', 'no such file');
+    return { text: this.text, hash: `h:${this.text}`, mtimeMs: this.mtime };
+  }
+
+  async validate(text: string): Promise<Release> {
+    this.validations += 1;
+    const raw = JSON.parse(text) as Record<string, string>;
+    if (raw['bin.file'] === undefined || raw['cfg.file'] === undefined) {
+      throw new RelinkErrors([fileError('CURRENT_INVALID', `${REL}/current.conf`, 'bin.file', 'is required')]);
+    }
+    return { bin: `${REL}/${raw['bin.file']}`, cfg: `${REL}/${raw['cfg.file']}` };
+  }
+
+  async readLinks() {
+    return { ...this.links };
+  }
+
+  async relink(release: Release): Promise<void> {
+    this.inFlight += 1;
+    this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
+    try {
+      if (this.gate !== undefined) await this.gate;
+      this.links = { bin: release.bin, cfg: release.cfg };
+    } finally {
+      this.inFlight -= 1;
+    }
+  }
+
+  async verify(id: ProcIdentity): Promise<ProcInfo | undefined> {
+    const p = this.procs.get(id.pid);
+    return p !== undefined && p.startTime === id.startTime ? p : undefined;
+  }
+
+  async discover(): Promise<Discovery> {
+    const all = [...this.procs.values()];
+    return { main: all[0], strays: all.slice(1), all };
+  }
+
+  async launch(): Promise<Launched> {
+    const p = this.spawnProc(this.links.bin ?? 'none');
+    if (this.launchExits) this.procs.delete(p.pid);
+    return { pid: p.pid, exited: this.launchExits ? Promise.resolve({ code: 1, signal: null }) : new Promise(() => undefined) };
+  }
+
+  signal(pid: number, signal: NodeJS.Signals): boolean {
+    if (!this.procs.has(pid)) return false;
+    this.signals.push([pid, signal]);
+    if (this.onSignal === 'reexec') {
+      this.procs.delete(pid);
+      this.spawnProc(this.links.bin ?? 'none');
+    }
+    return true;
+  }
+
+  async record(entry: HistoryEntry): Promise<void> {
+    this.entries.push(entry);
+  }
+
+  async saveState(state: AppState): Promise<void> {
+    this.states.push(state);
+  }
+
+  now(): number {
+    return this.clock;
+  }
+
+  async sleep(ms: number): Promise<void> {
+    this.clock += ms;
+  }
+}
+
+function silentLogger() {
+  const lines: Array<Record<string, unknown>> = [];
+  const log = pino({ level: 'debug' }, { write: (s: string) => { lines.push(JSON.parse(s) as Record<string, unknown>); } });
+  return { log, lines };
+}
+
+test('first pass starts the app; a later edit signals the main process and follows it to its new PID', async () => {
+  const w = new World();
+  w.write('1.0');
+  const { log } = silentLogger();
+  const agent = new AppAgent(appConfig(), w, log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.entries[0]?.action, 'start');
+  const firstPid = w.entries[0]?.pidAfter;
+  assert.equal(agent.mainPid, firstPid);
+
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1];
+  assert.equal(e?.outcome, 'deployed');
+  assert.equal(e?.action, 'signal');
+  assert.deepEqual(w.signals, [[firstPid, 'SIGHUP']]);
+  assert.notEqual(e?.pidAfter, firstPid);
+  assert.equal(agent.mainPid, e?.pidAfter);
+
+  w.write('1.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.signals[1]?.[0], e?.pidAfter, 'the second deploy signals the successor');
+});
+
+test('triggers during an apply coalesce into one more pass that reads the newest content', async () => {
+  const w = new World();
+  w.write('1.0');
+  const agent = new AppAgent(appConfig(), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+
+  const gate = deferred();
+  w.gate = gate.promise;
+  w.write('2.0');
+  agent.trigger('watch:change');
+  // While 2.0 is being applied, ten more edits arrive.
+  for (let i = 3; i <= 12; i++) {
+    w.write(`${i}.0`);
+    agent.trigger('watch:change');
+  }
+  await new Promise((r) => setImmediate(r));
+  gate.resolve();
+  w.gate = undefined;
+  await agent.idle();
+  assert.equal(w.maxInFlight, 1, 'one apply at a time');
+  assert.deepEqual(w.entries.map((e) => e.to.bin), [`${REL}/app.1.0`, `${REL}/app.2.0`, `${REL}/app.12.0`]);
+  assert.equal(w.links.bin, `${REL}/app.12.0`);
+});
+
+test('unchanged content (same hash and mtime) is not validated again; a re-save of refused content is retried', async () => {
+  const w = new World();
+  w.text = '{}';
+  const agent = new AppAgent(appConfig(), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.entries[0]?.outcome, 'refused');
+  for (let i = 0; i < 5; i++) agent.trigger('recheck');
+  await agent.idle();
+  assert.equal(w.validations, 1);
+  assert.equal(w.entries.length, 1);
+  w.mtime += 1; // `touch current.conf`
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries.length, 2);
+});
+
+test('a missing current.conf is reported once, not on every re-check', async () => {
+  const w = new World();
+  const { log, lines } = silentLogger();
+  const agent = new AppAgent(appConfig(), w, log);
+  await agent.start();
+  for (let i = 0; i < 5; i++) agent.trigger('recheck');
+  await agent.idle();
+  assert.equal(lines.filter((l) => l.code === 'CURRENT_MISSING').length, 1);
+  assert.equal(w.entries.length, 0);
+});
+
+test('a re-exec app that never hands over fails with HANDOFF_TIMEOUT after reload.timeoutMs, and the old PID is kept', async () => {
+  const w = new World();
+  w.write('1.0');
+  const agent = new AppAgent(appConfig({ timeoutMs: 2000 }), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  const pid = agent.mainPid;
+  w.onSignal = 'ignore';
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1];
+  assert.equal(e?.outcome, 'failed');
+  assert.equal(e?.code, 'HANDOFF_TIMEOUT');
+  assert.match(e?.reason ?? '', /still runs 2000 ms after SIGHUP/);
+  assert.ok(w.clock >= 2000);
+  assert.equal(agent.mainPid, pid);
+  assert.equal(agent.state, 'running');
+});
+
+test('in-place mode: the same PID after the signal is success, with the configured signal', async () => {
+  const w = new World();
+  w.write('1.0');
+  const agent = new AppAgent(appConfig({ mode: 'inplace', signal: 'SIGUSR2' }), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  const pid = agent.mainPid;
+  w.onSignal = 'inplace';
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries[1]?.outcome, 'deployed');
+  assert.deepEqual(w.signals, [[pid, 'SIGUSR2']]);
+  assert.equal(w.entries[1]?.pidAfter, pid);
+});
+
+test('an app that exits right after start is a failed deploy and the state says failed', async () => {
+  const w = new World();
+  w.write('1.0');
+  w.launchExits = true;
+  const agent = new AppAgent(appConfig({ timeoutMs: 1000 }), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.entries[0]?.outcome, 'failed');
+  assert.equal(w.entries[0]?.code, 'APP_EXITED');
+  assert.equal(agent.state, 'failed');
+  assert.equal(w.states.at(-1)?.state, 'failed');
+});
+
+test('agent start adopts a running app and does not start or signal it when current.conf already matches', async () => {
+  const w = new World();
+  w.write('1.0');
+  w.links = { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` };
+  const running = w.spawnProc(`${REL}/app.1.0`);
+  const agent = new AppAgent(appConfig(), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(agent.mainPid, running.pid);
+  assert.equal(w.procs.size, 1);
+  assert.deepEqual(w.signals, []);
+  assert.equal(w.entries.length, 0);
+});
+
+test('close() waits for the apply in progress and ignores later triggers', async () => {
+  const w = new World();
+  w.write('1.0');
+  const agent = new AppAgent(appConfig(), w, silentLogger().log);
+  const gate = deferred();
+  w.gate = gate.promise;
+  await agent.start();
+  const closing = agent.close();
+  agent.trigger('watch:change');
+  gate.resolve();
+  await closing;
+  assert.equal(w.entries.length, 1);
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries.length, 1);
+});
