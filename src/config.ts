@@ -28,7 +28,7 @@ const AppSchema = z.strictObject({
   currentFile: absoluteOrRelative.optional(),
   links: z.strictObject({ bin: absoluteOrRelative.optional(), cfg: absoluteOrRelative.optional() }).prefault({}),
   logFile: absoluteOrRelative.optional(),
-  pidFile: absoluteOrRelative.optional(),
+  pidFile: absoluteOrRelative.nullable().default(null),
   reload: ReloadSchema.prefault({}),
 });
 
@@ -101,10 +101,11 @@ export function parseConfig(text: string, file: string): AgentConfig {
       command: Object.freeze([...a.command]),
       env: Object.freeze({ ...a.env }),
       releasesDir,
-      currentFile: path.resolve(releasesDir, a.currentFile ?? 'current.conf'),
+      // Relative paths resolve against `dir`; the default follows releasesDir.
+      currentFile: a.currentFile === undefined ? path.join(releasesDir, 'current.conf') : path.resolve(dir, a.currentFile),
       links: Object.freeze({ bin: path.resolve(dir, a.links.bin ?? 'app.bin'), cfg: path.resolve(dir, a.links.cfg ?? 'app.cfg') }),
       logFile: path.resolve(dir, a.logFile ?? 'app.log'),
-      pidFile: a.pidFile === undefined ? undefined : path.resolve(dir, a.pidFile),
+      pidFile: a.pidFile === null ? undefined : path.resolve(dir, a.pidFile),
       reload: Object.freeze({ signal: a.reload.signal as NodeJS.Signals, mode: a.reload.mode, timeoutMs: a.reload.timeoutMs }),
     });
   });

@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { access, mkdir, readFile, rename, rm } from 'node:fs/promises';
-import { constants } from 'node:fs';
+import { constants, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,7 +10,11 @@ import { promisify } from 'node:util';
 const execFileAsync = promisify(execFile);
 
 /** Absolute path of the demo app's C source (next to this file). */
-export const demoAppSource: string = fileURLToPath(new URL('./app.c', import.meta.url));
+// From src/demo/ (tsx) it sits beside this file; from the compiled dist/demo/
+// it is found in src/demo/, which the package ships (tsc copies no .c files).
+export const demoAppSource: string = [new URL('./app.c', import.meta.url), new URL('../../src/demo/app.c', import.meta.url)]
+  .map((u) => fileURLToPath(u))
+  .find((p) => existsSync(p)) ?? fileURLToPath(new URL('./app.c', import.meta.url));
 
 /**
  * Compile app.c once per source hash and return the path of the executable.
