@@ -1,28 +1,39 @@
 /**
- * The orchestrator for one app: read current.conf, validate, relink, start
- * or signal, confirm, record. One apply runs at a time; triggers that arrive
- * meanwhile coalesce into one more pass, which reads the file afresh, so the
- * newest content is what ends up applied.
+ * The orchestrator for one app: read current.conf, validate, preflight,
+ * relink, start or signal, verify, record; roll back to the last known-good
+ * release when verification fails; restart the app when it crashes.
+ *
+ * One pass runs at a time; triggers that arrive meanwhile coalesce into one
+ * more pass, which reads the file afresh, so the newest content is what ends
+ * up applied. Supervision checks run through the same queue, so a crash
+ * restart never races a deploy.
  */
 import type { Logger } from 'pino';
+import { backoffDelay } from './backoff.js';
 import type { AppConfig } from './config.js';
-import type { CurrentSnapshot, Release } from './current.js';
+import { hashText, type CurrentSnapshot, type Release } from './current.js';
 import type { Effects } from './effects.js';
 import { RelinkError, RelinkErrors } from './errors.js';
 import type { Action, HistoryEntry, Outcome } from './history.js';
-import type { ProcInfo } from './proc.js';
-import type { AppState, AppStateName } from './state.js';
-
-/** How often the app's process is looked at while waiting for a start or a handoff. */
-const POLL_MS = 20;
+import { sameProcess, type ProcInfo } from './proc.js';
+import type { AppState, AppStateName, GoodRelease } from './state.js';
+import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace } from './verify.js';
 
 interface Attempt {
   readonly trigger: string;
   readonly started: number;
-  readonly snapshot: CurrentSnapshot | undefined;
+  readonly snapshot: CurrentSnapshot;
   readonly from: { bin: string | undefined; cfg: string | undefined };
   readonly pidBefore: number | undefined;
 }
+
+interface Extra {
+  readonly rolledBackTo?: Release | null;
+  readonly rejected?: string | null;
+}
+
+const sameRelease = (a: { bin?: string | undefined; cfg?: string | undefined } | undefined, b: Release | undefined): boolean =>
+  a !== undefined && b !== undefined && a.bin === b.bin && a.cfg === b.cfg;
 
 export class AppAgent {
   readonly app: AppConfig;
@@ -30,14 +41,23 @@ export class AppAgent {
   readonly #log: Logger;
   /** The app's main process as last confirmed. Re-verified cheaply before use. */
   #main: ProcInfo | undefined;
-  #since: string | null = null;
+  /** When the current main process was started or adopted (ms). */
+  #sinceMs: number | undefined;
   #state: AppStateName = 'stopped';
   #lastDeploy: HistoryEntry | null = null;
-  /** The current.conf content last acted on (hash + mtime: a re-save retries a refusal). */
+  #lastGood: GoodRelease | undefined;
+  /** The release current.conf's content maps to, once applied: what the links must point at. */
+  #applied: { hash: string; release: Release } | undefined;
+  /** The current.conf content last acted on (hash + mtime: a re-save retries). */
   #seen: { hash: string; mtimeMs: number } | undefined;
-  /** The code of the last unreadable-current.conf problem, so it is logged once, not every re-check. */
   #readProblem: string | undefined;
-  #pending: string | undefined;
+  #restarts = 0;
+  #quickFailures = 0;
+  #cancelBackoff: (() => void) | undefined;
+  #restartDue = false;
+  #cancelMonitor: (() => void) | undefined;
+  #pendingPass: string | undefined;
+  #pendingCheck = false;
   #loop: Promise<void> | undefined;
   #closed = false;
 
@@ -55,24 +75,47 @@ export class AppAgent {
     return this.#main?.pid;
   }
 
-  /** Adopt a running app, if any, then look at current.conf once. */
+  get restarts(): number {
+    return this.#restarts;
+  }
+
+  /** Adopt a running app, if any, then look at current.conf once and start supervising. */
   async start(): Promise<void> {
+    const saved = await this.#fx.loadState();
+    this.#lastGood = saved?.lastGood ?? undefined;
+    this.#lastDeploy = saved?.lastDeploy ?? null;
     const found = await this.#fx.discover();
     if (found.main !== undefined) {
       this.#setMain(found.main);
       this.#state = 'running';
       this.#log.info({ appPid: found.main.pid, exe: found.main.exe }, 'adopted running app');
+      if (this.#lastGood === undefined) {
+        // An app found running is the best known-good there is.
+        const links = await this.#fx.readLinks();
+        if (links.bin !== undefined && links.cfg !== undefined) this.#lastGood = { bin: links.bin, cfg: links.cfg, text: currentText(links.bin, links.cfg) };
+      }
+    } else if (saved?.state === 'fatal') {
+      // A crash loop stays fatal across agent restarts until someone acts.
+      this.#state = 'fatal';
     }
     this.#warnStrays(found.strays);
     await this.#saveState();
     this.trigger('startup');
+    if (this.app.supervise.enabled) this.#armMonitor();
   }
 
-  /** Ask for a pass. Cheap and safe to call from any event, any number of times. */
+  /** Ask for a full pass (current.conf, links, process). Safe to call from any event, any number of times. */
   trigger(why: string): void {
     if (this.#closed) return;
     // The newest reason wins; the pass reads the file afresh anyway.
-    this.#pending = why;
+    this.#pendingPass = why;
+    this.#loop ??= this.#run();
+  }
+
+  /** Ask for a supervision check only (is the app still running?). */
+  check(): void {
+    if (this.#closed) return;
+    this.#pendingCheck = true;
     this.#loop ??= this.#run();
   }
 
@@ -81,23 +124,36 @@ export class AppAgent {
     while (this.#loop !== undefined) await this.#loop;
   }
 
-  /** Stop taking triggers and wait for a pass in progress; the app is left running. */
+  /** Stop taking triggers, cancel timers, wait for a pass in progress; the app is left running. */
   async close(): Promise<void> {
     this.#closed = true;
-    this.#pending = undefined;
+    this.#pendingPass = undefined;
+    this.#pendingCheck = false;
+    this.#cancelMonitor?.();
+    this.#cancelBackoff?.();
     await this.idle();
+  }
+
+  #armMonitor(): void {
+    this.#cancelMonitor = this.#fx.schedule(this.app.supervise.checkMs, () => {
+      this.check();
+      if (!this.#closed) this.#armMonitor();
+    });
   }
 
   async #run(): Promise<void> {
     try {
-      while (this.#pending !== undefined) {
-        const why = this.#pending;
-        this.#pending = undefined;
+      while (this.#pendingPass !== undefined || this.#pendingCheck) {
+        const why = this.#pendingPass;
+        this.#pendingPass = undefined;
+        this.#pendingCheck = false;
         try {
-          await this.#pass(why);
+          if (why !== undefined) await this.#pass(why);
+          // Every pass ends with the supervision check.
+          await this.#ensureRunning();
         } catch (err) {
           // A bug or an I/O error must not kill the agent or stop later passes.
-          this.#log.error({ err, code: err instanceof RelinkError ? err.code : undefined }, 'apply pass failed unexpectedly');
+          this.#log.error({ err, code: err instanceof RelinkError ? err.code : undefined }, 'pass failed unexpectedly');
         }
       }
     } finally {
@@ -118,7 +174,10 @@ export class AppAgent {
       this.#readProblem = err.code;
       return;
     }
-    if (this.#seen?.hash === snapshot.hash && this.#seen.mtimeMs === snapshot.mtimeMs) return;
+    if (this.#seen?.hash === snapshot.hash && this.#seen.mtimeMs === snapshot.mtimeMs) {
+      await this.#reconcileLinks(trigger, snapshot);
+      return;
+    }
     this.#seen = { hash: snapshot.hash, mtimeMs: snapshot.mtimeMs };
 
     const links = await this.#fx.readLinks();
@@ -128,121 +187,209 @@ export class AppAgent {
     let release: Release;
     try {
       release = await this.#fx.validate(snapshot.text);
+      if (!sameRelease(links, release)) await this.#preflight(release);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
       await this.#finish(attempt, 'refused', 'none', undefined, main, err);
       return;
     }
 
-    const inSync = links.bin === release.bin && links.cfg === release.cfg;
-    if (inSync && main !== undefined) {
+    if (sameRelease(links, release) && main !== undefined) {
       // Same release as what runs: nothing to switch, nothing to signal.
+      this.#applied = { hash: snapshot.hash, release };
+      this.#lastGood ??= { ...release, text: snapshot.text };
       this.#log.debug({ bin: release.bin, cfg: release.cfg, appPid: main.pid }, 'current.conf matches what runs');
       return;
     }
+    // A deliberate change (or a re-save) is a fresh start for supervision.
+    this.#resetSupervision();
+    await this.#deploy(attempt, release, main, links);
+  }
 
+  async #preflight(release: Release): Promise<void> {
+    const r = await this.#fx.preflight(release);
+    if (r === undefined || r.ok) return;
+    const cmd = this.app.preflight?.command.join(' ') ?? 'preflight';
+    throw new RelinkError('PREFLIGHT_FAILED', `${this.app.name}: preflight ${JSON.stringify(cmd)} refused ${release.bin} + ${release.cfg}: ${r.status}${r.output ? `: ${r.output}` : ''}`,
+      { key: 'preflight.command', rule: 'must exit 0 for the candidate release', found: r.status });
+  }
+
+  /** Links moved away from what current.conf names (a hand edit, a missed event): put them back. */
+  async #reconcileLinks(trigger: string, snapshot: CurrentSnapshot): Promise<void> {
+    if (this.#applied === undefined || this.#applied.hash !== snapshot.hash || this.#state === 'deploying') return;
+    const links = await this.#fx.readLinks();
+    if (sameRelease(links, this.#applied.release)) return;
+    this.#log.warn({ links, expected: this.#applied.release }, 'links drifted from current.conf; repairing');
+    const main = await this.#currentMain();
+    await this.#deploy({ trigger: `${trigger}:drift`, started: this.#fx.now(), snapshot, from: links, pidBefore: main?.pid }, this.#applied.release, main, links);
+  }
+
+  async #deploy(attempt: Attempt, release: Release, main: ProcInfo | undefined, links: { bin: string | undefined; cfg: string | undefined }): Promise<void> {
     this.#state = 'deploying';
     await this.#saveState();
     try {
-      if (!inSync) await this.#fx.relink(release);
+      if (!sameRelease(links, release)) await this.#fx.relink(release);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
       this.#state = main === undefined ? 'stopped' : 'running';
       await this.#finish(attempt, 'failed', 'none', release, main, err);
       return;
     }
-
-    if (main === undefined) {
-      await this.#startApp(attempt, release);
-    } else {
-      await this.#reloadApp(attempt, release, main);
-    }
-  }
-
-  async #startApp(attempt: Attempt, release: Release): Promise<void> {
+    const action: Action = main === undefined ? 'start' : 'signal';
+    let after: ProcInfo | undefined;
     try {
-      const launched = await this.#fx.launch();
-      let exited = false;
-      void launched.exited.then(() => { exited = true; });
-      // The command may be a wrapper: wait until a process of the app shows up.
-      const deadline = this.#fx.now() + this.app.reload.timeoutMs;
-      for (;;) {
-        const found = await this.#fx.discover();
-        const mine = found.all.find((p) => p.pid === launched.pid) ?? found.main;
-        if (mine !== undefined) {
-          this.#setMain(mine);
-          this.#state = 'running';
-          await this.#finish(attempt, 'deployed', 'start', release, mine);
-          return;
-        }
-        if (exited) throw new RelinkError('APP_EXITED', `${this.app.name}: the app exited right after start (see ${this.app.logFile})`, { file: this.app.logFile, rule: 'must keep running' });
-        if (this.#fx.now() >= deadline) throw new RelinkError('START_FAILED', `${this.app.name}: no process running a binary from ${this.app.releasesDir} appeared within ${this.app.reload.timeoutMs} ms of starting ${JSON.stringify(this.app.command)}`, { key: 'command', rule: 'must run a binary from the releases folder' });
-        await this.#fx.sleep(POLL_MS);
-      }
+      after = main === undefined ? await this.#startNew() : await this.#reload(main, release);
+      this.#setMain(after, after.pid === main?.pid);
+      if (action === 'start' || this.app.reload.mode === 'reexec') assertBinary(this.app, after, release);
+      await awaitHealthy(this.#fx, this.app, after);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
-      this.#main = undefined;
-      this.#state = 'failed';
-      await this.#finish(attempt, 'failed', 'start', release, undefined, err);
-    }
-  }
-
-  async #reloadApp(attempt: Attempt, release: Release, main: ProcInfo): Promise<void> {
-    const { signal, mode, timeoutMs } = this.app.reload;
-    if (!this.#fx.signal(main.pid, signal)) {
-      // Gone between the check and the signal (a crash, or a handoff of its
-      // own): start it from the new links instead.
-      this.#main = undefined;
-      await this.#startApp(attempt, release);
+      await this.#rollback(attempt, action, release, main, err);
       return;
     }
-    try {
-      const after = mode === 'reexec' ? await this.#awaitHandoff(main, release, timeoutMs) : await this.#confirmInPlace(main);
-      this.#setMain(after, after.pid === main.pid);
-      this.#state = 'running';
-      await this.#finish(attempt, 'deployed', 'signal', release, after);
-    } catch (err) {
-      if (!(err instanceof RelinkError)) throw err;
-      const still = await this.#fx.discover(main);
-      if (still.main !== undefined) this.#setMain(still.main, still.main.pid === main.pid);
-      else this.#main = undefined;
-      this.#state = still.main === undefined ? 'failed' : 'running';
-      await this.#finish(attempt, 'failed', 'signal', release, still.main, err);
+    this.#state = 'running';
+    this.#applied = { hash: attempt.snapshot.hash, release };
+    this.#lastGood = { ...release, text: attempt.snapshot.text };
+    await this.#finish(attempt, 'deployed', action, release, after);
+  }
+
+  async #startNew(): Promise<ProcInfo> {
+    const launched = await this.#fx.launch();
+    let exited = false;
+    void launched.exited.then(() => {
+      exited = true;
+      // Our own child: no need to wait for the next monitor tick.
+      this.check();
+    });
+    return awaitStart(this.#fx, this.app, launched.pid, () => exited);
+  }
+
+  async #reload(main: ProcInfo, release: Release): Promise<ProcInfo> {
+    if (!this.#fx.signal(main.pid, this.app.reload.signal)) {
+      // Gone between the check and the signal: start it from the new links.
+      this.#main = undefined;
+      return this.#startNew();
     }
+    return this.app.reload.mode === 'reexec' ? awaitHandoff(this.#fx, this.app, main, release) : confirmInPlace(this.#fx, this.app, main);
   }
 
   /**
-   * A re-exec'ing app (endless, tableflip, grace) answers the signal by
-   * starting its successor and exiting once the successor is ready: the old
-   * main has gone and exactly one new main runs. Only then is the handoff
-   * over, so the next deploy signals the successor and not a draining parent.
+   * Put the last known-good release back and make it serve: relink, then
+   * signal or start as the situation needs, verify it like a deploy, and
+   * rewrite current.conf so that it names what runs again.
    */
-  async #awaitHandoff(old: ProcInfo, release: Release, timeoutMs: number): Promise<ProcInfo> {
-    const deadline = this.#fx.now() + timeoutMs;
-    for (;;) {
-      const same = await this.#fx.verify(old);
-      if (same === undefined) {
-        const found = await this.#fx.discover();
-        if (found.main !== undefined) return found.main;
-        throw new RelinkError('APP_EXITED', `${this.app.name}: pid ${old.pid} exited after ${this.app.reload.signal} and no successor runs (see ${this.app.logFile})`, { file: this.app.logFile, rule: 'a successor must take over' });
-      }
-      // Some apps execve() themselves in place: same PID, new binary.
-      if (same.exe === release.bin && old.exe !== release.bin) return same;
-      if (this.#fx.now() >= deadline) {
-        throw new RelinkError('HANDOFF_TIMEOUT', `${this.app.name}: pid ${old.pid} still runs ${timeoutMs} ms after ${this.app.reload.signal} (reload.mode is "reexec"; use "inplace" for an app that reloads without a new process)`,
-          { key: 'reload.mode', rule: 'the old process must hand over and exit', found: `pid ${old.pid} still running` });
-      }
-      await this.#fx.sleep(POLL_MS);
+  async #rollback(attempt: Attempt, action: Action, bad: Release, before: ProcInfo | undefined, cause: RelinkError): Promise<void> {
+    const good = this.#lastGood;
+    if (good === undefined || sameRelease(good, bad)) {
+      const now = await this.#currentMain();
+      this.#state = now === undefined ? 'failed' : 'running';
+      await this.#finish(attempt, 'failed', action, bad, now, cause);
+      return;
     }
+    this.#log.warn({ code: cause.code, reason: cause.message, to: { bin: good.bin, cfg: good.cfg } }, 'deploy failed verification; rolling back');
+    let after: ProcInfo | undefined;
+    try {
+      await this.#fx.relink(good);
+      const found = await this.#fx.discover(before);
+      const now = found.main;
+      if (now === undefined) {
+        after = await this.#startNew();
+        assertBinary(this.app, after, good);
+      } else if (this.app.reload.mode === 'reexec' && before !== undefined && sameProcess(now, before) && now.exe === good.bin) {
+        // The old process never handed over (its successor died or hung):
+        // it still runs the good binary with the good config.
+        after = now;
+      } else {
+        after = await this.#reload(now, good);
+        if (this.app.reload.mode === 'reexec') assertBinary(this.app, after, good);
+      }
+      this.#setMain(after, after.pid === before?.pid);
+      await awaitHealthy(this.#fx, this.app, after);
+      await this.#fx.writeCurrent(good.text);
+      const written = await this.#fx.readCurrent();
+      this.#seen = { hash: written.hash, mtimeMs: written.mtimeMs };
+      this.#applied = { hash: written.hash, release: { bin: good.bin, cfg: good.cfg } };
+    } catch (err) {
+      if (!(err instanceof RelinkError)) throw err;
+      const now = await this.#currentMain();
+      this.#state = now === undefined ? 'failed' : 'running';
+      const both = new RelinkError('ROLLBACK_FAILED', `${cause.message}; rolling back to ${good.bin} + ${good.cfg} failed too: ${err.message}`, { rule: cause.rule, found: err.message });
+      await this.#finish(attempt, 'failed', action, bad, now, both, { rolledBackTo: null, rejected: attempt.snapshot.text });
+      return;
+    }
+    this.#state = 'running';
+    await this.#finish(attempt, 'rolled_back', action, bad, after, cause, { rolledBackTo: { bin: good.bin, cfg: good.cfg }, rejected: attempt.snapshot.text });
   }
 
-  /** An in-place reloader (nginx) keeps its PID: it must simply still be there. */
-  async #confirmInPlace(main: ProcInfo): Promise<ProcInfo> {
-    const same = await this.#fx.verify(main);
-    if (same === undefined) {
-      throw new RelinkError('APP_EXITED', `${this.app.name}: pid ${main.pid} exited after ${this.app.reload.signal} (see ${this.app.logFile})`, { file: this.app.logFile, rule: 'must survive the reload signal' });
+  /**
+   * Supervision: is the app running? A main that vanished may have handed
+   * over to a successor on its own (a re-exec'ing app's PID changes); only
+   * when no process of the app runs at all is it a crash, restarted with
+   * capped exponential backoff, and marked fatal after too many quick ones.
+   */
+  async #ensureRunning(): Promise<void> {
+    if (this.#closed || this.#state === 'deploying') return;
+    const main = await this.#currentMain();
+    if (main !== undefined) {
+      if (this.#quickFailures > 0 && this.#sinceMs !== undefined && this.#fx.now() - this.#sinceMs >= this.app.supervise.stableMs) {
+        this.#log.info({ appPid: main.pid }, 'app has run stably; crash count reset');
+        this.#quickFailures = 0;
+      }
+      return;
     }
-    return same;
+    if (!this.app.supervise.enabled || this.#state === 'fatal' || this.#cancelBackoff !== undefined) return;
+    const links = await this.#fx.readLinks();
+    // Nothing deployed yet, or a failed first deploy: nothing to restart.
+    if (links.bin === undefined || this.#applied === undefined || this.#state === 'failed') return;
+
+    if (!this.#restartDue) {
+      const ranMs = this.#sinceMs === undefined ? 0 : this.#fx.now() - this.#sinceMs;
+      const quick = ranMs < this.app.supervise.stableMs;
+      this.#quickFailures = quick ? this.#quickFailures + 1 : 1;
+      if (this.#quickFailures > this.app.supervise.maxRetries) {
+        this.#state = 'fatal';
+        this.#log.error({ failures: this.#quickFailures - 1, maxRetries: this.app.supervise.maxRetries },
+          'app keeps crashing; marked fatal and left alone until the next deploy (or a re-save of current.conf)');
+        await this.#saveState();
+        return;
+      }
+      const delay = backoffDelay(this.#quickFailures, quick, this.app.supervise);
+      this.#log.warn({ ranMs, delayMs: delay, failures: this.#quickFailures }, `app exited unexpectedly; restarting in ${delay} ms`);
+      this.#state = 'backoff';
+      await this.#saveState();
+      if (delay > 0) {
+        this.#cancelBackoff = this.#fx.schedule(delay, () => {
+          this.#cancelBackoff = undefined;
+          this.#restartDue = true;
+          this.check();
+        });
+        return;
+      }
+    }
+    this.#restartDue = false;
+    try {
+      const after = await this.#startNew();
+      this.#setMain(after);
+      this.#restarts += 1;
+      this.#state = 'running';
+      this.#log.info({ appPid: after.pid, restarts: this.#restarts }, 'app restarted');
+    } catch (err) {
+      if (!(err instanceof RelinkError)) throw err;
+      this.#log.error({ code: err.code, err: err.message }, 'restart failed');
+      this.#sinceMs = this.#fx.now();
+      // Counts as another quick failure on the next check.
+      this.check();
+    }
+    await this.#saveState();
+  }
+
+  #resetSupervision(): void {
+    this.#cancelBackoff?.();
+    this.#cancelBackoff = undefined;
+    this.#restartDue = false;
+    this.#quickFailures = 0;
+    this.#restarts = 0;
+    if (this.#state === 'fatal' || this.#state === 'backoff') this.#state = 'stopped';
   }
 
   /** The main process: the cached one if it still checks out, else a fresh scan. */
@@ -259,13 +406,16 @@ export class AppAgent {
       if (this.#state === 'running') this.#state = 'stopped';
       return undefined;
     }
-    this.#setMain(found.main, found.main.pid === this.#main?.pid);
-    this.#state = 'running';
+    if (this.#main !== undefined && found.main.pid !== this.#main.pid) {
+      this.#log.info({ appPid: found.main.pid, previous: this.#main.pid }, 'app handed over to a new process');
+    }
+    this.#setMain(found.main, true);
+    if (this.#state === 'stopped' || this.#state === 'backoff') this.#state = 'running';
     return found.main;
   }
 
   #setMain(info: ProcInfo, keepSince = false): void {
-    if (!keepSince || this.#since === null) this.#since = new Date(this.#fx.now()).toISOString();
+    if (!keepSince || this.#sinceMs === undefined) this.#sinceMs = this.#fx.now();
     this.#main = info;
   }
 
@@ -275,7 +425,7 @@ export class AppAgent {
       'more than one copy of the app runs; only the main one is signalled, the others are left alone');
   }
 
-  async #finish(attempt: Attempt, outcome: Outcome, action: Action, release: Release | undefined, after: ProcInfo | undefined, err?: RelinkError): Promise<void> {
+  async #finish(attempt: Attempt, outcome: Outcome, action: Action, release: Release | undefined, after: ProcInfo | undefined, err?: RelinkError, extra: Extra = {}): Promise<void> {
     const problems = err instanceof RelinkErrors ? err.problems : err === undefined ? [] : [err];
     const entry: HistoryEntry = {
       time: new Date(this.#fx.now()).toISOString(),
@@ -289,13 +439,16 @@ export class AppAgent {
       pidBefore: attempt.pidBefore ?? null,
       pidAfter: after?.pid ?? null,
       durationMs: this.#fx.now() - attempt.started,
-      currentHash: attempt.snapshot?.hash ?? null,
+      currentHash: attempt.snapshot.hash,
       trigger: attempt.trigger,
+      ...(extra.rolledBackTo !== undefined ? { rolledBackTo: extra.rolledBackTo } : {}),
+      ...(extra.rejected !== undefined ? { rejected: extra.rejected } : {}),
     };
     this.#lastDeploy = entry;
     const fields = { ...entry, problems: problems.length > 1 ? problems.map((p) => p.toJSON()) : undefined, file: err?.file, key: err?.key };
     if (outcome === 'deployed') this.#log.info(fields, `deployed ${release?.bin ?? ''} (${action})`);
     else if (outcome === 'refused') this.#log.warn(fields, `refused: ${entry.reason ?? ''}`);
+    else if (outcome === 'rolled_back') this.#log.error(fields, `rolled back to ${extra.rolledBackTo?.bin ?? ''}: ${entry.reason ?? ''}`);
     else this.#log.error(fields, `failed: ${entry.reason ?? ''}`);
     await Promise.all([
       this.#fx.record(entry).catch((e: unknown) => this.#log.error({ err: e }, 'could not write history')),
@@ -310,12 +463,21 @@ export class AppAgent {
       state: this.#state,
       pid: this.#main?.pid ?? null,
       pidStart: this.#main?.startTime ?? null,
-      since: this.#main === undefined ? null : this.#since,
+      since: this.#main === undefined || this.#sinceMs === undefined ? null : new Date(this.#sinceMs).toISOString(),
       bin: links.bin ?? null,
       cfg: links.cfg ?? null,
       lastDeploy: this.#lastDeploy,
+      lastGood: this.#lastGood ?? null,
+      restarts: this.#restarts,
       updatedAt: new Date(this.#fx.now()).toISOString(),
     };
     await this.#fx.saveState(state).catch((e: unknown) => this.#log.error({ err: e }, 'could not write state'));
   }
 }
+
+/** current.conf content naming a release (used when none was recorded for it). */
+export function currentText(bin: string, cfg: string): string {
+  return `${JSON.stringify({ 'bin.file': bin, 'cfg.file': cfg })}\n`;
+}
+
+export { hashText };

@@ -5,8 +5,10 @@
 import { readFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import path from 'node:path';
+import cron from 'node-cron';
 import { z } from 'zod';
 import { fileError, isErrno, RelinkErrors } from './errors.js';
+import { parseHostPort, type Probe } from './health.js';
 import { describe, zodProblems } from './zodIssues.js';
 
 const SIGNALS = Object.keys(osConstants.signals) as [string, ...string[]];
@@ -19,6 +21,27 @@ const ReloadSchema = z.strictObject({
   timeoutMs: z.int().min(100).max(600_000).default(15_000),
 });
 
+const HealthSchema = z.strictObject({
+  url: z.url({ protocol: /^http$/, error: 'must be an http:// URL such as "http://127.0.0.1:8080/healthz"' }).optional(),
+  tcp: z.string().refine((s) => parseHostPort(s) !== undefined, 'must be "host:port", e.g. "127.0.0.1:8080"').optional(),
+  deadlineMs: z.int().min(100).max(600_000).default(10_000),
+  settleMs: z.int().min(0).max(600_000).default(1_000),
+  intervalMs: z.int().min(10).max(60_000).default(200),
+  probeTimeoutMs: z.int().min(10).max(60_000).default(1_000),
+}).refine((h) => !(h.url !== undefined && h.tcp !== undefined), 'set "url" or "tcp", not both')
+  .refine((h) => h.settleMs < h.deadlineMs, { message: 'settleMs must be shorter than deadlineMs', path: ['settleMs'] });
+
+const SuperviseSchema = z.strictObject({
+  enabled: z.boolean().default(true),
+  checkMs: z.int().min(50).max(60_000).default(1_000),
+  backoffMs: z.int().min(0).max(600_000).default(1_000),
+  maxBackoffMs: z.int().min(0).max(3_600_000).default(30_000),
+  stableMs: z.int().min(0).max(3_600_000).default(10_000),
+  maxRetries: z.int().min(0).max(1_000).default(5),
+});
+
+const RELEASE_PLACEHOLDER = '{release}';
+
 const AppSchema = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit'),
   dir: z.string().refine((p) => path.isAbsolute(p), 'must be an absolute path'),
@@ -30,6 +53,20 @@ const AppSchema = z.strictObject({
   logFile: absoluteOrRelative.optional(),
   pidFile: absoluteOrRelative.nullable().default(null),
   reload: ReloadSchema.prefault({}),
+  health: HealthSchema.prefault({}),
+  preflight: z.strictObject({
+    command: z.array(z.string().min(1)).min(1),
+    timeoutMs: z.int().min(100).max(3_600_000).default(30_000),
+  }).nullable().default(null),
+  supervise: SuperviseSchema.prefault({}),
+  releaseNames: z.strictObject({
+    bin: z.string().includes(RELEASE_PLACEHOLDER, { error: `must contain ${RELEASE_PLACEHOLDER}` }).refine((s) => !s.includes('/'), 'must be a file name, not a path').default('app.{release}'),
+    cfg: z.string().includes(RELEASE_PLACEHOLDER, { error: `must contain ${RELEASE_PLACEHOLDER}` }).refine((s) => !s.includes('/'), 'must be a file name, not a path').default('cfg.{release}'),
+  }).prefault({}),
+  prune: z.strictObject({
+    schedule: z.string().refine((s) => cron.validate(s), 'must be a cron expression such as "0 3 * * *"').nullable().default(null),
+    keep: z.int().min(1).max(10_000).default(5),
+  }).prefault({}),
 });
 
 export const ConfigSchema = z.strictObject({
@@ -42,15 +79,22 @@ export const ConfigSchema = z.strictObject({
   }).prefault({}),
   apps: z.array(AppSchema).min(1, 'must list at least one app'),
 }).superRefine((cfg, ctx) => {
+  // Runs even when other keys are wrong (see `when` below), so the value may be partly unparsed.
+  const apps: unknown = (cfg as { apps?: unknown }).apps;
+  if (!Array.isArray(apps)) return;
   const seen = new Map<string, number>();
-  cfg.apps.forEach((app, i) => {
-    const prev = seen.get(app.name);
+  apps.forEach((app: unknown, i) => {
+    const name = app !== null && typeof app === 'object' ? (app as { name?: unknown }).name : undefined;
+    if (typeof name !== 'string') return;
+    const prev = seen.get(name);
     if (prev !== undefined) {
       ctx.addIssue({ code: 'custom', path: ['apps', i, 'name'], message: `must be unique (apps[${prev}] has the same name)` });
     }
-    seen.set(app.name, i);
+    seen.set(name, i);
   });
-});
+  // zod skips a refinement after an aborting issue anywhere else (a bad enum,
+  // a wrong type); every problem must still be listed at once.
+}, { when: (payload) => payload.value !== null && typeof payload.value === 'object' && !Array.isArray(payload.value) });
 
 export type ReloadMode = 'reexec' | 'inplace';
 
@@ -65,6 +109,42 @@ export interface AppConfig {
   readonly logFile: string;
   readonly pidFile: string | undefined;
   readonly reload: { readonly signal: NodeJS.Signals; readonly mode: ReloadMode; readonly timeoutMs: number };
+  readonly health: {
+    readonly probe: Probe | undefined;
+    readonly deadlineMs: number;
+    readonly settleMs: number;
+    readonly intervalMs: number;
+    readonly probeTimeoutMs: number;
+  };
+  readonly preflight: { readonly command: readonly string[]; readonly timeoutMs: number } | undefined;
+  readonly supervise: {
+    readonly enabled: boolean;
+    readonly checkMs: number;
+    readonly backoffMs: number;
+    readonly maxBackoffMs: number;
+    readonly stableMs: number;
+    readonly maxRetries: number;
+  };
+  /** File name patterns of a release, `{release}` standing for e.g. "2.0". */
+  readonly releaseNames: { readonly bin: string; readonly cfg: string };
+  readonly prune: { readonly schedule: string | undefined; readonly keep: number };
+}
+
+/** The file names of release `r` (e.g. "2.0" -> app.2.0, cfg.2.0). */
+export function releaseFiles(app: AppConfig, r: string): { bin: string; cfg: string } {
+  return {
+    bin: path.join(app.releasesDir, app.releaseNames.bin.replaceAll(RELEASE_PLACEHOLDER, r)),
+    cfg: path.join(app.releasesDir, app.releaseNames.cfg.replaceAll(RELEASE_PLACEHOLDER, r)),
+  };
+}
+
+/** The release name of a file, if it matches the app's bin (or cfg) pattern. */
+export function releaseOf(app: AppConfig, file: string, kind: 'bin' | 'cfg' = 'bin'): string | undefined {
+  const [pre, post] = app.releaseNames[kind].split(RELEASE_PLACEHOLDER) as [string, string];
+  const name = path.basename(file);
+  if (path.dirname(file) !== app.releasesDir || !name.startsWith(pre) || !name.endsWith(post)) return undefined;
+  const r = name.slice(pre.length, name.length - post.length);
+  return r === '' ? undefined : r;
 }
 
 export interface AgentConfig {
@@ -107,6 +187,17 @@ export function parseConfig(text: string, file: string): AgentConfig {
       logFile: path.resolve(dir, a.logFile ?? 'app.log'),
       pidFile: a.pidFile === null ? undefined : path.resolve(dir, a.pidFile),
       reload: Object.freeze({ signal: a.reload.signal as NodeJS.Signals, mode: a.reload.mode, timeoutMs: a.reload.timeoutMs }),
+      health: Object.freeze({
+        probe: a.health.url !== undefined ? Object.freeze({ url: a.health.url }) : a.health.tcp !== undefined ? Object.freeze({ tcp: a.health.tcp }) : undefined,
+        deadlineMs: a.health.deadlineMs,
+        settleMs: a.health.settleMs,
+        intervalMs: a.health.intervalMs,
+        probeTimeoutMs: a.health.probeTimeoutMs,
+      }),
+      preflight: a.preflight === null ? undefined : Object.freeze({ command: Object.freeze([...a.preflight.command]), timeoutMs: a.preflight.timeoutMs }),
+      supervise: Object.freeze({ ...a.supervise }),
+      releaseNames: Object.freeze({ ...a.releaseNames }),
+      prune: Object.freeze({ schedule: a.prune.schedule ?? undefined, keep: a.prune.keep }),
     });
   });
   return Object.freeze({

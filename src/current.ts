@@ -18,9 +18,14 @@ import { zodProblems } from './zodIssues.js';
 /** Far above any real current.conf; protects the agent from a file pointed at by mistake. */
 const MAX_BYTES = 64 * 1024;
 
+const sha256 = z.string({ error: 'must be a sha256 as 64 hex digits' }).regex(/^[0-9a-fA-F]{64}$/, 'must be a sha256 as 64 hex digits');
+
 const CurrentSchema = z.strictObject({
   'bin.file': z.string({ error: 'must be a string path' }).min(1, 'must be a non-empty path'),
   'cfg.file': z.string({ error: 'must be a string path' }).min(1, 'must be a non-empty path'),
+  // Optional integrity: a half-finished scp has the right name and the wrong bytes.
+  'bin.sha256': sha256.optional(),
+  'cfg.sha256': sha256.optional(),
 });
 
 export type CurrentKey = 'bin.file' | 'cfg.file';
@@ -40,6 +45,18 @@ export interface CurrentSnapshot {
 
 export function hashText(text: string): string {
   return createHash('sha256').update(text).digest('hex');
+}
+
+/** sha256 of a file, streamed (release binaries can be large). */
+export async function hashFile(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  const handle = await open(file, 'r');
+  try {
+    for await (const chunk of handle.createReadStream()) hash.update(chunk as Buffer);
+  } finally {
+    await handle.close().catch(() => undefined);
+  }
+  return hash.digest('hex');
 }
 
 export async function readCurrent(file: string): Promise<CurrentSnapshot> {
@@ -96,6 +113,17 @@ export async function validateCurrent(app: AppConfig, text: string, file: string
     check('bin.file', parsed.data['bin.file'], true),
     check('cfg.file', parsed.data['cfg.file'], false),
   ]);
+  const expected: Array<[string | undefined, string | undefined, 'bin.sha256' | 'cfg.sha256']> = [
+    [bin, parsed.data['bin.sha256'], 'bin.sha256'],
+    [cfg, parsed.data['cfg.sha256'], 'cfg.sha256'],
+  ];
+  await Promise.all(expected.map(async ([real, want, key]) => {
+    if (real === undefined || want === undefined) return;
+    const got = await hashFile(real);
+    if (got !== want.toLowerCase()) {
+      problems.push(fileError('RELEASE_HASH_MISMATCH', file, key, `must match the file's sha256 (an upload may be unfinished)`, `current.conf says ${want.toLowerCase()}, ${real} has ${got}`));
+    }
+  }));
   if (problems.length > 0 || bin === undefined || cfg === undefined) throw new RelinkErrors(problems);
   return Object.freeze({ bin, cfg });
 }
@@ -144,7 +172,10 @@ async function checkReleaseFile(file: string, key: CurrentKey, value: string, re
 
 async function resolveReleasePath(file: string, key: CurrentKey, value: string): Promise<string> {
   if (value === '~' || value.startsWith('~/')) {
-    const home = await homeOfOwner(file);
+    // current.conf may be gone since it was read: still a typed refusal, not a raw ENOENT.
+    const home = await homeOfOwner(file).catch((err: unknown) => {
+      throw fileError('CURRENT_UNREADABLE', file, key, 'a "~/" path needs current.conf to exist, to know its owner', isErrno(err) ? err.code : String(err));
+    });
     if (home === undefined) throw fileError('HOME_UNKNOWN', file, key, 'a "~/" path needs the owner of current.conf to have a home folder in /etc/passwd', value);
     return path.join(home, value.slice(1));
   }

@@ -22,7 +22,9 @@ export type ErrorCode =
   | 'RELEASE_OUTSIDE'
   | 'RELEASE_NOT_EXECUTABLE'
   | 'RELEASE_UNREADABLE'
+  | 'RELEASE_HASH_MISMATCH'
   | 'HOME_UNKNOWN'
+  | 'PREFLIGHT_FAILED'
   // relink / process
   | 'LINK_NOT_SYMLINK'
   | 'LINK_FAILED'
@@ -30,6 +32,13 @@ export type ErrorCode =
   | 'SIGNAL_FAILED'
   | 'HANDOFF_TIMEOUT'
   | 'APP_EXITED'
+  | 'WRONG_BINARY'
+  | 'UNHEALTHY'
+  | 'ROLLBACK_FAILED'
+  | 'NO_AGENT'
+  | 'WAIT_TIMEOUT'
+  | 'SUPERSEDED'
+  | 'UNKNOWN_RELEASE'
   // agent / CLI
   | 'AGENT_RUNNING'
   | 'STATE_UNREADABLE'

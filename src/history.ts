@@ -12,7 +12,9 @@ export type Outcome =
   | 'deployed'
   /** current.conf (or the release it names) failed validation: nothing was switched */
   | 'refused'
-  /** links were switched but the app could not be started or did not take the reload */
+  /** the release failed verification; the last known-good release serves again */
+  | 'rolled_back'
+  /** the release failed and nothing could be rolled back to (or the rollback failed too) */
   | 'failed';
 
 export type Action = 'start' | 'signal' | 'none';
@@ -33,6 +35,10 @@ export interface HistoryEntry {
   readonly currentHash: string | null;
   /** What started the attempt: a file event, the periodic re-check, or agent start. */
   readonly trigger: string;
+  /** For rolled_back: the release that serves again. */
+  readonly rolledBackTo?: { readonly bin: string; readonly cfg: string } | null;
+  /** For rolled_back: the current.conf content that was rejected (current.conf now names what runs). */
+  readonly rejected?: string | null;
 }
 
 export function historyFile(stateDir: string): string {

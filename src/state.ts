@@ -10,7 +10,23 @@ import { isErrno, RelinkError } from './errors.js';
 import type { HistoryEntry } from './history.js';
 import { readProc, type ProcIdentity } from './proc.js';
 
-export type AppStateName = 'running' | 'stopped' | 'deploying' | 'failed';
+export type AppStateName =
+  | 'running'
+  | 'stopped'
+  | 'deploying'
+  /** crashed; a restart is scheduled (capped exponential backoff) */
+  | 'backoff'
+  /** crashed too often in a row; left alone until the next deploy or a re-save of current.conf */
+  | 'fatal'
+  /** the last deploy failed and the app is not running */
+  | 'failed';
+
+/** A release that passed verification, with the current.conf text that named it. */
+export interface GoodRelease {
+  readonly bin: string;
+  readonly cfg: string;
+  readonly text: string;
+}
 
 export interface AppState {
   readonly app: string;
@@ -23,6 +39,9 @@ export interface AppState {
   readonly bin: string | null;
   readonly cfg: string | null;
   readonly lastDeploy: HistoryEntry | null;
+  readonly lastGood: GoodRelease | null;
+  /** Crash restarts since the last deploy or agent start. */
+  readonly restarts: number;
   readonly updatedAt: string;
 }
 

@@ -14,12 +14,15 @@ import { fileError, RelinkErrors } from '../src/errors.js';
 import type { HistoryEntry } from '../src/history.js';
 import type { Launched } from '../src/launch.js';
 import type { Discovery, ProcIdentity, ProcInfo } from '../src/proc.js';
+import type { ProbeResult } from '../src/health.js';
+import type { PreflightResult } from '../src/preflight.js';
 import type { AppState } from '../src/state.js';
 
 const REL = '/srv/web/release';
+const PROBED = { health: { url: 'http://127.0.0.1:8080/healthz' } };
 
-function appConfig(reload: Record<string, unknown> = {}): AppConfig {
-  const cfg = parseConfig(JSON.stringify({ stateDir: '/nonexistent', apps: [{ name: 'web', dir: '/srv/web', reload }] }), '/etc/relink/config.json');
+function appConfig(reload: Record<string, unknown> = {}, extra: Record<string, unknown> = {}): AppConfig {
+  const cfg = parseConfig(JSON.stringify({ stateDir: '/nonexistent', apps: [{ name: 'web', dir: '/srv/web', reload, ...extra }] }), '/etc/relink/config.json');
   return cfg.apps[0] as AppConfig;
 }
 
@@ -48,6 +51,25 @@ class World implements Effects {
   /** What a signal does to the process: re-exec (new pid), in-place (nothing), or nothing at all (hang). */
   onSignal: 'reexec' | 'inplace' | 'ignore' = 'reexec';
   launchExits = false;
+  /** Per-release health: bins listed here fail the probe. */
+  unhealthy = new Set<string>();
+  preflightFails = false;
+  timers: Array<{ at: number; fn: () => void; cancelled: boolean }> = [];
+  scheduledMs: number[] = [];
+
+  /** Move the fake clock forward and fire the timers that fall due. */
+  advance(ms: number): void {
+    this.clock += ms;
+    for (const t of this.timers.filter((x) => !x.cancelled && x.at <= this.clock)) {
+      t.cancelled = true;
+      t.fn();
+    }
+  }
+
+  /** The app dies (crash, OOM kill): its process disappears. */
+  crash(): void {
+    this.procs.clear();
+  }
 
   write(r: string): void {
     this.text = JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` });
@@ -113,6 +135,31 @@ class World implements Effects {
       this.spawnProc(this.links.bin ?? 'none');
     }
     return true;
+  }
+
+  async writeCurrent(text: string): Promise<void> {
+    this.text = text;
+    this.mtime += 1;
+  }
+
+  async preflight(): Promise<PreflightResult | undefined> {
+    return this.preflightFails ? { ok: false, status: 'exit 1', output: 'emerg: unexpected "}"' } : undefined;
+  }
+
+  async probe(): Promise<ProbeResult> {
+    const main = [...this.procs.values()][0];
+    return main !== undefined && !this.unhealthy.has(main.exe) ? { ok: true, detail: 'HTTP 200' } : { ok: false, detail: 'HTTP 503' };
+  }
+
+  async loadState(): Promise<AppState | undefined> {
+    return this.states.at(-1);
+  }
+
+  schedule(ms: number, fn: () => void): () => void {
+    this.scheduledMs.push(ms);
+    const t = { at: this.clock + ms, fn, cancelled: false };
+    this.timers.push(t);
+    return () => { t.cancelled = true; };
   }
 
   async record(entry: HistoryEntry): Promise<void> {
@@ -218,7 +265,7 @@ test('a missing current.conf is reported once, not on every re-check', async () 
   assert.equal(w.entries.length, 0);
 });
 
-test('a re-exec app that never hands over fails with HANDOFF_TIMEOUT after reload.timeoutMs, and the old PID is kept', async () => {
+test('a re-exec app that never hands over: HANDOFF_TIMEOUT after reload.timeoutMs, rolled back, the old PID kept and not signalled again', async () => {
   const w = new World();
   w.write('1.0');
   const agent = new AppAgent(appConfig({ timeoutMs: 2000 }), w, silentLogger().log);
@@ -230,12 +277,139 @@ test('a re-exec app that never hands over fails with HANDOFF_TIMEOUT after reloa
   agent.trigger('watch:change');
   await agent.idle();
   const e = w.entries[1];
-  assert.equal(e?.outcome, 'failed');
+  assert.equal(e?.outcome, 'rolled_back');
   assert.equal(e?.code, 'HANDOFF_TIMEOUT');
   assert.match(e?.reason ?? '', /still runs 2000 ms after SIGHUP/);
   assert.ok(w.clock >= 2000);
   assert.equal(agent.mainPid, pid);
   assert.equal(agent.state, 'running');
+  assert.equal(w.signals.length, 1, 'the old process still runs the good release: no second signal');
+  assert.equal(w.links.bin, `${REL}/app.1.0`);
+  assert.match(w.text, /app\.1\.0/, 'current.conf names what runs again');
+  assert.match(e?.rejected ?? '', /app\.2\.0/);
+});
+
+test('an unhealthy release is rolled back: links, process and current.conf back on the last good release', async () => {
+  const w = new World();
+  w.write('1.0');
+  const agent = new AppAgent(appConfig({}, PROBED), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.entries[0]?.outcome, 'deployed');
+  const goodText = w.text;
+  w.unhealthy.add(`${REL}/app.2.0`);
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1];
+  assert.equal(e?.outcome, 'rolled_back', e?.reason ?? '');
+  assert.equal(e?.code, 'UNHEALTHY');
+  assert.deepEqual(e?.rolledBackTo, { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` });
+  assert.deepEqual(w.links, { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` });
+  assert.equal(w.text, goodText);
+  assert.equal([...w.procs.values()][0]?.exe, `${REL}/app.1.0`, 'the good release serves again (re-exec into it)');
+  assert.equal(w.signals.length, 2, 'one signal for the deploy, one for the rollback');
+  // The rewritten current.conf is not applied again, and the bad release is not retried.
+  for (let i = 0; i < 3; i++) agent.trigger('recheck');
+  await agent.idle();
+  assert.equal(w.entries.length, 2);
+});
+
+test('the first deploy ever failing has nothing to roll back to: failed, and the state says so', async () => {
+  const w = new World();
+  w.unhealthy.add(`${REL}/app.1.0`);
+  w.write('1.0');
+  const agent = new AppAgent(appConfig({}, PROBED), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.entries[0]?.outcome, 'failed');
+  assert.equal(w.entries[0]?.code, 'UNHEALTHY');
+});
+
+test('a failing preflight refuses the release before anything is switched', async () => {
+  const w = new World();
+  w.write('1.0');
+  const agent = new AppAgent(appConfig(), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  w.preflightFails = true;
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries[1]?.outcome, 'refused');
+  assert.equal(w.entries[1]?.code, 'PREFLIGHT_FAILED');
+  assert.match(w.entries[1]?.reason ?? '', /exit 1: emerg: unexpected/);
+  assert.equal(w.links.bin, `${REL}/app.1.0`);
+  assert.deepEqual(w.signals, []);
+  assert.match(w.text, /app\.2\.0/, 'a refusal leaves current.conf as the operator wrote it');
+});
+
+test('crash supervision: restart with backoff, fatal after maxRetries quick failures, reset by a deploy', async () => {
+  const w = new World();
+  w.write('1.0');
+  const cfg = appConfig();
+  const sup = { ...cfg.supervise, backoffMs: 100, maxBackoffMs: 1000, stableMs: 5000, maxRetries: 3 };
+  const agent = new AppAgent({ ...cfg, supervise: sup }, w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  for (let i = 1; i <= 3; i++) {
+    w.crash();
+    agent.check();
+    await agent.idle();
+    assert.equal(agent.state, 'backoff');
+    w.advance(1000);
+    await agent.idle();
+    assert.equal(agent.state, 'running', `restart ${i}`);
+    assert.equal(w.procs.size, 1);
+  }
+  assert.deepEqual(w.scheduledMs.filter((ms) => ms !== cfg.supervise.checkMs), [100, 200, 400], 'exponential backoff');
+  assert.equal(agent.restarts, 3);
+  w.crash();
+  agent.check();
+  await agent.idle();
+  assert.equal(agent.state, 'fatal');
+  assert.equal(w.states.at(-1)?.state, 'fatal');
+  w.advance(10_000);
+  await agent.idle();
+  assert.equal(w.procs.size, 0, 'fatal: left alone');
+  // A deploy is a fresh start.
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries.at(-1)?.outcome, 'deployed');
+  assert.equal(agent.state, 'running');
+});
+
+test('a crash after a stable run restarts at once and resets the count', async () => {
+  const w = new World();
+  w.write('1.0');
+  const cfg = appConfig();
+  const agent = new AppAgent({ ...cfg, supervise: { ...cfg.supervise, stableMs: 5000, maxRetries: 1 } }, w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  for (let i = 0; i < 3; i++) {
+    w.clock += 6000;
+    w.crash();
+    agent.check();
+    await agent.idle();
+    assert.equal(agent.state, 'running', `crash ${i + 1} after a stable run`);
+  }
+});
+
+test('a re-exec handoff the app did on its own is adopted, not taken for a crash', async () => {
+  const w = new World();
+  w.write('1.0');
+  const agent = new AppAgent(appConfig(), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  const old = agent.mainPid as number;
+  w.procs.delete(old);
+  const successor = w.spawnProc(`${REL}/app.1.0`);
+  agent.check();
+  await agent.idle();
+  assert.equal(agent.mainPid, successor.pid);
+  assert.equal(agent.restarts, 0);
+  assert.equal(w.procs.size, 1, 'no second copy started');
 });
 
 test('in-place mode: the same PID after the signal is success, with the configured signal', async () => {

@@ -1,0 +1,107 @@
+/**
+ * Deciding whether a start or a reload worked: the process part (the right
+ * process, running the right binary) and the health part (it stays up for
+ * the settle time and the probe answers) within their deadlines. Everything
+ * goes through Effects, so the clock is the fake one in tests.
+ */
+import type { AppConfig } from './config.js';
+import type { Release } from './current.js';
+import type { Effects } from './effects.js';
+import { RelinkError } from './errors.js';
+import { describeProbe } from './health.js';
+import type { ProcInfo } from './proc.js';
+
+/** How often a process is looked at while waiting (ms); /proc reads are cheap. */
+const POLL_MS = 20;
+
+/** After a start: wait for a process of the app to show up (the command may be a wrapper). */
+export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exited: () => boolean): Promise<ProcInfo> {
+  const deadline = fx.now() + app.reload.timeoutMs;
+  for (;;) {
+    const found = await fx.discover();
+    const mine = found.all.find((p) => p.pid === pid) ?? found.main;
+    if (mine !== undefined) return mine;
+    if (exited()) throw new RelinkError('APP_EXITED', `${app.name}: the app exited right after start (see ${app.logFile})`, { file: app.logFile, rule: 'must keep running' });
+    if (fx.now() >= deadline) {
+      throw new RelinkError('START_FAILED', `${app.name}: no process running a binary from ${app.releasesDir} appeared within ${app.reload.timeoutMs} ms of starting ${JSON.stringify(app.command)}`,
+        { key: 'command', rule: 'must run a binary from the releases folder' });
+    }
+    await fx.sleep(POLL_MS);
+  }
+}
+
+/**
+ * A re-exec'ing app (endless, tableflip, grace) answers the signal by
+ * starting its successor and exiting once the successor is ready: the old
+ * main has gone and a new main runs. Only then is the handoff over, so the
+ * next deploy signals the successor and not a draining parent.
+ */
+export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, release: Release): Promise<ProcInfo> {
+  const { signal, timeoutMs } = app.reload;
+  const deadline = fx.now() + timeoutMs;
+  for (;;) {
+    const same = await fx.verify(old);
+    if (same === undefined) {
+      const found = await fx.discover();
+      if (found.main !== undefined) return found.main;
+      throw new RelinkError('APP_EXITED', `${app.name}: pid ${old.pid} exited after ${signal} and no successor runs (see ${app.logFile})`, { file: app.logFile, rule: 'a successor must take over' });
+    }
+    // Some apps execve() themselves in place: same PID, new binary.
+    if (same.exe === release.bin && old.exe !== release.bin) return same;
+    if (fx.now() >= deadline) {
+      throw new RelinkError('HANDOFF_TIMEOUT', `${app.name}: pid ${old.pid} still runs ${timeoutMs} ms after ${signal} (reload.mode is "reexec"; use "inplace" for an app that reloads without a new process)`,
+        { key: 'reload.mode', rule: 'the old process must hand over and exit', found: `pid ${old.pid} still running` });
+    }
+    await fx.sleep(POLL_MS);
+  }
+}
+
+/** An in-place reloader (nginx) keeps its PID: it must simply still be there. */
+export async function confirmInPlace(fx: Effects, app: AppConfig, main: ProcInfo): Promise<ProcInfo> {
+  const same = await fx.verify(main);
+  if (same === undefined) {
+    throw new RelinkError('APP_EXITED', `${app.name}: pid ${main.pid} exited after ${app.reload.signal} (see ${app.logFile})`, { file: app.logFile, rule: 'must survive the reload signal' });
+  }
+  return same;
+}
+
+/** A started or re-exec'd process must run the deployed binary, not some other release. */
+export function assertBinary(app: AppConfig, proc: ProcInfo, release: Release): void {
+  if (proc.exe !== release.bin) {
+    throw new RelinkError('WRONG_BINARY', `${app.name}: pid ${proc.pid} runs ${proc.exe}, not the deployed ${release.bin}`,
+      { rule: 'the new process must run the deployed bin.file', found: proc.exe });
+  }
+}
+
+/**
+ * Health: the process stays up for health.settleMs (Supervisor's startsecs)
+ * and, if a probe is configured, the probe passes; both before
+ * health.deadlineMs runs out. The probe is retried every intervalMs.
+ */
+export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo): Promise<void> {
+  const { probe, deadlineMs, settleMs, intervalMs } = app.health;
+  const start = fx.now();
+  const deadline = start + deadlineMs;
+  let probed = probe === undefined;
+  let last = '';
+  let nextProbe = start;
+  for (;;) {
+    if ((await fx.verify(proc)) === undefined) {
+      throw new RelinkError('APP_EXITED', `${app.name}: pid ${proc.pid} exited ${fx.now() - start} ms after the deploy, before the settle time of ${settleMs} ms (see ${app.logFile})`,
+        { file: app.logFile, key: 'health.settleMs', rule: 'the app must stay up', found: `exited after ${fx.now() - start} ms` });
+    }
+    if (!probed && fx.now() >= nextProbe) {
+      const r = await fx.probe();
+      probed = r.ok;
+      last = r.detail;
+      nextProbe = fx.now() + intervalMs;
+    }
+    if (probed && fx.now() - start >= settleMs) return;
+    if (fx.now() >= deadline) {
+      const what = probe === undefined ? 'the settle time' : `${describeProbe(probe)}`;
+      throw new RelinkError('UNHEALTHY', `${app.name}: ${what} did not pass within ${deadlineMs} ms (last: ${last || 'no answer'})`,
+        { key: 'health', rule: 'must answer 2xx (or accept) within the deadline', found: last || 'no answer' });
+    }
+    await fx.sleep(Math.min(POLL_MS * 2, intervalMs));
+  }
+}
