@@ -146,6 +146,8 @@ function pick(mains: readonly ProcInfo[], preferred: ProcIdentity | undefined): 
 
 /** Send `signal`; false if the process is already gone. */
 export function sendSignal(pid: number, signal: NodeJS.Signals): boolean {
+  // kill(0) and kill(-1) mean "my process group" and "everyone": never.
+  if (!Number.isSafeInteger(pid) || pid <= 1) throw new RangeError(`refusing to signal pid ${pid}`);
   try {
     process.kill(pid, signal);
     return true;

@@ -4,13 +4,13 @@
  * process, and cleanup that leaves no app process behind.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, realpath, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, realpath, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { ProcessFinder, readProc } from '../src/proc.js';
+import { readProc } from '../src/proc.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const MAIN = path.join(ROOT, 'src', 'cli', 'main.ts');
@@ -49,14 +49,25 @@ export async function alive(pid: number): Promise<boolean> {
   return (await readProc(pid)) !== undefined;
 }
 
-/** SIGKILL every process running a binary from `releasesDir`; registered with t.after. */
+/** Every live process whose executable lies under `dir` (also once `dir` is deleted). */
+export async function processesUnder(dir: string): Promise<number[]> {
+  const prefix = dir.endsWith(path.sep) ? dir : dir + path.sep;
+  const pids = (await readdir('/proc')).filter((n) => /^\d+$/.test(n)).map(Number);
+  const infos = await Promise.all(pids.map((pid) => readProc(pid).catch(() => undefined)));
+  return infos.filter((i) => i !== undefined && i.exe.startsWith(prefix)).map((i) => i!.pid);
+}
+
+/**
+ * SIGKILL every process running a binary from `releasesDir` when the test
+ * ends. /proc is scanned directly rather than through ProcessFinder, which
+ * needs the folder: after hooks run in registration order, so the temp
+ * folder may already be gone (the kernel then shows the exe as deleted).
+ */
 export function reapAppsAfter(t: TestContext, releasesDir: string): void {
   t.after(async () => {
-    const finder = new ProcessFinder({ releasesDir });
-    const found = await finder.discover().catch(() => undefined);
-    for (const p of found?.all ?? []) {
+    for (const pid of await processesUnder(releasesDir)) {
       try {
-        process.kill(p.pid, 'SIGKILL');
+        process.kill(pid, 'SIGKILL');
       } catch {
         // already gone
       }

@@ -1,0 +1,442 @@
+/**
+ * Finding the app's process, for real: the C demo app started the way an
+ * operator starts it (`./app.bin -c app.cfg` through the links), decoys that
+ * mention app.bin or run a copy of the same binary, real /proc, real signals.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { copyFile, mkdir, mkdtemp, readFile, realpath, rm, symlink, unlink, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
+import { ProcessFinder, readProc, sendSignal, type ProcIdentity, type ProcInfo } from '../src/proc.js';
+import { swapLink } from '../src/relink.js';
+import { alive, reapAppsAfter, waitFor } from './helpers.js';
+
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+
+interface Reply {
+  readonly release: string;
+  readonly pid: number;
+  readonly generation: number;
+}
+
+interface Spawned {
+  readonly child: ChildProcess;
+  readonly pid: number;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+interface Setup {
+  readonly root: string;
+  readonly app: DemoApp;
+  readonly finder: ProcessFinder;
+}
+
+/**
+ * makeApp in a fresh folder, with app.bin/app.cfg linked to release 1.0.
+ * Not helpers' tmpDir: after-hooks run in the order they were registered, so
+ * its folder removal would run before reapAppsAfter, which then can no longer
+ * resolve the releases folder and kills nothing.
+ */
+async function setup(t: TestContext, cfgExtra: (root: string) => string = () => ''): Promise<Setup> {
+  const root = await realpath(await mkdtemp(path.join(os.tmpdir(), 'relink-proc-')));
+  reapAppsAfter(t, path.join(root, 'web', 'release'));
+  t.after(() => rm(root, { recursive: true, force: true }));
+  const app = await makeApp({ root, cfgExtra: cfgExtra(root) });
+  assert.equal(app.releasesDir, path.join(root, 'web', 'release'));
+  await symlink('release/app.1.0', path.join(app.dir, 'app.bin'));
+  await symlink('release/cfg.1.0', path.join(app.dir, 'app.cfg'));
+  return { root, app, finder: new ProcessFinder({ releasesDir: app.releasesDir }) };
+}
+
+/** A detached child in its own process group, SIGKILLed as a group after the test. */
+function spawnTracked(t: TestContext, cmd: string, args: readonly string[], opts: { cwd?: string; argv0?: string; stdout?: 'pipe' } = {}): Spawned {
+  const child = spawn(cmd, args, {
+    cwd: opts.cwd,
+    argv0: opts.argv0,
+    detached: true,
+    stdio: ['ignore', opts.stdout ?? 'ignore', 'ignore'],
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.once('exit', (code, signal) => resolve({ code, signal }));
+  });
+  child.once('error', () => undefined); // a failed spawn shows as the missing pid below
+  const pid = child.pid;
+  assert.ok(pid !== undefined, `spawn ${cmd} failed`);
+  // The group also holds re-exec'd generations, workers and a shell's children.
+  t.after(() => killGroup(pid));
+  return { child, pid, exited };
+}
+
+function killGroup(pgid: number): void {
+  try {
+    process.kill(-pgid, 'SIGKILL');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
+}
+
+function get(url: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => { body += c; });
+      res.on('end', () => resolve(body));
+    });
+    req.on('error', reject);
+    req.setTimeout(5000, () => req.destroy(new Error(`GET ${url} timed out`)));
+  });
+}
+
+async function ask(url: string): Promise<Reply> {
+  return JSON.parse(await get(url)) as Reply;
+}
+
+/** Wait until `url` is served by process `pid`. */
+async function servedBy(url: string, pid: number): Promise<Reply> {
+  return waitFor(`${url} to be served by pid ${pid}`, async () => {
+    const reply = await ask(url);
+    return reply.pid === pid ? reply : undefined;
+  });
+}
+
+/** `./app.bin -c CFG` in the app's folder, as an operator starts it; resolves once it serves. */
+async function startApp(t: TestContext, app: DemoApp, cfg = 'app.cfg', url = app.url): Promise<Spawned> {
+  const s = spawnTracked(t, './app.bin', ['-c', cfg], { cwd: app.dir });
+  await servedBy(url, s.pid);
+  return s;
+}
+
+function pidsOf(list: readonly ProcInfo[]): number[] {
+  return list.map((p) => p.pid).sort((a, b) => a - b);
+}
+
+function identity(p: ProcInfo): ProcIdentity {
+  return { pid: p.pid, startTime: p.startTime };
+}
+
+async function mustRead(pid: number): Promise<ProcInfo> {
+  const info = await readProc(pid);
+  assert.ok(info !== undefined, `readProc(${pid}) found nothing`);
+  return info;
+}
+
+/**
+ * Clock ticks since boot, as /proc/uptime tells. It lags the clock start
+ * times are taken from by up to a tick (measured), hence the slack of a
+ * second where it bounds a start time from above: a misread field
+ * (vsize, num_threads...) is off by far more.
+ */
+async function uptimeTicks(): Promise<number> {
+  return Math.floor(Number.parseFloat(await readFile('/proc/uptime', 'utf8')) * CLK_TCK);
+}
+
+async function procState(pid: number): Promise<string | undefined> {
+  const text = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+  return text?.slice(text.lastIndexOf(')') + 2).split(' ')[0];
+}
+
+test('readProc reads pid, parent, start time and the real executable of the running app', async (t) => {
+  const { app } = await setup(t);
+  const { pid } = await startApp(t, app);
+
+  const info = await mustRead(pid);
+  assert.equal(info.pid, pid);
+  assert.equal(info.ppid, process.pid);
+  assert.ok(info.startTime > 0, `startTime ${info.startTime}`);
+  assert.ok(info.startTime <= (await uptimeTicks()) + CLK_TCK, `startTime ${info.startTime} is in the future`);
+  assert.equal(info.exe, await realpath(path.join(app.releasesDir, 'app.1.0')));
+  assert.equal(info.deleted, false);
+  assert.equal(info.uid, process.getuid?.());
+  assert.equal((await mustRead(pid)).startTime, info.startTime, 'start time is stable');
+});
+
+test('readProc parses /proc/PID/stat when the command name holds ") " and spaces', async (t) => {
+  const { root } = await setup(t);
+  // comm is the executable's file name: with the first ')' taken as its end, ppid would read as 9.
+  const odd = path.join(root, 'x) 9 9 (y');
+  await copyFile(await realpath('/bin/sleep'), odd);
+  const s = spawnTracked(t, odd, ['300']);
+  const info = await waitFor('the oddly named sleep', () => readProc(s.pid));
+  assert.equal(info.ppid, process.pid);
+  assert.equal(info.exe, odd);
+  assert.ok(info.startTime > 0 && info.startTime <= (await uptimeTicks()) + CLK_TCK, `startTime ${info.startTime}`);
+});
+
+test('readProc is undefined for a dead, a nonexistent or an invalid pid', async (t) => {
+  const s = spawnTracked(t, 'true', []);
+  assert.deepEqual(await s.exited, { code: 0, signal: null });
+  assert.equal(await readProc(s.pid), undefined);
+  const pidMax = Number(await readFile('/proc/sys/kernel/pid_max', 'utf8'));
+  for (const pid of [pidMax + 1, 0, -1, Number.NaN, 1.5]) assert.equal(await readProc(pid), undefined, `pid ${pid}`);
+});
+
+test('readProc treats a zombie as gone', async (t) => {
+  // `sleep 0` is reaped by nobody: its parent shell has become `sleep 300`.
+  const s = spawnTracked(t, 'sh', ['-c', 'sleep 0 & echo $!; exec sleep 300'], { stdout: 'pipe' });
+  const zombie = await new Promise<number>((resolve, reject) => {
+    let out = '';
+    s.child.stdout!.setEncoding('utf8').on('data', (c: string) => {
+      out += c;
+      if (out.includes('\n')) resolve(Number(out.trim()));
+    });
+    s.child.once('exit', () => reject(new Error('shell exited early')));
+  });
+  await waitFor(`pid ${zombie} to be a zombie`, async () => (await procState(zombie)) === 'Z');
+  assert.equal(await readProc(zombie), undefined);
+  assert.equal(await alive(zombie), false);
+});
+
+test('discover finds the app; verify pins it by pid and start time', async (t) => {
+  const { app, finder } = await setup(t);
+  const s = await startApp(t, app);
+
+  const found = await finder.discover();
+  assert.equal(found.main?.pid, s.pid);
+  assert.deepEqual(pidsOf(found.all), [s.pid]);
+  assert.deepEqual(found.strays, []);
+  const main = found.main!;
+
+  assert.deepEqual(await finder.verify(identity(main)), main);
+  // PID reuse guard: same pid, another start time is another process.
+  assert.equal(await finder.verify({ pid: main.pid, startTime: main.startTime + 1 }), undefined);
+  assert.equal(await finder.verify({ pid: main.pid, startTime: main.startTime - 1 }), undefined);
+
+  assert.equal(sendSignal(s.pid, 'SIGKILL'), true);
+  await waitFor('verify to drop the killed app', async () => (await finder.verify(identity(main))) === undefined);
+  const after = await finder.discover();
+  assert.equal(after.main, undefined);
+  assert.deepEqual(after.all, []);
+});
+
+test('decoys that mention app.bin or run a copy of its binary are never matched', async (t) => {
+  const { root, app, finder } = await setup(t);
+  const real = await startApp(t, app);
+
+  const tail = spawnTracked(t, 'tail', ['-f', path.join(app.dir, 'app.bin')]);
+  const shell = spawnTracked(t, 'sh', ['-c', 'sleep 300; : app.bin ./app.bin -c app.cfg'], { cwd: app.dir });
+  // argv[0] is the release binary's own path; the process runs sleep.
+  const liar = spawnTracked(t, 'sleep', ['300'], { argv0: path.join(app.releasesDir, 'app.1.0') });
+
+  // The same binary outside the releases folder, in a sibling whose name starts
+  // the same ("release-old"), started exactly like the app.
+  const copyDir = path.join(app.dir, 'release-old');
+  const decoyDir = path.join(root, 'decoy');
+  await mkdir(copyDir);
+  await mkdir(decoyDir);
+  await copyFile(path.join(app.releasesDir, 'app.1.0'), path.join(copyDir, 'app.1.0'));
+  const decoyPort = await freePort();
+  await writeFile(path.join(decoyDir, 'app.cfg'), `port=${decoyPort}\nmode=reexec\n`);
+  await symlink(path.join(copyDir, 'app.1.0'), path.join(decoyDir, 'app.bin'));
+  const copy = spawnTracked(t, './app.bin', ['-c', 'app.cfg'], { cwd: decoyDir });
+  await servedBy(`http://127.0.0.1:${decoyPort}/`, copy.pid);
+
+  const sleepUnderShell = await waitFor('the shell decoy\'s sleep', async () => {
+    const children = await readFile(`/proc/${shell.pid}/task/${shell.pid}/children`, 'utf8');
+    return Number(children.trim().split(' ')[0]) || undefined;
+  });
+  const decoys = [tail.pid, shell.pid, sleepUnderShell, liar.pid, copy.pid];
+  for (const pid of decoys) assert.ok(await alive(pid), `decoy ${pid} is running`);
+
+  const found = await finder.discover();
+  assert.equal(found.main?.pid, real.pid);
+  assert.deepEqual(pidsOf(found.all), [real.pid]);
+  assert.deepEqual(found.strays, []);
+  for (const pid of decoys) {
+    const info = await mustRead(pid);
+    assert.equal(await finder.verify(identity(info)), undefined, `verify accepted decoy ${pid} (${info.exe})`);
+    assert.equal(await finder.belongs(info), false, `decoy ${pid} (${info.exe}) belongs`);
+  }
+});
+
+test('a path from the process lister is only a hint: /proc has the last word', async (t) => {
+  const { app } = await setup(t);
+  const real = await startApp(t, app);
+  const bin = path.join(app.releasesDir, 'app.1.0');
+  // ps-list falls back to argv[0] when /proc/PID/exe is unreadable, so a process
+  // started with the app's path as argv[0] can be listed with that path.
+  const liar = spawnTracked(t, 'sleep', ['300'], { argv0: bin });
+  const list = async (): Promise<{ pid: number; path: string }[]> => [
+    { pid: liar.pid, path: bin },
+    { pid: real.pid, path: bin },
+  ];
+  const found = await new ProcessFinder({ releasesDir: app.releasesDir, list }).discover();
+  assert.equal(found.main?.pid, real.pid);
+  assert.deepEqual(pidsOf(found.all), [real.pid]);
+  assert.ok(await alive(liar.pid), 'the decoy was still running while checked');
+});
+
+test('an app whose binary was deleted or replaced on disk is still found, marked deleted', async (t) => {
+  const { app, finder } = await setup(t);
+  const s = await startApp(t, app);
+  const bin = path.join(app.releasesDir, 'app.1.0');
+  const saved = path.join(app.dir, 'app.1.0.saved');
+  await copyFile(bin, saved);
+
+  await unlink(bin);
+  const gone = await finder.discover();
+  assert.equal(gone.main?.pid, s.pid);
+  assert.equal(gone.main?.exe, bin);
+  assert.equal(gone.main?.deleted, true);
+  assert.deepEqual(pidsOf(gone.all), [s.pid]);
+  assert.equal((await finder.verify(identity(gone.main!)))?.deleted, true);
+
+  // Put a file back under the same name: the process still runs the old one.
+  await copyFile(saved, bin);
+  const back = await finder.discover();
+  assert.equal(back.main?.pid, s.pid);
+  assert.equal(back.main?.exe, bin);
+  assert.equal(back.main?.deleted, true);
+});
+
+test('with workers the main is the parent and the workers are neither main nor strays', async (t) => {
+  const { app, finder } = await setup(t, () => 'workers=2\n');
+  const s = await startApp(t, app);
+
+  const found = await waitFor('the app and its 2 workers', async () => {
+    const d = await finder.discover();
+    return d.all.length >= 3 ? d : undefined;
+  });
+  assert.equal(found.all.length, 3);
+  assert.equal(found.main?.pid, s.pid);
+  assert.deepEqual(found.strays, []);
+  const workers = found.all.filter((p) => p.pid !== s.pid);
+  assert.equal(workers.length, 2);
+  for (const w of workers) {
+    assert.equal(w.ppid, s.pid);
+    assert.equal(w.exe, path.join(app.releasesDir, 'app.1.0'));
+  }
+  // Asked to prefer a worker, discover still answers with the main process.
+  assert.equal((await finder.discover(identity(workers[0]!))).main?.pid, s.pid);
+});
+
+test('after a re-exec handoff discover finds the new generation running the new release', async (t) => {
+  const { app, finder } = await setup(t);
+  const old = await startApp(t, app);
+  const before = await finder.discover();
+  assert.equal(before.main?.pid, old.pid);
+  const oldId = identity(before.main!);
+
+  await swapLink(path.join(app.dir, 'app.cfg'), 'release/cfg.2.0');
+  await swapLink(path.join(app.dir, 'app.bin'), 'release/app.2.0');
+  assert.equal(sendSignal(old.pid, 'SIGHUP'), true);
+
+  await waitFor(`old main ${old.pid} to exit`, async () => !(await alive(old.pid)));
+  const after = await waitFor('discover to find the new main', async () => {
+    const d = await finder.discover();
+    return d.main !== undefined && d.main.pid !== old.pid ? d : undefined;
+  });
+  const main = after.main!;
+  assert.equal(main.exe, path.join(app.releasesDir, 'app.2.0'));
+  assert.equal(main.deleted, false);
+  assert.deepEqual(pidsOf(after.all), [main.pid]);
+  assert.deepEqual(after.strays, []);
+  assert.equal(await finder.verify(oldId), undefined);
+  assert.deepEqual(await finder.verify(identity(main)), main);
+
+  const reply = await ask(app.url);
+  assert.equal(reply.pid, main.pid);
+  assert.equal(reply.release, 'app.2.0');
+  assert.equal(reply.generation, 1);
+});
+
+test('two copies from the same releases folder: the oldest is main, unless the other is preferred', async (t) => {
+  const { root, app, finder } = await setup(t, (r) => `pidfile=${path.join(r, 'first.pid')}\n`);
+  const first = await startApp(t, app);
+  const firstInfo = await mustRead(first.pid);
+  // Start times count clock ticks: make sure the second copy cannot share the first's.
+  await waitFor('a clock tick after the first copy started', async () => (await uptimeTicks()) > firstInfo.startTime + 1);
+
+  const port2 = await freePort();
+  const pidFile2 = path.join(root, 'second.pid');
+  await writeFile(path.join(app.dir, 'second.cfg'), `port=${port2}\nmode=reexec\npidfile=${pidFile2}\n`);
+  const second = await startApp(t, app, 'second.cfg', `http://127.0.0.1:${port2}/`);
+  const secondInfo = await mustRead(second.pid);
+  assert.ok(secondInfo.startTime > firstInfo.startTime);
+
+  const found = await finder.discover();
+  assert.equal(found.main?.pid, first.pid);
+  assert.deepEqual(pidsOf(found.strays), [second.pid]);
+  assert.deepEqual(pidsOf(found.all), [first.pid, second.pid].sort((a, b) => a - b));
+
+  const preferred = await finder.discover(identity(secondInfo));
+  assert.equal(preferred.main?.pid, second.pid);
+  assert.deepEqual(pidsOf(preferred.strays), [first.pid]);
+
+  // A preferred identity that no longer matches (start time differs) falls back to the oldest.
+  const stale = await finder.discover({ pid: second.pid, startTime: secondInfo.startTime + 1 });
+  assert.equal(stale.main?.pid, first.pid);
+
+  // The PID file names the younger copy: it wins over the age rule.
+  await waitFor('the second copy\'s pid file', () => readFile(pidFile2, 'utf8'));
+  const byPidFile = await new ProcessFinder({ releasesDir: app.releasesDir, pidFile: pidFile2 }).discover();
+  assert.equal(byPidFile.main?.pid, second.pid);
+  assert.deepEqual(pidsOf(byPidFile.strays), [first.pid]);
+});
+
+test('a PID file naming the app finds it even without a process-table scan', async (t) => {
+  const { root, app } = await setup(t, (r) => `pidfile=${path.join(r, 'app.pid')}\n`);
+  const pidFile = path.join(root, 'app.pid');
+  const s = await startApp(t, app);
+  assert.equal(Number((await waitFor('the app\'s pid file', () => readFile(pidFile, 'utf8'))).trim()), s.pid);
+
+  const noScan = async (): Promise<{ pid: number }[]> => [];
+  const blind = await new ProcessFinder({ releasesDir: app.releasesDir, list: noScan }).discover();
+  assert.equal(blind.main, undefined, 'control: without the PID file an empty scan finds nothing');
+
+  const viaFile = await new ProcessFinder({ releasesDir: app.releasesDir, pidFile, list: noScan }).discover();
+  assert.equal(viaFile.main?.pid, s.pid);
+  assert.deepEqual(pidsOf(viaFile.all), [s.pid]);
+
+  const both = await new ProcessFinder({ releasesDir: app.releasesDir, pidFile }).discover();
+  assert.equal(both.main?.pid, s.pid);
+  assert.deepEqual(pidsOf(both.all), [s.pid], 'the app is listed once, not once per source');
+});
+
+test('a PID file naming a process that does not run the app\'s binary is not trusted', async (t) => {
+  const { root, app } = await setup(t);
+  const s = await startApp(t, app);
+  const decoy = spawnTracked(t, 'sleep', ['300'], { argv0: path.join(app.releasesDir, 'app.1.0') });
+  const pidFile = path.join(root, 'decoy.pid');
+  await writeFile(pidFile, `${decoy.pid}\n`);
+
+  const found = await new ProcessFinder({ releasesDir: app.releasesDir, pidFile }).discover();
+  assert.equal(found.main?.pid, s.pid);
+  assert.deepEqual(pidsOf(found.all), [s.pid]);
+  assert.ok(!found.strays.some((p) => p.pid === decoy.pid));
+
+  const blind = await new ProcessFinder({ releasesDir: app.releasesDir, pidFile, list: async () => [] }).discover();
+  assert.equal(blind.main, undefined);
+  assert.deepEqual(blind.all, []);
+  assert.ok(await alive(decoy.pid), 'the decoy was still running while checked');
+});
+
+test('a garbage, empty, missing or stale PID file is ignored and the scan still finds the app', async (t) => {
+  const { root, app } = await setup(t);
+  const s = await startApp(t, app);
+  const dead = spawnTracked(t, 'true', []);
+  await dead.exited;
+
+  const pidFile = path.join(root, 'app.pid');
+  for (const content of ['garbage\n', '', '0\n', '-1\n', `${dead.pid}\n`, undefined]) {
+    await rm(pidFile, { force: true });
+    if (content !== undefined) await writeFile(pidFile, content);
+    const found = await new ProcessFinder({ releasesDir: app.releasesDir, pidFile }).discover();
+    assert.equal(found.main?.pid, s.pid, `pid file ${JSON.stringify(content)}`);
+    assert.deepEqual(pidsOf(found.all), [s.pid], `pid file ${JSON.stringify(content)}`);
+  }
+});
+
+test('sendSignal delivers to a live process and returns false for a dead one', async (t) => {
+  const live = spawnTracked(t, 'sleep', ['300']);
+  await waitFor('sleep to run', () => alive(live.pid));
+  assert.equal(sendSignal(live.pid, 'SIGTERM'), true);
+  assert.deepEqual(await live.exited, { code: null, signal: 'SIGTERM' });
+
+  // Reaped by us: the pid names no process any more.
+  assert.equal(sendSignal(live.pid, 'SIGTERM'), false);
+});
