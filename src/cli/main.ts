@@ -7,8 +7,10 @@ import { RelinkError, RelinkErrors } from '../errors.js';
 import { VERSION } from '../version.js';
 import { agentCommand } from './agent.js';
 import { demoCommand } from './demo.js';
+import { deployCommand } from './deploy.js';
 import { historyCommand } from './history.js';
 import { EXIT, type IO } from './io.js';
+import { rollbackCommand } from './rollback.js';
 import { statusCommand } from './status.js';
 import { validateCommand } from './validate.js';
 
@@ -22,6 +24,8 @@ const COMMANDS: Record<string, Command> = {
   status: statusCommand,
   validate: validateCommand,
   history: historyCommand,
+  deploy: deployCommand,
+  rollback: rollbackCommand,
   demo: demoCommand,
 };
 

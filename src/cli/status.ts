@@ -13,8 +13,10 @@ Show each app: its state, the release files its links point at, its main
 process and since when, and the last deploy with its outcome. The process is
 checked live (through /proc), not only read from the agent's state file.
 
-States: running, stopped, deploying, failed (the last deploy failed and the
-app is not running).
+States: running; deploying; backoff (crashed, a restart is scheduled); fatal
+(crashed too often in a row, left alone until the next deploy or a re-save of
+current.conf); failed (the last deploy failed and the app is not running);
+stopped.
 
 Options:
   --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
@@ -36,6 +38,8 @@ export interface AppStatus {
   readonly bin: string | null;
   readonly cfg: string | null;
   readonly currentFile: string;
+  readonly lastGood: { readonly bin: string; readonly cfg: string } | null;
+  readonly restarts: number;
   readonly lastDeploy: HistoryEntry | null;
 }
 
@@ -46,10 +50,11 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
   let proc: ProcInfo | undefined = known === undefined ? undefined : await finder.verify(known);
   proc ??= (await finder.discover(known)).main;
   const sameAsSaved = proc !== undefined && proc.pid === saved?.pid;
+  // The agent's word where it still holds, corrected by what /proc shows now.
   let state: AppStateName;
-  if (proc === undefined) state = saved?.lastDeploy?.outcome === 'failed' ? 'failed' : 'stopped';
-  else if (agentRunning && saved?.state === 'deploying') state = 'deploying';
-  else state = 'running';
+  if (proc !== undefined) state = agentRunning && saved?.state === 'deploying' ? 'deploying' : 'running';
+  else if (saved?.state === 'fatal' || saved?.state === 'failed' || (agentRunning && (saved?.state === 'backoff' || saved?.state === 'deploying'))) state = saved.state;
+  else state = 'stopped';
   const since = proc === undefined ? null : sameAsSaved ? saved?.since ?? null : null;
   return {
     name: app.name,
@@ -62,6 +67,8 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     bin: links.bin ?? null,
     cfg: links.cfg ?? null,
     currentFile: app.currentFile,
+    lastGood: saved?.lastGood ? { bin: saved.lastGood.bin, cfg: saved.lastGood.cfg } : null,
+    restarts: saved?.restarts ?? 0,
     lastDeploy: saved?.lastDeploy ?? null,
   };
 }
@@ -78,6 +85,8 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
       ['  cfg', a.cfg ?? '(no link)'],
     ];
     if (a.exe !== null && a.exe !== a.bin) rows.push(['  running', `${a.exe}${a.exeDeleted ? ' (deleted on disk)' : ''}`]);
+    if (a.lastGood !== null && (a.lastGood.bin !== a.bin || a.lastGood.cfg !== a.cfg)) rows.push(['  last good', `${a.lastGood.bin} + ${path.basename(a.lastGood.cfg)}`]);
+    if (a.restarts > 0) rows.push(['  restarts', `${a.restarts} since the last deploy`]);
     const d = a.lastDeploy;
     if (d !== null) {
       const to = d.to.bin === null ? '' : ` ${path.basename(d.to.bin)}`;

@@ -12,6 +12,11 @@
  *   RELINK_FIXTURE_FD. The new process SIGTERMs the old one once it is ready.
  * SIGHUP, mode=inplace: re-read the config and update `message` (PID stays).
  *
+ * Config (key=value lines): port (required), mode=reexec|inplace, message,
+ * workers=N (forked children with the same exe, like nginx's workers),
+ * pidfile=PATH, and for failure tests: fail_start=1 (exit 4 at once),
+ * exit_after_ms=N (exit 3 N ms after start), unhealthy=1 (/healthz -> 503).
+ *
  * Linux only, libc only. Build: cc -O2 -Wall -Wextra -o app app.c
  */
 #define _GNU_SOURCE
@@ -43,6 +48,7 @@ struct config {
     int workers;
     long exit_after_ms;       /* -1 = never */
     int fail_start;
+    int unhealthy;            /* 1 = /healthz answers 503 (a release that never becomes healthy) */
     char pidfile[PATH_MAX];
 };
 
@@ -109,6 +115,7 @@ static int read_config(const char *path, struct config *c)
         else if (!strcmp(k, "workers")) c->workers = atoi(v);
         else if (!strcmp(k, "exit_after_ms")) c->exit_after_ms = atol(v);
         else if (!strcmp(k, "fail_start")) c->fail_start = atoi(v) != 0;
+        else if (!strcmp(k, "unhealthy")) c->unhealthy = atoi(v) != 0;
         else if (!strcmp(k, "pidfile")) snprintf(c->pidfile, sizeof c->pidfile, "%s", v);
     }
     free(line);
@@ -172,6 +179,7 @@ static void serve(int fd, const struct config *c, int gen)
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 
     char req[REQ_MAX + 1];
+    req[0] = '\0';
     size_t got = 0;
     while (got < REQ_MAX) {
         ssize_t r = recv(fd, req + got, REQ_MAX - got, 0);
@@ -181,7 +189,8 @@ static void serve(int fd, const struct config *c, int gen)
         req[got] = '\0';
         if (strstr(req, "\r\n\r\n")) break;
     }
-    /* Every path (including /healthz) gets the same answer. */
+    /* Every path gets the same answer; /healthz says 503 when unhealthy=1. */
+    int sick = c->unhealthy && strncmp(req, "GET /healthz", 12) == 0;
     static char rel_esc[6 * sizeof release + 1], msg_esc[6 * MSG_MAX + 1];
     static char body[sizeof rel_esc + sizeof msg_esc + 256], resp[sizeof body + 256];
     json_escape(rel_esc, release);
@@ -190,8 +199,8 @@ static void serve(int fd, const struct config *c, int gen)
         "{\"release\":\"%s\",\"message\":\"%s\",\"pid\":%d,\"mode\":\"%s\",\"generation\":%d}\n",
         rel_esc, msg_esc, (int)getpid(), c->inplace ? "inplace" : "reexec", gen);
     int rlen = snprintf(resp, sizeof resp,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-        "Content-Length: %d\r\n\r\n%s", blen, body);
+        "HTTP/1.1 %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        "Content-Length: %d\r\n\r\n%s", sick ? "503 Service Unavailable" : "200 OK", blen, body);
     write_all(fd, resp, (size_t)rlen);
 }
 

@@ -1,0 +1,130 @@
+/**
+ * Health-gated deploys end to end: the real agent, the real demo app, real
+ * probes over HTTP. Every bad release must end with the previous release
+ * serving and the reason in the journal; a refusal must switch nothing.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFile, readlink } from 'node:fs/promises';
+import path from 'node:path';
+import { test } from 'node:test';
+import { ask, currentConf, fixture, nthEntry, servedBy, setCurrentText } from './fixture.js';
+import { relinkCli } from './helpers.js';
+
+const sha256 = async (file: string) => createHash('sha256').update(await readFile(file)).digest('hex');
+
+for (const [release, code, why] of [
+  ['crash', 'HANDOFF_TIMEOUT', 'a binary that exits at once never takes over'],
+  ['sick', 'UNHEALTHY', 'a release that never becomes healthy'],
+  ['dies', 'APP_EXITED', 'a release that crashes right after the handoff'],
+] as const) {
+  test(`rolled back: ${why} (${release} -> ${code})`, async (t) => {
+    const f = await fixture(t);
+    const v1 = await servedBy(f.app, '1.0');
+    await setCurrentText(f.app, release);
+    const e = await nthEntry(f, 2);
+    assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+    assert.equal(e.code, code);
+    assert.equal(e.to.bin, path.join(f.app.releasesDir, `app.${release}`));
+    assert.deepEqual(e.rolledBackTo, { bin: path.join(f.app.releasesDir, 'app.1.0'), cfg: path.join(f.app.releasesDir, 'cfg.1.0') });
+    assert.match(e.rejected ?? '', new RegExp(`app\\.${release}`));
+    // The previous release serves, the links and current.conf name it again.
+    const now = await servedBy(f.app, '1.0');
+    if (release === 'crash') assert.equal(now.pid, v1.pid, 'the old process never handed over and keeps serving');
+    assert.equal(await readlink(path.join(f.app.dir, 'app.bin')), path.join(f.app.releasesDir, 'app.1.0'));
+    assert.deepEqual(await currentConf(f.app), { 'bin.file': 'app.1.0', 'cfg.file': 'cfg.1.0' });
+
+    const status = await relinkCli(['status', '--config', f.config, '--json']);
+    const s = JSON.parse(status.stdout) as { apps: Array<{ state: string; lastDeploy: { outcome: string; reason: string }; lastGood: { bin: string } }> };
+    assert.equal(s.apps[0]?.state, 'running');
+    assert.equal(s.apps[0]?.lastDeploy.outcome, 'rolled_back');
+    assert.equal(s.apps[0]?.lastGood.bin, path.join(f.app.releasesDir, 'app.1.0'));
+
+    // The bad release is not retried on its own; the next good one deploys.
+    await setCurrentText(f.app, '2.0');
+    const next = await nthEntry(f, 3);
+    assert.equal(next.outcome, 'deployed', next.reason ?? '');
+    await servedBy(f.app, '2.0');
+  });
+}
+
+test('refused before anything is switched: a failing preflight, a wrong sha256; current.conf stays as written', async (t) => {
+  const f = await fixture(t);
+  const v1 = await servedBy(f.app, '1.0');
+  const links = async () => [await readlink(path.join(f.app.dir, 'app.bin')), await readlink(path.join(f.app.dir, 'app.cfg'))];
+  const before = await links();
+
+  const preText = await setCurrentText(f.app, 'pre');
+  const pre = await nthEntry(f, 2);
+  assert.equal(pre.outcome, 'refused');
+  assert.equal(pre.code, 'PREFLIGHT_FAILED');
+  assert.match(pre.reason ?? '', /exit 1: emerg: preflight_fail=1 in .*cfg\.pre/);
+  assert.equal(await readFile(f.app.currentFile, 'utf8'), preText, 'current.conf is left as the operator wrote it');
+
+  const good = await sha256(path.join(f.app.releasesDir, 'app.2.0'));
+  const wrong = '0'.repeat(64);
+  await setCurrentText(f.app, '2.0', { 'bin.sha256': good, 'cfg.sha256': wrong });
+  const hash = await nthEntry(f, 3);
+  assert.equal(hash.outcome, 'refused');
+  assert.equal(hash.code, 'RELEASE_HASH_MISMATCH');
+  assert.match(hash.reason ?? '', new RegExp(`"cfg\\.sha256": .*current\\.conf says ${wrong}, .*cfg\\.2\\.0 has [0-9a-f]{64}`));
+
+  assert.deepEqual(await links(), before);
+  assert.equal((await ask(f.app)).pid, v1.pid);
+  const status = await relinkCli(['status', '--config', f.config]);
+  assert.match(status.stdout, /last deploy .*refused/);
+  assert.match(status.stdout, /reason .*RELEASE_HASH_MISMATCH|reason .*sha256/);
+
+  // With the right hashes it deploys.
+  await setCurrentText(f.app, '2.0', { 'bin.sha256': good, 'cfg.sha256': await sha256(path.join(f.app.releasesDir, 'cfg.2.0')) });
+  const ok = await nthEntry(f, 4);
+  assert.equal(ok.outcome, 'deployed', ok.reason ?? '');
+});
+
+test('deploy --wait and rollback --wait answer with honest exit codes', async (t) => {
+  const f = await fixture(t);
+  await servedBy(f.app, '1.0');
+  const cli = (...args: string[]) => relinkCli([...args, '--config', f.config]);
+
+  const ok = await cli('deploy', '2.0', '--wait', '--timeout', '30');
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.match(ok.stdout, /app\.2\.0 \+ cfg\.2\.0 deployed and healthy/);
+  assert.equal((await ask(f.app)).release, 'app.2.0');
+
+  const again = await cli('deploy', '2.0', '--wait');
+  assert.equal(again.code, 0);
+  assert.match(again.stdout, /already live/);
+
+  const refused = await cli('deploy', 'pre', '--wait', '--timeout', '30');
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /refused: .*preflight/);
+
+  const invalid = await cli('deploy', '9.9', '--wait');
+  assert.equal(invalid.code, 1);
+  assert.match(invalid.stderr, /"bin\.file": must name an existing file/);
+  assert.match(await readFile(f.app.currentFile, 'utf8'), /app\.pre/, 'an invalid deploy does not touch current.conf');
+
+  const rolled = await cli('deploy', 'sick', '--wait', '--timeout', '30', '--json');
+  assert.equal(rolled.code, 1);
+  const j = JSON.parse(rolled.stdout) as { outcome: string; entry: { code: string } };
+  assert.equal(j.outcome, 'rolled_back');
+  assert.equal(j.entry.code, 'UNHEALTHY');
+  assert.equal((await ask(f.app)).release, 'app.2.0');
+
+  const back = await cli('rollback', '--wait', '--timeout', '30');
+  assert.equal(back.code, 0, back.stderr);
+  assert.match(back.stdout, /app\.1\.0 \+ cfg\.1\.0 deployed/);
+  await servedBy(f.app, '1.0');
+  const to = await cli('rollback', '--to', '2.0', '--wait', '--timeout', '30');
+  assert.equal(to.code, 0, to.stderr);
+  await servedBy(f.app, '2.0');
+
+  const usage = await cli('deploy', '--bin', 'x');
+  assert.equal(usage.code, 2);
+  assert.equal((await cli('deploy', '2.0', '--timeout', 'soon')).code, 2);
+
+  assert.equal(await f.agent.stop(), 0);
+  const noAgent = await cli('deploy', '1.0', '--wait');
+  assert.equal(noAgent.code, 1);
+  assert.match(noAgent.stderr, /no relink agent is running/);
+});
