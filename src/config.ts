@@ -11,12 +11,13 @@ import { fileError, isErrno, RelinkErrors } from './errors.js';
 import { parseHostPort, type Probe } from './health.js';
 import { describe, zodProblems } from './zodIssues.js';
 
-const SIGNALS = Object.keys(osConstants.signals) as [string, ...string[]];
+// SIGKILL and SIGSTOP cannot be handled, so they can never mean "reload".
+const SIGNALS = Object.keys(osConstants.signals).filter((s) => s !== 'SIGKILL' && s !== 'SIGSTOP') as [string, ...string[]];
 
 const absoluteOrRelative = z.string().min(1, 'must be a non-empty path');
 
 const ReloadSchema = z.strictObject({
-  signal: z.enum(SIGNALS, { error: 'must be a signal name such as "SIGHUP"' }).default('SIGHUP'),
+  signal: z.enum(SIGNALS, { error: 'must be a catchable signal name such as "SIGHUP" (not SIGKILL or SIGSTOP)' }).default('SIGHUP'),
   mode: z.enum(['reexec', 'inplace'], { error: 'must be "reexec" (the app re-executes itself and its PID changes) or "inplace" (the PID stays)' }).default('reexec'),
   timeoutMs: z.int().min(100).max(600_000).default(15_000),
 });

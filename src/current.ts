@@ -71,7 +71,15 @@ export async function readCurrent(file: string): Promise<CurrentSnapshot> {
     const st = await handle.stat();
     if (!st.isFile()) throw fileError('CURRENT_UNREADABLE', file, undefined, 'must be a regular file', kindOf(st));
     if (st.size > MAX_BYTES) throw fileError('CURRENT_TOO_LARGE', file, undefined, `must be at most ${MAX_BYTES} bytes`, `${st.size} bytes`);
-    const text = await handle.readFile('utf8');
+    // Read at most one byte past the limit: the file may grow after the stat.
+    const buf = Buffer.alloc(MAX_BYTES + 1);
+    let n = 0;
+    for (;;) {
+      const { bytesRead } = await handle.read(buf, n, buf.length - n, n);
+      if (bytesRead === 0 || (n += bytesRead) >= buf.length) break;
+    }
+    if (n > MAX_BYTES) throw fileError('CURRENT_TOO_LARGE', file, undefined, `must be at most ${MAX_BYTES} bytes`, `more than ${MAX_BYTES} bytes`);
+    const text = buf.toString('utf8', 0, n);
     return { text, hash: hashText(text), mtimeMs: st.mtimeMs };
   } finally {
     await handle.close();

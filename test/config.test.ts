@@ -133,7 +133,7 @@ test('three mistakes are three problems, each with the file and its key path', (
   assert.equal(dir.rule, 'must be an absolute path');
   assert.equal(dir.found, '"srv/web"');
   const sig = one(problems, 'apps[0].reload.signal');
-  assert.ok(sig.message.includes('must be a signal name'), sig.message);
+  assert.ok(sig.message.includes('must be a catchable signal name'), sig.message);
   assert.equal(sig.found, '"SIGFOO"');
 });
 
@@ -162,10 +162,11 @@ test('an unknown key is refused by name, at any depth', () => {
 });
 
 test('a bad signal name is refused; a real one is accepted', () => {
-  for (const signal of ['SIGFOO', 'HUP', 'sighup', 1]) {
+  // SIGKILL and SIGSTOP exist but cannot be caught: as a "reload" they would kill or freeze the app.
+  for (const signal of ['SIGFOO', 'HUP', 'sighup', 1, 'SIGKILL', 'SIGSTOP']) {
     const p = one(refused(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', reload: { signal } }] }), '/c.json'), 'apps[0].reload.signal');
     assert.equal(p.code, 'CONFIG_INVALID');
-    assert.match(p.message, /must be a signal name such as "SIGHUP"/);
+    assert.match(p.message, /must be a catchable signal name such as "SIGHUP"/);
     assert.equal(p.found, JSON.stringify(signal));
   }
   const app = parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', reload: { signal: 'SIGUSR1' } }] }), '/c.json').apps[0]!;
