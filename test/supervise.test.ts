@@ -5,6 +5,8 @@
  * handoff is never taken for a crash.
  */
 import assert from 'node:assert/strict';
+import { readlink, rename, symlink } from 'node:fs/promises';
+import path from 'node:path';
 import { test } from 'node:test';
 import { readHistory } from '../src/history.js';
 import { readAppState } from '../src/state.js';
@@ -92,4 +94,18 @@ test('a graceful re-exec handoff (SIGHUP sent by hand) is followed, not restarte
   const e = await nthEntry(f, 2);
   assert.equal(e.pidBefore, v2.pid);
   assert.equal(e.outcome, 'deployed', e.reason ?? '');
+});
+
+test('reconcile: links changed by hand drift back to what current.conf names', async (t) => {
+  const f = await fixture(t);
+  await servedBy(f.app, '1.0');
+  const link = path.join(f.app.dir, 'app.bin');
+  await symlink(path.join(f.app.releasesDir, 'app.2.0'), `${link}.hand`);
+  await rename(`${link}.hand`, link);
+  await f.agent.waitForLog('drift noticed', (l) => l.msg === 'links drifted from current.conf; repairing');
+  const e = await nthEntry(f, 2);
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  assert.match(e.trigger, /drift/);
+  assert.equal(await readlink(link), path.join(f.app.releasesDir, 'app.1.0'));
+  await servedBy(f.app, '1.0');
 });
