@@ -339,8 +339,10 @@ export class AppAgent {
     }
     if (!this.app.supervise.enabled || this.#state === 'fatal' || this.#cancelBackoff !== undefined) return;
     const links = await this.#fx.readLinks();
-    // Nothing deployed yet, or a failed first deploy: nothing to restart.
-    if (links.bin === undefined || this.#applied === undefined || this.#state === 'failed') return;
+    // Nothing deployed yet, or a deploy that failed with nothing to go back
+    // to: there is no release to restart. (Links alone are enough otherwise:
+    // an adopted app must be restarted even while current.conf is refused.)
+    if (links.bin === undefined || links.cfg === undefined || this.#state === 'failed') return;
 
     if (!this.#restartDue) {
       const ranMs = this.#sinceMs === undefined ? 0 : this.#fx.now() - this.#sinceMs;
@@ -410,7 +412,7 @@ export class AppAgent {
       this.#log.info({ appPid: found.main.pid, previous: this.#main.pid }, 'app handed over to a new process');
     }
     this.#setMain(found.main, true);
-    if (this.#state === 'stopped' || this.#state === 'backoff') this.#state = 'running';
+    if (this.#state === 'stopped' || this.#state === 'backoff' || this.#state === 'failed') this.#state = 'running';
     return found.main;
   }
 
