@@ -1,12 +1,14 @@
 /**
  * The resident agent: one orchestrator and one watcher per app, a periodic
- * re-check as the safety net for any file event a watcher missed, and a
- * claim on the stateDir so that two agents never manage the same apps.
+ * re-check as the safety net for any file event a watcher missed, the prune
+ * schedules, and a claim on the stateDir so that two agents never manage
+ * the same apps.
  */
 import type { Logger } from 'pino';
 import { AppAgent } from './app.js';
 import type { AgentConfig } from './config.js';
 import { realEffects } from './effects.js';
+import { schedulePrune, type PruneSchedule } from './releases.js';
 import { claimAgent, releaseAgent } from './state.js';
 import { VERSION } from './version.js';
 import { CurrentWatcher } from './watch.js';
@@ -15,6 +17,7 @@ export class Agent {
   readonly config: AgentConfig;
   readonly apps: readonly AppAgent[];
   readonly #watchers: CurrentWatcher[] = [];
+  readonly #prunes: PruneSchedule[] = [];
   readonly #log: Logger;
   #timer: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
@@ -44,6 +47,8 @@ export class Agent {
         // After the watcher is armed: an edit made while the agent was down,
         // or between start and ready, is seen by this first read.
         await app.start();
+        const prune = schedulePrune(config, app.app, applog);
+        if (prune !== undefined) agent.#prunes.push(prune);
       }
       agent.#timer = setInterval(() => {
         for (const app of apps) app.trigger('recheck');
@@ -68,6 +73,8 @@ export class Agent {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       clearInterval(this.#timer);
+      // node-cron tasks keep the process alive until destroyed.
+      await Promise.allSettled(this.#prunes.map((p) => p.stop()));
       await Promise.allSettled(this.#watchers.map((w) => w.close()));
       await Promise.allSettled(this.apps.map((a) => a.close()));
       await releaseAgent(this.config.stateDir).catch(() => undefined);

@@ -25,10 +25,17 @@ export type ErrorCode =
   | 'RELEASE_HASH_MISMATCH'
   | 'HOME_UNKNOWN'
   | 'PREFLIGHT_FAILED'
+  // trust (StrictModes-style ownership and mode checks)
+  | 'UNTRUSTED_PATH'
   // relink / process
   | 'LINK_NOT_SYMLINK'
   | 'LINK_FAILED'
   | 'START_FAILED'
+  // running the app as its own user, with its limits
+  | 'USER_UNKNOWN'
+  | 'ROOT_REFUSED'
+  | 'USER_SWITCH_DENIED'
+  | 'LIMIT_DENIED'
   | 'SIGNAL_FAILED'
   | 'HANDOFF_TIMEOUT'
   | 'APP_EXITED'
@@ -39,6 +46,9 @@ export type ErrorCode =
   | 'WAIT_TIMEOUT'
   | 'SUPERSEDED'
   | 'UNKNOWN_RELEASE'
+  // releases / pruning
+  | 'PRUNE_FAILED'
+  | 'RELEASES_UNREADABLE'
   // agent / CLI
   | 'AGENT_RUNNING'
   | 'STATE_UNREADABLE'

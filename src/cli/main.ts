@@ -10,6 +10,8 @@ import { demoCommand } from './demo.js';
 import { deployCommand } from './deploy.js';
 import { historyCommand } from './history.js';
 import { EXIT, type IO } from './io.js';
+import { pruneCommand } from './prune.js';
+import { releasesCommand } from './releases.js';
 import { rollbackCommand } from './rollback.js';
 import { statusCommand } from './status.js';
 import { validateCommand } from './validate.js';
@@ -24,6 +26,8 @@ const COMMANDS: Record<string, Command> = {
   status: statusCommand,
   validate: validateCommand,
   history: historyCommand,
+  releases: releasesCommand,
+  prune: pruneCommand,
   deploy: deployCommand,
   rollback: rollbackCommand,
   demo: demoCommand,

@@ -1,0 +1,277 @@
+/**
+ * "Releases and pruning": listing the releases with their flags, and pruning
+ * that keeps the newest N plus everything a deploy may still need, on real
+ * files, through the library, the CLI (real processes) and node-cron.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { access, mkdir, symlink, utimes, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import cron from 'node-cron';
+import { loadConfig, type AgentConfig, type AppConfig } from '../src/config.js';
+import { RelinkError } from '../src/errors.js';
+import { appendHistory, type HistoryEntry, type Outcome } from '../src/history.js';
+import { createLogger } from '../src/log.js';
+import { listReleases, pruneReleases, schedulePrune, type ReleaseInfo } from '../src/releases.js';
+import { writeAppState } from '../src/state.js';
+import { relinkCli, tmpDir, waitFor, type LogLine } from './helpers.js';
+
+const BASE = Date.parse('2024-01-01T00:00:00Z');
+
+/** app.R (executable) and, unless `cfg` is false, cfg.R, both modified `minute` minutes after BASE. */
+async function addRelease(dir: string, r: string, minute: number, cfg = true): Promise<void> {
+  const when = new Date(BASE + minute * 60_000);
+  const bin = path.join(dir, `app.${r}`);
+  await writeFile(bin, `#!/bin/sh\necho ${r}\n`, { mode: 0o755 });
+  await utimes(bin, when, when);
+  if (cfg) {
+    await writeFile(path.join(dir, `cfg.${r}`), `release=${r}\n`);
+    await utimes(path.join(dir, `cfg.${r}`), when, when);
+  }
+}
+
+async function writeConfigFile(root: string, apps: readonly Record<string, unknown>[]): Promise<string> {
+  const file = path.join(root, 'config.json');
+  await writeFile(file, `${JSON.stringify({ stateDir: path.join(root, 'state'), logLevel: 'silent', apps }, null, 2)}\n`);
+  return file;
+}
+
+/** One app "web" in <root>/web with releases in <root>/web/release. */
+async function oneApp(root: string, extra: Record<string, unknown> = {}): Promise<{ file: string; config: AgentConfig; app: AppConfig; rel: string }> {
+  const rel = path.join(root, 'web', 'release');
+  await mkdir(rel, { recursive: true });
+  const file = await writeConfigFile(root, [{ name: 'web', dir: path.join(root, 'web'), ...extra }]);
+  const config = await loadConfig(file);
+  return { file, config, app: config.apps[0]!, rel };
+}
+
+function entry(app: string, outcome: Outcome, bin: string, time: string): HistoryEntry {
+  return {
+    time, app, outcome, action: 'signal', from: { bin: null, cfg: null }, to: { bin, cfg: bin.replace(/app\.([^/]*)$/, 'cfg.$1') },
+    reason: null, code: null, pidBefore: null, pidAfter: null, durationMs: 1, currentHash: null, trigger: 'test',
+  };
+}
+
+async function setLastGood(stateDir: string, app: string, bin: string, cfg: string): Promise<void> {
+  await writeAppState(stateDir, {
+    app, state: 'running', pid: null, pidStart: null, since: null, bin, cfg, lastDeploy: null,
+    lastGood: { bin, cfg, text: '' }, restarts: 0, updatedAt: new Date(BASE).toISOString(),
+  });
+}
+
+/** Point an app's links (in `dir`) at release `r` in `rel`. */
+async function linkTo(dir: string, rel: string, r: string): Promise<void> {
+  await symlink(path.join(rel, `app.${r}`), path.join(dir, 'app.bin'));
+  await symlink(path.join(rel, `cfg.${r}`), path.join(dir, 'app.cfg'));
+}
+
+async function exists(file: string): Promise<boolean> {
+  return access(file).then(() => true, () => false);
+}
+
+const names = (rs: readonly ReleaseInfo[], pred: (r: ReleaseInfo) => boolean = () => true) => rs.filter(pred).map((r) => r.release);
+
+test('releases are listed oldest first with current, previous, last-good and failed', async (t) => {
+  const root = await tmpDir(t);
+  const { config, app, rel } = await oneApp(root);
+  await addRelease(rel, '1.0', 1);
+  await addRelease(rel, '2.0', 2);
+  await addRelease(rel, '3.0', 4);
+  await addRelease(rel, '4.0', 3); // older file than 3.0: order is by mtime, not by name
+  await addRelease(rel, '5.0', 5, false);
+  await linkTo(app.dir, rel, '3.0');
+  await setLastGood(config.stateDir, 'web', path.join(rel, 'app.2.0'), path.join(rel, 'cfg.2.0'));
+  // A broken current.conf is not an error for listing.
+  await writeFile(app.currentFile, '{"bin.file": ');
+  const bin = (r: string) => path.join(rel, `app.${r}`);
+  await appendHistory(config.stateDir, entry('web', 'failed', bin('2.0'), '2024-02-01T00:00:00.000Z'));
+  await appendHistory(config.stateDir, entry('web', 'deployed', bin('2.0'), '2024-02-02T00:00:00.000Z'));
+  // A hand rollback to 1.0: it, not the newer 2.0, was deployed last before 3.0.
+  await appendHistory(config.stateDir, entry('web', 'deployed', bin('1.0'), '2024-02-03T00:00:00.000Z'));
+  await appendHistory(config.stateDir, entry('web', 'deployed', bin('3.0'), '2024-02-04T00:00:00.000Z'));
+  await appendHistory(config.stateDir, entry('web', 'rolled_back', bin('4.0'), '2024-02-05T00:00:00.000Z'));
+  // Another app's journal lines are not this app's deploys.
+  await appendHistory(config.stateDir, entry('api', 'deployed', bin('5.0'), '2024-02-06T00:00:00.000Z'));
+
+  const rs = await listReleases(config, app);
+  assert.deepEqual(names(rs), ['1.0', '2.0', '4.0', '3.0', '5.0']);
+  assert.deepEqual(names(rs, (r) => r.current), ['3.0']);
+  assert.deepEqual(names(rs, (r) => r.previous), ['1.0']);
+  assert.deepEqual(names(rs, (r) => r.lastGood), ['2.0']);
+  assert.deepEqual(names(rs, (r) => r.failed), ['4.0'], '2.0 failed once but its latest deploy succeeded');
+  const by = new Map(rs.map((r) => [r.release, r]));
+  assert.deepEqual(by.get('2.0')!.lastDeploy, { time: '2024-02-02T00:00:00.000Z', outcome: 'deployed' });
+  assert.deepEqual(by.get('4.0')!.lastDeploy, { time: '2024-02-05T00:00:00.000Z', outcome: 'rolled_back' });
+  assert.equal(by.get('5.0')!.lastDeploy, null);
+  assert.equal(by.get('5.0')!.cfg, null, 'a missing cfg is shown as null');
+  assert.deepEqual(by.get('1.0')!.bin, { path: bin('1.0'), size: '#!/bin/sh\necho 1.0\n'.length, mtime: new Date(BASE + 60_000).toISOString() });
+  assert.equal(by.get('1.0')!.cfg?.path, path.join(rel, 'cfg.1.0'));
+  assert.deepEqual(Object.fromEntries(rs.map((r) => [r.release, r.protected])),
+    { '1.0': ['previous (the rollback target)'], '2.0': ['last known-good'], '3.0': ['current'], '4.0': [], '5.0': [] });
+});
+
+test('files that are not releases are neither listed nor ever deleted', async (t) => {
+  const root = await tmpDir(t);
+  const { config, app, rel } = await oneApp(root);
+  await addRelease(rel, '1.0', 10);
+  await addRelease(rel, '2.0', 20);
+  // All older than every release, so each would be pruned if taken for one.
+  const others = ['.app.0.1.tmp', 'app.0.2.tmp', 'app.0.3~', 'app.0.4.part', 'README', 'cfg.0.5', 'app.', 'current.conf'];
+  for (const name of others) await writeFile(path.join(rel, name), name === 'current.conf' ? '{"bin.file": "app.2.0", "cfg.file": "cfg.2.0"}' : 'x');
+  await mkdir(path.join(rel, 'app.0.6'));
+  await symlink(path.join(rel, 'app.2.0'), path.join(rel, 'app.0.7'));
+  const old = new Date(BASE);
+  for (const name of [...others, 'app.0.6']) await utimes(path.join(rel, name), old, old);
+
+  assert.deepEqual(names(await listReleases(config, app)), ['1.0', '2.0']);
+  // keep 1, and current.conf names 2.0 anyway: only 1.0 may go.
+  const { removed, kept } = await pruneReleases(config, app, { keep: 1 });
+  assert.deepEqual(removed, [path.join(rel, 'cfg.1.0'), path.join(rel, 'app.1.0')]);
+  assert.deepEqual(kept, [path.join(rel, 'app.2.0'), path.join(rel, 'cfg.2.0')]);
+  for (const name of [...others, 'app.0.6', 'app.0.7', 'app.2.0', 'cfg.2.0']) assert.ok(await exists(path.join(rel, name)), `${name} is still there`);
+});
+
+test('prune keeps the newest N, current, last-good, what current.conf names and what another app links to', async (t) => {
+  const root = await tmpDir(t);
+  const shared = path.join(root, 'shared');
+  const alias = path.join(root, 'alias'); // the same folder under another name: links through it must still count
+  await mkdir(shared);
+  await symlink(shared, alias);
+  await mkdir(path.join(root, 'web'));
+  await mkdir(path.join(root, 'api'));
+  const file = await writeConfigFile(root, [
+    { name: 'web', dir: path.join(root, 'web'), releasesDir: shared },
+    { name: 'api', dir: path.join(root, 'api'), releasesDir: shared, currentFile: 'current.conf' },
+  ]);
+  const config = await loadConfig(file);
+  const web = config.apps[0]!;
+  for (let i = 1; i <= 10; i++) await addRelease(shared, `${i}.0`, i, i !== 4);
+  await linkTo(web.dir, shared, '6.0');
+  await setLastGood(config.stateDir, 'web', path.join(shared, 'app.5.0'), path.join(shared, 'cfg.5.0'));
+  await writeFile(web.currentFile, '{"bin.file": "app.3.0", "cfg.file": "cfg.3.0"}\n'); // uploaded, not yet applied
+  await symlink('../alias/app.2.0', path.join(root, 'api', 'app.bin'));
+  await symlink(path.join(alias, 'cfg.7.0'), path.join(root, 'api', 'app.cfg')); // only the cfg protects 7.0
+
+  const listed = await listReleases(config, web);
+  assert.deepEqual(Object.fromEntries(listed.filter((r) => r.protected.length > 0).map((r) => [r.release, r.protected])), {
+    '2.0': ['linked by app api'],
+    '3.0': ['named by current.conf'],
+    '5.0': ['last known-good'],
+    '6.0': ['current'],
+    '7.0': ['linked by app api'],
+  });
+  // For api, whose links point (through the alias) at 2.0's bin and 7.0's cfg, both are current.
+  const api = await listReleases(config, config.apps[1]!);
+  assert.deepEqual(names(api, (r) => r.current), ['2.0', '7.0']);
+  assert.deepEqual(api.find((r) => r.release === '6.0')!.protected, ['linked by app web']);
+
+  const all = (await listReleases(config, web)).flatMap((r) => [r.bin.path, ...(r.cfg ? [r.cfg.path] : [])]);
+  const expected = ['cfg.1.0', 'app.1.0', 'app.4.0', 'cfg.8.0', 'app.8.0'].map((n) => path.join(shared, n));
+
+  const dry = await pruneReleases(config, web, { keep: 2, dryRun: true });
+  assert.deepEqual(dry.removed, expected);
+  for (const f of all) assert.ok(await exists(f), `dry run left ${f}`);
+
+  const done = await pruneReleases(config, web, { keep: 2 });
+  assert.deepEqual(done.removed, expected);
+  assert.deepEqual(done.kept, all.filter((f) => !expected.includes(f)));
+  for (const f of all) assert.equal(await exists(f), !expected.includes(f), f);
+  assert.deepEqual(names(await listReleases(config, web)), ['2.0', '3.0', '5.0', '6.0', '7.0', '9.0', '10.0']);
+
+  // Nothing left to remove: a second run is a no-op.
+  assert.deepEqual((await pruneReleases(config, web, { keep: 2 })).removed, []);
+});
+
+test('keep must be a positive integer', async (t) => {
+  const root = await tmpDir(t);
+  const { file, config, app, rel } = await oneApp(root);
+  await addRelease(rel, '1.0', 1);
+  await addRelease(rel, '2.0', 2);
+  for (const keep of [0, -1, 1.5]) {
+    await assert.rejects(pruneReleases(config, app, { keep }), (err: unknown) => err instanceof RelinkError && err.code === 'USAGE', `keep ${keep}`);
+  }
+  for (const keep of ['0', 'x', '2.5', '']) {
+    const r = await relinkCli(['prune', '--config', file, '--keep', keep]);
+    assert.equal(r.code, 2, `--keep ${JSON.stringify(keep)}: ${r.stderr}`);
+    assert.match(r.stderr, /--keep must be a positive integer/);
+  }
+  assert.ok(await exists(path.join(rel, 'app.1.0')), 'a refused --keep deletes nothing');
+});
+
+test('relink releases --json and relink prune --dry-run, then prune, as real processes', async (t) => {
+  const root = await tmpDir(t);
+  const { file, config, app, rel } = await oneApp(root, { prune: { keep: 2 } });
+  for (let i = 1; i <= 4; i++) await addRelease(rel, `${i}.0`, i);
+  await linkTo(app.dir, rel, '1.0');
+  await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, 'app.1.0'), '2024-02-01T00:00:00.000Z'));
+
+  const listed = await relinkCli(['releases', '--json'], { RELINK_CONFIG: file });
+  assert.equal(listed.code, 0, listed.stderr);
+  const json = JSON.parse(listed.stdout) as { apps: { name: string; releases: ReleaseInfo[] }[] };
+  assert.deepEqual(json.apps.map((a) => a.name), ['web']);
+  assert.deepEqual(names(json.apps[0]!.releases), ['1.0', '2.0', '3.0', '4.0']);
+  assert.deepEqual(names(json.apps[0]!.releases, (r) => r.current), ['1.0']);
+  assert.deepEqual(json.apps[0]!.releases[0]!.lastDeploy, { time: '2024-02-01T00:00:00.000Z', outcome: 'deployed' });
+
+  const text = await relinkCli(['releases', '--config', file]);
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, /^RELEASE\s+BIN\s+CFG\s+SIZE\s+MODIFIED\s+FLAGS\s+LAST DEPLOY$/m);
+  assert.match(text.stdout, /^1\.0\s+app\.1\.0\s+cfg\.1\.0\s.*\scurrent\s+deployed /m);
+
+  // keep 2 from the config: 3.0 and 4.0, plus 1.0 (current); 2.0 would go.
+  const dry = await relinkCli(['prune', '--config', file, '--dry-run', '--json']);
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.deepEqual(JSON.parse(dry.stdout), {
+    dryRun: true,
+    apps: [{ name: 'web', removed: [path.join(rel, 'cfg.2.0'), path.join(rel, 'app.2.0')], kept: ['1.0', '3.0', '4.0'].flatMap((r) => [path.join(rel, `app.${r}`), path.join(rel, `cfg.${r}`)]) }],
+  });
+  assert.ok(await exists(path.join(rel, 'app.2.0')), 'the dry run deleted nothing');
+  assert.ok(await exists(path.join(rel, 'cfg.2.0')), 'the dry run deleted nothing');
+
+  const real = await relinkCli(['prune', '--config', file, '--keep', '3']);
+  assert.equal(real.code, 0, real.stderr);
+  assert.equal(real.stdout, 'web: nothing to remove, 8 kept\n', '--keep overrides the config');
+  const pruned = await relinkCli(['prune', '--config', file, '--app', 'web']);
+  assert.equal(pruned.code, 0, pruned.stderr);
+  assert.equal(pruned.stdout, `web: removed 2 files, 6 kept\n  ${path.join(rel, 'cfg.2.0')}\n  ${path.join(rel, 'app.2.0')}\n`);
+  assert.equal(await exists(path.join(rel, 'app.2.0')), false);
+
+  const unknown = await relinkCli(['prune', '--config', file, '--app', 'nope']);
+  assert.equal(unknown.code, 1, unknown.stderr);
+  assert.match(unknown.stderr, /no app named "nope"/);
+});
+
+test('schedulePrune prunes on its cron schedule, logs through pino, and stop() leaves no task', async (t) => {
+  const lines: LogLine[] = [];
+  const log = createLogger('debug', { write: (s: string) => { lines.push(JSON.parse(s) as LogLine); } });
+
+  const none = await oneApp(await tmpDir(t));
+  assert.equal(schedulePrune(none.config, none.app, log), undefined, 'no prune.schedule, no task');
+
+  const root = await tmpDir(t);
+  const { config, app, rel } = await oneApp(root, { prune: { schedule: '* * * * * *', keep: 1 } });
+  for (let i = 1; i <= 3; i++) await addRelease(rel, `${i}.0`, i);
+  const schedule = schedulePrune(config, app, log.child({ app: 'web' }));
+  assert.ok(schedule);
+  t.after(() => schedule.stop());
+  assert.ok([...cron.getTasks().values()].some((task) => task.name === 'prune-web'));
+
+  const line = await waitFor('a scheduled prune', () => lines.find((l) => l.app === 'web' && Array.isArray(l.removed) && l.removed.length > 0));
+  assert.equal(line.level, 'info');
+  assert.deepEqual(line.removed, ['1.0', '2.0'].flatMap((r) => [path.join(rel, `cfg.${r}`), path.join(rel, `app.${r}`)]));
+  assert.deepEqual(line.kept, [path.join(rel, 'app.3.0'), path.join(rel, 'cfg.3.0')]);
+  assert.equal(await exists(path.join(rel, 'app.1.0')), false);
+  assert.ok(await exists(path.join(rel, 'app.3.0')));
+
+  // node-cron's own messages (here: a task that throws) go to pino, not to its coloured console output.
+  const boom = cron.schedule('* * * * * *', () => { throw new Error('boom from a cron task'); }, { name: 'boom' });
+  t.after(() => boom.destroy());
+  const cronLine = await waitFor('node-cron logging through pino', () => lines.find((l) => l.component === 'node-cron' && l.level === 'error'));
+  assert.match(JSON.stringify(cronLine), /boom from a cron task/);
+  await boom.destroy();
+
+  const stopped = schedule.stop();
+  assert.equal(schedule.stop(), stopped, 'stop() returns the same promise every time');
+  await stopped;
+  assert.deepEqual([...cron.getTasks().values()].map((task) => task.name), [], 'no cron task left to keep the process alive');
+});
