@@ -15,10 +15,40 @@ import { readProc } from '../src/proc.js';
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const MAIN = path.join(ROOT, 'src', 'cli', 'main.ts');
 
+const deferred = new WeakMap<TestContext, Array<() => unknown>>();
+
+/**
+ * Run `fn` when the test ends, last registered first (like Go's defer):
+ * t.after runs hooks in registration order, which would remove a temp
+ * folder while the agent registered after it still writes into it, and one
+ * failing hook would skip the rest and leave a process behind. Every
+ * cleanup runs; the first error is reported after all of them.
+ */
+export function defer(t: TestContext, fn: () => unknown): void {
+  let stack = deferred.get(t);
+  if (stack === undefined) {
+    const fns: Array<() => unknown> = [];
+    stack = fns;
+    deferred.set(t, fns);
+    t.after(async () => {
+      let first: unknown;
+      while (fns.length > 0) {
+        try {
+          await fns.pop()!();
+        } catch (err) {
+          first ??= err;
+        }
+      }
+      if (first !== undefined) throw first;
+    });
+  }
+  stack.push(fn);
+}
+
 /** A fresh folder (real path), removed with everything in it when the test ends. */
 export async function tmpDir(t: TestContext, prefix = 'relink-test-'): Promise<string> {
   const dir = await realpath(await mkdtemp(path.join(os.tmpdir(), prefix)));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  defer(t, () => rm(dir, { recursive: true, force: true, maxRetries: 5 }));
   return dir;
 }
 
@@ -64,7 +94,7 @@ export async function processesUnder(dir: string): Promise<number[]> {
  * folder may already be gone (the kernel then shows the exe as deleted).
  */
 export function reapAppsAfter(t: TestContext, releasesDir: string): void {
-  t.after(async () => {
+  defer(t, async () => {
     for (const pid of await processesUnder(releasesDir)) {
       try {
         process.kill(pid, 'SIGKILL');
@@ -117,12 +147,19 @@ export function startAgent(t: TestContext, configFile: string): AgentProc {
     stop(signal = 'SIGTERM') {
       stopping ??= (async () => {
         if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-        return exited;
+        // A graceful stop that hangs is a bug the test reports; it must not
+        // also hang the run, so SIGKILL after a generous grace period.
+        const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+        try {
+          return await exited;
+        } finally {
+          clearTimeout(timer);
+        }
       })();
       return stopping;
     },
   };
-  t.after(() => proc.stop());
+  defer(t, () => proc.stop());
   return proc;
 }
 
