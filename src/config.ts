@@ -43,6 +43,24 @@ const SuperviseSchema = z.strictObject({
 
 const RELEASE_PLACEHOLDER = '{release}';
 
+// A user or group: a name as useradd accepts it, or a numeric id (JSON number or string).
+const account = (what: 'user' | 'group') => z.union([
+  z.string().regex(/^(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|\d{1,10})$/, `must be a ${what} name such as "web" or a numeric id`),
+  z.int().min(0).max(4_294_967_294).transform(String),
+], { error: `must be a ${what} name such as "web" or a numeric id` });
+
+// Resource limits, each applied as both soft and hard limit, as systemd's Limit*= does.
+const upTo = (min: number, max: number) => z.int({ error: `must be an integer from ${min} to ${max}` }).min(min).max(max);
+const orUnlimited = (min: number, max: number) =>
+  z.union([upTo(min, max), z.literal('unlimited')], { error: `must be an integer from ${min} to ${max}, or "unlimited"` });
+
+const LimitsSchema = z.strictObject({
+  // The kernel caps nofile at fs.nr_open (1048576 by default); it cannot be unlimited.
+  nofile: upTo(1, 1_073_741_816).nullable().default(null),
+  nproc: orUnlimited(1, 4_194_304).nullable().default(null),
+  core: orUnlimited(0, Number.MAX_SAFE_INTEGER).nullable().default(null),
+});
+
 const AppSchema = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit'),
   dir: z.string().refine((p) => path.isAbsolute(p), 'must be an absolute path'),
@@ -68,6 +86,19 @@ const AppSchema = z.strictObject({
     schedule: z.string().refine((s) => cron.validate(s), 'must be a cron expression such as "0 3 * * *"').nullable().default(null),
     keep: z.int().min(1).max(10_000).default(5),
   }).prefault({}),
+  user: account('user').nullable().default(null),
+  group: account('group').nullable().default(null),
+  allowRoot: z.boolean().default(false),
+  limits: LimitsSchema.prefault({}),
+}).superRefine((a, ctx) => {
+  if (a.group !== null && a.user === null) {
+    ctx.addIssue({ code: 'custom', path: ['group'], message: 'needs "user" as well (without it the app runs as the agent\'s own user and group)' });
+  }
+  // Said at load time when the config itself asks for root; running as root
+  // because "user" is unset is refused when the app is started (launch.ts).
+  if ((a.user === 'root' || a.user === '0') && !a.allowRoot) {
+    ctx.addIssue({ code: 'custom', path: ['user'], message: 'runs the app as root: set "allowRoot": true to mean it, or name an unprivileged user' });
+  }
 });
 
 export const ConfigSchema = z.strictObject({
@@ -129,7 +160,26 @@ export interface AppConfig {
   /** File name patterns of a release, `{release}` standing for e.g. "2.0". */
   readonly releaseNames: { readonly bin: string; readonly cfg: string };
   readonly prune: { readonly schedule: string | undefined; readonly keep: number };
+  /** The user the app runs as (name or uid); undefined: the agent's own user. */
+  readonly user: string | undefined;
+  /** The app's group (name or gid); undefined: the user's primary group. */
+  readonly group: string | undefined;
+  /** The app may run as root (explicitly, or because `user` is unset and the agent is root). */
+  readonly allowRoot: boolean;
+  /** Resource limits set on the app's process (soft = hard); undefined: inherited from the agent. */
+  readonly limits: Limits;
 }
+
+export type LimitValue = number | 'unlimited';
+
+export interface Limits {
+  readonly nofile: number | undefined;
+  readonly nproc: LimitValue | undefined;
+  readonly core: LimitValue | undefined;
+}
+
+export const LIMIT_NAMES = ['nofile', 'nproc', 'core'] as const;
+export type LimitName = (typeof LIMIT_NAMES)[number];
 
 /** The file names of release `r` (e.g. "2.0" -> app.2.0, cfg.2.0). */
 export function releaseFiles(app: AppConfig, r: string): { bin: string; cfg: string } {
@@ -199,6 +249,10 @@ export function parseConfig(text: string, file: string): AgentConfig {
       supervise: Object.freeze({ ...a.supervise }),
       releaseNames: Object.freeze({ ...a.releaseNames }),
       prune: Object.freeze({ schedule: a.prune.schedule ?? undefined, keep: a.prune.keep }),
+      user: a.user ?? undefined,
+      group: a.group ?? undefined,
+      allowRoot: a.allowRoot,
+      limits: Object.freeze({ nofile: a.limits.nofile ?? undefined, nproc: a.limits.nproc ?? undefined, core: a.limits.core ?? undefined }),
     });
   });
   return Object.freeze({

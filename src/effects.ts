@@ -40,7 +40,7 @@ export interface Effects {
 }
 
 export function realEffects(app: AppConfig, stateDir: string): Effects {
-  const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile });
+  const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
   return {
     readCurrent: () => readCurrent(app.currentFile),
     writeCurrent: (text) => writeFileAtomic(app.currentFile, text),

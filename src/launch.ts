@@ -3,13 +3,32 @@
  * the agent: an agent restart or upgrade must never take the app down, and
  * the next agent adopts it (see proc.ts). Its stdout and stderr are appended
  * to its log file, opened by the agent and inherited by the app, so nothing
- * of the app's output passes through (or depends on) the agent.
+ * of the app's output passes through (or depends on) the agent, and the
+ * app's user needs no write access to it.
+ *
+ * The app runs as its own user with its own limits through an exec chain of
+ * two util-linux tools, each of which replaces itself (same PID) with the
+ * next:
+ *
+ *   prlimit --nofile=N:N -- setpriv --reuid=U --regid=G --init-groups -- ./app.bin -c app.cfg
+ *
+ * Why not Node's spawn({uid, gid}): libuv clears the supplementary groups
+ * (an app in group ssl-cert could no longer read its key), and the limits
+ * must be raised while still privileged (a hard limit above the agent's
+ * needs CAP_SYS_RESOURCE) and before the app's first instruction: Go raises
+ * its soft nofile limit to the hard one at start-up, so a limit set on the
+ * PID afterwards (`prlimit --pid`) comes too late for it and races its
+ * first accept(). The chain keeps one PID, so awaitStart still knows the
+ * app by the PID spawned here.
  */
 import { spawn } from 'node:child_process';
-import { mkdir, open } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import { access, mkdir, open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { AppConfig } from './config.js';
 import { RelinkError } from './errors.js';
+import { configuredLimits, lower, prlimitOptions, readLimits, type ProcLimits } from './limits.js';
+import { describeUser, resolveRunAs, type RunAs } from './user.js';
 
 export interface Launched {
   readonly pid: number;
@@ -17,14 +36,124 @@ export interface Launched {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-export async function launch(app: AppConfig): Promise<Launched> {
+// Capability numbers (linux/capability.h).
+const CAP_SETGID = 6n;
+const CAP_SETUID = 7n;
+const CAP_SYS_RESOURCE = 24n;
+
+/** What the agent itself may do, which decides what it can do for the app. */
+export interface AgentIdentity {
+  readonly uid: number;
+  readonly gid: number;
+  /** Effective capabilities (CapEff): root under a systemd CapabilityBoundingSet= has fewer than all. */
+  readonly caps: bigint;
+  readonly limits: ProcLimits;
+  /** fs.nr_open: the kernel's ceiling for nofile. */
+  readonly nrOpen: number;
+}
+
+export async function agentIdentity(): Promise<AgentIdentity> {
+  const [status, limits, nrOpen] = await Promise.all([
+    readFile('/proc/self/status', 'utf8'),
+    readLimits('self'),
+    readFile('/proc/sys/fs/nr_open', 'utf8').then(Number, () => 1_048_576),
+  ]);
+  const capEff = /^CapEff:\s*([0-9a-f]+)$/m.exec(status)?.[1] ?? '0';
+  return {
+    uid: process.getuid?.() ?? 0,
+    gid: process.getgid?.() ?? 0,
+    caps: BigInt(`0x${capEff}`),
+    limits: limits!,
+    nrOpen,
+  };
+}
+
+const has = (caps: bigint, cap: bigint): boolean => ((caps >> cap) & 1n) === 1n;
+
+export interface LaunchPlan {
+  readonly file: string;
+  readonly args: readonly string[];
+  readonly env: Readonly<Record<string, string | undefined>>;
+  readonly runAs: RunAs;
+  /** The app runs as another user or group than the agent. */
+  readonly switching: boolean;
+}
+
+/**
+ * How `app` is to be started by an agent that is `agent`, or a typed
+ * refusal: the app would run as root without "allowRoot", the agent cannot
+ * become the app's user, or cannot grant a limit.
+ */
+export async function planLaunch(app: AppConfig, agent: AgentIdentity, env: NodeJS.ProcessEnv = process.env): Promise<LaunchPlan> {
+  const runAs = await resolveRunAs(app);
+  if (runAs.uid === 0 && !app.allowRoot) {
+    const found = runAs.configured ? `"user": ${JSON.stringify(app.user)}` : 'no "user" set, and the agent runs as root';
+    throw new RelinkError('ROOT_REFUSED',
+      `${app.name}: refusing to run the app as root (${found}): set "user" to the account it should run as, or "allowRoot": true if it must run as root`,
+      { key: 'user', rule: 'must not run as root unless "allowRoot": true', found });
+  }
+  const switching = runAs.uid !== agent.uid || runAs.gid !== agent.gid;
+  if (switching && !(has(agent.caps, CAP_SETUID) && has(agent.caps, CAP_SETGID))) {
+    const found = `the agent runs as uid ${agent.uid} (gid ${agent.gid}) without CAP_SETUID/CAP_SETGID`;
+    throw new RelinkError('USER_SWITCH_DENIED',
+      `${app.name}: cannot start the app as ${describeUser(runAs)} group ${runAs.group}: ${found}; run the agent as root (the systemd unit does) or as that user`,
+      { key: 'user', rule: 'the agent must be able to switch to the app\'s user', found });
+  }
+  for (const [name, want] of configuredLimits(app.limits)) {
+    if (name === 'nofile' && typeof want === 'number' && want > agent.nrOpen) {
+      throw new RelinkError('LIMIT_DENIED', `${app.name}: "limits.nofile": ${want} is above the kernel's fs.nr_open (${agent.nrOpen})`,
+        { key: 'limits.nofile', rule: `must be at most fs.nr_open (${agent.nrOpen})`, found: String(want) });
+    }
+    const hard = agent.limits[name].hard;
+    if (lower(hard, want) && !has(agent.caps, CAP_SYS_RESOURCE)) {
+      throw new RelinkError('LIMIT_DENIED',
+        `${app.name}: "limits.${name}": ${want} is above the agent's own hard limit (${hard}), which only a privileged agent can raise (for nofile: LimitNOFILE= in the unit)`,
+        { key: `limits.${name}`, rule: `must be at most the agent's hard limit (${hard}) unless the agent has CAP_SYS_RESOURCE`, found: String(want) });
+    }
+  }
+
+  const argv: string[] = [];
+  const limits = prlimitOptions(app.limits);
+  if (limits.length > 0) argv.push(await tool('prlimit', env), ...limits, '--');
+  if (switching) {
+    // --init-groups needs a passwd entry; a bare uid gets no supplementary groups.
+    const groups = runAs.user === String(runAs.uid) ? '--clear-groups' : '--init-groups';
+    argv.push(await tool('setpriv', env), `--reuid=${runAs.uid}`, `--regid=${runAs.gid}`, groups, '--');
+  }
+  argv.push(...app.command);
+  // As systemd's User= does; the app's own env still wins.
+  const identity = switching ? { HOME: runAs.home ?? '/', USER: runAs.user, LOGNAME: runAs.user } : {};
+  const [file, ...args] = argv as [string, ...string[]];
+  return { file, args, env: { ...env, ...identity, ...app.env }, runAs, switching };
+}
+
+/** A helper from util-linux, by absolute path so an app's own PATH in "env" cannot hide it. */
+async function tool(name: string, env: NodeJS.ProcessEnv): Promise<string> {
+  const dirs = [...(env['PATH'] ?? '').split(':').filter((d) => d !== ''), '/usr/bin', '/bin'];
+  for (const dir of dirs) {
+    const p = path.join(dir, name);
+    try {
+      await access(p, fsConstants.X_OK);
+      return p;
+    } catch {
+      // next
+    }
+  }
+  throw new RelinkError('START_FAILED', `${name} (util-linux) was not found in PATH; it is needed to set the app's user or limits`,
+    { rule: `${name} must be installed`, found: `not in ${dirs.join(':')}` });
+}
+
+export async function launch(app: AppConfig, agent?: AgentIdentity): Promise<Launched> {
+  const plan = await planLaunch(app, agent ?? await agentIdentity());
   await mkdir(path.dirname(app.logFile), { recursive: true });
   const log = await open(app.logFile, 'a', 0o640);
   try {
-    const [file, ...args] = app.command as [string, ...string[]];
-    const child = spawn(file, args, {
+    // A log the agent created belongs to the app's user, so whoever deploys
+    // as that user can read it and the app could reopen it on rotation.
+    if (plan.switching && (await log.stat()).uid === (process.getuid?.() ?? 0)) await log.chown(plan.runAs.uid, plan.runAs.gid);
+    const child = spawn(plan.file, plan.args, {
       cwd: app.dir,
-      env: { ...process.env, ...app.env },
+      env: plan.env,
       detached: true,
       stdio: ['ignore', log.fd, log.fd],
     });

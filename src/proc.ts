@@ -8,11 +8,16 @@
  * for the app. ps-list does discovery, as the design card says; every
  * candidate is then confirmed through /proc directly, because ps-list strips
  * the kernel's " (deleted)" marker and its view is a moment old.
+ *
+ * A process must also run as the app's user (real and effective uid): a
+ * process of another user running the same binary (a copy somebody started
+ * by hand, another tenant) is never adopted and never signalled.
  */
-import { readFile, readlink, realpath, stat } from 'node:fs/promises';
+import { readFile, readlink, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import psList from 'ps-list';
-import { isErrno } from './errors.js';
+import { isErrno, RelinkError } from './errors.js';
+import { lookupUser } from './user.js';
 
 export interface ProcIdentity {
   readonly pid: number;
@@ -26,7 +31,10 @@ export interface ProcInfo extends ProcIdentity {
   readonly exe: string;
   /** The executable was unlinked or replaced on disk since the process started. */
   readonly deleted: boolean;
+  /** Real uid (/proc/PID/status). */
   readonly uid: number;
+  /** Effective uid; read from /proc, optional only so tests can describe a process briefly. */
+  readonly euid?: number;
 }
 
 const DELETED = ' (deleted)';
@@ -35,10 +43,12 @@ const DELETED = ' (deleted)';
 export async function readProc(pid: number): Promise<ProcInfo | undefined> {
   if (!Number.isSafeInteger(pid) || pid <= 0) return undefined;
   try {
-    const [statText, exeRaw, st] = await Promise.all([
+    // Uids from status, not the owner of /proc/PID: that is root for a
+    // process that made itself non-dumpable, whoever runs it.
+    const [statText, exeRaw, status] = await Promise.all([
       readFile(`/proc/${pid}/stat`, 'utf8'),
       readlink(`/proc/${pid}/exe`),
-      stat(`/proc/${pid}`),
+      readFile(`/proc/${pid}/status`, 'utf8'),
     ]);
     // comm (field 2) may hold spaces and parentheses: fields resume after the last ')'.
     const rest = statText.slice(statText.lastIndexOf(')') + 2).split(' ');
@@ -48,7 +58,9 @@ export async function readProc(pid: number): Promise<ProcInfo | undefined> {
     const startTime = Number(rest[19]);
     const deleted = exeRaw.endsWith(DELETED);
     const exe = deleted ? exeRaw.slice(0, -DELETED.length) : exeRaw;
-    return { pid, ppid, startTime, exe, deleted, uid: st.uid };
+    const uids = /^Uid:\s+(\d+)\s+(\d+)/m.exec(status);
+    if (uids === null) return undefined;
+    return { pid, ppid, startTime, exe, deleted, uid: Number(uids[1]), euid: Number(uids[2]) };
   } catch (err) {
     if (isErrno(err, 'ENOENT') || isErrno(err, 'ESRCH') || isErrno(err, 'EACCES') || isErrno(err, 'EPERM')) return undefined;
     throw err;
@@ -66,6 +78,8 @@ export interface Discovery {
   readonly strays: readonly ProcInfo[];
   /** Every process of the app, workers and handoff generations included. */
   readonly all: readonly ProcInfo[];
+  /** Processes running one of the app's binaries as another user: not the app's, never signalled. */
+  readonly foreign?: readonly ProcInfo[];
 }
 
 export type ProcessLister = () => Promise<ReadonlyArray<{ pid: number; path?: string | undefined }>>;
@@ -73,6 +87,12 @@ export type ProcessLister = () => Promise<ReadonlyArray<{ pid: number; path?: st
 export interface FinderOptions {
   readonly releasesDir: string;
   readonly pidFile?: string | undefined;
+  /**
+   * The app's user (name or uid, as in the config); only its processes
+   * belong to the app. Default: the user running this process, which is
+   * who the app runs as when the config names no user.
+   */
+  readonly user?: string | undefined;
   /** Swappable for tests and benchmarks; defaults to ps-list. */
   readonly list?: ProcessLister;
 }
@@ -81,11 +101,15 @@ export class ProcessFinder {
   readonly #releasesDir: string;
   readonly #pidFile: string | undefined;
   readonly #list: ProcessLister;
+  readonly #user: string | undefined;
+  /** Resolved once: verify() runs every few ms during a deploy and must not ask NSS each time. */
+  #uid: Promise<number> | undefined;
 
   constructor(opts: FinderOptions) {
     this.#releasesDir = opts.releasesDir;
     this.#pidFile = opts.pidFile;
     this.#list = opts.list ?? (() => psList());
+    this.#user = opts.user;
   }
 
   /** Real path of the releases folder, with a trailing separator, for prefix checks. */
@@ -93,9 +117,22 @@ export class ProcessFinder {
     return (await realpath(this.#releasesDir)) + path.sep;
   }
 
-  /** Does this process run a binary from the app's releases folder? */
+  /** The uid the app's processes must run as. */
+  uid(): Promise<number> {
+    this.#uid ??= (async () => {
+      if (this.#user === undefined) return process.getuid?.() ?? 0;
+      const account = await lookupUser(this.#user);
+      if (account === undefined) throw new RelinkError('USER_UNKNOWN', `no such user ${JSON.stringify(this.#user)}`, { key: 'user', rule: 'must name an existing user', found: this.#user });
+      return account.uid;
+    })();
+    // A failed lookup (user not created yet) is retried next time.
+    this.#uid.catch(() => { this.#uid = undefined; });
+    return this.#uid;
+  }
+
+  /** Does this process run a binary from the app's releases folder, as the app's user? */
   async belongs(info: ProcInfo): Promise<boolean> {
-    return info.exe.startsWith(await this.#prefix());
+    return info.exe.startsWith(await this.#prefix()) && ownedBy(info, await this.uid());
   }
 
   /**
@@ -110,29 +147,39 @@ export class ProcessFinder {
 
   /** Full discovery: the PID file if configured and valid, else a process-table scan. */
   async discover(preferred?: ProcIdentity): Promise<Discovery> {
-    const prefix = await this.#prefix();
-    const fromPidFile = await this.#fromPidFile(prefix);
+    const [prefix, uid] = await Promise.all([this.#prefix(), this.uid()]);
+    const fromPidFile = await this.#fromPidFile(prefix, uid);
     const listed = await this.#list();
     // ps-list's path is only a hint (a moment old, " (deleted)" stripped);
     // /proc is asked again for every candidate.
     const hinted = listed.filter((p) => p.path !== undefined && p.path.startsWith(prefix)).map((p) => p.pid);
     const infos = await Promise.all(hinted.map((pid) => readProc(pid)));
-    const all = infos.filter((i): i is ProcInfo => i !== undefined && i.exe.startsWith(prefix));
+    const running = infos.filter((i): i is ProcInfo => i !== undefined && i.exe.startsWith(prefix));
+    const all = running.filter((i) => ownedBy(i, uid));
+    const foreign = running.filter((i) => !ownedBy(i, uid));
     if (fromPidFile !== undefined && !all.some((p) => p.pid === fromPidFile.pid)) all.push(fromPidFile);
     const pids = new Set(all.map((p) => p.pid));
     const mains = all.filter((p) => !pids.has(p.ppid)).sort((a, b) => a.startTime - b.startTime || a.pid - b.pid);
     const chosen = pick(mains, fromPidFile ?? preferred);
-    return { main: chosen, strays: mains.filter((p) => p !== chosen), all };
+    return { main: chosen, strays: mains.filter((p) => p !== chosen), all, foreign };
   }
 
-  async #fromPidFile(prefix: string): Promise<ProcInfo | undefined> {
+  async #fromPidFile(prefix: string, uid: number): Promise<ProcInfo | undefined> {
     if (this.#pidFile === undefined) return undefined;
     const text = await readFile(this.#pidFile, 'utf8').catch(() => '');
     const pid = Number.parseInt(text.trim(), 10);
     const info = await readProc(pid);
-    // A PID file only names a candidate; it must pass the same executable check.
-    return info !== undefined && info.exe.startsWith(prefix) ? info : undefined;
+    // A PID file only names a candidate; it must pass the same executable and owner checks.
+    return info !== undefined && info.exe.startsWith(prefix) && ownedBy(info, uid) ? info : undefined;
   }
+}
+
+/**
+ * Both uids: the real one is whom kill() permission and accounting follow,
+ * the effective one whose rights the process uses; an app of `uid` has both.
+ */
+function ownedBy(info: ProcInfo, uid: number): boolean {
+  return info.uid === uid && (info.euid ?? info.uid) === uid;
 }
 
 /** The preferred process if it is among the mains, else the oldest main. */

@@ -1,7 +1,9 @@
 import path from 'node:path';
-import type { AppConfig, AgentConfig } from '../config.js';
+import { LIMIT_NAMES, type AppConfig, type AgentConfig, type LimitName, type LimitValue } from '../config.js';
 import type { HistoryEntry } from '../history.js';
+import { lower, readLimits } from '../limits.js';
 import { ProcessFinder, type ProcInfo } from '../proc.js';
+import { lookupUser } from '../user.js';
 import { readLinks } from '../relink.js';
 import { readAppState, runningAgent, type AgentRecord, type AppStateName } from '../state.js';
 import { ago, EXIT, loadFor, parse, selectApps, table, type IO } from './io.js';
@@ -10,8 +12,11 @@ import type { Command } from './main.js';
 const HELP = `Usage: relink status [--config FILE] [--app NAME] [--json]
 
 Show each app: its state, the release files its links point at, its main
-process and since when, and the last deploy with its outcome. The process is
-checked live (through /proc), not only read from the agent's state file.
+process and since when, the user it runs as and the limits it really has
+(from /proc/PID/limits, with a warning when one is lower than configured),
+and the last deploy with its outcome. The process is checked live (through
+/proc), not only read from the agent's state file. Run it as the agent's
+user (root): other users cannot see another user's processes' executables.
 
 States: running; deploying; backoff (crashed, a restart is scheduled); fatal
 (crashed too often in a row, left alone until the next deploy or a re-save of
@@ -21,7 +26,7 @@ stopped.
 Options:
   --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
   --app NAME      only this app
-  --json          {"agent": {...} | null, "apps": [{"name", "state", "pid", "bin", "cfg", ...}]}
+  --json          {"agent": {...} | null, "apps": [{"name", "state", "pid", "bin", "cfg", "user", "limits", "warnings", ...}]}
   -h, --help      this text
 
 Exit codes: 0 every app shown is running, 1 one is not (or the config is bad), 2 usage error.
@@ -41,14 +46,35 @@ export interface AppStatus {
   readonly lastGood: { readonly bin: string; readonly cfg: string } | null;
   readonly restarts: number;
   readonly lastDeploy: HistoryEntry | null;
+  /** Who the running main process runs as. */
+  readonly user: { readonly name: string | null; readonly uid: number } | null;
+  /** The running main process's limits as the kernel has them, with what the config asks for (null: not set). */
+  readonly limits: Readonly<Record<LimitName, LimitStatus>> | null;
+  /** Processes running the app's binaries as another user: never adopted, never signalled. */
+  readonly foreign: ReadonlyArray<{ readonly pid: number; readonly uid: number; readonly exe: string }>;
+  readonly warnings: readonly string[];
 }
+
+export interface LimitStatus {
+  readonly soft: LimitValue;
+  readonly hard: LimitValue;
+  readonly configured: LimitValue | null;
+}
+
+/** The 1024 default nofile limit that busy apps run out of (the Supervisord trap in the seeds). */
+const OLD_NOFILE_DEFAULT = 1024;
 
 export async function appStatus(config: AgentConfig, app: AppConfig, agentRunning: boolean, now = Date.now()): Promise<AppStatus> {
   const [saved, links] = await Promise.all([readAppState(config.stateDir, app.name), readLinks(app.links)]);
-  const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile });
+  const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
   const known = saved?.pid != null && saved.pidStart != null ? { pid: saved.pid, startTime: saved.pidStart } : undefined;
   let proc: ProcInfo | undefined = known === undefined ? undefined : await finder.verify(known);
-  proc ??= (await finder.discover(known)).main;
+  const discovery = await finder.discover(proc ?? known);
+  proc ??= discovery.main;
+  const foreign = (discovery.foreign ?? []).map((p) => ({ pid: p.pid, uid: p.uid, exe: p.exe }));
+  const warnings: string[] = foreign.map((p) => `pid ${p.pid} runs ${p.exe} as uid ${p.uid}, not as the app's user: left alone`);
+  const limits = proc === undefined ? null : await limitStatus(app, proc.pid, warnings);
+  const user = proc === undefined ? null : { name: (await lookupUser(proc.uid))?.name ?? null, uid: proc.uid };
   const sameAsSaved = proc !== undefined && proc.pid === saved?.pid;
   // The agent's word where it still holds, corrected by what /proc shows now.
   let state: AppStateName;
@@ -70,7 +96,30 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     lastGood: saved?.lastGood ? { bin: saved.lastGood.bin, cfg: saved.lastGood.cfg } : null,
     restarts: saved?.restarts ?? 0,
     lastDeploy: saved?.lastDeploy ?? null,
+    user,
+    limits,
+    foreign,
+    warnings,
   };
+}
+
+/** What /proc/PID/limits says, next to the config; a warning for each limit below what is configured. */
+async function limitStatus(app: AppConfig, pid: number, warnings: string[]): Promise<Record<LimitName, LimitStatus> | null> {
+  const real = await readLimits(pid);
+  if (real === undefined) return null;
+  const out = {} as Record<LimitName, LimitStatus>;
+  for (const name of LIMIT_NAMES) {
+    const configured = app.limits[name] ?? null;
+    const { soft, hard } = real[name];
+    out[name] = { soft, hard, configured };
+    if (configured !== null && (lower(soft, configured) || lower(hard, configured))) {
+      warnings.push(`${name} of pid ${pid} is ${soft} (hard ${hard}), lower than the configured ${configured}: it was started before "limits.${name}" was set, or by something else; restart it to apply`);
+    }
+  }
+  if (app.limits.nofile === undefined && typeof out.nofile.soft === 'number' && out.nofile.soft <= OLD_NOFILE_DEFAULT) {
+    warnings.push(`nofile of pid ${pid} is only ${out.nofile.soft}, inherited from whoever started it: set "limits.nofile" (or LimitNOFILE= in the agent's unit)`);
+  }
+  return out;
 }
 
 function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], configFile: string): string {
@@ -87,6 +136,17 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
     if (a.exe !== null && a.exe !== a.bin) rows.push(['  running', `${a.exe}${a.exeDeleted ? ' (deleted on disk)' : ''}`]);
     if (a.lastGood !== null && (a.lastGood.bin !== a.bin || a.lastGood.cfg !== a.cfg)) rows.push(['  last good', `${a.lastGood.bin} + ${path.basename(a.lastGood.cfg)}`]);
     if (a.restarts > 0) rows.push(['  restarts', `${a.restarts} since the last deploy`]);
+    if (a.user !== null) rows.push(['  user', a.user.name === null ? `uid ${a.user.uid}` : `${a.user.name} (uid ${a.user.uid})`]);
+    if (a.limits !== null) {
+      for (const name of LIMIT_NAMES) {
+        const l = a.limits[name];
+        // nofile always (the limit that bites); the others when configured.
+        if (name !== 'nofile' && l.configured === null) continue;
+        const pair = l.soft === l.hard ? `${l.soft}` : `${l.soft} (hard ${l.hard})`;
+        rows.push([`  ${name}`, `${pair}${l.configured === null ? ', not configured' : `, configured ${l.configured}`}`]);
+      }
+    }
+    for (const w of a.warnings) rows.push(['  warning', w]);
     const d = a.lastDeploy;
     if (d !== null) {
       const to = d.to.bin === null ? '' : ` ${path.basename(d.to.bin)}`;

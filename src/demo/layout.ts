@@ -71,7 +71,10 @@ export async function setCurrent(app: DemoApp, r: string): Promise<void> {
 
 export async function writeConfig(root: string, apps: readonly DemoApp[], extra: Record<string, unknown> = {}, appExtra: Record<string, unknown> = {}): Promise<string> {
   const file = path.join(root, 'config.json');
-  const config = { stateDir: path.join(root, 'state'), ...extra, apps: apps.map((a) => ({ name: a.name, dir: a.dir, ...appExtra })) };
+  // The demo and the tests run the app as whoever runs them; as root, the
+  // agent wants that said explicitly (see launch.ts).
+  const allowRoot = process.getuid?.() === 0 ? { allowRoot: true } : {};
+  const config = { stateDir: path.join(root, 'state'), ...extra, apps: apps.map((a) => ({ name: a.name, dir: a.dir, ...allowRoot, ...appExtra })) };
   await writeFile(file, `${JSON.stringify(config, null, 2)}\n`);
   return file;
 }
