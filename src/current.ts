@@ -13,6 +13,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import type { AppConfig } from './config.js';
 import { fileError, isErrno, RelinkError, RelinkErrors } from './errors.js';
+import { checkTrust } from './trust.js';
 import { zodProblems } from './zodIssues.js';
 
 /** Far above any real current.conf; protects the agent from a file pointed at by mistake. */
@@ -133,6 +134,12 @@ export async function validateCurrent(app: AppConfig, text: string, file: string
     }
   }));
   if (problems.length > 0 || bin === undefined || cfg === undefined) throw new RelinkErrors(problems);
+  // Last, on a release that is otherwise valid: who could have written it.
+  const untrusted = await checkTrust(app, file, { bin, cfg }).catch((err: unknown) => {
+    if (err instanceof RelinkError) return [err];
+    throw err;
+  });
+  if (untrusted.length > 0) throw new RelinkErrors(untrusted);
   return Object.freeze({ bin, cfg });
 }
 

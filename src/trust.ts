@@ -1,0 +1,132 @@
+/**
+ * Trust checks, like sshd's StrictModes: whoever can write current.conf, the
+ * releases folder or a release file decides what the agent runs as the
+ * app's user (or as root). So each of them, and every folder above them,
+ * must be writable by nobody but root and the app's user; otherwise the
+ * deploy is refused with the path, its owner and its mode.
+ *
+ * A folder above may be world-writable only with the sticky bit (/tmp):
+ * others can then add entries but not rename or remove ours, and the entry
+ * below is checked in its turn. The files themselves and the releases folder
+ * get no such exception. Group write is allowed only when the group holds
+ * nobody but root and the app's user (a user-private group).
+ */
+import { lstat, realpath } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import path from 'node:path';
+import type { AppConfig } from './config.js';
+import type { CurrentKey, Release } from './current.js';
+import { fileError, isErrno, type RelinkError } from './errors.js';
+import { describeUser, lookupGroup, lookupUser, resolveRunAs, usersInGroup, type RunAs } from './user.js';
+
+const S_ISVTX = 0o1000;
+
+interface Subject {
+  /** The real path to check (and every folder above it). */
+  readonly real: string;
+  /** The current.conf key it comes from; undefined for current.conf and the releases folder. */
+  readonly key: CurrentKey | undefined;
+}
+
+/**
+ * Check current.conf (`file`, and where it points if it is a symlink), the
+ * releases folder and the release's files. Returns one problem per path
+ * that others could write, in that order; none when all are safe.
+ */
+export async function checkTrust(app: AppConfig, file: string, release: Release, runAs?: RunAs): Promise<RelinkError[]> {
+  const who = runAs ?? await resolveRunAs(app);
+  const check = new Checker(file, who);
+  const releasesReal = await realpath(app.releasesDir);
+  // A symlinked current.conf: whoever can replace the link is checked through
+  // its folder, whoever can write the target through the target itself.
+  const fileReal = await realpath(file).catch((err: unknown) => (isErrno(err, 'ENOENT') ? undefined : Promise.reject(err)));
+  const subjects: Subject[] = [
+    { real: await realpath(path.dirname(path.resolve(file))), key: undefined },
+    ...(fileReal === undefined ? [] : [{ real: fileReal, key: undefined }]),
+    { real: releasesReal, key: undefined },
+    { real: release.bin, key: 'bin.file' },
+    { real: release.cfg, key: 'cfg.file' },
+  ];
+  const problems: RelinkError[] = [];
+  for (const s of subjects) {
+    const p = await check.chain(s.real, s.key);
+    if (p !== undefined) problems.push(p);
+  }
+  return problems;
+}
+
+class Checker {
+  readonly #file: string;
+  readonly #who: RunAs;
+  /** Paths already looked at in this check (the folders above are shared by every subject). */
+  readonly #seen = new Set<string>();
+  readonly #groups = new Map<number, Promise<string[] | undefined>>();
+
+  constructor(file: string, who: RunAs) {
+    this.#file = file;
+    this.#who = who;
+  }
+
+  /** `real` itself strictly, then each folder above it up to `/`; the first problem found. */
+  async chain(real: string, key: CurrentKey | undefined): Promise<RelinkError | undefined> {
+    let p = real;
+    let self = true;
+    for (;;) {
+      if (!this.#seen.has(p)) {
+        this.#seen.add(p);
+        const problem = await this.#one(p, key, self);
+        if (problem !== undefined) return problem;
+      }
+      const up = path.dirname(p);
+      if (up === p) return undefined;
+      p = up;
+      self = false;
+    }
+  }
+
+  async #one(p: string, key: CurrentKey | undefined, self: boolean): Promise<RelinkError | undefined> {
+    const st = await lstat(p);
+    const mode = (st.mode & 0o7777).toString(8).padStart(4, '0');
+    const trusted = this.#who.uid === 0 ? 'root' : `root or the app's user ${describeUser(this.#who)}`;
+    const rule = `must be writable by nobody but ${trusted} (like sshd's StrictModes)`;
+    const refuse = (why: string): RelinkError => fileError('UNTRUSTED_PATH', this.#file, key, rule, `${p} ${why}`);
+    if (st.uid !== 0 && st.uid !== this.#who.uid) {
+      return refuse(`is owned by ${await nameOf(st.uid)}, mode ${mode}`);
+    }
+    // Symlinks have mode 0777 and cannot be written through; their folder decides.
+    if (st.isSymbolicLink()) return undefined;
+    if ((st.mode & 0o002) !== 0 && !(st.isDirectory() && !self && (st.mode & S_ISVTX) !== 0)) {
+      return refuse(`is writable by every user, mode ${mode}`);
+    }
+    if ((st.mode & 0o020) !== 0) {
+      const others = await this.#otherWriters(st);
+      if (others !== undefined && others.length > 0) {
+        return refuse(`is writable by group ${await groupName(st.gid)} (${others.join(', ')}), mode ${mode}`);
+      }
+      if (others === undefined) return refuse(`is writable by group ${st.gid}, which has no entry to say who is in it, mode ${mode}`);
+    }
+    return undefined;
+  }
+
+  /** Members of the file's group other than root and the app's user; undefined if the group is unknown. */
+  async #otherWriters(st: Stats): Promise<string[] | undefined> {
+    let members = this.#groups.get(st.gid);
+    if (members === undefined) {
+      members = usersInGroup(st.gid);
+      this.#groups.set(st.gid, members);
+    }
+    const list = await members;
+    if (list === undefined) return undefined;
+    const accounts = await Promise.all(list.map(async (name) => ({ name, uid: (await lookupUser(name))?.uid })));
+    return accounts.filter((a) => a.uid !== 0 && a.uid !== this.#who.uid).map((a) => a.name);
+  }
+}
+
+async function nameOf(uid: number): Promise<string> {
+  const a = await lookupUser(uid);
+  return a === undefined ? `uid ${uid}` : `${a.name} (uid ${uid})`;
+}
+
+async function groupName(gid: number): Promise<string> {
+  return (await lookupGroup(gid))?.name ?? String(gid);
+}

@@ -1,0 +1,212 @@
+/**
+ * Trust checks (issue 4), like sshd's StrictModes: a deploy is refused when
+ * current.conf, the releases folder, a release file or any folder above
+ * them could be written by a user other than root and the app's user. Real
+ * files, real owners (users made with useradd), real modes.
+ */
+import assert from 'node:assert/strict';
+import { chmod, chown, mkdir, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { parseConfig, type AppConfig } from '../src/config.js';
+import { loadCurrent } from '../src/current.js';
+import { get } from '../src/demo/demo.js';
+import { makeApp, setCurrent, writeConfig } from '../src/demo/layout.js';
+import { RelinkError, RelinkErrors } from '../src/errors.js';
+import { readHistory } from '../src/history.js';
+import { isRoot, NOT_ROOT, openUp, testGroup, testUser } from './accounts.js';
+import { reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
+
+interface Layout {
+  readonly root: string;
+  readonly dir: string;
+  readonly releases: string;
+  readonly current: string;
+  readonly bin: string;
+  readonly cfg: string;
+  app(extra?: Record<string, unknown>): AppConfig;
+}
+
+/** <root>/web/release/{app.1.0 (0755), cfg.1.0 (0644), current.conf naming them}, all root's (or the runner's). */
+async function layout(t: TestContext): Promise<Layout> {
+  const root = await tmpDir(t, 'relink-trust-');
+  const dir = path.join(root, 'web');
+  const releases = path.join(dir, 'release');
+  await mkdir(releases, { recursive: true, mode: 0o755 });
+  const bin = path.join(releases, 'app.1.0');
+  const cfg = path.join(releases, 'cfg.1.0');
+  await writeFile(bin, '#!/bin/sh\n');
+  await chmod(bin, 0o755);
+  await writeFile(cfg, 'port=1\n');
+  await chmod(cfg, 0o644);
+  const current = path.join(releases, 'current.conf');
+  await writeFile(current, '{"bin.file": "app.1.0", "cfg.file": "cfg.1.0"}\n');
+  await chmod(current, 0o644);
+  await openUp(releases);
+  const app = (extra: Record<string, unknown> = {}): AppConfig =>
+    parseConfig(JSON.stringify({ apps: [{ name: 'web', dir, ...extra }] }), path.join(root, 'config.json')).apps[0]!;
+  return { root, dir, releases, current, bin, cfg, app };
+}
+
+async function refusals(app: AppConfig): Promise<RelinkError[]> {
+  const err = await loadCurrent(app).then(() => undefined, (e: unknown) => e);
+  assert.ok(err instanceof RelinkErrors, `expected a refusal, got ${String(err)}`);
+  for (const p of err.problems) assert.equal(p.code, 'UNTRUSTED_PATH', p.message);
+  return [...err.problems];
+}
+
+async function refusal(app: AppConfig): Promise<RelinkError> {
+  const problems = await refusals(app);
+  assert.equal(problems.length, 1, problems.map((p) => p.message).join('\n'));
+  return problems[0]!;
+}
+
+const RULE_ROOT = "must be writable by nobody but root (like sshd's StrictModes)";
+
+test('a layout only root can write is accepted (the control for every refusal below)', async (t) => {
+  const l = await layout(t);
+  const { release } = await loadCurrent(l.app());
+  assert.deepEqual({ ...release }, { bin: l.bin, cfg: l.cfg });
+});
+
+test('a release binary owned by another user is refused, naming the file, the key, the owner and the mode', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const l = await layout(t);
+  const other = await testUser(t);
+  await chown(l.bin, other.uid, other.gid);
+  const p = await refusal(l.app());
+  assert.equal(p.file, l.current);
+  assert.equal(p.key, 'bin.file');
+  assert.equal(p.rule, RULE_ROOT);
+  assert.equal(p.found, `${l.bin} is owned by ${other.name} (uid ${other.uid}), mode 0755`);
+  assert.equal(p.message, `${l.current}: "bin.file": ${RULE_ROOT} (found: ${l.bin} is owned by ${other.name} (uid ${other.uid}), mode 0755)`);
+});
+
+test('a world-writable release config is refused', async (t) => {
+  const l = await layout(t);
+  await chmod(l.cfg, 0o666);
+  const p = await refusal(l.app());
+  assert.equal(p.key, 'cfg.file');
+  assert.equal(p.found, `${l.cfg} is writable by every user, mode 0666`);
+});
+
+test('group write is refused when the group has another member, accepted when it holds only root', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const l = await layout(t);
+  const group = await testGroup(t);
+  const member = await testUser(t, [group]);
+  await chmod(l.cfg, 0o664);
+  // gid 0 here has no member but root: nobody else can write.
+  await chown(l.cfg, 0, 0);
+  await loadCurrent(l.app());
+  await chown(l.cfg, 0, group.gid);
+  const p = await refusal(l.app());
+  assert.equal(p.key, 'cfg.file');
+  assert.equal(p.found, `${l.cfg} is writable by group ${group.name} (${member.name}), mode 0664`);
+});
+
+test('current.conf owned by another user is refused (key-less: the file itself)', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const l = await layout(t);
+  const other = await testUser(t);
+  await chown(l.current, other.uid, other.gid);
+  const p = await refusal(l.app());
+  assert.equal(p.key, undefined);
+  assert.equal(p.found, `${l.current} is owned by ${other.name} (uid ${other.uid}), mode 0644`);
+});
+
+test('a symlinked current.conf is checked where it points', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const l = await layout(t);
+  const other = await testUser(t);
+  const target = path.join(l.root, 'live.conf');
+  await writeFile(target, '{"bin.file": "' + l.bin + '", "cfg.file": "' + l.cfg + '"}\n');
+  await chmod(target, 0o644);
+  await rm(l.current);
+  await symlink(target, l.current);
+  await loadCurrent(l.app());
+  await chown(target, other.uid, other.gid);
+  assert.equal((await refusal(l.app())).found, `${target} is owned by ${other.name} (uid ${other.uid}), mode 0644`);
+});
+
+test('a world-writable releases folder is refused, with or without the sticky bit', async (t) => {
+  const l = await layout(t);
+  await chmod(l.releases, 0o777);
+  assert.equal((await refusal(l.app())).found, `${l.releases} is writable by every user, mode 0777`);
+  await chmod(l.releases, 0o1777);
+  assert.equal((await refusal(l.app())).found, `${l.releases} is writable by every user, mode 1777`);
+});
+
+test('a folder above: world-writable refused, unless sticky (like /tmp); owned by another user refused', async (t) => {
+  const l = await layout(t);
+  await chmod(l.dir, 0o777);
+  const p = await refusal(l.app());
+  assert.equal(p.key, undefined);
+  assert.equal(p.found, `${l.dir} is writable by every user, mode 0777`);
+  // Others may add entries but not rename or remove ours.
+  await chmod(l.dir, 0o1777);
+  await loadCurrent(l.app());
+  await chmod(l.dir, 0o755);
+  if (!isRoot()) return;
+  const other = await testUser(t);
+  await chown(l.dir, other.uid, other.gid);
+  assert.equal((await refusal(l.app())).found, `${l.dir} is owned by ${other.name} (uid ${other.uid}), mode 0755`);
+});
+
+test('with "user", the app\'s user may own everything; a third user may not, and the rule names the app\'s user', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const l = await layout(t);
+  const web = await testUser(t);
+  const other = await testUser(t);
+  for (const p of [l.dir, l.releases, l.bin, l.cfg, l.current]) await chown(p, web.uid, web.gid);
+  const app = l.app({ user: web.name });
+  await loadCurrent(app);
+  // The same files are not trusted for an app that runs as root.
+  assert.match((await refusals(l.app()))[0]!.found ?? '', new RegExp(`is owned by ${web.name}`));
+
+  await chown(l.bin, other.uid, other.gid);
+  const p = await refusal(app);
+  assert.equal(p.rule, `must be writable by nobody but root or the app's user ${web.name} (uid ${web.uid}) (like sshd's StrictModes)`);
+  assert.equal(p.found, `${l.bin} is owned by ${other.name} (uid ${other.uid}), mode 0755`);
+});
+
+test('every untrusted path is listed at once', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const l = await layout(t);
+  const other = await testUser(t);
+  await chown(l.bin, other.uid, other.gid);
+  await chmod(l.cfg, 0o646);
+  const problems = await refusals(l.app());
+  assert.deepEqual(problems.map((p) => p.key), ['bin.file', 'cfg.file']);
+});
+
+test('the agent refuses an untrusted release and keeps serving the old one; relink validate says why', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const root = await tmpDir(t, 'relink-trust-agent-');
+  reapAppsAfter(t, path.join(root, 'web', 'release'));
+  const app = await makeApp({ root, releases: ['1.0', '2.0'] });
+  const other = await testUser(t);
+  await setCurrent(app, '1.0');
+  const configFile = await writeConfig(root, [app], { reconcileMs: 60_000 });
+  const stateDir = path.join(root, 'state');
+  startAgent(t, configFile);
+  const first = await waitFor('the first deploy', async () => (await readHistory(stateDir, 'web'))[0]);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+
+  // An upload by another account: the agent must not run what it wrote.
+  const bin2 = path.join(app.releasesDir, 'app.2.0');
+  await chown(bin2, other.uid, other.gid);
+  const v = await relinkCli(['validate', '--config', configFile]);
+  assert.equal(v.code, 0, `current.conf naming 1.0 is still fine: ${v.stderr}`);
+  await setCurrent(app, '2.0');
+  const second = await waitFor('the refusal', async () => (await readHistory(stateDir, 'web'))[1]);
+  assert.equal(second.outcome, 'refused');
+  assert.equal(second.code, 'UNTRUSTED_PATH');
+  assert.equal(second.reason, `${app.currentFile}: "bin.file": ${RULE_ROOT} (found: ${bin2} is owned by ${other.name} (uid ${other.uid}), mode 0755)`);
+  assert.equal(await readlink(path.join(app.dir, 'app.bin')), path.join(app.releasesDir, 'app.1.0'));
+  assert.equal((JSON.parse(await get(app.url)) as { release: string }).release, 'app.1.0');
+
+  const cli = await relinkCli(['validate', '--config', configFile]);
+  assert.equal(cli.code, 1);
+  assert.equal(cli.stderr, `${second.reason} [UNTRUSTED_PATH]\n`);
+});
