@@ -27,7 +27,11 @@ export interface ProcIdentity {
 
 export interface ProcInfo extends ProcIdentity {
   readonly ppid: number;
-  /** The real executable; " (deleted)" removed, see `deleted`. */
+  /**
+   * The real executable; " (deleted)" removed, see `deleted`. Empty when
+   * this process may not read it: never inside a releases folder, so such a
+   * process never belongs to an app.
+   */
   readonly exe: string;
   /** The executable was unlinked or replaced on disk since the process started. */
   readonly deleted: boolean;
@@ -47,7 +51,9 @@ export async function readProc(pid: number): Promise<ProcInfo | undefined> {
     // process that made itself non-dumpable, whoever runs it.
     const [statText, exeRaw, status] = await Promise.all([
       readFile(`/proc/${pid}/stat`, 'utf8'),
-      readlink(`/proc/${pid}/exe`),
+      // Another user's exe is guarded like ptrace (CAP_SYS_PTRACE): unreadable
+      // to a non-root `relink status`, yet the process itself is there.
+      readlink(`/proc/${pid}/exe`).catch((err: unknown) => (isErrno(err, 'EACCES') ? '' : Promise.reject(err))),
       readFile(`/proc/${pid}/status`, 'utf8'),
     ]);
     // comm (field 2) may hold spaces and parentheses: fields resume after the last ')'.
@@ -122,7 +128,10 @@ export class ProcessFinder {
     this.#uid ??= (async () => {
       if (this.#user === undefined) return process.getuid?.() ?? 0;
       const account = await lookupUser(this.#user);
-      if (account === undefined) throw new RelinkError('USER_UNKNOWN', `no such user ${JSON.stringify(this.#user)}`, { key: 'user', rule: 'must name an existing user', found: this.#user });
+      if (account === undefined) {
+        throw new RelinkError('USER_UNKNOWN', `"user": no such user ${JSON.stringify(this.#user)} for the app in ${path.dirname(this.#releasesDir)} (create it: useradd --system ${this.#user})`,
+          { key: 'user', rule: 'must name an existing user (name or uid)', found: this.#user });
+      }
       return account.uid;
     })();
     // A failed lookup (user not created yet) is retried next time.
