@@ -15,14 +15,17 @@
  *   `pollMs`. The quiet period restarts on every event, so the last change
  *   is always followed by a report, and a writer writing in chunks is not
  *   read half-way;
- * - node:fs `watch`, not chokidar 5: chokidar keeps the first of a quick
- *   series of events and drops the rest with no trailing event (5 ms per
- *   file, paulmillr/chokidar#1333 and #1084; 100 ms after a removal; 50 ms
- *   for `change`, #1455). Even with awaitWriteFinish, a vim save (rename
- *   away, write anew) or a delete-and-recreate within 100 ms of the previous
- *   one was never reported: the agent kept a stale config until the next edit.
+ * - chokidar 5 supplies the events, but is not trusted to supply all of
+ *   them: it keeps the first of a quick series and drops the rest with no
+ *   trailing event (5 ms per file, paulmillr/chokidar#1333 and #1084; 100 ms
+ *   after a removal; 50 ms for `change`, #1455), so a vim save (rename away,
+ *   write anew) or a delete-and-recreate right after an edit went unreported.
+ *   Hence the quiet period polls the file itself, and after every report the
+ *   file is watched by polling for TAIL_MS more, longer than any of those
+ *   windows: an edit whose event chokidar swallowed is still seen at once.
+ *   chokidar's own awaitWriteFinish is off; it applies after the drop.
  */
-import { watch, type FSWatcher } from 'node:fs';
+import { watch, type FSWatcher } from 'chokidar';
 import { realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -39,7 +42,24 @@ export interface WatchOptions {
   readonly onError: (err: Error) => void;
 }
 
-const MISSING = 'missing';
+/**
+ * An empty current.conf must stay empty this long (or stabilityMs if longer)
+ * before it is passed on: every in-place writer (scp, `cat >`, vim with
+ * backupcopy) truncates first, and a writer stalled between truncating and
+ * writing (a slow link, a busy CPU) would otherwise be read as an empty file
+ * and refused. A file really emptied is still reported, a little later.
+ */
+const EMPTY_QUIET_MS = 1000;
+
+/** Longer than chokidar's longest throttle window (100 ms after a removal). */
+const TAIL_MS = 150;
+
+interface Signature {
+  /** Inode, size and mtime: what changes when the file is written, replaced or removed. */
+  readonly key: string;
+  readonly present: boolean;
+  readonly empty: boolean;
+}
 
 export class CurrentWatcher {
   readonly #opts: WatchOptions;
@@ -67,9 +87,12 @@ export class CurrentWatcher {
   static async start(opts: WatchOptions): Promise<CurrentWatcher> {
     const self = new CurrentWatcher({ ...opts, file: path.resolve(opts.file) });
     try {
-      self.#watchFolder(path.dirname(self.#opts.file));
+      const dir = path.dirname(self.#opts.file);
+      // chokidar waits for a missing folder; the agent wants to be told.
+      await stat(dir);
+      await self.#watchFolder(dir);
       await self.#followTarget();
-      self.#present = (await signature(self.#opts.file)) !== MISSING;
+      self.#present = (await signature(self.#opts.file)).present;
     } catch (err) {
       await self.close();
       throw err;
@@ -83,21 +106,31 @@ export class CurrentWatcher {
       this.#closed = true;
       clearTimeout(this.#timer);
       this.#wake?.();
-      for (const w of this.#watches.values()) w.close();
+      const closing = [...this.#watches.values()].map((w) => w.close());
       this.#watches.clear();
+      await Promise.allSettled(closing);
       await this.#settling;
     })();
     return this.#closing;
   }
 
-  #watchFolder(dir: string): void {
-    if (this.#watches.has(dir)) return;
-    const w = watch(dir, { persistent: true }, (_event, name) => {
-      // No name: the kernel could not say which entry; assume it was ours.
-      if (name === null || this.#names.has(path.join(dir, name))) this.#touch();
+  async #watchFolder(dir: string): Promise<void> {
+    if (this.#watches.has(dir) || this.#closed) return;
+    const w = watch(dir, {
+      depth: 0,
+      ignoreInitial: true,
+      // Everything else in the folder (uploads in progress included) is none
+      // of the watcher's business.
+      ignored: (p: string) => p !== dir && !this.#names.has(p),
+      awaitWriteFinish: false,
+      atomic: false,
     });
-    w.on('error', (err) => this.#opts.onError(err));
     this.#watches.set(dir, w);
+    w.on('all', (_event, p) => {
+      if (this.#names.has(p)) this.#touch();
+    });
+    w.on('error', (err) => this.#opts.onError(err instanceof Error ? err : new Error(String(err))));
+    await new Promise<void>((resolve) => w.once('ready', () => resolve()));
   }
 
   /** Watch the folder of the file current.conf resolves to; stop watching a folder it left. */
@@ -111,12 +144,21 @@ export class CurrentWatcher {
     const file = this.#opts.file;
     const names = new Set([file, real]);
     if (this.#closed || (names.size === this.#names.size && [...names].every((n) => this.#names.has(n)))) return;
-    this.#names = names;
     const keep = new Set([path.dirname(file), path.dirname(real)]);
-    for (const dir of keep) this.#watchFolder(dir);
+    // The ignore filter must let the new target through before its folder is watched.
+    this.#names = new Set([...this.#names, ...names]);
+    try {
+      for (const dir of keep) await this.#watchFolder(dir);
+    } catch (err) {
+      // The target's folder cannot be watched (EACCES...): say so, report
+      // anyway, and try again before the next report.
+      this.#opts.onError(err instanceof Error ? err : new Error(String(err)));
+      return;
+    }
+    this.#names = names;
     for (const [dir, w] of this.#watches) {
       if (keep.has(dir)) continue;
-      w.close();
+      void w.close();
       this.#watches.delete(dir);
     }
   }
@@ -139,12 +181,13 @@ export class CurrentWatcher {
       while (this.#dirty && !this.#closed) {
         let sig = await signature(this.#opts.file);
         for (;;) {
-          const left = this.#opts.stabilityMs - (performance.now() - this.#lastChange);
+          const quiet = sig.empty ? Math.max(this.#opts.stabilityMs, EMPTY_QUIET_MS) : this.#opts.stabilityMs;
+          const left = quiet - (performance.now() - this.#lastChange);
           if (left <= 0) break;
           await this.#sleep(Math.min(this.#opts.pollMs, left));
           if (this.#closed) return;
           const now = await signature(this.#opts.file);
-          if (now !== sig) {
+          if (now.key !== sig.key) {
             sig = now;
             this.#lastChange = performance.now();
           }
@@ -155,14 +198,24 @@ export class CurrentWatcher {
         await this.#followTarget();
         if (this.#closed) return;
         this.#report(sig);
+        // The tail: a change whose event chokidar dropped shows up here.
+        const tailEnd = performance.now() + TAIL_MS;
+        while (!this.#dirty && !this.#closed && performance.now() < tailEnd) {
+          await this.#sleep(this.#opts.pollMs);
+          if (this.#closed) return;
+          if ((await signature(this.#opts.file)).key !== sig.key) {
+            this.#dirty = true;
+            this.#lastChange = performance.now();
+          }
+        }
       }
     } catch (err) {
       if (!this.#closed) this.#opts.onError(err instanceof Error ? err : new Error(String(err)));
     }
   }
 
-  #report(sig: string): void {
-    const present = sig !== MISSING;
+  #report(sig: Signature): void {
+    const { present } = sig;
     const event = !present ? 'unlink' : this.#present ? 'change' : 'add';
     this.#present = present;
     this.#opts.onChange(event);
@@ -176,13 +229,14 @@ export class CurrentWatcher {
   }
 }
 
-/** What changes when the file is written, replaced or removed (inode numbers alone are reused). */
-async function signature(file: string): Promise<string> {
+/** Inode numbers alone are reused: size and mtime are part of the key. */
+async function signature(file: string): Promise<Signature> {
   try {
     const st = await stat(file);
-    return `${st.ino}:${st.size}:${st.mtimeMs}`;
+    return { key: `${st.ino}:${st.size}:${st.mtimeMs}`, present: true, empty: st.size === 0 };
   } catch (err) {
-    if (isErrno(err, 'ENOENT')) return MISSING;
-    return `error:${isErrno(err) ? err.code : String(err)}`;
+    if (isErrno(err, 'ENOENT')) return { key: 'missing', present: false, empty: false };
+    // Unreadable for now (EACCES, ELOOP...): the reader will say why.
+    return { key: `error:${isErrno(err) ? err.code : String(err)}`, present: true, empty: false };
   }
 }
