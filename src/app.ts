@@ -98,7 +98,7 @@ export class AppAgent {
       // A crash loop stays fatal across agent restarts until someone acts.
       this.#state = 'fatal';
     }
-    this.#warnStrays(found.strays);
+    this.#warnStrays(found.strays, found.foreign);
     await this.#saveState();
     this.trigger('startup');
     if (this.app.supervise.enabled) this.#armMonitor();
@@ -401,7 +401,7 @@ export class AppAgent {
       if (same !== undefined) return same;
     }
     const found = await this.#fx.discover(this.#main);
-    this.#warnStrays(found.strays);
+    this.#warnStrays(found.strays, found.foreign);
     if (found.main === undefined) {
       if (this.#main !== undefined) this.#log.warn({ appPid: this.#main.pid }, 'app process is gone');
       this.#main = undefined;
@@ -421,7 +421,16 @@ export class AppAgent {
     this.#main = info;
   }
 
-  #warnStrays(strays: readonly ProcInfo[]): void {
+  /** Pids already warned about as foreign: said once, not on every check. */
+  readonly #foreignSeen = new Set<number>();
+
+  #warnStrays(strays: readonly ProcInfo[], foreign: readonly ProcInfo[] = []): void {
+    for (const f of foreign) {
+      if (this.#foreignSeen.has(f.pid)) continue;
+      this.#foreignSeen.add(f.pid);
+      this.#log.warn({ foreignPid: f.pid, uid: f.uid, exe: f.exe },
+        `pid ${f.pid} runs the app's binary as uid ${f.uid}, not as the app's user: never signalled, left alone`);
+    }
     if (strays.length === 0) return;
     this.#log.warn({ appPid: this.#main?.pid, strays: strays.map((s) => s.pid) },
       'more than one copy of the app runs; only the main one is signalled, the others are left alone');

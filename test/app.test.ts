@@ -56,6 +56,8 @@ class World implements Effects {
   preflightFails = false;
   timers: Array<{ at: number; fn: () => void; cancelled: boolean }> = [];
   scheduledMs: number[] = [];
+  /** Processes running the app's binary as another user. */
+  foreign: ProcInfo[] = [];
 
   /** Move the fake clock forward and fire the timers that fall due. */
   advance(ms: number): void {
@@ -118,7 +120,7 @@ class World implements Effects {
 
   async discover(): Promise<Discovery> {
     const all = [...this.procs.values()];
-    return { main: all[0], strays: all.slice(1), all };
+    return { main: all[0], strays: all.slice(1), all, foreign: this.foreign };
   }
 
   async launch(): Promise<Launched> {
@@ -471,4 +473,20 @@ test('close() waits for the apply in progress and ignores later triggers', async
   agent.trigger('watch:change');
   await agent.idle();
   assert.equal(w.entries.length, 1);
+});
+
+test("another user's process running the app's binary is reported once and never signalled", async () => {
+  const w = new World();
+  w.write('1.0');
+  w.foreign = [{ pid: 999, ppid: 1, startTime: 5, exe: `${REL}/app.1.0`, deleted: false, uid: 1234 }];
+  const { log, lines } = silentLogger();
+  const agent = new AppAgent(appConfig(), w, log);
+  await agent.start();
+  await agent.idle();
+  w.write('2.0');
+  agent.trigger('watch:change');
+  for (let i = 0; i < 3; i++) agent.trigger('recheck');
+  await agent.idle();
+  assert.equal(lines.filter((l) => l.foreignPid === 999).length, 1);
+  assert.ok(w.signals.every(([pid]) => pid !== 999));
 });
