@@ -7,7 +7,7 @@
  * current user (os.userInfo), hence the helper.
  */
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import type { AppConfig } from './config.js';
 import { isErrno, RelinkError } from './errors.js';
 
@@ -27,8 +27,34 @@ export interface Group {
 
 type Db = 'passwd' | 'group';
 
+/**
+ * Answers are kept while /etc/passwd and /etc/group are unchanged (useradd,
+ * userdel and friends rewrite them), and at most a few seconds for accounts
+ * from elsewhere (LDAP, sssd): the trust checks ask several times per deploy,
+ * and a getent child process costs ~3 ms (measured, BENCHMARKS.md).
+ */
+const GETENT_TTL_MS = 10_000;
+const getentCache = new Map<string, { at: number; files: string; answer: Promise<string[][]> }>();
+
+async function accountFilesStamp(): Promise<string> {
+  const m = await Promise.all(['/etc/passwd', '/etc/group'].map((f) => stat(f).then((st) => `${st.ino}:${st.mtimeMs}:${st.size}`, () => '-')));
+  return m.join('|');
+}
+
 /** The entries of `db` matching `key` (all of them without a key), as split lines. */
 async function getent(db: Db, key?: string): Promise<string[][]> {
+  const k = `${db}\0${key ?? ''}`;
+  const files = await accountFilesStamp();
+  const hit = getentCache.get(k);
+  if (hit !== undefined && hit.files === files && Date.now() - hit.at < GETENT_TTL_MS) return hit.answer;
+  const answer = getentUncached(db, key);
+  getentCache.set(k, { at: Date.now(), files, answer });
+  // A failure is not remembered.
+  answer.catch(() => getentCache.delete(k));
+  return answer;
+}
+
+async function getentUncached(db: Db, key?: string): Promise<string[][]> {
   const text = await new Promise<string>((resolve, reject) => {
     execFile('getent', key === undefined ? [db] : [db, key], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 }, (err, stdout) => {
       // getent exits 2 for "no such key": an answer, not a failure.
