@@ -5,7 +5,7 @@
  * the same apps.
  */
 import type { Logger } from 'pino';
-import { AppAgent } from './app.js';
+import { AppAgent, EARLY_TRIGGER } from './app.js';
 import type { AgentConfig } from './config.js';
 import { realEffects } from './effects.js';
 import { schedulePrune, type PruneSchedule } from './releases.js';
@@ -41,6 +41,7 @@ export class Agent {
           stabilityMs: config.watch.stabilityMs,
           pollMs: config.watch.pollMs,
           onChange: (event) => app.trigger(`watch:${event}`),
+          onEarly: () => app.trigger(EARLY_TRIGGER),
           onError: (err) => applog.error({ err }, 'watcher error'),
         });
         agent.#watchers.push(watcher);

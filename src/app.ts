@@ -32,6 +32,23 @@ interface Extra {
   readonly rejected?: string | null;
 }
 
+/**
+ * A pass asked for on the first file event, before the watcher's quiet
+ * period: it acts only on a complete JSON document (a file being written
+ * never is one: no proper prefix of a JSON object parses) and otherwise
+ * leaves the file to the pass that follows the quiet period.
+ */
+export const EARLY_TRIGGER = 'watch:early';
+
+function isJson(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 const sameRelease = (a: { bin?: string | undefined; cfg?: string | undefined } | undefined, b: Release | undefined): boolean =>
   a !== undefined && b !== undefined && a.bin === b.bin && a.cfg === b.cfg;
 
@@ -162,12 +179,15 @@ export class AppAgent {
   }
 
   async #pass(trigger: string): Promise<void> {
+    const early = trigger === EARLY_TRIGGER;
     let snapshot: CurrentSnapshot;
     try {
       snapshot = await this.#fx.readCurrent();
+      if (early && !isJson(snapshot.text)) return;
       this.#readProblem = undefined;
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
+      if (early) return;
       // A missing current.conf is normal before the first deploy and for an
       // instant during delete-then-recreate: say it once, change nothing.
       if (this.#readProblem !== err.code) this.#log.warn({ code: err.code, file: err.file }, err.message);

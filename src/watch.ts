@@ -39,6 +39,13 @@ export interface WatchOptions {
   readonly pollMs: number;
   /** Called with "add", "change" or "unlink": what the file looked like once it was quiet. */
   readonly onChange: (event: string) => void;
+  /**
+   * Called at once on the first event of a quiet round, before the quiet
+   * period: a consumer may read the file right away and act on it if it is a
+   * complete JSON document (no proper prefix of a JSON object parses), and
+   * otherwise wait for onChange. Saves the quiet period on most deploys.
+   */
+  readonly onEarly?: () => void;
   readonly onError: (err: Error) => void;
 }
 
@@ -168,11 +175,17 @@ export class CurrentWatcher {
     if (this.#closed) return;
     this.#dirty = true;
     this.#lastChange = performance.now();
+    if (this.#settling !== undefined) return;
     // Events arrive as macrotasks: none can slip in between the loop's last
     // look at #dirty and this promise settling.
-    this.#settling ??= this.#settle().finally(() => {
+    this.#settling = this.#settle().finally(() => {
       this.#settling = undefined;
     });
+    try {
+      this.#opts.onEarly?.();
+    } catch (err) {
+      this.#opts.onError(err instanceof Error ? err : new Error(String(err)));
+    }
   }
 
   /** Report once the file has been quiet for stabilityMs; again if it changed meanwhile. */

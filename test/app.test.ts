@@ -91,7 +91,12 @@ class World implements Effects {
 
   async validate(text: string): Promise<Release> {
     this.validations += 1;
-    const raw = JSON.parse(text) as Record<string, string>;
+    let raw: Record<string, string>;
+    try {
+      raw = JSON.parse(text) as Record<string, string>;
+    } catch {
+      throw new RelinkErrors([fileError('CURRENT_SYNTAX', `${REL}/current.conf`, undefined, 'must be valid JSON')]);
+    }
     if (raw['bin.file'] === undefined || raw['cfg.file'] === undefined) {
       throw new RelinkErrors([fileError('CURRENT_INVALID', `${REL}/current.conf`, 'bin.file', 'is required')]);
     }
@@ -489,4 +494,40 @@ test("another user's process running the app's binary is reported once and never
   await agent.idle();
   assert.equal(lines.filter((l) => l.foreignPid === 999).length, 1);
   assert.ok(w.signals.every(([pid]) => pid !== 999));
+});
+
+test('an early pass (before the quiet period) acts on a complete document and leaves a half-written one alone', async () => {
+  const w = new World();
+  w.write('1.0');
+  const { log, lines } = silentLogger();
+  const agent = new AppAgent(appConfig(), w, log);
+  await agent.start();
+  await agent.idle();
+  // Mid-write: a prefix of the document. Nothing is journaled, nothing logged.
+  w.text = '{"bin.file": "app.2.0", "cfg.fi';
+  w.mtime += 1;
+  agent.trigger('watch:early');
+  await agent.idle();
+  assert.equal(w.entries.length, 1);
+  assert.equal(lines.filter((l) => l.level === 40 || l.level === 50).length, 0);
+  // The writer finishes; the early pass applies the complete document at once.
+  w.write('2.0');
+  agent.trigger('watch:early');
+  await agent.idle();
+  assert.equal(w.entries[1]?.outcome, 'deployed');
+  assert.equal(w.links.bin, `${REL}/app.2.0`);
+  // The pass after the quiet period finds nothing new.
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries.length, 2);
+  // A document left broken is refused by the pass after the quiet period, not before.
+  w.text = '{"bin.file": ';
+  w.mtime += 1;
+  agent.trigger('watch:early');
+  await agent.idle();
+  assert.equal(w.entries.length, 2);
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries[2]?.outcome, 'refused');
+  assert.equal(w.entries[2]?.code, 'CURRENT_SYNTAX');
 });

@@ -473,3 +473,23 @@ test('an event still being handled when close() is called is not reported, and d
 function fsEventHandles(): number {
   return process.getActiveResourcesInfo().filter((r) => r === 'FSEventWrap').length;
 }
+
+test('onEarly comes on the first event of a round, before the quiet period ends, once per round', async (t) => {
+  const dir = await tmpDir(t);
+  const file = path.join(dir, 'current.conf');
+  await writeFile(file, conf('early.0'));
+  const calls: string[] = [];
+  // A long quiet period, so "before it ends" is a matter of order, not of timing.
+  const watcher = await CurrentWatcher.start({
+    file, stabilityMs: 1_000, pollMs: 10,
+    onEarly: () => calls.push('early'),
+    onChange: (e) => calls.push(e),
+    onError: (err) => { throw err; },
+  });
+  t.after(() => watcher.close());
+  for (let i = 1; i <= 5; i++) await writeFile(file, conf(`early.${i}`));
+  await waitFor('the early call', () => calls.includes('early'));
+  assert.deepEqual(calls, ['early'], 'the report after the quiet period has not come yet');
+  await waitFor('the report after the quiet period', () => calls.includes('change'), { timeoutMs: 10_000 });
+  assert.deepEqual(calls, ['early', 'change'], 'one early call for the whole burst');
+});
