@@ -1,0 +1,118 @@
+/**
+ * Load during deploys: wrk with `Connection: close`, so every request is a
+ * new connection and a refused connection shows as a socket error (with
+ * keep-alive, a draining server's idle connections would show as read
+ * errors even when nothing was refused; DESIGN.md). Beside it, a slow
+ * prober (one request every 10 ms) that records when the app stopped and
+ * started answering, so an outage is also given in milliseconds: wrk's
+ * error counts depend on how fast it retries a refused connection.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { httpGet, nowMs, sleep, type Janitor } from './procs.js';
+
+export interface WrkResult {
+  readonly requests: number;
+  readonly seconds: number;
+  readonly connect: number;
+  readonly read: number;
+  readonly write: number;
+  readonly timeout: number;
+  readonly non2xx: number;
+  readonly raw: string;
+}
+
+export function failed(w: WrkResult): number {
+  return w.connect + w.read + w.write + w.timeout + w.non2xx;
+}
+
+export class Wrk {
+  readonly #child: ChildProcess;
+  #out = '';
+  readonly #closed: Promise<void>;
+
+  /** Start wrk on `url` for at most `maxSeconds`; stop() ends it earlier. */
+  constructor(j: Janitor, url: string, maxSeconds: number, connections = 4) {
+    this.#child = j.spawn('wrk', ['-t1', `-c${connections}`, `-d${maxSeconds}s`, '--timeout', '2s', '-H', 'Connection: close', url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.#child.stdout!.setEncoding('utf8').on('data', (c: string) => { this.#out += c; });
+    this.#child.stderr!.setEncoding('utf8').on('data', (c: string) => { this.#out += c; });
+    this.#closed = new Promise((resolve) => this.#child.once('close', () => resolve()));
+  }
+
+  /** SIGINT makes wrk stop and print its summary for the time it ran. */
+  async stop(): Promise<WrkResult> {
+    if (this.#child.exitCode === null) this.#child.kill('SIGINT');
+    await Promise.race([this.#closed, sleep(10_000)]);
+    return parseWrk(this.#out);
+  }
+}
+
+export function parseWrk(out: string): WrkResult {
+  const num = (re: RegExp): number => Number(re.exec(out)?.[1] ?? 0);
+  const req = /(\d+) requests in ([\d.]+)(m?s|m)\b/.exec(out);
+  const dur = req === null ? Number.NaN : Number(req[2]) * (req[3] === 'ms' ? 0.001 : req[3] === 'm' ? 60 : 1);
+  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+  return {
+    requests: req === null ? Number.NaN : Number(req[1]),
+    seconds: dur,
+    connect: Number(sock?.[1] ?? 0),
+    read: Number(sock?.[2] ?? 0),
+    write: Number(sock?.[3] ?? 0),
+    timeout: Number(sock?.[4] ?? 0),
+    non2xx: num(/Non-2xx or 3xx responses: (\d+)/),
+    raw: out,
+  };
+}
+
+export interface ProbeResult {
+  readonly probes: number;
+  readonly failures: number;
+  /** Longest stretch from a failed probe to the next answered one (ms). */
+  readonly longestOutageMs: number;
+  /** All such stretches added up (ms). */
+  readonly totalOutageMs: number;
+}
+
+export class Prober {
+  readonly #port: number;
+  #stop = false;
+  readonly #done: Promise<ProbeResult>;
+
+  constructor(port: number, intervalMs = 10) {
+    this.#port = port;
+    this.#done = this.#loop(intervalMs);
+  }
+
+  async #loop(intervalMs: number): Promise<ProbeResult> {
+    let probes = 0;
+    let failures = 0;
+    let longest = 0;
+    let total = 0;
+    let downSince: number | undefined;
+    while (!this.#stop) {
+      const t = nowMs();
+      const r = await httpGet(this.#port, '/', 2_000);
+      probes += 1;
+      const ok = 'status' in r && r.status >= 200 && r.status < 300;
+      if (!ok) {
+        failures += 1;
+        downSince ??= t;
+      } else if (downSince !== undefined) {
+        longest = Math.max(longest, t - downSince);
+        total += t - downSince;
+        downSince = undefined;
+      }
+      await sleep(intervalMs);
+    }
+    if (downSince !== undefined) {
+      const open = nowMs() - downSince;
+      longest = Math.max(longest, open);
+      total += open;
+    }
+    return { probes, failures, longestOutageMs: longest, totalOutageMs: total };
+  }
+
+  stop(): Promise<ProbeResult> {
+    this.#stop = true;
+    return this.#done;
+  }
+}
