@@ -2,14 +2,13 @@
  * BENCHMARKS.md and its charts, from one run's results. Everything in the
  * file is generated: the figures, the machine, and the sentences that judge
  * them against the targets of issue 5, so text and numbers never disagree.
- * Edit the prose here, not in BENCHMARKS.md.
+ * Edit the prose here, not in BENCHMARKS.md. The charts are in charts.ts.
  */
-import type { DowntimeResult, Cell, Method } from './downtime.js';
+import type { DowntimeResult, Method } from './downtime.js';
 import { METHOD_LABELS } from './downtime.js';
 import type { FootprintResult, FootprintRow } from './footprint.js';
 import { MANAGER_LABELS } from './footprint.js';
 import { APP_LABELS, type AppKind } from './lib/apps.js';
-import { barChart, cdfChart, COLORS, type BarGroup } from './lib/svg.js';
 import { count, ms, ratio, type Summary } from './lib/stats.js';
 import type { Machine } from './lib/tools.js';
 import type { ReactionResult, ReactionVariant } from './reaction.js';
@@ -45,15 +44,6 @@ function soakGrowth(soak: NonNullable<ReactionResult['soak']>): { secondHalf: nu
   const mid = soak.rss.find((x) => x.deploys >= half) ?? soak.rss[0]!;
   const last = soak.rss[soak.rss.length - 1]!;
   return { secondHalf: last.rssMb - mid.rssMb, span: last.deploys - mid.deploys, from: mid.deploys };
-}
-
-/** The chart files, by name, for the results folder. */
-export function charts(r: Results): Record<string, string> {
-  const out: Record<string, string> = {};
-  if (r.reaction !== undefined && r.reaction.variants.some((v) => v.samples.length > 0)) out['reaction.svg'] = reactionChart(r.reaction);
-  if (r.downtime !== undefined && r.downtime.cells.length > 0) out['downtime.svg'] = downtimeChart(r.downtime);
-  if (r.footprint !== undefined && r.footprint.rows.length > 0) out['footprint.svg'] = footprintChart(r.footprint);
-  return out;
 }
 
 const met = (ok: boolean): string => (ok ? '**met**' : '**missed**');
@@ -255,8 +245,7 @@ function reactionSection(rr: ReactionResult, chartDir: string, p: (...l: string[
   }
 }
 
-const CELL_ORDER: Method[] = ['control', 'relink', 'restart', 'pm2', 'supervisor'];
-const METHOD_COLORS: Record<Method, string> = { control: COLORS[6]!, relink: COLORS[2]!, restart: COLORS[0]!, pm2: COLORS[3]!, supervisor: COLORS[4]! };
+export const CELL_ORDER: Method[] = ['control', 'relink', 'restart', 'pm2', 'supervisor'];
 
 function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]) => void): void {
   const s = d.settings;
@@ -470,64 +459,10 @@ function howSection(p: (...l: string[]) => void): void {
       row(['`bench/downtime.ts`', '2: wrk and a prober during deploys by relink, stop + start, PM2 and supervisord']),
       row(['`bench/footprint.ts`', '3: RSS, CPU and wake-ups of each manager, idle; what the agent\'s memory is made of']),
       row(['`bench/verdict.ts`', '4: edit to `deployed` / `rolled_back` for a healthy and three broken releases; `relink deploy --wait`']),
-      row(['`bench/report.ts`', 'this file and the SVG charts, judged against the targets']),
+      row(['`bench/report.ts`', 'this file: the figures judged against the targets']),
+      row(['`bench/charts.ts`', 'the SVG charts']),
       row(['`bench/apps/stamp.c`', 'timestamps SIGHUP in its handler (CLOCK_MONOTONIC)']),
       row(['`bench/apps/tableflip/main.go`', 'a Go web server upgrading itself with cloudflare/tableflip']),
       row(['`bench/lib/`', 'the agent as a process (`agent.ts`), the apps (`apps.ts`), builds (`build.ts`), wrk and the prober (`load.ts`), processes and /proc (`procs.ts`), statistics (`stats.ts`), SVG (`svg.ts`), installing peers and describing the machine (`tools.ts`)']),
     ].join('\n'));
-}
-
-function reactionChart(rr: ReactionResult): string {
-  const shown = rr.variants.filter((v) => v.samples.length > 0 && v.nodeFlags.length === 0);
-  const groups = [...new Set(shown.map((v) => `${v.label}|${v.spacing}`))];
-  const colors = [COLORS[1]!, COLORS[4]!, COLORS[0]!, COLORS[2]!];
-  const series = shown.map((v) => ({
-    label: `${shortLabel(v)}, ${v.write === 'rename' ? 'rename' : 'in-place'}`,
-    samples: v.samples,
-    color: colors[groups.indexOf(`${v.label}|${v.spacing}`) % colors.length]!,
-    dashed: v.write === 'inplace',
-  }));
-  const p99s = shown.map((v) => v.summary.p99).filter(Number.isFinite);
-  return cdfChart({
-    title: 'Deploy reaction time: write of current.conf to SIGHUP received',
-    subtitle: 'share of deploys signalled within x ms; solid: rename, dashed: in-place write',
-    unit: 'milliseconds',
-    series,
-    marks: [{ x: TARGETS.reactionP50, label: 'p50 target' }, { x: TARGETS.reactionP99, label: 'p99 target' }],
-    xMax: Math.max(120, Math.ceil(Math.max(...p99s) / 20) * 20),
-  });
-}
-
-function shortLabel(v: ReactionVariant): string {
-  const who = v.stabilityMs === 50 && v.pollMs === 10 ? 'default' : `stability ${v.stabilityMs}`;
-  return `${who}, ${v.spacing === 'spaced' ? 'spaced' : 'back to back'}`;
-}
-
-function downtimeChart(d: DowntimeResult): string {
-  const groups: BarGroup[] = [];
-  for (const app of ['go', 'nginx', 'c'] as AppKind[]) {
-    const cells = CELL_ORDER.map((m) => d.cells.find((c) => c.app === app && c.method === m)).filter((c): c is Cell => c !== undefined && c.method !== 'control');
-    if (cells.length === 0) continue;
-    groups.push({
-      title: `${APP_LABELS[app]}, ${cells[0]!.deploys} deploys under load`,
-      bars: cells.map((c) => ({
-        label: METHOD_LABELS[c.method],
-        value: c.failed,
-        text: `${count(c.failed)} failed${c.probe.failures > 0 ? `, outage up to ${ms(c.probe.longestOutageMs)} ms` : ''}`,
-        color: METHOD_COLORS[c.method],
-      })),
-    });
-  }
-  return barChart({ title: 'Failed requests while deploying (lower is better)', subtitle: "wrk -H 'Connection: close' on 127.0.0.1; socket errors + non-2xx", unit: 'failed requests', groups });
-}
-
-const MANAGER_COLORS: Record<FootprintRow['manager'], string> = { relink: COLORS[2]!, pm2: COLORS[3]!, supervisord: COLORS[4]! };
-
-function footprintChart(f: FootprintResult): string {
-  const groups: BarGroup[] = [...new Set(f.rows.map((x) => x.apps))].map((n) => ({
-    title: `managing ${n} app${n === 1 ? '' : 's'}, idle`,
-    bars: f.rows.filter((x) => x.apps === n).map((x) => ({ label: MANAGER_LABELS[x.manager], value: x.idle.rssMb, text: `${x.idle.rssMb.toFixed(1)} MB`, color: MANAGER_COLORS[x.manager] })),
-  }));
-  if (f.bareNode !== undefined) groups.push({ title: 'for scale', bars: [{ label: 'an idle bare node', value: f.bareNode.rssMb, text: `${f.bareNode.rssMb.toFixed(1)} MB`, color: COLORS[6] }] });
-  return barChart({ title: 'Resident memory of the manager process (lower is better)', subtitle: 'VmRSS of the agent / PM2 daemon / supervisord, apps not counted', unit: 'MB', groups });
 }

@@ -22,7 +22,8 @@ import { buildAgent } from './lib/build.js';
 import type { Context } from './lib/context.js';
 import { Janitor } from './lib/procs.js';
 import { ensureTools, machine, ROOT } from './lib/tools.js';
-import { charts, markdown, type Results } from './report.js';
+import { charts } from './charts.js';
+import { markdown, type Results } from './report.js';
 import { runReaction, type ReactionResult } from './reaction.js';
 import { runVerdict, type VerdictResult } from './verdict.js';
 
