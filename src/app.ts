@@ -40,6 +40,9 @@ interface Extra {
  */
 export const EARLY_TRIGGER = 'watch:early';
 
+/** A current.conf that does not parse and has not changed for this long is judged by the re-check too. */
+const BROKEN_SETTLED_MS = 2_000;
+
 function isJson(text: string): boolean {
   try {
     JSON.parse(text);
@@ -183,7 +186,10 @@ export class AppAgent {
     let snapshot: CurrentSnapshot;
     try {
       snapshot = await this.#fx.readCurrent();
-      if (early && !isJson(snapshot.text)) return;
+      // The early pass and the periodic re-check may read a file between a
+      // writer's truncate and its write: that is the watcher's pass to judge,
+      // unless the file has been left broken for a while (a missed event).
+      if (!isJson(snapshot.text) && (early || (trigger === 'recheck' && this.#fx.now() - snapshot.mtimeMs < BROKEN_SETTLED_MS))) return;
       this.#readProblem = undefined;
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;

@@ -531,3 +531,22 @@ test('an early pass (before the quiet period) acts on a complete document and le
   assert.equal(w.entries[2]?.outcome, 'refused');
   assert.equal(w.entries[2]?.code, 'CURRENT_SYNTAX');
 });
+
+test('the periodic re-check leaves a file that is being written to the watcher, but judges one left broken', async () => {
+  const w = new World();
+  w.write('1.0');
+  const agent = new AppAgent(appConfig(), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  w.clock = 100_000;
+  w.text = '{"bin.file": ';
+  w.mtime = w.clock - 10; // just written
+  agent.trigger('recheck');
+  await agent.idle();
+  assert.equal(w.entries.length, 1, 'not journaled while it may still be being written');
+  w.clock += 5_000; // left like that: a missed event
+  agent.trigger('recheck');
+  await agent.idle();
+  assert.equal(w.entries[1]?.outcome, 'refused');
+  assert.equal(w.entries[1]?.code, 'CURRENT_SYNTAX');
+});
