@@ -11,7 +11,7 @@
 import type { Logger } from 'pino';
 import { backoffDelay } from './backoff.js';
 import type { AppConfig } from './config.js';
-import { hashText, type CurrentSnapshot, type Release } from './current.js';
+import { currentTextFor, type CurrentSnapshot, type Release } from './current.js';
 import type { Effects } from './effects.js';
 import { RelinkError, RelinkErrors } from './errors.js';
 import type { Action, HistoryEntry, Outcome } from './history.js';
@@ -112,7 +112,7 @@ export class AppAgent {
       if (this.#lastGood === undefined) {
         // An app found running is the best known-good there is.
         const links = await this.#fx.readLinks();
-        if (links.bin !== undefined && links.cfg !== undefined) this.#lastGood = { bin: links.bin, cfg: links.cfg, text: currentText(links.bin, links.cfg) };
+        if (links.bin !== undefined && links.cfg !== undefined) this.#lastGood = { bin: links.bin, cfg: links.cfg, text: currentTextFor(this.app.releasesDir, { bin: links.bin, cfg: links.cfg }) };
       }
     } else if (saved?.state === 'fatal') {
       // A crash loop stays fatal across agent restarts until someone acts.
@@ -511,10 +511,3 @@ export class AppAgent {
     await this.#fx.saveState(state).catch((e: unknown) => this.#log.error({ err: e }, 'could not write state'));
   }
 }
-
-/** current.conf content naming a release (used when none was recorded for it). */
-export function currentText(bin: string, cfg: string): string {
-  return `${JSON.stringify({ 'bin.file': bin, 'cfg.file': cfg })}\n`;
-}
-
-export { hashText };

@@ -48,6 +48,17 @@ export function hashText(text: string): string {
   return createHash('sha256').update(text).digest('hex');
 }
 
+/**
+ * current.conf text naming `release`, written as a human would: file names
+ * relative to the releases folder when the files are in it. The one place
+ * that knows the format's spelling (relink deploy, and the agent when it
+ * needs text for a release it adopted).
+ */
+export function currentTextFor(releasesDir: string, release: Release): string {
+  const rel = (p: string) => (path.dirname(p) === releasesDir ? path.basename(p) : p);
+  return `${JSON.stringify({ 'bin.file': rel(release.bin), 'cfg.file': rel(release.cfg) })}\n`;
+}
+
 /** sha256 of a file, streamed (release binaries can be large). */
 export async function hashFile(file: string): Promise<string> {
   const hash = createHash('sha256');

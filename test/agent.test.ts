@@ -7,31 +7,11 @@ import { chmod, readlink, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { get } from '../src/demo/demo.js';
 import { makeApp, setCurrent, writeConfig, type DemoApp } from '../src/demo/layout.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { ProcessFinder } from '../src/proc.js';
+import { ask, servedBy } from './fixture.js';
 import { alive, reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor, type AgentProc } from './helpers.js';
-
-interface Reply {
-  release: string;
-  message: string;
-  pid: number;
-  generation: number;
-}
-
-async function ask(app: DemoApp): Promise<Reply> {
-  return JSON.parse(await get(app.url)) as Reply;
-}
-
-/** Wait until the app answers from release `r` (by binary for re-exec apps, by message for in-place ones). */
-async function servedBy(app: DemoApp, r: string, by: 'release' | 'message' = 'release'): Promise<Reply> {
-  return waitFor(`${app.url} to serve ${r}`, async () => {
-    const reply = await ask(app);
-    const ok = by === 'release' ? reply.release === `app.${r}` : reply.message.endsWith(` ${r}`);
-    return ok ? reply : undefined;
-  });
-}
 
 async function history(root: string): Promise<HistoryEntry[]> {
   return readHistory(path.join(root, 'state'));

@@ -80,10 +80,20 @@ export async function ask(app: DemoApp): Promise<Reply> {
   return JSON.parse(await get(app.url)) as Reply;
 }
 
-export async function servedBy(app: DemoApp, r: string): Promise<Reply> {
+/** Wait until the app answers from release `r`: by binary for re-exec apps, by config message for in-place ones. */
+export async function servedBy(app: DemoApp, r: string, by: 'release' | 'message' = 'release'): Promise<Reply> {
   return waitFor(`${app.url} to serve ${r}`, async () => {
     const reply = await ask(app);
-    return reply.release === `app.${r}` ? reply : undefined;
+    const ok = by === 'release' ? reply.release === `app.${r}` : reply.message.endsWith(` ${r}`);
+    return ok ? reply : undefined;
+  });
+}
+
+/** Wait until the app answers from a process other than `oldPid` (a restart or a handoff). */
+export async function servedByNewProcess(app: DemoApp, oldPid: number): Promise<Reply> {
+  return waitFor(`a process other than ${oldPid} to answer`, async () => {
+    const r = await ask(app).catch(() => undefined);
+    return r !== undefined && r.pid !== oldPid ? r : undefined;
   });
 }
 

@@ -10,17 +10,14 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { readHistory } from '../src/history.js';
 import { readAppState } from '../src/state.js';
-import { ask, fixture, nthEntry, servedBy, setCurrentText } from './fixture.js';
+import { fixture, nthEntry, servedBy, servedByNewProcess, setCurrentText } from './fixture.js';
 import { alive, relinkCli, startAgent, waitFor } from './helpers.js';
 
 test('kill -9 of the app: restarted, and status counts the restart', async (t) => {
   const f = await fixture(t);
   const v1 = await servedBy(f.app, '1.0');
   process.kill(v1.pid, 'SIGKILL');
-  const v2 = await waitFor('a restarted app', async () => {
-    const r = await ask(f.app).catch(() => undefined);
-    return r !== undefined && r.pid !== v1.pid ? r : undefined;
-  });
+  const v2 = await servedByNewProcess(f.app, v1.pid);
   assert.equal(v2.release, 'app.1.0');
   await f.agent.waitForLog('restart log line', (l) => l.msg === 'app restarted' && l.appPid === v2.pid);
   const status = await waitFor('status to show the restart', async () => {
@@ -70,10 +67,7 @@ test('agent restarted in the middle: the new agent adopts the app and keeps supe
   await next.waitForLog('agent started', (l) => l.msg === 'agent started');
   // Not the new agent's child: only its /proc monitor can see this.
   process.kill(v1.pid, 'SIGKILL');
-  const v2 = await waitFor('a restarted app', async () => {
-    const r = await ask(f.app).catch(() => undefined);
-    return r !== undefined && r.pid !== v1.pid ? r : undefined;
-  });
+  const v2 = await servedByNewProcess(f.app, v1.pid);
   assert.equal(v2.release, 'app.1.0');
   assert.equal(await alive(v1.pid), false);
 });
@@ -82,10 +76,7 @@ test('a graceful re-exec handoff (SIGHUP sent by hand) is followed, not restarte
   const f = await fixture(t);
   const v1 = await servedBy(f.app, '1.0');
   process.kill(v1.pid, 'SIGHUP');
-  const v2 = await waitFor('the successor', async () => {
-    const r = await ask(f.app).catch(() => undefined);
-    return r !== undefined && r.pid !== v1.pid ? r : undefined;
-  });
+  const v2 = await servedByNewProcess(f.app, v1.pid);
   const handed = await f.agent.waitForLog('handoff noticed', (l) => l.msg === 'app handed over to a new process');
   assert.equal(handed.appPid, v2.pid);
   assert.equal(f.agent.lines.filter((l) => l.msg === 'app restarted').length, 0);

@@ -7,7 +7,7 @@
 import path from 'node:path';
 import { writeFileAtomic } from '../atomicWrite.js';
 import type { AgentConfig, AppConfig } from '../config.js';
-import { hashText, readCurrent, validateCurrent, type Release } from '../current.js';
+import { currentTextFor, hashText, readCurrent, validateCurrent, type Release } from '../current.js';
 import { RelinkError } from '../errors.js';
 import { readHistory, type HistoryEntry } from '../history.js';
 import { readLinks } from '../relink.js';
@@ -24,19 +24,13 @@ export interface RequestOptions {
 
 const WAIT_POLL_MS = 50;
 
-/** current.conf text for a release: names relative to the releases folder when inside it, as a human would write. */
-export function currentTextFor(app: AppConfig, release: Release): string {
-  const rel = (p: string) => (path.dirname(p) === app.releasesDir ? path.basename(p) : p);
-  return `${JSON.stringify({ 'bin.file': rel(release.bin), 'cfg.file': rel(release.cfg) })}\n`;
-}
-
 export async function requestRelease(config: AgentConfig, app: AppConfig, wanted: Release, opts: RequestOptions, io: IO): Promise<number> {
   const agent = await runningAgent(config.stateDir);
   if (agent === undefined) {
     throw new RelinkError('NO_AGENT', `no relink agent is running for ${config.file} (stateDir ${config.stateDir}); start it (systemctl start relink) and try again`,
       { file: config.file, rule: 'an agent must be running to apply the change' });
   }
-  const text = currentTextFor(app, wanted);
+  const text = currentTextFor(app.releasesDir, wanted);
   // The agent's own checks, before anything is written: a refusal here
   // leaves current.conf exactly as it was.
   const release = await validateCurrent(app, text);
