@@ -127,8 +127,10 @@ export class AppAgent {
   /** Ask for a full pass (current.conf, links, process). Safe to call from any event, any number of times. */
   trigger(why: string): void {
     if (this.#closed) return;
-    // The newest reason wins; the pass reads the file afresh anyway.
-    this.#pendingPass = why;
+    // The newest reason wins (the pass reads the file afresh anyway), except
+    // that an early trigger, which may decide to do nothing, never displaces
+    // one that must judge the file.
+    if (why !== EARLY_TRIGGER || this.#pendingPass === undefined) this.#pendingPass = why;
     this.#loop ??= this.#run();
   }
 

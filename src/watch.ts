@@ -40,8 +40,8 @@ export interface WatchOptions {
   /** Called with "add", "change" or "unlink": what the file looked like once it was quiet. */
   readonly onChange: (event: string) => void;
   /**
-   * Called at once on the first event of a quiet round, before the quiet
-   * period: a consumer may read the file right away and act on it if it is a
+   * Called at once on the first event after a report (or after start),
+   * before the quiet period: a consumer may read the file right away and act on it if it is a
    * complete JSON document (no proper prefix of a JSON object parses), and
    * otherwise wait for onChange. Saves the quiet period on most deploys.
    */
@@ -173,14 +173,23 @@ export class CurrentWatcher {
   /** An event for current.conf (or its target): (re)start the quiet period. */
   #touch(): void {
     if (this.#closed) return;
+    // The first event since the last report opens a round, also when the
+    // loop is still in the previous round's tail: back-to-back deploys are
+    // read early too, not only the first after a pause.
+    const opens = !this.#dirty;
     this.#dirty = true;
     this.#lastChange = performance.now();
-    if (this.#settling !== undefined) return;
-    // Events arrive as macrotasks: none can slip in between the loop's last
-    // look at #dirty and this promise settling.
-    this.#settling = this.#settle().finally(() => {
-      this.#settling = undefined;
-    });
+    if (this.#settling === undefined) {
+      // Events arrive as macrotasks: none can slip in between the loop's last
+      // look at #dirty and this promise settling.
+      this.#settling = this.#settle().finally(() => {
+        this.#settling = undefined;
+      });
+    }
+    if (opens) this.#early();
+  }
+
+  #early(): void {
     try {
       this.#opts.onEarly?.();
     } catch (err) {
@@ -216,9 +225,12 @@ export class CurrentWatcher {
         while (!this.#dirty && !this.#closed && performance.now() < tailEnd) {
           await this.#sleep(this.#opts.pollMs);
           if (this.#closed) return;
-          if ((await signature(this.#opts.file)).key !== sig.key) {
+          const now = await signature(this.#opts.file);
+          if (!this.#dirty && now.key !== sig.key) {
+            // A change chokidar did not report: it opens a round like an event.
             this.#dirty = true;
             this.#lastChange = performance.now();
+            this.#early();
           }
         }
       }

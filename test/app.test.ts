@@ -550,3 +550,28 @@ test('the periodic re-check leaves a file that is being written to the watcher, 
   assert.equal(w.entries[1]?.outcome, 'refused');
   assert.equal(w.entries[1]?.code, 'CURRENT_SYNTAX');
 });
+
+test('an early trigger queued behind a report does not take its place: the broken file is still judged', async () => {
+  const w = new World();
+  w.write('1.0');
+  const agent = new AppAgent(appConfig(), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  const gate = deferred();
+  w.gate = gate.promise;
+  w.write('2.0');
+  agent.trigger('watch:early');
+  await new Promise((r) => setImmediate(r));
+  // While 2.0 is applied, a broken document is saved and reported, and the
+  // next round's early trigger arrives before the pass for the report runs.
+  w.text = '{"bin.file": ';
+  w.mtime += 1;
+  agent.trigger('watch:change');
+  agent.trigger('watch:early');
+  gate.resolve();
+  w.gate = undefined;
+  await agent.idle();
+  assert.equal(w.entries[1]?.outcome, 'deployed');
+  assert.equal(w.entries[2]?.outcome, 'refused', 'the reported file was judged, not skipped as an early read');
+  assert.equal(w.entries[2]?.code, 'CURRENT_SYNTAX');
+});

@@ -493,3 +493,27 @@ test('onEarly comes on the first event of a round, before the quiet period ends,
   await waitFor('the report after the quiet period', () => calls.includes('change'), { timeoutMs: 10_000 });
   assert.deepEqual(calls, ['early', 'change'], 'one early call for the whole burst');
 });
+
+test('a write right after a report opens a new round: onEarly again, before its quiet period', async (t) => {
+  const dir = await tmpDir(t);
+  const file = path.join(dir, 'current.conf');
+  await writeFile(file, conf('next.0'));
+  const calls: string[] = [];
+  const watcher = await CurrentWatcher.start({
+    file, stabilityMs: 1_000, pollMs: 10,
+    onEarly: () => calls.push('early'),
+    onChange: (e) => {
+      calls.push(e);
+      // Back to back: the next deploy lands while the watcher is still in
+      // the previous round's tail (where chokidar's throttle may drop events).
+      if (calls.filter((c) => c === 'change').length === 1) writeFileSync(file, conf('next.2'));
+    },
+    onError: (err) => { throw err; },
+  });
+  t.after(() => watcher.close());
+  await writeFile(file, conf('next.1'));
+  await waitFor('the second early call', () => calls.filter((c) => c === 'early').length === 2, { timeoutMs: 10_000 });
+  assert.deepEqual(calls, ['early', 'change', 'early'], 'the second round was read early, before its quiet period ended');
+  await waitFor('the second report', () => calls.length === 4, { timeoutMs: 10_000 });
+  assert.deepEqual(calls, ['early', 'change', 'early', 'change']);
+});
