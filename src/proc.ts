@@ -13,7 +13,8 @@
  * process of another user running the same binary (a copy somebody started
  * by hand, another tenant) is never adopted and never signalled.
  */
-import { readFile, readlink, realpath } from 'node:fs/promises';
+import { readFileSync, readlinkSync, realpathSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import psList from 'ps-list';
 import { isErrno, RelinkError } from './errors.js';
@@ -43,19 +44,36 @@ export interface ProcInfo extends ProcIdentity {
 
 const DELETED = ' (deleted)';
 
-/** The process as /proc sees it now, or undefined if it is gone, a zombie or not readable. */
+/**
+ * The process as /proc sees it now, or undefined if it is gone, a zombie or
+ * not readable.
+ *
+ * Synchronous inside: /proc is generated from kernel memory and never waits
+ * for a disk, and this runs once per app per second (supervision). Through
+ * the libuv thread pool each of these reads cost a hand-off to a worker
+ * thread and back (four for a readFile): with 20 apps that was ~1,600 futex
+ * calls a second for an idle agent (strace -c, see BENCHMARKS.md).
+ */
 export async function readProc(pid: number): Promise<ProcInfo | undefined> {
+  return readProcNow(pid);
+}
+
+function readProcNow(pid: number): ProcInfo | undefined {
   if (!Number.isSafeInteger(pid) || pid <= 0) return undefined;
   try {
-    // Uids from status, not the owner of /proc/PID: that is root for a
-    // process that made itself non-dumpable, whoever runs it.
-    const [statText, exeRaw, status] = await Promise.all([
-      readFile(`/proc/${pid}/stat`, 'utf8'),
+    const statText = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    let exeRaw: string;
+    try {
+      exeRaw = readlinkSync(`/proc/${pid}/exe`);
+    } catch (err) {
       // Another user's exe is guarded like ptrace (CAP_SYS_PTRACE): unreadable
       // to a non-root `relink status`, yet the process itself is there.
-      readlink(`/proc/${pid}/exe`).catch((err: unknown) => (isErrno(err, 'EACCES') ? '' : Promise.reject(err))),
-      readFile(`/proc/${pid}/status`, 'utf8'),
-    ]);
+      if (!isErrno(err, 'EACCES')) throw err;
+      exeRaw = '';
+    }
+    // Uids from status, not the owner of /proc/PID: that is root for a
+    // process that made itself non-dumpable, whoever runs it.
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
     // comm (field 2) may hold spaces and parentheses: fields resume after the last ')'.
     const rest = statText.slice(statText.lastIndexOf(')') + 2).split(' ');
     const state = rest[0];
@@ -118,9 +136,15 @@ export class ProcessFinder {
     this.#user = opts.user;
   }
 
-  /** Real path of the releases folder, with a trailing separator, for prefix checks. */
+  /**
+   * Real path of the releases folder, with a trailing separator, for prefix
+   * checks. Resolved afresh every time: an operator may re-point a releases
+   * symlink, and the new release's processes must be recognised at once.
+   * Synchronous for the reason readProc is: one realpath(3) of a folder whose
+   * entries the kernel has cached, against two thread-pool hand-offs.
+   */
   async #prefix(): Promise<string> {
-    return (await realpath(this.#releasesDir)) + path.sep;
+    return realpathSync.native(this.#releasesDir) + path.sep;
   }
 
   /** The uid the app's processes must run as. */
