@@ -575,3 +575,24 @@ test('an early trigger queued behind a report does not take its place: the broke
   assert.equal(w.entries[2]?.outcome, 'refused', 'the reported file was judged, not skipped as an early read');
   assert.equal(w.entries[2]?.code, 'CURRENT_SYNTAX');
 });
+
+test('supervision checks fall due on multiples of checkMs, whenever the app was started: many apps wake together', async () => {
+  const every = appConfig().supervise.checkMs;
+  for (const startAt of [1_234, 5_999, 70_001]) {
+    const w = new World();
+    w.clock = startAt;
+    w.write('1.0');
+    const agent = new AppAgent(appConfig(), w, silentLogger().log);
+    await agent.start();
+    await agent.idle();
+    for (let i = 0; i < 3; i++) {
+      w.advance(every);
+      await agent.idle();
+    }
+    const due = w.timers.filter((t) => !t.cancelled).map((t) => t.at);
+    assert.equal(due.length, 1, 'one check armed at a time');
+    assert.ok(w.timers.length >= 4, 'the check re-arms itself');
+    for (const t of w.timers) assert.equal(t.at % every, 0, `started at ${startAt}: a check due at ${t.at}`);
+    await agent.close();
+  }
+});
