@@ -19,7 +19,6 @@ Exit codes: 0 stopped by a signal, 1 bad config or another agent runs, 2 usage e
 `;
 
 export const agentCommand: Command = {
-  summary: 'run the resident agent in the foreground',
   async run(args: string[], io: IO, stop: Promise<string>): Promise<number> {
     const { values } = parse(args, { config: { type: 'string', short: 'c' } });
     if (values.help) {

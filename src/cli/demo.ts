@@ -16,7 +16,6 @@ Options:
 `;
 
 export const demoCommand: Command = {
-  summary: 'run the agent on a self-contained demo (deploy, refusal, rollback)',
   async run(args: string[], io: IO, stop: Promise<string>): Promise<number> {
     const { values } = parse(args, { exit: { type: 'boolean' }, port: { type: 'string' } });
     if (values.help) {

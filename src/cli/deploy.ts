@@ -29,7 +29,6 @@ in time; 2 usage error.
 `;
 
 export const deployCommand: Command = {
-  summary: 'name a release in current.conf and (with --wait) wait for the verdict',
   async run(args: string[], io: IO): Promise<number> {
     const { values, positionals } = parse(args, {
       config: { type: 'string', short: 'c' }, app: { type: 'string' }, bin: { type: 'string' }, cfg: { type: 'string' },

@@ -21,7 +21,6 @@ Exit codes: 0 success, 1 the config or journal cannot be read, 2 usage error.
 `;
 
 export const historyCommand: Command = {
-  summary: 'show the deploy journal, newest last',
   async run(args: string[], io: IO): Promise<number> {
     const { values } = parse(args, { config: { type: 'string', short: 'c' }, app: { type: 'string' }, limit: { type: 'string' }, json: { type: 'boolean' } });
     if (values.help) {

@@ -5,32 +5,27 @@
  */
 import { RelinkError, RelinkErrors } from '../errors.js';
 import { VERSION } from '../version.js';
-import { agentCommand } from './agent.js';
-import { demoCommand } from './demo.js';
-import { deployCommand } from './deploy.js';
-import { historyCommand } from './history.js';
 import { EXIT, type IO } from './io.js';
-import { pruneCommand } from './prune.js';
-import { releasesCommand } from './releases.js';
-import { rollbackCommand } from './rollback.js';
-import { statusCommand } from './status.js';
-import { validateCommand } from './validate.js';
 
 export interface Command {
-  readonly summary: string;
   readonly run: (args: string[], io: IO, stop: Promise<string>) => Promise<number>;
 }
 
-const COMMANDS: Record<string, Command> = {
-  agent: agentCommand,
-  status: statusCommand,
-  validate: validateCommand,
-  history: historyCommand,
-  releases: releasesCommand,
-  prune: pruneCommand,
-  deploy: deployCommand,
-  rollback: rollbackCommand,
-  demo: demoCommand,
+/**
+ * Each command is loaded when it is run: the resident agent then never holds
+ * the code of the demo, the report commands or their dependencies (memory it
+ * would keep for as long as it runs; BENCHMARKS.md section 3).
+ */
+const COMMANDS: Record<string, { readonly summary: string; readonly load: () => Promise<Command> }> = {
+  agent: { summary: 'run the resident agent in the foreground', load: async () => (await import('./agent.js')).agentCommand },
+  status: { summary: 'show each app: state, release, process, last deploy', load: async () => (await import('./status.js')).statusCommand },
+  validate: { summary: 'check a current.conf as the agent would; apply nothing', load: async () => (await import('./validate.js')).validateCommand },
+  history: { summary: 'show the deploy journal, newest last', load: async () => (await import('./history.js')).historyCommand },
+  releases: { summary: 'list the releases: current, previous, last known-good, failed', load: async () => (await import('./releases.js')).releasesCommand },
+  prune: { summary: 'delete old releases, keeping the newest N and every protected one', load: async () => (await import('./prune.js')).pruneCommand },
+  deploy: { summary: 'name a release in current.conf and (with --wait) wait for the verdict', load: async () => (await import('./deploy.js')).deployCommand },
+  rollback: { summary: 'go back to the previous known-good release (or --to RELEASE)', load: async () => (await import('./rollback.js')).rollbackCommand },
+  demo: { summary: 'run the agent on a self-contained demo (deploy, refusal, rollback)', load: async () => (await import('./demo.js')).demoCommand },
 };
 
 function usage(): string {
@@ -62,7 +57,8 @@ async function main(argv: string[]): Promise<number> {
     io.stdout(`${VERSION}\n`);
     return EXIT.ok;
   }
-  const command = COMMANDS[name];
+  // Own keys only: `relink toString` is an unknown command, not Object.prototype's.
+  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
   if (command === undefined) {
     io.stderr(`relink: unknown command ${JSON.stringify(name)}\n\n${usage()}`);
     return EXIT.usage;
@@ -74,7 +70,7 @@ async function main(argv: string[]): Promise<number> {
     process.once('SIGINT', () => resolve('SIGINT'));
   });
   try {
-    return await command.run(rest, io, stop);
+    return await (await command.load()).run(rest, io, stop);
   } catch (err) {
     if (err instanceof RelinkErrors) {
       io.stderr(`relink ${name}: ${err.problems.length} problem${err.problems.length === 1 ? '' : 's'}:\n${err.problems.map((p) => `  ${p.message}`).join('\n')}\n`);

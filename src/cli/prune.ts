@@ -24,7 +24,6 @@ Exit codes: 0 success, 1 a file could not be deleted or the config or state cann
 `;
 
 export const pruneCommand: Command = {
-  summary: 'delete old releases, keeping the newest N and every protected one',
   async run(args: string[], io: IO): Promise<number> {
     const { values } = parse(args, { config: { type: 'string', short: 'c' }, app: { type: 'string' }, keep: { type: 'string' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } });
     if (values.help) {

@@ -28,7 +28,6 @@ Exit codes: 0 success, 1 the config, a releases folder or the state cannot be re
 `;
 
 export const releasesCommand: Command = {
-  summary: 'list the releases: current, previous, last known-good, failed',
   async run(args: string[], io: IO): Promise<number> {
     const { values } = parse(args, { config: { type: 'string', short: 'c' }, app: { type: 'string' }, json: { type: 'boolean' } });
     if (values.help) {

@@ -28,7 +28,6 @@ no verdict in time; 2 usage error.
 `;
 
 export const rollbackCommand: Command = {
-  summary: 'go back to the previous known-good release (or --to RELEASE)',
   async run(args: string[], io: IO): Promise<number> {
     const { values } = parse(args, {
       config: { type: 'string', short: 'c' }, app: { type: 'string' }, to: { type: 'string' },

@@ -160,7 +160,6 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
 }
 
 export const statusCommand: Command = {
-  summary: 'show each app: state, release, process, last deploy',
   async run(args: string[], io: IO): Promise<number> {
     const { values } = parse(args, { config: { type: 'string', short: 'c' }, app: { type: 'string' }, json: { type: 'boolean' } });
     if (values.help) {

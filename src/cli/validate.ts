@@ -22,7 +22,6 @@ Exit codes: 0 the agent would deploy it, 1 it would refuse it (reasons on stderr
 `;
 
 export const validateCommand: Command = {
-  summary: 'check a current.conf as the agent would; apply nothing',
   async run(args: string[], io: IO): Promise<number> {
     const { values, positionals } = parse(args, { config: { type: 'string', short: 'c' }, app: { type: 'string' }, json: { type: 'boolean' } }, true);
     if (values.help) {
