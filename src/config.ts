@@ -5,8 +5,8 @@
 import { readFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import path from 'node:path';
-import cron from 'node-cron';
 import { z } from 'zod';
+import { nodeCron } from './cron.js';
 import { fileError, isErrno, RelinkErrors } from './errors.js';
 import { parseHostPort, type Probe } from './health.js';
 import { describe, zodProblems } from './zodIssues.js';
@@ -83,7 +83,7 @@ const AppSchema = z.strictObject({
     cfg: z.string().includes(RELEASE_PLACEHOLDER, { error: `must contain ${RELEASE_PLACEHOLDER}` }).refine((s) => !s.includes('/'), 'must be a file name, not a path').default('cfg.{release}'),
   }).prefault({}),
   prune: z.strictObject({
-    schedule: z.string().refine((s) => cron.validate(s), 'must be a cron expression such as "0 3 * * *"').nullable().default(null),
+    schedule: z.string().refine((s) => nodeCron().validate(s), 'must be a cron expression such as "0 3 * * *"').nullable().default(null),
     keep: z.int().min(1).max(10_000).default(5),
   }).prefault({}),
   user: account('user').nullable().default(null),

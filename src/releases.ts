@@ -12,9 +12,9 @@
 import type { Dirent, Stats } from 'node:fs';
 import { lstat, readdir, readFile, realpath, unlink } from 'node:fs/promises';
 import path from 'node:path';
-import cron, { type Logger as CronLogger } from 'node-cron';
 import type { Logger } from 'pino';
 import { releaseFiles, releaseOf, type AgentConfig, type AppConfig } from './config.js';
+import { nodeCron, type CronLogger } from './cron.js';
 import { fileError, isErrno, RelinkError, RelinkErrors, type ErrorCode } from './errors.js';
 import { readHistory, type Outcome } from './history.js';
 import { readLinks } from './relink.js';
@@ -196,7 +196,7 @@ export function schedulePrune(config: AgentConfig, app: AppConfig, log: Logger):
       log.error({ err, code: err instanceof RelinkError ? err.code : undefined }, 'prune failed');
     }
   };
-  const task = cron.schedule(expr, () => {
+  const task = nodeCron().schedule(expr, () => {
     running = run();
     return running;
   }, { name: `prune-${app.name}`, noOverlap: true, logger: cronLogger(log) });
@@ -224,7 +224,7 @@ let cronLogsRouted = false;
 function routeCronLogs(log: Logger): void {
   if (cronLogsRouted) return;
   cronLogsRouted = true;
-  cron.setLogger(cronLogger(log));
+  nodeCron().setLogger(cronLogger(log));
 }
 
 function cronLogger(log: Logger): CronLogger {

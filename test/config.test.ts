@@ -310,3 +310,23 @@ test('config.sample.json at the repo root parses', async (t) => {
   await writeFile(copy, await readFile(sample, 'utf8'));
   assert.equal((await loadConfig(copy)).apps.length, cfg.apps.length);
 });
+
+test('node-cron is loaded only when an app has a prune schedule (the agent does not carry it otherwise)', async () => {
+  const { execFile } = await import('node:child_process');
+  const { promisify } = await import('node:util');
+  // A fresh process: this one may have loaded node-cron for another test.
+  const script = `
+    import { parseConfig } from './src/config.ts';
+    import { nodeCronLoaded } from './src/cron.ts';
+    await import('./src/agent.ts');
+    const app = { name: 'web', dir: '/srv/web' };
+    parseConfig(JSON.stringify({ stateDir: '/x', apps: [app] }), '/etc/relink/config.json');
+    const before = nodeCronLoaded();
+    parseConfig(JSON.stringify({ stateDir: '/x', apps: [{ ...app, prune: { schedule: '0 3 * * *' } }] }), '/etc/relink/config.json');
+    process.stdout.write(JSON.stringify({ before, after: nodeCronLoaded() }));`;
+  const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT });
+  assert.deepEqual(JSON.parse(stdout), { before: false, after: true });
+  // And a bad expression is still refused by node-cron itself.
+  const bad = refused(JSON.stringify({ stateDir: '/x', apps: [{ name: 'web', dir: '/srv/web', prune: { schedule: '61 * * * *' } }] }), '/etc/relink/config.json');
+  assert.ok(bad.some((p) => p.key?.endsWith('prune.schedule')), bad.map((p) => p.key).join(', '));
+});

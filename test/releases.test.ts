@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { access, mkdir, symlink, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import cron from 'node-cron';
+import { nodeCron } from '../src/cron.js';
 import { loadConfig, type AgentConfig, type AppConfig } from '../src/config.js';
 import { RelinkError } from '../src/errors.js';
 import { appendHistory, type HistoryEntry, type Outcome } from '../src/history.js';
@@ -254,7 +254,7 @@ test('schedulePrune prunes on its cron schedule, logs through pino, and stop() l
   const schedule = schedulePrune(config, app, log.child({ app: 'web' }));
   assert.ok(schedule);
   t.after(() => schedule.stop());
-  assert.ok([...cron.getTasks().values()].some((task) => task.name === 'prune-web'));
+  assert.ok([...nodeCron().getTasks().values()].some((task) => task.name === 'prune-web'));
 
   const line = await waitFor('a scheduled prune', () => lines.find((l) => l.app === 'web' && Array.isArray(l.removed) && l.removed.length > 0));
   assert.equal(line.level, 'info');
@@ -264,7 +264,7 @@ test('schedulePrune prunes on its cron schedule, logs through pino, and stop() l
   assert.ok(await exists(path.join(rel, 'app.3.0')));
 
   // node-cron's own messages (here: a task that throws) go to pino, not to its coloured console output.
-  const boom = cron.schedule('* * * * * *', () => { throw new Error('boom from a cron task'); }, { name: 'boom' });
+  const boom = nodeCron().schedule('* * * * * *', () => { throw new Error('boom from a cron task'); }, { name: 'boom' });
   t.after(() => boom.destroy());
   const cronLine = await waitFor('node-cron logging through pino', () => lines.find((l) => l.component === 'node-cron' && l.level === 'error'));
   assert.match(JSON.stringify(cronLine), /boom from a cron task/);
@@ -273,5 +273,5 @@ test('schedulePrune prunes on its cron schedule, logs through pino, and stop() l
   const stopped = schedule.stop();
   assert.equal(schedule.stop(), stopped, 'stop() returns the same promise every time');
   await stopped;
-  assert.deepEqual([...cron.getTasks().values()].map((task) => task.name), [], 'no cron task left to keep the process alive');
+  assert.deepEqual([...nodeCron().getTasks().values()].map((task) => task.name), [], 'no cron task left to keep the process alive');
 });
