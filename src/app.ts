@@ -297,6 +297,10 @@ export class AppAgent {
   }
 
   async #reload(main: ProcInfo, release: Release): Promise<ProcInfo> {
+    // Read again right before the signal: the handoff check compares the
+    // children it has reaped (childFaults) with this moment, not the start
+    // of the pass (the preflight may have taken seconds).
+    main = (await this.#fx.verify(main)) ?? main;
     if (!this.#fx.signal(main.pid, this.app.reload.signal)) {
       // Gone between the check and the signal: start it from the new links.
       this.#main = undefined;

@@ -40,6 +40,14 @@ export interface ProcInfo extends ProcIdentity {
   readonly uid: number;
   /** Effective uid; read from /proc, optional only so tests can describe a process briefly. */
   readonly euid?: number;
+  /**
+   * Page faults of the children this process has waited for (cminflt +
+   * cmajflt, /proc/PID/stat fields 11 and 13). Every process that runs
+   * faults pages in, so this grows whenever one of its children exits and is
+   * reaped: how a re-exec'ing app's failed successor shows up, even one
+   * that lived for a millisecond. Optional as euid is.
+   */
+  readonly childFaults?: number;
 }
 
 const DELETED = ' (deleted)';
@@ -80,11 +88,13 @@ function readProcNow(pid: number): ProcInfo | undefined {
     if (state === 'Z' || state === 'X') return undefined;
     const ppid = Number(rest[1]);
     const startTime = Number(rest[19]);
+    // Fields are counted from 1 and rest[0] is field 3.
+    const childFaults = Number(rest[8]) + Number(rest[10]);
     const deleted = exeRaw.endsWith(DELETED);
     const exe = deleted ? exeRaw.slice(0, -DELETED.length) : exeRaw;
     const uids = /^Uid:\s+(\d+)\s+(\d+)/m.exec(status);
     if (uids === null) return undefined;
-    return { pid, ppid, startTime, exe, deleted, uid: Number(uids[1]), euid: Number(uids[2]) };
+    return { pid, ppid, startTime, exe, deleted, uid: Number(uids[1]), euid: Number(uids[2]), childFaults };
   } catch (err) {
     if (isErrno(err, 'ENOENT') || isErrno(err, 'ESRCH') || isErrno(err, 'EACCES') || isErrno(err, 'EPERM')) return undefined;
     throw err;

@@ -49,7 +49,11 @@ class World implements Effects {
   /** When set, relink waits for it: lets a test hold an apply open. */
   gate: Promise<void> | undefined;
   /** What a signal does to the process: re-exec (new pid), in-place (nothing), or nothing at all (hang). */
-  onSignal: 'reexec' | 'inplace' | 'ignore' = 'reexec';
+  onSignal: 'reexec' | 'inplace' | 'ignore' | 'successorDies' | 'slowHandoff' = 'reexec';
+  /** slowHandoff: how long the old main keeps running beside its successor (fake ms). */
+  handoffMs = 1_000;
+  /** pid -> fake time at which that process exits. */
+  exitAt = new Map<number, number>();
   launchExits = false;
   /** Per-release health: bins listed here fail the probe. */
   unhealthy = new Set<string>();
@@ -79,7 +83,7 @@ class World implements Effects {
   }
 
   spawnProc(bin: string): ProcInfo {
-    const p: ProcInfo = { pid: this.nextPid++, ppid: 1, startTime: this.clock + 1, exe: bin, deleted: false, uid: 0 };
+    const p: ProcInfo = { pid: this.nextPid++, ppid: 1, startTime: this.clock + 1, exe: bin, deleted: false, uid: 0, childFaults: 0 };
     this.procs.set(p.pid, p);
     return p;
   }
@@ -118,12 +122,29 @@ class World implements Effects {
     }
   }
 
+  /** Processes whose exit time has come are gone. */
+  reap(): void {
+    for (const [pid, at] of this.exitAt) {
+      if (at > this.clock) continue;
+      this.procs.delete(pid);
+      this.exitAt.delete(pid);
+    }
+  }
+
+  /** The old main waits for a child of its own: its childFaults grow (proc.ts). */
+  childEnded(pid: number): void {
+    const p = this.procs.get(pid);
+    if (p !== undefined) this.procs.set(pid, { ...p, childFaults: (p.childFaults ?? 0) + 150 });
+  }
+
   async verify(id: ProcIdentity): Promise<ProcInfo | undefined> {
+    this.reap();
     const p = this.procs.get(id.pid);
     return p !== undefined && p.startTime === id.startTime ? p : undefined;
   }
 
   async discover(): Promise<Discovery> {
+    this.reap();
     const all = [...this.procs.values()];
     return { main: all[0], strays: all.slice(1), all, foreign: this.foreign };
   }
@@ -137,6 +158,14 @@ class World implements Effects {
   signal(pid: number, signal: NodeJS.Signals): boolean {
     if (!this.procs.has(pid)) return false;
     this.signals.push([pid, signal]);
+    if (this.onSignal === 'successorDies') this.childEnded(pid);
+    if (this.onSignal === 'slowHandoff') {
+      // The successor starts; a worker of the old main exits meanwhile (it is
+      // reaped: childFaults grow), and the old main leaves handoffMs later.
+      this.spawnProc(this.links.bin ?? 'none');
+      this.childEnded(pid);
+      this.exitAt.set(pid, this.clock + this.handoffMs);
+    }
     if (this.onSignal === 'reexec') {
       this.procs.delete(pid);
       this.spawnProc(this.links.bin ?? 'none');
@@ -595,4 +624,43 @@ test('supervision checks fall due on multiples of checkMs, whenever the app was 
     for (const t of w.timers) assert.equal(t.at % every, 0, `started at ${startAt}: a check due at ${t.at}`);
     await agent.close();
   }
+});
+
+test('a successor that dies before taking over fails the deploy at once (APP_EXITED), not at reload.timeoutMs', async () => {
+  const w = new World();
+  w.write('1.0');
+  const agent = new AppAgent(appConfig({ timeoutMs: 15_000 }), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  const pid = agent.mainPid;
+  w.onSignal = 'successorDies';
+  w.write('2.0');
+  const sent = w.clock;
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1];
+  assert.equal(e?.outcome, 'rolled_back');
+  assert.equal(e?.code, 'APP_EXITED');
+  assert.match(e?.reason ?? '', /did not take over: a child of pid \d+ exited after SIGHUP and no process runs \/srv\/web\/release\/app\.2\.0/);
+  assert.ok(w.clock - sent < 15_000, `judged after ${w.clock - sent} fake ms, before the timeout`);
+  assert.equal(agent.mainPid, pid, 'the old process keeps serving');
+  assert.equal(w.links.bin, `${REL}/app.1.0`);
+});
+
+test('a worker the old main reaps while its successor starts is not a failed handoff', async () => {
+  const w = new World();
+  w.write('1.0');
+  const agent = new AppAgent(appConfig({ timeoutMs: 15_000 }), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  const pid = agent.mainPid;
+  w.onSignal = 'slowHandoff';
+  w.handoffMs = 2_000; // longer than the grace after a child ends
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1];
+  assert.equal(e?.outcome, 'deployed', e?.reason ?? '');
+  assert.notEqual(agent.mainPid, pid);
+  assert.equal(w.procs.get(agent.mainPid!)?.exe, `${REL}/app.2.0`);
 });

@@ -7,6 +7,7 @@
  *   dies       takes over, then exits 300 ms later (crashes right after the handoff)
  *   flaky      healthy for 1.5 s, then exits (a crash loop once deployed)
  *   pre        its config fails the preflight
+ *   stay       reloads in place (mode=inplace): under reload.mode "reexec" it never hands over
  */
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -39,6 +40,7 @@ const EXTRA: Record<string, string> = {
   dies: 'exit_after_ms=300\n',
   flaky: 'exit_after_ms=1500\n',
   pre: 'preflight_fail=1\n',
+  stay: 'mode=inplace\n',
 };
 
 export const PREFLIGHT = ['/bin/sh', '-c', 'if grep -q "^preflight_fail=1" "$1"; then echo "emerg: preflight_fail=1 in $1" >&2; exit 1; fi', 'preflight', '{cfg}'];
@@ -51,7 +53,7 @@ export async function fixture(t: TestContext, opts: { start?: string; supervise?
   const releasesDir = path.join(dir, 'release');
   reapAppsAfter(t, releasesDir);
   await mkdir(releasesDir, { recursive: true });
-  for (const r of ['1.0', '2.0', 'crash', 'sick', 'dies', 'flaky', 'pre']) {
+  for (const r of ['1.0', '2.0', 'crash', 'sick', 'dies', 'flaky', 'pre', 'stay']) {
     await writeRelease(releasesDir, r, binary, `port=${port}\nmode=reexec\nmessage=hello from web ${r}\n${EXTRA[r] ?? ''}`);
   }
   const app: DemoApp = { name: 'web', dir, releasesDir, currentFile: path.join(releasesDir, 'current.conf'), port, url: `http://127.0.0.1:${port}/` };

@@ -53,12 +53,12 @@ async function setup(t: TestContext, cfgExtra: (root: string) => string = () => 
 }
 
 /** A detached child in its own process group, SIGKILLed as a group after the test. */
-function spawnTracked(t: TestContext, cmd: string, args: readonly string[], opts: { cwd?: string; argv0?: string; stdout?: 'pipe' } = {}): Spawned {
+function spawnTracked(t: TestContext, cmd: string, args: readonly string[], opts: { cwd?: string; argv0?: string; stdin?: 'pipe'; stdout?: 'pipe' } = {}): Spawned {
   const child = spawn(cmd, args, {
     cwd: opts.cwd,
     argv0: opts.argv0,
     detached: true,
-    stdio: ['ignore', opts.stdout ?? 'ignore', 'ignore'],
+    stdio: [opts.stdin ?? 'ignore', opts.stdout ?? 'ignore', 'ignore'],
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.once('exit', (code, signal) => resolve({ code, signal }));
@@ -173,6 +173,20 @@ test('readProc is undefined for a dead, a nonexistent or an invalid pid', async 
   assert.equal(await readProc(s.pid), undefined);
   const pidMax = Number(await readFile('/proc/sys/kernel/pid_max', 'utf8'));
   for (const pid of [pidMax + 1, 0, -1, Number.NaN, 1.5]) assert.equal(await readProc(pid), undefined, `pid ${pid}`);
+});
+
+test('readProc: childFaults grows when the process reaps a child, even one that lived a moment', async (t) => {
+  // The shell waits on stdin, then runs /bin/true (a child it waits for), then waits again.
+  const s = spawnTracked(t, 'sh', ['-c', 'read a; /bin/true; read b'], { stdin: 'pipe' });
+  const before = await waitFor('the shell', () => readProc(s.pid));
+  assert.equal(typeof before.childFaults, 'number');
+  s.child.stdin!.write('go\n');
+  const after = await waitFor('the reaped child to be counted', async () => {
+    const now = await readProc(s.pid);
+    return now !== undefined && now.childFaults! > before.childFaults! ? now : undefined;
+  });
+  assert.equal(after.startTime, before.startTime, 'the same shell');
+  s.child.stdin!.end('\n');
 });
 
 test('readProc treats a zombie as gone', async (t) => {

@@ -14,7 +14,7 @@ import { relinkCli } from './helpers.js';
 const sha256 = async (file: string) => createHash('sha256').update(await readFile(file)).digest('hex');
 
 for (const [release, code, why] of [
-  ['crash', 'HANDOFF_TIMEOUT', 'a binary that exits at once never takes over'],
+  ['crash', 'APP_EXITED', 'a binary that exits at once never takes over (judged when the old main reaps it)'],
   ['sick', 'UNHEALTHY', 'a release that never becomes healthy'],
   ['dies', 'APP_EXITED', 'a release that crashes right after the handoff'],
 ] as const) {
@@ -31,6 +31,7 @@ for (const [release, code, why] of [
     // The previous release serves, the links and current.conf name it again.
     const now = await servedBy(f.app, '1.0');
     if (release === 'crash') assert.equal(now.pid, v1.pid, 'the old process never handed over and keeps serving');
+    if (release === 'crash') assert.match(e.reason ?? '', /did not take over: a child of pid \d+ exited after SIGHUP/);
     assert.equal(await readlink(path.join(f.app.dir, 'app.bin')), path.join(f.app.releasesDir, 'app.1.0'));
     assert.deepEqual(await currentConf(f.app), { 'bin.file': 'app.1.0', 'cfg.file': 'cfg.1.0' });
 
@@ -47,6 +48,20 @@ for (const [release, code, why] of [
     await servedBy(f.app, '2.0');
   });
 }
+
+test('rolled back: an app that never starts a successor (it reloads in place under reload.mode "reexec") -> HANDOFF_TIMEOUT', async (t) => {
+  // The running process decides how it reloads: start on the in-place release.
+  const f = await fixture(t, { start: 'stay' });
+  const before = await servedBy(f.app, 'stay');
+  await setCurrentText(f.app, '2.0');
+  const e = await nthEntry(f, 2);
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+  assert.equal(e.code, 'HANDOFF_TIMEOUT');
+  assert.match(e.reason ?? '', /still runs 3000 ms after SIGHUP/);
+  const now = await servedBy(f.app, 'stay');
+  assert.equal(now.pid, before.pid, 'the same process serves the last good release');
+  assert.deepEqual(await currentConf(f.app), { 'bin.file': 'app.stay', 'cfg.file': 'cfg.stay' });
+});
 
 test('refused before anything is switched: a failing preflight, a wrong sha256; current.conf stays as written', async (t) => {
   const f = await fixture(t);
