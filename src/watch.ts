@@ -40,9 +40,10 @@ export interface WatchOptions {
   /** Called with "add", "change" or "unlink": what the file looked like once it was quiet. */
   readonly onChange: (event: string) => void;
   /**
-   * Called at once on the first event after a report (or after start),
-   * before the quiet period: a consumer may read the file right away and act on it if it is a
-   * complete JSON document (no proper prefix of a JSON object parses), and
+   * Called at once when current.conf may have changed (an event, or a
+   * change seen by polling), at most once per pollMs, before the quiet
+   * period: a consumer may read the file right away and act on it if it is
+   * a complete JSON document (no proper prefix of a JSON object parses), and
    * otherwise wait for onChange. Saves the quiet period on most deploys.
    */
   readonly onEarly?: () => void;
@@ -79,6 +80,10 @@ export class CurrentWatcher {
   /** An event arrived that no report has covered yet. */
   #dirty = false;
   #lastChange = 0;
+  /** When onEarly was last called (performance.now()). */
+  #earlyAt = Number.NEGATIVE_INFINITY;
+  /** An early call held back by the once-per-pollMs limit, due at the end of the window. */
+  #earlyTimer: NodeJS.Timeout | undefined;
   #settling: Promise<void> | undefined;
   #timer: NodeJS.Timeout | undefined;
   #wake: (() => void) | undefined;
@@ -112,6 +117,7 @@ export class CurrentWatcher {
     this.#closing ??= (async () => {
       this.#closed = true;
       clearTimeout(this.#timer);
+      clearTimeout(this.#earlyTimer);
       this.#wake?.();
       const closing = [...this.#watches.values()].map((w) => w.close());
       this.#watches.clear();
@@ -173,10 +179,6 @@ export class CurrentWatcher {
   /** An event for current.conf (or its target): (re)start the quiet period. */
   #touch(): void {
     if (this.#closed) return;
-    // The first event since the last report opens a round, also when the
-    // loop is still in the previous round's tail: back-to-back deploys are
-    // read early too, not only the first after a pause.
-    const opens = !this.#dirty;
     this.#dirty = true;
     this.#lastChange = performance.now();
     if (this.#settling === undefined) {
@@ -186,10 +188,30 @@ export class CurrentWatcher {
         this.#settling = undefined;
       });
     }
-    if (opens) this.#early();
+    this.#early();
   }
 
+  /**
+   * Every change is offered for an early read, at most once per pollMs (a
+   * burst of events costs a read per poll, not one per event): the first
+   * event after a pause, and equally a write that lands while the watcher is
+   * still in the previous round (its quiet period or its tail), which is
+   * what back-to-back deploys do. A change seen only by polling (chokidar
+   * dropped its event) is offered too.
+   */
   #early(): void {
+    if (this.#closed) return;
+    const now = performance.now();
+    const wait = this.#earlyAt + this.#opts.pollMs - now;
+    if (wait > 0) {
+      // Held back, not dropped: the last change of a burst is still read early.
+      this.#earlyTimer ??= setTimeout(() => {
+        this.#earlyTimer = undefined;
+        this.#early();
+      }, wait);
+      return;
+    }
+    this.#earlyAt = now;
     try {
       this.#opts.onEarly?.();
     } catch (err) {
@@ -212,6 +234,7 @@ export class CurrentWatcher {
           if (now.key !== sig.key) {
             sig = now;
             this.#lastChange = performance.now();
+            this.#early();
           }
         }
         // From here on, an event means another round: the report below
@@ -227,7 +250,7 @@ export class CurrentWatcher {
           if (this.#closed) return;
           const now = await signature(this.#opts.file);
           if (!this.#dirty && now.key !== sig.key) {
-            // A change chokidar did not report: it opens a round like an event.
+            // A change chokidar did not report: a new round, as for an event.
             this.#dirty = true;
             this.#lastChange = performance.now();
             this.#early();
