@@ -25,7 +25,7 @@ export function charts(r: Results): Record<string, string> {
 }
 
 function reactionChart(rr: ReactionResult): string {
-  const shown = rr.variants.filter((v) => v.samples.length > 0 && v.nodeFlags.length === 0);
+  const shown = rr.variants.filter((v) => v.samples.length > 0 && v.installed);
   const groups = [...new Set(shown.map((v) => `${v.label}|${v.spacing}`))];
   const colors = [COLORS[1]!, COLORS[4]!, COLORS[0]!, COLORS[2]!];
   const series = shown.map((v) => ({

@@ -81,7 +81,8 @@ async function measure(ctx: Context, m: Manager, n: number, seconds: number): Pr
     const port = await freePort();
     apps.push(await makeLayout(path.join(dir, `app${i}`), `app${i}`, port, binary, { '1.0': `port=${port}\nmode=reexec\nmessage=footprint\n` }));
   }
-  const settle = (): Promise<void> => sleep(pick(ctx, 4_000, 500));
+  // Long enough for V8's memory reducer to run after start-up (it does about 8 s in).
+  const settle = (): Promise<void> => sleep(pick(ctx, 10_000, 500));
   try {
     if (m === 'relink') {
       for (const a of apps) await writeFile(a.currentFile, currentText('1.0'));

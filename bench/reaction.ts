@@ -15,7 +15,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import psList from 'ps-list';
 import { writeFileAtomic } from '../src/atomicWrite.js';
-import { AgentProcess, appBase, currentText, makeLayout, writeAgentConfig, type AppLayout } from './lib/agent.js';
+import { AgentProcess, appBase, currentText, makeLayout, shebangFlags, writeAgentConfig, type AppLayout } from './lib/agent.js';
 import { buildStamp } from './lib/build.js';
 import { pick, type Context } from './lib/context.js';
 import { catches, kill, killUnder, measureIdle, nowMs, processesUnder, sampleProc, sleep, waitFor, type Idle } from './lib/procs.js';
@@ -45,11 +45,14 @@ export interface ReactionVariant {
   /** Deploys the agent's periodic re-check (reconcileMs) applied before the watcher reported. */
   readonly byRecheck: number;
   readonly nodeFlags: readonly string[];
+  /** Run as installed (the flags of dist/cli/main.js's #! line), not with flags of the bench's choosing. */
+  readonly installed: boolean;
 }
 
 export interface Soak {
   readonly label: string;
   readonly nodeFlags: readonly string[];
+  readonly installed: boolean;
   readonly deploys: number;
   /** RSS sampled every tenth of the deploys, the last right after the last deploy. */
   readonly rss: ReadonlyArray<{ readonly deploys: number; readonly rssMb: number }>;
@@ -87,6 +90,7 @@ interface Setting {
   readonly phases: readonly Phase[];
   /** Measure idle CPU and RSS before and after (the default-settings agent). */
   readonly soak: boolean;
+  /** node's flags; by default those of dist/cli/main.js's #! line, as `relink agent` runs. */
   readonly nodeFlags?: readonly string[];
 }
 
@@ -108,8 +112,9 @@ export async function runReaction(ctx: Context): Promise<ReactionResult> {
     },
     // No quiet period at all: what the pass itself costs.
     { label: 'stabilityMs 0 (no quiet period)', stabilityMs: 0, pollMs: 1, soak: false, phases: [{ spacing: 'back-to-back', gapMs: B2B_MS, deploys: pick(ctx, 400, 20) }] },
-    // The same, with V8's young generation capped: does the RSS growth of the soak come from there?
-    { label: 'stabilityMs 0, node --max-semi-space-size=2', stabilityMs: 0, pollMs: 1, soak: false, nodeFlags: ['--max-semi-space-size=2'], phases: [{ spacing: 'back-to-back', gapMs: B2B_MS, deploys: pick(ctx, 400, 20) }] },
+    // Default settings under a plain `node dist/cli/main.js agent`, without the
+    // #! line's V8 flag: what the flag does to RSS along the deploys.
+    { label: 'default, plain `node` (no #! flags)', stabilityMs: 50, pollMs: 10, soak: false, nodeFlags: [], phases: [{ spacing: 'back-to-back', gapMs: B2B_MS, deploys: pick(ctx, 600, 20) }] },
   ];
   const variants: ReactionVariant[] = [];
   const soaks: Soak[] = [];
@@ -142,7 +147,9 @@ async function oneAgent(ctx: Context, stamp: string, s: Setting, i: number): Pro
       health: { settleMs: 0 },
     }],
   });
-  const agent = new AgentProcess(ctx.j, ctx.agentMain, config, s.nodeFlags);
+  const installed = s.nodeFlags === undefined;
+  const nodeFlags = s.nodeFlags ?? shebangFlags(ctx.agentMain);
+  const agent = new AgentProcess(ctx.j, ctx.agentMain, config, nodeFlags);
   try {
     const first = await agent.outcome(1);
     if (first.outcome !== 'deployed') throw new Error(`stamp app did not start: ${first.reason ?? first.msg}`);
@@ -199,7 +206,7 @@ async function oneAgent(ctx: Context, stamp: string, s: Setting, i: number): Pro
       }
     }
     rss.push({ deploys: total, rssMb: (await sampleProc(agent.pid)).rssKb / 1024 });
-    let soak: Soak = { label: s.label, nodeFlags: s.nodeFlags ?? [], deploys: total, rss };
+    let soak: Soak = { label: s.label, nodeFlags, installed, deploys: total, rss };
     if (s.soak && before !== undefined) {
       await sleep(pick(ctx, 4_000, 500));
       soak = { ...soak, before, after: await measureIdle(agent.pid, pick(ctx, 8, 2)) };
@@ -220,7 +227,8 @@ async function oneAgent(ctx: Context, stamp: string, s: Setting, i: number): Pro
         refusals: v.refusals.length,
         refusalCauses: v.refusals,
         byRecheck: v.byRecheck,
-        nodeFlags: s.nodeFlags ?? [],
+        nodeFlags,
+        installed,
       };
     }));
     return { variants, soak };

@@ -57,7 +57,7 @@ function judge(value: number, target: number, unit = 'ms'): string {
 
 /** The default-settings agent's variants with the given spacing (spaced: what an operator does). */
 function defaults(r: ReactionResult, spacing: ReactionVariant['spacing'] = 'spaced'): { rename?: ReactionVariant; inplace?: ReactionVariant } {
-  const d = r.variants.filter((v) => v.stabilityMs === 50 && v.nodeFlags.length === 0 && v.spacing === spacing);
+  const d = r.variants.filter((v) => v.stabilityMs === 50 && v.installed && v.spacing === spacing);
   return { rename: d.find((v) => v.write === 'rename'), inplace: d.find((v) => v.write === 'inplace') };
 }
 
@@ -121,7 +121,7 @@ function headline(r: Results, p: (...l: string[]) => void): void {
       const rl = r.footprint.rows.find((x) => x.manager === 'relink' && x.apps === n);
       const pm2 = r.footprint.rows.find((x) => x.manager === 'pm2' && x.apps === n);
       if (rl === undefined) continue;
-      lines.push(row([`agent RSS, ${n} app${n === 1 ? '' : 's'}`, "below PM2's daemon", `${rl.idle.rssMb.toFixed(1)} MB${pm2 ? ` (PM2 daemon ${pm2.idle.rssMb.toFixed(1)} MB)` : ''}`,
+      lines.push(row([`agent RSS, ${n} app${n === 1 ? '' : 's'}`, "below PM2's daemon", `${rl.idle.rssMb.toFixed(1)} MB${pm2 ? ` (PM2 daemon ${pm2.idle.rssMb.toFixed(1)} MB)` : ''}; private ${mb(rl.idle.privateMb)}${pm2 ? ` (PM2 ${mb(pm2.idle.privateMb)})` : ''}`,
         pm2 === undefined ? 'PM2 not measured' : rl.idle.rssMb < pm2.idle.rssMb ? met(true) : `${met(false)} by ${(rl.idle.rssMb - pm2.idle.rssMb).toFixed(1)} MB`]));
       lines.push(row([`agent idle CPU, ${n} app${n === 1 ? '' : 's'}`, '~0 (no busy polling)', `${cpu(rl)}, ${rl.idle.wakeupsPerSec.toFixed(0)} context switches/s${pm2 ? ` (PM2: ${Math.round(pm2.idle.cpuMsPerMin)} ms/min, ${pm2.idle.wakeupsPerSec.toFixed(0)}/s)` : ''}`,
         rl.idle.cpuMsPerMin <= 600 ? `${met(true)} (< 1 % of a core)` : `${met(false)} (over 1 % of a core)`]));
@@ -132,10 +132,7 @@ function headline(r: Results, p: (...l: string[]) => void): void {
       lines.push(row([`agent RSS over ${soak.deploys} deploys`, 'no growth beyond noise',
         `${soak.rss[0]!.rssMb.toFixed(1)} MB before, ${soak.rss[soak.rss.length - 1]!.rssMb.toFixed(1)} MB after; ${g.secondHalf >= 0 ? '+' : ''}${g.secondHalf.toFixed(1)} MB over the last ${g.span} deploys`,
         g.secondHalf <= SOAK_NOISE_MB ? `${met(true)} once warm; the first deploys add ${(soak.rss.find((x) => x.deploys === g.from)!.rssMb - soak.rss[0]!.rssMb).toFixed(1)} MB (section 3)`
-          : `${met(false)} as shipped: +${g.secondHalf.toFixed(1)} MB in the second half${(() => {
-            const c = cappedSoak(r.reaction?.soaks ?? []);
-            return c !== undefined && soakGrowth(c).secondHalf <= SOAK_NOISE_MB ? `; V8's young generation, flat with \`${c.nodeFlags.join(' ')}\` (section 3)` : ' (section 3)';
-          })()}`]));
+          : `${met(false)}: +${g.secondHalf.toFixed(1)} MB in the second half (section 3)`]));
     }
   }
   if (r.verdict !== undefined) {
@@ -145,6 +142,8 @@ function headline(r: Results, p: (...l: string[]) => void): void {
   }
   p(lines.join('\n'));
 }
+
+const mb = (x: number): string => (Number.isFinite(x) ? `${x.toFixed(1)} MB` : 'n/a');
 
 function cpu(x: FootprintRow): string {
   return `${Math.round(x.idle.cpuMsPerMin)} ms CPU/min (${(x.idle.cpuMsPerMin / 600).toFixed(2)} % of a core)`;
@@ -159,7 +158,7 @@ function machineSection(r: Results, p: (...l: string[]) => void): void {
       row(['OS', `${m.os}, Linux ${m.kernel}`]),
       row(['file system (temp folder: apps, state, current.conf)', m.fs]),
       row(['load average (1/5/15 min) before / after', `${m.loadBefore.join(' / ')} / ${r.loadAfter.join(' / ')}`]),
-      row(['relink', `built from ${m.commit} with the project's tsconfig.build.json; run as \`node dist/cli/main.js agent\`${r.buildWarnings ? ' (tsc reported type errors in the working tree; the emitted JavaScript was used)' : ''}`]),
+      row(['relink', `built from ${m.commit} with the project's tsconfig.build.json; run as \`relink agent\` runs (node with the flags on dist/cli/main.js's \`#!\` line${asInstalledFlags(r)})${r.buildWarnings ? ' (tsc reported type errors in the working tree; the emitted JavaScript was used)' : ''}`]),
       ...Object.entries(r.versions).map(([k, v]) => row([k, v])),
       row(['command', `\`npm run bench${r.argv.length > 0 ? ` -- ${r.argv.join(' ')}` : ''}\``]),
     ].join('\n'),
@@ -182,7 +181,7 @@ function reactionSection(rr: ReactionResult, chartDir: string, p: (...l: string[
   p(`![Deploy reaction time, cumulative](${chartDir}/reaction.svg)`);
 
   const d = defaults(rr);
-  const zero = rr.variants.filter((v) => v.stabilityMs === 0 && v.nodeFlags.length === 0);
+  const zero = rr.variants.filter((v) => v.stabilityMs === 0 && v.installed);
   const zeroP50 = Math.max(...zero.map((v) => v.summary.p50));
   const f = rr.floor;
   const floorSum = f.watchEvent.p50 + f.fsyncWrite.p50 + f.signal.p50;
@@ -222,10 +221,13 @@ function reactionSection(rr: ReactionResult, chartDir: string, p: (...l: string[
       : '- **Reading too early.** No deploy journaled a refusal on the way (column "refused on the way"): no half-written file was acted on, also with no quiet period.',
     ...(bimodal ? [`- **In-place writes** have a slower tail (p90 ${ms(inplace.summary.p90)} ms against ${ms(d.rename!.summary.p90)} ms for a rename): when the first event comes ` +
       'from the truncate, the file does not parse yet and the agent waits for the quiet period; a rename never shows a partial file.'] : []),
-    ...(b2bSlow ? [`- **Back-to-back deploys wait for the quiet period.** When the next write comes ${B2B.rename?.gapMs ?? 10} ms after the previous verdict, ` +
-      `the default p50 is ${ms(worstOf(B2B, 'p50'))} ms against ${ms(worst('p50'))} ms for spaced deploys: the write lands while the watcher is still finishing ` +
-      'the previous round, and only the first event of a round is read early. Treating the first event after a report as the start of a new round ' +
-      '(read it early too) would make these as fast as the others.'] : []),
+    b2bSlow
+      ? `- **Back-to-back deploys wait for the quiet period.** When the next write comes ${B2B.rename?.gapMs ?? 10} ms after the previous verdict, ` +
+        `the default p50 is ${ms(worstOf(B2B, 'p50'))} ms against ${ms(worst('p50'))} ms for spaced deploys: the write lands while the watcher is still finishing ` +
+        'the previous round and is not read early.'
+      : `- **Back-to-back deploys are read early too.** When the next write comes ${B2B.rename?.gapMs ?? 10} ms after the previous verdict, while the watcher ` +
+        `is still in the previous round's polled tail, the default p50 is ${ms(worstOf(B2B, 'p50'))} ms (spaced: ${ms(worst('p50'))} ms): the first event after ` +
+        'a report opens a new round and is read at once, and so is a change the tail poll sees before chokidar reports it.',
     ...(recheck > 0 ? [`- ${recheck} deploy(s) were applied by the periodic re-check of current.conf (every \`reconcileMs\`, 5 s) before the watcher reported them (column "re-check").`] : []),
   ];
   p(bullets.join('\n'));
@@ -290,12 +292,13 @@ function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]
 function footprintSection(f: FootprintResult, rr: ReactionResult | undefined, chartDir: string, p: (...l: string[]) => void): void {
   p('## 3. Footprint',
     `The resident process of each manager, each a fresh instance managing 1 and then ${Math.max(...f.rows.map((r) => r.apps))} copies of the C demo app, left idle: ` +
-    `RSS (VmRSS) at the end of a ${f.windowSeconds} s window, CPU time (utime + stime of all threads) and context switches (all threads, voluntary + ` +
+    `RSS (VmRSS) and private memory (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup: RSS less the pages shared with other processes, ` +
+    `chiefly the node binary's code, which every Node.js process maps) at the end of a ${f.windowSeconds} s window, CPU time (utime + stime of all threads) and context switches (all threads, voluntary + ` +
     'involuntary: how often it wakes up) during it. The apps themselves are not counted. relink runs with its default config: a supervision check ' +
     'every second per app (`supervise.checkMs`, a few /proc reads) and a re-read of current.conf every 5 s (`reconcileMs`).');
-  const lines = [row(['manager', 'apps', 'RSS', 'CPU while idle', 'context switches/s']), sep(5)];
-  for (const x of f.rows) lines.push(row([MANAGER_LABELS[x.manager], String(x.apps), `${x.idle.rssMb.toFixed(1)} MB`, cpu(x), x.idle.wakeupsPerSec.toFixed(1)]));
-  if (f.bareNode !== undefined) lines.push(row(['(for scale: an idle bare `node`)', '-', `${f.bareNode.rssMb.toFixed(1)} MB`, `${Math.round(f.bareNode.cpuMsPerMin)} ms CPU/min`, f.bareNode.wakeupsPerSec.toFixed(1)]));
+  const lines = [row(['manager', 'apps', 'RSS', 'private', 'CPU while idle', 'context switches/s']), sep(6)];
+  for (const x of f.rows) lines.push(row([MANAGER_LABELS[x.manager], String(x.apps), `${x.idle.rssMb.toFixed(1)} MB`, mb(x.idle.privateMb), cpu(x), x.idle.wakeupsPerSec.toFixed(1)]));
+  if (f.bareNode !== undefined) lines.push(row(['(for scale: an idle bare `node`)', '-', `${f.bareNode.rssMb.toFixed(1)} MB`, mb(f.bareNode.privateMb), `${Math.round(f.bareNode.cpuMsPerMin)} ms CPU/min`, f.bareNode.wakeupsPerSec.toFixed(1)]));
   p(lines.join('\n'));
   const base = f.modules.find((m) => m.name === '(nothing)');
   if (base !== undefined && f.modules.length > 1) {
@@ -329,8 +332,8 @@ function footprintSection(f: FootprintResult, rr: ReactionResult | undefined, ch
     const pm2 = f.rows.find((x) => x.manager === 'pm2' && x.apps === n);
     const sup = f.rows.find((x) => x.manager === 'supervisord' && x.apps === n);
     if (rl === undefined) continue;
-    notes.push(`with ${n} app${n === 1 ? '' : 's'}: relink ${rl.idle.rssMb.toFixed(1)} MB` +
-      `${pm2 ? `, PM2's daemon ${pm2.idle.rssMb.toFixed(1)} MB (${rl.idle.rssMb < pm2.idle.rssMb ? met(true) : `${met(false)} by ${(rl.idle.rssMb - pm2.idle.rssMb).toFixed(1)} MB`})` : ''}` +
+    notes.push(`with ${n} app${n === 1 ? '' : 's'}: relink ${rl.idle.rssMb.toFixed(1)} MB (private ${mb(rl.idle.privateMb)})` +
+      `${pm2 ? `, PM2's daemon ${pm2.idle.rssMb.toFixed(1)} MB (private ${mb(pm2.idle.privateMb)}; RSS ${rl.idle.rssMb < pm2.idle.rssMb ? met(true) : `${met(false)} by ${(rl.idle.rssMb - pm2.idle.rssMb).toFixed(1)} MB`})` : ''}` +
       `${sup ? `, supervisord ${sup.idle.rssMb.toFixed(1)} MB` : ''}`);
   }
   const single = f.modules.filter((m) => m.name !== '(nothing)' && m.name !== 'all of them').sort((a, b) => b.rssMb - a.rssMb);
@@ -340,7 +343,10 @@ function footprintSection(f: FootprintResult, rr: ReactionResult | undefined, ch
   const madeOf = base !== undefined && all !== undefined && single[0] !== undefined
     ? ` relink's dependencies alone account for ${(all.rssMb - base.rssMb).toFixed(1)} MB above a bare node (the largest, \`${single[0].name}\`, ${(single[0].rssMb - base.rssMb).toFixed(1)} MB)` +
       (perApp !== undefined ? `, and each app managed adds about ${perApp.toFixed(1)} MB` : '') +
-      '; loading only what a config needs (node-cron only with a prune schedule) and shipping the agent as one bundled file would shave some of it.'
+      '. The agent loads only what it runs: a CLI command is imported when it is run (the agent never loads the demo or the report commands) and ' +
+      'node-cron only when an app has a prune schedule. Not done, and why: most of zod\'s cost is its ~50 locale modules, which every entry point of ' +
+      'zod 4 imports, and an esbuild bundle of the whole agent was not smaller when tried (one large module keeps its whole source and more ' +
+      'compiled code); the young generation is capped already (the `#!` line, below).'
     : '';
   p(`**Against the targets** (RSS below PM2's daemon; idle CPU about 0): ${notes.join('; ')}. ` +
     'relink and PM2 are both a Node.js process, and most of either is the runtime itself' +
@@ -355,37 +361,38 @@ function cpuText(f: FootprintResult): string {
   if (worst === undefined) return '';
   const perCheck = rl.length > 1 ? (worst.idle.wakeupsPerSec / worst.apps).toFixed(0) : undefined;
   const ok = worst.idle.cpuMsPerMin <= 600;
-  return ` relink's idle CPU is ${ok ? met(true) : met(false)} against "about 0": ${cpu(worst)} with ${worst.apps} app${worst.apps === 1 ? '' : 's'}. ` +
-    'It is no busy polling (nothing runs between checks), but it wakes up far more often than the others: every app gets a supervision ' +
-    `check each \`supervise.checkMs\` (1 s), and each check is a handful of asynchronous /proc reads and a realpath, each a round trip through libuv's thread pool` +
-    `${perCheck ? ` (about ${perCheck} context switches per app per second here)` : ''}. ` +
-    'Reading the few hundred bytes of /proc/PID/stat and /proc/PID/status synchronously (they never block on disk), caching the releases ' +
-    'folder\'s real path, and checking all apps on one timer would cut that to a few wake-ups per check.';
+  return ` relink's idle CPU is ${ok ? met(true) : met(false)} against "about 0": ${cpu(worst)} with ${worst.apps} app${worst.apps === 1 ? '' : 's'}` +
+    `${perCheck ? ` (about ${perCheck} context switches per app per second)` : ''}. Nothing runs between checks: every app gets a supervision check each ` +
+    '`supervise.checkMs` (1 s) and all of them fall due at the same moment (multiples of checkMs on the clock), so 20 apps wake the agent once a second, ' +
+    'not 20 times; a check reads /proc/PID/stat, /proc/PID/status and /proc/PID/exe synchronously (kernel memory, never a disk) and resolves ' +
+    "the releases folder, with no round trip through libuv's thread pool. Every 5 s (`reconcileMs`) current.conf and the links are read again.";
 }
 
-/** The soak agent capped with --max-semi-space-size, if it ran. */
-function cappedSoak(soaks: readonly NonNullable<ReactionResult['soak']>[]): NonNullable<ReactionResult['soak']> | undefined {
-  return soaks.find((x) => x.nodeFlags.some((f) => f.startsWith('--max-semi-space-size')));
+/** The node flags the agent ran with as installed, as text for the machine table. */
+function asInstalledFlags(r: Results): string {
+  const f = r.reaction?.soaks.find((x) => x.installed)?.nodeFlags ?? [];
+  return f.length > 0 ? `: \`${f.join(' ')}\`` : '';
 }
 
 function soakText(soak: NonNullable<ReactionResult['soak']>, soaks: readonly NonNullable<ReactionResult['soak']>[]): string {
   const g = soakGrowth(soak);
   const first = soak.rss[0]!;
   const mid = soak.rss.find((x) => x.deploys === g.from)!;
-  const capped = cappedSoak(soaks);
-  const plain = soaks.find((x) => x !== capped && x.nodeFlags.length === 0 && x.deploys === capped?.deploys && x !== soak);
   const rise = (x: NonNullable<ReactionResult['soak']>): number => x.rss[x.rss.length - 1]!.rssMb - x.rss[0]!.rssMb;
-  const cappedFlat = capped !== undefined && soakGrowth(capped).secondHalf <= SOAK_NOISE_MB;
+  const signed = (x: number): string => `${x >= 0 ? '+' : ''}${x.toFixed(1)}`;
+  const plain = soaks.find((x) => !x.installed);
   let text = ` Over ${soak.deploys} deploys RSS went from ${first.rssMb.toFixed(1)} MB to ${mid.rssMb.toFixed(1)} MB in the first ${g.from} and ` +
-    `by ${g.secondHalf >= 0 ? '+' : ''}${g.secondHalf.toFixed(1)} MB in the last ${g.span}`;
-  if (g.secondHalf <= SOAK_NOISE_MB) return `${text}: flat within noise (${SOAK_NOISE_MB} MB) once warm, so not a leak that grows with every deploy.`;
-  text += `, more than noise (${SOAK_NOISE_MB} MB), in steps rather than per deploy.`;
-  if (capped === undefined || plain === undefined) return `${text} Worth a heap snapshot (\`node --heapsnapshot-signal=SIGUSR2\`).`;
-  return `${text} The steps are V8 sizing its young generation up under allocation (up to 16 MB per semi-space by default) and keeping the pages: ` +
-    `over ${capped.deploys} deploys the same agent rose by ${rise(plain).toFixed(1)} MB, and by ${rise(capped).toFixed(1)} MB with \`node ${capped.nodeFlags.join(' ')}\`, ` +
-    `${cappedFlat ? `flat in its second half (${soakGrowth(capped).secondHalf >= 0 ? '+' : ''}${soakGrowth(capped).secondHalf.toFixed(1)} MB): bounded, not a leak` : 'though still not flat'} ` +
-    '(same settings otherwise; its reaction times are in section 1). Running the agent as `node --max-semi-space-size=2 .../dist/cli/main.js agent` ' +
-    'in the unit would keep it there (on the command line, not in NODE_OPTIONS, which the apps would inherit).';
+    `by ${signed(g.secondHalf)} MB in the last ${g.span}`;
+  text += g.secondHalf <= SOAK_NOISE_MB
+    ? `: flat within noise (${SOAK_NOISE_MB} MB) once warm, so no leak that grows with every deploy.`
+    : `, more than noise (${SOAK_NOISE_MB} MB): worth a heap snapshot (\`node --heapsnapshot-signal=SIGUSR2\`).`;
+  const flags = soak.nodeFlags.join(' ');
+  if (plain === undefined || flags === '') return text;
+  const pg = soakGrowth(plain);
+  return `${text} The agent runs as \`node ${flags}\` (the \`#!\` line of dist/cli/main.js, which \`relink\` and the systemd unit run; ` +
+    'not NODE_OPTIONS, which the apps would inherit). The flag caps V8\'s young generation: under a burst of deploys V8 sizes it up (to 16 MB per ' +
+    'semi-space by default) and keeps the pages. The same agent under a plain `node` (section 1, last rows) rose by ' +
+    `${signed(rise(plain))} MB over ${plain.deploys} back-to-back deploys (${signed(pg.secondHalf)} MB in the second half), against ${signed(rise(soak))} MB over all ${soak.deploys} with the flag.`;
 }
 
 const KIND_TEXT: Record<VerdictKind, string> = {
@@ -412,7 +419,7 @@ function verdictSection(v: VerdictResult, p: (...l: string[]) => void): void {
     `(\`stabilityMs: ${s.stabilityMs}\`). A prober (one request every 10 ms) runs throughout.`);
   const lines = [row(['release', 'outcome', 'runs', 'min', 'p50', 'max', 'dominated by', 'probes failed (longest outage)', 'wrong outcome or release']), sep(9)];
   for (const x of v.rows) {
-    const rule = x.kind === 'crash' && x.ms.p50 < s.reloadTimeoutMs ? 'the successor seen gone, then settle' : KIND_RULE[x.kind];
+    const rule = x.kind === 'crash' && x.ms.p50 < s.reloadTimeoutMs ? 'the old process reaping its successor, 0.5 s with no process on the new binary, then rollback + settle' : KIND_RULE[x.kind];
     lines.push(row([KIND_TEXT[x.kind], `\`${x.expected}\``, String(x.ms.n), `${ms(x.ms.min)} ms`, `${ms(x.ms.p50)} ms`, `${ms(x.ms.max)} ms`, rule,
       x.probe.failures === 0 ? '0' : `${x.probe.failures} (${ms(x.probe.longestOutageMs)} ms)`, x.unexpected.length + x.notServing === 0 ? '0' : `${x.unexpected.length + x.notServing}: ${x.unexpected.join('; ')}`]));
   }
@@ -428,7 +435,7 @@ function verdictSection(v: VerdictResult, p: (...l: string[]) => void): void {
     (crash === undefined ? '' : crash.ms.p50 >= s.reloadTimeoutMs
       ? `A release that exits before taking over drops nothing (the old process never stopped serving), but the agent only calls it after \`reload.timeoutMs\` (${ms(crash.ms.p50)} ms here): ` +
         'it could tell much sooner, since the successor it saw start is gone while the old process still runs.'
-      : `A release that exits before taking over drops nothing (the old process never stopped serving), and the agent calls it in ${ms(crash.ms.p50)} ms, well before \`reload.timeoutMs\` (${s.reloadTimeoutMs} ms): it sees the successor gone while the old process still runs.`));
+      : `A release that exits before taking over drops nothing (the old process never stopped serving), and the agent calls it in ${ms(crash.ms.p50)} ms, well before \`reload.timeoutMs\` (${s.reloadTimeoutMs} ms): the old process reaped a child (its children's page-fault count in /proc/PID/stat grew) and no process runs the new binary.`));
 }
 
 function skippedSection(r: Results, p: (...l: string[]) => void): void {

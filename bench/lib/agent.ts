@@ -1,9 +1,10 @@
 /**
- * The agent as a real process (`node dist/cli/main.js agent --config FILE`,
- * which is what systemd runs), its JSON log lines, and the layout of an app
- * it manages. The bench waits on log lines, never on sleeps.
+ * The agent as a real process, run as systemd runs it (`relink agent`: node
+ * with the flags on dist/cli/main.js's #! line), its JSON log lines, and the
+ * layout of an app it manages. The bench waits on log lines, never on sleeps.
  */
 import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { chmod, copyFile, mkdir, rename, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -29,8 +30,11 @@ export class AgentProcess {
   readonly #waiters = new Set<() => void>();
   readonly #exited: Promise<number | null>;
 
-  /** `nodeFlags` go to node itself, before the script (e.g. V8 heap settings). */
-  constructor(j: Janitor, main: string, config: string, nodeFlags: readonly string[] = []) {
+  /**
+   * `nodeFlags` go to node itself, before the script (e.g. V8 heap
+   * settings); by default those of the script's #! line, as installed.
+   */
+  constructor(j: Janitor, main: string, config: string, nodeFlags: readonly string[] = shebangFlags(main)) {
     this.child = j.spawn(process.execPath, [...nodeFlags, main, 'agent', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.#exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
     createInterface({ input: this.child.stdout! }).on('line', (l) => {
@@ -158,4 +162,11 @@ export async function writeAgentConfig(file: string, config: Record<string, unkn
 export function appBase(): Record<string, unknown> {
   const probe = { apps: [{ name: 'probe', dir: '/probe', allowRoot: true }] };
   return process.getuid?.() === 0 && ConfigSchema.safeParse(probe).success ? { allowRoot: true } : {};
+}
+
+/** The node flags on a script's `#!/usr/bin/env -S node ...` line: what running it as a command passes. */
+export function shebangFlags(main: string): string[] {
+  const first = readFileSync(main, 'utf8').split('\n', 1)[0] ?? '';
+  const m = /^#!\/usr\/bin\/env\s+(?:-S\s+)?node((?:\s+\S+)*)\s*$/.exec(first);
+  return m?.[1]?.trim().split(/\s+/).filter(Boolean) ?? [];
 }

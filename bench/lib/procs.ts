@@ -208,6 +208,12 @@ export function httpGet(port: number, pathname = '/', timeoutMs = 1_000): Promis
 
 export interface ProcSample {
   readonly rssKb: number;
+  /**
+   * Private_Clean + Private_Dirty (/proc/PID/smaps_rollup): the pages no
+   * other process maps. RSS also counts the node binary's code pages, which
+   * every Node.js process on the machine shares.
+   */
+  readonly privateKb: number;
   /** utime + stime of all threads, in clock ticks. */
   readonly cpuTicks: number;
   /** Voluntary + involuntary context switches of all threads: how often it woke up. */
@@ -222,16 +228,21 @@ export async function sampleProc(pid: number): Promise<ProcSample> {
   const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const cpuTicks = Number(rest[11]) + Number(rest[12]);
   const rssKb = Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? Number.NaN);
+  const rollup = await readFile(`/proc/${pid}/smaps_rollup`, 'utf8').catch(() => '');
+  const privateKb = rollup === '' ? Number.NaN
+    : Number(/^Private_Clean:\s+(\d+)/m.exec(rollup)?.[1] ?? Number.NaN) + Number(/^Private_Dirty:\s+(\d+)/m.exec(rollup)?.[1] ?? Number.NaN);
   let switches = 0;
   for (const tid of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
     const t = await readFile(`/proc/${pid}/task/${tid}/status`, 'utf8').catch(() => '');
     switches += Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(t)?.[1] ?? 0) + Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(t)?.[1] ?? 0);
   }
-  return { rssKb, cpuTicks, switches, at: performance.now() };
+  return { rssKb, privateKb, cpuTicks, switches, at: performance.now() };
 }
 
 export interface Idle {
   readonly rssMb: number;
+  /** Memory no other process shares (see ProcSample.privateKb). */
+  readonly privateMb: number;
   /** CPU time used per minute of wall time, in ms (1 % of one core = 600 ms/min). */
   readonly cpuMsPerMin: number;
   readonly wakeupsPerSec: number;
@@ -249,6 +260,7 @@ export async function measureIdle(pid: number, seconds: number): Promise<Idle> {
   const wall = (b.at - a.at) / 1000;
   return {
     rssMb: b.rssKb / 1024,
+    privateMb: b.privateKb / 1024,
     cpuMsPerMin: (((b.cpuTicks - a.cpuTicks) * 1000) / CLK_TCK / wall) * 60,
     wakeupsPerSec: (b.switches - a.switches) / wall,
     seconds: wall,
