@@ -1,13 +1,19 @@
-#!/usr/bin/env -S node --max-semi-space-size=2
+#!/usr/bin/env -S node --max-semi-space-size=2 --no-opt --no-sparkplug
 /**
  * The only place that reads process.argv and the environment, and the only
  * place that exits. Every command returns an exit code or throws.
  *
- * The flag on the first line caps V8's young generation at 2 MB per
- * semi-space (16 MB by default): the agent allocates little, but each burst
- * of deploys let V8 grow the young generation and keep the pages, +27 MB of
- * RSS over 1,000 deploys; capped, RSS stays flat (BENCHMARKS.md section 3).
- * It goes here, where `relink` and the systemd unit run it, and not in
+ * The flags on the first line trade JavaScript speed the agent does not need
+ * for memory it keeps for as long as it runs (BENCHMARKS.md section 3):
+ * - --max-semi-space-size=2 caps V8's young generation at 2 MB per
+ *   semi-space (16 MB by default): each burst of deploys let V8 grow it and
+ *   keep the pages, +27 MB of RSS over 1,000 deploys; capped, RSS is flat;
+ * - --no-opt --no-sparkplug leave the agent's JavaScript to the bytecode
+ *   interpreter: a deploy pass is a few milliseconds of I/O either way, and
+ *   the compilers' code and output stay out of memory (about 6 MB of RSS
+ *   with 1 app, 10 MB with 20). Unlike --jitless, WebAssembly (and so
+ *   fetch(), whose HTTP parser is WebAssembly) keeps working.
+ * They go here, where `relink` and the systemd unit run it, and not in
  * NODE_OPTIONS, which the apps the agent starts would inherit. (`env -S`:
  * coreutils 8.30, 2018.)
  */
