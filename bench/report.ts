@@ -346,7 +346,8 @@ function footprintSection(f: FootprintResult, rr: ReactionResult | undefined, ch
       '. The agent loads only what it runs: a CLI command is imported when it is run (the agent never loads the demo or the report commands) and ' +
       'node-cron only when an app has a prune schedule. Not done, and why: most of zod\'s cost is its ~50 locale modules, which every entry point of ' +
       'zod 4 imports, and an esbuild bundle of the whole agent was not smaller when tried (one large module keeps its whole source and more ' +
-      'compiled code); the young generation is capped already (the `#!` line, below).'
+      'compiled code). What did help is on the `#!` line: `--no-opt --no-sparkplug` leave the agent\'s JavaScript to V8\'s interpreter ' +
+      '(the compilers\' code and output stay out of memory; the reaction times of section 1 are measured with it), and the young generation is capped (below).'
     : '';
   p(`**Against the targets** (RSS below PM2's daemon; idle CPU about 0): ${notes.join('; ')}. ` +
     'relink and PM2 are both a Node.js process, and most of either is the runtime itself' +
@@ -390,9 +391,9 @@ function soakText(soak: NonNullable<ReactionResult['soak']>, soaks: readonly Non
   if (plain === undefined || flags === '') return text;
   const pg = soakGrowth(plain);
   return `${text} The agent runs as \`node ${flags}\` (the \`#!\` line of dist/cli/main.js, which \`relink\` and the systemd unit run; ` +
-    'not NODE_OPTIONS, which the apps would inherit). The flag caps V8\'s young generation: under a burst of deploys V8 sizes it up (to 16 MB per ' +
+    'not NODE_OPTIONS, which the apps would inherit). `--max-semi-space-size=2` caps V8\'s young generation: under a burst of deploys V8 sizes it up (to 16 MB per ' +
     'semi-space by default) and keeps the pages. The same agent under a plain `node` (section 1, last rows) rose by ' +
-    `${signed(rise(plain))} MB over ${plain.deploys} back-to-back deploys (${signed(pg.secondHalf)} MB in the second half), against ${signed(rise(soak))} MB over all ${soak.deploys} with the flag.`;
+    `${signed(rise(plain))} MB over ${plain.deploys} back-to-back deploys (${signed(pg.secondHalf)} MB in the second half), against ${signed(rise(soak))} MB over all ${soak.deploys} with the flags.`;
 }
 
 const KIND_TEXT: Record<VerdictKind, string> = {
