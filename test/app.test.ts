@@ -221,6 +221,16 @@ function silentLogger() {
   return { log, lines };
 }
 
+/** An agent that has started release 1.0 in a fresh world and gone idle. */
+async function running(config: AppConfig = appConfig()): Promise<{ w: World; agent: AppAgent }> {
+  const w = new World();
+  w.write('1.0');
+  const agent = new AppAgent(config, w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  return { w, agent };
+}
+
 test('first pass starts the app; a later edit signals the main process and follows it to its new PID', async () => {
   const w = new World();
   w.write('1.0');
@@ -249,11 +259,7 @@ test('first pass starts the app; a later edit signals the main process and follo
 });
 
 test('triggers during an apply coalesce into one more pass that reads the newest content', async () => {
-  const w = new World();
-  w.write('1.0');
-  const agent = new AppAgent(appConfig(), w, silentLogger().log);
-  await agent.start();
-  await agent.idle();
+  const { w, agent } = await running();
 
   const gate = deferred();
   w.gate = gate.promise;
@@ -302,11 +308,7 @@ test('a missing current.conf is reported once, not on every re-check', async () 
 });
 
 test('a re-exec app that never hands over: HANDOFF_TIMEOUT after reload.timeoutMs, rolled back, the old PID kept and not signalled again', async () => {
-  const w = new World();
-  w.write('1.0');
-  const agent = new AppAgent(appConfig({ timeoutMs: 2000 }), w, silentLogger().log);
-  await agent.start();
-  await agent.idle();
+  const { w, agent } = await running(appConfig({ timeoutMs: 2000 }));
   const pid = agent.mainPid;
   w.onSignal = 'ignore';
   w.write('2.0');
@@ -326,11 +328,7 @@ test('a re-exec app that never hands over: HANDOFF_TIMEOUT after reload.timeoutM
 });
 
 test('an unhealthy release is rolled back: links, process and current.conf back on the last good release', async () => {
-  const w = new World();
-  w.write('1.0');
-  const agent = new AppAgent(appConfig({}, PROBED), w, silentLogger().log);
-  await agent.start();
-  await agent.idle();
+  const { w, agent } = await running(appConfig({}, PROBED));
   assert.equal(w.entries[0]?.outcome, 'deployed');
   const goodText = w.text;
   w.unhealthy.add(`${REL}/app.2.0`);
@@ -363,11 +361,7 @@ test('the first deploy ever failing has nothing to roll back to: failed, and the
 });
 
 test('a failing preflight refuses the release before anything is switched', async () => {
-  const w = new World();
-  w.write('1.0');
-  const agent = new AppAgent(appConfig(), w, silentLogger().log);
-  await agent.start();
-  await agent.idle();
+  const { w, agent } = await running();
   w.preflightFails = true;
   w.write('2.0');
   agent.trigger('watch:change');
@@ -433,11 +427,7 @@ test('a crash after a stable run restarts at once and resets the count', async (
 });
 
 test('a re-exec handoff the app did on its own is adopted, not taken for a crash', async () => {
-  const w = new World();
-  w.write('1.0');
-  const agent = new AppAgent(appConfig(), w, silentLogger().log);
-  await agent.start();
-  await agent.idle();
+  const { w, agent } = await running();
   const old = agent.mainPid as number;
   w.procs.delete(old);
   const successor = w.spawnProc(`${REL}/app.1.0`);
@@ -449,11 +439,7 @@ test('a re-exec handoff the app did on its own is adopted, not taken for a crash
 });
 
 test('in-place mode: the same PID after the signal is success, with the configured signal', async () => {
-  const w = new World();
-  w.write('1.0');
-  const agent = new AppAgent(appConfig({ mode: 'inplace', signal: 'SIGUSR2' }), w, silentLogger().log);
-  await agent.start();
-  await agent.idle();
+  const { w, agent } = await running(appConfig({ mode: 'inplace', signal: 'SIGUSR2' }));
   const pid = agent.mainPid;
   w.onSignal = 'inplace';
   w.write('2.0');
@@ -562,11 +548,7 @@ test('an early pass (before the quiet period) acts on a complete document and le
 });
 
 test('the periodic re-check leaves a file that is being written to the watcher, but judges one left broken', async () => {
-  const w = new World();
-  w.write('1.0');
-  const agent = new AppAgent(appConfig(), w, silentLogger().log);
-  await agent.start();
-  await agent.idle();
+  const { w, agent } = await running();
   w.clock = 100_000;
   w.text = '{"bin.file": ';
   w.mtime = w.clock - 10; // just written
@@ -581,11 +563,7 @@ test('the periodic re-check leaves a file that is being written to the watcher, 
 });
 
 test('an early trigger queued behind a report does not take its place: the broken file is still judged', async () => {
-  const w = new World();
-  w.write('1.0');
-  const agent = new AppAgent(appConfig(), w, silentLogger().log);
-  await agent.start();
-  await agent.idle();
+  const { w, agent } = await running();
   const gate = deferred();
   w.gate = gate.promise;
   w.write('2.0');
@@ -627,11 +605,7 @@ test('supervision checks fall due on multiples of checkMs, whenever the app was 
 });
 
 test('a successor that dies before taking over fails the deploy at once (APP_EXITED), not at reload.timeoutMs', async () => {
-  const w = new World();
-  w.write('1.0');
-  const agent = new AppAgent(appConfig({ timeoutMs: 15_000 }), w, silentLogger().log);
-  await agent.start();
-  await agent.idle();
+  const { w, agent } = await running(appConfig({ timeoutMs: 15_000 }));
   const pid = agent.mainPid;
   w.onSignal = 'successorDies';
   w.write('2.0');
@@ -648,11 +622,7 @@ test('a successor that dies before taking over fails the deploy at once (APP_EXI
 });
 
 test('a worker the old main reaps while its successor starts is not a failed handoff', async () => {
-  const w = new World();
-  w.write('1.0');
-  const agent = new AppAgent(appConfig({ timeoutMs: 15_000 }), w, silentLogger().log);
-  await agent.start();
-  await agent.idle();
+  const { w, agent } = await running(appConfig({ timeoutMs: 15_000 }));
   const pid = agent.mainPid;
   w.onSignal = 'slowHandoff';
   w.handoffMs = 2_000; // longer than the grace after a child ends

@@ -474,67 +474,60 @@ function fsEventHandles(): number {
   return process.getActiveResourcesInfo().filter((r) => r === 'FSEventWrap').length;
 }
 
-test('onEarly comes before the quiet period ends, and at most once per pollMs during a burst', async (t) => {
+/**
+ * A watcher with a long quiet period (so "before it ends" is a matter of
+ * order, not of timing) recording its calls in order: "early" and the
+ * reported event names. `then` runs after each report.
+ */
+async function recorded(t: TestContext, tag: string, then?: (calls: string[]) => void): Promise<{ file: string; calls: string[] }> {
   const dir = await tmpDir(t);
   const file = path.join(dir, 'current.conf');
-  await writeFile(file, conf('early.0'));
-  const calls: string[] = [];
-  // A long quiet period, so "before it ends" is a matter of order, not of timing.
-  const watcher = await CurrentWatcher.start({
-    file, stabilityMs: 1_000, pollMs: 10,
-    onEarly: () => calls.push('early'),
-    onChange: (e) => calls.push(e),
-    onError: (err) => { throw err; },
-  });
-  t.after(() => watcher.close());
-  const started = performance.now();
-  for (let i = 1; i <= 5; i++) await writeFile(file, conf(`early.${i}`));
-  const burstMs = performance.now() - started;
-  await waitFor('the early call', () => calls.includes('early'));
-  await waitFor('the report after the quiet period', () => calls.includes('change'), { timeoutMs: 10_000 });
-  const early = calls.filter((c) => c === 'early').length;
-  assert.equal(calls.at(-1), 'change', 'every early call came before the report');
-  assert.equal(calls.filter((c) => c === 'change').length, 1, 'one report for the whole burst');
-  // 5 writes make up to 15 events; with pollMs 10 the early calls are bounded by the burst's length.
-  assert.ok(early >= 1 && early <= Math.min(5, Math.floor(burstMs / 10) + 3), `${early} early calls for a burst of ${burstMs.toFixed(1)} ms`);
-});
-
-test('a write right after a report opens a new round: onEarly again, before its quiet period', async (t) => {
-  const dir = await tmpDir(t);
-  const file = path.join(dir, 'current.conf');
-  await writeFile(file, conf('next.0'));
+  await writeFile(file, conf(`${tag}.0`));
   const calls: string[] = [];
   const watcher = await CurrentWatcher.start({
     file, stabilityMs: 1_000, pollMs: 10,
     onEarly: () => calls.push('early'),
     onChange: (e) => {
       calls.push(e);
-      // Back to back: the next deploy lands while the watcher is still in
-      // the previous round's tail (where chokidar's throttle may drop events).
-      if (calls.filter((c) => c === 'change').length === 1) writeFileSync(file, conf('next.2'));
+      then?.(calls);
     },
     onError: (err) => { throw err; },
   });
   t.after(() => watcher.close());
+  return { file, calls };
+}
+
+/** Consecutive early calls as one: one write may make two events, read twice at most pollMs apart. */
+const collapsed = (calls: readonly string[]): string[] => calls.filter((c, i) => !(c === 'early' && calls[i - 1] === 'early'));
+
+test('onEarly comes before the quiet period ends, and at most once per pollMs during a burst', async (t) => {
+  const { file, calls } = await recorded(t, 'early');
+  const started = performance.now();
+  for (let i = 1; i <= 5; i++) await writeFile(file, conf(`early.${i}`));
+  const burstMs = performance.now() - started;
+  await waitFor('the early call', () => calls.includes('early'));
+  await waitFor('the report after the quiet period', () => calls.includes('change'), { timeoutMs: 10_000 });
+  const early = calls.filter((c) => c === 'early').length;
+  assert.deepEqual(collapsed(calls), ['early', 'change'], 'every early call came before the one report for the whole burst');
+  // 5 writes make up to 15 events; with pollMs 10 the early calls are bounded by the burst's length.
+  assert.ok(early <= Math.min(5, Math.floor(burstMs / 10) + 3), `${early} early calls for a burst of ${burstMs.toFixed(1)} ms`);
+});
+
+test('a write right after a report opens a new round: onEarly again, before its quiet period', async (t) => {
+  // Back to back: the next deploy lands while the watcher is still in the
+  // previous round's tail (where chokidar's throttle may drop events).
+  const { file, calls } = await recorded(t, 'next', (c) => {
+    if (c.filter((x) => x === 'change').length === 1) writeFileSync(file, conf('next.2'));
+  });
   await writeFile(file, conf('next.1'));
-  await waitFor('the second early call', () => calls.filter((c) => c === 'early').length === 2, { timeoutMs: 10_000 });
-  assert.deepEqual(calls, ['early', 'change', 'early'], 'the second round was read early, before its quiet period ended');
-  await waitFor('the second report', () => calls.length === 4, { timeoutMs: 10_000 });
-  assert.deepEqual(calls, ['early', 'change', 'early', 'change']);
+  await waitFor('an early call after the first report', () => collapsed(calls).length >= 3, { timeoutMs: 10_000 });
+  assert.deepEqual(collapsed(calls), ['early', 'change', 'early'], 'the second round was read early, before its quiet period ended');
+  await waitFor('the second report', () => collapsed(calls).length === 4, { timeoutMs: 10_000 });
+  assert.deepEqual(collapsed(calls), ['early', 'change', 'early', 'change']);
 });
 
 test('a write during the quiet period of the previous one is read early too (back-to-back deploys)', async (t) => {
-  const dir = await tmpDir(t);
-  const file = path.join(dir, 'current.conf');
-  await writeFile(file, conf('b2b.0'));
-  const calls: string[] = [];
-  const watcher = await CurrentWatcher.start({
-    file, stabilityMs: 1_000, pollMs: 10,
-    onEarly: () => calls.push('early'),
-    onChange: (e) => calls.push(e),
-    onError: (err) => { throw err; },
-  });
-  t.after(() => watcher.close());
+  const { file, calls } = await recorded(t, 'b2b');
   await writeFile(file, conf('b2b.1'));
   await waitFor('the first early call', () => calls.includes('early'));
   // The agent has acted on b2b.1; the next deploy comes long before the quiet period ends.
