@@ -6,6 +6,7 @@
  */
 import type { Logger } from 'pino';
 import { AppAgent, EARLY_TRIGGER } from './app.js';
+import { Compactor } from './compaction.js';
 import type { AgentConfig } from './config.js';
 import { realEffects } from './effects.js';
 import { schedulePrune, type PruneSchedule } from './releases.js';
@@ -13,26 +14,39 @@ import { claimAgent, releaseAgent } from './state.js';
 import { VERSION } from './version.js';
 import { CurrentWatcher } from './watch.js';
 
+/** A full collection every 50 journal entries, or 5 s after the last (src/compaction.ts). */
+const COMPACTION = { everyDeploys: 50, idleMs: 5_000 } as const;
+
 export class Agent {
   readonly config: AgentConfig;
   readonly apps: readonly AppAgent[];
   readonly #watchers: CurrentWatcher[] = [];
   readonly #prunes: PruneSchedule[] = [];
   readonly #log: Logger;
+  readonly #compactor: Compactor;
   #timer: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
 
-  private constructor(config: AgentConfig, apps: AppAgent[], log: Logger) {
+  private constructor(config: AgentConfig, apps: AppAgent[], log: Logger, compactor: Compactor) {
     this.config = config;
     this.apps = apps;
     this.#log = log;
+    this.#compactor = compactor;
   }
 
   /** Claim the stateDir, adopt or start every app, and begin watching. */
   static async start(config: AgentConfig, log: Logger): Promise<Agent> {
     await claimAgent(config.stateDir, config.file, VERSION);
-    const apps = config.apps.map((app) => new AppAgent(app, realEffects(app, config.stateDir), log.child({ app: app.name })));
-    const agent = new Agent(config, apps, log);
+    const compactor = new Compactor(COMPACTION);
+    const apps = config.apps.map((app) => {
+      const fx = realEffects(app, config.stateDir);
+      const record: typeof fx.record = async (entry) => {
+        await fx.record(entry);
+        compactor.noteDeploy();
+      };
+      return new AppAgent(app, { ...fx, record }, log.child({ app: app.name }));
+    });
+    const agent = new Agent(config, apps, log, compactor);
     try {
       for (const app of apps) {
         const applog = log.child({ app: app.app.name });
@@ -74,6 +88,7 @@ export class Agent {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       clearInterval(this.#timer);
+      this.#compactor.stop();
       // node-cron tasks keep the process alive until destroyed.
       await Promise.allSettled(this.#prunes.map((p) => p.stop()));
       await Promise.allSettled(this.#watchers.map((w) => w.close()));

@@ -29,7 +29,7 @@ test('node accepts the #! line flags silently, and relink runs under them', asyn
   assert.equal(r.stderr, '', 'no V8 or node warning in front of the output');
 });
 
-test('under the #! line flags the young generation is capped and WebAssembly (fetch) still works', async () => {
+test('under the #! line flags the young generation is capped, gc() is exposed and WebAssembly (fetch) still works', async () => {
   const { flags } = shebang();
   // Churn through short-lived objects, as a burst of deploys does, and
   // watch how large V8 lets the young generation grow (32 MB by default).
@@ -41,10 +41,11 @@ test('under the #! line flags the young generation is capped and WebAssembly (fe
       if (keep.length > 20000) keep = [];
       if (i % 10000 === 0) youngMax = Math.max(youngMax, v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space').space_size);
     }
-    process.stdout.write(JSON.stringify({ wasm: typeof WebAssembly, youngMb: youngMax / 1048576 }));`;
+    process.stdout.write(JSON.stringify({ wasm: typeof WebAssembly, gc: typeof gc, youngMb: youngMax / 1048576 }));`;
   const plain = JSON.parse((await run(process.execPath, ['-e', script])).stdout) as { youngMb: number };
   const r = await run(process.execPath, [...flags, '-e', script]);
-  const out = JSON.parse(r.stdout) as { wasm: string; youngMb: number };
+  const out = JSON.parse(r.stdout) as { wasm: string; gc: string; youngMb: number };
+  assert.equal(out.gc, 'function', 'the agent asks for a full collection after deploys (src/compaction.ts)');
   assert.equal(out.wasm, 'object', 'fetch() parses HTTP with WebAssembly: --jitless or --lite-mode would break it');
   assert.ok(out.youngMb <= 4, `young generation grew to ${out.youngMb} MB under the #! flags`);
   assert.ok(plain.youngMb > out.youngMb, `without the flags it grows further (${plain.youngMb} MB): the churn tests something`);

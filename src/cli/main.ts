@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=2 --no-opt --no-sparkplug
+#!/usr/bin/env -S node --max-semi-space-size=2 --no-opt --no-sparkplug --expose-gc
 /**
  * The only place that reads process.argv and the environment, and the only
  * place that exits. Every command returns an exit code or throws.
@@ -12,7 +12,9 @@
  *   interpreter: a deploy pass is a few milliseconds of I/O either way, and
  *   the compilers' code and output stay out of memory (about 6 MB of RSS
  *   with 1 app, 10 MB with 20). Unlike --jitless, WebAssembly (and so
- *   fetch(), whose HTTP parser is WebAssembly) keeps working.
+ *   fetch(), whose HTTP parser is WebAssembly) keeps working;
+ * - --expose-gc lets the agent ask for a full collection after deploys
+ *   (src/compaction.ts): V8 left each deploy's garbage in the old space.
  * They go here, where `relink` and the systemd unit run it, and not in
  * NODE_OPTIONS, which the apps the agent starts would inherit. (`env -S`:
  * coreutils 8.30, 2018.)
