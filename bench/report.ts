@@ -392,7 +392,8 @@ function soakText(soak: NonNullable<ReactionResult['soak']>, soaks: readonly Non
   const pg = soakGrowth(plain);
   return `${text} The agent runs as \`node ${flags}\` (the \`#!\` line of dist/cli/main.js, which \`relink\` and the systemd unit run; ` +
     'not NODE_OPTIONS, which the apps would inherit). `--max-semi-space-size=2` caps V8\'s young generation: under a burst of deploys V8 sizes it up (to 16 MB per ' +
-    'semi-space by default) and keeps the pages. The same agent under a plain `node` (section 1, last rows) rose by ' +
+    'semi-space by default) and keeps the pages; `--expose-gc` lets the agent ask for a full collection every 50 deploys or 5 s after the last ' +
+    '(src/compaction.ts), which V8 otherwise puts off while each deploy\'s garbage piles up in the old space. The same agent under a plain `node` (section 1, last rows) rose by ' +
     `${signed(rise(plain))} MB over ${plain.deploys} back-to-back deploys (${signed(pg.secondHalf)} MB in the second half), against ${signed(rise(soak))} MB over all ${soak.deploys} with the flags.`;
 }
 
