@@ -63,10 +63,6 @@ const DELETED = ' (deleted)';
  * calls a second for an idle agent (strace -c, see BENCHMARKS.md).
  */
 export async function readProc(pid: number): Promise<ProcInfo | undefined> {
-  return readProcNow(pid);
-}
-
-function readProcNow(pid: number): ProcInfo | undefined {
   if (!Number.isSafeInteger(pid) || pid <= 0) return undefined;
   try {
     const statText = readFileSync(`/proc/${pid}/stat`, 'utf8');

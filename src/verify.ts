@@ -46,8 +46,8 @@ export const SUCCESSOR_GRACE_MS = 500;
  * A successor that dies before taking over (a bad binary, a config it
  * refuses) leaves the old main serving, as these libraries intend, and
  * without a hint the deploy could only be judged at reload.timeoutMs. The
- * hint is the old main reaping a child (its childFaults grow): from then on,
- * if no process of the app runs the new binary for SUCCESSOR_GRACE_MS, the
+ * hint is the old main reaping a child (its childFaults grow): if
+ * SUCCESSOR_GRACE_MS later no process of the app runs the new binary, the
  * successor is taken to have failed. A worker the old main reaps while its
  * successor runs changes nothing, and neither does a successor that forks
  * and exits (its child runs the new binary).
@@ -56,10 +56,10 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, r
   const { signal, timeoutMs } = app.reload;
   const deadline = fx.now() + timeoutMs;
   let reaped = old.childFaults;
-  /** A process of the app running the new binary, once seen: re-verified cheaply. */
+  /** A process of the app running the new binary, once found: re-verified cheaply. */
   let successor: ProcInfo | undefined;
-  /** Since when a child of the old main has ended and no successor runs. */
-  let orphaned: number | undefined;
+  /** Since when a child of the old main has ended with no known successor running. */
+  let orphanedAt: number | undefined;
   for (;;) {
     const same = await fx.verify(old);
     if (same === undefined) {
@@ -70,16 +70,18 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, r
     // Some apps execve() themselves in place: same PID, new binary.
     if (same.exe === release.bin && old.exe !== release.bin) return same;
     if (successor !== undefined && (await fx.verify(successor)) === undefined) successor = undefined;
-    const childEnded = same.childFaults !== undefined && reaped !== undefined && same.childFaults > reaped;
-    if (childEnded) reaped = same.childFaults;
-    if (successor === undefined && (childEnded || orphaned !== undefined)) {
-      const found = await fx.discover(old);
-      successor = found.all.find((p) => p.exe === release.bin && p.pid !== old.pid);
-      orphaned = successor === undefined ? (orphaned ?? fx.now()) : undefined;
-      if (orphaned !== undefined && fx.now() - orphaned >= SUCCESSOR_GRACE_MS) {
+    if (same.childFaults !== undefined && reaped !== undefined && same.childFaults > reaped) {
+      reaped = same.childFaults;
+      if (successor === undefined) orphanedAt ??= fx.now();
+    }
+    // One process-table scan at the end of the grace period, not one per poll.
+    if (orphanedAt !== undefined && fx.now() - orphanedAt >= SUCCESSOR_GRACE_MS) {
+      successor = (await fx.discover(old)).all.find((p) => p.exe === release.bin && p.pid !== old.pid);
+      if (successor === undefined) {
         throw new RelinkError('APP_EXITED', `${app.name}: the new release did not take over: a child of pid ${old.pid} exited after ${signal} and no process runs ${release.bin}; pid ${old.pid} still serves the old release (see ${app.logFile})`,
           { file: app.logFile, key: 'bin.file', rule: 'the successor must start and take over', found: 'successor exited' });
       }
+      orphanedAt = undefined;
     }
     if (fx.now() >= deadline) {
       throw new RelinkError('HANDOFF_TIMEOUT', `${app.name}: pid ${old.pid} still runs ${timeoutMs} ms after ${signal} (reload.mode is "reexec"; use "inplace" for an app that reloads without a new process)`,

@@ -15,6 +15,10 @@
  *   `pollMs`. The quiet period restarts on every event, so the last change
  *   is always followed by a report, and a writer writing in chunks is not
  *   read half-way;
+ * - meanwhile every change is also offered at once (onEarly, at most once
+ *   per pollMs): the orchestrator acts on it only if the file is already a
+ *   complete JSON document, so a finished write, back to back with the
+ *   previous deploy or not, does not wait for the quiet period;
  * - chokidar 5 supplies the events, but is not trusted to supply all of
  *   them: it keeps the first of a quick series and drops the rest with no
  *   trailing event (5 ms per file, paulmillr/chokidar#1333 and #1084; 100 ms
@@ -181,13 +185,11 @@ export class CurrentWatcher {
     if (this.#closed) return;
     this.#dirty = true;
     this.#lastChange = performance.now();
-    if (this.#settling === undefined) {
-      // Events arrive as macrotasks: none can slip in between the loop's last
-      // look at #dirty and this promise settling.
-      this.#settling = this.#settle().finally(() => {
-        this.#settling = undefined;
-      });
-    }
+    // Events arrive as macrotasks: none can slip in between the loop's last
+    // look at #dirty and this promise settling.
+    this.#settling ??= this.#settle().finally(() => {
+      this.#settling = undefined;
+    });
     this.#early();
   }
 
