@@ -8,7 +8,7 @@ import { readCurrent, validateCurrent, type CurrentSnapshot, type Release } from
 import { writeFileAtomic } from './atomicWrite.js';
 import { probeOnce, type ProbeResult } from './health.js';
 import { appendHistory, type HistoryEntry } from './history.js';
-import { launch, type Launched } from './launch.js';
+import { agentIdentity, launch, planCommand, type Launched } from './launch.js';
 import { expandArgs, runPreflight, type PreflightResult } from './preflight.js';
 import { ProcessFinder, sendSignal, type Discovery, type ProcIdentity, type ProcInfo } from './proc.js';
 import { readLinks, relink } from './relink.js';
@@ -19,7 +19,12 @@ export interface Effects {
   /** Replace current.conf atomically (rollback rewrites it to what runs). */
   writeCurrent(text: string): Promise<void>;
   validate(text: string): Promise<Release>;
-  preflight(release: Release): Promise<PreflightResult | undefined>;
+  /**
+   * Run the app's preflight on `release` as the app runs (its user, limits,
+   * environment, folder); undefined when none is configured. `signal` kills it.
+   * Throws what planCommand throws (the app may not run as that user).
+   */
+  preflight(release: Release, signal?: AbortSignal): Promise<PreflightResult | undefined>;
   readLinks(): Promise<{ bin: string | undefined; cfg: string | undefined }>;
   relink(release: Release): Promise<void>;
   /** Cheap re-check of a known process (no process-table scan). */
@@ -45,9 +50,10 @@ export function realEffects(app: AppConfig, stateDir: string): Effects {
     readCurrent: () => readCurrent(app.currentFile),
     writeCurrent: (text) => writeFileAtomic(app.currentFile, text),
     validate: (text) => validateCurrent(app, text),
-    preflight: async (release) => {
+    preflight: async (release, signal) => {
       if (app.preflight === undefined) return undefined;
-      return runPreflight(expandArgs(app.preflight.command, release), { cwd: app.dir, env: { ...process.env, ...app.env }, timeoutMs: app.preflight.timeoutMs });
+      const plan = await planCommand(app, await agentIdentity(), expandArgs(app.preflight.command, release));
+      return runPreflight(plan, { cwd: app.dir, timeoutMs: app.preflight.timeoutMs, signal });
     },
     readLinks: () => readLinks(app.links),
     relink: (release) => relink(app.links, release),

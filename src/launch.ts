@@ -84,7 +84,18 @@ export interface LaunchPlan {
  * refusal: the app would run as root without "allowRoot", the agent cannot
  * become the app's user, or cannot grant a limit.
  */
-export async function planLaunch(app: AppConfig, agent: AgentIdentity, env: NodeJS.ProcessEnv = process.env): Promise<LaunchPlan> {
+export function planLaunch(app: AppConfig, agent: AgentIdentity, env: NodeJS.ProcessEnv = process.env): Promise<LaunchPlan> {
+  return planCommand(app, agent, app.command, env);
+}
+
+/**
+ * How to run `argv` exactly as the app runs: its user, groups, limits and
+ * environment (the caller runs it in the app's `dir`). Everything relink
+ * runs on an app's behalf (its start, its preflight) goes through here, so
+ * a release file the app's user uploaded never runs as root unless the app
+ * itself does ("allowRoot"). Throws what planLaunch throws.
+ */
+export async function planCommand(app: AppConfig, agent: AgentIdentity, argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<LaunchPlan> {
   const runAs = await resolveRunAs(app);
   if (runAs.uid === 0 && !app.allowRoot) {
     const found = runAs.configured ? `"user": ${JSON.stringify(app.user)}` : 'no "user" set, and the agent runs as root';
@@ -112,18 +123,18 @@ export async function planLaunch(app: AppConfig, agent: AgentIdentity, env: Node
     }
   }
 
-  const argv: string[] = [];
+  const chain: string[] = [];
   const limits = prlimitOptions(app.limits);
-  if (limits.length > 0) argv.push(await tool('prlimit', env), ...limits, '--');
+  if (limits.length > 0) chain.push(await tool('prlimit', env), ...limits, '--');
   if (switching) {
     // --init-groups needs a passwd entry; a bare uid gets no supplementary groups.
     const groups = runAs.user === String(runAs.uid) ? '--clear-groups' : '--init-groups';
-    argv.push(await tool('setpriv', env), `--reuid=${runAs.uid}`, `--regid=${runAs.gid}`, groups, '--');
+    chain.push(await tool('setpriv', env), `--reuid=${runAs.uid}`, `--regid=${runAs.gid}`, groups, '--');
   }
-  argv.push(...app.command);
+  chain.push(...argv);
   // As systemd's User= does; the app's own env still wins.
   const identity = switching ? { HOME: runAs.home ?? '/', USER: runAs.user, LOGNAME: runAs.user } : {};
-  const [file, ...args] = argv as [string, ...string[]];
+  const [file, ...args] = chain as [string, ...string[]];
   return { file, args, env: { ...env, ...identity, ...app.env }, runAs, switching };
 }
 

@@ -1,11 +1,13 @@
 /**
  * Real system users and groups for the tests that switch users or check
  * ownership: created with useradd/groupadd, removed after the test. Needs
- * root; callers skip with a reason otherwise.
+ * root: callers ask rootOnly(t) first.
  */
+import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { constants } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { chmod, readdir } from 'node:fs/promises';
+import { access, chmod, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import { promisify } from 'node:util';
@@ -17,6 +19,32 @@ const run = promisify(execFile);
 
 export const isRoot = (): boolean => process.getuid?.() === 0;
 export const NOT_ROOT = 'needs root: creates users with useradd, starts processes as them, chowns files';
+
+/**
+ * Whether a root-only test can run: true as root. Elsewhere it is skipped
+ * with the reason, except under CI (the CI environment variable), where a
+ * root-only test that cannot run fails: CI runs as root, and a test that
+ * passes by skipping proves nothing.
+ */
+export function rootOnly(t: TestContext): boolean {
+  if (isRoot()) return true;
+  if (process.env['CI']) assert.fail(`${NOT_ROOT}; CI must run the tests as root (uid is ${process.getuid?.()})`);
+  t.skip(NOT_ROOT);
+  return false;
+}
+
+/**
+ * Whether a real third-party program the test needs is installed; as
+ * rootOnly, skipped with the package to install outside CI, a failure in CI
+ * (.ci/run installs it).
+ */
+export async function needProgram(t: TestContext, file: string, debianPackage: string): Promise<boolean> {
+  if (await access(file, constants.X_OK).then(() => true, () => false)) return true;
+  const why = `${file} is missing (apt-get install ${debianPackage})`;
+  if (process.env['CI']) assert.fail(`${why}: .ci/run must install it`);
+  t.skip(why);
+  return false;
+}
 
 export interface TestUser {
   readonly name: string;

@@ -14,7 +14,7 @@ import { get } from '../src/demo/demo.js';
 import { makeApp, setCurrent, writeConfig } from '../src/demo/layout.js';
 import { RelinkError, RelinkErrors } from '../src/errors.js';
 import { readHistory } from '../src/history.js';
-import { isRoot, NOT_ROOT, openUp, testGroup, testUser } from './accounts.js';
+import { openUp, rootOnly, testGroup, testUser } from './accounts.js';
 import { reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
 
 interface Layout {
@@ -70,7 +70,7 @@ test('a layout only root can write is accepted (the control for every refusal be
 });
 
 test('a release binary owned by another user is refused, naming the file, the key, the owner and the mode', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const l = await layout(t);
   const other = await testUser(t);
   await chown(l.bin, other.uid, other.gid);
@@ -91,7 +91,7 @@ test('a world-writable release config is refused', async (t) => {
 });
 
 test('group write is refused when the group has another member, accepted when it holds only root', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const l = await layout(t);
   const group = await testGroup(t);
   const member = await testUser(t, [group]);
@@ -106,7 +106,7 @@ test('group write is refused when the group has another member, accepted when it
 });
 
 test('current.conf owned by another user is refused (key-less: the file itself)', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const l = await layout(t);
   const other = await testUser(t);
   await chown(l.current, other.uid, other.gid);
@@ -116,7 +116,7 @@ test('current.conf owned by another user is refused (key-less: the file itself)'
 });
 
 test('a symlinked current.conf is checked where it points', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const l = await layout(t);
   const other = await testUser(t);
   const target = path.join(l.root, 'live.conf');
@@ -147,14 +147,14 @@ test('a folder above: world-writable refused, unless sticky (like /tmp); owned b
   await chmod(l.dir, 0o1777);
   await loadCurrent(l.app());
   await chmod(l.dir, 0o755);
-  if (!isRoot()) return;
+  if (!rootOnly(t)) return;
   const other = await testUser(t);
   await chown(l.dir, other.uid, other.gid);
   assert.equal((await refusal(l.app())).found, `${l.dir} is owned by ${other.name} (uid ${other.uid}), mode 0755`);
 });
 
 test('with "user", the app\'s user may own everything; a third user may not, and the rule names the app\'s user', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const l = await layout(t);
   const web = await testUser(t);
   const other = await testUser(t);
@@ -171,7 +171,7 @@ test('with "user", the app\'s user may own everything; a third user may not, and
 });
 
 test('every untrusted path is listed at once', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const l = await layout(t);
   const other = await testUser(t);
   await chown(l.bin, other.uid, other.gid);
@@ -181,7 +181,7 @@ test('every untrusted path is listed at once', async (t) => {
 });
 
 test('the agent refuses an untrusted release and keeps serving the old one; relink validate says why', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const root = await tmpDir(t, 'relink-trust-agent-');
   reapAppsAfter(t, path.join(root, 'web', 'release'));
   const app = await makeApp({ root, releases: ['1.0', '2.0'] });

@@ -18,7 +18,7 @@ import { readHistory, type HistoryEntry } from '../src/history.js';
 import { launch, planLaunch, type AgentIdentity } from '../src/launch.js';
 import { parseLimits, readLimits } from '../src/limits.js';
 import { ProcessFinder, readProc } from '../src/proc.js';
-import { isRoot, NOT_ROOT, openUp, testGroup, testUser, type TestUser } from './accounts.js';
+import { openUp, rootOnly, testGroup, testUser, type TestUser } from './accounts.js';
 import { alive, defer, reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
 
 interface Reply {
@@ -72,7 +72,7 @@ async function nth(stateDir: string, n: number): Promise<HistoryEntry> {
 }
 
 test('an app with "user" runs as that user, with its supplementary groups, environment, limits and no capabilities; same PID through the exec chain', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const extraGroup = await testGroup(t);
   const user = await testUser(t, [extraGroup]);
   const { app, cfg } = await tree(t, { user: user.name, limits: { nofile: 4321, core: 0 } });
@@ -116,7 +116,7 @@ test('an app with "user" runs as that user, with its supplementary groups, envir
 });
 
 test('the real agent runs the app as its user through deploys and handoffs; status shows the user and the real limits, and warns when lower than configured', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const { root, app, configFile } = await tree(t, {});
   const user = await testUser(t);
   await writeConfig(root, [app], { reconcileMs: 60_000 }, { user: user.name, allowRoot: false, limits: { nofile: 4096 }, health: { url: `${app.url}healthz`, settleMs: 200 } });
@@ -159,7 +159,7 @@ test('the real agent runs the app as its user through deploys and handoffs; stat
 });
 
 test('as root, an app with no "user" is refused unless "allowRoot": true, with the reason in the journal; nothing is started', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const { root, app, configFile } = await tree(t, { allowRoot: false });
   await setCurrent(app, '1.0');
   const stateDir = path.join(root, 'state');
@@ -246,7 +246,7 @@ test('what an unprivileged agent cannot grant is refused before anything starts:
 });
 
 test('the agent never signals a process of another user, even one running the app\'s own binary', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const { root, app, configFile } = await tree(t, {});
   const other: TestUser = await testUser(t);
   // Somebody else runs release 2.0 (on another port) as their own user.
