@@ -7,9 +7,13 @@
  *
  * A folder above may be world-writable only with the sticky bit (/tmp):
  * others can then add entries but not rename or remove ours, and the entry
- * below is checked in its turn. The files themselves and the releases folder
- * get no such exception. Group write is allowed only when the group holds
- * nobody but root and the app's user (a user-private group).
+ * below is checked in its turn. That includes the folder holding
+ * current.conf (a candidate checked with `relink validate /tmp/next.conf`,
+ * as the README shows): the file itself is checked strictly. The files
+ * themselves and the releases folder get no such exception (in a sticky
+ * releases folder anybody could add a release). Group write is allowed only
+ * when the group holds nobody but root and the app's user (a user-private
+ * group).
  */
 import { lstat, realpath } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
@@ -26,6 +30,8 @@ interface Subject {
   readonly real: string;
   /** The current.conf key it comes from; undefined for current.conf and the releases folder. */
   readonly key: CurrentKey | undefined;
+  /** Checked as a folder above (sticky world-writable accepted) rather than strictly. */
+  readonly asAbove?: boolean;
 }
 
 /**
@@ -41,7 +47,7 @@ export async function checkTrust(app: AppConfig, file: string, release: Release,
   // its folder, whoever can write the target through the target itself.
   const fileReal = await realpath(file).catch((err: unknown) => (isErrno(err, 'ENOENT') ? undefined : Promise.reject(err)));
   const subjects: Subject[] = [
-    { real: await realpath(path.dirname(path.resolve(file))), key: undefined },
+    { real: await realpath(path.dirname(path.resolve(file))), key: undefined, asAbove: true },
     ...(fileReal === undefined ? [] : [{ real: fileReal, key: undefined }]),
     { real: releasesReal, key: undefined },
     { real: release.bin, key: 'bin.file' },
@@ -49,7 +55,7 @@ export async function checkTrust(app: AppConfig, file: string, release: Release,
   ];
   const problems: RelinkError[] = [];
   for (const s of subjects) {
-    const p = await check.chain(s.real, s.key);
+    const p = await check.chain(s.real, s.key, s.asAbove !== true);
     if (p !== undefined) problems.push(p);
   }
   return problems;
@@ -58,8 +64,12 @@ export async function checkTrust(app: AppConfig, file: string, release: Release,
 class Checker {
   readonly #file: string;
   readonly #who: RunAs;
-  /** Paths already looked at in this check (the folders above are shared by every subject). */
-  readonly #seen = new Set<string>();
+  /**
+   * Paths already looked at in this check (the folders above are shared by
+   * every subject), and whether strictly: the releases folder may also be
+   * the folder holding current.conf, checked before it as a folder above.
+   */
+  readonly #seen = new Map<string, { strict: boolean; failed: boolean }>();
   readonly #groups = new Map<number, Promise<string[] | undefined>>();
 
   constructor(file: string, who: RunAs) {
@@ -67,14 +77,16 @@ class Checker {
     this.#who = who;
   }
 
-  /** `real` itself strictly, then each folder above it up to `/`; the first problem found. */
-  async chain(real: string, key: CurrentKey | undefined): Promise<RelinkError | undefined> {
+  /** `real` itself (strictly unless `strict` is false), then each folder above it up to `/`; the first problem found. */
+  async chain(real: string, key: CurrentKey | undefined, strict = true): Promise<RelinkError | undefined> {
     let p = real;
-    let self = true;
+    let self = strict;
     for (;;) {
-      if (!this.#seen.has(p)) {
-        this.#seen.add(p);
+      const seen = this.#seen.get(p);
+      // A path already refused is said once.
+      if (seen === undefined || (self && !seen.strict && !seen.failed)) {
         const problem = await this.#one(p, key, self);
+        this.#seen.set(p, { strict: self, failed: problem !== undefined });
         if (problem !== undefined) return problem;
       }
       const up = path.dirname(p);

@@ -15,7 +15,7 @@ import { makeApp, setCurrent, writeConfig } from '../src/demo/layout.js';
 import { RelinkError, RelinkErrors } from '../src/errors.js';
 import { readHistory } from '../src/history.js';
 import { openUp, rootOnly, testGroup, testUser } from './accounts.js';
-import { reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
+import { defer, reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
 
 interface Layout {
   readonly root: string;
@@ -210,3 +210,27 @@ test('the agent refuses an untrusted release and keeps serving the old one; reli
   assert.equal(cli.code, 1);
   assert.equal(cli.stderr, `${second.reason} [UNTRUSTED_PATH]\n`);
 });
+
+test('the README\'s validate example as written: a candidate in /tmp (sticky, world-writable) is checked, not refused for its folder', async (t) => {
+  const l = await layout(t);
+  const configFile = path.join(l.root, 'config.json');
+  await writeFile(configFile, JSON.stringify({ stateDir: path.join(l.root, 'state'), apps: [{ name: 'web', dir: l.dir, ...(rootOnlyAllowed()) }] }));
+  // The README: echo "{...}" > /tmp/next.conf && relink validate --app web /tmp/next.conf
+  const next = path.join('/tmp', `relink-next-${process.pid}-${Date.now()}.conf`);
+  defer(t, () => rm(next, { force: true }));
+  await writeFile(next, `{"bin.file": "${l.bin}", "cfg.file": "${l.cfg}"}\n`);
+  const ok = await relinkCli(['validate', '--config', configFile, '--app', 'web', next]);
+  assert.equal(ok.stderr, '');
+  assert.equal(ok.code, 0);
+  assert.match(ok.stdout, new RegExp(`^${next.replaceAll('.', '\\.')}: OK for app web`));
+  // The file itself is still checked strictly.
+  await chmod(next, 0o666);
+  const bad = await relinkCli(['validate', '--config', configFile, '--app', 'web', next]);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, new RegExp(`${next.replaceAll('.', '\\.')} is writable by every user, mode 0666`));
+});
+
+/** As root the config must say the app may run as root (the layout is root's). */
+function rootOnlyAllowed(): Record<string, unknown> {
+  return process.getuid?.() === 0 ? { allowRoot: true } : {};
+}
