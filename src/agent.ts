@@ -2,13 +2,19 @@
  * The resident agent: one orchestrator and one watcher per app, a periodic
  * re-check as the safety net for any file event a watcher missed, the prune
  * schedules, and a claim on the stateDir so that two agents never manage
- * the same apps.
+ * the same apps (each app's folder is claimed too: src/applock.ts).
+ *
+ * One app's trouble never reaches another: an app whose folder is missing,
+ * whose user does not exist or whose watcher cannot start is reported and
+ * retried on every re-check while the others run; a state folder that
+ * cannot be written is said once and the apps are managed anyway.
  */
 import type { Logger } from 'pino';
-import { AppAgent, EARLY_TRIGGER } from './app.js';
+import { AppAgent, EARLY_TRIGGER, RECHECK_TRIGGER } from './app.js';
 import { Compactor } from './compaction.js';
-import type { AgentConfig } from './config.js';
+import type { AgentConfig, AppConfig } from './config.js';
 import { realEffects } from './effects.js';
+import { RelinkError } from './errors.js';
 import { schedulePrune, type PruneSchedule } from './releases.js';
 import { claimAgent, releaseAgent } from './state.js';
 import { VERSION } from './version.js';
@@ -17,57 +23,61 @@ import { CurrentWatcher } from './watch.js';
 /** A full collection every 50 journal entries, or 5 s after the last (src/compaction.ts). */
 const COMPACTION = { everyDeploys: 50, idleMs: 5_000 } as const;
 
+/** One app under the agent: its orchestrator and, once it could be started, its watcher. */
+interface Slot {
+  readonly app: AppAgent;
+  readonly log: Logger;
+  watcher: CurrentWatcher | undefined;
+  /** A watcher start in progress (retried on every re-check until it works). */
+  arming: Promise<void> | undefined;
+  /** The last reason the watcher could not start, said once. */
+  watchProblem: string | undefined;
+}
+
 export class Agent {
   readonly config: AgentConfig;
   readonly apps: readonly AppAgent[];
-  readonly #watchers: CurrentWatcher[] = [];
+  readonly #slots: Slot[];
   readonly #prunes: PruneSchedule[] = [];
   readonly #log: Logger;
   readonly #compactor: Compactor;
+  /** Whether this agent holds the stateDir (agent.json); false when it could not be written. */
+  #claimed = false;
   #timer: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
 
-  private constructor(config: AgentConfig, apps: AppAgent[], log: Logger, compactor: Compactor) {
+  private constructor(config: AgentConfig, slots: Slot[], log: Logger, compactor: Compactor) {
     this.config = config;
-    this.apps = apps;
+    this.#slots = slots;
+    this.apps = slots.map((s) => s.app);
     this.#log = log;
     this.#compactor = compactor;
   }
 
-  /** Claim the stateDir, adopt or start every app, and begin watching. */
+  /** Claim the stateDir, start every app's orchestrator and watcher, and begin the periodic re-check. */
   static async start(config: AgentConfig, log: Logger): Promise<Agent> {
-    await claimAgent(config.stateDir, config.file, VERSION);
     const compactor = new Compactor(COMPACTION);
-    const apps = config.apps.map((app) => {
-      const fx = realEffects(app, config.stateDir);
+    const slots = config.apps.map((app): Slot => {
+      const fx = realEffects(app, config.stateDir, { configFile: config.file });
       const record: typeof fx.record = async (entry) => {
         await fx.record(entry);
         compactor.noteDeploy();
       };
-      return new AppAgent(app, { ...fx, record }, log.child({ app: app.name }));
+      const applog = log.child({ app: app.name });
+      return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, watcher: undefined, arming: undefined, watchProblem: undefined };
     });
-    const agent = new Agent(config, apps, log, compactor);
+    const agent = new Agent(config, slots, log, compactor);
     try {
-      for (const app of apps) {
-        const applog = log.child({ app: app.app.name });
-        const watcher = await CurrentWatcher.start({
-          file: app.app.currentFile,
-          stabilityMs: config.watch.stabilityMs,
-          pollMs: config.watch.pollMs,
-          onChange: (event) => app.trigger(`watch:${event}`),
-          onEarly: () => app.trigger(EARLY_TRIGGER),
-          onError: (err) => applog.error({ err }, 'watcher error'),
-        });
-        agent.#watchers.push(watcher);
-        // After the watcher is armed: an edit made while the agent was down,
-        // or between start and ready, is seen by this first read.
-        await app.start();
-        const prune = schedulePrune(config, app.app, applog);
+      await agent.#claim();
+      for (const slot of slots) {
+        // The watcher first: an edit made while the agent was down, or
+        // between start and ready, is seen by the app's first pass.
+        await agent.#arm(slot);
+        await slot.app.start();
+        const prune = schedulePrune(config, slot.app.app, slot.log);
         if (prune !== undefined) agent.#prunes.push(prune);
       }
-      agent.#timer = setInterval(() => {
-        for (const app of apps) app.trigger('recheck');
-      }, config.reconcileMs);
+      agent.#timer = setInterval(() => agent.#recheck(), config.reconcileMs);
     } catch (err) {
       await agent.close();
       throw err;
@@ -76,14 +86,73 @@ export class Agent {
     return agent;
   }
 
+  /**
+   * One agent per stateDir (agent.json). Another live agent on it is fatal
+   * (AGENT_RUNNING); a stateDir that cannot be written (full, read-only) is
+   * not: the apps are managed anyway, and the log says so, with the path.
+   */
+  async #claim(): Promise<void> {
+    try {
+      await claimAgent(this.config.stateDir, this.config.file, VERSION);
+      this.#claimed = true;
+    } catch (err) {
+      if (err instanceof RelinkError && err.code === 'AGENT_RUNNING') throw err;
+      const found = err instanceof Error ? err.message : String(err);
+      this.#log.error({ stateDir: this.config.stateDir, err: found, code: 'STATE_WRITE_FAILED' },
+        `cannot record in the state folder ${this.config.stateDir} (${found}): the apps are managed anyway, but deploys are not journaled and relink deploy --wait cannot see this agent`);
+    }
+  }
+
+  async #arm(slot: Slot): Promise<void> {
+    if (slot.watcher !== undefined || this.#closing !== undefined) return;
+    slot.arming ??= (async () => {
+      const app = slot.app.app;
+      try {
+        slot.watcher = await this.#watch(app, slot);
+        if (slot.watchProblem !== undefined) slot.log.info({ file: app.currentFile }, 'watching current.conf again');
+        slot.watchProblem = undefined;
+        // A watcher that arrived while closing is closed at once.
+        if (this.#closing !== undefined) await slot.watcher.close();
+      } catch (err) {
+        const why = err instanceof Error ? err.message : String(err);
+        if (slot.watchProblem !== why) {
+          slot.log.error({ file: app.currentFile, err: why }, `cannot watch current.conf (${why}); it is re-read every ${this.config.reconcileMs} ms meanwhile`);
+        }
+        slot.watchProblem = why;
+      } finally {
+        slot.arming = undefined;
+      }
+    })();
+    await slot.arming;
+  }
+
+  #watch(app: AppConfig, slot: Slot): Promise<CurrentWatcher> {
+    return CurrentWatcher.start({
+      file: app.currentFile,
+      stabilityMs: this.config.watch.stabilityMs,
+      pollMs: this.config.watch.pollMs,
+      onChange: (event) => slot.app.trigger(`watch:${event}`),
+      onEarly: () => slot.app.trigger(EARLY_TRIGGER),
+      onError: (err) => slot.log.error({ err }, 'watcher error'),
+    });
+  }
+
+  #recheck(): void {
+    for (const slot of this.#slots) {
+      if (slot.watcher === undefined) void this.#arm(slot);
+      slot.app.trigger(RECHECK_TRIGGER);
+    }
+  }
+
   /** Resolves when every app has finished the passes asked of it so far. */
   async idle(): Promise<void> {
     await Promise.all(this.apps.map((a) => a.idle()));
   }
 
   /**
-   * Stop watching, let an apply in progress finish, release the stateDir.
-   * The apps keep running. The same promise every time.
+   * Stop watching, let each app finish or abandon its pass (within the stop
+   * budget, src/app.ts), release the stateDir. The apps keep running. The
+   * same promise every time.
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
@@ -91,9 +160,12 @@ export class Agent {
       this.#compactor.stop();
       // node-cron tasks keep the process alive until destroyed.
       await Promise.allSettled(this.#prunes.map((p) => p.stop()));
-      await Promise.allSettled(this.#watchers.map((w) => w.close()));
+      await Promise.allSettled(this.#slots.map(async (s) => {
+        await s.arming;
+        await s.watcher?.close();
+      }));
       await Promise.allSettled(this.apps.map((a) => a.close()));
-      await releaseAgent(this.config.stateDir).catch(() => undefined);
+      if (this.#claimed) await releaseAgent(this.config.stateDir).catch(() => undefined);
       this.#log.info('agent stopped; apps left running');
     })();
     return this.#closing;

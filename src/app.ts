@@ -1,36 +1,36 @@
 /**
  * The orchestrator for one app: read current.conf, validate, preflight,
  * relink, start or signal, verify, record; roll back to the last known-good
- * release when verification fails; restart the app when it crashes.
+ * release when verification fails; restart the app when it crashes or stops
+ * answering its liveness probe.
  *
  * One pass runs at a time; triggers that arrive meanwhile coalesce into one
  * more pass, which reads the file afresh, so the newest content is what ends
  * up applied. Supervision checks run through the same queue, so a crash
- * restart never races a deploy.
+ * restart never races a deploy. Its actors live beside it: which process is
+ * the app (src/tracker.ts), when to restart (src/supervise.ts), what an
+ * attempt leaves in the journal and the log (src/record.ts). The app's state
+ * changes in one place, #transition, which also saves it.
+ *
+ * Whatever goes wrong with one app stays with it: a folder that is missing,
+ * a user that does not exist, another agent holding the app, even a bug in
+ * a pass, put this app in state "error" with the reason (or record the
+ * problem) and the agent retries on its periodic re-check; the other apps
+ * never notice.
  */
 import type { Logger } from 'pino';
-import { backoffDelay } from './backoff.js';
 import type { AppConfig } from './config.js';
 import { currentTextFor, type CurrentSnapshot, type Release } from './current.js';
 import type { Effects } from './effects.js';
-import { RelinkError, RelinkErrors } from './errors.js';
+import { isErrno, RelinkError } from './errors.js';
 import type { Action, HistoryEntry, Outcome } from './history.js';
 import { sameProcess, type ProcInfo } from './proc.js';
-import type { AppState, AppStateName, GoodRelease } from './state.js';
-import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace } from './verify.js';
-
-interface Attempt {
-  readonly trigger: string;
-  readonly started: number;
-  readonly snapshot: CurrentSnapshot;
-  readonly from: { bin: string | undefined; cfg: string | undefined };
-  readonly pidBefore: number | undefined;
-}
-
-interface Extra {
-  readonly rolledBackTo?: Release | null;
-  readonly rejected?: string | null;
-}
+import { entryFor, logEntry, RefusalStreak, type Attempt, type Extra } from './record.js';
+import type { AppProblem, AppState, AppStateName, GoodRelease } from './state.js';
+import { CrashPolicy, LivenessCounter } from './supervise.js';
+import { TokenBucket } from './throttle.js';
+import { ProcessTracker } from './tracker.js';
+import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, type StopBy } from './verify.js';
 
 /**
  * A pass asked for on the first file event, before the watcher's quiet
@@ -40,12 +40,32 @@ interface Extra {
  */
 export const EARLY_TRIGGER = 'watch:early';
 
+/** The periodic re-check (agent.ts): also re-confirms the claim on the app's folder. */
+export const RECHECK_TRIGGER = 'recheck';
+
 /** A current.conf that does not parse and has not changed for this long is judged by the re-check too. */
 const BROKEN_SETTLED_MS = 2_000;
 
+/**
+ * The stop budget, counted from SIGTERM. systemd/relink.service gives the
+ * agent TimeoutStopSec=30s before it SIGKILLs it: a pass that has switched
+ * nothing is abandoned at once; one that has switched must be verified by
+ * `verifyMs` or is rolled back, and the rollback must be over by
+ * `rollbackMs`; `waitMs` is how long close() waits for a pass at all. 8 s
+ * of margin stay (test/systemd.test.ts checks the unit against these).
+ */
+export const STOP_BUDGET = { verifyMs: 10_000, rollbackMs: 20_000, waitMs: 22_000 } as const;
+
+/** current.conf reads: a burst of 20, then at most 10 a second (src/throttle.ts). */
+export const READ_LIMIT = { burst: 20, perSecond: 10 } as const;
+
+/** A liveness restart: SIGTERM, then SIGKILL if the app has not exited after this long (ms). */
+export const LIVENESS_KILL_MS = 10_000;
+
 function isJson(text: string): boolean {
   try {
-    JSON.parse(text);
+    // A UTF-8 BOM is allowed in front of current.conf (RFC 8259 §8.1).
+    JSON.parse(text.replace(/^\uFEFF/, ''));
     return true;
   } catch {
     return false;
@@ -55,15 +75,33 @@ function isJson(text: string): boolean {
 const sameRelease = (a: { bin?: string | undefined; cfg?: string | undefined } | undefined, b: Release | undefined): boolean =>
   a !== undefined && b !== undefined && a.bin === b.bin && a.cfg === b.cfg;
 
+/** A problem from anything thrown: the message of a RelinkError, the path and errno of an I/O error. */
+function problemOf(err: unknown, now: number): AppProblem {
+  const since = new Date(now).toISOString();
+  if (err instanceof RelinkError) return { code: err.code, message: err.message, since };
+  if (isErrno(err)) {
+    const where = err.path === undefined ? '' : `${err.path}: `;
+    return { code: err.code ?? 'INTERNAL', message: `${where}${err.code === 'ENOENT' ? 'does not exist' : err.message} (${err.code ?? 'error'})`, since };
+  }
+  return { code: 'INTERNAL', message: `unexpected error: ${err instanceof Error ? err.message : String(err)}`, since };
+}
+
 export class AppAgent {
   readonly app: AppConfig;
   readonly #fx: Effects;
   readonly #log: Logger;
-  /** The app's main process as last confirmed. Re-verified cheaply before use. */
-  #main: ProcInfo | undefined;
-  /** When the current main process was started or adopted (ms). */
-  #sinceMs: number | undefined;
+  readonly #tracker: ProcessTracker;
+  readonly #crash: CrashPolicy;
+  readonly #liveness: LivenessCounter | undefined;
+  readonly #streak = new RefusalStreak();
+  readonly #reads: TokenBucket;
   #state: AppStateName = 'stopped';
+  /** Why the app cannot be managed (state "error"), or what failed in the last pass. */
+  #problem: AppProblem | undefined;
+  /** The folder is claimed and a running app adopted; until then every pass retries that first. */
+  #ready = false;
+  /** The state the previous agent left, until the setup has used it. */
+  #savedState: AppStateName | undefined;
   #lastDeploy: HistoryEntry | null = null;
   #lastGood: GoodRelease | undefined;
   /** The release current.conf's content maps to, once applied: what the links must point at. */
@@ -71,57 +109,65 @@ export class AppAgent {
   /** The current.conf content last acted on (hash + mtime: a re-save retries). */
   #seen: { hash: string; mtimeMs: number } | undefined;
   #readProblem: string | undefined;
-  #restarts = 0;
-  #quickFailures = 0;
+  /** What could not be written (journal, state), said once per kind until it works again. */
+  readonly #writeProblems = new Map<string, string>();
   #cancelBackoff: (() => void) | undefined;
   #restartDue = false;
   #cancelMonitor: (() => void) | undefined;
+  #cancelLiveness: (() => void) | undefined;
+  /** Ends a wait for the read limit (close() calls it). */
+  #wakeThrottle: (() => void) | undefined;
+  #throttled = false;
   #pendingPass: string | undefined;
   #pendingCheck = false;
+  #pendingLiveness = false;
+  /** A re-check asked to re-confirm the claim on the app's folder. */
+  #reclaim = false;
   #loop: Promise<void> | undefined;
   #closed = false;
+  #closing: Promise<void> | undefined;
+  /** When close() was called (fx.now()): the stop budget counts from here. */
+  #stopAt: number | undefined;
+  readonly #abort = new AbortController();
 
   constructor(app: AppConfig, effects: Effects, log: Logger) {
     this.app = app;
     this.#fx = effects;
     this.#log = log;
+    this.#tracker = new ProcessTracker(effects, log);
+    this.#crash = new CrashPolicy(app.supervise);
+    this.#liveness = app.health.liveness === undefined ? undefined : new LivenessCounter(app.health.liveness.failureThreshold);
+    this.#reads = new TokenBucket(READ_LIMIT.burst, READ_LIMIT.perSecond, effects.now());
   }
 
   get state(): AppStateName {
     return this.#state;
   }
 
+  get problem(): AppProblem | undefined {
+    return this.#problem;
+  }
+
   get mainPid(): number | undefined {
-    return this.#main?.pid;
+    return this.#tracker.main?.pid;
   }
 
   get restarts(): number {
-    return this.#restarts;
+    return this.#crash.restarts;
   }
 
-  /** Adopt a running app, if any, then look at current.conf once and start supervising. */
+  /** Load what the previous agent knew, then take the app over in the first pass (and start supervising). */
   async start(): Promise<void> {
-    const saved = await this.#fx.loadState();
+    const saved = await this.#fx.loadState().catch((err: unknown) => {
+      this.#log.warn({ err: problemOf(err, this.#fx.now()).message }, 'the saved state could not be read; starting without it');
+      return undefined;
+    });
     this.#lastGood = saved?.lastGood ?? undefined;
     this.#lastDeploy = saved?.lastDeploy ?? null;
-    const found = await this.#fx.discover();
-    if (found.main !== undefined) {
-      this.#setMain(found.main);
-      this.#state = 'running';
-      this.#log.info({ appPid: found.main.pid, exe: found.main.exe }, 'adopted running app');
-      if (this.#lastGood === undefined) {
-        // An app found running is the best known-good there is.
-        const links = await this.#fx.readLinks();
-        if (links.bin !== undefined && links.cfg !== undefined) this.#lastGood = { bin: links.bin, cfg: links.cfg, text: currentTextFor(this.app.releasesDir, { bin: links.bin, cfg: links.cfg }) };
-      }
-    } else if (saved?.state === 'fatal') {
-      // A crash loop stays fatal across agent restarts until someone acts.
-      this.#state = 'fatal';
-    }
-    this.#warnStrays(found.strays, found.foreign);
-    await this.#saveState();
+    this.#savedState = saved?.state;
     this.trigger('startup');
     if (this.app.supervise.enabled) this.#armMonitor();
+    this.#armLiveness();
   }
 
   /** Ask for a full pass (current.conf, links, process). Safe to call from any event, any number of times. */
@@ -131,6 +177,8 @@ export class AppAgent {
     // that an early trigger, which may decide to do nothing, never displaces
     // one that must judge the file.
     if (why !== EARLY_TRIGGER || this.#pendingPass === undefined) this.#pendingPass = why;
+    // The re-check also re-confirms the claim on the app's folder, whichever reason the pass ends up with.
+    if (why === RECHECK_TRIGGER) this.#reclaim = true;
     this.#loop ??= this.#run();
   }
 
@@ -146,15 +194,48 @@ export class AppAgent {
     while (this.#loop !== undefined) await this.#loop;
   }
 
-  /** Stop taking triggers, cancel timers, wait for a pass in progress; the app is left running. */
-  async close(): Promise<void> {
-    this.#closed = true;
-    this.#pendingPass = undefined;
-    this.#pendingCheck = false;
-    this.#cancelMonitor?.();
-    this.#cancelBackoff?.();
-    await this.idle();
+  /**
+   * Stop taking triggers and cancel timers; a pass that has switched nothing
+   * is abandoned (its preflight killed), one that has switched finishes or
+   * rolls back within STOP_BUDGET. The app is left running. The same promise
+   * every time.
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#closed = true;
+      this.#pendingPass = undefined;
+      this.#pendingCheck = false;
+      this.#pendingLiveness = false;
+      this.#cancelMonitor?.();
+      this.#cancelBackoff?.();
+      this.#cancelLiveness?.();
+      this.#stopAt = this.#fx.now();
+      this.#abort.abort();
+      this.#wakeThrottle?.();
+      if (!(await this.#idleWithin(STOP_BUDGET.waitMs))) {
+        this.#log.error({ waitedMs: STOP_BUDGET.waitMs }, 'a pass did not finish within the stop budget; stopping without it');
+      }
+      await this.#closeStreak();
+      await this.#fx.releaseApp().catch(() => undefined);
+    })();
+    return this.#closing;
   }
+
+  async #idleWithin(ms: number): Promise<boolean> {
+    let cancel: (() => void) | undefined;
+    const late = new Promise<boolean>((resolve) => {
+      cancel = this.#fx.schedule(ms, () => resolve(false));
+    });
+    try {
+      return await Promise.race([this.idle().then(() => true), late]);
+    } finally {
+      cancel?.();
+    }
+  }
+
+  /** While stopping: the moment verification must end by (STOP_BUDGET), else never. */
+  readonly #verifyBy: StopBy = () => (this.#stopAt === undefined ? Number.POSITIVE_INFINITY : this.#stopAt + STOP_BUDGET.verifyMs);
+  readonly #rollbackBy: StopBy = () => (this.#stopAt === undefined ? Number.POSITIVE_INFINITY : this.#stopAt + STOP_BUDGET.rollbackMs);
 
   #armMonitor(): void {
     // Due at the next multiple of checkMs on the clock, not checkMs after the
@@ -167,24 +248,138 @@ export class AppAgent {
     });
   }
 
+  #armLiveness(): void {
+    const liveness = this.app.health.liveness;
+    if (liveness === undefined || this.#closed) return;
+    this.#cancelLiveness = this.#fx.schedule(liveness.periodMs, () => {
+      if (this.#closed) return;
+      this.#pendingLiveness = true;
+      this.#loop ??= this.#run();
+      this.#armLiveness();
+    });
+  }
+
   async #run(): Promise<void> {
     try {
-      while (this.#pendingPass !== undefined || this.#pendingCheck) {
+      // Callers assign `this.#loop ??= this.#run()`: a body that finished
+      // without awaiting would clear #loop before that assignment, leaving a
+      // settled promise idle() waits on forever.
+      await null;
+      while (this.#pendingPass !== undefined || this.#pendingCheck || this.#pendingLiveness) {
         const why = this.#pendingPass;
+        const liveness = this.#pendingLiveness;
         this.#pendingPass = undefined;
         this.#pendingCheck = false;
+        this.#pendingLiveness = false;
         try {
-          if (why !== undefined) await this.#pass(why);
+          if (why !== undefined) {
+            await this.#throttle();
+            if (this.#closed) break;
+            if (await this.#setup()) await this.#pass(why);
+          }
+          if (!this.#ready) continue;
+          if (liveness) await this.#checkLiveness();
           // Every pass ends with the supervision check.
           await this.#ensureRunning();
+          await this.#solved();
         } catch (err) {
-          // A bug or an I/O error must not kill the agent or stop later passes.
-          this.#log.error({ err, code: err instanceof RelinkError ? err.code : undefined }, 'pass failed unexpectedly');
+          // A bug or an I/O error must not kill the agent, stop later passes,
+          // or touch another app: it is this app's problem, said once.
+          const problem = problemOf(err, this.#fx.now());
+          if (this.#problem?.message !== problem.message) {
+            this.#log.error({ err, code: problem.code }, `pass failed unexpectedly: ${problem.message}`);
+            this.#problem = problem;
+            await this.#saveState();
+          }
         }
       }
     } finally {
       this.#loop = undefined;
     }
+  }
+
+  /** Wait for the read limit (READ_LIMIT) before a pass reads current.conf. */
+  async #throttle(): Promise<void> {
+    const now = this.#fx.now();
+    if (this.#throttled && this.#reads.full(now)) {
+      this.#throttled = false;
+      this.#log.info('current.conf changes at a normal pace again');
+    }
+    const wait = this.#reads.take(now);
+    if (wait === 0) return;
+    if (!this.#throttled) {
+      this.#throttled = true;
+      this.#log.warn({ perSecond: READ_LIMIT.perSecond }, `current.conf changes faster than it can be read; reading it at most ${READ_LIMIT.perSecond} times a second`);
+    }
+    await new Promise<void>((resolve) => {
+      const cancel = this.#fx.schedule(wait, resolve);
+      this.#wakeThrottle = () => {
+        cancel();
+        resolve();
+      };
+    });
+    this.#wakeThrottle = undefined;
+    this.#reads.take(this.#fx.now());
+  }
+
+  /**
+   * Before a pass: claim the app's folder (re-confirmed on every re-check,
+   * so an agent that lost it lets the app go) and, the first time, adopt the
+   * app if it runs. False, with the app in state "error", when it cannot be
+   * managed now; the next pass tries again.
+   */
+  async #setup(): Promise<boolean> {
+    const reclaim = this.#reclaim;
+    this.#reclaim = false;
+    if (this.#ready && !reclaim) return true;
+    try {
+      await this.#fx.claimApp();
+      if (this.#ready) return true;
+      const found = await this.#fx.discover();
+      this.#tracker.warnStrays(found.strays, found.foreign);
+      let state: AppStateName;
+      if (found.main !== undefined) {
+        this.#tracker.set(found.main);
+        this.#log.info({ appPid: found.main.pid, exe: found.main.exe }, 'adopted running app');
+        if (this.#lastGood === undefined) {
+          // An app found running is the best known-good there is.
+          const links = await this.#fx.readLinks();
+          if (links.bin !== undefined && links.cfg !== undefined) this.#lastGood = { bin: links.bin, cfg: links.cfg, text: currentTextFor(this.app.releasesDir, { bin: links.bin, cfg: links.cfg }) };
+        }
+        state = 'running';
+      } else {
+        // A crash loop stays fatal across agent restarts until someone acts.
+        state = this.#savedState === 'fatal' ? 'fatal' : 'stopped';
+      }
+      this.#savedState = undefined;
+      this.#ready = true;
+      if (this.#problem !== undefined) this.#log.info({ was: this.#problem.message }, 'the app can be managed again');
+      this.#problem = undefined;
+      await this.#transition(state);
+      return true;
+    } catch (err) {
+      if (!(err instanceof RelinkError) && !isErrno(err)) throw err;
+      const problem = problemOf(err, this.#fx.now());
+      // Another agent took the app (or it cannot be confirmed): hands off.
+      this.#ready = false;
+      this.#tracker.forget();
+      this.#cancelBackoff?.();
+      this.#cancelBackoff = undefined;
+      if (this.#problem?.message !== problem.message) {
+        this.#log.error({ code: problem.code }, `cannot manage the app: ${problem.message}; the other apps are not affected, and this one is tried again on every re-check`);
+        this.#problem = problem;
+      }
+      await this.#transition('error');
+      return false;
+    }
+  }
+
+  /** A pass went through: a problem of an earlier pass is over; said once. */
+  async #solved(): Promise<void> {
+    if (this.#problem === undefined) return;
+    this.#log.info({ was: this.#problem.message }, 'the last pass went through again');
+    this.#problem = undefined;
+    await this.#saveState();
   }
 
   async #pass(trigger: string): Promise<void> {
@@ -195,7 +390,7 @@ export class AppAgent {
       // The early pass and the periodic re-check may read a file between a
       // writer's truncate and its write: that is the watcher's pass to judge,
       // unless the file has been left broken for a while (a missed event).
-      if (!isJson(snapshot.text) && (early || (trigger === 'recheck' && this.#fx.now() - snapshot.mtimeMs < BROKEN_SETTLED_MS))) return;
+      if (!isJson(snapshot.text) && (early || (trigger === RECHECK_TRIGGER && this.#fx.now() - snapshot.mtimeMs < BROKEN_SETTLED_MS))) return;
       this.#readProblem = undefined;
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
@@ -213,16 +408,23 @@ export class AppAgent {
     this.#seen = { hash: snapshot.hash, mtimeMs: snapshot.mtimeMs };
 
     const links = await this.#fx.readLinks();
-    const main = await this.#currentMain();
+    const main = await this.#observe();
     const attempt: Attempt = { trigger, started: this.#fx.now(), snapshot, from: links, pidBefore: main?.pid };
 
     let release: Release;
     try {
       release = await this.#fx.validate(snapshot.text);
-      if (!sameRelease(links, release)) await this.#preflight(release);
+      if (!sameRelease(links, release) && !(await this.#preflight(release))) {
+        this.#abandon(release);
+        return;
+      }
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
-      await this.#finish(attempt, 'refused', 'none', undefined, main, err);
+      await this.#finish(attempt, 'refused', 'none', undefined, main, this.#state, err);
+      return;
+    }
+    if (this.#closed) {
+      this.#abandon(release);
       return;
     }
 
@@ -238,11 +440,20 @@ export class AppAgent {
     await this.#deploy(attempt, release, main, links);
   }
 
-  async #preflight(release: Release): Promise<void> {
-    const r = await this.#fx.preflight(release);
-    if (r === undefined || r.ok) return;
+  /** The agent is stopping and nothing has been switched: leave the change to the next agent. */
+  #abandon(release: Release): void {
+    // Not journaled and not remembered: the next agent reads current.conf afresh and applies it.
+    this.#seen = undefined;
+    this.#log.warn({ bin: release.bin, cfg: release.cfg }, 'the agent is stopping: deploy abandoned before anything was switched; the next agent applies it');
+  }
+
+  /** False when the agent is stopping (the preflight was killed); throws PREFLIGHT_FAILED on a refusal. */
+  async #preflight(release: Release): Promise<boolean> {
+    const r = await this.#fx.preflight(release, this.#abort.signal);
+    if (r === undefined || r.ok) return true;
+    if (r.aborted === true || this.#closed) return false;
     const cmd = this.app.preflight?.command.join(' ') ?? 'preflight';
-    throw new RelinkError('PREFLIGHT_FAILED', `${this.app.name}: preflight ${JSON.stringify(cmd)} refused ${release.bin} + ${release.cfg}: ${r.status}${r.output ? `: ${r.output}` : ''}`,
+    throw new RelinkError('PREFLIGHT_FAILED', `preflight ${JSON.stringify(cmd)} refused ${release.bin} + ${release.cfg}: ${r.status}${r.output ? `: ${r.output}` : ''}`,
       { key: 'preflight.command', rule: 'must exit 0 for the candidate release', found: r.status });
   }
 
@@ -252,61 +463,59 @@ export class AppAgent {
     const links = await this.#fx.readLinks();
     if (sameRelease(links, this.#applied.release)) return;
     this.#log.warn({ links, expected: this.#applied.release }, 'links drifted from current.conf; repairing');
-    const main = await this.#currentMain();
+    const main = await this.#observe();
     await this.#deploy({ trigger: `${trigger}:drift`, started: this.#fx.now(), snapshot, from: links, pidBefore: main?.pid }, this.#applied.release, main, links);
   }
 
   async #deploy(attempt: Attempt, release: Release, main: ProcInfo | undefined, links: { bin: string | undefined; cfg: string | undefined }): Promise<void> {
-    this.#state = 'deploying';
-    await this.#saveState();
+    await this.#transition('deploying');
     try {
       if (!sameRelease(links, release)) await this.#fx.relink(release);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
-      this.#state = main === undefined ? 'stopped' : 'running';
-      await this.#finish(attempt, 'failed', 'none', release, main, err);
+      await this.#finish(attempt, 'failed', 'none', release, main, main === undefined ? 'stopped' : 'running', err);
       return;
     }
     const action: Action = main === undefined ? 'start' : 'signal';
     let after: ProcInfo | undefined;
     try {
-      after = main === undefined ? await this.#startNew() : await this.#reload(main, release);
-      this.#setMain(after, after.pid === main?.pid);
+      after = main === undefined ? await this.#startNew(this.#verifyBy) : await this.#reload(main, release, this.#verifyBy);
+      this.#tracker.set(after, after.pid === main?.pid);
       if (action === 'start' || this.app.reload.mode === 'reexec') assertBinary(this.app, after, release);
-      await awaitHealthy(this.#fx, this.app, after);
+      await awaitHealthy(this.#fx, this.app, after, this.#verifyBy);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
       await this.#rollback(attempt, action, release, main, err);
       return;
     }
-    this.#state = 'running';
     this.#applied = { hash: attempt.snapshot.hash, release };
     this.#lastGood = { ...release, text: attempt.snapshot.text };
-    await this.#finish(attempt, 'deployed', action, release, after);
+    this.#liveness?.reset();
+    await this.#finish(attempt, 'deployed', action, release, after, 'running');
   }
 
-  async #startNew(): Promise<ProcInfo> {
+  async #startNew(stopBy: StopBy): Promise<ProcInfo> {
     const launched = await this.#fx.launch();
-    let exited = false;
-    void launched.exited.then(() => {
-      exited = true;
+    let exited: string | undefined;
+    void launched.exited.then(({ code, signal }) => {
+      exited = signal !== null ? `killed by ${signal}` : `exit code ${code ?? '?'}`;
       // Our own child: no need to wait for the next monitor tick.
       this.check();
     });
-    return awaitStart(this.#fx, this.app, launched.pid, () => exited);
+    return awaitStart(this.#fx, this.app, launched.pid, () => exited, launched.output, stopBy);
   }
 
-  async #reload(main: ProcInfo, release: Release): Promise<ProcInfo> {
+  async #reload(main: ProcInfo, release: Release, stopBy: StopBy): Promise<ProcInfo> {
     // Read again right before the signal: the handoff check compares the
     // children it has reaped (childFaults) with this moment, not the start
     // of the pass (the preflight may have taken seconds).
     main = (await this.#fx.verify(main)) ?? main;
     if (!this.#fx.signal(main.pid, this.app.reload.signal)) {
       // Gone between the check and the signal: start it from the new links.
-      this.#main = undefined;
-      return this.#startNew();
+      this.#tracker.forget();
+      return this.#startNew(stopBy);
     }
-    return this.app.reload.mode === 'reexec' ? awaitHandoff(this.#fx, this.app, main, release) : confirmInPlace(this.#fx, this.app, main);
+    return this.app.reload.mode === 'reexec' ? awaitHandoff(this.#fx, this.app, main, release, stopBy) : confirmInPlace(this.#fx, this.app, main);
   }
 
   /**
@@ -317,9 +526,8 @@ export class AppAgent {
   async #rollback(attempt: Attempt, action: Action, bad: Release, before: ProcInfo | undefined, cause: RelinkError): Promise<void> {
     const good = this.#lastGood;
     if (good === undefined || sameRelease(good, bad)) {
-      const now = await this.#currentMain();
-      this.#state = now === undefined ? 'failed' : 'running';
-      await this.#finish(attempt, 'failed', action, bad, now, cause);
+      const now = await this.#tracker.current();
+      await this.#finish(attempt, 'failed', action, bad, now, now === undefined ? 'failed' : 'running', cause);
       return;
     }
     this.#log.warn({ code: cause.code, reason: cause.message, to: { bin: good.bin, cfg: good.cfg } }, 'deploy failed verification; rolling back');
@@ -329,32 +537,30 @@ export class AppAgent {
       const found = await this.#fx.discover(before);
       const now = found.main;
       if (now === undefined) {
-        after = await this.#startNew();
+        after = await this.#startNew(this.#rollbackBy);
         assertBinary(this.app, after, good);
       } else if (this.app.reload.mode === 'reexec' && before !== undefined && sameProcess(now, before) && now.exe === good.bin) {
         // The old process never handed over (its successor died or hung):
         // it still runs the good binary with the good config.
         after = now;
       } else {
-        after = await this.#reload(now, good);
+        after = await this.#reload(now, good, this.#rollbackBy);
         if (this.app.reload.mode === 'reexec') assertBinary(this.app, after, good);
       }
-      this.#setMain(after, after.pid === before?.pid);
-      await awaitHealthy(this.#fx, this.app, after);
+      this.#tracker.set(after, after.pid === before?.pid);
+      await awaitHealthy(this.#fx, this.app, after, this.#rollbackBy);
       await this.#fx.writeCurrent(good.text);
       const written = await this.#fx.readCurrent();
       this.#seen = { hash: written.hash, mtimeMs: written.mtimeMs };
       this.#applied = { hash: written.hash, release: { bin: good.bin, cfg: good.cfg } };
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
-      const now = await this.#currentMain();
-      this.#state = now === undefined ? 'failed' : 'running';
+      const now = await this.#tracker.current();
       const both = new RelinkError('ROLLBACK_FAILED', `${cause.message}; rolling back to ${good.bin} + ${good.cfg} failed too: ${err.message}`, { rule: cause.rule, found: err.message });
-      await this.#finish(attempt, 'failed', action, bad, now, both, { rolledBackTo: null, rejected: attempt.snapshot.text });
+      await this.#finish(attempt, 'failed', action, bad, now, now === undefined ? 'failed' : 'running', both, { rolledBackTo: null, rejected: attempt.snapshot.text });
       return;
     }
-    this.#state = 'running';
-    await this.#finish(attempt, 'rolled_back', action, bad, after, cause, { rolledBackTo: { bin: good.bin, cfg: good.cfg }, rejected: attempt.snapshot.text });
+    await this.#finish(attempt, 'rolled_back', action, bad, after, 'running', cause, { rolledBackTo: { bin: good.bin, cfg: good.cfg }, rejected: attempt.snapshot.text });
   }
 
   /**
@@ -364,13 +570,10 @@ export class AppAgent {
    * capped exponential backoff, and marked fatal after too many quick ones.
    */
   async #ensureRunning(): Promise<void> {
-    if (this.#closed || this.#state === 'deploying') return;
-    const main = await this.#currentMain();
+    if (this.#closed || !this.#ready || this.#state === 'deploying') return;
+    const main = await this.#observe();
     if (main !== undefined) {
-      if (this.#quickFailures > 0 && this.#sinceMs !== undefined && this.#fx.now() - this.#sinceMs >= this.app.supervise.stableMs) {
-        this.#log.info({ appPid: main.pid }, 'app has run stably; crash count reset');
-        this.#quickFailures = 0;
-      }
+      if (this.#crash.onRunning(this.#tracker.ranMs())) this.#log.info({ appPid: main.pid }, 'app has run stably; crash count reset');
       return;
     }
     if (!this.app.supervise.enabled || this.#state === 'fatal' || this.#cancelBackoff !== undefined) return;
@@ -380,144 +583,187 @@ export class AppAgent {
     // an adopted app must be restarted even while current.conf is refused.)
     if (links.bin === undefined || links.cfg === undefined || this.#state === 'failed') return;
 
+    let first = false;
     if (!this.#restartDue) {
-      const ranMs = this.#sinceMs === undefined ? 0 : this.#fx.now() - this.#sinceMs;
-      const quick = ranMs < this.app.supervise.stableMs;
-      this.#quickFailures = quick ? this.#quickFailures + 1 : 1;
-      if (this.#quickFailures > this.app.supervise.maxRetries) {
-        this.#state = 'fatal';
-        this.#log.error({ failures: this.#quickFailures - 1, maxRetries: this.app.supervise.maxRetries },
-          'app keeps crashing; marked fatal and left alone until the next deploy (or a re-save of current.conf)');
-        await this.#saveState();
-        return;
-      }
-      const delay = backoffDelay(this.#quickFailures, quick, this.app.supervise);
-      this.#log.warn({ ranMs, delayMs: delay, failures: this.#quickFailures }, `app exited unexpectedly; restarting in ${delay} ms`);
-      this.#state = 'backoff';
-      await this.#saveState();
-      if (delay > 0) {
-        this.#cancelBackoff = this.#fx.schedule(delay, () => {
-          this.#cancelBackoff = undefined;
-          this.#restartDue = true;
-          this.check();
-        });
-        return;
+      if (this.#tracker.sinceMs === undefined) {
+        // Never seen running by this agent (it was down when the agent
+        // started and current.conf could not be applied): not a crash.
+        first = true;
+        this.#log.info({ bin: links.bin, cfg: links.cfg }, 'the app is not running; starting it from the current links');
+      } else {
+        const ranMs = this.#tracker.ranMs();
+        const d = this.#crash.onExit(ranMs);
+        if (d.kind === 'fatal') {
+          this.#log.error({ failures: d.failures, maxRetries: this.app.supervise.maxRetries },
+            'app keeps crashing; marked fatal and left alone until the next deploy (or a re-save of current.conf)');
+          await this.#transition('fatal');
+          return;
+        }
+        this.#log.warn({ ranMs, delayMs: d.delayMs, failures: d.failures }, `app exited unexpectedly after ${ranMs} ms; restarting in ${d.delayMs} ms`);
+        if (d.delayMs > 0) {
+          this.#cancelBackoff = this.#fx.schedule(d.delayMs, () => {
+            this.#cancelBackoff = undefined;
+            this.#restartDue = true;
+            this.check();
+          });
+          await this.#transition('backoff');
+          return;
+        }
       }
     }
     this.#restartDue = false;
     try {
-      const after = await this.#startNew();
-      this.#setMain(after);
-      this.#restarts += 1;
-      this.#state = 'running';
-      this.#log.info({ appPid: after.pid, restarts: this.#restarts }, 'app restarted');
+      const after = await this.#startNew(this.#verifyBy);
+      this.#tracker.set(after);
+      this.#liveness?.reset();
+      if (!first) this.#crash.onRestarted();
+      this.#log.info({ appPid: after.pid, restarts: this.#crash.restarts }, first ? 'app started' : 'app restarted');
+      await this.#transition('running');
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
       this.#log.error({ code: err.code, err: err.message }, 'restart failed');
-      this.#sinceMs = this.#fx.now();
+      this.#tracker.restartFailed();
       // Counts as another quick failure on the next check.
       this.check();
+      await this.#saveState();
     }
-    await this.#saveState();
+  }
+
+  /**
+   * Liveness: the probe again, after the verdict. Failing failureThreshold
+   * times in a row, the app is stopped (SIGTERM, SIGKILL after
+   * LIVENESS_KILL_MS) and the crash supervision restarts it, with its backoff.
+   */
+  async #checkLiveness(): Promise<void> {
+    if (this.#liveness === undefined || this.#state !== 'running' || this.#closed) return;
+    const main = await this.#observe();
+    if (main === undefined) return;
+    const r = await this.#fx.probe();
+    const restart = this.#liveness.onProbe(r.ok);
+    if (r.ok) return;
+    if (!restart) {
+      this.#log.warn({ appPid: main.pid, failures: this.#liveness.failures, detail: r.detail }, 'liveness probe failed');
+      return;
+    }
+    this.#log.error({ appPid: main.pid, failures: this.#liveness.failures, detail: r.detail, code: 'LIVENESS_FAILED' },
+      `liveness probe failed ${this.#liveness.failures} times in a row (last: ${r.detail}); restarting the app`);
+    this.#liveness.reset();
+    await this.#terminate(main);
+  }
+
+  /** SIGTERM, and SIGKILL if it is still there after LIVENESS_KILL_MS. */
+  async #terminate(main: ProcInfo): Promise<void> {
+    const gone = async (ms: number): Promise<boolean> => {
+      const until = this.#fx.now() + ms;
+      for (;;) {
+        if ((await this.#fx.verify(main)) === undefined) return true;
+        if (this.#fx.now() >= until) return false;
+        await this.#fx.sleep(20);
+      }
+    };
+    if (!this.#fx.signal(main.pid, 'SIGTERM')) return;
+    if (await gone(LIVENESS_KILL_MS)) return;
+    this.#log.warn({ appPid: main.pid }, `still running ${LIVENESS_KILL_MS} ms after SIGTERM; SIGKILL`);
+    this.#fx.signal(main.pid, 'SIGKILL');
+    await gone(2_000);
   }
 
   #resetSupervision(): void {
     this.#cancelBackoff?.();
     this.#cancelBackoff = undefined;
     this.#restartDue = false;
-    this.#quickFailures = 0;
-    this.#restarts = 0;
-    if (this.#state === 'fatal' || this.#state === 'backoff') this.#state = 'stopped';
+    this.#crash.reset();
   }
 
-  /** The main process: the cached one if it still checks out, else a fresh scan. */
-  async #currentMain(): Promise<ProcInfo | undefined> {
-    if (this.#main !== undefined) {
-      const same = await this.#fx.verify(this.#main);
-      if (same !== undefined) return same;
-    }
-    const found = await this.#fx.discover(this.#main);
-    this.#warnStrays(found.strays, found.foreign);
-    if (found.main === undefined) {
-      if (this.#main !== undefined) this.#log.warn({ appPid: this.#main.pid }, 'app process is gone');
-      this.#main = undefined;
-      if (this.#state === 'running') this.#state = 'stopped';
-      return undefined;
-    }
-    if (this.#main !== undefined && found.main.pid !== this.#main.pid) {
-      this.#log.info({ appPid: found.main.pid, previous: this.#main.pid }, 'app handed over to a new process');
-    }
-    this.#setMain(found.main, true);
-    if (this.#state === 'stopped' || this.#state === 'backoff' || this.#state === 'failed') this.#state = 'running';
-    return found.main;
+  /** The main process now; the state follows what is seen (running <-> stopped). */
+  async #observe(): Promise<ProcInfo | undefined> {
+    const main = await this.#tracker.current();
+    if (main === undefined && this.#state === 'running') await this.#transition('stopped');
+    else if (main !== undefined && (this.#state === 'stopped' || this.#state === 'backoff' || this.#state === 'failed')) await this.#transition('running');
+    return main;
   }
 
-  #setMain(info: ProcInfo, keepSince = false): void {
-    if (!keepSince || this.#sinceMs === undefined) this.#sinceMs = this.#fx.now();
-    this.#main = info;
+  /** The only place the app's state changes: logged and saved. */
+  async #transition(to: AppStateName): Promise<void> {
+    if (to !== this.#state) this.#log.debug({ from: this.#state, to }, `state ${to}`);
+    this.#state = to;
+    await this.#saveState();
   }
 
-  /** Pids already warned about as foreign: said once, not on every check. */
-  readonly #foreignSeen = new Set<number>();
-
-  #warnStrays(strays: readonly ProcInfo[], foreign: readonly ProcInfo[] = []): void {
-    for (const f of foreign) {
-      if (this.#foreignSeen.has(f.pid)) continue;
-      this.#foreignSeen.add(f.pid);
-      this.#log.warn({ foreignPid: f.pid, uid: f.uid, exe: f.exe },
-        `pid ${f.pid} runs the app's binary as uid ${f.uid}, not as the app's user: never signalled, left alone`);
-    }
-    if (strays.length === 0) return;
-    this.#log.warn({ appPid: this.#main?.pid, strays: strays.map((s) => s.pid) },
-      'more than one copy of the app runs; only the main one is signalled, the others are left alone');
-  }
-
-  async #finish(attempt: Attempt, outcome: Outcome, action: Action, release: Release | undefined, after: ProcInfo | undefined, err?: RelinkError, extra: Extra = {}): Promise<void> {
-    const problems = err instanceof RelinkErrors ? err.problems : err === undefined ? [] : [err];
-    const entry: HistoryEntry = {
-      time: new Date(this.#fx.now()).toISOString(),
-      app: this.app.name,
-      outcome,
-      action,
-      from: { bin: attempt.from.bin ?? null, cfg: attempt.from.cfg ?? null },
-      to: { bin: release?.bin ?? null, cfg: release?.cfg ?? null },
-      reason: err === undefined ? null : problems.map((p) => p.message).join('; '),
-      code: err?.code ?? null,
-      pidBefore: attempt.pidBefore ?? null,
-      pidAfter: after?.pid ?? null,
-      durationMs: this.#fx.now() - attempt.started,
-      currentHash: attempt.snapshot.hash,
-      trigger: attempt.trigger,
-      ...(extra.rolledBackTo !== undefined ? { rolledBackTo: extra.rolledBackTo } : {}),
-      ...(extra.rejected !== undefined ? { rejected: extra.rejected } : {}),
-    };
+  /** Journal and log the attempt, then move to `next`. */
+  async #finish(attempt: Attempt, outcome: Outcome, action: Action, release: Release | undefined, after: ProcInfo | undefined, next: AppStateName, err?: RelinkError, extra: Extra = {}): Promise<void> {
+    const now = this.#fx.now();
+    const entry = entryFor(this.app.name, now, attempt, outcome, action, release, after?.pid, err, extra);
     this.#lastDeploy = entry;
-    const fields = { ...entry, problems: problems.length > 1 ? problems.map((p) => p.toJSON()) : undefined, file: err?.file, key: err?.key };
-    if (outcome === 'deployed') this.#log.info(fields, `deployed ${release?.bin ?? ''} (${action})`);
-    else if (outcome === 'refused') this.#log.warn(fields, `refused: ${entry.reason ?? ''}`);
-    else if (outcome === 'rolled_back') this.#log.error(fields, `rolled back to ${extra.rolledBackTo?.bin ?? ''}: ${entry.reason ?? ''}`);
-    else this.#log.error(fields, `failed: ${entry.reason ?? ''}`);
-    await Promise.all([
-      this.#fx.record(entry).catch((e: unknown) => this.#log.error({ err: e }, 'could not write history')),
-      this.#saveState(),
-    ]);
+    if (this.#streak.offer(entry, now) === 'repeat') {
+      this.#log.debug({ code: entry.code, currentHash: entry.currentHash }, 'the same refusal again: counted, journaled once with the count');
+    } else {
+      await this.#closeStreak();
+      logEntry(this.#log, entry, err);
+      await this.#record(entry);
+      this.#streak.started(entry, now);
+    }
+    await this.#transition(next);
+  }
+
+  /** A run of repeated refusals is over: journal its count. */
+  async #closeStreak(): Promise<void> {
+    const closing = this.#streak.close();
+    if (closing === undefined) return;
+    logEntry(this.#log, closing);
+    await this.#record(closing);
+  }
+
+  async #record(entry: HistoryEntry): Promise<void> {
+    try {
+      await this.#fx.record(entry);
+      this.#wrote('journal');
+    } catch (err) {
+      this.#writeFailed('journal', err);
+    }
   }
 
   async #saveState(): Promise<void> {
     const links = await this.#fx.readLinks().catch(() => ({ bin: undefined, cfg: undefined }));
+    const main = this.#tracker.main;
+    const since = this.#tracker.sinceMs;
     const state: AppState = {
       app: this.app.name,
       state: this.#state,
-      pid: this.#main?.pid ?? null,
-      pidStart: this.#main?.startTime ?? null,
-      since: this.#main === undefined || this.#sinceMs === undefined ? null : new Date(this.#sinceMs).toISOString(),
+      pid: main?.pid ?? null,
+      pidStart: main?.startTime ?? null,
+      since: main === undefined || since === undefined ? null : new Date(since).toISOString(),
       bin: links.bin ?? null,
       cfg: links.cfg ?? null,
       lastDeploy: this.#lastDeploy,
       lastGood: this.#lastGood ?? null,
-      restarts: this.#restarts,
+      restarts: this.#crash.restarts,
+      problem: this.#problem ?? null,
       updatedAt: new Date(this.#fx.now()).toISOString(),
     };
-    await this.#fx.saveState(state).catch((e: unknown) => this.#log.error({ err: e }, 'could not write state'));
+    try {
+      await this.#fx.saveState(state);
+      this.#wrote('state');
+    } catch (err) {
+      this.#writeFailed('state', err);
+    }
+  }
+
+  /**
+   * The agent keeps managing the app when it cannot record (a full or
+   * read-only state folder): said once, with the path, and once more when
+   * writing works again (issue 9, item 9).
+   */
+  #writeFailed(what: string, err: unknown): void {
+    const message = problemOf(err, this.#fx.now()).message;
+    if (this.#writeProblems.get(what) === message) return;
+    this.#writeProblems.set(what, message);
+    this.#log.error({ code: 'STATE_WRITE_FAILED', err: message }, `cannot write the ${what}; the app is still managed, but this is not recorded: ${message}`);
+  }
+
+  #wrote(what: string): void {
+    if (!this.#writeProblems.has(what)) return;
+    this.#writeProblems.delete(what);
+    this.#log.info(`the ${what} is written again`);
   }
 }

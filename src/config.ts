@@ -29,7 +29,12 @@ const HealthSchema = z.strictObject({
   settleMs: z.int().min(0).max(600_000).default(1_000),
   intervalMs: z.int().min(10).max(60_000).default(200),
   probeTimeoutMs: z.int().min(10).max(60_000).default(1_000),
+  liveness: z.strictObject({
+    periodMs: z.int().min(100).max(3_600_000).default(10_000),
+    failureThreshold: z.int().min(1).max(100).default(3),
+  }).nullable().default(null),
 }).refine((h) => !(h.url !== undefined && h.tcp !== undefined), 'set "url" or "tcp", not both')
+  .refine((h) => h.liveness === null || h.url !== undefined || h.tcp !== undefined, { message: 'needs "url" or "tcp": the liveness check is that probe, repeated', path: ['liveness'] })
   .refine((h) => h.settleMs < h.deadlineMs, { message: 'settleMs must be shorter than deadlineMs', path: ['settleMs'] });
 
 const SuperviseSchema = z.strictObject({
@@ -147,6 +152,8 @@ export interface AppConfig {
     readonly settleMs: number;
     readonly intervalMs: number;
     readonly probeTimeoutMs: number;
+    /** After the verdict, the probe every periodMs; failureThreshold failures in a row restart the app. */
+    readonly liveness: { readonly periodMs: number; readonly failureThreshold: number } | undefined;
   };
   readonly preflight: { readonly command: readonly string[]; readonly timeoutMs: number } | undefined;
   readonly supervise: {
@@ -244,6 +251,7 @@ export function parseConfig(text: string, file: string): AgentConfig {
         settleMs: a.health.settleMs,
         intervalMs: a.health.intervalMs,
         probeTimeoutMs: a.health.probeTimeoutMs,
+        liveness: a.health.liveness === null ? undefined : Object.freeze({ ...a.health.liveness }),
       }),
       preflight: a.preflight === null ? undefined : Object.freeze({ command: Object.freeze([...a.preflight.command]), timeoutMs: a.preflight.timeoutMs }),
       supervise: Object.freeze({ ...a.supervise }),

@@ -10,7 +10,9 @@ import { probeOnce, type ProbeResult } from './health.js';
 import { appendHistory, type HistoryEntry } from './history.js';
 import { agentIdentity, launch, planCommand, type Launched } from './launch.js';
 import { expandArgs, runPreflight, type PreflightResult } from './preflight.js';
-import { ProcessFinder, sendSignal, type Discovery, type ProcIdentity, type ProcInfo } from './proc.js';
+import { logSize, logTail } from './logtail.js';
+import { ProcessFinder, readProc, sendSignal, type Discovery, type ProcIdentity, type ProcInfo } from './proc.js';
+import { claimAppFolder, releaseAppFolder, type LockOwner } from './applock.js';
 import { readLinks, relink } from './relink.js';
 import { readAppState, writeAppState, type AppState } from './state.js';
 
@@ -30,7 +32,8 @@ export interface Effects {
   /** Cheap re-check of a known process (no process-table scan). */
   verify(id: ProcIdentity): Promise<ProcInfo | undefined>;
   discover(preferred?: ProcIdentity): Promise<Discovery>;
-  launch(): Promise<Launched>;
+  /** Start the app from the links; `output()` gives the last lines it wrote since (for a failed start's reason). */
+  launch(): Promise<Launched & { readonly output: () => Promise<string> }>;
   /** false if the process is already gone */
   signal(pid: number, signal: NodeJS.Signals): boolean;
   /** One health probe attempt; {ok: true} when no probe is configured. */
@@ -42,10 +45,24 @@ export interface Effects {
   sleep(ms: number): Promise<void>;
   /** Run `fn` once after `ms`; returns a cancel function. Never keeps the process alive by itself. */
   schedule(ms: number, fn: () => void): () => void;
+  /** Claim the app's folder for this agent, or re-confirm the claim (src/applock.ts); throws APP_LOCKED. */
+  claimApp(): Promise<void>;
+  /** Let the app's folder go (the agent stops). */
+  releaseApp(): Promise<void>;
 }
 
-export function realEffects(app: AppConfig, stateDir: string): Effects {
+/** Who claims the apps' folders: this agent. */
+export interface AgentOwner {
+  readonly configFile: string;
+}
+
+export function realEffects(app: AppConfig, stateDir: string, owner: AgentOwner = { configFile: '' }): Effects {
   const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
+  let me: Promise<LockOwner> | undefined;
+  const lockOwner = (): Promise<LockOwner> => {
+    me ??= readProc(process.pid).then((p) => ({ pid: process.pid, startTime: p?.startTime ?? 0, configFile: owner.configFile, stateDir, app: app.name }));
+    return me;
+  };
   return {
     readCurrent: () => readCurrent(app.currentFile),
     writeCurrent: (text) => writeFileAtomic(app.currentFile, text),
@@ -59,7 +76,11 @@ export function realEffects(app: AppConfig, stateDir: string): Effects {
     relink: (release) => relink(app.links, release),
     verify: (id) => finder.verify(id),
     discover: (preferred) => finder.discover(preferred),
-    launch: () => launch(app),
+    launch: async () => {
+      const from = await logSize(app.logFile);
+      const launched = await launch(app);
+      return { ...launched, output: () => logTail(app.logFile, from) };
+    },
     signal: sendSignal,
     probe: async () => (app.health.probe === undefined ? { ok: true, detail: 'no probe' } : probeOnce(app.health.probe, app.health.probeTimeoutMs)),
     record: (entry) => appendHistory(stateDir, entry),
@@ -72,5 +93,7 @@ export function realEffects(app: AppConfig, stateDir: string): Effects {
       t.unref();
       return () => clearTimeout(t);
     },
+    claimApp: async () => claimAppFolder(app.dir, await lockOwner()),
+    releaseApp: async () => releaseAppFolder(app.dir, await lockOwner()),
   };
 }

@@ -51,6 +51,12 @@ export type ErrorCode =
   | 'RELEASES_UNREADABLE'
   // agent / CLI
   | 'AGENT_RUNNING'
+  | 'AGENT_STOPPING'
+  | 'APP_LOCKED'
+  | 'APP_LOCK_FAILED'
+  | 'APP_UNAVAILABLE'
+  | 'LIVENESS_FAILED'
+  | 'INTERNAL'
   | 'STATE_UNREADABLE'
   | 'UNKNOWN_APP'
   | 'USAGE';

@@ -37,8 +37,10 @@ export interface HistoryEntry {
   readonly trigger: string;
   /** For rolled_back: the release that serves again. */
   readonly rolledBackTo?: { readonly bin: string; readonly cfg: string } | null;
-  /** For rolled_back: the current.conf content that was rejected (current.conf now names what runs). */
+  /** For rolled_back: the current.conf content that was rejected (current.conf now names what runs), cut to 4 KiB. */
   readonly rejected?: string | null;
+  /** The same refusal happened this many more times in a row after the entry before (journaled once, with the count). */
+  readonly repeats?: number;
 }
 
 export function historyFile(stateDir: string): string {

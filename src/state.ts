@@ -19,7 +19,17 @@ export type AppStateName =
   /** crashed too often in a row; left alone until the next deploy or a re-save of current.conf */
   | 'fatal'
   /** the last deploy failed and the app is not running */
-  | 'failed';
+  | 'failed'
+  /** the agent cannot manage the app right now (its folder is missing, its user unknown, another agent holds it): see `problem` */
+  | 'error';
+
+/** Why the agent cannot manage the app right now, or what went wrong in its last pass. */
+export interface AppProblem {
+  readonly code: string;
+  readonly message: string;
+  /** ISO time since when. */
+  readonly since: string;
+}
 
 /** A release that passed verification, with the current.conf text that named it. */
 export interface GoodRelease {
@@ -42,6 +52,8 @@ export interface AppState {
   readonly lastGood: GoodRelease | null;
   /** Crash restarts since the last deploy or agent start. */
   readonly restarts: number;
+  /** Set while the agent cannot manage the app (state "error") or its last pass failed unexpectedly. */
+  readonly problem?: AppProblem | null;
   readonly updatedAt: string;
 }
 

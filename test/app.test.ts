@@ -32,6 +32,15 @@ function deferred<T = void>() {
   return { promise, resolve };
 }
 
+/** Let promise callbacks and immediates run until `cond` holds (fake world: no real time passes). */
+async function until(what: string, cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    if (cond()) return;
+    await new Promise((r) => setImmediate(r));
+  }
+  assert.fail(`never happened: ${what}`);
+}
+
 /** An in-memory world: one current.conf, two links, a process table. */
 class World implements Effects {
   text = '';
@@ -149,10 +158,30 @@ class World implements Effects {
     return { main: all[0], strays: all.slice(1), all, foreign: this.foreign };
   }
 
-  async launch(): Promise<Launched> {
+  /** What a started app prints before it exits (launchExits). */
+  launchOutput = '';
+  /** Set: claimApp throws it (another agent holds the app, its folder is gone). */
+  claimError: Error | undefined;
+  claims = 0;
+  released = 0;
+
+  async launch(): Promise<Launched & { output: () => Promise<string> }> {
     const p = this.spawnProc(this.links.bin ?? 'none');
     if (this.launchExits) this.procs.delete(p.pid);
-    return { pid: p.pid, exited: this.launchExits ? Promise.resolve({ code: 1, signal: null }) : new Promise(() => undefined) };
+    return {
+      pid: p.pid,
+      exited: this.launchExits ? Promise.resolve({ code: 1, signal: null }) : new Promise(() => undefined),
+      output: async () => this.launchOutput,
+    };
+  }
+
+  async claimApp(): Promise<void> {
+    this.claims += 1;
+    if (this.claimError !== undefined) throw this.claimError;
+  }
+
+  async releaseApp(): Promise<void> {
+    this.released += 1;
   }
 
   signal(pid: number, signal: NodeJS.Signals): boolean {
@@ -178,13 +207,30 @@ class World implements Effects {
     this.mtime += 1;
   }
 
-  async preflight(): Promise<PreflightResult | undefined> {
+  /** When set, the preflight runs until it resolves (or the agent aborts it). */
+  preflightGate: Promise<void> | undefined;
+  preflightAborted = false;
+
+  async preflight(_release: Release, signal?: AbortSignal): Promise<PreflightResult | undefined> {
+    if (this.preflightGate !== undefined) {
+      const aborted = new Promise<'aborted'>((r) => signal?.addEventListener('abort', () => r('aborted'), { once: true }));
+      if ((await Promise.race([this.preflightGate, aborted])) === 'aborted') {
+        this.preflightAborted = true;
+        return { ok: false, status: 'abandoned: the agent is stopping', output: '', aborted: true };
+      }
+    }
     return this.preflightFails ? { ok: false, status: 'exit 1', output: 'emerg: unexpected "}"' } : undefined;
   }
 
+  /** Replaces the per-release health when set: the probe's answer at the fake time. */
+  probeAt: ((clock: number) => boolean) | undefined;
+  probes: number[] = [];
+
   async probe(): Promise<ProbeResult> {
+    this.probes.push(this.clock);
     const main = [...this.procs.values()][0];
-    return main !== undefined && !this.unhealthy.has(main.exe) ? { ok: true, detail: 'HTTP 200' } : { ok: false, detail: 'HTTP 503' };
+    const ok = main !== undefined && (this.probeAt !== undefined ? this.probeAt(this.clock) : !this.unhealthy.has(main.exe));
+    return ok ? { ok: true, detail: 'HTTP 200' } : { ok: false, detail: 'HTTP 503' };
   }
 
   async loadState(): Promise<AppState | undefined> {
@@ -198,11 +244,16 @@ class World implements Effects {
     return () => { t.cancelled = true; };
   }
 
+  /** Set: writing the journal and the state fails with it (a full disk). */
+  writeError: Error | undefined;
+
   async record(entry: HistoryEntry): Promise<void> {
+    if (this.writeError !== undefined) throw this.writeError;
     this.entries.push(entry);
   }
 
   async saveState(state: AppState): Promise<void> {
+    if (this.writeError !== undefined) throw this.writeError;
     this.states.push(state);
   }
 
@@ -212,6 +263,8 @@ class World implements Effects {
 
   async sleep(ms: number): Promise<void> {
     this.clock += ms;
+    // Yield to macrotasks too, as a real sleep would: a test may act mid-wait (close() during a verification).
+    await new Promise((r) => setImmediate(r));
   }
 }
 
@@ -265,12 +318,12 @@ test('triggers during an apply coalesce into one more pass that reads the newest
   w.gate = gate.promise;
   w.write('2.0');
   agent.trigger('watch:change');
+  await until('2.0 being switched', () => w.inFlight === 1);
   // While 2.0 is being applied, ten more edits arrive.
   for (let i = 3; i <= 12; i++) {
     w.write(`${i}.0`);
     agent.trigger('watch:change');
   }
-  await new Promise((r) => setImmediate(r));
   gate.resolve();
   w.gate = undefined;
   await agent.idle();
@@ -293,7 +346,71 @@ test('unchanged content (same hash and mtime) is not validated again; a re-save 
   w.mtime += 1; // `touch current.conf`
   agent.trigger('watch:change');
   await agent.idle();
-  assert.equal(w.entries.length, 2);
+  assert.equal(w.validations, 2, 'the re-save is judged again');
+  // The same refusal again: counted (the state says so), journaled once the run ends.
+  assert.equal(w.entries.length, 1);
+  assert.equal(w.states.at(-1)?.lastDeploy?.outcome, 'refused');
+});
+
+test('a run of identical refusals (a writer loop) is journaled once, then once with the count; a different one starts a new run', async () => {
+  const w = new World();
+  w.write('1.0');
+  const { log, lines } = silentLogger();
+  const agent = new AppAgent(appConfig(), w, log);
+  await agent.start();
+  await agent.idle();
+  for (let i = 0; i < 40; i++) {
+    w.text = '{}';
+    w.mtime += 1;
+    agent.trigger('watch:change');
+    await agent.idle();
+    // The read limit lets 10 passes a second through after a burst of 20.
+    w.advance(100);
+    await agent.idle();
+  }
+  assert.equal(w.validations, 41, 'every change was read and judged');
+  assert.deepEqual(w.entries.map((e) => [e.outcome, e.repeats]), [['deployed', undefined], ['refused', undefined]]);
+  assert.equal(lines.filter((l) => l.level === 40 && String(l.msg).startsWith('refused')).length, 1, 'one warning, not 40');
+  // Another problem ends the run: its count is journaled first.
+  w.text = '{"bin.file": ';
+  w.mtime += 1;
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.deepEqual(w.entries.slice(1).map((e) => [e.outcome, e.code, e.repeats]), [
+    ['refused', 'CURRENT_INVALID', undefined], ['refused', 'CURRENT_INVALID', 39], ['refused', 'CURRENT_SYNTAX', undefined],
+  ]);
+  // Closing the agent journals an open run too.
+  w.mtime += 1;
+  agent.trigger('watch:change');
+  await agent.idle();
+  await agent.close();
+  assert.deepEqual(w.entries.at(-1)?.repeats, 1);
+});
+
+test('a writer loop is read at most 10 times a second after a burst; the read limit is said once', async () => {
+  const w = new World();
+  w.write('1.0');
+  const { log, lines } = silentLogger();
+  const agent = new AppAgent(appConfig(), w, log);
+  await agent.start();
+  await agent.idle();
+  const before = w.validations;
+  // 100 changes with no time passing: 19 more reads (a burst of 20, the first one was the start), then a wait.
+  for (let i = 0; i < 100; i++) {
+    w.text = `{"bad": ${i}}`;
+    w.mtime += 1;
+    agent.trigger('watch:change');
+    await new Promise((r) => setImmediate(r));
+  }
+  const inBurst = w.validations - before;
+  assert.ok(inBurst <= 20, `${inBurst} reads with no time passing`);
+  w.advance(1000);
+  await agent.idle();
+  assert.ok(w.validations - before <= inBurst + 11, `${w.validations - before} reads after one second`);
+  assert.match(w.text, /"bad": 99/);
+  assert.equal(w.states.at(-1)?.lastDeploy?.currentHash, `h:${w.text}`, 'the newest content was judged in the end');
+  assert.equal(lines.filter((l) => String(l.msg).includes('faster than it can be read')).length, 1);
+  await agent.close();
 });
 
 test('a missing current.conf is reported once, not on every re-check', async () => {
@@ -484,11 +601,12 @@ test('close() waits for the apply in progress and ignores later triggers', async
   const gate = deferred();
   w.gate = gate.promise;
   await agent.start();
+  await until('the links being switched', () => w.inFlight === 1);
   const closing = agent.close();
   agent.trigger('watch:change');
   gate.resolve();
   await closing;
-  assert.equal(w.entries.length, 1);
+  assert.equal(w.entries.length, 1, 'a pass that has switched is finished');
   w.write('2.0');
   agent.trigger('watch:change');
   await agent.idle();
@@ -633,4 +751,207 @@ test('a worker the old main reaps while its successor starts is not a failed han
   assert.equal(e?.outcome, 'deployed', e?.reason ?? '');
   assert.notEqual(agent.mainPid, pid);
   assert.equal(w.procs.get(agent.mainPid!)?.exe, `${REL}/app.2.0`);
+});
+
+test('the agent stopping during a preflight: the preflight is killed, nothing is switched or journaled', async () => {
+  const { w, agent } = await running();
+  const gate = deferred();
+  w.preflightGate = gate.promise;
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await until('the preflight running', () => w.validations === 2);
+  await agent.close();
+  assert.equal(w.preflightAborted, true);
+  assert.equal(w.entries.length, 1);
+  assert.equal(w.links.bin, `${REL}/app.1.0`);
+  assert.deepEqual(w.signals, []);
+  gate.resolve();
+});
+
+test('the agent stopping mid-verification: verified within the stop budget or rolled back, not left unverified', async () => {
+  const { w, agent } = await running(appConfig({ timeoutMs: 60_000 }));
+  const pid = agent.mainPid;
+  w.onSignal = 'ignore'; // the successor never takes over
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await until('the signal', () => w.signals.length === 1);
+  const stopAt = w.clock;
+  await agent.close();
+  const e = w.entries[1];
+  assert.equal(e?.outcome, 'rolled_back', e?.reason ?? '');
+  assert.equal(e?.code, 'AGENT_STOPPING');
+  assert.ok(w.clock - stopAt <= 20_000, `took ${w.clock - stopAt} fake ms after the stop (budget 20 s)`);
+  assert.equal(agent.mainPid, pid, 'the old process, which never handed over, serves on');
+  assert.equal(w.links.bin, `${REL}/app.1.0`);
+  assert.match(w.text, /app\.1\.0/);
+  assert.equal(w.released, 1, 'the app folder is let go');
+});
+
+test('a probe that passes at once and fails by the end of the settle time is not healthy (the old workers answered)', async () => {
+  const { w, agent } = await running(appConfig({ mode: 'inplace' }, { health: { url: 'http://127.0.0.1:8080/healthz', settleMs: 1000, deadlineMs: 3000 } }));
+  w.onSignal = 'inplace';
+  w.write('2.0');
+  const sent = w.clock;
+  // The new workers die 100 ms after the reload; the old ones answered until then.
+  w.probeAt = (clock) => clock < sent + 100 || w.links.bin === `${REL}/app.1.0`;
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries[1]?.outcome, 'rolled_back');
+  assert.equal(w.entries[1]?.code, 'UNHEALTHY');
+  assert.ok(w.probes.every((at) => at >= sent + 1000 || at <= sent), `no probe before the end of the settle time decides: sent ${sent}, probes ${w.probes.join(' ')}`);
+});
+
+test('liveness: after the verdict the probe keeps running; failureThreshold failures in a row restart the app like a crash', async () => {
+  const cfg = appConfig({}, { health: { url: 'http://127.0.0.1:8080/healthz', settleMs: 0, liveness: { periodMs: 1000, failureThreshold: 3 } } });
+  const { w, agent } = await running(cfg);
+  const pid = agent.mainPid!;
+  w.advance(1000);
+  await agent.idle();
+  w.advance(1000);
+  await agent.idle();
+  assert.equal(agent.mainPid, pid, 'healthy: left alone');
+  // The app wedges: alive, not answering. On SIGTERM the fake process exits.
+  w.probeAt = () => false;
+  w.onSignal = 'ignore';
+  const origSignal = w.signal.bind(w);
+  w.signal = (p, sig) => {
+    const sent = origSignal(p, sig);
+    if (sig === 'SIGTERM') w.procs.delete(p);
+    return sent;
+  };
+  for (let i = 0; i < 2; i++) {
+    w.advance(1000);
+    await agent.idle();
+    assert.equal(agent.mainPid, pid, `${i + 1} failure(s): not yet`);
+  }
+  w.probeAt = undefined;
+  w.probeAt = (() => { let n = 0; return () => n++ > 0; })(); // the third fails, the restarted app answers
+  w.advance(1000);
+  await agent.idle();
+  assert.ok(w.signals.some(([p, sig]) => p === pid && sig === 'SIGTERM'), 'SIGTERM to the wedged app');
+  // Then it is a crash like any other: a quick one (shorter than stableMs) waits for its backoff.
+  assert.equal(agent.state, 'backoff');
+  w.advance(cfg.supervise.backoffMs);
+  await agent.idle();
+  await until('a new process', () => agent.mainPid !== undefined && agent.mainPid !== pid);
+  assert.equal(agent.state, 'running');
+  assert.equal(agent.restarts, 1);
+  await agent.close();
+});
+
+test('an app the agent cannot manage (its folder gone, another agent holding it) is in state "error" with the reason, and picked up when that is over', async () => {
+  const w = new World();
+  w.write('1.0');
+  w.claimError = new RelinkErrors([fileError('APP_LOCKED', '/srv/web/.relink.lock', undefined, 'one agent per app folder', 'pid 4242')]);
+  const { log, lines } = silentLogger();
+  const agent = new AppAgent(appConfig(), w, log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(agent.state, 'error');
+  assert.equal(agent.problem?.code, 'APP_LOCKED');
+  assert.equal(w.states.at(-1)?.state, 'error');
+  assert.match(w.states.at(-1)?.problem?.message ?? '', /one agent per app folder/);
+  assert.equal(w.procs.size, 0, 'nothing started');
+  for (let i = 0; i < 3; i++) {
+    agent.trigger('recheck');
+    await agent.idle();
+    agent.check();
+    await agent.idle();
+  }
+  assert.equal(lines.filter((l) => String(l.msg).startsWith('cannot manage the app')).length, 1, 'said once');
+  w.claimError = undefined;
+  agent.trigger('recheck');
+  await agent.idle();
+  assert.equal(agent.state, 'running');
+  assert.equal(agent.problem, undefined);
+  assert.equal(w.entries[0]?.outcome, 'deployed');
+  // Lost again later (another agent took over): the app is let go, not fought over.
+  w.claimError = new RelinkErrors([fileError('APP_LOCKED', '/srv/web/.relink.lock', undefined, 'one agent per app folder', 'pid 4343')]);
+  agent.trigger('recheck');
+  await agent.idle();
+  assert.equal(agent.state, 'error');
+  w.crash();
+  agent.check();
+  await agent.idle();
+  assert.equal(w.procs.size, 0, 'not restarted by an agent that does not hold the app');
+  await agent.close();
+});
+
+test('a bug in one pass is recorded as the app\'s problem, said once; the next pass goes on', async () => {
+  const { w, agent } = await running();
+  const { log, lines } = silentLogger();
+  const broken = new AppAgent(appConfig(), w, log);
+  await broken.start();
+  await broken.idle();
+  const orig = w.readLinks.bind(w);
+  w.readLinks = async () => { throw new TypeError('boom'); };
+  w.write('2.0');
+  for (let i = 0; i < 3; i++) {
+    w.mtime += 1;
+    broken.trigger('watch:change');
+    await broken.idle();
+  }
+  assert.equal(lines.filter((l) => String(l.msg).startsWith('pass failed unexpectedly')).length, 1);
+  assert.match(broken.problem?.message ?? '', /boom/);
+  w.readLinks = orig;
+  w.mtime += 1;
+  broken.trigger('watch:change');
+  await broken.idle();
+  assert.equal(broken.problem, undefined);
+  assert.equal(w.links.bin, `${REL}/app.2.0`);
+  await agent.close();
+  await broken.close();
+});
+
+test('the journal and the state cannot be written (a full disk): the app is still deployed and supervised; said once', async () => {
+  const { w, agent } = await running();
+  const { log, lines } = silentLogger();
+  const a = new AppAgent(appConfig(), w, log);
+  await a.start();
+  await a.idle();
+  w.writeError = Object.assign(new Error('ENOSPC: no space left on device, open \'/var/lib/relink/apps/web/state.json\''), { code: 'ENOSPC', path: '/var/lib/relink/apps/web/state.json' });
+  for (const r of ['2.0', '3.0', '4.0']) {
+    w.write(r);
+    a.trigger('watch:change');
+    await a.idle();
+  }
+  assert.equal(w.links.bin, `${REL}/app.4.0`, 'deploys go on');
+  const said = lines.filter((l) => l.code === 'STATE_WRITE_FAILED');
+  assert.equal(said.length, 2, 'once for the journal, once for the state');
+  assert.ok(said.every((l) => String(l.msg).includes('/var/lib/relink/apps/web/state.json')), 'with the path');
+  w.writeError = undefined;
+  w.write('5.0');
+  a.trigger('watch:change');
+  await a.idle();
+  assert.equal(lines.filter((l) => String(l.msg).includes('written again')).length, 2);
+  await a.close();
+  await agent.close();
+});
+
+test('an app found not running at agent start (current.conf refused) is started, not reported as a crash', async () => {
+  const w = new World();
+  w.text = '{}';
+  w.links = { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` };
+  const { log, lines } = silentLogger();
+  const agent = new AppAgent(appConfig(), w, log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.procs.size, 1);
+  assert.equal(lines.filter((l) => String(l.msg).includes('exited unexpectedly')).length, 0);
+  assert.equal(lines.filter((l) => l.msg === 'the app is not running; starting it from the current links').length, 1);
+  assert.equal(agent.restarts, 0);
+  await agent.close();
+});
+
+test('a start that fails at once says why in the reason: the exit and the app\'s last output', async () => {
+  const w = new World();
+  w.write('1.0');
+  w.launchExits = true;
+  w.launchOutput = 'listen tcp 127.0.0.1:8080: bind: address already in use';
+  const agent = new AppAgent(appConfig({ timeoutMs: 1000 }), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.entries[0]?.code, 'APP_EXITED');
+  assert.equal(w.entries[0]?.reason, 'the app exited right after start (exit code 1); its last output: listen tcp 127.0.0.1:8080: bind: address already in use');
+  await agent.close();
 });

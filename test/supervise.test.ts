@@ -36,7 +36,7 @@ test('a crash loop backs off, then is marked fatal and left alone; a deploy star
   await setCurrentText(f.app, 'flaky');
   const e = await nthEntry(f, 2);
   assert.equal(e.outcome, 'deployed', e.reason ?? '');
-  const backoff = await f.agent.waitForLog('a backoff', (l) => l.msg.startsWith('app exited unexpectedly; restarting in'), { timeoutMs: 20_000 });
+  const backoff = await f.agent.waitForLog('a backoff', (l) => l.msg.startsWith('app exited unexpectedly after '), { timeoutMs: 20_000 });
   assert.equal(backoff.delayMs, 200);
   await f.agent.waitForLog('a second, longer backoff', (l) => l.msg.startsWith('app exited unexpectedly') && l.delayMs === 400, { timeoutMs: 20_000 });
   await f.agent.waitForLog('fatal', (l) => l.msg.startsWith('app keeps crashing; marked fatal'), { timeoutMs: 20_000 });

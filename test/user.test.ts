@@ -283,17 +283,3 @@ test('the agent never signals a process of another user, even one running the ap
   assert.deepEqual(st.apps[0]!.foreign.map((f) => f.pid), [before.pid]);
   assert.match(st.apps[0]!.warnings.join('\n'), new RegExp(`pid ${before.pid} runs .*app\\.2\\.0 as uid ${other.uid}, not as the app's user: left alone`));
 });
-
-test('an unknown "user" stops the agent and the CLI with the key and a way out, not a raw lookup error', async (t) => {
-  const root = await tmpDir(t, 'relink-user-');
-  const configFile = path.join(root, 'config.json');
-  await writeFile(configFile, JSON.stringify({ stateDir: path.join(root, 'state'), apps: [{ name: 'web', dir: path.join(root, 'web'), user: 'relink-no-such-user' }] }));
-  await mkdir(path.join(root, 'web', 'release'), { recursive: true });
-  const want = `"user": no such user "relink-no-such-user" for the app in ${path.join(root, 'web')} (create it: useradd --system relink-no-such-user)`;
-  const status = await relinkCli(['status', '--config', configFile]);
-  assert.equal(status.code, 1);
-  assert.equal(status.stderr, `relink status: ${want}\n`);
-  const agent = await relinkCli(['agent', '--config', configFile]);
-  assert.equal(agent.code, 1);
-  assert.match(agent.stderr, new RegExp(`relink agent: ${want.replace(/[()"]/g, '\\$&')}`));
-});

@@ -1,0 +1,134 @@
+/**
+ * The record of one apply attempt: its journal entry (src/history.ts) and
+ * its log line, with the same fields, built in one place. And the one rule
+ * that keeps a writer loop from filling the disk: a refusal identical to the
+ * one just journaled is counted, not journaled again, and the count is
+ * journaled once when the run of repeats ends (issue 9, item 5: 300 writes
+ * of a bad current.conf in 4 s added 50 MB to the journal and 234 MB to the
+ * log).
+ */
+import type { Logger } from 'pino';
+import type { CurrentSnapshot, Release } from './current.js';
+import { RelinkErrors, type RelinkError } from './errors.js';
+import type { Action, HistoryEntry, Outcome } from './history.js';
+
+export interface Attempt {
+  /** What started it: a file event, the periodic re-check, agent start. */
+  readonly trigger: string;
+  /** fx.now() when the pass began (ms). */
+  readonly started: number;
+  readonly snapshot: CurrentSnapshot;
+  /** Where the links pointed before. */
+  readonly from: { readonly bin: string | undefined; readonly cfg: string | undefined };
+  readonly pidBefore: number | undefined;
+}
+
+export interface Extra {
+  readonly rolledBackTo?: Release | null;
+  /** The rejected current.conf text (a rollback rewrote the file). */
+  readonly rejected?: string | null;
+}
+
+/** Characters of a rejected current.conf kept in an entry; a real one is ~100. */
+export const MAX_REJECTED_CHARS = 4096;
+
+/** Characters of a reason kept in an entry (preflight output is already cut to 4 KiB). */
+export const MAX_REASON_CHARS = 8192;
+
+function cut(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, max)}... [${text.length - max} more characters not kept]`;
+}
+
+/** The journal entry for an attempt that ended with `outcome`. */
+export function entryFor(
+  app: string, now: number, attempt: Attempt, outcome: Outcome, action: Action,
+  release: Release | undefined, pidAfter: number | undefined, err?: RelinkError, extra: Extra = {},
+): HistoryEntry {
+  const problems = err instanceof RelinkErrors ? err.problems : err === undefined ? [] : [err];
+  return {
+    time: new Date(now).toISOString(),
+    app,
+    outcome,
+    action,
+    from: { bin: attempt.from.bin ?? null, cfg: attempt.from.cfg ?? null },
+    to: { bin: release?.bin ?? null, cfg: release?.cfg ?? null },
+    reason: err === undefined ? null : cut(problems.map((p) => p.message).join('; '), MAX_REASON_CHARS),
+    code: err?.code ?? null,
+    pidBefore: attempt.pidBefore ?? null,
+    pidAfter: pidAfter ?? null,
+    durationMs: now - attempt.started,
+    currentHash: attempt.snapshot.hash,
+    trigger: attempt.trigger,
+    ...(extra.rolledBackTo !== undefined ? { rolledBackTo: extra.rolledBackTo } : {}),
+    ...(extra.rejected !== undefined ? { rejected: extra.rejected === null ? null : cut(extra.rejected, MAX_REJECTED_CHARS) } : {}),
+  };
+}
+
+/**
+ * The log line of an entry. The logger already carries `app` and its own
+ * `time`, so the entry's are left out (one key once per line, item 18), and
+ * so is the rejected current.conf text: the journal keeps it, readable only
+ * by the app's user and root; the log goes to journald's readers.
+ */
+export function logEntry(log: Logger, entry: HistoryEntry, err?: RelinkError): void {
+  const { time: _time, app: _app, rejected: _rejected, ...fields } = entry;
+  const problems = err instanceof RelinkErrors && err.problems.length > 1 ? err.problems.slice(0, 20).map((p) => p.toJSON()) : undefined;
+  const line = { ...fields, ...(problems ? { problems } : {}), ...(err?.file ? { file: err.file } : {}), ...(err?.key ? { key: err.key } : {}) };
+  const repeats = entry.repeats === undefined ? '' : ` (${entry.repeats} more times)`;
+  if (entry.outcome === 'deployed') log.info(line, `deployed ${entry.to.bin ?? ''} (${entry.action})`);
+  else if (entry.outcome === 'refused') log.warn(line, `refused${repeats}: ${entry.reason ?? ''}`);
+  else if (entry.outcome === 'rolled_back') log.error(line, `rolled back to ${entry.rolledBackTo?.bin ?? ''}: ${entry.reason ?? ''}`);
+  else log.error(line, `failed: ${entry.reason ?? ''}`);
+}
+
+/**
+ * Runs of identical refusals. `offer` says whether an entry goes to the
+ * journal; a refusal with the same code and reason as the one journaled last
+ * (nothing else in between) is a repeat: counted, not journaled. The streak
+ * ends with the next different entry or when the agent stops: `close` then
+ * gives the one entry that records the count (`repeats`), to be journaled
+ * before anything else.
+ */
+const signatureOf = (e: HistoryEntry): string | undefined => (e.outcome === 'refused' ? `${e.code ?? ''}\0${e.reason ?? ''}` : undefined);
+
+export class RefusalStreak {
+  #signature: string | undefined;
+  #repeats = 0;
+  #last: HistoryEntry | undefined;
+  #since = 0;
+
+  /**
+   * A streak is journaled at least this often (ms), so `relink history`
+   * shows a long run of repeats as it goes: one entry per period at most.
+   */
+  static readonly MAX_AGE_MS = 10 * 60_000;
+
+  /** 'journal' for an entry to write; 'repeat' for a counted repeat. Call close() first when it says 'journal'. */
+  offer(entry: HistoryEntry, now: number): 'journal' | 'repeat' {
+    const signature = signatureOf(entry);
+    if (signature !== undefined && signature === this.#signature && now - this.#since < RefusalStreak.MAX_AGE_MS) {
+      this.#repeats += 1;
+      this.#last = entry;
+      return 'repeat';
+    }
+    return 'journal';
+  }
+
+  /** After an entry was journaled: it may start a streak. */
+  started(entry: HistoryEntry, now: number): void {
+    this.#signature = signatureOf(entry);
+    this.#repeats = 0;
+    this.#last = undefined;
+    this.#since = now;
+  }
+
+  /** The entry recording the repeats counted since the last journaled one, if any; the streak is over. */
+  close(): HistoryEntry | undefined {
+    const last = this.#last;
+    const repeats = this.#repeats;
+    this.#signature = undefined;
+    this.#repeats = 0;
+    this.#last = undefined;
+    return last === undefined || repeats === 0 ? undefined : { ...last, repeats };
+  }
+}

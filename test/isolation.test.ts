@@ -1,0 +1,103 @@
+/**
+ * One app's problem stays that app's problem (issue 9, items 6 and 7): a
+ * missing folder, an unknown user or another agent holding the app puts
+ * that app in state "error" with the reason while the agent goes on
+ * managing the others, and an app whose folder appears later is picked up
+ * without an agent restart. One app folder is managed by one agent. The
+ * real agent, real folders, real processes.
+ */
+import assert from 'node:assert/strict';
+import { readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { test } from 'node:test';
+import { makeApp, setCurrent, writeConfig, type DemoApp } from '../src/demo/layout.js';
+import { readHistory } from '../src/history.js';
+import { readAppState } from '../src/state.js';
+import { ask, servedBy } from './fixture.js';
+import { reapAppsAfter, startAgent, tmpDir, waitFor } from './helpers.js';
+
+test('a missing app folder and an unknown user put those apps in state "error"; the healthy app is managed; a folder that appears later is picked up', async (t) => {
+  const root = await tmpDir(t, 'relink-isolation-');
+  const web = await makeApp({ root, name: 'web', releases: ['1.0', '2.0'] });
+  const ghost = await makeApp({ root, name: 'ghost', releases: ['1.0'] });
+  // "late" is configured but its folder does not exist yet.
+  const lateRoot = path.join(root, 'later');
+  const late: DemoApp = { name: 'late', dir: path.join(lateRoot, 'late'), releasesDir: path.join(lateRoot, 'late', 'release'), currentFile: path.join(lateRoot, 'late', 'release', 'current.conf'), port: 0, url: '' };
+  for (const a of [web, ghost, late]) reapAppsAfter(t, a.releasesDir);
+  await setCurrent(web, '1.0');
+  await setCurrent(ghost, '1.0');
+  const configFile = await writeConfig(root, [web, ghost, late], { reconcileMs: 300 });
+  // writeConfig gives every app the same extras: name ghost's unknown user by hand.
+  const cfg = JSON.parse(await readFile(configFile, 'utf8')) as { apps: Array<Record<string, unknown>> };
+  cfg.apps[1]!['user'] = 'relink-no-such-user';
+  await (await import('node:fs/promises')).writeFile(configFile, JSON.stringify(cfg));
+  const stateDir = path.join(root, 'state');
+  const agent = startAgent(t, configFile);
+
+  await servedBy(web, '1.0');
+  const ghostState = await waitFor('ghost in state error', async () => {
+    const s = await readAppState(stateDir, 'ghost');
+    return s?.state === 'error' ? s : undefined;
+  });
+  assert.equal(ghostState.problem?.code, 'USER_UNKNOWN');
+  assert.match(ghostState.problem?.message ?? '', /"user": no such user "relink-no-such-user"/);
+  const lateState = await waitFor('late in state error', async () => {
+    const s = await readAppState(stateDir, 'late');
+    return s?.state === 'error' ? s : undefined;
+  });
+  assert.equal(lateState.problem?.code, 'APP_UNAVAILABLE');
+  assert.match(lateState.problem?.message ?? '', new RegExp(`${late.dir}: the app's folder must exist`));
+
+  // The healthy app deploys as usual meanwhile; the agent is alive.
+  await setCurrent(web, '2.0');
+  await servedBy(web, '2.0');
+  assert.equal(agent.child.exitCode, null);
+  // Said once each, not on every re-check.
+  await waitFor('a few re-checks', async () => (await readAppState(stateDir, 'late'))?.updatedAt !== lateState.updatedAt || agent.lines.length > 0);
+  const said = agent.lines.filter((l) => String(l.msg).startsWith('cannot manage the app'));
+  assert.deepEqual(said.map((l) => l['app']).sort(), ['ghost', 'late']);
+  assert.equal(agent.lines.filter((l) => l.level === 'fatal' || String(l.msg).includes('stack')).length, 0);
+
+  // The folder appears (a first install): picked up without restarting the agent.
+  const made = await makeApp({ root: lateRoot, name: 'late', releases: ['1.0'] });
+  await setCurrent(made, '1.0');
+  await servedBy(made, '1.0');
+  const entry = await waitFor('late deployed', async () => (await readHistory(stateDir, 'late'))[0]);
+  assert.equal(entry.outcome, 'deployed', entry.reason ?? '');
+  assert.equal((await readAppState(stateDir, 'late'))?.problem ?? null, null);
+  await agent.waitForLog('late managed again', (l) => l['app'] === 'late' && l.msg === 'the app can be managed again');
+  assert.equal((await ask(web)).release, 'app.2.0');
+  await rm(lateRoot, { recursive: true, force: true });
+});
+
+test('a second agent with another state folder refuses the app the first one manages, naming it; the lock dies with its agent', async (t) => {
+  const root = await tmpDir(t, 'relink-isolation-');
+  const web = await makeApp({ root, name: 'web', releases: ['1.0', '2.0'] });
+  reapAppsAfter(t, web.releasesDir);
+  await setCurrent(web, '1.0');
+  const first = await writeConfig(root, [web], { reconcileMs: 300 });
+  const secondRoot = await tmpDir(t, 'relink-isolation-');
+  const second = await writeConfig(secondRoot, [web], { reconcileMs: 300 });
+  const a = startAgent(t, first);
+  const v1 = await servedBy(web, '1.0');
+  const b = startAgent(t, second);
+  const refused = await waitFor('the second agent to refuse the app', async () => {
+    const s = await readAppState(path.join(secondRoot, 'state'), 'web');
+    return s?.state === 'error' ? s : undefined;
+  });
+  assert.equal(refused.problem?.code, 'APP_LOCKED');
+  assert.match(refused.problem?.message ?? '', new RegExp(`managed by another relink agent \\(pid ${a.child.pid}, config ${first.replaceAll('.', '\\.')}`));
+  // A deploy is applied once, by the first agent only.
+  await setCurrent(web, '2.0');
+  await servedBy(web, '2.0');
+  await waitFor('the deploy journaled by the first agent', async () => (await readHistory(path.join(root, 'state'), 'web')).length === 2);
+  assert.equal((await readHistory(path.join(secondRoot, 'state'), 'web')).length, 0, 'the second agent applied nothing');
+  assert.notEqual((await ask(web)).pid, v1.pid);
+
+  // The first agent is killed (no clean release of the lock): the second takes the app over.
+  a.child.kill('SIGKILL');
+  await a.stop();
+  await b.waitForLog('the second agent managing the app', (l) => l['app'] === 'web' && l.msg === 'the app can be managed again', { timeoutMs: 20_000 });
+  const adopted = await b.waitForLog('adoption', (l) => l.msg === 'adopted running app');
+  assert.equal(adopted['appPid'], (await ask(web)).pid, 'adopted, not started twice');
+});
