@@ -34,9 +34,9 @@ const ReloadSchema = z.strictObject({
 
 const LivenessSchema = z.strictObject({
   periodMs: z.int().min(100).max(3_600_000).default(10_000)
-    .meta(about('between liveness probes')),
+    .meta(about('between liveness probes, 100 to 3600000')),
   failureThreshold: z.int().min(1).max(100).default(3)
-    .meta(about('failed liveness probes in a row that restart the app')),
+    .meta(about('failed liveness probes in a row that restart the app, 1 to 100')),
 });
 
 const HealthSchema = z.strictObject({
@@ -183,9 +183,9 @@ const WatchSchema = z.strictObject({
 
 const HistorySchema = z.strictObject({
   maxBytes: z.int().min(65_536).max(1_073_741_824).default(4_194_304)
-    .meta(about('a deploy journal is rotated, like a log, when an entry would take it past this many bytes; the newest entries are kept')),
+    .meta(about('a deploy journal is rotated, like a log, when an entry would take it past this many bytes (65536 to 1073741824); the newest entries are kept')),
   backups: z.int().min(1).max(100).default(2)
-    .meta(about('how many rotated journal files are kept')),
+    .meta(about('how many rotated journal files are kept, 1 to 100')),
 });
 
 export const ConfigSchema = z.strictObject({
@@ -200,7 +200,7 @@ export const ConfigSchema = z.strictObject({
   watch: WatchSchema.prefault({})
     .meta(about('how a change of current.conf is read')),
   history: HistorySchema.prefault({})
-    .meta(about('the size of the deploy journal')),
+    .meta(about('how large the deploy journal may grow')),
   apps: z.array(AppSchema).min(1, 'must list at least one app')
     .meta(about('the apps this agent manages, at least one; relative paths in an app resolve against its `dir`')),
 }).superRefine((cfg, ctx) => {
