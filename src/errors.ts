@@ -119,7 +119,10 @@ export const MAX_PROBLEMS = 20;
  * problems", with the code of the first one left out.
  */
 export class RelinkErrors extends RelinkError {
+  /** The problems as listed: at most MAX_PROBLEMS, then one "and N more problems". */
   readonly problems: readonly RelinkError[];
+  /** How many problems were found, including those not listed. */
+  readonly total: number;
   constructor(problems: readonly RelinkError[]) {
     const first = problems[0];
     if (first === undefined) throw new TypeError('RelinkErrors needs at least one problem');
@@ -127,6 +130,7 @@ export class RelinkErrors extends RelinkError {
     super(first.code, shown.map((p) => p.message).join('\n'), first);
     this.name = 'RelinkErrors';
     this.problems = shown;
+    this.total = problems.length;
   }
 }
 
