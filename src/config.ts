@@ -2,56 +2,98 @@
  * The agent's config file: parsed once with zod at the boundary, then turned
  * into frozen, fully defaulted values the rest of the agent trusts.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, realpath } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { nodeCron } from './cron.js';
-import { fileError, isErrno, RelinkErrors } from './errors.js';
+import { fileError, isErrno, RelinkErrors, type RelinkError } from './errors.js';
 import { parseHostPort, type Probe } from './health.js';
-import { describe, zodProblems } from './zodIssues.js';
+import { parseJsonFile } from './json.js';
+import { describe, parseWithSchema } from './zodIssues.js';
 
 // SIGKILL and SIGSTOP cannot be handled, so they can never mean "reload".
 const SIGNALS = Object.keys(osConstants.signals).filter((s) => s !== 'SIGKILL' && s !== 'SIGSTOP') as [string, ...string[]];
 
 const absoluteOrRelative = z.string().min(1, 'must be a non-empty path');
 
+/**
+ * Each key's description: the words of the README's "Agent config" table
+ * (test/schema.test.ts holds them equal), shown by editors from config.schema.json.
+ */
+const about = (description: string) => ({ description });
+
 const ReloadSchema = z.strictObject({
-  signal: z.enum(SIGNALS, { error: 'must be a catchable signal name such as "SIGHUP" (not SIGKILL or SIGSTOP)' }).default('SIGHUP'),
-  mode: z.enum(['reexec', 'inplace'], { error: 'must be "reexec" (the app re-executes itself and its PID changes) or "inplace" (the PID stays)' }).default('reexec'),
-  timeoutMs: z.int().min(100).max(600_000).default(15_000),
+  signal: z.enum(SIGNALS, { error: 'must be a catchable signal name such as "SIGHUP" (not SIGKILL or SIGSTOP)' }).default('SIGHUP')
+    .meta(about('the signal that makes the app reload')),
+  mode: z.enum(['reexec', 'inplace'], { error: 'must be "reexec" (the app re-executes itself and its PID changes) or "inplace" (the PID stays)' }).default('reexec')
+    .meta(about('`reexec`: the app re-executes itself, its PID changes; `inplace`: same PID (nginx)')),
+  timeoutMs: z.int().min(100).max(600_000).default(15_000)
+    .meta(about('how long a start or a re-exec handoff may take before the deploy counts as failed')),
+});
+
+const LivenessSchema = z.strictObject({
+  periodMs: z.int().min(100).max(3_600_000).default(10_000)
+    .meta(about('between liveness probes, 100 to 3600000')),
+  failureThreshold: z.int().min(1).max(100).default(3)
+    .meta(about('failed liveness probes in a row that restart the app, 1 to 100')),
 });
 
 const HealthSchema = z.strictObject({
-  url: z.url({ protocol: /^http$/, error: 'must be an http:// URL such as "http://127.0.0.1:8080/healthz"' }).optional(),
-  tcp: z.string().refine((s) => parseHostPort(s) !== undefined, 'must be "host:port", e.g. "127.0.0.1:8080"').optional(),
-  deadlineMs: z.int().min(100).max(600_000).default(10_000),
-  settleMs: z.int().min(0).max(600_000).default(1_000),
-  intervalMs: z.int().min(10).max(60_000).default(200),
-  probeTimeoutMs: z.int().min(10).max(60_000).default(1_000),
-  liveness: z.strictObject({
-    periodMs: z.int().min(100).max(3_600_000).default(10_000),
-    failureThreshold: z.int().min(1).max(100).default(3),
-  }).nullable().default(null),
+  url: z.url({ protocol: /^http$/, error: 'must be an http:// URL such as "http://127.0.0.1:8080/healthz"' }).optional()
+    .meta(about('`http://` URL that must answer 2xx after a deploy (not with `tcp`)')),
+  tcp: z.string().refine((s) => parseHostPort(s) !== undefined, 'must be "host:port", e.g. "127.0.0.1:8080"').optional()
+    .meta(about('`"host:port"` that must accept a connection after a deploy (not with `url`)')),
+  deadlineMs: z.int().min(100).max(600_000).default(10_000)
+    .meta(about('the probe must pass and the settle time elapse within this, after the process check')),
+  settleMs: z.int().min(0).max(600_000).default(1_000)
+    .meta(about('the new process must stay up this long')),
+  intervalMs: z.int().min(10).max(60_000).default(200)
+    .meta(about('between probe attempts')),
+  probeTimeoutMs: z.int().min(10).max(60_000).default(1_000)
+    .meta(about('one probe attempt\'s timeout')),
+  liveness: LivenessSchema.nullable().default(null)
+    .meta(about('after a deploy is judged healthy, the probe (`url` or `tcp`, which must be set) keeps running, and an app that fails it `failureThreshold` times in a row is restarted like a crashed one; `null`: off')),
 }).refine((h) => !(h.url !== undefined && h.tcp !== undefined), 'set "url" or "tcp", not both')
-  .refine((h) => h.liveness === null || h.url !== undefined || h.tcp !== undefined, { message: 'needs "url" or "tcp": the liveness check is that probe, repeated', path: ['liveness'] })
-  .refine((h) => h.settleMs < h.deadlineMs, { message: 'settleMs must be shorter than deadlineMs', path: ['settleMs'] });
+  .refine((h) => h.settleMs < h.deadlineMs, { message: 'settleMs must be shorter than deadlineMs', path: ['settleMs'] })
+  .refine((h) => h.liveness === null || h.url !== undefined || h.tcp !== undefined,
+    { message: 'needs "url" or "tcp" in health: liveness supervision repeats that probe', path: ['liveness'] });
 
 const SuperviseSchema = z.strictObject({
-  enabled: z.boolean().default(true),
-  checkMs: z.int().min(50).max(60_000).default(1_000),
-  backoffMs: z.int().min(0).max(600_000).default(1_000),
-  maxBackoffMs: z.int().min(0).max(3_600_000).default(30_000),
-  stableMs: z.int().min(0).max(3_600_000).default(10_000),
-  maxRetries: z.int().min(0).max(1_000).default(5),
+  enabled: z.boolean().default(true)
+    .meta(about('restart the app when it dies')),
+  checkMs: z.int().min(50).max(60_000).default(1_000)
+    .meta(about('how often the app\'s process is re-checked (a /proc read; the agent\'s own child is noticed at once)')),
+  backoffMs: z.int().min(0).max(600_000).default(1_000)
+    .meta(about('restart delay after a quick failure, doubled each time up to `maxBackoffMs`')),
+  maxBackoffMs: z.int().min(0).max(3_600_000).default(30_000)
+    .meta(about('the longest restart delay')),
+  stableMs: z.int().min(0).max(3_600_000).default(10_000)
+    .meta(about('a run this long resets the failure count')),
+  maxRetries: z.int().min(0).max(1_000).default(5)
+    .meta(about('quick failures in a row before the app is `fatal`')),
 });
 
 const RELEASE_PLACEHOLDER = '{release}';
 
+const releaseName = (def: string, description: string) => z.string()
+  // A regex, not .includes(): zod writes "format": "includes" into the JSON Schema, which validators reject as unknown.
+  .regex(/\{release\}/, { error: `must contain ${RELEASE_PLACEHOLDER}` })
+  .refine((s) => !s.includes('/'), 'must be a file name, not a path')
+  .default(def)
+  .meta(about(description));
+
+const ReleaseNamesSchema = z.strictObject({
+  bin: releaseName('app.{release}', 'the binary\'s file name in releasesDir, `{release}` standing for e.g. `2.0`'),
+  cfg: releaseName('cfg.{release}', 'the config\'s file name in releasesDir, `{release}` standing for e.g. `2.0`'),
+});
+
 // A user or group: a name as useradd accepts it, or a numeric id (JSON number or string).
 const account = (what: 'user' | 'group') => z.union([
   z.string().regex(/^(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|\d{1,10})$/, `must be a ${what} name such as "web" or a numeric id`),
-  z.int().min(0).max(4_294_967_294).transform(String),
+  // A number stays a number here (parseConfig makes it a string): zod leaves the
+  // default out of the JSON Schema of anything holding a transform.
+  z.int().min(0).max(4_294_967_294),
 ], { error: `must be a ${what} name such as "web" or a numeric id` });
 
 // Resource limits, each applied as both soft and hard limit, as systemd's Limit*= does.
@@ -61,60 +103,106 @@ const orUnlimited = (min: number, max: number) =>
 
 const LimitsSchema = z.strictObject({
   // The kernel caps nofile at fs.nr_open (1048576 by default); it cannot be unlimited.
-  nofile: upTo(1, 1_073_741_816).nullable().default(null),
-  nproc: orUnlimited(1, 4_194_304).nullable().default(null),
-  core: orUnlimited(0, Number.MAX_SAFE_INTEGER).nullable().default(null),
+  nofile: upTo(1, 1_073_741_816).nullable().default(null)
+    .meta(about('open files')),
+  nproc: orUnlimited(1, 4_194_304).nullable().default(null)
+    .meta(about('processes of the app\'s user, or `"unlimited"`')),
+  core: orUnlimited(0, Number.MAX_SAFE_INTEGER).nullable().default(null)
+    .meta(about('core file size in bytes, or `"unlimited"`')),
 });
 
 const AppSchema = z.strictObject({
-  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit'),
-  dir: z.string().refine((p) => path.isAbsolute(p), 'must be an absolute path'),
-  command: z.array(z.string().min(1)).min(1).default(['./app.bin', '-c', 'app.cfg']),
-  env: z.record(z.string(), z.string()).default({}),
-  releasesDir: absoluteOrRelative.optional(),
-  currentFile: absoluteOrRelative.optional(),
-  links: z.strictObject({ bin: absoluteOrRelative.optional(), cfg: absoluteOrRelative.optional() }).prefault({}),
-  logFile: absoluteOrRelative.optional(),
-  pidFile: absoluteOrRelative.nullable().default(null),
-  reload: ReloadSchema.prefault({}),
-  health: HealthSchema.prefault({}),
+  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit')
+    .meta(about('letters, digits, `.`, `_`, `-`; unique')),
+  dir: z.string().refine((p) => path.isAbsolute(p), 'must be an absolute path')
+    .meta(about('absolute; the app\'s working directory')),
+  command: z.array(z.string().min(1)).min(1).default(['./app.bin', '-c', 'app.cfg'])
+    .meta(about('argv used to start the app, run in `dir`')),
+  env: z.record(z.string(), z.string()).default({})
+    .meta(about('environment added to the agent\'s for the app')),
+  releasesDir: absoluteOrRelative.default('release')
+    .meta(about('where releases live; the app\'s processes are those running a binary from here')),
+  currentFile: absoluteOrRelative.optional()
+    .meta(about('the file the agent watches (default `<releasesDir>/current.conf`); no two apps may share one')),
+  links: z.strictObject({
+    bin: absoluteOrRelative.default('app.bin').meta(about('the symlink to the live release\'s binary')),
+    cfg: absoluteOrRelative.default('app.cfg').meta(about('the symlink to the live release\'s config')),
+  }).prefault({})
+    .meta(about('the symlinks the agent switches (a regular file there is never replaced); no two apps may share one')),
+  logFile: absoluteOrRelative.default('app.log')
+    .meta(about('the app\'s stdout and stderr (appended); no two apps may share one')),
+  pidFile: absoluteOrRelative.nullable().default(null)
+    .meta(about('optional: a PID file the app writes; it names a candidate, which must still pass the executable check')),
+  reload: ReloadSchema.prefault({})
+    .meta(about('how the app takes a new release')),
+  health: HealthSchema.prefault({})
+    .meta(about('how a deploy is judged, and optional liveness supervision after it')),
   preflight: z.strictObject({
-    command: z.array(z.string().min(1)).min(1),
-    timeoutMs: z.int().min(100).max(3_600_000).default(30_000),
-  }).nullable().default(null),
-  supervise: SuperviseSchema.prefault({}),
-  releaseNames: z.strictObject({
-    bin: z.string().includes(RELEASE_PLACEHOLDER, { error: `must contain ${RELEASE_PLACEHOLDER}` }).refine((s) => !s.includes('/'), 'must be a file name, not a path').default('app.{release}'),
-    cfg: z.string().includes(RELEASE_PLACEHOLDER, { error: `must contain ${RELEASE_PLACEHOLDER}` }).refine((s) => !s.includes('/'), 'must be a file name, not a path').default('cfg.{release}'),
-  }).prefault({}),
+    command: z.array(z.string().min(1)).min(1)
+      .meta(about('argv run before switching exactly as the app runs (its user, groups, limits and environment, in `dir`), `{bin}`/`{cfg}` replaced by the candidate\'s files; non-zero refuses')),
+    timeoutMs: z.int().min(100).max(3_600_000).default(30_000)
+      .meta(about('how long the preflight may run before it is killed with everything it started')),
+  }).nullable().default(null)
+    .meta(about('an optional check of a candidate release before anything is switched; `null`: none')),
+  supervise: SuperviseSchema.prefault({})
+    .meta(about('crash supervision: restarts with backoff')),
+  releaseNames: ReleaseNamesSchema.prefault({})
+    .meta(about('file names of a release, for `deploy RELEASE`; only files matching these are listed or pruned')),
   prune: z.strictObject({
-    schedule: z.string().refine((s) => nodeCron().validate(s), 'must be a cron expression such as "0 3 * * *"').nullable().default(null),
-    keep: z.int().min(1).max(10_000).default(5),
-  }).prefault({}),
-  user: account('user').nullable().default(null),
-  group: account('group').nullable().default(null),
-  allowRoot: z.boolean().default(false),
-  limits: LimitsSchema.prefault({}),
+    schedule: z.string().refine((s) => nodeCron().validate(s), 'must be a cron expression such as "0 3 * * *"').nullable().default(null)
+      .meta(about('cron expression (5 fields, or 6 with seconds) on which the agent prunes old releases, e.g. `"0 3 * * *"`; `null`: never')),
+    keep: z.int().min(1).max(10_000).default(5)
+      .meta(about('how many of the newest releases pruning keeps, besides the protected ones')),
+  }).prefault({})
+    .meta(about('deleting old releases')),
+  user: account('user').nullable().default(null)
+    .meta(about('the user the app runs as (name or uid); `null`: the agent\'s own (root under systemd, which needs `allowRoot`)')),
+  group: account('group').nullable().default(null)
+    .meta(about('the app\'s group (name or gid), with `user`; `null`: the user\'s primary group. Supplementary groups are kept')),
+  allowRoot: z.boolean().default(false)
+    .meta(about('the app may run as root; without it an app that would run as root is refused (`ROOT_REFUSED`)')),
+  limits: LimitsSchema.prefault({})
+    .meta(about('resource limits set on the app (soft = hard); `null`: inherited from the agent (`LimitNOFILE=` in the unit)')),
 }).superRefine((a, ctx) => {
   if (a.group !== null && a.user === null) {
     ctx.addIssue({ code: 'custom', path: ['group'], message: 'needs "user" as well (without it the app runs as the agent\'s own user and group)' });
   }
   // Said at load time when the config itself asks for root; running as root
   // because "user" is unset is refused when the app is started (launch.ts).
-  if ((a.user === 'root' || a.user === '0') && !a.allowRoot) {
+  if ((a.user === 'root' || String(a.user) === '0') && !a.allowRoot) {
     ctx.addIssue({ code: 'custom', path: ['user'], message: 'runs the app as root: set "allowRoot": true to mean it, or name an unprivileged user' });
   }
 });
 
+const WatchSchema = z.strictObject({
+  stabilityMs: z.int().min(0).max(10_000).default(50)
+    .meta(about('on every change (at most once per `pollMs`) the agent reads current.conf at once and acts if it is a complete JSON document (no proper prefix of one parses); otherwise it waits until the file has kept its inode, size and mtime this long, so a half-written file is never acted on, and reads again')),
+  pollMs: z.int().min(1).max(1_000).default(10)
+    .meta(about('how often the file is looked at meanwhile')),
+});
+
+const HistorySchema = z.strictObject({
+  maxBytes: z.int().min(65_536).max(1_073_741_824).default(4_194_304)
+    .meta(about('a deploy journal is rotated, like a log, when an entry would take it past this many bytes (65536 to 1073741824); the newest entries are kept')),
+  backups: z.int().min(1).max(100).default(2)
+    .meta(about('how many rotated journal files are kept, 1 to 100')),
+});
+
 export const ConfigSchema = z.strictObject({
-  stateDir: absoluteOrRelative.default('/var/lib/relink'),
-  logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
-  reconcileMs: z.int().min(200).max(3_600_000).default(5_000),
-  watch: z.strictObject({
-    stabilityMs: z.int().min(0).max(10_000).default(50),
-    pollMs: z.int().min(1).max(1_000).default(10),
-  }).prefault({}),
-  apps: z.array(AppSchema).min(1, 'must list at least one app'),
+  $schema: z.string().optional()
+    .meta(about('ignored by the agent: the JSON Schema editors check this file against (`config.schema.json` in the package; `relink schema` prints it)')),
+  stateDir: absoluteOrRelative.default('/var/lib/relink')
+    .meta(about('history (`history.jsonl`), per-app state (`apps/NAME.json`), the running agent (`agent.json`); one agent per stateDir; relative to the config file\'s folder')),
+  logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
+    .meta(about('`trace` .. `fatal`, `silent`')),
+  reconcileMs: z.int().min(200).max(3_600_000).default(5_000)
+    .meta(about('how often current.conf is re-read as a safety net for a missed file event (a small file read; no polling of anything else)')),
+  watch: WatchSchema.prefault({})
+    .meta(about('how a change of current.conf is read')),
+  history: HistorySchema.prefault({})
+    .meta(about('how large the deploy journal may grow')),
+  apps: z.array(AppSchema).min(1, 'must list at least one app')
+    .meta(about('the apps this agent manages, at least one; relative paths in an app resolve against its `dir`')),
 }).superRefine((cfg, ctx) => {
   // Runs even when other keys are wrong (see `when` below), so the value may be partly unparsed.
   const apps: unknown = (cfg as { apps?: unknown }).apps;
@@ -133,7 +221,21 @@ export const ConfigSchema = z.strictObject({
   // a wrong type); every problem must still be listed at once.
 }, { when: (payload) => payload.value !== null && typeof payload.value === 'object' && !Array.isArray(payload.value) });
 
-export type ReloadMode = 'reexec' | 'inplace';
+/**
+ * The agent config's JSON Schema (draft-07, which every editor's JSON
+ * support reads), generated from ConfigSchema: what `relink schema` prints
+ * and config.schema.json holds. Input side: a key with a default is optional.
+ */
+export function configJsonSchema(): Record<string, unknown> {
+  return z.toJSONSchema(ConfigSchema, { target: 'draft-7', io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
+}
+
+// The frozen config's types come from the schemas where a part is used as
+// parsed (STYLE.md: one source for the config shape); the rest is what
+// parseConfig makes of it (resolved paths, `undefined` for "none", a probe).
+type Frozen<S extends z.ZodType> = Readonly<z.output<S>>;
+
+export type ReloadMode = z.output<typeof ReloadSchema>['mode'];
 
 export interface AppConfig {
   readonly name: string;
@@ -142,30 +244,20 @@ export interface AppConfig {
   readonly env: Readonly<Record<string, string>>;
   readonly releasesDir: string;
   readonly currentFile: string;
-  readonly links: { readonly bin: string; readonly cfg: string };
+  readonly links: Frozen<typeof AppSchema.shape.links>;
   readonly logFile: string;
   readonly pidFile: string | undefined;
-  readonly reload: { readonly signal: NodeJS.Signals; readonly mode: ReloadMode; readonly timeoutMs: number };
-  readonly health: {
-    readonly probe: Probe | undefined;
-    readonly deadlineMs: number;
-    readonly settleMs: number;
-    readonly intervalMs: number;
-    readonly probeTimeoutMs: number;
-    /** After the verdict, the probe every periodMs; failureThreshold failures in a row restart the app. */
-    readonly liveness: { readonly periodMs: number; readonly failureThreshold: number } | undefined;
-  };
+  readonly reload: Readonly<Omit<z.output<typeof ReloadSchema>, 'signal'> & { signal: NodeJS.Signals }>;
+  readonly health: Readonly<Omit<z.output<typeof HealthSchema>, 'url' | 'tcp' | 'liveness'> & {
+    /** The HTTP or TCP probe, from `url` or `tcp`; undefined: none. */
+    probe: Probe | undefined;
+    /** Probing after the verdict (`periodMs`, `failureThreshold`); undefined: off. */
+    liveness: Frozen<typeof LivenessSchema> | undefined;
+  }>;
   readonly preflight: { readonly command: readonly string[]; readonly timeoutMs: number } | undefined;
-  readonly supervise: {
-    readonly enabled: boolean;
-    readonly checkMs: number;
-    readonly backoffMs: number;
-    readonly maxBackoffMs: number;
-    readonly stableMs: number;
-    readonly maxRetries: number;
-  };
+  readonly supervise: Frozen<typeof SuperviseSchema>;
   /** File name patterns of a release, `{release}` standing for e.g. "2.0". */
-  readonly releaseNames: { readonly bin: string; readonly cfg: string };
+  readonly releaseNames: Frozen<typeof ReleaseNamesSchema>;
   readonly prune: { readonly schedule: string | undefined; readonly keep: number };
   /** The user the app runs as (name or uid); undefined: the agent's own user. */
   readonly user: string | undefined;
@@ -211,28 +303,26 @@ export interface AgentConfig {
   readonly stateDir: string;
   readonly logLevel: string;
   readonly reconcileMs: number;
-  readonly watch: { readonly stabilityMs: number; readonly pollMs: number };
+  readonly watch: Frozen<typeof WatchSchema>;
+  /** Each deploy journal's bound: rotated past `maxBytes` (bytes), keeping `backups` rotated files. */
+  readonly history: Frozen<typeof HistorySchema>;
   readonly apps: readonly AppConfig[];
 }
 
-/** Parse an already-read config text. `file` is used for messages and relative paths. */
+/**
+ * Parse an already-read config text (a leading byte order mark ignored).
+ * `file` is used for messages and relative paths. Throws RelinkErrors:
+ * CONFIG_SYNTAX, CONFIG_DUPLICATE_KEY, or CONFIG_INVALID listing every
+ * problem (at most MAX_PROBLEMS), including two apps sharing a file.
+ */
 export function parseConfig(text: string, file: string): AgentConfig {
   const abs = path.resolve(file);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    throw new RelinkErrors([fileError('CONFIG_SYNTAX', abs, undefined, 'must be valid JSON', (err as Error).message)]);
-  }
-  const parsed = ConfigSchema.safeParse(raw);
-  if (!parsed.success) {
-    throw new RelinkErrors(zodProblems(parsed.error, abs, 'CONFIG_INVALID', 'CONFIG_INVALID', raw));
-  }
-  const cfg = parsed.data;
+  const raw = parseJsonFile(text, abs, { syntax: 'CONFIG_SYNTAX', duplicate: 'CONFIG_DUPLICATE_KEY' });
+  const cfg = parseWithSchema(ConfigSchema, raw, abs, { invalid: 'CONFIG_INVALID', unknownKey: 'CONFIG_INVALID' });
   const base = path.dirname(abs);
   const apps = cfg.apps.map((a): AppConfig => {
     const dir = path.resolve(a.dir);
-    const releasesDir = path.resolve(dir, a.releasesDir ?? 'release');
+    const releasesDir = path.resolve(dir, a.releasesDir);
     return Object.freeze({
       name: a.name,
       dir,
@@ -241,8 +331,8 @@ export function parseConfig(text: string, file: string): AgentConfig {
       releasesDir,
       // Relative paths resolve against `dir`; the default follows releasesDir.
       currentFile: a.currentFile === undefined ? path.join(releasesDir, 'current.conf') : path.resolve(dir, a.currentFile),
-      links: Object.freeze({ bin: path.resolve(dir, a.links.bin ?? 'app.bin'), cfg: path.resolve(dir, a.links.cfg ?? 'app.cfg') }),
-      logFile: path.resolve(dir, a.logFile ?? 'app.log'),
+      links: Object.freeze({ bin: path.resolve(dir, a.links.bin), cfg: path.resolve(dir, a.links.cfg) }),
+      logFile: path.resolve(dir, a.logFile),
       pidFile: a.pidFile === null ? undefined : path.resolve(dir, a.pidFile),
       reload: Object.freeze({ signal: a.reload.signal as NodeJS.Signals, mode: a.reload.mode, timeoutMs: a.reload.timeoutMs }),
       health: Object.freeze({
@@ -257,22 +347,72 @@ export function parseConfig(text: string, file: string): AgentConfig {
       supervise: Object.freeze({ ...a.supervise }),
       releaseNames: Object.freeze({ ...a.releaseNames }),
       prune: Object.freeze({ schedule: a.prune.schedule ?? undefined, keep: a.prune.keep }),
-      user: a.user ?? undefined,
-      group: a.group ?? undefined,
+      user: a.user === null ? undefined : String(a.user),
+      group: a.group === null ? undefined : String(a.group),
       allowRoot: a.allowRoot,
       limits: Object.freeze({ nofile: a.limits.nofile ?? undefined, nproc: a.limits.nproc ?? undefined, core: a.limits.core ?? undefined }),
     });
   });
+  const shared = sharedFiles(abs, apps, (p) => ({ key: p, shown: p }));
+  if (shared.length > 0) throw new RelinkErrors(shared);
   return Object.freeze({
     file: abs,
     stateDir: path.resolve(base, cfg.stateDir),
     logLevel: cfg.logLevel,
     reconcileMs: cfg.reconcileMs,
     watch: Object.freeze({ ...cfg.watch }),
+    history: Object.freeze({ ...cfg.history }),
     apps: Object.freeze(apps),
   });
 }
 
+/** The files each app has to itself: what the agent applies, switches or writes. */
+const OWN_FILES = [
+  { key: 'currentFile', of: (a: AppConfig) => a.currentFile, what: 'a current.conf', why: 'two apps would both apply one current.conf', link: false },
+  { key: 'links.bin', of: (a: AppConfig) => a.links.bin, what: 'the binary\'s link', why: 'two apps would switch the same link', link: true },
+  { key: 'links.cfg', of: (a: AppConfig) => a.links.cfg, what: 'the config\'s link', why: 'two apps would switch the same link', link: true },
+  { key: 'logFile', of: (a: AppConfig) => a.logFile, what: 'a log', why: 'two apps would write one log', link: false },
+] as const;
+
+/**
+ * Two apps (or two keys of one app) naming the same file, compared by
+ * `identity` (the resolved path; in loadConfig the real path too). One
+ * problem for each later use, naming the earlier one.
+ */
+function sharedFiles(file: string, apps: readonly AppConfig[], identity: (p: string, link: boolean) => { key: string; shown: string }): RelinkError[] {
+  const first = new Map<string, { app: number; use: (typeof OWN_FILES)[number] }>();
+  const problems: RelinkError[] = [];
+  apps.forEach((app, i) => {
+    for (const use of OWN_FILES) {
+      const id = identity(use.of(app), use.link);
+      const prev = first.get(id.key);
+      if (prev === undefined) {
+        first.set(id.key, { app: i, use });
+        continue;
+      }
+      const rule = prev.use === use ? `must not be the same file as apps[${prev.app}]'s (${use.why})`
+        : `must not be the same file as apps[${prev.app}].${prev.use.key} (one file cannot be both ${use.what} and ${prev.use.what})`;
+      problems.push(fileError('CONFIG_INVALID', file, `apps[${i}].${use.key}`, rule, id.shown));
+    }
+  });
+  return problems;
+}
+
+/** The real path of `p` where it exists; of its folder for a link (the link itself, not its target) or a file not made yet. */
+async function realPathOf(p: string, link: boolean): Promise<string> {
+  if (!link) {
+    const real = await realpath(p).catch(() => undefined);
+    if (real !== undefined) return real;
+  }
+  const dir = await realpath(path.dirname(p)).catch(() => undefined);
+  return dir === undefined ? p : path.join(dir, path.basename(p));
+}
+
+/**
+ * Read and parse the config file (see parseConfig). Two apps whose files
+ * are the same only through symlinks are refused here, where the real
+ * paths are looked up. Throws RelinkErrors (CONFIG_UNREADABLE and those of parseConfig).
+ */
 export async function loadConfig(file: string): Promise<AgentConfig> {
   const abs = path.resolve(file);
   let text: string;
@@ -282,7 +422,18 @@ export async function loadConfig(file: string): Promise<AgentConfig> {
     const found = isErrno(err) ? err.code ?? 'error' : describe(String(err));
     throw new RelinkErrors([fileError('CONFIG_UNREADABLE', abs, undefined, 'must be a readable file', found)]);
   }
-  return parseConfig(text, abs);
+  const config = parseConfig(text, abs);
+  const real = new Map<string, string>();
+  await Promise.all(config.apps.flatMap((a) => OWN_FILES.map(async (use) => {
+    const p = use.of(a);
+    real.set(`${use.link}:${p}`, await realPathOf(p, use.link));
+  })));
+  const shared = sharedFiles(abs, config.apps, (p, link) => {
+    const r = real.get(`${link}:${p}`) ?? p;
+    return { key: r, shown: r === p ? p : `${p} -> ${r}` };
+  });
+  if (shared.length > 0) throw new RelinkErrors(shared);
+  return config;
 }
 
 /** The app named `name`, or the only app when no name is given. */

@@ -14,7 +14,8 @@ import { z } from 'zod';
 import type { AppConfig } from './config.js';
 import { fileError, isErrno, RelinkError, RelinkErrors } from './errors.js';
 import { checkTrust } from './trust.js';
-import { zodProblems } from './zodIssues.js';
+import { parseJsonFile } from './json.js';
+import { parseWithSchema } from './zodIssues.js';
 
 /** Far above any real current.conf; protects the agent from a file pointed at by mistake. */
 const MAX_BYTES = 64 * 1024;
@@ -100,21 +101,18 @@ export async function readCurrent(file: string): Promise<CurrentSnapshot> {
 
 /**
  * Check `text` (the content of `file`) against every rule and return the
- * release it names. Throws RelinkErrors listing every problem found.
+ * release it names. A leading byte order mark and CRLF line ends are fine.
+ * Throws RelinkErrors listing every problem found (at most MAX_PROBLEMS):
+ * CURRENT_SYNTAX and CURRENT_DUPLICATE_KEY without quoting the text,
+ * CURRENT_INVALID, CURRENT_UNKNOWN_KEY (with the nearest known key), then
+ * the release files' and the trust rules' codes.
  */
 export async function validateCurrent(app: AppConfig, text: string, file: string = app.currentFile): Promise<Release> {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    const found = text.trim() === '' ? 'an empty file' : (err as Error).message;
-    throw new RelinkErrors([fileError('CURRENT_SYNTAX', file, undefined, 'must be valid JSON', found)]);
-  }
+  const raw = parseJsonFile(text, file, { syntax: 'CURRENT_SYNTAX', duplicate: 'CURRENT_DUPLICATE_KEY' });
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
     throw new RelinkErrors([fileError('CURRENT_INVALID', file, undefined, 'must be a JSON object {"bin.file": ..., "cfg.file": ...}', JSON.stringify(raw).slice(0, 80))]);
   }
-  const parsed = CurrentSchema.safeParse(raw);
-  if (!parsed.success) throw new RelinkErrors(zodProblems(parsed.error, file, 'CURRENT_INVALID', 'CURRENT_UNKNOWN_KEY', raw));
+  const data = parseWithSchema(CurrentSchema, raw, file, { invalid: 'CURRENT_INVALID', unknownKey: 'CURRENT_UNKNOWN_KEY' });
 
   const releasesReal = await realpath(app.releasesDir).catch((err: unknown) => {
     throw new RelinkErrors([fileError('RELEASE_MISSING', file, undefined, `the releases folder ${app.releasesDir} must exist`, isErrno(err) ? err.code : String(err))]);
@@ -130,12 +128,12 @@ export async function validateCurrent(app: AppConfig, text: string, file: string
     }
   };
   const [bin, cfg] = await Promise.all([
-    check('bin.file', parsed.data['bin.file'], true),
-    check('cfg.file', parsed.data['cfg.file'], false),
+    check('bin.file', data['bin.file'], true),
+    check('cfg.file', data['cfg.file'], false),
   ]);
   const expected: Array<[string | undefined, string | undefined, 'bin.sha256' | 'cfg.sha256']> = [
-    [bin, parsed.data['bin.sha256'], 'bin.sha256'],
-    [cfg, parsed.data['cfg.sha256'], 'cfg.sha256'],
+    [bin, data['bin.sha256'], 'bin.sha256'],
+    [cfg, data['cfg.sha256'], 'cfg.sha256'],
   ];
   await Promise.all(expected.map(async ([real, want, key]) => {
     if (real === undefined || want === undefined) return;

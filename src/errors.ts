@@ -9,12 +9,14 @@ export type ErrorCode =
   // agent config
   | 'CONFIG_UNREADABLE'
   | 'CONFIG_SYNTAX'
+  | 'CONFIG_DUPLICATE_KEY'
   | 'CONFIG_INVALID'
   // current.conf
   | 'CURRENT_MISSING'
   | 'CURRENT_UNREADABLE'
   | 'CURRENT_TOO_LARGE'
   | 'CURRENT_SYNTAX'
+  | 'CURRENT_DUPLICATE_KEY'
   | 'CURRENT_INVALID'
   | 'CURRENT_UNKNOWN_KEY'
   | 'RELEASE_MISSING'
@@ -110,16 +112,39 @@ export function fileError(code: ErrorCode, file: string, key: string | undefined
   return new RelinkError(code, `${where} ${rule}${tail}`, { file, key, rule, found });
 }
 
-/** Several problems found at once (a config with three mistakes lists all three). */
+/**
+ * How many problems one error lists. A 46 KB current.conf with 2,000 unknown
+ * keys made a 200 KB message per refusal, journaled and logged on every write
+ * (issue 9, item 5); the first 20 say what is wrong as well as all would.
+ */
+export const MAX_PROBLEMS = 20;
+
+/**
+ * Several problems found at once (a config with three mistakes lists all
+ * three). Past MAX_PROBLEMS, the rest is one last problem: "FILE: and N more
+ * problems", with the code of the first one left out.
+ */
 export class RelinkErrors extends RelinkError {
+  /** The problems as listed: at most MAX_PROBLEMS, then one "and N more problems". */
   readonly problems: readonly RelinkError[];
+  /** How many problems were found, including those not listed. */
+  readonly total: number;
   constructor(problems: readonly RelinkError[]) {
     const first = problems[0];
     if (first === undefined) throw new TypeError('RelinkErrors needs at least one problem');
-    super(first.code, problems.map((p) => p.message).join('\n'), first);
+    const shown = problems.length <= MAX_PROBLEMS ? problems : [...problems.slice(0, MAX_PROBLEMS), moreProblems(problems.slice(MAX_PROBLEMS))];
+    super(first.code, shown.map((p) => p.message).join('\n'), first);
     this.name = 'RelinkErrors';
-    this.problems = problems;
+    this.problems = shown;
+    this.total = problems.length;
   }
+}
+
+function moreProblems(rest: readonly RelinkError[]): RelinkError {
+  const head = rest[0]!;
+  const rule = `and ${rest.length} more problem${rest.length === 1 ? '' : 's'}`;
+  const file = rest.every((p) => p.file === head.file) ? head.file : undefined;
+  return file === undefined ? new RelinkError(head.code, rule, { rule }) : fileError(head.code, file, undefined, rule);
 }
 
 export function isErrno(err: unknown, code?: string): err is NodeJS.ErrnoException {

@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { loadConfig, parseConfig, pickApp } from '../src/config.js';
 import { RelinkError, RelinkErrors } from '../src/errors.js';
@@ -56,6 +56,8 @@ test('defaults are filled in and paths resolved', async (t) => {
   assert.deepEqual([...app.command], ['./app.bin', '-c', 'app.cfg']);
   assert.deepEqual({ ...app.env }, {});
   assert.deepEqual({ ...app.reload }, { signal: 'SIGHUP', mode: 'reexec', timeoutMs: 15_000 });
+  assert.deepEqual({ ...cfg.history }, { maxBytes: 4_194_304, backups: 2 });
+  assert.equal(app.health.liveness, undefined);
 });
 
 test('stateDir defaults to /var/lib/relink; an absolute stateDir is kept', () => {
@@ -66,7 +68,7 @@ test('stateDir defaults to /var/lib/relink; an absolute stateDir is kept', () =>
 test('the result is frozen all the way down', () => {
   const cfg = parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', env: { A: '1' } }] }), '/etc/relink/config.json');
   const app = cfg.apps[0]!;
-  for (const [what, obj] of Object.entries({ cfg, apps: cfg.apps, watch: cfg.watch, app, command: app.command, env: app.env, links: app.links, reload: app.reload })) {
+  for (const [what, obj] of Object.entries({ cfg, apps: cfg.apps, watch: cfg.watch, history: cfg.history, app, command: app.command, env: app.env, links: app.links, reload: app.reload, health: app.health })) {
     assert.ok(Object.isFrozen(obj), `${what} is frozen`);
   }
   assert.throws(() => { (cfg as { stateDir: string }).stateDir = '/tmp'; }, TypeError);
@@ -153,12 +155,12 @@ test('the aggregate error reads as one line per problem', () => {
 test('an unknown key is refused by name, at any depth', () => {
   const top = one(refused(JSON.stringify({ stateDri: '/x', apps: [{ name: 'web', dir: '/srv/web' }] }), '/c.json'), 'stateDri');
   assert.equal(top.code, 'CONFIG_INVALID');
-  assert.equal(top.rule, 'is not a known key');
+  assert.equal(top.rule, 'is not a known key (did you mean "stateDir"?)');
   assert.equal(top.found, '"/x"');
   const deep = refused(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', reload: { signl: 'SIGHUP' }, link: {} }] }), '/c.json');
   assert.equal(deep.length, 2, deep.map((p) => p.message).join('\n'));
-  assert.equal(one(deep, 'apps[0].reload.signl').rule, 'is not a known key');
-  assert.equal(one(deep, 'apps[0].link').rule, 'is not a known key');
+  assert.equal(one(deep, 'apps[0].reload.signl').rule, 'is not a known key (did you mean "signal"?)');
+  assert.equal(one(deep, 'apps[0].link').rule, 'is not a known key (did you mean "links"?)');
 });
 
 test('a bad signal name is refused; a real one is accepted', () => {
@@ -229,16 +231,22 @@ test('an empty apps list, or none at all, is refused', () => {
   assert.equal(none.rule, 'is required');
 });
 
-test('invalid JSON is CONFIG_SYNTAX naming the file', () => {
-  for (const text of ['{"apps": [', '', 'apps: []']) {
+test('invalid JSON is CONFIG_SYNTAX naming the file, the line and column and what was expected', () => {
+  for (const [text, rule, found] of [
+    ['{"apps": [', 'must be valid JSON: expected a value at line 1, column 11', 'the end of the file'],
+    ['', 'must be valid JSON', 'an empty file'],
+    ['apps: []', 'must be valid JSON: expected a value (an object such as {"key": "value"}) at line 1, column 1', 'a letter'],
+    ['{\n  "apps": [],\n}\n', 'must be valid JSON: expected a key in double quotes (JSON allows no comma before "}") at line 3, column 1', '"}"'],
+  ] as const) {
     const problems = refused(text, 'relative/config.json');
     assert.equal(problems.length, 1);
     const p = problems[0]!;
     assert.equal(p.code, 'CONFIG_SYNTAX');
     assert.equal(p.file, path.resolve('relative/config.json'));
     assert.equal(p.key, undefined);
-    assert.equal(p.rule, 'must be valid JSON');
-    assert.ok(p.found && p.message.includes(p.found), p.message);
+    assert.equal(p.rule, rule);
+    assert.equal(p.found, found);
+    assert.equal(p.message, `${path.resolve('relative/config.json')}: ${rule} (found: ${found})`);
   }
 });
 
@@ -295,12 +303,6 @@ test('pickApp: by name, or the only app when no name is given', () => {
 
 test('config.sample.json at the repo root parses', async (t) => {
   const sample = path.join(ROOT, 'config.sample.json');
-  try {
-    await access(sample);
-  } catch {
-    t.skip('config.sample.json is not written yet');
-    return;
-  }
   // Parse a copy placed elsewhere too: relative paths in the sample must not depend on the repo.
   const cfg = await loadConfig(sample);
   assert.ok(cfg.apps.length >= 1);
@@ -329,4 +331,228 @@ test('node-cron is loaded only when an app has a prune schedule (the agent does 
   // And a bad expression is still refused by node-cron itself.
   const bad = refused(JSON.stringify({ stateDir: '/x', apps: [{ name: 'web', dir: '/srv/web', prune: { schedule: '61 * * * *' } }] }), '/etc/relink/config.json');
   assert.ok(bad.some((p) => p.key?.endsWith('prune.schedule')), bad.map((p) => p.key).join(', '));
+});
+
+// --- the JSON reader: what editors produce, duplicates, no quoting ------------------
+
+test('a config saved with a UTF-8 byte order mark and CRLF line ends loads', async (t) => {
+  const root = await tmpDir(t);
+  const file = path.join(root, 'config.json');
+  const text = JSON.stringify({ stateDir: 'state', apps: [{ name: 'web', dir: '/srv/web' }] }, null, 2).replaceAll('\n', '\r\n');
+  await writeFile(file, Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(`${text}\r\n`)]));
+  const cfg = await loadConfig(file);
+  assert.equal(cfg.apps[0]?.name, 'web');
+  assert.equal(cfg.stateDir, path.join(root, 'state'));
+});
+
+test('a duplicate key is CONFIG_DUPLICATE_KEY, at the top and in nested objects, naming the key path and places', async (t) => {
+  const problems = refused([
+    '{',
+    '  "stateDir": "/var/lib/a",',
+    '  "apps": [{"name": "web", "dir": "/srv/web",',
+    '            "reload": {"signal": "SIGHUP", "signal": "SIGUSR2"}}],',
+    '  "stateDir": "/var/lib/b"',
+    '}',
+  ].join('\n'), '/c.json');
+  // In the order the repeats appear.
+  assert.deepEqual(problems.map((p) => [p.code, p.key, p.found]), [
+    ['CONFIG_DUPLICATE_KEY', 'apps[0].reload.signal', '2 times: line 4, column 24; line 4, column 44'],
+    ['CONFIG_DUPLICATE_KEY', 'stateDir', '2 times: line 2, column 3; line 5, column 3'],
+  ]);
+  for (const p of problems) assert.equal(p.rule, 'must appear only once in its object (otherwise the last one would silently win)');
+  // The same through loadConfig, from a real file.
+  const root = await tmpDir(t);
+  const file = path.join(root, 'config.json');
+  await writeFile(file, '{"apps": [{"name": "web", "dir": "/srv/web", "env": {"A": "1", "A": "2"}}]}');
+  await assert.rejects(loadConfig(file), (err: unknown) => err instanceof RelinkErrors && err.code === 'CONFIG_DUPLICATE_KEY' && err.key === 'apps[0].env.A');
+});
+
+test('a config syntax error quotes none of the file (an env value may be a secret)', () => {
+  const secret = 'Zq9-xW7kP3v';
+  for (const text of [
+    `{"apps": [{"name": "web", "dir": "/srv/web", "env": {"TOKEN": "${secret}}]}`,
+    `{"apps": [{"name": "web", "dir": "/srv/web", "env": {"TOKEN": ${secret}}}]}`,
+    `{"apps": [{"name": "web", "dir": "/srv/web", "env": {"TOKEN": "${secret}" "B": "x"}}]}`,
+  ]) {
+    const [p] = refused(text, '/c.json');
+    assert.equal(p?.code, 'CONFIG_SYNTAX');
+    for (let i = 0; i + 3 <= secret.length; i++) assert.ok(!p!.message.includes(secret.slice(i, i + 3)), `quotes the file: ${p!.message}`);
+    assert.match(p!.message, /^\/c\.json: must be valid JSON: expected .+ at line 1, column \d+ \(found: .+\)$/);
+  }
+});
+
+// --- messages: key, rule, found, for every kind of zod issue ---------------------
+
+test('zod\'s texts never reach a message: every kind of issue reads as key, rule, found', () => {
+  const top = refused(JSON.stringify({
+    stateDir: '',
+    logLevel: 'loud',
+    reconcileMs: 5_000.5,
+    watch: [],
+    history: { maxBytes: 1, backups: 101 },
+    apps: [{ name: 'web', dir: '/srv/web' }],
+  }), '/c.json');
+  const inApp = refused(JSON.stringify({
+    apps: [{
+      name: 'web',
+      dir: '/srv/web',
+      command: [],
+      env: { A: 1 },
+      pidFile: 3,
+      reload: { timeoutMs: '15000', mode: 'restart' },
+      health: { url: 'http://127.0.0.1:1/', probeTimeoutMs: 5, intervalMs: 60_001, liveness: { periodMs: 99, failureThreshold: 0 } },
+      preflight: { command: 'nginx -t' },
+      supervise: { enabled: 'yes' },
+      releaseNames: { bin: 'app' },
+      limits: { nofile: 'many', nproc: -1, core: 'lots' },
+      allowRoot: 1,
+    }],
+  }), '/c.json');
+  const problems = [...top, ...inApp];
+  const rules = Object.fromEntries(problems.map((p) => [p.key ?? '', p.rule]));
+  assert.deepEqual(rules, {
+    stateDir: 'must be a non-empty path',
+    logLevel: 'must be one of "trace", "debug", "info", "warn", "error", "fatal" or "silent"',
+    reconcileMs: 'must be an integer from 200 to 3600000',
+    watch: 'must be an object {...}',
+    'history.maxBytes': 'must be at least 65536',
+    'history.backups': 'must be at most 100',
+    'apps[0].command': 'must have at least 1 item',
+    'apps[0].env.A': 'must be a string',
+    'apps[0].pidFile': 'must be a string, or null',
+    'apps[0].reload.timeoutMs': 'must be an integer from 100 to 600000',
+    'apps[0].reload.mode': 'must be "reexec" (the app re-executes itself and its PID changes) or "inplace" (the PID stays)',
+    'apps[0].health.probeTimeoutMs': 'must be at least 10',
+    'apps[0].health.intervalMs': 'must be at most 60000',
+    'apps[0].health.liveness.periodMs': 'must be at least 100',
+    'apps[0].health.liveness.failureThreshold': 'must be at least 1',
+    'apps[0].preflight.command': 'must be an array [...]',
+    'apps[0].supervise.enabled': 'must be true or false',
+    'apps[0].releaseNames.bin': 'must contain {release}',
+    'apps[0].limits.nofile': 'must be an integer from 1 to 1073741816',
+    // An integer out of range is told the range (zod picks the branch whose type matched).
+    'apps[0].limits.nproc': 'must be an integer from 1 to 4194304',
+    'apps[0].limits.core': 'must be an integer from 0 to 9007199254740991, or "unlimited"',
+    'apps[0].allowRoot': 'must be true or false',
+  });
+  for (const p of problems) {
+    assert.doesNotMatch(p.message, /Invalid (input|option|string|number|URL)|Too (small|big)|expected \w+, received|Unrecognized key/, p.message);
+  }
+  // The example from the field, exactly.
+  assert.equal(one(problems, 'apps[0].reload.timeoutMs').message, '/c.json: "apps[0].reload.timeoutMs": must be an integer from 100 to 600000 (found: "15000")');
+});
+
+test('an unknown key suggests the nearest known key at that place, from the schema', () => {
+  const problems = refused(JSON.stringify({
+    stateDri: '/x',
+    apps: [{ name: 'web', dir: '/srv/web', relaod: { mode: 'inplace' }, health: { URL: 'http://127.0.0.1:1/', livenes: null }, supervise: { maxRetires: 3 }, colour: 'blue' }],
+  }), '/c.json');
+  const rules = Object.fromEntries(problems.map((p) => [p.key ?? '', p.rule]));
+  assert.deepEqual(rules, {
+    stateDri: 'is not a known key (did you mean "stateDir"?)',
+    'apps[0].relaod': 'is not a known key (did you mean "reload"?)',
+    'apps[0].health.URL': 'is not a known key (did you mean "url"?)',
+    'apps[0].health.livenes': 'is not a known key (did you mean "liveness"?)',
+    'apps[0].supervise.maxRetires': 'is not a known key (did you mean "maxRetries"?)',
+    // Nothing close: no guess.
+    'apps[0].colour': 'is not a known key',
+  });
+  assert.equal(one(problems, 'apps[0].relaod').message, '/c.json: "apps[0].relaod": is not a known key (did you mean "reload"?) (found: {"mode":"inplace"})');
+});
+
+test('thousands of problems make a bounded message: the first 20, then how many more', () => {
+  const keys = Object.fromEntries(Array.from({ length: 2_000 }, (_, i) => [`unknown${i}`, i]));
+  let err: unknown;
+  try {
+    parseConfig(JSON.stringify({ ...keys, apps: [{ name: 'web', dir: '/srv/web' }] }), '/c.json');
+  } catch (e) {
+    err = e;
+  }
+  assert.ok(err instanceof RelinkErrors);
+  assert.equal(err.problems.length, 21);
+  assert.equal(err.problems[20]!.message, '/c.json: and 1980 more problems');
+  assert.ok(err.message.length < 3_000, `${err.message.length} characters`);
+});
+
+// --- new keys -------------------------------------------------------------------------
+
+test('"$schema" is accepted and ignored; history and health.liveness have their defaults', () => {
+  const cfg = parseConfig(JSON.stringify({ $schema: './config.schema.json', apps: [{ name: 'web', dir: '/srv/web' }] }), '/c.json');
+  assert.deepEqual({ ...cfg.history }, { maxBytes: 4_194_304, backups: 2 });
+  assert.equal(cfg.apps[0]!.health.liveness, undefined);
+  assert.ok(!('$schema' in cfg));
+  const set = parseConfig(JSON.stringify({
+    history: { maxBytes: 65_536, backups: 100 },
+    apps: [{ name: 'web', dir: '/srv/web', health: { tcp: '127.0.0.1:8080', liveness: { periodMs: 100 } } }],
+  }), '/c.json');
+  assert.deepEqual({ ...set.history }, { maxBytes: 65_536, backups: 100 });
+  assert.deepEqual({ ...set.apps[0]!.health.liveness }, { periodMs: 100, failureThreshold: 3 });
+  assert.ok(Object.isFrozen(set.history) && Object.isFrozen(set.apps[0]!.health.liveness));
+  assert.equal(one(refused(JSON.stringify({ history: { maxBytes: 2 ** 30 + 1 }, apps: [{ name: 'web', dir: '/srv/web' }] }), '/c.json'), 'history.maxBytes').rule, 'must be at most 1073741824');
+  assert.equal(one(refused(JSON.stringify({ $schema: 1, apps: [{ name: 'web', dir: '/srv/web' }] }), '/c.json'), '$schema').rule, 'must be a string');
+});
+
+test('health.liveness is refused without health.url or health.tcp to probe', () => {
+  const p = one(refused(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', health: { liveness: { periodMs: 1_000 } } }] }), '/c.json'), 'apps[0].health.liveness');
+  assert.equal(p.code, 'CONFIG_INVALID');
+  assert.equal(p.rule, 'needs "url" or "tcp" in health: liveness supervision repeats that probe');
+  assert.equal(p.found, '{"periodMs":1000}');
+  // null is off, and needs no probe.
+  assert.equal(parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', health: { liveness: null } }] }), '/c.json').apps[0]!.health.liveness, undefined);
+});
+
+// --- files two apps must not share ------------------------------------------------------
+
+test('two apps with the same current.conf, links or log are refused, naming both apps', () => {
+  const shared = refused(JSON.stringify({ apps: [
+    { name: 'web', dir: '/srv/web', currentFile: '/srv/deploy/current.conf' },
+    { name: 'api', dir: '/srv/api', currentFile: '../deploy/current.conf', links: { bin: '/srv/web/app.bin' }, logFile: '/srv/web/app.log' },
+  ] }), '/c.json');
+  assert.deepEqual(shared.map((p) => p.message), [
+    '/c.json: "apps[1].currentFile": must not be the same file as apps[0]\'s (two apps would both apply one current.conf) (found: /srv/deploy/current.conf)',
+    '/c.json: "apps[1].links.bin": must not be the same file as apps[0]\'s (two apps would switch the same link) (found: /srv/web/app.bin)',
+    '/c.json: "apps[1].logFile": must not be the same file as apps[0]\'s (two apps would write one log) (found: /srv/web/app.log)',
+  ]);
+  // Two apps in one dir share every default.
+  const sameDir = refused(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web' }, { name: 'api', dir: '/srv/web/' }] }), '/c.json');
+  assert.deepEqual(sameDir.map((p) => p.key), ['apps[1].currentFile', 'apps[1].links.bin', 'apps[1].links.cfg', 'apps[1].logFile']);
+  // One file for two uses, in one app or across apps.
+  const twoUses = refused(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', links: { bin: 'x', cfg: 'x' } }, { name: 'api', dir: '/srv/api', logFile: '/srv/web/release/current.conf' }] }), '/c.json');
+  assert.deepEqual(twoUses.map((p) => [p.key, p.rule]), [
+    ['apps[0].links.cfg', 'must not be the same file as apps[0].links.bin (one file cannot be both the config\'s link and the binary\'s link)'],
+    ['apps[1].logFile', 'must not be the same file as apps[0].currentFile (one file cannot be both a log and a current.conf)'],
+  ]);
+  // Apps in a shared releases folder with their own current.conf and links are fine.
+  parseConfig(JSON.stringify({ apps: [
+    { name: 'web', dir: '/srv/web', releasesDir: '/srv/releases', currentFile: 'web.conf' },
+    { name: 'api', dir: '/srv/api', releasesDir: '/srv/releases', currentFile: 'api.conf' },
+  ] }), '/c.json');
+});
+
+test('loadConfig also refuses two apps whose files are the same only through a symlink', async (t) => {
+  const root = await tmpDir(t);
+  await mkdir(path.join(root, 'web', 'release'), { recursive: true });
+  await symlink(path.join(root, 'web'), path.join(root, 'alias'));
+  const file = path.join(root, 'config.json');
+  await writeFile(file, JSON.stringify({ apps: [
+    { name: 'web', dir: path.join(root, 'web'), links: { bin: 'web.bin', cfg: 'web.cfg' }, logFile: 'web.log' },
+    { name: 'api', dir: path.join(root, 'alias'), links: { bin: 'api.bin', cfg: 'api.cfg' }, logFile: 'api.log' },
+  ] }));
+  // parseConfig sees two different paths; loadConfig looks at the real ones.
+  parseConfig(await readFile(file, 'utf8'), file);
+  const err = await loadConfig(file).then(() => assert.fail('accepted a shared current.conf'), (e: unknown) => e);
+  assert.ok(err instanceof RelinkErrors);
+  assert.equal(err.problems.length, 1, err.message);
+  const p = err.problems[0]!;
+  assert.equal(p.key, 'apps[1].currentFile');
+  assert.equal(p.found, `${path.join(root, 'alias', 'release', 'current.conf')} -> ${path.join(root, 'web', 'release', 'current.conf')}`);
+  // A current.conf that is itself a symlink to another app's.
+  await writeFile(file, JSON.stringify({ apps: [
+    { name: 'web', dir: path.join(root, 'web') },
+    { name: 'api', dir: path.join(root, 'api'), currentFile: 'current.conf' },
+  ] }));
+  await mkdir(path.join(root, 'api'));
+  await writeFile(path.join(root, 'web', 'release', 'current.conf'), '{}');
+  await symlink(path.join(root, 'web', 'release', 'current.conf'), path.join(root, 'api', 'current.conf'));
+  await assert.rejects(loadConfig(file), (e: unknown) => e instanceof RelinkErrors && e.key === 'apps[1].currentFile' && /two apps would both apply one current\.conf/.test(e.message));
 });

@@ -42,6 +42,7 @@ const COMMANDS: Record<string, { readonly summary: string; readonly load: () => 
   deploy: { summary: 'name a release in current.conf and (with --wait) wait for the verdict', load: async () => (await import('./deploy.js')).deployCommand },
   rollback: { summary: 'go back to the previous known-good release (or --to RELEASE)', load: async () => (await import('./rollback.js')).rollbackCommand },
   demo: { summary: 'run the agent on a self-contained demo (deploy, refusal, rollback)', load: async () => (await import('./demo.js')).demoCommand },
+  schema: { summary: 'print the JSON Schema of the agent config, for editors', load: async () => (await import('./schema.js')).schemaCommand },
 };
 
 function usage(): string {
