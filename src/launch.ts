@@ -100,25 +100,25 @@ export async function planCommand(app: AppConfig, agent: AgentIdentity, argv: re
   if (runAs.uid === 0 && !app.allowRoot) {
     const found = runAs.configured ? `"user": ${JSON.stringify(app.user)}` : 'no "user" set, and the agent runs as root';
     throw new RelinkError('ROOT_REFUSED',
-      `${app.name}: refusing to run the app as root (${found}): set "user" to the account it should run as, or "allowRoot": true if it must run as root`,
+      `refusing to run the app as root (${found}): set "user" to the account it should run as, or "allowRoot": true if it must run as root`,
       { key: 'user', rule: 'must not run as root unless "allowRoot": true', found });
   }
   const switching = runAs.uid !== agent.uid || runAs.gid !== agent.gid;
   if (switching && !(has(agent.caps, CAP_SETUID) && has(agent.caps, CAP_SETGID))) {
     const found = `the agent runs as uid ${agent.uid} (gid ${agent.gid}) without CAP_SETUID/CAP_SETGID`;
     throw new RelinkError('USER_SWITCH_DENIED',
-      `${app.name}: cannot start the app as ${describeUser(runAs)} group ${runAs.group}: ${found}; run the agent as root (the systemd unit does) or as that user`,
+      `cannot start the app as ${describeUser(runAs)} group ${runAs.group}: ${found}; run the agent as root (the systemd unit does) or as that user`,
       { key: 'user', rule: 'the agent must be able to switch to the app\'s user', found });
   }
   for (const [name, want] of configuredLimits(app.limits)) {
     if (name === 'nofile' && typeof want === 'number' && want > agent.nrOpen) {
-      throw new RelinkError('LIMIT_DENIED', `${app.name}: "limits.nofile": ${want} is above the kernel's fs.nr_open (${agent.nrOpen})`,
+      throw new RelinkError('LIMIT_DENIED', `"limits.nofile": ${want} is above the kernel's fs.nr_open (${agent.nrOpen})`,
         { key: 'limits.nofile', rule: `must be at most fs.nr_open (${agent.nrOpen})`, found: String(want) });
     }
     const hard = agent.limits[name].hard;
     if (lower(hard, want) && !has(agent.caps, CAP_SYS_RESOURCE)) {
       throw new RelinkError('LIMIT_DENIED',
-        `${app.name}: "limits.${name}": ${want} is above the agent's own hard limit (${hard}), which only a privileged agent can raise (for nofile: LimitNOFILE= in the unit)`,
+        `"limits.${name}": ${want} is above the agent's own hard limit (${hard}), and the agent lacks CAP_SYS_RESOURCE, the capability that raises it${agent.uid === 0 ? ' (root without it: the unit\'s CapabilityBoundingSet= must keep CAP_SYS_RESOURCE)' : ''}; or raise the agent's own limit (for nofile: LimitNOFILE= in the unit)`,
         { key: `limits.${name}`, rule: `must be at most the agent's hard limit (${hard}) unless the agent has CAP_SYS_RESOURCE`, found: String(want) });
     }
   }
@@ -173,7 +173,7 @@ export async function launch(app: AppConfig, agent?: AgentIdentity): Promise<Lau
       child.once('error', reject);
     }).catch((err: unknown) => {
       const e = err as NodeJS.ErrnoException;
-      throw new RelinkError('START_FAILED', `${app.name}: could not start ${JSON.stringify(app.command)} in ${app.dir}: ${e.code ?? e.message}`,
+      throw new RelinkError('START_FAILED', `could not start ${JSON.stringify(app.command)} in ${app.dir}: ${e.code ?? e.message}`,
         { key: 'command', rule: 'must start', found: e.code ?? e.message }, { cause: err });
     });
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {

@@ -134,7 +134,7 @@ export async function resolveRunAs(app: AppConfig): Promise<RunAs> {
   }
   const account = await lookupUser(app.user);
   if (account === undefined) {
-    throw new RelinkError('USER_UNKNOWN', `${app.name}: "user": no such user ${JSON.stringify(app.user)} (create it: useradd --system --no-create-home ${app.user})`,
+    throw new RelinkError('USER_UNKNOWN', `"user": no such user ${JSON.stringify(app.user)} (create it: useradd --system --no-create-home ${app.user})`,
       { key: 'user', rule: 'must name an existing user (name or uid)', found: app.user });
   }
   let gid = account.gid;
@@ -142,7 +142,7 @@ export async function resolveRunAs(app: AppConfig): Promise<RunAs> {
   if (app.group !== undefined) {
     const group = await lookupGroup(app.group);
     if (group === undefined) {
-      throw new RelinkError('USER_UNKNOWN', `${app.name}: "group": no such group ${JSON.stringify(app.group)}`,
+      throw new RelinkError('USER_UNKNOWN', `"group": no such group ${JSON.stringify(app.group)}`,
         { key: 'group', rule: 'must name an existing group (name or gid)', found: app.group });
     }
     gid = group.gid;

@@ -11,7 +11,7 @@ import { makeApp, setCurrent, writeConfig, type DemoApp } from '../src/demo/layo
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { ProcessFinder } from '../src/proc.js';
 import { ask, servedBy } from './fixture.js';
-import { alive, reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor, type AgentProc } from './helpers.js';
+import { alive, assertOneKeyOnce, reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor, type AgentProc } from './helpers.js';
 
 async function history(root: string): Promise<HistoryEntry[]> {
   return readHistory(path.join(root, 'state'));
@@ -121,6 +121,8 @@ test('a bad current.conf is refused with file, key, rule and what was found; not
   const ok = await nthEntry(root, 5);
   assert.equal(ok.outcome, 'deployed', ok.reason ?? '');
   await servedBy(app, '2.0');
+  await agent.waitForLog('the deploy log line', (l) => l.outcome === 'deployed' && l['to'] !== undefined && (l['to'] as { bin: string }).bin.endsWith('app.2.0'));
+  assertOneKeyOnce(agent);
 });
 
 test('content equal to what is applied changes nothing (no signal, no journal entry)', async (t) => {
@@ -146,11 +148,20 @@ test('a burst of edits ends with the final content applied, one apply at a time'
   await setCurrent(app, '3.0');
   await servedBy(app, '3.0');
   await waitFor('links on 3.0', async () => (await readlink(path.join(app.dir, 'app.bin'))).endsWith('app.3.0'));
-  const entries = await history(root);
-  assert.ok(entries.length <= 32, `edits must coalesce (got ${entries.length} entries for 31 edits)`);
+  const entries = await waitFor('the final content journaled', async () => {
+    const all = await history(root);
+    return all.at(-1)?.to.bin?.endsWith('app.3.0') ? all : undefined;
+  });
+  // No pass read a half-written file, and the last word is the last edit's.
   assert.ok(entries.every((e) => e.outcome === 'deployed'), JSON.stringify(entries.filter((e) => e.outcome !== 'deployed')));
-  // Applies never overlapped: each started from where the previous one left the app.
-  for (let i = 1; i < entries.length; i++) assert.equal(entries[i]?.pidBefore, entries[i - 1]?.pidAfter);
+  assert.equal(entries.at(-1)?.to.cfg, path.join(app.releasesDir, 'cfg.3.0'));
+  for (let i = 1; i < entries.length; i++) {
+    const prev = entries[i - 1]!;
+    const cur = entries[i]!;
+    // One apply at a time: each began after the previous one ended, from where it left the app.
+    assert.ok(Date.parse(cur.time) - cur.durationMs >= Date.parse(prev.time), `apply ${i} began before apply ${i - 1} ended`);
+    assert.equal(cur.pidBefore, prev.pidAfter);
+  }
   assert.equal(agent.child.exitCode, null);
 });
 

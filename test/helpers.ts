@@ -10,6 +10,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { scanJson } from '../src/json.js';
 import { readProc } from '../src/proc.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -114,6 +115,8 @@ export interface LogLine {
 export interface AgentProc {
   readonly child: ChildProcess;
   readonly lines: LogLine[];
+  /** The stdout lines as printed (before parsing: a duplicated key is still there). */
+  readonly raw: string[];
   readonly stderr: string[];
   /** Resolves with the first log line (already seen or to come) matching `pred`. */
   waitForLog(what: string, pred: (l: LogLine) => boolean, opts?: WaitOptions): Promise<LogLine>;
@@ -128,8 +131,10 @@ export function startAgent(t: TestContext, configFile: string): AgentProc {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: LogLine[] = [];
+  const raw: string[] = [];
   const stderr: string[] = [];
   createInterface({ input: child.stdout! }).on('line', (l) => {
+    raw.push(l);
     try {
       lines.push(JSON.parse(l) as LogLine);
     } catch {
@@ -142,6 +147,7 @@ export function startAgent(t: TestContext, configFile: string): AgentProc {
   const proc: AgentProc = {
     child,
     lines,
+    raw,
     stderr,
     waitForLog: (what, pred, opts) => waitFor(what, () => lines.find(pred), opts),
     stop(signal = 'SIGTERM') {
@@ -180,4 +186,15 @@ export function relinkCli(args: readonly string[], env: Record<string, string> =
     child.once('error', reject);
     child.once('close', (code) => resolve({ code, stdout, stderr }));
   });
+}
+
+/**
+ * Every log line of the agent is one JSON object with each key once
+ * (issue 9, item 18: `time` and `app` were printed twice in every line).
+ */
+export function assertOneKeyOnce(agent: AgentProc): void {
+  for (const line of agent.raw) {
+    const dup = scanJson(line);
+    if (dup.length > 0) throw new Error(`duplicate key ${dup.map((d) => JSON.stringify(d.key)).join(', ')} in log line ${line}`);
+  }
 }

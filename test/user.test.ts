@@ -229,7 +229,12 @@ test('what an unprivileged agent cannot grant is refused before anything starts:
   const limit = await code(nobody, agentAs(65_534, 0n, 1024));
   assert.equal(limit.code, 'LIMIT_DENIED');
   assert.equal(limit.key, 'limits.nofile');
-  assert.match(limit.message, /4096 is above the agent's own hard limit \(1024\)/);
+  assert.match(limit.message, /4096 is above the agent's own hard limit \(1024\), and the agent lacks CAP_SYS_RESOURCE/);
+  // Root, but under a bounding set without CAP_SYS_RESOURCE: the capability is named, not "a privileged agent".
+  const capless = await code(nobody, agentAs(0, ((1n << 41n) - 1n) & ~(1n << 24n), 1024));
+  assert.equal(capless.code, 'LIMIT_DENIED');
+  assert.match(capless.message, /lacks CAP_SYS_RESOURCE.*CapabilityBoundingSet= must keep CAP_SYS_RESOURCE/);
+  assert.doesNotMatch(capless.message, /privileged agent/);
 
   // Within its hard limit, prlimit runs and no setpriv is needed.
   const plan = await planLaunch(nobody, agentAs(65_534, 0n, 65_536));

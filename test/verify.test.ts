@@ -9,7 +9,7 @@ import { readFile, readlink } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { ask, currentConf, fixture, nthEntry, servedBy, setCurrentText } from './fixture.js';
-import { relinkCli } from './helpers.js';
+import { assertOneKeyOnce, relinkCli } from './helpers.js';
 
 const sha256 = async (file: string) => createHash('sha256').update(await readFile(file)).digest('hex');
 
@@ -46,6 +46,9 @@ for (const [release, code, why] of [
     const next = await nthEntry(f, 3);
     assert.equal(next.outcome, 'deployed', next.reason ?? '');
     await servedBy(f.app, '2.0');
+    const line = await f.agent.waitForLog('the rollback log line', (l) => l.outcome === 'rolled_back');
+    assert.equal(line['rejected'], undefined, 'the rejected text stays in the journal, not in the log');
+    assertOneKeyOnce(f.agent);
   });
 }
 

@@ -19,7 +19,7 @@
  * NODE_OPTIONS, which the apps the agent starts would inherit. (`env -S`:
  * coreutils 8.30, 2018.)
  */
-import { RelinkError, RelinkErrors } from '../errors.js';
+import { isErrno, RelinkError, RelinkErrors } from '../errors.js';
 import { VERSION } from '../version.js';
 import { EXIT, type IO } from './io.js';
 
@@ -49,7 +49,7 @@ function usage(): string {
   const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`);
   return `relink ${VERSION}: on-host deploy agent (watch current.conf, relink, start or signal the app)
 
-Usage: relink <command> [options]     relink <command> --help
+Usage: relink <command> [options]     relink <command> --help     relink --version
 
 Commands:
 ${lines.join('\n')}
@@ -90,7 +90,7 @@ async function main(argv: string[]): Promise<number> {
     return await (await command.load()).run(rest, io, stop);
   } catch (err) {
     if (err instanceof RelinkErrors) {
-      io.stderr(`relink ${name}: ${err.problems.length} problem${err.problems.length === 1 ? '' : 's'}:\n${err.problems.map((p) => `  ${p.message}`).join('\n')}\n`);
+      io.stderr(`relink ${name}: ${err.total} problem${err.total === 1 ? '' : 's'}:\n${err.problems.map((p) => `  ${p.message}`).join('\n')}\n`);
       return EXIT.failed;
     }
     if (err instanceof RelinkError) {
@@ -98,7 +98,16 @@ async function main(argv: string[]): Promise<number> {
       if (err.code === 'USAGE') io.stderr(`Try: relink ${name} --help\n`);
       return err.code === 'USAGE' ? EXIT.usage : EXIT.failed;
     }
-    io.stderr(`relink ${name}: unexpected error: ${(err as Error).stack ?? String(err)}\n`);
+    // A file or folder that is missing, unreadable or full is an operator's
+    // problem to fix, not a crash: one line with the path and the errno.
+    // Anything else is a bug: one line too, and the stack trace on request.
+    if (isErrno(err)) {
+      io.stderr(`relink ${name}: ${err.path ?? ''}${err.path === undefined ? '' : ': '}${err.code === 'ENOENT' ? 'no such file or folder' : err.message} (${err.code})\n`);
+      return EXIT.failed;
+    }
+    io.stderr(`relink ${name}: unexpected error: ${(err as Error).message ?? String(err)}\n`);
+    if (io.env['RELINK_DEBUG']) io.stderr(`${(err as Error).stack ?? ''}\n`);
+    else io.stderr('(a bug in relink: please report it; RELINK_DEBUG=1 shows the stack trace)\n');
     return EXIT.failed;
   }
 }

@@ -15,7 +15,10 @@
  * Config (key=value lines): port (required), mode=reexec|inplace, message,
  * workers=N (forked children with the same exe, like nginx's workers),
  * pidfile=PATH, and for failure tests: fail_start=1 (exit 4 at once),
- * exit_after_ms=N (exit 3 N ms after start), unhealthy=1 (/healthz -> 503).
+ * exit_after_ms=N (exit 3 N ms after start), unhealthy=1 (/healthz -> 503),
+ * unhealthy_after_ms=N (/healthz -> 503 from N ms after start or an in-place
+ * reload: healthy at first, then not, like new workers that die or an app
+ * that wedges). An in-place reload takes message and both health keys.
  *
  * Linux only, libc only. Build: cc -O2 -Wall -Wextra -o app app.c
  */
@@ -49,10 +52,13 @@ struct config {
     long exit_after_ms;       /* -1 = never */
     int fail_start;
     int unhealthy;            /* 1 = /healthz answers 503 (a release that never becomes healthy) */
+    long unhealthy_after_ms;  /* -1 = never; else /healthz answers 503 this long after (re)load */
     char pidfile[PATH_MAX];
 };
 
 static volatile sig_atomic_t got_hup, got_term, got_chld;
+/* When the config was last (re)loaded (ms, CLOCK_MONOTONIC): unhealthy_after_ms counts from here. */
+static long long loaded_at;
 static int sig_pipe[2] = {-1, -1};
 static char release[NAME_MAX + 1] = "unknown";
 
@@ -99,6 +105,7 @@ static int read_config(const char *path, struct config *c)
     memset(c, 0, sizeof *c);
     c->port = -1;
     c->exit_after_ms = -1;
+    c->unhealthy_after_ms = -1;
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
@@ -116,6 +123,7 @@ static int read_config(const char *path, struct config *c)
         else if (!strcmp(k, "exit_after_ms")) c->exit_after_ms = atol(v);
         else if (!strcmp(k, "fail_start")) c->fail_start = atoi(v) != 0;
         else if (!strcmp(k, "unhealthy")) c->unhealthy = atoi(v) != 0;
+        else if (!strcmp(k, "unhealthy_after_ms")) c->unhealthy_after_ms = atol(v);
         else if (!strcmp(k, "pidfile")) snprintf(c->pidfile, sizeof c->pidfile, "%s", v);
     }
     free(line);
@@ -189,8 +197,10 @@ static void serve(int fd, const struct config *c, int gen)
         req[got] = '\0';
         if (strstr(req, "\r\n\r\n")) break;
     }
-    /* Every path gets the same answer; /healthz says 503 when unhealthy=1. */
-    int sick = c->unhealthy && strncmp(req, "GET /healthz", 12) == 0;
+    /* Every path gets the same answer; /healthz says 503 when unhealthy=1, or
+       once unhealthy_after_ms has passed since the config was loaded. */
+    int wedged = c->unhealthy_after_ms >= 0 && now_ms() - loaded_at >= c->unhealthy_after_ms;
+    int sick = (c->unhealthy || wedged) && strncmp(req, "GET /healthz", 12) == 0;
     static char rel_esc[6 * sizeof release + 1], msg_esc[6 * MSG_MAX + 1];
     static char body[sizeof rel_esc + sizeof msg_esc + 256], resp[sizeof body + 256];
     json_escape(rel_esc, release);
@@ -276,6 +286,7 @@ static void spawn_workers(int n, int listener)
 int main(int argc, char **argv)
 {
     long long start = now_ms();
+    loaded_at = start;
     const char *cfg_path = NULL;
     for (int i = 1; i < argc - 1; i++)
         if (!strcmp(argv[i], "-c")) cfg_path = argv[i + 1];
@@ -380,6 +391,9 @@ int main(int argc, char **argv)
                     logmsg("pid=%d: reload failed, cannot read %s; keeping old config", (int)getpid(), cfg_path);
                 } else {
                     memcpy(cfg.message, nc.message, sizeof cfg.message); /* port changes ignored */
+                    cfg.unhealthy = nc.unhealthy;
+                    cfg.unhealthy_after_ms = nc.unhealthy_after_ms;
+                    loaded_at = now_ms();
                     logmsg("pid=%d: reloaded %s in place, message=%s", (int)getpid(), cfg_path, cfg.message);
                 }
             } else {
