@@ -517,8 +517,12 @@ test('onEarly comes before the quiet period ends, and at most once per pollMs du
   await waitFor('the report after the quiet period', () => calls.includes('change'), { timeoutMs: 10_000 });
   const early = calls.filter((c) => c === 'early').length;
   assert.deepEqual(collapsed(calls), ['early', 'change'], 'every early call came before the one report for the whole burst');
-  // 5 writes make up to 15 events; with pollMs 10 the early calls are bounded by the burst's length.
-  assert.ok(early <= Math.min(5, Math.floor(burstMs / 10) + 3), `${early} early calls for a burst of ${burstMs.toFixed(1)} ms`);
+  // 5 writes make up to 15 events (inotify reports each truncation and each
+  // write: 10 for 5 writeFile calls, measured), so a burst slowed down by a
+  // busy CPU may be offered more often than it has writes; what is bounded
+  // is the rate: with pollMs 10, by the burst's length (one call per 10 ms,
+  // one held back to the end of the window, one for a change seen by polling).
+  assert.ok(early <= Math.floor(burstMs / 10) + 3, `${early} early calls for a burst of ${burstMs.toFixed(1)} ms`);
 });
 
 test('a write right after a report opens a new round: onEarly again, before its quiet period', async (t) => {
