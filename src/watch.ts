@@ -156,10 +156,10 @@ export class CurrentWatcher {
    * (reporting through onFolder and onChange) if not; follows a symlinked
    * current.conf again. A safety net for what no inotify event and no poll
    * sees: an ancestor of the folder renamed or re-pointed, a folder deleted
-   * while a process kept it open (its deletion is signalled only when the
-   * last one lets go). The agent calls it on its periodic re-check
-   * (reconcileMs). A stat and a realpath per folder; never rejects (errors go
-   * to onError).
+   * while a process has its working directory there (measured: inotify says
+   * nothing until that process leaves). Meant for the agent's periodic
+   * re-check (reconcileMs). Costs a realpath of current.conf and a stat per
+   * watched folder; never rejects (errors go to onError, once).
    */
   check(): Promise<void> {
     return this.#folders.check();
