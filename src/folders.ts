@@ -74,7 +74,7 @@ export interface FolderOptions {
  * doubling): `rm -rf deploy; mkdir deploy` in a script brings the folder back
  * within milliseconds, and the deploy after it should not wait a second.
  */
-export const FOLDER_POLL_MS = 1000;
+const FOLDER_POLL_MS = 1000;
 
 /**
  * A watched folder and what is known about it. Its identity is device, inode
