@@ -19,21 +19,22 @@
  *   per pollMs): the orchestrator acts on it only if the file is already a
  *   complete JSON document, so a finished write, back to back with the
  *   previous deploy or not, does not wait for the quiet period;
- * - chokidar 5 supplies the events, but is not trusted to supply all of
- *   them: it keeps the first of a quick series and drops the rest with no
- *   trailing event (5 ms per file, paulmillr/chokidar#1333 and #1084; 100 ms
- *   after a removal; 50 ms for `change`, #1455), so a vim save (rename away,
- *   write anew) or a delete-and-recreate right after an edit went unreported.
- *   Hence the quiet period polls the file itself, and after every report the
- *   file is watched by polling for TAIL_MS more, longer than any of those
- *   windows: an edit whose event chokidar swallowed is still seen at once.
- *   chokidar's own awaitWriteFinish is off; it applies after the drop.
+ * - after every report the file is watched by polling for TAIL_MS more, so
+ *   an edit whose event never came is still seen at once (see TAIL_MS);
+ * - the folders are watched through FolderWatches (src/folders.ts), which
+ *   keeps each watch on the folder at its path now: `rm -rf deploy; mkdir
+ *   deploy`, a folder swapped, a symlink re-pointed or a folder not there
+ *   yet would otherwise leave the watch deaf. When it re-arms, the file is
+ *   read again (it may have been written before the watch was back), and
+ *   the loss and the recovery are reported (onFolder).
  */
-import { watch, type FSWatcher } from 'chokidar';
-import { realpath, stat } from 'node:fs/promises';
+import { readlink, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { isErrno } from './errors.js';
+import { FolderWatches, isMissing, type FolderEvent } from './folders.js';
+
+export type { FolderEvent } from './folders.js';
 
 export interface WatchOptions {
   readonly file: string;
@@ -51,6 +52,20 @@ export interface WatchOptions {
    * otherwise wait for onChange. Saves the quiet period on most deploys.
    */
   readonly onEarly?: () => void;
+  /**
+   * Called once per transition of a watched folder (current.conf's folder,
+   * and the folder of the file a symlinked current.conf leads to; `dir` is
+   * that folder's path, absolute): "missing" when it does not exist (also
+   * from start(), for a folder that does not exist yet) or is no longer the
+   * folder the watch is on (deleted, moved away, replaced, a symlink on its
+   * path re-pointed), so that changes in it go unseen until "back": a folder
+   * is at that path again and watched, and onChange follows so the file is
+   * read. A replaced folder gives "missing" then "back" at once. For one
+   * `dir` the calls alternate, "missing" first; a folder the watcher no
+   * longer needs while it is missing (the link now leads elsewhere) gets no
+   * "back".
+   */
+  readonly onFolder?: (event: FolderEvent, dir: string) => void;
   readonly onError: (err: Error) => void;
 }
 
@@ -63,7 +78,15 @@ export interface WatchOptions {
  */
 const EMPTY_QUIET_MS = 1000;
 
-/** Longer than chokidar's longest throttle window (100 ms after a removal). */
+/**
+ * How long the file is polled after a report, so that a change whose event
+ * never arrives right after a deploy is still seen at once: an inotify queue
+ * overflow (IN_Q_OVERFLOW, which libuv's uv__inotify_read drops as an event
+ * for no watch), a write to a re-pointed link's new target before its folder
+ * is watched. Sized to chokidar's longest throttle window (100 ms after a
+ * removal) when chokidar supplied the events, and kept: the back-to-back
+ * figures in BENCHMARKS.md were measured with it.
+ */
 const TAIL_MS = 150;
 
 interface Signature {
@@ -75,8 +98,8 @@ interface Signature {
 
 export class CurrentWatcher {
   readonly #opts: WatchOptions;
-  /** Folder -> its watch: current.conf's folder and, if elsewhere, its symlink target's. */
-  readonly #watches = new Map<string, FSWatcher>();
+  /** current.conf's folder and, if elsewhere, its symlink target's. */
+  readonly #folders: FolderWatches;
   /** Paths whose events matter: current.conf and, if it is a symlink, its target. */
   #names: ReadonlySet<string>;
   /** Whether current.conf existed at the last report, to name the next one. */
@@ -97,23 +120,49 @@ export class CurrentWatcher {
   private constructor(opts: WatchOptions) {
     this.#opts = opts;
     this.#names = new Set([opts.file]);
+    this.#folders = new FolderWatches({
+      pollMs: opts.pollMs,
+      wanted: () => this.#follow(),
+      onEntry: (dir, name) => {
+        if (name === null || this.#names.has(path.join(dir, name))) this.#touch();
+      },
+      onRearmed: () => this.#touch(),
+      onFolder: (event, dir) => this.#opts.onFolder?.(event, dir),
+      onError: (err) => this.#opts.onError(err),
+    });
   }
 
-  /** Resolves once the watcher is armed. Callers must still read the file once themselves. */
+  /**
+   * Resolves once the watcher is armed, or waiting for a folder that does
+   * not exist yet (reported by onFolder "missing"; onChange follows when it
+   * appears). Callers must still read the file once themselves. Throws when
+   * a folder exists but cannot be watched (EACCES; ENOSPC: the inotify watch
+   * limit, fs.inotify.max_user_watches).
+   */
   static async start(opts: WatchOptions): Promise<CurrentWatcher> {
     const self = new CurrentWatcher({ ...opts, file: path.resolve(opts.file) });
     try {
-      const dir = path.dirname(self.#opts.file);
-      // chokidar waits for a missing folder; the agent wants to be told.
-      await stat(dir);
-      await self.#watchFolder(dir);
-      await self.#followTarget();
+      await self.#folders.sync();
       self.#present = (await signature(self.#opts.file)).present;
     } catch (err) {
       await self.close();
       throw err;
     }
     return self;
+  }
+
+  /**
+   * Checks that every watched folder is still the one watched, and re-arms
+   * (reporting through onFolder and onChange) if not; follows a symlinked
+   * current.conf again. A safety net for what no inotify event and no poll
+   * sees: an ancestor of the folder renamed or re-pointed, a folder deleted
+   * while a process has its working directory there (measured: inotify says
+   * nothing until that process leaves). Meant for the agent's periodic
+   * re-check (reconcileMs). Costs a realpath of current.conf and a stat per
+   * watched folder; never rejects (errors go to onError, once).
+   */
+  check(): Promise<void> {
+    return this.#folders.check();
   }
 
   /** Stops watching and waits for a check in progress; the same promise every time. */
@@ -123,61 +172,22 @@ export class CurrentWatcher {
       clearTimeout(this.#timer);
       clearTimeout(this.#earlyTimer);
       this.#wake?.();
-      const closing = [...this.#watches.values()].map((w) => w.close());
-      this.#watches.clear();
-      await Promise.allSettled(closing);
+      await this.#folders.close();
       await this.#settling;
     })();
     return this.#closing;
   }
 
-  async #watchFolder(dir: string): Promise<void> {
-    if (this.#watches.has(dir) || this.#closed) return;
-    const w = watch(dir, {
-      depth: 0,
-      ignoreInitial: true,
-      // Everything else in the folder (uploads in progress included) is none
-      // of the watcher's business.
-      ignored: (p: string) => p !== dir && !this.#names.has(p),
-      awaitWriteFinish: false,
-      atomic: false,
-    });
-    this.#watches.set(dir, w);
-    w.on('all', (_event, p) => {
-      if (this.#names.has(p)) this.#touch();
-    });
-    w.on('error', (err) => this.#opts.onError(err instanceof Error ? err : new Error(String(err))));
-    await new Promise<void>((resolve) => w.once('ready', () => resolve()));
-  }
-
-  /** Watch the folder of the file current.conf resolves to; stop watching a folder it left. */
-  async #followTarget(): Promise<void> {
-    let real: string;
-    try {
-      real = await realpath(this.#opts.file);
-    } catch {
-      return; // absent for now: its own folder's watch sees it come back
-    }
+  /**
+   * The folders to watch: current.conf's, and that of the file it leads to
+   * (a symlinked current.conf changes without its own folder seeing
+   * anything). The link is followed again before every report.
+   */
+  async #follow(): Promise<ReadonlySet<string>> {
     const file = this.#opts.file;
-    const names = new Set([file, real]);
-    if (this.#closed || (names.size === this.#names.size && [...names].every((n) => this.#names.has(n)))) return;
-    const keep = new Set([path.dirname(file), path.dirname(real)]);
-    // The ignore filter must let the new target through before its folder is watched.
-    this.#names = new Set([...this.#names, ...names]);
-    try {
-      for (const dir of keep) await this.#watchFolder(dir);
-    } catch (err) {
-      // The target's folder cannot be watched (EACCES...): say so, report
-      // anyway, and try again before the next report.
-      this.#opts.onError(err instanceof Error ? err : new Error(String(err)));
-      return;
-    }
-    this.#names = names;
-    for (const [dir, w] of this.#watches) {
-      if (keep.has(dir)) continue;
-      void w.close();
-      this.#watches.delete(dir);
-    }
+    const names = new Set([file, await linkTarget(file)]);
+    if (!this.#closed) this.#names = names;
+    return new Set([...names].map((n) => path.dirname(n)));
   }
 
   /** An event for current.conf (or its target): (re)start the quiet period. */
@@ -242,7 +252,8 @@ export class CurrentWatcher {
         // From here on, an event means another round: the report below
         // comes before any read it asks for, and covers everything before it.
         this.#dirty = false;
-        await this.#followTarget();
+        // Follows a re-pointed link, and notices a folder gone or replaced.
+        await this.#folders.check();
         if (this.#closed) return;
         this.#report(sig);
         // The tail: a change whose event chokidar dropped shows up here.
@@ -252,7 +263,7 @@ export class CurrentWatcher {
           if (this.#closed) return;
           const now = await signature(this.#opts.file);
           if (!this.#dirty && now.key !== sig.key) {
-            // A change chokidar did not report: a new round, as for an event.
+            // A change no event reported (yet): a new round, as for an event.
             this.#dirty = true;
             this.#lastChange = performance.now();
             this.#early();
@@ -285,8 +296,32 @@ async function signature(file: string): Promise<Signature> {
     const st = await stat(file);
     return { key: `${st.ino}:${st.size}:${st.mtimeMs}`, present: true, empty: st.size === 0 };
   } catch (err) {
-    if (isErrno(err, 'ENOENT')) return { key: 'missing', present: false, empty: false };
+    if (isMissing(err)) return { key: 'missing', present: false, empty: false };
     // Unreadable for now (EACCES, ELOOP...): the reader will say why.
     return { key: `error:${isErrno(err) ? err.code : String(err)}`, present: true, empty: false };
   }
+}
+
+/**
+ * Where current.conf leads: its real path, or, while that does not exist (a
+ * link to a file or a folder not there yet), the path the chain of links
+ * names, so that the folder it will appear in is watched (or waited for).
+ */
+async function linkTarget(file: string): Promise<string> {
+  try {
+    return await realpath(file);
+  } catch {
+    // missing, dangling or a loop: follow the links by hand
+  }
+  let p = file;
+  for (let hops = 0; hops < 40; hops++) {
+    let target: string;
+    try {
+      target = await readlink(p);
+    } catch {
+      return p; // not a link (EINVAL), or not there: where the file would be
+    }
+    p = path.resolve(path.dirname(p), target);
+  }
+  return p;
 }

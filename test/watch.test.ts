@@ -2,14 +2,16 @@
  * CurrentWatcher on the real filesystem, against every way current.conf is
  * changed in practice: in place, renamed over (scp-then-mv, `sed -i`), vim in
  * both backup modes, deleted and recreated, bursts, a writer that writes in
- * chunks, and a current.conf that is itself a symlink. The file is consumed
+ * chunks, a current.conf that is itself a symlink, and its folder (or its
+ * link target's) deleted and recreated, swapped, re-pointed or not there yet
+ * (issue 9, item 14). The file is consumed
  * as the orchestrator consumes it (re-read on every event, reads coalesced),
  * and the claims are: the final content always ends up applied, and a
  * half-written file is never read.
  */
 import assert from 'node:assert/strict';
 import { renameSync, writeFileSync } from 'node:fs';
-import fsp, { copyFile, mkdir, open, rename, symlink, unlink, writeFile } from 'node:fs/promises';
+import fsp, { copyFile, mkdir, open, rename, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { syncBuiltinESMExports } from 'node:module';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -41,6 +43,8 @@ class Consumer {
   /** Codes of reads that failed (CURRENT_MISSING while the file is briefly absent). */
   readonly readErrors: string[] = [];
   readonly watchErrors: Error[] = [];
+  /** onFolder calls, in order, as "missing DIR" and "back DIR". */
+  readonly folders: string[] = [];
   /** The last content that parsed: what the agent would have acted on. */
   applied: string | undefined;
   #reading = false;
@@ -58,6 +62,10 @@ class Consumer {
 
   readonly onError = (err: Error): void => {
     this.watchErrors.push(err);
+  };
+
+  readonly onFolder = (event: string, dir: string): void => {
+    this.folders.push(`${event} ${dir}`);
   };
 
   /** A read that is asked for while one runs is coalesced into one more read after it. */
@@ -101,7 +109,7 @@ interface Watched {
 /** Start a watcher as the agent does (armed first, then one explicit read); closed after the test. */
 async function watched(t: TestContext, file: string, opts: { stabilityMs: number; pollMs: number } = WATCH): Promise<Watched> {
   const c = new Consumer(file);
-  const watcher = await CurrentWatcher.start({ file, ...opts, onChange: c.onChange, onError: c.onError });
+  const watcher = await CurrentWatcher.start({ file, ...opts, onChange: c.onChange, onError: c.onError, onFolder: c.onFolder });
   t.after(() => watcher.close());
   c.trigger();
   return { watcher, c };
@@ -509,8 +517,12 @@ test('onEarly comes before the quiet period ends, and at most once per pollMs du
   await waitFor('the report after the quiet period', () => calls.includes('change'), { timeoutMs: 10_000 });
   const early = calls.filter((c) => c === 'early').length;
   assert.deepEqual(collapsed(calls), ['early', 'change'], 'every early call came before the one report for the whole burst');
-  // 5 writes make up to 15 events; with pollMs 10 the early calls are bounded by the burst's length.
-  assert.ok(early <= Math.min(5, Math.floor(burstMs / 10) + 3), `${early} early calls for a burst of ${burstMs.toFixed(1)} ms`);
+  // 5 writes make up to 15 events (inotify reports each truncation and each
+  // write: 10 for 5 writeFile calls, measured), so a burst slowed down by a
+  // busy CPU may be offered more often than it has writes; what is bounded
+  // is the rate: with pollMs 10, by the burst's length (one call per 10 ms,
+  // one held back to the end of the window, one for a change seen by polling).
+  assert.ok(early <= Math.floor(burstMs / 10) + 3, `${early} early calls for a burst of ${burstMs.toFixed(1)} ms`);
 });
 
 test('a write right after a report opens a new round: onEarly again, before its quiet period', async (t) => {
@@ -538,3 +550,206 @@ test('a write during the quiet period of the previous one is read early too (bac
   await waitFor('the report', () => calls.includes('change'), { timeoutMs: 10_000 });
   assert.equal(calls.filter((c) => c === 'change').length, 1);
 });
+
+/** Deleting a folder the way `rm -rf` does. */
+const rmRf = (dir: string): Promise<void> => rm(dir, { recursive: true, force: true });
+
+/** Each recreation of `dir`, as onFolder reports it: the loss, then the recovery. */
+const lostAndBack = (dir: string, times = 1): string[] => Array.from({ length: times }, () => [`missing ${dir}`, `back ${dir}`]).flat();
+
+// Issue 9, item 14: with the folder watched through its inode, `rm -rf
+// deploy; mkdir deploy` left the watch on the deleted folder, and every
+// deploy after it waited for the agent's periodic re-check.
+test('current.conf\'s folder deleted and recreated (rm -rf; mkdir): the next write is seen, the loss and the recovery reported once each', async (t) => {
+  const base = await tmpDir(t, 'relink-watch-recreate-');
+  const dir = path.join(base, 'deploy');
+  const file = path.join(dir, 'current.conf');
+  await mkdir(dir);
+  await writeFile(file, conf('folder.0'));
+  const { c } = await watched(t, file);
+  await finalWins(c, conf('folder.0'), 'initial read');
+  const handles = fsEventHandles();
+  for (let i = 1; i <= 3; i++) {
+    // By hand: the deletion is reported before the folder comes back.
+    await rmRf(dir);
+    await waitFor(`deletion ${i} of the folder to be reported`, () => c.folders.at(-1) === `missing ${dir}`);
+    await mkdir(dir);
+    await writeFile(file, conf(`folder.${i}`));
+    await finalWins(c, conf(`folder.${i}`), `write in the folder recreated by hand (${i})`);
+  }
+  for (let i = 4; i <= 6; i++) {
+    // A script: back to back, the file possibly written before the watch is re-armed.
+    await rmRf(dir);
+    await mkdir(dir);
+    await writeFile(file, conf(`folder.${i}`));
+    await finalWins(c, conf(`folder.${i}`), `write in the folder recreated by a script (${i})`);
+  }
+  // Heard through the new watch, not only read once after re-arming.
+  await replace(file, conf('folder.7'));
+  await finalWins(c, conf('folder.7'), 'edit in the recreated folder');
+  assert.deepEqual(c.folders, lostAndBack(dir, 6), 'one "missing" and one "back" per recreation');
+  assert.equal(fsEventHandles(), handles, 'the watch on each deleted folder was released');
+});
+
+test('current.conf\'s folder renamed away and another moved in: the new folder\'s file is read and its edits are heard', async (t) => {
+  const base = await tmpDir(t, 'relink-watch-swap-');
+  const dir = path.join(base, 'deploy');
+  const file = path.join(dir, 'current.conf');
+  await mkdir(dir);
+  await writeFile(file, conf('swap.0'));
+  const { c } = await watched(t, file);
+  await finalWins(c, conf('swap.0'), 'initial read');
+  const handles = fsEventHandles();
+  for (let i = 1; i <= 3; i++) {
+    const next = path.join(base, `deploy.next.${i}`);
+    await mkdir(next);
+    await writeFile(path.join(next, 'current.conf'), conf(`swap.${i}`));
+    await rename(dir, path.join(base, `deploy.old.${i}`));
+    await rename(next, dir);
+    await finalWins(c, conf(`swap.${i}`), `folder swapped (${i})`);
+    await writeFile(file, conf(`swap.${i}.edit`));
+    await finalWins(c, conf(`swap.${i}.edit`), `edit in the swapped-in folder (${i})`);
+  }
+  assert.deepEqual(c.folders, lostAndBack(dir, 3), 'one "missing" and one "back" per swap');
+  assert.equal(fsEventHandles(), handles, 'the watch on each folder moved away was released');
+});
+
+test('a folder that does not exist yet: start() succeeds, says so, and reads the file once the folder and the file appear', async (t) => {
+  const base = await tmpDir(t, 'relink-watch-later-');
+  const dir = path.join(base, 'srv', 'deploy');
+  const file = path.join(dir, 'current.conf');
+  const { c } = await watched(t, file);
+  assert.deepEqual(c.folders, [`missing ${dir}`], 'the missing folder is reported by start()');
+  await waitFor('the initial read to find no file', () => c.readErrors.includes('CURRENT_MISSING'));
+  // mkdir -p, then the file at once: it may be written before the watch is armed.
+  await mkdir(dir, { recursive: true });
+  await writeFile(file, conf('later.1'));
+  await finalWins(c, conf('later.1'), 'file in the folder that appeared');
+  assert.deepEqual(c.folders, lostAndBack(dir), 'the recovery is reported once');
+  await replace(file, conf('later.2'));
+  await finalWins(c, conf('later.2'), 'edit in the folder that appeared');
+  assert.deepEqual(c.folders, lostAndBack(dir));
+});
+
+test('close() while waiting for a missing folder leaves no timer or watch behind, and nothing is reported after it', async (t) => {
+  const base = await tmpDir(t, 'relink-watch-later-close-');
+  const dir = path.join(base, 'deploy');
+  const file = path.join(dir, 'current.conf');
+  const timers = activeTimers();
+  const handles = fsEventHandles();
+  const c = new Consumer(file);
+  const watcher = await CurrentWatcher.start({ file, ...WATCH, onChange: c.onChange, onError: c.onError, onFolder: c.onFolder });
+  assert.deepEqual(c.folders, [`missing ${dir}`]);
+  await watcher.close();
+  assert.equal(activeTimers(), timers, 'a timer of the closed watcher is still running');
+  assert.equal(fsEventHandles(), handles, 'an fs.watch of the closed watcher is still open');
+  // A witness sees the folder and the file appear; by then the closed one would have too.
+  await mkdir(dir);
+  const witness = await watched(t, file);
+  await writeFile(file, conf('closed.1'));
+  await finalWins(witness.c, conf('closed.1'), 'witness');
+  assert.deepEqual(c.folders, [`missing ${dir}`], 'onFolder after close()');
+  assert.deepEqual(c.events, [], 'onChange after close()');
+});
+
+test('a symlinked current.conf whose target\'s folder is deleted and recreated: the new target is read and heard', async (t) => {
+  const base = await tmpDir(t, 'relink-watch-link-recreate-');
+  const releases = path.join(base, 'release');
+  const targets = path.join(base, 'targets');
+  await Promise.all([mkdir(releases), mkdir(targets)]);
+  const file = path.join(releases, 'current.conf');
+  const target = path.join(targets, 'a.conf');
+  await writeFile(target, conf('target.0'));
+  await symlink(target, file);
+  const { c } = await watched(t, file);
+  await finalWins(c, conf('target.0'), 'initial read through the link');
+
+  await rmRf(targets);
+  await waitFor('the deletion of the target\'s folder to be reported', () => c.folders.at(-1) === `missing ${targets}`);
+  await mkdir(targets);
+  await writeFile(target, conf('target.1'));
+  await finalWins(c, conf('target.1'), 'target written in its recreated folder');
+
+  await rmRf(targets);
+  await mkdir(targets);
+  await writeFile(target, conf('target.2'));
+  await finalWins(c, conf('target.2'), 'target folder recreated by a script');
+  await writeFile(target, conf('target.3'));
+  await finalWins(c, conf('target.3'), 'target edited in place in its recreated folder');
+  assert.deepEqual(c.folders, lostAndBack(targets, 2));
+});
+
+test('current.conf\'s folder as a symlink, re-pointed (ln -sfn): the new folder\'s file is read and its edits are heard', async (t) => {
+  const base = await tmpDir(t, 'relink-watch-dirlink-');
+  const v1 = path.join(base, 'v1');
+  const v2 = path.join(base, 'v2');
+  await Promise.all([mkdir(v1), mkdir(v2)]);
+  await writeFile(path.join(v1, 'current.conf'), conf('dirlink.1'));
+  await writeFile(path.join(v2, 'current.conf'), conf('dirlink.2'));
+  const dir = path.join(base, 'deploy');
+  await symlink('v1', dir);
+  const file = path.join(dir, 'current.conf');
+  const { c } = await watched(t, file);
+  await finalWins(c, conf('dirlink.1'), 'initial read through the folder link');
+
+  const repoint = async (to: string): Promise<void> => {
+    await symlink(to, `${dir}.tmp`);
+    await rename(`${dir}.tmp`, dir);
+  };
+  await repoint('v2');
+  await finalWins(c, conf('dirlink.2'), 'folder link re-pointed');
+  await writeFile(file, conf('dirlink.3'));
+  await finalWins(c, conf('dirlink.3'), 'edit in the newly linked folder');
+  await repoint('v1');
+  await finalWins(c, conf('dirlink.1'), 'folder link re-pointed back');
+  await replace(path.join(v1, 'current.conf'), conf('dirlink.4'));
+  await finalWins(c, conf('dirlink.4'), 'edit after the link came back');
+  assert.deepEqual(c.folders, lostAndBack(dir, 2));
+});
+
+test('two watchers on one folder (two apps sharing a releases folder), the folder recreated: both hear the next writes', async (t) => {
+  const base = await tmpDir(t, 'relink-watch-shared-');
+  const dir = path.join(base, 'release');
+  await mkdir(dir);
+  const web = path.join(dir, 'web.conf');
+  const api = path.join(dir, 'api.conf');
+  await writeFile(web, conf('web.0'));
+  await writeFile(api, conf('api.0'));
+  const w = await watched(t, web);
+  const a = await watched(t, api);
+  await finalWins(w.c, conf('web.0'), 'web: initial read');
+  await finalWins(a.c, conf('api.0'), 'api: initial read');
+  for (let i = 1; i <= 3; i++) {
+    await rmRf(dir);
+    await mkdir(dir);
+    await writeFile(web, conf(`web.${i}`));
+    await finalWins(w.c, conf(`web.${i}`), `web: write in the recreated folder (${i})`);
+    await writeFile(api, conf(`api.${i}`));
+    await finalWins(a.c, conf(`api.${i}`), `api: write in the recreated folder (${i})`);
+  }
+  assert.deepEqual(w.c.folders, lostAndBack(dir, 3));
+  assert.deepEqual(a.c.folders, lostAndBack(dir, 3));
+});
+
+test('check() re-arms on a folder whose ancestor was renamed away and rebuilt, which no inotify event tells', async (t) => {
+  const base = await tmpDir(t, 'relink-watch-ancestor-');
+  const dir = path.join(base, 'srv', 'deploy');
+  const file = path.join(dir, 'current.conf');
+  await mkdir(dir, { recursive: true });
+  await writeFile(file, conf('ancestor.0'));
+  const { watcher, c } = await watched(t, file);
+  await finalWins(c, conf('ancestor.0'), 'initial read');
+  // A reinstall: the old tree kept aside, a new one made (the folder watched moved along with srv).
+  await rename(path.join(base, 'srv'), path.join(base, 'srv.old'));
+  await mkdir(dir, { recursive: true });
+  await writeFile(file, conf('ancestor.1'));
+  await watcher.check();
+  await finalWins(c, conf('ancestor.1'), 'file in the rebuilt tree, after check()');
+  await writeFile(file, conf('ancestor.2'));
+  await finalWins(c, conf('ancestor.2'), 'edit in the rebuilt tree');
+  assert.deepEqual(c.folders, lostAndBack(dir));
+});
+
+function activeTimers(): number {
+  return process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+}
