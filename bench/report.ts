@@ -227,7 +227,7 @@ function reactionSection(rr: ReactionResult, chartDir: string, p: (...l: string[
         'the previous round and is not read early.'
       : `- **Back-to-back deploys are read early too.** When the next write comes ${B2B.rename?.gapMs ?? 10} ms after the previous verdict, while the watcher ` +
         `is still in the previous round's polled tail, the default p50 is ${ms(worstOf(B2B, 'p50'))} ms (spaced: ${ms(worst('p50'))} ms): the first event after ` +
-        'a report opens a new round and is read at once, and so is a change the tail poll sees before chokidar reports it.',
+        'a report opens a new round and is read at once, and so is a change the tail poll sees before its event arrives.',
     ...(recheck > 0 ? [`- ${recheck} deploy(s) were applied by the periodic re-check of current.conf (every \`reconcileMs\`, 5 s) before the watcher reported them (column "re-check").`] : []),
   ];
   p(bullets.join('\n'));

@@ -134,12 +134,18 @@ export class Agent {
       onChange: (event) => slot.app.trigger(`watch:${event}`),
       onEarly: () => slot.app.trigger(EARLY_TRIGGER),
       onError: (err) => slot.log.error({ err }, 'watcher error'),
+      onFolder: (event, dir) => {
+        if (event === 'missing') slot.log.warn({ dir }, 'the folder of current.conf is missing or was replaced; watching for it to come back (re-read every re-check meanwhile)');
+        else slot.log.info({ dir }, 'watching the folder of current.conf again; current.conf is read again');
+      },
     });
   }
 
   #recheck(): void {
     for (const slot of this.#slots) {
       if (slot.watcher === undefined) void this.#arm(slot);
+      // The safety net for what no inotify event tells (an ancestor folder renamed and rebuilt).
+      else void slot.watcher.check();
       slot.app.trigger(RECHECK_TRIGGER);
     }
   }

@@ -196,7 +196,7 @@ export const ConfigSchema = z.strictObject({
   logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
     .meta(about('`trace` .. `fatal`, `silent`')),
   reconcileMs: z.int().min(200).max(3_600_000).default(5_000)
-    .meta(about('how often current.conf is re-read as a safety net for a missed file event (a small file read; no polling of anything else)')),
+    .meta(about('how often each app is re-checked as a safety net: current.conf re-read (a missed file event), its folder\'s watch confirmed, the claim on the app\'s folder renewed, and an app that could not be managed (missing folder, unknown user) tried again; a few small file reads')),
   watch: WatchSchema.prefault({})
     .meta(about('how a change of current.conf is read')),
   history: HistorySchema.prefault({})

@@ -3,7 +3,7 @@
  * (re-exec or in-place reload), real links, real signals, real HTTP.
  */
 import assert from 'node:assert/strict';
-import { chmod, readlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readlink, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -281,4 +281,28 @@ test('CLI: status, validate and history against a running agent', async (t) => {
   const help = await relinkCli(['history', '--help']);
   assert.equal(help.code, 0);
   assert.match(help.stdout, /Usage: relink history/);
+});
+
+test('current.conf\'s folder deleted and recreated (rm -rf deploy; mkdir deploy): the loss and the recovery are logged and the next deploy is seen by the watcher', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp({ root, releases: ['1.0', '2.0'] });
+  reapAppsAfter(t, app.releasesDir);
+  const deployDir = path.join(app.dir, 'deploy');
+  const current = path.join(deployDir, 'current.conf');
+  await mkdir(deployDir);
+  const write = (r: string) => writeFile(current, JSON.stringify({ 'bin.file': path.join(app.releasesDir, `app.${r}`), 'cfg.file': path.join(app.releasesDir, `cfg.${r}`) }));
+  await write('1.0');
+  // The re-check once a minute: within the waits below only the watcher can see an edit.
+  const config = await writeConfig(root, [app], { reconcileMs: 60_000 }, { currentFile: 'deploy/current.conf' });
+  const agent = startAgent(t, config);
+  await servedBy(app, '1.0');
+  await rm(deployDir, { recursive: true, force: true });
+  await mkdir(deployDir);
+  await agent.waitForLog('the loss', (l) => l.level === 'warn' && l['dir'] === deployDir && l.msg.includes('missing or was replaced'));
+  await agent.waitForLog('the recovery', (l) => l['dir'] === deployDir && l.msg.startsWith('watching the folder of current.conf again'));
+  await write('2.0');
+  await servedBy(app, '2.0');
+  const e = (await history(root)).at(-1);
+  assert.equal(e?.outcome, 'deployed');
+  assert.notEqual(e?.trigger, 'recheck', 'seen by the watcher, not by the once-a-minute re-check');
 });

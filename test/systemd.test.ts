@@ -11,6 +11,7 @@ import { execFile, spawnSync } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
+import { STOP_BUDGET } from '../src/app.js';
 import { promisify } from 'node:util';
 import { ROOT, tmpDir } from './helpers.js';
 
@@ -89,6 +90,11 @@ test('the unit runs the agent the way the issue asks, and says why on every line
   assert.ok(Number(get('StartLimitBurst', 'Unit').value) > 0);
   // Stopping or restarting the agent must leave the apps running.
   assert.equal(get('KillMode').value, 'process');
+  // A deploy interrupted by the stop is verified or rolled back before systemd's SIGKILL (issue 9, item 11).
+  const stopS = Number(/^(\d+)s$/.exec(get('TimeoutStopSec').value)?.[1]);
+  assert.ok(stopS * 1000 >= STOP_BUDGET.waitMs + 5_000, `TimeoutStopSec=${stopS}s leaves no margin over the stop budget (${STOP_BUDGET.waitMs} ms)`);
+  assert.ok(STOP_BUDGET.verifyMs < STOP_BUDGET.rollbackMs && STOP_BUDGET.rollbackMs < STOP_BUDGET.waitMs);
+  assert.ok(get('TimeoutStopSec').commented);
   assert.ok(Number(get('LimitNOFILE').value) >= 65_536, 'not the 1024 default the apps would inherit');
   assert.equal(get('NoNewPrivileges').value, 'yes');
   assert.equal(get('ProtectSystem').value, 'strict');

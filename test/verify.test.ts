@@ -5,11 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFile, readlink } from 'node:fs/promises';
+import { readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { ask, currentConf, fixture, nthEntry, servedBy, setCurrentText } from './fixture.js';
-import { assertOneKeyOnce, relinkCli } from './helpers.js';
+import { readHistory } from '../src/history.js';
+import { alive, assertOneKeyOnce, relinkCli, startAgent, waitFor } from './helpers.js';
 
 const sha256 = async (file: string) => createHash('sha256').update(await readFile(file)).digest('hex');
 
@@ -145,4 +146,34 @@ test('deploy --wait and rollback --wait answer with honest exit codes', async (t
   const noAgent = await cli('deploy', '1.0', '--wait');
   assert.equal(noAgent.code, 1);
   assert.match(noAgent.stderr, /no relink agent is running/);
+});
+
+test('SIGTERM during a long preflight: the preflight is killed, nothing is switched or journaled, the agent exits 0; the next agent applies the change', async (t) => {
+  const f = await fixture(t, { agent: false });
+  // The preflight announces itself (its PID in a file) and then takes a minute.
+  const marker = path.join(f.root, 'preflight.pid');
+  const cfg = JSON.parse(await readFile(f.config, 'utf8')) as { apps: Array<Record<string, unknown>> };
+  cfg.apps[0]!['preflight'] = { command: ['/bin/sh', '-c', `case "$1" in *cfg.2.0) echo $$ > ${marker}; exec sleep 60;; esac`, 'preflight', '{cfg}'], timeoutMs: 120_000 };
+  await writeFile(f.config, JSON.stringify(cfg));
+  f.agent = startAgent(t, f.config);
+  const first = await nthEntry(f, 1);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  await rm(marker, { force: true });
+  await setCurrentText(f.app, '2.0');
+  const pid = Number(await waitFor('the preflight running', async () => (await readFile(marker, 'utf8').catch(() => '')).trim()));
+  assert.ok(await alive(pid));
+  assert.equal(await f.agent.stop('SIGTERM'), 0, 'stopped by itself, well before the test\'s 20 s SIGKILL');
+  assert.equal(await alive(pid), false, 'the preflight was killed');
+  assert.equal(await readlink(path.join(f.app.dir, 'app.bin')), path.join(f.app.releasesDir, 'app.1.0'));
+  assert.equal((await readHistory(f.stateDir, 'web')).length, 1);
+  assert.ok(f.agent.lines.some((l) => l.msg.startsWith('the agent is stopping: deploy abandoned before anything was switched')));
+  await servedBy(f.app, '1.0');
+
+  // The next agent finds current.conf naming 2.0 and applies it (its preflight runs again).
+  cfg.apps[0]!['preflight'] = null;
+  await writeFile(f.config, JSON.stringify(cfg));
+  startAgent(t, f.config);
+  const next = await nthEntry(f, 2);
+  assert.equal(next.outcome, 'deployed', next.reason ?? '');
+  await servedBy(f.app, '2.0');
 });
