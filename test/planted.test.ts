@@ -1,0 +1,226 @@
+/**
+ * What another local user can plant for root (issue 9, items 2, 3, 4 and
+ * 8), with a real second user who owns the app's folder, its releases
+ * folder, current.conf and the log file, and the real agent, the real
+ * launch or the real CLI: a log file or a folder on its path swapped for a
+ * symlink, a FIFO or a hard link as the log, a FIFO as current.conf,
+ * current.conf linked to a root-only file, a build cache in the shared temp
+ * folder; and the ownership of current.conf after a rollback. Every
+ * root-only target must come out untouched and unowned, nothing planted may
+ * run, and the agent must keep running and say what it refused.
+ */
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
+import { chmod, chown, lchown, link, mkdir, open, readdir, readFile, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { promisify } from 'node:util';
+import { loadConfig, type AppConfig } from '../src/config.js';
+import { get } from '../src/demo/demo.js';
+import { makeApp, setCurrent, writeConfig, writeRelease, type DemoApp } from '../src/demo/layout.js';
+import { buildDemoApp, demoAppSource } from '../src/demo/build.js';
+import { RelinkError } from '../src/errors.js';
+import { readHistory, type HistoryEntry } from '../src/history.js';
+import { launch } from '../src/launch.js';
+import { isRoot, NOT_ROOT, openUp, testUser, type TestUser } from './accounts.js';
+import { defer, MAIN, reapAppsAfter, ROOT, startAgent, tmpDir, waitFor, type LogLine } from './helpers.js';
+
+const run = promisify(execFile);
+
+interface Tree {
+  readonly root: string;
+  readonly app: DemoApp;
+  readonly configFile: string;
+  readonly stateDir: string;
+  readonly cfg: AppConfig;
+}
+
+/**
+ * The demo layout in a folder everybody may traverse (root's), with the
+ * app's folder, its releases folder, the release files and current.conf
+ * owned by `user`, and a config running the app as `user`.
+ */
+async function webTree(t: TestContext, user: TestUser, appExtra: Record<string, unknown> | ((app: DemoApp) => Record<string, unknown>) = {}): Promise<Tree> {
+  const root = await tmpDir(t, 'relink-planted-');
+  reapAppsAfter(t, path.join(root, 'web', 'release'));
+  const app = await makeApp({ root, releases: ['1.0', '2.0'] });
+  await openUp(app.releasesDir);
+  await setCurrent(app, '1.0');
+  for (const p of [app.dir, app.releasesDir, ...(await readdir(app.releasesDir)).map((n) => path.join(app.releasesDir, n))]) {
+    await chown(p, user.uid, user.gid);
+  }
+  const configFile = await writeConfig(root, [app], { reconcileMs: 60_000 }, {
+    user: user.name,
+    allowRoot: false,
+    supervise: { checkMs: 100, backoffMs: 100, maxBackoffMs: 400, stableMs: 60_000, maxRetries: 50 },
+    ...(typeof appExtra === 'function' ? appExtra(app) : appExtra),
+  });
+  return { root, app, configFile, stateDir: path.join(root, 'state'), cfg: (await loadConfig(configFile)).apps[0]! };
+}
+
+/** A file only root may read or write, outside the app's folder. */
+async function rootOnly(dir: string, name: string, content: string): Promise<string> {
+  await mkdir(dir, { recursive: true, mode: 0o755 });
+  const file = path.join(dir, name);
+  await writeFile(file, content, { mode: 0o600 });
+  await chmod(file, 0o600);
+  return file;
+}
+
+async function assertUntouched(file: string, content: string): Promise<void> {
+  const st = await stat(file);
+  assert.equal(st.uid, 0, `${file} must still belong to root`);
+  assert.equal(st.gid, 0, `${file} must still be in root's group`);
+  assert.equal(st.mode & 0o7777, 0o600, `${file} keeps mode 0600`);
+  assert.equal(st.nlink >= 1, true);
+  assert.equal(await readFile(file, 'utf8'), content, `${file} must not be written`);
+}
+
+async function mkfifo(p: string): Promise<void> {
+  await run('mkfifo', ['-m', '0644', p]);
+}
+
+/**
+ * A writer blocked on opening `fifo` (the old agent's open of a FIFO log)
+ * is released when somebody opens the other end; without this a failing
+ * test would also hang the test process.
+ */
+function unblockFifoAfter(t: TestContext, fifo: string): void {
+  defer(t, async () => {
+    const h = await open(fifo, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK).catch(() => undefined);
+    await h?.close();
+    const w = await open(fifo, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK).catch(() => undefined);
+    await w?.close();
+  });
+}
+
+/** `p` settles within `ms`, or the test fails naming `what` (the old code hung there for good). */
+async function within<T>(what: string, ms: number, p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms / 1000} s: it blocks`)), ms);
+  });
+  try {
+    return await Promise.race([p, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function refusalOf(p: Promise<unknown>): Promise<RelinkError> {
+  const err = await p.then(() => undefined, (e: unknown) => e);
+  assert.ok(err instanceof RelinkError, `expected a refusal, got ${String(err)}`);
+  return err;
+}
+
+async function ask(app: DemoApp): Promise<{ pid: number; release: string }> {
+  return JSON.parse(await get(app.url)) as { pid: number; release: string };
+}
+
+async function nth(stateDir: string, n: number): Promise<HistoryEntry> {
+  return waitFor(`history entry #${n}`, async () => (await readHistory(stateDir, 'web'))[n - 1], { timeoutMs: 20_000 });
+}
+
+/** `relink ARGS` with a deadline: a CLI that hangs is killed and reported, not waited for. */
+function relinkWithin(args: readonly string[], ms: number): Promise<{ code: number | null; stdout: string; stderr: string; killed: boolean }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let killed = false;
+    const timer = setTimeout(() => { killed = true; child.kill('SIGKILL'); }, ms);
+    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+    child.once('error', reject);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr, killed });
+    });
+  });
+}
+
+const linkRule = (user: TestUser) => `must not be a symlink (a link in a folder ${user.name} can write is not followed as root)`;
+
+test('app.log replaced by a symlink to a root-only file: the restarted app never gets it, the agent refuses naming the link and keeps running', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const user = await testUser(t);
+  const tr = await webTree(t, user);
+  const agent = startAgent(t, tr.configFile);
+  assert.equal((await nth(tr.stateDir, 1)).outcome, 'deployed');
+  const before = await ask(tr.app);
+  const secret = await rootOnly(path.join(tr.root, 'etc'), 'shadow', 'root:$6$secret:19000:0:99999:7:::\n');
+
+  // What the app's user can do in its own folder: swap the log for a link, kill its app.
+  const log = path.join(tr.app.dir, 'app.log');
+  await unlink(log);
+  await symlink(secret, log);
+  await lchown(log, user.uid, user.gid);
+  process.kill(before.pid, 'SIGKILL');
+
+  const refused = await agent.waitForLog('the restart refused because of the planted link',
+    (l: LogLine) => l.code === 'UNSAFE_PATH' && String(l['err'] ?? l.msg).includes(`${log}: ${linkRule(user)} (found: symlink to ${secret})`));
+  assert.ok(refused);
+  await assertUntouched(secret, 'root:$6$secret:19000:0:99999:7:::\n');
+  assert.equal(agent.child.exitCode, null, 'the agent keeps running');
+  assert.ok((await readFile(path.join(tr.stateDir, 'history.jsonl'), 'utf8')).length > 0);
+  await agent.stop();
+  await assertUntouched(secret, 'root:$6$secret:19000:0:99999:7:::\n');
+});
+
+test('a folder on the log path swapped for a symlink to a root folder: nothing is created or chowned there', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const user = await testUser(t);
+  const tr = await webTree(t, user, { logFile: 'logs/app.log' });
+  const etc = path.join(tr.root, 'etc');
+  const victim = await rootOnly(etc, 'app.log', 'root only\n');
+  const logs = path.join(tr.app.dir, 'logs');
+  await symlink(etc, logs);
+  await lchown(logs, user.uid, user.gid);
+  await symlink('release/app.1.0', path.join(tr.app.dir, 'app.bin'));
+  await symlink('release/cfg.1.0', path.join(tr.app.dir, 'app.cfg'));
+
+  const err = await refusalOf(launch(tr.cfg));
+  assert.equal(err.code, 'UNSAFE_PATH', err.message);
+  assert.equal(err.file, logs);
+  assert.equal(err.message, `${logs}: ${linkRule(user)} (found: symlink to ${etc})`);
+  await assertUntouched(victim, 'root only\n');
+  assert.deepEqual(await readdir(etc), ['app.log']);
+});
+
+test('a FIFO as app.log is refused at once, never opened for writing', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const user = await testUser(t);
+  const tr = await webTree(t, user);
+  await symlink('release/app.1.0', path.join(tr.app.dir, 'app.bin'));
+  await symlink('release/cfg.1.0', path.join(tr.app.dir, 'app.cfg'));
+  const log = path.join(tr.app.dir, 'app.log');
+  await mkfifo(log);
+  await chown(log, user.uid, user.gid);
+  unblockFifoAfter(t, log);
+
+  const err = await within('launch with a FIFO as app.log', 10_000, refusalOf(launch(tr.cfg)));
+  assert.equal(err.code, 'UNSAFE_PATH', err.message);
+  assert.equal(err.message, `${log}: must be a regular file (found: a FIFO)`);
+  assert.equal((await stat(log)).uid, user.uid);
+});
+
+test('a hard link to a root-only file as app.log is neither written nor chowned', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const user = await testUser(t);
+  const tr = await webTree(t, user);
+  await symlink('release/app.1.0', path.join(tr.app.dir, 'app.bin'));
+  await symlink('release/cfg.1.0', path.join(tr.app.dir, 'app.cfg'));
+  // With fs.protected_hardlinks=0 the app's user can make this link itself.
+  const secret = await rootOnly(path.join(tr.root, 'etc'), 'secret', 'root only\n');
+  const log = path.join(tr.app.dir, 'app.log');
+  await link(secret, log);
+
+  const err = await refusalOf(launch(tr.cfg));
+  assert.equal(err.code, 'UNSAFE_PATH', err.message);
+  assert.equal(err.file, log);
+  assert.match(err.message, /must have no other name/);
+  assert.match(err.message, /found: 2 names, owned by root \(uid 0\)/);
+  await assertUntouched(secret, 'root only\n');
+});
