@@ -12,7 +12,9 @@ import { launch, type Launched } from './launch.js';
 import { expandArgs, runPreflight, type PreflightResult } from './preflight.js';
 import { ProcessFinder, sendSignal, type Discovery, type ProcIdentity, type ProcInfo } from './proc.js';
 import { readLinks, relink } from './relink.js';
+import { readerOf } from './safefs.js';
 import { readAppState, writeAppState, type AppState } from './state.js';
+import { resolveRunAs } from './user.js';
 
 export interface Effects {
   readCurrent(): Promise<CurrentSnapshot>;
@@ -42,8 +44,10 @@ export interface Effects {
 export function realEffects(app: AppConfig, stateDir: string): Effects {
   const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
   return {
-    readCurrent: () => readCurrent(app.currentFile),
-    writeCurrent: (text) => writeFileAtomic(app.currentFile, text),
+    // As the app's user would read it: nothing it may not read reaches a message.
+    readCurrent: async () => readCurrent(app.currentFile, await readerOf(await resolveRunAs(app))),
+    // A rollback's rewrite keeps the owner and mode the app's user gave the file.
+    writeCurrent: async (text) => writeFileAtomic(app.currentFile, text, { keepOwner: (await resolveRunAs(app)).uid }),
     validate: (text) => validateCurrent(app, text),
     preflight: async (release) => {
       if (app.preflight === undefined) return undefined;

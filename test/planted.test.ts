@@ -224,3 +224,111 @@ test('a hard link to a root-only file as app.log is neither written nor chowned'
   assert.match(err.message, /found: 2 names, owned by root \(uid 0\)/);
   await assertUntouched(secret, 'root only\n');
 });
+
+test('a FIFO as current.conf is refused at once; a later good edit is applied; SIGTERM still stops the agent', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const user = await testUser(t);
+  const tr = await webTree(t, user);
+  const agent = startAgent(t, tr.configFile);
+  assert.equal((await nth(tr.stateDir, 1)).outcome, 'deployed');
+
+  const fifo = path.join(tr.app.releasesDir, '.current.fifo');
+  await mkfifo(fifo);
+  await chown(fifo, user.uid, user.gid);
+  await rename(fifo, tr.app.currentFile);
+  unblockFifoAfter(t, tr.app.currentFile);
+  await agent.waitForLog('the FIFO refused', (l) => l.code === 'CURRENT_UNREADABLE' && l.msg === `${tr.app.currentFile}: must be a regular file (found: a FIFO)`);
+
+  await setCurrent(tr.app, '2.0');
+  const second = await nth(tr.stateDir, 2);
+  assert.equal(second.outcome, 'deployed', second.reason ?? '');
+  assert.equal((await ask(tr.app)).release, 'app.2.0');
+
+  // The helper SIGKILLs a graceful stop that hangs: exit code 0 means SIGTERM alone did it.
+  assert.equal(await agent.stop(), 0);
+});
+
+test('relink validate on a FIFO exits at once with the reason', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const user = await testUser(t);
+  const tr = await webTree(t, user);
+  const fifo = path.join(tr.root, 'next.conf');
+  await mkfifo(fifo);
+  unblockFifoAfter(t, fifo);
+  const r = await relinkWithin(['validate', '--config', tr.configFile, fifo], 20_000);
+  assert.equal(r.killed, false, 'relink validate hung on the FIFO');
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`${fifo}: must be a regular file \\(found: a FIFO\\) \\[CURRENT_UNREADABLE\\]`));
+});
+
+test('current.conf linked to a root-only file: refused unread, its content nowhere in the journal, the logs or stderr', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const user = await testUser(t);
+  const tr = await webTree(t, user);
+  const agent = startAgent(t, tr.configFile);
+  assert.equal((await nth(tr.stateDir, 1)).outcome, 'deployed');
+  const SECRET = 'TOPSECRET-4f1d';
+  const secret = await rootOnly(path.join(tr.root, 'etc'), 'shadow', `${SECRET}:$6$x:19000:0:99999:7:::\n`);
+
+  // The app's user points its current.conf at a file only root may read.
+  const planted = path.join(tr.app.releasesDir, '.current.link');
+  await symlink(secret, planted);
+  await lchown(planted, user.uid, user.gid);
+  await rename(planted, tr.app.currentFile);
+  const rule = `must be readable by the app's user ${user.name} (uid ${user.uid}), for whom the agent reads it`;
+  await agent.waitForLog('the refusal', (l) => l.code === 'CURRENT_UNREADABLE' && l.msg.startsWith(`${tr.app.currentFile}: ${rule}`));
+
+  const v = await relinkWithin(['validate', '--config', tr.configFile], 20_000);
+  assert.equal(v.code, 1, v.stdout + v.stderr);
+  assert.ok(v.stderr.includes(`${tr.app.currentFile}: ${rule}`), v.stderr);
+  assert.ok(v.stderr.includes('[CURRENT_UNREADABLE]'), v.stderr);
+
+  // A later fix still deploys (the agent was not wedged by the refusal).
+  await unlink(tr.app.currentFile);
+  await setCurrent(tr.app, '2.0');
+  assert.equal((await nth(tr.stateDir, 2)).outcome, 'deployed');
+  await agent.stop();
+
+  const seen = [
+    JSON.stringify(agent.lines), agent.stderr.join('\n'), v.stdout, v.stderr,
+    await readFile(path.join(tr.stateDir, 'history.jsonl'), 'utf8'),
+    await readFile(path.join(tr.stateDir, 'apps', 'web.json'), 'utf8'),
+    await readFile(tr.cfg.logFile, 'utf8').catch(() => ''),
+  ].join('\n');
+  assert.ok(!seen.includes(SECRET), 'the root-only content leaked');
+  await assertUntouched(secret, `${SECRET}:$6$x:19000:0:99999:7:::\n`);
+});
+
+test('after an automatic rollback current.conf keeps its owner (the app\'s user) and mode', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const user = await testUser(t);
+  const tr = await webTree(t, user, (app) => ({
+    reload: { timeoutMs: 3_000 },
+    health: { url: `${app.url}healthz`, settleMs: 200, deadlineMs: 1_500, intervalMs: 100, probeTimeoutMs: 500 },
+  }));
+  await writeRelease(tr.app.releasesDir, 'sick', await buildDemoApp(), `port=${tr.app.port}\nmode=reexec\nmessage=sick\nunhealthy=1\n`);
+  for (const n of ['app.sick', 'cfg.sick']) await chown(path.join(tr.app.releasesDir, n), user.uid, user.gid);
+  await chmod(tr.app.currentFile, 0o640);
+  const agent = startAgent(t, tr.configFile);
+  assert.equal((await nth(tr.stateDir, 1)).outcome, 'deployed');
+
+  // The app's user deploys the sick release (write + chown as that user would own it, then mv).
+  const tmp = path.join(tr.app.releasesDir, '.current.tmp');
+  await writeFile(tmp, '{"bin.file": "app.sick", "cfg.file": "cfg.sick"}\n');
+  await chown(tmp, user.uid, user.gid);
+  await chmod(tmp, 0o640);
+  await rename(tmp, tr.app.currentFile);
+  const second = await nth(tr.stateDir, 2);
+  assert.equal(second.outcome, 'rolled_back', second.reason ?? '');
+
+  const back = await waitFor('current.conf to name 1.0 again', async () => {
+    const text = await readFile(tr.app.currentFile, 'utf8');
+    return text.includes('app.1.0') ? text : undefined;
+  });
+  assert.ok(back);
+  const st = await stat(tr.app.currentFile);
+  assert.equal(st.uid, user.uid, 'current.conf still belongs to the app\'s user');
+  assert.equal(st.gid, user.gid);
+  assert.equal(st.mode & 0o7777, 0o640);
+  await agent.stop();
+});
