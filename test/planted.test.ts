@@ -332,3 +332,63 @@ test('after an automatic rollback current.conf keeps its owner (the app\'s user)
   assert.equal(st.mode & 0o7777, 0o640);
   await agent.stop();
 });
+
+test('a build cache planted by another user is never used; a fresh private build is', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const user = await testUser(t);
+  // The temp folder every local user shares, as /tmp is (sticky, world-writable).
+  const cacheRoot = await tmpDir(t, 'relink-cache-');
+  await chmod(cacheRoot, 0o1777);
+  const saved = process.env['TMPDIR'];
+  process.env['TMPDIR'] = cacheRoot;
+  defer(t, () => {
+    if (saved === undefined) delete process.env['TMPDIR'];
+    else process.env['TMPDIR'] = saved;
+  });
+  // The predictable name another user can compute from the public source.
+  const hash = createHash('sha256').update(await readFile(demoAppSource)).digest('hex').slice(0, 16);
+  const planted = path.join(cacheRoot, `relink-demo-app-${hash}`);
+  const marker = path.join(cacheRoot, 'ran');
+
+  const plant = async (dirOwner: TestUser | undefined, dirMode: number, fileOwner: TestUser | undefined, fileMode: number) => {
+    await rm(planted, { recursive: true, force: true });
+    await mkdir(planted);
+    await chmod(planted, dirMode);
+    await writeFile(path.join(planted, 'app'), `#!/bin/sh\ntouch ${marker}\n`);
+    await chmod(path.join(planted, 'app'), fileMode);
+    if (fileOwner) await chown(path.join(planted, 'app'), fileOwner.uid, fileOwner.gid);
+    if (dirOwner) await chown(planted, dirOwner.uid, dirOwner.gid);
+  };
+  // [what, plant it, whether the cache folder stays usable (ours alone: a bad file in it is replaced)]
+  const cases: Array<[string, () => Promise<void>, boolean]> = [
+    ['a folder of another user', () => plant(user, 0o755, user, 0o755), false],
+    ['a folder others may write', () => plant(undefined, 0o777, undefined, 0o755), false],
+    ['a file of another user', () => plant(undefined, 0o755, user, 0o755), true],
+    ['a file others may write', () => plant(undefined, 0o755, undefined, 0o777), true],
+    ['a symlink to another user\'s folder', async () => {
+      await rm(planted, { recursive: true, force: true });
+      const theirs = path.join(cacheRoot, 'theirs');
+      await rm(theirs, { recursive: true, force: true });
+      await mkdir(theirs);
+      await writeFile(path.join(theirs, 'app'), `#!/bin/sh\ntouch ${marker}\n`, { mode: 0o755 });
+      await chown(path.join(theirs, 'app'), user.uid, user.gid);
+      await chown(theirs, user.uid, user.gid);
+      await symlink(theirs, planted);
+    }, false],
+  ];
+  for (const [what, setup, cacheUsable] of cases) {
+    await setup();
+    const built = await buildDemoApp();
+    if (!cacheUsable) assert.ok(!built.startsWith(`${planted}/`), `${what}: the planted folder was used`);
+    const head = (await readFile(built)).subarray(0, 4);
+    assert.deepEqual([...head], [0x7f, 0x45, 0x4c, 0x46], `${what}: a freshly compiled ELF binary, not the planted script`);
+    const st = await stat(built);
+    assert.equal(st.uid, 0, `${what}: the build is the caller's`);
+    assert.equal(st.mode & 0o022, 0, `${what}: nobody else may write the build`);
+    const dirSt = await stat(path.dirname(built));
+    assert.equal(dirSt.uid, 0, `${what}: the build's folder is the caller's`);
+    assert.equal(dirSt.mode & (cacheUsable ? 0o022 : 0o077), 0, `${what}: nobody else may write the build's folder`);
+    if (!cacheUsable) await rm(path.dirname(built), { recursive: true, force: true });
+  }
+  await assert.rejects(stat(marker), 'the planted file never ran');
+});
