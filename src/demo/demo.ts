@@ -1,8 +1,10 @@
 /**
- * `relink demo`: the agent on a self-contained demo in a temp folder. Two
- * releases of the demo web app, the real agent, a scripted deploy, a refused
- * typo and a rollback, then (unless told to exit) the agent stays up for the
- * reader to edit current.conf by hand. Everything is removed at the end.
+ * `relink demo`: the agent on a self-contained demo in a temp folder. Three
+ * releases of the demo web app (3.0 fails its health check), the real agent,
+ * a scripted deploy, a refused typo, an automatic rollback and a rollback by
+ * hand, then (unless told to exit) the agent stays up for the reader to edit
+ * current.conf by hand. Everything, the app's build included, lives in that
+ * one folder and is removed at the end.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
@@ -14,7 +16,8 @@ import { loadConfig } from '../config.js';
 import { readHistory, type HistoryEntry } from '../history.js';
 import { createLogger } from '../log.js';
 import { sendSignal } from '../proc.js';
-import { makeApp, setCurrent, writeConfig } from './layout.js';
+import { buildDemoApp } from './build.js';
+import { makeApp, setCurrent, writeConfig, writeRelease } from './layout.js';
 
 export interface DemoOptions {
   /** Stop after the scripted tour instead of waiting for `stop`. */
@@ -37,15 +40,48 @@ export function get(url: string): Promise<string> {
   });
 }
 
+/** Requests one after another until stopped (stop is idempotent): what a visitor sees during a deploy. */
+function keepAsking(url: string): { stop(): Promise<{ failed: number; byRelease: Map<string, number> }> } {
+  let stopped = false;
+  const byRelease = new Map<string, number>();
+  let failed = 0;
+  const loop = (async () => {
+    while (!stopped) {
+      try {
+        const { release } = JSON.parse(await get(url)) as { release: string };
+        byRelease.set(release, (byRelease.get(release) ?? 0) + 1);
+      } catch {
+        failed += 1;
+      }
+      // Paced like a steady visitor, not a load test: the demo shares the machine.
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await loop;
+      return { failed, byRelease };
+    },
+  };
+}
+
 export async function runDemo(opts: DemoOptions): Promise<void> {
   const say = opts.print;
   const root = await mkdtemp(path.join(os.tmpdir(), 'relink-demo-'));
   let agent: Agent | undefined;
   try {
-    say(`Building the demo app and two releases in ${root} ...`);
-    const app = await makeApp({ root, name: 'web', port: opts.port });
+    say(`Building the demo app and three releases in ${root} ...`);
+    // Built inside the demo's own private folder: nothing of it stays in the
+    // temp folder, and nothing another user left there is run.
+    const binary = await buildDemoApp({ dir: path.join(root, 'build') });
+    const app = await makeApp({ root, name: 'web', port: opts.port, binary });
+    // 3.0 starts and serves, but its /healthz answers 503.
+    await writeRelease(app.releasesDir, '3.0', binary, `port=${app.port}\nmode=reexec\nmessage=hello from web 3.0\nunhealthy=1\n`);
     await setCurrent(app, '1.0');
-    const configFile = await writeConfig(root, [app]);
+    const configFile = await writeConfig(root, [app], {}, {
+      health: { url: `${app.url}healthz`, settleMs: 500, deadlineMs: 3000, intervalMs: 100 },
+    });
     const config = await loadConfig(configFile);
     const logFile = path.join(root, 'agent.log');
     await writeFile(logFile, '');
@@ -65,10 +101,12 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
         await new Promise((r) => setTimeout(r, 20));
       }
     };
+    const names = (r: { bin: string | null; cfg: string | null }) => `${path.basename(r.bin ?? '?')} + ${path.basename(r.cfg ?? '?')}`;
     const show = (e: HistoryEntry) => {
-      const to = e.to.bin === null ? '' : ` ${path.basename(e.to.bin)} + ${path.basename(e.to.cfg ?? '')}`;
+      const to = e.to.bin === null ? '' : ` ${names(e.to)}`;
+      const back = e.rolledBackTo ? ` back to ${names(e.rolledBackTo)}` : '';
       const pids = e.pidBefore === e.pidAfter ? `pid ${e.pidAfter ?? '-'}` : `pid ${e.pidBefore ?? '-'} -> ${e.pidAfter ?? '-'}`;
-      say(`  agent: ${e.outcome}${to} (${e.action}, ${pids}, ${e.durationMs} ms)${e.reason ? `\n         ${e.reason}` : ''}`);
+      say(`  agent: ${e.outcome}${to}${back} (${e.action}, ${pids}, ${e.durationMs} ms)${e.reason ? `\n         ${e.reason}` : ''}`);
     };
     const curl = async () => say(`  curl ${app.url} -> ${await get(app.url)}`);
 
@@ -86,7 +124,16 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     show(await next());
     await curl();
 
-    say('\n4. Rollback: current.conf back to 1.0:');
+    say('\n4. Release 3.0 starts, but its health check (/healthz) answers 503: the agent rolls back to 2.0 by itself and rewrites current.conf; the site keeps answering:');
+    const traffic = keepAsking(app.url);
+    const verdict = await setCurrent(app, '3.0').then(next).finally(() => traffic.stop());
+    const during = await traffic.stop();
+    show(verdict);
+    const answered = [...during.byRelease].map(([r, n]) => `${r} ${n}`).join(', ');
+    say(`  meanwhile: ${[...during.byRelease.values()].reduce((a, b) => a + b, 0) + during.failed} requests, ${during.failed} failed (answered by ${answered || 'nobody'})`);
+    await curl();
+
+    say('\n5. Rollback by hand: current.conf back to 1.0:');
     await setCurrent(app, '1.0');
     show(await next());
     await curl();
@@ -96,6 +143,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
 Your turn. The agent keeps running on this demo:
   edit      ${app.currentFile}
             e.g. {"bin.file": "app.2.0", "cfg.file": "cfg.2.0"}
+            (app.3.0 + cfg.3.0 is rolled back again)
   curl      ${app.url}
   status    npx relink status --config ${configFile}
   history   npx relink history --config ${configFile}
