@@ -245,6 +245,7 @@ async function openRoot(): Promise<Dir> {
  */
 async function openFolder(ctx: Ctx, dirPath: string, links: { n: number }): Promise<Dir> {
   let rest = path.resolve(dirPath).split('/').filter((c) => c !== '');
+  let created = 0;
   let cur = await openRoot();
   try {
     while (rest.length > 0) {
@@ -256,7 +257,8 @@ async function openFolder(ctx: Ctx, dirPath: string, links: { n: number }): Prom
       try {
         h = await openPath(cur.at(name));
       } catch (err) {
-        if (!(isErrno(err, 'ENOENT') && ctx.createFolders)) throw ioError(ctx, here, err, 'must be a folder the agent can open');
+        // A folder removed as fast as it is made must not hold the agent in this loop.
+        if (!(isErrno(err, 'ENOENT') && ctx.createFolders && ++created <= MAX_LINKS)) throw ioError(ctx, here, err, 'must be a folder the agent can open');
         await mkdir(cur.at(name), 0o755).catch((e: unknown) => (isErrno(e, 'EEXIST') ? undefined : Promise.reject(ioError(ctx, here, e, 'must be a folder the agent can create'))));
         rest = [name, ...rest];
         continue;
@@ -459,7 +461,10 @@ export async function openAppend(file: string, opts: AppendOptions = {}): Promis
   let target = path.resolve(file);
   let handle: FileHandle | undefined;
   let shown = file;
-  while (handle === undefined) {
+  for (let attempt = 0; handle === undefined; attempt++) {
+    // Each lap is a create that lost a race (EEXIST) or a followed link; a
+    // writer that keeps creating and deleting the name does not hold the agent.
+    if (attempt > MAX_LINKS) throw fail(ctx, 'io', file, 'must be a file the agent can create or open', 'it kept changing while being opened');
     const dir = await openFolder(ctx, path.dirname(target), links);
     try {
       const name = path.basename(target);

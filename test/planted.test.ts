@@ -23,7 +23,9 @@ import { makeApp, setCurrent, writeConfig, writeRelease, type DemoApp } from '..
 import { buildDemoApp, demoAppSource } from '../src/demo/build.js';
 import { RelinkError } from '../src/errors.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
+import { hashFile } from '../src/current.js';
 import { launch } from '../src/launch.js';
+import { ProcessFinder } from '../src/proc.js';
 import { isRoot, NOT_ROOT, openUp, testUser, type TestUser } from './accounts.js';
 import { defer, MAIN, reapAppsAfter, ROOT, startAgent, tmpDir, waitFor, type LogLine } from './helpers.js';
 
@@ -331,6 +333,23 @@ test('after an automatic rollback current.conf keeps its owner (the app\'s user)
   assert.equal(st.gid, user.gid);
   assert.equal(st.mode & 0o7777, 0o640);
   await agent.stop();
+});
+
+test('a FIFO where a release file is hashed or where the PID file is read: refused or ignored at once, never blocking', async (t) => {
+  const root = await tmpDir(t, 'relink-planted-');
+  const fifo = path.join(root, 'app.2.0');
+  await mkfifo(fifo);
+  unblockFifoAfter(t, fifo);
+  const err = await within('hashing a FIFO', 10_000, refusalOf(hashFile(fifo)));
+  assert.equal(err.code, 'RELEASE_NOT_FILE');
+  assert.equal(err.message, `${fifo}: must be a regular file (found: a FIFO)`);
+
+  const pidFile = path.join(root, 'app.pid');
+  await mkfifo(pidFile);
+  unblockFifoAfter(t, pidFile);
+  const finder = new ProcessFinder({ releasesDir: root, pidFile, list: async () => [] });
+  const found = await within('discovery with a FIFO as the PID file', 10_000, finder.discover());
+  assert.equal(found.main, undefined);
 });
 
 test('a build cache planted by another user is never used; a fresh private build is', async (t) => {
