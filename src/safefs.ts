@@ -35,7 +35,7 @@
  * Linux only (O_PATH, /proc/self/fd), like the rest of the agent.
  */
 import { execFile } from 'node:child_process';
-import { constants as C, type Stats } from 'node:fs';
+import { closeSync, constants as C, fstat as fstatCb, open as openCb, openSync, type Stats } from 'node:fs';
 import { mkdir, open, readlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { fileError, isErrno, RelinkError, type ErrorCode } from './errors.js';
@@ -131,7 +131,6 @@ interface Ctx {
 export interface SafeFolder {
   /** The folder's path with every followed link resolved. */
   readonly path: string;
-  readonly stats: Stats;
   /**
    * A path for NAME (one component: no '/', not '.' or '..') in this
    * folder that the kernel resolves from the open folder, not from the
@@ -140,22 +139,53 @@ export interface SafeFolder {
   at(name: string): string;
 }
 
+/**
+ * An O_PATH descriptor of a folder. Raw descriptors, not FileHandles: an
+ * O_PATH descriptor is closed synchronously (it was never opened for I/O,
+ * so close has nothing to flush), which keeps a walk at one thread-pool
+ * round trip per path component.
+ */
 interface Dir extends SafeFolder {
-  readonly handle: FileHandle;
+  readonly fd: number;
+  /** fstat, asked only when a decision needs it (a link found, a reader to check). */
+  stat(): Promise<Stats>;
 }
 
 const agentUid = (): number => process.geteuid?.() ?? 0;
 const trustedUid = (uid: number): boolean => uid === 0 || uid === agentUid();
 const asWhom = (): string => (agentUid() === 0 ? 'root' : `uid ${agentUid()}`);
-const procPath = (h: FileHandle): string => `/proc/self/fd/${h.fd}`;
+const procPath = (fd: number): string => `/proc/self/fd/${fd}`;
+
+function openFd(p: string, flags: number, mode?: number): Promise<number> {
+  return new Promise((resolve, reject) => openCb(p, flags, mode, (err, fd) => (err ? reject(err) : resolve(fd))));
+}
+
+function fstatFd(fd: number): Promise<Stats> {
+  return new Promise((resolve, reject) => fstatCb(fd, (err, st) => (err ? reject(err) : resolve(st))));
+}
+
+/** The lstat of NAME in `dir`, on a descriptor of the entry itself (no path lookup twice). */
+async function lstatAt(dir: Dir, name: string): Promise<Stats> {
+  const fd = await openFd(dir.at(name), O_PATH | C.O_NOFOLLOW);
+  try {
+    return await fstatFd(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
 
 function fail(ctx: Ctx, problem: SafeFsProblem, file: string, rule: string, found?: string, cause?: unknown): SafeFsError {
   return new SafeFsError(problem, ctx.codes[problem] ?? DEFAULT_CODES[problem], file, rule, found, cause);
 }
 
+/** `file` (the caller's, or a folder on its path) does not exist. */
+function missing(ctx: Ctx, file: string, cause?: unknown): SafeFsError {
+  return fail(ctx, 'missing', ctx.file, 'must exist', file === ctx.file ? 'no such file' : `no such file or folder ${file}`, cause);
+}
+
 function ioError(ctx: Ctx, file: string, err: unknown, rule: string): SafeFsError {
   if (err instanceof SafeFsError) return err;
-  if (isErrno(err, 'ENOENT')) return fail(ctx, 'missing', ctx.file, 'must exist', file === ctx.file ? 'no such file' : `no such file or folder ${file}`, err);
+  if (isErrno(err, 'ENOENT')) return missing(ctx, file, err);
   if (isErrno(err, 'ENOTDIR')) return fail(ctx, 'not-directory', ctx.file, 'must be reached through folders', `${file} is not a folder`, err);
   if (isErrno(err, 'ELOOP')) return fail(ctx, 'loop', ctx.file, `must be reached through at most ${MAX_LINKS} symlinks`, 'a symlink loop', err);
   return fail(ctx, 'io', file, rule, isErrno(err) ? err.code : String(err), err);
@@ -212,30 +242,54 @@ async function readerRefusal(ctx: Ctx, r: Reader, what: string, st: Stats): Prom
     `${what} is owned by ${await userText(st.uid)}, mode ${modeText(st)}`);
 }
 
-async function linkRefusal(ctx: Ctx, dir: Dir, name: string, linkPath: string): Promise<SafeFsError> {
-  const target = await readlink(dir.at(name)).catch(() => '?');
-  return fail(ctx, 'symlink', linkPath, `must not be a symlink (a link in a folder ${await writersOf(dir.stats)} can write is not followed as ${asWhom()})`, `symlink to ${target}`);
+/** With a reader: may it search `dir` (to reach an entry in it)? */
+async function assertSearchable(ctx: Ctx, dir: Dir): Promise<void> {
+  if (ctx.reader === undefined) return;
+  const st = await dir.stat();
+  if (!permits(st, ctx.reader, 1)) throw await readerRefusal(ctx, ctx.reader, `the folder ${dir.path}`, st);
 }
 
-function folder(handle: FileHandle, stats: Stats, p: string): Dir {
+/**
+ * The symlink NAME (with stats `link`) found in `dir`: its target if the
+ * policy lets the agent follow it, else a refusal naming it, who can write
+ * its folder and where it points. Counts toward the loop limit.
+ */
+async function follow(ctx: Ctx, dir: Dir, name: string, link: Stats, links: { n: number }): Promise<string> {
+  const here = path.join(dir.path, name);
+  if (ctx.links === 'trusted') {
+    const dirStats = await dir.stat();
+    if (!linkTrusted(dirStats, link)) {
+      const target = await readlink(dir.at(name)).catch(() => '?');
+      throw fail(ctx, 'symlink', here, `must not be a symlink (a link in a folder ${await writersOf(dirStats)} can write is not followed as ${asWhom()})`, `symlink to ${target}`);
+    }
+  }
+  if (++links.n > MAX_LINKS) throw fail(ctx, 'loop', ctx.file, `must be reached through at most ${MAX_LINKS} symlinks`, 'a symlink loop');
+  return readlink(dir.at(name));
+}
+
+function folder(fd: number, p: string, owned = true): Dir & { readonly owned: boolean } {
+  let stats: Promise<Stats> | undefined;
   return {
-    handle,
-    stats,
+    fd,
+    owned,
     path: p,
+    stat: () => (stats ??= fstatFd(fd)),
     at(name: string): string {
       if (name === '' || name === '.' || name === '..' || name.includes('/')) throw new RangeError(`not a single path component: ${JSON.stringify(name)}`);
-      return `${procPath(handle)}/${name}`;
+      return `${procPath(fd)}/${name}`;
     },
   };
 }
 
-async function openPath(p: string): Promise<FileHandle> {
-  return open(p, O_PATH | C.O_NOFOLLOW);
+/** "/", opened once per process and never closed: every walk starts there. */
+let rootFd: number | undefined;
+function rootDir(): Dir & { readonly owned: boolean } {
+  rootFd ??= openSync('/', O_PATH | C.O_DIRECTORY);
+  return folder(rootFd, '/', false);
 }
 
-async function openRoot(): Promise<Dir> {
-  const h = await openPath('/');
-  return folder(h, await h.stat(), '/');
+function closeDir(d: Dir & { readonly owned: boolean }): void {
+  if (d.owned) closeSync(d.fd);
 }
 
 /**
@@ -243,49 +297,44 @@ async function openRoot(): Promise<Dir> {
  * symlinks as `ctx.links` allows. `links` counts the symlinks followed so
  * far for the whole lookup. The caller closes the returned folder.
  */
-async function openFolder(ctx: Ctx, dirPath: string, links: { n: number }): Promise<Dir> {
+async function openFolder(ctx: Ctx, dirPath: string, links: { n: number }): Promise<Dir & { readonly owned: boolean }> {
   let rest = path.resolve(dirPath).split('/').filter((c) => c !== '');
   let created = 0;
-  let cur = await openRoot();
+  let cur = rootDir();
   try {
     while (rest.length > 0) {
       const name = rest[0]!;
       rest = rest.slice(1);
-      if (ctx.reader !== undefined && !permits(cur.stats, ctx.reader, 1)) throw await readerRefusal(ctx, ctx.reader, `the folder ${cur.path}`, cur.stats);
+      await assertSearchable(ctx, cur);
       const here = path.join(cur.path, name);
-      let h: FileHandle;
+      let fd: number;
       try {
-        h = await openPath(cur.at(name));
+        // O_DIRECTORY with O_NOFOLLOW: a folder opens, a symlink (or a file) is ENOTDIR.
+        fd = await openFd(cur.at(name), O_PATH | C.O_NOFOLLOW | C.O_DIRECTORY);
       } catch (err) {
-        // A folder removed as fast as it is made must not hold the agent in this loop.
-        if (!(isErrno(err, 'ENOENT') && ctx.createFolders && ++created <= MAX_LINKS)) throw ioError(ctx, here, err, 'must be a folder the agent can open');
-        await mkdir(cur.at(name), 0o755).catch((e: unknown) => (isErrno(e, 'EEXIST') ? undefined : Promise.reject(ioError(ctx, here, e, 'must be a folder the agent can create'))));
-        rest = [name, ...rest];
+        if (isErrno(err, 'ENOENT') && ctx.createFolders && ++created <= MAX_LINKS) {
+          // (bounded: a folder removed as fast as it is made must not hold the agent here)
+          await mkdir(cur.at(name), 0o755).catch((e: unknown) => (isErrno(e, 'EEXIST') ? undefined : Promise.reject(ioError(ctx, here, e, 'must be a folder the agent can create'))));
+          rest = [name, ...rest];
+          continue;
+        }
+        if (!isErrno(err, 'ENOTDIR')) throw ioError(ctx, here, err, 'must be a folder the agent can open');
+        const st = await lstatAt(cur, name).catch((e: unknown) => Promise.reject(ioError(ctx, here, e, 'must be a folder the agent can open')));
+        if (!st.isSymbolicLink()) throw fail(ctx, 'not-directory', ctx.file, 'must be reached through folders', `${here} is ${describeKind(st)}`);
+        const target = await follow(ctx, cur, name, st, links);
+        // Start again from the root with the link replaced by its target:
+        // each folder is opened afresh, so each is checked again.
+        rest = path.resolve(cur.path, target, ...rest).split('/').filter((c) => c !== '');
+        closeDir(cur);
+        cur = rootDir();
         continue;
       }
-      const st = await h.stat().catch(async (err: unknown) => {
-        await h.close();
-        throw ioError(ctx, here, err, 'must be a folder the agent can open');
-      });
-      if (st.isDirectory()) {
-        await cur.handle.close();
-        cur = folder(h, st, here);
-        continue;
-      }
-      await h.close();
-      if (!st.isSymbolicLink()) throw fail(ctx, 'not-directory', ctx.file, 'must be reached through folders', `${here} is ${describeKind(st)}`);
-      if (ctx.links === 'trusted' && !linkTrusted(cur.stats, st)) throw await linkRefusal(ctx, cur, name, here);
-      if (++links.n > MAX_LINKS) throw fail(ctx, 'loop', ctx.file, `must be reached through at most ${MAX_LINKS} symlinks`, 'a symlink loop');
-      const target = await readlink(cur.at(name));
-      // Start again from the root with the link replaced by its target: each
-      // folder is opened afresh, so each is checked again.
-      rest = path.resolve(cur.path, target, ...rest).split('/').filter((c) => c !== '');
-      await cur.handle.close();
-      cur = await openRoot();
+      closeDir(cur);
+      cur = folder(fd, here);
     }
     return cur;
   } catch (err) {
-    await cur.handle.close().catch(() => undefined);
+    closeDir(cur);
     throw err;
   }
 }
@@ -307,52 +356,65 @@ export async function withFolder<T>(dir: string, fn: (folder: SafeFolder) => Pro
   try {
     return await fn(d);
   } finally {
-    await d.handle.close().catch(() => undefined);
+    closeDir(d);
   }
 }
 
 /**
- * An O_PATH descriptor of the regular file `file` and its stats, reached as
- * `ctx` allows: the final component too is followed only as the policy
- * says. The file itself is never opened for I/O here.
+ * Open the last component NAME of `dir` with O_PATH (a FIFO or a device is
+ * not opened by that, and nothing blocks) and fstat it: the descriptor and
+ * what it is. The caller closes the descriptor (closeSync).
  */
-async function regularFile(ctx: Ctx): Promise<{ handle: FileHandle; stats: Stats }> {
+async function entryAt(ctx: Ctx, dir: Dir, name: string, rule: string): Promise<{ fd: number; stats: Stats } | undefined> {
+  const here = path.join(dir.path, name);
+  let fd: number;
+  try {
+    fd = await openFd(dir.at(name), O_PATH | C.O_NOFOLLOW);
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return undefined;
+    throw ioError(ctx, here, err, rule);
+  }
+  try {
+    return { fd, stats: await fstatFd(fd) };
+  } catch (err) {
+    closeSync(fd);
+    throw ioError(ctx, here, err, rule);
+  }
+}
+
+/**
+ * An O_PATH descriptor of the regular file `ctx.file` and its stats,
+ * reached as `ctx` allows: the final component too is followed only as the
+ * policy says. The file itself is never opened for I/O here.
+ */
+async function regularFile(ctx: Ctx): Promise<{ fd: number; stats: Stats }> {
   const links = { n: 0 };
   let target = path.resolve(ctx.file);
   for (;;) {
     const dir = await openFolder(ctx, path.dirname(target), links);
     try {
       const name = path.basename(target);
-      if (ctx.reader !== undefined && !permits(dir.stats, ctx.reader, 1)) throw await readerRefusal(ctx, ctx.reader, `the folder ${dir.path}`, dir.stats);
+      await assertSearchable(ctx, dir);
       const here = path.join(dir.path, name);
-      const h = await openPath(dir.at(name)).catch((err: unknown) => {
-        throw ioError(ctx, here, err, 'must be a file the agent can open');
-      });
-      let st: Stats;
-      try {
-        st = await h.stat();
-      } catch (err) {
-        await h.close();
-        throw ioError(ctx, here, err, 'must be a file the agent can open');
-      }
+      const entry = await entryAt(ctx, dir, name, 'must be a file the agent can open');
+      if (entry === undefined) throw missing(ctx, here);
+      const { fd, stats: st } = entry;
       if (st.isSymbolicLink()) {
-        await h.close();
-        if (ctx.links === 'trusted' && !linkTrusted(dir.stats, st)) throw await linkRefusal(ctx, dir, name, here);
-        if (++links.n > MAX_LINKS) throw fail(ctx, 'loop', ctx.file, `must be reached through at most ${MAX_LINKS} symlinks`, 'a symlink loop');
-        target = path.resolve(dir.path, await readlink(dir.at(name)));
+        closeSync(fd);
+        target = path.resolve(dir.path, await follow(ctx, dir, name, st, links));
         continue;
       }
       if (!st.isFile()) {
-        await h.close();
+        closeSync(fd);
         throw fail(ctx, 'not-regular', ctx.file, 'must be a regular file', describeKind(st));
       }
       if (ctx.reader !== undefined && !permits(st, ctx.reader, 4)) {
-        await h.close();
+        closeSync(fd);
         throw await readerRefusal(ctx, ctx.reader, here, st);
       }
-      return { handle: h, stats: st };
+      return entry;
     } finally {
-      await dir.handle.close().catch(() => undefined);
+      closeDir(dir);
     }
   }
 }
@@ -375,15 +437,15 @@ export interface OpenReadOptions {
  */
 export async function openRegular(file: string, opts: OpenReadOptions = {}): Promise<{ handle: FileHandle; stats: Stats }> {
   const ctx = context(file, opts);
-  const { handle: pathFd, stats } = await regularFile(ctx);
+  const { fd, stats } = await regularFile(ctx);
   try {
     // Reopening the O_PATH descriptor opens the inode that was checked.
-    const handle = await open(procPath(pathFd), C.O_RDONLY | C.O_NONBLOCK | C.O_NOCTTY).catch((err: unknown) => {
+    const handle = await open(procPath(fd), C.O_RDONLY | C.O_NONBLOCK | C.O_NOCTTY).catch((err: unknown) => {
       throw ioError(ctx, file, err, 'must be readable');
     });
     return { handle, stats };
   } finally {
-    await pathFd.close().catch(() => undefined);
+    closeSync(fd);
   }
 }
 
@@ -469,7 +531,7 @@ export async function openAppend(file: string, opts: AppendOptions = {}): Promis
     try {
       const name = path.basename(target);
       shown = path.join(dir.path, name);
-      const existing = await openPath(dir.at(name)).catch((err: unknown) => (isErrno(err, 'ENOENT') ? undefined : Promise.reject(ioError(ctx, shown, err, 'must be a file the agent can open'))));
+      const existing = await entryAt(ctx, dir, name, 'must be a file the agent can open');
       if (existing === undefined) {
         // O_EXCL: created here, or somebody was faster and the loop looks again.
         handle = await open(dir.at(name), C.O_WRONLY | C.O_APPEND | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW | C.O_NONBLOCK | C.O_NOCTTY, opts.mode ?? 0o640)
@@ -477,22 +539,20 @@ export async function openAppend(file: string, opts: AppendOptions = {}): Promis
         continue;
       }
       try {
-        const st = await existing.stat();
+        const st = existing.stats;
         if (st.isSymbolicLink()) {
-          if (!linkTrusted(dir.stats, st)) throw await linkRefusal(ctx, dir, name, shown);
-          if (++links.n > MAX_LINKS) throw fail(ctx, 'loop', file, `must be reached through at most ${MAX_LINKS} symlinks`, 'a symlink loop');
-          target = path.resolve(dir.path, await readlink(dir.at(name)));
+          target = path.resolve(dir.path, await follow(ctx, dir, name, st, links));
           continue;
         }
         if (!st.isFile()) throw fail(ctx, 'not-regular', shown, 'must be a regular file', describeKind(st));
-        handle = await open(procPath(existing), C.O_WRONLY | C.O_APPEND | C.O_NONBLOCK | C.O_NOCTTY).catch((err: unknown) => {
+        handle = await open(procPath(existing.fd), C.O_WRONLY | C.O_APPEND | C.O_NONBLOCK | C.O_NOCTTY).catch((err: unknown) => {
           throw ioError(ctx, shown, err, 'must be writable by the agent');
         });
       } finally {
-        await existing.close().catch(() => undefined);
+        closeSync(existing.fd);
       }
     } finally {
-      await dir.handle.close().catch(() => undefined);
+      closeDir(dir);
     }
   }
   try {
