@@ -13,6 +13,7 @@ import path from 'node:path';
 import { pino } from 'pino';
 import { Agent } from '../agent.js';
 import { loadConfig } from '../config.js';
+import { hashText } from '../current.js';
 import { readHistory, type HistoryEntry } from '../history.js';
 import { createLogger } from '../log.js';
 import { sendSignal } from '../proc.js';
@@ -78,7 +79,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     const app = await makeApp({ root, name: 'web', port: opts.port, binary });
     // 3.0 starts and serves, but its /healthz answers 503.
     await writeRelease(app.releasesDir, '3.0', binary, `port=${app.port}\nmode=reexec\nmessage=hello from web 3.0\nunhealthy=1\n`);
-    await setCurrent(app, '1.0');
+    const first = await setCurrent(app, '1.0');
     const configFile = await writeConfig(root, [app], {}, {
       health: { url: `${app.url}healthz`, settleMs: 500, deadlineMs: 3000, intervalMs: 100 },
     });
@@ -87,15 +88,19 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     await writeFile(logFile, '');
     agent = await Agent.start(config, createLogger('info', pino.destination({ dest: logFile, sync: true })));
 
+    // The journal entry for a given content of current.conf (as deploy
+    // --wait finds its verdict): an in-place write can be read twice with
+    // two mtimes and journaled twice, so "the next entry" is not enough.
     let seen = 0;
-    const next = async (): Promise<HistoryEntry> => {
+    const verdictFor = async (text: string): Promise<HistoryEntry> => {
+      const hash = hashText(text);
       const deadline = Date.now() + 15_000;
       for (;;) {
         const all = await readHistory(config.stateDir, app.name);
-        const e = all[seen];
-        if (e !== undefined) {
-          seen += 1;
-          return e;
+        const i = all.findIndex((e, n) => n >= seen && e.currentHash === hash);
+        if (i >= 0) {
+          seen = i + 1;
+          return all[i] as HistoryEntry;
         }
         if (Date.now() > deadline) throw new Error(`the agent recorded nothing within 15 s; see ${logFile}`);
         await new Promise((r) => setTimeout(r, 20));
@@ -111,22 +116,22 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     const curl = async () => say(`  curl ${app.url} -> ${await get(app.url)}`);
 
     say('\n1. The agent starts the app from current.conf (release 1.0):');
-    show(await next());
+    show(await verdictFor(first));
     await curl();
 
     say('\n2. Deploy: current.conf now names release 2.0; the app re-executes itself on SIGHUP, PID changes, no request refused:');
-    await setCurrent(app, '2.0');
-    show(await next());
+    show(await verdictFor(await setCurrent(app, '2.0')));
     await curl();
 
     say('\n3. A typo in current.conf is refused, with the file, the key and the rule; 2.0 keeps serving:');
-    await writeFile(app.currentFile, '{"bin.file": "app.3.0", "cfg.flie": "cfg.3.0"}\n');
-    show(await next());
+    const typo = '{"bin.file": "app.3.0", "cfg.flie": "cfg.3.0"}\n';
+    await writeFile(app.currentFile, typo);
+    show(await verdictFor(typo));
     await curl();
 
     say('\n4. Release 3.0 starts, but its health check (/healthz) answers 503: the agent rolls back to 2.0 by itself and rewrites current.conf; the site keeps answering:');
     const traffic = keepAsking(app.url);
-    const verdict = await setCurrent(app, '3.0').then(next).finally(() => traffic.stop());
+    const verdict = await setCurrent(app, '3.0').then(verdictFor).finally(() => traffic.stop());
     const during = await traffic.stop();
     show(verdict);
     const answered = [...during.byRelease].map(([r, n]) => `${r} ${n}`).join(', ');
@@ -134,8 +139,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     await curl();
 
     say('\n5. Rollback by hand: current.conf back to 1.0:');
-    await setCurrent(app, '1.0');
-    show(await next());
+    show(await verdictFor(await setCurrent(app, '1.0')));
     await curl();
 
     if (opts.exitAfterTour) return;

@@ -66,9 +66,11 @@ export async function writeRelease(releasesDir: string, r: string, binary: strin
   await writeFile(path.join(releasesDir, `cfg.${r}`), cfg);
 }
 
-/** Point current.conf at release `r`, the way `mv` after scp does (temp + rename). */
-export async function setCurrent(app: DemoApp, r: string): Promise<void> {
-  await writeFileAtomic(app.currentFile, `${JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` })}\n`);
+/** Point current.conf at release `r`, the way `mv` after scp does (temp + rename); returns the text written. */
+export async function setCurrent(app: DemoApp, r: string): Promise<string> {
+  const text = `${JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` })}\n`;
+  await writeFileAtomic(app.currentFile, text);
+  return text;
 }
 
 export async function writeConfig(root: string, apps: readonly DemoApp[], extra: Record<string, unknown> = {}, appExtra: Record<string, unknown> = {}): Promise<string> {
