@@ -263,6 +263,20 @@ test('relink validate on a FIFO exits at once with the reason', async (t) => {
   assert.match(r.stderr, new RegExp(`${fifo}: must be a regular file \\(found: a FIFO\\) \\[CURRENT_UNREADABLE\\]`));
 });
 
+test('relink releases and relink prune with a FIFO as current.conf answer at once', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const user = await testUser(t);
+  const tr = await webTree(t, user);
+  await unlink(tr.app.currentFile);
+  await mkfifo(tr.app.currentFile);
+  unblockFifoAfter(t, tr.app.currentFile);
+  for (const args of [['releases'], ['prune', '--dry-run']]) {
+    const r = await relinkWithin([...args, '--config', tr.configFile], 20_000);
+    assert.equal(r.killed, false, `relink ${args.join(' ')} hung on the FIFO`);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+  }
+});
+
 test('current.conf linked to a root-only file: refused unread, its content nowhere in the journal, the logs or stderr', async (t) => {
   if (!isRoot()) return t.skip(NOT_ROOT);
   const user = await testUser(t);
