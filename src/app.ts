@@ -23,6 +23,7 @@ import type { AppConfig } from './config.js';
 import { currentTextFor, type CurrentSnapshot, type Release } from './current.js';
 import type { Effects } from './effects.js';
 import { isErrno, RelinkError } from './errors.js';
+import { stripBom } from './json.js';
 import type { Action, HistoryEntry, Outcome } from './history.js';
 import { sameProcess, type ProcInfo } from './proc.js';
 import { entryFor, logEntry, RefusalStreak, type Attempt, type Extra } from './record.js';
@@ -65,7 +66,7 @@ export const LIVENESS_KILL_MS = 10_000;
 function isJson(text: string): boolean {
   try {
     // A UTF-8 BOM is allowed in front of current.conf (RFC 8259 §8.1).
-    JSON.parse(text.replace(/^\uFEFF/, ''));
+    JSON.parse(stripBom(text));
     return true;
   } catch {
     return false;

@@ -13,12 +13,12 @@
  * it on every periodic re-check: the loser sees the other agent's name and
  * lets the app go.
  */
-import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import { open, rename, stat, unlink } from 'node:fs/promises';
+import { stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import { writeFileAtomic } from './atomicWrite.js';
 import { isErrno, RelinkError } from './errors.js';
 import { readProc, type ProcIdentity } from './proc.js';
+import { readSmallFile } from './safefs.js';
 
 export interface LockOwner extends ProcIdentity {
   readonly configFile: string;
@@ -34,15 +34,8 @@ export function lockFile(dir: string): string {
 export async function lockHolder(dir: string): Promise<LockOwner | undefined> {
   let text: string;
   try {
-    // Not followed if planted as a link, never blocking on a FIFO, bounded.
-    const handle = await open(lockFile(dir), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-    try {
-      const st = await handle.stat();
-      if (!st.isFile() || st.size > 4096) return undefined;
-      text = (await handle.readFile()).toString('utf8');
-    } finally {
-      await handle.close();
-    }
+    // No planted link followed, never blocking on a FIFO, bounded (src/safefs.ts).
+    text = (await readSmallFile(lockFile(dir), { maxBytes: 4096 })).bytes.toString('utf8');
   } catch {
     return undefined;
   }
@@ -92,19 +85,11 @@ export async function claimAppFolder(dir: string, me: LockOwner): Promise<void> 
     throw lockedBy(dir, holder);
   }
   const file = lockFile(dir);
-  const tmp = path.join(dir, `.relink.lock.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
   try {
-    // O_EXCL: a link planted under the temp name is not followed (EEXIST);
-    // rename() replaces whatever is at the lock's name, a link included, without following it.
-    const handle = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644);
-    try {
-      await handle.writeFile(`${JSON.stringify({ ...me, since: new Date().toISOString() })}\n`);
-    } finally {
-      await handle.close();
-    }
-    await rename(tmp, file);
+    // Temp file + rename inside the folder as opened (src/atomicWrite.ts): no planted link is followed.
+    await writeFileAtomic(file, `${JSON.stringify({ ...me, since: new Date().toISOString() })}\n`);
   } catch (err) {
-    await unlink(tmp).catch(() => undefined);
+    if (err instanceof RelinkError) throw err;
     const found = isErrno(err) ? err.code ?? 'error' : String(err);
     throw new RelinkError('APP_LOCK_FAILED', `${file}: could not write the lock that keeps a second agent off this app (${found})`,
       { file, rule: 'the app folder must exist and be writable by the agent', found }, { cause: err });

@@ -1,27 +1,66 @@
 import { randomBytes } from 'node:crypto';
-import { open, rename, unlink } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { constants as C } from 'node:fs';
+import { lstat, open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import { isErrno } from './errors.js';
+import { withFolder } from './safefs.js';
+
+export interface AtomicWriteOptions {
+  /** Mode of a new file (the umask applies). Default 0o644. */
+  readonly mode?: number;
+  /**
+   * When the file being replaced is a regular file with one name owned by
+   * this uid (the app's user), the new file keeps its owner, group and
+   * permission bits: the agent rewriting an app's current.conf (a rollback)
+   * must not leave it root-owned, which the app's user could no longer edit
+   * in place.
+   */
+  readonly keepOwner?: number;
+}
 
 /**
  * Write `data` to `file` so that readers see the old content or the new,
  * never a mix: temp file in the same folder, fsync, rename over.
+ *
+ * The folder is reached without following a symlink somebody else could
+ * have planted (src/safefs.ts `withFolder`); the temp file is created with
+ * O_EXCL | O_NOFOLLOW inside that open folder and renamed there, so neither
+ * a planted link nor a folder swapped mid-way redirects the write; owner
+ * and mode are set on the descriptor.
+ *
+ * Throws SafeFsError for an unsafe or missing folder (UNSAFE_PATH,
+ * FILE_UNREADABLE), else the system error.
  */
-export async function writeFileAtomic(file: string, data: string, mode = 0o644): Promise<void> {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
-  const handle = await open(tmp, 'wx', mode);
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } catch (err) {
+export async function writeFileAtomic(file: string, data: string, opts: AtomicWriteOptions = {}): Promise<void> {
+  const name = path.basename(file);
+  await withFolder(path.dirname(file), async (dir) => {
+    let keep: Stats | undefined;
+    if (opts.keepOwner !== undefined) {
+      const st = await lstat(dir.at(name)).catch((err: unknown) => (isErrno(err, 'ENOENT') ? undefined : Promise.reject(err)));
+      if (st !== undefined && st.isFile() && st.nlink === 1 && st.uid === opts.keepOwner) keep = st;
+    }
+    const tmp = dir.at(`.${name}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
+    const handle = await open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, opts.mode ?? 0o644);
+    try {
+      await handle.writeFile(data);
+      if (keep !== undefined) {
+        // chown first: it would clear set-id bits that chmod had set (none are kept anyway).
+        await handle.chown(keep.uid, keep.gid);
+        await handle.chmod(keep.mode & 0o777);
+      }
+      await handle.sync();
+    } catch (err) {
+      await handle.close();
+      await unlink(tmp).catch(() => undefined);
+      throw err;
+    }
     await handle.close();
-    await unlink(tmp).catch(() => undefined);
-    throw err;
-  }
-  await handle.close();
-  try {
-    await rename(tmp, file);
-  } catch (err) {
-    await unlink(tmp).catch(() => undefined);
-    throw err;
-  }
+    try {
+      await rename(tmp, dir.at(name));
+    } catch (err) {
+      await unlink(tmp).catch(() => undefined);
+      throw err;
+    }
+  });
 }

@@ -8,11 +8,12 @@
  */
 import { createHash } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { access, open, readFile, realpath, stat } from 'node:fs/promises';
+import { access, readFile, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import type { AppConfig } from './config.js';
 import { fileError, isErrno, RelinkError, RelinkErrors } from './errors.js';
+import { openRegular, readSmallFile, type Reader } from './safefs.js';
 import { checkTrust } from './trust.js';
 import { parseJsonFile } from './json.js';
 import { parseWithSchema } from './zodIssues.js';
@@ -60,43 +61,50 @@ export function currentTextFor(releasesDir: string, release: Release): string {
   return `${JSON.stringify({ 'bin.file': rel(release.bin), 'cfg.file': rel(release.cfg) })}\n`;
 }
 
-/** sha256 of a file, streamed (release binaries can be large). */
+/**
+ * sha256 of a release file, streamed (release binaries can be large). The
+ * file is opened only if it is a regular file (a FIFO swapped in after the
+ * checks would block the read for good), without blocking.
+ * Throws SafeFsError (RELEASE_MISSING, RELEASE_NOT_FILE, RELEASE_UNREADABLE).
+ */
 export async function hashFile(file: string): Promise<string> {
   const hash = createHash('sha256');
-  const handle = await open(file, 'r');
+  const { handle } = await openRegular(file, {
+    links: 'follow',
+    codes: { missing: 'RELEASE_MISSING', 'not-regular': 'RELEASE_NOT_FILE', 'not-directory': 'RELEASE_MISSING', loop: 'RELEASE_MISSING', io: 'RELEASE_UNREADABLE', permission: 'RELEASE_UNREADABLE' },
+  });
   try {
-    for await (const chunk of handle.createReadStream()) hash.update(chunk as Buffer);
+    for await (const chunk of handle.createReadStream({ autoClose: false })) hash.update(chunk as Buffer);
   } finally {
     await handle.close().catch(() => undefined);
   }
   return hash.digest('hex');
 }
 
-export async function readCurrent(file: string): Promise<CurrentSnapshot> {
-  let handle;
-  try {
-    handle = await open(file, 'r');
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) throw fileError('CURRENT_MISSING', file, undefined, 'must exist', 'no such file');
-    throw fileError('CURRENT_UNREADABLE', file, undefined, 'must be readable', isErrno(err) ? err.code : String(err));
-  }
-  try {
-    const st = await handle.stat();
-    if (!st.isFile()) throw fileError('CURRENT_UNREADABLE', file, undefined, 'must be a regular file', kindOf(st));
-    if (st.size > MAX_BYTES) throw fileError('CURRENT_TOO_LARGE', file, undefined, `must be at most ${MAX_BYTES} bytes`, `${st.size} bytes`);
-    // Read at most one byte past the limit: the file may grow after the stat.
-    const buf = Buffer.alloc(MAX_BYTES + 1);
-    let n = 0;
-    for (;;) {
-      const { bytesRead } = await handle.read(buf, n, buf.length - n, n);
-      if (bytesRead === 0 || (n += bytesRead) >= buf.length) break;
-    }
-    if (n > MAX_BYTES) throw fileError('CURRENT_TOO_LARGE', file, undefined, `must be at most ${MAX_BYTES} bytes`, `more than ${MAX_BYTES} bytes`);
-    const text = buf.toString('utf8', 0, n);
-    return { text, hash: hashText(text), mtimeMs: st.mtimeMs };
-  } finally {
-    await handle.close();
-  }
+/**
+ * Read current.conf: a regular file of at most 64 KiB, never blocking (a
+ * FIFO or a device is refused before it is opened). The agent reads it as
+ * root on behalf of the app's user: with `reader`, a file that user could
+ * not read itself (mode bits along the whole path, symlinks followed) is
+ * refused without being read, so no message ever quotes it.
+ *
+ * Throws RelinkError: CURRENT_MISSING, CURRENT_TOO_LARGE, CURRENT_UNREADABLE
+ * (not a regular file, not readable by `reader`, any other I/O error).
+ */
+export async function readCurrent(file: string, reader?: Reader): Promise<CurrentSnapshot> {
+  const { bytes, stats } = await readSmallFile(file, {
+    maxBytes: MAX_BYTES,
+    // A symlinked current.conf is a supported layout; what it may reach is
+    // bounded by `reader`, and checkTrust judges who can write the target.
+    links: 'follow',
+    reader,
+    codes: {
+      missing: 'CURRENT_MISSING', 'too-large': 'CURRENT_TOO_LARGE', 'not-regular': 'CURRENT_UNREADABLE', 'not-directory': 'CURRENT_UNREADABLE',
+      loop: 'CURRENT_UNREADABLE', permission: 'CURRENT_UNREADABLE', io: 'CURRENT_UNREADABLE', symlink: 'CURRENT_UNREADABLE',
+    },
+  });
+  const text = bytes.toString('utf8');
+  return { text, hash: hashText(text), mtimeMs: stats.mtimeMs };
 }
 
 /**
@@ -152,9 +160,12 @@ export async function validateCurrent(app: AppConfig, text: string, file: string
   return Object.freeze({ bin, cfg });
 }
 
-/** Read and validate in one step; the snapshot is returned with the release. */
-export async function loadCurrent(app: AppConfig, file: string = app.currentFile): Promise<{ snapshot: CurrentSnapshot; release: Release }> {
-  const snapshot = await readCurrent(file);
+/**
+ * Read and validate in one step; the snapshot is returned with the release.
+ * `reader`: as for readCurrent (`relink validate` passes the app's user).
+ */
+export async function loadCurrent(app: AppConfig, file: string = app.currentFile, reader?: Reader): Promise<{ snapshot: CurrentSnapshot; release: Release }> {
+  const snapshot = await readCurrent(file, reader);
   const release = await validateCurrent(app, snapshot.text, file);
   return { snapshot, release };
 }

@@ -14,7 +14,9 @@ import { logSize, logTail } from './logtail.js';
 import { ProcessFinder, readProc, sendSignal, type Discovery, type ProcIdentity, type ProcInfo } from './proc.js';
 import { claimAppFolder, releaseAppFolder, type LockOwner } from './applock.js';
 import { readLinks, relink } from './relink.js';
+import { readerOf } from './safefs.js';
 import { readAppState, writeAppState, type AppState } from './state.js';
+import { resolveRunAs } from './user.js';
 
 export interface Effects {
   readCurrent(): Promise<CurrentSnapshot>;
@@ -64,8 +66,10 @@ export function realEffects(app: AppConfig, stateDir: string, owner: AgentOwner 
     return me;
   };
   return {
-    readCurrent: () => readCurrent(app.currentFile),
-    writeCurrent: (text) => writeFileAtomic(app.currentFile, text),
+    // As the app's user would read it: nothing it may not read reaches a message.
+    readCurrent: async () => readCurrent(app.currentFile, await readerOf(await resolveRunAs(app))),
+    // A rollback's rewrite keeps the owner and mode the app's user gave the file.
+    writeCurrent: async (text) => writeFileAtomic(app.currentFile, text, { keepOwner: (await resolveRunAs(app)).uid }),
     validate: (text) => validateCurrent(app, text),
     preflight: async (release, signal) => {
       if (app.preflight === undefined) return undefined;

@@ -29,6 +29,9 @@ export type ErrorCode =
   | 'PREFLIGHT_FAILED'
   // trust (StrictModes-style ownership and mode checks)
   | 'UNTRUSTED_PATH'
+  // files in folders an app's user can write (src/safefs.ts)
+  | 'UNSAFE_PATH'
+  | 'FILE_UNREADABLE'
   // relink / process
   | 'LINK_NOT_SYMLINK'
   | 'LINK_FAILED'

@@ -23,11 +23,12 @@
  */
 import { spawn } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
-import { access, mkdir, open, readFile } from 'node:fs/promises';
+import { access, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { AppConfig } from './config.js';
 import { RelinkError } from './errors.js';
 import { configuredLimits, lower, prlimitOptions, readLimits, type ProcLimits } from './limits.js';
+import { openAppend } from './safefs.js';
 import { describeUser, resolveRunAs, type RunAs } from './user.js';
 
 export interface Launched {
@@ -156,12 +157,13 @@ async function tool(name: string, env: NodeJS.ProcessEnv): Promise<string> {
 
 export async function launch(app: AppConfig, agent?: AgentIdentity): Promise<Launched> {
   const plan = await planLaunch(app, agent ?? await agentIdentity());
-  await mkdir(path.dirname(app.logFile), { recursive: true });
-  const log = await open(app.logFile, 'a', 0o640);
+  // The log lies in a folder the app's user can write: no planted symlink
+  // (of the file or of a folder on its path), FIFO or hard link is opened,
+  // written or chowned as root. A log the agent created belongs to the
+  // app's user, so whoever deploys as that user can read it and the app
+  // could reopen it on rotation.
+  const log = await openAppend(app.logFile, { owner: plan.switching ? { uid: plan.runAs.uid, gid: plan.runAs.gid } : undefined });
   try {
-    // A log the agent created belongs to the app's user, so whoever deploys
-    // as that user can read it and the app could reopen it on rotation.
-    if (plan.switching && (await log.stat()).uid === (process.getuid?.() ?? 0)) await log.chown(plan.runAs.uid, plan.runAs.gid);
     const child = spawn(plan.file, plan.args, {
       cwd: app.dir,
       env: plan.env,

@@ -5,22 +5,26 @@
  * 9, item 21).
  *
  * The log lies in a folder the app's user can write, and the agent reads it
- * as root: it is opened without following a symlink (O_NOFOLLOW), without
- * blocking on a FIFO (O_NONBLOCK), and read only if it is a regular file
- * with no other name (a hard link to somebody else's file is not quoted).
+ * as root: through src/safefs.ts (no link planted on its path is followed,
+ * nothing but a regular file is opened, nothing blocks), and only if it has
+ * no other name (a hard link to somebody else's file is not quoted).
  * Anything else gives nothing: a message must never quote a file the app's
  * user could not read.
  */
-import { constants, type Stats } from 'node:fs';
-import { lstat, open } from 'node:fs/promises';
+import { openRegular } from './safefs.js';
 
 /** Bytes read from the end; lines beyond `maxLines` are dropped from the front. */
 const MAX_BYTES = 2048;
 
-/** Size of `file` now, as the offset from which a new run's output starts; 0 when absent or not a regular file. */
+/** Size of `file` now, as the offset from which a new run's output starts; 0 when absent or not a plain regular file. */
 export async function logSize(file: string): Promise<number> {
-  const st: Stats | undefined = await lstat(file).catch(() => undefined);
-  return st?.isFile() ? st.size : 0;
+  try {
+    const { handle, stats } = await openRegular(file);
+    await handle.close();
+    return stats.size;
+  } catch {
+    return 0;
+  }
 }
 
 /**
@@ -29,14 +33,14 @@ export async function logSize(file: string): Promise<number> {
  * not a plain regular file.
  */
 export async function logTail(file: string, from: number, maxLines = 5): Promise<string> {
-  let handle;
+  let opened;
   try {
-    handle = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    opened = await openRegular(file);
   } catch {
     return '';
   }
+  const { handle, stats: st } = opened;
   try {
-    const st = await handle.stat();
     // A hard link could make the log another file (a root-only one): quote only a file of its own.
     if (!st.isFile() || st.nlink !== 1 || st.size <= from) return '';
     const start = Math.max(from, st.size - MAX_BYTES);

@@ -14,10 +14,10 @@
  * by hand, another tenant) is never adopted and never signalled.
  */
 import { readFileSync, readlinkSync, realpathSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import psList from 'ps-list';
 import { isErrno, RelinkError } from './errors.js';
+import { readSmallFile } from './safefs.js';
 import { lookupUser } from './user.js';
 
 export interface ProcIdentity {
@@ -205,7 +205,10 @@ export class ProcessFinder {
 
   async #fromPidFile(prefix: string, uid: number): Promise<ProcInfo | undefined> {
     if (this.#pidFile === undefined) return undefined;
-    const text = await readFile(this.#pidFile, 'utf8').catch(() => '');
+    // In the app's folder: a planted FIFO must not block discovery, nor a
+    // planted link make root read elsewhere. An unusable PID file names no
+    // candidate; the process-table scan still finds the app.
+    const text = await readSmallFile(this.#pidFile, { maxBytes: 64 }).then((f) => f.bytes.toString('utf8'), () => '');
     const pid = Number.parseInt(text.trim(), 10);
     const info = await readProc(pid);
     // A PID file only names a candidate; it must pass the same executable and owner checks.

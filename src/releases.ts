@@ -10,11 +10,12 @@
  * resolving symlinks).
  */
 import type { Dirent, Stats } from 'node:fs';
-import { lstat, readdir, readFile, realpath, unlink } from 'node:fs/promises';
+import { lstat, readdir, realpath, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { releaseFiles, releaseOf, type AgentConfig, type AppConfig } from './config.js';
 import { nodeCron, type CronLogger } from './cron.js';
+import { readCurrent } from './current.js';
 import { fileError, isErrno, RelinkError, RelinkErrors, type ErrorCode } from './errors.js';
 import { readHistory, type Outcome } from './history.js';
 import { readLinks } from './relink.js';
@@ -340,7 +341,8 @@ async function namedByCurrent(file: string): Promise<{ files: string[]; homeName
   const homeNames: string[] = [];
   let raw: unknown;
   try {
-    raw = JSON.parse(await readFile(file, 'utf8'));
+    // readCurrent: a FIFO planted as current.conf must not block prune or `relink releases`.
+    raw = JSON.parse((await readCurrent(file)).text);
   } catch {
     return { files, homeNames };
   }

@@ -1,17 +1,20 @@
 /**
  * Relinking on real symlinks: created when absent, replaced when present,
  * never a moment without app.bin (proved by a reader in another process),
- * and a real file or folder in the way is refused and left untouched.
+ * a real file or folder in the way is refused and left untouched, and a
+ * folder on the links' path that the app's user swapped for a symlink is
+ * refused (a real second user).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { chmod, lstat, mkdir, readdir, readFile, readlink, symlink, unlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, lchown, lstat, mkdir, readdir, readFile, readlink, symlink, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import type { Release } from '../src/current.js';
 import { RelinkError } from '../src/errors.js';
 import { readLinks, readLinkTarget, relink, swapLink, type Links } from '../src/relink.js';
+import { isRoot, NOT_ROOT, openUp, testUser } from './accounts.js';
 import { tmpDir, waitFor } from './helpers.js';
 
 interface Layout {
@@ -159,6 +162,32 @@ test('swapLink into a folder that does not exist is LINK_FAILED and leaves nothi
     return true;
   });
   assert.deepEqual((await readdir(dir)).sort(), ['release']);
+});
+
+test('a links folder swapped for a symlink by the app\'s user is refused: no link or temp file is made where it points', async (t) => {
+  if (!isRoot()) return t.skip(NOT_ROOT);
+  const user = await testUser(t);
+  const { dir, a } = await layout(t);
+  await openUp(dir);
+  // The app's folder is the app user's; the links are configured in its subfolder bin/.
+  const web = path.join(dir, 'web');
+  await mkdir(web);
+  await chown(web, user.uid, user.gid);
+  const etc = path.join(dir, 'etc');
+  await mkdir(etc);
+  const bin = path.join(web, 'bin');
+  await symlink(etc, bin);
+  await lchown(bin, user.uid, user.gid);
+  const links = { bin: path.join(bin, 'app.bin'), cfg: path.join(bin, 'app.cfg') };
+  for (const attempt of [() => relink(links, a), () => swapLink(links.bin, a.bin)]) {
+    await assert.rejects(attempt(), (err: unknown) => {
+      assert.ok(err instanceof RelinkError, String(err));
+      assert.equal(err.code, 'UNSAFE_PATH');
+      assert.equal(err.message, `${bin}: must not be a symlink (a link in a folder ${user.name} can write is not followed as root) (found: symlink to ${etc})`);
+      return true;
+    });
+  }
+  assert.deepEqual(await readdir(etc), []);
 });
 
 // --- the atomicity proof ----------------------------------------------------

@@ -4,10 +4,11 @@ import type { Command } from './main.js';
 
 const HELP = `Usage: relink demo [--exit] [--port N]
 
-Run the agent on a self-contained demo in a temp folder: two releases of a
-small web app (built from C with the system's cc), a deploy, a refused typo
-and a rollback, then the agent stays up so you can edit current.conf
-yourself. Ctrl-C stops it and removes the folder.
+Run the agent on a self-contained demo in a temp folder: three releases of
+a small web app (built from C with the system's cc, inside that folder), a
+deploy, a refused typo, a release that fails its health check and is rolled
+back automatically, and a rollback by hand; then the agent stays up so you
+can edit current.conf yourself. Ctrl-C stops it and removes the folder.
 
 Options:
   --exit      stop after the scripted tour

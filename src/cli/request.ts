@@ -11,7 +11,9 @@ import { currentTextFor, hashText, readCurrent, validateCurrent, type Release } 
 import { RelinkError } from '../errors.js';
 import { readHistory, type HistoryEntry } from '../history.js';
 import { readLinks } from '../relink.js';
+import { readerOf } from '../safefs.js';
 import { readAppState, runningAgent } from '../state.js';
+import { resolveRunAs } from '../user.js';
 import { EXIT, UsageError, type IO } from './io.js';
 
 export interface RequestOptions {
@@ -45,11 +47,12 @@ export async function requestRelease(config: AgentConfig, app: AppConfig, wanted
     return report(io, opts, { outcome: 'requested', release, message: `${app.name}: wrote ${app.currentFile}; the agent applies it (relink status / relink history)` }, EXIT.ok);
   }
   const deadline = Date.now() + opts.timeoutMs;
+  const reader = await readerOf(await resolveRunAs(app));
   for (;;) {
     const entries = (await readHistory(config.stateDir, app.name)).slice(before);
     const mine = entries.find((e) => e.currentHash === hash);
     if (mine !== undefined) return verdict(io, opts, app, mine);
-    const now = await readCurrent(app.currentFile).catch(() => undefined);
+    const now = await readCurrent(app.currentFile, reader).catch(() => undefined);
     if (now !== undefined && now.hash !== hash && entries.some((e) => e.currentHash === now.hash)) {
       throw new RelinkError('SUPERSEDED', `${app.name}: current.conf was changed again before the agent applied this ${opts.verb}; the newer content was applied instead (relink history)`,
         { file: app.currentFile, rule: 'one change at a time' });

@@ -2,15 +2,18 @@ import path from 'node:path';
 import { loadCurrent } from '../current.js';
 import { RelinkError, RelinkErrors } from '../errors.js';
 import { readLinks } from '../relink.js';
+import { readerOf } from '../safefs.js';
+import { resolveRunAs } from '../user.js';
 import { EXIT, loadFor, parse, selectApp, UsageError, type IO } from './io.js';
 import type { Command } from './main.js';
 
 const HELP = `Usage: relink validate [--config FILE] [--app NAME] [--json] [CURRENT_CONF]
 
-Check a current.conf exactly as the agent would (JSON, keys, that both files
-exist inside the app's releases folder, the binary is executable) and apply
-nothing. CURRENT_CONF defaults to the app's own current.conf; relative paths
-inside it resolve against the folder holding it.
+Check a current.conf exactly as the agent would (a regular file the app's
+user may read, JSON, keys, that both files exist inside the app's releases
+folder, the binary is executable) and apply nothing. CURRENT_CONF defaults
+to the app's own current.conf; relative paths inside it resolve against the
+folder holding it.
 
 Options:
   --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
@@ -33,7 +36,8 @@ export const validateCommand: Command = {
     const app = selectApp(config, values.app);
     const file = positionals[0] === undefined ? app.currentFile : path.resolve(positionals[0]);
     try {
-      const { release } = await loadCurrent(app, file);
+      // Read as the app's user could: a root-only file is refused unread.
+      const { release } = await loadCurrent(app, file, await readerOf(await resolveRunAs(app)));
       const links = await readLinks(app.links);
       const live = links.bin === release.bin && links.cfg === release.cfg;
       if (values.json) io.stdout(`${JSON.stringify({ ok: true, app: app.name, file, bin: release.bin, cfg: release.cfg, live, problems: [] })}\n`);

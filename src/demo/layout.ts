@@ -30,6 +30,8 @@ export interface LayoutOptions {
   readonly port?: number;
   /** Extra key=value lines for every cfg file. */
   readonly cfgExtra?: string;
+  /** The demo app's executable; default: buildDemoApp()'s shared build. */
+  readonly binary?: string;
 }
 
 /** A free TCP port on 127.0.0.1 (asked of the kernel, then released). */
@@ -49,7 +51,7 @@ export async function makeApp(opts: LayoutOptions): Promise<DemoApp> {
   const dir = path.join(opts.root, name);
   const releasesDir = path.join(dir, 'release');
   const port = opts.port ?? (await freePort());
-  const binary = await buildDemoApp();
+  const binary = opts.binary ?? (await buildDemoApp());
   await mkdir(releasesDir, { recursive: true });
   for (const r of opts.releases ?? ['1.0', '2.0']) {
     await writeRelease(releasesDir, r, binary, `port=${port}\nmode=${opts.mode ?? 'reexec'}\nmessage=hello from ${name} ${r}\n${opts.cfgExtra ?? ''}`);
@@ -64,9 +66,11 @@ export async function writeRelease(releasesDir: string, r: string, binary: strin
   await writeFile(path.join(releasesDir, `cfg.${r}`), cfg);
 }
 
-/** Point current.conf at release `r`, the way `mv` after scp does (temp + rename). */
-export async function setCurrent(app: DemoApp, r: string): Promise<void> {
-  await writeFileAtomic(app.currentFile, `${JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` })}\n`);
+/** Point current.conf at release `r`, the way `mv` after scp does (temp + rename); returns the text written. */
+export async function setCurrent(app: DemoApp, r: string): Promise<string> {
+  const text = `${JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` })}\n`;
+  await writeFileAtomic(app.currentFile, text);
+  return text;
 }
 
 export async function writeConfig(root: string, apps: readonly DemoApp[], extra: Record<string, unknown> = {}, appExtra: Record<string, unknown> = {}): Promise<string> {
