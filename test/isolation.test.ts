@@ -7,7 +7,8 @@
  * real agent, real folders, real processes.
  */
 import assert from 'node:assert/strict';
-import { readFile, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { makeApp, setCurrent, writeConfig, type DemoApp } from '../src/demo/layout.js';
@@ -30,7 +31,7 @@ test('a missing app folder and an unknown user put those apps in state "error"; 
   // writeConfig gives every app the same extras: name ghost's unknown user by hand.
   const cfg = JSON.parse(await readFile(configFile, 'utf8')) as { apps: Array<Record<string, unknown>> };
   cfg.apps[1]!['user'] = 'relink-no-such-user';
-  await (await import('node:fs/promises')).writeFile(configFile, JSON.stringify(cfg));
+  await writeFile(configFile, JSON.stringify(cfg));
   const stateDir = path.join(root, 'state');
   const agent = startAgent(t, configFile);
 
@@ -100,4 +101,37 @@ test('a second agent with another state folder refuses the app the first one man
   await b.waitForLog('the second agent managing the app', (l) => l['app'] === 'web' && l.msg === 'the app can be managed again', { timeoutMs: 20_000 });
   const adopted = await b.waitForLog('adoption', (l) => l.msg === 'adopted running app');
   assert.equal(adopted['appPid'], (await ask(web)).pid, 'adopted, not started twice');
+});
+
+test('a writer loop of 300 bad 46 KB current.conf files: the journal and the log grow by a few lines, the app serves on', async (t) => {
+  const root = await tmpDir(t, 'relink-isolation-');
+  const web = await makeApp({ root, name: 'web', releases: ['1.0', '2.0'] });
+  reapAppsAfter(t, web.releasesDir);
+  await setCurrent(web, '1.0');
+  const config = await writeConfig(root, [web], { reconcileMs: 60_000 });
+  const stateDir = path.join(root, 'state');
+  const agent = startAgent(t, config);
+  const v1 = await servedBy(web, '1.0');
+  // 2,000 unknown keys each: the old agent journaled every one of them, every time.
+  const keys = Array.from({ length: 2000 }, (_, i) => `"unknown.key.${String(i).padStart(4, '0')}": 1`).join(', ');
+  // Each write different (so each is read again), each refused for the same problems.
+  const bad = (i: number) => `{"bin.file": "app.2.0", "cfg.file": "cfg.2.0", ${keys}}${' '.repeat(i)}\n`;
+  assert.ok(bad(0).length > 40_000);
+  for (let i = 0; i < 300; i++) await writeFile(web.currentFile, bad(i));
+  await waitFor('the last write judged', async () => (await readAppState(stateDir, 'web'))?.lastDeploy?.currentHash === createHash('sha256').update(bad(299)).digest('hex'), { timeoutMs: 60_000 });
+  const entries = await readHistory(stateDir, 'web');
+  assert.ok(entries.length <= 4, `${entries.length} journal entries for 300 identical refusals`);
+  const judged = agent.raw.length;
+  assert.ok(judged > 0);
+  const refusal = entries.find((e) => e.outcome === 'refused');
+  assert.equal(refusal?.code, 'CURRENT_UNKNOWN_KEY');
+  assert.match(refusal?.reason ?? '', /and 1980 more problems/);
+  assert.ok((refusal?.reason ?? '').length < 8_500, `a reason of ${refusal?.reason?.length} characters`);
+  const warned = agent.raw.filter((l) => l.includes('"refused'));
+  assert.ok(warned.length <= 3, `${warned.length} refusal log lines`);
+  assert.ok(agent.raw.join('\n').length < 200_000, `the agent logged ${agent.raw.join('\n').length} bytes`);
+  // The app was never touched, and a good edit still applies.
+  assert.equal((await ask(web)).pid, v1.pid);
+  await setCurrent(web, '2.0');
+  await servedBy(web, '2.0');
 });
