@@ -7,12 +7,12 @@ import type { AppConfig } from './config.js';
 import { readCurrent, validateCurrent, type CurrentSnapshot, type Release } from './current.js';
 import { writeFileAtomic } from './atomicWrite.js';
 import { probeOnce, type ProbeResult } from './health.js';
-import { appendHistory, type HistoryEntry } from './history.js';
+import type { HistoryEntry } from './history.js';
 import { launch, type Launched } from './launch.js';
 import { expandArgs, runPreflight, type PreflightResult } from './preflight.js';
 import { ProcessFinder, sendSignal, type Discovery, type ProcIdentity, type ProcInfo } from './proc.js';
 import { readLinks, relink } from './relink.js';
-import { readAppState, writeAppState, type AppState } from './state.js';
+import { AppStore, type AppState } from './state.js';
 
 export interface Effects {
   readCurrent(): Promise<CurrentSnapshot>;
@@ -39,7 +39,8 @@ export interface Effects {
   schedule(ms: number, fn: () => void): () => void;
 }
 
-export function realEffects(app: AppConfig, stateDir: string): Effects {
+/** `store`: the app's journal and state file (its group, rotation, damage warnings); see AppStore. */
+export function realEffects(app: AppConfig, stateDir: string, store: AppStore = new AppStore(stateDir, app.name)): Effects {
   const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
   return {
     readCurrent: () => readCurrent(app.currentFile),
@@ -56,9 +57,9 @@ export function realEffects(app: AppConfig, stateDir: string): Effects {
     launch: () => launch(app),
     signal: sendSignal,
     probe: async () => (app.health.probe === undefined ? { ok: true, detail: 'no probe' } : probeOnce(app.health.probe, app.health.probeTimeoutMs)),
-    record: (entry) => appendHistory(stateDir, entry),
-    saveState: (state) => writeAppState(stateDir, state),
-    loadState: () => readAppState(stateDir, app.name).catch(() => undefined),
+    record: (entry) => store.record(entry),
+    saveState: (state) => store.save(state),
+    loadState: () => store.load(),
     now: () => Date.now(),
     sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
     schedule: (ms, fn) => {

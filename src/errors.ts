@@ -52,6 +52,8 @@ export type ErrorCode =
   // agent / CLI
   | 'AGENT_RUNNING'
   | 'STATE_UNREADABLE'
+  /** a state file or the journal could not be written (ENOSPC, EROFS, EACCES, ...) */
+  | 'STATE_WRITE_FAILED'
   | 'UNKNOWN_APP'
   | 'USAGE';
 
