@@ -149,7 +149,7 @@ export class AppStore {
         await ensureAppDir(appDir(this.#stateDir, this.app), this.#opts.gid);
         this.#dirReady = true;
       }
-      await writeAppFile(file, `${JSON.stringify(state, null, 2)}\n`, this.#opts.gid);
+      await writeAppFile(file, `${JSON.stringify(state, null, 2)}\n`, this.#opts.gid, 'write the state file');
     } catch (err) {
       this.#dirReady = false;
       throw writeFailed(file, err, 'write the state file');

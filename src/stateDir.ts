@@ -89,7 +89,7 @@ export function parseJson<S extends z.ZodType>(text: string, schema: S): { ok: t
   try {
     raw = JSON.parse(stripBom(text));
   } catch (err) {
-    return { ok: false, problem: `is not valid JSON (${(err as Error).message})` };
+    return { ok: false, problem: `is not valid JSON (${printable((err as Error).message)})` };
   }
   const parsed = schema.safeParse(raw);
   if (parsed.success) return { ok: true, value: parsed.data };
@@ -97,6 +97,10 @@ export function parseJson<S extends z.ZodType>(text: string, schema: S): { ok: t
   const where = issue === undefined || issue.path.length === 0 ? '' : `"${issue.path.join('.')}": `;
   return { ok: false, problem: `is not what relink writes: ${where}${issue?.message ?? 'invalid'}` };
 }
+
+/** V8's JSON errors quote the text: a newline or a NUL there must not break a one-line warning. */
+// eslint-disable-next-line no-control-regex
+const printable = (s: string): string => s.replace(/[\u0000-\u001f\u007f]/g, (c) => JSON.stringify(c).slice(1, -1));
 
 /** Far above any state file relink writes (a last deploy with a 64 KiB rejected current.conf). */
 const MAX_STATE_BYTES = 4 * 1024 * 1024;
@@ -210,7 +214,7 @@ export async function ownFile(handle: FileHandle, st: Stats, gid: number | undef
  * the new, never a mix, and never a moment with the wrong owner: temp file
  * (0640, root:gid), fsync, rename over. Throws a StateWriteError.
  */
-export async function writeAppFile(file: string, data: string, gid: number | undefined): Promise<void> {
+export async function writeAppFile(file: string, data: string, gid: number | undefined, doing = 'write it'): Promise<void> {
   const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
   let handle: FileHandle | undefined;
   try {
@@ -224,6 +228,6 @@ export async function writeAppFile(file: string, data: string, gid: number | und
   } catch (err) {
     await handle?.close().catch(() => undefined);
     await unlink(tmp).catch(() => undefined);
-    throw writeFailed(file, err, 'write it');
+    throw writeFailed(file, err, doing);
   }
 }

@@ -9,15 +9,9 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { Journal, JournalTail, newestEntries, newestFirst, readHistory, type HistoryEntry } from '../src/history.js';
 import { journalFile, type Damage } from '../src/stateDir.js';
+import { entry } from './entries.js';
 import { relinkCli, tmpDir } from './helpers.js';
 
-export function entry(app: string, n: number, extra: Partial<HistoryEntry> = {}): HistoryEntry {
-  return {
-    time: new Date(Date.UTC(2026, 0, 1) + n * 1000).toISOString(), app, outcome: 'deployed', action: 'signal',
-    from: { bin: null, cfg: null }, to: { bin: `/srv/${app}/release/app.${n}`, cfg: `/srv/${app}/release/cfg.${n}` },
-    reason: null, code: null, pidBefore: 10, pidAfter: 11, durationMs: n, currentHash: `hash-${n}`, trigger: 'test', ...extra,
-  };
-}
 
 /** A config with apps `names` (folders that need not exist: the journal commands read only the state folder). */
 async function configFor(root: string, names: readonly string[] = ['web']): Promise<{ file: string; stateDir: string }> {
