@@ -178,15 +178,26 @@ async function survey(config: AgentConfig, app: AppConfig, opts: ReadOptions): P
   const lastGood = state?.lastGood?.bin == null ? undefined : byBin.get(state.lastGood.bin);
 
   // Newest first, and only as far as needed: every release's latest attempt
-  // and the previous release. Journal paths are real paths (the agent
-  // resolves current.conf's), so a lookup by bin path and bin real path finds them.
+  // and the previous release. A release's attempts come after it arrived, so
+  // once the entries are older than every release still without one, no
+  // older entry can name one of them: the scan stops there (at 200,000
+  // entries it would otherwise parse them all; BENCHMARKS.md section 5).
+  // Where arrival is a ctime, a chmod after a deploy can hide that deploy:
+  // the release then looks never deployed, which only keeps it longer.
+  // Journal paths are real paths (the agent resolves current.conf's), so a
+  // lookup by bin path and bin real path finds them.
   const lastEntry = new Map<string, { time: string; outcome: Outcome }>();
+  const oldestPending = (): number => Math.min(...found.filter((f) => !lastEntry.has(f.release)).map((f) => Date.parse(f.bin.arrived)));
+  let pendingSince = oldestPending();
   let previous: Release | undefined;
   for await (const e of newestFirst(config.stateDir, app.name, opts)) {
     if (previous === undefined && namesPrevious(e, live)) previous = { bin: e.to.bin, cfg: e.to.cfg };
     const r = e.to?.bin == null ? undefined : byBin.get(e.to.bin);
-    if (r !== undefined && !lastEntry.has(r)) lastEntry.set(r, { time: e.time, outcome: e.outcome });
-    if (previous !== undefined && lastEntry.size === found.length) break;
+    if (r !== undefined && !lastEntry.has(r)) {
+      lastEntry.set(r, { time: e.time, outcome: e.outcome });
+      pendingSince = oldestPending();
+    }
+    if (previous !== undefined && (lastEntry.size === found.length || Date.parse(e.time) < pendingSince)) break;
   }
 
   const protections = await protectionsFor(config, app, previous, opts);

@@ -21,6 +21,9 @@ import { relinkCli, tmpDir, waitFor, type LogLine } from './helpers.js';
 const run = promisify(execFile);
 const BASE = Date.parse('2024-01-01T00:00:00Z');
 const ARRIVED_AFTER = 'arrived after the current release, never deployed';
+/** Journal times: deploys happen after their releases arrived (a listing reads the journal back only that far). */
+const T0 = Date.now() + 600_000;
+const at = (day: number): string => new Date(T0 + day * 86_400_000).toISOString();
 
 /**
  * app.R (executable) and, unless `cfg` is false, cfg.R, both modified
@@ -105,14 +108,14 @@ test('releases are listed oldest first with current, previous, last-good and fai
   // A broken current.conf is not an error for listing.
   await writeFile(app.currentFile, '{"bin.file": ');
   const bin = (r: string) => path.join(rel, `app.${r}`);
-  await appendHistory(config.stateDir, entry('web', 'failed', bin('2.0'), '2024-02-01T00:00:00.000Z'));
-  await appendHistory(config.stateDir, entry('web', 'deployed', bin('2.0'), '2024-02-02T00:00:00.000Z'));
+  await appendHistory(config.stateDir, entry('web', 'failed', bin('2.0'), at(1)));
+  await appendHistory(config.stateDir, entry('web', 'deployed', bin('2.0'), at(2)));
   // A hand rollback to 1.0: it, not the newer 2.0, was deployed last before 3.0.
-  await appendHistory(config.stateDir, entry('web', 'deployed', bin('1.0'), '2024-02-03T00:00:00.000Z'));
-  await appendHistory(config.stateDir, entry('web', 'deployed', bin('3.0'), '2024-02-04T00:00:00.000Z'));
-  await appendHistory(config.stateDir, entry('web', 'rolled_back', bin('4.0'), '2024-02-05T00:00:00.000Z'));
+  await appendHistory(config.stateDir, entry('web', 'deployed', bin('1.0'), at(3)));
+  await appendHistory(config.stateDir, entry('web', 'deployed', bin('3.0'), at(4)));
+  await appendHistory(config.stateDir, entry('web', 'rolled_back', bin('4.0'), at(5)));
   // Another app's journal lines are not this app's deploys.
-  await appendHistory(config.stateDir, entry('api', 'deployed', bin('5.0'), '2024-02-06T00:00:00.000Z'));
+  await appendHistory(config.stateDir, entry('api', 'deployed', bin('5.0'), at(6)));
 
   const rs = await listReleases(config, app);
   assert.deepEqual(names(rs), ['1.0', '2.0', '4.0', '3.0', '5.0']);
@@ -122,8 +125,8 @@ test('releases are listed oldest first with current, previous, last-good and fai
   assert.deepEqual(names(rs, (r) => r.lastGood), ['2.0']);
   assert.deepEqual(names(rs, (r) => r.failed), ['4.0'], '2.0 failed once but its latest deploy succeeded');
   const by = new Map(rs.map((r) => [r.release, r]));
-  assert.deepEqual(by.get('2.0')!.lastDeploy, { time: '2024-02-02T00:00:00.000Z', outcome: 'deployed' });
-  assert.deepEqual(by.get('4.0')!.lastDeploy, { time: '2024-02-05T00:00:00.000Z', outcome: 'rolled_back' });
+  assert.deepEqual(by.get('2.0')!.lastDeploy, { time: at(2), outcome: 'deployed' });
+  assert.deepEqual(by.get('4.0')!.lastDeploy, { time: at(5), outcome: 'rolled_back' });
   assert.equal(by.get('5.0')!.lastDeploy, null);
   assert.equal(by.get('5.0')!.cfg, null, 'a missing cfg is shown as null');
   const a1 = arrival(await lstat(bin('1.0')));
@@ -173,7 +176,7 @@ test('prune keeps the newest N, current, last-good, what current.conf names and 
   await setLastGood(config.stateDir, 'web', path.join(shared, 'app.5.0'), path.join(shared, 'cfg.5.0'));
   await writeFile(web.currentFile, '{"bin.file": "app.3.0", "cfg.file": "cfg.3.0"}\n'); // uploaded, not yet applied
   // 8.0 came after the current 6.0 but was tried and rolled back: no longer an upcoming deploy.
-  await appendHistory(config.stateDir, entry('web', 'rolled_back', path.join(shared, 'app.8.0'), '2024-02-01T00:00:00.000Z'));
+  await appendHistory(config.stateDir, entry('web', 'rolled_back', path.join(shared, 'app.8.0'), at(1)));
   await symlink('../alias/app.2.0', path.join(root, 'api', 'app.bin'));
   await symlink(path.join(alias, 'cfg.7.0'), path.join(root, 'api', 'app.cfg')); // only the cfg protects 7.0
 
@@ -230,8 +233,8 @@ test('relink releases --json and relink prune --dry-run, then prune, as real pro
   const { file, config, app, rel } = await oneApp(root, { prune: { keep: 2 } });
   for (let i = 1; i <= 4; i++) await addRelease(rel, `${i}.0`, i);
   await linkTo(app.dir, rel, '1.0');
-  await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, 'app.1.0'), '2024-02-01T00:00:00.000Z'));
-  await appendHistory(config.stateDir, entry('web', 'rolled_back', path.join(rel, 'app.2.0'), '2024-02-02T00:00:00.000Z'));
+  await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, 'app.1.0'), at(1)));
+  await appendHistory(config.stateDir, entry('web', 'rolled_back', path.join(rel, 'app.2.0'), at(2)));
 
   const listed = await relinkCli(['releases', '--json'], { RELINK_CONFIG: file });
   assert.equal(listed.code, 0, listed.stderr);
@@ -239,7 +242,7 @@ test('relink releases --json and relink prune --dry-run, then prune, as real pro
   assert.deepEqual(json.apps.map((a) => a.name), ['web']);
   assert.deepEqual(names(json.apps[0]!.releases), ['1.0', '2.0', '3.0', '4.0']);
   assert.deepEqual(names(json.apps[0]!.releases, (r) => r.current), ['1.0']);
-  assert.deepEqual(json.apps[0]!.releases[0]!.lastDeploy, { time: '2024-02-01T00:00:00.000Z', outcome: 'deployed' });
+  assert.deepEqual(json.apps[0]!.releases[0]!.lastDeploy, { time: at(1), outcome: 'deployed' });
 
   const text = await relinkCli(['releases', '--config', file]);
   assert.equal(text.code, 0, text.stderr);
@@ -309,7 +312,7 @@ test('issue 9 item 15: a release uploaded with rsync -a, built nine days ago, is
   const { file, config, app, rel } = await oneApp(root);
   for (let i = 1; i <= 3; i++) await addRelease(rel, `${i}.0`, 60 * 24 * 30 + i); // built and uploaded a month after BASE
   await linkTo(app.dir, rel, '3.0');
-  for (let i = 1; i <= 3; i++) await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, `app.${i}.0`), `2024-02-0${i}T00:00:00.000Z`));
+  for (let i = 1; i <= 3; i++) await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, `app.${i}.0`), at(i)));
   // Built nine days ago, uploaded now: rsync -a (like scp -p) keeps the build's mtime.
   const build = path.join(root, 'build');
   await mkdir(build);
@@ -342,7 +345,7 @@ test('issue 9 item 15: a release uploaded with rsync -a, built nine days ago, is
   for (const r of ['2.0', '3.0', '4.0', '5.0']) assert.ok(await exists(path.join(rel, `app.${r}`)), `app.${r} kept`);
 
   // Once deployed, 4.0 is no upcoming upload any more (here: the previous release, as 3.0 runs again).
-  await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, 'app.4.0'), '2024-02-04T00:00:00.000Z'));
+  await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, 'app.4.0'), at(4)));
   assert.deepEqual((await listReleases(config, app)).find((r) => r.release === '4.0')!.protected, ['previous (the rollback target)']);
 });
 
@@ -350,7 +353,7 @@ test('one definition of the previous release: rollback, releases and prune agree
   const root = await tmpDir(t);
   const { file, config, app, rel } = await oneApp(root);
   for (let i = 1; i <= 3; i++) await addRelease(rel, `${i}.0`, i);
-  for (let i = 1; i <= 3; i++) await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, `app.${i}.0`), `2024-02-0${i}T00:00:00.000Z`));
+  for (let i = 1; i <= 3; i++) await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, `app.${i}.0`), at(i)));
   // 3.0 runs (the state file's last known-good), but its links are gone: the previous release is 2.0, not 3.0.
   await setLastGood(config.stateDir, 'web', path.join(rel, 'app.3.0'), path.join(rel, 'cfg.3.0'));
   const expected = { bin: path.join(rel, 'app.2.0'), cfg: path.join(rel, 'cfg.2.0') };
