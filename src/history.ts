@@ -99,6 +99,12 @@ export interface JournalOptions {
    * runs as root; otherwise (or when undefined) owned by the agent. Default: undefined.
    */
   readonly gid?: number;
+  /**
+   * Told when an append finds the journal's last line cut short (a power
+   * loss, a full disk) and ends it with a newline first: log a warning.
+   * Default: silence.
+   */
+  readonly onDamaged?: OnDamage;
 }
 
 /**
@@ -114,6 +120,7 @@ export class Journal {
   readonly #maxBytes: number;
   readonly #backups: number;
   readonly #gid: number | undefined;
+  readonly #onDamaged: OnDamage | undefined;
   #checkTail = true;
   #dirReady = false;
   #queue: Promise<void> = Promise.resolve();
@@ -128,6 +135,7 @@ export class Journal {
     this.#maxBytes = maxBytes;
     this.#backups = backups;
     this.#gid = opts.gid;
+    this.#onDamaged = opts.onDamaged;
   }
 
   /** Append one entry. Throws a StateWriteError (STATE_WRITE_FAILED, with the path and the errno). */
@@ -159,6 +167,7 @@ export class Journal {
           let text = '';
           if (this.#checkTail && size > 0 && !(await endsWithNewline(handle, size))) {
             text = '\n';
+            this.#onDamaged?.({ file: this.file, line: await lineNumberAt(handle, size), problem: 'the last line was cut short (a crash or a full disk); ended it, so the next entry starts on a line of its own' });
             size += 1;
           }
           for (; i < lines.length; i++) {

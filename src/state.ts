@@ -114,7 +114,8 @@ export interface AppStoreOptions {
   readonly history?: Pick<JournalOptions, 'maxBytes' | 'backups'>;
   /**
    * Told once per damaged file the agent sets aside (renamed to
-   * FILE.damaged-<ISO time>) so that it is rebuilt: log it as a warning.
+   * FILE.damaged-<ISO time>) so that it is rebuilt, and when an append finds
+   * the journal's last line torn (and ends it): log it as a warning.
    */
   readonly onDamaged?: OnDamage;
 }
@@ -135,7 +136,7 @@ export class AppStore {
     this.app = app;
     this.#stateDir = stateDir;
     this.#opts = opts;
-    this.journal = new Journal(journalFile(stateDir, app), { ...opts.history, gid: opts.gid });
+    this.journal = new Journal(journalFile(stateDir, app), { ...opts.history, gid: opts.gid, onDamaged: opts.onDamaged });
   }
 
   record(entry: HistoryEntry): Promise<void> {

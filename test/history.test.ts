@@ -41,8 +41,11 @@ test('a torn last line (power loss) does not swallow the next entry; readers ski
   assert.equal(damage[0]!.line, 3);
   assert.match(damage[0]!.problem, /no newline \(cut short/);
 
-  // The next run of the agent appends: the entry gets a line of its own.
-  await new Journal(file).append(entry('web', 4));
+  // The next run of the agent appends: the entry gets a line of its own, and the agent is told.
+  const told: Damage[] = [];
+  await new Journal(file, { onDamaged: (d) => told.push(d) }).append(entry('web', 4));
+  assert.deepEqual(told.map((d) => [d.file, d.line]), [[file, 3]]);
+  assert.match(told[0]!.problem, /cut short .*ended it/);
   damage.length = 0;
   assert.deepEqual(numbers(await readHistory(stateDir, 'web', { onDamaged: (d) => damage.push(d) })), [1, 2, 4]);
   assert.deepEqual(damage.map((d) => [d.file, d.line]), [[file, 3]]);
