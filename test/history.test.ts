@@ -163,3 +163,10 @@ test('JournalTail returns only what was appended since it was opened, across a r
   await new Journal(journalFile(stateDir, 'api')).append(entry('api', 1));
   assert.deepEqual(numbers(await fresh.read()), [1]);
 });
+
+test('history --help names every outcome, rolled_back included, and repeats', async () => {
+  const r = await relinkCli(['history', '--help']);
+  assert.equal(r.code, 0);
+  for (const outcome of ['deployed', 'refused', 'rolled_back', 'failed']) assert.match(r.stdout, new RegExp(`^  ${outcome}\\s`, 'm'), outcome);
+  assert.match(r.stdout, /refused x12/);
+});

@@ -374,3 +374,11 @@ test('one definition of the previous release: rollback, releases and prune agree
   await linkTo(app.dir, rel, '3.0');
   assert.deepEqual(await previousRelease(config.stateDir, app), expected);
 });
+
+test('prune --help names the previous-release protection and the order by arrival', async () => {
+  const r = await relinkCli(['prune', '--help']);
+  assert.equal(r.code, 0);
+  assert.match(r.stdout, /- the previous release: what relink rollback goes back to/);
+  assert.match(r.stdout, /- a release that arrived after the current one and was never deployed;/);
+  assert.match(r.stdout, /Newest means arrived on this host last/);
+});
