@@ -39,7 +39,8 @@ const SPLIT_BYTES = 32 * 1024 * 1024;
 const ON_DISK = 20;
 
 export type Version = 'before' | 'now';
-export const COMMANDS = ['history --limit 20', 'releases', 'prune --dry-run', 'rollback --to R --wait', 'deploy R --wait'] as const;
+/** `--version` reads nothing: the runtime and the CLI's start-up, for scale. */
+export const COMMANDS = ['--version', 'history --limit 20', 'releases', 'prune --dry-run', 'rollback --to R --wait', 'deploy R --wait'] as const;
 export type JournalCommand = (typeof COMMANDS)[number];
 
 export interface JournalRow {
@@ -149,6 +150,7 @@ export async function runJournal(ctx: Context): Promise<JournalResult> {
 function argsFor(command: JournalCommand, config: string, previous: string): string[] {
   const base = ['--config', config, '--app', 'web'];
   switch (command) {
+    case '--version': return ['--version'];
     case 'history --limit 20': return ['history', ...base, '--limit', '20'];
     case 'releases': return ['releases', ...base];
     case 'prune --dry-run': return ['prune', ...base, '--keep', '1', '--dry-run'];
