@@ -221,7 +221,7 @@ async function endsWithNewline(handle: FileHandle, size: number): Promise<boolea
   return b[0] === NL;
 }
 
-/** Append one entry to `app`'s journal with the default rotation. (The agent keeps one Journal per app instead.) */
+/** Append one entry to its app's journal (default rotation unless `opts`). Throws a StateWriteError. (The agent keeps one Journal per app instead.) */
 export async function appendHistory(stateDir: string, entry: HistoryEntry, opts: JournalOptions = {}): Promise<void> {
   await new Journal(journalFile(stateDir, entry.app), opts).append(entry);
 }

@@ -36,7 +36,7 @@ export class JournalTail {
     this.#opts = opts;
   }
 
-  /** Mark the journal's current end: read() returns only what is appended after this. */
+  /** Mark the journal's current end: read() returns only what is appended after this. Throws STATE_UNREADABLE (a journal that exists but may not be read). */
   static async open(stateDir: string, app: string, opts: ReadOptions = {}): Promise<JournalTail> {
     const tail = new JournalTail(journalFile(stateDir, app), opts);
     const files = await tail.#files();
@@ -47,7 +47,7 @@ export class JournalTail {
     return tail;
   }
 
-  /** The entries appended since open() or the last read(), oldest first. */
+  /** The entries appended since open() or the last read(), oldest first; damaged lines go to `onDamaged`. Throws STATE_UNREADABLE. */
   async read(): Promise<HistoryEntry[]> {
     const out: HistoryEntry[] = [];
     const files = (await this.#files()).reverse(); // oldest first

@@ -121,6 +121,7 @@ function namesPrevious(e: HistoryEntry, live: LiveKeys): e is HistoryEntry & { t
  * The release `relink rollback` goes back to, `relink releases` flags as
  * previous and prune keeps: see `namesPrevious`. Reads the journal from its
  * end and stops at the first match. undefined when the journal has none.
+ * Throws STATE_UNREADABLE when the journal exists but may not be read.
  */
 export async function previousRelease(stateDir: string, app: AppConfig, opts: ReadOptions = {}): Promise<Release | undefined> {
   const [links, state] = await Promise.all([readLinks(app.links), readAppState(stateDir, app.name, opts)]);
