@@ -468,7 +468,7 @@ const JOURNAL_READS: Record<JournalRow['command'], { readonly before: string; re
 
 function journalSection(j: JournalResult, p: (...l: string[]) => void): void {
   p('## 5. The journal at 200,000 entries',
-    `Every command that reads the deploy journal, on a journal of ${count(j.entries)} entries (${(j.bytes / 1e6).toFixed(0)} MB; the issue measured 88 MB), ` +
+    `Every command that reads the deploy journal, on a journal of ${count(j.entries)} entries (${(j.bytes / 1e6).toFixed(0)} MB; the issue measured ${ISSUE_FIGURES.bytes / 1e6} MB), ` +
     'run as `relink` runs (node with the `#!` line\'s flags), by relink before issue 9 ' +
     `(commit ${j.beforeCommit}: one \`<stateDir>/history.jsonl\` for every app, ${j.files.before} file) and relink now (one journal per app; here the same entries ` +
     `in ${j.files.now} files, as with \`history.maxBytes\` at 32 MiB and \`history.backups\` at ${j.files.now - 1}: the defaults, 4 MiB and 2, keep about 27,000 entries, 12 MiB at most), ` +
