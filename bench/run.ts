@@ -5,7 +5,7 @@
  *
  *   npm run bench                       everything; rewrites BENCHMARKS.md and bench/results/
  *   npm run bench -- --quick            a smoke run; writes to a temp folder
- *   npm run bench -- --only a,b         some of: reaction, downtime, footprint, verdict
+ *   npm run bench -- --only a,b         some of: reaction, downtime, footprint, verdict, journal
  *   npm run bench -- --out DIR          write the report there instead
  *   npm run bench -- --no-install       never apt-get or npm install; skip what is missing
  *
@@ -18,6 +18,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { runDowntime, type DowntimeResult } from './downtime.js';
 import { runFootprint, type FootprintResult } from './footprint.js';
+import { runJournal, type JournalResult } from './journal.js';
 import { buildAgent } from './lib/build.js';
 import type { Context } from './lib/context.js';
 import { Janitor } from './lib/procs.js';
@@ -27,7 +28,7 @@ import { markdown, type Results } from './report.js';
 import { runReaction, type ReactionResult } from './reaction.js';
 import { runVerdict, type VerdictResult } from './verdict.js';
 
-const SECTIONS = ['reaction', 'footprint', 'downtime', 'verdict'] as const;
+const SECTIONS = ['reaction', 'footprint', 'downtime', 'verdict', 'journal'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const USAGE = `Usage: npm run bench [-- --quick] [--only ${SECTIONS.join(',')}] [--out DIR] [--no-install]`;
@@ -82,6 +83,7 @@ async function main(): Promise<number> {
   let downtime: DowntimeResult | undefined;
   let footprint: FootprintResult | undefined;
   let verdict: VerdictResult | undefined;
+  let journal: JournalResult | undefined;
   let results: Results | undefined;
   try {
     log(`relink bench${quick ? ' (--quick)' : ''}: ${only.join(', ')}; temp folder ${root}`);
@@ -112,6 +114,8 @@ async function main(): Promise<number> {
     footprint = await run('footprint', () => runFootprint(ctx));
     downtime = await run('downtime', () => runDowntime(ctx));
     verdict = await run('verdict', () => runVerdict(ctx));
+    // Last: its CLI runs of the version before issue 9 take up to a GB each.
+    journal = await run('journal', () => runJournal(ctx));
 
     log('cleaning up');
     const cleanup = await j.cleanup();
@@ -127,6 +131,7 @@ async function main(): Promise<number> {
       ...(downtime ? { downtime } : {}),
       ...(footprint ? { footprint } : {}),
       ...(verdict ? { verdict } : {}),
+      ...(journal ? { journal } : {}),
       errors,
       missingTools: [...tools.missing].map(([t, why]) => `${t}: ${why}`),
       cleanup,

@@ -16,7 +16,10 @@ import type { AgentConfig, AppConfig } from './config.js';
 import { realEffects } from './effects.js';
 import { RelinkError } from './errors.js';
 import { schedulePrune, type PruneSchedule } from './releases.js';
-import { claimAgent, releaseAgent } from './state.js';
+import { migrateStateDir } from './migrate.js';
+import { AppStore, claimAgent, releaseAgent } from './state.js';
+import { describeDamage, type Damage } from './stateDir.js';
+import { resolveRunAs } from './user.js';
 import { VERSION } from './version.js';
 import { CurrentWatcher } from './watch.js';
 
@@ -54,21 +57,34 @@ export class Agent {
     this.#compactor = compactor;
   }
 
-  /** Claim the stateDir, start every app's orchestrator and watcher, and begin the periodic re-check. */
+  /**
+   * Claim the stateDir, bring a state folder of the layout before issue 9
+   * over, start every app's orchestrator and watcher, and begin the periodic
+   * re-check.
+   */
   static async start(config: AgentConfig, log: Logger): Promise<Agent> {
     const compactor = new Compactor(COMPACTION);
-    const slots = config.apps.map((app): Slot => {
-      const fx = realEffects(app, config.stateDir, { configFile: config.file });
+    const warn = (l: Logger) => (d: Damage) => l.warn({ file: d.file, line: d.line }, describeDamage(d));
+    const claimed = await claim(config, log, warn(log));
+    // The group of each app's folder in the state folder: who may read its journal and state.
+    const gids = await Promise.all(config.apps.map((a) => resolveRunAs(a).then((r) => r.gid, () => undefined)));
+    if (claimed) {
+      await migrateStateDir(config.stateDir, config.apps.map((a, i) => ({ name: a.name, gid: gids[i] })), { ...config.history, onDamaged: warn(log) })
+        .catch((err: unknown) => log.error({ err: err instanceof Error ? err.message : String(err), code: 'STATE_WRITE_FAILED' }, 'could not move the state folder to the per-app layout; the old journal is left as it is'));
+    }
+    const slots = config.apps.map((app, i): Slot => {
+      const applog = log.child({ app: app.name });
+      const store = new AppStore(config.stateDir, app.name, { gid: gids[i], history: config.history, onDamaged: warn(applog) });
+      const fx = realEffects(app, config.stateDir, { store, configFile: config.file });
       const record: typeof fx.record = async (entry) => {
         await fx.record(entry);
         compactor.noteDeploy();
       };
-      const applog = log.child({ app: app.name });
       return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, watcher: undefined, arming: undefined, watchProblem: undefined };
     });
     const agent = new Agent(config, slots, log, compactor);
+    agent.#claimed = claimed;
     try {
-      await agent.#claim();
       for (const slot of slots) {
         // The watcher first: an edit made while the agent was down, or
         // between start and ready, is seen by the app's first pass.
@@ -84,23 +100,6 @@ export class Agent {
     }
     log.info({ version: VERSION, config: config.file, stateDir: config.stateDir, apps: config.apps.map((a) => a.name) }, 'agent started');
     return agent;
-  }
-
-  /**
-   * One agent per stateDir (agent.json). Another live agent on it is fatal
-   * (AGENT_RUNNING); a stateDir that cannot be written (full, read-only) is
-   * not: the apps are managed anyway, and the log says so, with the path.
-   */
-  async #claim(): Promise<void> {
-    try {
-      await claimAgent(this.config.stateDir, this.config.file, VERSION);
-      this.#claimed = true;
-    } catch (err) {
-      if (err instanceof RelinkError && err.code === 'AGENT_RUNNING') throw err;
-      const found = err instanceof Error ? err.message : String(err);
-      this.#log.error({ stateDir: this.config.stateDir, err: found, code: 'STATE_WRITE_FAILED' },
-        `cannot record in the state folder ${this.config.stateDir} (${found}): the apps are managed anyway, but deploys are not journaled and relink deploy --wait cannot see this agent`);
-    }
   }
 
   async #arm(slot: Slot): Promise<void> {
@@ -175,5 +174,24 @@ export class Agent {
       this.#log.info('agent stopped; apps left running');
     })();
     return this.#closing;
+  }
+}
+
+/**
+ * One agent per stateDir (agent.json; a damaged one is set aside). Another
+ * live agent on it is fatal (AGENT_RUNNING); a stateDir that cannot be
+ * written (full, read-only) is not: the apps are managed anyway, and the log
+ * says so, with the path. True when this agent holds the stateDir.
+ */
+async function claim(config: AgentConfig, log: Logger, onDamaged: (d: Damage) => void): Promise<boolean> {
+  try {
+    await claimAgent(config.stateDir, config.file, VERSION, { onDamaged });
+    return true;
+  } catch (err) {
+    if (err instanceof RelinkError && err.code === 'AGENT_RUNNING') throw err;
+    const found = err instanceof Error ? err.message : String(err);
+    log.error({ stateDir: config.stateDir, err: found, code: 'STATE_WRITE_FAILED' },
+      `cannot record in the state folder ${config.stateDir} (${found}): the apps are managed anyway, but deploys are not journaled and relink deploy --wait cannot see this agent`);
+    return false;
   }
 }

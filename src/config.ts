@@ -192,7 +192,7 @@ export const ConfigSchema = z.strictObject({
   $schema: z.string().optional()
     .meta(about('ignored by the agent: the JSON Schema editors check this file against (`config.schema.json` in the package; `relink schema` prints it)')),
   stateDir: absoluteOrRelative.default('/var/lib/relink')
-    .meta(about('history (`history.jsonl`), per-app state (`apps/NAME.json`), the running agent (`agent.json`); one agent per stateDir; relative to the config file\'s folder')),
+    .meta(about('the running agent (`agent.json`, readable by all) and per app, in `apps/NAME/` (readable by root and the app\'s group only), its journal (`history.jsonl`, rotated) and state (`state.json`): "The state folder: who can read what"; one agent per stateDir; relative to the config file\'s folder')),
   logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info')
     .meta(about('`trace` .. `fatal`, `silent`')),
   reconcileMs: z.int().min(200).max(3_600_000).default(5_000)

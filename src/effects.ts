@@ -7,7 +7,7 @@ import type { AppConfig } from './config.js';
 import { readCurrent, validateCurrent, type CurrentSnapshot, type Release } from './current.js';
 import { writeFileAtomic } from './atomicWrite.js';
 import { probeOnce, type ProbeResult } from './health.js';
-import { appendHistory, type HistoryEntry } from './history.js';
+import type { HistoryEntry } from './history.js';
 import { agentIdentity, launch, planCommand, type Launched } from './launch.js';
 import { expandArgs, runPreflight, type PreflightResult } from './preflight.js';
 import { logSize, logTail } from './logtail.js';
@@ -15,7 +15,7 @@ import { ProcessFinder, readProc, sendSignal, type Discovery, type ProcIdentity,
 import { claimAppFolder, releaseAppFolder, type LockOwner } from './applock.js';
 import { readLinks, relink } from './relink.js';
 import { readerOf } from './safefs.js';
-import { readAppState, writeAppState, type AppState } from './state.js';
+import { AppStore, type AppState } from './state.js';
 import { resolveRunAs } from './user.js';
 
 export interface Effects {
@@ -53,16 +53,20 @@ export interface Effects {
   releaseApp(): Promise<void>;
 }
 
-/** Who claims the apps' folders: this agent. */
-export interface AgentOwner {
-  readonly configFile: string;
+export interface RealEffectsOptions {
+  /** The app's journal and state file (its group, rotation, damage warnings); see AppStore. Default: plain. */
+  readonly store?: AppStore;
+  /** The agent's config file, named in the lock on the app's folder. */
+  readonly configFile?: string;
 }
 
-export function realEffects(app: AppConfig, stateDir: string, owner: AgentOwner = { configFile: '' }): Effects {
+export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsOptions = {}): Effects {
+  const store = opts.store ?? new AppStore(stateDir, app.name);
+  const configFile = opts.configFile ?? '';
   const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
   let me: Promise<LockOwner> | undefined;
   const lockOwner = (): Promise<LockOwner> => {
-    me ??= readProc(process.pid).then((p) => ({ pid: process.pid, startTime: p?.startTime ?? 0, configFile: owner.configFile, stateDir, app: app.name }));
+    me ??= readProc(process.pid).then((p) => ({ pid: process.pid, startTime: p?.startTime ?? 0, configFile, stateDir, app: app.name }));
     return me;
   };
   return {
@@ -87,9 +91,9 @@ export function realEffects(app: AppConfig, stateDir: string, owner: AgentOwner 
     },
     signal: sendSignal,
     probe: async () => (app.health.probe === undefined ? { ok: true, detail: 'no probe' } : probeOnce(app.health.probe, app.health.probeTimeoutMs)),
-    record: (entry) => appendHistory(stateDir, entry),
-    saveState: (state) => writeAppState(stateDir, state),
-    loadState: () => readAppState(stateDir, app.name).catch(() => undefined),
+    record: (entry) => store.record(entry),
+    saveState: (state) => store.save(state),
+    loadState: () => store.load(),
     now: () => Date.now(),
     sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
     schedule: (ms, fn) => {

@@ -63,6 +63,8 @@ export type ErrorCode =
   | 'LIVENESS_FAILED'
   | 'INTERNAL'
   | 'STATE_UNREADABLE'
+  /** a state file or the journal could not be written (ENOSPC, EROFS, EACCES, ...) */
+  | 'STATE_WRITE_FAILED'
   | 'UNKNOWN_APP'
   | 'USAGE';
 

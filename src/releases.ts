@@ -5,9 +5,15 @@
  *
  * Pruning deletes files, so every doubt keeps a file: only names matching
  * the app's releaseNames patterns are ever touched, and a release is kept
- * when the app's links, its last known-good release, its current.conf, or
- * any app's links name one of its files (compared as given and after
- * resolving symlinks).
+ * when the app's links, its previous release, its last known-good release,
+ * its current.conf, or any app's links name one of its files (compared as
+ * given and after resolving symlinks), or when it arrived after the current
+ * release and was never deployed (an upload about to go live).
+ *
+ * "Old" means arrived on this host long ago, not built long ago: `rsync -a`
+ * and `scp -p` keep the build's mtime, and a release uploaded a minute ago
+ * but built nine days ago was pruned as the oldest right before its deploy
+ * (issue 9, item 15). See `arrival`.
  */
 import type { Dirent, Stats } from 'node:fs';
 import { lstat, readdir, realpath, unlink } from 'node:fs/promises';
@@ -17,9 +23,10 @@ import { releaseFiles, releaseOf, type AgentConfig, type AppConfig } from './con
 import { nodeCron, type CronLogger } from './cron.js';
 import { readCurrent } from './current.js';
 import { fileError, isErrno, RelinkError, RelinkErrors, type ErrorCode } from './errors.js';
-import { readHistory, type Outcome } from './history.js';
+import type { Release } from './current.js';
+import { newestFirst, type HistoryEntry, type Outcome, type ReadOptions } from './history.js';
 import { readLinks } from './relink.js';
-import { readAppState } from './state.js';
+import { readAppState, type AppState } from './state.js';
 
 const PRUNE_FAILED: ErrorCode = 'PRUNE_FAILED';
 const RELEASES_UNREADABLE: ErrorCode = 'RELEASES_UNREADABLE';
@@ -27,8 +34,12 @@ const RELEASES_UNREADABLE: ErrorCode = 'RELEASES_UNREADABLE';
 export interface ReleaseFile {
   readonly path: string;
   readonly size: number;
-  /** ISO time. */
+  /** Last modification (ISO time): for an rsync'd or scp'd file, when it was built, not when it came. */
   readonly mtime: string;
+  /** When the file arrived on this host (ISO time): see `arrivedBy`. Releases are ordered by this. */
+  readonly arrived: string;
+  /** "birth": the file's birth time (statx), where the filesystem records it; else "ctime", its last status change (an upload's own utime() sets it). */
+  readonly arrivedBy: 'birth' | 'ctime';
 }
 
 export interface ReleaseInfo {
@@ -39,7 +50,7 @@ export interface ReleaseInfo {
   readonly cfg: ReleaseFile | null;
   /** The app's links point at this release's bin or cfg. */
   readonly current: boolean;
-  /** The most recently deployed release other than the current one (from the history). */
+  /** What `relink rollback` goes back to (see `previousRelease`). */
   readonly previous: boolean;
   /** The state file's last known-good release. */
   readonly lastGood: boolean;
@@ -51,7 +62,7 @@ export interface ReleaseInfo {
   readonly protected: readonly string[];
 }
 
-export interface PruneOptions {
+export interface PruneOptions extends ReadOptions {
   /** How many of the newest releases to keep besides the protected ones. Default: the app's `prune.keep`. */
   readonly keep?: number;
   /** List what would be removed and remove nothing. Default: false. */
@@ -73,52 +84,138 @@ export interface PruneResult {
  */
 const NOT_A_RELEASE = /(~|\.(tmp|temp|part|partial|filepart|crdownload|swp|swx|bak|orig|rej))$/i;
 
-/** Every release in the app's releases folder, oldest first (bin mtime, then name). */
-export async function listReleases(config: AgentConfig, app: AppConfig): Promise<ReleaseInfo[]> {
+/** What runs now, as far as "the previous release" is concerned. */
+export interface LiveRelease {
+  readonly bin: string | undefined;
+  readonly cfg: string | undefined;
+}
+
+/**
+ * What runs now: the app's links; a missing link is stood in for by the
+ * state file's last known-good release (so that with the links gone a
+ * rollback still skips what ran last).
+ */
+export function liveRelease(links: { bin: string | undefined; cfg: string | undefined }, state: AppState | undefined): LiveRelease {
+  return { bin: links.bin ?? state?.lastGood?.bin, cfg: links.cfg ?? state?.lastGood?.cfg };
+}
+
+/** The live release's paths as given and resolved, for comparing with journal paths. */
+interface LiveKeys {
+  readonly bin: readonly string[];
+  readonly cfg: readonly string[];
+}
+
+async function liveKeys(live: LiveRelease): Promise<LiveKeys> {
+  return { bin: live.bin === undefined ? [] : await keysOf(live.bin), cfg: live.cfg === undefined ? [] : await keysOf(live.cfg) };
+}
+
+/**
+ * THE definition of "the previous release" (rollback, releases and prune all
+ * use it): the newest `deployed` journal entry whose release (bin and cfg)
+ * is not the live one (`liveRelease`).
+ */
+function namesPrevious(e: HistoryEntry, live: LiveKeys): e is HistoryEntry & { to: Release } {
+  return e.outcome === 'deployed' && e.to.bin !== null && e.to.cfg !== null && !(live.bin.includes(e.to.bin) && live.cfg.includes(e.to.cfg));
+}
+
+/**
+ * The release `relink rollback` goes back to, `relink releases` flags as
+ * previous and prune keeps: see `namesPrevious`. Reads the journal from its
+ * end and stops at the first match. undefined when the journal has none.
+ * Throws STATE_UNREADABLE when the journal exists but may not be read.
+ */
+export async function previousRelease(stateDir: string, app: AppConfig, opts: ReadOptions = {}): Promise<Release | undefined> {
+  const [links, state] = await Promise.all([readLinks(app.links), readAppState(stateDir, app.name, opts)]);
+  const live = await liveKeys(liveRelease(links, state));
+  for await (const e of newestFirst(stateDir, app.name, opts)) {
+    if (namesPrevious(e, live)) return { bin: e.to.bin, cfg: e.to.cfg };
+  }
+  return undefined;
+}
+
+/** Every release in the app's releases folder, oldest first (by arrival, then mtime, then name). */
+export async function listReleases(config: AgentConfig, app: AppConfig, opts: ReadOptions = {}): Promise<ReleaseInfo[]> {
+  const s = await survey(config, app, opts);
+  return s.found.map((f): ReleaseInfo => {
+    const last = s.lastEntry.get(f.release) ?? null;
+    return {
+      release: f.release,
+      bin: f.bin,
+      cfg: f.cfg,
+      current: s.current.has(f.release),
+      previous: f.release === s.previous,
+      lastGood: f.release === s.lastGood,
+      failed: last !== null && (last.outcome === 'rolled_back' || last.outcome === 'failed'),
+      lastDeploy: last,
+      protected: s.reasons(f),
+    };
+  });
+}
+
+/** A fresh look at the releases folder, the links, the state file and the journal. */
+interface Survey {
+  readonly found: Found[];
+  readonly current: ReadonlySet<string>;
+  readonly previous: string | undefined;
+  readonly lastGood: string | undefined;
+  readonly lastEntry: ReadonlyMap<string, { time: string; outcome: Outcome }>;
+  /** Why pruning must keep `f`; empty when it may go. */
+  reasons(f: Found): string[];
+}
+
+const ARRIVED_AFTER = 'arrived after the current release, never deployed';
+
+async function survey(config: AgentConfig, app: AppConfig, opts: ReadOptions): Promise<Survey> {
   const found = await scanReleases(app);
-  const [protections, history, links] = await Promise.all([
-    protectionsFor(config, app),
-    readHistory(config.stateDir, app.name),
-    readLinks(app.links),
-  ]);
-  const state = await readAppState(config.stateDir, app.name);
+  const [links, state] = await Promise.all([readLinks(app.links), readAppState(config.stateDir, app.name, opts)]);
+  const live = await liveKeys(liveRelease(links, state));
 
   const byBin = new Map<string, string>();
   for (const f of found) for (const k of f.binKeys) byBin.set(k, f.release);
   const current = new Set<string>();
   const binLink = links.bin === undefined ? [] : await keysOf(links.bin);
   const cfgLink = links.cfg === undefined ? [] : await keysOf(links.cfg);
-  for (const f of found) {
-    if (binLink.some((k) => f.binKeys.includes(k)) || cfgLink.some((k) => f.cfgKeys.includes(k))) current.add(f.release);
-  }
+  const isLive = (f: Found, bin: readonly string[], cfg: readonly string[]) => bin.some((k) => f.binKeys.includes(k)) || cfg.some((k) => f.cfgKeys.includes(k));
+  for (const f of found) if (isLive(f, binLink, cfgLink)) current.add(f.release);
   const lastGood = state?.lastGood?.bin == null ? undefined : byBin.get(state.lastGood.bin);
 
-  // History paths are real paths (the agent resolves current.conf's), so a
-  // lookup by bin path and bin real path finds them without a realpath each.
+  // Newest first, and only as far as needed: every release's latest attempt
+  // and the previous release. A release's attempts come after it arrived, so
+  // once the entries are older than every release still without one, no
+  // older entry can name one of them: the scan stops there (at 200,000
+  // entries it would otherwise parse them all; BENCHMARKS.md section 5).
+  // Where arrival is a ctime, a chmod after a deploy can hide that deploy:
+  // the release then looks never deployed, which only keeps it longer.
+  // Journal paths are real paths (the agent resolves current.conf's), so a
+  // lookup by bin path and bin real path finds them.
   const lastEntry = new Map<string, { time: string; outcome: Outcome }>();
-  let previous: string | undefined;
-  for (let i = history.length - 1; i >= 0; i--) {
-    const e = history[i]!;
+  const oldestPending = (): number => Math.min(...found.filter((f) => !lastEntry.has(f.release)).map((f) => Date.parse(f.bin.arrived)));
+  let pendingSince = oldestPending();
+  let previous: Release | undefined;
+  for await (const e of newestFirst(config.stateDir, app.name, opts)) {
+    if (previous === undefined && namesPrevious(e, live)) previous = { bin: e.to.bin, cfg: e.to.cfg };
     const r = e.to?.bin == null ? undefined : byBin.get(e.to.bin);
-    if (r === undefined) continue;
-    if (!lastEntry.has(r)) lastEntry.set(r, { time: e.time, outcome: e.outcome });
-    if (previous === undefined && e.outcome === 'deployed' && !current.has(r)) previous = r;
+    if (r !== undefined && !lastEntry.has(r)) {
+      lastEntry.set(r, { time: e.time, outcome: e.outcome });
+      pendingSince = oldestPending();
+    }
+    if (previous !== undefined && (lastEntry.size === found.length || Date.parse(e.time) < pendingSince)) break;
   }
 
-  return found.map((f): ReleaseInfo => {
-    const last = lastEntry.get(f.release) ?? null;
-    return {
-      release: f.release,
-      bin: f.bin,
-      cfg: f.cfg,
-      current: current.has(f.release),
-      previous: f.release === previous,
-      lastGood: f.release === lastGood,
-      failed: last !== null && (last.outcome === 'rolled_back' || last.outcome === 'failed'),
-      lastDeploy: last,
-      protected: reasonsFor(protections, f),
-    };
-  });
+  const protections = await protectionsFor(config, app, previous, opts);
+  // An upload about to be deployed: it came after what runs and the journal
+  // has never seen it. (What runs: the links, else the last known-good.)
+  const liveFound = found.filter((f) => isLive(f, live.bin, live.cfg));
+  const liveArrived = liveFound.length === 0 ? undefined : Math.min(...liveFound.map((f) => Date.parse(f.bin.arrived)));
+  const upcoming = new Set(found.filter((f) => liveArrived !== undefined && !liveFound.includes(f) && Date.parse(f.bin.arrived) > liveArrived && !lastEntry.has(f.release)).map((f) => f.release));
+  return {
+    found,
+    current,
+    previous: previous === undefined ? undefined : byBin.get(previous.bin),
+    lastGood,
+    lastEntry,
+    reasons: (f) => [...reasonsFor(protections, f), ...(upcoming.has(f.release) ? [ARRIVED_AFTER] : [])],
+  };
 }
 
 /**
@@ -131,7 +228,7 @@ export async function pruneReleases(config: AgentConfig, app: AppConfig, opts: P
   if (!Number.isInteger(keep) || keep < 1) {
     throw new RelinkError('USAGE', `keep must be a positive integer (found: ${String(keep)})`, { key: 'keep', rule: 'must be a positive integer', found: String(keep) });
   }
-  const releases = await listReleases(config, app);
+  const releases = await listReleases(config, app, opts);
   const newest = new Set(releases.slice(-keep).map((r) => r.release));
   const candidates = releases.filter((r) => !newest.has(r.release) && r.protected.length === 0);
   // cfg first: see above.
@@ -140,11 +237,11 @@ export async function pruneReleases(config: AgentConfig, app: AppConfig, opts: P
     // A deploy or an upload may have named or replaced one of them since the
     // listing: ask again just before deleting (this narrows the window; it
     // cannot close it).
-    const fresh = await protectionsFor(config, app);
-    const scanned = new Map((await scanReleases(app)).map((f) => [f.release, f]));
+    const fresh = await survey(config, app, opts);
+    const scanned = new Map(fresh.found.map((f) => [f.release, f]));
     doomed = candidates.flatMap((r) => {
       const f = scanned.get(r.release);
-      if (f === undefined || f.bin.mtime !== r.bin.mtime || reasonsFor(fresh, f).length > 0) return [];
+      if (f === undefined || f.bin.mtime !== r.bin.mtime || f.bin.arrived !== r.bin.arrived || fresh.reasons(f).length > 0) return [];
       return [{ release: f.release, files: [...(f.cfg === null ? [] : [f.cfg.path]), f.bin.path] }];
     });
   }
@@ -290,14 +387,15 @@ async function scanReleases(app: AppConfig): Promise<Found[]> {
       cfgKeys: cfg === null ? [] : await keysOf(c.cfg),
     });
   }
-  found.sort((a, b) => Date.parse(a.bin.mtime) - Date.parse(b.bin.mtime) || (a.release < b.release ? -1 : a.release > b.release ? 1 : 0));
+  found.sort((a, b) => Date.parse(a.bin.arrived) - Date.parse(b.bin.arrived) || Date.parse(a.bin.mtime) - Date.parse(b.bin.mtime) ||
+    (a.release < b.release ? -1 : a.release > b.release ? 1 : 0));
   return found;
 }
 
 /** path -> why a file at that path must stay. Keys are paths as given and real paths. */
 type Protections = Map<string, string[]>;
 
-async function protectionsFor(config: AgentConfig, app: AppConfig): Promise<Protections> {
+async function protectionsFor(config: AgentConfig, app: AppConfig, previous: Release | undefined, opts: ReadOptions): Promise<Protections> {
   const out: Protections = new Map();
   const add = async (file: string | null | undefined, reason: string) => {
     if (file == null) return;
@@ -315,12 +413,10 @@ async function protectionsFor(config: AgentConfig, app: AppConfig): Promise<Prot
     await add(links.cfg, self ? 'current' : `linked by app ${other.name}`);
     if (self) {
       // What `relink rollback` would go back to must still be there.
-      const previous = (await readHistory(config.stateDir, app.name)).reverse()
-        .find((e) => e.outcome === 'deployed' && e.to.bin !== null && !(e.to.bin === links.bin && e.to.cfg === links.cfg));
-      await add(previous?.to.bin, 'previous (the rollback target)');
-      await add(previous?.to.cfg, 'previous (the rollback target)');
+      await add(previous?.bin, 'previous (the rollback target)');
+      await add(previous?.cfg, 'previous (the rollback target)');
     }
-    const state = await readAppState(config.stateDir, other.name);
+    const state = await readAppState(config.stateDir, other.name, opts);
     await add(state?.lastGood?.bin, self ? 'last known-good' : `last known-good of app ${other.name}`);
     await add(state?.lastGood?.cfg, self ? 'last known-good' : `last known-good of app ${other.name}`);
     // An upload about to be deployed: current.conf may already name it.
@@ -378,5 +474,18 @@ async function lstatOrUndefined(file: string): Promise<Stats | undefined> {
 }
 
 function fileInfo(file: string, st: Stats): ReleaseFile {
-  return { path: file, size: st.size, mtime: st.mtime.toISOString() };
+  const a = arrival(st);
+  return { path: file, size: st.size, mtime: st.mtime.toISOString(), arrived: new Date(a.ms).toISOString(), arrivedBy: a.by };
+}
+
+/**
+ * When a file arrived on this host. Its birth time where the filesystem
+ * records one (ext4, xfs, btrfs, tmpfs: Node fills `birthtime` from statx;
+ * it is 0 where there is none); else its ctime, the last change of its
+ * inode, which an upload's own utime() call (rsync -a, scp -p) sets to the
+ * time of the upload, as do a chmod or chown after it. Never the mtime,
+ * which rsync -a and scp -p copy from the build.
+ */
+export function arrival(st: Stats): { ms: number; by: 'birth' | 'ctime' } {
+  return st.birthtimeMs > 0 ? { ms: st.birthtimeMs, by: 'birth' } : { ms: st.ctimeMs, by: 'ctime' };
 }

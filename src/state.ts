@@ -1,14 +1,22 @@
 /**
  * What the agent knows, on disk, for `relink status` and for the next agent:
- * <stateDir>/apps/<name>.json per app and <stateDir>/agent.json for the
- * running agent. Every write is temp + rename, so a reader never sees half.
+ * <stateDir>/apps/NAME/state.json per app and <stateDir>/agent.json for the
+ * running agent (layout and modes: stateDir.ts). Every write is temp +
+ * rename, so a reader never sees half; every read is checked with zod, and a
+ * damaged file is treated as absent (readers) or set aside (the agent).
  */
-import { mkdir, readFile, unlink } from 'node:fs/promises';
-import path from 'node:path';
+import { mkdir, unlink } from 'node:fs/promises';
+import { z } from 'zod';
 import { writeFileAtomic } from './atomicWrite.js';
-import { isErrno, RelinkError } from './errors.js';
-import type { HistoryEntry } from './history.js';
+import { RelinkError } from './errors.js';
+import { HistoryEntrySchema, Journal, type HistoryEntry, type JournalOptions } from './history.js';
 import { readProc, type ProcIdentity } from './proc.js';
+import {
+  agentFile, appDir, appStateFile, ensureAppDir, legacyStateFile, readJsonFile, setAside, writeAppFile, writeFailed, journalFile,
+  type OnDamage,
+} from './stateDir.js';
+
+export { agentFile, appStateFile } from './stateDir.js';
 
 export type AppStateName =
   | 'running'
@@ -20,22 +28,22 @@ export type AppStateName =
   | 'fatal'
   /** the last deploy failed and the app is not running */
   | 'failed'
-  /** the agent cannot manage the app right now (its folder is missing, its user unknown, another agent holds it): see `problem` */
+  /** the agent cannot manage the app right now (its folder is missing, its user unknown, ...): see `problem` */
   | 'error';
-
-/** Why the agent cannot manage the app right now, or what went wrong in its last pass. */
-export interface AppProblem {
-  readonly code: string;
-  readonly message: string;
-  /** ISO time since when. */
-  readonly since: string;
-}
 
 /** A release that passed verification, with the current.conf text that named it. */
 export interface GoodRelease {
   readonly bin: string;
   readonly cfg: string;
   readonly text: string;
+}
+
+/** Why the agent cannot manage the app right now. */
+export interface AppProblem {
+  readonly code: string;
+  readonly message: string;
+  /** ISO time the problem was first seen. */
+  readonly since: string;
 }
 
 export interface AppState {
@@ -52,22 +60,125 @@ export interface AppState {
   readonly lastGood: GoodRelease | null;
   /** Crash restarts since the last deploy or agent start. */
   readonly restarts: number;
-  /** Set while the agent cannot manage the app (state "error") or its last pass failed unexpectedly. */
-  readonly problem?: AppProblem | null;
   readonly updatedAt: string;
+  /** Why the agent cannot manage the app right now (state "error"), or what failed in its last pass; null (or absent, before issue 9) when nothing is wrong. */
+  readonly problem?: AppProblem | null;
 }
 
-export function appStateFile(stateDir: string, app: string): string {
-  return path.join(stateDir, 'apps', `${app}.json`);
+/** A state file at the boundary. Unknown keys are kept: a newer agent may add fields. */
+export const AppStateSchema = z.looseObject({
+  app: z.string(),
+  state: z.enum(['running', 'stopped', 'deploying', 'backoff', 'fatal', 'failed', 'error']),
+  pid: z.int().positive().nullable(),
+  pidStart: z.number().nullable(),
+  since: z.string().nullable(),
+  bin: z.string().nullable(),
+  cfg: z.string().nullable(),
+  lastDeploy: HistoryEntrySchema.nullable(),
+  lastGood: z.object({ bin: z.string(), cfg: z.string(), text: z.string() }).nullable(),
+  restarts: z.int().min(0),
+  updatedAt: z.string(),
+  problem: z.object({ code: z.string(), message: z.string(), since: z.string() }).nullable().optional(),
+});
+
+const asState = (x: z.output<typeof AppStateSchema>): AppState => x;
+
+export interface StateReadOptions {
+  /**
+   * Told of a state file that is damaged or unreadable, which is then
+   * treated as absent (readers print a warning naming it). Default: silence.
+   */
+  readonly onDamaged?: OnDamage;
 }
 
-export async function writeAppState(stateDir: string, state: AppState): Promise<void> {
-  await mkdir(path.join(stateDir, 'apps'), { recursive: true });
-  await writeFileAtomic(appStateFile(stateDir, state.app), `${JSON.stringify(state, null, 2)}\n`);
+/**
+ * The app's state file, or undefined when there is none (or it is damaged,
+ * or unreadable: `onDamaged` says which). Falls back to the layout before
+ * issue 9 (<stateDir>/apps/NAME.json) when the new file is missing. Never throws.
+ */
+export async function readAppState(stateDir: string, app: string, opts: StateReadOptions = {}): Promise<AppState | undefined> {
+  for (const file of [appStateFile(stateDir, app), legacyStateFile(stateDir, app)]) {
+    const r = await readJsonFile(file, AppStateSchema);
+    if (r.kind === 'missing') continue;
+    if (r.kind === 'ok') return asState(r.value);
+    opts.onDamaged?.({ file, problem: `${r.problem}; treated as absent` });
+    return undefined;
+  }
+  return undefined;
 }
 
-export async function readAppState(stateDir: string, app: string): Promise<AppState | undefined> {
-  return readJson<AppState>(appStateFile(stateDir, app));
+export interface AppStoreOptions {
+  /** The gid the app runs as: its folder 0750 and files 0640 are owned by root and this group (when the agent is root). */
+  readonly gid?: number;
+  /** Journal rotation: `history.maxBytes` / `history.backups` of the config. Defaults: 4 MiB, 2. */
+  readonly history?: Pick<JournalOptions, 'maxBytes' | 'backups'>;
+  /**
+   * Told once per damaged file the agent sets aside (renamed to
+   * FILE.damaged-<ISO time>) so that it is rebuilt, and when an append finds
+   * the journal's last line torn (and ends it): log it as a warning.
+   */
+  readonly onDamaged?: OnDamage;
+}
+
+/**
+ * The agent's side of one app's records: its journal (rotated) and its state
+ * file, in <stateDir>/apps/NAME with the app's group. Writers throw a
+ * StateWriteError (STATE_WRITE_FAILED with the path and the errno).
+ */
+export class AppStore {
+  readonly app: string;
+  readonly journal: Journal;
+  readonly #stateDir: string;
+  readonly #opts: AppStoreOptions;
+  #dirReady = false;
+
+  constructor(stateDir: string, app: string, opts: AppStoreOptions = {}) {
+    this.app = app;
+    this.#stateDir = stateDir;
+    this.#opts = opts;
+    this.journal = new Journal(journalFile(stateDir, app), { ...opts.history, gid: opts.gid, onDamaged: opts.onDamaged });
+  }
+
+  record(entry: HistoryEntry): Promise<void> {
+    return this.journal.append(entry);
+  }
+
+  async save(state: AppState): Promise<void> {
+    const file = appStateFile(this.#stateDir, this.app);
+    try {
+      if (!this.#dirReady) {
+        await ensureAppDir(appDir(this.#stateDir, this.app), this.#opts.gid);
+        this.#dirReady = true;
+      }
+      await writeAppFile(file, `${JSON.stringify(state, null, 2)}\n`, this.#opts.gid, 'write the state file');
+    } catch (err) {
+      this.#dirReady = false;
+      throw writeFailed(file, err, 'write the state file');
+    }
+  }
+
+  /**
+   * The saved state, or undefined. A damaged file (or one left by the layout
+   * before issue 9) is set aside and reported through `onDamaged`, so that
+   * the next save rebuilds it. Never throws.
+   */
+  async load(): Promise<AppState | undefined> {
+    for (const file of [appStateFile(this.#stateDir, this.app), legacyStateFile(this.#stateDir, this.app)]) {
+      const r = await readJsonFile(file, AppStateSchema);
+      if (r.kind === 'missing') continue;
+      if (r.kind === 'ok') return asState(r.value);
+      let aside: string | undefined;
+      if (!r.unreadable) aside = await setAside(file).catch(() => undefined);
+      this.#opts.onDamaged?.({ file, problem: `${r.problem}; ${aside === undefined ? 'ignored' : `set aside as ${aside}`}, and rebuilt` });
+      return undefined;
+    }
+    return undefined;
+  }
+}
+
+/** Write one app's state file (no group; the agent uses AppStore). Throws a StateWriteError. */
+export async function writeAppState(stateDir: string, state: AppState, opts: Pick<AppStoreOptions, 'gid'> = {}): Promise<void> {
+  await new AppStore(stateDir, state.app, opts).save(state);
 }
 
 export interface AgentRecord extends ProcIdentity {
@@ -76,13 +187,28 @@ export interface AgentRecord extends ProcIdentity {
   readonly version: string;
 }
 
-export function agentFile(stateDir: string): string {
-  return path.join(stateDir, 'agent.json');
+export const AgentRecordSchema = z.looseObject({
+  pid: z.int().positive(),
+  startTime: z.number(),
+  configFile: z.string(),
+  startedAt: z.string(),
+  version: z.string(),
+});
+
+async function readAgentRecord(stateDir: string, onDamaged: ((file: string, problem: string, unreadable: boolean) => Promise<void>) | undefined): Promise<AgentRecord | undefined> {
+  const file = agentFile(stateDir);
+  const r = await readJsonFile(file, AgentRecordSchema);
+  if (r.kind === 'ok') return r.value;
+  if (r.kind === 'damaged') await onDamaged?.(file, r.problem, r.unreadable);
+  return undefined;
 }
 
-/** The agent running for this stateDir, if its record names a live process. */
-export async function runningAgent(stateDir: string): Promise<AgentRecord | undefined> {
-  const rec = await readJson<AgentRecord>(agentFile(stateDir));
+/**
+ * The agent running for this stateDir, if its record names a live process.
+ * A damaged agent.json counts as no agent (`onDamaged` is told). Never throws.
+ */
+export async function runningAgent(stateDir: string, opts: StateReadOptions = {}): Promise<AgentRecord | undefined> {
+  const rec = await readAgentRecord(stateDir, async (file, problem) => opts.onDamaged?.({ file, problem: `${problem}; treated as no agent running` }));
   if (rec === undefined) return undefined;
   const live = await readProc(rec.pid);
   return live !== undefined && live.startTime === rec.startTime ? rec : undefined;
@@ -90,37 +216,39 @@ export async function runningAgent(stateDir: string): Promise<AgentRecord | unde
 
 /**
  * Claim the stateDir for this agent. Two agents on one stateDir would both
- * apply every edit and both start the app: the second one refuses.
+ * apply every edit and both start the app: the second one refuses
+ * (AGENT_RUNNING). A damaged agent.json is set aside (told to `onDamaged`)
+ * and the claim goes on. Throws a StateWriteError when agent.json cannot be
+ * written.
  */
-export async function claimAgent(stateDir: string, configFile: string, version: string): Promise<AgentRecord> {
-  await mkdir(stateDir, { recursive: true });
-  const other = await runningAgent(stateDir);
-  if (other !== undefined && other.pid !== process.pid) {
+export async function claimAgent(stateDir: string, configFile: string, version: string, opts: StateReadOptions = {}): Promise<AgentRecord> {
+  const file = agentFile(stateDir);
+  try {
+    await mkdir(stateDir, { recursive: true, mode: 0o755 });
+  } catch (err) {
+    throw writeFailed(stateDir, err, 'create the state folder');
+  }
+  const other = await readAgentRecord(stateDir, async (f, problem, unreadable) => {
+    const aside = unreadable ? undefined : await setAside(f);
+    opts.onDamaged?.({ file: f, problem: `${problem}; ${aside === undefined ? 'ignored' : `set aside as ${aside}`}` });
+  });
+  const live = other === undefined ? undefined : await readProc(other.pid);
+  if (other !== undefined && live !== undefined && live.startTime === other.startTime && other.pid !== process.pid) {
     throw new RelinkError('AGENT_RUNNING', `another relink agent (pid ${other.pid}, config ${other.configFile}) already runs on ${stateDir}`,
-      { file: agentFile(stateDir), rule: 'one agent per stateDir', found: `pid ${other.pid}` });
+      { file, rule: 'one agent per stateDir', found: `pid ${other.pid}` });
   }
   const me = await readProc(process.pid);
   const rec: AgentRecord = { pid: process.pid, startTime: me?.startTime ?? 0, configFile, startedAt: new Date().toISOString(), version };
-  await writeFileAtomic(agentFile(stateDir), `${JSON.stringify(rec)}\n`);
+  try {
+    // 0644: the CLI finds the agent as any user; it holds nothing else.
+    await writeFileAtomic(file, `${JSON.stringify(rec)}\n`, { mode: 0o644 });
+  } catch (err) {
+    throw writeFailed(file, err, 'write the agent record');
+  }
   return rec;
 }
 
 export async function releaseAgent(stateDir: string): Promise<void> {
-  const rec = await readJson<AgentRecord>(agentFile(stateDir));
+  const rec = await readAgentRecord(stateDir, undefined);
   if (rec?.pid === process.pid) await unlink(agentFile(stateDir)).catch(() => undefined);
-}
-
-async function readJson<T>(file: string): Promise<T | undefined> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return undefined;
-    throw new RelinkError('STATE_UNREADABLE', `${file}: could not read: ${(err as Error).message}`, { file, found: (err as Error).message });
-  }
-  try {
-    return JSON.parse(text) as T;
-  } catch {
-    throw new RelinkError('STATE_UNREADABLE', `${file}: is not valid JSON (delete it; the agent rewrites it)`, { file, rule: 'must be valid JSON' });
-  }
 }

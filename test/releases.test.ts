@@ -5,20 +5,31 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { access, mkdir, symlink, utimes, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { access, lstat, mkdir, readFile, symlink, unlink, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { nodeCron } from '../src/cron.js';
 import { loadConfig, type AgentConfig, type AppConfig } from '../src/config.js';
 import { RelinkError } from '../src/errors.js';
 import { appendHistory, type HistoryEntry, type Outcome } from '../src/history.js';
 import { createLogger } from '../src/log.js';
-import { listReleases, pruneReleases, schedulePrune, type ReleaseInfo } from '../src/releases.js';
-import { writeAppState } from '../src/state.js';
+import { arrival, listReleases, previousRelease, pruneReleases, schedulePrune, type ReleaseInfo } from '../src/releases.js';
+import { claimAgent, releaseAgent, writeAppState } from '../src/state.js';
 import { relinkCli, tmpDir, waitFor, type LogLine } from './helpers.js';
 
+const run = promisify(execFile);
 const BASE = Date.parse('2024-01-01T00:00:00Z');
+const ARRIVED_AFTER = 'arrived after the current release, never deployed';
+/** Journal times: deploys happen after their releases arrived (a listing reads the journal back only that far). */
+const T0 = Date.now() + 600_000;
+const at = (day: number): string => new Date(T0 + day * 86_400_000).toISOString();
 
-/** app.R (executable) and, unless `cfg` is false, cfg.R, both modified `minute` minutes after BASE. */
+/**
+ * app.R (executable) and, unless `cfg` is false, cfg.R, both modified
+ * `minute` minutes after BASE. Releases are ordered by arrival: the next one
+ * made arrives strictly later (the file clock is coarse, a few ms).
+ */
 async function addRelease(dir: string, r: string, minute: number, cfg = true): Promise<void> {
   const when = new Date(BASE + minute * 60_000);
   const bin = path.join(dir, `app.${r}`);
@@ -28,6 +39,19 @@ async function addRelease(dir: string, r: string, minute: number, cfg = true): P
     await writeFile(path.join(dir, `cfg.${r}`), `release=${r}\n`);
     await utimes(path.join(dir, `cfg.${r}`), when, when);
   }
+  await afterArrivalOf(bin);
+}
+
+/** Wait until a file made now would arrive later than `file` did. */
+async function afterArrivalOf(file: string): Promise<void> {
+  const made = arrival(await lstat(file)).ms;
+  const probe = path.join(path.dirname(file), '.clock-probe');
+  await waitFor(`the file clock to pass ${file}'s arrival`, async () => {
+    await writeFile(probe, '');
+    const later = arrival(await lstat(probe)).ms > made;
+    await unlink(probe);
+    return later;
+  });
 }
 
 async function writeConfigFile(root: string, apps: readonly Record<string, unknown>[]): Promise<string> {
@@ -76,38 +100,40 @@ test('releases are listed oldest first with current, previous, last-good and fai
   const { config, app, rel } = await oneApp(root);
   await addRelease(rel, '1.0', 1);
   await addRelease(rel, '2.0', 2);
-  await addRelease(rel, '3.0', 4);
-  await addRelease(rel, '4.0', 3); // older file than 3.0: order is by mtime, not by name
+  await addRelease(rel, '4.0', 4); // arrived before 3.0, modified after it: order is by arrival, not by mtime nor by name
+  await addRelease(rel, '3.0', 3);
   await addRelease(rel, '5.0', 5, false);
   await linkTo(app.dir, rel, '3.0');
   await setLastGood(config.stateDir, 'web', path.join(rel, 'app.2.0'), path.join(rel, 'cfg.2.0'));
   // A broken current.conf is not an error for listing.
   await writeFile(app.currentFile, '{"bin.file": ');
   const bin = (r: string) => path.join(rel, `app.${r}`);
-  await appendHistory(config.stateDir, entry('web', 'failed', bin('2.0'), '2024-02-01T00:00:00.000Z'));
-  await appendHistory(config.stateDir, entry('web', 'deployed', bin('2.0'), '2024-02-02T00:00:00.000Z'));
+  await appendHistory(config.stateDir, entry('web', 'failed', bin('2.0'), at(1)));
+  await appendHistory(config.stateDir, entry('web', 'deployed', bin('2.0'), at(2)));
   // A hand rollback to 1.0: it, not the newer 2.0, was deployed last before 3.0.
-  await appendHistory(config.stateDir, entry('web', 'deployed', bin('1.0'), '2024-02-03T00:00:00.000Z'));
-  await appendHistory(config.stateDir, entry('web', 'deployed', bin('3.0'), '2024-02-04T00:00:00.000Z'));
-  await appendHistory(config.stateDir, entry('web', 'rolled_back', bin('4.0'), '2024-02-05T00:00:00.000Z'));
+  await appendHistory(config.stateDir, entry('web', 'deployed', bin('1.0'), at(3)));
+  await appendHistory(config.stateDir, entry('web', 'deployed', bin('3.0'), at(4)));
+  await appendHistory(config.stateDir, entry('web', 'rolled_back', bin('4.0'), at(5)));
   // Another app's journal lines are not this app's deploys.
-  await appendHistory(config.stateDir, entry('api', 'deployed', bin('5.0'), '2024-02-06T00:00:00.000Z'));
+  await appendHistory(config.stateDir, entry('api', 'deployed', bin('5.0'), at(6)));
 
   const rs = await listReleases(config, app);
   assert.deepEqual(names(rs), ['1.0', '2.0', '4.0', '3.0', '5.0']);
+  for (let i = 1; i < rs.length; i++) assert.ok(rs[i - 1]!.bin.arrived <= rs[i]!.bin.arrived, 'oldest arrival first');
   assert.deepEqual(names(rs, (r) => r.current), ['3.0']);
   assert.deepEqual(names(rs, (r) => r.previous), ['1.0']);
   assert.deepEqual(names(rs, (r) => r.lastGood), ['2.0']);
   assert.deepEqual(names(rs, (r) => r.failed), ['4.0'], '2.0 failed once but its latest deploy succeeded');
   const by = new Map(rs.map((r) => [r.release, r]));
-  assert.deepEqual(by.get('2.0')!.lastDeploy, { time: '2024-02-02T00:00:00.000Z', outcome: 'deployed' });
-  assert.deepEqual(by.get('4.0')!.lastDeploy, { time: '2024-02-05T00:00:00.000Z', outcome: 'rolled_back' });
+  assert.deepEqual(by.get('2.0')!.lastDeploy, { time: at(2), outcome: 'deployed' });
+  assert.deepEqual(by.get('4.0')!.lastDeploy, { time: at(5), outcome: 'rolled_back' });
   assert.equal(by.get('5.0')!.lastDeploy, null);
   assert.equal(by.get('5.0')!.cfg, null, 'a missing cfg is shown as null');
-  assert.deepEqual(by.get('1.0')!.bin, { path: bin('1.0'), size: '#!/bin/sh\necho 1.0\n'.length, mtime: new Date(BASE + 60_000).toISOString() });
+  const a1 = arrival(await lstat(bin('1.0')));
+  assert.deepEqual(by.get('1.0')!.bin, { path: bin('1.0'), size: '#!/bin/sh\necho 1.0\n'.length, mtime: new Date(BASE + 60_000).toISOString(), arrived: new Date(a1.ms).toISOString(), arrivedBy: a1.by });
   assert.equal(by.get('1.0')!.cfg?.path, path.join(rel, 'cfg.1.0'));
   assert.deepEqual(Object.fromEntries(rs.map((r) => [r.release, r.protected])),
-    { '1.0': ['previous (the rollback target)'], '2.0': ['last known-good'], '3.0': ['current'], '4.0': [], '5.0': [] });
+    { '1.0': ['previous (the rollback target)'], '2.0': ['last known-good'], '3.0': ['current'], '4.0': [], '5.0': [ARRIVED_AFTER] });
 });
 
 test('files that are not releases are neither listed nor ever deleted', async (t) => {
@@ -149,6 +175,8 @@ test('prune keeps the newest N, current, last-good, what current.conf names and 
   await linkTo(web.dir, shared, '6.0');
   await setLastGood(config.stateDir, 'web', path.join(shared, 'app.5.0'), path.join(shared, 'cfg.5.0'));
   await writeFile(web.currentFile, '{"bin.file": "app.3.0", "cfg.file": "cfg.3.0"}\n'); // uploaded, not yet applied
+  // 8.0 came after the current 6.0 but was tried and rolled back: no longer an upcoming deploy.
+  await appendHistory(config.stateDir, entry('web', 'rolled_back', path.join(shared, 'app.8.0'), at(1)));
   await symlink('../alias/app.2.0', path.join(root, 'api', 'app.bin'));
   await symlink(path.join(alias, 'cfg.7.0'), path.join(root, 'api', 'app.cfg')); // only the cfg protects 7.0
 
@@ -158,12 +186,14 @@ test('prune keeps the newest N, current, last-good, what current.conf names and 
     '3.0': ['named by current.conf'],
     '5.0': ['last known-good'],
     '6.0': ['current'],
-    '7.0': ['linked by app api'],
+    '7.0': ['linked by app api', ARRIVED_AFTER],
+    '9.0': [ARRIVED_AFTER],
+    '10.0': [ARRIVED_AFTER],
   });
   // For api, whose links point (through the alias) at 2.0's bin and 7.0's cfg, both are current.
   const api = await listReleases(config, config.apps[1]!);
   assert.deepEqual(names(api, (r) => r.current), ['2.0', '7.0']);
-  assert.deepEqual(api.find((r) => r.release === '6.0')!.protected, ['linked by app web']);
+  assert.deepEqual(api.find((r) => r.release === '6.0')!.protected, ['linked by app web', ARRIVED_AFTER], 'api never deployed 6.0, which came after its 2.0');
 
   const all = (await listReleases(config, web)).flatMap((r) => [r.bin.path, ...(r.cfg ? [r.cfg.path] : [])]);
   const expected = ['cfg.1.0', 'app.1.0', 'app.4.0', 'cfg.8.0', 'app.8.0'].map((n) => path.join(shared, n));
@@ -203,7 +233,8 @@ test('relink releases --json and relink prune --dry-run, then prune, as real pro
   const { file, config, app, rel } = await oneApp(root, { prune: { keep: 2 } });
   for (let i = 1; i <= 4; i++) await addRelease(rel, `${i}.0`, i);
   await linkTo(app.dir, rel, '1.0');
-  await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, 'app.1.0'), '2024-02-01T00:00:00.000Z'));
+  await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, 'app.1.0'), at(1)));
+  await appendHistory(config.stateDir, entry('web', 'rolled_back', path.join(rel, 'app.2.0'), at(2)));
 
   const listed = await relinkCli(['releases', '--json'], { RELINK_CONFIG: file });
   assert.equal(listed.code, 0, listed.stderr);
@@ -211,11 +242,11 @@ test('relink releases --json and relink prune --dry-run, then prune, as real pro
   assert.deepEqual(json.apps.map((a) => a.name), ['web']);
   assert.deepEqual(names(json.apps[0]!.releases), ['1.0', '2.0', '3.0', '4.0']);
   assert.deepEqual(names(json.apps[0]!.releases, (r) => r.current), ['1.0']);
-  assert.deepEqual(json.apps[0]!.releases[0]!.lastDeploy, { time: '2024-02-01T00:00:00.000Z', outcome: 'deployed' });
+  assert.deepEqual(json.apps[0]!.releases[0]!.lastDeploy, { time: at(1), outcome: 'deployed' });
 
   const text = await relinkCli(['releases', '--config', file]);
   assert.equal(text.code, 0, text.stderr);
-  assert.match(text.stdout, /^RELEASE\s+BIN\s+CFG\s+SIZE\s+MODIFIED\s+FLAGS\s+LAST DEPLOY$/m);
+  assert.match(text.stdout, /^RELEASE\s+BIN\s+CFG\s+SIZE\s+ARRIVED\s+MODIFIED\s+FLAGS\s+LAST DEPLOY$/m);
   assert.match(text.stdout, /^1\.0\s+app\.1\.0\s+cfg\.1\.0\s.*\scurrent\s+deployed /m);
 
   // keep 2 from the config: 3.0 and 4.0, plus 1.0 (current); 2.0 would go.
@@ -274,4 +305,80 @@ test('schedulePrune prunes on its cron schedule, logs through pino, and stop() l
   assert.equal(schedule.stop(), stopped, 'stop() returns the same promise every time');
   await stopped;
   assert.deepEqual([...nodeCron().getTasks().values()].map((task) => task.name), [], 'no cron task left to keep the process alive');
+});
+
+test('issue 9 item 15: a release uploaded with rsync -a, built nine days ago, is the newest and is not pruned', async (t) => {
+  const root = await tmpDir(t);
+  const { file, config, app, rel } = await oneApp(root);
+  for (let i = 1; i <= 3; i++) await addRelease(rel, `${i}.0`, 60 * 24 * 30 + i); // built and uploaded a month after BASE
+  await linkTo(app.dir, rel, '3.0');
+  for (let i = 1; i <= 3; i++) await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, `app.${i}.0`), at(i)));
+  // Built nine days ago, uploaded now: rsync -a (like scp -p) keeps the build's mtime.
+  const build = path.join(root, 'build');
+  await mkdir(build);
+  const nineDaysAgo = new Date(Date.now() - 9 * 86_400_000);
+  for (const r of ['4.0', '5.0']) {
+    await writeFile(path.join(build, `app.${r}`), `#!/bin/sh\necho ${r}\n`, { mode: 0o755 });
+    await writeFile(path.join(build, `cfg.${r}`), `release=${r}\n`);
+    for (const f of [`app.${r}`, `cfg.${r}`]) await utimes(path.join(build, f), nineDaysAgo, nineDaysAgo);
+    await run('rsync', ['-a', path.join(build, `app.${r}`), path.join(build, `cfg.${r}`), `${rel}/`]);
+    await afterArrivalOf(path.join(rel, `app.${r}`));
+  }
+  const uploaded = await lstat(path.join(rel, 'app.4.0'));
+  assert.ok(Math.abs(uploaded.mtimeMs - nineDaysAgo.getTime()) < 1000, 'rsync -a kept the build\'s mtime');
+  assert.equal(arrival(uploaded).by, 'birth', 'this filesystem records birth times (README: "Releases and pruning")');
+
+  const listed = await relinkCli(['releases', '--config', file, '--json']);
+  assert.equal(listed.code, 0, listed.stderr);
+  const rs = (JSON.parse(listed.stdout) as { apps: { releases: ReleaseInfo[] }[] }).apps[0]!.releases;
+  assert.deepEqual(names(rs), ['1.0', '2.0', '3.0', '4.0', '5.0'], 'by arrival: the rsync\'d uploads last');
+  const r4 = rs.find((r) => r.release === '4.0')!;
+  assert.ok(Date.parse(r4.bin.arrived) > Date.now() - 600_000 && Date.parse(r4.bin.mtime) < Date.now() - 8 * 86_400_000, 'arrived now, modified nine days ago');
+  assert.deepEqual(r4.protected, [ARRIVED_AFTER]);
+  const text = await relinkCli(['releases', '--config', file]);
+  assert.match(text.stdout, /^4\.0\s+app\.4\.0\s+cfg\.4\.0\s+\S+\s+\d+s ago\s+9d\d\dh ago\s+kept: arrived after the current release, never deployed\s+-$/m);
+
+  // keep 1: 5.0 is the newest; 4.0, an upload not deployed yet, stays too; 3.0 is current and 2.0 the rollback target.
+  const pruned = await relinkCli(['prune', '--config', file, '--keep', '1', '--json']);
+  assert.equal(pruned.code, 0, pruned.stderr);
+  assert.deepEqual((JSON.parse(pruned.stdout) as { apps: { removed: string[] }[] }).apps[0]!.removed, [path.join(rel, 'cfg.1.0'), path.join(rel, 'app.1.0')]);
+  for (const r of ['2.0', '3.0', '4.0', '5.0']) assert.ok(await exists(path.join(rel, `app.${r}`)), `app.${r} kept`);
+
+  // Once deployed, 4.0 is no upcoming upload any more (here: the previous release, as 3.0 runs again).
+  await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, 'app.4.0'), at(4)));
+  assert.deepEqual((await listReleases(config, app)).find((r) => r.release === '4.0')!.protected, ['previous (the rollback target)']);
+});
+
+test('one definition of the previous release: rollback, releases and prune agree when the links are missing', async (t) => {
+  const root = await tmpDir(t);
+  const { file, config, app, rel } = await oneApp(root);
+  for (let i = 1; i <= 3; i++) await addRelease(rel, `${i}.0`, i);
+  for (let i = 1; i <= 3; i++) await appendHistory(config.stateDir, entry('web', 'deployed', path.join(rel, `app.${i}.0`), at(i)));
+  // 3.0 runs (the state file's last known-good), but its links are gone: the previous release is 2.0, not 3.0.
+  await setLastGood(config.stateDir, 'web', path.join(rel, 'app.3.0'), path.join(rel, 'cfg.3.0'));
+  const expected = { bin: path.join(rel, 'app.2.0'), cfg: path.join(rel, 'cfg.2.0') };
+
+  assert.deepEqual(await previousRelease(config.stateDir, app), expected);
+  assert.deepEqual(names(await listReleases(config, app), (r) => r.previous), ['2.0']);
+  const dry = await pruneReleases(config, app, { keep: 1, dryRun: true });
+  assert.deepEqual(dry.removed, [path.join(rel, 'cfg.1.0'), path.join(rel, 'app.1.0')], 'prune keeps the same previous release');
+
+  // rollback, as a real process, against this test process standing in for the agent.
+  await claimAgent(config.stateDir, file, 'test');
+  t.after(() => releaseAgent(config.stateDir));
+  const back = await relinkCli(['rollback', '--config', file]);
+  assert.equal(back.code, 0, back.stderr);
+  assert.deepEqual(JSON.parse(await readFile(app.currentFile, 'utf8')), { 'bin.file': 'app.2.0', 'cfg.file': 'cfg.2.0' });
+
+  // With the links back on 3.0 the answer is the same; on 2.0 it becomes 3.0.
+  await linkTo(app.dir, rel, '3.0');
+  assert.deepEqual(await previousRelease(config.stateDir, app), expected);
+});
+
+test('prune --help names the previous-release protection and the order by arrival', async () => {
+  const r = await relinkCli(['prune', '--help']);
+  assert.equal(r.code, 0);
+  assert.match(r.stdout, /- the previous release: what relink rollback goes back to/);
+  assert.match(r.stdout, /- a release that arrived after the current one and was never deployed;/);
+  assert.match(r.stdout, /Newest means arrived on this host last/);
 });

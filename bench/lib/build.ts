@@ -103,3 +103,32 @@ export async function buildTableflip(j: Janitor): Promise<string> {
   }
   return out;
 }
+
+/**
+ * The agent as it was at `commit` (for a before/after figure in one run):
+ * its src/ and build config from git, compiled with this tree's TypeScript
+ * into the cache, where it resolves this tree's node_modules.
+ */
+export async function buildAgentAt(j: Janitor, commit: string): Promise<AgentBuild> {
+  const out = path.join(CACHE, `agent-at-${commit}`);
+  const main = path.join(out, 'dist', 'cli', 'main.js');
+  if (await isFile(main)) return { main, warnings: '' };
+  const tmp = `${out}.tmp-${process.pid}`;
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(path.join(tmp, 'tree'), { recursive: true });
+  const archive = path.join(tmp, 'tree.tar');
+  const git = await j.run('git', ['-C', ROOT, 'archive', '--output', archive, commit, 'src', 'package.json', 'tsconfig.json', 'tsconfig.build.json'], { timeoutMs: 60_000 });
+  if (git.code !== 0) throw new Error(`git archive ${commit}: ${git.stderr}`);
+  const tar = await j.run('tar', ['-x', '-f', archive, '-C', path.join(tmp, 'tree')], { timeoutMs: 60_000 });
+  if (tar.code !== 0) throw new Error(`tar: ${tar.stderr}`);
+  const version = (JSON.parse(await readFile(path.join(tmp, 'tree', 'package.json'), 'utf8')) as { version: string }).version;
+  await writeFile(path.join(tmp, 'package.json'), `${JSON.stringify({ name: 'relink-bench-agent', private: true, version, type: 'module' })}\n`);
+  const tsc = path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+  const r = await j.run(process.execPath, [tsc, '-p', path.join(tmp, 'tree', 'tsconfig.build.json'), '--outDir', path.join(tmp, 'dist'), '--sourceMap', 'false'], { cwd: ROOT, timeoutMs: 300_000 });
+  if (!(await isFile(path.join(tmp, 'dist', 'cli', 'main.js')))) throw new Error(`building the agent at ${commit} failed:\n${r.stdout}${r.stderr}`);
+  await rm(path.join(tmp, 'tree'), { recursive: true, force: true });
+  await rm(archive, { force: true });
+  await rm(out, { recursive: true, force: true });
+  await rename(tmp, out);
+  return { main, warnings: r.code === 0 ? '' : (r.stdout + r.stderr).trim() };
+}

@@ -3,6 +3,7 @@ import { releaseFiles } from '../config.js';
 import { EXIT, loadFor, parse, selectApp, UsageError, type IO } from './io.js';
 import type { Command } from './main.js';
 import { parseTimeout, requestRelease } from './request.js';
+import { damageWarner } from './warn.js';
 
 const HELP = `Usage: relink deploy [--config FILE] [--app NAME] (RELEASE | --bin PATH --cfg PATH) [--wait] [--timeout S] [--json]
 
@@ -18,18 +19,19 @@ Options:
   --app NAME      the app (needed when the config has several)
   --bin PATH      the binary (with --cfg, instead of RELEASE)
   --cfg PATH      the config file
-  --wait          wait for the agent's verdict on this change
+  --wait          wait for the agent's verdict on this change (Ctrl-C stops
+                  waiting, exit 130; the deploy goes on in the agent)
   --timeout S     how long --wait waits (default 120)
   --json          one JSON object: {"outcome", "message", "entry"?}
   -h, --help      this text
 
 Exit codes: 0 deployed and healthy (or already live; without --wait: written),
 1 refused, rolled back, failed, superseded, no agent running, or no verdict
-in time; 2 usage error.
+in time; 2 usage error; 130 (SIGINT) or 143 (SIGTERM) stopped waiting.
 `;
 
 export const deployCommand: Command = {
-  async run(args: string[], io: IO): Promise<number> {
+  async run(args: string[], io: IO, stop: Promise<string>): Promise<number> {
     const { values, positionals } = parse(args, {
       config: { type: 'string', short: 'c' }, app: { type: 'string' }, bin: { type: 'string' }, cfg: { type: 'string' },
       wait: { type: 'boolean' }, timeout: { type: 'string' }, json: { type: 'boolean' },
@@ -47,6 +49,6 @@ export const deployCommand: Command = {
     const config = await loadFor(values.config, io);
     const app = selectApp(config, values.app);
     const wanted = byRelease ? releaseFiles(app, positionals[0] as string) : { bin: path.resolve(values.bin as string), cfg: path.resolve(values.cfg as string) };
-    return requestRelease(config, app, wanted, { wait: values.wait === true, timeoutMs, json: values.json === true, verb: 'deploy' }, io);
+    return requestRelease(config, app, wanted, { wait: values.wait === true, timeoutMs, json: values.json === true, verb: 'deploy', stop, onDamaged: damageWarner(io, 'deploy') }, io);
   },
 };

@@ -19,6 +19,7 @@
  * NODE_OPTIONS, which the apps the agent starts would inherit. (`env -S`:
  * coreutils 8.30, 2018.)
  */
+import { constants as osConstants } from 'node:os';
 import { isErrno, RelinkError, RelinkErrors } from '../errors.js';
 import { VERSION } from '../version.js';
 import { EXIT, type IO } from './io.js';
@@ -32,16 +33,16 @@ export interface Command {
  * the code of the demo, the report commands or their dependencies (memory it
  * would keep for as long as it runs; BENCHMARKS.md section 3).
  */
-const COMMANDS: Record<string, { readonly summary: string; readonly load: () => Promise<Command> }> = {
-  agent: { summary: 'run the resident agent in the foreground', load: async () => (await import('./agent.js')).agentCommand },
+const COMMANDS: Record<string, { readonly summary: string; readonly load: () => Promise<Command>; readonly ownsStop?: true }> = {
+  agent: { summary: 'run the resident agent in the foreground', load: async () => (await import('./agent.js')).agentCommand, ownsStop: true },
   status: { summary: 'show each app: state, release, process, last deploy', load: async () => (await import('./status.js')).statusCommand },
   validate: { summary: 'check a current.conf as the agent would; apply nothing', load: async () => (await import('./validate.js')).validateCommand },
   history: { summary: 'show the deploy journal, newest last', load: async () => (await import('./history.js')).historyCommand },
   releases: { summary: 'list the releases: current, previous, last known-good, failed', load: async () => (await import('./releases.js')).releasesCommand },
   prune: { summary: 'delete old releases, keeping the newest N and every protected one', load: async () => (await import('./prune.js')).pruneCommand },
-  deploy: { summary: 'name a release in current.conf and (with --wait) wait for the verdict', load: async () => (await import('./deploy.js')).deployCommand },
-  rollback: { summary: 'go back to the previous known-good release (or --to RELEASE)', load: async () => (await import('./rollback.js')).rollbackCommand },
-  demo: { summary: 'run the agent on a self-contained demo (deploy, refusal, rollback)', load: async () => (await import('./demo.js')).demoCommand },
+  deploy: { summary: 'name a release in current.conf and (with --wait) wait for the verdict', load: async () => (await import('./deploy.js')).deployCommand, ownsStop: true },
+  rollback: { summary: 'go back to the previous known-good release (or --to RELEASE)', load: async () => (await import('./rollback.js')).rollbackCommand, ownsStop: true },
+  demo: { summary: 'run the agent on a self-contained demo (deploy, refusal, rollback, an automatic rollback)', load: async () => (await import('./demo.js')).demoCommand, ownsStop: true },
   schema: { summary: 'print the JSON Schema of the agent config, for editors', load: async () => (await import('./schema.js')).schemaCommand },
 };
 
@@ -80,14 +81,18 @@ async function main(argv: string[]): Promise<number> {
     io.stderr(`relink: unknown command ${JSON.stringify(name)}\n\n${usage()}`);
     return EXIT.usage;
   }
-  // SIGTERM (systemd stop) and SIGINT (Ctrl-C) end long-running commands
-  // gracefully; commands that finish quickly ignore the promise.
+  // SIGTERM (systemd stop) and SIGINT (Ctrl-C): a command that owns `stop`
+  // (ownsStop above) ends itself gracefully and says what goes on; any other
+  // ends at once with the shell's status for the signal (130, 143), as it
+  // would without a handler. A second signal has no handler left: it kills.
   const stop = new Promise<string>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
   });
   try {
-    return await (await command.load()).run(rest, io, stop);
+    const run = (await command.load()).run(rest, io, stop);
+    if (command.ownsStop) return await run;
+    return await Promise.race([run, stop.then((signal) => 128 + (osConstants.signals[signal as NodeJS.Signals] ?? 0))]);
   } catch (err) {
     if (err instanceof RelinkErrors) {
       io.stderr(`relink ${name}: ${err.total} problem${err.total === 1 ? '' : 's'}:\n${err.problems.map((p) => `  ${p.message}`).join('\n')}\n`);

@@ -1,14 +1,23 @@
 import { pruneReleases } from '../releases.js';
 import { EXIT, loadFor, parse, selectApps, UsageError, type IO } from './io.js';
 import type { Command } from './main.js';
+import { damageWarner } from './warn.js';
 
 const HELP = `Usage: relink prune [--config FILE] [--app NAME] [--keep N] [--dry-run] [--json]
 
 Delete old releases now (the agent also does it on each app's
-prune.schedule): every release but the newest N (by the binary's
-modification time) loses its binary and its config, except the one the
-app's links point at, the last known-good one, what current.conf names (an
-upload about to be deployed) and any file another app's links point at.
+prune.schedule): every release but the newest N loses its binary and its
+config. Newest means arrived on this host last (the binary's birth time,
+else its ctime), not modified last: rsync -a and scp -p keep the build's
+modification time. Always kept, whatever their age:
+  - the release the app's links point at (current);
+  - the previous release: what relink rollback goes back to (the newest
+    release the journal records as deployed, other than what runs now);
+  - the last known-good release;
+  - what current.conf names (an upload about to be deployed);
+  - a release that arrived after the current one and was never deployed;
+  - any file another app's links, last known-good release or current.conf
+    name (apps may share a releases folder).
 Files not named by the app's releaseNames patterns are never touched.
 \`relink releases\` shows what would be kept and why.
 
@@ -38,8 +47,9 @@ export const pruneCommand: Command = {
     const dryRun = values['dry-run'] === true;
     const config = await loadFor(values.config, io);
     const results: { name: string; removed: string[]; kept: string[] }[] = [];
+    const onDamaged = damageWarner(io, 'prune');
     for (const app of selectApps(config, values.app)) {
-      const { removed, kept } = await pruneReleases(config, app, { keep, dryRun });
+      const { removed, kept } = await pruneReleases(config, app, { keep, dryRun, onDamaged });
       results.push({ name: app.name, removed, kept });
     }
     if (values.json) {

@@ -2,26 +2,31 @@ import path from 'node:path';
 import { listReleases, type ReleaseInfo } from '../releases.js';
 import { ago, EXIT, loadFor, parse, selectApps, table, type IO } from './io.js';
 import type { Command } from './main.js';
+import { damageWarner } from './warn.js';
 
 const HELP = `Usage: relink releases [--config FILE] [--app NAME] [--json]
 
-The releases in each app's releases folder, oldest first (by the binary's
-modification time): a release is a binary named by the app's
-releaseNames.bin pattern (default app.{release}) with its config named by
-releaseNames.cfg (default cfg.{release}; shown as missing when absent). Other
-files in the folder are not releases and are never pruned.
+The releases in each app's releases folder, oldest first by the time the
+binary arrived on this host (ARRIVED: its birth time where the filesystem
+records one, else its ctime; not its modification time, which rsync -a and
+scp -p copy from the build: MODIFIED). A release is a binary named by the
+app's releaseNames.bin pattern (default app.{release}) with its config
+named by releaseNames.cfg (default cfg.{release}; shown as missing when
+absent). Other files in the folder are not releases and are never pruned.
 
-Flags: current (the app's links point at it), previous (the last release
-deployed before the current one), last-good (the agent's last known-good
-release), failed (its latest deploy was rolled back or failed), and the
-reasons \`relink prune\` keeps it whatever its age (named by current.conf,
-linked by another app).
+Flags: current (the app's links point at it), previous (what relink
+rollback goes back to: the newest release the journal records as deployed,
+other than what runs now), last-good (the agent's last known-good release),
+failed (its latest deploy was rolled back or failed), and the reasons
+\`relink prune\` keeps it whatever its age (named by current.conf, linked by
+another app, arrived after the current release and never deployed).
 
 Options:
   --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
   --app NAME      only this app
   --json          {"apps": [{"name", "releases": [{"release", "bin", "cfg", "current", "previous",
-                  "lastGood", "failed", "lastDeploy", "protected"}]}]}
+                  "lastGood", "failed", "lastDeploy", "protected"}]}]}; bin and cfg are
+                  {"path", "size", "mtime", "arrived", "arrivedBy": "birth" | "ctime"}
   -h, --help      this text
 
 Exit codes: 0 success, 1 the config, a releases folder or the state cannot be read, 2 usage error.
@@ -37,7 +42,8 @@ export const releasesCommand: Command = {
     const config = await loadFor(values.config, io);
     const apps = selectApps(config, values.app);
     const listed: { name: string; releasesDir: string; releases: ReleaseInfo[] }[] = [];
-    for (const app of apps) listed.push({ name: app.name, releasesDir: app.releasesDir, releases: await listReleases(config, app) });
+    const onDamaged = damageWarner(io, 'releases');
+    for (const app of apps) listed.push({ name: app.name, releasesDir: app.releasesDir, releases: await listReleases(config, app, { onDamaged }) });
     if (values.json) {
       io.stdout(`${JSON.stringify({ apps: listed.map((a) => ({ name: a.name, releases: a.releases })) })}\n`);
       return EXIT.ok;
@@ -46,10 +52,10 @@ export const releasesCommand: Command = {
     io.stdout(listed.map((a) => {
       const head = `${a.name}: ${a.releasesDir}\n`;
       if (a.releases.length === 0) return `${head}  no releases\n`;
-      const rows = [['RELEASE', 'BIN', 'CFG', 'SIZE', 'MODIFIED', 'FLAGS', 'LAST DEPLOY']];
+      const rows = [['RELEASE', 'BIN', 'CFG', 'SIZE', 'ARRIVED', 'MODIFIED', 'FLAGS', 'LAST DEPLOY']];
       for (const r of a.releases) {
         rows.push([r.release, path.basename(r.bin.path), r.cfg === null ? '(missing)' : path.basename(r.cfg.path), bytes(r.bin.size),
-          `${ago(r.bin.mtime, now)} ago`, flags(r), r.lastDeploy === null ? '-' : `${r.lastDeploy.outcome} ${ago(r.lastDeploy.time, now)} ago`]);
+          `${ago(r.bin.arrived, now)} ago`, `${ago(r.bin.mtime, now)} ago`, flags(r), r.lastDeploy === null ? '-' : `${r.lastDeploy.outcome} ${ago(r.lastDeploy.time, now)} ago`]);
       }
       return head + table(rows);
     }).join('\n'));

@@ -4,15 +4,18 @@
  * the only thing that applies anything, then optionally wait for the agent's
  * verdict on this very content.
  */
+import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { writeFileAtomic } from '../atomicWrite.js';
 import type { AgentConfig, AppConfig } from '../config.js';
 import { currentTextFor, hashText, readCurrent, validateCurrent, type Release } from '../current.js';
 import { RelinkError } from '../errors.js';
-import { readHistory, type HistoryEntry } from '../history.js';
+import type { HistoryEntry } from '../history.js';
+import { JournalTail } from '../journalTail.js';
 import { readLinks } from '../relink.js';
 import { readerOf } from '../safefs.js';
 import { readAppState, runningAgent } from '../state.js';
+import type { OnDamage } from '../stateDir.js';
 import { resolveRunAs } from '../user.js';
 import { EXIT, UsageError, type IO } from './io.js';
 
@@ -22,12 +25,22 @@ export interface RequestOptions {
   readonly json: boolean;
   /** The verb, for messages. */
   readonly verb: 'deploy' | 'rollback';
+  /** Resolves with the signal's name on SIGINT/SIGTERM: --wait stops waiting (the agent goes on). */
+  readonly stop?: Promise<string>;
+  /** Told of damaged journal lines and state files skipped while waiting. */
+  readonly onDamaged?: OnDamage;
 }
 
 const WAIT_POLL_MS = 50;
 
+/** The shell's exit status for a process ended by `signal`: 130 for SIGINT, 143 for SIGTERM. */
+export function signalExitCode(signal: string): number {
+  return 128 + (osConstants.signals[signal as NodeJS.Signals] ?? 0);
+}
+
 export async function requestRelease(config: AgentConfig, app: AppConfig, wanted: Release, opts: RequestOptions, io: IO): Promise<number> {
-  const agent = await runningAgent(config.stateDir);
+  const readOpts = { onDamaged: opts.onDamaged };
+  const agent = await runningAgent(config.stateDir, readOpts);
   if (agent === undefined) {
     throw new RelinkError('NO_AGENT', `no relink agent is running for ${config.file} (stateDir ${config.stateDir}); start it (systemctl start relink) and try again`,
       { file: config.file, rule: 'an agent must be running to apply the change' });
@@ -36,42 +49,69 @@ export async function requestRelease(config: AgentConfig, app: AppConfig, wanted
   // The agent's own checks, before anything is written: a refusal here
   // leaves current.conf exactly as it was.
   const release = await validateCurrent(app, text);
-  const [links, saved] = await Promise.all([readLinks(app.links), readAppState(config.stateDir, app.name)]);
+  const named = `${path.basename(release.bin)} + ${path.basename(release.cfg)}`;
+  const [links, saved] = await Promise.all([readLinks(app.links), readAppState(config.stateDir, app.name, readOpts)]);
   if (links.bin === release.bin && links.cfg === release.cfg && saved?.state === 'running') {
-    return report(io, opts, { outcome: 'unchanged', release, message: `${app.name}: ${path.basename(release.bin)} + ${path.basename(release.cfg)} is already live` }, EXIT.ok);
+    return report(io, opts, { outcome: 'unchanged', release, message: `${app.name}: ${named} is already live` }, EXIT.ok);
   }
-  const before = (await readHistory(config.stateDir, app.name)).length;
+  // Where the journal ends now: the verdict is among what is appended after.
+  const tail = opts.wait ? await JournalTail.open(config.stateDir, app.name, readOpts) : undefined;
   const hash = hashText(text);
-  await writeFileAtomic(app.currentFile, text);
-  if (!opts.wait) {
+  const writtenAt = Date.now();
+  // As root, a rewritten current.conf keeps the owner and mode the app's user gave it.
+  await writeFileAtomic(app.currentFile, text, { keepOwner: (await resolveRunAs(app)).uid });
+  if (tail === undefined) {
     return report(io, opts, { outcome: 'requested', release, message: `${app.name}: wrote ${app.currentFile}; the agent applies it (relink status / relink history)` }, EXIT.ok);
   }
+  let stopped: string | undefined;
+  void opts.stop?.then((signal) => { stopped = signal; });
   const deadline = Date.now() + opts.timeoutMs;
   const reader = await readerOf(await resolveRunAs(app));
+  const seen = new Set<string>();
   for (;;) {
-    const entries = (await readHistory(config.stateDir, app.name)).slice(before);
-    const mine = entries.find((e) => e.currentHash === hash);
-    if (mine !== undefined) return verdict(io, opts, app, mine);
+    if (stopped !== undefined) {
+      return report(io, opts, {
+        outcome: 'interrupted', release,
+        message: `${app.name}: stopped waiting (${stopped}); the ${opts.verb} of ${named} goes on in the agent: follow it with relink status --app ${app.name} or relink history --app ${app.name} --limit 5`,
+      }, signalExitCode(stopped));
+    }
+    for (const e of await tail.read()) {
+      if (e.currentHash === hash) return verdict(io, opts, app, named, e);
+      if (e.currentHash !== null) seen.add(e.currentHash);
+    }
+    // A repeated identical refusal may not be journaled again (it is counted
+    // in one later entry): the state file's last deploy says it at once.
+    const last = (await readAppState(config.stateDir, app.name, readOpts))?.lastDeploy;
+    const fresh = last != null && Date.parse(last.time) >= writtenAt;
+    if (fresh && last.currentHash === hash) return verdict(io, opts, app, named, last);
+    if (fresh && last.currentHash !== null) seen.add(last.currentHash);
     const now = await readCurrent(app.currentFile, reader).catch(() => undefined);
-    if (now !== undefined && now.hash !== hash && entries.some((e) => e.currentHash === now.hash)) {
-      throw new RelinkError('SUPERSEDED', `${app.name}: current.conf was changed again before the agent applied this ${opts.verb}; the newer content was applied instead (relink history)`,
+    if (now !== undefined && now.hash !== hash && seen.has(now.hash)) {
+      throw new RelinkError('SUPERSEDED', `${app.name}: current.conf was changed again before the agent applied this ${opts.verb} of ${named}; the newer content was applied instead (relink history)`,
         { file: app.currentFile, rule: 'one change at a time' });
     }
     if (Date.now() > deadline) {
-      throw new RelinkError('WAIT_TIMEOUT', `${app.name}: no verdict from the agent within ${opts.timeoutMs / 1000} s; it may still be verifying (relink status)`,
+      throw new RelinkError('WAIT_TIMEOUT', `${app.name}: no verdict from the agent on ${named} within ${opts.timeoutMs / 1000} s; it may still be verifying (relink status)`,
         { file: app.currentFile, found: 'no journal entry yet' });
     }
-    await new Promise((r) => setTimeout(r, WAIT_POLL_MS));
+    await pause(WAIT_POLL_MS, opts.stop);
   }
 }
 
-function verdict(io: IO, opts: RequestOptions, app: AppConfig, e: HistoryEntry): number {
-  const to = `${path.basename(e.to.bin ?? '?')} + ${path.basename(e.to.cfg ?? '?')}`;
+/** `ms`, or less when `stop` resolves first; leaves no timer behind. */
+async function pause(ms: number, stop: Promise<string> | undefined): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([new Promise((resolve) => { timer = setTimeout(resolve, ms); }), ...(stop === undefined ? [] : [stop])]);
+  clearTimeout(timer);
+}
+
+/** `named`: the release that was asked for (a refused one has no `to` in its entry). */
+function verdict(io: IO, opts: RequestOptions, app: AppConfig, named: string, e: HistoryEntry): number {
   if (e.outcome === 'deployed') {
-    return report(io, opts, { outcome: e.outcome, entry: e, message: `${app.name}: ${to} deployed and healthy (${e.action}, pid ${e.pidBefore ?? '-'} -> ${e.pidAfter ?? '-'}, ${e.durationMs} ms)` }, EXIT.ok);
+    return report(io, opts, { outcome: e.outcome, entry: e, message: `${app.name}: ${named} deployed and healthy (${e.action}, pid ${e.pidBefore ?? '-'} -> ${e.pidAfter ?? '-'}, ${e.durationMs} ms)` }, EXIT.ok);
   }
   const back = e.rolledBackTo ? `; rolled back to ${path.basename(e.rolledBackTo.bin)} + ${path.basename(e.rolledBackTo.cfg)}` : '';
-  return report(io, opts, { outcome: e.outcome, entry: e, message: `${app.name}: ${to} ${e.outcome.replace('_', ' ')}: ${e.reason ?? ''}${back}` }, EXIT.failed);
+  return report(io, opts, { outcome: e.outcome, entry: e, message: `${app.name}: ${named} ${e.outcome.replace('_', ' ')}: ${e.reason ?? ''}${back}` }, EXIT.failed);
 }
 
 function report(io: IO, opts: RequestOptions, r: { outcome: string; message: string; release?: Release; entry?: HistoryEntry }, code: number): number {

@@ -5,9 +5,11 @@ import { lower, readLimits } from '../limits.js';
 import { ProcessFinder, type ProcInfo } from '../proc.js';
 import { lookupUser } from '../user.js';
 import { readLinks } from '../relink.js';
-import { readAppState, runningAgent, type AgentRecord, type AppStateName } from '../state.js';
+import { readAppState, runningAgent, type AgentRecord, type AppProblem, type AppStateName } from '../state.js';
+import { describeDamage } from '../stateDir.js';
 import { ago, EXIT, loadFor, parse, selectApps, table, type IO } from './io.js';
 import type { Command } from './main.js';
+import { damageWarner } from './warn.js';
 
 const HELP = `Usage: relink status [--config FILE] [--app NAME] [--json]
 
@@ -21,7 +23,10 @@ user (root): other users cannot see another user's processes' executables.
 States: running; deploying; backoff (crashed, a restart is scheduled); fatal
 (crashed too often in a row, left alone until the next deploy or a re-save of
 current.conf); failed (the last deploy failed and the app is not running);
-stopped.
+error (the agent cannot manage the app right now: the problem is shown);
+stopped. A state file or agent.json that is damaged (or that you may not
+read: the app's state is readable by root and the app's group) is treated as
+absent, with a warning naming it.
 
 Options:
   --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
@@ -46,6 +51,8 @@ export interface AppStatus {
   readonly lastGood: { readonly bin: string; readonly cfg: string } | null;
   readonly restarts: number;
   readonly lastDeploy: HistoryEntry | null;
+  /** Why the agent cannot manage the app right now (from its state file, while the agent runs). */
+  readonly problem: AppProblem | null;
   /** Who the running main process runs as. */
   readonly user: { readonly name: string | null; readonly uid: number } | null;
   /** The running main process's limits as the kernel has them, with what the config asks for (null: not set). */
@@ -65,21 +72,22 @@ export interface LimitStatus {
 const OLD_NOFILE_DEFAULT = 1024;
 
 export async function appStatus(config: AgentConfig, app: AppConfig, agentRunning: boolean, now = Date.now()): Promise<AppStatus> {
-  const [saved, links] = await Promise.all([readAppState(config.stateDir, app.name), readLinks(app.links)]);
+  const damaged: string[] = [];
+  const [saved, links] = await Promise.all([readAppState(config.stateDir, app.name, { onDamaged: (d) => damaged.push(describeDamage(d)) }), readLinks(app.links)]);
   const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
   const known = saved?.pid != null && saved.pidStart != null ? { pid: saved.pid, startTime: saved.pidStart } : undefined;
   let proc: ProcInfo | undefined = known === undefined ? undefined : await finder.verify(known);
   const discovery = await finder.discover(proc ?? known);
   proc ??= discovery.main;
   const foreign = (discovery.foreign ?? []).map((p) => ({ pid: p.pid, uid: p.uid, exe: p.exe }));
-  const warnings: string[] = foreign.map((p) => `pid ${p.pid} runs ${p.exe} as uid ${p.uid}, not as the app's user: left alone`);
+  const warnings: string[] = [...damaged, ...foreign.map((p) => `pid ${p.pid} runs ${p.exe} as uid ${p.uid}, not as the app's user: left alone`)];
   const limits = proc === undefined ? null : await limitStatus(app, proc.pid, warnings);
   const user = proc === undefined ? null : { name: (await lookupUser(proc.uid))?.name ?? null, uid: proc.uid };
   const sameAsSaved = proc !== undefined && proc.pid === saved?.pid;
   // The agent's word where it still holds, corrected by what /proc shows now.
   let state: AppStateName;
   if (proc !== undefined) state = agentRunning && saved?.state === 'deploying' ? 'deploying' : 'running';
-  else if (saved?.state === 'fatal' || saved?.state === 'failed' || (agentRunning && (saved?.state === 'backoff' || saved?.state === 'deploying'))) state = saved.state;
+  else if (saved?.state === 'fatal' || saved?.state === 'failed' || (agentRunning && (saved?.state === 'backoff' || saved?.state === 'deploying' || saved?.state === 'error'))) state = saved.state;
   else state = 'stopped';
   const since = proc === undefined ? null : sameAsSaved ? saved?.since ?? null : null;
   return {
@@ -96,6 +104,7 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     lastGood: saved?.lastGood ? { bin: saved.lastGood.bin, cfg: saved.lastGood.cfg } : null,
     restarts: saved?.restarts ?? 0,
     lastDeploy: saved?.lastDeploy ?? null,
+    problem: agentRunning ? saved?.problem ?? null : null,
     user,
     limits,
     foreign,
@@ -146,6 +155,7 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
         rows.push([`  ${name}`, `${pair}${l.configured === null ? ', not configured' : `, configured ${l.configured}`}`]);
       }
     }
+    if (a.problem !== null) rows.push(['  problem', `${a.problem.message} [${a.problem.code}] since ${a.problem.since}`]);
     for (const w of a.warnings) rows.push(['  warning', w]);
     const d = a.lastDeploy;
     if (d !== null) {
@@ -168,7 +178,7 @@ export const statusCommand: Command = {
     }
     const config = await loadFor(values.config, io);
     const apps = selectApps(config, values.app);
-    const agent = await runningAgent(config.stateDir);
+    const agent = await runningAgent(config.stateDir, { onDamaged: damageWarner(io, 'status') });
     const statuses = await Promise.all(apps.map((a) => appStatus(config, a, agent !== undefined)));
     if (values.json) {
       io.stdout(`${JSON.stringify({ agent: agent ?? null, apps: statuses }, null, 2)}\n`);
