@@ -22,7 +22,7 @@ import type { Logger } from 'pino';
 import type { AppConfig } from './config.js';
 import { currentTextFor, type CurrentSnapshot, type Release } from './current.js';
 import type { Effects } from './effects.js';
-import { isErrno, RelinkError } from './errors.js';
+import { describeError, isErrno, RelinkError } from './errors.js';
 import { stripBom } from './json.js';
 import type { Action, HistoryEntry, Outcome } from './history.js';
 import { sameProcess, type ProcInfo } from './proc.js';
@@ -76,15 +76,9 @@ function isJson(text: string): boolean {
 const sameRelease = (a: { bin?: string | undefined; cfg?: string | undefined } | undefined, b: Release | undefined): boolean =>
   a !== undefined && b !== undefined && a.bin === b.bin && a.cfg === b.cfg;
 
-/** A problem from anything thrown: the message of a RelinkError, the path and errno of an I/O error. */
+/** A problem from anything thrown (src/errors.ts describeError), since `now`. */
 function problemOf(err: unknown, now: number): AppProblem {
-  const since = new Date(now).toISOString();
-  if (err instanceof RelinkError) return { code: err.code, message: err.message, since };
-  if (isErrno(err)) {
-    const where = err.path === undefined ? '' : `${err.path}: `;
-    return { code: err.code ?? 'INTERNAL', message: `${where}${err.code === 'ENOENT' ? 'does not exist' : err.message} (${err.code ?? 'error'})`, since };
-  }
-  return { code: 'INTERNAL', message: `unexpected error: ${err instanceof Error ? err.message : String(err)}`, since };
+  return { ...describeError(err), since: new Date(now).toISOString() };
 }
 
 export class AppAgent {

@@ -156,3 +156,17 @@ export function isErrno(err: unknown, code?: string): err is NodeJS.ErrnoExcepti
   return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string' &&
     (code === undefined || (err as NodeJS.ErrnoException).code === code);
 }
+
+/**
+ * What an operator is told about anything thrown: a RelinkError's code and
+ * message; for an I/O error the path and the errno (`/srv/web/release: does
+ * not exist (ENOENT)`), never a stack; anything else is INTERNAL.
+ */
+export function describeError(err: unknown): { readonly code: string; readonly message: string } {
+  if (err instanceof RelinkError) return { code: err.code, message: err.message };
+  if (isErrno(err)) {
+    const where = err.path === undefined ? '' : `${err.path}: `;
+    return { code: err.code ?? 'INTERNAL', message: `${where}${err.code === 'ENOENT' ? 'does not exist' : err.message} (${err.code ?? 'error'})` };
+  }
+  return { code: 'INTERNAL', message: `unexpected error: ${err instanceof Error ? err.message : String(err)}` };
+}

@@ -15,7 +15,7 @@ import { makeApp, setCurrent, writeConfig, type DemoApp } from '../src/demo/layo
 import { readHistory } from '../src/history.js';
 import { readAppState } from '../src/state.js';
 import { ask, servedBy } from './fixture.js';
-import { reapAppsAfter, startAgent, tmpDir, waitFor } from './helpers.js';
+import { reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
 
 test('a missing app folder and an unknown user put those apps in state "error"; the healthy app is managed; a folder that appears later is picked up', async (t) => {
   const root = await tmpDir(t, 'relink-isolation-');
@@ -48,6 +48,21 @@ test('a missing app folder and an unknown user put those apps in state "error"; 
   });
   assert.equal(lateState.problem?.code, 'APP_UNAVAILABLE');
   assert.match(lateState.problem?.message ?? '', new RegExp(`${late.dir}: the app's folder must exist`));
+
+  // relink status shows each app, those two with the reason; no stack trace.
+  const status = await waitFor('status with web running', async () => {
+    const r = await relinkCli(['status', '--config', configFile]);
+    return /^web: running/m.test(r.stdout) ? r : undefined;
+  });
+  assert.equal(status.code, 1);
+  assert.equal(status.stderr, '');
+  assert.match(status.stdout, /^web: running/m);
+  assert.match(status.stdout, /^ghost: error/m);
+  assert.match(status.stdout, /problem\s+"user": no such user "relink-no-such-user".*\[USER_UNKNOWN\]/);
+  assert.match(status.stdout, /^late: error/m);
+  assert.match(status.stdout, /problem\s+.*late: the app's folder must exist \(found: no such folder\)|problem\s+.*late\/release: does not exist \(ENOENT\)/);
+  const json = JSON.parse((await relinkCli(['status', '--config', configFile, '--json'])).stdout) as { apps: Array<{ name: string; state: string; problem: { code: string } | null }> };
+  assert.deepEqual(json.apps.map((a) => [a.name, a.state]), [['web', 'running'], ['ghost', 'error'], ['late', 'error']]);
 
   // The healthy app deploys as usual meanwhile; the agent is alive.
   await setCurrent(web, '2.0');

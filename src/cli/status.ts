@@ -2,7 +2,8 @@ import path from 'node:path';
 import { LIMIT_NAMES, type AppConfig, type AgentConfig, type LimitName, type LimitValue } from '../config.js';
 import type { HistoryEntry } from '../history.js';
 import { lower, readLimits } from '../limits.js';
-import { ProcessFinder, type ProcInfo } from '../proc.js';
+import { describeError, isErrno, RelinkError } from '../errors.js';
+import { ProcessFinder, type Discovery, type ProcInfo } from '../proc.js';
 import { lookupUser } from '../user.js';
 import { readLinks } from '../relink.js';
 import { readAppState, runningAgent, type AgentRecord, type AppProblem, type AppStateName } from '../state.js';
@@ -76,8 +77,18 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
   const [saved, links] = await Promise.all([readAppState(config.stateDir, app.name, { onDamaged: (d) => damaged.push(describeDamage(d)) }), readLinks(app.links)]);
   const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
   const known = saved?.pid != null && saved.pidStart != null ? { pid: saved.pid, startTime: saved.pidStart } : undefined;
-  let proc: ProcInfo | undefined = known === undefined ? undefined : await finder.verify(known);
-  const discovery = await finder.discover(proc ?? known);
+  let proc: ProcInfo | undefined;
+  let discovery: Discovery = { main: undefined, strays: [], all: [], foreign: [] };
+  // One app that cannot be looked at (its folder missing, its user unknown)
+  // is shown in state "error" with the reason; the other apps are shown as usual.
+  let unavailable: AppProblem | undefined;
+  try {
+    proc = known === undefined ? undefined : await finder.verify(known);
+    discovery = await finder.discover(proc ?? known);
+  } catch (err) {
+    if (!(err instanceof RelinkError) && !isErrno(err)) throw err;
+    unavailable = { ...describeError(err), since: new Date(now).toISOString() };
+  }
   proc ??= discovery.main;
   const foreign = (discovery.foreign ?? []).map((p) => ({ pid: p.pid, uid: p.uid, exe: p.exe }));
   const warnings: string[] = [...damaged, ...foreign.map((p) => `pid ${p.pid} runs ${p.exe} as uid ${p.uid}, not as the app's user: left alone`)];
@@ -86,7 +97,8 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
   const sameAsSaved = proc !== undefined && proc.pid === saved?.pid;
   // The agent's word where it still holds, corrected by what /proc shows now.
   let state: AppStateName;
-  if (proc !== undefined) state = agentRunning && saved?.state === 'deploying' ? 'deploying' : 'running';
+  if (unavailable !== undefined) state = 'error';
+  else if (proc !== undefined) state = agentRunning && saved?.state === 'deploying' ? 'deploying' : 'running';
   else if (saved?.state === 'fatal' || saved?.state === 'failed' || (agentRunning && (saved?.state === 'backoff' || saved?.state === 'deploying' || saved?.state === 'error'))) state = saved.state;
   else state = 'stopped';
   const since = proc === undefined ? null : sameAsSaved ? saved?.since ?? null : null;
@@ -104,7 +116,7 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     lastGood: saved?.lastGood ? { bin: saved.lastGood.bin, cfg: saved.lastGood.cfg } : null,
     restarts: saved?.restarts ?? 0,
     lastDeploy: saved?.lastDeploy ?? null,
-    problem: agentRunning ? saved?.problem ?? null : null,
+    problem: unavailable ?? (agentRunning ? saved?.problem ?? null : null),
     user,
     limits,
     foreign,
