@@ -187,11 +187,15 @@ const isRoot = (): boolean => process.getuid?.() === 0;
  */
 export async function ensureAppDir(dir: string, gid: number | undefined): Promise<void> {
   try {
-    await mkdir(path.dirname(dir), { recursive: true, mode: 0o755 });
-    try {
-      await mkdir(dir, { mode: APP_DIR_MODE });
-    } catch (err) {
-      if (!isErrno(err, 'EEXIST')) throw err;
+    // Level by level, not recursive: on a read-only file system Node's
+    // recursive mkdir reported nothing and the next step failed with a
+    // misleading ENOENT; this way the error says EROFS (or ENOSPC, EACCES).
+    for (const [d, mode] of [[path.dirname(path.dirname(dir)), 0o755], [path.dirname(dir), 0o755], [dir, APP_DIR_MODE]] as const) {
+      try {
+        await mkdir(d, { mode });
+      } catch (err) {
+        if (!isErrno(err, 'EEXIST')) throw err;
+      }
     }
     const st = await lstat(dir);
     if (!st.isDirectory()) throw new StateWriteError(dir, 'use it as the app\'s state folder', 'ENOTDIR', `${st.isSymbolicLink() ? 'a symlink' : 'not a folder'}`, undefined);

@@ -8,14 +8,19 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { makeApp, setCurrent, writeConfig, type DemoApp } from '../src/demo/layout.js';
 import { readHistory } from '../src/history.js';
 import { readAppState } from '../src/state.js';
 import { ask, servedBy } from './fixture.js';
-import { reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
+import { promisify } from 'node:util';
+import { rootOnly } from './accounts.js';
+import { defer, reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
+
+const run = promisify(execFile);
 
 test('a missing app folder and an unknown user put those apps in state "error"; the healthy app is managed; a folder that appears later is picked up', async (t) => {
   const root = await tmpDir(t, 'relink-isolation-');
@@ -149,4 +154,29 @@ test('a writer loop of 300 bad 46 KB current.conf files: the journal and the log
   assert.equal((await ask(web)).pid, v1.pid);
   await setCurrent(web, '2.0');
   await servedBy(web, '2.0');
+});
+
+test('a read-only state folder at start: the agent runs the app anyway and says so once, with the path', async (t) => {
+  if (!rootOnly(t)) return; // mount(8)
+  const root = await tmpDir(t, 'relink-isolation-');
+  const web = await makeApp({ root, name: 'web', releases: ['1.0', '2.0'] });
+  reapAppsAfter(t, web.releasesDir);
+  await setCurrent(web, '1.0');
+  const stateDir = path.join(root, 'state');
+  await mkdir(stateDir);
+  await run('mount', ['-t', 'tmpfs', '-o', 'ro,size=16k,mode=0755', 'tmpfs', stateDir]);
+  defer(t, () => run('umount', [stateDir]));
+  const config = await writeConfig(root, [web], { reconcileMs: 60_000 });
+  const agent = startAgent(t, config);
+  await servedBy(web, '1.0');
+  await setCurrent(web, '2.0');
+  await servedBy(web, '2.0');
+  assert.equal(agent.child.exitCode, null);
+  const said = await agent.waitForLog('the state folder problem', (l) => l['code'] === 'STATE_WRITE_FAILED' && l.msg.includes(stateDir));
+  assert.equal(said.level, 'error');
+  // Once for the stateDir claim, once each for the journal and the state file: not once per write.
+  const all = agent.lines.filter((l) => l['code'] === 'STATE_WRITE_FAILED');
+  assert.ok(all.length <= 3, `${all.length} lines about the state folder`);
+  assert.ok(all.every((l) => /EROFS|read-only/i.test(JSON.stringify(l))), JSON.stringify(all));
+  assert.deepEqual(agent.stderr.filter((l) => l.includes('    at ')), [], 'no stack trace');
 });

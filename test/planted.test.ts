@@ -23,10 +23,11 @@ import { makeApp, setCurrent, writeConfig, writeRelease, type DemoApp } from '..
 import { buildDemoApp, demoAppSource } from '../src/demo/build.js';
 import { RelinkError } from '../src/errors.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
+import { appStateFile, journalFile } from '../src/stateDir.js';
 import { hashFile } from '../src/current.js';
 import { launch } from '../src/launch.js';
 import { ProcessFinder } from '../src/proc.js';
-import { isRoot, NOT_ROOT, openUp, testUser, type TestUser } from './accounts.js';
+import { rootOnly, openUp, testUser, type TestUser } from './accounts.js';
 import { defer, MAIN, reapAppsAfter, ROOT, startAgent, tmpDir, waitFor, type LogLine } from './helpers.js';
 
 const run = promisify(execFile);
@@ -63,7 +64,7 @@ async function webTree(t: TestContext, user: TestUser, appExtra: Record<string, 
 }
 
 /** A file only root may read or write, outside the app's folder. */
-async function rootOnly(dir: string, name: string, content: string): Promise<string> {
+async function rootOnlyFile(dir: string, name: string, content: string): Promise<string> {
   await mkdir(dir, { recursive: true, mode: 0o755 });
   const file = path.join(dir, name);
   await writeFile(file, content, { mode: 0o600 });
@@ -146,13 +147,13 @@ function relinkWithin(args: readonly string[], ms: number): Promise<{ code: numb
 const linkRule = (user: TestUser) => `must not be a symlink (a link in a folder ${user.name} can write is not followed as root)`;
 
 test('app.log replaced by a symlink to a root-only file: the restarted app never gets it, the agent refuses naming the link and keeps running', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const tr = await webTree(t, user);
   const agent = startAgent(t, tr.configFile);
   assert.equal((await nth(tr.stateDir, 1)).outcome, 'deployed');
   const before = await ask(tr.app);
-  const secret = await rootOnly(path.join(tr.root, 'etc'), 'shadow', 'root:$6$secret:19000:0:99999:7:::\n');
+  const secret = await rootOnlyFile(path.join(tr.root, 'etc'), 'shadow', 'root:$6$secret:19000:0:99999:7:::\n');
 
   // What the app's user can do in its own folder: swap the log for a link, kill its app.
   const log = path.join(tr.app.dir, 'app.log');
@@ -166,17 +167,17 @@ test('app.log replaced by a symlink to a root-only file: the restarted app never
   assert.ok(refused);
   await assertUntouched(secret, 'root:$6$secret:19000:0:99999:7:::\n');
   assert.equal(agent.child.exitCode, null, 'the agent keeps running');
-  assert.ok((await readFile(path.join(tr.stateDir, 'history.jsonl'), 'utf8')).length > 0);
+  assert.ok((await readFile(journalFile(tr.stateDir, 'web'), 'utf8')).length > 0);
   await agent.stop();
   await assertUntouched(secret, 'root:$6$secret:19000:0:99999:7:::\n');
 });
 
 test('a folder on the log path swapped for a symlink to a root folder: nothing is created or chowned there', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const tr = await webTree(t, user, { logFile: 'logs/app.log' });
   const etc = path.join(tr.root, 'etc');
-  const victim = await rootOnly(etc, 'app.log', 'root only\n');
+  const victim = await rootOnlyFile(etc, 'app.log', 'root only\n');
   const logs = path.join(tr.app.dir, 'logs');
   await symlink(etc, logs);
   await lchown(logs, user.uid, user.gid);
@@ -192,7 +193,7 @@ test('a folder on the log path swapped for a symlink to a root folder: nothing i
 });
 
 test('a FIFO as app.log is refused at once, never opened for writing', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const tr = await webTree(t, user);
   await symlink('release/app.1.0', path.join(tr.app.dir, 'app.bin'));
@@ -209,13 +210,13 @@ test('a FIFO as app.log is refused at once, never opened for writing', async (t)
 });
 
 test('a hard link to a root-only file as app.log is neither written nor chowned', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const tr = await webTree(t, user);
   await symlink('release/app.1.0', path.join(tr.app.dir, 'app.bin'));
   await symlink('release/cfg.1.0', path.join(tr.app.dir, 'app.cfg'));
   // With fs.protected_hardlinks=0 the app's user can make this link itself.
-  const secret = await rootOnly(path.join(tr.root, 'etc'), 'secret', 'root only\n');
+  const secret = await rootOnlyFile(path.join(tr.root, 'etc'), 'secret', 'root only\n');
   const log = path.join(tr.app.dir, 'app.log');
   await link(secret, log);
 
@@ -228,7 +229,7 @@ test('a hard link to a root-only file as app.log is neither written nor chowned'
 });
 
 test('a FIFO as current.conf is refused at once; a later good edit is applied; SIGTERM still stops the agent', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const tr = await webTree(t, user);
   const agent = startAgent(t, tr.configFile);
@@ -251,7 +252,7 @@ test('a FIFO as current.conf is refused at once; a later good edit is applied; S
 });
 
 test('relink validate on a FIFO exits at once with the reason', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const tr = await webTree(t, user);
   const fifo = path.join(tr.root, 'next.conf');
@@ -264,7 +265,7 @@ test('relink validate on a FIFO exits at once with the reason', async (t) => {
 });
 
 test('relink releases and relink prune with a FIFO as current.conf answer at once', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const tr = await webTree(t, user);
   await unlink(tr.app.currentFile);
@@ -278,13 +279,13 @@ test('relink releases and relink prune with a FIFO as current.conf answer at onc
 });
 
 test('current.conf linked to a root-only file: refused unread, its content nowhere in the journal, the logs or stderr', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const tr = await webTree(t, user);
   const agent = startAgent(t, tr.configFile);
   assert.equal((await nth(tr.stateDir, 1)).outcome, 'deployed');
   const SECRET = 'TOPSECRET-4f1d';
-  const secret = await rootOnly(path.join(tr.root, 'etc'), 'shadow', `${SECRET}:$6$x:19000:0:99999:7:::\n`);
+  const secret = await rootOnlyFile(path.join(tr.root, 'etc'), 'shadow', `${SECRET}:$6$x:19000:0:99999:7:::\n`);
 
   // The app's user points its current.conf at a file only root may read.
   const planted = path.join(tr.app.releasesDir, '.current.link');
@@ -307,8 +308,8 @@ test('current.conf linked to a root-only file: refused unread, its content nowhe
 
   const seen = [
     JSON.stringify(agent.lines), agent.stderr.join('\n'), v.stdout, v.stderr,
-    await readFile(path.join(tr.stateDir, 'history.jsonl'), 'utf8'),
-    await readFile(path.join(tr.stateDir, 'apps', 'web.json'), 'utf8'),
+    await readFile(journalFile(tr.stateDir, 'web'), 'utf8'),
+    await readFile(appStateFile(tr.stateDir, 'web'), 'utf8'),
     await readFile(tr.cfg.logFile, 'utf8').catch(() => ''),
   ].join('\n');
   assert.ok(!seen.includes(SECRET), 'the root-only content leaked');
@@ -316,7 +317,7 @@ test('current.conf linked to a root-only file: refused unread, its content nowhe
 });
 
 test('after an automatic rollback current.conf keeps its owner (the app\'s user) and mode', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const tr = await webTree(t, user, (app) => ({
     reload: { timeoutMs: 3_000 },
@@ -367,7 +368,7 @@ test('a FIFO where a release file is hashed or where the PID file is read: refus
 });
 
 test('a build cache planted by another user is never used; a fresh private build is', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   // The temp folder every local user shares, as /tmp is (sticky, world-writable).
   const cacheRoot = await tmpDir(t, 'relink-cache-');

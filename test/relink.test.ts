@@ -14,7 +14,7 @@ import type { TestContext } from 'node:test';
 import type { Release } from '../src/current.js';
 import { RelinkError } from '../src/errors.js';
 import { readLinks, readLinkTarget, relink, swapLink, type Links } from '../src/relink.js';
-import { isRoot, NOT_ROOT, openUp, testUser } from './accounts.js';
+import { rootOnly, openUp, testUser } from './accounts.js';
 import { tmpDir, waitFor } from './helpers.js';
 
 interface Layout {
@@ -165,7 +165,7 @@ test('swapLink into a folder that does not exist is LINK_FAILED and leaves nothi
 });
 
 test('a links folder swapped for a symlink by the app\'s user is refused: no link or temp file is made where it points', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const { dir, a } = await layout(t);
   await openUp(dir);

@@ -14,7 +14,7 @@ import { test, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import { writeFileAtomic } from '../src/atomicWrite.js';
 import { openAppend, readerOf, readSmallFile, SafeFsError, withFolder, type Reader, type SafeFsProblem } from '../src/safefs.js';
-import { isRoot, NOT_ROOT, openUp, testGroup, testUser, type TestUser } from './accounts.js';
+import { rootOnly, openUp, testGroup, testUser, type TestUser } from './accounts.js';
 import { defer, tmpDir } from './helpers.js';
 
 const run = promisify(execFile);
@@ -108,7 +108,7 @@ test('readSmallFile refuses a device behind a followed link, a folder, a missing
 // --- which symlinks are followed ---------------------------------------------
 
 test('a symlink in a folder another user can write is refused, naming it, that user and the target; one in a root folder is followed', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const root = await openRoot(t);
   const secret = path.join(root, 'secret');
@@ -131,7 +131,7 @@ test('a symlink in a folder another user can write is refused, naming it, that u
 });
 
 test('a folder on the path swapped for a symlink is refused; an admin\'s folder link in a root folder is followed', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const root = await openRoot(t);
   const etc = path.join(root, 'etc');
@@ -156,7 +156,7 @@ test('a folder on the path swapped for a symlink is refused; an admin\'s folder 
 });
 
 test('in a sticky world-writable folder only root\'s own links are followed; a group-writable folder names its group', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const group = await testGroup(t);
   const user = await testUser(t, [group]);
   const root = await openRoot(t);
@@ -184,7 +184,7 @@ test('in a sticky world-writable folder only root\'s own links are followed; a g
 // --- reading on a user's behalf ---------------------------------------------
 
 test('with a reader, a file that user could not read is refused unread: mode bits, owner class first, supplementary groups, folders on the way', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const group = await testGroup(t);
   const user = await testUser(t, [group]);
   const reader: Reader = await readerOf({ user: user.name, uid: user.uid, gid: user.gid });
@@ -225,7 +225,7 @@ test('with a reader, a file that user could not read is refused unread: mode bit
 // --- the log: opened for appending, handed to the app's user ---------------
 
 test('openAppend creates the log (and its folders) and hands it to the app\'s user on the descriptor', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const root = await openRoot(t);
   const dir = await usersFolder(root, 'web', user);
@@ -253,7 +253,7 @@ test('openAppend creates the log (and its folders) and hands it to the app\'s us
 });
 
 test('openAppend refuses a hard link, anybody else\'s file, a FIFO and a planted link, touching none of them', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const other = await testUser(t);
   const root = await openRoot(t);
@@ -316,7 +316,7 @@ test('withFolder: entries are reached through the open folder, not its path, eve
 // --- atomic writes ------------------------------------------------------------
 
 test('writeFileAtomic keeps the owner, group and mode of the app user\'s file it replaces, only that user\'s', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const root = await openRoot(t);
   const dir = await usersFolder(root, 'release', user);
@@ -340,7 +340,7 @@ test('writeFileAtomic keeps the owner, group and mode of the app user\'s file it
 });
 
 test('writeFileAtomic refuses a folder swapped for a symlink and writes nothing there', async (t) => {
-  if (!isRoot()) return t.skip(NOT_ROOT);
+  if (!rootOnly(t)) return;
   const user = await testUser(t);
   const root = await openRoot(t);
   const web = await usersFolder(root, 'web', user);
