@@ -123,6 +123,12 @@ test('deploy --wait and rollback --wait answer with honest exit codes', async (t
   assert.match(invalid.stderr, /"bin\.file": must name an existing file/);
   assert.match(await readFile(f.app.currentFile, 'utf8'), /app\.pre/, 'an invalid deploy does not touch current.conf');
 
+  const crashed = await cli('deploy', 'crash', '--wait', '--timeout', '30');
+  assert.equal(crashed.code, 1);
+  // The app's name once, in front (it was doubled: "web: ... rolled back: web: ...").
+  assert.match(crashed.stderr, /^web: app\.crash \+ cfg\.crash rolled back: the new release did not take over/);
+  assert.equal(crashed.stderr.match(/\bweb:/g)?.length, 1, crashed.stderr);
+
   const rolled = await cli('deploy', 'sick', '--wait', '--timeout', '30', '--json');
   assert.equal(rolled.code, 1);
   const j = JSON.parse(rolled.stdout) as { outcome: string; entry: { code: string } };
