@@ -275,13 +275,14 @@ function silentLogger() {
 }
 
 /** An agent that has started release 1.0 in a fresh world and gone idle. */
-async function running(config: AppConfig = appConfig()): Promise<{ w: World; agent: AppAgent }> {
+async function running(config: AppConfig = appConfig()): Promise<{ w: World; agent: AppAgent; lines: Array<Record<string, unknown>> }> {
   const w = new World();
   w.write('1.0');
-  const agent = new AppAgent(config, w, silentLogger().log);
+  const { log, lines } = silentLogger();
+  const agent = new AppAgent(config, w, log);
   await agent.start();
   await agent.idle();
-  return { w, agent };
+  return { w, agent, lines };
 }
 
 test('first pass starts the app; a later edit signals the main process and follows it to its new PID', async () => {
@@ -878,11 +879,7 @@ test('an app the agent cannot manage (its folder gone, another agent holding it)
 });
 
 test('a bug in one pass is recorded as the app\'s problem, said once; the next pass goes on', async () => {
-  const { w, agent } = await running();
-  const { log, lines } = silentLogger();
-  const broken = new AppAgent(appConfig(), w, log);
-  await broken.start();
-  await broken.idle();
+  const { w, agent: broken, lines } = await running();
   const orig = w.readLinks.bind(w);
   w.readLinks = async () => { throw new TypeError('boom'); };
   w.write('2.0');
@@ -899,16 +896,11 @@ test('a bug in one pass is recorded as the app\'s problem, said once; the next p
   await broken.idle();
   assert.equal(broken.problem, undefined);
   assert.equal(w.links.bin, `${REL}/app.2.0`);
-  await agent.close();
   await broken.close();
 });
 
 test('the journal and the state cannot be written (a full disk): the app is still deployed and supervised; said once', async () => {
-  const { w, agent } = await running();
-  const { log, lines } = silentLogger();
-  const a = new AppAgent(appConfig(), w, log);
-  await a.start();
-  await a.idle();
+  const { w, agent: a, lines } = await running();
   w.writeError = Object.assign(new Error('ENOSPC: no space left on device, open \'/var/lib/relink/apps/web/state.json\''), { code: 'ENOSPC', path: '/var/lib/relink/apps/web/state.json' });
   for (const r of ['2.0', '3.0', '4.0']) {
     w.write(r);
@@ -925,7 +917,6 @@ test('the journal and the state cannot be written (a full disk): the app is stil
   await a.idle();
   assert.equal(lines.filter((l) => String(l.msg).includes('written again')).length, 2);
   await a.close();
-  await agent.close();
 });
 
 test('an app found not running at agent start (current.conf refused) is started, not reported as a crash', async () => {

@@ -175,10 +175,12 @@ export interface CliResult {
   readonly stderr: string;
 }
 
-/** Run `relink ARGS...` as a real process. */
-export function relinkCli(args: readonly string[], env: Record<string, string> = {}): Promise<CliResult> {
+/** Run `relink ARGS...` as a real process; as another user (its own group only) with `as`. */
+export function relinkCli(args: readonly string[], env: Record<string, string> = {}, as?: { readonly uid: number; readonly gid: number }): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
+      cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], ...(as === undefined ? {} : { uid: as.uid, gid: as.gid }),
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });

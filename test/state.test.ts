@@ -6,7 +6,7 @@
  * before issue 9.
  */
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { chmod, mkdir, open, readdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -18,7 +18,7 @@ import { AppStore, claimAgent, readAppState, releaseAgent, runningAgent, type Ap
 import { agentFile, appStateFile, journalFile, legacyJournalFile, legacyStateFile, StateWriteError, type Damage } from '../src/stateDir.js';
 import { isRoot, openUp, rootOnly, testUser, type TestUser } from './accounts.js';
 import { entry } from './entries.js';
-import { defer, MAIN, relinkCli, ROOT, startAgent, tmpDir, type CliResult } from './helpers.js';
+import { defer, relinkCli, ROOT, startAgent, tmpDir, type CliResult } from './helpers.js';
 
 const run = promisify(execFile);
 
@@ -35,17 +35,7 @@ async function configFor(root: string, names: readonly string[] = ['web'], logLe
 }
 
 /** `relink ARGS...` as a real process running as `user` (its own group only). */
-function cliAs(user: TestUser, args: readonly string[]): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { cwd: ROOT, uid: user.uid, gid: user.gid, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
-    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cliAs = (user: TestUser, args: readonly string[]): Promise<CliResult> => relinkCli(args, {}, user);
 
 const mode = async (p: string) => { const s = await stat(p); return { mode: (s.mode & 0o7777).toString(8), uid: s.uid, gid: s.gid }; };
 
