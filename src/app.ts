@@ -26,8 +26,8 @@ import { describeError, isErrno, RelinkError } from './errors.js';
 import { stripBom } from './json.js';
 import type { Action, HistoryEntry, Outcome } from './history.js';
 import { sameProcess, type ProcInfo } from './proc.js';
-import { entryFor, logEntry, RefusalStreak, type Attempt, type Extra } from './record.js';
-import type { AppProblem, AppState, AppStateName, GoodRelease } from './state.js';
+import { entryFor, Recorder, type Attempt, type Extra } from './record.js';
+import type { AppProblem, AppStateName, GoodRelease } from './state.js';
 import { CrashPolicy, LivenessCounter } from './supervise.js';
 import { TokenBucket } from './throttle.js';
 import { ProcessTracker } from './tracker.js';
@@ -88,7 +88,7 @@ export class AppAgent {
   readonly #tracker: ProcessTracker;
   readonly #crash: CrashPolicy;
   readonly #liveness: LivenessCounter | undefined;
-  readonly #streak = new RefusalStreak();
+  readonly #recorder: Recorder;
   readonly #reads: TokenBucket;
   #state: AppStateName = 'stopped';
   /** Why the app cannot be managed (state "error"), or what failed in the last pass. */
@@ -104,8 +104,6 @@ export class AppAgent {
   /** The current.conf content last acted on (hash + mtime: a re-save retries). */
   #seen: { hash: string; mtimeMs: number } | undefined;
   #readProblem: string | undefined;
-  /** What could not be written (journal, state), said once per kind until it works again. */
-  readonly #writeProblems = new Map<string, string>();
   #cancelBackoff: (() => void) | undefined;
   #restartDue = false;
   #cancelMonitor: (() => void) | undefined;
@@ -130,6 +128,7 @@ export class AppAgent {
     this.#fx = effects;
     this.#log = log;
     this.#tracker = new ProcessTracker(effects, log);
+    this.#recorder = new Recorder(effects, log);
     this.#crash = new CrashPolicy(app.supervise);
     this.#liveness = app.health.liveness === undefined ? undefined : new LivenessCounter(app.health.liveness.failureThreshold);
     this.#reads = new TokenBucket(READ_LIMIT.burst, READ_LIMIT.perSecond, effects.now());
@@ -210,7 +209,7 @@ export class AppAgent {
       if (!(await this.#idleWithin(STOP_BUDGET.waitMs))) {
         this.#log.error({ waitedMs: STOP_BUDGET.waitMs }, 'a pass did not finish within the stop budget; stopping without it');
       }
-      await this.#closeStreak();
+      await this.#recorder.closeStreak();
       await this.#fx.releaseApp().catch(() => undefined);
     })();
     return this.#closing;
@@ -687,78 +686,25 @@ export class AppAgent {
 
   /** Journal and log the attempt, then move to `next`. */
   async #finish(attempt: Attempt, outcome: Outcome, action: Action, release: Release | undefined, after: ProcInfo | undefined, next: AppStateName, err?: RelinkError, extra: Extra = {}): Promise<void> {
-    const now = this.#fx.now();
-    const entry = entryFor(this.app.name, now, attempt, outcome, action, release, after?.pid, err, extra);
+    const entry = entryFor(this.app.name, this.#fx.now(), attempt, outcome, action, release, after?.pid, err, extra);
     this.#lastDeploy = entry;
-    if (this.#streak.offer(entry, now) === 'repeat') {
-      this.#log.debug({ code: entry.code, currentHash: entry.currentHash }, 'the same refusal again: counted, journaled once with the count');
-    } else {
-      await this.#closeStreak();
-      logEntry(this.#log, entry, err);
-      await this.#record(entry);
-      this.#streak.started(entry, now);
-    }
+    await this.#recorder.attempt(entry, err);
     await this.#transition(next);
   }
 
-  /** A run of repeated refusals is over: journal its count. */
-  async #closeStreak(): Promise<void> {
-    const closing = this.#streak.close();
-    if (closing === undefined) return;
-    logEntry(this.#log, closing);
-    await this.#record(closing);
-  }
-
-  async #record(entry: HistoryEntry): Promise<void> {
-    try {
-      await this.#fx.record(entry);
-      this.#wrote('journal');
-    } catch (err) {
-      this.#writeFailed('journal', err);
-    }
-  }
-
   async #saveState(): Promise<void> {
-    const links = await this.#fx.readLinks().catch(() => ({ bin: undefined, cfg: undefined }));
     const main = this.#tracker.main;
     const since = this.#tracker.sinceMs;
-    const state: AppState = {
+    await this.#recorder.save({
       app: this.app.name,
       state: this.#state,
       pid: main?.pid ?? null,
       pidStart: main?.startTime ?? null,
       since: main === undefined || since === undefined ? null : new Date(since).toISOString(),
-      bin: links.bin ?? null,
-      cfg: links.cfg ?? null,
       lastDeploy: this.#lastDeploy,
       lastGood: this.#lastGood ?? null,
       restarts: this.#crash.restarts,
       problem: this.#problem ?? null,
-      updatedAt: new Date(this.#fx.now()).toISOString(),
-    };
-    try {
-      await this.#fx.saveState(state);
-      this.#wrote('state');
-    } catch (err) {
-      this.#writeFailed('state', err);
-    }
-  }
-
-  /**
-   * The agent keeps managing the app when it cannot record (a full or
-   * read-only state folder): said once, with the path, and once more when
-   * writing works again (issue 9, item 9).
-   */
-  #writeFailed(what: string, err: unknown): void {
-    const message = problemOf(err, this.#fx.now()).message;
-    if (this.#writeProblems.get(what) === message) return;
-    this.#writeProblems.set(what, message);
-    this.#log.error({ code: 'STATE_WRITE_FAILED', err: message }, `cannot write the ${what}; the app is still managed, but this is not recorded: ${message}`);
-  }
-
-  #wrote(what: string): void {
-    if (!this.#writeProblems.has(what)) return;
-    this.#writeProblems.delete(what);
-    this.#log.info(`the ${what} is written again`);
+    });
   }
 }

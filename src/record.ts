@@ -1,16 +1,20 @@
 /**
- * The record of one apply attempt: its journal entry (src/history.ts) and
- * its log line, with the same fields, built in one place. And the one rule
- * that keeps a writer loop from filling the disk: a refusal identical to the
- * one just journaled is counted, not journaled again, and the count is
- * journaled once when the run of repeats ends (issue 9, item 5: 300 writes
- * of a bad current.conf in 4 s added 50 MB to the journal and 234 MB to the
- * log).
+ * What an app leaves behind: the record of each apply attempt (its journal
+ * entry, src/history.ts, and its log line, with the same fields, built in
+ * one place) and its state file. With the one rule that keeps a writer loop
+ * from filling the disk: a refusal identical to the one just journaled is
+ * counted, not journaled again, and the count is journaled once when the
+ * run of repeats ends (issue 9, item 5: 300 writes of a bad current.conf in
+ * 4 s added 50 MB to the journal and 234 MB to the log). And recording that
+ * fails (a full or read-only state folder) never stops anything: it is said
+ * once, with the path, and once more when it works again (item 9).
  */
 import type { Logger } from 'pino';
 import type { CurrentSnapshot, Release } from './current.js';
-import { RelinkErrors, type RelinkError } from './errors.js';
+import type { Effects } from './effects.js';
+import { describeError, RelinkErrors, type RelinkError } from './errors.js';
 import type { Action, HistoryEntry, Outcome } from './history.js';
+import type { AppState } from './state.js';
 
 export interface Attempt {
   /** What started it: a file event, the periodic re-check, agent start. */
@@ -130,5 +134,67 @@ export class RefusalStreak {
     this.#repeats = 0;
     this.#last = undefined;
     return last === undefined || repeats === 0 ? undefined : { ...last, repeats };
+  }
+}
+
+/**
+ * The journal and the state file of one app, as the orchestrator writes
+ * them. Never throws: a write that fails is logged once per kind (journal,
+ * state) until one succeeds again.
+ */
+export class Recorder {
+  readonly #fx: Pick<Effects, 'record' | 'saveState' | 'readLinks' | 'now'>;
+  readonly #log: Logger;
+  readonly #streak = new RefusalStreak();
+  /** What could not be written, by kind, said once until it works again. */
+  readonly #failing = new Map<string, string>();
+
+  constructor(fx: Pick<Effects, 'record' | 'saveState' | 'readLinks' | 'now'>, log: Logger) {
+    this.#fx = fx;
+    this.#log = log;
+  }
+
+  /** Journal and log an attempt's entry, unless it repeats the last refusal (then it is counted). */
+  async attempt(entry: HistoryEntry, err?: RelinkError): Promise<void> {
+    const now = this.#fx.now();
+    if (this.#streak.offer(entry, now) === 'repeat') {
+      this.#log.debug({ code: entry.code, currentHash: entry.currentHash }, 'the same refusal again: counted, journaled once with the count');
+      return;
+    }
+    await this.closeStreak();
+    logEntry(this.#log, entry, err);
+    await this.#journal(entry);
+    this.#streak.started(entry, now);
+  }
+
+  /** A run of repeated refusals is over (or the agent stops): journal its count. */
+  async closeStreak(): Promise<void> {
+    const closing = this.#streak.close();
+    if (closing === undefined) return;
+    logEntry(this.#log, closing);
+    await this.#journal(closing);
+  }
+
+  /** Save the state file; the links are read here, the time is now. */
+  async save(state: Omit<AppState, 'bin' | 'cfg' | 'updatedAt'>): Promise<void> {
+    const links = await this.#fx.readLinks().catch(() => ({ bin: undefined, cfg: undefined }));
+    await this.#write('state', () => this.#fx.saveState({ ...state, bin: links.bin ?? null, cfg: links.cfg ?? null, updatedAt: new Date(this.#fx.now()).toISOString() }));
+  }
+
+  #journal(entry: HistoryEntry): Promise<void> {
+    return this.#write('journal', () => this.#fx.record(entry));
+  }
+
+  async #write(what: string, write: () => Promise<void>): Promise<void> {
+    try {
+      await write();
+    } catch (err) {
+      const message = describeError(err).message;
+      if (this.#failing.get(what) === message) return;
+      this.#failing.set(what, message);
+      this.#log.error({ code: 'STATE_WRITE_FAILED', err: message }, `cannot write the ${what}; the app is still managed, but this is not recorded: ${message}`);
+      return;
+    }
+    if (this.#failing.delete(what)) this.#log.info(`the ${what} is written again`);
   }
 }
