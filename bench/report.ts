@@ -8,6 +8,7 @@ import type { DowntimeResult, Method } from './downtime.js';
 import { METHOD_LABELS } from './downtime.js';
 import type { FootprintResult, FootprintRow } from './footprint.js';
 import { MANAGER_LABELS } from './footprint.js';
+import type { FloodResult, FloodRow } from './flood.js';
 import { ISSUE_FIGURES, type JournalResult, type JournalRow } from './journal.js';
 import { APP_LABELS, type AppKind } from './lib/apps.js';
 import { count, ms, ratio, type Summary } from './lib/stats.js';
@@ -28,6 +29,7 @@ export interface Results {
   readonly footprint?: FootprintResult;
   readonly verdict?: VerdictResult;
   readonly journal?: JournalResult;
+  readonly flood?: FloodResult;
   /** Sections that threw, with the message. */
   readonly errors: Readonly<Record<string, string>>;
   /** Tools that could not be had, and why. */
@@ -92,6 +94,8 @@ export function markdown(r: Results, chartDir: string): string {
   else p('## 4. Time to a verdict', `Not run${r.errors['verdict'] ? `: ${r.errors['verdict']}` : ''}.`);
   if (r.journal !== undefined) journalSection(r.journal, p);
   else p('## 5. The journal at 200,000 entries', `Not run${r.errors['journal'] ? `: ${r.errors['journal']}` : ''}.`);
+  if (r.flood !== undefined) floodSection(r.flood, p);
+  else p('## 6. A writer loop against current.conf', `Not run${r.errors['flood'] ? `: ${r.errors['flood']}` : ''}.`);
   skippedSection(r, p);
   howSection(p);
   return out.join('\n');
@@ -503,6 +507,32 @@ function journalSection(j: JournalResult, p: (...l: string[]) => void): void {
     'come after it arrived; with an old release never deployed that can be the whole journal, at most 12 MiB with the default rotation. ' +
     `The waiters read only what the agent appends after their write; their time is mostly the stand-in agent's ${j.verdictMs} ms and node's start-up. ` +
     `The figures before issue 9 differ from the issue's (${ISSUE_FIGURES.releasesMb} and ${ISSUE_FIGURES.rollbackWaitMb} MB) with the entries' mix and the machine; both are shown.`);
+}
+
+function floodSection(f: FloodResult, p: (...l: string[]) => void): void {
+  const b = f.rows.find((x) => x.version === 'before');
+  const n = f.rows.find((x) => x.version === 'now');
+  p('## 6. A writer loop against current.conf',
+    `The app's user writes a ${(f.bytesPerWrite / 1000).toFixed(0)} KB current.conf that must be refused (2,000 unknown keys; each write a little different, so each is read again) ` +
+    `${f.writes} times, one every 15 ms as in the issue (4.4 s), then a good one (issue 9, item 5; the issue measured +50 MB of journal, +234 MB of log, a full core, RSS 60 -> 97 MB). ` +
+    `relink before issue 9 (commit ${f.beforeCommit}) and relink now, alternating, ${f.runs} run${f.runs === 1 ? '' : 's'} each, medians; the agent as installed (its #! flags), log level info.`);
+  if (b === undefined || n === undefined) return;
+  const mega = (x: number): string => `${(x / 1e6).toFixed(2)} MB`;
+  const metrics: Array<[string, (r: FloodRow) => number, (x: number) => string]> = [
+    ['added to the journal', (r) => r.journalBytes.p50, mega],
+    ["added to the agent's log", (r) => r.logBytes.p50, mega],
+    ['refusal lines in the log', (r) => r.refusalLines.p50, (x) => x.toFixed(0)],
+    ['agent CPU time over the loop', (r) => r.cpuMs.p50, (x) => `${ms(x)} ms`],
+    ['agent RSS before the loop', (r) => r.rssBeforeMb.p50, (x) => `${x.toFixed(1)} MB`],
+    ['agent peak RSS (VmHWM) after it', (r) => r.peakMb.p50, (x) => `${x.toFixed(1)} MB`],
+    [`the ${f.writes} writes took`, (r) => r.loopMs.p50, (x) => `${ms(x)} ms`],
+    ['from the good write after them to deployed', (r) => r.goodDeployMs.p50, (x) => `${ms(x)} ms`],
+  ];
+  const ratio = (x: number, y: number): string => (y > 0 ? `${(x / y).toFixed(2)}` : 'n/a');
+  p([row(['', 'before', 'now', 'now / before']), sep(4),
+    ...metrics.map(([label, get, show]) => row([label, show(get(b)), show(get(n)), ratio(get(n), get(b))]))].join('\n'));
+  p('Identical refusals are journaled once and then counted (`repeats`), current.conf is read at most 5 times a second after a burst of 20, ' +
+    'a refusal lists at most 20 problems, and the log line no longer carries the rejected text (src/record.ts, src/throttle.ts, src/errors.ts).');
 }
 
 function skippedSection(r: Results, p: (...l: string[]) => void): void {

@@ -5,7 +5,7 @@
  *
  *   npm run bench                       everything; rewrites BENCHMARKS.md and bench/results/
  *   npm run bench -- --quick            a smoke run; writes to a temp folder
- *   npm run bench -- --only a,b         some of: reaction, downtime, footprint, verdict, journal
+ *   npm run bench -- --only a,b         some of: reaction, downtime, footprint, verdict, journal, flood
  *   npm run bench -- --out DIR          write the report there instead
  *   npm run bench -- --no-install       never apt-get or npm install; skip what is missing
  *
@@ -18,6 +18,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { runDowntime, type DowntimeResult } from './downtime.js';
 import { runFootprint, type FootprintResult } from './footprint.js';
+import { runFlood, type FloodResult } from './flood.js';
 import { runJournal, type JournalResult } from './journal.js';
 import { buildAgent } from './lib/build.js';
 import type { Context } from './lib/context.js';
@@ -28,7 +29,7 @@ import { markdown, type Results } from './report.js';
 import { runReaction, type ReactionResult } from './reaction.js';
 import { runVerdict, type VerdictResult } from './verdict.js';
 
-const SECTIONS = ['reaction', 'footprint', 'downtime', 'verdict', 'journal'] as const;
+const SECTIONS = ['reaction', 'footprint', 'downtime', 'verdict', 'journal', 'flood'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const USAGE = `Usage: npm run bench [-- --quick] [--only ${SECTIONS.join(',')}] [--out DIR] [--no-install]`;
@@ -84,6 +85,7 @@ async function main(): Promise<number> {
   let footprint: FootprintResult | undefined;
   let verdict: VerdictResult | undefined;
   let journal: JournalResult | undefined;
+  let flood: FloodResult | undefined;
   let results: Results | undefined;
   try {
     log(`relink bench${quick ? ' (--quick)' : ''}: ${only.join(', ')}; temp folder ${root}`);
@@ -116,6 +118,7 @@ async function main(): Promise<number> {
     verdict = await run('verdict', () => runVerdict(ctx));
     // Last: its CLI runs of the version before issue 9 take up to a GB each.
     journal = await run('journal', () => runJournal(ctx));
+    flood = await run('flood', () => runFlood(ctx));
 
     log('cleaning up');
     const cleanup = await j.cleanup();
@@ -132,6 +135,7 @@ async function main(): Promise<number> {
       ...(footprint ? { footprint } : {}),
       ...(verdict ? { verdict } : {}),
       ...(journal ? { journal } : {}),
+      ...(flood ? { flood } : {}),
       errors,
       missingTools: [...tools.missing].map(([t, why]) => `${t}: ${why}`),
       cleanup,

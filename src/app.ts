@@ -57,8 +57,8 @@ const BROKEN_SETTLED_MS = 2_000;
  */
 export const STOP_BUDGET = { verifyMs: 10_000, rollbackMs: 20_000, waitMs: 22_000 } as const;
 
-/** current.conf reads: a burst of 20, then at most 10 a second (src/throttle.ts). */
-export const READ_LIMIT = { burst: 20, perSecond: 10 } as const;
+/** current.conf reads: a burst of 20, then at most 5 a second (src/throttle.ts); a deploy takes two. */
+export const READ_LIMIT = { burst: 20, perSecond: 5 } as const;
 
 /** A liveness restart: SIGTERM, then SIGKILL if the app has not exited after this long (ms). */
 export const LIVENESS_KILL_MS = 10_000;

@@ -134,20 +134,22 @@ export class RelinkErrors extends RelinkError {
   readonly problems: readonly RelinkError[];
   /** How many problems were found, including those not listed. */
   readonly total: number;
-  constructor(problems: readonly RelinkError[]) {
+  /** `uncounted`: further problems of the same kind and file as the last one, found but not built (a finder past MAX_PROBLEMS). */
+  constructor(problems: readonly RelinkError[], uncounted = 0) {
     const first = problems[0];
     if (first === undefined) throw new TypeError('RelinkErrors needs at least one problem');
-    const shown = problems.length <= MAX_PROBLEMS ? problems : [...problems.slice(0, MAX_PROBLEMS), moreProblems(problems.slice(MAX_PROBLEMS))];
+    const shown = problems.length + uncounted <= MAX_PROBLEMS ? problems
+      : [...problems.slice(0, MAX_PROBLEMS), moreProblems(problems.slice(MAX_PROBLEMS).length > 0 ? problems.slice(MAX_PROBLEMS) : [problems.at(-1)!], problems.length - MAX_PROBLEMS + uncounted)];
     super(first.code, shown.map((p) => p.message).join('\n'), first);
     this.name = 'RelinkErrors';
     this.problems = shown;
-    this.total = problems.length;
+    this.total = problems.length + uncounted;
   }
 }
 
-function moreProblems(rest: readonly RelinkError[]): RelinkError {
+function moreProblems(rest: readonly RelinkError[], count: number): RelinkError {
   const head = rest[0]!;
-  const rule = `and ${rest.length} more problem${rest.length === 1 ? '' : 's'}`;
+  const rule = `and ${count} more problem${count === 1 ? '' : 's'}`;
   const file = rest.every((p) => p.file === head.file) ? head.file : undefined;
   return file === undefined ? new RelinkError(head.code, rule, { rule }) : fileError(head.code, file, undefined, rule);
 }

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { pino } from 'pino';
-import { AppAgent } from '../src/app.js';
+import { AppAgent, READ_LIMIT } from '../src/app.js';
 import { parseConfig, type AppConfig } from '../src/config.js';
 import type { CurrentSnapshot, Release } from '../src/current.js';
 import type { Effects } from '../src/effects.js';
@@ -365,8 +365,8 @@ test('a run of identical refusals (a writer loop) is journaled once, then once w
     w.mtime += 1;
     agent.trigger('watch:change');
     await agent.idle();
-    // The read limit lets 10 passes a second through after a burst of 20.
-    w.advance(100);
+    // The read limit lets READ_LIMIT.perSecond passes a second through after a burst of 20.
+    w.advance(1000 / READ_LIMIT.perSecond);
     await agent.idle();
   }
   assert.equal(w.validations, 41, 'every change was read and judged');
@@ -388,7 +388,7 @@ test('a run of identical refusals (a writer loop) is journaled once, then once w
   assert.deepEqual(w.entries.at(-1)?.repeats, 1);
 });
 
-test('a writer loop is read at most 10 times a second after a burst; the read limit is said once', async () => {
+test('a writer loop is read at most READ_LIMIT.perSecond times a second after a burst; the read limit is said once', async () => {
   const w = new World();
   w.write('1.0');
   const { log, lines } = silentLogger();
@@ -407,7 +407,7 @@ test('a writer loop is read at most 10 times a second after a burst; the read li
   assert.ok(inBurst <= 20, `${inBurst} reads with no time passing`);
   w.advance(1000);
   await agent.idle();
-  assert.ok(w.validations - before <= inBurst + 11, `${w.validations - before} reads after one second`);
+  assert.ok(w.validations - before <= inBurst + READ_LIMIT.perSecond + 1, `${w.validations - before} reads after one second`);
   assert.match(w.text, /"bad": 99/);
   assert.equal(w.states.at(-1)?.lastDeploy?.currentHash, `h:${w.text}`, 'the newest content was judged in the end');
   assert.equal(lines.filter((l) => String(l.msg).includes('faster than it can be read')).length, 1);

@@ -107,7 +107,9 @@ export async function buildTableflip(j: Janitor): Promise<string> {
 /**
  * The agent as it was at `commit` (for a before/after figure in one run):
  * its src/ and build config from git, compiled with this tree's TypeScript
- * into the cache, where it resolves this tree's node_modules.
+ * into the cache, with that commit's own runtime dependencies installed
+ * beside it (npm ci --omit=dev from its lock file): this tree's may differ
+ * (chokidar was dropped in issue 9).
  */
 export async function buildAgentAt(j: Janitor, commit: string): Promise<AgentBuild> {
   const out = path.join(CACHE, `agent-at-${commit}`);
@@ -117,12 +119,15 @@ export async function buildAgentAt(j: Janitor, commit: string): Promise<AgentBui
   await rm(tmp, { recursive: true, force: true });
   await mkdir(path.join(tmp, 'tree'), { recursive: true });
   const archive = path.join(tmp, 'tree.tar');
-  const git = await j.run('git', ['-C', ROOT, 'archive', '--output', archive, commit, 'src', 'package.json', 'tsconfig.json', 'tsconfig.build.json'], { timeoutMs: 60_000 });
+  const git = await j.run('git', ['-C', ROOT, 'archive', '--output', archive, commit, 'src', 'package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json'], { timeoutMs: 60_000 });
   if (git.code !== 0) throw new Error(`git archive ${commit}: ${git.stderr}`);
   const tar = await j.run('tar', ['-x', '-f', archive, '-C', path.join(tmp, 'tree')], { timeoutMs: 60_000 });
   if (tar.code !== 0) throw new Error(`tar: ${tar.stderr}`);
-  const version = (JSON.parse(await readFile(path.join(tmp, 'tree', 'package.json'), 'utf8')) as { version: string }).version;
-  await writeFile(path.join(tmp, 'package.json'), `${JSON.stringify({ name: 'relink-bench-agent', private: true, version, type: 'module' })}\n`);
+  // Its own package.json (version, "type": "module", dependencies) and lock file, and its dependencies.
+  await copyFile(path.join(tmp, 'tree', 'package.json'), path.join(tmp, 'package.json'));
+  await copyFile(path.join(tmp, 'tree', 'package-lock.json'), path.join(tmp, 'package-lock.json'));
+  const npm = await j.run('npm', ['ci', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund', '--loglevel=error'], { cwd: tmp, timeoutMs: 300_000 });
+  if (npm.code !== 0) throw new Error(`npm ci for the agent at ${commit}: ${npm.stderr}`);
   const tsc = path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
   const r = await j.run(process.execPath, [tsc, '-p', path.join(tmp, 'tree', 'tsconfig.build.json'), '--outDir', path.join(tmp, 'dist'), '--sourceMap', 'false'], { cwd: ROOT, timeoutMs: 300_000 });
   if (!(await isFile(path.join(tmp, 'dist', 'cli', 'main.js')))) throw new Error(`building the agent at ${commit} failed:\n${r.stdout}${r.stderr}`);
