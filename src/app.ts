@@ -25,6 +25,7 @@ import type { Effects } from './effects.js';
 import { describeError, isErrno, RelinkError } from './errors.js';
 import { stripBom } from './json.js';
 import type { Action, HistoryEntry, Outcome } from './history.js';
+import { preflightRefusal } from './preflight.js';
 import { sameProcess, type ProcInfo } from './proc.js';
 import { entryFor, Recorder, type Attempt, type Extra } from './record.js';
 import type { AppProblem, AppStateName, GoodRelease } from './state.js';
@@ -98,6 +99,8 @@ export class AppAgent {
   /** The state the previous agent left, until the setup has used it. */
   #savedState: AppStateName | undefined;
   #lastDeploy: HistoryEntry | null = null;
+  /** current.conf content found naming what runs (no journal entry): for `deploy --wait`. */
+  #matched: { hash: string; at: string } | undefined;
   #lastGood: GoodRelease | undefined;
   /** The release current.conf's content maps to, once applied: what the links must point at. */
   #applied: { hash: string; release: Release } | undefined;
@@ -338,7 +341,7 @@ export class AppAgent {
         if (this.#lastGood === undefined) {
           // An app found running is the best known-good there is.
           const links = await this.#fx.readLinks();
-          if (links.bin !== undefined && links.cfg !== undefined) this.#lastGood = { bin: links.bin, cfg: links.cfg, text: currentTextFor(this.app.releasesDir, { bin: links.bin, cfg: links.cfg }) };
+          if (links.bin !== undefined && links.cfg !== undefined) this.#lastGood = { bin: links.bin, cfg: links.cfg, text: currentTextFor(this.app.currentFile, { bin: links.bin, cfg: links.cfg }) };
         }
         state = 'running';
       } else {
@@ -427,6 +430,8 @@ export class AppAgent {
       this.#applied = { hash: snapshot.hash, release };
       this.#lastGood ??= { ...release, text: snapshot.text };
       this.#log.debug({ bin: release.bin, cfg: release.cfg, appPid: main.pid }, 'current.conf matches what runs');
+      this.#matched = { hash: snapshot.hash, at: new Date(this.#fx.now()).toISOString() };
+      await this.#saveState();
       return;
     }
     // A deliberate change (or a re-save) is a fresh start for supervision.
@@ -446,9 +451,7 @@ export class AppAgent {
     const r = await this.#fx.preflight(release, this.#abort.signal);
     if (r === undefined || r.ok) return true;
     if (r.aborted === true || this.#closed) return false;
-    const cmd = this.app.preflight?.command.join(' ') ?? 'preflight';
-    throw new RelinkError('PREFLIGHT_FAILED', `preflight ${JSON.stringify(cmd)} refused ${release.bin} + ${release.cfg}: ${r.status}${r.output ? `: ${r.output}` : ''}`,
-      { key: 'preflight.command', rule: 'must exit 0 for the candidate release', found: r.status });
+    throw preflightRefusal(this.app, release, r);
   }
 
   /** Links moved away from what current.conf names (a hand edit, a missed event): put them back. */
@@ -705,6 +708,7 @@ export class AppAgent {
       lastGood: this.#lastGood ?? null,
       restarts: this.#crash.restarts,
       problem: this.#problem ?? null,
+      matched: this.#matched ?? null,
     });
   }
 }

@@ -51,13 +51,20 @@ export function hashText(text: string): string {
 }
 
 /**
- * current.conf text naming `release`, written as a human would: file names
- * relative to the releases folder when the files are in it. The one place
- * that knows the format's spelling (relink deploy, and the agent when it
- * needs text for a release it adopted).
+ * current.conf text naming `release`, written as a human would: each file
+ * relative to the folder holding current.conf when it lies in or below it
+ * (`app.2.0`), else absolute. Paths in current.conf resolve against that
+ * folder, so this works wherever `currentFile` is (a `conf/current.conf`
+ * beside the releases folder too). The one place that knows the format's
+ * spelling (relink deploy, and the agent when it needs text for a release
+ * it adopted).
  */
-export function currentTextFor(releasesDir: string, release: Release): string {
-  const rel = (p: string) => (path.dirname(p) === releasesDir ? path.basename(p) : p);
+export function currentTextFor(currentFile: string, release: Release): string {
+  const base = path.dirname(currentFile);
+  const rel = (p: string) => {
+    const r = path.relative(base, p);
+    return r === '' || r.startsWith('..') || path.isAbsolute(r) ? p : r;
+  };
   return `${JSON.stringify({ 'bin.file': rel(release.bin), 'cfg.file': rel(release.cfg) })}\n`;
 }
 

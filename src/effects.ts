@@ -8,8 +8,8 @@ import { readCurrent, validateCurrent, type CurrentSnapshot, type Release } from
 import { writeFileAtomic } from './atomicWrite.js';
 import { probeOnce, type ProbeResult } from './health.js';
 import type { HistoryEntry } from './history.js';
-import { agentIdentity, launch, planCommand, type Launched } from './launch.js';
-import { expandArgs, runPreflight, type PreflightResult } from './preflight.js';
+import { launch, type Launched } from './launch.js';
+import { preflightRelease, type PreflightResult } from './preflight.js';
 import { logSize, logTail } from './logtail.js';
 import { ProcessFinder, readProc, sendSignal, type Discovery, type ProcIdentity, type ProcInfo } from './proc.js';
 import { claimAppFolder, releaseAppFolder, type LockOwner } from './applock.js';
@@ -75,11 +75,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     // A rollback's rewrite keeps the owner and mode the app's user gave the file.
     writeCurrent: async (text) => writeFileAtomic(app.currentFile, text, { keepOwner: (await resolveRunAs(app)).uid }),
     validate: (text) => validateCurrent(app, text),
-    preflight: async (release, signal) => {
-      if (app.preflight === undefined) return undefined;
-      const plan = await planCommand(app, await agentIdentity(), expandArgs(app.preflight.command, release));
-      return runPreflight(plan, { cwd: app.dir, timeoutMs: app.preflight.timeoutMs, signal });
-    },
+    preflight: (release, signal) => preflightRelease(app, release, signal),
     readLinks: () => readLinks(app.links),
     relink: (release) => relink(app.links, release),
     verify: (id) => finder.verify(id),

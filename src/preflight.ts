@@ -10,7 +10,10 @@
  * the app's own start then failed on them (issue 9, item 1).
  */
 import { spawn } from 'node:child_process';
-import type { LaunchPlan } from './launch.js';
+import type { AppConfig } from './config.js';
+import type { Release } from './current.js';
+import { RelinkError } from './errors.js';
+import { agentIdentity, planCommand, type LaunchPlan } from './launch.js';
 
 export interface PreflightResult {
   readonly ok: boolean;
@@ -95,4 +98,23 @@ export function runPreflight(plan: LaunchPlan, opts: PreflightOptions): Promise<
       resolve({ ok: code === 0 && ended === undefined, status, output: output.trim(), ...(aborted ? { aborted } : {}) });
     });
   });
+}
+
+/**
+ * The app's preflight on `release`, run as the app runs (planCommand: its
+ * user, groups, limits, environment, in its `dir`); undefined when the app
+ * has none. The agent and `relink validate` / `deploy` run it the same way.
+ * Throws what planCommand throws (ROOT_REFUSED, USER_UNKNOWN, ...).
+ */
+export async function preflightRelease(app: AppConfig, release: Release, signal?: AbortSignal): Promise<PreflightResult | undefined> {
+  if (app.preflight === undefined) return undefined;
+  const plan = await planCommand(app, await agentIdentity(), expandArgs(app.preflight.command, release));
+  return runPreflight(plan, { cwd: app.dir, timeoutMs: app.preflight.timeoutMs, signal });
+}
+
+/** The refusal for a preflight that did not exit 0 (PREFLIGHT_FAILED, with its status and output). */
+export function preflightRefusal(app: AppConfig, release: Release, r: PreflightResult): RelinkError {
+  const cmd = app.preflight?.command.join(' ') ?? 'preflight';
+  return new RelinkError('PREFLIGHT_FAILED', `preflight ${JSON.stringify(cmd)} refused ${release.bin} + ${release.cfg}: ${r.status}${r.output ? `: ${r.output}` : ''}`,
+    { key: 'preflight.command', rule: 'must exit 0 for the candidate release', found: r.status });
 }

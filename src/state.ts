@@ -63,6 +63,12 @@ export interface AppState {
   readonly updatedAt: string;
   /** Why the agent cannot manage the app right now (state "error"), or what failed in its last pass; null (or absent, before issue 9) when nothing is wrong. */
   readonly problem?: AppProblem | null;
+  /**
+   * The last current.conf content (sha256, and when) the agent found naming
+   * what already runs: nothing to do, so nothing journaled; `deploy --wait`
+   * takes it as its verdict.
+   */
+  readonly matched?: { readonly hash: string; readonly at: string } | null;
 }
 
 /** A state file at the boundary. Unknown keys are kept: a newer agent may add fields. */
@@ -79,6 +85,7 @@ export const AppStateSchema = z.looseObject({
   restarts: z.int().min(0),
   updatedAt: z.string(),
   problem: z.object({ code: z.string(), message: z.string(), since: z.string() }).nullable().optional(),
+  matched: z.object({ hash: z.string(), at: z.string() }).nullable().optional(),
 });
 
 const asState = (x: z.output<typeof AppStateSchema>): AppState => x;

@@ -5,12 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFile, readlink, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { ask, currentConf, fixture, nthEntry, servedBy, setCurrentText } from './fixture.js';
 import { readHistory } from '../src/history.js';
-import { alive, assertOneKeyOnce, relinkCli, startAgent, waitFor } from './helpers.js';
+import { makeApp, writeConfig } from '../src/demo/layout.js';
+import { alive, assertOneKeyOnce, reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
 
 const sha256 = async (file: string) => createHash('sha256').update(await readFile(file)).digest('hex');
 
@@ -114,14 +115,29 @@ test('deploy --wait and rollback --wait answer with honest exit codes', async (t
   assert.equal(again.code, 0);
   assert.match(again.stdout, /already live/);
 
+  // The preflight runs before anything is written, as the agent would run it (item 4 of the trial).
   const refused = await cli('deploy', 'pre', '--wait', '--timeout', '30');
   assert.equal(refused.code, 1);
-  assert.match(refused.stderr, /refused: .*preflight/);
+  assert.match(refused.stderr, /preflight .* refused .*app\.pre \+ .*cfg\.pre: exit 1: emerg: preflight_fail=1/);
+  assert.match(await readFile(f.app.currentFile, 'utf8'), /app\.2\.0/, 'a release the preflight refuses is not written');
+  const candidate = path.join(f.root, 'next.conf');
+  await writeFile(candidate, '{"bin.file": "' + path.join(f.app.releasesDir, 'app.pre') + '", "cfg.file": "' + path.join(f.app.releasesDir, 'cfg.pre') + '"}\n');
+  const validated = await cli('validate', candidate);
+  assert.equal(validated.code, 1, 'relink validate runs the preflight too');
+  assert.match(validated.stderr, /\[PREFLIGHT_FAILED\]/);
 
   const invalid = await cli('deploy', '9.9', '--wait');
   assert.equal(invalid.code, 1);
   assert.match(invalid.stderr, /"bin\.file": must name an existing file/);
-  assert.match(await readFile(f.app.currentFile, 'utf8'), /app\.pre/, 'an invalid deploy does not touch current.conf');
+  assert.match(await readFile(f.app.currentFile, 'utf8'), /app\.2\.0/, 'an invalid deploy does not touch current.conf');
+
+  // Links on 2.0 but current.conf broken: "already live" must still fix current.conf, and wait for the agent's word.
+  await writeFile(f.app.currentFile, '{"bin.file": "app.2.0", "cfg.flie": "cfg.2.0"}\n');
+  await nthEntry(f, 3);
+  const fixed = await cli('deploy', '2.0', '--wait', '--timeout', '30');
+  assert.equal(fixed.code, 0, fixed.stderr);
+  assert.match(fixed.stdout, /app\.2\.0 \+ cfg\.2\.0 is live \(it already ran; current\.conf names it again\)/);
+  assert.deepEqual(await currentConf(f.app), { 'bin.file': 'app.2.0', 'cfg.file': 'cfg.2.0' });
 
   const crashed = await cli('deploy', 'crash', '--wait', '--timeout', '30');
   assert.equal(crashed.code, 1);
@@ -182,4 +198,23 @@ test('SIGTERM during a long preflight: the preflight is killed, nothing is switc
   const next = await nthEntry(f, 2);
   assert.equal(next.outcome, 'deployed', next.reason ?? '');
   await servedBy(f.app, '2.0');
+});
+
+test('deploy and rollback by release name with current.conf outside the releases folder (conf/current.conf)', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp({ root, releases: ['1.0', '2.0'] });
+  reapAppsAfter(t, app.releasesDir);
+  const conf = path.join(app.dir, 'conf');
+  await mkdir(conf);
+  await writeFile(path.join(conf, 'current.conf'), JSON.stringify({ 'bin.file': '../release/app.1.0', 'cfg.file': '../release/cfg.1.0' }));
+  const config = await writeConfig(root, [app], { reconcileMs: 60_000 }, { currentFile: 'conf/current.conf' });
+  startAgent(t, config);
+  await servedBy(app, '1.0');
+  const up = await relinkCli(['deploy', '2.0', '--wait', '--timeout', '30', '--config', config]);
+  assert.equal(up.code, 0, up.stderr);
+  await servedBy(app, '2.0');
+  assert.deepEqual(JSON.parse(await readFile(path.join(conf, 'current.conf'), 'utf8')), { 'bin.file': path.join(app.releasesDir, 'app.2.0'), 'cfg.file': path.join(app.releasesDir, 'cfg.2.0') });
+  const back = await relinkCli(['rollback', '--wait', '--timeout', '30', '--config', config]);
+  assert.equal(back.code, 0, back.stderr);
+  await servedBy(app, '1.0');
 });

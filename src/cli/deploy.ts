@@ -11,8 +11,10 @@ Name a release in the app's current.conf, atomically, exactly as a hand
 edit would; the running agent applies it (validate, relink, start or signal,
 verify, roll back if unhealthy). RELEASE is a shorthand: "2.0" means the
 app's releaseNames patterns, by default app.2.0 + cfg.2.0 in the releases
-folder. The agent's validation runs first: a release it would refuse is
-refused here and current.conf is not touched.
+folder. The agent's validation runs first, the app's preflight included (as
+the app runs): a release it would refuse is refused here and current.conf is
+not touched. A release already live whose current.conf names something
+else (a change not applied yet, a refused typo) is written again.
 
 Options:
   --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)

@@ -13,7 +13,8 @@ import { RelinkError } from '../errors.js';
 import type { HistoryEntry } from '../history.js';
 import { JournalTail } from '../journalTail.js';
 import { readLinks } from '../relink.js';
-import { readerOf } from '../safefs.js';
+import { preflightRefusal, preflightRelease } from '../preflight.js';
+import { readerOf, type Reader } from '../safefs.js';
 import { readAppState, runningAgent } from '../state.js';
 import type { OnDamage } from '../stateDir.js';
 import { resolveRunAs } from '../user.js';
@@ -45,28 +46,41 @@ export async function requestRelease(config: AgentConfig, app: AppConfig, wanted
     throw new RelinkError('NO_AGENT', `no relink agent is running for ${config.file} (stateDir ${config.stateDir}); start it (systemctl start relink) and try again`,
       { file: config.file, rule: 'an agent must be running to apply the change' });
   }
-  const text = currentTextFor(app.releasesDir, wanted);
+  const text = currentTextFor(app.currentFile, wanted);
+  const runAs = await resolveRunAs(app);
+  const reader = await readerOf(runAs);
   // The agent's own checks, before anything is written: a refusal here
   // leaves current.conf exactly as it was.
   const release = await validateCurrent(app, text);
   const named = `${path.basename(release.bin)} + ${path.basename(release.cfg)}`;
-  const [links, saved] = await Promise.all([readLinks(app.links), readAppState(config.stateDir, app.name, readOpts)]);
-  if (links.bin === release.bin && links.cfg === release.cfg && saved?.state === 'running') {
+  const [links, saved, named0] = await Promise.all([readLinks(app.links), readAppState(config.stateDir, app.name, readOpts), namedByCurrent(app, reader)]);
+  const live = links.bin === release.bin && links.cfg === release.cfg;
+  // Already live only if current.conf says so too: links on X while
+  // current.conf names Y (a change the agent has not applied yet, or a typo
+  // it refused) means Y is what the agent will make live, not X.
+  if (live && saved?.state === 'running' && named0?.bin === release.bin && named0.cfg === release.cfg) {
     return report(io, opts, { outcome: 'unchanged', release, message: `${app.name}: ${named} is already live` }, EXIT.ok);
+  }
+  // The preflight as the agent runs it (as the app runs), before anything is written.
+  let stopped: string | undefined;
+  void opts.stop?.then((signal) => { stopped = signal; });
+  if (!live) {
+    const pre = await preflightRelease(app, release, opts.stop === undefined ? undefined : abortOn(opts.stop));
+    if (pre?.aborted === true && stopped !== undefined) {
+      return report(io, opts, { outcome: 'interrupted', release, message: `${app.name}: stopped (${stopped}) during the preflight of ${named}; current.conf was not written, nothing changed` }, signalExitCode(stopped));
+    }
+    if (pre !== undefined && !pre.ok) throw preflightRefusal(app, release, pre);
   }
   // Where the journal ends now: the verdict is among what is appended after.
   const tail = opts.wait ? await JournalTail.open(config.stateDir, app.name, readOpts) : undefined;
   const hash = hashText(text);
   const writtenAt = Date.now();
   // As root, a rewritten current.conf keeps the owner and mode the app's user gave it.
-  await writeFileAtomic(app.currentFile, text, { keepOwner: (await resolveRunAs(app)).uid });
+  await writeFileAtomic(app.currentFile, text, { keepOwner: runAs.uid });
   if (tail === undefined) {
     return report(io, opts, { outcome: 'requested', release, message: `${app.name}: wrote ${app.currentFile}; the agent applies it (relink status / relink history)` }, EXIT.ok);
   }
-  let stopped: string | undefined;
-  void opts.stop?.then((signal) => { stopped = signal; });
   const deadline = Date.now() + opts.timeoutMs;
-  const reader = await readerOf(await resolveRunAs(app));
   const seen = new Set<string>();
   for (;;) {
     if (stopped !== undefined) {
@@ -81,9 +95,16 @@ export async function requestRelease(config: AgentConfig, app: AppConfig, wanted
     }
     // A repeated identical refusal may not be journaled again (it is counted
     // in one later entry): the state file's last deploy says it at once.
-    const last = (await readAppState(config.stateDir, app.name, readOpts))?.lastDeploy;
+    const state = await readAppState(config.stateDir, app.name, readOpts);
+    const last = state?.lastDeploy;
     const fresh = last != null && Date.parse(last.time) >= writtenAt;
     if (fresh && last.currentHash === hash) return verdict(io, opts, app, named, last);
+    // What was asked for already ran (current.conf named something else, or
+    // something refused): the agent found nothing to do, and said so in the state file.
+    const matched = state?.matched;
+    if (matched != null && matched.hash === hash && Date.parse(matched.at) >= writtenAt) {
+      return report(io, opts, { outcome: 'unchanged', release, message: `${app.name}: ${named} is live (it already ran; current.conf names it again)` }, EXIT.ok);
+    }
     if (fresh && last.currentHash !== null) seen.add(last.currentHash);
     const now = await readCurrent(app.currentFile, reader).catch(() => undefined);
     if (now !== undefined && now.hash !== hash && seen.has(now.hash)) {
@@ -125,4 +146,20 @@ export function parseTimeout(value: string | undefined, fallbackS: number): numb
   const s = Number(value);
   if (!Number.isFinite(s) || s <= 0) throw new UsageError(`--timeout must be a positive number of seconds (found: ${JSON.stringify(value)})`);
   return s * 1000;
+}
+
+/** The release current.conf names now, if it can be read and validated (as the app's user reads it). */
+async function namedByCurrent(app: AppConfig, reader: Reader): Promise<Release | undefined> {
+  try {
+    return await validateCurrent(app, (await readCurrent(app.currentFile, reader)).text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** An AbortSignal that fires when `stop` settles (Ctrl-C kills a running preflight). */
+function abortOn(stop: Promise<unknown>): AbortSignal {
+  const ac = new AbortController();
+  void stop.then(() => ac.abort());
+  return ac.signal;
 }

@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { loadCurrent } from '../current.js';
+import { preflightRefusal, preflightRelease } from '../preflight.js';
 import { RelinkError, RelinkErrors } from '../errors.js';
 import { readLinks } from '../relink.js';
 import { readerOf } from '../safefs.js';
@@ -11,7 +12,9 @@ const HELP = `Usage: relink validate [--config FILE] [--app NAME] [--json] [CURR
 
 Check a current.conf exactly as the agent would (a regular file the app's
 user may read, JSON, keys, that both files exist inside the app's releases
-folder, the binary is executable) and apply nothing. CURRENT_CONF defaults
+folder, the binary is executable, who could have written them, and the
+app's preflight, run as the app runs, for a release that is not live yet)
+and apply nothing. CURRENT_CONF defaults
 to the app's own current.conf; relative paths inside it resolve against the
 folder holding it.
 
@@ -40,6 +43,11 @@ export const validateCommand: Command = {
       const { release } = await loadCurrent(app, file, await readerOf(await resolveRunAs(app)));
       const links = await readLinks(app.links);
       const live = links.bin === release.bin && links.cfg === release.cfg;
+      // The agent runs the app's preflight on a release that is not live yet: so does this, as the app runs.
+      if (!live) {
+        const pre = await preflightRelease(app, release);
+        if (pre !== undefined && !pre.ok) throw preflightRefusal(app, release, pre);
+      }
       if (values.json) io.stdout(`${JSON.stringify({ ok: true, app: app.name, file, bin: release.bin, cfg: release.cfg, live, problems: [] })}\n`);
       else io.stdout(`${file}: OK for app ${app.name}${live ? ' (already live)' : ''}\n  bin.file  ${release.bin}\n  cfg.file  ${release.cfg}\n`);
       return EXIT.ok;
