@@ -15,6 +15,7 @@ import type { Effects } from './effects.js';
 import { describeError, RelinkErrors, type RelinkError } from './errors.js';
 import type { Action, HistoryEntry, Outcome } from './history.js';
 import type { AppState } from './state.js';
+import { TokenBucket } from './throttle.js';
 
 export interface Attempt {
   /** What started it: a file event, the periodic re-check, agent start. */
@@ -86,12 +87,17 @@ export function logEntry(log: Logger, entry: HistoryEntry, err?: RelinkError): v
 }
 
 /**
- * Runs of identical refusals. `offer` says whether an entry goes to the
- * journal; a refusal with the same code and reason as the one journaled last
- * (nothing else in between) is a repeat: counted, not journaled. The streak
- * ends with the next different entry or when the agent stops: `close` then
- * gives the one entry that records the count (`repeats`), to be journaled
- * before anything else.
+ * Runs of refusals. `offer` says whether an entry goes to the journal. A
+ * refusal is a repeat, counted and not journaled, when nothing but refusals
+ * came since the one journaled last and it either says the same (code and
+ * reason) or comes when refusals have already been journaled faster than a
+ * person edits (more than BURST in a row, then one a minute): a writer loop
+ * that varies what it writes gets no more journal entries than one that
+ * does not (a trial with varying content rotated every deployed entry out of
+ * the journal, and with it `relink rollback`'s target). The run ends with
+ * the next other outcome, MAX_AGE_MS after it began, or the agent stopping:
+ * `close` then gives the one entry that records the count (`repeats`, with
+ * the newest refusal's reason), to be journaled before anything else.
  */
 const signatureOf = (e: HistoryEntry): string | undefined => (e.outcome === 'refused' ? `${e.code ?? ''}\0${e.reason ?? ''}` : undefined);
 
@@ -99,34 +105,40 @@ export class RefusalStreak {
   #signature: string | undefined;
   #repeats = 0;
   #last: HistoryEntry | undefined;
+  /** When the run began (ms). */
   #since = 0;
+  /** Different refusals in a row that may still be journaled: BURST, then one a minute. */
+  #budget: TokenBucket | undefined;
 
   /**
-   * A streak is journaled at least this often (ms), so `relink history`
-   * shows a long run of repeats as it goes: one entry per period at most.
+   * A run is journaled at least this often (ms), so `relink history` shows
+   * a long run of repeats as it goes: one entry per period at most.
    */
   static readonly MAX_AGE_MS = 10 * 60_000;
+  /** Different refusals journaled in a row before they are counted instead. */
+  static readonly BURST = 10;
 
   /** 'journal' for an entry to write; 'repeat' for a counted repeat. Call close() first when it says 'journal'. */
   offer(entry: HistoryEntry, now: number): 'journal' | 'repeat' {
     const signature = signatureOf(entry);
-    if (signature !== undefined && signature === this.#signature && now - this.#since < RefusalStreak.MAX_AGE_MS) {
-      this.#repeats += 1;
-      this.#last = entry;
-      return 'repeat';
-    }
-    return 'journal';
+    if (signature === undefined || this.#signature === undefined || now - this.#since >= RefusalStreak.MAX_AGE_MS) return 'journal';
+    this.#budget ??= new TokenBucket(RefusalStreak.BURST, 1 / 60, now);
+    if (signature !== this.#signature && this.#budget.take(now) === 0) return 'journal';
+    this.#repeats += 1;
+    this.#last = entry;
+    return 'repeat';
   }
 
-  /** After an entry was journaled: it may start a streak. */
+  /** After an entry was journaled: it may start a run. Anything but a refusal gives the budget back. */
   started(entry: HistoryEntry, now: number): void {
     this.#signature = signatureOf(entry);
+    if (this.#signature === undefined) this.#budget = undefined;
     this.#repeats = 0;
     this.#last = undefined;
     this.#since = now;
   }
 
-  /** The entry recording the repeats counted since the last journaled one, if any; the streak is over. */
+  /** The entry recording the repeats counted since the last journaled one, if any; the run is over. */
   close(): HistoryEntry | undefined {
     const last = this.#last;
     const repeats = this.#repeats;
@@ -142,12 +154,18 @@ export class RefusalStreak {
  * them. Never throws: a write that fails is logged once per kind (journal,
  * state) until one succeeds again.
  */
+/** A counted refusal with a new reason is logged at most this often (ms). */
+const LOG_EVERY_MS = 10_000;
+
 export class Recorder {
   readonly #fx: Pick<Effects, 'record' | 'saveState' | 'readLinks' | 'now'>;
   readonly #log: Logger;
   readonly #streak = new RefusalStreak();
   /** What could not be written, by kind, said once until it works again. */
   readonly #failing = new Map<string, string>();
+  /** The reason last logged, and when (fx ms): a run of refusals is logged at most once per LOG_EVERY_MS. */
+  #loggedReason: string | null = null;
+  #loggedAt = Number.NEGATIVE_INFINITY;
 
   constructor(fx: Pick<Effects, 'record' | 'saveState' | 'readLinks' | 'now'>, log: Logger) {
     this.#fx = fx;
@@ -158,9 +176,19 @@ export class Recorder {
   async attempt(entry: HistoryEntry, err?: RelinkError): Promise<void> {
     const now = this.#fx.now();
     if (this.#streak.offer(entry, now) === 'repeat') {
-      this.#log.debug({ code: entry.code, currentHash: entry.currentHash }, 'the same refusal again: counted, journaled once with the count');
+      // A new reason is still said, at most once per LOG_EVERY_MS: the log stays bounded under a writer loop.
+      const fresh = entry.reason !== this.#loggedReason && now - this.#loggedAt >= LOG_EVERY_MS;
+      if (fresh) {
+        this.#loggedReason = entry.reason;
+        this.#loggedAt = now;
+        this.#log.warn({ code: entry.code, currentHash: entry.currentHash }, `refused again (counted, journaled with the count when the run ends): ${entry.reason ?? ''}`);
+      } else {
+        this.#log.debug({ code: entry.code, currentHash: entry.currentHash }, 'refused again: counted, journaled with the count when the run ends');
+      }
       return;
     }
+    this.#loggedReason = entry.reason;
+    this.#loggedAt = now;
     await this.closeStreak();
     logEntry(this.#log, entry, err);
     await this.#journal(entry);

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { pino } from 'pino';
 import { AppAgent, READ_LIMIT } from '../src/app.js';
+import { RefusalStreak } from '../src/record.js';
 import { parseConfig, type AppConfig } from '../src/config.js';
 import type { CurrentSnapshot, Release } from '../src/current.js';
 import type { Effects } from '../src/effects.js';
@@ -386,6 +387,26 @@ test('a run of identical refusals (a writer loop) is journaled once, then once w
   await agent.idle();
   await agent.close();
   assert.deepEqual(w.entries.at(-1)?.repeats, 1);
+});
+
+test('a writer loop that varies what it writes cannot rotate the deployed entries out of the journal', async () => {
+  const { w, agent, lines } = await running();
+  for (let i = 0; i < 300; i++) {
+    w.text = `{"bin.file": "app.1.0", "cfg.flie": "cfg.${i}"}`;
+    w.mtime += 1;
+    agent.trigger('watch:change');
+    await agent.idle();
+    w.advance(1000 / READ_LIMIT.perSecond);
+    await agent.idle();
+  }
+  assert.ok(w.validations > 250, `${w.validations} reads`);
+  // 300 different refusals in a minute: the first ones journaled, as a person's edits would be, then counted.
+  const refused = w.entries.filter((e) => e.outcome === 'refused');
+  assert.ok(refused.length <= 1 + RefusalStreak.BURST + 1, `${refused.length} refusals journaled`);
+  assert.equal(w.entries[0]?.outcome, 'deployed', 'the deployed entry is still there');
+  assert.ok(lines.filter((l) => l.level === 40).length <= refused.length + 8, `${lines.filter((l) => l.level === 40).length} warnings`);
+  await agent.close();
+  assert.equal(w.entries.filter((e) => e.outcome === 'refused').length + (w.entries.at(-1)?.repeats ?? 0) - 1, 300, 'every refusal is journaled or counted');
 });
 
 test('a writer loop is read at most READ_LIMIT.perSecond times a second after a burst; the read limit is said once', async () => {
