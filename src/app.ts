@@ -459,8 +459,22 @@ export class AppAgent {
     if (this.#applied === undefined || this.#applied.hash !== snapshot.hash || this.#state === 'deploying') return;
     const links = await this.#fx.readLinks();
     if (sameRelease(links, this.#applied.release)) return;
-    this.#log.warn({ links, expected: this.#applied.release }, 'links drifted from current.conf; repairing');
     const main = await this.#observe();
+    // The running process never saw the drift (nothing signalled it): if it
+    // runs the release current.conf names, putting the links back is all
+    // there is to do. Signalling it would be a reload nobody asked for (and
+    // one that can fail).
+    if (main !== undefined && main.exe === this.#applied.release.bin) {
+      try {
+        await this.#fx.relink(this.#applied.release);
+        this.#log.warn({ links, expected: this.#applied.release, appPid: main.pid }, 'links drifted from current.conf; put back (the app runs that release: not signalled)');
+      } catch (err) {
+        if (!(err instanceof RelinkError)) throw err;
+        this.#log.error({ code: err.code, links, expected: this.#applied.release }, `links drifted from current.conf and could not be put back: ${err.message}`);
+      }
+      return;
+    }
+    this.#log.warn({ links, expected: this.#applied.release }, 'links drifted from current.conf; repairing');
     await this.#deploy({ trigger: `${trigger}:drift`, started: this.#fx.now(), snapshot, from: links, pidBefore: main?.pid }, this.#applied.release, main, links);
   }
 

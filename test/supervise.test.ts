@@ -10,7 +10,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { readHistory } from '../src/history.js';
 import { readAppState } from '../src/state.js';
-import { fixture, nthEntry, servedBy, servedByNewProcess, setCurrentText } from './fixture.js';
+import { ask, fixture, nthEntry, servedBy, servedByNewProcess, setCurrentText } from './fixture.js';
 import { alive, relinkCli, startAgent, waitFor } from './helpers.js';
 
 test('kill -9 of the app: restarted, and status counts the restart', async (t) => {
@@ -87,16 +87,16 @@ test('a graceful re-exec handoff (SIGHUP sent by hand) is followed, not restarte
   assert.equal(e.outcome, 'deployed', e.reason ?? '');
 });
 
-test('reconcile: links changed by hand drift back to what current.conf names', async (t) => {
+test('reconcile: links changed by hand are put back to what current.conf names, without signalling the app that runs it', async (t) => {
   const f = await fixture(t);
   await servedBy(f.app, '1.0');
   const link = path.join(f.app.dir, 'app.bin');
   await symlink(path.join(f.app.releasesDir, 'app.2.0'), `${link}.hand`);
   await rename(`${link}.hand`, link);
-  await f.agent.waitForLog('drift noticed', (l) => l.msg === 'links drifted from current.conf; repairing');
-  const e = await nthEntry(f, 2);
-  assert.equal(e.outcome, 'deployed', e.reason ?? '');
-  assert.match(e.trigger, /drift/);
+  const v1 = await ask(f.app);
+  await f.agent.waitForLog('drift put back', (l) => l.msg.startsWith('links drifted from current.conf; put back'));
   assert.equal(await readlink(link), path.join(f.app.releasesDir, 'app.1.0'));
-  await servedBy(f.app, '1.0');
+  // The app never saw the drift: it is not signalled (a reload nobody asked for).
+  assert.equal((await ask(f.app)).pid, v1.pid);
+  assert.equal((await readHistory(f.stateDir, 'web')).length, 1);
 });
