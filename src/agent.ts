@@ -17,7 +17,7 @@ import { realEffects } from './effects.js';
 import { RelinkError } from './errors.js';
 import { schedulePrune, type PruneSchedule } from './releases.js';
 import { migrateStateDir } from './migrate.js';
-import { AppStore, claimAgent, releaseAgent } from './state.js';
+import { AppStore, claimAgent, releaseAgent, runningAgent } from './state.js';
 import { describeDamage, type Damage } from './stateDir.js';
 import { resolveRunAs } from './user.js';
 import { VERSION } from './version.js';
@@ -30,6 +30,9 @@ const COMPACTION = { everyDeploys: 50, idleMs: 5_000 } as const;
 interface Slot {
   readonly app: AppAgent;
   readonly log: Logger;
+  /** Its journal and state file; their group is the app's, once its user exists. */
+  readonly store: AppStore;
+  gid: number | undefined;
   watcher: CurrentWatcher | undefined;
   /** A watcher start in progress (retried on every re-check until it works). */
   arming: Promise<void> | undefined;
@@ -46,6 +49,8 @@ export class Agent {
   readonly #compactor: Compactor;
   /** Whether this agent holds the stateDir (agent.json); false when it could not be written. */
   #claimed = false;
+  /** The last reason agent.json could not be written, said once. */
+  readonly #claimProblem: { last: string | undefined } = { last: undefined };
   #timer: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
 
@@ -65,7 +70,8 @@ export class Agent {
   static async start(config: AgentConfig, log: Logger): Promise<Agent> {
     const compactor = new Compactor(COMPACTION);
     const warn = (l: Logger) => (d: Damage) => l.warn({ file: d.file, line: d.line }, describeDamage(d));
-    const claimed = await claim(config, log, warn(log));
+    const claimProblem = { last: undefined as string | undefined };
+    const claimed = await claim(config, log, warn(log), claimProblem, true);
     // The group of each app's folder in the state folder: who may read its journal and state.
     const gids = await Promise.all(config.apps.map((a) => resolveRunAs(a).then((r) => r.gid, () => undefined)));
     if (claimed) {
@@ -80,10 +86,11 @@ export class Agent {
         await fx.record(entry);
         compactor.noteDeploy();
       };
-      return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, watcher: undefined, arming: undefined, watchProblem: undefined };
+      return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, store, gid: gids[i], watcher: undefined, arming: undefined, watchProblem: undefined };
     });
     const agent = new Agent(config, slots, log, compactor);
     agent.#claimed = claimed;
+    agent.#claimProblem.last = claimProblem.last;
     try {
       for (const slot of slots) {
         // The watcher first: an edit made while the agent was down, or
@@ -141,11 +148,35 @@ export class Agent {
   }
 
   #recheck(): void {
+    void this.#reclaim();
     for (const slot of this.#slots) {
+      // An app whose user did not exist when the agent started: its state folder goes to its group once it does.
+      if (slot.gid === undefined) {
+        void resolveRunAs(slot.app.app).then((r) => {
+          slot.gid = r.gid;
+          slot.store.setGid(r.gid);
+        }, () => undefined);
+      }
       if (slot.watcher === undefined) void this.#arm(slot);
       // The safety net for what no inotify event tells (an ancestor folder renamed and rebuilt).
       else void slot.watcher.check();
       slot.app.trigger(RECHECK_TRIGGER);
+    }
+  }
+
+  /**
+   * agent.json must name this agent for as long as it runs (the CLI finds
+   * it there): deleted, damaged or never written (a read-only state folder
+   * at start), it is written again on the re-check.
+   */
+  async #reclaim(): Promise<void> {
+    if (this.#closing !== undefined) return;
+    if ((await runningAgent(this.config.stateDir).catch(() => undefined))?.pid === process.pid) return;
+    const wasClaimed = this.#claimed;
+    this.#claimed = await claim(this.config, this.#log, (d) => this.#log.warn({ file: d.file }, describeDamage(d)), this.#claimProblem, false);
+    if (this.#claimed) {
+      this.#claimProblem.last = undefined;
+      this.#log.info({ stateDir: this.config.stateDir }, wasClaimed ? 'agent.json was missing or damaged: written again' : 'recording in the state folder again');
     }
   }
 
@@ -183,15 +214,19 @@ export class Agent {
  * written (full, read-only) is not: the apps are managed anyway, and the log
  * says so, with the path. True when this agent holds the stateDir.
  */
-async function claim(config: AgentConfig, log: Logger, onDamaged: (d: Damage) => void): Promise<boolean> {
+async function claim(config: AgentConfig, log: Logger, onDamaged: (d: Damage) => void, said: { last: string | undefined }, atStart: boolean): Promise<boolean> {
   try {
     await claimAgent(config.stateDir, config.file, VERSION, { onDamaged });
     return true;
   } catch (err) {
-    if (err instanceof RelinkError && err.code === 'AGENT_RUNNING') throw err;
     const found = err instanceof Error ? err.message : String(err);
-    log.error({ stateDir: config.stateDir, err: found, code: 'STATE_WRITE_FAILED' },
-      `cannot record in the state folder ${config.stateDir} (${found}): the apps are managed anyway, but deploys are not journaled and relink deploy --wait cannot see this agent`);
+    // At start, another agent on this stateDir stops this one; later (a re-check) it is said once.
+    if (atStart && err instanceof RelinkError && err.code === 'AGENT_RUNNING') throw err;
+    if (said.last !== found) {
+      said.last = found;
+      log.error({ stateDir: config.stateDir, err: found, code: err instanceof RelinkError ? err.code : 'STATE_WRITE_FAILED' },
+        `cannot record in the state folder ${config.stateDir} (${found}): the apps are managed anyway, but deploys are not journaled and relink deploy --wait cannot see this agent`);
+    }
     return false;
   }
 }

@@ -119,9 +119,8 @@ export class Journal {
   readonly file: string;
   readonly #maxBytes: number;
   readonly #backups: number;
-  readonly #gid: number | undefined;
+  #gid: number | undefined;
   readonly #onDamaged: OnDamage | undefined;
-  #checkTail = true;
   #dirReady = false;
   #queue: Promise<void> = Promise.resolve();
 
@@ -136,6 +135,13 @@ export class Journal {
     this.#backups = backups;
     this.#gid = opts.gid;
     this.#onDamaged = opts.onDamaged;
+  }
+
+  /** The app's group, known later (its user was created after the agent started): folder and files are handed to it on the next append. */
+  setGid(gid: number | undefined): void {
+    if (gid === this.#gid) return;
+    this.#gid = gid;
+    this.#dirReady = false;
   }
 
   /** Append one entry. Throws a StateWriteError (STATE_WRITE_FAILED, with the path and the errno). */
@@ -165,7 +171,9 @@ export class Journal {
           await ownFile(handle, st, this.#gid);
           let size = st.size;
           let text = '';
-          if (this.#checkTail && size > 0 && !(await endsWithNewline(handle, size))) {
+          // Every append, not only the first: one byte read, and a line torn by
+          // anything (a crash, a full disk, another writer) never swallows the next entry.
+          if (size > 0 && !(await endsWithNewline(handle, size))) {
             text = '\n';
             this.#onDamaged?.({ file: this.file, line: await lineNumberAt(handle, size), problem: 'the last line was cut short (a crash or a full disk); ended it, so the next entry starts on a line of its own' });
             size += 1;
@@ -181,14 +189,12 @@ export class Journal {
             size += add;
           }
           if (text !== '') await handle.appendFile(text);
-          this.#checkTail = false;
         } finally {
           await handle.close();
         }
         if (full) await this.#rotate();
       }
     } catch (err) {
-      this.#checkTail = true;
       this.#dirReady = false;
       throw writeFailed(this.file, err, 'append to the journal');
     }

@@ -138,11 +138,13 @@ export class AppStore {
   readonly #stateDir: string;
   readonly #opts: AppStoreOptions;
   #dirReady = false;
+  #gid: number | undefined;
 
   constructor(stateDir: string, app: string, opts: AppStoreOptions = {}) {
     this.app = app;
     this.#stateDir = stateDir;
     this.#opts = opts;
+    this.#gid = opts.gid;
     this.journal = new Journal(journalFile(stateDir, app), { ...opts.history, gid: opts.gid, onDamaged: opts.onDamaged });
   }
 
@@ -150,14 +152,22 @@ export class AppStore {
     return this.journal.append(entry);
   }
 
+  /** The app's group, known later (its user was created after the agent started): handed the folder and files on the next write. */
+  setGid(gid: number | undefined): void {
+    if (gid === this.#gid) return;
+    this.#gid = gid;
+    this.#dirReady = false;
+    this.journal.setGid(gid);
+  }
+
   async save(state: AppState): Promise<void> {
     const file = appStateFile(this.#stateDir, this.app);
     try {
       if (!this.#dirReady) {
-        await ensureAppDir(appDir(this.#stateDir, this.app), this.#opts.gid);
+        await ensureAppDir(appDir(this.#stateDir, this.app), this.#gid);
         this.#dirReady = true;
       }
-      await writeAppFile(file, `${JSON.stringify(state, null, 2)}\n`, this.#opts.gid, 'write the state file');
+      await writeAppFile(file, `${JSON.stringify(state, null, 2)}\n`, this.#gid, 'write the state file');
     } catch (err) {
       this.#dirReady = false;
       throw writeFailed(file, err, 'write the state file');

@@ -17,6 +17,7 @@
  * damaged one), setting a damaged file aside, and the typed error every
  * writer of the state folder throws.
  */
+import { JsonSyntaxError, parseJson as parseJsonText, stripBom } from './json.js';
 import { constants as fsConstants, type Stats } from 'node:fs';
 import { chmod, chown, lstat, mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
@@ -80,16 +81,20 @@ export function describeDamage(d: Damage): string {
   return `${d.file}${d.line === undefined ? '' : `:${d.line}`}: ${d.problem}`;
 }
 
-// Editors on Windows save one; RFC 8259 lets a parser ignore it. (To be unified with json.ts's stripBom.)
-const stripBom = (text: string): string => (text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
-
 /** One JSON text (a BOM and CRLF line ends accepted) checked against `schema`; the problem in words otherwise. */
 export function parseJson<S extends z.ZodType>(text: string, schema: S): { ok: true; value: z.output<S> } | { ok: false; problem: string } {
   let raw: unknown;
   try {
     raw = JSON.parse(stripBom(text));
-  } catch (err) {
-    return { ok: false, problem: `is not valid JSON (${printable((err as Error).message)})` };
+  } catch {
+    // Where and what, from the reader for hand-written JSON: V8's own message quotes the text.
+    let why = 'not JSON';
+    try {
+      parseJsonText(text);
+    } catch (err) {
+      if (err instanceof JsonSyntaxError) why = err.message;
+    }
+    return { ok: false, problem: `is not valid JSON (${why})` };
   }
   const parsed = schema.safeParse(raw);
   if (parsed.success) return { ok: true, value: parsed.data };
@@ -97,10 +102,6 @@ export function parseJson<S extends z.ZodType>(text: string, schema: S): { ok: t
   const where = issue === undefined || issue.path.length === 0 ? '' : `"${issue.path.join('.')}": `;
   return { ok: false, problem: `is not what relink writes: ${where}${issue?.message ?? 'invalid'}` };
 }
-
-/** V8's JSON errors quote the text: a newline or a NUL there must not break a one-line warning. */
-// eslint-disable-next-line no-control-regex
-const printable = (s: string): string => s.replace(/[\u0000-\u001f\u007f]/g, (c) => JSON.stringify(c).slice(1, -1));
 
 /** Far above any state file relink writes (a last deploy with a 64 KiB rejected current.conf). */
 const MAX_STATE_BYTES = 4 * 1024 * 1024;

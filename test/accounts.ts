@@ -105,7 +105,11 @@ async function processesOf(uid: number): Promise<number[]> {
  * started any) is killed by PID.
  */
 export async function testUser(t: TestContext, groups: readonly TestGroup[] = []): Promise<TestUser> {
-  const name = uniqueName('rlku');
+  return testUserNamed(t, uniqueName('rlku'), groups);
+}
+
+/** testUser with a name chosen beforehand (to name it in a config before it exists). */
+export async function testUserNamed(t: TestContext, name: string, groups: readonly TestGroup[] = []): Promise<TestUser> {
   const extra = groups.length > 0 ? ['-G', groups.map((g) => g.name).join(',')] : [];
   await shadowTool('useradd', ['--system', '--no-create-home', '--user-group', '--shell', '/usr/sbin/nologin', ...extra, name]);
   const u = await lookupUser(name);

@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { makeApp, setCurrent, writeConfig, type DemoApp } from '../src/demo/layout.js';
@@ -17,7 +17,7 @@ import { readHistory } from '../src/history.js';
 import { readAppState } from '../src/state.js';
 import { ask, servedBy } from './fixture.js';
 import { promisify } from 'node:util';
-import { rootOnly } from './accounts.js';
+import { openUp, rootOnly, testUserNamed } from './accounts.js';
 import { defer, reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
 
 const run = promisify(execFile);
@@ -179,4 +179,43 @@ test('a read-only state folder at start: the agent runs the app anyway and says 
   assert.ok(all.length <= 3, `${all.length} lines about the state folder`);
   assert.ok(all.every((l) => /EROFS|read-only/i.test(JSON.stringify(l))), JSON.stringify(all));
   assert.deepEqual(agent.stderr.filter((l) => l.includes('    at ')), [], 'no stack trace');
+});
+
+test('agent.json deleted or damaged while the agent runs is written again; relink deploy --wait finds the agent', async (t) => {
+  const root = await tmpDir(t, 'relink-isolation-');
+  const web = await makeApp({ root, name: 'web', releases: ['1.0', '2.0'] });
+  reapAppsAfter(t, web.releasesDir);
+  await setCurrent(web, '1.0');
+  const config = await writeConfig(root, [web], { reconcileMs: 300 });
+  const agent = startAgent(t, config);
+  await servedBy(web, '1.0');
+  const record = path.join(root, 'state', 'agent.json');
+  await rm(record);
+  await agent.waitForLog('agent.json written again', (l) => l.msg.startsWith('agent.json was missing or damaged'));
+  await writeFile(record, 'garbage{');
+  await waitFor('agent.json naming the agent again', async () => (JSON.parse(await readFile(record, 'utf8').catch(() => '{}')) as { pid?: number }).pid === agent.child.pid);
+  const deploy = await relinkCli(['deploy', '2.0', '--wait', '--timeout', '30', '--config', config]);
+  assert.equal(deploy.code, 0, deploy.stderr);
+  await servedBy(web, '2.0');
+});
+
+test('an app whose user is created after the agent started: its journal and state become readable by that user', async (t) => {
+  if (!rootOnly(t)) return;
+  const root = await tmpDir(t, 'relink-isolation-');
+  const web = await makeApp({ root, name: 'web', releases: ['1.0'] });
+  reapAppsAfter(t, web.releasesDir);
+  await setCurrent(web, '1.0');
+  const name = `rlkl${process.pid % 100_000}${Date.now() % 1000}`;
+  const configFile = await writeConfig(root, [web], { reconcileMs: 300 }, { user: name, allowRoot: false });
+  await openUp(web.releasesDir);
+  const agent = startAgent(t, configFile);
+  await agent.waitForLog('the unknown user', (l) => l['code'] === 'USER_UNKNOWN');
+  const user = await testUserNamed(t, name);
+  await servedBy(web, '1.0');
+  await waitFor('the deploy journaled', async () => (await readHistory(path.join(root, 'state'), 'web')).some((e) => e.outcome === 'deployed'));
+  const dir = path.join(root, 'state', 'apps', 'web');
+  await waitFor('the app state folder handed to the app group', async () => (await stat(dir)).gid === user.gid);
+  const h = await relinkCli(['history', '--app', 'web', '--config', configFile], {}, user);
+  assert.equal(h.code, 0, h.stderr);
+  assert.match(h.stdout, /deployed/);
 });
