@@ -27,7 +27,7 @@ import { stripBom } from './json.js';
 import type { Action, HistoryEntry, Outcome } from './history.js';
 import { preflightRefusal } from './preflight.js';
 import { sameProcess, type ProcInfo } from './proc.js';
-import { entryFor, Recorder, type Attempt, type Extra } from './record.js';
+import { entryFor, Recorder, type Attempt, type Extra, type ReadAttempt } from './record.js';
 import type { AppProblem, AppStateName, GoodRelease } from './state.js';
 import { CrashPolicy, LivenessCounter } from './supervise.js';
 import { TokenBucket } from './throttle.js';
@@ -94,6 +94,8 @@ export class AppAgent {
   #state: AppStateName = 'stopped';
   /** Why the app cannot be managed (state "error"), or what failed in the last pass. */
   #problem: AppProblem | undefined;
+  /** Where the problem came from: it is over when that succeeds again (the setup, a start, any pass). */
+  #problemFrom: 'setup' | 'start' | 'pass' | undefined;
   /** The folder is claimed and a running app adopted; until then every pass retries that first. */
   #ready = false;
   /** The state the previous agent left, until the setup has used it. */
@@ -109,6 +111,8 @@ export class AppAgent {
   #readProblem: string | undefined;
   #cancelBackoff: (() => void) | undefined;
   #restartDue = false;
+  /** The last restart could not start the app at all (not a crash of it). */
+  #startFailed = false;
   #cancelMonitor: (() => void) | undefined;
   #cancelLiveness: (() => void) | undefined;
   /** Ends a wait for the read limit (close() calls it). */
@@ -286,6 +290,7 @@ export class AppAgent {
           if (this.#problem?.message !== problem.message) {
             this.#log.error({ err, code: problem.code }, `pass failed unexpectedly: ${problem.message}`);
             this.#problem = problem;
+            this.#problemFrom = 'pass';
             await this.#saveState();
           }
         }
@@ -365,6 +370,7 @@ export class AppAgent {
       if (this.#problem?.message !== problem.message) {
         this.#log.error({ code: problem.code }, `cannot manage the app: ${problem.message}; the other apps are not affected, and this one is tried again on every re-check`);
         this.#problem = problem;
+        this.#problemFrom = 'setup';
       }
       await this.#transition('error');
       return false;
@@ -373,7 +379,7 @@ export class AppAgent {
 
   /** A pass went through: a problem of an earlier pass is over; said once. */
   async #solved(): Promise<void> {
-    if (this.#problem === undefined) return;
+    if (this.#problem === undefined || this.#problemFrom !== 'pass') return;
     this.#log.info({ was: this.#problem.message }, 'the last pass went through again');
     this.#problem = undefined;
     await this.#saveState();
@@ -392,10 +398,21 @@ export class AppAgent {
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
       if (early) return;
-      // A missing current.conf is normal before the first deploy and for an
-      // instant during delete-then-recreate: say it once, change nothing.
-      if (this.#readProblem !== err.code) this.#log.warn({ code: err.code, file: err.file }, err.message);
-      this.#readProblem = err.code;
+      // Said once per problem (the same one is read again on every re-check),
+      // changing nothing. A missing current.conf is normal before the first
+      // deploy and for an instant during delete-then-recreate: only logged.
+      // One that cannot be read (a FIFO, a link to a file the app's user may
+      // not read, too large) is a refusal like any other: journaled, and
+      // shown by relink status.
+      if (this.#readProblem === err.message) return;
+      this.#readProblem = err.message;
+      if (err.code === 'CURRENT_MISSING') {
+        this.#log.warn({ code: err.code, file: err.file }, err.message);
+        return;
+      }
+      const links = await this.#fx.readLinks();
+      const attempt: Attempt = { trigger, started: this.#fx.now(), snapshot: null, from: links, pidBefore: this.#tracker.main?.pid };
+      await this.#finish(attempt, 'refused', 'none', undefined, this.#tracker.main, this.#state, err);
       return;
     }
     if (this.#seen?.hash === snapshot.hash && this.#seen.mtimeMs === snapshot.mtimeMs) {
@@ -406,7 +423,7 @@ export class AppAgent {
 
     const links = await this.#fx.readLinks();
     const main = await this.#observe();
-    const attempt: Attempt = { trigger, started: this.#fx.now(), snapshot, from: links, pidBefore: main?.pid };
+    const attempt: ReadAttempt = { trigger, started: this.#fx.now(), snapshot, from: links, pidBefore: main?.pid };
 
     let release: Release;
     try {
@@ -478,7 +495,7 @@ export class AppAgent {
     await this.#deploy({ trigger: `${trigger}:drift`, started: this.#fx.now(), snapshot, from: links, pidBefore: main?.pid }, this.#applied.release, main, links);
   }
 
-  async #deploy(attempt: Attempt, release: Release, main: ProcInfo | undefined, links: { bin: string | undefined; cfg: string | undefined }): Promise<void> {
+  async #deploy(attempt: ReadAttempt, release: Release, main: ProcInfo | undefined, links: { bin: string | undefined; cfg: string | undefined }): Promise<void> {
     await this.#transition('deploying');
     try {
       if (!sameRelease(links, release)) await this.#fx.relink(release);
@@ -534,7 +551,7 @@ export class AppAgent {
    * signal or start as the situation needs, verify it like a deploy, and
    * rewrite current.conf so that it names what runs again.
    */
-  async #rollback(attempt: Attempt, action: Action, bad: Release, before: ProcInfo | undefined, cause: RelinkError): Promise<void> {
+  async #rollback(attempt: ReadAttempt, action: Action, bad: Release, before: ProcInfo | undefined, cause: RelinkError): Promise<void> {
     const good = this.#lastGood;
     if (good === undefined || sameRelease(good, bad)) {
       const now = await this.#tracker.current();
@@ -606,11 +623,12 @@ export class AppAgent {
         const d = this.#crash.onExit(ranMs);
         if (d.kind === 'fatal') {
           this.#log.error({ failures: d.failures, maxRetries: this.app.supervise.maxRetries },
-            'app keeps crashing; marked fatal and left alone until the next deploy (or a re-save of current.conf)');
+            `${this.#startFailed ? 'the app cannot be started' : 'app keeps crashing'}; marked fatal and left alone until the next deploy (or a re-save of current.conf)`);
           await this.#transition('fatal');
           return;
         }
-        this.#log.warn({ ranMs, delayMs: d.delayMs, failures: d.failures }, `app exited unexpectedly after ${ranMs} ms; restarting in ${d.delayMs} ms`);
+        const what = this.#startFailed ? 'the app could not be started' : `app exited unexpectedly after ${ranMs} ms`;
+        this.#log.warn({ ranMs, delayMs: d.delayMs, failures: d.failures }, `${what}; restarting in ${d.delayMs} ms`);
         if (d.delayMs > 0) {
           this.#cancelBackoff = this.#fx.schedule(d.delayMs, () => {
             this.#cancelBackoff = undefined;
@@ -629,10 +647,18 @@ export class AppAgent {
       this.#liveness?.reset();
       if (!first) this.#crash.onRestarted();
       this.#log.info({ appPid: after.pid, restarts: this.#crash.restarts }, first ? 'app started' : 'app restarted');
+      if (this.#problemFrom === 'start') this.#problem = undefined;
+      this.#startFailed = false;
       await this.#transition('running');
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
-      this.#log.error({ code: err.code, err: err.message }, 'restart failed');
+      // Not a crash of the app: it could not be started (a planted log
+      // link, a user gone). The reason stays in `problem`, shown by status,
+      // fatal included; it still counts as a quick failure (backoff, then fatal).
+      this.#log.error({ code: err.code, err: err.message }, `the app could not be started: ${err.message}`);
+      this.#problem = problemOf(err, this.#fx.now());
+      this.#problemFrom = 'start';
+      this.#startFailed = true;
       this.#tracker.restartFailed();
       // Counts as another quick failure on the next check.
       this.check();
@@ -648,7 +674,8 @@ export class AppAgent {
   async #checkLiveness(): Promise<void> {
     if (this.#liveness === undefined || this.#state !== 'running' || this.#closed) return;
     const main = await this.#observe();
-    if (main === undefined) return;
+    // A process just (re)started is given its settle time before it is judged (it may not listen yet).
+    if (main === undefined || this.#tracker.ranMs() < this.app.health.settleMs) return;
     const r = await this.#fx.probe();
     const restart = this.#liveness.onProbe(r.ok);
     if (r.ok) return;
@@ -684,6 +711,8 @@ export class AppAgent {
     this.#cancelBackoff = undefined;
     this.#restartDue = false;
     this.#crash.reset();
+    this.#startFailed = false;
+    if (this.#problemFrom === 'start') this.#problem = undefined;
   }
 
   /** The main process now; the state follows what is seen (running <-> stopped). */

@@ -22,11 +22,15 @@ export interface Attempt {
   readonly trigger: string;
   /** fx.now() when the pass began (ms). */
   readonly started: number;
-  readonly snapshot: CurrentSnapshot;
+  /** What was read; null when current.conf could not be read at all (a FIFO, too large, unreadable). */
+  readonly snapshot: CurrentSnapshot | null;
   /** Where the links pointed before. */
   readonly from: { readonly bin: string | undefined; readonly cfg: string | undefined };
   readonly pidBefore: number | undefined;
 }
+
+/** An attempt that read current.conf (every one that gets as far as a deploy). */
+export type ReadAttempt = Attempt & { readonly snapshot: CurrentSnapshot };
 
 export interface Extra {
   readonly rolledBackTo?: Release | null;
@@ -62,7 +66,7 @@ export function entryFor(
     pidBefore: attempt.pidBefore ?? null,
     pidAfter: pidAfter ?? null,
     durationMs: now - attempt.started,
-    currentHash: attempt.snapshot.hash,
+    currentHash: attempt.snapshot?.hash ?? null,
     trigger: attempt.trigger,
     ...(extra.rolledBackTo !== undefined ? { rolledBackTo: extra.rolledBackTo } : {}),
     ...(extra.rejected !== undefined ? { rejected: extra.rejected === null ? null : cut(extra.rejected, MAX_REJECTED_CHARS) } : {}),

@@ -166,7 +166,11 @@ class World implements Effects {
   claims = 0;
   released = 0;
 
+  /** Set: starting the app is refused with it (a planted log link, say). */
+  launchError: Error | undefined;
+
   async launch(): Promise<Launched & { output: () => Promise<string> }> {
+    if (this.launchError !== undefined) throw this.launchError;
     const p = this.spawnProc(this.links.bin ?? 'none');
     if (this.launchExits) this.procs.delete(p.pid);
     return {
@@ -965,5 +969,31 @@ test('a start that fails at once says why in the reason: the exit and the app\'s
   await agent.idle();
   assert.equal(w.entries[0]?.code, 'APP_EXITED');
   assert.equal(w.entries[0]?.reason, 'the app exited right after start (exit code 1); its last output: listen tcp 127.0.0.1:8080: bind: address already in use');
+  await agent.close();
+});
+
+test('a restart the agent cannot even start (a planted log link) is said as such, and its reason stays in the state, fatal included', async () => {
+  const cfg = appConfig();
+  const { w, agent, lines } = await running({ ...cfg, supervise: { ...cfg.supervise, backoffMs: 100, maxBackoffMs: 100, maxRetries: 2 } });
+  w.launchError = fileError('UNSAFE_PATH', '/srv/web/app.log', undefined, 'must not be a symlink', 'symlink to /etc/shadow');
+  w.crash();
+  agent.check();
+  await agent.idle();
+  for (let i = 0; i < 4; i++) {
+    w.advance(100);
+    await agent.idle();
+  }
+  assert.equal(agent.state, 'fatal');
+  assert.equal(w.states.at(-1)?.problem?.code, 'UNSAFE_PATH');
+  assert.match(w.states.at(-1)?.problem?.message ?? '', /app\.log: must not be a symlink/);
+  assert.ok(lines.some((l) => String(l.msg).startsWith('the app could not be started; restarting in')));
+  assert.ok(lines.some((l) => String(l.msg).startsWith('the app cannot be started; marked fatal')));
+  // A deploy is a fresh start, and a start that works clears the reason.
+  w.launchError = undefined;
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(agent.state, 'running');
+  assert.equal(w.states.at(-1)?.problem ?? null, null);
   await agent.close();
 });

@@ -64,8 +64,9 @@ export function ago(fromIso: string | null | undefined, now = Date.now()): strin
   return `${Math.floor(s / 86400)}d${String(Math.floor((s % 86400) / 3600)).padStart(2, '0')}h`;
 }
 
-/** Left-aligned columns, two spaces apart. */
-export function table(rows: readonly (readonly string[])[]): string {
+/** Left-aligned columns, two spaces apart; a cell with line breaks (a preflight's output) stays on its row. */
+export function table(rows0: readonly (readonly string[])[]): string {
+  const rows = rows0.map((row) => row.map((c) => c.replace(/\s*\n\s*/g, ' | ')));
   const widths: number[] = [];
   for (const row of rows) row.forEach((c, i) => { widths[i] = Math.max(widths[i] ?? 0, c.length); });
   return rows.map((row) => row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ').trimEnd()).join('\n') + '\n';

@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { RelinkError } from '../errors.js';
 import { listReleases, type ReleaseInfo } from '../releases.js';
 import { ago, EXIT, loadFor, parse, selectApps, table, type IO } from './io.js';
 import type { Command } from './main.js';
@@ -43,10 +44,22 @@ export const releasesCommand: Command = {
     const apps = selectApps(config, values.app);
     const listed: { name: string; releasesDir: string; releases: ReleaseInfo[] }[] = [];
     const onDamaged = damageWarner(io, 'releases');
-    for (const app of apps) listed.push({ name: app.name, releasesDir: app.releasesDir, releases: await listReleases(config, app, { onDamaged }) });
+    // One app that cannot be listed (its journal unreadable for this user,
+    // its folder missing) is said on stderr; the others are listed.
+    let failed = 0;
+    for (const app of apps) {
+      try {
+        listed.push({ name: app.name, releasesDir: app.releasesDir, releases: await listReleases(config, app, { onDamaged }) });
+      } catch (err) {
+        if (!(err instanceof RelinkError) || apps.length === 1) throw err;
+        failed += 1;
+        io.stderr(`relink releases: ${app.name}: ${err.message}\n`);
+      }
+    }
+    const code = failed === 0 ? EXIT.ok : EXIT.failed;
     if (values.json) {
       io.stdout(`${JSON.stringify({ apps: listed.map((a) => ({ name: a.name, releases: a.releases })) })}\n`);
-      return EXIT.ok;
+      return code;
     }
     const now = Date.now();
     io.stdout(listed.map((a) => {
@@ -59,7 +72,7 @@ export const releasesCommand: Command = {
       }
       return head + table(rows);
     }).join('\n'));
-    return EXIT.ok;
+    return code;
   },
 };
 

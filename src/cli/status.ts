@@ -87,7 +87,9 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     discovery = await finder.discover(proc ?? known);
   } catch (err) {
     if (!(err instanceof RelinkError) && !isErrno(err)) throw err;
-    unavailable = { ...describeError(err), since: new Date(now).toISOString() };
+    const d = describeError(err);
+    // Since when: the agent's word for the same problem, else now.
+    unavailable = { ...d, since: saved?.problem?.code === d.code ? saved.problem.since : new Date(now).toISOString() };
   }
   proc ??= discovery.main;
   const foreign = (discovery.foreign ?? []).map((p) => ({ pid: p.pid, uid: p.uid, exe: p.exe }));
