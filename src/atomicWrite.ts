@@ -4,7 +4,7 @@ import { constants as C } from 'node:fs';
 import { lstat, open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { isErrno } from './errors.js';
-import { withFolder } from './safefs.js';
+import { withFolder, type SafeFolder } from './safefs.js';
 
 export interface AtomicWriteOptions {
   /** Mode of a new file (the umask applies). Default 0o644. */
@@ -14,7 +14,8 @@ export interface AtomicWriteOptions {
    * this uid (the app's user), the new file keeps its owner, group and
    * permission bits: the agent rewriting an app's current.conf (a rollback)
    * must not leave it root-owned, which the app's user could no longer edit
-   * in place.
+   * in place. A symlink of that user's is replaced by a file of theirs
+   * (mode 0644): the link itself is never followed.
    */
   readonly keepOwner?: number;
 }
@@ -34,33 +35,45 @@ export interface AtomicWriteOptions {
  */
 export async function writeFileAtomic(file: string, data: string, opts: AtomicWriteOptions = {}): Promise<void> {
   const name = path.basename(file);
-  await withFolder(path.dirname(file), async (dir) => {
-    let keep: Stats | undefined;
-    if (opts.keepOwner !== undefined) {
-      const st = await lstat(dir.at(name)).catch((err: unknown) => (isErrno(err, 'ENOENT') ? undefined : Promise.reject(err)));
-      if (st !== undefined && st.isFile() && st.nlink === 1 && st.uid === opts.keepOwner) keep = st;
+  await withFolder(path.dirname(file), (dir) => writeIn(dir, name, data, opts).catch((err: unknown) => {
+    // The system's message names the path it was given, /proc/self/fd/N/NAME: name the real one.
+    if (isErrno(err) && err.path?.startsWith('/proc/self/fd/')) {
+      const real = path.join(path.dirname(file), path.basename(err.path));
+      err.message = err.message.replaceAll(err.path, real);
+      err.path = real;
     }
-    const tmp = dir.at(`.${name}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
-    const handle = await open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, opts.mode ?? 0o644);
-    try {
-      await handle.writeFile(data);
-      if (keep !== undefined) {
-        // chown first: it would clear set-id bits that chmod had set (none are kept anyway).
-        await handle.chown(keep.uid, keep.gid);
-        await handle.chmod(keep.mode & 0o777);
-      }
-      await handle.sync();
-    } catch (err) {
-      await handle.close();
-      await unlink(tmp).catch(() => undefined);
-      throw err;
+    throw err;
+  }));
+}
+
+/** writeFileAtomic's work inside the open folder. */
+async function writeIn(dir: SafeFolder, name: string, data: string, opts: AtomicWriteOptions): Promise<void> {
+  let keep: Stats | undefined;
+  if (opts.keepOwner !== undefined) {
+    const st = await lstat(dir.at(name)).catch((err: unknown) => (isErrno(err, 'ENOENT') ? undefined : Promise.reject(err)));
+    if (st !== undefined && st.isFile() && st.nlink === 1 && st.uid === opts.keepOwner) keep = st;
+    if (st !== undefined && st.isSymbolicLink() && st.uid === opts.keepOwner) keep = Object.assign(st, { mode: 0o644 });
+  }
+  const tmp = dir.at(`.${name}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
+  const handle = await open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, opts.mode ?? 0o644);
+  try {
+    await handle.writeFile(data);
+    if (keep !== undefined) {
+      // chown first: it would clear set-id bits that chmod had set (none are kept anyway).
+      await handle.chown(keep.uid, keep.gid);
+      await handle.chmod(keep.mode & 0o777);
     }
+    await handle.sync();
+  } catch (err) {
     await handle.close();
-    try {
-      await rename(tmp, dir.at(name));
-    } catch (err) {
-      await unlink(tmp).catch(() => undefined);
-      throw err;
-    }
-  });
+    await unlink(tmp).catch(() => undefined);
+    throw err;
+  }
+  await handle.close();
+  try {
+    await rename(tmp, dir.at(name));
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined);
+    throw err;
+  }
 }

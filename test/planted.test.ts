@@ -240,10 +240,12 @@ test('a FIFO as current.conf is refused at once; a later good edit is applied; S
   await chown(fifo, user.uid, user.gid);
   await rename(fifo, tr.app.currentFile);
   unblockFifoAfter(t, tr.app.currentFile);
-  await agent.waitForLog('the FIFO refused', (l) => l.code === 'CURRENT_UNREADABLE' && l.msg === `${tr.app.currentFile}: must be a regular file (found: a FIFO)`);
+  // Refused like any bad current.conf: journaled (relink status and history show it), said once.
+  await agent.waitForLog('the FIFO refused', (l) => l.outcome === 'refused' && l.code === 'CURRENT_UNREADABLE' && l['reason'] === `${tr.app.currentFile}: must be a regular file (found: a FIFO)`);
+  assert.equal((await nth(tr.stateDir, 2)).code, 'CURRENT_UNREADABLE');
 
   await setCurrent(tr.app, '2.0');
-  const second = await nth(tr.stateDir, 2);
+  const second = await nth(tr.stateDir, 3);
   assert.equal(second.outcome, 'deployed', second.reason ?? '');
   assert.equal((await ask(tr.app)).release, 'app.2.0');
 
@@ -293,7 +295,7 @@ test('current.conf linked to a root-only file: refused unread, its content nowhe
   await lchown(planted, user.uid, user.gid);
   await rename(planted, tr.app.currentFile);
   const rule = `must be readable by the app's user ${user.name} (uid ${user.uid}), for whom the agent reads it`;
-  await agent.waitForLog('the refusal', (l) => l.code === 'CURRENT_UNREADABLE' && l.msg.startsWith(`${tr.app.currentFile}: ${rule}`));
+  await agent.waitForLog('the refusal', (l) => l.outcome === 'refused' && l.code === 'CURRENT_UNREADABLE' && String(l['reason']).startsWith(`${tr.app.currentFile}: ${rule}`));
 
   const v = await relinkWithin(['validate', '--config', tr.configFile], 20_000);
   assert.equal(v.code, 1, v.stdout + v.stderr);
@@ -303,7 +305,8 @@ test('current.conf linked to a root-only file: refused unread, its content nowhe
   // A later fix still deploys (the agent was not wedged by the refusal).
   await unlink(tr.app.currentFile);
   await setCurrent(tr.app, '2.0');
-  assert.equal((await nth(tr.stateDir, 2)).outcome, 'deployed');
+  assert.equal((await nth(tr.stateDir, 2)).code, 'CURRENT_UNREADABLE', 'the refusal is journaled, its text quoting nothing');
+  assert.equal((await nth(tr.stateDir, 3)).outcome, 'deployed');
   await agent.stop();
 
   const seen = [

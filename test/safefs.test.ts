@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
-import { chmod, chown, lchown, link, lstat, mkdir, open, readdir, readFile, rename, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, lchown, link, lstat, mkdir, open, readdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
@@ -337,6 +337,18 @@ test('writeFileAtomic keeps the owner, group and mode of the app user\'s file it
   await writeFileAtomic(file, 'newest\n');
   assert.equal((await stat(file)).uid, 0);
   assert.deepEqual((await readdir(dir)).sort(), ['current.conf'], 'no temp file left');
+
+  // A symlink of the user's (a symlinked current.conf) is replaced, not followed, by a file of the user's.
+  const target = path.join(root, 'elsewhere.conf');
+  await writeFile(target, 'target\n');
+  await rm(file);
+  await symlink(target, file);
+  await lchown(file, user.uid, user.gid);
+  await writeFileAtomic(file, 'rolled back\n', { keepOwner: user.uid });
+  const after = await lstat(file);
+  assert.ok(after.isFile());
+  assert.deepEqual([after.uid, after.gid, after.mode & 0o7777], [user.uid, user.gid, 0o644]);
+  assert.equal(await readFile(target, 'utf8'), 'target\n', 'the link target is untouched');
 });
 
 test('writeFileAtomic refuses a folder swapped for a symlink and writes nothing there', async (t) => {

@@ -5,6 +5,8 @@
  * files, real owners (users made with useradd), real modes.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { chmod, chown, mkdir, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -15,7 +17,9 @@ import { makeApp, setCurrent, writeConfig } from '../src/demo/layout.js';
 import { RelinkError, RelinkErrors } from '../src/errors.js';
 import { readHistory } from '../src/history.js';
 import { openUp, rootOnly, testGroup, testUser } from './accounts.js';
-import { defer, reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
+import { defer, MAIN, reapAppsAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+
+const run = promisify(execFile);
 
 interface Layout {
   readonly root: string;
@@ -211,19 +215,25 @@ test('the agent refuses an untrusted release and keeps serving the old one; reli
   assert.equal(cli.stderr, `${second.reason} [UNTRUSTED_PATH]\n`);
 });
 
-test('the README\'s validate example as written: a candidate in /tmp (sticky, world-writable) is checked, not refused for its folder', async (t) => {
+test('the README\'s validate example as written: a candidate made with mktemp in /tmp (sticky, world-writable) is checked, not refused for its folder', async (t) => {
   const l = await layout(t);
   const configFile = path.join(l.root, 'config.json');
   await writeFile(configFile, JSON.stringify({ stateDir: path.join(l.root, 'state'), apps: [{ name: 'web', dir: l.dir, ...(rootOnlyAllowed()) }] }));
-  // The README: echo "{...}" > /tmp/next.conf && relink validate --app web /tmp/next.conf
+  // The README's lines, with this layout's paths and this checkout's relink.
+  const script = `f=$(mktemp) && chmod 644 "$f" && echo "{\\"bin.file\\": \\"${l.bin}\\", \\"cfg.file\\": \\"${l.cfg}\\"}" > "$f" && ` +
+    `relink validate --app web "$f"; rc=$?; rm -f "$f"; exit $rc`;
+  const bin = path.join(l.root, 'bin');
+  await mkdir(bin);
+  await writeFile(path.join(bin, 'relink'), `#!/bin/sh\nexec ${process.execPath} --import tsx ${MAIN} "$@"\n`, { mode: 0o755 });
+  const ok = await run('/bin/sh', ['-c', script], { cwd: ROOT, env: { ...process.env, PATH: `${bin}:${process.env['PATH'] ?? ''}`, RELINK_CONFIG: configFile, TMPDIR: '/tmp' } })
+    .then((r) => ({ code: 0, ...r }), (e: { code: number; stdout: string; stderr: string }) => e);
+  assert.equal(ok.stderr, '');
+  assert.equal(ok.code, 0);
+  assert.match(ok.stdout, /^\/tmp\/tmp\.\w+: OK for app web/);
+  // The file itself is still checked strictly.
   const next = path.join('/tmp', `relink-next-${process.pid}-${Date.now()}.conf`);
   defer(t, () => rm(next, { force: true }));
   await writeFile(next, `{"bin.file": "${l.bin}", "cfg.file": "${l.cfg}"}\n`);
-  const ok = await relinkCli(['validate', '--config', configFile, '--app', 'web', next]);
-  assert.equal(ok.stderr, '');
-  assert.equal(ok.code, 0);
-  assert.match(ok.stdout, new RegExp(`^${next.replaceAll('.', '\\.')}: OK for app web`));
-  // The file itself is still checked strictly.
   await chmod(next, 0o666);
   const bad = await relinkCli(['validate', '--config', configFile, '--app', 'web', next]);
   assert.equal(bad.code, 1);
