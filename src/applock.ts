@@ -73,12 +73,8 @@ function lockedBy(dir: string, other: LockOwner): RelinkError {
  * read-only folder).
  */
 export async function claimAppFolder(dir: string, me: LockOwner): Promise<void> {
-  const st = await stat(dir).catch((err: unknown) => err as NodeJS.ErrnoException);
-  if (st instanceof Error || !st.isDirectory()) {
-    const found = st instanceof Error ? (st.code === 'ENOENT' ? 'no such folder' : st.code ?? st.message) : 'not a folder';
-    throw new RelinkError('APP_UNAVAILABLE', `${dir}: the app's folder must exist (found: ${found}); the app is picked up when it does`,
-      { file: dir, key: 'dir', rule: "the app's folder must exist", found });
-  }
+  const missing = await folderMissing(dir);
+  if (missing !== undefined) throw missing;
   const holder = await lockHolder(dir);
   if (holder !== undefined) {
     if (sameOwner(holder, me)) return;
@@ -102,4 +98,13 @@ export async function claimAppFolder(dir: string, me: LockOwner): Promise<void> 
 export async function releaseAppFolder(dir: string, me: ProcIdentity): Promise<void> {
   const holder = await lockHolder(dir);
   if (holder !== undefined && sameOwner(holder, me)) await unlink(lockFile(dir)).catch(() => undefined);
+}
+
+/** APP_UNAVAILABLE when the app's folder is not there (or not a folder); undefined when it is. */
+export async function folderMissing(dir: string): Promise<RelinkError | undefined> {
+  const st = await stat(dir).catch((err: unknown) => err as NodeJS.ErrnoException);
+  if (!(st instanceof Error) && st.isDirectory()) return undefined;
+  const found = st instanceof Error ? (st.code === 'ENOENT' ? 'no such folder' : st.code ?? st.message) : 'not a folder';
+  return new RelinkError('APP_UNAVAILABLE', `${dir}: the app's folder must exist (found: ${found}); the app is picked up when it does`,
+    { file: dir, key: 'dir', rule: "the app's folder must exist", found });
 }

@@ -65,7 +65,7 @@ test('a missing app folder and an unknown user put those apps in state "error"; 
   assert.match(status.stdout, /^ghost: error/m);
   assert.match(status.stdout, /problem\s+"user": no such user "relink-no-such-user".*\[USER_UNKNOWN\]/);
   assert.match(status.stdout, /^late: error/m);
-  assert.match(status.stdout, /problem\s+.*late: the app's folder must exist \(found: no such folder\)|problem\s+.*late\/release: does not exist \(ENOENT\)/);
+  assert.match(status.stdout, /problem\s+.*late: the app's folder must exist \(found: no such folder\).*\[APP_UNAVAILABLE\]/);
   const json = JSON.parse((await relinkCli(['status', '--config', configFile, '--json'])).stdout) as { apps: Array<{ name: string; state: string; problem: { code: string } | null }> };
   assert.deepEqual(json.apps.map((a) => [a.name, a.state]), [['web', 'running'], ['ghost', 'error'], ['late', 'error']]);
 

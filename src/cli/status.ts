@@ -2,6 +2,7 @@ import path from 'node:path';
 import { LIMIT_NAMES, type AppConfig, type AgentConfig, type LimitName, type LimitValue } from '../config.js';
 import type { HistoryEntry } from '../history.js';
 import { lower, readLimits } from '../limits.js';
+import { folderMissing } from '../applock.js';
 import { describeError, isErrno, RelinkError } from '../errors.js';
 import { ProcessFinder, type Discovery, type ProcInfo } from '../proc.js';
 import { lookupUser } from '../user.js';
@@ -83,6 +84,9 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
   // is shown in state "error" with the reason; the other apps are shown as usual.
   let unavailable: AppProblem | undefined;
   try {
+    // Said as the agent says it (src/applock.ts), not as the process lookup's ENOENT on release/.
+    const missing = await folderMissing(app.dir);
+    if (missing !== undefined) throw missing;
     proc = known === undefined ? undefined : await finder.verify(known);
     discovery = await finder.discover(proc ?? known);
   } catch (err) {
