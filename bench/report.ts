@@ -531,7 +531,7 @@ function floodSection(f: FloodResult, p: (...l: string[]) => void): void {
   const ratio = (x: number, y: number): string => (y > 0 ? `${(x / y).toFixed(2)}` : 'n/a');
   p([row(['', 'before', 'now', 'now / before']), sep(4),
     ...metrics.map(([label, get, show]) => row([label, show(get(b)), show(get(n)), ratio(get(n), get(b))]))].join('\n'));
-  p('Identical refusals are journaled once and then counted (`repeats`), current.conf is read at most 5 times a second after a burst of 20, ' +
+  p('Identical refusals are journaled once and then counted (`repeats`), current.conf is read at most 5 times a second after a burst of 20 while it keeps being refused, ' +
     'a refusal lists at most 20 problems, and the log line no longer carries the rejected text (src/record.ts, src/throttle.ts, src/errors.ts).');
 }
 

@@ -9,6 +9,7 @@
  * retried on every re-check while the others run; a state folder that
  * cannot be written is said once and the apps are managed anyway.
  */
+import { lstat } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { AppAgent, EARLY_TRIGGER, RECHECK_TRIGGER } from './app.js';
 import { Compactor } from './compaction.js';
@@ -17,7 +18,7 @@ import { realEffects } from './effects.js';
 import { RelinkError } from './errors.js';
 import { schedulePrune, type PruneSchedule } from './releases.js';
 import { migrateStateDir } from './migrate.js';
-import { AppStore, claimAgent, releaseAgent, runningAgent } from './state.js';
+import { agentFile, AppStore, claimAgent, releaseAgent, runningAgent } from './state.js';
 import { describeDamage, type Damage } from './stateDir.js';
 import { resolveRunAs } from './user.js';
 import { VERSION } from './version.js';
@@ -49,6 +50,8 @@ export class Agent {
   readonly #compactor: Compactor;
   /** Whether this agent holds the stateDir (agent.json); false when it could not be written. */
   #claimed = false;
+  /** lstat identity of agent.json when it last named this agent. */
+  #recordSignature: string | undefined;
   /** The last reason agent.json could not be written, said once. */
   readonly #claimProblem: { last: string | undefined } = { last: undefined };
   #timer: NodeJS.Timeout | undefined;
@@ -171,10 +174,17 @@ export class Agent {
    */
   async #reclaim(): Promise<void> {
     if (this.#closing !== undefined) return;
-    if ((await runningAgent(this.config.stateDir).catch(() => undefined))?.pid === process.pid) return;
+    // The very file this agent last found naming it (one lstat), or read it again.
+    const signature = await fileSignature(agentFile(this.config.stateDir));
+    if (signature !== undefined && signature === this.#recordSignature) return;
+    if ((await runningAgent(this.config.stateDir).catch(() => undefined))?.pid === process.pid) {
+      this.#recordSignature = signature;
+      return;
+    }
     const wasClaimed = this.#claimed;
     this.#claimed = await claim(this.config, this.#log, (d) => this.#log.warn({ file: d.file }, describeDamage(d)), this.#claimProblem, false);
     if (this.#claimed) {
+      this.#recordSignature = await fileSignature(agentFile(this.config.stateDir));
       this.#claimProblem.last = undefined;
       this.#log.info({ stateDir: this.config.stateDir }, wasClaimed ? 'agent.json was missing or damaged: written again' : 'recording in the state folder again');
     }
@@ -229,4 +239,10 @@ async function claim(config: AgentConfig, log: Logger, onDamaged: (d: Damage) =>
     }
     return false;
   }
+}
+
+/** Device, inode, size, mtime and ctime of `file` (not followed), or undefined. */
+async function fileSignature(file: string): Promise<string | undefined> {
+  const st = await lstat(file, { bigint: true }).catch(() => undefined);
+  return st === undefined ? undefined : `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
 }

@@ -58,7 +58,7 @@ const BROKEN_SETTLED_MS = 2_000;
  */
 export const STOP_BUDGET = { verifyMs: 10_000, rollbackMs: 20_000, waitMs: 22_000 } as const;
 
-/** current.conf reads: a burst of 20, then at most 5 a second (src/throttle.ts); a deploy takes two. */
+/** current.conf reads while it keeps being refused: a burst of 20, then at most 5 a second (src/throttle.ts). */
 export const READ_LIMIT = { burst: 20, perSecond: 5 } as const;
 
 /** A liveness restart: SIGTERM, then SIGKILL if the app has not exited after this long (ms). */
@@ -109,6 +109,8 @@ export class AppAgent {
   /** The current.conf content last acted on (hash + mtime: a re-save retries). */
   #seen: { hash: string; mtimeMs: number } | undefined;
   #readProblem: string | undefined;
+  /** currentSignature() of the content last judged (or found unreadable), and what was read: a re-check skips an unchanged file. */
+  #judged: { signature: string; snapshot: CurrentSnapshot | undefined } | undefined;
   #cancelBackoff: (() => void) | undefined;
   #restartDue = false;
   /** The last restart could not start the app at all (not a crash of it). */
@@ -118,6 +120,8 @@ export class AppAgent {
   /** Ends a wait for the read limit (close() calls it). */
   #wakeThrottle: (() => void) | undefined;
   #throttled = false;
+  /** The last content judged was refused: reads are rate-limited (READ_LIMIT) until one goes through. */
+  #refusing = false;
   #pendingPass: string | undefined;
   #pendingCheck = false;
   #pendingLiveness = false;
@@ -302,6 +306,10 @@ export class AppAgent {
 
   /** Wait for the read limit (READ_LIMIT) before a pass reads current.conf. */
   async #throttle(): Promise<void> {
+    // Only a writer loop is slowed down: while what current.conf says keeps
+    // being refused. A deploy that goes through is never delayed (a bench of
+    // back-to-back deploys reads it 50 times a second, rightly).
+    if (!this.#refusing) return;
     const now = this.#fx.now();
     if (this.#throttled && this.#reads.full(now)) {
       this.#throttled = false;
@@ -311,7 +319,7 @@ export class AppAgent {
     if (wait === 0) return;
     if (!this.#throttled) {
       this.#throttled = true;
-      this.#log.warn({ perSecond: READ_LIMIT.perSecond }, `current.conf changes faster than it can be read; reading it at most ${READ_LIMIT.perSecond} times a second`);
+      this.#log.warn({ perSecond: READ_LIMIT.perSecond }, `current.conf keeps changing and being refused; reading it at most ${READ_LIMIT.perSecond} times a second until a change goes through`);
     }
     await new Promise<void>((resolve) => {
       const cancel = this.#fx.schedule(wait, resolve);
@@ -387,6 +395,14 @@ export class AppAgent {
 
   async #pass(trigger: string): Promise<void> {
     const early = trigger === EARLY_TRIGGER;
+    // The periodic re-check reads current.conf only if it was written since
+    // it was last judged (a stat, against reading it through src/safefs.ts
+    // as the app's user): the idle agent's cost per app and re-check.
+    const signature = await this.#fx.currentSignature();
+    if (trigger === RECHECK_TRIGGER && signature === this.#judged?.signature) {
+      if (this.#judged.snapshot !== undefined) await this.#reconcileLinks(trigger, this.#judged.snapshot);
+      return;
+    }
     let snapshot: CurrentSnapshot;
     try {
       snapshot = await this.#fx.readCurrent();
@@ -395,6 +411,7 @@ export class AppAgent {
       // unless the file has been left broken for a while (a missed event).
       if (!isJson(snapshot.text) && (early || (trigger === RECHECK_TRIGGER && this.#fx.now() - snapshot.mtimeMs < BROKEN_SETTLED_MS))) return;
       this.#readProblem = undefined;
+      this.#judged = { signature, snapshot };
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
       if (early) return;
@@ -404,6 +421,7 @@ export class AppAgent {
       // One that cannot be read (a FIFO, a link to a file the app's user may
       // not read, too large) is a refusal like any other: journaled, and
       // shown by relink status.
+      this.#judged = { signature, snapshot: undefined };
       if (this.#readProblem === err.message) return;
       this.#readProblem = err.message;
       if (err.code === 'CURRENT_MISSING') {
@@ -448,6 +466,7 @@ export class AppAgent {
       this.#lastGood ??= { ...release, text: snapshot.text };
       this.#log.debug({ bin: release.bin, cfg: release.cfg, appPid: main.pid }, 'current.conf matches what runs');
       this.#matched = { hash: snapshot.hash, at: new Date(this.#fx.now()).toISOString() };
+      this.#refusing = false;
       await this.#saveState();
       return;
     }
@@ -734,6 +753,7 @@ export class AppAgent {
   async #finish(attempt: Attempt, outcome: Outcome, action: Action, release: Release | undefined, after: ProcInfo | undefined, next: AppStateName, err?: RelinkError, extra: Extra = {}): Promise<void> {
     const entry = entryFor(this.app.name, this.#fx.now(), attempt, outcome, action, release, after?.pid, err, extra);
     this.#lastDeploy = entry;
+    this.#refusing = outcome === 'refused';
     await this.#recorder.attempt(entry, err);
     await this.#transition(next);
   }

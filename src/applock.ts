@@ -13,7 +13,7 @@
  * it on every periodic re-check: the loser sees the other agent's name and
  * lets the app go.
  */
-import { stat, unlink } from 'node:fs/promises';
+import { lstat, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic } from './atomicWrite.js';
 import { isErrno, RelinkError } from './errors.js';
@@ -72,13 +72,19 @@ function lockedBy(dir: string, other: LockOwner): RelinkError {
  * does not exist, APP_LOCK_FAILED when the lock cannot be written (a
  * read-only folder).
  */
-export async function claimAppFolder(dir: string, me: LockOwner): Promise<void> {
+export async function claimAppFolder(dir: string, me: LockOwner, memo: LockMemo = {}): Promise<void> {
+  // Re-confirmed every few seconds for every app: when the lock file is the
+  // very one this agent wrote or read last (inode, size, mtime), it is still
+  // this agent's, and one lstat says so.
+  if (memo.signature !== undefined && (await lockSignature(dir)) === memo.signature) return;
+  memo.signature = undefined;
   const missing = await folderMissing(dir);
   if (missing !== undefined) throw missing;
   const holder = await lockHolder(dir);
   if (holder !== undefined) {
-    if (sameOwner(holder, me)) return;
-    throw lockedBy(dir, holder);
+    if (!sameOwner(holder, me)) throw lockedBy(dir, holder);
+    memo.signature = await lockSignature(dir);
+    return;
   }
   const file = lockFile(dir);
   try {
@@ -92,6 +98,17 @@ export async function claimAppFolder(dir: string, me: LockOwner): Promise<void> 
   }
   const now = await lockHolder(dir);
   if (now !== undefined && !sameOwner(now, me)) throw lockedBy(dir, now);
+  memo.signature = await lockSignature(dir);
+}
+
+/** What claimAppFolder remembers between calls for one app (pass the same object every time). */
+export interface LockMemo {
+  signature?: string | undefined;
+}
+
+async function lockSignature(dir: string): Promise<string | undefined> {
+  const st = await lstat(lockFile(dir), { bigint: true }).catch(() => undefined);
+  return st === undefined || !st.isFile() ? undefined : `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
 }
 
 /** Remove the lock if it is `me`'s. */

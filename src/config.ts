@@ -2,7 +2,7 @@
  * The agent's config file: parsed once with zod at the boundary, then turned
  * into frozen, fully defaulted values the rest of the agent trusts.
  */
-import { readFile, realpath } from 'node:fs/promises';
+import { realpath } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
@@ -10,6 +10,7 @@ import { nodeCron } from './cron.js';
 import { fileError, isErrno, RelinkErrors, type RelinkError } from './errors.js';
 import { parseHostPort, type Probe } from './health.js';
 import { parseJsonFile } from './json.js';
+import { readSmallFile, SafeFsError } from './safefs.js';
 import { describe, parseWithSchema } from './zodIssues.js';
 
 // SIGKILL and SIGSTOP cannot be handled, so they can never mean "reload".
@@ -413,14 +414,19 @@ async function realPathOf(p: string, link: boolean): Promise<string> {
  * are the same only through symlinks are refused here, where the real
  * paths are looked up. Throws RelinkErrors (CONFIG_UNREADABLE and those of parseConfig).
  */
+/** Far above any real config (a hundred apps fit in 100 KiB). */
+const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
+
 export async function loadConfig(file: string): Promise<AgentConfig> {
   const abs = path.resolve(file);
   let text: string;
   try {
-    text = await readFile(abs, 'utf8');
+    // Never blocking: a FIFO or a device named as the config is refused at
+    // once, not read (a blocked read also held the CLI's exit, issue 9 item 8).
+    text = (await readSmallFile(abs, { maxBytes: MAX_CONFIG_BYTES, links: 'follow' })).bytes.toString('utf8');
   } catch (err) {
-    const found = isErrno(err) ? err.code ?? 'error' : describe(String(err));
-    throw new RelinkErrors([fileError('CONFIG_UNREADABLE', abs, undefined, 'must be a readable file', found)]);
+    const found = err instanceof SafeFsError ? err.found ?? err.message : isErrno(err) ? err.code ?? 'error' : describe(String(err));
+    throw new RelinkErrors([fileError('CONFIG_UNREADABLE', abs, undefined, 'must be a readable regular file', found)]);
   }
   const config = parseConfig(text, abs);
   const real = new Map<string, string>();

@@ -3,7 +3,9 @@
  * interface: the real one below, a fake in the orchestration tests (as
  * tableflip swaps its `env`). The edges themselves are tested for real.
  */
+import { stat } from 'node:fs/promises';
 import type { AppConfig } from './config.js';
+import { isErrno } from './errors.js';
 import { readCurrent, validateCurrent, type CurrentSnapshot, type Release } from './current.js';
 import { writeFileAtomic } from './atomicWrite.js';
 import { probeOnce, type ProbeResult } from './health.js';
@@ -12,7 +14,7 @@ import { launch, type Launched } from './launch.js';
 import { preflightRelease, type PreflightResult } from './preflight.js';
 import { logSize, logTail } from './logtail.js';
 import { ProcessFinder, readProc, sendSignal, type Discovery, type ProcIdentity, type ProcInfo } from './proc.js';
-import { claimAppFolder, releaseAppFolder, type LockOwner } from './applock.js';
+import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
 import { readLinks, relink } from './relink.js';
 import { readerOf } from './safefs.js';
 import { AppStore, type AppState } from './state.js';
@@ -20,6 +22,13 @@ import { resolveRunAs } from './user.js';
 
 export interface Effects {
   readCurrent(): Promise<CurrentSnapshot>;
+  /**
+   * What current.conf is now, cheaply: device, inode, size, mtime and ctime
+   * of what the path resolves to ("missing" when nothing does). Equal to
+   * the last one, the file has not been written: the periodic re-check need
+   * not read it again.
+   */
+  currentSignature(): Promise<string>;
   /** Replace current.conf atomically (rollback rewrites it to what runs). */
   writeCurrent(text: string): Promise<void>;
   validate(text: string): Promise<Release>;
@@ -65,6 +74,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
   const configFile = opts.configFile ?? '';
   const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
   let me: Promise<LockOwner> | undefined;
+  const lockMemo: LockMemo = {};
   const lockOwner = (): Promise<LockOwner> => {
     me ??= readProc(process.pid).then((p) => ({ pid: process.pid, startTime: p?.startTime ?? 0, configFile, stateDir, app: app.name }));
     return me;
@@ -72,6 +82,10 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
   return {
     // As the app's user would read it: nothing it may not read reaches a message.
     readCurrent: async () => readCurrent(app.currentFile, await readerOf(await resolveRunAs(app))),
+    // stat(2) opens nothing: a FIFO or a link to anything is safe to look at.
+    currentSignature: () => stat(app.currentFile, { bigint: true }).then(
+      (st) => `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`,
+      (err: unknown) => (isErrno(err) ? `error:${err.code ?? ''}` : 'error')),
     // A rollback's rewrite keeps the owner and mode the app's user gave the file.
     writeCurrent: async (text) => writeFileAtomic(app.currentFile, text, { keepOwner: (await resolveRunAs(app)).uid }),
     validate: (text) => validateCurrent(app, text),
@@ -97,7 +111,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
       t.unref();
       return () => clearTimeout(t);
     },
-    claimApp: async () => claimAppFolder(app.dir, await lockOwner()),
+    claimApp: async () => claimAppFolder(app.dir, await lockOwner(), lockMemo),
     releaseApp: async () => releaseAppFolder(app.dir, await lockOwner()),
   };
 }

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
@@ -139,14 +139,29 @@ test('deploy --wait takes a verdict found only in the state file (a repeated ref
   assert.equal(c.stderr, 'web: app.2.0 + cfg.2.0 refused: fresh\n');
 });
 
-test('a command that does not handle the signal itself (history, blocked on a FIFO config) ends with 143 on SIGTERM', async (t) => {
+test('validate blocked in a long preflight ends with 143 on SIGTERM and kills the preflight; a FIFO as the config is refused at once', async (t) => {
   const root = await tmpDir(t);
-  const fifo = path.join(root, 'config.json');
-  await run('mkfifo', [fifo]);
-  const c = cli(t, ['history', '--config', fifo]);
-  // Opening the writing end returns once the CLI has opened the FIFO to read it; its read then blocks.
-  const writer = await open(fifo, 'w');
-  defer(t, () => writer.close());
+  const dir = path.join(root, 'web');
+  const rel = path.join(dir, 'release');
+  await mkdir(rel, { recursive: true });
+  await writeFile(path.join(rel, 'app.1.0'), '#!/bin/sh\nsleep 1000\n', { mode: 0o755 });
+  await writeFile(path.join(rel, 'cfg.1.0'), 'x\n');
+  const marker = path.join(root, 'preflight.pid');
+  const config = path.join(root, 'config.json');
+  await writeFile(config, JSON.stringify({ stateDir: path.join(root, 'state'), apps: [{ name: 'web', dir, ...(process.getuid?.() === 0 ? { allowRoot: true } : {}),
+    preflight: { command: ['/bin/sh', '-c', `echo $$ > ${marker}; exec sleep 300`] } }] }));
+  await writeFile(path.join(rel, 'current.conf'), '{"bin.file": "app.1.0", "cfg.file": "cfg.1.0"}\n');
+  const c = cli(t, ['validate', '--config', config]);
+  const pid = Number(await waitFor('the preflight running', async () => (await readFile(marker, 'utf8').catch(() => '')).trim()));
   c.child.kill('SIGTERM');
   assert.deepEqual(await exitOf(c), { code: 143, signal: null });
+  assert.match(c.stderr, /stopped \(SIGTERM\) during the preflight/);
+  await waitFor('the preflight killed', async () => { try { process.kill(pid, 0); return false; } catch { return true; } });
+
+  // Nothing a command reads blocks: a FIFO named as the config is refused, not waited on.
+  const fifo = path.join(root, 'fifo.json');
+  await run('mkfifo', [fifo]);
+  const h = cli(t, ['history', '--config', fifo]);
+  assert.deepEqual(await exitOf(h), { code: 1, signal: null });
+  assert.match(h.stderr, /fifo\.json: .*must be a regular file \(found: a FIFO\)/);
 });

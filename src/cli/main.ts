@@ -36,7 +36,7 @@ export interface Command {
 const COMMANDS: Record<string, { readonly summary: string; readonly load: () => Promise<Command>; readonly ownsStop?: true }> = {
   agent: { summary: 'run the resident agent in the foreground', load: async () => (await import('./agent.js')).agentCommand, ownsStop: true },
   status: { summary: 'show each app: state, release, process, last deploy', load: async () => (await import('./status.js')).statusCommand },
-  validate: { summary: 'check a current.conf as the agent would; apply nothing', load: async () => (await import('./validate.js')).validateCommand },
+  validate: { summary: 'check a current.conf as the agent would; apply nothing', load: async () => (await import('./validate.js')).validateCommand, ownsStop: true },
   history: { summary: 'show the deploy journal, newest last', load: async () => (await import('./history.js')).historyCommand },
   releases: { summary: 'list the releases: current, previous, last known-good, failed', load: async () => (await import('./releases.js')).releasesCommand },
   prune: { summary: 'delete old releases, keeping the newest N and every protected one', load: async () => (await import('./prune.js')).pruneCommand },

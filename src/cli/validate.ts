@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { loadCurrent } from '../current.js';
 import { preflightRefusal, preflightRelease } from '../preflight.js';
+import { signalExitCode } from './request.js';
 import { RelinkError, RelinkErrors } from '../errors.js';
 import { readLinks } from '../relink.js';
 import { readerOf } from '../safefs.js';
@@ -28,7 +29,7 @@ Exit codes: 0 the agent would deploy it, 1 it would refuse it (reasons on stderr
 `;
 
 export const validateCommand: Command = {
-  async run(args: string[], io: IO): Promise<number> {
+  async run(args: string[], io: IO, stop: Promise<string>): Promise<number> {
     const { values, positionals } = parse(args, { config: { type: 'string', short: 'c' }, app: { type: 'string' }, json: { type: 'boolean' } }, true);
     if (values.help) {
       io.stdout(HELP);
@@ -45,7 +46,18 @@ export const validateCommand: Command = {
       const live = links.bin === release.bin && links.cfg === release.cfg;
       // The agent runs the app's preflight on a release that is not live yet: so does this, as the app runs.
       if (!live) {
-        const pre = await preflightRelease(app, release);
+        // Ctrl-C (or SIGTERM) kills the preflight with everything it started, then ends.
+        let stopped: string | undefined;
+        const ac = new AbortController();
+        void stop.then((signal) => {
+          stopped = signal;
+          ac.abort();
+        });
+        const pre = await preflightRelease(app, release, ac.signal);
+        if (pre?.aborted === true && stopped !== undefined) {
+          io.stderr(`relink validate: stopped (${stopped}) during the preflight; nothing was judged\n`);
+          return signalExitCode(stopped);
+        }
         if (pre !== undefined && !pre.ok) throw preflightRefusal(app, release, pre);
       }
       if (values.json) io.stdout(`${JSON.stringify({ ok: true, app: app.name, file, bin: release.bin, cfg: release.cfg, live, problems: [] })}\n`);
