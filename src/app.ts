@@ -26,13 +26,13 @@ import { describeError, isErrno, RelinkError } from './errors.js';
 import { stripBom } from './json.js';
 import type { Action, HistoryEntry, Outcome } from './history.js';
 import { preflightRefusal } from './preflight.js';
-import { sameProcess, type ProcInfo } from './proc.js';
+import { sameProcess, type ProcIdentity, type ProcInfo } from './proc.js';
 import { entryFor, Recorder, type Attempt, type Extra, type ReadAttempt } from './record.js';
 import type { AppProblem, AppStateName, GoodRelease } from './state.js';
 import { CrashPolicy, LivenessCounter } from './supervise.js';
 import { TokenBucket } from './throttle.js';
 import { ProcessTracker } from './tracker.js';
-import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, type StopBy } from './verify.js';
+import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, runsRelease, type StopBy } from './verify.js';
 
 /**
  * A pass asked for on the first file event, before the watcher's quiet
@@ -64,6 +64,12 @@ export const READ_LIMIT = { burst: 20, perSecond: 5 } as const;
 /** A liveness restart: SIGTERM, then SIGKILL if the app has not exited after this long (ms). */
 export const LIVENESS_KILL_MS = 10_000;
 
+/** Stopping a failed generation, a dead main's leftovers or an overdue draining one: SIGKILL this long after SIGTERM (ms). */
+export const STOP_KILL_MS = 10_000;
+
+/** How often supervision follows the app's processes (new workers, exits) through the shared /proc walk (ms). */
+const LINEAGE_REFRESH_MS = 5_000;
+
 function isJson(text: string): boolean {
   try {
     // A UTF-8 BOM is allowed in front of current.conf (RFC 8259 §8.1).
@@ -76,6 +82,13 @@ function isJson(text: string): boolean {
 
 const sameRelease = (a: { bin?: string | undefined; cfg?: string | undefined } | undefined, b: Release | undefined): boolean =>
   a !== undefined && b !== undefined && a.bin === b.bin && a.cfg === b.cfg;
+
+/** The root (its parent not of the same generation) of the newest generation among `procs`, if any. */
+function newestRoot(procs: readonly ProcInfo[]): ProcInfo | undefined {
+  const gen = Math.max(...procs.map((p) => p.gen ?? -1));
+  const ofGen = procs.filter((p) => p.gen === gen);
+  return ofGen.find((p) => !ofGen.some((q) => q.pid === p.ppid));
+}
 
 /** A problem from anything thrown (src/errors.ts describeError), since `now`. */
 function problemOf(err: unknown, now: number): AppProblem {
@@ -116,6 +129,8 @@ export class AppAgent {
   /** The last restart could not start the app at all (not a crash of it). */
   #startFailed = false;
   #cancelMonitor: (() => void) | undefined;
+  /** When supervision next refreshes the lineage (fx.now() ms). */
+  #refreshAt = 0;
   #cancelLiveness: (() => void) | undefined;
   /** Ends a wait for the read limit (close() calls it). */
   #wakeThrottle: (() => void) | undefined;
@@ -128,6 +143,10 @@ export class AppAgent {
   /** A re-check asked to re-confirm the claim on the app's folder. */
   #reclaim = false;
   #loop: Promise<void> | undefined;
+  /** The generation a deploy in flight is bringing up: stopped if it fails. */
+  #newGen: number | undefined;
+  /** A reload signal sent and not yet judged: the generation it opened and the main it went to. */
+  #reloading: { gen: number; main: ProcInfo } | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
   /** When close() was called (fx.now()): the stop budget counts from here. */
@@ -170,6 +189,11 @@ export class AppAgent {
     this.#lastGood = saved?.lastGood ?? undefined;
     this.#lastDeploy = saved?.lastDeploy ?? null;
     this.#savedState = saved?.state;
+    // What the previous agent knew of the app's processes (a state file from
+    // before lineage names only the main).
+    const legacy = saved?.pid != null && saved.pidStart != null ? { pid: saved.pid, startTime: saved.pidStart } : undefined;
+    this.#fx.restoreLineage(saved?.lineage ?? undefined, legacy);
+    for (const d of saved?.draining ?? []) this.#tracker.drainingSince(d.gen, Date.parse(d.since));
     this.trigger('startup');
     if (this.app.supervise.enabled) this.#armMonitor();
     this.#armLiveness();
@@ -500,7 +524,7 @@ export class AppAgent {
     // runs the release current.conf names, putting the links back is all
     // there is to do. Signalling it would be a reload nobody asked for (and
     // one that can fail).
-    if (main !== undefined && main.exe === this.#applied.release.bin) {
+    if (main !== undefined && runsRelease(this.app, main, this.#applied.release)) {
       try {
         await this.#fx.relink(this.#applied.release);
         this.#log.warn({ links, expected: this.#applied.release, appPid: main.pid }, 'links drifted from current.conf; put back (the app runs that release: not signalled)');
@@ -525,24 +549,31 @@ export class AppAgent {
     }
     const action: Action = main === undefined ? 'start' : 'signal';
     let after: ProcInfo | undefined;
+    this.#newGen = undefined;
     try {
-      after = main === undefined ? await this.#startNew(this.#verifyBy) : await this.#reload(main, release, this.#verifyBy);
-      this.#tracker.set(after, after.pid === main?.pid);
+      after = main === undefined ? await this.#startNew(this.#verifyBy) : await this.#reload(main, this.#verifyBy);
       if (action === 'start' || this.app.reload.mode === 'reexec') assertBinary(this.app, after, release);
-      await awaitHealthy(this.#fx, this.app, after, this.#verifyBy);
+      after = await awaitHealthy(this.#fx, this.app, after, this.#verifyBy);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
+      await this.#stopFailed(main);
       await this.#rollback(attempt, action, release, main, err);
       return;
     }
+    this.#serve(after);
+    if (after.deleted) this.#log.warn({ appPid: after.pid, exe: after.exe }, `pid ${after.pid} runs ${after.exe}, which was replaced or deleted on disk since it started`);
     this.#applied = { hash: attempt.snapshot.hash, release };
     this.#lastGood = { ...release, text: attempt.snapshot.text };
     this.#liveness?.reset();
+    // Its workers, started while it was being judged, are known from now on.
+    await this.#fx.refreshLineage();
     await this.#finish(attempt, 'deployed', action, release, after, 'running');
   }
 
   async #startNew(stopBy: StopBy): Promise<ProcInfo> {
     const launched = await this.#fx.launch();
+    // The new generation, stopped if it fails verification.
+    this.#newGen = this.#fx.lineage()?.serving;
     let exited: string | undefined;
     void launched.exited.then(({ code, signal }) => {
       exited = signal !== null ? `killed by ${signal}` : `exit code ${code ?? '?'}`;
@@ -552,17 +583,69 @@ export class AppAgent {
     return awaitStart(this.#fx, this.app, launched.pid, () => exited, launched.output, stopBy);
   }
 
-  async #reload(main: ProcInfo, release: Release, stopBy: StopBy): Promise<ProcInfo> {
+  async #reload(main: ProcInfo, stopBy: StopBy): Promise<ProcInfo> {
     // Read again right before the signal: the handoff check compares the
     // children it has reaped (childFaults) with this moment, not the start
     // of the pass (the preflight may have taken seconds).
     main = (await this.#fx.verify(main)) ?? main;
+    const gen = this.#fx.openGeneration(main);
+    this.#newGen = gen;
+    this.#reloading = { gen, main };
     if (!this.#fx.signal(main.pid, this.app.reload.signal)) {
       // Gone between the check and the signal: start it from the new links.
+      this.#fx.closeGeneration(gen);
+      this.#reloading = undefined;
       this.#tracker.forget();
       return this.#startNew(stopBy);
     }
-    return this.app.reload.mode === 'reexec' ? awaitHandoff(this.#fx, this.app, main, release, stopBy) : confirmInPlace(this.#fx, this.app, main);
+    if (this.app.reload.mode === 'reexec') return awaitHandoff(this.#fx, this.app, main, gen, stopBy);
+    // In place: the main itself now belongs to the new generation, with the workers it starts.
+    return { ...(await confirmInPlace(this.#fx, this.app, main)), gen };
+  }
+
+  /**
+   * A new generation passed verification: it serves, and the ones before it
+   * drain (they may finish their in-flight requests, for at most
+   * reload.drainTimeoutMs).
+   */
+  #serve(after: ProcInfo): void {
+    const gen = after.gen ?? this.#fx.lineage()?.serving ?? 0;
+    this.#fx.promote(gen, after);
+    this.#reloading = undefined;
+    this.#newGen = undefined;
+    this.#tracker.set(after, this.#tracker.main !== undefined);
+    const rec = this.#fx.lineage();
+    for (const m of rec?.members ?? []) {
+      if (m.gen < gen) this.#tracker.drainingSince(m.gen, this.#fx.now());
+    }
+  }
+
+  /**
+   * Whatever failed verification and would otherwise stay (a successor or a
+   * fresh start that hangs, never ready or never healthy) is stopped before
+   * the rollback and the verdict, so it can never block the next deploy:
+   * the new generation's processes, SIGTERM then SIGKILL after STOP_KILL_MS,
+   * when the old main still serves beside it, or when there was no old main
+   * (a start). When the new generation is all that serves (the old one has
+   * handed over and exited), it is not stopped, which would refuse
+   * connections: the rollback reloads it into the good release, and what is
+   * left of it drains like any old generation. After an in-place reload
+   * nothing is stopped (the master manages its own workers, and the rollback
+   * reloads it again).
+   */
+  async #stopFailed(before: ProcInfo | undefined): Promise<void> {
+    const gen = this.#newGen;
+    this.#newGen = undefined;
+    if (this.#reloading !== undefined) this.#fx.closeGeneration(this.#reloading.gen);
+    this.#reloading = undefined;
+    if (gen === undefined) return;
+    if (before !== undefined && this.app.reload.mode === 'inplace') return;
+    if (before !== undefined && (await this.#fx.verify(before)) === undefined) return;
+    const rec = this.#fx.lineage();
+    const victims = (rec?.members ?? []).filter((m) => m.gen === gen && !sameProcess(m, before));
+    if (victims.length === 0) return;
+    this.#log.warn({ gen, pids: victims.map((v) => v.pid) }, `stopping generation ${gen}, which failed verification`);
+    await this.#stopProcesses(victims);
   }
 
   /**
@@ -582,26 +665,40 @@ export class AppAgent {
     try {
       await this.#fx.relink(good);
       const found = await this.#fx.discover(before);
-      const now = found.main;
+      // The old generation may have handed over and exited: then the failed
+      // one (not promoted, so not "main") is what serves, and is reloaded
+      // into the good release rather than a second copy started beside it.
+      const now = found.main ?? newestRoot(found.all);
+      this.#newGen = undefined;
       if (now === undefined) {
         after = await this.#startNew(this.#rollbackBy);
         assertBinary(this.app, after, good);
-      } else if (this.app.reload.mode === 'reexec' && before !== undefined && sameProcess(now, before) && now.exe === good.bin) {
+      } else if (this.app.reload.mode === 'reexec' && before !== undefined && sameProcess(now, before) && runsRelease(this.app, now, good)) {
         // The old process never handed over (its successor died or hung):
-        // it still runs the good binary with the good config.
+        // it still runs the good release with the good config.
         after = now;
       } else {
-        after = await this.#reload(now, good, this.#rollbackBy);
+        after = await this.#reload(now, this.#rollbackBy);
         if (this.app.reload.mode === 'reexec') assertBinary(this.app, after, good);
       }
-      this.#tracker.set(after, after.pid === before?.pid);
-      await awaitHealthy(this.#fx, this.app, after, this.#rollbackBy);
-      await this.#fx.writeCurrent(good.text);
-      const written = await this.#fx.readCurrent();
-      this.#seen = { hash: written.hash, mtimeMs: written.mtimeMs };
-      this.#applied = { hash: written.hash, release: { bin: good.bin, cfg: good.cfg } };
+      after = await awaitHealthy(this.#fx, this.app, after, this.#rollbackBy);
+      this.#serve(after);
+      // The operator's newer write wins: current.conf is put back only if it
+      // still holds what failed; anything written since is applied next.
+      const still = await this.#fx.readCurrent().catch(() => undefined);
+      if (still === undefined || still.hash === attempt.snapshot.hash) {
+        await this.#fx.writeCurrent(good.text);
+        const written = await this.#fx.readCurrent();
+        this.#seen = { hash: written.hash, mtimeMs: written.mtimeMs };
+        this.#applied = { hash: written.hash, release: { bin: good.bin, cfg: good.cfg } };
+      } else {
+        this.#log.warn({ bin: good.bin, cfg: good.cfg }, 'current.conf was written again during the rollback: left as written, and applied next');
+        this.#seen = undefined;
+        this.#pendingPass ??= 'rollback:newer';
+      }
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
+      await this.#stopFailed(before);
       const now = await this.#tracker.current();
       const both = new RelinkError('ROLLBACK_FAILED', `${cause.message}; rolling back to ${good.bin} + ${good.cfg} failed too: ${err.message}`, { rule: cause.rule, found: err.message });
       await this.#finish(attempt, 'failed', action, bad, now, now === undefined ? 'failed' : 'running', both, { rolledBackTo: null, rejected: attempt.snapshot.text });
@@ -618,10 +715,23 @@ export class AppAgent {
    */
   async #ensureRunning(): Promise<void> {
     if (this.#closed || !this.#ready || this.#state === 'deploying') return;
+    if (this.#fx.now() >= this.#refreshAt) {
+      this.#refreshAt = this.#fx.now() + LINEAGE_REFRESH_MS;
+      await this.#fx.refreshLineage();
+    }
     const main = await this.#observe();
+    await this.#drain();
     if (main !== undefined) {
       if (this.#crash.onRunning(this.#tracker.ranMs())) this.#log.info({ appPid: main.pid }, 'app has run stably; crash count reset');
       return;
+    }
+    const leftovers = this.#tracker.leftovers;
+    if (leftovers.length > 0 && this.app.supervise.enabled) {
+      // A master killed with its workers alive: they hold the port and the
+      // old config, and a new master could not bind. Stopped first.
+      this.#log.error({ pids: leftovers.map((p) => p.pid), code: 'APP_CRASHED' },
+        `the app's main process died and left ${leftovers.length} of its processes running (${leftovers.map((p) => p.pid).join(', ')}): stopping them before the app is restarted`);
+      await this.#stopProcesses(leftovers);
     }
     if (!this.app.supervise.enabled || this.#state === 'fatal' || this.#cancelBackoff !== undefined) return;
     const links = await this.#fx.readLinks();
@@ -708,6 +818,66 @@ export class AppAgent {
     await this.#terminate(main);
   }
 
+  /**
+   * Older generations drain: each is left alone while it finishes its
+   * in-flight requests, forgotten once its last process exits, and told to
+   * stop (SIGTERM) once it has drained for reload.drainTimeoutMs, then
+   * killed (SIGKILL) STOP_KILL_MS later. Never blocks the queue.
+   */
+  async #drain(): Promise<void> {
+    const draining = this.#tracker.draining();
+    if (draining.length === 0) return;
+    const members = this.#fx.lineage()?.members ?? [];
+    const now = this.#fx.now();
+    for (const d of draining) {
+      const alive: ProcInfo[] = [];
+      for (const m of members.filter((x) => x.gen === d.gen)) {
+        const p = await this.#fx.verify(m);
+        if (p !== undefined) alive.push(p);
+      }
+      if (alive.length === 0) {
+        this.#tracker.drained(d.gen);
+        this.#log.info({ gen: d.gen, drainedMs: now - d.sinceMs }, `generation ${d.gen} has drained (its last process exited after ${now - d.sinceMs} ms)`);
+        await this.#saveState();
+        continue;
+      }
+      const pids = alive.map((p) => p.pid);
+      if (d.stopAt === undefined && now - d.sinceMs >= this.app.reload.drainTimeoutMs) {
+        this.#log.warn({ gen: d.gen, pids, drainTimeoutMs: this.app.reload.drainTimeoutMs },
+          `generation ${d.gen} still runs ${this.app.reload.drainTimeoutMs} ms after the next one took over (reload.drainTimeoutMs): SIGTERM to ${pids.join(', ')}`);
+        for (const p of alive) this.#fx.signal(p.pid, 'SIGTERM');
+        this.#tracker.drainStopped(d.gen, now);
+      } else if (d.stopAt !== undefined && now - d.stopAt >= STOP_KILL_MS) {
+        this.#log.warn({ gen: d.gen, pids }, `generation ${d.gen} still runs ${STOP_KILL_MS} ms after SIGTERM: SIGKILL to ${pids.join(', ')}`);
+        for (const p of alive) this.#fx.signal(p.pid, 'SIGKILL');
+        this.#tracker.drainStopped(d.gen, now);
+      }
+    }
+  }
+
+  /** SIGTERM to each, SIGKILL to those still there after STOP_KILL_MS; waits until they are gone (2 s more at most). */
+  async #stopProcesses(procs: readonly ProcIdentity[]): Promise<void> {
+    const alive = async (): Promise<ProcIdentity[]> => {
+      const out: ProcIdentity[] = [];
+      for (const p of procs) if ((await this.#fx.verify(p)) !== undefined) out.push(p);
+      return out;
+    };
+    const waitGone = async (ms: number): Promise<ProcIdentity[]> => {
+      const until = this.#fx.now() + ms;
+      for (;;) {
+        const left = await alive();
+        if (left.length === 0 || this.#fx.now() >= until) return left;
+        await this.#fx.sleep(20);
+      }
+    };
+    for (const p of await alive()) this.#fx.signal(p.pid, 'SIGTERM');
+    const left = await waitGone(STOP_KILL_MS);
+    if (left.length === 0) return;
+    this.#log.warn({ pids: left.map((p) => p.pid) }, `still running ${STOP_KILL_MS} ms after SIGTERM: SIGKILL`);
+    for (const p of left) this.#fx.signal(p.pid, 'SIGKILL');
+    await waitGone(2_000);
+  }
+
   /** SIGTERM, and SIGKILL if it is still there after LIVENESS_KILL_MS. */
   async #terminate(main: ProcInfo): Promise<void> {
     const gone = async (ms: number): Promise<boolean> => {
@@ -772,6 +942,8 @@ export class AppAgent {
       restarts: this.#crash.restarts,
       problem: this.#problem ?? null,
       matched: this.#matched ?? null,
+      lineage: this.#fx.lineage() ?? null,
+      draining: this.#tracker.draining().map((d) => ({ gen: d.gen, since: new Date(d.sinceMs).toISOString() })),
     });
   }
 }

@@ -31,6 +31,8 @@ const ReloadSchema = z.strictObject({
     .meta(about('`reexec`: the app re-executes itself, its PID changes; `inplace`: same PID (nginx)')),
   timeoutMs: z.int().min(100).max(600_000).default(15_000)
     .meta(about('how long a start or a re-exec handoff may take before the deploy counts as failed')),
+  drainTimeoutMs: z.int().min(0).max(86_400_000).default(60_000)
+    .meta(about('how long an older generation may keep running (draining in-flight requests) after a new one serves; then SIGTERM, and SIGKILL 10 s later')),
 });
 
 const LivenessSchema = z.strictObject({
@@ -335,7 +337,7 @@ export function parseConfig(text: string, file: string): AgentConfig {
       links: Object.freeze({ bin: path.resolve(dir, a.links.bin), cfg: path.resolve(dir, a.links.cfg) }),
       logFile: path.resolve(dir, a.logFile),
       pidFile: a.pidFile === null ? undefined : path.resolve(dir, a.pidFile),
-      reload: Object.freeze({ signal: a.reload.signal as NodeJS.Signals, mode: a.reload.mode, timeoutMs: a.reload.timeoutMs }),
+      reload: Object.freeze({ signal: a.reload.signal as NodeJS.Signals, mode: a.reload.mode, timeoutMs: a.reload.timeoutMs, drainTimeoutMs: a.reload.drainTimeoutMs }),
       health: Object.freeze({
         probe: a.health.url !== undefined ? Object.freeze({ url: a.health.url }) : a.health.tcp !== undefined ? Object.freeze({ tcp: a.health.tcp }) : undefined,
         deadlineMs: a.health.deadlineMs,

@@ -13,7 +13,7 @@ import type { HistoryEntry } from './history.js';
 import { launch, type Launched } from './launch.js';
 import { preflightRelease, type PreflightResult } from './preflight.js';
 import { logSize, logTail } from './logtail.js';
-import { ProcessFinder, readProc, sendSignal, type Discovery, type ProcIdentity, type ProcInfo } from './proc.js';
+import { ProcessFinder, readProc, sendSignal, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
 import { readLinks, relink } from './relink.js';
 import { readerOf } from './safefs.js';
@@ -40,10 +40,27 @@ export interface Effects {
   preflight(release: Release, signal?: AbortSignal): Promise<PreflightResult | undefined>;
   readLinks(): Promise<{ bin: string | undefined; cfg: string | undefined }>;
   relink(release: Release): Promise<void>;
-  /** Cheap re-check of a known process (no process-table scan). */
+  /** Cheap re-check of a known process of the app (no process-table scan); with its generation. */
   verify(id: ProcIdentity): Promise<ProcInfo | undefined>;
+  /** The app's processes by lineage (src/proc.ts ProcessFinder.discover). */
   discover(preferred?: ProcIdentity): Promise<Discovery>;
-  /** Start the app from the links; `output()` gives the last lines it wrote since (for a failed start's reason). */
+  /** Follow the app's processes cheaply (new workers, exited ones): ProcessFinder.refresh. */
+  refreshLineage(): Promise<void>;
+  /** A reload signal is about to be sent to `main`: the children it starts from now form a new generation (returned). */
+  openGeneration(main: ProcIdentity): number;
+  /** Generation `gen`, whose main process is `main`, passed verification and serves; older ones drain. */
+  promote(gen: number, main: ProcIdentity): void;
+  /** A reload that failed: children `main` starts from now belong to its own generation again. */
+  closeGeneration(gen: number): void;
+  /** What is known of the app's processes, for the state file (undefined: nothing to keep). */
+  lineage(): LineageRecord | undefined;
+  /** At start: what the previous agent kept (`legacy`: the main pid a state file from before lineage names). */
+  restoreLineage(rec: LineageRecord | undefined, legacy: ProcIdentity | undefined): void;
+  /**
+   * Start the app from the links: the root of a new generation, which
+   * serves. `output()` gives the last lines it wrote since (for a failed
+   * start's reason).
+   */
   launch(): Promise<Launched & { readonly output: () => Promise<string> }>;
   /** false if the process is already gone */
   signal(pid: number, signal: NodeJS.Signals): boolean;
@@ -72,7 +89,7 @@ export interface RealEffectsOptions {
 export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsOptions = {}): Effects {
   const store = opts.store ?? new AppStore(stateDir, app.name);
   const configFile = opts.configFile ?? '';
-  const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
+  const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
   let me: Promise<LockOwner> | undefined;
   const lockMemo: LockMemo = {};
   const lockOwner = (): Promise<LockOwner> => {
@@ -94,9 +111,17 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     relink: (release) => relink(app.links, release),
     verify: (id) => finder.verify(id),
     discover: (preferred) => finder.discover(preferred),
+    refreshLineage: async () => { await finder.refresh(); },
+    openGeneration: (main) => finder.open(main),
+    promote: (gen, main) => finder.promote(gen, main),
+    closeGeneration: (gen) => finder.close(gen),
+    lineage: () => finder.record(),
+    restoreLineage: (rec, legacy) => finder.restore(rec, legacy),
     launch: async () => {
       const from = await logSize(app.logFile);
       const launched = await launch(app);
+      await finder.launched(launched.pid);
+      void launched.exited.then(({ code, signal }) => finder.exited(launched.pid, code === 0 && signal === null));
       return { ...launched, output: () => logTail(app.logFile, from) };
     },
     signal: sendSignal,

@@ -28,6 +28,7 @@ import path from 'node:path';
 import type { AppConfig } from './config.js';
 import { RelinkError } from './errors.js';
 import { configuredLimits, lower, prlimitOptions, readLimits, type ProcLimits } from './limits.js';
+import { markerEnv } from './proc.js';
 import { openAppend } from './safefs.js';
 import { describeUser, resolveRunAs, type RunAs } from './user.js';
 
@@ -85,8 +86,11 @@ export interface LaunchPlan {
  * refusal: the app would run as root without "allowRoot", the agent cannot
  * become the app's user, or cannot grant a limit.
  */
-export function planLaunch(app: AppConfig, agent: AgentIdentity, env: NodeJS.ProcessEnv = process.env): Promise<LaunchPlan> {
-  return planCommand(app, agent, app.command, env);
+export async function planLaunch(app: AppConfig, agent: AgentIdentity, env: NodeJS.ProcessEnv = process.env): Promise<LaunchPlan> {
+  const plan = await planCommand(app, agent, app.command, env);
+  // The lineage marker (src/proc.ts), inherited by every child: last, so the
+  // app's own "env" cannot change what it says.
+  return { ...plan, env: { ...plan.env, ...markerEnv(app) } };
 }
 
 /**

@@ -1,19 +1,40 @@
 /**
- * Finding the app's process, and never anybody else's.
+ * Reading processes from /proc, and finding the app's own: by lineage.
  *
- * A process belongs to the app only if /proc/PID/exe resolves to a file in
- * the app's releases folder. A command line that merely mentions app.bin (an
- * editor, `tail -f`, a shell) proves nothing and is never looked at. A
- * process is pinned by (pid, start time) so a recycled PID is not mistaken
- * for the app. ps-list does discovery, as the design card says; every
- * candidate is then confirmed through /proc directly, because ps-list strips
- * the kernel's " (deleted)" marker and its view is a moment old.
+ * A process belongs to an app because the agent started it for that app,
+ * or it descends from one that was (forks, re-execs, daemonized children),
+ * and it runs as the app's user. That holds for any language and any
+ * launcher: an ELF binary, a `#!` script (whose executable is the
+ * interpreter), a shell wrapper that execs gunicorn. Where the releases live
+ * does not matter, so two apps may share a releases folder and a re-pointed
+ * releases symlink loses nothing. How (README, "Design notes: identity"):
  *
- * A process must also run as the app's user (real and effective uid): a
- * process of another user running the same binary (a copy somebody started
- * by hand, another tenant) is never adopted and never signalled.
+ * - roots: every process the agent starts is recorded by (pid, start time);
+ *   the record is kept in the app's state file (root-owned: the app's user
+ *   cannot forge it), so the next agent knows them too;
+ * - the process tree: a process whose parent is a member is a member, found
+ *   by walking the table (ps-list: pid, ppid, uid) and confirmed in /proc
+ *   (the parent started before the child: a recycled ppid proves nothing).
+ *   Membership sticks: a worker seen once stays the app's after its master
+ *   dies and it is re-parented;
+ * - a marker in the environment, RELINK_APP and RELINK_APP_DIR, set at
+ *   start and inherited by children: it finds a daemonized child whose
+ *   parent exited before the agent looked. It is only believed of a process
+ *   of the app's user, who could start such a process anyway.
+ *
+ * A process must run as the app's user (real and effective uid), except
+ * below an app that runs as root ("allowRoot"), whose children may drop
+ * privileges (nginx's workers). A process of another user is never adopted
+ * and never signalled. A command line that merely mentions app.bin proves
+ * nothing and is never looked at.
+ *
+ * Generations: every start opens a generation, and so does every reload
+ * signal: a child of a generation's main process started at or after the
+ * signal belongs to the new one (a re-exec'd successor, nginx's new
+ * workers), everything else to its parent's. See src/tracker.ts for what is
+ * done with them.
  */
-import { readFileSync, readlinkSync, realpathSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import psList from 'ps-list';
 import { isErrno, RelinkError } from './errors.js';
@@ -48,6 +69,15 @@ export interface ProcInfo extends ProcIdentity {
    * that lived for a millisecond. Optional as euid is.
    */
   readonly childFaults?: number;
+  /**
+   * Where the process's stack begins (/proc/PID/stat field 28): placed at
+   * random by each execve (ASLR), so a change with the same PID and start
+   * time means the process re-executed itself in place, even when its
+   * executable (an interpreter) stayed the same. Optional as euid is.
+   */
+  readonly startStack?: number;
+  /** The generation the process belongs to (set by ProcessFinder). */
+  readonly gen?: number;
 }
 
 const DELETED = ' (deleted)';
@@ -86,11 +116,12 @@ export async function readProc(pid: number): Promise<ProcInfo | undefined> {
     const startTime = Number(rest[19]);
     // Fields are counted from 1 and rest[0] is field 3.
     const childFaults = Number(rest[8]) + Number(rest[10]);
+    const startStack = Number(rest[25]);
     const deleted = exeRaw.endsWith(DELETED);
     const exe = deleted ? exeRaw.slice(0, -DELETED.length) : exeRaw;
     const uids = /^Uid:\s+(\d+)\s+(\d+)/m.exec(status);
     if (uids === null) return undefined;
-    return { pid, ppid, startTime, exe, deleted, uid: Number(uids[1]), euid: Number(uids[2]), childFaults };
+    return { pid, ppid, startTime, exe, deleted, uid: Number(uids[1]), euid: Number(uids[2]), childFaults, startStack };
   } catch (err) {
     if (isErrno(err, 'ENOENT') || isErrno(err, 'ESRCH') || isErrno(err, 'EACCES') || isErrno(err, 'EPERM')) return undefined;
     throw err;
@@ -101,20 +132,141 @@ export function sameProcess(a: ProcIdentity | undefined, b: ProcIdentity | undef
   return a !== undefined && b !== undefined && a.pid === b.pid && a.startTime === b.startTime;
 }
 
+/** Clock ticks per second of a process's start time (USER_HZ; 100 on every architecture Linux runs relink on). */
+const TICKS_PER_SECOND = 100;
+
+/** Clock ticks since boot now: the unit of ProcIdentity.startTime. */
+export function ticksNow(): number {
+  return Math.floor(Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]) * TICKS_PER_SECOND);
+}
+
+/** When the machine booted (ms since the epoch, /proc/stat btime): a start time in ticks becomes a date with it. */
+export function bootTimeMs(): number {
+  const btime = /^btime\s+(\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'))?.[1];
+  return Number(btime ?? 0) * 1000;
+}
+
+/** When a process started (ms since the epoch). */
+export function startedAtMs(id: ProcIdentity, bootMs = bootTimeMs()): number {
+  return bootMs + Math.round((id.startTime * 1000) / TICKS_PER_SECOND);
+}
+
+/** What /proc/PID/stat says of a process that may be a zombie: state letter, parent, start time; undefined when gone. */
+export function readStat(pid: number): { state: string; ppid: number; startTime: number } | undefined {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return undefined;
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+    return { state: rest[0] ?? '?', ppid: Number(rest[1]), startTime: Number(rest[19]) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** How long one walk of /proc serves every app's refresh (ms): 20 apps re-checking together walk it once. */
+const TABLE_TTL_MS = 250;
+let table: { at: number; rows: TableRow[] } | undefined;
+
+/**
+ * Every process's pid and parent, straight from /proc/PID/stat (no uid, no
+ * executable: the cheap view the periodic lineage refresh needs), shared by
+ * all apps for TABLE_TTL_MS.
+ */
+export function procRows(now = Date.now()): ReadonlyArray<TableRow> {
+  if (table !== undefined && now - table.at < TABLE_TTL_MS) return table.rows;
+  const rows: TableRow[] = [];
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name);
+    if (!Number.isSafeInteger(pid) || pid <= 0) continue;
+    const st = readStat(pid);
+    if (st !== undefined) rows.push({ pid, ppid: st.ppid });
+  }
+  table = { at: now, rows };
+  return rows;
+}
+
+/** The environment names of the marker every process relink starts carries (and its children inherit). */
+export const MARKER = { name: 'RELINK_APP', dir: 'RELINK_APP_DIR' } as const;
+
+/** The marker for an app's environment at start. */
+export function markerEnv(app: { readonly name: string; readonly dir: string }): Record<string, string> {
+  return { [MARKER.name]: app.name, [MARKER.dir]: app.dir };
+}
+
+/**
+ * The app a process says it belongs to (its environment as the kernel kept
+ * it at exec, /proc/PID/environ), or undefined when it says nothing, may not
+ * be read, or overwrote that memory (setproctitle does). Only a hint: the
+ * caller believes it of the app's own user only.
+ */
+export function readMarker(pid: number): { name: string; dir: string } | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/environ`, 'latin1');
+  } catch {
+    return undefined;
+  }
+  let name: string | undefined;
+  let dir: string | undefined;
+  for (const entry of text.split('\0')) {
+    if (entry.startsWith(`${MARKER.name}=`)) name = entry.slice(MARKER.name.length + 1);
+    else if (entry.startsWith(`${MARKER.dir}=`)) dir = entry.slice(MARKER.dir.length + 1);
+  }
+  return name === undefined || dir === undefined ? undefined : { name, dir };
+}
+
 export interface Discovery {
-  /** The app's main process: the one whose parent is not itself a process of the app. */
+  /** The serving generation's main process; undefined when none runs (or only leftovers of a dead one do). */
   readonly main: ProcInfo | undefined;
-  /** Other main-looking processes (a second copy started by hand): logged, never signalled. */
+  /** Other roots of the serving generation besides its main: logged, never signalled. */
   readonly strays: readonly ProcInfo[];
-  /** Every process of the app, workers and handoff generations included. */
+  /** Every live process of the app, every generation, workers included, each with its `gen`. */
   readonly all: readonly ProcInfo[];
   /** Processes running one of the app's binaries as another user: not the app's, never signalled. */
   readonly foreign?: readonly ProcInfo[];
+  /**
+   * The serving generation's processes left behind by a main that died
+   * (orphaned workers, the main not found): the app has crashed, and these
+   * must be stopped before it is started again. Empty otherwise.
+   */
+  readonly leftovers?: readonly ProcInfo[];
+  /** The app's processes that died and were not reaped by their parent (state Z), with their generation. */
+  readonly zombies?: ReadonlyArray<{ readonly pid: number; readonly gen: number }>;
+  /** The serving generation's main died and its only surviving child was taken as the main (an app that daemonizes). */
+  readonly followed?: { readonly from: number; readonly to: number };
 }
 
-export type ProcessLister = () => Promise<ReadonlyArray<{ pid: number; path?: string | undefined }>>;
+/** One process of an app, in one generation. */
+export interface Member extends ProcIdentity {
+  readonly gen: number;
+}
+
+/** What the finder knows of an app's processes: kept in its state file so the next agent knows it too. */
+export interface LineageRecord {
+  readonly members: readonly Member[];
+  /** Each generation's main process. */
+  readonly mains: readonly Member[];
+  /** The serving generation (0: none yet). */
+  readonly serving: number;
+  /** The newest generation number given out. */
+  readonly lastGen: number;
+}
+
+/** A row of the process table: ps-list's view, a moment old, only a hint. */
+export interface TableRow {
+  readonly pid: number;
+  readonly ppid?: number | undefined;
+  readonly uid?: number | undefined;
+  readonly path?: string | undefined;
+}
+
+export type ProcessLister = () => Promise<ReadonlyArray<TableRow>>;
 
 export interface FinderOptions {
+  /** The app's name and folder: what its marker says. */
+  readonly name: string;
+  readonly dir: string;
+  /** Only for processes started before relink knew lineage (no marker, no record): recognised by their executable there. */
   readonly releasesDir: string;
   readonly pidFile?: string | undefined;
   /**
@@ -125,32 +277,132 @@ export interface FinderOptions {
   readonly user?: string | undefined;
   /** Swappable for tests and benchmarks; defaults to ps-list. */
   readonly list?: ProcessLister;
+  /** Clock ticks since boot (ticksNow); swappable for tests. */
+  readonly ticks?: () => number;
+}
+
+interface Opening {
+  readonly gen: number;
+  readonly parent: ProcIdentity;
+  readonly fromTick: number;
 }
 
 export class ProcessFinder {
+  readonly #name: string;
+  readonly #dir: string;
   readonly #releasesDir: string;
   readonly #pidFile: string | undefined;
   readonly #list: ProcessLister;
+  readonly #ticks: () => number;
   readonly #user: string | undefined;
   /** Resolved once: verify() runs every few ms during a deploy and must not ask NSS each time. */
   #uid: Promise<number> | undefined;
+  readonly #members = new Map<number, Member>();
+  readonly #mains = new Map<number, ProcIdentity>();
+  #openings: Opening[] = [];
+  #serving = 0;
+  #lastGen = 0;
+  /** Processes the agent started that have exited: true when cleanly (exit code 0). */
+  readonly #exits = new Map<number, boolean>();
+  /** A lineage record exists: processes without one are never taken for the app by their executable. */
+  #recorded = false;
 
   constructor(opts: FinderOptions) {
+    this.#name = opts.name;
+    this.#dir = opts.dir;
     this.#releasesDir = opts.releasesDir;
     this.#pidFile = opts.pidFile;
     this.#list = opts.list ?? (() => psList());
+    this.#ticks = opts.ticks ?? ticksNow;
     this.#user = opts.user;
   }
 
+  /** The serving generation (0 before the first). */
+  get serving(): number {
+    return this.#serving;
+  }
+
+  /** What is known, for the state file. */
+  record(): LineageRecord {
+    return {
+      members: [...this.#members.values()],
+      mains: [...this.#mains].map(([gen, id]) => ({ pid: id.pid, startTime: id.startTime, gen })),
+      serving: this.#serving,
+      lastGen: this.#lastGen,
+    };
+  }
+
   /**
-   * Real path of the releases folder, with a trailing separator, for prefix
-   * checks. Resolved afresh every time: an operator may re-point a releases
-   * symlink, and the new release's processes must be recognised at once.
-   * Synchronous for the reason readProc is: one realpath(3) of a folder whose
-   * entries the kernel has cached, against two thread-pool hand-offs.
+   * Take over what the previous agent knew (its state file). `legacy` is the
+   * main process a state file from before lineage names: adopted as the
+   * root of generation 1 if it still runs as the app's user.
    */
-  async #prefix(): Promise<string> {
-    return realpathSync.native(this.#releasesDir) + path.sep;
+  restore(rec: LineageRecord | undefined, legacy?: ProcIdentity): void {
+    if (rec !== undefined) {
+      for (const m of rec.members) this.#members.set(m.pid, { pid: m.pid, startTime: m.startTime, gen: m.gen });
+      for (const m of rec.mains) this.#mains.set(m.gen, { pid: m.pid, startTime: m.startTime });
+      this.#serving = rec.serving;
+      this.#lastGen = Math.max(rec.lastGen, rec.serving);
+      this.#recorded = true;
+    } else if (legacy !== undefined) {
+      this.#lastGen = 1;
+      this.#serving = 1;
+      this.#members.set(legacy.pid, { ...legacy, gen: 1 });
+      this.#mains.set(1, legacy);
+    }
+  }
+
+  /** The agent started `pid` for the app: the root (and main) of a new generation, which serves. Returns the generation. */
+  async launched(pid: number): Promise<number> {
+    const info = await readProc(pid);
+    const gen = ++this.#lastGen;
+    this.#recorded = true;
+    if (info !== undefined) {
+      this.#members.set(pid, { pid, startTime: info.startTime, gen });
+      this.#mains.set(gen, { pid, startTime: info.startTime });
+    }
+    this.#serving = gen;
+    return gen;
+  }
+
+  /** A process the agent started exited (as its parent, the agent saw how): a main that exits 0 may have daemonized. */
+  exited(pid: number, clean: boolean): void {
+    this.#exits.set(pid, clean);
+  }
+
+  /**
+   * A reload signal is about to be sent to `main`: children it starts from
+   * now on form a new generation. Returns its number.
+   */
+  open(main: ProcIdentity): number {
+    const gen = ++this.#lastGen;
+    this.#openings.push({ gen, parent: { pid: main.pid, startTime: main.startTime }, fromTick: this.#ticks() });
+    return gen;
+  }
+
+  /**
+   * Generation `gen` passed verification and serves; `main` is its main
+   * process (the old main itself after an in-place reload or re-exec).
+   * Older generations now drain. Openings on earlier mains are closed:
+   * their later children belong to their parent's generation.
+   */
+  promote(gen: number, main: ProcIdentity): void {
+    const m = this.#members.get(main.pid);
+    if (m !== undefined && m.startTime === main.startTime) {
+      const from = m.gen;
+      this.#members.set(main.pid, { ...m, gen });
+      // Its own children started after the opening already carry `gen`; the
+      // rest stay where they were (old workers draining).
+      if (this.#mains.get(from)?.pid === main.pid) this.#mains.delete(from);
+    }
+    this.#mains.set(gen, { pid: main.pid, startTime: main.startTime });
+    this.#serving = gen;
+    this.#openings = this.#openings.filter((o) => o.gen > gen);
+  }
+
+  /** A reload that failed: its opening is closed; the processes it produced keep their generation until they are stopped. */
+  close(gen: number): void {
+    this.#openings = this.#openings.filter((o) => o.gen !== gen);
   }
 
   /** The uid the app's processes must run as. */
@@ -159,7 +411,7 @@ export class ProcessFinder {
       if (this.#user === undefined) return process.getuid?.() ?? 0;
       const account = await lookupUser(this.#user);
       if (account === undefined) {
-        throw new RelinkError('USER_UNKNOWN', `"user": no such user ${JSON.stringify(this.#user)} for the app in ${path.dirname(this.#releasesDir)} (create it: useradd --system ${this.#user})`,
+        throw new RelinkError('USER_UNKNOWN', `"user": no such user ${JSON.stringify(this.#user)} for the app in ${this.#dir} (create it: useradd --system ${this.#user})`,
           { key: 'user', rule: 'must name an existing user (name or uid)', found: this.#user });
       }
       return account.uid;
@@ -169,50 +421,257 @@ export class ProcessFinder {
     return this.#uid;
   }
 
-  /** Does this process run a binary from the app's releases folder, as the app's user? */
+  /** Is this a known process of the app (same PID and start time), running as it may? */
   async belongs(info: ProcInfo): Promise<boolean> {
-    return info.exe.startsWith(await this.#prefix()) && ownedBy(info, await this.uid());
+    const m = this.#members.get(info.pid);
+    return m !== undefined && m.startTime === info.startTime && allowed(info, await this.uid());
   }
 
   /**
    * Cheap re-check of a process found earlier: same PID, same start time,
-   * still running one of the app's binaries. No process-table scan.
+   * still a member of the app. No process-table scan.
    */
   async verify(id: ProcIdentity): Promise<ProcInfo | undefined> {
     const info = await readProc(id.pid);
     if (info === undefined || info.startTime !== id.startTime) return undefined;
-    return (await this.belongs(info)) ? info : undefined;
+    const m = this.#members.get(id.pid);
+    if (m === undefined || m.startTime !== id.startTime || !allowed(info, await this.uid())) return undefined;
+    return { ...info, gen: m.gen };
   }
 
-  /** Full discovery: the PID file if configured and valid, else a process-table scan. */
+  /**
+   * Full discovery: the members still alive, their new descendants, and
+   * (when the serving generation has none left, or nothing is recorded) the
+   * processes whose marker names the app. `preferred` is chosen as the main
+   * among the serving generation's roots when it is one.
+   */
   async discover(preferred?: ProcIdentity): Promise<Discovery> {
-    const [prefix, uid] = await Promise.all([this.#prefix(), this.uid()]);
-    const fromPidFile = await this.#fromPidFile(prefix, uid);
-    const listed = await this.#list();
-    // ps-list's path is only a hint (a moment old, " (deleted)" stripped);
-    // /proc is asked again for every candidate.
-    const hinted = listed.filter((p) => p.path !== undefined && p.path.startsWith(prefix)).map((p) => p.pid);
-    const infos = await Promise.all(hinted.map((pid) => readProc(pid)));
-    const running = infos.filter((i): i is ProcInfo => i !== undefined && i.exe.startsWith(prefix));
-    const all = running.filter((i) => ownedBy(i, uid));
-    const foreign = running.filter((i) => !ownedBy(i, uid));
-    if (fromPidFile !== undefined && !all.some((p) => p.pid === fromPidFile.pid)) all.push(fromPidFile);
-    const pids = new Set(all.map((p) => p.pid));
-    const mains = all.filter((p) => !pids.has(p.ppid)).sort((a, b) => a.startTime - b.startTime || a.pid - b.pid);
-    const chosen = pick(mains, fromPidFile ?? preferred);
-    return { main: chosen, strays: mains.filter((p) => p !== chosen), all, foreign };
+    const uid = await this.uid();
+    const rows = await this.#list();
+    const zombies: Array<{ pid: number; gen: number }> = [];
+    await this.#prune(zombies);
+    await this.#descend(rows, uid, zombies);
+    const servingAlive = (): boolean => [...this.#members.values()].some((m) => m.gen === this.#serving);
+    if (!this.#recorded || !servingAlive() || this.#openings.length > 0) {
+      if ((await this.#byMarker(rows, uid)) || (await this.#byOpening(rows, uid))) await this.#descend(rows, uid, zombies);
+    }
+    await this.#fromPidFile(uid);
+    if (!this.#recorded && this.#members.size === 0 && (await this.#byExecutable(rows, uid))) await this.#descend(rows, uid, zombies);
+
+    const all: ProcInfo[] = [];
+    for (const m of this.#members.values()) {
+      const info = await readProc(m.pid);
+      if (info !== undefined && info.startTime === m.startTime) all.push({ ...info, gen: m.gen });
+    }
+    const foreign = await this.#foreign(rows, uid);
+    const gen = this.#serving;
+    const serving = all.filter((p) => p.gen === gen);
+    const roots = serving.filter((p) => !serving.some((q) => q.pid === p.ppid)).sort((a, b) => a.startTime - b.startTime || a.pid - b.pid);
+    const mainId = this.#mains.get(gen);
+    let main = serving.find((p) => sameProcess(p, mainId));
+    let followed: Discovery['followed'];
+    let leftovers: ProcInfo[] = [];
+    if (mainId === undefined && roots.length > 0) {
+      // Adopted without a recorded main (found by marker, PID file or
+      // executable): the preferred root, else the oldest.
+      main = roots.find((r) => sameProcess(r, preferred)) ?? roots[0]!;
+      this.#mains.set(gen, { pid: main.pid, startTime: main.startTime });
+    } else if (main === undefined && roots.length > 0) {
+      // The main is gone and processes of its generation live on. Exactly
+      // one, and the main exited cleanly (or not as our child: unknown), is
+      // an app that daemonized or re-executed on its own: follow it. Anything
+      // else (killed, crashed, several left) is a crashed app's leftovers.
+      const clean = mainId === undefined || (this.#exits.get(mainId.pid) ?? true);
+      if (roots.length === 1 && clean) {
+        main = roots[0]!;
+        if (mainId !== undefined) followed = { from: mainId.pid, to: main.pid };
+        this.#mains.set(gen, { pid: main.pid, startTime: main.startTime });
+      } else {
+        leftovers = serving;
+      }
+    }
+    const strays = main === undefined ? [] : roots.filter((r) => r.pid !== main.pid && r.ppid !== main.pid);
+    return { main, strays, all, foreign, leftovers, zombies, followed };
   }
 
-  async #fromPidFile(prefix: string, uid: number): Promise<ProcInfo | undefined> {
-    if (this.#pidFile === undefined) return undefined;
+  /**
+   * The cheap periodic look: members that are gone forgotten, new
+   * descendants added (a worker forked after the start, respawned by its
+   * master), from the shared /proc walk (procRows). No marker or
+   * executable scan. Returns the zombies among the members.
+   */
+  async refresh(): Promise<ReadonlyArray<{ readonly pid: number; readonly gen: number }>> {
+    const uid = await this.uid();
+    const zombies: Array<{ pid: number; gen: number }> = [];
+    await this.#prune(zombies);
+    await this.#descend(procRows(), uid, zombies);
+    return zombies;
+  }
+
+  /** Members that are gone are forgotten; a zombie is reported (it died and nobody reaped it). */
+  async #prune(zombies: Array<{ pid: number; gen: number }>): Promise<void> {
+    for (const m of [...this.#members.values()]) {
+      const info = await readProc(m.pid);
+      if (info !== undefined && info.startTime === m.startTime) continue;
+      const st = readStat(m.pid);
+      if (st !== undefined && st.startTime === m.startTime && st.state === 'Z') {
+        zombies.push({ pid: m.pid, gen: m.gen });
+        continue;
+      }
+      this.#members.delete(m.pid);
+      this.#exits.delete(m.pid);
+    }
+  }
+
+  /** Every process whose parent is a member becomes one (repeated down the tree). */
+  async #descend(rows: ReadonlyArray<TableRow>, uid: number, zombies: Array<{ pid: number; gen: number }>): Promise<void> {
+    for (let added = true; added;) {
+      added = false;
+      for (const row of rows) {
+        if (row.ppid === undefined || this.#members.has(row.pid)) continue;
+        const parent = this.#members.get(row.ppid);
+        if (parent === undefined) continue;
+        if (row.uid !== undefined && uid !== 0 && row.uid !== uid) continue;
+        const info = await readProc(row.pid);
+        if (info === undefined) {
+          // A child that died at once and was never reaped (a failed successor).
+          const st = readStat(row.pid);
+          if (st?.state === 'Z' && st.ppid === parent.pid && st.startTime >= parent.startTime && !zombies.some((z) => z.pid === row.pid)) {
+            zombies.push({ pid: row.pid, gen: this.#genOfChild(parent, st.startTime) });
+          }
+          continue;
+        }
+        // The table is a moment old and a PID may have been recycled: the
+        // parent must be the member, and older than the child.
+        if (info.ppid !== parent.pid || info.startTime < parent.startTime || !allowed(info, uid)) continue;
+        const gen = this.#genOfChild(parent, info.startTime);
+        this.#members.set(info.pid, { pid: info.pid, startTime: info.startTime, gen });
+        if (gen !== parent.gen && !this.#mains.has(gen)) this.#mains.set(gen, { pid: info.pid, startTime: info.startTime });
+        added = true;
+      }
+    }
+  }
+
+  #genOfChild(parent: Member, startTime: number): number {
+    const opening = this.#openings.find((o) => sameProcess(o.parent, parent) && startTime >= o.fromTick);
+    return opening?.gen ?? parent.gen;
+  }
+
+  /** Processes of the app's user whose marker names this app (a daemonized child whose parent exited unseen). True if any was added. */
+  async #byMarker(rows: ReadonlyArray<TableRow>, uid: number): Promise<boolean> {
+    let added = false;
+    for (const row of rows) {
+      if (this.#members.has(row.pid) || (row.uid !== undefined && row.uid !== uid)) continue;
+      const marker = readMarker(row.pid);
+      if (marker?.name !== this.#name || marker.dir !== this.#dir) continue;
+      const info = await readProc(row.pid);
+      if (info === undefined || !ownedBy(info, uid)) continue;
+      this.#adopt(info);
+      added = true;
+    }
+    return added;
+  }
+
+  /**
+   * A successor whose parent exited before the agent looked, when it
+   * carries no marker (an app started by a relink from before lineage): a
+   * process of the app's user, started after the reload signal, running a
+   * binary from the releases folder, belongs to the generation the signal
+   * opened. True if any was added.
+   */
+  async #byOpening(rows: ReadonlyArray<TableRow>, uid: number): Promise<boolean> {
+    const first = this.#openings.reduce((min, o) => Math.min(min, o.fromTick), Number.POSITIVE_INFINITY);
+    const prefix = releasesPrefix(this.#releasesDir);
+    if (this.#openings.length === 0 || prefix === undefined) return false;
+    let added = false;
+    for (const row of rows) {
+      if (this.#members.has(row.pid) || row.path === undefined || !row.path.startsWith(prefix)) continue;
+      const info = await readProc(row.pid);
+      if (info === undefined || info.startTime < first || !info.exe.startsWith(prefix) || !ownedBy(info, uid)) continue;
+      if (readMarker(row.pid) !== undefined) continue;
+      this.#adopt(info);
+      added = true;
+    }
+    return added;
+  }
+
+  /**
+   * Before lineage: a process running a binary from the releases folder as
+   * the app's user, and not marked as another app's. Only when nothing is
+   * recorded (an agent upgraded from a version without lineage).
+   */
+  async #byExecutable(rows: ReadonlyArray<TableRow>, uid: number): Promise<boolean> {
+    const prefix = releasesPrefix(this.#releasesDir);
+    if (prefix === undefined) return false;
+    let added = false;
+    for (const row of rows) {
+      if (row.path === undefined || !row.path.startsWith(prefix)) continue;
+      const info = await readProc(row.pid);
+      if (info === undefined || !info.exe.startsWith(prefix) || !ownedBy(info, uid)) continue;
+      if (readMarker(row.pid) !== undefined) continue;
+      this.#adopt(info);
+      added = true;
+    }
+    // Only the roots: children are found by descent.
+    for (const m of [...this.#members.values()]) {
+      const info = await readProc(m.pid);
+      if (info !== undefined && this.#members.has(info.ppid)) this.#members.delete(m.pid);
+    }
+    return added;
+  }
+
+  /** A process found without a parent the agent knows: into the generation it started in. */
+  #adopt(info: ProcInfo): void {
+    this.#recorded = true;
+    if (this.#lastGen === 0) {
+      this.#lastGen = 1;
+      this.#serving = 1;
+    }
+    const opening = [...this.#openings].reverse().find((o) => info.startTime >= o.fromTick);
+    const gen = opening?.gen ?? this.#serving;
+    this.#members.set(info.pid, { pid: info.pid, startTime: info.startTime, gen });
+  }
+
+  /** The PID file names a candidate: believed of a process of the app's user that carries the app's marker (or, before lineage, runs its binary). */
+  async #fromPidFile(uid: number): Promise<void> {
+    if (this.#pidFile === undefined) return;
     // In the app's folder: a planted FIFO must not block discovery, nor a
-    // planted link make root read elsewhere. An unusable PID file names no
-    // candidate; the process-table scan still finds the app.
+    // planted link make root read elsewhere.
     const text = await readSmallFile(this.#pidFile, { maxBytes: 64 }).then((f) => f.bytes.toString('utf8'), () => '');
     const pid = Number.parseInt(text.trim(), 10);
+    if (this.#members.has(pid)) return;
     const info = await readProc(pid);
-    // A PID file only names a candidate; it must pass the same executable and owner checks.
-    return info !== undefined && info.exe.startsWith(prefix) && ownedBy(info, uid) ? info : undefined;
+    if (info === undefined || !ownedBy(info, uid)) return;
+    const marker = readMarker(pid);
+    const prefix = releasesPrefix(this.#releasesDir);
+    const mine = marker !== undefined ? marker.name === this.#name && marker.dir === this.#dir : !this.#recorded && prefix !== undefined && info.exe.startsWith(prefix);
+    if (mine) this.#adopt(info);
+  }
+
+  /** Processes running a binary from the releases folder as another user: warned about, never touched. */
+  async #foreign(rows: ReadonlyArray<TableRow>, uid: number): Promise<ProcInfo[]> {
+    const prefix = releasesPrefix(this.#releasesDir);
+    if (prefix === undefined) return [];
+    const out: ProcInfo[] = [];
+    for (const row of rows) {
+      if (row.path === undefined || !row.path.startsWith(prefix) || this.#members.has(row.pid)) continue;
+      const info = await readProc(row.pid);
+      if (info !== undefined && info.exe.startsWith(prefix) && !ownedBy(info, uid)) out.push(info);
+    }
+    return out;
+  }
+}
+
+/**
+ * Real path of the releases folder with a trailing separator, resolved
+ * afresh every time (a re-pointed releases symlink); undefined when it does
+ * not resolve.
+ */
+function releasesPrefix(dir: string): string | undefined {
+  try {
+    return realpathSync.native(dir) + path.sep;
+  } catch {
+    return undefined;
   }
 }
 
@@ -224,13 +683,9 @@ function ownedBy(info: ProcInfo, uid: number): boolean {
   return info.uid === uid && (info.euid ?? info.uid) === uid;
 }
 
-/** The preferred process if it is among the mains, else the oldest main. */
-function pick(mains: readonly ProcInfo[], preferred: ProcIdentity | undefined): ProcInfo | undefined {
-  if (preferred !== undefined) {
-    const hit = mains.find((m) => sameProcess(m, preferred));
-    if (hit !== undefined) return hit;
-  }
-  return mains[0];
+/** A member may run as the app's user; below an app run as root, as anyone (workers drop privileges). */
+function allowed(info: ProcInfo, uid: number): boolean {
+  return uid === 0 || ownedBy(info, uid);
 }
 
 /** Send `signal`; false if the process is already gone. */

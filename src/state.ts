@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { writeFileAtomic } from './atomicWrite.js';
 import { RelinkError } from './errors.js';
 import { HistoryEntrySchema, Journal, type HistoryEntry, type JournalOptions } from './history.js';
-import { readProc, type ProcIdentity } from './proc.js';
+import { readProc, type LineageRecord, type ProcIdentity } from './proc.js';
 import {
   agentFile, appDir, appStateFile, ensureAppDir, legacyStateFile, readJsonFile, setAside, writeAppFile, writeFailed, journalFile,
   type OnDamage,
@@ -69,6 +69,15 @@ export interface AppState {
    * takes it as its verdict.
    */
   readonly matched?: { readonly hash: string; readonly at: string } | null;
+  /**
+   * The app's processes by lineage (src/proc.ts): every member by pid,
+   * start time and generation, each generation's main, the serving one.
+   * Root-owned like the rest of this file: the app's user cannot forge it.
+   * Absent before issue 10.
+   */
+  readonly lineage?: LineageRecord | null;
+  /** Generations older than the serving one, still running: since when each drains (ISO time). */
+  readonly draining?: ReadonlyArray<{ readonly gen: number; readonly since: string }> | null;
 }
 
 /** A state file at the boundary. Unknown keys are kept: a newer agent may add fields. */
@@ -86,6 +95,13 @@ export const AppStateSchema = z.looseObject({
   updatedAt: z.string(),
   problem: z.object({ code: z.string(), message: z.string(), since: z.string() }).nullable().optional(),
   matched: z.object({ hash: z.string(), at: z.string() }).nullable().optional(),
+  lineage: z.object({
+    members: z.array(z.object({ pid: z.int().positive(), startTime: z.number(), gen: z.int().min(0) })),
+    mains: z.array(z.object({ pid: z.int().positive(), startTime: z.number(), gen: z.int().min(0) })),
+    serving: z.int().min(0),
+    lastGen: z.int().min(0),
+  }).nullable().optional(),
+  draining: z.array(z.object({ gen: z.int().min(0), since: z.string() })).nullable().optional(),
 });
 
 const asState = (x: z.output<typeof AppStateSchema>): AppState => x;

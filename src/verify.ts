@@ -8,6 +8,7 @@
  * Messages here end up in the journal entry of one app (which names the app)
  * and after the app's name in the CLI: they do not start with the app's name.
  */
+import path from 'node:path';
 import type { AppConfig } from './config.js';
 import type { Release } from './current.js';
 import type { Effects } from './effects.js';
@@ -55,71 +56,83 @@ export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exite
     const stop = stopping(fx, stopBy, 'the started app appeared');
     if (stop !== undefined) throw stop;
     if (fx.now() >= deadline) {
-      throw new RelinkError('START_FAILED', `no process running a binary from ${app.releasesDir} appeared within ${app.reload.timeoutMs} ms of starting ${JSON.stringify(app.command)}`,
-        { key: 'command', rule: 'must run a binary from the releases folder' });
+      throw new RelinkError('START_FAILED', `the started process (pid ${pid}) could not be found within ${app.reload.timeoutMs} ms of starting ${JSON.stringify(app.command)}`,
+        { key: 'command', rule: 'the started app must keep running' });
     }
     await fx.sleep(POLL_MS);
   }
 }
 
 /**
- * How long a re-exec'ing app may go without a process running the new
- * binary after one of its children ended, before the deploy is judged
+ * How long a re-exec'ing app may go without a process of the new
+ * generation after one of its children ended, before the deploy is judged
  * failed (see awaitHandoff).
  */
 export const SUCCESSOR_GRACE_MS = 500;
 
+/** How often awaitHandoff scans the process table for the successor (ms); the old main is re-checked every POLL_MS. */
+const SCAN_MS = 100;
+
 /**
- * A re-exec'ing app (endless, tableflip, grace) answers the signal by
- * starting its successor and exiting once the successor is ready: the old
- * main has gone and a new main runs. Only then is the handoff over, so the
- * next deploy signals the successor and not a draining parent.
+ * A re-exec'ing app (endless, tableflip, grace, gunicorn's re-exec, a
+ * python app that execs itself) answers the signal by starting its
+ * successor, the main process of generation `gen` (src/proc.ts: a child of
+ * the old main started after the signal), or by re-executing in place
+ * (same PID, a new executable or a new stack: execve). The handoff is done
+ * when the successor runs; the old generation may go on draining its
+ * in-flight requests for as long as it needs (reload.drainTimeoutMs), and
+ * its exit is not waited for.
  *
  * A successor that dies before taking over (a bad binary, a config it
- * refuses) leaves the old main serving, as these libraries intend, and
- * without a hint the deploy could only be judged at reload.timeoutMs. The
- * hint is the old main reaping a child (its childFaults grow): if
- * SUCCESSOR_GRACE_MS later no process of the app runs the new binary, the
- * successor is taken to have failed. A worker the old main reaps while its
- * successor runs changes nothing, and neither does a successor that forks
- * and exits (its child runs the new binary).
+ * refuses) leaves the old main serving, as these libraries intend. It is
+ * seen at once when its parent does not reap it (a zombie, as
+ * facebookgo/grace leaves it), else through the old main reaping a child
+ * (its childFaults grow): if SUCCESSOR_GRACE_MS later no process of the new
+ * generation runs, the successor failed.
  */
-export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, release: Release, stopBy: StopBy = NEVER): Promise<ProcInfo> {
+export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, gen: number, stopBy: StopBy = NEVER): Promise<ProcInfo> {
   const { signal, timeoutMs } = app.reload;
   const deadline = fx.now() + timeoutMs;
   let reaped = old.childFaults;
-  /** A process of the app running the new binary, once found: re-verified cheaply. */
-  let successor: ProcInfo | undefined;
-  /** Since when a child of the old main has ended with no known successor running. */
+  /** Since when a child of the old main has ended with no successor running. */
   let orphanedAt: number | undefined;
+  let nextScan = fx.now();
   for (;;) {
     const same = await fx.verify(old);
-    if (same === undefined) {
-      const found = await fx.discover();
-      if (found.main !== undefined) return found.main;
-      throw new RelinkError('APP_EXITED', `pid ${old.pid} exited after ${signal} and no successor runs (see ${app.logFile})`, { file: app.logFile, rule: 'a successor must take over' });
+    // Some apps execve() themselves in place: same PID, and a new binary or
+    // (an interpreter re-running its script) a new stack.
+    if (same !== undefined && (same.exe !== old.exe || (same.startStack !== undefined && old.startStack !== undefined && same.startStack !== old.startStack))) {
+      return { ...same, gen };
     }
-    // Some apps execve() themselves in place: same PID, new binary.
-    if (same.exe === release.bin && old.exe !== release.bin) return same;
-    if (successor !== undefined && (await fx.verify(successor)) === undefined) successor = undefined;
-    if (same.childFaults !== undefined && reaped !== undefined && same.childFaults > reaped) {
+    if (same?.childFaults !== undefined && reaped !== undefined && same.childFaults > reaped) {
       reaped = same.childFaults;
-      if (successor === undefined) orphanedAt ??= fx.now();
+      orphanedAt ??= fx.now();
+      nextScan = fx.now();
     }
-    // One process-table scan at the end of the grace period, not one per poll.
-    if (orphanedAt !== undefined && fx.now() - orphanedAt >= SUCCESSOR_GRACE_MS) {
-      successor = (await fx.discover(old)).all.find((p) => p.exe === release.bin && p.pid !== old.pid);
-      if (successor === undefined) {
-        throw new RelinkError('APP_EXITED', `the new release did not take over: a child of pid ${old.pid} exited after ${signal} and no process runs ${release.bin}; pid ${old.pid} still serves the old release (see ${app.logFile})`,
+    if (same === undefined || fx.now() >= nextScan) {
+      nextScan = fx.now() + SCAN_MS;
+      const found = await fx.discover(old);
+      const zombie = found.zombies?.find((z) => z.gen === gen);
+      if (zombie !== undefined) {
+        throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${zombie.pid}, started by pid ${old.pid} after ${signal}) died and was left unreaped (a zombie); pid ${old.pid} still serves the old release (see ${app.logFile})`,
+          { file: app.logFile, key: 'bin.file', rule: 'the successor must start and take over', found: `pid ${zombie.pid} is a zombie` });
+      }
+      const ofGen = found.all.filter((p) => p.gen === gen);
+      const successor = ofGen.find((p) => !ofGen.some((q) => q.pid === p.ppid));
+      if (successor !== undefined) return successor;
+      if (same === undefined) {
+        throw new RelinkError('APP_EXITED', `pid ${old.pid} exited after ${signal} and no successor runs (see ${app.logFile})`, { file: app.logFile, rule: 'a successor must take over' });
+      }
+      if (orphanedAt !== undefined && fx.now() - orphanedAt >= SUCCESSOR_GRACE_MS) {
+        throw new RelinkError('APP_EXITED', `the new release did not take over: a child of pid ${old.pid} exited after ${signal} and no new process of the app runs; pid ${old.pid} still serves the old release (see ${app.logFile})`,
           { file: app.logFile, key: 'bin.file', rule: 'the successor must start and take over', found: 'successor exited' });
       }
-      orphanedAt = undefined;
     }
     const stop = stopping(fx, stopBy, `pid ${old.pid} handed over`);
     if (stop !== undefined) throw stop;
     if (fx.now() >= deadline) {
-      throw new RelinkError('HANDOFF_TIMEOUT', `pid ${old.pid} still runs ${timeoutMs} ms after ${signal} (reload.mode is "reexec"; use "inplace" for an app that reloads without a new process)`,
-        { key: 'reload.mode', rule: 'the old process must hand over and exit', found: `pid ${old.pid} still running` });
+      throw new RelinkError('HANDOFF_TIMEOUT', `no new process of the app started within ${timeoutMs} ms of ${signal} to pid ${old.pid} (reload.mode is "reexec"; use "inplace" for an app that reloads without a new process)`,
+        { key: 'reload.mode', rule: 'the app must start a successor (or re-execute itself)', found: `pid ${old.pid} started none` });
     }
     await fx.sleep(POLL_MS);
   }
@@ -134,9 +147,21 @@ export async function confirmInPlace(fx: Effects, app: AppConfig, main: ProcInfo
   return same;
 }
 
-/** A started or re-exec'd process must run the deployed binary, not some other release. */
+/**
+ * Does a process started (or re-executed) after the switch run `release`?
+ * An ELF release is its executable. A script or a wrapper runs an
+ * interpreter from outside the releases folder, started from the link: it
+ * does. A process running another release's executable does not.
+ */
+export function runsRelease(app: AppConfig, proc: ProcInfo, release: Release): boolean {
+  if (proc.exe === release.bin) return true;
+  const inReleases = proc.exe.startsWith(app.releasesDir + path.sep) || proc.exe.startsWith(path.dirname(release.bin) + path.sep);
+  return !inReleases;
+}
+
+/** A started or re-exec'd process must run the deployed release, not some other one (see runsRelease). */
 export function assertBinary(app: AppConfig, proc: ProcInfo, release: Release): void {
-  if (proc.exe !== release.bin) {
+  if (!runsRelease(app, proc, release)) {
     throw new RelinkError('WRONG_BINARY', `pid ${proc.pid} runs ${proc.exe}, not the deployed ${release.bin}`,
       { rule: 'the new process must run the deployed bin.file', found: proc.exe });
   }
@@ -149,9 +174,10 @@ export function assertBinary(app: AppConfig, proc: ProcInfo, release: Release): 
  * runs out. A probe that passes at once proves little: right after an
  * in-place reload it is answered by the old workers, and a release whose new
  * workers die a moment later would be judged healthy (issue 9, item 20). So
- * no probe is sent before the settle time is over.
+ * no probe is sent before the settle time is over. Returns the process
+ * judged: the one given, or the child it daemonized into.
  */
-export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER): Promise<void> {
+export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER): Promise<ProcInfo> {
   const { probe, deadlineMs, settleMs, intervalMs } = app.health;
   const start = fx.now();
   const deadline = start + deadlineMs;
@@ -160,14 +186,24 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
   let nextProbe = settledAt;
   for (;;) {
     if ((await fx.verify(proc)) === undefined) {
+      // An app that daemonizes: its main exits and its one child serves on.
+      const found = await fx.discover(proc);
+      if (found.followed?.from === proc.pid && found.main !== undefined) {
+        proc = found.main;
+        continue;
+      }
+      if (found.zombies?.some((z) => z.pid === proc.pid) === true) {
+        throw new RelinkError('APP_EXITED', `pid ${proc.pid} died ${fx.now() - start} ms after the deploy, before the settle time of ${settleMs} ms, and was left unreaped by its parent (a zombie) (see ${app.logFile})`,
+          { file: app.logFile, key: 'health.settleMs', rule: 'the app must stay up', found: `pid ${proc.pid} is a zombie` });
+      }
       throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${fx.now() - start} ms after the deploy, before the settle time of ${settleMs} ms (see ${app.logFile})`,
         { file: app.logFile, key: 'health.settleMs', rule: 'the app must stay up', found: `exited after ${fx.now() - start} ms` });
     }
     if (fx.now() >= settledAt) {
-      if (probe === undefined) return;
+      if (probe === undefined) return proc;
       if (fx.now() >= nextProbe) {
         const r = await fx.probe();
-        if (r.ok) return;
+        if (r.ok) return proc;
         last = r.detail;
         nextProbe = fx.now() + intervalMs;
       }

@@ -177,7 +177,7 @@ test('the app survives an agent restart and the new agent adopts it instead of s
   const adopted = await next.waitForLog('adoption', (l) => l.msg === 'adopted running app');
   assert.equal(adopted.appPid, v1.pid);
   await next.waitForLog('agent started', (l) => l.msg === 'agent started');
-  const found = await new ProcessFinder({ releasesDir: app.releasesDir }).discover();
+  const found = await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir }).discover();
   assert.equal(found.all.length, 1, 'exactly one app process');
   assert.equal((await history(root)).length, 1, 'adoption is not a deploy');
 

@@ -70,6 +70,8 @@ class World implements Effects {
   preflightFails = false;
   timers: Array<{ at: number; fn: () => void; cancelled: boolean }> = [];
   scheduledMs: number[] = [];
+  /** SIGTERM is ignored (a process that hangs on its way out): only SIGKILL ends it. */
+  ignoreTerm = false;
   /** Processes running the app's binary as another user. */
   foreign: ProcInfo[] = [];
 
@@ -92,11 +94,43 @@ class World implements Effects {
     this.mtime += 1;
   }
 
-  spawnProc(bin: string): ProcInfo {
-    const p: ProcInfo = { pid: this.nextPid++, ppid: 1, startTime: this.clock + 1, exe: bin, deleted: false, uid: 0, childFaults: 0 };
+  /** Generations, as ProcessFinder keeps them: the newest given out, the serving one, one opened by a reload signal. */
+  lastGen = 0;
+  serving = 0;
+  opened: number | undefined;
+  promoted: Array<[number, number]> = [];
+
+  spawnProc(bin: string, gen = this.serving): ProcInfo {
+    const p: ProcInfo = { pid: this.nextPid++, ppid: 1, startTime: this.clock + 1, exe: bin, deleted: false, uid: 0, childFaults: 0, gen };
     this.procs.set(p.pid, p);
     return p;
   }
+
+  openGeneration(): number {
+    this.opened = ++this.lastGen;
+    return this.opened;
+  }
+
+  promote(gen: number, main: ProcIdentity): void {
+    this.serving = gen;
+    this.opened = undefined;
+    this.promoted.push([gen, main.pid]);
+    const p = this.procs.get(main.pid);
+    if (p !== undefined) this.procs.set(main.pid, { ...p, gen });
+  }
+
+  closeGeneration(): void {
+    this.opened = undefined;
+  }
+
+  lineage() {
+    const members = [...this.procs.values()].map((p) => ({ pid: p.pid, startTime: p.startTime, gen: p.gen ?? 0 }));
+    return { members, mains: [], serving: this.serving, lastGen: this.lastGen };
+  }
+
+  restoreLineage(): void {}
+
+  async refreshLineage(): Promise<void> {}
 
   async currentSignature(): Promise<string> {
     return this.text === '' ? 'error:ENOENT' : `${this.mtime}:${this.text.length}`;
@@ -160,7 +194,8 @@ class World implements Effects {
   async discover(): Promise<Discovery> {
     this.reap();
     const all = [...this.procs.values()];
-    return { main: all[0], strays: all.slice(1), all, foreign: this.foreign };
+    const serving = all.filter((p) => p.gen === this.serving);
+    return { main: serving[0], strays: serving.slice(1), all, foreign: this.foreign };
   }
 
   /** What a started app prints before it exits (launchExits). */
@@ -175,6 +210,7 @@ class World implements Effects {
 
   async launch(): Promise<Launched & { output: () => Promise<string> }> {
     if (this.launchError !== undefined) throw this.launchError;
+    this.serving = ++this.lastGen;
     const p = this.spawnProc(this.links.bin ?? 'none');
     if (this.launchExits) this.procs.delete(p.pid);
     return {
@@ -196,17 +232,21 @@ class World implements Effects {
   signal(pid: number, signal: NodeJS.Signals): boolean {
     if (!this.procs.has(pid)) return false;
     this.signals.push([pid, signal]);
+    if (signal === 'SIGTERM' || signal === 'SIGKILL') {
+      if (!this.ignoreTerm || signal === 'SIGKILL') this.procs.delete(pid);
+      return true;
+    }
     if (this.onSignal === 'successorDies') this.childEnded(pid);
     if (this.onSignal === 'slowHandoff') {
       // The successor starts; a worker of the old main exits meanwhile (it is
       // reaped: childFaults grow), and the old main leaves handoffMs later.
-      this.spawnProc(this.links.bin ?? 'none');
+      this.spawnProc(this.links.bin ?? 'none', this.opened);
       this.childEnded(pid);
       this.exitAt.set(pid, this.clock + this.handoffMs);
     }
     if (this.onSignal === 'reexec') {
       this.procs.delete(pid);
-      this.spawnProc(this.links.bin ?? 'none');
+      this.spawnProc(this.links.bin ?? 'none', this.opened);
     }
     return true;
   }
@@ -476,7 +516,7 @@ test('a re-exec app that never hands over: HANDOFF_TIMEOUT after reload.timeoutM
   const e = w.entries[1];
   assert.equal(e?.outcome, 'rolled_back');
   assert.equal(e?.code, 'HANDOFF_TIMEOUT');
-  assert.match(e?.reason ?? '', /still runs 2000 ms after SIGHUP/);
+  assert.match(e?.reason ?? '', /no new process of the app started within 2000 ms of SIGHUP/);
   assert.ok(w.clock >= 2000);
   assert.equal(agent.mainPid, pid);
   assert.equal(agent.state, 'running');
@@ -775,7 +815,7 @@ test('a successor that dies before taking over fails the deploy at once (APP_EXI
   const e = w.entries[1];
   assert.equal(e?.outcome, 'rolled_back');
   assert.equal(e?.code, 'APP_EXITED');
-  assert.match(e?.reason ?? '', /did not take over: a child of pid \d+ exited after SIGHUP and no process runs \/srv\/web\/release\/app\.2\.0/);
+  assert.match(e?.reason ?? '', /did not take over: a child of pid \d+ exited after SIGHUP and no new process of the app runs/);
   assert.ok(w.clock - sent < 15_000, `judged after ${w.clock - sent} fake ms, before the timeout`);
   assert.equal(agent.mainPid, pid, 'the old process keeps serving');
   assert.equal(w.links.bin, `${REL}/app.1.0`);

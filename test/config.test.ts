@@ -55,7 +55,7 @@ test('defaults are filled in and paths resolved', async (t) => {
   assert.equal(app.pidFile, undefined);
   assert.deepEqual([...app.command], ['./app.bin', '-c', 'app.cfg']);
   assert.deepEqual({ ...app.env }, {});
-  assert.deepEqual({ ...app.reload }, { signal: 'SIGHUP', mode: 'reexec', timeoutMs: 15_000 });
+  assert.deepEqual({ ...app.reload }, { signal: 'SIGHUP', mode: 'reexec', timeoutMs: 15_000, drainTimeoutMs: 60_000 });
   assert.deepEqual({ ...cfg.history }, { maxBytes: 4_194_304, backups: 2 });
   assert.equal(app.health.liveness, undefined);
 });
@@ -92,7 +92,7 @@ test('overrides are honoured, relative app paths resolved against the app dir', 
       links: { bin: 'bin/app', cfg: '/etc/api/app.conf' },
       logFile: 'logs/app.log',
       pidFile: 'run/app.pid',
-      reload: { signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500 },
+      reload: { signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500, drainTimeoutMs: 60_000 },
     }],
   }), '/etc/relink/config.json');
   assert.equal(cfg.logLevel, 'debug');
@@ -107,7 +107,7 @@ test('overrides are honoured, relative app paths resolved against the app dir', 
   assert.deepEqual({ ...app.links }, { bin: '/srv/api/bin/app', cfg: '/etc/api/app.conf' });
   assert.equal(app.logFile, '/srv/api/logs/app.log');
   assert.equal(app.pidFile, '/srv/api/run/app.pid');
-  assert.deepEqual({ ...app.reload }, { signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500 });
+  assert.deepEqual({ ...app.reload }, { signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500, drainTimeoutMs: 60_000 });
 });
 
 test('relative app paths resolve against dir; currentFile defaults into releasesDir; one link overridden keeps the other default', () => {
@@ -119,7 +119,7 @@ test('relative app paths resolve against dir; currentFile defaults into releases
   assert.deepEqual({ ...app.links }, { bin: '/srv/web/app.bin', cfg: '/srv/web/nginx.conf' });
   // A partial reload block keeps the other defaults.
   const r = parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', reload: { mode: 'inplace' } }] }), '/c.json').apps[0]!.reload;
-  assert.deepEqual({ ...r }, { signal: 'SIGHUP', mode: 'inplace', timeoutMs: 15_000 });
+  assert.deepEqual({ ...r }, { signal: 'SIGHUP', mode: 'inplace', timeoutMs: 15_000, drainTimeoutMs: 60_000 });
 });
 
 test('three mistakes are three problems, each with the file and its key path', () => {

@@ -365,7 +365,7 @@ test('a FIFO where a release file is hashed or where the PID file is read: refus
   const pidFile = path.join(root, 'app.pid');
   await mkfifo(pidFile);
   unblockFifoAfter(t, pidFile);
-  const finder = new ProcessFinder({ releasesDir: root, pidFile, list: async () => [] });
+  const finder = new ProcessFinder({ name: 'web', dir: root, releasesDir: root, pidFile, list: async () => [] });
   const found = await within('discovery with a FIFO as the PID file', 10_000, finder.discover());
   assert.equal(found.main, undefined);
 });

@@ -49,7 +49,7 @@ async function setup(t: TestContext, cfgExtra: (root: string) => string = () => 
   assert.equal(app.releasesDir, path.join(root, 'web', 'release'));
   await symlink('release/app.1.0', path.join(app.dir, 'app.bin'));
   await symlink('release/cfg.1.0', path.join(app.dir, 'app.cfg'));
-  return { root, app, finder: new ProcessFinder({ releasesDir: app.releasesDir }) };
+  return { root, app, finder: new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir }) };
 }
 
 /** A detached child in its own process group, SIGKILLed as a group after the test. */
@@ -278,7 +278,7 @@ test('a path from the process lister is only a hint: /proc has the last word', a
     { pid: liar.pid, path: bin },
     { pid: real.pid, path: bin },
   ];
-  const found = await new ProcessFinder({ releasesDir: app.releasesDir, list }).discover();
+  const found = await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, list }).discover();
   assert.equal(found.main?.pid, real.pid);
   assert.deepEqual(pidsOf(found.all), [real.pid]);
   assert.ok(await alive(liar.pid), 'the decoy was still running while checked');
@@ -328,37 +328,41 @@ test('with workers the main is the parent and the workers are neither main nor s
   assert.equal((await finder.discover(identity(workers[0]!))).main?.pid, s.pid);
 });
 
-test('after a re-exec handoff discover finds the new generation running the new release', async (t) => {
+test('a reload signal opens a generation: the successor is found in it, even after its parent has exited unseen', async (t) => {
   const { app, finder } = await setup(t);
   const old = await startApp(t, app);
   const before = await finder.discover();
   assert.equal(before.main?.pid, old.pid);
+  assert.equal(before.main?.gen, 1);
   const oldId = identity(before.main!);
 
   await swapLink(path.join(app.dir, 'app.cfg'), 'release/cfg.2.0');
   await swapLink(path.join(app.dir, 'app.bin'), 'release/app.2.0');
+  const gen = finder.open(oldId);
+  assert.equal(gen, 2);
   assert.equal(sendSignal(old.pid, 'SIGHUP'), true);
 
+  // Looked at only once the old main is gone, as a slow agent would.
   await waitFor(`old main ${old.pid} to exit`, async () => !(await alive(old.pid)));
-  const after = await waitFor('discover to find the new main', async () => {
-    const d = await finder.discover();
-    return d.main !== undefined && d.main.pid !== old.pid ? d : undefined;
-  });
-  const main = after.main!;
-  assert.equal(main.exe, path.join(app.releasesDir, 'app.2.0'));
-  assert.equal(main.deleted, false);
-  assert.deepEqual(pidsOf(after.all), [main.pid]);
-  assert.deepEqual(after.strays, []);
+  const after = await finder.discover();
+  const successor = after.all.find((p) => p.gen === gen);
+  assert.ok(successor !== undefined, JSON.stringify(after.all));
+  assert.equal(successor.exe, path.join(app.releasesDir, 'app.2.0'));
+  assert.equal(after.main, undefined, 'generation 2 does not serve until it is promoted');
+  finder.promote(gen, successor);
+  const promoted = await finder.discover();
+  assert.equal(promoted.main?.pid, successor.pid);
+  assert.deepEqual(pidsOf(promoted.all), [successor.pid]);
+  assert.deepEqual(promoted.strays, []);
   assert.equal(await finder.verify(oldId), undefined);
-  assert.deepEqual(await finder.verify(identity(main)), main);
+  assert.equal((await finder.verify(identity(successor)))?.gen, gen);
 
   const reply = await ask(app.url);
-  assert.equal(reply.pid, main.pid);
+  assert.equal(reply.pid, successor.pid);
   assert.equal(reply.release, 'app.2.0');
-  assert.equal(reply.generation, 1);
 });
 
-test('two copies from the same releases folder: the oldest is main, unless the other is preferred', async (t) => {
+test('before lineage (nothing recorded): copies found by their binary, the oldest main; once known, the main stays and a later copy is not the app\'s', async (t) => {
   const { root, app, finder } = await setup(t, (r) => `pidfile=${path.join(r, 'first.pid')}\n`);
   const first = await startApp(t, app);
   const firstInfo = await mustRead(first.pid);
@@ -372,24 +376,24 @@ test('two copies from the same releases folder: the oldest is main, unless the o
   const secondInfo = await mustRead(second.pid);
   assert.ok(secondInfo.startTime > firstInfo.startTime);
 
+  // A first look with nothing recorded: both are adopted, the preferred one is main.
+  const preferred = await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir }).discover(identity(secondInfo));
+  assert.equal(preferred.main?.pid, second.pid);
+  assert.deepEqual(pidsOf(preferred.strays), [first.pid]);
+
   const found = await finder.discover();
   assert.equal(found.main?.pid, first.pid);
   assert.deepEqual(pidsOf(found.strays), [second.pid]);
   assert.deepEqual(pidsOf(found.all), [first.pid, second.pid].sort((a, b) => a - b));
+  // Once known, the main stays whatever is preferred.
+  assert.equal((await finder.discover(identity(secondInfo))).main?.pid, first.pid);
 
-  const preferred = await finder.discover(identity(secondInfo));
-  assert.equal(preferred.main?.pid, second.pid);
-  assert.deepEqual(pidsOf(preferred.strays), [first.pid]);
-
-  // A preferred identity that no longer matches (start time differs) falls back to the oldest.
-  const stale = await finder.discover({ pid: second.pid, startTime: secondInfo.startTime + 1 });
-  assert.equal(stale.main?.pid, first.pid);
-
-  // The PID file names the younger copy: it wins over the age rule.
+  // The PID file names the younger copy: known from it, the app is that one alone.
   await waitFor('the second copy\'s pid file', () => readFile(pidFile2, 'utf8'));
-  const byPidFile = await new ProcessFinder({ releasesDir: app.releasesDir, pidFile: pidFile2 }).discover();
+  const byPidFile = await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: pidFile2 }).discover();
   assert.equal(byPidFile.main?.pid, second.pid);
-  assert.deepEqual(pidsOf(byPidFile.strays), [first.pid]);
+  assert.deepEqual(byPidFile.strays, []);
+  assert.deepEqual(pidsOf(byPidFile.all), [second.pid]);
 });
 
 test('a PID file naming the app finds it even without a process-table scan', async (t) => {
@@ -399,14 +403,14 @@ test('a PID file naming the app finds it even without a process-table scan', asy
   assert.equal(Number((await waitFor('the app\'s pid file', () => readFile(pidFile, 'utf8'))).trim()), s.pid);
 
   const noScan = async (): Promise<{ pid: number }[]> => [];
-  const blind = await new ProcessFinder({ releasesDir: app.releasesDir, list: noScan }).discover();
+  const blind = await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, list: noScan }).discover();
   assert.equal(blind.main, undefined, 'control: without the PID file an empty scan finds nothing');
 
-  const viaFile = await new ProcessFinder({ releasesDir: app.releasesDir, pidFile, list: noScan }).discover();
+  const viaFile = await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile, list: noScan }).discover();
   assert.equal(viaFile.main?.pid, s.pid);
   assert.deepEqual(pidsOf(viaFile.all), [s.pid]);
 
-  const both = await new ProcessFinder({ releasesDir: app.releasesDir, pidFile }).discover();
+  const both = await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile }).discover();
   assert.equal(both.main?.pid, s.pid);
   assert.deepEqual(pidsOf(both.all), [s.pid], 'the app is listed once, not once per source');
 });
@@ -418,12 +422,12 @@ test('a PID file naming a process that does not run the app\'s binary is not tru
   const pidFile = path.join(root, 'decoy.pid');
   await writeFile(pidFile, `${decoy.pid}\n`);
 
-  const found = await new ProcessFinder({ releasesDir: app.releasesDir, pidFile }).discover();
+  const found = await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile }).discover();
   assert.equal(found.main?.pid, s.pid);
   assert.deepEqual(pidsOf(found.all), [s.pid]);
   assert.ok(!found.strays.some((p) => p.pid === decoy.pid));
 
-  const blind = await new ProcessFinder({ releasesDir: app.releasesDir, pidFile, list: async () => [] }).discover();
+  const blind = await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile, list: async () => [] }).discover();
   assert.equal(blind.main, undefined);
   assert.deepEqual(blind.all, []);
   assert.ok(await alive(decoy.pid), 'the decoy was still running while checked');
@@ -439,7 +443,7 @@ test('a garbage, empty, missing or stale PID file is ignored and the scan still 
   for (const content of ['garbage\n', '', '0\n', '-1\n', `${dead.pid}\n`, undefined]) {
     await rm(pidFile, { force: true });
     if (content !== undefined) await writeFile(pidFile, content);
-    const found = await new ProcessFinder({ releasesDir: app.releasesDir, pidFile }).discover();
+    const found = await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile }).discover();
     assert.equal(found.main?.pid, s.pid, `pid file ${JSON.stringify(content)}`);
     assert.deepEqual(pidsOf(found.all), [s.pid], `pid file ${JSON.stringify(content)}`);
   }

@@ -107,12 +107,12 @@ test('an app with "user" runs as that user, with its supplementary groups, envir
   assert.equal((await stat(cfg.logFile)).uid, user.uid);
 
   // Discovery follows the owner: found for the app's user, foreign for anyone else's app.
-  const mine = await new ProcessFinder({ releasesDir: app.releasesDir, user: user.name }).discover();
+  const mine = await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, user: user.name }).discover();
   assert.equal(mine.main?.pid, launched.pid);
-  const rootsView = await new ProcessFinder({ releasesDir: app.releasesDir }).discover();
+  const rootsView = await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir }).discover();
   assert.equal(rootsView.main, undefined, 'a process of another user must never be taken for the app');
   assert.deepEqual(rootsView.foreign?.map((p) => p.pid), [launched.pid]);
-  assert.equal(await new ProcessFinder({ releasesDir: app.releasesDir }).verify(info), undefined);
+  assert.equal(await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir }).verify(info), undefined);
 });
 
 test('the real agent runs the app as its user through deploys and handoffs; status shows the user and the real limits, and warns when lower than configured', async (t) => {
@@ -170,7 +170,7 @@ test('as root, an app with no "user" is refused unless "allowRoot": true, with t
   assert.match(entry.reason ?? '', /refusing to run the app as root \(no "user" set, and the agent runs as root\): set "user"/);
   const line = await agent.waitForLog('the failure log line', (l) => l['code'] === 'ROOT_REFUSED');
   assert.equal(line.level, 'error');
-  assert.equal((await new ProcessFinder({ releasesDir: app.releasesDir }).discover()).all.length, 0);
+  assert.equal((await new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir }).discover()).all.length, 0);
 
   // The same config with allowRoot: the planned command runs the app as is, no setpriv.
   const allowed = { ...(await loadConfig(configFile)).apps[0]!, allowRoot: true };
