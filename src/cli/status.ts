@@ -4,7 +4,7 @@ import type { HistoryEntry } from '../history.js';
 import { lower, readLimits } from '../limits.js';
 import { folderMissing } from '../applock.js';
 import { describeError, isErrno, RelinkError } from '../errors.js';
-import { ProcessFinder, type Discovery, type ProcInfo } from '../proc.js';
+import { bootTimeMs, ProcessFinder, startedAtMs, type Discovery, type ProcInfo } from '../proc.js';
 import { lookupUser } from '../user.js';
 import { readLinks } from '../relink.js';
 import { readAppState, runningAgent, type AgentRecord, type AppProblem, type AppStateName } from '../state.js';
@@ -16,7 +16,9 @@ import { damageWarner } from './warn.js';
 const HELP = `Usage: relink status [--config FILE] [--app NAME] [--json]
 
 Show each app: its state, the release files its links point at, its main
-process and since when, the user it runs as and the limits it really has
+process and when that process started, its generations (the serving one
+and any older ones still draining, each with its processes; "deleted on
+disk" for a process whose executable was replaced), the user it runs as and the limits it really has
 (from /proc/PID/limits, with a warning when one is lower than configured),
 and the last deploy with its outcome. The process is checked live (through
 /proc), not only read from the agent's state file. Run it as the agent's
@@ -33,7 +35,7 @@ absent, with a warning naming it.
 Options:
   --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
   --app NAME      only this app
-  --json          {"agent": {...} | null, "apps": [{"name", "state", "pid", "bin", "cfg", "user", "limits", "warnings", ...}]}
+  --json          {"agent": {...} | null, "apps": [{"name", "state", "pid", "since", "bin", "cfg", "generations", "user", "limits", "warnings", ...}]}
   -h, --help      this text
 
 Exit codes: 0 every app shown is running, 1 one is not (or the config is bad), 2 usage error.
@@ -62,6 +64,24 @@ export interface AppStatus {
   /** Processes running the app's binaries as another user: never adopted, never signalled. */
   readonly foreign: ReadonlyArray<{ readonly pid: number; readonly uid: number; readonly exe: string }>;
   readonly warnings: readonly string[];
+  /** The serving generation and the older ones still draining, each with its live processes. */
+  readonly generations: readonly GenerationStatus[];
+}
+
+export interface GenerationStatus {
+  readonly gen: number;
+  readonly role: 'serving' | 'draining';
+  /** When it began draining (ISO time), for a draining one. */
+  readonly drainingSince: string | null;
+  readonly processes: ReadonlyArray<{
+    readonly pid: number;
+    /** When the process itself started (ISO time, from /proc). */
+    readonly startedAt: string;
+    /** Its executable; null when this user may not read it. */
+    readonly exe: string | null;
+    readonly deleted: boolean;
+    readonly main: boolean;
+  }>;
 }
 
 export interface LimitStatus {
@@ -76,8 +96,9 @@ const OLD_NOFILE_DEFAULT = 1024;
 export async function appStatus(config: AgentConfig, app: AppConfig, agentRunning: boolean, now = Date.now()): Promise<AppStatus> {
   const damaged: string[] = [];
   const [saved, links] = await Promise.all([readAppState(config.stateDir, app.name, { onDamaged: (d) => damaged.push(describeDamage(d)) }), readLinks(app.links)]);
-  const finder = new ProcessFinder({ releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
+  const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
   const known = saved?.pid != null && saved.pidStart != null ? { pid: saved.pid, startTime: saved.pidStart } : undefined;
+  finder.restore(saved?.lineage ?? undefined, known);
   let proc: ProcInfo | undefined;
   let discovery: Discovery = { main: undefined, strays: [], all: [], foreign: [] };
   // One app that cannot be looked at (its folder missing, its user unknown)
@@ -107,7 +128,24 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
   else if (proc !== undefined) state = agentRunning && saved?.state === 'deploying' ? 'deploying' : 'running';
   else if (saved?.state === 'fatal' || saved?.state === 'failed' || (agentRunning && (saved?.state === 'backoff' || saved?.state === 'deploying' || saved?.state === 'error'))) state = saved.state;
   else state = 'stopped';
-  const since = proc === undefined ? null : sameAsSaved ? saved?.since ?? null : null;
+  void sameAsSaved;
+  // The process's own start time, not when an agent adopted it.
+  const boot = bootTimeMs();
+  const since = proc === undefined ? null : new Date(startedAtMs(proc, boot)).toISOString();
+  const drainingSince = new Map((saved?.draining ?? []).map((d) => [d.gen, d.since]));
+  const gens = new Map<number, ProcInfo[]>();
+  for (const p of discovery.all) {
+    if (p.gen === undefined) continue;
+    gens.set(p.gen, [...(gens.get(p.gen) ?? []), p]);
+  }
+  const generations: GenerationStatus[] = [...gens].sort((a, b) => b[0] - a[0]).map(([gen, procs]) => ({
+    gen,
+    role: gen === finder.serving ? 'serving' : 'draining',
+    drainingSince: gen === finder.serving ? null : drainingSince.get(gen) ?? null,
+    processes: procs.sort((a, b) => a.startTime - b.startTime || a.pid - b.pid).map((p) => ({
+      pid: p.pid, startedAt: new Date(startedAtMs(p, boot)).toISOString(), exe: p.exe === '' ? null : p.exe, deleted: p.deleted, main: p.pid === proc?.pid,
+    })),
+  }));
   return {
     name: app.name,
     state,
@@ -127,6 +165,7 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     limits,
     foreign,
     warnings,
+    generations,
   };
 }
 
@@ -160,7 +199,12 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
       ['  bin', a.bin ?? '(no link)'],
       ['  cfg', a.cfg ?? '(no link)'],
     ];
-    if (a.exe !== null && a.exe !== a.bin) rows.push(['  running', `${a.exe}${a.exeDeleted ? ' (deleted on disk)' : ''}`]);
+    if (a.exe !== null && (a.exe !== a.bin || a.exeDeleted)) rows.push(['  running', `${a.exe}${a.exeDeleted ? ' (deleted on disk)' : ''}`]);
+    for (const g of a.generations) {
+      const what = g.role === 'serving' ? 'serving' : `draining${g.drainingSince === null ? '' : ` since ${g.drainingSince}`}`;
+      const procs = g.processes.map((p) => `${p.pid}${p.main ? ' (main)' : ''} started ${p.startedAt}${p.deleted ? ' (deleted on disk)' : ''}`);
+      rows.push([`  generation ${g.gen}`, `${what}: ${procs.join('; ')}`]);
+    }
     if (a.lastGood !== null && (a.lastGood.bin !== a.bin || a.lastGood.cfg !== a.cfg)) rows.push(['  last good', `${a.lastGood.bin} + ${path.basename(a.lastGood.cfg)}`]);
     if (a.restarts > 0) rows.push(['  restarts', `${a.restarts} since the last deploy`]);
     if (a.user !== null) rows.push(['  user', a.user.name === null ? `uid ${a.user.uid}` : `${a.user.name} (uid ${a.user.uid})`]);
