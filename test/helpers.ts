@@ -11,7 +11,7 @@ import { createInterface } from 'node:readline';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { scanJson } from '../src/json.js';
-import { readProc } from '../src/proc.js';
+import { readMarker, readProc } from '../src/proc.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const MAIN = path.join(ROOT, 'src', 'cli', 'main.ts');
@@ -97,6 +97,27 @@ export async function processesUnder(dir: string): Promise<number[]> {
 export function reapAppsAfter(t: TestContext, releasesDir: string): void {
   defer(t, async () => {
     for (const pid of await processesUnder(releasesDir)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  });
+}
+
+/**
+ * SIGKILL every process whose lineage marker (src/proc.ts) names an app in
+ * `dir` when the test ends: apps whose executable is an interpreter, which
+ * reapAppsAfter cannot tell by their executable.
+ */
+export function reapMarkedAfter(t: TestContext, dir: string): void {
+  defer(t, async () => {
+    for (const name of await readdir('/proc')) {
+      const pid = Number(name);
+      if (!Number.isSafeInteger(pid) || pid <= 1 || pid === process.pid) continue;
+      const marker = readMarker(pid);
+      if (marker === undefined || (marker.dir !== dir && !marker.dir.startsWith(dir + path.sep))) continue;
       try {
         process.kill(pid, 'SIGKILL');
       } catch {

@@ -1,0 +1,135 @@
+#!/usr/bin/python3
+# A test app in Python, for the lineage tests (test/lineage.test.ts): a
+# release is a copy of this script, so /proc/PID/exe is the interpreter and
+# only lineage tells the app apart. Started as `./app.bin -c app.cfg`.
+#
+# app.cfg (key=value lines):
+#   port=N           listen on 127.0.0.1:N (or take the socket in $PYAPP_FD)
+#   message=TEXT     said in every reply
+#   reload=fork      on SIGHUP: fork, exec the app from its link (the new
+#                    release) with the listening socket, wait until the
+#                    successor says it is ready, stop accepting, drain for
+#                    drain_ms, exit 0; a successor that dies leaves this one
+#                    serving (tableflip's and grace's way)
+#   reload=exec      on SIGHUP: exec the app from its link in place (same PID)
+#   drain_ms=N       how long the old process lives on after handing over
+#   reap=0           never wait for a child (a dead successor stays a zombie)
+#   daemonize=1      fork at start; the parent exits 0, the child serves
+#   fail_start=1     exit 3 before serving
+#   unhealthy=1      /healthz answers 503
+#
+# GET / answers {"release": <the release file this process runs>, "pid",
+# "message"}; GET /healthz answers 200 "ok".
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+def read_cfg(path):
+    cfg = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith('#') and '=' in line:
+                k, v = line.split('=', 1)
+                cfg[k.strip()] = v.strip()
+    return cfg
+
+
+def main():
+    args = sys.argv[1:]
+    release = None
+    me = os.path.abspath(sys.argv[0])
+    if len(args) >= 2 and args[0] == '--self':
+        # Started by a wrapper release (`exec python3 pyapp.py --self "$0" ...`):
+        # the wrapper's path is what runs the app (and its next release).
+        me = os.path.abspath(args[1])
+        release = os.path.basename(os.path.realpath(me))
+        args = args[2:]
+    cfg_path = args[args.index('-c') + 1] if '-c' in args else 'app.cfg'
+    if release is None:
+        release = os.path.basename(os.path.realpath(me))
+    cfg = read_cfg(cfg_path)
+    if cfg.get('fail_start') == '1':
+        sys.stderr.write('fail_start=1: exiting\n')
+        sys.exit(3)
+    if cfg.get('daemonize') == '1' and os.environ.get('PYAPP_DAEMON') != '1':
+        if os.fork() > 0:
+            os._exit(0)
+        os.setsid()
+        os.environ['PYAPP_DAEMON'] = '1'
+
+    fd = os.environ.pop('PYAPP_FD', None)
+    ready_fd = os.environ.pop('PYAPP_READY_FD', None)
+    if fd is not None:
+        sock = socket.socket(fileno=int(fd))
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(('127.0.0.1', int(cfg['port'])))
+        sock.listen(128)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == '/healthz':
+                code, body = (503, b'sick\n') if cfg.get('unhealthy') == '1' else (200, b'ok\n')
+            else:
+                code = 200
+                body = json.dumps({'release': release, 'pid': os.getpid(), 'message': cfg.get('message', '')}).encode()
+            self.send_response(code)
+            self.send_header('Content-Length', str(len(body)))
+            self.send_header('Connection', 'close')
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(('127.0.0.1', 0), Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock
+    hup = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    threading.Thread(target=server.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True).start()
+    if ready_fd is not None:
+        os.write(int(ready_fd), b'r')
+        os.close(int(ready_fd))
+
+    mode = cfg.get('reload', 'fork')
+    while True:
+        hup.wait()
+        hup.clear()
+        sock.set_inheritable(True)
+        env = dict(os.environ, PYAPP_FD=str(sock.fileno()))
+        argv = [me, '-c', cfg_path]
+        if mode == 'exec':
+            server.shutdown()
+            os.execve(me, argv, env)
+        r, w = os.pipe()
+        os.set_inheritable(w, True)
+        env['PYAPP_READY_FD'] = str(w)
+        child = os.fork()
+        if child == 0:
+            os.close(r)
+            os.execve(me, argv, env)
+        os.close(w)
+        said = os.read(r, 1)
+        os.close(r)
+        if said != b'r':
+            # The successor died before it was ready: keep serving.
+            if cfg.get('reap', '1') == '1':
+                os.waitpid(child, 0)
+            continue
+        server.shutdown()
+        time.sleep(int(cfg.get('drain_ms', '0')) / 1000)
+        os._exit(0)
+
+
+if __name__ == '__main__':
+    main()

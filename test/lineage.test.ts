@@ -1,0 +1,492 @@
+/**
+ * Identity by lineage and generations (issue 10), with the real agent and
+ * real apps whose executable is not in the releases folder: a
+ * `#!/usr/bin/python3` release (test/apps/pyapp.py) that re-executes itself
+ * with its listening socket, one that re-executes in place, a `#!/bin/sh`
+ * wrapper, a Node.js release, an app that daemonizes, two apps sharing a
+ * releases folder, a re-pointed releases symlink, an old generation that
+ * drains for 20 s, a successor left a zombie, and nginx whose master is
+ * killed with its workers alive. Each ends with the right release serving,
+ * one serving generation, and status and history saying so.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { chmod, copyFile, mkdir, readFile, rename, symlink, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import path from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { writeFileAtomic } from '../src/atomicWrite.js';
+import { freePort } from '../src/demo/layout.js';
+import { readHistory, type HistoryEntry } from '../src/history.js';
+import { readProc, readStat } from '../src/proc.js';
+import { needProgram } from './accounts.js';
+import { alive, MAIN, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+
+const PYAPP = path.join(ROOT, 'test', 'apps', 'pyapp.py');
+
+interface Reply {
+  release: string;
+  pid: number;
+  message: string;
+}
+
+function get(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => { body += c; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.setTimeout(5_000, () => req.destroy(new Error(`GET ${url} timed out`)));
+  });
+}
+
+async function ask(port: number): Promise<Reply> {
+  return JSON.parse((await get(`http://127.0.0.1:${port}/`)).body) as Reply;
+}
+
+/** Wait until the app on `port` answers from `release` (a file name such as "app.2.0"). */
+async function servedBy(port: number, release: string): Promise<Reply> {
+  return waitFor(`port ${port} to serve ${release}`, async () => {
+    const r = await ask(port).catch(() => undefined);
+    return r?.release === release ? r : undefined;
+  }, { timeoutMs: 20_000 });
+}
+
+interface PyApp {
+  readonly name: string;
+  readonly dir: string;
+  readonly releasesDir: string;
+  readonly currentFile: string;
+  readonly port: number;
+}
+
+type Kind = 'python' | 'wrapper' | 'node';
+
+/** A release file of `kind`: the Python app itself, a shell wrapper that execs it, or a Node.js server. */
+async function writeReleaseFile(file: string, kind: Kind): Promise<void> {
+  if (kind === 'python') await copyFile(PYAPP, file);
+  if (kind === 'wrapper') await writeFile(file, `#!/bin/sh\n# A wrapper release, as for gunicorn or puma: it execs the interpreter.\nexec /usr/bin/python3 ${PYAPP} --self "$0" "$@"\n`);
+  if (kind === 'node') {
+    await writeFile(file, `#!/usr/bin/env node
+const http = require('node:http');
+const fs = require('node:fs');
+const path = require('node:path');
+const cfg = Object.fromEntries(fs.readFileSync(process.argv[3], 'utf8').split('\\n').filter((l) => l.includes('=')).map((l) => l.split('=')));
+const release = path.basename(fs.realpathSync(process.argv[1]));
+http.createServer((req, res) => {
+  res.setHeader('Connection', 'close');
+  res.end(req.url === '/healthz' ? 'ok\\n' : JSON.stringify({ release, pid: process.pid, message: cfg.message }));
+}).listen(Number(cfg.port), '127.0.0.1');
+`);
+  }
+  await chmod(file, 0o755);
+}
+
+/** An app folder with releases `rs` (cfg lines per release), its current.conf naming `start`. */
+async function pyApp(root: string, name: string, rs: Record<string, string>, opts: { kind?: Kind; releasesDir?: string; port?: number } = {}): Promise<PyApp> {
+  const dir = path.join(root, name);
+  const releasesDir = opts.releasesDir ?? path.join(dir, 'release');
+  const port = opts.port ?? (await freePort());
+  await mkdir(releasesDir, { recursive: true });
+  for (const [r, extra] of Object.entries(rs)) {
+    await writeReleaseFile(path.join(releasesDir, `app.${r}`), opts.kind ?? 'python');
+    await writeFile(path.join(releasesDir, `cfg.${r}`), `port=${port}\nmessage=hello from ${name} ${r}\n${extra}`);
+  }
+  await mkdir(dir, { recursive: true });
+  return { name, dir, releasesDir, currentFile: path.join(releasesDir, opts.releasesDir === undefined ? 'current.conf' : `current-${name}.conf`), port };
+}
+
+async function setCurrent(app: PyApp, r: string): Promise<void> {
+  await writeFileAtomic(app.currentFile, `${JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` })}\n`);
+}
+
+/** The agent's config for `apps`, each run from its links as `./app.bin -c app.cfg`. */
+async function configFor(root: string, apps: readonly PyApp[], extra: (a: PyApp) => Record<string, unknown> = () => ({})): Promise<string> {
+  const file = path.join(root, 'config.json');
+  const allowRoot = process.getuid?.() === 0 ? { allowRoot: true } : {};
+  await writeFile(file, JSON.stringify({
+    stateDir: path.join(root, 'state'),
+    reconcileMs: 1_000,
+    apps: apps.map((a) => ({
+      name: a.name,
+      dir: a.dir,
+      releasesDir: a.releasesDir,
+      currentFile: a.currentFile,
+      command: ['./app.bin', '-c', 'app.cfg'],
+      ...allowRoot,
+      reload: { timeoutMs: 5_000 },
+      health: { url: `http://127.0.0.1:${a.port}/healthz`, settleMs: 300, deadlineMs: 5_000, intervalMs: 100 },
+      supervise: { checkMs: 100, backoffMs: 100, maxBackoffMs: 400, stableMs: 3_000, maxRetries: 3 },
+      ...extra(a),
+    })),
+  }, null, 2));
+  return file;
+}
+
+function history(root: string, app: string): Promise<HistoryEntry[]> {
+  return readHistory(path.join(root, 'state'), app);
+}
+
+async function nth(root: string, app: string, n: number): Promise<HistoryEntry> {
+  return waitFor(`${app}: history entry #${n}`, async () => (await history(root, app))[n - 1], { timeoutMs: 30_000 });
+}
+
+interface StatusJson {
+  apps: Array<{
+    name: string;
+    state: string;
+    pid: number | null;
+    since: string | null;
+    generations: Array<{ gen: number; role: string; processes: Array<{ pid: number; main: boolean; startedAt: string; deleted: boolean }> }>;
+  }>;
+}
+
+async function status(config: string, app: string): Promise<StatusJson['apps'][number]> {
+  const r = await relinkCli(['status', '--config', config, '--app', app, '--json']);
+  const parsed = JSON.parse(r.stdout) as StatusJson;
+  return parsed.apps[0]!;
+}
+
+/** Exactly one serving generation, whose main is `pid`. */
+async function assertServing(config: string, app: string, pid: number): Promise<StatusJson['apps'][number]> {
+  const s = await status(config, app);
+  assert.equal(s.state, 'running');
+  assert.equal(s.pid, pid);
+  const serving = s.generations.filter((g) => g.role === 'serving');
+  assert.equal(serving.length, 1, JSON.stringify(s.generations));
+  assert.ok(serving[0]!.processes.some((p) => p.pid === pid && p.main), JSON.stringify(serving));
+  return s;
+}
+
+async function setup(t: TestContext, prefix: string): Promise<string> {
+  if (!(await needProgram(t, '/usr/bin/python3', 'python3'))) throw new Error('unreachable');
+  const root = await tmpDir(t, prefix);
+  reapMarkedAfter(t, root);
+  return root;
+}
+
+test('a #!/usr/bin/python3 release that re-executes itself with its socket: started, deployed to a new PID, adopted by the next agent without a second copy', async (t) => {
+  const root = await setup(t, 'relink-lineage-py-');
+  const app = await pyApp(root, 'py', { '1.0': 'reload=fork\n', '2.0': 'reload=fork\n' });
+  await setCurrent(app, '1.0');
+  const config = await configFor(root, [app]);
+  const agent = startAgent(t, config);
+  const first = await nth(root, 'py', 1);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  const one = await servedBy(app.port, 'app.1.0');
+  assert.equal(first.pidAfter, one.pid);
+  assert.match((await readProc(one.pid))!.exe, /python3/);
+
+  await setCurrent(app, '2.0');
+  const second = await nth(root, 'py', 2);
+  assert.equal(second.outcome, 'deployed', second.reason ?? '');
+  const two = await servedBy(app.port, 'app.2.0');
+  assert.notEqual(two.pid, one.pid);
+  assert.equal(second.pidAfter, two.pid);
+  await waitFor('the old process to exit', async () => !(await alive(one.pid)));
+  const s = await assertServing(config, 'py', two.pid);
+  // The process's own start time, not when an agent adopted it.
+  assert.ok(s.since !== null && Math.abs(Date.parse(s.since) - Date.now()) < 60_000);
+
+  // A new agent adopts it: no second copy, nothing journaled, the same process serves.
+  assert.equal(await agent.stop(), 0);
+  const next = startAgent(t, config);
+  await next.waitForLog('adoption', (l) => l.msg === 'adopted running app' && l['appPid'] === two.pid);
+  await setCurrent(app, '1.0');
+  const third = await nth(root, 'py', 3);
+  assert.equal(third.outcome, 'deployed', third.reason ?? '');
+  assert.equal(third.pidBefore, two.pid, 'the adopted process was the one signalled');
+  assert.equal(third.action, 'signal');
+  const back = await servedBy(app.port, 'app.1.0');
+  assert.equal((await history(root, 'py')).length, 3);
+  await assertServing(config, 'py', back.pid);
+});
+
+test('a python release that re-executes in place (same PID, new stack) is a handoff to the new release', async (t) => {
+  const root = await setup(t, 'relink-lineage-exec-');
+  const app = await pyApp(root, 'px', { '1.0': 'reload=exec\n', '2.0': 'reload=exec\n' });
+  await setCurrent(app, '1.0');
+  const config = await configFor(root, [app]);
+  startAgent(t, config);
+  const px1 = await nth(root, 'px', 1);
+  assert.equal(px1.outcome, 'deployed', px1.reason ?? '');
+  const one = await servedBy(app.port, 'app.1.0');
+  await setCurrent(app, '2.0');
+  const second = await nth(root, 'px', 2);
+  assert.equal(second.outcome, 'deployed', second.reason ?? '');
+  const two = await servedBy(app.port, 'app.2.0');
+  assert.equal(two.pid, one.pid, 'same PID');
+  await assertServing(config, 'px', one.pid);
+});
+
+test('a #!/bin/sh wrapper release that execs the interpreter: deployed, and restarted after a crash', async (t) => {
+  const root = await setup(t, 'relink-lineage-sh-');
+  const app = await pyApp(root, 'wrap', { '1.0': 'reload=fork\n', '2.0': 'reload=fork\n' }, { kind: 'wrapper' });
+  await setCurrent(app, '1.0');
+  const config = await configFor(root, [app]);
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, 'wrap', 1)).outcome, 'deployed');
+  await servedBy(app.port, 'app.1.0');
+  await setCurrent(app, '2.0');
+  const second = await nth(root, 'wrap', 2);
+  assert.equal(second.outcome, 'deployed', second.reason ?? '');
+  const two = await servedBy(app.port, 'app.2.0');
+
+  process.kill(two.pid, 'SIGKILL');
+  await agent.waitForLog('the restart', (l) => l.msg === 'app restarted', { timeoutMs: 20_000 });
+  const again = await servedBy(app.port, 'app.2.0');
+  assert.notEqual(again.pid, two.pid);
+  await assertServing(config, 'wrap', again.pid);
+});
+
+test('a Node.js release: started, restarted after a crash, adopted by the next agent without a second copy', async (t) => {
+  const root = await setup(t, 'relink-lineage-node-');
+  const app = await pyApp(root, 'nd', { '1.0': '' }, { kind: 'node' });
+  await setCurrent(app, '1.0');
+  const config = await configFor(root, [app]);
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, 'nd', 1)).outcome, 'deployed');
+  const one = await servedBy(app.port, 'app.1.0');
+  assert.match((await readProc(one.pid))!.exe, /node/);
+  process.kill(one.pid, 'SIGKILL');
+  await agent.waitForLog('the restart', (l) => l.msg === 'app restarted', { timeoutMs: 20_000 });
+  const two = await waitFor('a new node process', async () => {
+    const r = await ask(app.port).catch(() => undefined);
+    return r !== undefined && r.pid !== one.pid ? r : undefined;
+  });
+  assert.equal(await agent.stop(), 0);
+  const next = startAgent(t, config);
+  await next.waitForLog('adoption', (l) => l.msg === 'adopted running app' && l['appPid'] === two.pid);
+  await assertServing(config, 'nd', two.pid);
+  assert.equal((await history(root, 'nd')).length, 1, 'nothing started again');
+});
+
+test('an app that daemonizes (forks, the parent exits 0) is followed to the child, deployed, and reloaded there', async (t) => {
+  const root = await setup(t, 'relink-lineage-daemon-');
+  const app = await pyApp(root, 'dm', { '1.0': 'reload=fork\ndaemonize=1\n', '2.0': 'reload=fork\ndaemonize=1\n' });
+  await setCurrent(app, '1.0');
+  const config = await configFor(root, [app]);
+  startAgent(t, config);
+  const first = await nth(root, 'dm', 1);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  const one = await servedBy(app.port, 'app.1.0');
+  await assertServing(config, 'dm', one.pid);
+  await setCurrent(app, '2.0');
+  const second = await nth(root, 'dm', 2);
+  assert.equal(second.outcome, 'deployed', second.reason ?? '');
+  assert.equal(second.pidBefore, one.pid, 'the daemon was the one signalled');
+  const two = await servedBy(app.port, 'app.2.0');
+  await assertServing(config, 'dm', two.pid);
+});
+
+test('two apps sharing a releases folder never see or signal each other\'s processes', async (t) => {
+  const root = await setup(t, 'relink-lineage-shared-');
+  const shared = path.join(root, 'shared-releases');
+  const portA = await freePort();
+  const portB = await freePort();
+  const a = await pyApp(root, 'a', {}, { releasesDir: shared, port: portA });
+  const b = await pyApp(root, 'b', {}, { releasesDir: shared, port: portB });
+  for (const [app, port] of [[a, portA], [b, portB]] as const) {
+    for (const r of ['1.0', '2.0']) {
+      await writeReleaseFile(path.join(shared, `app.${app.name}${r}`), 'python');
+      await writeFile(path.join(shared, `cfg.${app.name}${r}`), `port=${port}\nreload=fork\nmessage=${app.name} ${r}\n`);
+    }
+    await writeFileAtomic(app.currentFile, JSON.stringify({ 'bin.file': `app.${app.name}1.0`, 'cfg.file': `cfg.${app.name}1.0` }));
+  }
+  const config = await configFor(root, [a, b]);
+  startAgent(t, config);
+  assert.equal((await nth(root, 'a', 1)).outcome, 'deployed');
+  assert.equal((await nth(root, 'b', 1)).outcome, 'deployed');
+  const a1 = await servedBy(portA, 'app.a1.0');
+  const b1 = await servedBy(portB, 'app.b1.0');
+
+  await writeFileAtomic(b.currentFile, JSON.stringify({ 'bin.file': 'app.b2.0', 'cfg.file': 'cfg.b2.0' }));
+  const b2entry = await nth(root, 'b', 2);
+  assert.equal(b2entry.outcome, 'deployed', b2entry.reason ?? '');
+  assert.equal(b2entry.pidBefore, b1.pid);
+  const b2 = await servedBy(portB, 'app.b2.0');
+  assert.notEqual(b2.pid, a1.pid);
+  // a was never signalled: the same process serves the same release.
+  assert.deepEqual(await ask(portA), a1);
+  await assertServing(config, 'a', a1.pid);
+  await assertServing(config, 'b', b2.pid);
+  assert.equal((await history(root, 'a')).length, 1);
+});
+
+test('a re-pointed releases symlink (release -> releases-B) never loses the running app', async (t) => {
+  const root = await setup(t, 'relink-lineage-repoint-');
+  const port = await freePort();
+  const appDir = path.join(root, 'cap');
+  const relA = path.join(appDir, 'releases-A');
+  const relB = path.join(appDir, 'releases-B');
+  for (const rel of [relA, relB]) {
+    await mkdir(rel, { recursive: true });
+    for (const r of ['1.0', '2.0']) {
+      await writeReleaseFile(path.join(rel, `app.${r}`), 'python');
+      await writeFile(path.join(rel, `cfg.${r}`), `port=${port}\nreload=fork\nmessage=${path.basename(rel)} ${r}\n`);
+    }
+  }
+  const link = path.join(appDir, 'release');
+  await symlink('releases-A', link);
+  // current.conf outside the re-pointed folder: it is the app's, not a release's.
+  const app: PyApp = { name: 'cap', dir: appDir, releasesDir: link, currentFile: path.join(link, 'current.conf'), port };
+  await setCurrent(app, '1.0');
+  const config = await configFor(root, [app]);
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, 'cap', 1)).outcome, 'deployed');
+  const one = await servedBy(port, 'app.1.0');
+
+  // The Capistrano habit: a new releases folder, the symlink swapped over it.
+  await symlink('releases-B', `${link}.new`);
+  await rename(`${link}.new`, link);
+  await setCurrent(app, '2.0');
+  const second = await waitFor('the deploy of 2.0', async () => (await history(root, 'cap')).find((e) => e.to.bin?.endsWith('app.2.0') === true), { timeoutMs: 30_000 });
+  assert.equal(second.outcome, 'deployed', second.reason ?? '');
+  assert.equal(second.pidBefore, one.pid, 'the app was still known: signalled, not started again');
+  assert.equal(second.action, 'signal');
+  const two = await servedBy(port, 'app.2.0');
+  assert.equal(two.message, 'releases-B 2.0');
+  assert.ok(!agent.lines.some((l) => l.msg === 'app process is gone'), 'the app was never taken for gone');
+  await assertServing(config, 'cap', two.pid);
+});
+
+test('an old generation draining for 20 s never fails the handoff, is shown draining, and two deploys in a row both succeed', async (t) => {
+  const root = await setup(t, 'relink-lineage-drain-');
+  const app = await pyApp(root, 'dr', { '1.0': 'reload=fork\ndrain_ms=20000\n', '2.0': 'reload=fork\ndrain_ms=20000\n', '3.0': 'reload=fork\n' });
+  await setCurrent(app, '1.0');
+  // The drain outlives reload.timeoutMs (5 s) by far; the drain timeout is longer still.
+  const config = await configFor(root, [app], () => ({ reload: { timeoutMs: 5_000, drainTimeoutMs: 60_000 } }));
+  startAgent(t, config);
+  assert.equal((await nth(root, 'dr', 1)).outcome, 'deployed');
+  const one = await servedBy(app.port, 'app.1.0');
+
+  await setCurrent(app, '2.0');
+  const second = await nth(root, 'dr', 2);
+  assert.equal(second.outcome, 'deployed', second.reason ?? '');
+  const two = await servedBy(app.port, 'app.2.0');
+  assert.ok(await alive(one.pid), 'the old generation still drains');
+  const s = await status(config, 'dr');
+  const draining = s.generations.filter((g) => g.role === 'draining');
+  assert.ok(draining.some((g) => g.processes.some((p) => p.pid === one.pid)), JSON.stringify(s.generations));
+
+  await setCurrent(app, '3.0');
+  const third = await nth(root, 'dr', 3);
+  assert.equal(third.outcome, 'deployed', third.reason ?? '');
+  assert.equal(third.pidBefore, two.pid, 'the serving generation was signalled, not the draining one');
+  const three = await servedBy(app.port, 'app.3.0');
+  assert.deepEqual(JSON.parse(await readFile(app.currentFile, 'utf8')), { 'bin.file': 'app.3.0', 'cfg.file': 'cfg.3.0' });
+  await assertServing(config, 'dr', three.pid);
+  await waitFor('the draining generations to exit on their own', async () => !(await alive(one.pid)) && !(await alive(two.pid)), { timeoutMs: 40_000 });
+});
+
+test('an old generation past reload.drainTimeoutMs gets SIGTERM, logged', async (t) => {
+  const root = await setup(t, 'relink-lineage-drainkill-');
+  const app = await pyApp(root, 'dk', { '1.0': 'reload=fork\ndrain_ms=600000\n', '2.0': 'reload=fork\n' });
+  await setCurrent(app, '1.0');
+  const config = await configFor(root, [app], () => ({ reload: { timeoutMs: 5_000, drainTimeoutMs: 1_000 } }));
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, 'dk', 1)).outcome, 'deployed');
+  const one = await servedBy(app.port, 'app.1.0');
+  await setCurrent(app, '2.0');
+  assert.equal((await nth(root, 'dk', 2)).outcome, 'deployed');
+  const line = await agent.waitForLog('the drain timeout', (l) => /still runs 1000 ms after the next one took over/.test(l.msg), { timeoutMs: 15_000 });
+  assert.deepEqual(line['pids'], [one.pid]);
+  await waitFor('the overdue generation to be gone', async () => !(await alive(one.pid)), { timeoutMs: 15_000 });
+  await servedBy(app.port, 'app.2.0');
+});
+
+test('a successor that dies and is left a zombie fails the deploy at once, with a reason that names it', async (t) => {
+  const root = await setup(t, 'relink-lineage-zombie-');
+  const app = await pyApp(root, 'zb', { '1.0': 'reload=fork\nreap=0\n', '2.0': 'reload=fork\nfail_start=1\n' });
+  await setCurrent(app, '1.0');
+  const config = await configFor(root, [app], () => ({ reload: { timeoutMs: 30_000 } }));
+  startAgent(t, config);
+  assert.equal((await nth(root, 'zb', 1)).outcome, 'deployed');
+  const one = await servedBy(app.port, 'app.1.0');
+  await setCurrent(app, '2.0');
+  const second = await nth(root, 'zb', 2);
+  assert.equal(second.outcome, 'rolled_back', second.reason ?? '');
+  assert.match(second.reason ?? '', /zombie/);
+  const zombie = Number(/pid (\d+)/.exec(second.reason ?? '')?.[1]);
+  assert.equal(readStat(zombie)?.state, 'Z', `the pid named is the zombie: ${second.reason ?? ''}`);
+  assert.deepEqual(await ask(app.port), { ...one }, 'the old process still serves');
+  await assertServing(config, 'zb', one.pid);
+});
+
+test('nginx whose master is killed with its workers alive: the workers are stopped and nginx is started again', async (t) => {
+  if (process.getuid?.() !== 0 && !process.env['CI']) {
+    t.skip('nginx workers switch user: run as root');
+    return;
+  }
+  if (!(await needProgram(t, '/usr/sbin/nginx', 'nginx-light'))) return;
+  const root = await tmpDir(t, 'relink-lineage-nginx-');
+  reapMarkedAfter(t, root);
+  const dir = path.join(root, 'ngx');
+  const releasesDir = path.join(dir, 'release');
+  await mkdir(releasesDir, { recursive: true });
+  const port = await freePort();
+  const conf = (r: string): string => `daemon off;\nworker_processes 2;\npid nginx.pid;\nerror_log error.log warn;\nevents { worker_connections 64; }\nhttp {\n  access_log off;\n  client_body_temp_path body_temp;\n  server {\n    listen 127.0.0.1:${port};\n    location = /healthz { return 200 "ok\\n"; }\n    location / { default_type text/plain; return 200 "nginx ${r}\\n"; }\n  }\n}\n`;
+  // The binary lives outside the releases folder: only lineage finds it.
+  await writeFile(path.join(releasesDir, 'app.1.0'), '#!/bin/sh\nexec /usr/sbin/nginx "$@"\n');
+  await chmod(path.join(releasesDir, 'app.1.0'), 0o755);
+  await writeFile(path.join(releasesDir, 'cfg.1.0'), conf('1.0'));
+  await writeFileAtomic(path.join(releasesDir, 'current.conf'), '{"bin.file": "app.1.0", "cfg.file": "cfg.1.0"}\n');
+  const configFile = path.join(root, 'config.json');
+  await writeFile(configFile, JSON.stringify({
+    stateDir: path.join(root, 'state'),
+    apps: [{
+      name: 'ngx', dir, allowRoot: true,
+      command: ['./app.bin', '-p', `${dir}/`, '-e', 'error.log', '-c', path.join(dir, 'app.cfg')],
+      reload: { mode: 'inplace' },
+      health: { url: `http://127.0.0.1:${port}/healthz`, settleMs: 300 },
+      supervise: { checkMs: 100, backoffMs: 100, maxBackoffMs: 400, stableMs: 3_000, maxRetries: 3 },
+    }],
+  }));
+  const agent = startAgent(t, configFile);
+  const first = await nth(root, 'ngx', 1);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  const master = first.pidAfter!;
+  // Both workers known to the agent (the lineage refresh follows new children).
+  const workers = await waitFor('both workers in the serving generation', async () => {
+    const s = await status(configFile, 'ngx');
+    const procs = s.generations.find((g) => g.role === 'serving')?.processes ?? [];
+    const w = procs.filter((p) => p.pid !== master).map((p) => p.pid);
+    return w.length === 2 ? w : undefined;
+  }, { timeoutMs: 15_000 });
+
+  process.kill(master, 'SIGKILL');
+  await agent.waitForLog('the leftovers stopped', (l) => /main process died and left 2 of its processes running/.test(l.msg), { timeoutMs: 15_000 });
+  await agent.waitForLog('the restart', (l) => l.msg === 'app restarted', { timeoutMs: 20_000 });
+  for (const w of workers) assert.equal(await alive(w), false, `old worker ${w} was stopped`);
+  const answer = await waitFor('nginx to serve again', async () => (await get(`http://127.0.0.1:${port}/`).catch(() => undefined))?.body);
+  assert.equal(answer, 'nginx 1.0\n');
+  const s = await status(configFile, 'ngx');
+  assert.equal(s.state, 'running');
+  assert.notEqual(s.pid, master);
+  assert.equal(s.generations.filter((g) => g.role === 'serving').length, 1);
+});
+
+test('as PID 1 (a container entrypoint) the agent refuses to start and says how to run it', async (t) => {
+  if (process.getuid?.() !== 0) {
+    if (process.env['CI']) assert.fail('a PID namespace needs root: CI runs as root');
+    t.skip('a PID namespace needs root');
+    return;
+  }
+  const root = await tmpDir(t, 'relink-lineage-pid1-');
+  const config = await configFor(root, []);
+  // unshare makes a PID namespace whose first process, the agent, is PID 1.
+  const r = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+    const child = spawn('unshare', ['--fork', '--pid', '--mount-proc', process.execPath, '--import', 'tsx', MAIN, 'agent', '--config', config], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+    child.once('error', reject);
+    child.once('exit', (code) => resolve({ code, stderr }));
+  });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /refusing to run as PID 1/);
+  assert.match(r.stderr, /docker run --init/);
+  assert.match(r.stderr, /tini/);
+});
