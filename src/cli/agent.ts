@@ -15,8 +15,23 @@ Options:
   --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
   -h, --help      this text
 
-Exit codes: 0 stopped by a signal, 1 bad config or another agent runs, 2 usage error.
+It refuses to run as PID 1 (a container's entrypoint): the successors its
+apps start when they re-execute are re-parented to PID 1 and would stay
+zombies, one per deploy. Run it under an init that reaps them: docker run
+--init, or tini.
+
+Exit codes: 0 stopped by a signal, 1 bad config, another agent runs, or PID 1; 2 usage error.
 `;
+
+/**
+ * Why the agent must not run as `pid`, or undefined. As PID 1 it would be
+ * the parent of every orphan in its PID namespace (an app's successor once
+ * the old process exits), and Node reaps only the children it spawned.
+ */
+export function pidOneRefusal(pid: number): string | undefined {
+  if (pid !== 1) return undefined;
+  return 'relink agent: refusing to run as PID 1 (a container entrypoint): the processes your apps re-execute into would be re-parented to it and never reaped (a zombie per deploy). Run it under an init that reaps orphans: `docker run --init ...`, or tini as the entrypoint (ENTRYPOINT ["/usr/bin/tini", "--", "relink", "agent"])\n';
+}
 
 export const agentCommand: Command = {
   async run(args: string[], io: IO, stop: Promise<string>): Promise<number> {
@@ -24,6 +39,11 @@ export const agentCommand: Command = {
     if (values.help) {
       io.stdout(HELP);
       return EXIT.ok;
+    }
+    const refusal = pidOneRefusal(process.pid);
+    if (refusal !== undefined) {
+      io.stderr(refusal);
+      return EXIT.failed;
     }
     const config = await loadFor(values.config, io);
     const log = createLogger(config.logLevel);
