@@ -22,13 +22,13 @@ import type { Logger } from 'pino';
 import type { AppConfig } from './config.js';
 import { currentTextFor, type CurrentSnapshot, type Release } from './current.js';
 import type { Effects } from './effects.js';
-import { describeError, isErrno, RelinkError } from './errors.js';
+import { describeError, isErrno, RelinkError, type ErrorCode } from './errors.js';
 import { stripBom } from './json.js';
 import type { Action, HistoryEntry, Outcome } from './history.js';
 import { preflightRefusal } from './preflight.js';
 import { sameProcess, type ProcIdentity, type ProcInfo } from './proc.js';
 import { entryFor, Recorder, type Attempt, type Extra, type ReadAttempt } from './record.js';
-import type { AppProblem, AppStateName, GoodRelease } from './state.js';
+import type { AppProblem, AppStateName, GoodRelease, InFlight } from './state.js';
 import { CrashPolicy, LivenessCounter } from './supervise.js';
 import { TokenBucket } from './throttle.js';
 import { ProcessTracker } from './tracker.js';
@@ -82,6 +82,11 @@ function isJson(text: string): boolean {
 
 const sameRelease = (a: { bin?: string | undefined; cfg?: string | undefined } | undefined, b: Release | undefined): boolean =>
   a !== undefined && b !== undefined && a.bin === b.bin && a.cfg === b.cfg;
+
+/** An error code read back from the state file: written there by relink from one of its own errors (root-owned, not the app's to forge). */
+function asErrorCode(code: string | undefined): ErrorCode {
+  return (code ?? 'INTERNAL') as ErrorCode;
+}
 
 /** The root (its parent not of the same generation) of the newest generation among `procs`, if any. */
 function newestRoot(procs: readonly ProcInfo[]): ProcInfo | undefined {
@@ -143,6 +148,14 @@ export class AppAgent {
   /** A re-check asked to re-confirm the claim on the app's folder. */
   #reclaim = false;
   #loop: Promise<void> | undefined;
+  /** A deploy switching or being judged: kept in the state file until its verdict is journaled. */
+  #inflight: InFlight | undefined;
+  /** What the previous agent left in flight, until the setup has looked at it. */
+  #savedInflight: InFlight | undefined;
+  /** A deploy in flight the previous agent left unjudged: the first pass finishes it. */
+  #recovering: InFlight | undefined;
+  /** A process the crash supervision started and nobody has judged healthy yet: a deploy waits for it first. */
+  #unsettled: ProcInfo | undefined;
   /** The generation a deploy in flight is bringing up: stopped if it fails. */
   #newGen: number | undefined;
   /** A reload signal sent and not yet judged: the generation it opened and the main it went to. */
@@ -189,6 +202,7 @@ export class AppAgent {
     this.#lastGood = saved?.lastGood ?? undefined;
     this.#lastDeploy = saved?.lastDeploy ?? null;
     this.#savedState = saved?.state;
+    this.#savedInflight = saved?.inflight ?? undefined;
     // What the previous agent knew of the app's processes (a state file from
     // before lineage names only the main).
     const legacy = saved?.pid != null && saved.pidStart != null ? { pid: saved.pid, startTime: saved.pidStart } : undefined;
@@ -386,6 +400,16 @@ export class AppAgent {
         state = this.#savedState === 'fatal' ? 'fatal' : 'stopped';
       }
       this.#savedState = undefined;
+      const inflight = this.#savedInflight;
+      this.#savedInflight = undefined;
+      if (inflight !== undefined) {
+        const last = await this.#fx.lastRecorded();
+        if (last?.currentHash === inflight.hash && Date.parse(last.time) >= inflight.startedMs) {
+          this.#log.info({ outcome: last.outcome }, 'the previous agent journaled its last deploy before it stopped');
+        } else {
+          this.#recovering = inflight;
+        }
+      }
       this.#ready = true;
       if (this.#problem !== undefined) this.#log.info({ was: this.#problem.message }, 'the app can be managed again');
       this.#problem = undefined;
@@ -418,6 +442,11 @@ export class AppAgent {
   }
 
   async #pass(trigger: string): Promise<void> {
+    if (this.#recovering !== undefined) {
+      const inflight = this.#recovering;
+      this.#recovering = undefined;
+      await this.#recover(inflight);
+    }
     const early = trigger === EARLY_TRIGGER;
     // The periodic re-check reads current.conf only if it was written since
     // it was last judged (a stat, against reading it through src/safefs.ts
@@ -496,7 +525,26 @@ export class AppAgent {
     }
     // A deliberate change (or a re-save) is a fresh start for supervision.
     this.#resetSupervision();
-    await this.#deploy(attempt, release, main, links);
+    await this.#deploy(attempt, release, await this.#settled(main), links);
+  }
+
+  /**
+   * A process the crash supervision has just restarted may not have
+   * installed its signal handlers yet: a reload signal would kill it. It is
+   * given its settle time and probe first (as a deploy would judge it);
+   * returns what runs after that (undefined if it died meanwhile).
+   */
+  async #settled(main: ProcInfo | undefined): Promise<ProcInfo | undefined> {
+    const unsettled = this.#unsettled;
+    this.#unsettled = undefined;
+    if (main === undefined || unsettled === undefined || !sameProcess(main, unsettled)) return main;
+    try {
+      return await awaitHealthy(this.#fx, this.app, main, this.#verifyBy);
+    } catch (err) {
+      if (!(err instanceof RelinkError)) throw err;
+      this.#log.warn({ appPid: main.pid, code: err.code }, `the restarted app did not settle before the deploy (${err.message})`);
+      return this.#tracker.current();
+    }
   }
 
   /** The agent is stopping and nothing has been switched: leave the change to the next agent. */
@@ -539,25 +587,46 @@ export class AppAgent {
   }
 
   async #deploy(attempt: ReadAttempt, release: Release, main: ProcInfo | undefined, links: { bin: string | undefined; cfg: string | undefined }): Promise<void> {
+    // Recorded before anything is switched: an agent killed from here on
+    // leaves the next one what it needs to finish judging (#recover).
+    this.#inflight = {
+      phase: 'deploy', trigger: attempt.trigger, startedMs: attempt.started, hash: attempt.snapshot.hash, text: attempt.snapshot.text,
+      release: { bin: release.bin, cfg: release.cfg }, from: { bin: links.bin ?? null, cfg: links.cfg ?? null },
+      pidBefore: main?.pid ?? null, switchedTick: this.#fx.ticks(), cause: null,
+    };
     await this.#transition('deploying');
     try {
-      if (!sameRelease(links, release)) await this.#fx.relink(release);
+      try {
+        if (!sameRelease(links, release)) await this.#fx.relink(release);
+      } catch (err) {
+        if (!(err instanceof RelinkError)) throw err;
+        await this.#finish(attempt, 'failed', 'none', release, main, main === undefined ? 'stopped' : 'running', err);
+        return;
+      }
+      const action: Action = main === undefined ? 'start' : 'signal';
+      await this.#judge(attempt, release, main, action, () => (main === undefined ? this.#startNew(this.#verifyBy) : this.#reload(main, this.#verifyBy)));
     } catch (err) {
-      if (!(err instanceof RelinkError)) throw err;
-      await this.#finish(attempt, 'failed', 'none', release, main, main === undefined ? 'stopped' : 'running', err);
-      return;
+      if (!(err instanceof RelinkError)) await this.#internal(attempt, release, err);
+      throw err;
     }
-    const action: Action = main === undefined ? 'start' : 'signal';
+  }
+
+  /**
+   * Bring `release` up (`bringUp`: a start or a reload, or what already
+   * runs it) and judge it: deployed, or whatever failed is stopped and the
+   * last known-good release rolled back to.
+   */
+  async #judge(attempt: ReadAttempt, release: Release, before: ProcInfo | undefined, action: Action, bringUp: () => Promise<ProcInfo>): Promise<void> {
     let after: ProcInfo | undefined;
     this.#newGen = undefined;
     try {
-      after = main === undefined ? await this.#startNew(this.#verifyBy) : await this.#reload(main, this.#verifyBy);
+      after = await bringUp();
       if (action === 'start' || this.app.reload.mode === 'reexec') assertBinary(this.app, after, release);
       after = await awaitHealthy(this.#fx, this.app, after, this.#verifyBy);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
-      await this.#stopFailed(main);
-      await this.#rollback(attempt, action, release, main, err);
+      await this.#stopFailed(before);
+      await this.#rollback(attempt, action, release, before, err);
       return;
     }
     this.#serve(after);
@@ -568,6 +637,77 @@ export class AppAgent {
     // Its workers, started while it was being judged, are known from now on.
     await this.#fx.refreshLineage();
     await this.#finish(attempt, 'deployed', action, release, after, 'running');
+  }
+
+  /**
+   * An unexpected (untyped) error in the middle of a deploy: it still ends
+   * in a journaled outcome (failed, INTERNAL) and a state that says what
+   * runs, never "deploying"; the caller rethrows it to the pass's handler.
+   */
+  async #internal(attempt: ReadAttempt, release: Release, err: unknown): Promise<void> {
+    const what = describeError(err).message;
+    this.#newGen = undefined;
+    this.#reloading = undefined;
+    const now = await this.#tracker.current().catch(() => undefined);
+    const next: AppStateName = now === undefined ? 'failed' : 'running';
+    const e = new RelinkError('INTERNAL', `the deploy was cut short by an unexpected error: ${what}`, { rule: 'a deploy ends with a verdict', found: what });
+    try {
+      await this.#finish(attempt, 'failed', 'none', release, now, next, e);
+    } catch {
+      this.#inflight = undefined;
+      this.#state = next;
+      await this.#saveState().catch(() => undefined);
+    }
+  }
+
+  /**
+   * The previous agent died with a deploy in flight (the state file says
+   * so, and the journal has no verdict for it): finish judging it. Links not
+   * yet switched: nothing happened, and the pass that follows applies
+   * current.conf. Switched: the new release is brought up if it is not
+   * already (a successor of the opened generation, or a process started
+   * after the switch, is judged as it is; an old main is signalled; with
+   * nothing running the app is started), judged, and journaled deployed or
+   * rolled back. A rollback that was under way is carried out again.
+   */
+  async #recover(inf: InFlight): Promise<void> {
+    const release: Release = { bin: inf.release.bin, cfg: inf.release.cfg };
+    const links = await this.#fx.readLinks();
+    if (inf.phase === 'deploy' && !sameRelease(links, release)) {
+      this.#log.warn({ bin: release.bin, cfg: release.cfg }, 'the previous agent stopped before switching the links for a deploy: current.conf is applied afresh');
+      return;
+    }
+    const attempt: ReadAttempt = {
+      trigger: `${inf.trigger}:recovered`, started: inf.startedMs, snapshot: { text: inf.text, hash: inf.hash, mtimeMs: 0 },
+      from: { bin: inf.from.bin ?? undefined, cfg: inf.from.cfg ?? undefined }, pidBefore: inf.pidBefore ?? undefined,
+    };
+    this.#log.warn({ phase: inf.phase, bin: release.bin, cfg: release.cfg }, `the previous agent stopped in the middle of a ${inf.phase === 'deploy' ? 'deploy' : 'rollback'}: judging it now`);
+    this.#inflight = inf;
+    this.#seen = undefined;
+    await this.#transition('deploying');
+    try {
+      const found = await this.#fx.discover();
+      const before = found.all.find((p) => p.pid === inf.pidBefore);
+      if (inf.phase === 'rollback') {
+        await this.#rollback(attempt, before === undefined ? 'start' : 'signal', release, before, new RelinkError(asErrorCode(inf.cause?.code), inf.cause?.message ?? 'the deploy failed verification'));
+        return;
+      }
+      const serving = this.#fx.lineage()?.serving ?? 0;
+      // A successor of the generation the signal opened, not yet promoted.
+      const fresh = this.app.reload.mode === 'reexec' ? newestRoot(found.all.filter((p) => (p.gen ?? 0) > serving)) : undefined;
+      const main = found.main;
+      const action: Action = main === undefined && fresh === undefined ? 'start' : 'signal';
+      await this.#judge(attempt, release, before ?? main, action, async () => {
+        if (fresh !== undefined) return fresh;
+        // Started (or re-executed into a successor) after the switch: it runs the new release.
+        if (main !== undefined && main.startTime >= inf.switchedTick && this.app.reload.mode === 'reexec') return main;
+        if (main !== undefined) return this.#reload(main, this.#verifyBy);
+        return this.#startNew(this.#verifyBy);
+      });
+    } catch (err) {
+      if (!(err instanceof RelinkError)) await this.#internal(attempt, release, err);
+      throw err;
+    }
   }
 
   async #startNew(stopBy: StopBy): Promise<ProcInfo> {
@@ -598,6 +738,9 @@ export class AppAgent {
       this.#tracker.forget();
       return this.#startNew(stopBy);
     }
+    // The opened generation is on disk before it is waited for: an agent
+    // killed now leaves the next one able to tell the successor.
+    await this.#saveState();
     if (this.app.reload.mode === 'reexec') return awaitHandoff(this.#fx, this.app, main, gen, stopBy);
     // In place: the main itself now belongs to the new generation, with the workers it starts.
     return { ...(await confirmInPlace(this.#fx, this.app, main)), gen };
@@ -661,6 +804,10 @@ export class AppAgent {
       return;
     }
     this.#log.warn({ code: cause.code, reason: cause.message, to: { bin: good.bin, cfg: good.cfg } }, 'deploy failed verification; rolling back');
+    if (this.#inflight !== undefined) {
+      this.#inflight = { ...this.#inflight, phase: 'rollback', cause: { code: cause.code, message: cause.message } };
+      await this.#saveState();
+    }
     let after: ProcInfo | undefined;
     try {
       await this.#fx.relink(good);
@@ -686,7 +833,8 @@ export class AppAgent {
       // The operator's newer write wins: current.conf is put back only if it
       // still holds what failed; anything written since is applied next.
       const still = await this.#fx.readCurrent().catch(() => undefined);
-      if (still === undefined || still.hash === attempt.snapshot.hash) {
+      // (A rollback recovered after an agent died may find its own rewrite there.)
+      if (still === undefined || still.hash === attempt.snapshot.hash || stripBom(still.text) === good.text) {
         await this.#fx.writeCurrent(good.text);
         const written = await this.#fx.readCurrent();
         this.#seen = { hash: written.hash, mtimeMs: written.mtimeMs };
@@ -773,6 +921,7 @@ export class AppAgent {
     try {
       const after = await this.#startNew(this.#verifyBy);
       this.#tracker.set(after);
+      this.#unsettled = after;
       this.#liveness?.reset();
       if (!first) this.#crash.onRestarted();
       this.#log.info({ appPid: after.pid, restarts: this.#crash.restarts }, first ? 'app started' : 'app restarted');
@@ -922,6 +1071,9 @@ export class AppAgent {
   /** Journal and log the attempt, then move to `next`. */
   async #finish(attempt: Attempt, outcome: Outcome, action: Action, release: Release | undefined, after: ProcInfo | undefined, next: AppStateName, err?: RelinkError, extra: Extra = {}): Promise<void> {
     const entry = entryFor(this.app.name, this.#fx.now(), attempt, outcome, action, release, after?.pid, err, extra);
+    // Journaled first, then the state without it: killed in between, the
+    // next agent finds the verdict in the journal and does not judge again.
+    this.#inflight = undefined;
     this.#lastDeploy = entry;
     this.#refusing = outcome === 'refused';
     await this.#recorder.attempt(entry, err);
@@ -943,6 +1095,7 @@ export class AppAgent {
       problem: this.#problem ?? null,
       matched: this.#matched ?? null,
       lineage: this.#fx.lineage() ?? null,
+      inflight: this.#inflight ?? null,
       draining: this.#tracker.draining().map((d) => ({ gen: d.gen, since: new Date(d.sinceMs).toISOString() })),
     });
   }

@@ -9,11 +9,11 @@ import { isErrno } from './errors.js';
 import { readCurrent, validateCurrent, type CurrentSnapshot, type Release } from './current.js';
 import { writeFileAtomic } from './atomicWrite.js';
 import { probeOnce, type ProbeResult } from './health.js';
-import type { HistoryEntry } from './history.js';
+import { newestFirst, type HistoryEntry } from './history.js';
 import { launch, type Launched } from './launch.js';
 import { preflightRelease, type PreflightResult } from './preflight.js';
 import { logSize, logTail } from './logtail.js';
-import { ProcessFinder, readProc, sendSignal, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
+import { ProcessFinder, readProc, sendSignal, ticksNow, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
 import { readLinks, relink } from './relink.js';
 import { readerOf } from './safefs.js';
@@ -67,6 +67,10 @@ export interface Effects {
   /** One health probe attempt; {ok: true} when no probe is configured. */
   probe(): Promise<ProbeResult>;
   record(entry: HistoryEntry): Promise<void>;
+  /** The newest entry of the app's journal, or undefined (none, or unreadable). */
+  lastRecorded(): Promise<HistoryEntry | undefined>;
+  /** Clock ticks since boot now: the unit of a process's start time (ProcIdentity.startTime). */
+  ticks(): number;
   saveState(state: AppState): Promise<void>;
   loadState(): Promise<AppState | undefined>;
   now(): number;
@@ -127,6 +131,15 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     signal: sendSignal,
     probe: async () => (app.health.probe === undefined ? { ok: true, detail: 'no probe' } : probeOnce(app.health.probe, app.health.probeTimeoutMs)),
     record: (entry) => store.record(entry),
+    lastRecorded: async () => {
+      try {
+        for await (const e of newestFirst(stateDir, app.name)) return e;
+      } catch {
+        // unreadable: as if empty
+      }
+      return undefined;
+    },
+    ticks: () => ticksNow(),
     saveState: (state) => store.save(state),
     loadState: () => store.load(),
     now: () => Date.now(),

@@ -250,6 +250,8 @@ export interface LineageRecord {
   readonly serving: number;
   /** The newest generation number given out. */
   readonly lastGen: number;
+  /** Reload signals not yet judged: children of `pid` started at or after `fromTick` (clock ticks since boot) belong to `gen`. */
+  readonly openings?: ReadonlyArray<{ readonly gen: number; readonly pid: number; readonly startTime: number; readonly fromTick: number }>;
 }
 
 /** A row of the process table: ps-list's view, a moment old, only a hint. */
@@ -329,6 +331,7 @@ export class ProcessFinder {
       mains: [...this.#mains].map(([gen, id]) => ({ pid: id.pid, startTime: id.startTime, gen })),
       serving: this.#serving,
       lastGen: this.#lastGen,
+      openings: this.#openings.map((o) => ({ gen: o.gen, pid: o.parent.pid, startTime: o.parent.startTime, fromTick: o.fromTick })),
     };
   }
 
@@ -342,7 +345,8 @@ export class ProcessFinder {
       for (const m of rec.members) this.#members.set(m.pid, { pid: m.pid, startTime: m.startTime, gen: m.gen });
       for (const m of rec.mains) this.#mains.set(m.gen, { pid: m.pid, startTime: m.startTime });
       this.#serving = rec.serving;
-      this.#lastGen = Math.max(rec.lastGen, rec.serving);
+      this.#lastGen = Math.max(rec.lastGen, rec.serving, ...(rec.openings ?? []).map((o) => o.gen));
+      this.#openings = (rec.openings ?? []).map((o) => ({ gen: o.gen, parent: { pid: o.pid, startTime: o.startTime }, fromTick: o.fromTick }));
       this.#recorded = true;
     } else if (legacy !== undefined) {
       this.#lastGen = 1;

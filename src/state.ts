@@ -76,8 +76,33 @@ export interface AppState {
    * Absent before issue 10.
    */
   readonly lineage?: LineageRecord | null;
+  /**
+   * A deploy (or its rollback) that has begun switching and is not yet
+   * journaled: if the agent dies, the next one finishes judging it from
+   * here (src/app.ts #recover). Absent or null when none is in flight.
+   */
+  readonly inflight?: InFlight | null;
   /** Generations older than the serving one, still running: since when each drains (ISO time). */
   readonly draining?: ReadonlyArray<{ readonly gen: number; readonly since: string }> | null;
+}
+
+/** A deploy in flight, as the state file keeps it. */
+export interface InFlight {
+  readonly phase: 'deploy' | 'rollback';
+  readonly trigger: string;
+  /** When the attempt began (ms since the epoch). */
+  readonly startedMs: number;
+  /** The current.conf content being applied, and its sha256. */
+  readonly hash: string;
+  readonly text: string;
+  readonly release: { readonly bin: string; readonly cfg: string };
+  /** Where the links pointed before. */
+  readonly from: { readonly bin: string | null; readonly cfg: string | null };
+  readonly pidBefore: number | null;
+  /** When the links were (about to be) switched, in clock ticks since boot: a process started at or after it runs the new release. */
+  readonly switchedTick: number;
+  /** In the rollback phase: why the deploy failed. */
+  readonly cause: { readonly code: string; readonly message: string } | null;
 }
 
 /** A state file at the boundary. Unknown keys are kept: a newer agent may add fields. */
@@ -100,6 +125,19 @@ export const AppStateSchema = z.looseObject({
     mains: z.array(z.object({ pid: z.int().positive(), startTime: z.number(), gen: z.int().min(0) })),
     serving: z.int().min(0),
     lastGen: z.int().min(0),
+    openings: z.array(z.object({ gen: z.int().min(0), pid: z.int().positive(), startTime: z.number(), fromTick: z.number() })).optional(),
+  }).nullable().optional(),
+  inflight: z.object({
+    phase: z.enum(['deploy', 'rollback']),
+    trigger: z.string(),
+    startedMs: z.number(),
+    hash: z.string(),
+    text: z.string(),
+    release: z.object({ bin: z.string(), cfg: z.string() }),
+    from: z.object({ bin: z.string().nullable(), cfg: z.string().nullable() }),
+    pidBefore: z.int().positive().nullable(),
+    switchedTick: z.number(),
+    cause: z.object({ code: z.string(), message: z.string() }).nullable(),
   }).nullable().optional(),
   draining: z.array(z.object({ gen: z.int().min(0), since: z.string() })).nullable().optional(),
 });

@@ -130,6 +130,14 @@ class World implements Effects {
 
   restoreLineage(): void {}
 
+  ticks(): number {
+    return this.clock;
+  }
+
+  async lastRecorded(): Promise<HistoryEntry | undefined> {
+    return this.entries.at(-1);
+  }
+
   async refreshLineage(): Promise<void> {}
 
   async currentSignature(): Promise<string> {
@@ -1051,5 +1059,175 @@ test('a restart the agent cannot even start (a planted log link) is said as such
   await agent.idle();
   assert.equal(agent.state, 'running');
   assert.equal(w.states.at(-1)?.problem ?? null, null);
+  await agent.close();
+});
+
+test('a successor that hangs (never healthy) is stopped while the old main serves on; the next deploy succeeds', async () => {
+  const { w, agent } = await running(appConfig({}, PROBED));
+  const old = [...w.procs.values()][0]!;
+  w.onSignal = 'ignore';
+  let successor: ProcInfo | undefined;
+  // The signal starts a successor in the new generation that never answers; the old main stays.
+  const signal = w.signal.bind(w);
+  w.signal = (pid, sig) => {
+    const ok = signal(pid, sig);
+    if (sig === 'SIGHUP' && pid === old.pid && successor === undefined) successor = w.spawnProc(w.links.bin ?? 'none', w.opened);
+    return ok;
+  };
+  w.probeAt = () => successor === undefined || !w.procs.has(successor.pid);
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1];
+  assert.equal(e?.outcome, 'rolled_back', e?.reason ?? '');
+  assert.ok(successor !== undefined);
+  assert.deepEqual(w.signals.find(([pid]) => pid === successor!.pid), [successor.pid, 'SIGTERM'], 'the hung successor was stopped');
+  assert.equal(w.procs.has(successor.pid), false);
+  assert.ok(w.procs.has(old.pid), 'the old main serves on');
+  assert.equal(w.states.at(-1)?.state, 'running');
+
+  w.onSignal = 'reexec';
+  w.signal = signal;
+  w.probeAt = undefined;
+  w.write('3.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries[2]?.outcome, 'deployed', w.entries[2]?.reason ?? '');
+  await agent.close();
+});
+
+test('a first start that hangs (never healthy) is stopped, and the state says failed, not running', async () => {
+  const w = new World();
+  w.write('1.0');
+  w.unhealthy.add(`${REL}/app.1.0`);
+  const agent = new AppAgent(appConfig({}, PROBED), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.entries[0]?.outcome, 'failed');
+  assert.equal(w.procs.size, 0, 'the hung start was stopped');
+  assert.equal(w.states.at(-1)?.state, 'failed');
+  await agent.close();
+});
+
+test('a rollback leaves alone a current.conf written while it ran: the newer write is applied next, and journaled', async () => {
+  const { w, agent } = await running(appConfig({}, PROBED));
+  w.unhealthy.add(`${REL}/app.2.0`);
+  w.write('2.0');
+  let wrote = false;
+  // The operator writes 3.0 while the rollback to 1.0 is being verified.
+  w.probeAt = () => {
+    const main = [...w.procs.values()][0];
+    if (main?.exe === `${REL}/app.1.0` && !wrote && w.entries.length === 1) {
+      wrote = true;
+      w.write('3.0');
+      agent.trigger('watch:change');
+    }
+    return main !== undefined && !w.unhealthy.has(main.exe);
+  };
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.ok(wrote);
+  assert.equal(w.entries[1]?.outcome, 'rolled_back');
+  assert.equal(w.entries[2]?.outcome, 'deployed', w.entries[2]?.reason ?? '');
+  assert.equal(w.entries[2]?.to.bin, `${REL}/app.3.0`);
+  assert.equal(w.text, JSON.stringify({ 'bin.file': 'app.3.0', 'cfg.file': 'cfg.3.0' }), 'the newer write was not overwritten');
+  await agent.close();
+});
+
+test('an unexpected error in the middle of a deploy still ends journaled (failed, INTERNAL) and not "deploying"', async () => {
+  const { w, agent, lines } = await running(appConfig({}, PROBED));
+  w.probeAt = () => { throw new TypeError('probe exploded'); };
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1];
+  assert.equal(e?.outcome, 'failed');
+  assert.equal(e?.code, 'INTERNAL');
+  assert.match(e?.reason ?? '', /probe exploded/);
+  assert.notEqual(w.states.at(-1)?.state, 'deploying');
+  assert.equal(w.states.at(-1)?.inflight ?? null, null);
+  assert.ok(lines.some((l) => l['msg'] === 'pass failed unexpectedly: unexpected error: probe exploded'), 'the pass handler said it too');
+  await agent.close();
+});
+
+/** What a killed agent left: state "deploying" with a deploy in flight from 1.0 to `to`. */
+function killedMidDeploy(w: World, to: string, pidBefore: number | null, switchedTick: number): void {
+  const text = JSON.stringify({ 'bin.file': `app.${to}`, 'cfg.file': `cfg.${to}` });
+  w.text = text;
+  w.links = { bin: `${REL}/app.${to}`, cfg: `${REL}/cfg.${to}` };
+  w.states.push({
+    app: 'web', state: 'deploying', pid: pidBefore, pidStart: null, since: null, bin: null, cfg: null, lastDeploy: null,
+    lastGood: { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0`, text: JSON.stringify({ 'bin.file': 'app.1.0', 'cfg.file': 'cfg.1.0' }) },
+    restarts: 0, updatedAt: new Date(0).toISOString(),
+    inflight: {
+      phase: 'deploy', trigger: 'watch:change', startedMs: 0, hash: `h:${text}`, text,
+      release: { bin: `${REL}/app.${to}`, cfg: `${REL}/cfg.${to}` }, from: { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` },
+      pidBefore, switchedTick, cause: null,
+    },
+  });
+}
+
+test('an agent killed between relink and signal: the next one signals the old main, judges the new release and journals the verdict', async () => {
+  const w = new World();
+  w.lastGen = 1;
+  w.serving = 1;
+  const old = w.spawnProc(`${REL}/app.1.0`, 1);
+  w.clock = 50;
+  killedMidDeploy(w, '2.0', old.pid, 50);
+  const agent = new AppAgent(appConfig({}, PROBED), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.entries.length, 1);
+  const e = w.entries[0]!;
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  assert.equal(e.trigger, 'watch:change:recovered');
+  assert.equal(e.currentHash, `h:${w.text}`, 'deploy --wait finds its verdict by the hash');
+  assert.deepEqual(w.signals, [[old.pid, 'SIGHUP']]);
+  assert.equal([...w.procs.values()][0]?.exe, `${REL}/app.2.0`);
+  assert.equal(w.states.at(-1)?.state, 'running');
+  assert.equal(w.states.at(-1)?.inflight ?? null, null);
+  await agent.close();
+});
+
+test('an agent killed while a bad release was being judged: the next one judges it, rolls back and rewrites current.conf', async () => {
+  const w = new World();
+  w.lastGen = 2;
+  w.serving = 1;
+  w.clock = 50;
+  // The old main handed over and exited; the successor (generation 2, not promoted) serves the sick release.
+  const successor = w.spawnProc(`${REL}/app.2.0`, 2);
+  w.unhealthy.add(`${REL}/app.2.0`);
+  killedMidDeploy(w, '2.0', 7, 40);
+  const agent = new AppAgent(appConfig({}, PROBED), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.entries.length, 1);
+  const e = w.entries[0]!;
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+  assert.equal(e.code, 'UNHEALTHY');
+  assert.deepEqual(w.signals, [[successor.pid, 'SIGHUP']], 'the successor was reloaded into the good release, not a second copy started');
+  assert.deepEqual(w.links, { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` });
+  assert.equal(w.text, JSON.stringify({ 'bin.file': 'app.1.0', 'cfg.file': 'cfg.1.0' }));
+  assert.equal(w.procs.size, 1);
+  await agent.close();
+});
+
+test('an agent killed after journaling the verdict but before saving the state: the next one does not judge it again', async () => {
+  const w = new World();
+  w.lastGen = 2;
+  w.serving = 2;
+  w.clock = 50;
+  w.spawnProc(`${REL}/app.2.0`, 2);
+  killedMidDeploy(w, '2.0', 7, 40);
+  w.entries.push({
+    time: new Date(1).toISOString(), app: 'web', outcome: 'deployed', action: 'signal', from: { bin: null, cfg: null }, to: { bin: null, cfg: null },
+    reason: null, code: null, pidBefore: 7, pidAfter: 100, durationMs: 1, currentHash: `h:${w.text}`, trigger: 'watch:change',
+  });
+  const agent = new AppAgent(appConfig({}, PROBED), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.entries.length, 1, 'nothing journaled twice');
+  assert.deepEqual(w.signals, []);
+  assert.equal(w.states.at(-1)?.state, 'running');
   await agent.close();
 });

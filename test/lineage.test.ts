@@ -490,3 +490,55 @@ test('as PID 1 (a container entrypoint) the agent refuses to start and says how 
   assert.match(r.stderr, /docker run --init/);
   assert.match(r.stderr, /tini/);
 });
+
+test('gunicorn (Debian) through a #!/bin/sh wrapper: master and workers known, an in-place reload makes new workers the new generation, adopted without a second copy', async (t) => {
+  if (!(await needProgram(t, '/usr/bin/gunicorn', 'gunicorn'))) return;
+  const root = await setup(t, 'relink-lineage-gunicorn-');
+  const port = await freePort();
+  const dir = path.join(root, 'gun');
+  const releasesDir = path.join(dir, 'release');
+  await mkdir(releasesDir, { recursive: true });
+  await writeFile(path.join(releasesDir, 'app.1.0'), '#!/bin/sh\n# gunicorn, as a release: the wrapper execs it.\nexec /usr/bin/gunicorn "$@"\n');
+  await chmod(path.join(releasesDir, 'app.1.0'), 0o755);
+  for (const r of ['1.0', '2.0']) {
+    await writeFile(path.join(releasesDir, `cfg.${r}`), [
+      `bind = "127.0.0.1:${port}"`, 'workers = 2', `pythonpath = "${path.join(ROOT, 'test', 'apps')}"`,
+      'wsgi_app = "wsgiapp:application"', `raw_env = ["RELEASE=${r}"]`, 'graceful_timeout = 5', '',
+    ].join('\n'));
+  }
+  const app: PyApp = { name: 'gun', dir, releasesDir, currentFile: path.join(releasesDir, 'current.conf'), port };
+  await writeFileAtomic(app.currentFile, JSON.stringify({ 'bin.file': 'app.1.0', 'cfg.file': 'cfg.1.0' }));
+  // gunicorn reloads its config and replaces its workers on SIGHUP: in place.
+  const config = await configFor(root, [app], () => ({ reload: { mode: 'inplace', timeoutMs: 5_000 } }));
+  const agent = startAgent(t, config);
+  const first = await nth(root, 'gun', 1);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  const master = first.pidAfter!;
+  const serving = async (): Promise<number[]> => (await status(config, 'gun')).generations.find((g) => g.role === 'serving')?.processes.map((p) => p.pid) ?? [];
+  const oldWorkers = await waitFor('the master and its 2 workers in the serving generation', async () => {
+    const pids = await serving();
+    return pids.length === 3 && pids.includes(master) ? pids.filter((p) => p !== master) : undefined;
+  }, { timeoutMs: 15_000 });
+
+  await writeFileAtomic(app.currentFile, JSON.stringify({ 'bin.file': 'app.1.0', 'cfg.file': 'cfg.2.0' }));
+  const second = await nth(root, 'gun', 2);
+  assert.equal(second.outcome, 'deployed', second.reason ?? '');
+  assert.equal(second.pidAfter, master, 'the same master, reloaded in place');
+  const reply = await waitFor('a worker of release 2.0', async () => {
+    const r = JSON.parse((await get(`http://127.0.0.1:${port}/`)).body) as { release: string; pid: number; master: number };
+    return r.release === '2.0' ? r : undefined;
+  }, { timeoutMs: 15_000 });
+  assert.equal(reply.master, master);
+  assert.ok(!oldWorkers.includes(reply.pid), 'a new worker answers');
+  await waitFor('the old workers to leave and the new ones to serve', async () => {
+    const pids = await serving();
+    return pids.length === 3 && pids.includes(reply.pid) && !oldWorkers.some((w) => pids.includes(w)) ? true : undefined;
+  }, { timeoutMs: 20_000 });
+  await assertServing(config, 'gun', master);
+
+  assert.equal(await agent.stop(), 0);
+  const next = startAgent(t, config);
+  await next.waitForLog('adoption', (l) => l.msg === 'adopted running app' && l['appPid'] === master);
+  assert.equal((await history(root, 'gun')).length, 2, 'nothing started again');
+  await assertServing(config, 'gun', master);
+});
