@@ -32,6 +32,8 @@ import type { AppProblem, AppStateName, GoodRelease, InFlight } from './state.js
 import { CrashPolicy, LivenessCounter } from './supervise.js';
 import { TokenBucket } from './throttle.js';
 import { ProcessTracker } from './tracker.js';
+import { Generations } from './generations.js';
+import { inflightFor, journaled, newestRoot, recoveredAttempt, recoveryPlan } from './inflight.js';
 import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, runsRelease, type StopBy } from './verify.js';
 
 /**
@@ -64,9 +66,6 @@ export const READ_LIMIT = { burst: 20, perSecond: 5 } as const;
 /** A liveness restart: SIGTERM, then SIGKILL if the app has not exited after this long (ms). */
 export const LIVENESS_KILL_MS = 10_000;
 
-/** Stopping a failed generation, a dead main's leftovers or an overdue draining one: SIGKILL this long after SIGTERM (ms). */
-export const STOP_KILL_MS = 10_000;
-
 /** How often supervision follows the app's processes (new workers, exits) through the shared /proc walk (ms). */
 const LINEAGE_REFRESH_MS = 5_000;
 
@@ -88,13 +87,6 @@ function asErrorCode(code: string | undefined): ErrorCode {
   return (code ?? 'INTERNAL') as ErrorCode;
 }
 
-/** The root (its parent not of the same generation) of the newest generation among `procs`, if any. */
-function newestRoot(procs: readonly ProcInfo[]): ProcInfo | undefined {
-  const gen = Math.max(...procs.map((p) => p.gen ?? -1));
-  const ofGen = procs.filter((p) => p.gen === gen);
-  return ofGen.find((p) => !ofGen.some((q) => q.pid === p.ppid));
-}
-
 /** A problem from anything thrown (src/errors.ts describeError), since `now`. */
 function problemOf(err: unknown, now: number): AppProblem {
   return { ...describeError(err), since: new Date(now).toISOString() };
@@ -105,6 +97,7 @@ export class AppAgent {
   readonly #fx: Effects;
   readonly #log: Logger;
   readonly #tracker: ProcessTracker;
+  readonly #generations: Generations;
   readonly #crash: CrashPolicy;
   readonly #liveness: LivenessCounter | undefined;
   readonly #recorder: Recorder;
@@ -171,6 +164,7 @@ export class AppAgent {
     this.#fx = effects;
     this.#log = log;
     this.#tracker = new ProcessTracker(effects, log);
+    this.#generations = new Generations(effects, log);
     this.#recorder = new Recorder(effects, log);
     this.#crash = new CrashPolicy(app.supervise);
     this.#liveness = app.health.liveness === undefined ? undefined : new LivenessCounter(app.health.liveness.failureThreshold);
@@ -207,7 +201,7 @@ export class AppAgent {
     // before lineage names only the main).
     const legacy = saved?.pid != null && saved.pidStart != null ? { pid: saved.pid, startTime: saved.pidStart } : undefined;
     this.#fx.restoreLineage(saved?.lineage ?? undefined, legacy);
-    for (const d of saved?.draining ?? []) this.#tracker.drainingSince(d.gen, Date.parse(d.since));
+    for (const d of saved?.draining ?? []) this.#generations.drainingSince(d.gen, Date.parse(d.since));
     this.trigger('startup');
     if (this.app.supervise.enabled) this.#armMonitor();
     this.#armLiveness();
@@ -404,8 +398,8 @@ export class AppAgent {
       this.#savedInflight = undefined;
       if (inflight !== undefined) {
         const last = await this.#fx.lastRecorded();
-        if (last?.currentHash === inflight.hash && Date.parse(last.time) >= inflight.startedMs) {
-          this.#log.info({ outcome: last.outcome }, 'the previous agent journaled its last deploy before it stopped');
+        if (journaled(inflight, last)) {
+          this.#log.info({ outcome: last?.outcome }, 'the previous agent journaled its last deploy before it stopped');
         } else {
           this.#recovering = inflight;
         }
@@ -589,11 +583,7 @@ export class AppAgent {
   async #deploy(attempt: ReadAttempt, release: Release, main: ProcInfo | undefined, links: { bin: string | undefined; cfg: string | undefined }): Promise<void> {
     // Recorded before anything is switched: an agent killed from here on
     // leaves the next one what it needs to finish judging (#recover).
-    this.#inflight = {
-      phase: 'deploy', trigger: attempt.trigger, startedMs: attempt.started, hash: attempt.snapshot.hash, text: attempt.snapshot.text,
-      release: { bin: release.bin, cfg: release.cfg }, from: { bin: links.bin ?? null, cfg: links.cfg ?? null },
-      pidBefore: main?.pid ?? null, switchedTick: this.#fx.ticks(), cause: null,
-    };
+    this.#inflight = inflightFor(attempt, release, main, links, this.#fx.ticks());
     await this.#transition('deploying');
     try {
       try {
@@ -677,10 +667,7 @@ export class AppAgent {
       this.#log.warn({ bin: release.bin, cfg: release.cfg }, 'the previous agent stopped before switching the links for a deploy: current.conf is applied afresh');
       return;
     }
-    const attempt: ReadAttempt = {
-      trigger: `${inf.trigger}:recovered`, started: inf.startedMs, snapshot: { text: inf.text, hash: inf.hash, mtimeMs: 0 },
-      from: { bin: inf.from.bin ?? undefined, cfg: inf.from.cfg ?? undefined }, pidBefore: inf.pidBefore ?? undefined,
-    };
+    const attempt = recoveredAttempt(inf);
     this.#log.warn({ phase: inf.phase, bin: release.bin, cfg: release.cfg }, `the previous agent stopped in the middle of a ${inf.phase === 'deploy' ? 'deploy' : 'rollback'}: judging it now`);
     this.#inflight = inf;
     this.#seen = undefined;
@@ -692,16 +679,11 @@ export class AppAgent {
         await this.#rollback(attempt, before === undefined ? 'start' : 'signal', release, before, new RelinkError(asErrorCode(inf.cause?.code), inf.cause?.message ?? 'the deploy failed verification'));
         return;
       }
-      const serving = this.#fx.lineage()?.serving ?? 0;
-      // A successor of the generation the signal opened, not yet promoted.
-      const fresh = this.app.reload.mode === 'reexec' ? newestRoot(found.all.filter((p) => (p.gen ?? 0) > serving)) : undefined;
-      const main = found.main;
-      const action: Action = main === undefined && fresh === undefined ? 'start' : 'signal';
-      await this.#judge(attempt, release, before ?? main, action, async () => {
-        if (fresh !== undefined) return fresh;
-        // Started (or re-executed into a successor) after the switch: it runs the new release.
-        if (main !== undefined && main.startTime >= inf.switchedTick && this.app.reload.mode === 'reexec') return main;
-        if (main !== undefined) return this.#reload(main, this.#verifyBy);
+      const plan = recoveryPlan(inf, found, this.#fx.lineage()?.serving ?? 0, this.app.reload.mode);
+      this.#log.info({ plan: plan.kind, appPid: plan.kind === 'start' ? undefined : plan.proc.pid }, `recovering the deploy: ${plan.kind === 'judge' ? 'judging what runs it' : plan.kind === 'signal' ? 'signalling the main process' : 'starting the app'}`);
+      await this.#judge(attempt, release, before ?? found.main, plan.kind === 'start' ? 'start' : 'signal', async () => {
+        if (plan.kind === 'judge') return plan.proc;
+        if (plan.kind === 'signal') return this.#reload(plan.proc, this.#verifyBy);
         return this.#startNew(this.#verifyBy);
       });
     } catch (err) {
@@ -757,10 +739,7 @@ export class AppAgent {
     this.#reloading = undefined;
     this.#newGen = undefined;
     this.#tracker.set(after, this.#tracker.main !== undefined);
-    const rec = this.#fx.lineage();
-    for (const m of rec?.members ?? []) {
-      if (m.gen < gen) this.#tracker.drainingSince(m.gen, this.#fx.now());
-    }
+    this.#generations.servingIs(gen);
   }
 
   /**
@@ -788,7 +767,7 @@ export class AppAgent {
     const victims = (rec?.members ?? []).filter((m) => m.gen === gen && !sameProcess(m, before));
     if (victims.length === 0) return;
     this.#log.warn({ gen, pids: victims.map((v) => v.pid) }, `stopping generation ${gen}, which failed verification`);
-    await this.#stopProcesses(victims);
+    await this.#generations.stop(victims);
   }
 
   /**
@@ -868,7 +847,7 @@ export class AppAgent {
       await this.#fx.refreshLineage();
     }
     const main = await this.#observe();
-    await this.#drain();
+    if (await this.#generations.step(this.app.reload.drainTimeoutMs)) await this.#saveState();
     if (main !== undefined) {
       if (this.#crash.onRunning(this.#tracker.ranMs())) this.#log.info({ appPid: main.pid }, 'app has run stably; crash count reset');
       return;
@@ -879,7 +858,7 @@ export class AppAgent {
       // old config, and a new master could not bind. Stopped first.
       this.#log.error({ pids: leftovers.map((p) => p.pid), code: 'APP_CRASHED' },
         `the app's main process died and left ${leftovers.length} of its processes running (${leftovers.map((p) => p.pid).join(', ')}): stopping them before the app is restarted`);
-      await this.#stopProcesses(leftovers);
+      await this.#generations.stop(leftovers);
     }
     if (!this.app.supervise.enabled || this.#state === 'fatal' || this.#cancelBackoff !== undefined) return;
     const links = await this.#fx.readLinks();
@@ -964,84 +943,7 @@ export class AppAgent {
     this.#log.error({ appPid: main.pid, failures: this.#liveness.failures, detail: r.detail, code: 'LIVENESS_FAILED' },
       `liveness probe failed ${this.#liveness.failures} times in a row (last: ${r.detail}); restarting the app`);
     this.#liveness.reset();
-    await this.#terminate(main);
-  }
-
-  /**
-   * Older generations drain: each is left alone while it finishes its
-   * in-flight requests, forgotten once its last process exits, and told to
-   * stop (SIGTERM) once it has drained for reload.drainTimeoutMs, then
-   * killed (SIGKILL) STOP_KILL_MS later. Never blocks the queue.
-   */
-  async #drain(): Promise<void> {
-    const draining = this.#tracker.draining();
-    if (draining.length === 0) return;
-    const members = this.#fx.lineage()?.members ?? [];
-    const now = this.#fx.now();
-    for (const d of draining) {
-      const alive: ProcInfo[] = [];
-      for (const m of members.filter((x) => x.gen === d.gen)) {
-        const p = await this.#fx.verify(m);
-        if (p !== undefined) alive.push(p);
-      }
-      if (alive.length === 0) {
-        this.#tracker.drained(d.gen);
-        this.#log.info({ gen: d.gen, drainedMs: now - d.sinceMs }, `generation ${d.gen} has drained (its last process exited after ${now - d.sinceMs} ms)`);
-        await this.#saveState();
-        continue;
-      }
-      const pids = alive.map((p) => p.pid);
-      if (d.stopAt === undefined && now - d.sinceMs >= this.app.reload.drainTimeoutMs) {
-        this.#log.warn({ gen: d.gen, pids, drainTimeoutMs: this.app.reload.drainTimeoutMs },
-          `generation ${d.gen} still runs ${this.app.reload.drainTimeoutMs} ms after the next one took over (reload.drainTimeoutMs): SIGTERM to ${pids.join(', ')}`);
-        for (const p of alive) this.#fx.signal(p.pid, 'SIGTERM');
-        this.#tracker.drainStopped(d.gen, now);
-      } else if (d.stopAt !== undefined && now - d.stopAt >= STOP_KILL_MS) {
-        this.#log.warn({ gen: d.gen, pids }, `generation ${d.gen} still runs ${STOP_KILL_MS} ms after SIGTERM: SIGKILL to ${pids.join(', ')}`);
-        for (const p of alive) this.#fx.signal(p.pid, 'SIGKILL');
-        this.#tracker.drainStopped(d.gen, now);
-      }
-    }
-  }
-
-  /** SIGTERM to each, SIGKILL to those still there after STOP_KILL_MS; waits until they are gone (2 s more at most). */
-  async #stopProcesses(procs: readonly ProcIdentity[]): Promise<void> {
-    const alive = async (): Promise<ProcIdentity[]> => {
-      const out: ProcIdentity[] = [];
-      for (const p of procs) if ((await this.#fx.verify(p)) !== undefined) out.push(p);
-      return out;
-    };
-    const waitGone = async (ms: number): Promise<ProcIdentity[]> => {
-      const until = this.#fx.now() + ms;
-      for (;;) {
-        const left = await alive();
-        if (left.length === 0 || this.#fx.now() >= until) return left;
-        await this.#fx.sleep(20);
-      }
-    };
-    for (const p of await alive()) this.#fx.signal(p.pid, 'SIGTERM');
-    const left = await waitGone(STOP_KILL_MS);
-    if (left.length === 0) return;
-    this.#log.warn({ pids: left.map((p) => p.pid) }, `still running ${STOP_KILL_MS} ms after SIGTERM: SIGKILL`);
-    for (const p of left) this.#fx.signal(p.pid, 'SIGKILL');
-    await waitGone(2_000);
-  }
-
-  /** SIGTERM, and SIGKILL if it is still there after LIVENESS_KILL_MS. */
-  async #terminate(main: ProcInfo): Promise<void> {
-    const gone = async (ms: number): Promise<boolean> => {
-      const until = this.#fx.now() + ms;
-      for (;;) {
-        if ((await this.#fx.verify(main)) === undefined) return true;
-        if (this.#fx.now() >= until) return false;
-        await this.#fx.sleep(20);
-      }
-    };
-    if (!this.#fx.signal(main.pid, 'SIGTERM')) return;
-    if (await gone(LIVENESS_KILL_MS)) return;
-    this.#log.warn({ appPid: main.pid }, `still running ${LIVENESS_KILL_MS} ms after SIGTERM; SIGKILL`);
-    this.#fx.signal(main.pid, 'SIGKILL');
-    await gone(2_000);
+    await this.#generations.stop([main], LIVENESS_KILL_MS);
   }
 
   #resetSupervision(): void {
@@ -1096,7 +998,7 @@ export class AppAgent {
       matched: this.#matched ?? null,
       lineage: this.#fx.lineage() ?? null,
       inflight: this.#inflight ?? null,
-      draining: this.#tracker.draining().map((d) => ({ gen: d.gen, since: new Date(d.sinceMs).toISOString() })),
+      draining: this.#generations.draining().map((d) => ({ gen: d.gen, since: new Date(d.sinceMs).toISOString() })),
     });
   }
 }

@@ -5,9 +5,9 @@
  * app's PID changes on every reload, and the successor is found again.
  *
  * It reports what it sees (the main is gone, it handed over or daemonized,
- * a dead main's leftovers, strays, other users' copies) and keeps the older
- * generations that still drain, with since when; it never changes the app's
- * lifecycle state: that is the orchestrator's decision (src/app.ts).
+ * a dead main's leftovers, strays, other users' copies) and never changes
+ * the app's lifecycle state: that is the orchestrator's decision
+ * (src/app.ts). The generations that drain are src/generations.ts's.
  */
 import type { Logger } from 'pino';
 import type { Effects } from './effects.js';
@@ -23,8 +23,6 @@ export class ProcessTracker {
   readonly #foreignSeen = new Set<number>();
   /** The serving generation's processes a dead main left behind (last scan). */
   #leftovers: readonly ProcInfo[] = [];
-  /** Older generations still running, by generation: since when they drain (fx.now() ms), and when they were told to stop. */
-  readonly #draining = new Map<number, { sinceMs: number; stopAt?: number }>();
 
   constructor(fx: Pick<Effects, 'verify' | 'discover' | 'now'>, log: Logger) {
     this.#fx = fx;
@@ -84,27 +82,6 @@ export class ProcessTracker {
   /** Processes of the serving generation whose main died (seen by the last scan): to be stopped before a restart. */
   get leftovers(): readonly ProcInfo[] {
     return this.#leftovers;
-  }
-
-  /** Generation `gen` drains since `ms` (kept if already known). */
-  drainingSince(gen: number, ms: number): void {
-    if (!this.#draining.has(gen)) this.#draining.set(gen, { sinceMs: ms });
-  }
-
-  /** The generations draining, oldest first, with since when and when they were told to stop. */
-  draining(): Array<{ gen: number; sinceMs: number; stopAt?: number }> {
-    return [...this.#draining].sort((a, b) => a[0] - b[0]).map(([gen, d]) => ({ gen, ...d }));
-  }
-
-  /** Generation `gen` was told to stop at `ms` (SIGKILL follows if it stays). */
-  drainStopped(gen: number, ms: number): void {
-    const d = this.#draining.get(gen);
-    if (d !== undefined) d.stopAt = ms;
-  }
-
-  /** Generation `gen` has no process left. */
-  drained(gen: number): void {
-    this.#draining.delete(gen);
   }
 
   /** A restart failed: the next check counts another quick failure from now. */

@@ -1231,3 +1231,62 @@ test('an agent killed after journaling the verdict but before saving the state: 
   assert.equal(w.states.at(-1)?.state, 'running');
   await agent.close();
 });
+
+test('an old generation drains; past reload.drainTimeoutMs it gets SIGTERM, and SIGKILL 10 s later if it ignores that', async () => {
+  const { w, agent, lines } = await running(appConfig({ drainTimeoutMs: 1_000 }, PROBED));
+  const old = [...w.procs.values()][0]!;
+  // The old main hands over and then keeps running (a long drain) and ignores SIGTERM.
+  w.onSignal = 'slowHandoff';
+  w.handoffMs = 1e9;
+  w.ignoreTerm = true;
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries[1]?.outcome, 'deployed', w.entries[1]?.reason ?? '');
+  assert.ok(w.procs.has(old.pid), 'the old generation still drains');
+  assert.deepEqual(w.states.at(-1)?.draining?.map((d) => d.gen), [old.gen]);
+  const step = async (ms: number): Promise<void> => {
+    for (let i = 0; i < ms / 100; i++) {
+      w.advance(100);
+      await agent.idle();
+    }
+  };
+  await step(1_200);
+  assert.deepEqual(w.signals.filter(([pid]) => pid === old.pid).map(([, s]) => s), ['SIGHUP', 'SIGTERM']);
+  assert.ok(lines.some((l) => /still runs 1000 ms after the next one took over/.test(String(l['msg']))));
+  await step(10_200);
+  assert.deepEqual(w.signals.filter(([pid]) => pid === old.pid).map(([, s]) => s), ['SIGHUP', 'SIGTERM', 'SIGKILL']);
+  assert.equal(w.procs.has(old.pid), false);
+  await step(1_200);
+  assert.deepEqual(w.states.at(-1)?.draining, []);
+  assert.ok(lines.some((l) => /generation \d+ has drained/.test(String(l['msg']))));
+  await agent.close();
+});
+
+test('a deploy right after a crash restart waits for the restarted app to settle and pass its probe before signalling it', async () => {
+  const { w, agent } = await running(appConfig({}, { health: { url: 'http://127.0.0.1:8080/healthz', settleMs: 1000, deadlineMs: 3000 } }));
+  w.crash();
+  agent.check();
+  await agent.idle();
+  if (agent.state === 'backoff') {
+    w.advance(5_000);
+    await agent.idle();
+  }
+  assert.equal(agent.state, 'running');
+  const restarted = [...w.procs.values()][0]!;
+  const restartedAt = w.clock;
+  let signalledAt: number | undefined;
+  const signal = w.signal.bind(w);
+  w.signal = (pid, sig) => {
+    if (sig === 'SIGHUP') signalledAt ??= w.clock;
+    return signal(pid, sig);
+  };
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries.at(-1)?.outcome, 'deployed', w.entries.at(-1)?.reason ?? '');
+  assert.equal(w.entries.at(-1)?.pidBefore, restarted.pid);
+  assert.ok(signalledAt !== undefined && signalledAt >= restartedAt + 1000, `signalled at ${signalledAt}, restarted at ${restartedAt}: not before the settle time`);
+  assert.ok(w.probes.some((at) => at >= restartedAt + 1000 && at <= signalledAt!), 'probed before the signal');
+  await agent.close();
+});
