@@ -644,9 +644,9 @@ export class AppAgent {
     try {
       await this.#finish(attempt, 'failed', 'none', release, now, next, e);
     } catch {
+      // The journal could not be written either: the state still moves on.
       this.#inflight = undefined;
-      this.#state = next;
-      await this.#saveState().catch(() => undefined);
+      await this.#transition(next).catch(() => undefined);
     }
   }
 

@@ -371,6 +371,9 @@ test('an old generation draining for 20 s never fails the handoff, is shown drai
   const s = await status(config, 'dr');
   const draining = s.generations.filter((g) => g.role === 'draining');
   assert.ok(draining.some((g) => g.processes.some((p) => p.pid === one.pid)), JSON.stringify(s.generations));
+  const text = (await relinkCli(['status', '--config', config, '--app', 'dr'])).stdout;
+  assert.match(text, new RegExp(`generation \\d+ +draining since \\S+: ${one.pid} started `));
+  assert.match(text, new RegExp(`generation \\d+ +serving: ${two.pid} \\(main\\) started `));
 
   await setCurrent(app, '3.0');
   const third = await nth(root, 'dr', 3);
