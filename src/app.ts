@@ -18,6 +18,7 @@
  * problem) and the agent retries on its periodic re-check; the other apps
  * never notice.
  */
+import path from 'node:path';
 import type { Logger } from 'pino';
 import type { AppConfig } from './config.js';
 import { currentTextFor, type CurrentSnapshot, type Release } from './current.js';
@@ -621,6 +622,9 @@ export class AppAgent {
     }
     this.#serve(after);
     if (after.deleted) this.#log.warn({ appPid: after.pid, exe: after.exe }, `pid ${after.pid} runs ${after.exe}, which was replaced or deleted on disk since it started`);
+    if (this.app.reload.mode === 'inplace' && after.exe !== release.bin && after.exe.startsWith(path.dirname(release.bin) + path.sep)) {
+      this.#log.warn({ appPid: after.pid, exe: after.exe, bin: release.bin }, `pid ${after.pid} still runs ${after.exe}: an in-place reload reloads the config only; ${release.bin} runs once the app is restarted`);
+    }
     this.#applied = { hash: attempt.snapshot.hash, release };
     this.#lastGood = { ...release, text: attempt.snapshot.text };
     this.#liveness?.reset();
@@ -676,7 +680,7 @@ export class AppAgent {
       const found = await this.#fx.discover();
       const before = found.all.find((p) => p.pid === inf.pidBefore);
       if (inf.phase === 'rollback') {
-        await this.#rollback(attempt, before === undefined ? 'start' : 'signal', release, before, new RelinkError(asErrorCode(inf.cause?.code), inf.cause?.message ?? 'the deploy failed verification'));
+        await this.#rollback(attempt, inf.pidBefore === null ? 'start' : 'signal', release, before, new RelinkError(asErrorCode(inf.cause?.code), inf.cause?.message ?? 'the deploy failed verification'));
         return;
       }
       const plan = recoveryPlan(inf, found, this.#fx.lineage()?.serving ?? 0, this.app.reload.mode);
@@ -692,7 +696,22 @@ export class AppAgent {
     }
   }
 
+  /**
+   * A main that died with processes of its generation alive (a master
+   * killed with its workers): they hold the port and the old config, and a
+   * new copy could not bind. Stopped before anything is started.
+   */
+  async #stopLeftovers(): Promise<void> {
+    const leftovers = this.#tracker.leftovers;
+    if (leftovers.length === 0) return;
+    this.#log.error({ pids: leftovers.map((p) => p.pid), code: 'APP_CRASHED' },
+      `the app's main process died and left ${leftovers.length} of its processes running (${leftovers.map((p) => p.pid).join(', ')}): stopping them before the app is started again`);
+    await this.#generations.stop(leftovers);
+    this.#tracker.leftoversStopped();
+  }
+
   async #startNew(stopBy: StopBy): Promise<ProcInfo> {
+    await this.#stopLeftovers();
     const launched = await this.#fx.launch();
     // The new generation, stopped if it fails verification.
     this.#newGen = this.#fx.lineage()?.serving;
@@ -738,7 +757,8 @@ export class AppAgent {
     this.#fx.promote(gen, after);
     this.#reloading = undefined;
     this.#newGen = undefined;
-    this.#tracker.set(after, this.#tracker.main !== undefined);
+    // A new generation is a new run for the crash policy (its quick failures count from here).
+    this.#tracker.set(after);
     this.#generations.servingIs(gen);
   }
 
@@ -852,14 +872,7 @@ export class AppAgent {
       if (this.#crash.onRunning(this.#tracker.ranMs())) this.#log.info({ appPid: main.pid }, 'app has run stably; crash count reset');
       return;
     }
-    const leftovers = this.#tracker.leftovers;
-    if (leftovers.length > 0 && this.app.supervise.enabled) {
-      // A master killed with its workers alive: they hold the port and the
-      // old config, and a new master could not bind. Stopped first.
-      this.#log.error({ pids: leftovers.map((p) => p.pid), code: 'APP_CRASHED' },
-        `the app's main process died and left ${leftovers.length} of its processes running (${leftovers.map((p) => p.pid).join(', ')}): stopping them before the app is restarted`);
-      await this.#generations.stop(leftovers);
-    }
+    if (this.app.supervise.enabled) await this.#stopLeftovers();
     if (!this.app.supervise.enabled || this.#state === 'fatal' || this.#cancelBackoff !== undefined) return;
     const links = await this.#fx.readLinks();
     // Nothing deployed yet, or a deploy that failed with nothing to go back

@@ -13,7 +13,7 @@ import { newestFirst, type HistoryEntry } from './history.js';
 import { launch, type Launched } from './launch.js';
 import { preflightRelease, type PreflightResult } from './preflight.js';
 import { logSize, logTail } from './logtail.js';
-import { ProcessFinder, readProc, sendSignal, ticksNow, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
+import { ProcessFinder, readProc, sendSignal, sharesListener, ticksNow, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
 import { readLinks, relink } from './relink.js';
 import { readerOf } from './safefs.js';
@@ -46,10 +46,12 @@ export interface Effects {
   discover(preferred?: ProcIdentity): Promise<Discovery>;
   /** Follow the app's processes cheaply (new workers, exited ones): ProcessFinder.refresh. */
   refreshLineage(): Promise<void>;
+  /** Does `old` still hold a listening socket its successor holds too (it may still be the one accepting)? See proc.ts sharesListener. */
+  sharesListener(old: ProcIdentity, successor: ProcIdentity): boolean;
   /** A reload signal is about to be sent to `main`: the children it starts from now form a new generation (returned). */
   openGeneration(main: ProcIdentity): number;
   /** Generation `gen`, whose main process is `main`, passed verification and serves; older ones drain. */
-  promote(gen: number, main: ProcIdentity): void;
+  promote(gen: number, main: ProcInfo): void;
   /** A reload that failed: children `main` starts from now belong to its own generation again. */
   closeGeneration(gen: number): void;
   /** What is known of the app's processes, for the state file (undefined: nothing to keep). */
@@ -93,7 +95,7 @@ export interface RealEffectsOptions {
 export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsOptions = {}): Effects {
   const store = opts.store ?? new AppStore(stateDir, app.name);
   const configFile = opts.configFile ?? '';
-  const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
+  const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user, mode: app.reload.mode });
   let me: Promise<LockOwner> | undefined;
   const lockMemo: LockMemo = {};
   const lockOwner = (): Promise<LockOwner> => {
@@ -117,6 +119,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     discover: (preferred) => finder.discover(preferred),
     refreshLineage: async () => { await finder.refresh(); },
     openGeneration: (main) => finder.open(main),
+    sharesListener: (old, successor) => sharesListener(old, successor),
     promote: (gen, main) => finder.promote(gen, main),
     closeGeneration: (gen) => finder.close(gen),
     lineage: () => finder.record(),

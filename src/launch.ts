@@ -159,6 +159,22 @@ async function tool(name: string, env: NodeJS.ProcessEnv): Promise<string> {
     { rule: `${name} must be installed`, found: `not in ${dirs.join(':')}` });
 }
 
+/**
+ * ENOENT from exec of a file that exists: its `#!` interpreter is missing
+ * (`#!/usr/bin/python3` on a host without python3). The file and the
+ * interpreter, or undefined when that is not the cause.
+ */
+async function missingInterpreter(app: AppConfig): Promise<{ file: string; interpreter: string } | undefined> {
+  const first = app.command[0];
+  if (first === undefined) return undefined;
+  const file = path.resolve(app.dir, first);
+  const head = await readFile(file).then((b) => b.subarray(0, 256).toString('latin1'), () => undefined);
+  const m = head === undefined ? null : /^#!\s*(\S+)/.exec(head);
+  if (m === null) return undefined;
+  const interpreter = m[1]!;
+  return (await access(interpreter, fsConstants.X_OK).then(() => true, () => false)) ? undefined : { file, interpreter };
+}
+
 export async function launch(app: AppConfig, agent?: AgentIdentity): Promise<Launched> {
   const plan = await planLaunch(app, agent ?? await agentIdentity());
   // The log lies in a folder the app's user can write: no planted symlink
@@ -177,8 +193,13 @@ export async function launch(app: AppConfig, agent?: AgentIdentity): Promise<Lau
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('spawn', () => resolve(child.pid as number));
       child.once('error', reject);
-    }).catch((err: unknown) => {
+    }).catch(async (err: unknown) => {
       const e = err as NodeJS.ErrnoException;
+      const interp = e.code === 'ENOENT' ? await missingInterpreter(app) : undefined;
+      if (interp !== undefined) {
+        throw new RelinkError('START_FAILED', `could not start ${JSON.stringify(app.command)} in ${app.dir}: ${interp.file} names the interpreter ${interp.interpreter} in its #! line, which does not exist`,
+          { key: 'command', rule: 'the #! interpreter of the release must exist', found: interp.interpreter }, { cause: err });
+      }
       throw new RelinkError('START_FAILED', `could not start ${JSON.stringify(app.command)} in ${app.dir}: ${e.code ?? e.message}`,
         { key: 'command', rule: 'must start', found: e.code ?? e.message }, { cause: err });
     });

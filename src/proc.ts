@@ -76,6 +76,8 @@ export interface ProcInfo extends ProcIdentity {
    * executable (an interpreter) stayed the same. Optional as euid is.
    */
   readonly startStack?: number;
+  /** Its session id (/proc/PID/stat field 6): an app that daemonizes calls setsid(), its workers and helpers do not. */
+  readonly session?: number;
   /** The generation the process belongs to (set by ProcessFinder). */
   readonly gen?: number;
 }
@@ -117,11 +119,12 @@ export async function readProc(pid: number): Promise<ProcInfo | undefined> {
     // Fields are counted from 1 and rest[0] is field 3.
     const childFaults = Number(rest[8]) + Number(rest[10]);
     const startStack = Number(rest[25]);
+    const session = Number(rest[3]);
     const deleted = exeRaw.endsWith(DELETED);
     const exe = deleted ? exeRaw.slice(0, -DELETED.length) : exeRaw;
     const uids = /^Uid:\s+(\d+)\s+(\d+)/m.exec(status);
     if (uids === null) return undefined;
-    return { pid, ppid, startTime, exe, deleted, uid: Number(uids[1]), euid: Number(uids[2]), childFaults, startStack };
+    return { pid, ppid, startTime, exe, deleted, uid: Number(uids[1]), euid: Number(uids[2]), childFaults, startStack, session };
   } catch (err) {
     if (isErrno(err, 'ENOENT') || isErrno(err, 'ESRCH') || isErrno(err, 'EACCES') || isErrno(err, 'EPERM')) return undefined;
     throw err;
@@ -185,6 +188,83 @@ export function procRows(now = Date.now()): ReadonlyArray<TableRow> {
   return rows;
 }
 
+/**
+ * A process's command line with each argument cut to its last path
+ * component ("./app.bin" and "/srv/web/app.bin" read the same), or
+ * undefined when gone: tells a process that re-executed itself (the same
+ * command line) from a worker that renamed itself (nginx's "worker
+ * process") or a helper it started (`sleep`).
+ */
+export function commandOf(pid: number): string | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter((a) => a !== '').map((a) => path.basename(a)).join(' ');
+  } catch {
+    return undefined;
+  }
+}
+
+/** The socket inodes a process holds open (its /proc/PID/fd links "socket:[N]"); empty when gone or unreadable. */
+function socketInodes(pid: number): Set<string> {
+  const out = new Set<string>();
+  let fds: string[];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return out;
+  }
+  for (const fd of fds) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m !== null) out.add(m[1]!);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return out;
+}
+
+/** The inodes of listening sockets in `pid`'s network namespace: TCP/TCP6 in state LISTEN, Unix with __SO_ACCEPTCON. */
+function listeningInodes(pid: number): Set<string> {
+  const out = new Set<string>();
+  for (const table of ['tcp', 'tcp6']) {
+    let text = '';
+    try {
+      text = readFileSync(`/proc/${pid}/net/${table}`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[3] === '0A' && f[9] !== undefined) out.add(f[9]);
+    }
+  }
+  try {
+    for (const line of readFileSync(`/proc/${pid}/net/unix`, 'utf8').split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[3] !== undefined && f[6] !== undefined && (Number.parseInt(f[3], 16) & 0x10000) !== 0) out.add(f[6]);
+    }
+  } catch {
+    // no unix table: TCP only
+  }
+  return out;
+}
+
+/**
+ * Does `old` still hold a listening socket that `successor` holds too? An
+ * old process that has handed over has stopped accepting and closed its
+ * listeners (Go's Server.Shutdown does, as do tableflip, endless and
+ * grace once their successor is ready); one that still holds them may still
+ * be the only one accepting (its successor not ready yet).
+ */
+export function sharesListener(old: ProcIdentity, successor: ProcIdentity): boolean {
+  const mine = socketInodes(old.pid);
+  if (mine.size === 0) return false;
+  const shared = [...socketInodes(successor.pid)].filter((i) => mine.has(i));
+  if (shared.length === 0) return false;
+  const listening = listeningInodes(old.pid);
+  return shared.some((i) => listening.has(i));
+}
+
 /** The environment names of the marker every process relink starts carries (and its children inherit). */
 export const MARKER = { name: 'RELINK_APP', dir: 'RELINK_APP_DIR' } as const;
 
@@ -244,8 +324,8 @@ export interface Member extends ProcIdentity {
 /** What the finder knows of an app's processes: kept in its state file so the next agent knows it too. */
 export interface LineageRecord {
   readonly members: readonly Member[];
-  /** Each generation's main process. */
-  readonly mains: readonly Member[];
+  /** Each generation's main process, with its session, executable and command line (commandOf) when known. */
+  readonly mains: ReadonlyArray<Member & { readonly sid?: number | undefined; readonly exe?: string | undefined; readonly cmd?: string | undefined }>;
   /** The serving generation (0: none yet). */
   readonly serving: number;
   /** The newest generation number given out. */
@@ -281,6 +361,16 @@ export interface FinderOptions {
   readonly list?: ProcessLister;
   /** Clock ticks since boot (ticksNow); swappable for tests. */
   readonly ticks?: () => number;
+  /** The app's reload.mode: how a generation opened by a reload signal that is all that is left is taken. Default "reexec". */
+  readonly mode?: 'reexec' | 'inplace';
+}
+
+/** A generation's main process, with what tells a successor or a daemonized child of it from a leftover worker or helper once it is gone. */
+interface MainRecord extends ProcIdentity {
+  readonly sid?: number | undefined;
+  readonly exe?: string | undefined;
+  /** commandOf() as last seen alive. */
+  readonly cmd?: string | undefined;
 }
 
 interface Opening {
@@ -296,11 +386,12 @@ export class ProcessFinder {
   readonly #pidFile: string | undefined;
   readonly #list: ProcessLister;
   readonly #ticks: () => number;
+  readonly #mode: 'reexec' | 'inplace';
   readonly #user: string | undefined;
   /** Resolved once: verify() runs every few ms during a deploy and must not ask NSS each time. */
   #uid: Promise<number> | undefined;
   readonly #members = new Map<number, Member>();
-  readonly #mains = new Map<number, ProcIdentity>();
+  readonly #mains = new Map<number, MainRecord>();
   #openings: Opening[] = [];
   #serving = 0;
   #lastGen = 0;
@@ -316,6 +407,7 @@ export class ProcessFinder {
     this.#pidFile = opts.pidFile;
     this.#list = opts.list ?? (() => psList());
     this.#ticks = opts.ticks ?? ticksNow;
+    this.#mode = opts.mode ?? 'reexec';
     this.#user = opts.user;
   }
 
@@ -328,7 +420,8 @@ export class ProcessFinder {
   record(): LineageRecord {
     return {
       members: [...this.#members.values()],
-      mains: [...this.#mains].map(([gen, id]) => ({ pid: id.pid, startTime: id.startTime, gen })),
+      mains: [...this.#mains].filter(([gen, id]) => gen >= this.#serving || this.#members.has(id.pid))
+        .map(([gen, id]) => ({ pid: id.pid, startTime: id.startTime, gen, sid: id.sid, exe: id.exe, cmd: id.cmd })),
       serving: this.#serving,
       lastGen: this.#lastGen,
       openings: this.#openings.map((o) => ({ gen: o.gen, pid: o.parent.pid, startTime: o.parent.startTime, fromTick: o.fromTick })),
@@ -343,7 +436,7 @@ export class ProcessFinder {
   restore(rec: LineageRecord | undefined, legacy?: ProcIdentity): void {
     if (rec !== undefined) {
       for (const m of rec.members) this.#members.set(m.pid, { pid: m.pid, startTime: m.startTime, gen: m.gen });
-      for (const m of rec.mains) this.#mains.set(m.gen, { pid: m.pid, startTime: m.startTime });
+      for (const m of rec.mains) this.#mains.set(m.gen, { pid: m.pid, startTime: m.startTime, sid: m.sid, exe: m.exe, cmd: m.cmd });
       this.#serving = rec.serving;
       this.#lastGen = Math.max(rec.lastGen, rec.serving, ...(rec.openings ?? []).map((o) => o.gen));
       this.#openings = (rec.openings ?? []).map((o) => ({ gen: o.gen, parent: { pid: o.pid, startTime: o.startTime }, fromTick: o.fromTick }));
@@ -363,7 +456,7 @@ export class ProcessFinder {
     this.#recorded = true;
     if (info !== undefined) {
       this.#members.set(pid, { pid, startTime: info.startTime, gen });
-      this.#mains.set(gen, { pid, startTime: info.startTime });
+      this.#noteMain(gen, info);
     }
     this.#serving = gen;
     return gen;
@@ -390,7 +483,7 @@ export class ProcessFinder {
    * Older generations now drain. Openings on earlier mains are closed:
    * their later children belong to their parent's generation.
    */
-  promote(gen: number, main: ProcIdentity): void {
+  promote(gen: number, main: ProcInfo): void {
     const m = this.#members.get(main.pid);
     if (m !== undefined && m.startTime === main.startTime) {
       const from = m.gen;
@@ -399,7 +492,7 @@ export class ProcessFinder {
       // rest stay where they were (old workers draining).
       if (this.#mains.get(from)?.pid === main.pid) this.#mains.delete(from);
     }
-    this.#mains.set(gen, { pid: main.pid, startTime: main.startTime });
+    this.#noteMain(gen, main);
     this.#serving = gen;
     this.#openings = this.#openings.filter((o) => o.gen > gen);
   }
@@ -468,30 +561,56 @@ export class ProcessFinder {
       if (info !== undefined && info.startTime === m.startTime) all.push({ ...info, gen: m.gen });
     }
     const foreign = await this.#foreign(rows, uid);
-    const gen = this.#serving;
+    let gen = this.#serving;
+    // Nothing of the serving generation runs, but a newer one (opened by a
+    // reload signal, never promoted: the agent died before its verdict was
+    // saved, or the old main exited mid-handoff): that is what runs. A
+    // re-exec'd successor is followed as the main; after an in-place reload
+    // the newer generation holds only workers whose master died: leftovers.
+    const newer = all.filter((p) => (p.gen ?? 0) > gen);
+    let leftovers: ProcInfo[] = [];
+    let followed: Discovery['followed'];
+    if (!all.some((p) => p.gen === gen) && newer.length > 0) {
+      if (this.#mode === 'reexec') {
+        const top = Math.max(...newer.map((p) => p.gen ?? 0));
+        const from = this.#mains.get(gen)?.pid;
+        this.#serving = gen = top;
+        const ofTop = newer.filter((p) => p.gen === top);
+        const root = ofTop.find((p) => !ofTop.some((q) => q.pid === p.ppid));
+        if (root !== undefined && !this.#mains.has(top)) this.#noteMain(top, root);
+        if (root !== undefined && from !== undefined) followed = { from, to: root.pid };
+      } else {
+        leftovers = newer;
+      }
+    }
     const serving = all.filter((p) => p.gen === gen);
     const roots = serving.filter((p) => !serving.some((q) => q.pid === p.ppid)).sort((a, b) => a.startTime - b.startTime || a.pid - b.pid);
     const mainId = this.#mains.get(gen);
     let main = serving.find((p) => sameProcess(p, mainId));
-    let followed: Discovery['followed'];
-    let leftovers: ProcInfo[] = [];
     if (mainId === undefined && roots.length > 0) {
       // Adopted without a recorded main (found by marker, PID file or
       // executable): the preferred root, else the oldest.
       main = roots.find((r) => sameProcess(r, preferred)) ?? roots[0]!;
-      this.#mains.set(gen, { pid: main.pid, startTime: main.startTime });
-    } else if (main === undefined && roots.length > 0) {
-      // The main is gone and processes of its generation live on. Exactly
-      // one, and the main exited cleanly (or not as our child: unknown), is
-      // an app that daemonized or re-executed on its own: follow it. Anything
-      // else (killed, crashed, several left) is a crashed app's leftovers.
-      const clean = mainId === undefined || (this.#exits.get(mainId.pid) ?? true);
-      if (roots.length === 1 && clean) {
-        main = roots[0]!;
-        if (mainId !== undefined) followed = { from: mainId.pid, to: main.pid };
-        this.#mains.set(gen, { pid: main.pid, startTime: main.startTime });
+      this.#noteMain(gen, main);
+    } else if (main !== undefined) {
+      // Kept current: after an exec chain (prlimit, setpriv, a sh wrapper)
+      // the executable and command line are the app's own.
+      if (main.exe !== mainId?.exe) this.#noteMain(gen, main);
+    } else if (roots.length > 0) {
+      // The main is gone and processes of its generation live on. One that
+      // is the app itself carrying on is followed: it daemonized (a new
+      // session, still carrying the app's marker) or re-executed on its own
+      // (the same command line), and the main did not die of a signal or an
+      // error. Anything else (a worker, a helper, several left) is a crashed
+      // app's leftovers.
+      const clean = this.#exits.get(mainId!.pid) ?? true;
+      const survivor = roots[0]!;
+      if (roots.length === 1 && clean && this.#carriesOn(mainId!, survivor)) {
+        main = survivor;
+        followed = { from: mainId!.pid, to: main.pid };
+        this.#noteMain(gen, main);
       } else {
-        leftovers = serving;
+        leftovers = [...leftovers, ...serving];
       }
     }
     const strays = main === undefined ? [] : roots.filter((r) => r.pid !== main.pid && r.ppid !== main.pid);
@@ -510,6 +629,20 @@ export class ProcessFinder {
     await this.#prune(zombies);
     await this.#descend(procRows(), uid, zombies);
     return zombies;
+  }
+
+  /** Record `info` as generation `gen`'s main, with its session, executable and command line. */
+  #noteMain(gen: number, info: ProcInfo): void {
+    this.#mains.set(gen, { pid: info.pid, startTime: info.startTime, sid: info.session, exe: info.exe, cmd: commandOf(info.pid) });
+  }
+
+  /** Is `survivor`, the one process left of a dead main's generation, the app carrying on? */
+  #carriesOn(dead: MainRecord, survivor: ProcInfo): boolean {
+    const daemonized = dead.sid !== undefined && survivor.session !== undefined && survivor.session !== dead.sid
+      && readMarker(survivor.pid)?.name === this.#name;
+    const cmd = commandOf(survivor.pid);
+    const reexeced = dead.cmd !== undefined && cmd === dead.cmd;
+    return daemonized || reexeced;
   }
 
   /** Members that are gone are forgotten; a zombie is reported (it died and nobody reaped it). */
@@ -550,7 +683,7 @@ export class ProcessFinder {
         if (info.ppid !== parent.pid || info.startTime < parent.startTime || !allowed(info, uid)) continue;
         const gen = this.#genOfChild(parent, info.startTime);
         this.#members.set(info.pid, { pid: info.pid, startTime: info.startTime, gen });
-        if (gen !== parent.gen && !this.#mains.has(gen)) this.#mains.set(gen, { pid: info.pid, startTime: info.startTime });
+        if (gen !== parent.gen && !this.#mains.has(gen)) this.#noteMain(gen, info);
         added = true;
       }
     }

@@ -84,6 +84,11 @@ export class ProcessTracker {
     return this.#leftovers;
   }
 
+  /** The leftovers were stopped. */
+  leftoversStopped(): void {
+    this.#leftovers = [];
+  }
+
   /** A restart failed: the next check counts another quick failure from now. */
   restartFailed(): void {
     this.#sinceMs = this.#fx.now();

@@ -79,9 +79,11 @@ const SCAN_MS = 100;
  * successor, the main process of generation `gen` (src/proc.ts: a child of
  * the old main started after the signal), or by re-executing in place
  * (same PID, a new executable or a new stack: execve). The handoff is done
- * when the successor runs; the old generation may go on draining its
- * in-flight requests for as long as it needs (reload.drainTimeoutMs), and
- * its exit is not waited for.
+ * when the successor runs and the old main has handed over: exited, or
+ * stopped listening on the socket it passed on (it may go on draining its
+ * in-flight requests for as long as reload.drainTimeoutMs allows; that is
+ * not waited for). A successor that never becomes ready leaves the old
+ * main listening, and the deploy ends in HANDOFF_TIMEOUT.
  *
  * A successor that dies before taking over (a bad binary, a config it
  * refuses) leaves the old main serving, as these libraries intend. It is
@@ -97,6 +99,8 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
   /** Since when a child of the old main has ended with no successor running. */
   let orphanedAt: number | undefined;
   let nextScan = fx.now();
+  /** A successor found while the old main still listens beside it (not handed over yet). */
+  let waiting: ProcInfo | undefined;
   for (;;) {
     const same = await fx.verify(old);
     // Some apps execve() themselves in place: same PID, and a new binary or
@@ -119,7 +123,15 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
       }
       const ofGen = found.all.filter((p) => p.gen === gen);
       const successor = ofGen.find((p) => !ofGen.some((q) => q.pid === p.ppid));
-      if (successor !== undefined) return successor;
+      // Handed over: the old main is gone, or has stopped listening on the
+      // socket it passed on. Still listening, it may be the only one
+      // accepting (the successor not ready yet): wait.
+      if (successor !== undefined && (same === undefined || !fx.sharesListener(old, successor))) return successor;
+      if (successor !== undefined) waiting = successor;
+      else if (waiting !== undefined) {
+        throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${waiting.pid}) exited before pid ${old.pid} handed over to it; pid ${old.pid} still serves the old release (see ${app.logFile})`,
+          { file: app.logFile, key: 'bin.file', rule: 'the successor must start and take over', found: `pid ${waiting.pid} exited` });
+      }
       if (same === undefined) {
         throw new RelinkError('APP_EXITED', `pid ${old.pid} exited after ${signal} and no successor runs (see ${app.logFile})`, { file: app.logFile, rule: 'a successor must take over' });
       }
@@ -131,6 +143,10 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
     const stop = stopping(fx, stopBy, `pid ${old.pid} handed over`);
     if (stop !== undefined) throw stop;
     if (fx.now() >= deadline) {
+      if (waiting !== undefined) {
+        throw new RelinkError('HANDOFF_TIMEOUT', `pid ${old.pid} still listens on the socket it shares with its successor (pid ${waiting.pid}) ${timeoutMs} ms after ${signal}: the successor never became ready, or the old process does not stop listening when it hands over`,
+          { key: 'reload.timeoutMs', rule: 'the old process must hand over (stop listening) once its successor is ready', found: `pid ${old.pid} still listening` });
+      }
       throw new RelinkError('HANDOFF_TIMEOUT', `no new process of the app started within ${timeoutMs} ms of ${signal} to pid ${old.pid} (reload.mode is "reexec"; use "inplace" for an app that reloads without a new process)`,
         { key: 'reload.mode', rule: 'the app must start a successor (or re-execute itself)', found: `pid ${old.pid} started none` });
     }

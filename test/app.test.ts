@@ -111,6 +111,13 @@ class World implements Effects {
     return this.opened;
   }
 
+  /** The old main still listens beside its successor (not handed over): set to simulate a successor that is never ready. */
+  listening = false;
+
+  sharesListener(): boolean {
+    return this.listening;
+  }
+
   promote(gen: number, main: ProcIdentity): void {
     this.serving = gen;
     this.opened = undefined;

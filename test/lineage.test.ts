@@ -11,7 +11,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { chmod, copyFile, mkdir, readFile, rename, symlink, writeFile } from 'node:fs/promises';
+import { statSync } from 'node:fs';
+import { chmod, copyFile, mkdir, readFile, rename, stat, symlink, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -419,20 +420,21 @@ test('a successor that dies and is left a zombie fails the deploy at once, with 
   await assertServing(config, 'zb', one.pid);
 });
 
-test('nginx whose master is killed with its workers alive: the workers are stopped and nginx is started again', async (t) => {
-  if (process.getuid?.() !== 0 && !process.env['CI']) {
+/** nginx (Debian's, behind a wrapper release: the binary lives outside the releases folder) with `workers` workers, under a config for the agent. */
+async function nginxApp(t: TestContext, prefix: string, workers: number): Promise<{ root: string; configFile: string; port: number } | undefined> {
+  if (process.getuid?.() !== 0) {
+    if (process.env['CI']) assert.fail('nginx workers switch user: CI runs as root');
     t.skip('nginx workers switch user: run as root');
-    return;
+    return undefined;
   }
-  if (!(await needProgram(t, '/usr/sbin/nginx', 'nginx-light'))) return;
-  const root = await tmpDir(t, 'relink-lineage-nginx-');
+  if (!(await needProgram(t, '/usr/sbin/nginx', 'nginx-light'))) return undefined;
+  const root = await tmpDir(t, prefix);
   reapMarkedAfter(t, root);
   const dir = path.join(root, 'ngx');
   const releasesDir = path.join(dir, 'release');
   await mkdir(releasesDir, { recursive: true });
   const port = await freePort();
-  const conf = (r: string): string => `daemon off;\nworker_processes 2;\npid nginx.pid;\nerror_log error.log warn;\nevents { worker_connections 64; }\nhttp {\n  access_log off;\n  client_body_temp_path body_temp;\n  server {\n    listen 127.0.0.1:${port};\n    location = /healthz { return 200 "ok\\n"; }\n    location / { default_type text/plain; return 200 "nginx ${r}\\n"; }\n  }\n}\n`;
-  // The binary lives outside the releases folder: only lineage finds it.
+  const conf = (r: string): string => `daemon off;\nworker_processes ${workers};\npid nginx.pid;\nerror_log error.log warn;\nevents { worker_connections 64; }\nhttp {\n  access_log off;\n  client_body_temp_path body_temp;\n  server {\n    listen 127.0.0.1:${port};\n    location = /healthz { return 200 "ok\\n"; }\n    location / { default_type text/plain; return 200 "nginx ${r}\\n"; }\n  }\n}\n`;
   await writeFile(path.join(releasesDir, 'app.1.0'), '#!/bin/sh\nexec /usr/sbin/nginx "$@"\n');
   await chmod(path.join(releasesDir, 'app.1.0'), 0o755);
   await writeFile(path.join(releasesDir, 'cfg.1.0'), conf('1.0'));
@@ -448,17 +450,27 @@ test('nginx whose master is killed with its workers alive: the workers are stopp
       supervise: { checkMs: 100, backoffMs: 100, maxBackoffMs: 400, stableMs: 3_000, maxRetries: 3 },
     }],
   }));
+  return { root, configFile, port };
+}
+
+/** The serving generation's processes other than `main`, once there are `n` of them. */
+async function workersOf(configFile: string, main: number, n: number): Promise<number[]> {
+  return waitFor(`${n} workers in the serving generation`, async () => {
+    const s = await status(configFile, 'ngx');
+    const w = (s.generations.find((g) => g.role === 'serving')?.processes ?? []).filter((p) => p.pid !== main).map((p) => p.pid);
+    return w.length === n ? w : undefined;
+  }, { timeoutMs: 15_000 });
+}
+
+test('nginx whose master is killed with its workers alive: the workers are stopped and nginx is started again', async (t) => {
+  const ngx = await nginxApp(t, 'relink-lineage-nginx-', 2);
+  if (ngx === undefined) return;
+  const { root, configFile, port } = ngx;
   const agent = startAgent(t, configFile);
   const first = await nth(root, 'ngx', 1);
   assert.equal(first.outcome, 'deployed', first.reason ?? '');
   const master = first.pidAfter!;
-  // Both workers known to the agent (the lineage refresh follows new children).
-  const workers = await waitFor('both workers in the serving generation', async () => {
-    const s = await status(configFile, 'ngx');
-    const procs = s.generations.find((g) => g.role === 'serving')?.processes ?? [];
-    const w = procs.filter((p) => p.pid !== master).map((p) => p.pid);
-    return w.length === 2 ? w : undefined;
-  }, { timeoutMs: 15_000 });
+  const workers = await workersOf(configFile, master, 2);
 
   process.kill(master, 'SIGKILL');
   await agent.waitForLog('the leftovers stopped', (l) => /main process died and left 2 of its processes running/.test(l.msg), { timeoutMs: 15_000 });
@@ -468,6 +480,35 @@ test('nginx whose master is killed with its workers alive: the workers are stopp
   assert.equal(answer, 'nginx 1.0\n');
   const s = await status(configFile, 'ngx');
   assert.equal(s.state, 'running');
+  assert.notEqual(s.pid, master);
+  assert.equal(s.generations.filter((g) => g.role === 'serving').length, 1);
+});
+
+test('nginx with one worker, adopted by a new agent, master killed: the lone worker is a leftover, not followed as the main', async (t) => {
+  const ngx = await nginxApp(t, 'relink-lineage-nginx1-', 1);
+  if (ngx === undefined) return;
+  const { root, configFile, port } = ngx;
+  const agent = startAgent(t, configFile);
+  const first = await nth(root, 'ngx', 1);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  const master = first.pidAfter!;
+  const [worker] = await workersOf(configFile, master, 1);
+  // Known to the agent before it stops (its refresh after the verdict), then adopted.
+  assert.equal(await agent.stop(), 0);
+  const next = startAgent(t, configFile);
+  await next.waitForLog('adoption', (l) => l.msg === 'adopted running app' && l['appPid'] === master);
+  // The new agent is not the master's parent: how it died is unknown to it.
+  process.kill(master, 'SIGKILL');
+  await next.waitForLog('the leftover stopped', (l) => /main process died and left 1 of its processes running/.test(l.msg), { timeoutMs: 15_000 });
+  assert.ok(!next.lines.some((l) => /followed as the main/.test(l.msg)), 'the worker was never followed as the main');
+  // Started again: by the crash supervision, or by the first pass if the kill came during it.
+  await waitFor('a new master', async () => {
+    const st = await status(configFile, 'ngx');
+    return st.state === 'running' && st.pid !== null && st.pid !== master ? true : undefined;
+  }, { timeoutMs: 20_000 });
+  assert.equal(await alive(worker!), false);
+  await waitFor('nginx to serve again', async () => (await get(`http://127.0.0.1:${port}/`).catch(() => undefined))?.body === 'nginx 1.0\n' ? true : undefined);
+  const s = await status(configFile, 'ngx');
   assert.notEqual(s.pid, master);
   assert.equal(s.generations.filter((g) => g.role === 'serving').length, 1);
 });
@@ -544,4 +585,99 @@ test('gunicorn (Debian) through a #!/bin/sh wrapper: master and workers known, a
   await next.waitForLog('adoption', (l) => l.msg === 'adopted running app' && l['appPid'] === master);
   assert.equal((await history(root, 'gun')).length, 2, 'nothing started again');
   await assertServing(config, 'gun', master);
+});
+
+test('a successor that never becomes ready (the old process still listening) is not taken for a handoff: HANDOFF_TIMEOUT, stopped, the old one serves', async (t) => {
+  const root = await setup(t, 'relink-lineage-notready-');
+  const app = await pyApp(root, 'nr', { '1.0': 'reload=fork\n', '2.0': 'reload=fork\nready_delay_ms=600000\n' });
+  await setCurrent(app, '1.0');
+  const config = await configFor(root, [app], () => ({ reload: { timeoutMs: 3_000 } }));
+  startAgent(t, config);
+  assert.equal((await nth(root, 'nr', 1)).outcome, 'deployed');
+  const one = await servedBy(app.port, 'app.1.0');
+  await setCurrent(app, '2.0');
+  const second = await nth(root, 'nr', 2);
+  assert.equal(second.outcome, 'rolled_back', second.reason ?? '');
+  assert.equal(second.code, 'HANDOFF_TIMEOUT');
+  assert.match(second.reason ?? '', /still listens on the socket it shares with its successor \(pid (\d+)\)/);
+  const successor = Number(/its successor \(pid (\d+)\)/.exec(second.reason ?? '')?.[1]);
+  await waitFor('the successor that never got ready to be stopped', async () => !(await alive(successor)));
+  assert.deepEqual(await ask(app.port), one, 'the old process serves on');
+  await assertServing(config, 'nr', one.pid);
+});
+
+test('a main killed with a helper child alive: the helper is not taken for the app; it is stopped and the app restarted', async (t) => {
+  const root = await setup(t, 'relink-lineage-helper-');
+  const app = await pyApp(root, 'hp', { '1.0': 'reload=fork\nhelper=1\n' });
+  await setCurrent(app, '1.0');
+  const config = await configFor(root, [app]);
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, 'hp', 1)).outcome, 'deployed');
+  const one = await servedBy(app.port, 'app.1.0');
+  // The helper is known to the agent (the lineage refresh follows new children).
+  const helper = await waitFor('the helper in the serving generation', async () => {
+    const s = await status(config, 'hp');
+    return s.generations.find((g) => g.role === 'serving')?.processes.find((p) => p.pid !== one.pid)?.pid;
+  }, { timeoutMs: 15_000 });
+  process.kill(one.pid, 'SIGKILL');
+  await agent.waitForLog('the leftover stopped', (l) => /main process died and left 1 of its processes running/.test(l.msg), { timeoutMs: 15_000 });
+  assert.ok(!agent.lines.some((l) => /followed as the main/.test(l.msg)), 'the helper was never followed as the main');
+  await waitFor('the helper to be stopped', async () => !(await alive(helper)));
+  const again = await waitFor('the app restarted', async () => {
+    const r = await ask(app.port).catch(() => undefined);
+    return r !== undefined && r.pid !== one.pid ? r : undefined;
+  });
+  await assertServing(config, 'hp', again.pid);
+});
+
+test('the agent killed between journaling a verdict and saving its state: the next one adopts the new generation, no second copy, no second verdict', async (t) => {
+  const root = await setup(t, 'relink-lineage-journalkill-');
+  const app = await pyApp(root, 'jk', { '1.0': 'reload=fork\n', '2.0': 'reload=fork\n' });
+  await setCurrent(app, '1.0');
+  const config = await configFor(root, [app]);
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, 'jk', 1)).outcome, 'deployed');
+  const journal = path.join(root, 'state', 'apps', 'jk', 'history.jsonl');
+  const size = (await stat(journal)).size;
+  await setCurrent(app, '2.0');
+  // The moment the verdict reaches the journal, before the state file is saved.
+  await new Promise<void>((resolve, reject) => {
+    const until = Date.now() + 30_000;
+    const poll = (): void => {
+      try {
+        if (statSync(journal).size > size) {
+          agent.child.kill('SIGKILL');
+          resolve();
+          return;
+        }
+      } catch (err) {
+        reject(err as Error);
+        return;
+      }
+      if (Date.now() > until) reject(new Error('the verdict never reached the journal'));
+      else setImmediate(poll);
+    };
+    poll();
+  });
+  await agent.stop();
+  const two = await servedBy(app.port, 'app.2.0');
+  const next = startAgent(t, config);
+  await next.waitForLog('adoption', (l) => l.msg === 'adopted running app' && l['appPid'] === two.pid);
+  await assertServing(config, 'jk', two.pid);
+  const entries = await history(root, 'jk');
+  assert.equal(entries.length, 2, JSON.stringify(entries.map((e) => [e.outcome, e.trigger])));
+  assert.equal(entries[1]!.outcome, 'deployed');
+  assert.ok(!next.lines.some((l) => l.msg === 'app started' || l.msg === 'app restarted'), 'no second copy');
+});
+
+test('a script release whose #! interpreter is missing: the failed start names the interpreter, not the file', async (t) => {
+  const root = await setup(t, 'relink-lineage-interp-');
+  const app = await pyApp(root, 'ip', { '1.0': '' });
+  await writeFile(path.join(app.releasesDir, 'app.1.0'), '#!/usr/bin/no-such-interpreter\nprint("never")\n');
+  await setCurrent(app, '1.0');
+  const config = await configFor(root, [app]);
+  startAgent(t, config);
+  const first = await nth(root, 'ip', 1);
+  assert.equal(first.outcome, 'failed');
+  assert.match(first.reason ?? '', /names the interpreter \/usr\/bin\/no-such-interpreter in its #! line, which does not exist/);
 });

@@ -328,7 +328,7 @@ test('with workers the main is the parent and the workers are neither main nor s
   assert.equal((await finder.discover(identity(workers[0]!))).main?.pid, s.pid);
 });
 
-test('a reload signal opens a generation: the successor is found in it, even after its parent has exited unseen', async (t) => {
+test('a reload signal opens a generation: the successor is found in it, even after its parent has exited unseen, and followed once nothing older runs', async (t) => {
   const { app, finder } = await setup(t);
   const old = await startApp(t, app);
   const before = await finder.discover();
@@ -348,7 +348,10 @@ test('a reload signal opens a generation: the successor is found in it, even aft
   const successor = after.all.find((p) => p.gen === gen);
   assert.ok(successor !== undefined, JSON.stringify(after.all));
   assert.equal(successor.exe, path.join(app.releasesDir, 'app.2.0'));
-  assert.equal(after.main, undefined, 'generation 2 does not serve until it is promoted');
+  // Nothing of generation 1 is left: generation 2 is what runs, its root the main.
+  assert.equal(after.main?.pid, successor.pid);
+  assert.deepEqual(after.followed, { from: old.pid, to: successor.pid });
+  assert.equal(finder.serving, gen);
   finder.promote(gen, successor);
   const promoted = await finder.discover();
   assert.equal(promoted.main?.pid, successor.pid);

@@ -96,7 +96,7 @@ const OLD_NOFILE_DEFAULT = 1024;
 export async function appStatus(config: AgentConfig, app: AppConfig, agentRunning: boolean, now = Date.now()): Promise<AppStatus> {
   const damaged: string[] = [];
   const [saved, links] = await Promise.all([readAppState(config.stateDir, app.name, { onDamaged: (d) => damaged.push(describeDamage(d)) }), readLinks(app.links)]);
-  const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user });
+  const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user, mode: app.reload.mode });
   const known = saved?.pid != null && saved.pidStart != null ? { pid: saved.pid, startTime: saved.pidStart } : undefined;
   finder.restore(saved?.lineage ?? undefined, known);
   let proc: ProcInfo | undefined;
@@ -119,6 +119,10 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
   proc ??= discovery.main;
   const foreign = (discovery.foreign ?? []).map((p) => ({ pid: p.pid, uid: p.uid, exe: p.exe }));
   const warnings: string[] = [...damaged, ...foreign.map((p) => `pid ${p.pid} runs ${p.exe} as uid ${p.uid}, not as the app's user: left alone`)];
+  if (proc !== undefined && links.bin !== undefined && proc.exe !== '' && proc.exe !== links.bin && proc.exe.startsWith(path.dirname(links.bin) + path.sep) && app.reload.mode === 'inplace') {
+    warnings.push(`pid ${proc.pid} runs ${proc.exe}, not the linked ${links.bin}: an in-place reload ("reload.mode": "inplace") reloads the config only; the new binary runs once the app is restarted`);
+  }
+  if (proc?.deleted === true) warnings.push(`pid ${proc.pid} runs ${proc.exe}, which was replaced or deleted on disk after it started`);
   const limits = proc === undefined ? null : await limitStatus(app, proc.pid, warnings);
   const user = proc === undefined ? null : { name: (await lookupUser(proc.uid))?.name ?? null, uid: proc.uid };
   const sameAsSaved = proc !== undefined && proc.pid === saved?.pid;

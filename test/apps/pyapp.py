@@ -16,6 +16,9 @@
 #   reap=0           never wait for a child (a dead successor stays a zombie)
 #   daemonize=1      fork at start; the parent exits 0, the child serves
 #   fail_start=1     exit 3 before serving
+#   ready_delay_ms=N sleep this long before serving (a successor that is not ready)
+#   helper=1         start a helper child (`sleep 3000`, subprocess.Popen: the
+#                    app's own session and marker) that outlives a killed app
 #   unhealthy=1      /healthz answers 503
 #
 # GET / answers {"release": <the release file this process runs>, "pid",
@@ -64,6 +67,9 @@ def main():
         os.setsid()
         os.environ['PYAPP_DAEMON'] = '1'
 
+    if cfg.get('helper') == '1':
+        import subprocess
+        subprocess.Popen(['sleep', '3000'])
     fd = os.environ.pop('PYAPP_FD', None)
     ready_fd = os.environ.pop('PYAPP_READY_FD', None)
     if fd is not None:
@@ -96,6 +102,7 @@ def main():
     hup = threading.Event()
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    time.sleep(int(cfg.get('ready_delay_ms', '0')) / 1000)
     threading.Thread(target=server.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True).start()
     if ready_fd is not None:
         os.write(int(ready_fd), b'r')
@@ -126,7 +133,10 @@ def main():
             if cfg.get('reap', '1') == '1':
                 os.waitpid(child, 0)
             continue
+        # Handed over: stop accepting and close the listener (the successor
+        # has its own descriptor of it), then drain.
         server.shutdown()
+        server.server_close()
         time.sleep(int(cfg.get('drain_ms', '0')) / 1000)
         os._exit(0)
 
