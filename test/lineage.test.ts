@@ -21,7 +21,7 @@ import { freePort } from '../src/demo/layout.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { readProc, readStat } from '../src/proc.js';
 import { needProgram } from './accounts.js';
-import { alive, MAIN, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+import { alive, MAIN, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor, type AgentProc } from './helpers.js';
 
 const PYAPP = path.join(ROOT, 'test', 'apps', 'pyapp.py');
 
@@ -169,6 +169,23 @@ async function setup(t: TestContext, prefix: string): Promise<string> {
   return root;
 }
 
+/**
+ * An app of releases `rs` (cfg lines each) under a new agent, its first
+ * release deployed and serving: the first reply, the agent, and what the
+ * test needs to go on. `reload` is the app's reload block.
+ */
+async function firstDeployed(t: TestContext, prefix: string, name: string, rs: Record<string, string>, reload: Record<string, unknown> = { timeoutMs: 5_000 }): Promise<{ root: string; app: PyApp; config: string; agent: AgentProc; one: Reply }> {
+  const root = await setup(t, prefix);
+  const app = await pyApp(root, name, rs);
+  await setCurrent(app, Object.keys(rs)[0]!);
+  const config = await configFor(root, [app], () => ({ reload }));
+  const agent = startAgent(t, config);
+  const first = await nth(root, name, 1);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  const one = await servedBy(app.port, `app.${Object.keys(rs)[0]!}`);
+  return { root, app, config, agent, one };
+}
+
 test('a #!/usr/bin/python3 release that re-executes itself with its socket: started, deployed to a new PID, adopted by the next agent without a second copy', async (t) => {
   const root = await setup(t, 'relink-lineage-py-');
   const app = await pyApp(root, 'py', { '1.0': 'reload=fork\n', '2.0': 'reload=fork\n' });
@@ -207,14 +224,7 @@ test('a #!/usr/bin/python3 release that re-executes itself with its socket: star
 });
 
 test('a python release that re-executes in place (same PID, new stack) is a handoff to the new release', async (t) => {
-  const root = await setup(t, 'relink-lineage-exec-');
-  const app = await pyApp(root, 'px', { '1.0': 'reload=exec\n', '2.0': 'reload=exec\n' });
-  await setCurrent(app, '1.0');
-  const config = await configFor(root, [app]);
-  startAgent(t, config);
-  const px1 = await nth(root, 'px', 1);
-  assert.equal(px1.outcome, 'deployed', px1.reason ?? '');
-  const one = await servedBy(app.port, 'app.1.0');
+  const { root, app, config, one } = await firstDeployed(t, 'relink-lineage-exec-', 'px', { '1.0': 'reload=exec\n', '2.0': 'reload=exec\n' });
   await setCurrent(app, '2.0');
   const second = await nth(root, 'px', 2);
   assert.equal(second.outcome, 'deployed', second.reason ?? '');
@@ -387,13 +397,7 @@ test('an old generation draining for 20 s never fails the handoff, is shown drai
 });
 
 test('an old generation past reload.drainTimeoutMs gets SIGTERM, logged', async (t) => {
-  const root = await setup(t, 'relink-lineage-drainkill-');
-  const app = await pyApp(root, 'dk', { '1.0': 'reload=fork\ndrain_ms=600000\n', '2.0': 'reload=fork\n' });
-  await setCurrent(app, '1.0');
-  const config = await configFor(root, [app], () => ({ reload: { timeoutMs: 5_000, drainTimeoutMs: 1_000 } }));
-  const agent = startAgent(t, config);
-  assert.equal((await nth(root, 'dk', 1)).outcome, 'deployed');
-  const one = await servedBy(app.port, 'app.1.0');
+  const { root, app, agent, one } = await firstDeployed(t, 'relink-lineage-drainkill-', 'dk', { '1.0': 'reload=fork\ndrain_ms=600000\n', '2.0': 'reload=fork\n' }, { timeoutMs: 5_000, drainTimeoutMs: 1_000 });
   await setCurrent(app, '2.0');
   assert.equal((await nth(root, 'dk', 2)).outcome, 'deployed');
   const line = await agent.waitForLog('the drain timeout', (l) => /still runs 1000 ms after the next one took over/.test(l.msg), { timeoutMs: 15_000 });
@@ -403,13 +407,7 @@ test('an old generation past reload.drainTimeoutMs gets SIGTERM, logged', async 
 });
 
 test('a successor that dies and is left a zombie fails the deploy at once, with a reason that names it', async (t) => {
-  const root = await setup(t, 'relink-lineage-zombie-');
-  const app = await pyApp(root, 'zb', { '1.0': 'reload=fork\nreap=0\n', '2.0': 'reload=fork\nfail_start=1\n' });
-  await setCurrent(app, '1.0');
-  const config = await configFor(root, [app], () => ({ reload: { timeoutMs: 30_000 } }));
-  startAgent(t, config);
-  assert.equal((await nth(root, 'zb', 1)).outcome, 'deployed');
-  const one = await servedBy(app.port, 'app.1.0');
+  const { root, app, config, one } = await firstDeployed(t, 'relink-lineage-zombie-', 'zb', { '1.0': 'reload=fork\nreap=0\n', '2.0': 'reload=fork\nfail_start=1\n' }, { timeoutMs: 30_000 });
   await setCurrent(app, '2.0');
   const second = await nth(root, 'zb', 2);
   assert.equal(second.outcome, 'rolled_back', second.reason ?? '');
@@ -588,13 +586,7 @@ test('gunicorn (Debian) through a #!/bin/sh wrapper: master and workers known, a
 });
 
 test('a successor that never becomes ready (the old process still listening) is not taken for a handoff: HANDOFF_TIMEOUT, stopped, the old one serves', async (t) => {
-  const root = await setup(t, 'relink-lineage-notready-');
-  const app = await pyApp(root, 'nr', { '1.0': 'reload=fork\n', '2.0': 'reload=fork\nready_delay_ms=600000\n' });
-  await setCurrent(app, '1.0');
-  const config = await configFor(root, [app], () => ({ reload: { timeoutMs: 3_000 } }));
-  startAgent(t, config);
-  assert.equal((await nth(root, 'nr', 1)).outcome, 'deployed');
-  const one = await servedBy(app.port, 'app.1.0');
+  const { root, app, config, one } = await firstDeployed(t, 'relink-lineage-notready-', 'nr', { '1.0': 'reload=fork\n', '2.0': 'reload=fork\nready_delay_ms=600000\n' }, { timeoutMs: 3_000 });
   await setCurrent(app, '2.0');
   const second = await nth(root, 'nr', 2);
   assert.equal(second.outcome, 'rolled_back', second.reason ?? '');
@@ -607,13 +599,7 @@ test('a successor that never becomes ready (the old process still listening) is 
 });
 
 test('a main killed with a helper child alive: the helper is not taken for the app; it is stopped and the app restarted', async (t) => {
-  const root = await setup(t, 'relink-lineage-helper-');
-  const app = await pyApp(root, 'hp', { '1.0': 'reload=fork\nhelper=1\n' });
-  await setCurrent(app, '1.0');
-  const config = await configFor(root, [app]);
-  const agent = startAgent(t, config);
-  assert.equal((await nth(root, 'hp', 1)).outcome, 'deployed');
-  const one = await servedBy(app.port, 'app.1.0');
+  const { app, config, agent, one } = await firstDeployed(t, 'relink-lineage-helper-', 'hp', { '1.0': 'reload=fork\nhelper=1\n' });
   // The helper is known to the agent (the lineage refresh follows new children).
   const helper = await waitFor('the helper in the serving generation', async () => {
     const s = await status(config, 'hp');
@@ -631,12 +617,7 @@ test('a main killed with a helper child alive: the helper is not taken for the a
 });
 
 test('the agent killed between journaling a verdict and saving its state: the next one adopts the new generation, no second copy, no second verdict', async (t) => {
-  const root = await setup(t, 'relink-lineage-journalkill-');
-  const app = await pyApp(root, 'jk', { '1.0': 'reload=fork\n', '2.0': 'reload=fork\n' });
-  await setCurrent(app, '1.0');
-  const config = await configFor(root, [app]);
-  const agent = startAgent(t, config);
-  assert.equal((await nth(root, 'jk', 1)).outcome, 'deployed');
+  const { root, app, config, agent } = await firstDeployed(t, 'relink-lineage-journalkill-', 'jk', { '1.0': 'reload=fork\n', '2.0': 'reload=fork\n' });
   const journal = path.join(root, 'state', 'apps', 'jk', 'history.jsonl');
   const size = (await stat(journal)).size;
   await setCurrent(app, '2.0');
