@@ -67,8 +67,13 @@ export const READ_LIMIT = { burst: 20, perSecond: 5 } as const;
 /** A liveness restart: SIGTERM, then SIGKILL if the app has not exited after this long (ms). */
 export const LIVENESS_KILL_MS = 10_000;
 
-/** How often supervision follows the app's processes (new workers, exits) through the shared /proc walk (ms). */
-const LINEAGE_REFRESH_MS = 5_000;
+/**
+ * How often supervision follows the app's processes (new workers, exits)
+ * through the shared /proc walk (ms), besides right after every start and
+ * deploy. Every 5 s it cost the idle agent about 0.5 % of a core with 20
+ * apps (BENCHMARKS.md, section 3): a walk reads every process's stat.
+ */
+const LINEAGE_REFRESH_MS = 30_000;
 
 function isJson(text: string): boolean {
   try {
