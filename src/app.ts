@@ -406,6 +406,13 @@ export class AppAgent {
         const last = await this.#fx.lastRecorded();
         if (journaled(inflight, last)) {
           this.#log.info({ outcome: last?.outcome }, 'the previous agent journaled its last deploy before it stopped');
+          // Its verdict stands: what it makes known-good and applied.
+          this.#lastDeploy = last ?? this.#lastDeploy;
+          if (last?.outcome === 'deployed') {
+            const release = { bin: inflight.release.bin, cfg: inflight.release.cfg };
+            this.#lastGood = { ...release, text: inflight.text };
+            this.#applied = { hash: inflight.hash, release };
+          }
         } else {
           this.#recovering = inflight;
         }
@@ -883,7 +890,11 @@ export class AppAgent {
     // Nothing deployed yet, or a deploy that failed with nothing to go back
     // to: there is no release to restart. (Links alone are enough otherwise:
     // an adopted app must be restarted even while current.conf is refused.)
-    if (links.bin === undefined || links.cfg === undefined || this.#state === 'failed') return;
+    // A failed state restarts nothing, unless the links are back on the last
+    // known-good release (a rollback that relinked and then failed to bring
+    // it up): that is safe to start, and leaving the app down is not.
+    const linksGood = this.#lastGood !== undefined && sameRelease(links, this.#lastGood);
+    if (links.bin === undefined || links.cfg === undefined || (this.#state === 'failed' && !linksGood)) return;
 
     let first = false;
     if (!this.#restartDue) {

@@ -1236,6 +1236,15 @@ test('an agent killed after journaling the verdict but before saving the state: 
   assert.equal(w.entries.length, 1, 'nothing journaled twice');
   assert.deepEqual(w.signals, []);
   assert.equal(w.states.at(-1)?.state, 'running');
+  // Its verdict stands: 2.0 is the known-good release a later failure rolls back to.
+  assert.equal(w.states.at(-1)?.lastGood?.bin, `${REL}/app.2.0`);
+  w.unhealthy.add(`${REL}/app.3.0`);
+  w.write('3.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries[1]?.outcome, 'rolled_back', w.entries[1]?.reason ?? '');
+  assert.deepEqual(w.entries[1]?.rolledBackTo, { bin: `${REL}/app.2.0`, cfg: `${REL}/cfg.2.0` });
+  assert.deepEqual(w.links, { bin: `${REL}/app.2.0`, cfg: `${REL}/cfg.2.0` });
   await agent.close();
 });
 

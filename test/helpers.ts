@@ -4,7 +4,7 @@
  * process, and cleanup that leaves no app process behind.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readdir, realpath, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readlink, realpath, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -108,7 +108,8 @@ export function reapAppsAfter(t: TestContext, releasesDir: string): void {
 
 /**
  * SIGKILL every process whose lineage marker (src/proc.ts) names an app in
- * `dir` when the test ends: apps whose executable is an interpreter, which
+ * `dir`, or whose working folder lies in it, when the test ends: apps whose
+ * executable is an interpreter or a system binary (nginx), which
  * reapAppsAfter cannot tell by their executable.
  */
 export function reapMarkedAfter(t: TestContext, dir: string): void {
@@ -116,8 +117,13 @@ export function reapMarkedAfter(t: TestContext, dir: string): void {
     for (const name of await readdir('/proc')) {
       const pid = Number(name);
       if (!Number.isSafeInteger(pid) || pid <= 1 || pid === process.pid) continue;
+      // By its marker, or by its working folder: nginx clears its environment,
+      // and its master and workers run in the app's folder (shown
+      // " (deleted)" once the test has removed it).
       const marker = readMarker(pid);
-      if (marker === undefined || (marker.dir !== dir && !marker.dir.startsWith(dir + path.sep))) continue;
+      const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => '');
+      const inDir = (p: string): boolean => p === dir || p.startsWith(dir + path.sep);
+      if (!(marker !== undefined && inDir(marker.dir)) && !inDir(cwd.replace(/ \(deleted\)$/, ''))) continue;
       try {
         process.kill(pid, 'SIGKILL');
       } catch {
