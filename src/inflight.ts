@@ -6,7 +6,7 @@
  */
 import type { Release } from './current.js';
 import type { HistoryEntry } from './history.js';
-import type { Discovery, ProcInfo } from './proc.js';
+import { rootsOf, type Discovery, type ProcInfo } from './proc.js';
 import type { ReadAttempt } from './record.js';
 import type { InFlight } from './state.js';
 
@@ -35,8 +35,7 @@ export function journaled(inf: InFlight, last: HistoryEntry | undefined): boolea
 /** The root (its parent not of the same generation) of the newest generation among `procs`, if any. */
 export function newestRoot(procs: readonly ProcInfo[]): ProcInfo | undefined {
   const gen = Math.max(...procs.map((p) => p.gen ?? -1));
-  const ofGen = procs.filter((p) => p.gen === gen);
-  return ofGen.find((p) => !ofGen.some((q) => q.pid === p.ppid));
+  return rootsOf(procs.filter((p) => p.gen === gen))[0];
 }
 
 /**

@@ -131,6 +131,12 @@ export async function readProc(pid: number): Promise<ProcInfo | undefined> {
   }
 }
 
+/** The processes of `procs` whose parent is not among them (a generation's mains, a master and not its workers), oldest first. */
+export function rootsOf(procs: readonly ProcInfo[]): ProcInfo[] {
+  const pids = new Set(procs.map((p) => p.pid));
+  return procs.filter((p) => !pids.has(p.ppid)).sort((a, b) => a.startTime - b.startTime || a.pid - b.pid);
+}
+
 export function sameProcess(a: ProcIdentity | undefined, b: ProcIdentity | undefined): boolean {
   return a !== undefined && b !== undefined && a.pid === b.pid && a.startTime === b.startTime;
 }
@@ -549,7 +555,13 @@ export class ProcessFinder {
     await this.#prune(zombies);
     await this.#descend(rows, uid, zombies);
     const servingAlive = (): boolean => [...this.#members.values()].some((m) => m.gen === this.#serving);
-    if (!this.#recorded || !servingAlive() || this.#openings.length > 0) {
+    // The environment of every process of the app's user is read only when
+    // descent did not find what is looked for: nothing recorded, nothing of
+    // the serving generation, or a reload's successor not found yet (its
+    // parent exited before the agent looked). Not on every scan of a handoff.
+    const members = [...this.#members.values()];
+    const successorMissing = this.#openings.some((o) => !members.some((m) => m.gen === o.gen));
+    if (!this.#recorded || !servingAlive() || successorMissing) {
       if ((await this.#byMarker(rows, uid)) || (await this.#byOpening(rows, uid))) await this.#descend(rows, uid, zombies);
     }
     await this.#fromPidFile(uid);
@@ -575,8 +587,7 @@ export class ProcessFinder {
         const top = Math.max(...newer.map((p) => p.gen ?? 0));
         const from = this.#mains.get(gen)?.pid;
         this.#serving = gen = top;
-        const ofTop = newer.filter((p) => p.gen === top);
-        const root = ofTop.find((p) => !ofTop.some((q) => q.pid === p.ppid));
+        const root = rootsOf(newer.filter((p) => p.gen === top))[0];
         if (root !== undefined && !this.#mains.has(top)) this.#noteMain(top, root);
         if (root !== undefined && from !== undefined) followed = { from, to: root.pid };
       } else {
@@ -584,7 +595,7 @@ export class ProcessFinder {
       }
     }
     const serving = all.filter((p) => p.gen === gen);
-    const roots = serving.filter((p) => !serving.some((q) => q.pid === p.ppid)).sort((a, b) => a.startTime - b.startTime || a.pid - b.pid);
+    const roots = rootsOf(serving);
     const mainId = this.#mains.get(gen);
     let main = serving.find((p) => sameProcess(p, mainId));
     if (mainId === undefined && roots.length > 0) {

@@ -14,7 +14,7 @@ import type { Release } from './current.js';
 import type { Effects } from './effects.js';
 import { RelinkError } from './errors.js';
 import { describeProbe } from './health.js';
-import type { ProcInfo } from './proc.js';
+import { rootsOf, type ProcInfo } from './proc.js';
 
 /** How often a process is looked at while waiting (ms); /proc reads are cheap. */
 const POLL_MS = 20;
@@ -121,8 +121,7 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
         throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${zombie.pid}, started by pid ${old.pid} after ${signal}) died and was left unreaped (a zombie); pid ${old.pid} still serves the old release (see ${app.logFile})`,
           { file: app.logFile, key: 'bin.file', rule: 'the successor must start and take over', found: `pid ${zombie.pid} is a zombie` });
       }
-      const ofGen = found.all.filter((p) => p.gen === gen);
-      const successor = ofGen.find((p) => !ofGen.some((q) => q.pid === p.ppid));
+      const successor = rootsOf(found.all.filter((p) => p.gen === gen))[0];
       // Handed over: the old main is gone, or has stopped listening on the
       // socket it passed on. Still listening, it may be the only one
       // accepting (the successor not ready yet): wait.

@@ -1174,16 +1174,29 @@ function killedMidDeploy(w: World, to: string, pidBefore: number | null, switche
   });
 }
 
-test('an agent killed between relink and signal: the next one signals the old main, judges the new release and journals the verdict', async () => {
+/** A world with `lastGen` generations given out, `serving` serving, at fake time `clock`. */
+function worldAt(lastGen: number, serving: number, clock: number): World {
   const w = new World();
-  w.lastGen = 1;
-  w.serving = 1;
-  const old = w.spawnProc(`${REL}/app.1.0`, 1);
-  w.clock = 50;
-  killedMidDeploy(w, '2.0', old.pid, 50);
+  w.lastGen = lastGen;
+  w.serving = serving;
+  w.clock = clock;
+  return w;
+}
+
+/** The next agent, started on what the killed one left, once its first pass is over. */
+async function nextAgent(w: World): Promise<AppAgent> {
   const agent = new AppAgent(appConfig({}, PROBED), w, silentLogger().log);
   await agent.start();
   await agent.idle();
+  return agent;
+}
+
+test('an agent killed between relink and signal: the next one signals the old main, judges the new release and journals the verdict', async () => {
+  const w = worldAt(1, 1, 0);
+  const old = w.spawnProc(`${REL}/app.1.0`, 1);
+  w.clock = 50;
+  killedMidDeploy(w, '2.0', old.pid, 50);
+  const agent = await nextAgent(w);
   assert.equal(w.entries.length, 1);
   const e = w.entries[0]!;
   assert.equal(e.outcome, 'deployed', e.reason ?? '');
@@ -1197,17 +1210,12 @@ test('an agent killed between relink and signal: the next one signals the old ma
 });
 
 test('an agent killed while a bad release was being judged: the next one judges it, rolls back and rewrites current.conf', async () => {
-  const w = new World();
-  w.lastGen = 2;
-  w.serving = 1;
-  w.clock = 50;
+  const w = worldAt(2, 1, 50);
   // The old main handed over and exited; the successor (generation 2, not promoted) serves the sick release.
   const successor = w.spawnProc(`${REL}/app.2.0`, 2);
   w.unhealthy.add(`${REL}/app.2.0`);
   killedMidDeploy(w, '2.0', 7, 40);
-  const agent = new AppAgent(appConfig({}, PROBED), w, silentLogger().log);
-  await agent.start();
-  await agent.idle();
+  const agent = await nextAgent(w);
   assert.equal(w.entries.length, 1);
   const e = w.entries[0]!;
   assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
@@ -1220,19 +1228,14 @@ test('an agent killed while a bad release was being judged: the next one judges 
 });
 
 test('an agent killed after journaling the verdict but before saving the state: the next one does not judge it again', async () => {
-  const w = new World();
-  w.lastGen = 2;
-  w.serving = 2;
-  w.clock = 50;
+  const w = worldAt(2, 2, 50);
   w.spawnProc(`${REL}/app.2.0`, 2);
   killedMidDeploy(w, '2.0', 7, 40);
   w.entries.push({
     time: new Date(1).toISOString(), app: 'web', outcome: 'deployed', action: 'signal', from: { bin: null, cfg: null }, to: { bin: null, cfg: null },
     reason: null, code: null, pidBefore: 7, pidAfter: 100, durationMs: 1, currentHash: `h:${w.text}`, trigger: 'watch:change',
   });
-  const agent = new AppAgent(appConfig({}, PROBED), w, silentLogger().log);
-  await agent.start();
-  await agent.idle();
+  const agent = await nextAgent(w);
   assert.equal(w.entries.length, 1, 'nothing journaled twice');
   assert.deepEqual(w.signals, []);
   assert.equal(w.states.at(-1)?.state, 'running');

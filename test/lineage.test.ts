@@ -460,15 +460,21 @@ async function workersOf(configFile: string, main: number, n: number): Promise<n
   }, { timeoutMs: 15_000 });
 }
 
-test('nginx whose master is killed with its workers alive: the workers are stopped and nginx is started again', async (t) => {
-  const ngx = await nginxApp(t, 'relink-lineage-nginx-', 2);
-  if (ngx === undefined) return;
-  const { root, configFile, port } = ngx;
-  const agent = startAgent(t, configFile);
-  const first = await nth(root, 'ngx', 1);
+/** nginxApp under a new agent, its first release deployed and its `workers` workers known: the master's pid and theirs. */
+async function nginxDeployed(t: TestContext, prefix: string, workers: number): Promise<{ configFile: string; port: number; agent: AgentProc; master: number; workers: number[] } | undefined> {
+  const ngx = await nginxApp(t, prefix, workers);
+  if (ngx === undefined) return undefined;
+  const agent = startAgent(t, ngx.configFile);
+  const first = await nth(ngx.root, 'ngx', 1);
   assert.equal(first.outcome, 'deployed', first.reason ?? '');
   const master = first.pidAfter!;
-  const workers = await workersOf(configFile, master, 2);
+  return { configFile: ngx.configFile, port: ngx.port, agent, master, workers: await workersOf(ngx.configFile, master, workers) };
+}
+
+test('nginx whose master is killed with its workers alive: the workers are stopped and nginx is started again', async (t) => {
+  const ngx = await nginxDeployed(t, 'relink-lineage-nginx-', 2);
+  if (ngx === undefined) return;
+  const { configFile, port, agent, master, workers } = ngx;
 
   process.kill(master, 'SIGKILL');
   await agent.waitForLog('the leftovers stopped', (l) => /main process died and left 2 of its processes running/.test(l.msg), { timeoutMs: 15_000 });
@@ -483,14 +489,9 @@ test('nginx whose master is killed with its workers alive: the workers are stopp
 });
 
 test('nginx with one worker, adopted by a new agent, master killed: the lone worker is a leftover, not followed as the main', async (t) => {
-  const ngx = await nginxApp(t, 'relink-lineage-nginx1-', 1);
+  const ngx = await nginxDeployed(t, 'relink-lineage-nginx1-', 1);
   if (ngx === undefined) return;
-  const { root, configFile, port } = ngx;
-  const agent = startAgent(t, configFile);
-  const first = await nth(root, 'ngx', 1);
-  assert.equal(first.outcome, 'deployed', first.reason ?? '');
-  const master = first.pidAfter!;
-  const [worker] = await workersOf(configFile, master, 1);
+  const { configFile, port, agent, master, workers: [worker] } = ngx;
   // Known to the agent before it stops (its refresh after the verdict), then adopted.
   assert.equal(await agent.stop(), 0);
   const next = startAgent(t, configFile);
