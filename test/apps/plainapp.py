@@ -1,0 +1,128 @@
+#!/usr/bin/python3
+# A plain HTTP server with no graceful-restart code, for the reload
+# strategy tests and benchmarks (test/strategies.test.ts, bench/): what most
+# apps are. It never re-executes itself and knows no reload signal. It takes
+# its listening sockets the systemd way (sd_listen_fds(3): LISTEN_PID is its
+# own PID, LISTEN_FDS sockets from fd 3), or binds its own port without them.
+# On SIGTERM it stops accepting, finishes the requests it has accepted and
+# exits 0 (what any server's shutdown does); other signals kill it.
+# Started as `./app.bin -c app.cfg`; a release is a copy of this script.
+#
+# app.cfg (key=value lines):
+#   port=N            bind 127.0.0.1:N when no socket is passed
+#   message=TEXT      said in every reply
+#   fail_start=1      exit 3 before serving
+#   ready_delay_ms=N  sleep this long before serving
+#   unhealthy=1       /healthz answers 503
+#   notify=1          send READY=1 to $NOTIFY_SOCKET once serving (sd_notify)
+#   notify_ready=0    with notify=1: never send READY=1 (never ready)
+#   slow_ms=N         every request takes this long
+#
+# GET / answers {"release", "pid", "message", "fds"}; GET /healthz 200 "ok".
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from socketserver import ThreadingMixIn
+
+
+def read_cfg(path):
+    cfg = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith('#') and '=' in line:
+                k, v = line.split('=', 1)
+                cfg[k.strip()] = v.strip()
+    return cfg
+
+
+def passed_sockets():
+    # sd_listen_fds(3): only ours when LISTEN_PID names this process.
+    if os.environ.get('LISTEN_PID') != str(os.getpid()):
+        return []
+    n = int(os.environ.get('LISTEN_FDS', '0'))
+    for k in ('LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES'):
+        os.environ.pop(k, None)
+    return [socket.socket(fileno=3 + i) for i in range(n)]
+
+
+class Server(ThreadingMixIn, HTTPServer):
+    daemon_threads = False
+    block_on_close = True
+
+
+def main():
+    args = sys.argv[1:]
+    cfg = read_cfg(args[args.index('-c') + 1] if '-c' in args else 'app.cfg')
+    release = os.path.basename(os.path.realpath(sys.argv[0]))
+    if cfg.get('fail_start') == '1':
+        print('plainapp: fail_start=1, exiting', flush=True)
+        sys.exit(3)
+    delay = int(cfg.get('ready_delay_ms', '0'))
+    if delay > 0:
+        time.sleep(delay / 1000)
+    slow = int(cfg.get('slow_ms', '0')) / 1000
+    socks = passed_sockets()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = 'HTTP/1.1'
+
+        def do_GET(self):
+            if slow > 0:
+                time.sleep(slow)
+            if self.path == '/healthz':
+                code = 503 if cfg.get('unhealthy') == '1' else 200
+                body = b'ok\n' if code == 200 else b'unhealthy\n'
+            else:
+                code = 200
+                body = json.dumps({'release': release, 'pid': os.getpid(), 'message': cfg.get('message', ''), 'fds': len(socks)}).encode()
+            self.send_response(code)
+            self.send_header('Content-Length', str(len(body)))
+            self.send_header('Connection', 'close')
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *a):
+            pass
+
+    servers = []
+    if socks:
+        for s in socks:
+            srv = Server(s.getsockname() if s.family != socket.AF_UNIX else '', Handler, bind_and_activate=False)
+            srv.socket.close()
+            srv.socket = s
+            servers.append(srv)
+    else:
+        servers.append(Server(('127.0.0.1', int(cfg['port'])), Handler))
+
+    def stop(signum, frame):
+        # Stop accepting (what is queued stays in the shared backlog for
+        # the next generation), finish what was accepted, exit.
+        threading.Thread(target=lambda: [s.shutdown() for s in servers], daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    threads = [threading.Thread(target=s.serve_forever, kwargs={'poll_interval': 0.05}) for s in servers]
+    for t in threads:
+        t.start()
+    print(f'plainapp {release} pid {os.getpid()} serving on {len(socks) or "own"} socket(s)', flush=True)
+    if cfg.get('notify') == '1' and cfg.get('notify_ready') != '0' and os.environ.get('NOTIFY_SOCKET'):
+        addr = os.environ['NOTIFY_SOCKET']
+        if addr.startswith('@'):
+            addr = '\0' + addr[1:]
+        n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        n.sendto(f'READY=1\nSTATUS=serving {release}\nMAINPID={os.getpid()}'.encode(), addr)
+        n.close()
+    for t in threads:
+        t.join()
+    for s in servers:
+        s.server_close()
+    sys.exit(0)
+
+
+main()
