@@ -118,8 +118,13 @@ def main():
         n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         n.sendto(f'READY=1\nSTATUS=serving {release}\nMAINPID={os.getpid()}'.encode(), addr)
         n.close()
-    for t in threads:
-        t.join()
+    # Join with a timeout: CPython runs signal handlers only in the main
+    # thread, and the kernel may deliver SIGTERM to a serving thread; a
+    # main thread blocked in a plain join() is not woken by that, and the
+    # stop() handler would never run (seen under load: SIGTERM caught,
+    # the process serving on until SIGKILL).
+    while any(t.is_alive() for t in threads):
+        threads[0].join(0.05) if threads[0].is_alive() else time.sleep(0.05)
     for s in servers:
         s.server_close()
     sys.exit(0)
