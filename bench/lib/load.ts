@@ -18,6 +18,13 @@ export interface WrkResult {
   readonly write: number;
   readonly timeout: number;
   readonly non2xx: number;
+  /**
+   * wrk's latency percentiles (--latency) over the requests that were
+   * answered, in ms: from wrk writing the request to the whole reply,
+   * so a connection left waiting in a listen backlog counts in it. NaN when
+   * wrk printed none.
+   */
+  readonly latency: { readonly p50: number; readonly p90: number; readonly p99: number };
   readonly raw: string;
 }
 
@@ -32,7 +39,7 @@ export class Wrk {
 
   /** Start wrk on `url` for at most `maxSeconds`; stop() ends it earlier. */
   constructor(j: Janitor, url: string, maxSeconds: number, connections = 4) {
-    this.#child = j.spawn('wrk', ['-t1', `-c${connections}`, `-d${maxSeconds}s`, '--timeout', '2s', '-H', 'Connection: close', url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.#child = j.spawn('wrk', ['-t1', `-c${connections}`, `-d${maxSeconds}s`, '--timeout', '2s', '--latency', '-H', 'Connection: close', url], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.#child.stdout!.setEncoding('utf8').on('data', (c: string) => { this.#out += c; });
     this.#child.stderr!.setEncoding('utf8').on('data', (c: string) => { this.#out += c; });
     this.#closed = new Promise((resolve) => this.#child.once('close', () => resolve()));
@@ -59,8 +66,17 @@ export function parseWrk(out: string): WrkResult {
     write: Number(sock?.[3] ?? 0),
     timeout: Number(sock?.[4] ?? 0),
     non2xx: num(/Non-2xx or 3xx responses: (\d+)/),
+    latency: { p50: percentile(out, 50), p90: percentile(out, 90), p99: percentile(out, 99) },
     raw: out,
   };
+}
+
+/** One line of wrk's "Latency Distribution" (`     99%    2.86ms`), in ms. */
+function percentile(out: string, q: number): number {
+  const m = new RegExp(`^\\s*${q}%\\s+([\\d.]+)(us|ms|s|m|h)\\s*$`, 'm').exec(out);
+  if (m === null) return Number.NaN;
+  const scale: Record<string, number> = { us: 0.001, ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
+  return Number(m[1]) * scale[m[2]!]!;
 }
 
 export interface ProbeResult {
