@@ -24,6 +24,10 @@ const APT: Record<string, { packageName: string; check: () => Promise<boolean> }
   wrk: { packageName: 'wrk', check: () => onPath('wrk') },
   supervisor: { packageName: 'supervisor', check: async () => (await onPath('supervisord')) && (await onPath('supervisorctl')) },
   cc: { packageName: 'gcc', check: () => onPath('cc') },
+  // Issue 11's rows: a plain Python server and gunicorn, and the socket-activated restart.
+  python3: { packageName: 'python3', check: () => exists('/usr/bin/python3', constants.X_OK) },
+  gunicorn: { packageName: 'gunicorn', check: () => exists('/usr/lib/python3/dist-packages/gunicorn/app/wsgiapp.py') },
+  'socket-activate': { packageName: 'systemd', check: () => onPath('systemd-socket-activate') },
 };
 
 export type Tool = keyof typeof APT | 'pm2';
@@ -114,6 +118,9 @@ async function versions(j: Janitor, have: ReadonlySet<Tool>): Promise<Record<str
   if (have.has('tableflip')) v['tableflip (Debian)'] = await dpkg('golang-github-cloudflare-tableflip-dev');
   if (have.has('wrk')) v['wrk'] = await dpkg('wrk');
   if (have.has('supervisor')) v['supervisor'] = await dpkg('supervisor');
+  if (have.has('python3')) v['python3'] = await dpkg('python3');
+  if (have.has('gunicorn')) v['gunicorn'] = await dpkg('gunicorn');
+  if (have.has('socket-activate')) v['systemd (systemd-socket-activate)'] = await dpkg('systemd');
   if (have.has('pm2')) {
     const pkg = JSON.parse(await readFile(path.join(CACHE, 'pm2', 'node_modules', 'pm2', 'package.json'), 'utf8')) as { version: string };
     v['pm2'] = pkg.version;
