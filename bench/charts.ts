@@ -7,13 +7,16 @@ import type { Cell, DowntimeResult, Method } from './downtime.js';
 import { METHOD_LABELS } from './downtime.js';
 import type { FootprintResult, FootprintRow } from './footprint.js';
 import { MANAGER_LABELS } from './footprint.js';
-import { APP_LABELS, type AppKind } from './lib/apps.js';
+import { APP_KINDS, APP_LABELS } from './lib/apps.js';
 import { count, ms } from './lib/stats.js';
 import { barChart, cdfChart, COLORS, type BarGroup } from './lib/svg.js';
 import type { ReactionResult, ReactionVariant } from './reaction.js';
 import { CELL_ORDER, TARGETS, type Results } from './report.js';
 
-const METHOD_COLORS: Record<Method, string> = { control: COLORS[6]!, relink: COLORS[2]!, restart: COLORS[0]!, pm2: COLORS[3]!, supervisor: COLORS[4]! };
+const METHOD_COLORS: Record<Method, string> = {
+  control: COLORS[6]!, relink: COLORS[2]!, 'relink-socket': COLORS[2]!, 'relink-upgrade': COLORS[2]!, 'relink-restart': COLORS[7]!,
+  restart: COLORS[0]!, 'socket-activate': COLORS[5]!, pm2: COLORS[3]!, supervisor: COLORS[4]!,
+};
 
 /** The chart files, by name, for the results folder. */
 export function charts(r: Results): Record<string, string> {
@@ -52,7 +55,7 @@ function shortLabel(v: ReactionVariant): string {
 
 function downtimeChart(d: DowntimeResult): string {
   const groups: BarGroup[] = [];
-  for (const app of ['go', 'nginx', 'c'] as AppKind[]) {
+  for (const app of APP_KINDS) {
     const cells = CELL_ORDER.map((m) => d.cells.find((c) => c.app === app && c.method === m)).filter((c): c is Cell => c !== undefined && c.method !== 'control');
     if (cells.length === 0) continue;
     groups.push({

@@ -1,32 +1,58 @@
 /**
  * 2. Zero downtime under load: wrk (Connection: close) and a prober against
  * each app on 127.0.0.1 while it is deployed N times in a row, by relink
- * (edit current.conf; the agent relinks and signals) and, on the same app,
- * by the alternatives: a hand-written stop + start, PM2's `reload` (fork
- * mode), and `supervisorctl restart`. For the alternatives the links are
- * switched first exactly as relink would, so every method deploys the same
- * release the same way and differs only in how the process is replaced.
- * A control cell with no deploys shows what the load alone produces.
+ * (edit current.conf; the agent relinks and signals, or, for apps with no
+ * reload of their own, replaces them by one of issue 11's strategies) and,
+ * on the same app, by the alternatives: a hand-written stop + start, PM2's
+ * `reload` (fork mode), `supervisorctl restart`, and systemd's restart of a
+ * service whose socket a .socket unit holds (bench/apps/sockholder.py with
+ * systemd-socket-activate). For the alternatives the links are switched
+ * first exactly as relink would, so every method deploys the same release
+ * the same way and differs only in how the process is replaced. A control
+ * cell with no deploys shows what the load alone produces, and is the base
+ * of the p99 latency ratios.
  */
 import type { ChildProcess } from 'node:child_process';
 import { open, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { createInterface } from 'node:readline';
 import { freePort } from '../src/demo/layout.js';
 import { AgentProcess, appBase, currentText, switchLinks, writeAgentConfig, writeCurrent, type AppLayout } from './lib/agent.js';
-import { APP_LABELS, appSpecs, type AppKind, type AppSpec } from './lib/apps.js';
+import { APP_KINDS, APP_LABELS, appSpecs, type AppKind, type AppSpec } from './lib/apps.js';
 import { pick, type Context } from './lib/context.js';
+import { ROOT } from './lib/tools.js';
 import { failed, Prober, Wrk, type ProbeResult, type WrkResult } from './lib/load.js';
 import { accepts, alive, httpGet, kill, killUnder, nowMs, sleep, stopChild, waitFor } from './lib/procs.js';
 import { summarize, type Summary } from './lib/stats.js';
 
-export type Method = 'control' | 'relink' | 'restart' | 'pm2' | 'supervisor';
+export type Method = 'control' | 'relink' | 'relink-socket' | 'relink-upgrade' | 'relink-restart' | 'restart' | 'socket-activate' | 'pm2' | 'supervisor';
 
 export const METHOD_LABELS: Record<Method, string> = {
   control: 'no deploys (control)',
   relink: 'relink (SIGHUP)',
+  'relink-socket': 'relink "socket"',
+  'relink-upgrade': 'relink "upgrade" (USR2, then TERM)',
+  'relink-restart': 'relink "restart", socket held',
   restart: 'stop + start',
+  'socket-activate': 'socket-activated restart (systemd-socket-activate)',
   pm2: 'PM2 reload (fork mode)',
   supervisor: 'supervisorctl restart',
+};
+
+/** The relink rows, each held to 0 failed requests, except "restart" (issue 11). */
+export const RELINK_METHODS: readonly Method[] = ['relink', 'relink-socket', 'relink-upgrade', 'relink-restart'];
+export const isRelink = (m: Method): boolean => RELINK_METHODS.includes(m);
+/** Relink rows with a zero-failure target: every strategy but "restart". */
+export const isZeroTarget = (m: Method): boolean => isRelink(m) && m !== 'relink-restart';
+
+/** The rows of each app, in table order. */
+export const METHODS: Record<AppKind, readonly Method[]> = {
+  go: ['control', 'relink', 'restart', 'pm2', 'supervisor'],
+  // nginx is run by systemd and reloaded, not put under a process manager.
+  nginx: ['control', 'relink', 'restart'],
+  c: ['control', 'relink', 'restart', 'pm2', 'supervisor'],
+  plain: ['control', 'relink-socket', 'relink-restart', 'restart', 'socket-activate', 'pm2', 'supervisor'],
+  gunicorn: ['control', 'relink-socket', 'relink-upgrade', 'restart', 'socket-activate', 'pm2', 'supervisor'],
 };
 
 export interface Cell {
@@ -40,6 +66,13 @@ export interface Cell {
   readonly wrk: Omit<WrkResult, 'raw'>;
   readonly failed: number;
   readonly probe: ProbeResult;
+  /**
+   * What the agent's outcome lines said about a "restart" (`outageMs`
+   * without held sockets, `queuedMs` with them), one sample per deploy
+   * that reported it; empty for the other rows.
+   */
+  readonly agentOutageMs?: Summary;
+  readonly agentQueuedMs?: Summary;
   readonly note?: string;
 }
 
@@ -50,8 +83,11 @@ export interface DowntimeResult {
 }
 
 interface Manager {
-  /** Deploy release `r`; resolves when the deploy is done by the manager's own account. */
-  deploy(r: string): Promise<void>;
+  /**
+   * Deploy release `r`; resolves when the deploy is done by the manager's
+   * own account, with what the agent reported of a restart's gap, if any.
+   */
+  deploy(r: string): Promise<{ outageMs?: number; queuedMs?: number } | void>;
   close(): Promise<void>;
 }
 
@@ -59,26 +95,22 @@ const PAUSE_MS = 250;
 const CONNECTIONS = 4;
 const SETTLE_MS = 300;
 
-export async function runDowntime(ctx: Context): Promise<DowntimeResult> {
+/** Every row of every app in `kinds` (default: all of them). */
+export async function runDowntime(ctx: Context, kinds: readonly AppKind[] = APP_KINDS): Promise<DowntimeResult> {
   const deploys = pick(ctx, 20, 3);
   const skipped: string[] = [];
   if (!ctx.tools.have.has('wrk')) {
     return { cells: [], skipped: [`all of it: wrk is missing (${ctx.tools.missing.get('wrk')})`], settings: { deploys, pauseMs: PAUSE_MS, connections: CONNECTIONS, settleMs: SETTLE_MS } };
   }
-  const { specs, skipped: noApp } = await appSpecs(ctx);
+  const { specs, skipped: noApp } = await appSpecs(ctx, kinds);
   for (const s of noApp) skipped.push(`${APP_LABELS[s.kind]}: ${s.why}`);
   const cells: Cell[] = [];
+  const needs: Partial<Record<Method, 'pm2' | 'supervisor' | 'socket-activate'>> = { pm2: 'pm2', supervisor: 'supervisor', 'socket-activate': 'socket-activate' };
   for (const spec of specs) {
-    const methods: Method[] = ['control', 'relink', 'restart'];
-    // nginx is run by systemd and reloaded, not put under a process manager.
-    if (spec.kind !== 'nginx') methods.push('pm2', 'supervisor');
-    for (const method of methods) {
-      if (method === 'pm2' && !ctx.tools.have.has('pm2')) {
-        skipped.push(`${METHOD_LABELS.pm2} on ${spec.label}: ${ctx.tools.missing.get('pm2')}`);
-        continue;
-      }
-      if (method === 'supervisor' && !ctx.tools.have.has('supervisor')) {
-        skipped.push(`${METHOD_LABELS.supervisor} on ${spec.label}: ${ctx.tools.missing.get('supervisor')}`);
+    for (const method of METHODS[spec.kind]) {
+      const tool = needs[method];
+      if (tool !== undefined && !ctx.tools.have.has(tool)) {
+        skipped.push(`${METHOD_LABELS[method]} on ${spec.label}: ${ctx.tools.missing.get(tool)}`);
         continue;
       }
       ctx.log(`  downtime: ${spec.label}, ${METHOD_LABELS[method]}`);
@@ -104,6 +136,8 @@ async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: num
     const prober = new Prober(port);
     await sleep(1_000);
     const times: number[] = [];
+    const outages: number[] = [];
+    const queued: number[] = [];
     let wrong = 0;
     if (deploys === 0) await sleep(pick(ctx, 5_000, 2_000));
     for (let k = 0; k < deploys; k++) {
@@ -111,7 +145,9 @@ async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: num
       const t0 = nowMs();
       const done = manager.deploy(r);
       const serving = waitFor(`release ${r} to answer`, () => served(port, r), 30_000, 5).then(() => nowMs(), () => undefined);
-      await done;
+      const said = await done;
+      if (typeof said?.outageMs === 'number') outages.push(said.outageMs);
+      if (typeof said?.queuedMs === 'number') queued.push(said.queuedMs);
       const t1 = await serving;
       if (t1 === undefined) wrong += 1;
       else times.push(t1 - t0);
@@ -122,7 +158,11 @@ async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: num
     const w = await wrk.stop();
     const { raw, ...wrkFigures } = w;
     if (!Number.isFinite(w.requests)) throw new Error(`could not read wrk's output: ${raw.slice(0, 300)}`);
-    return { app: spec.kind, method, deploys, wrongRelease: wrong, deployMs: summarize(times), wrk: wrkFigures, failed: failed(w), probe };
+    return {
+      app: spec.kind, method, deploys, wrongRelease: wrong, deployMs: summarize(times), wrk: wrkFigures, failed: failed(w), probe,
+      ...(outages.length > 0 ? { agentOutageMs: summarize(outages) } : {}),
+      ...(queued.length > 0 ? { agentQueuedMs: summarize(queued) } : {}),
+    };
   } finally {
     await manager.close();
     await killUnder(app.releasesDir);
@@ -141,7 +181,12 @@ async function startManager(ctx: Context, spec: AppSpec, method: Method, app: Ap
     case 'restart':
       return direct(ctx, spec, app);
     case 'relink':
-      return relinkManager(ctx, spec, app, dir);
+    case 'relink-socket':
+    case 'relink-upgrade':
+    case 'relink-restart':
+      return relinkManager(ctx, spec, method, app, dir);
+    case 'socket-activate':
+      return socketActivated(ctx, spec, app);
     case 'pm2':
       return pm2Manager(ctx, spec, app, dir);
     case 'supervisor':
@@ -149,7 +194,31 @@ async function startManager(ctx: Context, spec: AppSpec, method: Method, app: Ap
   }
 }
 
-async function relinkManager(ctx: Context, spec: AppSpec, app: AppLayout, dir: string): Promise<Manager> {
+/**
+ * The keys of issue 11's interface (/work/i11-spec.md) for each relink row:
+ * `reload.strategy`, `sockets` (the agent holds 127.0.0.1:PORT and passes it
+ * as fd 3 with LISTEN_FDS/LISTEN_PID) and `stop`.
+ */
+function relinkKeys(spec: AppSpec, method: Method, app: AppLayout): Record<string, unknown> {
+  const stop = { signal: spec.stopSignal, timeoutMs: 10_000 };
+  const sockets = [`127.0.0.1:${app.port}`];
+  switch (method) {
+    case 'relink':
+      if (spec.mode === undefined) throw new Error(`${spec.label} has no reload of its own`);
+      return { reload: { strategy: spec.mode, timeoutMs: 10_000 } };
+    case 'relink-socket':
+      return { sockets, reload: { strategy: 'socket', timeoutMs: 10_000 }, stop };
+    case 'relink-restart':
+      return { sockets, reload: { strategy: 'restart', timeoutMs: 10_000 }, stop };
+    case 'relink-upgrade':
+      // gunicorn: USR2 starts a new master (a child of the old one) on the inherited socket; TERM stops the old one gracefully.
+      return { reload: { strategy: 'upgrade', signal: 'SIGUSR2', timeoutMs: 10_000 }, stop };
+    default:
+      throw new Error(`${method} is not a relink row`);
+  }
+}
+
+async function relinkManager(ctx: Context, spec: AppSpec, method: Method, app: AppLayout, dir: string): Promise<Manager> {
   await writeFile(app.currentFile, currentText('1.0'));
   const config = await writeAgentConfig(path.join(dir, 'config.json'), {
     stateDir: path.join(dir, 'state'),
@@ -158,7 +227,7 @@ async function relinkManager(ctx: Context, spec: AppSpec, app: AppLayout, dir: s
       name: app.name,
       dir: app.dir,
       command: spec.command(app),
-      reload: { mode: spec.mode, timeoutMs: 10_000 },
+      ...relinkKeys(spec, method, app),
       health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: SETTLE_MS, deadlineMs: 10_000, intervalMs: 50 },
     }],
   });
@@ -172,6 +241,10 @@ async function relinkManager(ctx: Context, spec: AppSpec, app: AppLayout, dir: s
       n += 1;
       const o = await agent.outcome(n, 30_000);
       if (o.outcome !== 'deployed') throw new Error(`deploy of ${r} was ${o.outcome}: ${o.reason ?? ''}`);
+      return {
+        ...(typeof o['outageMs'] === 'number' ? { outageMs: o['outageMs'] } : {}),
+        ...(typeof o['queuedMs'] === 'number' ? { queuedMs: o['queuedMs'] } : {}),
+      };
     },
     close: () => agent.stop(),
   };
@@ -210,7 +283,8 @@ async function pm2Manager(ctx: Context, spec: AppSpec, app: AppLayout, dir: stri
   const [file, ...args] = spec.command(app) as [string, ...string[]];
   const eco = path.join(dir, 'ecosystem.json');
   await writeFile(eco, JSON.stringify({
-    apps: [{ name: app.name, script: path.resolve(app.dir, file), args, cwd: app.dir, interpreter: 'none', exec_mode: 'fork', autorestart: true }],
+    // kill_signal: the app's graceful stop signal, as supervisord's stopsignal (PM2's default is SIGINT).
+    apps: [{ name: app.name, script: path.resolve(app.dir, file), args, cwd: app.dir, interpreter: 'none', exec_mode: 'fork', autorestart: true, kill_signal: spec.stopSignal }],
   }, null, 2));
   ctx.j.defer('pm2 kill', () => ctx.j.run(process.execPath, [ctx.tools.pm2Bin, 'kill'], { env, timeoutMs: 30_000 }));
   await pm2('start', eco);
@@ -268,6 +342,49 @@ stdout_logfile=${app.dir}/app.log
       await ctx.j.run('supervisorctl', ['-c', conf, 'shutdown'], { timeoutMs: 30_000 });
       await waitFor('supervisord to exit', async () => daemon.exitCode !== null || daemon.signalCode !== null || !(await alive(daemon.pid!)), 20_000, 50).catch(() => kill(daemon.pid!, 'SIGTERM'));
       await stopChild(daemon);
+    },
+  };
+}
+
+/**
+ * systemd's restart of a service whose listening socket a .socket unit
+ * holds, without a booted systemd: bench/apps/sockholder.py binds the port
+ * once and keeps it (never accepting), and starts the app through
+ * systemd-socket-activate with the socket passed in (fd 3, LISTEN_FDS,
+ * LISTEN_PID), which passes it on. A deploy is switch links, then
+ * `restart`: the stop signal, wait for the exit (SIGKILL after 15 s), start
+ * again on the same socket. Meanwhile connections wait in the backlog.
+ */
+async function socketActivated(ctx: Context, spec: AppSpec, app: AppLayout): Promise<Manager> {
+  const log = await open(path.join(app.dir, 'app.log'), 'a');
+  let holder: ChildProcess;
+  try {
+    holder = ctx.j.spawn('/usr/bin/python3', [path.join(ROOT, 'bench', 'apps', 'sockholder.py'), String(app.port), spec.stopSignal, '15', '--', ...spec.command(app)], {
+      cwd: app.dir,
+      stdio: ['pipe', 'pipe', log.fd],
+    });
+  } finally {
+    await log.close();
+  }
+  const said: string[] = [];
+  createInterface({ input: holder.stdout! }).on('line', (l) => said.push(l));
+  const started = (n: number): Promise<void> => waitFor(`the socket holder to start the app (${n})`, () => said.filter((l) => l.startsWith('started ')).length >= n || holder.exitCode !== null, 30_000, 5)
+    .then(() => {
+      if (holder.exitCode !== null) throw new Error(`the socket holder exited ${holder.exitCode}; see ${app.dir}/app.log`);
+    });
+  await started(1);
+  let n = 1;
+  return {
+    async deploy(r) {
+      await switchLinks(app, r);
+      holder.stdin!.write('restart\n');
+      n += 1;
+      await started(n);
+    },
+    async close() {
+      holder.stdin!.end();
+      await waitFor('the socket holder to exit', () => holder.exitCode !== null || holder.signalCode !== null, 20_000, 20).catch(() => undefined);
+      await stopChild(holder);
     },
   };
 }

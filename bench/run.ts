@@ -6,6 +6,7 @@
  *   npm run bench                       everything; rewrites BENCHMARKS.md and bench/results/
  *   npm run bench -- --quick            a smoke run; writes to a temp folder
  *   npm run bench -- --only a,b         some of: reaction, downtime, footprint, verdict, journal, flood
+ *   npm run bench -- --only strategies  section 2's rows of issue 11 alone (its apps: plain Python, gunicorn)
  *   npm run bench -- --out DIR          write the report there instead
  *   npm run bench -- --no-install       never apt-get or npm install; skip what is missing
  *
@@ -20,6 +21,7 @@ import { runDowntime, type DowntimeResult } from './downtime.js';
 import { runFootprint, type FootprintResult } from './footprint.js';
 import { runFlood, type FloodResult } from './flood.js';
 import { runJournal, type JournalResult } from './journal.js';
+import { STRATEGY_KINDS } from './lib/apps.js';
 import { buildAgent } from './lib/build.js';
 import type { Context } from './lib/context.js';
 import { Janitor } from './lib/procs.js';
@@ -29,7 +31,8 @@ import { markdown, type Results } from './report.js';
 import { runReaction, type ReactionResult } from './reaction.js';
 import { runVerdict, type VerdictResult } from './verdict.js';
 
-const SECTIONS = ['reaction', 'footprint', 'downtime', 'verdict', 'journal', 'flood'] as const;
+// "strategies" is part of "downtime" (the same table): alone, it runs only issue 11's apps.
+const SECTIONS = ['reaction', 'footprint', 'downtime', 'strategies', 'verdict', 'journal', 'flood'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const USAGE = `Usage: npm run bench [-- --quick] [--only ${SECTIONS.join(',')}] [--out DIR] [--no-install]`;
@@ -114,7 +117,7 @@ async function main(): Promise<number> {
     // Reaction first, while nothing else of ours runs; its agent also gives the 1,000-deploy soak.
     reaction = await run('reaction', () => runReaction(ctx));
     footprint = await run('footprint', () => runFootprint(ctx));
-    downtime = await run('downtime', () => runDowntime(ctx));
+    downtime = only.includes('downtime') ? await run('downtime', () => runDowntime(ctx)) : await run('strategies', () => runDowntime(ctx, STRATEGY_KINDS));
     verdict = await run('verdict', () => runVerdict(ctx));
     // Last: its CLI runs of the version before issue 9 take up to a GB each.
     journal = await run('journal', () => runJournal(ctx));
