@@ -291,7 +291,8 @@ function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]
     'connection counts as a socket error (wrk reports a refused non-blocking connect as a write error). Beside wrk, a prober sends one request every 10 ms ' +
     'and records from the first failure to the next success: the **longest outage** in milliseconds, which does not depend on how fast wrk retries. ' +
     '**p99 latency** is wrk\'s, over the requests that were answered, from writing the request to the end of the reply: a connection that waited in a listen backlog ' +
-    'counts with its wait. Its ratio is to the same app\'s control row (the same load with no deploys); a row\'s load runs from 1 s before its first deploy to 1 s after its last. ' +
+    'counts with its wait. Its ratio is to the same app\'s control row (the same load with no deploys: 20 s of it for issue 11\'s apps, whose p99 target is a ratio, 5 s for the others); ' +
+    'a row\'s load runs from 1 s before its first deploy to 1 s after its last. ' +
     `relink deploys by renaming current.conf (the agent: health URL, \`settleMs: ${s.settleMs}\`, the strategy named in the row); every other method first switches the same ` +
     'links the same way (temp link + rename), then replaces the process its own way: **stop + start** (the app\'s graceful stop signal - SIGTERM, ' +
     'or SIGQUIT for nginx - wait for it to exit, start it, wait for the port), **PM2** `pm2 reload` (in fork mode a reload is a restart: only cluster ' +
