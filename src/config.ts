@@ -24,16 +24,41 @@ const absoluteOrRelative = z.string().min(1, 'must be a non-empty path');
  */
 const about = (description: string) => ({ description });
 
+/**
+ * How an app takes a new release (README "Reload strategies"): the app
+ * re-executes itself (`reexec`: tableflip, grace, endless), reloads in its
+ * own process (`inplace`: nginx HUP, gunicorn HUP), starts a new master the
+ * agent then stops the old one of (`upgrade`: gunicorn/unicorn/nginx USR2),
+ * is started anew on sockets the agent holds (`socket`: any app that takes
+ * LISTEN_FDS), or is stopped and started (`restart`).
+ */
+export const STRATEGIES = ['reexec', 'inplace', 'upgrade', 'socket', 'restart'] as const;
+export type Strategy = (typeof STRATEGIES)[number];
+
+const signalName = (def: string, description: string) =>
+  z.enum(SIGNALS, { error: 'must be a catchable signal name such as "SIGHUP" (not SIGKILL or SIGSTOP)' }).default(def).meta(about(description));
+
 const ReloadSchema = z.strictObject({
-  signal: z.enum(SIGNALS, { error: 'must be a catchable signal name such as "SIGHUP" (not SIGKILL or SIGSTOP)' }).default('SIGHUP')
-    .meta(about('the signal that makes the app reload')),
-  mode: z.enum(['reexec', 'inplace'], { error: 'must be "reexec" (the app re-executes itself and its PID changes) or "inplace" (the PID stays)' }).default('reexec')
-    .meta(about('`reexec`: the app re-executes itself, its PID changes; `inplace`: same PID (nginx)')),
+  strategy: z.enum(STRATEGIES, { error: 'must be one of "reexec", "inplace", "upgrade", "socket", "restart" (README: "Reload strategies")' }).optional()
+    .meta(about('how the app takes a new release: `reexec`, `inplace`, `upgrade`, `socket` or `restart` ("Reload strategies"); default `socket` when `sockets` is set, else `reexec`')),
+  signal: signalName('SIGHUP', 'the signal that makes the app reload (`reexec`, `inplace`) or start its new master (`upgrade`)'),
+  mode: z.enum(['reexec', 'inplace'], { error: 'must be "reexec" or "inplace" (deprecated: use "strategy")' }).optional()
+    .meta(about('deprecated alias of `strategy` (`reexec` or `inplace`); said once in the log')),
   timeoutMs: z.int().min(100).max(600_000).default(15_000)
-    .meta(about('how long a start or a re-exec handoff may take before the deploy counts as failed')),
+    .meta(about('how long a start, a re-exec handoff or a new master may take to appear (and, with `readiness: "notify"`, to say READY=1) before the deploy counts as failed')),
   drainTimeoutMs: z.int().min(0).max(86_400_000).default(60_000)
-    .meta(about('how long an older generation may keep running (draining in-flight requests) after a new one serves; then SIGTERM, and SIGKILL 10 s later')),
+    .meta(about('how long an older generation that exits by itself (`reexec`, `inplace`) may keep running (draining in-flight requests) after a new one serves; then `stop.signal`, and SIGKILL `stop.timeoutMs` later')),
+}).refine((r) => r.mode === undefined || r.strategy === undefined || r.mode === r.strategy,
+  { message: 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)', path: ['mode'] });
+
+const StopSchema = z.strictObject({
+  signal: signalName('SIGTERM', 'the signal that makes the app stop: finish its in-flight requests and exit (gunicorn TERM, unicorn and nginx QUIT)'),
+  timeoutMs: z.int().min(0).max(3_600_000).default(10_000)
+    .meta(about('how long a stopped generation may drain after `stop.signal` before it is killed (SIGKILL)')),
 });
+
+/** A listen address as `sockets` takes it: "127.0.0.1:8080", "[::1]:8080", "unix:/abs/path". */
+const LISTEN_ADDRESS = /^(?:(?:\d{1,3}\.){3}\d{1,3}:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}|unix:\/.+)$/;
 
 const LivenessSchema = z.strictObject({
   periodMs: z.int().min(100).max(3_600_000).default(10_000)
@@ -55,6 +80,8 @@ const HealthSchema = z.strictObject({
     .meta(about('between probe attempts')),
   probeTimeoutMs: z.int().min(10).max(60_000).default(1_000)
     .meta(about('one probe attempt\'s timeout')),
+  readiness: z.enum(['probe', 'notify'], { error: 'must be "probe" (settle time, then the probe) or "notify" (the app says READY=1 through sd_notify, then the probe)' }).default('probe')
+    .meta(about('`probe`: a new generation is ready after `settleMs` and the probe; `notify`: once it sends READY=1 to `$NOTIFY_SOCKET` (sd_notify), then the probe')),
   liveness: LivenessSchema.nullable().default(null)
     .meta(about('after a deploy is judged healthy, the probe (`url` or `tcp`, which must be set) keeps running, and an app that fails it `failureThreshold` times in a row is restarted like a crashed one; `null`: off')),
 }).refine((h) => !(h.url !== undefined && h.tcp !== undefined), 'set "url" or "tcp", not both')
@@ -138,6 +165,12 @@ const AppSchema = z.strictObject({
     .meta(about('optional: a PID file the app writes; it names a candidate, which must still pass the executable check')),
   reload: ReloadSchema.prefault({})
     .meta(about('how the app takes a new release')),
+  sockets: z.array(z.string().regex(LISTEN_ADDRESS, 'must be "IPv4:port", "[IPv6]:port" or "unix:/absolute/path", e.g. "127.0.0.1:8080"')
+    .refine((a) => a.startsWith('unix:') || (Number(a.slice(a.lastIndexOf(':') + 1)) >= 1 && Number(a.slice(a.lastIndexOf(':') + 1)) <= 65_535), 'the port must be 1 to 65535'))
+    .max(64).default([])
+    .meta(about('listening sockets the agent holds and passes to every generation (LISTEN_FDS, from fd 3 in this order): `"127.0.0.1:8080"`, `"[::1]:8080"`, `"unix:/run/web/web.sock"`')),
+  stop: StopSchema.prefault({})
+    .meta(about('how a generation is stopped')),
   health: HealthSchema.prefault({})
     .meta(about('how a deploy is judged, and optional liveness supervision after it')),
   preflight: z.strictObject({
@@ -170,6 +203,13 @@ const AppSchema = z.strictObject({
   if (a.group !== null && a.user === null) {
     ctx.addIssue({ code: 'custom', path: ['group'], message: 'needs "user" as well (without it the app runs as the agent\'s own user and group)' });
   }
+  const strategy = a.reload.strategy ?? a.reload.mode;
+  if (strategy === 'socket' && a.sockets.length === 0) {
+    ctx.addIssue({ code: 'custom', path: ['reload', 'strategy'], message: '"socket" needs "sockets": the listen addresses the agent holds and passes to every generation' });
+  }
+  a.sockets.forEach((s, i) => {
+    if (a.sockets.indexOf(s) !== i) ctx.addIssue({ code: 'custom', path: ['sockets', i], message: `must not repeat sockets[${a.sockets.indexOf(s)}]` });
+  });
   // Said at load time when the config itself asks for root; running as root
   // because "user" is unset is refused when the app is started (launch.ts).
   if ((a.user === 'root' || String(a.user) === '0') && !a.allowRoot) {
@@ -220,6 +260,18 @@ export const ConfigSchema = z.strictObject({
     }
     seen.set(name, i);
   });
+  // A listen address is held once, for one app.
+  const held = new Map<string, number>();
+  apps.forEach((app: unknown, i) => {
+    const sockets = app !== null && typeof app === 'object' ? (app as { sockets?: unknown }).sockets : undefined;
+    if (!Array.isArray(sockets)) return;
+    sockets.forEach((s: unknown, j) => {
+      if (typeof s !== 'string') return;
+      const prev = held.get(s);
+      if (prev !== undefined && prev !== i) ctx.addIssue({ code: 'custom', path: ['apps', i, 'sockets', j], message: `must not be a socket apps[${prev}] holds too (one listen address, one app)` });
+      held.set(s, i);
+    });
+  });
   // zod skips a refinement after an aborting issue anywhere else (a bad enum,
   // a wrong type); every problem must still be listed at once.
 }, { when: (payload) => payload.value !== null && typeof payload.value === 'object' && !Array.isArray(payload.value) });
@@ -238,7 +290,8 @@ export function configJsonSchema(): Record<string, unknown> {
 // parseConfig makes of it (resolved paths, `undefined` for "none", a probe).
 type Frozen<S extends z.ZodType> = Readonly<z.output<S>>;
 
-export type ReloadMode = z.output<typeof ReloadSchema>['mode'];
+/** Which kind of process handling the finder applies (src/proc.ts): the same process reloads, or new ones take over. */
+export type ReloadMode = 'reexec' | 'inplace';
 
 export interface AppConfig {
   readonly name: string;
@@ -250,7 +303,20 @@ export interface AppConfig {
   readonly links: Frozen<typeof AppSchema.shape.links>;
   readonly logFile: string;
   readonly pidFile: string | undefined;
-  readonly reload: Readonly<Omit<z.output<typeof ReloadSchema>, 'signal'> & { signal: NodeJS.Signals }>;
+  readonly reload: {
+    readonly strategy: Strategy;
+    /** How the finder follows generations: "inplace" for that strategy, "reexec" for every one where new processes take over. */
+    readonly mode: ReloadMode;
+    readonly signal: NodeJS.Signals;
+    readonly timeoutMs: number;
+    readonly drainTimeoutMs: number;
+    /** The config used the deprecated "mode" key (said once in the log at start). */
+    readonly deprecatedMode: boolean;
+  };
+  /** Listen addresses the agent holds for the app, in fd order (3, 4, ...): "127.0.0.1:8080", "[::1]:8080", "unix:/path". */
+  readonly sockets: readonly string[];
+  /** How a generation is stopped: `signal`, then SIGKILL after `timeoutMs` (ms). */
+  readonly stop: { readonly signal: NodeJS.Signals; readonly timeoutMs: number };
   readonly health: Readonly<Omit<z.output<typeof HealthSchema>, 'url' | 'tcp' | 'liveness'> & {
     /** The HTTP or TCP probe, from `url` or `tcp`; undefined: none. */
     probe: Probe | undefined;
@@ -282,6 +348,11 @@ export interface Limits {
 
 export const LIMIT_NAMES = ['nofile', 'nproc', 'core'] as const;
 export type LimitName = (typeof LIMIT_NAMES)[number];
+
+/** The strategy an app uses: the one configured, else "socket" when it has sockets, else "reexec". */
+function strategyOf(configured: Strategy | undefined, sockets: readonly string[]): Strategy {
+  return configured ?? (sockets.length > 0 ? 'socket' : 'reexec');
+}
 
 /** The file names of release `r` (e.g. "2.0" -> app.2.0, cfg.2.0). */
 export function releaseFiles(app: AppConfig, r: string): { bin: string; cfg: string } {
@@ -337,13 +408,23 @@ export function parseConfig(text: string, file: string): AgentConfig {
       links: Object.freeze({ bin: path.resolve(dir, a.links.bin), cfg: path.resolve(dir, a.links.cfg) }),
       logFile: path.resolve(dir, a.logFile),
       pidFile: a.pidFile === null ? undefined : path.resolve(dir, a.pidFile),
-      reload: Object.freeze({ signal: a.reload.signal as NodeJS.Signals, mode: a.reload.mode, timeoutMs: a.reload.timeoutMs, drainTimeoutMs: a.reload.drainTimeoutMs }),
+      reload: Object.freeze({
+        strategy: strategyOf(a.reload.strategy ?? a.reload.mode, a.sockets),
+        mode: (a.reload.strategy ?? a.reload.mode) === 'inplace' ? 'inplace' : 'reexec',
+        signal: a.reload.signal as NodeJS.Signals,
+        timeoutMs: a.reload.timeoutMs,
+        drainTimeoutMs: a.reload.drainTimeoutMs,
+        deprecatedMode: a.reload.mode !== undefined,
+      }),
+      sockets: Object.freeze([...a.sockets]),
+      stop: Object.freeze({ signal: a.stop.signal as NodeJS.Signals, timeoutMs: a.stop.timeoutMs }),
       health: Object.freeze({
         probe: a.health.url !== undefined ? Object.freeze({ url: a.health.url }) : a.health.tcp !== undefined ? Object.freeze({ tcp: a.health.tcp }) : undefined,
         deadlineMs: a.health.deadlineMs,
         settleMs: a.health.settleMs,
         intervalMs: a.health.intervalMs,
         probeTimeoutMs: a.health.probeTimeoutMs,
+        readiness: a.health.readiness,
         liveness: a.health.liveness === null ? undefined : Object.freeze({ ...a.health.liveness }),
       }),
       preflight: a.preflight === null ? undefined : Object.freeze({ command: Object.freeze([...a.preflight.command]), timeoutMs: a.preflight.timeoutMs }),

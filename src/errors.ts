@@ -43,6 +43,12 @@ export type ErrorCode =
   | 'LIMIT_DENIED'
   | 'SIGNAL_FAILED'
   | 'HANDOFF_TIMEOUT'
+  /** a listen address in "sockets" could not be held (bound, or found among the fds systemd passed) */
+  | 'SOCKET_UNAVAILABLE'
+  /** what the app did after the signal does not fit its reload.strategy (the message names the one that fits) */
+  | 'STRATEGY_MISMATCH'
+  /** readiness "notify": no READY=1 from the new generation in time */
+  | 'NOT_READY'
   | 'APP_EXITED'
   | 'WRONG_BINARY'
   | 'UNHEALTHY'

@@ -55,7 +55,10 @@ test('defaults are filled in and paths resolved', async (t) => {
   assert.equal(app.pidFile, undefined);
   assert.deepEqual([...app.command], ['./app.bin', '-c', 'app.cfg']);
   assert.deepEqual({ ...app.env }, {});
-  assert.deepEqual({ ...app.reload }, { signal: 'SIGHUP', mode: 'reexec', timeoutMs: 15_000, drainTimeoutMs: 60_000 });
+  assert.deepEqual({ ...app.reload }, { strategy: 'reexec', signal: 'SIGHUP', mode: 'reexec', timeoutMs: 15_000, drainTimeoutMs: 60_000, deprecatedMode: false });
+  assert.deepEqual(app.sockets, []);
+  assert.deepEqual({ ...app.stop }, { signal: 'SIGTERM', timeoutMs: 10_000 });
+  assert.equal(app.health.readiness, 'probe');
   assert.deepEqual({ ...cfg.history }, { maxBytes: 4_194_304, backups: 2 });
   assert.equal(app.health.liveness, undefined);
 });
@@ -107,7 +110,7 @@ test('overrides are honoured, relative app paths resolved against the app dir', 
   assert.deepEqual({ ...app.links }, { bin: '/srv/api/bin/app', cfg: '/etc/api/app.conf' });
   assert.equal(app.logFile, '/srv/api/logs/app.log');
   assert.equal(app.pidFile, '/srv/api/run/app.pid');
-  assert.deepEqual({ ...app.reload }, { signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500, drainTimeoutMs: 60_000 });
+  assert.deepEqual({ ...app.reload }, { strategy: 'inplace', signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500, drainTimeoutMs: 60_000, deprecatedMode: true });
 });
 
 test('relative app paths resolve against dir; currentFile defaults into releasesDir; one link overridden keeps the other default', () => {
@@ -119,7 +122,7 @@ test('relative app paths resolve against dir; currentFile defaults into releases
   assert.deepEqual({ ...app.links }, { bin: '/srv/web/app.bin', cfg: '/srv/web/nginx.conf' });
   // A partial reload block keeps the other defaults.
   const r = parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', reload: { mode: 'inplace' } }] }), '/c.json').apps[0]!.reload;
-  assert.deepEqual({ ...r }, { signal: 'SIGHUP', mode: 'inplace', timeoutMs: 15_000, drainTimeoutMs: 60_000 });
+  assert.deepEqual({ ...r }, { strategy: 'inplace', signal: 'SIGHUP', mode: 'inplace', timeoutMs: 15_000, drainTimeoutMs: 60_000, deprecatedMode: true });
 });
 
 test('three mistakes are three problems, each with the file and its key path', () => {
@@ -421,7 +424,7 @@ test('zod\'s texts never reach a message: every kind of issue reads as key, rule
     'apps[0].env.A': 'must be a string',
     'apps[0].pidFile': 'must be a string, or null',
     'apps[0].reload.timeoutMs': 'must be an integer from 100 to 600000',
-    'apps[0].reload.mode': 'must be "reexec" (the app re-executes itself and its PID changes) or "inplace" (the PID stays)',
+    'apps[0].reload.mode': 'must be "reexec" or "inplace" (deprecated: use "strategy")',
     'apps[0].health.probeTimeoutMs': 'must be at least 10',
     'apps[0].health.intervalMs': 'must be at most 60000',
     'apps[0].health.liveness.periodMs': 'must be at least 100',
@@ -555,4 +558,39 @@ test('loadConfig also refuses two apps whose files are the same only through a s
   await writeFile(path.join(root, 'web', 'release', 'current.conf'), '{}');
   await symlink(path.join(root, 'web', 'release', 'current.conf'), path.join(root, 'api', 'current.conf'));
   await assert.rejects(loadConfig(file), (e: unknown) => e instanceof RelinkErrors && e.key === 'apps[1].currentFile' && /two apps would both apply one current\.conf/.test(e.message));
+});
+
+test('reload strategies: the default follows "sockets"; "mode" is an alias; a mismatch, "socket" without sockets and a shared or repeated address are refused', () => {
+  const parse = (apps: unknown[]) => parseConfig(JSON.stringify({ apps }), '/c.json');
+  const [plain, held, upgrade] = parse([
+    { name: 'a', dir: '/srv/a' },
+    { name: 'b', dir: '/srv/b', sockets: ['127.0.0.1:8080', '[::1]:8080', 'unix:/run/b/b.sock'] },
+    { name: 'c', dir: '/srv/c', reload: { strategy: 'upgrade', signal: 'SIGUSR2' }, stop: { signal: 'SIGQUIT', timeoutMs: 30_000 } },
+  ]).apps;
+  assert.equal(plain!.reload.strategy, 'reexec');
+  assert.equal(held!.reload.strategy, 'socket');
+  assert.deepEqual(held!.sockets, ['127.0.0.1:8080', '[::1]:8080', 'unix:/run/b/b.sock']);
+  assert.equal(upgrade!.reload.strategy, 'upgrade');
+  assert.equal(upgrade!.reload.mode, 'reexec');
+  assert.deepEqual({ ...upgrade!.stop }, { signal: 'SIGQUIT', timeoutMs: 30_000 });
+  const problems = (apps: unknown[]): Record<string, string> => {
+    try {
+      parse(apps);
+    } catch (err) {
+      return Object.fromEntries((err as RelinkErrors).problems.map((e) => [e.key ?? '', e.rule ?? '']));
+    }
+    assert.fail('expected a refusal');
+  };
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'socket' } }]), { 'apps[0].reload.strategy': '"socket" needs "sockets": the listen addresses the agent holds and passes to every generation' });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', mode: 'inplace' } }]), { 'apps[0].reload.mode': 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)' });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['localhost:80', '127.0.0.1:0', 'unix:run/x'] }]), {
+    'apps[0].sockets[0]': 'must be "IPv4:port", "[IPv6]:port" or "unix:/absolute/path", e.g. "127.0.0.1:8080"',
+    'apps[0].sockets[1]': 'the port must be 1 to 65535',
+    'apps[0].sockets[2]': 'must be "IPv4:port", "[IPv6]:port" or "unix:/absolute/path", e.g. "127.0.0.1:8080"',
+  });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['127.0.0.1:80'] }, { name: 'b', dir: '/b', sockets: ['127.0.0.1:81', '127.0.0.1:80', '127.0.0.1:81'] }]), {
+    'apps[1].sockets[1]': 'must not be a socket apps[0] holds too (one listen address, one app)',
+    'apps[1].sockets[2]': 'must not repeat sockets[0]',
+  });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', health: { readiness: 'sd_notify' } }]), { 'apps[0].health.readiness': 'must be "probe" (settle time, then the probe) or "notify" (the app says READY=1 through sd_notify, then the probe)' });
 });
