@@ -18,6 +18,13 @@ const METHOD_COLORS: Record<Method, string> = {
   restart: COLORS[0]!, 'socket-activate': COLORS[5]!, pm2: COLORS[3]!, supervisor: COLORS[4]!,
 };
 
+/** Labels that fit the bar chart's 210 px label column. */
+const SHORT: Partial<Record<Method, string>> = {
+  'relink-upgrade': 'relink "upgrade"',
+  'relink-restart': 'relink "restart" (held)',
+  'socket-activate': 'socket-activated restart',
+};
+
 /** The chart files, by name, for the results folder. */
 export function charts(r: Results): Record<string, string> {
   const out: Record<string, string> = {};
@@ -61,7 +68,7 @@ function downtimeChart(d: DowntimeResult): string {
     groups.push({
       title: `${APP_LABELS[app]}, ${cells[0]!.deploys} deploys under load`,
       bars: cells.map((c) => ({
-        label: METHOD_LABELS[c.method],
+        label: SHORT[c.method] ?? METHOD_LABELS[c.method],
         value: c.failed,
         text: `${count(c.failed)} failed${c.probe.failures > 0 ? `, outage up to ${ms(c.probe.longestOutageMs)} ms` : ''}`,
         color: METHOD_COLORS[c.method],
