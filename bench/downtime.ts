@@ -79,7 +79,15 @@ export interface Cell {
 export interface DowntimeResult {
   readonly cells: Cell[];
   readonly skipped: string[];
-  readonly settings: { readonly deploys: number; readonly pauseMs: number; readonly connections: number; readonly settleMs: number };
+  readonly settings: {
+    readonly deploys: number;
+    readonly pauseMs: number;
+    readonly connections: number;
+    readonly settleMs: number;
+    /** A row stops deploying after capMs once it has done minDeploys. */
+    readonly capMs: number;
+    readonly minDeploys: number;
+  };
 }
 
 interface Manager {
@@ -94,6 +102,9 @@ interface Manager {
 const PAUSE_MS = 250;
 const CONNECTIONS = 4;
 const SETTLE_MS = 300;
+/** A row stops deploying after this long (ms), once it has done MIN_DEPLOYS: PM2 and supervisord take seconds per restart of gunicorn. */
+const ROW_CAP_MS = 40_000;
+const MIN_DEPLOYS = 10;
 /** Load with no deploys for the control rows of issue 11's apps (ms). */
 const CONTROL_MS_P99 = 20_000;
 
@@ -102,7 +113,7 @@ export async function runDowntime(ctx: Context, kinds: readonly AppKind[] = APP_
   const deploys = pick(ctx, 20, 3);
   const skipped: string[] = [];
   if (!ctx.tools.have.has('wrk')) {
-    return { cells: [], skipped: [`all of it: wrk is missing (${ctx.tools.missing.get('wrk')})`], settings: { deploys, pauseMs: PAUSE_MS, connections: CONNECTIONS, settleMs: SETTLE_MS } };
+    return { cells: [], skipped: [`all of it: wrk is missing (${ctx.tools.missing.get('wrk')})`], settings: { deploys, pauseMs: PAUSE_MS, connections: CONNECTIONS, settleMs: SETTLE_MS, capMs: pick(ctx, ROW_CAP_MS, 20_000), minDeploys: Math.min(deploys, MIN_DEPLOYS) } };
   }
   const { specs, skipped: noApp } = await appSpecs(ctx, kinds);
   for (const s of noApp) skipped.push(`${APP_LABELS[s.kind]}: ${s.why}`);
@@ -124,7 +135,7 @@ export async function runDowntime(ctx: Context, kinds: readonly AppKind[] = APP_
       }
     }
   }
-  return { cells, skipped, settings: { deploys, pauseMs: PAUSE_MS, connections: CONNECTIONS, settleMs: SETTLE_MS } };
+  return { cells, skipped, settings: { deploys, pauseMs: PAUSE_MS, connections: CONNECTIONS, settleMs: SETTLE_MS, capMs: pick(ctx, ROW_CAP_MS, 20_000), minDeploys: Math.min(deploys, MIN_DEPLOYS) } };
 }
 
 async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: number): Promise<Cell> {
@@ -144,12 +155,17 @@ async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: num
     // Issue 11's apps: their control's p99 is the base of a ratio, so it gets
     // as long a load as a row of deploys (a short one makes a noisy p99).
     if (deploys === 0) await sleep(STRATEGY_KINDS.includes(spec.kind) ? pick(ctx, CONTROL_MS_P99, 3_000) : pick(ctx, 5_000, 2_000));
+    const loopStart = nowMs();
+    let done = 0;
     for (let k = 0; k < deploys; k++) {
+      // A slow manager (seconds per restart) stops at the time cap, once it has done enough deploys to count.
+      if (k >= Math.min(deploys, MIN_DEPLOYS) && nowMs() - loopStart > pick(ctx, ROW_CAP_MS, 20_000)) break;
+      done += 1;
       const r = k % 2 === 0 ? '2.0' : '1.0';
       const t0 = nowMs();
-      const done = manager.deploy(r);
+      const deployed = manager.deploy(r);
       const serving = waitFor(`release ${r} to answer`, () => served(port, r), 30_000, 5).then(() => nowMs(), () => undefined);
-      const said = await done;
+      const said = await deployed;
       if (typeof said?.outageMs === 'number') outages.push(said.outageMs);
       if (typeof said?.queuedMs === 'number') queued.push(said.queuedMs);
       const t1 = await serving;
@@ -163,13 +179,16 @@ async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: num
     const { raw, ...wrkFigures } = w;
     if (!Number.isFinite(w.requests)) throw new Error(`could not read wrk's output: ${raw.slice(0, 300)}`);
     return {
-      app: spec.kind, method, deploys, wrongRelease: wrong, deployMs: summarize(times), wrk: wrkFigures, failed: failed(w), probe,
+      app: spec.kind, method, deploys: done, wrongRelease: wrong, deployMs: summarize(times), wrk: wrkFigures, failed: failed(w), probe,
       ...(outages.length > 0 ? { agentOutageMs: summarize(outages) } : {}),
       ...(queued.length > 0 ? { agentQueuedMs: summarize(queued) } : {}),
     };
   } finally {
     await manager.close();
-    await killUnder(app.releasesDir);
+    // The agent leaves its apps running when it stops (a new agent adopts
+    // them), and the Python apps' executable is python3: find them by their
+    // working directory too, so no row's app runs on into the next row.
+    await killUnder(app.dir, 'SIGTERM', 5_000, true);
   }
 }
 

@@ -267,15 +267,21 @@ export async function measureIdle(pid: number, seconds: number): Promise<Idle> {
   };
 }
 
-/** Every live process whose executable lies under `dir`. */
-export async function processesUnder(dir: string): Promise<number[]> {
+/**
+ * Every live process whose executable lies under `dir`, or, with `cwd`, also
+ * every one working in `dir` or below it (an interpreted app's executable is
+ * its interpreter: /usr/bin/python3 for the Python apps and gunicorn).
+ */
+export async function processesUnder(dir: string, cwd = false): Promise<number[]> {
   const prefix = dir.endsWith('/') ? dir : `${dir}/`;
+  const inside = (p: string): boolean => p.startsWith(prefix) || p === dir;
   const out: number[] = [];
   for (const name of await readdir('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
     try {
       const exe = await readlink(`/proc/${name}/exe`);
-      if (exe.startsWith(prefix) && (await alive(Number(name)))) out.push(Number(name));
+      const hit = exe.startsWith(prefix) || (cwd && inside(await readlink(`/proc/${name}/cwd`)));
+      if (hit && (await alive(Number(name)))) out.push(Number(name));
     } catch {
       // gone or kernel thread
     }
@@ -283,10 +289,10 @@ export async function processesUnder(dir: string): Promise<number[]> {
   return out;
 }
 
-/** TERM every process running a binary from `dir`, KILL what is left after `graceMs`. */
-export async function killUnder(dir: string, signal: NodeJS.Signals = 'SIGTERM', graceMs = 5_000): Promise<void> {
-  for (const pid of await processesUnder(dir)) kill(pid, signal);
+/** TERM every process running a binary from `dir` (with `cwd`: or working in it), KILL what is left after `graceMs`. */
+export async function killUnder(dir: string, signal: NodeJS.Signals = 'SIGTERM', graceMs = 5_000, cwd = false): Promise<void> {
+  for (const pid of await processesUnder(dir, cwd)) kill(pid, signal);
   const deadline = performance.now() + graceMs;
-  while (performance.now() < deadline && (await processesUnder(dir)).length > 0) await sleep(20);
-  for (const pid of await processesUnder(dir)) kill(pid, 'SIGKILL');
+  while (performance.now() < deadline && (await processesUnder(dir, cwd)).length > 0) await sleep(20);
+  for (const pid of await processesUnder(dir, cwd)) kill(pid, 'SIGKILL');
 }
