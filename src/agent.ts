@@ -23,6 +23,8 @@ import { describeDamage, type Damage } from './stateDir.js';
 import { resolveRunAs } from './user.js';
 import { VERSION } from './version.js';
 import { CurrentWatcher } from './watch.js';
+import { SocketHolder } from './sockets.js';
+import { unixListening } from './proc.js';
 
 /** A full collection every 50 journal entries, or 5 s after the last (src/compaction.ts). */
 const COMPACTION = { everyDeploys: 50, idleMs: 5_000 } as const;
@@ -55,6 +57,8 @@ export class Agent {
   /** The last reason agent.json could not be written, said once. */
   readonly #claimProblem: { last: string | undefined } = { last: undefined };
   #timer: NodeJS.Timeout | undefined;
+  /** The apps' listening sockets (src/sockets.ts). */
+  #sockets: SocketHolder | undefined;
   #closing: Promise<void> | undefined;
 
   private constructor(config: AgentConfig, slots: Slot[], log: Logger, compactor: Compactor) {
@@ -81,10 +85,12 @@ export class Agent {
       await migrateStateDir(config.stateDir, config.apps.map((a, i) => ({ name: a.name, gid: gids[i] })), { ...config.history, onDamaged: warn(log) })
         .catch((err: unknown) => log.error({ err: err instanceof Error ? err.message : String(err), code: 'STATE_WRITE_FAILED' }, 'could not move the state folder to the per-app layout; the old journal is left as it is'));
     }
+    const sockets = await holdSockets(config, log, gids);
     const slots = config.apps.map((app, i): Slot => {
       const applog = log.child({ app: app.name });
+      if (app.reload.deprecatedMode) applog.warn({ key: 'reload.mode' }, `"reload.mode" is deprecated: write "reload.strategy": ${JSON.stringify(app.reload.strategy)} instead (same meaning)`);
       const store = new AppStore(config.stateDir, app.name, { gid: gids[i], history: config.history, onDamaged: warn(applog) });
-      const fx = realEffects(app, config.stateDir, { store, configFile: config.file });
+      const fx = realEffects(app, config.stateDir, { store, configFile: config.file, sockets });
       const record: typeof fx.record = async (entry) => {
         await fx.record(entry);
         compactor.noteDeploy();
@@ -92,6 +98,7 @@ export class Agent {
       return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, store, gid: gids[i], watcher: undefined, arming: undefined, watchProblem: undefined };
     });
     const agent = new Agent(config, slots, log, compactor);
+    agent.#sockets = sockets;
     agent.#claimed = claimed;
     agent.#claimProblem.last = claimProblem.last;
     try {
@@ -211,6 +218,8 @@ export class Agent {
         await s.watcher?.close();
       }));
       await Promise.allSettled(this.apps.map((a) => a.close()));
+      // The running generations keep their own copies of the sockets.
+      await this.#sockets?.close();
       if (this.#claimed) await releaseAgent(this.config.stateDir).catch(() => undefined);
       this.#log.info('agent stopped; apps left running');
     })();
@@ -239,6 +248,29 @@ async function claim(config: AgentConfig, log: Logger, onDamaged: (d: Damage) =>
     }
     return false;
   }
+}
+
+/**
+ * The apps' listening sockets, bound by this agent in one batch (a
+ * hand-started agent; src/sockets.ts). What cannot be bound is said once
+ * per app; such an app starts without its sockets held, and its deploys say
+ * why (an address taken by its own running generation, left by an earlier
+ * hand-started agent, is taken over on the next deploy: src/app.ts #restart).
+ */
+async function holdSockets(config: AgentConfig, log: Logger, gids: ReadonlyArray<number | undefined>): Promise<SocketHolder> {
+  const holder = new SocketHolder();
+  const requests = await Promise.all(config.apps.flatMap((app, i) => app.sockets.map(async (address) => {
+    const runAs = await resolveRunAs(app).catch(() => undefined);
+    return { app, address, owner: runAs === undefined ? undefined : { uid: runAs.uid, gid: gids[i] ?? runAs.gid } };
+  })));
+  if (requests.length === 0) return holder;
+  const unheld = await holder.bind(requests.map((r) => ({ address: r.address, owner: r.owner })), unixListening);
+  for (const u of unheld) {
+    const app = requests.find((r) => r.address === u.address)?.app;
+    log.child({ app: app?.name }).error({ code: u.error.code, address: u.address },
+      `${u.error.message}${u.busy ? '; if the app itself holds it (an agent started by hand was restarted), its next deploy restarts it once and holds the socket from then on' : ''}`);
+  }
+  return holder;
 }
 
 /** Device, inode, size, mtime and ctime of `file` (not followed), or undefined. */

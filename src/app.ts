@@ -20,7 +20,7 @@
  */
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { AppConfig } from './config.js';
+import type { AppConfig, Strategy } from './config.js';
 import { currentTextFor, type CurrentSnapshot, type Release } from './current.js';
 import type { Effects } from './effects.js';
 import { describeError, isErrno, RelinkError, type ErrorCode } from './errors.js';
@@ -74,6 +74,9 @@ export const LIVENESS_KILL_MS = 10_000;
  * apps (BENCHMARKS.md, section 3): a walk reads every process's stat.
  */
 const LINEAGE_REFRESH_MS = 30_000;
+
+/** The journal's `action` of a deploy over a running app, by reload.strategy. */
+const ACTIONS: Record<Strategy, Action> = { reexec: 'signal', inplace: 'signal', upgrade: 'signal', socket: 'replace', restart: 'restart' };
 
 function isJson(text: string): boolean {
   try {
@@ -157,6 +160,8 @@ export class AppAgent {
   #unsettled: ProcInfo | undefined;
   /** The generation a deploy in flight is bringing up: stopped if it fails. */
   #newGen: number | undefined;
+  /** A restart's gap: when the old generation was gone, and when the new one first accepted a connection (fx.now() ms). */
+  #outage: { readonly goneAt: number; acceptedAt?: number; readonly held: boolean } | undefined;
   /** A reload signal sent and not yet judged: the generation it opened and the main it went to. */
   #reloading: { gen: number; main: ProcInfo } | undefined;
   #closed = false;
@@ -506,6 +511,7 @@ export class AppAgent {
     let release: Release;
     try {
       release = await this.#fx.validate(snapshot.text);
+      if (main !== undefined) this.#assertFits(links, release);
       if (!sameRelease(links, release) && !(await this.#preflight(release))) {
         this.#abandon(release);
         return;
@@ -606,8 +612,8 @@ export class AppAgent {
         await this.#finish(attempt, 'failed', 'none', release, main, main === undefined ? 'stopped' : 'running', err);
         return;
       }
-      const action: Action = main === undefined ? 'start' : 'signal';
-      await this.#judge(attempt, release, main, action, () => (main === undefined ? this.#startNew(this.#verifyBy) : this.#reload(main, this.#verifyBy)));
+      const action: Action = main === undefined ? 'start' : ACTIONS[this.app.reload.strategy];
+      await this.#judge(attempt, release, main, action, () => (main === undefined ? this.#startNew(this.#verifyBy) : this.#takeOver(main, this.#verifyBy)));
     } catch (err) {
       if (!(err instanceof RelinkError)) await this.#internal(attempt, release, err);
       throw err;
@@ -622,17 +628,20 @@ export class AppAgent {
   async #judge(attempt: ReadAttempt, release: Release, before: ProcInfo | undefined, action: Action, bringUp: () => Promise<ProcInfo>): Promise<void> {
     let after: ProcInfo | undefined;
     this.#newGen = undefined;
+    this.#outage = undefined;
+    const since = this.#fx.now();
     try {
       after = await bringUp();
-      if (action === 'start' || this.app.reload.mode === 'reexec') assertBinary(this.app, after, release);
-      after = await awaitHealthy(this.#fx, this.app, after, this.#verifyBy);
+      if (action !== 'signal' || this.app.reload.mode === 'reexec') assertBinary(this.app, after, release);
+      after = await awaitHealthy(this.#fx, this.app, after, this.#verifyBy, since);
+      if (action === 'signal' && this.app.reload.strategy === 'inplace') await this.#assertNoNewMaster(after);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
       await this.#stopFailed(before);
       await this.#rollback(attempt, action, release, before, err);
       return;
     }
-    this.#serve(after);
+    this.#serve(after, before);
     if (after.deleted) this.#log.warn({ appPid: after.pid, exe: after.exe }, `pid ${after.pid} runs ${after.exe}, which was replaced or deleted on disk since it started`);
     if (this.app.reload.mode === 'inplace' && after.exe !== release.bin && after.exe.startsWith(path.dirname(release.bin) + path.sep)) {
       this.#log.warn({ appPid: after.pid, exe: after.exe, bin: release.bin }, `pid ${after.pid} still runs ${after.exe}: an in-place reload reloads the config only; ${release.bin} runs once the app is restarted`);
@@ -642,7 +651,7 @@ export class AppAgent {
     this.#liveness?.reset();
     // Its workers, started while it was being judged, are known from now on.
     await this.#fx.refreshLineage();
-    await this.#finish(attempt, 'deployed', action, release, after, 'running');
+    await this.#finish(attempt, 'deployed', action, release, after, 'running', undefined, this.#outageExtra());
   }
 
   /**
@@ -699,7 +708,7 @@ export class AppAgent {
       this.#log.info({ plan: plan.kind, appPid: plan.kind === 'start' ? undefined : plan.proc.pid }, `recovering the deploy: ${plan.kind === 'judge' ? 'judging what runs it' : plan.kind === 'signal' ? 'signalling the main process' : 'starting the app'}`);
       await this.#judge(attempt, release, before ?? found.main, plan.kind === 'start' ? 'start' : 'signal', async () => {
         if (plan.kind === 'judge') return plan.proc;
-        if (plan.kind === 'signal') return this.#reload(plan.proc, this.#verifyBy);
+        if (plan.kind === 'signal') return this.#takeOver(plan.proc, this.#verifyBy);
         return this.#startNew(this.#verifyBy);
       });
     } catch (err) {
@@ -722,11 +731,11 @@ export class AppAgent {
     this.#tracker.leftoversStopped();
   }
 
-  async #startNew(stopBy: StopBy): Promise<ProcInfo> {
+  async #startNew(stopBy: StopBy, serve = true): Promise<ProcInfo> {
     await this.#stopLeftovers();
-    const launched = await this.#fx.launch();
+    const launched = await this.#fx.launch({ serve });
     // The new generation, stopped if it fails verification.
-    this.#newGen = this.#fx.lineage()?.serving;
+    this.#newGen = launched.gen;
     let exited: string | undefined;
     void launched.exited.then(({ code, signal }) => {
       exited = signal !== null ? `killed by ${signal}` : `exit code ${code ?? '?'}`;
@@ -734,6 +743,97 @@ export class AppAgent {
       this.check();
     });
     return awaitStart(this.#fx, this.app, launched.pid, () => exited, launched.output, stopBy);
+  }
+
+  /**
+   * Bring the new release up over `main`, which serves the old one, the
+   * way reload.strategy says: a signal and the app's own handoff (reexec,
+   * inplace), a new master the agent stops the old one of once it is judged
+   * (upgrade), a new generation started on the held sockets beside the old
+   * (socket), or stop then start (restart). Returns the process to judge.
+   */
+  async #takeOver(main: ProcInfo, stopBy: StopBy): Promise<ProcInfo> {
+    switch (this.app.reload.strategy) {
+      case 'reexec':
+      case 'inplace':
+      case 'upgrade':
+        return this.#reload(main, stopBy);
+      case 'socket':
+        if (!this.#fx.socketsHeld()) {
+          const unheld = await this.#fx.holdSockets();
+          if (unheld.some((u) => u.busy)) {
+            // Held by the running generation, not by this agent (an agent
+            // started by hand before this one bound them): they cannot be
+            // shared, so this once the app is restarted, and bound after.
+            this.#log.warn({ appPid: main.pid, addresses: unheld.map((u) => u.address) }, 'the sockets are held by the running generation, not by this agent (an agent started by hand was restarted): this deploy restarts the app once (journal: outageMs); later ones share the held sockets');
+            return this.#restart(main, stopBy);
+          }
+          if (unheld.length > 0) throw unheld[0]!.error;
+        }
+        // The old generation is not touched until the new one is judged.
+        return this.#startNew(stopBy, false);
+      case 'restart':
+        return this.#restart(main, stopBy);
+    }
+  }
+
+  /**
+   * Stop the serving generation (stop.signal to its main, SIGKILL to what is
+   * left after stop.timeoutMs), then start the new release. With the sockets
+   * held by the agent, connections wait in their backlog meanwhile; without,
+   * they are refused: the gap is measured (#outage) for the journal entry.
+   */
+  async #restart(main: ProcInfo, stopBy: StopBy): Promise<ProcInfo> {
+    const held = this.app.sockets.length > 0 && this.#fx.socketsHeld();
+    const members = (this.#fx.lineage()?.members ?? []).filter((m) => m.gen === main.gen);
+    this.#log.info({ appPid: main.pid, signal: this.app.stop.signal }, `restart: ${this.app.stop.signal} to pid ${main.pid}, then the new release is started`);
+    await this.#generations.stop(members.length > 0 ? members : [main], this.app.stop.timeoutMs, this.app.stop.signal, [main]);
+    this.#tracker.forget();
+    // Sockets a running generation held for an agent started by hand before
+    // this one (README: "Held sockets and a restarted agent") can be bound now.
+    const unheld = await this.#fx.holdSockets();
+    for (const u of unheld) this.#log.error({ code: u.error.code }, u.error.message);
+    this.#outage = { goneAt: this.#fx.now(), held };
+    const started = await this.#startNew(stopBy);
+    const accepted = await this.#fx.firstAccept(started, Math.min(this.#fx.now() + this.app.reload.timeoutMs, stopBy()));
+    if (accepted !== undefined && this.#outage !== undefined) this.#outage.acceptedAt = accepted;
+    return started;
+  }
+
+  /** The journal's figures for a restart's gap: outageMs (nothing held: refused meanwhile) or queuedMs (held: waited in the backlog). */
+  #outageExtra(): Extra {
+    const o = this.#outage;
+    this.#outage = undefined;
+    if (o === undefined) return { strategy: this.app.reload.strategy };
+    const ms = o.acceptedAt === undefined ? null : Math.max(0, o.acceptedAt - o.goneAt);
+    return { strategy: this.app.reload.strategy, ...(o.held ? { queuedMs: ms } : { outageMs: ms }) };
+  }
+
+  /**
+   * A deploy the strategy cannot carry out honestly is refused before
+   * anything is switched: "inplace" reloads the running process, which
+   * keeps its executable, so a new bin.file would never run.
+   */
+  #assertFits(links: { bin: string | undefined }, release: Release): void {
+    if (this.app.reload.strategy !== 'inplace' || links.bin === undefined || links.bin === release.bin) return;
+    throw new RelinkError('STRATEGY_MISMATCH',
+      `"bin.file" changes (${links.bin} -> ${release.bin}), but reload.strategy "inplace" reloads the running process, which keeps its executable: the new binary would never run. Binaries change under "upgrade" (nginx, gunicorn, unicorn: a new master on SIGUSR2), "socket" (with "sockets") or "restart"; under "inplace" deploy a new cfg.file only`,
+      { file: this.app.currentFile, key: 'bin.file', rule: 'reload.strategy "inplace" changes cfg.file only', found: release.bin });
+  }
+
+  /**
+   * After an in-place reload: a child of the main running the same
+   * executable that has children of its own is a new master (gunicorn,
+   * unicorn, nginx on SIGUSR2), which "inplace" would leave running beside
+   * the old one.
+   */
+  async #assertNoNewMaster(main: ProcInfo): Promise<void> {
+    const found = await this.#fx.discover(main);
+    const master = found.all.find((p) => p.ppid === main.pid && p.exe === main.exe && found.all.some((c) => c.ppid === p.pid));
+    if (master === undefined) return;
+    throw new RelinkError('STRATEGY_MISMATCH',
+      `a new master (pid ${master.pid}, a child of pid ${main.pid} with workers of its own) appeared after ${this.app.reload.signal}: the app upgrades rather than reloads in place on that signal; use reload.strategy "upgrade" (and stop.signal for its old master), or the signal that reloads in place (gunicorn, nginx: SIGHUP)`,
+      { key: 'reload.strategy', rule: '"inplace" must not start a second master', found: `pid ${master.pid}` });
   }
 
   async #reload(main: ProcInfo, stopBy: StopBy): Promise<ProcInfo> {
@@ -754,7 +854,7 @@ export class AppAgent {
     // The opened generation is on disk before it is waited for: an agent
     // killed now leaves the next one able to tell the successor.
     await this.#saveState();
-    if (this.app.reload.mode === 'reexec') return awaitHandoff(this.#fx, this.app, main, gen, stopBy);
+    if (this.app.reload.mode === 'reexec') return awaitHandoff(this.#fx, this.app, main, gen, stopBy, this.app.reload.strategy !== 'upgrade');
     // In place: the main itself now belongs to the new generation, with the workers it starts.
     return { ...(await confirmInPlace(this.#fx, this.app, main)), gen };
   }
@@ -764,7 +864,7 @@ export class AppAgent {
    * drain (they may finish their in-flight requests, for at most
    * reload.drainTimeoutMs).
    */
-  #serve(after: ProcInfo): void {
+  #serve(after: ProcInfo, previous?: ProcInfo): void {
     const gen = after.gen ?? this.#fx.lineage()?.serving ?? 0;
     this.#fx.promote(gen, after);
     this.#reloading = undefined;
@@ -772,6 +872,13 @@ export class AppAgent {
     // A new generation is a new run for the crash policy (its quick failures count from here).
     this.#tracker.set(after);
     this.#generations.servingIs(gen);
+    // Replaced, not handed over: the previous generation is told to stop
+    // now, and may drain for stop.timeoutMs ("socket", "upgrade").
+    const strategy = this.app.reload.strategy;
+    if ((strategy === 'socket' || strategy === 'upgrade') && previous !== undefined && !sameProcess(previous, after)) {
+      const prevGen = previous.gen ?? this.#fx.lineage()?.members.find((m) => sameProcess(m, previous))?.gen;
+      if (prevGen !== undefined && prevGen < gen) this.#generations.stopNow(prevGen, previous, this.app.stop);
+    }
   }
 
   /**
@@ -793,13 +900,18 @@ export class AppAgent {
     if (this.#reloading !== undefined) this.#fx.closeGeneration(this.#reloading.gen);
     this.#reloading = undefined;
     if (gen === undefined) return;
-    if (before !== undefined && this.app.reload.mode === 'inplace') return;
-    if (before !== undefined && (await this.#fx.verify(before)) === undefined) return;
+    const strategy = this.app.reload.strategy;
+    if (before !== undefined && strategy === 'inplace') return;
+    // A generation the agent started itself ("socket", "restart") is
+    // stopped whatever else runs; one the app started is left when it is
+    // all that serves (see above).
+    const started = strategy === 'socket' || strategy === 'restart';
+    if (before !== undefined && !started && (await this.#fx.verify(before)) === undefined) return;
     const rec = this.#fx.lineage();
     const victims = (rec?.members ?? []).filter((m) => m.gen === gen && !sameProcess(m, before));
     if (victims.length === 0) return;
     this.#log.warn({ gen, pids: victims.map((v) => v.pid) }, `stopping generation ${gen}, which failed verification`);
-    await this.#generations.stop(victims);
+    await this.#generations.stop(victims, this.app.stop.timeoutMs, this.app.stop.signal);
   }
 
   /**
@@ -831,16 +943,17 @@ export class AppAgent {
       if (now === undefined) {
         after = await this.#startNew(this.#rollbackBy);
         assertBinary(this.app, after, good);
-      } else if (this.app.reload.mode === 'reexec' && before !== undefined && sameProcess(now, before) && runsRelease(this.app, now, good)) {
-        // The old process never handed over (its successor died or hung):
-        // it still runs the good release with the good config.
+      } else if (this.app.reload.strategy !== 'inplace' && this.app.reload.strategy !== 'restart' && before !== undefined && sameProcess(now, before) && runsRelease(this.app, now, good)) {
+        // The old process never handed over (its successor died or hung, or
+        // the new generation beside it failed): it still runs the good
+        // release with the good config.
         after = now;
       } else {
-        after = await this.#reload(now, this.#rollbackBy);
+        after = await this.#takeOver(now, this.#rollbackBy);
         if (this.app.reload.mode === 'reexec') assertBinary(this.app, after, good);
       }
       after = await awaitHealthy(this.#fx, this.app, after, this.#rollbackBy);
-      this.#serve(after);
+      this.#serve(after, now);
       // The operator's newer write wins: current.conf is put back only if it
       // still holds what failed; anything written since is applied next.
       const still = await this.#fx.readCurrent().catch(() => undefined);
@@ -879,7 +992,7 @@ export class AppAgent {
       await this.#fx.refreshLineage();
     }
     const main = await this.#observe();
-    if (await this.#generations.step(this.app.reload.drainTimeoutMs)) await this.#saveState();
+    if (await this.#generations.step(this.app.reload.drainTimeoutMs, this.app.stop)) await this.#saveState();
     if (main !== undefined) {
       if (this.#crash.onRunning(this.#tracker.ranMs())) this.#log.info({ appPid: main.pid }, 'app has run stably; crash count reset');
       return;

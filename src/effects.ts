@@ -8,12 +8,14 @@ import type { AppConfig } from './config.js';
 import { isErrno } from './errors.js';
 import { readCurrent, validateCurrent, type CurrentSnapshot, type Release } from './current.js';
 import { writeFileAtomic } from './atomicWrite.js';
-import { probeOnce, type ProbeResult } from './health.js';
+import { firstAccepted, probeOnce, type ProbeResult } from './health.js';
 import { newestFirst, type HistoryEntry } from './history.js';
 import { launch, type Launched } from './launch.js';
 import { preflightRelease, type PreflightResult } from './preflight.js';
 import { logSize, logTail } from './logtail.js';
-import { ProcessFinder, readProc, sendSignal, sharesListener, ticksNow, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
+import { ProcessFinder, readProc, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
+import type { SocketHolder, Unheld } from './sockets.js';
+import { RelinkError } from './errors.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
 import { readLinks, relink } from './relink.js';
 import { readerOf } from './safefs.js';
@@ -63,11 +65,33 @@ export interface Effects {
    * serves. `output()` gives the last lines it wrote since (for a failed
    * start's reason).
    */
-  launch(): Promise<Launched & { readonly output: () => Promise<string> }>;
+  launch(opts?: LaunchOptions): Promise<Launched & { readonly output: () => Promise<string>; readonly gen: number }>;
+  /**
+   * Bind the app's sockets this agent does not hold yet (after the process
+   * that held their address has stopped); what still cannot be held.
+   */
+  holdSockets(): Promise<Unheld[]>;
+  /** Are all of the app's sockets held by the agent (not only by a running generation)? */
+  socketsHeld(): boolean;
+  /**
+   * Readiness "notify": resolves true once READY=1 arrived at or after
+   * `sinceMs` (fx.now()), false at `deadlineMs` or when `signal` aborts.
+   */
+  notifiedReady(sinceMs: number, deadlineMs: number): Promise<boolean>;
+  /**
+   * When a connection to the app (its first TCP socket, else the probe's
+   * address) is first accepted, by fx.now(), polling until `deadlineMs`;
+   * undefined: not by then, or the app has no TCP address to try.
+   */
+  firstAccept(started: ProcInfo, deadlineMs: number): Promise<number | undefined>;
   /** false if the process is already gone */
   signal(pid: number, signal: NodeJS.Signals): boolean;
-  /** One health probe attempt; {ok: true} when no probe is configured. */
-  probe(): Promise<ProbeResult>;
+  /**
+   * One health probe attempt; {ok: true} when no probe is configured. With
+   * `judged` (a process of the generation being judged), a connection
+   * accepted by an older generation of the app is not counted (`older`).
+   */
+  probe(judged?: ProcInfo): Promise<ProbeResult>;
   record(entry: HistoryEntry): Promise<void>;
   /** The newest entry of the app's journal, or undefined (none, or unreadable). */
   lastRecorded(): Promise<HistoryEntry | undefined>;
@@ -85,7 +109,20 @@ export interface Effects {
   releaseApp(): Promise<void>;
 }
 
+export interface LaunchOptions {
+  /**
+   * The started process serves at once (a start, a restart): true, the
+   * default. False: it is a new generation brought up beside the serving
+   * one (reload.strategy "socket"), which serves once promoted.
+   */
+  readonly serve?: boolean;
+}
+
 export interface RealEffectsOptions {
+  /** The agent's held listening sockets (src/sockets.ts); the app's are passed to every start. */
+  readonly sockets?: SocketHolder;
+  /** The sd_notify socket the app's starts are given (readiness "notify"). */
+  readonly notify?: { readonly path: string; ready(sinceMs: number, deadlineMs: number): Promise<boolean> };
   /** The app's journal and state file (its group, rotation, damage warnings); see AppStore. Default: plain. */
   readonly store?: AppStore;
   /** The agent's config file, named in the lock on the app's folder. */
@@ -124,15 +161,56 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     closeGeneration: (gen) => finder.close(gen),
     lineage: () => finder.record(),
     restoreLineage: (rec, legacy) => finder.restore(rec, legacy),
-    launch: async () => {
+    launch: async (launchOpts = {}) => {
       const from = await logSize(app.logFile);
-      const launched = await launch(app);
-      await finder.launched(launched.pid);
+      const fds = app.sockets.map((address) => {
+        const held = opts.sockets?.get(address);
+        if (held === undefined) {
+          throw new RelinkError('SOCKET_UNAVAILABLE', `the agent does not hold ${address} (see the agent's log for why), so the app cannot be started on it`,
+            { key: 'sockets', rule: 'every address in "sockets" must be held by the agent', found: `${address} not held` });
+        }
+        return held.fd;
+      });
+      const launched = await launch(app, undefined, fds, { notifySocket: opts.notify?.path, cover: opts.sockets?.fds() ?? [] });
+      const gen = await finder.launched(launched.pid, launchOpts.serve ?? true);
       void launched.exited.then(({ code, signal }) => finder.exited(launched.pid, code === 0 && signal === null));
-      return { ...launched, output: () => logTail(app.logFile, from) };
+      return { ...launched, gen, output: () => logTail(app.logFile, from) };
     },
+    holdSockets: async () => {
+      if (opts.sockets === undefined || app.sockets.length === 0) return [];
+      const owner = await resolveRunAs(app);
+      return opts.sockets.bind(app.sockets.map((address) => ({ address, owner: { uid: owner.uid, gid: owner.gid } })), unixListening);
+    },
+    socketsHeld: () => app.sockets.every((a) => opts.sockets?.get(a) !== undefined),
+    firstAccept: async (_started, deadlineMs) => {
+      const tcp = app.sockets.find((a) => !a.startsWith('unix:'));
+      const probe = app.health.probe;
+      const target = tcp ?? (probe === undefined ? undefined : 'tcp' in probe ? probe.tcp : (() => {
+        const u = new URL(probe.url);
+        return `${u.hostname}:${u.port || 80}`;
+      })());
+      return target === undefined ? undefined : firstAccepted(target, deadlineMs);
+    },
+    notifiedReady: (sinceMs, deadlineMs) => (opts.notify === undefined ? Promise.resolve(false) : opts.notify.ready(sinceMs, deadlineMs)),
     signal: sendSignal,
-    probe: async () => (app.health.probe === undefined ? { ok: true, detail: 'no probe' } : probeOnce(app.health.probe, app.health.probeTimeoutMs)),
+    probe: async (judged) => {
+      if (app.health.probe === undefined) return { ok: true, detail: 'no probe' };
+      if (judged?.gen === undefined) return probeOnce(app.health.probe, app.health.probeTimeoutMs);
+      const gen = judged.gen;
+      // Who accepted the probe's connection: a process of the generation
+      // judged, of an older one (still sharing the socket), or someone else.
+      const whose = (inode: string): 'judged' | 'older' | 'unknown' => {
+        for (const m of finder.record().members) {
+          if (!socketInodes(m.pid).has(inode)) continue;
+          // The judged process itself (an in-place reload keeps its PID and
+          // is promoted only once judged) and its generation count.
+          return m.pid === judged.pid || m.gen >= gen ? 'judged' : 'older';
+        }
+        return 'unknown';
+      };
+      await finder.refresh();
+      return probeOnce(app.health.probe, app.health.probeTimeoutMs, whose);
+    },
     record: (entry) => store.record(entry),
     lastRecorded: async () => {
       try {

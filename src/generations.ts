@@ -10,8 +10,16 @@ import type { Logger } from 'pino';
 import type { Effects } from './effects.js';
 import type { ProcIdentity, ProcInfo } from './proc.js';
 
-/** SIGKILL this long after SIGTERM when stopping processes of an app (ms). */
+/** SIGKILL this long after SIGTERM when stopping processes of an app (ms): the default of the app's stop.timeoutMs. */
 export const STOP_KILL_MS = 10_000;
+
+/** How a generation is stopped: `signal` (the app's stop.signal), SIGKILL `timeoutMs` later. */
+export interface StopPolicy {
+  readonly signal: NodeJS.Signals;
+  readonly timeoutMs: number;
+}
+
+const DEFAULT_STOP: StopPolicy = { signal: 'SIGTERM', timeoutMs: STOP_KILL_MS };
 
 /** How long stopProcesses waits after SIGKILL for the processes to be gone (ms). */
 const AFTER_KILL_MS = 2_000;
@@ -48,6 +56,19 @@ export class Generations {
     }
   }
 
+  /**
+   * Generation `gen` is told to stop now (it was replaced: reload.strategy
+   * "socket" or "upgrade"): `main` gets stop.signal, and what is left of
+   * the generation is killed stop.timeoutMs later (by step()).
+   */
+  stopNow(gen: number, main: ProcIdentity, stop: StopPolicy): void {
+    const now = this.#fx.now();
+    const d = this.#draining.get(gen);
+    this.#draining.set(gen, { sinceMs: d?.sinceMs ?? now, stopAt: now });
+    this.#log.info({ gen, appPid: main.pid, signal: stop.signal }, `generation ${gen} replaced: ${stop.signal} to pid ${main.pid}; it may drain for ${stop.timeoutMs} ms (stop.timeoutMs)`);
+    this.#fx.signal(main.pid, stop.signal);
+  }
+
   /** The generations draining, oldest first. */
   draining(): Draining[] {
     return [...this.#draining].sort((a, b) => a[0] - b[0]).map(([gen, d]) => ({ gen, ...d }));
@@ -56,11 +77,11 @@ export class Generations {
   /**
    * One look at the draining generations: each is left alone while it
    * finishes its in-flight requests, forgotten once its last process exits
-   * (true is returned: worth saving), told to stop (SIGTERM) once it has
-   * drained for `drainTimeoutMs`, and killed (SIGKILL) STOP_KILL_MS after
+   * (true is returned: worth saving), told to stop (stop.signal) once it has
+   * drained for `drainTimeoutMs`, and killed (SIGKILL) stop.timeoutMs after
    * that. Never waits.
    */
-  async step(drainTimeoutMs: number): Promise<boolean> {
+  async step(drainTimeoutMs: number, stop: StopPolicy = DEFAULT_STOP): Promise<boolean> {
     if (this.#draining.size === 0) return false;
     const members = this.#fx.lineage()?.members ?? [];
     const now = this.#fx.now();
@@ -80,11 +101,11 @@ export class Generations {
       const pids = alive.map((p) => p.pid);
       if (d.stopAt === undefined && now - d.sinceMs >= drainTimeoutMs) {
         this.#log.warn({ gen: d.gen, pids, drainTimeoutMs },
-          `generation ${d.gen} still runs ${drainTimeoutMs} ms after the next one took over (reload.drainTimeoutMs): SIGTERM to ${pids.join(', ')}`);
-        for (const p of alive) this.#fx.signal(p.pid, 'SIGTERM');
+          `generation ${d.gen} still runs ${drainTimeoutMs} ms after the next one took over (reload.drainTimeoutMs): ${stop.signal} to ${pids.join(', ')}`);
+        for (const p of alive) this.#fx.signal(p.pid, stop.signal);
         this.#draining.set(d.gen, { sinceMs: d.sinceMs, stopAt: now });
-      } else if (d.stopAt !== undefined && now - d.stopAt >= STOP_KILL_MS) {
-        this.#log.warn({ gen: d.gen, pids }, `generation ${d.gen} still runs ${STOP_KILL_MS} ms after SIGTERM: SIGKILL to ${pids.join(', ')}`);
+      } else if (d.stopAt !== undefined && now - d.stopAt >= stop.timeoutMs) {
+        this.#log.warn({ gen: d.gen, pids }, `generation ${d.gen} still runs ${stop.timeoutMs} ms after ${stop.signal} (stop.timeoutMs): SIGKILL to ${pids.join(', ')}`);
         for (const p of alive) this.#fx.signal(p.pid, 'SIGKILL');
         this.#draining.set(d.gen, { sinceMs: d.sinceMs, stopAt: now });
       }
@@ -93,11 +114,12 @@ export class Generations {
   }
 
   /**
-   * SIGTERM to each of `procs` still the app's, SIGKILL to those left after
-   * `killAfterMs` (default STOP_KILL_MS); resolves once all are gone or
-   * 2 s after the SIGKILL.
+   * `signal` (default SIGTERM) to each of `procs` still the app's (to
+   * `only` of them when given: a master that stops its own workers),
+   * SIGKILL to all those left after `killAfterMs` (default STOP_KILL_MS);
+   * resolves once all are gone or 2 s after the SIGKILL.
    */
-  async stop(procs: readonly ProcIdentity[], killAfterMs = STOP_KILL_MS): Promise<void> {
+  async stop(procs: readonly ProcIdentity[], killAfterMs = STOP_KILL_MS, signal: NodeJS.Signals = 'SIGTERM', only?: readonly ProcIdentity[]): Promise<void> {
     const alive = async (): Promise<ProcIdentity[]> => {
       const out: ProcIdentity[] = [];
       for (const p of procs) if ((await this.#fx.verify(p)) !== undefined) out.push(p);
@@ -111,10 +133,11 @@ export class Generations {
         await this.#fx.sleep(20);
       }
     };
-    for (const p of await alive()) this.#fx.signal(p.pid, 'SIGTERM');
+    const first = await alive();
+    for (const p of first) if (only === undefined || only.some((o) => o.pid === p.pid)) this.#fx.signal(p.pid, signal);
     const left = await waitGone(killAfterMs);
     if (left.length === 0) return;
-    this.#log.warn({ pids: left.map((p) => p.pid) }, `still running ${killAfterMs} ms after SIGTERM: SIGKILL`);
+    this.#log.warn({ pids: left.map((p) => p.pid) }, `still running ${killAfterMs} ms after ${signal}: SIGKILL`);
     for (const p of left) this.#fx.signal(p.pid, 'SIGKILL');
     await waitGone(AFTER_KILL_MS);
   }

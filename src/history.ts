@@ -30,7 +30,13 @@ export type Outcome =
   /** the release failed and nothing could be rolled back to (or the rollback failed too) */
   | 'failed';
 
-export type Action = 'start' | 'signal' | 'none';
+/**
+ * What a deploy did to the app: started it (nothing ran), signalled it
+ * (reexec, inplace, upgrade), started a new generation beside the serving
+ * one on the held sockets (socket: "replace"), stopped and started it
+ * ("restart"), or nothing.
+ */
+export type Action = 'start' | 'signal' | 'replace' | 'restart' | 'none';
 
 export interface HistoryEntry {
   readonly time: string;
@@ -58,6 +64,12 @@ export interface HistoryEntry {
    * identical ones: this many of them.
    */
   readonly repeats?: number;
+  /** The app's reload.strategy when the deploy ran (a deployed or rolled-back entry). */
+  readonly strategy?: string;
+  /** A restart with no held sockets: ms from the old generation's exit to the new one's first accepted connection (connections were refused meanwhile); null: not measured. */
+  readonly outageMs?: number | null;
+  /** A restart on held sockets: the same gap, during which connections waited in the backlog (none refused). */
+  readonly queuedMs?: number | null;
 }
 
 const Files = z.object({ bin: z.string().nullable(), cfg: z.string().nullable() });
@@ -67,7 +79,7 @@ export const HistoryEntrySchema = z.looseObject({
   time: z.string(),
   app: z.string(),
   outcome: z.enum(['deployed', 'refused', 'rolled_back', 'failed']),
-  action: z.enum(['start', 'signal', 'none']),
+  action: z.enum(['start', 'signal', 'replace', 'restart', 'none']),
   from: Files,
   to: Files,
   reason: z.string().nullable(),
@@ -80,6 +92,9 @@ export const HistoryEntrySchema = z.looseObject({
   rolledBackTo: z.object({ bin: z.string(), cfg: z.string() }).nullable().optional(),
   rejected: z.string().nullable().optional(),
   repeats: z.int().min(1).optional(),
+  strategy: z.string().optional(),
+  outageMs: z.number().nullable().optional(),
+  queuedMs: z.number().nullable().optional(),
 });
 
 // What the schema accepts is a HistoryEntry (checked by the compiler).

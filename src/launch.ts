@@ -22,7 +22,7 @@
  * app by the PID spawned here.
  */
 import { spawn } from 'node:child_process';
-import { constants as fsConstants } from 'node:fs';
+import { constants as fsConstants, openSync } from 'node:fs';
 import { access, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { AppConfig } from './config.js';
@@ -86,11 +86,48 @@ export interface LaunchPlan {
  * refusal: the app would run as root without "allowRoot", the agent cannot
  * become the app's user, or cannot grant a limit.
  */
-export async function planLaunch(app: AppConfig, agent: AgentIdentity, env: NodeJS.ProcessEnv = process.env): Promise<LaunchPlan> {
-  const plan = await planCommand(app, agent, app.command, env);
-  // The lineage marker (src/proc.ts), inherited by every child: last, so the
-  // app's own "env" cannot change what it says.
-  return { ...plan, env: { ...plan.env, ...markerEnv(app) } };
+export async function planLaunch(app: AppConfig, agent: AgentIdentity, env: NodeJS.ProcessEnv = process.env, passing: Passing = {}): Promise<LaunchPlan> {
+  const sockets = passing.sockets ?? 0;
+  // LISTEN_PID must be the app's own PID, unknown before the fork: the last
+  // step of the exec chain, a shell, sets it to its own ($$) and execs the
+  // app in its place (the same PID), as sd_listen_fds(3) expects.
+  const argv = sockets > 0 ? [SH, '-c', 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', 'sh', ...app.command] : app.command;
+  const plan = await planCommand(app, agent, argv, env);
+  // The lineage marker (src/proc.ts), inherited by every child, and the
+  // socket-passing variables: last, so the app's own "env" cannot change them.
+  return { ...plan, env: { ...plan.env, ...socketEnv(app, sockets), ...(passing.notifySocket === undefined ? {} : { NOTIFY_SOCKET: passing.notifySocket }), ...markerEnv(app) } };
+}
+
+/** What a start passes to the app besides its command: its held sockets (fds 3 on) and the sd_notify socket. */
+export interface Passing {
+  /** How many listening sockets are passed, at fds 3, 4, ... in the order of app.sockets. Default 0. */
+  readonly sockets?: number;
+  /** NOTIFY_SOCKET: the datagram socket the agent reads READY=1 from (readiness "notify"). */
+  readonly notifySocket?: string | undefined;
+}
+
+const SH = '/bin/sh';
+
+/**
+ * The variables that tell an app which sockets it was given, in the three
+ * conventions servers read: systemd's (sd_listen_fds(3): LISTEN_FDS,
+ * LISTEN_FDNAMES; LISTEN_PID is set by the exec chain), einhorn's
+ * (EINHORN_FD_COUNT, EINHORN_FD_<i>) and Server::Starter's
+ * (SERVER_STARTER_PORT "addr=fd;path=fd"). Any left over from the agent's
+ * own environment are removed when none are passed.
+ */
+export function socketEnv(app: AppConfig, count: number): Record<string, string | undefined> {
+  if (count === 0) {
+    return { LISTEN_FDS: undefined, LISTEN_PID: undefined, LISTEN_FDNAMES: undefined, EINHORN_FD_COUNT: undefined, SERVER_STARTER_PORT: undefined };
+  }
+  const fds = app.sockets.slice(0, count).map((a, i) => ({ address: a, fd: 3 + i }));
+  return {
+    LISTEN_FDS: String(count),
+    LISTEN_FDNAMES: fds.map(() => app.name).join(':'),
+    EINHORN_FD_COUNT: String(count),
+    ...Object.fromEntries(fds.map((f, i) => [`EINHORN_FD_${i}`, String(f.fd)])),
+    SERVER_STARTER_PORT: fds.map((f) => `${f.address.startsWith('unix:') ? f.address.slice('unix:'.length) : f.address}=${f.fd}`).join(';'),
+  };
 }
 
 /**
@@ -175,8 +212,37 @@ async function missingInterpreter(app: AppConfig): Promise<{ file: string; inter
   return (await access(interpreter, fsConstants.X_OK).then(() => true, () => false)) ? undefined : { file, interpreter };
 }
 
-export async function launch(app: AppConfig, agent?: AgentIdentity): Promise<Launched> {
-  const plan = await planLaunch(app, agent ?? await agentIdentity());
+/**
+ * Start the app (see the module's comment). `fds`: the listening sockets to
+ * pass, at 3, 4, ... in order; `cover`: other fds of the agent a child would
+ * inherit (systemd's, which are not close-on-exec) and must not, put out of
+ * its reach. Throws RelinkError (START_FAILED and planLaunch's refusals).
+ */
+/**
+ * spawn's stdio for a start: /dev/null, the log twice, then `fds` at 3, 4,
+ * ...; every fd in `cover` above those is overwritten with /dev/null in the
+ * child (an inherited fd that is not close-on-exec would otherwise stay
+ * open in it at its own number).
+ */
+function childStdio(log: number, fds: readonly number[], cover: readonly number[]): Array<'ignore' | number> {
+  const stdio: Array<'ignore' | number> = ['ignore', log, log, ...fds];
+  const top = Math.max(0, ...cover);
+  if (top >= stdio.length) {
+    const devnull = devNull();
+    for (let i = stdio.length; i <= top; i++) stdio.push(cover.includes(i) ? devnull : 'ignore');
+  }
+  return stdio;
+}
+
+let nullFd: number | undefined;
+/** One fd of /dev/null for the agent's lifetime, dup'd over fds a child must not inherit. */
+function devNull(): number {
+  nullFd ??= openSync('/dev/null', 'r');
+  return nullFd;
+}
+
+export async function launch(app: AppConfig, agent?: AgentIdentity, fds: readonly number[] = [], opts: { notifySocket?: string | undefined; cover?: readonly number[] } = {}): Promise<Launched> {
+  const plan = await planLaunch(app, agent ?? await agentIdentity(), process.env, { sockets: fds.length, notifySocket: opts.notifySocket });
   // The log lies in a folder the app's user can write: no planted symlink
   // (of the file or of a folder on its path), FIFO or hard link is opened,
   // written or chowned as root. A log the agent created belongs to the
@@ -188,7 +254,7 @@ export async function launch(app: AppConfig, agent?: AgentIdentity): Promise<Lau
       cwd: app.dir,
       env: plan.env,
       detached: true,
-      stdio: ['ignore', log.fd, log.fd],
+      stdio: childStdio(log.fd, fds, opts.cover ?? []),
     });
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('spawn', () => resolve(child.pid as number));

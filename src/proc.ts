@@ -210,7 +210,7 @@ export function commandOf(pid: number): string | undefined {
 }
 
 /** The socket inodes a process holds open (its /proc/PID/fd links "socket:[N]"); empty when gone or unreadable. */
-function socketInodes(pid: number): Set<string> {
+export function socketInodes(pid: number): Set<string> {
   const out = new Set<string>();
   let fds: string[];
   try {
@@ -269,6 +269,58 @@ export function sharesListener(old: ProcIdentity, successor: ProcIdentity): bool
   if (shared.length === 0) return false;
   const listening = listeningInodes(old.pid);
   return shared.some((i) => listening.has(i));
+}
+
+/** Does a process on this host listen on the unix socket at `path` (/proc/self/net/unix, __SO_ACCEPTCON)? */
+export function unixListening(path: string): boolean {
+  try {
+    for (const line of readFileSync('/proc/self/net/unix', 'utf8').split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[7] === path && f[3] !== undefined && (Number.parseInt(f[3], 16) & 0x10000) !== 0) return true;
+    }
+  } catch {
+    // no unix table
+  }
+  return false;
+}
+
+/** "0100007F:1F90" (/proc/net/tcp, little-endian words) -> "127.0.0.1:8080"; tcp6 -> "[::1]:8080" (uncompressed groups). */
+function procAddress(hex: string): string | undefined {
+  const [ip, port] = hex.split(':');
+  if (ip === undefined || port === undefined) return undefined;
+  const words = ip.match(/.{8}/g) ?? [];
+  const bytes = words.flatMap((w) => [w.slice(6, 8), w.slice(4, 6), w.slice(2, 4), w.slice(0, 2)].map((b) => Number.parseInt(b, 16)));
+  const p = Number.parseInt(port, 16);
+  if (bytes.length === 4) return `${bytes.join('.')}:${p}`;
+  const mapped = bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff;
+  if (mapped) return `${bytes.slice(12).join('.')}:${p}`;
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
+  return `[${groups.join(':')}]:${p}`;
+}
+
+/**
+ * The inode of the server side of a TCP connection on this host: the socket
+ * whose local address is `server` and whose peer is `client` (both as
+ * procAddress writes them). 0 while the connection waits in the listener's
+ * accept queue (no process has accepted it yet); undefined when no such
+ * connection is found (not local, or closed).
+ */
+export function acceptedInode(server: string, client: string): string | undefined {
+  for (const table of ['tcp', 'tcp6']) {
+    let text = '';
+    try {
+      text = readFileSync(`/proc/self/net/${table}`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[1] === undefined || f[2] === undefined || f[9] === undefined) continue;
+      if (procAddress(f[1]) === server && procAddress(f[2]) === client) return f[9];
+    }
+  }
+  return undefined;
 }
 
 /** The environment names of the marker every process relink starts carries (and its children inherit). */
@@ -455,8 +507,12 @@ export class ProcessFinder {
     }
   }
 
-  /** The agent started `pid` for the app: the root (and main) of a new generation, which serves. Returns the generation. */
-  async launched(pid: number): Promise<number> {
+  /**
+   * The agent started `pid` for the app: the root (and main) of a new
+   * generation, which serves at once unless `serve` is false (a generation
+   * brought up beside the serving one, promoted once verified). Returns the generation.
+   */
+  async launched(pid: number, serve = true): Promise<number> {
     const info = await readProc(pid);
     const gen = ++this.#lastGen;
     this.#recorded = true;
@@ -464,7 +520,7 @@ export class ProcessFinder {
       this.#members.set(pid, { pid, startTime: info.startTime, gen });
       this.#noteMain(gen, info);
     }
-    this.#serving = gen;
+    if (serve) this.#serving = gen;
     return gen;
   }
 

@@ -33,6 +33,9 @@ export interface Attempt {
 export type ReadAttempt = Attempt & { readonly snapshot: CurrentSnapshot };
 
 export interface Extra {
+  readonly strategy?: string;
+  readonly outageMs?: number | null;
+  readonly queuedMs?: number | null;
   readonly rolledBackTo?: Release | null;
   /** The rejected current.conf text (a rollback rewrote the file). */
   readonly rejected?: string | null;
@@ -68,6 +71,9 @@ export function entryFor(
     durationMs: now - attempt.started,
     currentHash: attempt.snapshot?.hash ?? null,
     trigger: attempt.trigger,
+    ...(extra.strategy !== undefined ? { strategy: extra.strategy } : {}),
+    ...(extra.outageMs !== undefined ? { outageMs: extra.outageMs } : {}),
+    ...(extra.queuedMs !== undefined ? { queuedMs: extra.queuedMs } : {}),
     ...(extra.rolledBackTo !== undefined ? { rolledBackTo: extra.rolledBackTo } : {}),
     ...(extra.rejected !== undefined ? { rejected: extra.rejected === null ? null : cut(extra.rejected, MAX_REJECTED_CHARS) } : {}),
   };

@@ -92,7 +92,7 @@ const SCAN_MS = 100;
  * (its childFaults grow): if SUCCESSOR_GRACE_MS later no process of the new
  * generation runs, the successor failed.
  */
-export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, gen: number, stopBy: StopBy = NEVER): Promise<ProcInfo> {
+export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, gen: number, stopBy: StopBy = NEVER, handover = true): Promise<ProcInfo> {
   const { signal, timeoutMs } = app.reload;
   const deadline = fx.now() + timeoutMs;
   let reaped = old.childFaults;
@@ -125,14 +125,17 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
       // Handed over: the old main is gone, or has stopped listening on the
       // socket it passed on. Still listening, it may be the only one
       // accepting (the successor not ready yet): wait.
-      if (successor !== undefined && (same === undefined || !fx.sharesListener(old, successor))) return successor;
+      // Under "upgrade" the old master serves on until the agent stops it:
+      // the new one is all that is waited for.
+      if (successor !== undefined && (!handover || same === undefined || !fx.sharesListener(old, successor))) return successor;
       if (successor !== undefined) waiting = successor;
       else if (waiting !== undefined) {
         throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${waiting.pid}) exited before pid ${old.pid} handed over to it; pid ${old.pid} still serves the old release (see ${app.logFile})`,
           { file: app.logFile, key: 'bin.file', rule: 'the successor must start and take over', found: `pid ${waiting.pid} exited` });
       }
       if (same === undefined) {
-        throw new RelinkError('APP_EXITED', `pid ${old.pid} exited after ${signal} and no successor runs (see ${app.logFile})`, { file: app.logFile, rule: 'a successor must take over' });
+        throw new RelinkError('STRATEGY_MISMATCH', `pid ${old.pid} exited after ${signal} and no successor runs: the app does not restart itself on ${signal} (reload.strategy "${app.reload.strategy}"). An app without graceful-restart code deploys with reload.strategy "socket" (and "sockets": the agent holds its listening socket) or "restart"; or set reload.signal to the one its graceful restart uses (grace: SIGUSR2) (see ${app.logFile})`,
+          { file: app.logFile, key: 'reload.strategy', rule: 'a successor must take over', found: `pid ${old.pid} exited, no successor` });
       }
       if (orphanedAt !== undefined && fx.now() - orphanedAt >= SUCCESSOR_GRACE_MS) {
         throw new RelinkError('APP_EXITED', `the new release did not take over: a child of pid ${old.pid} exited after ${signal} and no new process of the app runs; pid ${old.pid} still serves the old release (see ${app.logFile})`,
@@ -143,11 +146,11 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
     if (stop !== undefined) throw stop;
     if (fx.now() >= deadline) {
       if (waiting !== undefined) {
-        throw new RelinkError('HANDOFF_TIMEOUT', `pid ${old.pid} still listens on the socket it shares with its successor (pid ${waiting.pid}) ${timeoutMs} ms after ${signal}: the successor never became ready, or the old process does not stop listening when it hands over`,
+        throw new RelinkError('HANDOFF_TIMEOUT', `pid ${old.pid} still listens on the socket it shares with its successor (pid ${waiting.pid}) ${timeoutMs} ms after ${signal}: the successor never became ready, or the old process does not stop listening when it hands over (a new master that waits to be told to stop, as gunicorn, unicorn and nginx start on SIGUSR2, needs reload.strategy "upgrade")`,
           { key: 'reload.timeoutMs', rule: 'the old process must hand over (stop listening) once its successor is ready', found: `pid ${old.pid} still listening` });
       }
-      throw new RelinkError('HANDOFF_TIMEOUT', `no new process of the app started within ${timeoutMs} ms of ${signal} to pid ${old.pid} (reload.mode is "reexec"; use "inplace" for an app that reloads without a new process)`,
-        { key: 'reload.mode', rule: 'the app must start a successor (or re-execute itself)', found: `pid ${old.pid} started none` });
+      throw new RelinkError('HANDOFF_TIMEOUT', `no new process of the app started within ${timeoutMs} ms of ${signal} to pid ${old.pid} (reload.strategy is "${app.reload.strategy}"; "inplace" fits an app that reloads without a new process, "socket" or "restart" one that has no reload at all)`,
+        { key: 'reload.strategy', rule: 'the app must start a successor (or re-execute itself)', found: `pid ${old.pid} started none` });
     }
     await fx.sleep(POLL_MS);
   }
@@ -192,13 +195,15 @@ export function assertBinary(app: AppConfig, proc: ProcInfo, release: Release): 
  * no probe is sent before the settle time is over. Returns the process
  * judged: the one given, or the child it daemonized into.
  */
-export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER): Promise<ProcInfo> {
-  const { probe, deadlineMs, settleMs, intervalMs } = app.health;
+export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER, since?: number): Promise<ProcInfo> {
+  const { probe, deadlineMs, settleMs, intervalMs, readiness } = app.health;
   const start = fx.now();
   const deadline = start + deadlineMs;
   const settledAt = start + settleMs;
   let last = '';
   let nextProbe = settledAt;
+  /** Readiness "notify": READY=1 received (from when the generation was started or signalled). */
+  let ready = readiness !== 'notify';
   for (;;) {
     if ((await fx.verify(proc)) === undefined) {
       // An app that daemonizes: its main exits and its one child serves on.
@@ -214,23 +219,34 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
       throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${fx.now() - start} ms after the deploy, before the settle time of ${settleMs} ms (see ${app.logFile})`,
         { file: app.logFile, key: 'health.settleMs', rule: 'the app must stay up', found: `exited after ${fx.now() - start} ms` });
     }
-    if (fx.now() >= settledAt) {
+    if (!ready) ready = await fx.notifiedReady(since ?? start, fx.now());
+    if (ready && fx.now() >= settledAt) {
       if (probe === undefined) return proc;
       if (fx.now() >= nextProbe) {
-        const r = await fx.probe();
+        // Judged on the generation of `proc`: an answer from an older one
+        // sharing the socket is not counted, and is asked again at once.
+        const r = await fx.probe(proc);
         if (r.ok) return proc;
-        last = r.detail;
-        nextProbe = fx.now() + intervalMs;
+        if (r.older === true) {
+          nextProbe = fx.now();
+        } else {
+          last = r.detail;
+          nextProbe = fx.now() + intervalMs;
+        }
       }
     }
     const stop = stopping(fx, stopBy, 'the release was judged healthy');
     if (stop !== undefined) throw stop;
     if (fx.now() >= deadline) {
+      if (!ready) {
+        throw new RelinkError('NOT_READY', `pid ${proc.pid} did not say READY=1 through sd_notify within ${deadlineMs} ms (health.readiness is "notify"; NOTIFY_SOCKET was set in its environment)`,
+          { key: 'health.readiness', rule: 'the new generation must send READY=1 to $NOTIFY_SOCKET within health.deadlineMs', found: 'no READY=1' });
+      }
       const what = probe === undefined ? 'the settle time' : describeProbe(probe);
       throw new RelinkError('UNHEALTHY', `${what} did not pass within ${deadlineMs} ms (checked from the end of the settle time of ${settleMs} ms; last: ${last || 'no answer'})`,
         { key: 'health', rule: 'must answer 2xx (or accept) at the end of the settle time, within the deadline', found: last || 'no answer' });
     }
-    const until = Math.min(fx.now() >= settledAt ? nextProbe : settledAt, deadline) - fx.now();
+    const until = Math.min(fx.now() >= settledAt && ready ? nextProbe : fx.now() >= settledAt ? fx.now() + POLL_MS : settledAt, deadline) - fx.now();
     await fx.sleep(Math.max(1, Math.min(POLL_MS * 2, until)));
   }
 }

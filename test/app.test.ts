@@ -59,7 +59,7 @@ class World implements Effects {
   /** When set, relink waits for it: lets a test hold an apply open. */
   gate: Promise<void> | undefined;
   /** What a signal does to the process: re-exec (new pid), in-place (nothing), or nothing at all (hang). */
-  onSignal: 'reexec' | 'inplace' | 'ignore' | 'successorDies' | 'slowHandoff' = 'reexec';
+  onSignal: 'reexec' | 'inplace' | 'ignore' | 'successorDies' | 'slowHandoff' | 'upgrade' = 'reexec';
   /** slowHandoff: how long the old main keeps running beside its successor (fake ms). */
   handoffMs = 1_000;
   /** pid -> fake time at which that process exits. */
@@ -89,8 +89,9 @@ class World implements Effects {
     this.procs.clear();
   }
 
-  write(r: string): void {
-    this.text = JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` });
+  /** current.conf names release `r` (its binary from release `bin`, default `r`). */
+  write(r: string, bin = r): void {
+    this.text = JSON.stringify({ 'bin.file': `app.${bin}`, 'cfg.file': `cfg.${r}` });
     this.mtime += 1;
   }
 
@@ -223,16 +224,41 @@ class World implements Effects {
   /** Set: starting the app is refused with it (a planted log link, say). */
   launchError: Error | undefined;
 
-  async launch(): Promise<Launched & { output: () => Promise<string> }> {
+  async launch(opts: { serve?: boolean } = {}): Promise<Launched & { output: () => Promise<string>; gen: number }> {
     if (this.launchError !== undefined) throw this.launchError;
-    this.serving = ++this.lastGen;
-    const p = this.spawnProc(this.links.bin ?? 'none');
+    const gen = ++this.lastGen;
+    if (opts.serve !== false) this.serving = gen;
+    const p = this.spawnProc(this.links.bin ?? 'none', gen);
     if (this.launchExits) this.procs.delete(p.pid);
     return {
       pid: p.pid,
+      gen,
       exited: this.launchExits ? Promise.resolve({ code: 1, signal: null }) : new Promise(() => undefined),
       output: async () => this.launchOutput,
     };
+  }
+
+  async firstAccept(): Promise<number | undefined> {
+    return this.clock;
+  }
+
+  async holdSockets(): Promise<[]> {
+    return [];
+  }
+
+  socketsHeld(): boolean {
+    return true;
+  }
+
+  /** Readiness "notify": when READY=1 arrives (fx.now()); undefined: never. */
+  readyAt: number | undefined;
+
+  async notifiedReady(sinceMs: number, deadlineMs: number): Promise<boolean> {
+    while (this.clock < deadlineMs) {
+      if (this.readyAt !== undefined && this.readyAt >= sinceMs && this.readyAt <= this.clock) return true;
+      await this.sleep(10);
+    }
+    return false;
   }
 
   async claimApp(): Promise<void> {
@@ -258,6 +284,11 @@ class World implements Effects {
       this.spawnProc(this.links.bin ?? 'none', this.opened);
       this.childEnded(pid);
       this.exitAt.set(pid, this.clock + this.handoffMs);
+    }
+    if (this.onSignal === 'upgrade') {
+      // A new master, a child of the old one; both serve until the old is told to stop.
+      const child = this.spawnProc(this.links.bin ?? 'none', this.opened);
+      this.procs.set(child.pid, { ...child, ppid: pid });
     }
     if (this.onSignal === 'reexec') {
       this.procs.delete(pid);
@@ -290,9 +321,9 @@ class World implements Effects {
   probeAt: ((clock: number) => boolean) | undefined;
   probes: number[] = [];
 
-  async probe(): Promise<ProbeResult> {
+  async probe(judged?: ProcInfo): Promise<ProbeResult> {
     this.probes.push(this.clock);
-    const main = [...this.procs.values()][0];
+    const main = judged !== undefined ? this.procs.get(judged.pid) : [...this.procs.values()][0];
     const ok = main !== undefined && (this.probeAt !== undefined ? this.probeAt(this.clock) : !this.unhealthy.has(main.exe));
     return ok ? { ok: true, detail: 'HTTP 200' } : { ok: false, detail: 'HTTP 503' };
   }
@@ -656,7 +687,7 @@ test('in-place mode: the same PID after the signal is success, with the configur
   const { w, agent } = await running(appConfig({ mode: 'inplace', signal: 'SIGUSR2' }));
   const pid = agent.mainPid;
   w.onSignal = 'inplace';
-  w.write('2.0');
+  w.write('2.0', '1.0');
   agent.trigger('watch:change');
   await agent.idle();
   assert.equal(w.entries[1]?.outcome, 'deployed');
@@ -887,10 +918,10 @@ test('the agent stopping mid-verification: verified within the stop budget or ro
 test('a probe that passes at once and fails by the end of the settle time is not healthy (the old workers answered)', async () => {
   const { w, agent } = await running(appConfig({ mode: 'inplace' }, { health: { url: 'http://127.0.0.1:8080/healthz', settleMs: 1000, deadlineMs: 3000 } }));
   w.onSignal = 'inplace';
-  w.write('2.0');
+  w.write('2.0', '1.0');
   const sent = w.clock;
   // The new workers die 100 ms after the reload; the old ones answered until then.
-  w.probeAt = (clock) => clock < sent + 100 || w.links.bin === `${REL}/app.1.0`;
+  w.probeAt = (clock) => clock < sent + 100 || w.links.cfg === `${REL}/cfg.1.0`;
   agent.trigger('watch:change');
   await agent.idle();
   assert.equal(w.entries[1]?.outcome, 'rolled_back');
@@ -1308,4 +1339,86 @@ test('a deploy right after a crash restart waits for the restarted app to settle
   assert.ok(signalledAt !== undefined && signalledAt >= restartedAt + 1000, `signalled at ${signalledAt}, restarted at ${restartedAt}: not before the settle time`);
   assert.ok(w.probes.some((at) => at >= restartedAt + 1000 && at <= signalledAt!), 'probed before the signal');
   await agent.close();
+});
+
+test('strategy "socket": the new generation starts beside the old one, which gets stop.signal only once the new one is judged', async () => {
+  const { w, agent } = await running(appConfig({ strategy: 'socket' }, { sockets: ['127.0.0.1:8080'], stop: { signal: 'SIGINT', timeoutMs: 5000 } }));
+  const old = agent.mainPid!;
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1]!;
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  assert.equal(e.action, 'replace');
+  assert.equal(e.strategy, 'socket');
+  assert.notEqual(agent.mainPid, old);
+  assert.deepEqual(w.signals, [[old, 'SIGINT']], 'the old generation is told to stop with stop.signal, and nothing else is signalled');
+  assert.equal(w.procs.get(agent.mainPid!)?.exe, `${REL}/app.2.0`);
+});
+
+test('strategy "socket": a new generation that fails is stopped and the old one, never signalled, serves on', async () => {
+  const { w, agent } = await running(appConfig({ strategy: 'socket' }, { sockets: ['127.0.0.1:8080'], health: { url: 'http://127.0.0.1:8080/healthz', settleMs: 100, deadlineMs: 1000 } }));
+  const old = agent.mainPid!;
+  w.unhealthy.add(`${REL}/app.2.0`);
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1]!;
+  assert.equal(e.outcome, 'rolled_back');
+  assert.equal(e.code, 'UNHEALTHY');
+  assert.equal(agent.mainPid, old);
+  assert.ok(w.signals.every(([pid]) => pid !== old), `the old generation was never signalled: ${JSON.stringify(w.signals)}`);
+  assert.equal(w.signals.length, 1, 'the failed generation got stop.signal');
+  assert.deepEqual([...w.procs.keys()], [old]);
+});
+
+test('strategy "restart": the old generation is stopped first; the journal entry says how long nothing accepted (outageMs)', async () => {
+  const { w, agent } = await running(appConfig({ strategy: 'restart' }));
+  const old = agent.mainPid!;
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1]!;
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  assert.equal(e.action, 'restart');
+  assert.deepEqual(w.signals, [[old, 'SIGTERM']]);
+  assert.equal(typeof e.outageMs, 'number');
+  assert.equal(e.queuedMs, undefined);
+});
+
+test('strategy "inplace": a deploy that changes bin.file is refused before anything is switched, naming the strategies that change binaries', async () => {
+  const { w, agent } = await running(appConfig({ strategy: 'inplace' }));
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1]!;
+  assert.equal(e.outcome, 'refused');
+  assert.equal(e.code, 'STRATEGY_MISMATCH');
+  assert.match(e.reason ?? '', /reload\.strategy "inplace" reloads the running process.*"upgrade".*"socket".*"restart"/);
+  assert.deepEqual(w.signals, []);
+  assert.equal(w.links.bin, `${REL}/app.1.0`);
+});
+
+test('strategy "upgrade": the new master (a child of the old) is judged, then the old one gets stop.signal', async () => {
+  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2' }, { stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
+  const old = agent.mainPid!;
+  w.onSignal = 'upgrade';
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1]!;
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  assert.equal(e.action, 'signal');
+  assert.deepEqual(w.signals, [[old, 'SIGUSR2'], [old, 'SIGQUIT']]);
+  assert.notEqual(agent.mainPid, old);
+});
+
+test('strategy "reexec" on an app that just exits on the signal: the failure names the strategies that fit', async () => {
+  const { w, agent } = await running(appConfig({ signal: 'SIGTERM' }));
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1]!;
+  assert.equal(e.code, 'STRATEGY_MISMATCH');
+  assert.match(e.reason ?? '', /does not restart itself on SIGTERM.*"socket".*"restart"/);
 });

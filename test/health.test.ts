@@ -73,9 +73,9 @@ test('in place: a probe answered at once but failing by the end of the settle ti
     releases: { '1.0': '', wedge: 'unhealthy_after_ms=150\n' }, start: '1.0',
     appExtra: { reload: { mode: 'inplace' }, health: { url: `http://127.0.0.1:${port}/healthz`, settleMs: 800, deadlineMs: 2500, intervalMs: 100 } },
   });
-  assert.equal((await s.nth(1)).outcome, 'deployed');
+  { const e1 = await s.nth(1); assert.equal(e1.outcome, 'deployed', e1.reason ?? ''); }
   const v1 = await servedBy(s.app, '1.0', 'message');
-  await setCurrent(s.app, 'wedge');
+  await setCurrent(s.app, 'wedge', '1.0');
   const e = await s.nth(2);
   assert.equal(e.outcome, 'rolled_back', `judged healthy on a probe answered before the settle time was over: ${e.reason ?? ''}`);
   assert.equal(e.code, 'UNHEALTHY');

@@ -67,8 +67,9 @@ export async function writeRelease(releasesDir: string, r: string, binary: strin
 }
 
 /** Point current.conf at release `r`, the way `mv` after scp does (temp + rename); returns the text written. */
-export async function setCurrent(app: DemoApp, r: string): Promise<string> {
-  const text = `${JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` })}\n`;
+/** Point current.conf at release `r` (its binary from release `bin`, default `r`: an in-place reload changes the config only). */
+export async function setCurrent(app: DemoApp, r: string, bin = r): Promise<string> {
+  const text = `${JSON.stringify({ 'bin.file': `app.${bin}`, 'cfg.file': `cfg.${r}` })}\n`;
   await writeFileAtomic(app.currentFile, text);
   return text;
 }
