@@ -240,8 +240,9 @@ export class NotifySocket {
   /**
    * The first message kept or to come, read at or after `sinceMs`, that
    * `pred` accepts. Resolves undefined when `deadlineMs` passes first
-   * (Infinity: no deadline) or the socket is closed; rejects with the
-   * signal's reason when `signal` aborts. Times on the socket's clock.
+   * (Infinity: no deadline; the wait lasts `deadlineMs - now()` ms, at most
+   * about 24 days) or the socket is closed; rejects with the signal's
+   * reason when `signal` aborts. Times on the socket's clock.
    */
   waitFor(pred: (m: NotifyMessage) => boolean, sinceMs: number, deadlineMs: number, signal?: AbortSignal): Promise<NotifyMessage | undefined> {
     if (signal?.aborted) return Promise.reject(signal.reason);
@@ -260,13 +261,10 @@ export class NotifySocket {
       this.#waiters.add(waiter);
       signal?.addEventListener('abort', onAbort, { once: true });
       if (Number.isFinite(deadlineMs)) {
-        // setTimeout fires at once above 2^31-1 ms; wait in steps up to the deadline.
-        const arm = (): void => {
-          const left = deadlineMs - this.#now();
-          if (left <= 0) return waiter.settle(undefined);
-          timer = setTimeout(arm, Math.min(left, 0x7fffffff));
-        };
-        arm();
+        const left = deadlineMs - this.#now();
+        // (setTimeout would fire at once above 2^31-1 ms, about 24 days)
+        if (left <= 0) waiter.settle(undefined);
+        else timer = setTimeout(() => waiter.settle(undefined), Math.min(left, 0x7fffffff));
       }
     });
   }
@@ -310,8 +308,9 @@ export class NotifySocket {
 }
 
 /**
- * Bind an sd_notify socket at `socketPath` (absolute, at most 107 bytes),
- * mode 0660, root:`opts.gid` when the agent is root.
+ * Bind an sd_notify socket at `socketPath` (absolute, at most 107 bytes,
+ * in a folder whose path is at most 90), mode 0660, root:`opts.gid` when
+ * the agent is root.
  *
  * The folder it goes in is the caller's and must exist, be a real folder
  * (not a symlink), belong to root (or the agent's user) and be writable by
@@ -342,11 +341,12 @@ export async function openNotifySocket(socketPath: string, opts: NotifySocketOpt
   const dgram = unixDgram(file);
 
   // The private folder: mkdir's 0700 can only lose bits to the umask.
-  const tmpDir = path.join(dir, `.notify-${randomBytes(4).toString('hex')}`);
+  const tmpDir = path.join(dir, `.notify-${randomBytes(3).toString('hex')}`);
   const tmp = path.join(tmpDir, 's');
   if (Buffer.byteLength(tmp) > MAX_SOCKET_PATH_BYTES) {
-    throw failed(file, `must be at most ${MAX_SOCKET_PATH_BYTES - (Buffer.byteLength(tmp) - Buffer.byteLength(file))} bytes long (it is first bound as ${tmp}, at most ${MAX_SOCKET_PATH_BYTES} bytes: sockaddr_un)`,
-      `${Buffer.byteLength(file)} bytes`);
+    const room = MAX_SOCKET_PATH_BYTES - (Buffer.byteLength(tmp) - Buffer.byteLength(dir));
+    throw failed(file, `must be in a folder whose path is at most ${room} bytes long (the socket is first bound as ${tmp}, and sockaddr_un holds ${MAX_SOCKET_PATH_BYTES})`,
+      `${Buffer.byteLength(dir)} bytes`);
   }
   try {
     await mkdir(tmpDir, 0o700);
