@@ -316,9 +316,9 @@ export class NotifySocket {
  * (not a symlink), belong to root (or the agent's user) and be writable by
  * nobody else, so nobody can swap the socket file between the calls here;
  * the app's group needs search (x) permission on it. The caller also makes
- * sure no other live agent uses the path (the app's lock): what is found
- * there is a socket a previous agent left, and it is removed. Anything else
- * found there (a symlink, never followed; a file; a folder) is refused.
+ * sure no other live agent uses the path (the app's lock): a socket found
+ * there is one a previous agent left, and the new one replaces it. Anything
+ * else found there (a symlink, never followed; a file; a folder) is refused.
  *
  * The socket is bound in a fresh 0700 folder beside it, given its mode and
  * group there, and renamed into place: whatever the umask, nobody but root
@@ -337,7 +337,7 @@ export async function openNotifySocket(socketPath: string, opts: NotifySocketOpt
     throw failed(file, `must be at most ${MAX_SOCKET_PATH_BYTES} bytes long (sockaddr_un)`, `${Buffer.byteLength(file)} bytes`);
   }
   await assertSafeFolder(dir);
-  await removeStale(file);
+  await assertReplaceable(file);
   const dgram = unixDgram(file);
 
   // The private folder: mkdir's 0700 can only lose bits to the umask.
@@ -365,8 +365,9 @@ export async function openNotifySocket(socketPath: string, opts: NotifySocketOpt
     if (agentUid() === 0 && opts.gid !== undefined) {
       await chown(tmp, 0, opts.gid).catch((err: unknown) => Promise.reject(failed(file, `could not give it to root:${opts.gid}`, errnoName(err), err)));
     }
-    // rename(2) replaces no symlink's target and follows none: a socket a
-    // previous agent left, if it came back meanwhile, is replaced.
+    // Replaces a socket a previous agent left in one step (rename(2)
+    // follows no symlink: nothing but a socket was found there, and only
+    // root can put anything in this folder).
     await rename(tmp, file).catch((err: unknown) => Promise.reject(failed(file, 'could not move the socket into place', errnoName(err), err)));
     const st = await lstat(file);
     return new NotifySocket(file, sock, st, opts);
@@ -401,8 +402,12 @@ async function assertSafeFolder(dir: string): Promise<void> {
   }
 }
 
-/** Remove a socket a previous agent left at `file`; refuse anything else. */
-async function removeStale(file: string): Promise<void> {
+/**
+ * What is at `file` may be replaced: nothing, or a socket a previous agent
+ * left (the rename into place replaces it, atomically). Anything else is
+ * refused.
+ */
+async function assertReplaceable(file: string): Promise<void> {
   let st: Stats;
   try {
     st = await lstat(file);
@@ -412,7 +417,6 @@ async function removeStale(file: string): Promise<void> {
   }
   if (!st.isSocket()) {
     const what = st.isSymbolicLink() ? `a symlink to ${await readlink(file).catch(() => '?')}` : describeKind(st);
-    throw fileError('UNSAFE_PATH', file, undefined, 'must be a socket relink left, or absent (nothing else is removed or followed)', what);
+    throw fileError('UNSAFE_PATH', file, undefined, 'must be a socket relink left, or absent (nothing else is replaced or followed)', what);
   }
-  await unlink(file).catch((err: unknown) => (isErrno(err, 'ENOENT') ? undefined : Promise.reject(failed(file, 'could not remove the stale socket', errnoName(err), err))));
 }
