@@ -270,18 +270,16 @@ export class NotifySocket {
   }
 
   /**
-   * The first READY=1 read at or after `sinceMs` (the moment the agent
-   * started the generation it waits for: a READY=1 from before that is an
-   * older generation's), or undefined at `deadlineMs` or on close. As
-   * waitFor; also finds a READY=1 the history has dropped.
+   * A READY=1 read at or after `sinceMs` (the moment the agent started the
+   * generation it waits for: a READY=1 from before that is an older
+   * generation's), or undefined at `deadlineMs` or on close; as waitFor.
+   * The oldest such message kept, or the latest one when the history has
+   * dropped them (an app that sent more than historySize messages since).
    */
   ready(sinceMs: number, deadlineMs: number, signal?: AbortSignal): Promise<NotifyMessage | undefined> {
-    const isReady = (m: NotifyMessage): boolean => m.fields.get('READY') === '1';
-    if (!signal?.aborted && !this.#history.some((m) => m.atMs >= sinceMs && isReady(m)) &&
-        this.#lastReady !== undefined && this.#lastReady.atMs >= sinceMs) {
-      return Promise.resolve(this.#lastReady);
-    }
-    return this.waitFor(isReady, sinceMs, deadlineMs, signal);
+    const last = this.#lastReady;
+    if (last !== undefined && last.atMs >= sinceMs && !signal?.aborted && !this.#history.includes(last)) return Promise.resolve(last);
+    return this.waitFor((m) => m.fields.get('READY') === '1', sinceMs, deadlineMs, signal);
   }
 
   /**
