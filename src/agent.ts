@@ -24,6 +24,9 @@ import { resolveRunAs } from './user.js';
 import { VERSION } from './version.js';
 import { CurrentWatcher } from './watch.js';
 import { SocketHolder } from './sockets.js';
+import { openNotifySocket } from './notify.js';
+import { appDir, ensureAppDir } from './stateDir.js';
+import path from 'node:path';
 import { unixListening } from './proc.js';
 
 /** A full collection every 50 journal entries, or 5 s after the last (src/compaction.ts). */
@@ -59,6 +62,8 @@ export class Agent {
   #timer: NodeJS.Timeout | undefined;
   /** The apps' listening sockets (src/sockets.ts). */
   #sockets: SocketHolder | undefined;
+  /** The sd_notify sockets of apps with readiness "notify" (src/notify.ts): they keep the process alive until closed. */
+  #notifiers: Array<{ close(): Promise<void> }> = [];
   #closing: Promise<void> | undefined;
 
   private constructor(config: AgentConfig, slots: Slot[], log: Logger, compactor: Compactor) {
@@ -86,11 +91,12 @@ export class Agent {
         .catch((err: unknown) => log.error({ err: err instanceof Error ? err.message : String(err), code: 'STATE_WRITE_FAILED' }, 'could not move the state folder to the per-app layout; the old journal is left as it is'));
     }
     const sockets = await holdSockets(config, log, gids);
+    const notifiers = await openNotifiers(config, log, gids);
     const slots = config.apps.map((app, i): Slot => {
       const applog = log.child({ app: app.name });
       if (app.reload.deprecatedMode) applog.warn({ key: 'reload.mode' }, `"reload.mode" is deprecated: write "reload.strategy": ${JSON.stringify(app.reload.strategy)} instead (same meaning)`);
       const store = new AppStore(config.stateDir, app.name, { gid: gids[i], history: config.history, onDamaged: warn(applog) });
-      const fx = realEffects(app, config.stateDir, { store, configFile: config.file, sockets });
+      const fx = realEffects(app, config.stateDir, { store, configFile: config.file, sockets, notify: notifiers.get(app.name) });
       const record: typeof fx.record = async (entry) => {
         await fx.record(entry);
         compactor.noteDeploy();
@@ -99,6 +105,7 @@ export class Agent {
     });
     const agent = new Agent(config, slots, log, compactor);
     agent.#sockets = sockets;
+    agent.#notifiers = [...notifiers.values()];
     agent.#claimed = claimed;
     agent.#claimProblem.last = claimProblem.last;
     try {
@@ -220,6 +227,7 @@ export class Agent {
       await Promise.allSettled(this.apps.map((a) => a.close()));
       // The running generations keep their own copies of the sockets.
       await this.#sockets?.close();
+      await Promise.allSettled(this.#notifiers.map((n) => n.close()));
       if (this.#claimed) await releaseAgent(this.config.stateDir).catch(() => undefined);
       this.#log.info('agent stopped; apps left running');
     })();
@@ -248,6 +256,28 @@ async function claim(config: AgentConfig, log: Logger, onDamaged: (d: Damage) =>
     }
     return false;
   }
+}
+
+/**
+ * An sd_notify socket for each app whose health.readiness is "notify", at
+ * <stateDir>/apps/NAME/notify.sock (root and the app's group may send to
+ * it): given to the app's starts as NOTIFY_SOCKET. One that cannot be made
+ * is said once; that app's deploys then fail NOT_READY, saying so.
+ */
+async function openNotifiers(config: AgentConfig, log: Logger, gids: ReadonlyArray<number | undefined>): Promise<Map<string, { path: string; ready(sinceMs: number, deadlineMs: number): Promise<boolean>; close(): Promise<void> }>> {
+  const out = new Map<string, { path: string; ready(sinceMs: number, deadlineMs: number): Promise<boolean>; close(): Promise<void> }>();
+  for (const [i, app] of config.apps.entries()) {
+    if (app.health.readiness !== 'notify') continue;
+    try {
+      const dir = appDir(config.stateDir, app.name);
+      await ensureAppDir(dir, gids[i]);
+      const sock = await openNotifySocket(path.join(dir, 'notify.sock'), { gid: gids[i] });
+      out.set(app.name, { path: sock.path, ready: async (since, deadline) => (await sock.ready(since, deadline)) !== undefined, close: () => sock.close() });
+    } catch (err) {
+      log.child({ app: app.name }).error({ code: err instanceof RelinkError ? err.code : 'NOTIFY_SOCKET_FAILED' }, `cannot make the sd_notify socket for health.readiness "notify": ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+  return out;
 }
 
 /**

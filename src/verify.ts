@@ -195,7 +195,7 @@ export function assertBinary(app: AppConfig, proc: ProcInfo, release: Release): 
  * no probe is sent before the settle time is over. Returns the process
  * judged: the one given, or the child it daemonized into.
  */
-export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER, since?: number): Promise<ProcInfo> {
+export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER, since?: number, alreadyReady = false): Promise<ProcInfo> {
   const { probe, deadlineMs, settleMs, intervalMs, readiness } = app.health;
   const start = fx.now();
   const deadline = start + deadlineMs;
@@ -203,7 +203,7 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
   let last = '';
   let nextProbe = settledAt;
   /** Readiness "notify": READY=1 received (from when the generation was started or signalled). */
-  let ready = readiness !== 'notify';
+  let ready = readiness !== 'notify' || alreadyReady;
   for (;;) {
     if ((await fx.verify(proc)) === undefined) {
       // An app that daemonizes: its main exits and its one child serves on.
