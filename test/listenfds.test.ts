@@ -44,12 +44,14 @@ async function hasIPv6Loopback(): Promise<boolean> {
 
 /**
  * `systemd-socket-activate -l ADDR... --fdname=NAMES CMD...`, connected to
- * once at `knock` (a TCP address among them) so that it execs CMD; resolves
+ * once at `knock` (one of the addresses: a unix path in the test's own
+ * folder where there is one, which no other process can be listening on)
+ * so that it execs CMD; resolves
  * with CMD's stdout, parsed as the JSON line the probe prints. CMD's
  * environment is what systemd-socket-activate makes it: PATH, HOME, USER,
  * TERM, the LISTEN_* variables and `setenv` (its -E), nothing else.
  */
-async function activate<T>(t: TestContext, listen: readonly string[], names: readonly string[], knock: { host: string; port: number },
+async function activate<T>(t: TestContext, listen: readonly string[], names: readonly string[], knock: net.NetConnectOpts,
   cmd: readonly string[], setenv: Record<string, string> = {}): Promise<T> {
   const args = [...listen.flatMap((a) => ['-l', a]), `--fdname=${names.join(':')}`, ...Object.entries(setenv).map(([k, v]) => `-E${k}=${v}`), ...cmd];
   const child = spawn('systemd-socket-activate', args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
@@ -68,7 +70,8 @@ async function activate<T>(t: TestContext, listen: readonly string[], names: rea
   const clients: net.Socket[] = [];
   defer(t, () => clients.forEach((c) => c.destroy()));
   // Each try is a real connection: the first one that gets through makes it exec the probe.
-  await waitFor('systemd-socket-activate to listen', () => new Promise<boolean>((resolve) => {
+  // One that exited (could not bind) is reported below with its stderr.
+  await waitFor('systemd-socket-activate to listen', () => child.exitCode !== null || new Promise<boolean>((resolve) => {
     const c = net.connect(knock);
     clients.push(c);
     c.once('connect', () => resolve(true));
@@ -96,7 +99,7 @@ test('inheritedListeners names every passed socket and reads the address it real
   if (!v6) t.diagnostic('no IPv6 loopback on this host: the second socket is IPv4');
   const api = v6 ? `[::1]:${p2}` : `127.0.0.1:${p2}`;
   const sock = path.join(dir, 'web.sock');
-  const r = await activate<Report>(t, [`127.0.0.1:${p1}`, api, sock], ['web', 'api', 'sock'], { host: '127.0.0.1', port: p1 }, [...NODE_PROBE, 'report']);
+  const r = await activate<Report>(t, [`127.0.0.1:${p1}`, api, sock], ['web', 'api', 'sock'], { path: sock }, [...NODE_PROBE, 'report']);
   assert.deepEqual(r.listeners, [
     { fd: 3, name: 'web', address: `127.0.0.1:${p1}`, listening: true },
     { fd: 4, name: 'api', address: api, listening: true },
@@ -141,7 +144,7 @@ test('childStdio: a child gets the socket it is given at fd 3 and none of the ot
   // bash dups the unix socket to fd 40 without FD_CLOEXEC before exec'ing node, above the fds
   // Node marks close-on-exec at start-up (0-15 and the run after them): a socket that would leak.
   const cmd = ['bash', '-c', `exec 40<&5; exec ${NODE_PROBE.map((a) => `'${a}'`).join(' ')} children`];
-  const r = await activate<Children>(t, [`127.0.0.1:${p1}`, `127.0.0.1:${p2}`, sock], ['web', 'api', 'sock'], { host: '127.0.0.1', port: p1 }, cmd,
+  const r = await activate<Children>(t, [`127.0.0.1:${p1}`, `127.0.0.1:${p2}`, sock], ['web', 'api', 'sock'], { path: sock }, cmd,
     { PROBE_LEAKY_FD: '40' });
   assert.deepEqual(r.listeners.map((l) => [l.fd, l.name]), [[3, 'web'], [4, 'api'], [5, 'sock']]);
   const held = new Set(['3', '4', '5'].map((fd) => r.parent[fd]));
