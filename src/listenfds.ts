@@ -255,7 +255,7 @@ export const LISTEN_ENV = ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES'] as cons
 
 /**
  * Removes LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES from `env` (as
- * sd_listen_fds(1) with unset_environment does): call it on process.env
+ * sd_listen_fds(3) does when unset_environment is true): call it on process.env
  * once inheritedListeners() and underSystemd() have read them, so that no
  * child the agent starts inherits the agent's.
  */
