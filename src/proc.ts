@@ -229,10 +229,38 @@ export function socketInodes(pid: number): Set<string> {
   return out;
 }
 
-/** The inodes of listening sockets in `pid`'s network namespace: TCP/TCP6 in state LISTEN, Unix with __SO_ACCEPTCON. */
-function listeningInodes(pid: number): Set<string> {
-  const out = new Set<string>();
-  for (const table of ['tcp', 'tcp6']) {
+/** The inode of the socket open at `fd` in `pid` (its /proc/PID/fd link "socket:[N]"); undefined for anything else, or when closed or unreadable. */
+export function fdSocketInode(pid: number | 'self', fd: number | string): string | undefined {
+  try {
+    return /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+/** One TCP or Unix stream/datagram socket of a network namespace, as /proc/PID/net/{tcp,tcp6,unix} lists it. */
+export interface SocketEntry {
+  readonly table: 'tcp' | 'tcp6' | 'unix';
+  readonly inode: string;
+  /** TCP state 0A (LISTEN); Unix: the __SO_ACCEPTCON flag (listen() was called). */
+  readonly listening: boolean;
+  /**
+   * The local address as the kernel prints it: TCP "0100007F:1F90" (the
+   * address as 32-bit words in host byte order, the port in hex); Unix the
+   * path, "" when unbound, "@name" for an abstract one.
+   */
+  readonly local: string;
+}
+
+const UNIX_LINE = /^\s*[0-9A-Fa-f]+:\s+[0-9A-Fa-f]+\s+[0-9A-Fa-f]+\s+([0-9A-Fa-f]+)\s+[0-9A-Fa-f]+\s+[0-9A-Fa-f]+\s+(\d+)(?: (.*))?$/;
+
+/**
+ * Every TCP (IPv4 and IPv6) and Unix socket in `pid`'s network namespace;
+ * a table that cannot be read (no IPv6 in the kernel) is left out.
+ */
+export function socketTable(pid: number | 'self'): SocketEntry[] {
+  const out: SocketEntry[] = [];
+  for (const table of ['tcp', 'tcp6'] as const) {
     let text = '';
     try {
       text = readFileSync(`/proc/${pid}/net/${table}`, 'utf8');
@@ -241,18 +269,25 @@ function listeningInodes(pid: number): Set<string> {
     }
     for (const line of text.split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
-      if (f[3] === '0A' && f[9] !== undefined) out.add(f[9]);
+      if (f[1] !== undefined && f[9] !== undefined) out.push({ table, inode: f[9], listening: f[3] === '0A', local: f[1] });
     }
   }
+  let text = '';
   try {
-    for (const line of readFileSync(`/proc/${pid}/net/unix`, 'utf8').split('\n').slice(1)) {
-      const f = line.trim().split(/\s+/);
-      if (f[3] !== undefined && f[6] !== undefined && (Number.parseInt(f[3], 16) & 0x10000) !== 0) out.add(f[6]);
-    }
+    text = readFileSync(`/proc/${pid}/net/unix`, 'utf8');
   } catch {
     // no unix table: TCP only
   }
+  for (const line of text.split('\n').slice(1)) {
+    const m = UNIX_LINE.exec(line);
+    if (m !== null) out.push({ table: 'unix', inode: m[2]!, listening: (Number.parseInt(m[1]!, 16) & 0x10000) !== 0, local: m[3] ?? '' });
+  }
   return out;
+}
+
+/** The inodes of listening sockets in `pid`'s network namespace: TCP/TCP6 in state LISTEN, Unix with __SO_ACCEPTCON. */
+function listeningInodes(pid: number): Set<string> {
+  return new Set(socketTable(pid).filter((e) => e.listening).map((e) => e.inode));
 }
 
 /**
