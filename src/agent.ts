@@ -24,6 +24,7 @@ import { resolveRunAs } from './user.js';
 import { VERSION } from './version.js';
 import { CurrentWatcher } from './watch.js';
 import { SocketHolder } from './sockets.js';
+import { forgetListenEnv, formatListenAddress, inheritedListeners, missingSocketError, parseListenAddress, underSystemd } from './listenfds.js';
 import { openNotifySocket } from './notify.js';
 import { appDir, ensureAppDir } from './stateDir.js';
 import path from 'node:path';
@@ -281,19 +282,43 @@ async function openNotifiers(config: AgentConfig, log: Logger, gids: ReadonlyArr
 }
 
 /**
- * The apps' listening sockets, bound by this agent in one batch (a
- * hand-started agent; src/sockets.ts). What cannot be bound is said once
- * per app; such an app starts without its sockets held, and its deploys say
+ * The apps' listening sockets. Under systemd they are passed by socket
+ * units (systemd/relink-web.socket, one FileDescriptorName= per app) and
+ * outlive the agent: each configured address is matched to a passed fd by
+ * the app's name and the fd's real address (src/listenfds.ts), and one not
+ * passed is that app's error, naming the lines to add. Started by hand, the
+ * agent binds them itself in one batch (src/sockets.ts). What cannot be held
+ * is said once per app; such an app starts without it, and its deploys say
  * why (an address taken by its own running generation, left by an earlier
  * hand-started agent, is taken over on the next deploy: src/app.ts #restart).
  */
 async function holdSockets(config: AgentConfig, log: Logger, gids: ReadonlyArray<number | undefined>): Promise<SocketHolder> {
   const holder = new SocketHolder();
+  const systemd = underSystemd();
+  const passed = inheritedListeners();
+  // No app may see the agent's own variables (launch.ts sets the app's).
+  forgetListenEnv();
   const requests = await Promise.all(config.apps.flatMap((app, i) => app.sockets.map(async (address) => {
     const runAs = await resolveRunAs(app).catch(() => undefined);
-    return { app, address, owner: runAs === undefined ? undefined : { uid: runAs.uid, gid: gids[i] ?? runAs.gid } };
+    return { app, address, canonical: formatListenAddress(parseListenAddress(address)), owner: runAs === undefined ? undefined : { uid: runAs.uid, gid: gids[i] ?? runAs.gid } };
   })));
   if (requests.length === 0) return holder;
+  if (systemd) {
+    for (const r of requests) {
+      const fd = passed.find((p) => p.name === r.app.name && p.address === r.canonical && p.listening);
+      if (fd !== undefined) {
+        holder.adopt([{ address: r.address, fd: fd.fd }]);
+        continue;
+      }
+      const err = missingSocketError(r.app.name, r.address, config.file, { user: r.app.user, group: r.app.group, passed });
+      log.child({ app: r.app.name }).error({ code: err.code, address: r.address }, err.message);
+    }
+    const named = new Set(config.apps.map((a) => a.name));
+    for (const p of passed.filter((x) => !named.has(x.name))) {
+      log.warn({ fd: p.fd, name: p.name, address: p.address }, `systemd passed fd ${p.fd} named "${p.name}", which names no app in the config: left unused`);
+    }
+    return holder;
+  }
   const unheld = await holder.bind(requests.map((r) => ({ address: r.address, owner: r.owner })), unixListening);
   for (const u of unheld) {
     const app = requests.find((r) => r.address === u.address)?.app;

@@ -34,6 +34,7 @@
  * workers), everything else to its parent's. See src/tracker.ts for what is
  * done with them.
  */
+import { execFile } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import psList from 'ps-list';
@@ -319,29 +320,28 @@ export function unixListening(path: string): boolean {
   return false;
 }
 
-/** "0100007F:1F90" (/proc/net/tcp, little-endian words) -> "127.0.0.1:8080"; tcp6 -> "[::1]:8080" (uncompressed groups). */
-function procAddress(hex: string): string | undefined {
-  const [ip, port] = hex.split(':');
-  if (ip === undefined || port === undefined) return undefined;
-  const words = ip.match(/.{8}/g) ?? [];
-  const bytes = words.flatMap((w) => [w.slice(6, 8), w.slice(4, 6), w.slice(2, 4), w.slice(0, 2)].map((b) => Number.parseInt(b, 16)));
-  const p = Number.parseInt(port, 16);
-  if (bytes.length === 4) return `${bytes.join('.')}:${p}`;
-  const mapped = bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff;
-  if (mapped) return `${bytes.slice(12).join('.')}:${p}`;
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
-  return `[${groups.join(':')}]:${p}`;
-}
-
 /**
- * The inode of the server side of a TCP connection on this host: the socket
- * whose local address is `server` and whose peer is `client` (both as
- * procAddress writes them). 0 while the connection waits in the listener's
- * accept queue (no process has accepted it yet); undefined when no such
- * connection is found (not local, or closed).
+ * The inode of the server side of a TCP connection on this host: the
+ * socket whose local port is `serverPort` and whose peer's port is
+ * `clientPort` (an ephemeral port of this host's, unique while the
+ * connection lives). "0" while it waits in a listener's accept queue (no
+ * process has accepted it); undefined when not found (closed, not local).
+ *
+ * Asked of the kernel through `ss` (iproute2's sock_diag client: the kernel
+ * filters by port), falling back to /proc/net/tcp{,6}: on a busy host those
+ * tables hold tens of thousands of lines (every TIME_WAIT connection), and
+ * parsing them every few ms cost a core in a test under load.
  */
-export function acceptedInode(server: string, client: string): string | undefined {
+export async function acceptedInode(serverPort: number, clientPort: number): Promise<string | undefined> {
+  const filter = `( sport = :${serverPort} and dport = :${clientPort} )`;
+  const out = await new Promise<string | undefined>((resolve) => {
+    execFile('ss', ['-tnHe', 'state', 'connected', filter], { timeout: 2_000 }, (err, stdout) => resolve(err === null ? stdout : undefined));
+  });
+  if (out !== undefined) {
+    const m = /\bino:(\d+)/.exec(out);
+    return m === null ? undefined : m[1];
+  }
+  const hex = (p: number) => p.toString(16).toUpperCase().padStart(4, '0');
   for (const table of ['tcp', 'tcp6']) {
     let text = '';
     try {
@@ -351,8 +351,7 @@ export function acceptedInode(server: string, client: string): string | undefine
     }
     for (const line of text.split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
-      if (f[1] === undefined || f[2] === undefined || f[9] === undefined) continue;
-      if (procAddress(f[1]) === server && procAddress(f[2]) === client) return f[9];
+      if (f[1]?.endsWith(`:${hex(serverPort)}`) && f[2]?.endsWith(`:${hex(clientPort)}`) && f[9] !== undefined) return f[9];
     }
   }
   return undefined;
