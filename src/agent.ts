@@ -24,6 +24,10 @@ import { resolveRunAs } from './user.js';
 import { VERSION } from './version.js';
 import { CurrentWatcher } from './watch.js';
 import { SocketHolder } from './sockets.js';
+import { forgetListenEnv, formatListenAddress, inheritedListeners, missingSocketError, parseListenAddress, underSystemd } from './listenfds.js';
+import { openNotifySocket } from './notify.js';
+import { appDir, ensureAppDir } from './stateDir.js';
+import path from 'node:path';
 import { unixListening } from './proc.js';
 
 /** A full collection every 50 journal entries, or 5 s after the last (src/compaction.ts). */
@@ -59,6 +63,8 @@ export class Agent {
   #timer: NodeJS.Timeout | undefined;
   /** The apps' listening sockets (src/sockets.ts). */
   #sockets: SocketHolder | undefined;
+  /** The sd_notify sockets of apps with readiness "notify" (src/notify.ts): they keep the process alive until closed. */
+  #notifiers: Array<{ close(): Promise<void> }> = [];
   #closing: Promise<void> | undefined;
 
   private constructor(config: AgentConfig, slots: Slot[], log: Logger, compactor: Compactor) {
@@ -86,11 +92,12 @@ export class Agent {
         .catch((err: unknown) => log.error({ err: err instanceof Error ? err.message : String(err), code: 'STATE_WRITE_FAILED' }, 'could not move the state folder to the per-app layout; the old journal is left as it is'));
     }
     const sockets = await holdSockets(config, log, gids);
+    const notifiers = await openNotifiers(config, log, gids);
     const slots = config.apps.map((app, i): Slot => {
       const applog = log.child({ app: app.name });
       if (app.reload.deprecatedMode) applog.warn({ key: 'reload.mode' }, `"reload.mode" is deprecated: write "reload.strategy": ${JSON.stringify(app.reload.strategy)} instead (same meaning)`);
       const store = new AppStore(config.stateDir, app.name, { gid: gids[i], history: config.history, onDamaged: warn(applog) });
-      const fx = realEffects(app, config.stateDir, { store, configFile: config.file, sockets });
+      const fx = realEffects(app, config.stateDir, { store, configFile: config.file, sockets, notify: notifiers.get(app.name) });
       const record: typeof fx.record = async (entry) => {
         await fx.record(entry);
         compactor.noteDeploy();
@@ -99,6 +106,7 @@ export class Agent {
     });
     const agent = new Agent(config, slots, log, compactor);
     agent.#sockets = sockets;
+    agent.#notifiers = [...notifiers.values()];
     agent.#claimed = claimed;
     agent.#claimProblem.last = claimProblem.last;
     try {
@@ -220,6 +228,7 @@ export class Agent {
       await Promise.allSettled(this.apps.map((a) => a.close()));
       // The running generations keep their own copies of the sockets.
       await this.#sockets?.close();
+      await Promise.allSettled(this.#notifiers.map((n) => n.close()));
       if (this.#claimed) await releaseAgent(this.config.stateDir).catch(() => undefined);
       this.#log.info('agent stopped; apps left running');
     })();
@@ -251,19 +260,65 @@ async function claim(config: AgentConfig, log: Logger, onDamaged: (d: Damage) =>
 }
 
 /**
- * The apps' listening sockets, bound by this agent in one batch (a
- * hand-started agent; src/sockets.ts). What cannot be bound is said once
- * per app; such an app starts without its sockets held, and its deploys say
+ * An sd_notify socket for each app whose health.readiness is "notify", at
+ * <stateDir>/apps/NAME/notify.sock (root and the app's group may send to
+ * it): given to the app's starts as NOTIFY_SOCKET. One that cannot be made
+ * is said once; that app's deploys then fail NOT_READY, saying so.
+ */
+async function openNotifiers(config: AgentConfig, log: Logger, gids: ReadonlyArray<number | undefined>): Promise<Map<string, { path: string; ready(sinceMs: number, deadlineMs: number): Promise<boolean>; close(): Promise<void> }>> {
+  const out = new Map<string, { path: string; ready(sinceMs: number, deadlineMs: number): Promise<boolean>; close(): Promise<void> }>();
+  for (const [i, app] of config.apps.entries()) {
+    if (app.health.readiness !== 'notify') continue;
+    try {
+      const dir = appDir(config.stateDir, app.name);
+      await ensureAppDir(dir, gids[i]);
+      const sock = await openNotifySocket(path.join(dir, 'notify.sock'), { gid: gids[i] });
+      out.set(app.name, { path: sock.path, ready: async (since, deadline) => (await sock.ready(since, deadline)) !== undefined, close: () => sock.close() });
+    } catch (err) {
+      log.child({ app: app.name }).error({ code: err instanceof RelinkError ? err.code : 'NOTIFY_SOCKET_FAILED' }, `cannot make the sd_notify socket for health.readiness "notify": ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+  return out;
+}
+
+/**
+ * The apps' listening sockets. Under systemd they are passed by socket
+ * units (systemd/relink-web.socket, one FileDescriptorName= per app) and
+ * outlive the agent: each configured address is matched to a passed fd by
+ * the app's name and the fd's real address (src/listenfds.ts), and one not
+ * passed is that app's error, naming the lines to add. Started by hand, the
+ * agent binds them itself in one batch (src/sockets.ts). What cannot be held
+ * is said once per app; such an app starts without it, and its deploys say
  * why (an address taken by its own running generation, left by an earlier
  * hand-started agent, is taken over on the next deploy: src/app.ts #restart).
  */
 async function holdSockets(config: AgentConfig, log: Logger, gids: ReadonlyArray<number | undefined>): Promise<SocketHolder> {
   const holder = new SocketHolder();
+  const systemd = underSystemd();
+  const passed = inheritedListeners();
+  // No app may see the agent's own variables (launch.ts sets the app's).
+  forgetListenEnv();
   const requests = await Promise.all(config.apps.flatMap((app, i) => app.sockets.map(async (address) => {
     const runAs = await resolveRunAs(app).catch(() => undefined);
-    return { app, address, owner: runAs === undefined ? undefined : { uid: runAs.uid, gid: gids[i] ?? runAs.gid } };
+    return { app, address, canonical: formatListenAddress(parseListenAddress(address)), owner: runAs === undefined ? undefined : { uid: runAs.uid, gid: gids[i] ?? runAs.gid } };
   })));
   if (requests.length === 0) return holder;
+  if (systemd) {
+    for (const r of requests) {
+      const fd = passed.find((p) => p.name === r.app.name && p.address === r.canonical && p.listening);
+      if (fd !== undefined) {
+        holder.adopt([{ address: r.address, fd: fd.fd }]);
+        continue;
+      }
+      const err = missingSocketError(r.app.name, r.address, config.file, { user: r.app.user, group: r.app.group, passed });
+      log.child({ app: r.app.name }).error({ code: err.code, address: r.address }, err.message);
+    }
+    const named = new Set(config.apps.map((a) => a.name));
+    for (const p of passed.filter((x) => !named.has(x.name))) {
+      log.warn({ fd: p.fd, name: p.name, address: p.address }, `systemd passed fd ${p.fd} named "${p.name}", which names no app in the config: left unused`);
+    }
+    return holder;
+  }
   const unheld = await holder.bind(requests.map((r) => ({ address: r.address, owner: r.owner })), unixListening);
   for (const u of unheld) {
     const app = requests.find((r) => r.address === u.address)?.app;

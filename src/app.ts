@@ -552,7 +552,7 @@ export class AppAgent {
     this.#unsettled = undefined;
     if (main === undefined || unsettled === undefined || !sameProcess(main, unsettled)) return main;
     try {
-      return await awaitHealthy(this.#fx, this.app, main, this.#verifyBy);
+      return await awaitHealthy(this.#fx, this.app, main, this.#verifyBy, this.#tracker.sinceMs);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
       this.#log.warn({ appPid: main.pid, code: err.code }, `the restarted app did not settle before the deploy (${err.message})`);
@@ -952,7 +952,8 @@ export class AppAgent {
         after = await this.#takeOver(now, this.#rollbackBy);
         if (this.app.reload.mode === 'reexec') assertBinary(this.app, after, good);
       }
-      after = await awaitHealthy(this.#fx, this.app, after, this.#rollbackBy);
+      // An untouched old process said READY=1 long ago: only its health is asked again.
+      after = await awaitHealthy(this.#fx, this.app, after, this.#rollbackBy, undefined, sameProcess(after, before));
       this.#serve(after, now);
       // The operator's newer write wins: current.conf is put back only if it
       // still holds what failed; anything written since is applied next.

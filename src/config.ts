@@ -10,6 +10,7 @@ import { nodeCron } from './cron.js';
 import { fileError, isErrno, RelinkErrors, type RelinkError } from './errors.js';
 import { parseHostPort, type Probe } from './health.js';
 import { parseJsonFile } from './json.js';
+import { formatListenAddress, listenAddressProblem, parseListenAddress } from './listenfds.js';
 import { readSmallFile, SafeFsError } from './safefs.js';
 import { describe, parseWithSchema } from './zodIssues.js';
 
@@ -56,9 +57,6 @@ const StopSchema = z.strictObject({
   timeoutMs: z.int().min(0).max(3_600_000).default(10_000)
     .meta(about('how long a stopped generation may drain after `stop.signal` before it is killed (SIGKILL)')),
 });
-
-/** A listen address as `sockets` takes it: "127.0.0.1:8080", "[::1]:8080", "unix:/abs/path". */
-const LISTEN_ADDRESS = /^(?:(?:\d{1,3}\.){3}\d{1,3}:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}|unix:\/.+)$/;
 
 const LivenessSchema = z.strictObject({
   periodMs: z.int().min(100).max(3_600_000).default(10_000)
@@ -165,8 +163,10 @@ const AppSchema = z.strictObject({
     .meta(about('optional: a PID file the app writes; it names a candidate, which must still pass the executable check')),
   reload: ReloadSchema.prefault({})
     .meta(about('how the app takes a new release')),
-  sockets: z.array(z.string().regex(LISTEN_ADDRESS, 'must be "IPv4:port", "[IPv6]:port" or "unix:/absolute/path", e.g. "127.0.0.1:8080"')
-    .refine((a) => a.startsWith('unix:') || (Number(a.slice(a.lastIndexOf(':') + 1)) >= 1 && Number(a.slice(a.lastIndexOf(':') + 1)) <= 65_535), 'the port must be 1 to 65535'))
+  sockets: z.array(z.string().superRefine((a, ctx) => {
+    const problem = listenAddressProblem(a);
+    if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem });
+  }))
     .max(64).default([])
     .meta(about('listening sockets the agent holds and passes to every generation (LISTEN_FDS, from fd 3 in this order): `"127.0.0.1:8080"`, `"[::1]:8080"`, `"unix:/run/web/web.sock"`')),
   stop: StopSchema.prefault({})
@@ -207,8 +207,9 @@ const AppSchema = z.strictObject({
   if (strategy === 'socket' && a.sockets.length === 0) {
     ctx.addIssue({ code: 'custom', path: ['reload', 'strategy'], message: '"socket" needs "sockets": the listen addresses the agent holds and passes to every generation' });
   }
-  a.sockets.forEach((s, i) => {
-    if (a.sockets.indexOf(s) !== i) ctx.addIssue({ code: 'custom', path: ['sockets', i], message: `must not repeat sockets[${a.sockets.indexOf(s)}]` });
+  const canonical = a.sockets.map((s) => (listenAddressProblem(s) === undefined ? formatListenAddress(parseListenAddress(s)) : s));
+  canonical.forEach((s, i) => {
+    if (canonical.indexOf(s) !== i) ctx.addIssue({ code: 'custom', path: ['sockets', i], message: `must not repeat sockets[${canonical.indexOf(s)}]` });
   });
   // Said at load time when the config itself asks for root; running as root
   // because "user" is unset is refused when the app is started (launch.ts).
@@ -265,8 +266,10 @@ export const ConfigSchema = z.strictObject({
   apps.forEach((app: unknown, i) => {
     const sockets = app !== null && typeof app === 'object' ? (app as { sockets?: unknown }).sockets : undefined;
     if (!Array.isArray(sockets)) return;
-    sockets.forEach((s: unknown, j) => {
-      if (typeof s !== 'string') return;
+    sockets.forEach((raw: unknown, j) => {
+      if (typeof raw !== 'string' || listenAddressProblem(raw) !== undefined) return;
+      // Compared as the kernel sees them: "[0:0::1]:80" is "[::1]:80".
+      const s = formatListenAddress(parseListenAddress(raw));
       const prev = held.get(s);
       if (prev !== undefined && prev !== i) ctx.addIssue({ code: 'custom', path: ['apps', i, 'sockets', j], message: `must not be a socket apps[${prev}] holds too (one listen address, one app)` });
       held.set(s, i);

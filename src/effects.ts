@@ -8,7 +8,7 @@ import type { AppConfig } from './config.js';
 import { isErrno } from './errors.js';
 import { readCurrent, validateCurrent, type CurrentSnapshot, type Release } from './current.js';
 import { writeFileAtomic } from './atomicWrite.js';
-import { firstAccepted, probeOnce, type ProbeResult } from './health.js';
+import { firstAnswer, probeOnce, type ProbeResult } from './health.js';
 import { newestFirst, type HistoryEntry } from './history.js';
 import { launch, type Launched } from './launch.js';
 import { preflightRelease, type PreflightResult } from './preflight.js';
@@ -182,15 +182,8 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
       return opts.sockets.bind(app.sockets.map((address) => ({ address, owner: { uid: owner.uid, gid: owner.gid } })), unixListening);
     },
     socketsHeld: () => app.sockets.every((a) => opts.sockets?.get(a) !== undefined),
-    firstAccept: async (_started, deadlineMs) => {
-      const tcp = app.sockets.find((a) => !a.startsWith('unix:'));
-      const probe = app.health.probe;
-      const target = tcp ?? (probe === undefined ? undefined : 'tcp' in probe ? probe.tcp : (() => {
-        const u = new URL(probe.url);
-        return `${u.hostname}:${u.port || 80}`;
-      })());
-      return target === undefined ? undefined : firstAccepted(target, deadlineMs);
-    },
+    // Without a probe there is nothing to measure by: a connection to a held socket succeeds at once (it queues).
+    firstAccept: async (_started, deadlineMs) => firstAnswer(app.health.probe, undefined, deadlineMs),
     notifiedReady: (sinceMs, deadlineMs) => (opts.notify === undefined ? Promise.resolve(false) : opts.notify.ready(sinceMs, deadlineMs)),
     signal: sendSignal,
     probe: async (judged) => {

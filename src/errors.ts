@@ -32,6 +32,8 @@ export type ErrorCode =
   // files in folders an app's user can write (src/safefs.ts)
   | 'UNSAFE_PATH'
   | 'FILE_UNREADABLE'
+  // the sd_notify socket the apps report readiness on (src/notify.ts)
+  | 'NOTIFY_SOCKET_FAILED'
   // relink / process
   | 'LINK_NOT_SYMLINK'
   | 'LINK_FAILED'

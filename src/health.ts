@@ -29,8 +29,7 @@ export interface ProbeResult {
  */
 export type Acceptor = (inode: string) => 'judged' | 'older' | 'unknown';
 
-/** How long a probe waits for its connection to be accepted before it says who did (ms between looks). */
-const ACCEPT_POLL_MS = 5;
+
 
 export function describeProbe(probe: Probe): string {
   return 'url' in probe ? `GET ${probe.url}` : `TCP ${probe.tcp}`;
@@ -41,26 +40,18 @@ export function probeOnce(probe: Probe, timeoutMs: number, acceptor?: Acceptor):
   return 'url' in probe ? httpProbe(probe.url, timeoutMs) : tcpProbe(probe.tcp, timeoutMs);
 }
 
-/** "::1" -> "0:0:0:0:0:0:0:1", as /proc/net/tcp6 spells it (src/proc.ts procAddress); IPv4 unchanged. */
-function procSpelling(ip: string, port: number): string {
-  if (!ip.includes(':')) return `${ip}:${port}`;
-  const v4 = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
-  if (v4 !== null) return `${v4[1]}:${port}`;
-  const [head, tail] = ip.split('::') as [string, string | undefined];
-  const h = head === '' ? [] : head.split(':');
-  const t = tail === undefined || tail === '' ? [] : tail.split(':');
-  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  return `[${groups.map((g) => Number.parseInt(g, 16).toString(16)).join(':')}]:${port}`;
-}
+/** How often a TCP probe looks whether its connection was accepted yet (ms). */
+const ACCEPTED_POLL_MS = 20;
 
 /**
  * A probe that knows who answered it. With a listening socket shared by
  * two generations (the agent's held sockets, or an app's own upgrade) a
  * plain probe may be answered by the old one, which proves nothing about
  * the new. So the connection is made first; once a process has accepted it
- * (its server-side socket has an inode) the acceptor is asked who that is;
- * only then is the request sent. Accepted by an older generation: `older`,
- * not counted. Never accepted within the timeout: a failure ("not accepted").
+ * (looked at after 2, 4, 8, 16, 20, 20 ... ms), which one holds its server
+ * side is asked (src/proc.ts acceptedInode, then `acceptor`); only then is
+ * the request sent. Accepted by an older generation: `older`, not counted
+ * either way. Never accepted within the timeout: a failure.
  */
 function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): Promise<ProbeResult> {
   const target = 'url' in probe ? (() => {
@@ -68,7 +59,6 @@ function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): P
     return { host: u.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(u.port || 80) };
   })() : parseHostPort(probe.tcp);
   if (target === undefined) return Promise.resolve({ ok: false, detail: 'not host:port' });
-  const deadline = Date.now() + timeoutMs;
   return new Promise((resolve) => {
     const sock = net.connect(target);
     let settled = false;
@@ -81,41 +71,45 @@ function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): P
     };
     const timer = setTimeout(() => done({ ok: false, detail: `timeout after ${timeoutMs} ms` }), timeoutMs);
     sock.once('error', (err: NodeJS.ErrnoException) => done({ ok: false, detail: err.code ?? err.message }));
+    /** Who holds the server side now; undefined: not accepted yet. */
+    const whose = async (): Promise<'judged' | 'older' | 'unknown' | undefined> => {
+      const inode = await acceptedInode(target.port, sock.localPort ?? 0);
+      if (inode === '0') return undefined;
+      return inode === undefined ? 'unknown' : acceptor(inode);
+    };
     sock.once('connect', () => {
-      const server = procSpelling(sock.remoteAddress ?? '', sock.remotePort ?? 0);
-      const client = procSpelling(sock.localAddress ?? '', sock.localPort ?? 0);
-      const look = (): void => {
+      // Who accepted it is asked before anything is sent: the server holds
+      // the connection open, waiting for the request (one that answers and
+      // closes at once could otherwise be gone before it is asked about).
+      let waitMs = 2;
+      const look = async (): Promise<void> => {
+        const who = await whose();
         if (settled) return;
-        const inode = acceptedInode(server, client);
-        if (inode === '0') {
-          if (Date.now() >= deadline) done({ ok: false, detail: `not accepted within ${timeoutMs} ms` });
-          else setTimeout(look, ACCEPT_POLL_MS);
+        if (who === undefined) {
+          setTimeout(() => void look(), waitMs);
+          waitMs = Math.min(waitMs * 2, ACCEPTED_POLL_MS);
           return;
         }
-        const who = inode === undefined ? 'unknown' : acceptor(inode);
-        if (who === 'older') {
-          done({ ok: false, detail: 'accepted by an older generation', older: true });
-          return;
-        }
-        if (!('url' in probe)) {
-          done({ ok: true, detail: 'connected' });
-          return;
-        }
-        // The request by hand on the connection already made (a plain
-        // HTTP/1.1 GET; only the status line is read).
-        const u = new URL(probe.url);
-        let head = '';
-        sock.on('data', (chunk: Buffer) => {
-          head += chunk.toString('latin1');
-          const m = /^HTTP\/1\.[01] (\d{3})/.exec(head);
-          if (m !== null) done({ ok: Number(m[1]) >= 200 && Number(m[1]) < 300, detail: `HTTP ${m[1]}` });
-          else if (head.includes('\r\n') || head.length > 1024) done({ ok: false, detail: 'not an HTTP answer' });
-        });
-        sock.once('end', () => done({ ok: false, detail: 'closed without an answer' }));
-        sock.write(`GET ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\nConnection: close\r\nUser-Agent: relink-health\r\n\r\n`);
+        if (who === 'older') done({ ok: false, detail: 'accepted by an older generation', older: true });
+        else if (!('url' in probe)) done({ ok: true, detail: 'connected' });
+        else request(probe.url);
       };
-      look();
+      void look();
     });
+    // The request by hand on the connection made (a plain HTTP/1.1 GET);
+    // only the status line is read.
+    const request = (url: string): void => {
+      const u = new URL(url);
+      let head = '';
+      sock.on('data', (chunk: Buffer) => {
+        head += chunk.toString('latin1');
+        const m = /^HTTP\/1\.[01] (\d{3})/.exec(head);
+        if (m !== null) done({ ok: Number(m[1]) >= 200 && Number(m[1]) < 300, detail: `HTTP ${m[1]}` });
+        else if (head.includes('\r\n') || head.length > 1024) done({ ok: false, detail: 'not an HTTP answer' });
+      });
+      sock.once('end', () => done({ ok: false, detail: 'closed without an answer' }));
+      sock.write(`GET ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\nConnection: close\r\nUser-Agent: relink-health\r\n\r\n`);
+    };
   });
 }
 
@@ -158,38 +152,19 @@ function tcpProbe(spec: string, timeoutMs: number): Promise<ProbeResult> {
 }
 
 /**
- * When a connection to `target` ("host:port") is first accepted by a
- * process (ms since the epoch), trying every few ms until `deadlineMs`
- * (Date.now() ms); undefined if none was by then. Each try connects, waits
- * until a process has accepted the connection (src/proc.ts acceptedInode),
- * and closes it: what a restart's gap is measured with (journal `outageMs`,
- * `queuedMs`). A refused connection is tried again 5 ms later.
+ * When the app first answered (ms since the epoch), trying every 10 ms
+ * until `deadlineMs` (Date.now() ms): the probe when one is configured (an
+ * answer, any answer, counts), else a TCP connection to `target` that
+ * connects. Undefined if none did by then. What a restart's gap is
+ * measured with (journal `outageMs`, `queuedMs`).
  */
-export async function firstAccepted(target: string, deadlineMs: number): Promise<number | undefined> {
-  const to = parseHostPort(target);
-  if (to === undefined) return undefined;
+export async function firstAnswer(probe: Probe | undefined, target: string | undefined, deadlineMs: number): Promise<number | undefined> {
+  const how: Probe | undefined = probe ?? (target === undefined ? undefined : { tcp: target });
+  if (how === undefined) return undefined;
   while (Date.now() < deadlineMs) {
-    const at = await new Promise<number | undefined>((resolve) => {
-      const sock = net.connect(to);
-      const done = (r: number | undefined) => {
-        sock.destroy();
-        resolve(r);
-      };
-      sock.once('error', () => done(undefined));
-      sock.once('connect', () => {
-        const server = procSpelling(sock.remoteAddress ?? '', sock.remotePort ?? 0);
-        const client = procSpelling(sock.localAddress ?? '', sock.localPort ?? 0);
-        const look = (): void => {
-          const inode = acceptedInode(server, client);
-          if (inode !== '0') done(Date.now());
-          else if (Date.now() >= deadlineMs) done(undefined);
-          else setTimeout(look, ACCEPT_POLL_MS);
-        };
-        look();
-      });
-    });
-    if (at !== undefined) return at;
-    await new Promise((r) => setTimeout(r, ACCEPT_POLL_MS));
+    const r = await probeOnce(how, Math.max(1, Math.min(1_000, deadlineMs - Date.now())));
+    if (r.ok || r.detail.startsWith('HTTP ')) return Date.now();
+    await new Promise((resolve) => setTimeout(resolve, 10));
   }
   return undefined;
 }

@@ -34,6 +34,7 @@
  * workers), everything else to its parent's. See src/tracker.ts for what is
  * done with them.
  */
+import { execFile } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import psList from 'ps-list';
@@ -229,10 +230,38 @@ export function socketInodes(pid: number): Set<string> {
   return out;
 }
 
-/** The inodes of listening sockets in `pid`'s network namespace: TCP/TCP6 in state LISTEN, Unix with __SO_ACCEPTCON. */
-function listeningInodes(pid: number): Set<string> {
-  const out = new Set<string>();
-  for (const table of ['tcp', 'tcp6']) {
+/** The inode of the socket open at `fd` in `pid` (its /proc/PID/fd link "socket:[N]"); undefined for anything else, or when closed or unreadable. */
+export function fdSocketInode(pid: number | 'self', fd: number | string): string | undefined {
+  try {
+    return /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+/** One TCP or Unix stream/datagram socket of a network namespace, as /proc/PID/net/{tcp,tcp6,unix} lists it. */
+export interface SocketEntry {
+  readonly table: 'tcp' | 'tcp6' | 'unix';
+  readonly inode: string;
+  /** TCP state 0A (LISTEN); Unix: the __SO_ACCEPTCON flag (listen() was called). */
+  readonly listening: boolean;
+  /**
+   * The local address as the kernel prints it: TCP "0100007F:1F90" (the
+   * address as 32-bit words in host byte order, the port in hex); Unix the
+   * path, "" when unbound, "@name" for an abstract one.
+   */
+  readonly local: string;
+}
+
+const UNIX_LINE = /^\s*[0-9A-Fa-f]+:\s+[0-9A-Fa-f]+\s+[0-9A-Fa-f]+\s+([0-9A-Fa-f]+)\s+[0-9A-Fa-f]+\s+[0-9A-Fa-f]+\s+(\d+)(?: (.*))?$/;
+
+/**
+ * Every TCP (IPv4 and IPv6) and Unix socket in `pid`'s network namespace;
+ * a table that cannot be read (no IPv6 in the kernel) is left out.
+ */
+export function socketTable(pid: number | 'self'): SocketEntry[] {
+  const out: SocketEntry[] = [];
+  for (const table of ['tcp', 'tcp6'] as const) {
     let text = '';
     try {
       text = readFileSync(`/proc/${pid}/net/${table}`, 'utf8');
@@ -241,18 +270,25 @@ function listeningInodes(pid: number): Set<string> {
     }
     for (const line of text.split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
-      if (f[3] === '0A' && f[9] !== undefined) out.add(f[9]);
+      if (f[1] !== undefined && f[9] !== undefined) out.push({ table, inode: f[9], listening: f[3] === '0A', local: f[1] });
     }
   }
+  let text = '';
   try {
-    for (const line of readFileSync(`/proc/${pid}/net/unix`, 'utf8').split('\n').slice(1)) {
-      const f = line.trim().split(/\s+/);
-      if (f[3] !== undefined && f[6] !== undefined && (Number.parseInt(f[3], 16) & 0x10000) !== 0) out.add(f[6]);
-    }
+    text = readFileSync(`/proc/${pid}/net/unix`, 'utf8');
   } catch {
     // no unix table: TCP only
   }
+  for (const line of text.split('\n').slice(1)) {
+    const m = UNIX_LINE.exec(line);
+    if (m !== null) out.push({ table: 'unix', inode: m[2]!, listening: (Number.parseInt(m[1]!, 16) & 0x10000) !== 0, local: m[3] ?? '' });
+  }
   return out;
+}
+
+/** The inodes of listening sockets in `pid`'s network namespace: TCP/TCP6 in state LISTEN, Unix with __SO_ACCEPTCON. */
+function listeningInodes(pid: number): Set<string> {
+  return new Set(socketTable(pid).filter((e) => e.listening).map((e) => e.inode));
 }
 
 /**
@@ -284,29 +320,28 @@ export function unixListening(path: string): boolean {
   return false;
 }
 
-/** "0100007F:1F90" (/proc/net/tcp, little-endian words) -> "127.0.0.1:8080"; tcp6 -> "[::1]:8080" (uncompressed groups). */
-function procAddress(hex: string): string | undefined {
-  const [ip, port] = hex.split(':');
-  if (ip === undefined || port === undefined) return undefined;
-  const words = ip.match(/.{8}/g) ?? [];
-  const bytes = words.flatMap((w) => [w.slice(6, 8), w.slice(4, 6), w.slice(2, 4), w.slice(0, 2)].map((b) => Number.parseInt(b, 16)));
-  const p = Number.parseInt(port, 16);
-  if (bytes.length === 4) return `${bytes.join('.')}:${p}`;
-  const mapped = bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff;
-  if (mapped) return `${bytes.slice(12).join('.')}:${p}`;
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
-  return `[${groups.join(':')}]:${p}`;
-}
-
 /**
- * The inode of the server side of a TCP connection on this host: the socket
- * whose local address is `server` and whose peer is `client` (both as
- * procAddress writes them). 0 while the connection waits in the listener's
- * accept queue (no process has accepted it yet); undefined when no such
- * connection is found (not local, or closed).
+ * The inode of the server side of a TCP connection on this host: the
+ * socket whose local port is `serverPort` and whose peer's port is
+ * `clientPort` (an ephemeral port of this host's, unique while the
+ * connection lives). "0" while it waits in a listener's accept queue (no
+ * process has accepted it); undefined when not found (closed, not local).
+ *
+ * Asked of the kernel through `ss` (iproute2's sock_diag client: the kernel
+ * filters by port), falling back to /proc/net/tcp{,6}: on a busy host those
+ * tables hold tens of thousands of lines (every TIME_WAIT connection), and
+ * parsing them every few ms cost a core in a test under load.
  */
-export function acceptedInode(server: string, client: string): string | undefined {
+export async function acceptedInode(serverPort: number, clientPort: number): Promise<string | undefined> {
+  const filter = `( sport = :${serverPort} and dport = :${clientPort} )`;
+  const out = await new Promise<string | undefined>((resolve) => {
+    execFile('ss', ['-tnHe', 'state', 'connected', filter], { timeout: 2_000 }, (err, stdout) => resolve(err === null ? stdout : undefined));
+  });
+  if (out !== undefined) {
+    const m = /\bino:(\d+)/.exec(out);
+    return m === null ? undefined : m[1];
+  }
+  const hex = (p: number) => p.toString(16).toUpperCase().padStart(4, '0');
   for (const table of ['tcp', 'tcp6']) {
     let text = '';
     try {
@@ -316,8 +351,7 @@ export function acceptedInode(server: string, client: string): string | undefine
     }
     for (const line of text.split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
-      if (f[1] === undefined || f[2] === undefined || f[9] === undefined) continue;
-      if (procAddress(f[1]) === server && procAddress(f[2]) === client) return f[9];
+      if (f[1]?.endsWith(`:${hex(serverPort)}`) && f[2]?.endsWith(`:${hex(clientPort)}`) && f[9] !== undefined) return f[9];
     }
   }
   return undefined;

@@ -85,6 +85,10 @@ workerData.requests.forEach((req, i) => {
         fs.chownSync(req.path, req.owner.uid, req.owner.gid);
         fs.chmodSync(req.path, req.owner.mode);
       }
+      // libuv made it non-blocking, and that flag belongs to the socket,
+      // shared with every process it is passed to: put it back to blocking,
+      // as systemd passes sockets (an app doing a plain accept() expects it).
+      server._handle.setBlocking(true);
       servers.push(server);
       done(i, { address: req.address, fd: server._handle.fd });
     } catch (err) {

@@ -195,7 +195,7 @@ export function assertBinary(app: AppConfig, proc: ProcInfo, release: Release): 
  * no probe is sent before the settle time is over. Returns the process
  * judged: the one given, or the child it daemonized into.
  */
-export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER, since?: number): Promise<ProcInfo> {
+export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER, since?: number, alreadyReady = false): Promise<ProcInfo> {
   const { probe, deadlineMs, settleMs, intervalMs, readiness } = app.health;
   const start = fx.now();
   const deadline = start + deadlineMs;
@@ -203,7 +203,9 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
   let last = '';
   let nextProbe = settledAt;
   /** Readiness "notify": READY=1 received (from when the generation was started or signalled). */
-  let ready = readiness !== 'notify';
+  let ready = readiness !== 'notify' || alreadyReady;
+  /** Probe connections accepted by an older generation sharing the socket (not counted). */
+  let older = 0;
   for (;;) {
     if ((await fx.verify(proc)) === undefined) {
       // An app that daemonizes: its main exits and its one child serves on.
@@ -228,6 +230,7 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
         const r = await fx.probe(proc);
         if (r.ok) return proc;
         if (r.older === true) {
+          older += 1;
           nextProbe = fx.now();
         } else {
           last = r.detail;
@@ -241,6 +244,10 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
       if (!ready) {
         throw new RelinkError('NOT_READY', `pid ${proc.pid} did not say READY=1 through sd_notify within ${deadlineMs} ms (health.readiness is "notify"; NOTIFY_SOCKET was set in its environment)`,
           { key: 'health.readiness', rule: 'the new generation must send READY=1 to $NOTIFY_SOCKET within health.deadlineMs', found: 'no READY=1' });
+      }
+      if (last === '' && older > 0) {
+        throw new RelinkError('UNHEALTHY', `every one of ${older} probe connections in ${deadlineMs} ms was accepted by an older generation sharing the socket, none by pid ${proc.pid}: the new generation does not accept on the passed socket (does it take LISTEN_FDS?), or the old one takes every connection first (a process blocked in a blocking accept() does; servers sharing a socket accept non-blocking)`,
+          { key: 'health', rule: 'the new generation must accept and answer a probe', found: `${older} probes answered by the older generation` });
       }
       const what = probe === undefined ? 'the settle time' : describeProbe(probe);
       throw new RelinkError('UNHEALTHY', `${what} did not pass within ${deadlineMs} ms (checked from the end of the settle time of ${settleMs} ms; last: ${last || 'no answer'})`,

@@ -73,7 +73,8 @@ test('starts the app from current.conf, then deploys and rolls back by editing i
 test('in-place reloader (nginx-style): same PID, new config', async (t) => {
   const { root, app } = await setup(t, { mode: 'inplace' });
   const v1 = await servedBy(app, '1.0', 'message');
-  await setCurrent(app, '2.0');
+  // A new config only: "inplace" keeps the binary (a new bin.file is refused, test/app.test.ts).
+  await setCurrent(app, '2.0', '1.0');
   const e = await nthEntry(root, 2);
   assert.equal(e.outcome, 'deployed', e.reason ?? '');
   assert.equal(e.pidBefore, v1.pid);

@@ -584,11 +584,11 @@ test('reload strategies: the default follows "sockets"; "mode" is an alias; a mi
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'socket' } }]), { 'apps[0].reload.strategy': '"socket" needs "sockets": the listen addresses the agent holds and passes to every generation' });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', mode: 'inplace' } }]), { 'apps[0].reload.mode': 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)' });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['localhost:80', '127.0.0.1:0', 'unix:run/x'] }]), {
-    'apps[0].sockets[0]': 'must be "IPv4:port", "[IPv6]:port" or "unix:/absolute/path", e.g. "127.0.0.1:8080"',
-    'apps[0].sockets[1]': 'the port must be 1 to 65535',
-    'apps[0].sockets[2]': 'must be "IPv4:port", "[IPv6]:port" or "unix:/absolute/path", e.g. "127.0.0.1:8080"',
+    'apps[0].sockets[0]': '"localhost" is a host name: write an IP address ("127.0.0.1", "[::1]", "0.0.0.0" or "[::]"); a name could resolve differently later',
+    'apps[0].sockets[1]': 'port 0 would pick a different port at every bind: give the port (1-65535)',
+    'apps[0].sockets[2]': 'a unix socket needs an absolute path: "unix:/run/web/web.sock"',
   });
-  assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['127.0.0.1:80'] }, { name: 'b', dir: '/b', sockets: ['127.0.0.1:81', '127.0.0.1:80', '127.0.0.1:81'] }]), {
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['[::1]:80'] }, { name: 'b', dir: '/b', sockets: ['127.0.0.1:81', '[0:0::1]:80', '127.0.0.1:81'] }]), {
     'apps[1].sockets[1]': 'must not be a socket apps[0] holds too (one listen address, one app)',
     'apps[1].sockets[2]': 'must not repeat sockets[0]',
   });

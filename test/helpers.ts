@@ -152,11 +152,17 @@ export interface AgentProc {
 }
 
 /** The real agent, as systemd would run it, in a child process. Stopped after the test. */
-export function startAgent(t: TestContext, configFile: string): AgentProc {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, 'agent', '--config', configFile], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+export function startAgent(t: TestContext, configFile: string, opts: { readonly listen?: { readonly fds: readonly number[]; readonly names: readonly string[] } } = {}): AgentProc {
+  const argv = [process.execPath, '--import', 'tsx', MAIN, 'agent', '--config', configFile];
+  // `listen`: sockets passed the way systemd passes them (sd_listen_fds(3):
+  // fds from 3, LISTEN_FDNAMES, LISTEN_PID the agent's own, set by a shell that execs it).
+  const child = opts.listen === undefined
+    ? spawn(argv[0]!, argv.slice(1), { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn('/bin/sh', ['-c', 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', 'sh', ...argv], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe', ...opts.listen.fds],
+      env: { ...process.env, LISTEN_FDS: String(opts.listen.fds.length), LISTEN_FDNAMES: opts.listen.names.join(':') },
+    });
   const lines: LogLine[] = [];
   const raw: string[] = [];
   const stderr: string[] = [];

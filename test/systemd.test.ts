@@ -12,11 +12,13 @@ import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { STOP_BUDGET } from '../src/app.js';
+import { missingSocketError } from '../src/listenfds.js';
 import { promisify } from 'node:util';
 import { ROOT, tmpDir } from './helpers.js';
 
 const run = promisify(execFile);
 const UNIT = path.join(ROOT, 'systemd', 'relink.service');
+const SOCKET = path.join(ROOT, 'systemd', 'relink-web.socket');
 
 /** Skip with the reason when systemd-analyze is missing; in CI it must be there (.ci/run installs it). */
 function needAnalyze(t: TestContext): boolean {
@@ -34,8 +36,8 @@ async function unitCopy(t: TestContext, edit: (text: string) => string = (s) => 
   return file;
 }
 
-async function verify(file: string): Promise<{ code: number; output: string }> {
-  const r = await run('systemd-analyze', ['verify', '--man=no', file]).then(
+async function verify(...files: string[]): Promise<{ code: number; output: string }> {
+  const r = await run('systemd-analyze', ['verify', '--man=no', ...files]).then(
     (ok) => ({ code: 0, output: ok.stdout + ok.stderr }),
     (err: { code: number; stdout: string; stderr: string }) => ({ code: err.code, output: err.stdout + err.stderr }),
   );
@@ -127,4 +129,59 @@ test('systemd-analyze security rates the hardening at most 4.0 (OK); the unit wi
   assert.ok(hardened <= 4.0, `exposure ${hardened}`);
   const bare = await exposure(await unitCopy(t, (s) => s.slice(0, s.indexOf('# --- Hardening')) + '\n[Install]\nWantedBy=multi-user.target\n'));
   assert.ok(bare > 8, `exposure without hardening ${bare}`);
+});
+
+/** relink.service and a socket unit side by side in a fresh folder (verify finds the Service= it names there). */
+async function socketPair(t: TestContext, socketText: string, name = 'relink-web.socket'): Promise<string> {
+  const service = await unitCopy(t);
+  const file = path.join(path.dirname(service), name);
+  await writeFile(file, socketText);
+  return file;
+}
+
+test('systemd-analyze verify accepts the example socket unit together with relink.service', async (t) => {
+  if (!needAnalyze(t)) return;
+  const text = await readFile(SOCKET, 'utf8');
+  const file = await socketPair(t, text);
+  assert.deepEqual(await verify(file, path.join(path.dirname(file), 'relink.service')), { code: 0, output: '' });
+  // Service= must name a unit that exists: verify says so of a typo.
+  const bad = await verify(await socketPair(t, text.replace('Service=relink.service', 'Service=relinkd.service')));
+  assert.match(bad.output, /relinkd\.service not loaded/);
+});
+
+test('the socket unit passes one named socket to relink.service and says why on every line', async () => {
+  const all = directives(await readFile(SOCKET, 'utf8'));
+  const get = (key: string, section = 'Socket'): Directive => {
+    const found = all.filter((d) => d.section === section && d.key === key);
+    assert.equal(found.length, 1, `[${section}] ${key}= must be set exactly once`);
+    return found[0]!;
+  };
+  assert.equal(get('ListenStream').value, '127.0.0.1:8080');
+  // The agent finds the app's sockets by this name (LISTEN_FDNAMES): the app's name.
+  assert.equal(get('FileDescriptorName').value, 'web');
+  assert.equal(get('Service').value, 'relink.service');
+  assert.equal(get('Accept').value, 'no');
+  assert.ok(Number(get('Backlog').value) >= 4096);
+  assert.equal(get('WantedBy', 'Install').value, 'sockets.target');
+  for (const key of ['ListenStream', 'FileDescriptorName', 'Service', 'Accept', 'Backlog']) assert.ok(get(key).commented, `${key}= needs a comment saying why`);
+  // systemd passes the fds of every socket unit whose Service= names relink.service; Sockets= is not needed there.
+  assert.equal(directives(await readFile(UNIT, 'utf8')).find((d) => d.key === 'Sockets'), undefined);
+});
+
+test('relink.service keeps what passed sockets need: its network namespace and /proc/PID/net', async () => {
+  const all = directives(await readFile(UNIT, 'utf8'));
+  // The agent reads each passed fd's address in its own namespace's /proc/self/net: a private
+  // network namespace would not list the sockets systemd made in the host's.
+  for (const key of ['PrivateNetwork', 'NetworkNamespacePath', 'ProcSubset']) assert.equal(all.find((d) => d.key === key), undefined, `${key}=`);
+});
+
+test('the socket unit a missing-socket error asks for is one systemd-analyze verify accepts (TCP, IPv6 any, unix)', async (t) => {
+  if (!needAnalyze(t)) return;
+  for (const [app, address] of [['web', '127.0.0.1:8080'], ['api', '[::]:8081'], ['docs', 'unix:/run/docs/docs.sock']] as const) {
+    const message = missingSocketError(app, address, '/etc/relink/config.json', { user: app, group: 'www-data' }).message;
+    const lines = message.split('\n');
+    const unit = lines.slice(1, lines.findIndex((l) => l.startsWith('then: '))).map((l) => l.trim()).join('\n') + '\n';
+    const file = await socketPair(t, unit, `relink-${app}.socket`);
+    assert.deepEqual(await verify(file, path.join(path.dirname(file), 'relink.service')), { code: 0, output: '' }, `${address}:\n${unit}`);
+  }
 });

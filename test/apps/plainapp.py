@@ -48,7 +48,13 @@ def passed_sockets():
     n = int(os.environ.get('LISTEN_FDS', '0'))
     for k in ('LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES'):
         os.environ.pop(k, None)
-    return [socket.socket(fileno=3 + i) for i in range(n)]
+    socks = [socket.socket(fileno=3 + i) for i in range(n)]
+    # Non-blocking accept, as servers sharing a socket do: a process blocked
+    # in accept() is handed every new connection before one that waits in
+    # select(), and would starve the other generation.
+    for s in socks:
+        s.setblocking(False)
+    return socks
 
 
 class Server(ThreadingMixIn, HTTPServer):
@@ -101,12 +107,12 @@ def main():
     else:
         servers.append(Server(('127.0.0.1', int(cfg['port'])), Handler))
 
-    def stop(signum, frame):
-        # Stop accepting (what is queued stays in the shared backlog for
-        # the next generation), finish what was accepted, exit.
-        threading.Thread(target=lambda: [s.shutdown() for s in servers], daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
+    stopping = threading.Event()
+    # On SIGTERM: stop accepting (what is queued stays in the shared backlog
+    # for the next generation), finish what was accepted, exit. The handler
+    # only sets a flag; the main thread waits with a timeout, so that it
+    # wakes to run it (a plain join() may never return to run a handler).
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     threads = [threading.Thread(target=s.serve_forever, kwargs={'poll_interval': 0.05}) for s in servers]
     for t in threads:
         t.start()
@@ -118,13 +124,12 @@ def main():
         n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         n.sendto(f'READY=1\nSTATUS=serving {release}\nMAINPID={os.getpid()}'.encode(), addr)
         n.close()
-    # Join with a timeout: CPython runs signal handlers only in the main
-    # thread, and the kernel may deliver SIGTERM to a serving thread; a
-    # main thread blocked in a plain join() is not woken by that, and the
-    # stop() handler would never run (seen under load: SIGTERM caught,
-    # the process serving on until SIGKILL).
-    while any(t.is_alive() for t in threads):
-        threads[0].join(0.05) if threads[0].is_alive() else time.sleep(0.05)
+    while not stopping.wait(0.1):
+        pass
+    for s in servers:
+        s.shutdown()
+    for t in threads:
+        t.join()
     for s in servers:
         s.server_close()
     sys.exit(0)

@@ -5,9 +5,10 @@
 // (sd_listen_fds(3)), else on its own port from app.cfg (`port=N`). On
 // SIGTERM it stops accepting, finishes its requests and exits.
 // GET / answers {"release", "pid"}; GET /healthz 200.
-import { readFileSync, realpathSync } from 'node:fs';
-import http from 'node:http';
-import path from 'node:path';
+// CommonJS: a release is a copy of this file without an extension, which Node runs as CommonJS.
+const { readFileSync, realpathSync } = require('node:fs');
+const http = require('node:http');
+const path = require('node:path');
 
 const args = process.argv.slice(2);
 const cfgFile = args.includes('-c') ? args[args.indexOf('-c') + 1] : 'app.cfg';

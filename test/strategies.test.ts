@@ -1,0 +1,312 @@
+/**
+ * Reload strategies with real apps under load (issue 11): every deploy of
+ * an app with no graceful-restart code on sockets the agent holds, under
+ * wrk with `Connection: close` (a refused connection is a socket error),
+ * refuses nothing; a release that fails loses nothing either and is rolled
+ * back; "restart" reports its gap in the journal.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { chmod, copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import path from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { writeFileAtomic } from '../src/atomicWrite.js';
+import { freePort } from '../src/demo/layout.js';
+import { readHistory, type HistoryEntry } from '../src/history.js';
+import { SocketHolder } from '../src/sockets.js';
+import { needProgram } from './accounts.js';
+import { defer, reapMarkedAfter, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+
+const PLAIN = path.join(ROOT, 'test', 'apps', 'plainapp.py');
+const FDAPP = path.join(ROOT, 'test', 'apps', 'fdapp.cjs');
+
+interface App {
+  readonly name: string;
+  readonly dir: string;
+  readonly releasesDir: string;
+  readonly port: number;
+}
+
+function get(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => { body += c; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.setTimeout(5_000, () => req.destroy(new Error(`GET ${url} timed out`)));
+  });
+}
+
+async function servedBy(port: number, release: string): Promise<{ release: string; pid: number; fds: number }> {
+  return waitFor(`port ${port} to serve ${release}`, async () => {
+    const r = await get(`http://127.0.0.1:${port}/`).then((x) => JSON.parse(x.body) as { release: string; pid: number; fds: number }, () => undefined);
+    return r?.release === release ? r : undefined;
+  }, { timeoutMs: 20_000 });
+}
+
+/** An app folder whose releases are copies of `file`, each with its cfg lines. */
+async function makeApp(root: string, name: string, file: string, rs: Record<string, string>): Promise<App> {
+  const dir = path.join(root, name);
+  const releasesDir = path.join(dir, 'release');
+  const port = await freePort();
+  await mkdir(releasesDir, { recursive: true });
+  for (const [r, extra] of Object.entries(rs)) {
+    await copyFile(file, path.join(releasesDir, `app.${r}`));
+    await chmod(path.join(releasesDir, `app.${r}`), 0o755);
+    await writeFile(path.join(releasesDir, `cfg.${r}`), `port=${port}\nmessage=${name} ${r}\n${extra}`);
+  }
+  return { name, dir, releasesDir, port };
+}
+
+async function setCurrent(app: App, r: string): Promise<void> {
+  await writeFileAtomic(path.join(app.releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` })}\n`);
+}
+
+async function configFor(root: string, app: App, extra: Record<string, unknown>): Promise<string> {
+  const file = path.join(root, 'config.json');
+  await writeFile(file, JSON.stringify({
+    stateDir: path.join(root, 'state'),
+    reconcileMs: 1_000,
+    apps: [{
+      name: app.name,
+      dir: app.dir,
+      ...(process.getuid?.() === 0 ? { allowRoot: true } : {}),
+      reload: { timeoutMs: 5_000 },
+      health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 200, deadlineMs: 4_000, intervalMs: 50 },
+      supervise: { checkMs: 100, backoffMs: 100, maxBackoffMs: 400, stableMs: 3_000, maxRetries: 3 },
+      stop: { signal: 'SIGTERM', timeoutMs: 5_000 },
+      ...extra,
+    }],
+  }, null, 2));
+  return file;
+}
+
+async function nth(root: string, app: string, n: number): Promise<HistoryEntry> {
+  return waitFor(`${app}: journal entry #${n}`, async () => (await readHistory(path.join(root, 'state'), app))[n - 1], { timeoutMs: 30_000 });
+}
+
+interface WrkResult {
+  requests: number;
+  connect: number;
+  read: number;
+  write: number;
+  timeout: number;
+  non2xx: number;
+  text: string;
+}
+
+/** wrk with a new connection per request until stopped (SIGINT makes it print its summary). */
+function load(t: TestContext, port: number): { stop: () => Promise<WrkResult> } {
+  const child = spawn('wrk', ['-t', '1', '-c', '8', '-d', '300s', '-H', 'Connection: close', `http://127.0.0.1:${port}/`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let text = '';
+  child.stdout.on('data', (d) => { text += String(d); });
+  child.stderr.on('data', (d) => { text += String(d); });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  defer(t, () => { child.kill('SIGKILL'); });
+  return {
+    stop: async () => {
+      child.kill('SIGINT');
+      await exited;
+      const n = (re: RegExp): number => Number(re.exec(text)?.[1] ?? 0);
+      const errs = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text);
+      return {
+        requests: n(/(\d+) requests in/),
+        connect: Number(errs?.[1] ?? 0),
+        read: Number(errs?.[2] ?? 0),
+        write: Number(errs?.[3] ?? 0),
+        timeout: Number(errs?.[4] ?? 0),
+        non2xx: n(/Non-2xx or 3xx responses: (\d+)/),
+        text,
+      };
+    },
+  };
+}
+
+function assertNoErrors(r: WrkResult): void {
+  assert.ok(r.requests > 100, `wrk made too few requests to prove anything: ${r.text}`);
+  assert.deepEqual({ connect: r.connect, read: r.read, write: r.write, timeout: r.timeout, non2xx: r.non2xx }, { connect: 0, read: 0, write: 0, timeout: 0, non2xx: 0 }, r.text);
+}
+
+const DEPLOYS = 20;
+
+async function zeroDowntime(t: TestContext, file: string, name: string): Promise<void> {
+  if (!(await needProgram(t, '/usr/bin/wrk', 'wrk'))) return;
+  const root = await tmpDir(t);
+  const app = await makeApp(root, name, file, { a: '', b: '' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const agent = startAgent(t, await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], reload: { strategy: 'socket', timeoutMs: 5_000 } }));
+  const started = await nth(root, app.name, 1);
+  assert.equal(started.outcome, 'deployed', `${started.reason ?? ''}; the app's log: ${await readFile(path.join(app.dir, 'app.log'), 'utf8').catch(() => '')}`);
+  const first = await servedBy(app.port, 'app.a');
+  assert.equal(first.fds, 1, 'the app took its socket from LISTEN_FDS');
+  const wrk = load(t, app.port);
+  let pids = new Set([first.pid]);
+  for (let i = 1; i <= DEPLOYS; i++) {
+    const r = i % 2 === 1 ? 'b' : 'a';
+    await setCurrent(app, r);
+    const e = await nth(root, app.name, i + 1);
+    assert.equal(e.outcome, 'deployed', `deploy ${i}: ${e.code ?? ''} ${e.reason ?? ''}`);
+    assert.equal(e.action, 'replace');
+    const now = await servedBy(app.port, `app.${r}`);
+    pids.add(now.pid);
+  }
+  const result = await wrk.stop();
+  assertNoErrors(result);
+  assert.equal(pids.size, DEPLOYS + 1, 'every deploy started a new process');
+  await agent.stop();
+}
+
+test('"socket": 20 deploys of a Python app with no graceful-restart code under load refuse nothing', async (t) => {
+  await zeroDowntime(t, PLAIN, 'plain');
+});
+
+test('"socket": 20 deploys of a Node.js app on server.listen({ fd: 3 }) under load refuse nothing', async (t) => {
+  await zeroDowntime(t, FDAPP, 'nodefd');
+});
+
+test('"socket": releases that exit at start, are never healthy, or never ready lose no request and are rolled back', async (t) => {
+  if (!(await needProgram(t, '/usr/bin/wrk', 'wrk'))) return;
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'bad', PLAIN, { good: '', dies: 'fail_start=1\n', sick: 'unhealthy=1\n', slow: 'ready_delay_ms=60000\n' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'good');
+  const agent = startAgent(t, await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 200, deadlineMs: 2_000, intervalMs: 50 } }));
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  const good = await servedBy(app.port, 'app.good');
+  const wrk = load(t, app.port);
+  let n = 1;
+  for (const bad of ['dies', 'sick', 'slow']) {
+    await setCurrent(app, bad);
+    const e = await nth(root, app.name, ++n);
+    assert.equal(e.outcome, 'rolled_back', `${bad}: ${e.reason ?? ''}`);
+    const still = await servedBy(app.port, 'app.good');
+    assert.equal(still.pid, good.pid, `${bad}: the old generation was never touched`);
+  }
+  assertNoErrors(await wrk.stop());
+  await agent.stop();
+});
+
+test('"restart" without held sockets: the release goes live and the journal entry says how long nothing accepted (outageMs)', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'rs', PLAIN, { a: '', b: '' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const agent = startAgent(t, await configFor(root, app, { reload: { strategy: 'restart' } }));
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  const a = await servedBy(app.port, 'app.a');
+  assert.equal(a.fds, 0);
+  await setCurrent(app, 'b');
+  const e = await nth(root, app.name, 2);
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  assert.equal(e.action, 'restart');
+  assert.equal(e.strategy, 'restart');
+  assert.equal(typeof e.outageMs, 'number', JSON.stringify(e));
+  assert.ok((e.outageMs as number) >= 0);
+  assert.notEqual((await servedBy(app.port, 'app.b')).pid, a.pid);
+  await agent.stop();
+});
+
+test('"restart" on held sockets: connections wait in the backlog (queuedMs), none is refused', async (t) => {
+  if (!(await needProgram(t, '/usr/bin/wrk', 'wrk'))) return;
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'rq', PLAIN, { a: 'ready_delay_ms=300\n', b: 'ready_delay_ms=300\n' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const agent = startAgent(t, await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], reload: { strategy: 'restart' } }));
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  await servedBy(app.port, 'app.a');
+  const wrk = load(t, app.port);
+  for (let i = 1; i <= 3; i++) {
+    const r = i % 2 === 1 ? 'b' : 'a';
+    await setCurrent(app, r);
+    const e = await nth(root, app.name, i + 1);
+    assert.equal(e.outcome, 'deployed', e.reason ?? '');
+    assert.equal(typeof e.queuedMs, 'number', JSON.stringify(e));
+    assert.ok((e.queuedMs as number) >= 250, `the new process slept 300 ms before accepting: ${e.queuedMs}`);
+    await servedBy(app.port, `app.${r}`);
+  }
+  const result = await wrk.stop();
+  assert.equal(result.connect, 0, result.text);
+  await agent.stop();
+});
+
+test('health.readiness "notify": a generation is ready once it sends READY=1 to $NOTIFY_SOCKET; one that never does is rolled back (NOT_READY)', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'nt', PLAIN, { a: 'notify=1\n', b: 'notify=1\n', mute: 'notify=1\nnotify_ready=0\n' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const agent = startAgent(t, await configFor(root, app, {
+    sockets: [`127.0.0.1:${app.port}`],
+    health: { readiness: 'notify', url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 0, deadlineMs: 2_000, intervalMs: 50 },
+  }));
+  const first = await nth(root, app.name, 1);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  await setCurrent(app, 'b');
+  const ok = await nth(root, app.name, 2);
+  assert.equal(ok.outcome, 'deployed', ok.reason ?? '');
+  const b = await servedBy(app.port, 'app.b');
+  await setCurrent(app, 'mute');
+  const mute = await nth(root, app.name, 3);
+  assert.equal(mute.outcome, 'rolled_back');
+  assert.equal(mute.code, 'NOT_READY');
+  assert.match(mute.reason ?? '', /did not say READY=1/);
+  assert.equal((await servedBy(app.port, 'app.b')).pid, b.pid, 'the serving generation was never touched');
+  await agent.stop();
+});
+
+test('sockets passed the systemd way survive agent restarts: deploys before and after two restarts of the agent refuse nothing', async (t) => {
+  if (!(await needProgram(t, '/usr/bin/wrk', 'wrk'))) return;
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'sd', PLAIN, { a: '', b: '' });
+  reapMarkedAfter(t, app.dir);
+  // What a socket unit does: the socket outlives every agent.
+  const systemd = new SocketHolder();
+  defer(t, () => systemd.close());
+  assert.deepEqual(await systemd.bind([{ address: `127.0.0.1:${app.port}` }]), []);
+  const listen = { fds: [systemd.get(`127.0.0.1:${app.port}`)!.fd], names: [app.name] };
+  const config = await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`] });
+  await setCurrent(app, 'a');
+  let agent = startAgent(t, config, { listen });
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  await servedBy(app.port, 'app.a');
+  const wrk = load(t, app.port);
+  let n = 1;
+  for (let round = 0; round < 3; round++) {
+    for (const r of ['b', 'a']) {
+      await setCurrent(app, r);
+      const e = await nth(root, app.name, ++n);
+      assert.equal(e.outcome, 'deployed', `round ${round}, ${r}: ${e.reason ?? ''}`);
+      assert.equal(e.action, 'replace', 'the sockets are shared across agents: never a restart');
+      await servedBy(app.port, `app.${r}`);
+    }
+    await agent.stop();
+    agent = startAgent(t, config, { listen });
+    await agent.waitForLog('the app adopted', (l) => l.msg === 'adopted running app');
+  }
+  assertNoErrors(await wrk.stop());
+  await agent.stop();
+});
+
+test('under systemd, a socket in the config that systemd did not pass is an error naming the unit lines to add', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'nosock', PLAIN, { a: '' });
+  reapMarkedAfter(t, app.dir);
+  const systemd = new SocketHolder();
+  defer(t, () => systemd.close());
+  const other = await freePort();
+  assert.deepEqual(await systemd.bind([{ address: `127.0.0.1:${other}` }]), []);
+  await setCurrent(app, 'a');
+  const agent = startAgent(t, await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`] }), { listen: { fds: [systemd.get(`127.0.0.1:${other}`)!.fd], names: [app.name] } });
+  const line = await agent.waitForLog('the missing socket', (l) => l['code'] === 'SOCKET_UNAVAILABLE');
+  assert.match(line.msg, new RegExp(`ListenStream=127\\.0\\.0\\.1:${app.port}`));
+  assert.match(line.msg, /FileDescriptorName=nosock/);
+  assert.match(line.msg, /Service=relink\.service/);
+  const e = await nth(root, app.name, 1);
+  assert.equal(e.code, 'SOCKET_UNAVAILABLE', e.reason ?? '');
+  await agent.stop();
+});
