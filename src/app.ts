@@ -637,7 +637,7 @@ export class AppAgent {
       if (action === 'signal' && this.app.reload.strategy === 'inplace') await this.#assertNoNewMaster(after);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
-      await this.#stopFailed(before);
+      await this.#stopFailed(before, err);
       await this.#rollback(attempt, action, release, before, err);
       return;
     }
@@ -894,14 +894,16 @@ export class AppAgent {
    * nothing is stopped (the master manages its own workers, and the rollback
    * reloads it again).
    */
-  async #stopFailed(before: ProcInfo | undefined): Promise<void> {
+  async #stopFailed(before: ProcInfo | undefined, cause?: RelinkError): Promise<void> {
     const gen = this.#newGen;
     this.#newGen = undefined;
     if (this.#reloading !== undefined) this.#fx.closeGeneration(this.#reloading.gen);
     this.#reloading = undefined;
     if (gen === undefined) return;
     const strategy = this.app.reload.strategy;
-    if (before !== undefined && strategy === 'inplace') return;
+    // In place, the master manages its own workers; but a second master
+    // that the signal started (STRATEGY_MISMATCH) is stopped with its workers.
+    if (before !== undefined && strategy === 'inplace' && cause?.code !== 'STRATEGY_MISMATCH') return;
     // A generation the agent started itself ("socket", "restart") is
     // stopped whatever else runs; one the app started is left when it is
     // all that serves (see above).
@@ -943,10 +945,11 @@ export class AppAgent {
       if (now === undefined) {
         after = await this.#startNew(this.#rollbackBy);
         assertBinary(this.app, after, good);
-      } else if (this.app.reload.strategy !== 'inplace' && this.app.reload.strategy !== 'restart' && before !== undefined && sameProcess(now, before) && runsRelease(this.app, now, good)) {
+      } else if ((this.app.reload.strategy !== 'inplace' || cause.code === 'STRATEGY_MISMATCH') && this.app.reload.strategy !== 'restart' && before !== undefined && sameProcess(now, before) && runsRelease(this.app, now, good)) {
         // The old process never handed over (its successor died or hung, or
-        // the new generation beside it failed): it still runs the good
-        // release with the good config.
+        // the new generation beside it failed, or the signal started a
+        // second master instead of reloading it): it still runs the good
+        // release with the good config. Signalling it again would repeat that.
         after = now;
       } else {
         after = await this.#takeOver(now, this.#rollbackBy);

@@ -310,3 +310,79 @@ test('under systemd, a socket in the config that systemd did not pass is an erro
   assert.equal(e.code, 'SOCKET_UNAVAILABLE', e.reason ?? '');
   await agent.stop();
 });
+
+/** A gunicorn app: a #!/bin/sh wrapper release and one config per release (bind, 2 workers, the release in $RELEASE). */
+async function gunicornApp(root: string, name: string, rs: readonly string[]): Promise<App> {
+  const dir = path.join(root, name);
+  const releasesDir = path.join(dir, 'release');
+  const port = await freePort();
+  await mkdir(releasesDir, { recursive: true });
+  for (const r of rs) {
+    await writeFile(path.join(releasesDir, `app.${r}`), '#!/bin/sh\nexec /usr/bin/gunicorn "$@"\n');
+    await chmod(path.join(releasesDir, `app.${r}`), 0o755);
+    await writeFile(path.join(releasesDir, `cfg.${r}`), [
+      `bind = "127.0.0.1:${port}"`, 'workers = 2', `pythonpath = "${path.join(ROOT, 'test', 'apps')}"`,
+      'wsgi_app = "wsgiapp:application"', `raw_env = ["RELEASE=${r}"]`, 'graceful_timeout = 5', '',
+    ].join('\n'));
+  }
+  return { name, dir, releasesDir, port };
+}
+
+/** The gunicorn masters of `app` running now: processes whose parent is not a gunicorn of the app. */
+async function masters(app: App): Promise<number[]> {
+  const { readdir, readlink: rl, readFile: rf } = await import('node:fs/promises');
+  const mine: Array<{ pid: number; ppid: number }> = [];
+  for (const d of await readdir('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    const cwd = await rl(`/proc/${d}/cwd`).catch(() => '');
+    const cmd = await rf(`/proc/${d}/cmdline`, 'utf8').catch(() => '');
+    if (cwd !== app.dir || !cmd.includes('gunicorn')) continue;
+    const stat = await rf(`/proc/${d}/stat`, 'utf8').catch(() => '');
+    mine.push({ pid: Number(d), ppid: Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) });
+  }
+  return mine.filter((p) => !mine.some((q) => q.pid === p.ppid)).map((p) => p.pid);
+}
+
+test('a signal that starts a new master under "inplace" (gunicorn SIGUSR2) fails naming "upgrade"; the second master is stopped and the first serves on', async (t) => {
+  if (!(await needProgram(t, '/usr/bin/gunicorn', 'gunicorn'))) return;
+  const root = await tmpDir(t);
+  const app = await gunicornApp(root, 'gin', ['1', '2']);
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, '1');
+  const agent = startAgent(t, await configFor(root, app, { command: ['./app.bin', '-c', 'app.cfg'], reload: { strategy: 'inplace', signal: 'SIGUSR2', timeoutMs: 5_000 }, health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 1_500, deadlineMs: 5_000, intervalMs: 100 } }));
+  const first = await nth(root, app.name, 1);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  // A new config only (a new binary is refused under "inplace").
+  await writeFileAtomic(path.join(app.releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': 'app.1', 'cfg.file': 'cfg.2' })}\n`);
+  const e = await nth(root, app.name, 2);
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+  assert.equal(e.code, 'STRATEGY_MISMATCH');
+  assert.match(e.reason ?? '', /a new master \(pid \d+, a child of pid \d+ with workers of its own\) appeared after SIGUSR2.*reload\.strategy "upgrade"/);
+  await waitFor('one gunicorn master left, the first', async () => {
+    const m = await masters(app);
+    return m.length === 1 && m[0] === first.pidAfter ? true : undefined;
+  }, { timeoutMs: 15_000 });
+  await agent.stop();
+});
+
+test('"reexec" on an app whose old master never exits (gunicorn SIGUSR2) fails naming "upgrade"; the new master is stopped and the old one serves on', async (t) => {
+  if (!(await needProgram(t, '/usr/bin/gunicorn', 'gunicorn'))) return;
+  const root = await tmpDir(t);
+  const app = await gunicornApp(root, 'grx', ['1', '2']);
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, '1');
+  const agent = startAgent(t, await configFor(root, app, { reload: { mode: 'reexec', signal: 'SIGUSR2', timeoutMs: 3_000 } }));
+  await agent.waitForLog('the deprecation of reload.mode', (l) => /"reload\.mode" is deprecated: write "reload\.strategy": "reexec"/.test(l.msg));
+  const first = await nth(root, app.name, 1);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  await setCurrent(app, '2');
+  const e = await nth(root, app.name, 2);
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+  assert.equal(e.code, 'HANDOFF_TIMEOUT');
+  assert.match(e.reason ?? '', /reload\.strategy "upgrade"/);
+  await waitFor('one gunicorn master left, the first', async () => {
+    const m = await masters(app);
+    return m.length === 1 && m[0] === first.pidAfter ? true : undefined;
+  }, { timeoutMs: 15_000 });
+  await agent.stop();
+});
