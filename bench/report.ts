@@ -286,8 +286,8 @@ function p99Ratio(c: Cell, control: Cell | undefined): number {
 function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]) => void): void {
   const s = d.settings;
   p('## 2. Zero downtime under load',
-    `For each app, ${s.deploys} deploys in a row (alternating releases 1.0 and 2.0, ${s.pauseMs} ms apart; a slow method stops after ${Math.round(s.capMs / 1000)} s of them once it has done ${s.minDeploys}: ` +
-    'the deploys column says how many) while ' +
+    `For each app, ${s.deploys} deploys in a row (alternating releases 1.0 and 2.0, ${s.pauseMs} ms apart; a peer that is slow to restart stops after ${Math.round(s.capMs / 1000)} s of them once it has done ${s.minDeploys}: ` +
+    'the deploys column says how many; relink always does all of them) while ' +
     `\`wrk -t1 -c${s.connections} --latency -H 'Connection: close'\` loads it on 127.0.0.1: every request is a new connection, so a refused ` +
     'connection counts as a socket error (wrk reports a refused non-blocking connect as a write error). Beside wrk, a prober sends one request every 10 ms ' +
     'and records from the first failure to the next success: the **longest outage** in milliseconds, which does not depend on how fast wrk retries. ' +
