@@ -16,7 +16,7 @@ import { freePort } from '../src/demo/layout.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { SocketHolder } from '../src/sockets.js';
 import { needProgram } from './accounts.js';
-import { defer, reapMarkedAfter, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+import { defer, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 
 const PLAIN = path.join(ROOT, 'test', 'apps', 'plainapp.py');
 const FDAPP = path.join(ROOT, 'test', 'apps', 'fdapp.cjs');
@@ -196,9 +196,13 @@ test('"restart" without held sockets: the release goes live and the journal entr
   const app = await makeApp(root, 'rs', PLAIN, { a: '', b: '' });
   reapMarkedAfter(t, app.dir);
   await setCurrent(app, 'a');
-  const agent = startAgent(t, await configFor(root, app, { reload: { strategy: 'restart' } }));
+  const config = await configFor(root, app, { reload: { strategy: 'restart' } });
+  const agent = startAgent(t, config);
   assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
   const a = await servedBy(app.port, 'app.a');
+  const status = JSON.parse((await relinkCli(['status', '--config', config, '--json'])).stdout) as { apps: Array<{ strategy: string; sockets: string[] }> };
+  assert.deepEqual([status.apps[0]!.strategy, status.apps[0]!.sockets], ['restart', []]);
+  assert.match((await relinkCli(['status', '--config', config])).stdout, /^ {2}strategy +restart$/m);
   assert.equal(a.fds, 0);
   await setCurrent(app, 'b');
   const e = await nth(root, app.name, 2);
