@@ -390,3 +390,30 @@ test('"reexec" on an app whose old master never exits (gunicorn SIGUSR2) fails n
   }, { timeoutMs: 15_000 });
   await agent.stop();
 });
+
+test('"socket": an agent killed while the new generation is being judged; the next agent judges it, and one generation serves', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'kill', PLAIN, { a: '', b: '' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const config = await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 3_000, deadlineMs: 8_000, intervalMs: 100 } });
+  const first = startAgent(t, config);
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  const a = await servedBy(app.port, 'app.a');
+  await setCurrent(app, 'b');
+  // The new generation runs beside the old one, not judged yet (3 s settle time).
+  await waitFor('a second process of the app', async () => {
+    const r = await get(`http://127.0.0.1:${app.port}/`).then((x) => JSON.parse(x.body) as { release: string }, () => undefined);
+    return r?.release === 'app.b' ? true : undefined;
+  }, { timeoutMs: 10_000 });
+  await first.stop('SIGKILL');
+  const next = startAgent(t, config);
+  const e = await nth(root, app.name, 2);
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  assert.equal(e.action, 'replace');
+  await next.waitForLog('the old generation told to stop', (l) => /replaced: SIGTERM to pid/.test(l.msg));
+  await waitFor('the old process to exit', async () => (await import('node:fs/promises')).access(`/proc/${a.pid}`).then(() => undefined, () => true), { timeoutMs: 15_000 });
+  const b = await servedBy(app.port, 'app.b');
+  for (let i = 0; i < 10; i++) assert.equal((await servedBy(app.port, 'app.b')).pid, b.pid, 'one generation serves');
+  await next.stop();
+});
