@@ -417,3 +417,31 @@ test('"socket": an agent killed while the new generation is being judged; the ne
   for (let i = 0; i < 10; i++) assert.equal((await servedBy(app.port, 'app.b')).pid, b.pid, 'one generation serves');
   await next.stop();
 });
+
+test('"socket", agent started by hand and restarted: the next agent finds the address held by the app, restarts it once (outageMs), and holds the sockets from then on', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'hand', PLAIN, { a: '', b: '' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const config = await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`] });
+  const first = startAgent(t, config);
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  const a = await servedBy(app.port, 'app.a');
+  assert.equal(await first.stop(), 0);
+  assert.equal((await servedBy(app.port, 'app.a')).pid, a.pid, 'the app serves on while no agent runs');
+  const next = startAgent(t, config);
+  const busy = await next.waitForLog('the address taken', (l) => l['code'] === 'SOCKET_UNAVAILABLE');
+  assert.match(busy.msg, /EADDRINUSE.*its next deploy restarts it once/);
+  await setCurrent(app, 'b');
+  const e = await nth(root, app.name, 2);
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  assert.equal(e.action, 'replace');
+  assert.equal(typeof e.outageMs, 'number', 'the gap is measured and journaled');
+  await servedBy(app.port, 'app.b');
+  await setCurrent(app, 'a');
+  const again = await nth(root, app.name, 3);
+  assert.equal(again.outcome, 'deployed', again.reason ?? '');
+  assert.equal(again.outageMs, undefined, 'held now: shared, no restart');
+  await servedBy(app.port, 'app.a');
+  await next.stop();
+});
