@@ -706,7 +706,7 @@ export class AppAgent {
       }
       const plan = recoveryPlan(inf, found, this.#fx.lineage()?.serving ?? 0, this.app.reload.mode);
       this.#log.info({ plan: plan.kind, appPid: plan.kind === 'start' ? undefined : plan.proc.pid }, `recovering the deploy: ${plan.kind === 'judge' ? 'judging what runs it' : plan.kind === 'signal' ? 'signalling the main process' : 'starting the app'}`);
-      await this.#judge(attempt, release, before ?? found.main, plan.kind === 'start' ? 'start' : 'signal', async () => {
+      await this.#judge(attempt, release, before ?? found.main, plan.kind === 'start' ? 'start' : ACTIONS[this.app.reload.strategy], async () => {
         if (plan.kind === 'judge') return plan.proc;
         if (plan.kind === 'signal') return this.#takeOver(plan.proc, this.#verifyBy);
         return this.#startNew(this.#verifyBy);
@@ -736,6 +736,9 @@ export class AppAgent {
     const launched = await this.#fx.launch({ serve });
     // The new generation, stopped if it fails verification.
     this.#newGen = launched.gen;
+    // Known on disk before it is waited for: an agent killed now leaves the
+    // next one able to judge it (or stop it), never an unknown copy serving.
+    if (!serve) await this.#saveState();
     let exited: string | undefined;
     void launched.exited.then(({ code, signal }) => {
       exited = signal !== null ? `killed by ${signal}` : `exit code ${code ?? '?'}`;

@@ -16,7 +16,7 @@ import { freePort } from '../src/demo/layout.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { SocketHolder } from '../src/sockets.js';
 import { needProgram } from './accounts.js';
-import { defer, reapMarkedAfter, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+import { defer, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 
 const PLAIN = path.join(ROOT, 'test', 'apps', 'plainapp.py');
 const FDAPP = path.join(ROOT, 'test', 'apps', 'fdapp.cjs');
@@ -196,9 +196,13 @@ test('"restart" without held sockets: the release goes live and the journal entr
   const app = await makeApp(root, 'rs', PLAIN, { a: '', b: '' });
   reapMarkedAfter(t, app.dir);
   await setCurrent(app, 'a');
-  const agent = startAgent(t, await configFor(root, app, { reload: { strategy: 'restart' } }));
+  const config = await configFor(root, app, { reload: { strategy: 'restart' } });
+  const agent = startAgent(t, config);
   assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
   const a = await servedBy(app.port, 'app.a');
+  const status = JSON.parse((await relinkCli(['status', '--config', config, '--json'])).stdout) as { apps: Array<{ strategy: string; sockets: string[] }> };
+  assert.deepEqual([status.apps[0]!.strategy, status.apps[0]!.sockets], ['restart', []]);
+  assert.match((await relinkCli(['status', '--config', config])).stdout, /^ {2}strategy +restart$/m);
   assert.equal(a.fds, 0);
   await setCurrent(app, 'b');
   const e = await nth(root, app.name, 2);
@@ -385,4 +389,59 @@ test('"reexec" on an app whose old master never exits (gunicorn SIGUSR2) fails n
     return m.length === 1 && m[0] === first.pidAfter ? true : undefined;
   }, { timeoutMs: 15_000 });
   await agent.stop();
+});
+
+test('"socket": an agent killed while the new generation is being judged; the next agent judges it, and one generation serves', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'kill', PLAIN, { a: '', b: '' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const config = await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 3_000, deadlineMs: 8_000, intervalMs: 100 } });
+  const first = startAgent(t, config);
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  const a = await servedBy(app.port, 'app.a');
+  await setCurrent(app, 'b');
+  // The new generation runs beside the old one, not judged yet (3 s settle time).
+  await waitFor('a second process of the app', async () => {
+    const r = await get(`http://127.0.0.1:${app.port}/`).then((x) => JSON.parse(x.body) as { release: string }, () => undefined);
+    return r?.release === 'app.b' ? true : undefined;
+  }, { timeoutMs: 10_000 });
+  await first.stop('SIGKILL');
+  const next = startAgent(t, config);
+  const e = await nth(root, app.name, 2);
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  assert.equal(e.action, 'replace');
+  await next.waitForLog('the old generation told to stop', (l) => /replaced: SIGTERM to pid/.test(l.msg));
+  await waitFor('the old process to exit', async () => (await import('node:fs/promises')).access(`/proc/${a.pid}`).then(() => undefined, () => true), { timeoutMs: 15_000 });
+  const b = await servedBy(app.port, 'app.b');
+  for (let i = 0; i < 10; i++) assert.equal((await servedBy(app.port, 'app.b')).pid, b.pid, 'one generation serves');
+  await next.stop();
+});
+
+test('"socket", agent started by hand and restarted: the next agent finds the address held by the app, restarts it once (outageMs), and holds the sockets from then on', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'hand', PLAIN, { a: '', b: '' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const config = await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`] });
+  const first = startAgent(t, config);
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  const a = await servedBy(app.port, 'app.a');
+  assert.equal(await first.stop(), 0);
+  assert.equal((await servedBy(app.port, 'app.a')).pid, a.pid, 'the app serves on while no agent runs');
+  const next = startAgent(t, config);
+  const busy = await next.waitForLog('the address taken', (l) => l['code'] === 'SOCKET_UNAVAILABLE');
+  assert.match(busy.msg, /EADDRINUSE.*its next deploy restarts it once/);
+  await setCurrent(app, 'b');
+  const e = await nth(root, app.name, 2);
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  assert.equal(e.action, 'replace');
+  assert.equal(typeof e.outageMs, 'number', 'the gap is measured and journaled');
+  await servedBy(app.port, 'app.b');
+  await setCurrent(app, 'a');
+  const again = await nth(root, app.name, 3);
+  assert.equal(again.outcome, 'deployed', again.reason ?? '');
+  assert.equal(again.outageMs, undefined, 'held now: shared, no restart');
+  await servedBy(app.port, 'app.a');
+  await next.stop();
 });

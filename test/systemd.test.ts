@@ -41,7 +41,12 @@ async function verify(...files: string[]): Promise<{ code: number; output: strin
     (ok) => ({ code: 0, output: ok.stdout + ok.stderr }),
     (err: { code: number; stdout: string; stderr: string }) => ({ code: err.code, output: err.stdout + err.stderr }),
   );
-  return r;
+  // verify loads every unit installed on the host to resolve dependencies,
+  // and says so about the host's own broken ones (Debian's unicorn.service:
+  // "Invalid environment assignment"): those lines are not about ours.
+  const hosts = /^\/(?:usr\/)?lib\/systemd\/system\/|^\/etc\/systemd\/system\//;
+  const output = r.output.split('\n').filter((l) => !hosts.test(l) || files.some((f) => l.startsWith(f))).join('\n');
+  return { code: r.code, output };
 }
 
 test('systemd-analyze verify accepts the unit without a single warning', async (t) => {

@@ -35,7 +35,7 @@ absent, with a warning naming it.
 Options:
   --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
   --app NAME      only this app
-  --json          {"agent": {...} | null, "apps": [{"name", "state", "pid", "since", "bin", "cfg", "generations", "user", "limits", "warnings", ...}]}
+  --json          {"agent": {...} | null, "apps": [{"name", "state", "pid", "since", "bin", "cfg", "strategy", "sockets", "generations", "user", "limits", "warnings", ...}]}
   -h, --help      this text
 
 Exit codes: 0 every app shown is running, 1 one is not (or the config is bad), 2 usage error.
@@ -64,6 +64,10 @@ export interface AppStatus {
   /** Processes running the app's binaries as another user: never adopted, never signalled. */
   readonly foreign: ReadonlyArray<{ readonly pid: number; readonly uid: number; readonly exe: string }>;
   readonly warnings: readonly string[];
+  /** How the app takes a new release (reload.strategy). */
+  readonly strategy: string;
+  /** The listen addresses the agent holds for it ("sockets"), in fd order. */
+  readonly sockets: readonly string[];
   /** The serving generation and the older ones still draining, each with its live processes. */
   readonly generations: readonly GenerationStatus[];
 }
@@ -120,7 +124,7 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
   const foreign = (discovery.foreign ?? []).map((p) => ({ pid: p.pid, uid: p.uid, exe: p.exe }));
   const warnings: string[] = [...damaged, ...foreign.map((p) => `pid ${p.pid} runs ${p.exe} as uid ${p.uid}, not as the app's user: left alone`)];
   if (proc !== undefined && links.bin !== undefined && proc.exe !== '' && proc.exe !== links.bin && proc.exe.startsWith(path.dirname(links.bin) + path.sep) && app.reload.mode === 'inplace') {
-    warnings.push(`pid ${proc.pid} runs ${proc.exe}, not the linked ${links.bin}: an in-place reload ("reload.mode": "inplace") reloads the config only; the new binary runs once the app is restarted`);
+    warnings.push(`pid ${proc.pid} runs ${proc.exe}, not the linked ${links.bin}: an in-place reload (reload.strategy "inplace") reloads the config only; the new binary runs once the app is restarted`);
   }
   if (proc?.deleted === true) warnings.push(`pid ${proc.pid} runs ${proc.exe}, which was replaced or deleted on disk after it started`);
   const limits = proc === undefined ? null : await limitStatus(app, proc.pid, warnings);
@@ -169,6 +173,8 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     limits,
     foreign,
     warnings,
+    strategy: app.reload.strategy,
+    sockets: app.sockets,
     generations,
   };
 }
@@ -204,6 +210,7 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
       ['  cfg', a.cfg ?? '(no link)'],
     ];
     if (a.exe !== null && (a.exe !== a.bin || a.exeDeleted)) rows.push(['  running', `${a.exe}${a.exeDeleted ? ' (deleted on disk)' : ''}`]);
+    rows.push(['  strategy', `${a.strategy}${a.sockets.length > 0 ? `, sockets ${a.sockets.join(' ')}` : ''}`]);
     for (const g of a.generations) {
       const what = g.role === 'serving' ? 'serving' : `draining${g.drainingSince === null ? '' : ` since ${g.drainingSince}`}`;
       const procs = g.processes.map((p) => `${p.pid}${p.main ? ' (main)' : ''} started ${p.startedAt}${p.deleted ? ' (deleted on disk)' : ''}`);
