@@ -355,7 +355,9 @@ function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]
       `${judged.length > 0 && within.length === judged.length ? met(true) : met(false)} - ${within.length} of ${judged.length} within it. ` +
       strat.map((c) => `${name(c)}: ${ratio(q(c), 1)}`).join('; ') + '. ' +
       'On this 2-core machine the new release starting (a Python interpreter, gunicorn\'s master and workers) competes for the CPU with the one serving and with wrk; ' +
-      'a connection that waits in a held socket\'s backlog while nothing accepts is answered late rather than refused, and its wait is in the latency.');
+      'a connection that waits in a held socket\'s backlog while nothing accepts is answered late rather than refused, and its wait is in the latency ' +
+      '(wrk gives up after 2 s: a longer wait is a timeout in the failed column). The ratio covers answered requests only: a row that refuses connections during ' +
+      'its gap (stop + start, PM2, supervisord) has no late answers to show, its gap is in the failed column instead, so its p99 can look as good as the control\'s.');
     const restarts = d.cells.filter((c) => c.agentQueuedMs !== undefined || c.agentOutageMs !== undefined);
     if (restarts.length > 0) {
       p('What the agent journaled for its "restart" deploys: ' + restarts.map((c) => `${name(c)}: ` +
