@@ -265,7 +265,7 @@ async function relinkManager(ctx: Context, spec: AppSpec, method: Method, app: A
   let n = 1;
   return {
     async deploy(r) {
-      await writeCurrent(app, r);
+      await writeCurrent(app, r, spec.fixedBin);
       n += 1;
       const o = await agent.outcome(n, 30_000);
       if (o.outcome !== 'deployed') throw new Error(`deploy of ${r} was ${o.outcome}: ${o.reason ?? ''}`);
@@ -293,7 +293,7 @@ async function direct(ctx: Context, spec: AppSpec, app: AppLayout): Promise<Mana
   await waitFor(`${spec.kind} to listen`, () => accepts(app.port), 20_000, 5);
   return {
     async deploy(r) {
-      await switchLinks(app, r);
+      await switchLinks(app, r, spec.fixedBin);
       await stopChild(child, spec.stopSignal, 15_000);
       child = await start();
       await waitFor(`${spec.kind} to listen again`, () => accepts(app.port), 20_000, 2);
@@ -318,7 +318,7 @@ async function pm2Manager(ctx: Context, spec: AppSpec, app: AppLayout, dir: stri
   await pm2('start', eco);
   return {
     async deploy(r) {
-      await switchLinks(app, r);
+      await switchLinks(app, r, spec.fixedBin);
       await pm2('reload', app.name);
     },
     async close() {
@@ -363,7 +363,7 @@ stdout_logfile=${app.dir}/app.log
   };
   return {
     async deploy(r) {
-      await switchLinks(app, r);
+      await switchLinks(app, r, spec.fixedBin);
       await ctl('restart', app.name);
     },
     async close() {
@@ -404,7 +404,7 @@ async function socketActivated(ctx: Context, spec: AppSpec, app: AppLayout): Pro
   let n = 1;
   return {
     async deploy(r) {
-      await switchLinks(app, r);
+      await switchLinks(app, r, spec.fixedBin);
       holder.stdin!.write('restart\n');
       n += 1;
       await started(n);

@@ -143,7 +143,7 @@ async function oneAgent(ctx: Context, stamp: string, s: Setting, i: number): Pro
       dir: app.dir,
       // The stamp app keeps its PID on SIGHUP (like nginx), so the agent's
       // verdict is immediate and the next deploy is not held up by a handoff.
-      reload: { mode: 'inplace' },
+      reload: { strategy: 'inplace' },
       health: { settleMs: 0 },
     }],
   });
@@ -241,7 +241,8 @@ async function oneAgent(ctx: Context, stamp: string, s: Setting, i: number): Pro
 
 /** Write current.conf now; returns the monotonic time taken just before the final system call. */
 function writeNow(app: AppLayout, r: string, kind: WriteKind): number {
-  const text = currentText(r);
+  // The stamp app reloads in place: a release changes its config only (the agent refuses a new bin.file under "inplace").
+  const text = currentText(r, '1.0');
   if (kind === 'rename') {
     const tmp = path.join(app.releasesDir, '.current.conf.bench');
     writeFileSync(tmp, text);

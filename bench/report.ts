@@ -199,7 +199,7 @@ function reactionSection(rr: ReactionResult, chartDir: string, p: (...l: string[
     '`CLOCK_MONOTONIC` and appends it to a file (both async-signal-safe), so the end is taken when the kernel delivers the signal. The start is ' +
     "`process.hrtime` (the same clock) read just before the bench's `rename()` (what `mv` and `relink deploy` do) or `writeFile()` (truncate + write, " +
     "what `>` and many editors do). The two kinds alternate. After each deploy the bench waits for the agent's verdict, then " +
-    "250 ms (*spaced*, as an operator deploys) or 10 ms (*back to back*) before the next, so no two deploys coalesce. The app reloads in place (`reload.mode: \"inplace\"`, `health.settleMs: 0`), so the agent's verdict comes at once. The agent is the real " +
+    "250 ms (*spaced*, as an operator deploys) or 10 ms (*back to back*) before the next, so no two deploys coalesce. The app reloads in place (`reload.strategy: \"inplace\"`, `health.settleMs: 0`; a release changes its config only, as the agent refuses a new binary under \"inplace\"), so the agent's verdict comes at once. The agent is the real " +
     'process, with its default config except for the settings named in each row.');
   const lines = [row(['agent settings', 'deploys', 'write', 'n', 'min', 'p50', 'p90', 'p99', 'max', 'no signal', 'refused on the way', 'applied by the 5 s re-check', 'edit to verdict p50']), sep(13)];
   for (const v of rr.variants) {

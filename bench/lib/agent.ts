@@ -127,20 +127,26 @@ export async function makeLayout(dir: string, name: string, port: number, binary
   return { name, dir, releasesDir, currentFile: path.join(releasesDir, 'current.conf'), port };
 }
 
-export function currentText(r: string): string {
-  return `${JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` })}\n`;
+/**
+ * current.conf for release `r`; `bin` names the release whose binary it
+ * runs (default `r`). An app reloaded in place keeps its executable, and the
+ * agent refuses a new bin.file under "inplace" (issue 11): its releases
+ * change the config only, so `bin` stays "1.0" for it.
+ */
+export function currentText(r: string, bin = r): string {
+  return `${JSON.stringify({ 'bin.file': `app.${bin}`, 'cfg.file': `cfg.${r}` })}\n`;
 }
 
 /** current.conf the way `mv` after an upload writes it: a temp file renamed over. */
-export async function writeCurrent(app: AppLayout, r: string): Promise<void> {
+export async function writeCurrent(app: AppLayout, r: string, bin = r): Promise<void> {
   const tmp = path.join(app.releasesDir, `.current.conf.bench-${process.pid}`);
-  await writeFile(tmp, currentText(r));
+  await writeFile(tmp, currentText(r, bin));
   await rename(tmp, app.currentFile);
 }
 
 /** Point app.bin and app.cfg at release `r` by hand (for the peers, which know no current.conf): temp link + rename. */
-export async function switchLinks(app: AppLayout, r: string): Promise<void> {
-  for (const [link, target] of [['app.cfg', `release/cfg.${r}`], ['app.bin', `release/app.${r}`]] as const) {
+export async function switchLinks(app: AppLayout, r: string, bin = r): Promise<void> {
+  for (const [link, target] of [['app.cfg', `release/cfg.${r}`], ['app.bin', `release/app.${bin}`]] as const) {
     const tmp = path.join(app.dir, `.${link}.bench-${process.pid}`);
     await symlink(target, tmp);
     await rename(tmp, path.join(app.dir, link));

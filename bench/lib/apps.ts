@@ -32,6 +32,8 @@ export interface AppSpec {
   readonly label: string;
   /** `reload.strategy` of the "relink (SIGHUP)" row; absent: the app has no reload of its own. */
   readonly mode?: 'reexec' | 'inplace';
+  /** The release every deploy runs the binary of, when releases change the config only (an app reloaded in place). */
+  readonly fixedBin?: string;
   /** What a stop+start (and supervisord, PM2, the socket holder) sends to stop it gracefully. */
   readonly stopSignal: NodeJS.Signals;
   /** argv run in the app's folder (the links are relative to it). */
@@ -96,6 +98,8 @@ http {
       kind: 'nginx',
       label: APP_LABELS.nginx,
       mode: 'inplace',
+      // A reload keeps the master's executable: releases differ in nginx.conf only.
+      fixedBin: '1.0',
       // nginx: TERM is a fast shutdown that cuts connections; QUIT is the graceful one.
       stopSignal: 'SIGQUIT',
       command: (app) => ['./app.bin', '-p', `${app.dir}/`, '-e', path.join(app.dir, 'error.log'), '-c', path.join(app.dir, 'app.cfg')],
