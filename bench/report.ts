@@ -610,7 +610,7 @@ function skippedSection(r: Results, p: (...l: string[]) => void): void {
 
 function howSection(p: (...l: string[]) => void): void {
   p('## Running it',
-    '```sh\nnpm run bench              # everything, about 10 minutes; rewrites BENCHMARKS.md and bench/results/\n' +
+    '```sh\nnpm run bench              # everything, about 20 minutes; rewrites BENCHMARKS.md and bench/results/\n' +
     'npm run bench -- --quick   # a smoke run in about 3 minutes; writes to a temp folder\n' +
     'npm run bench -- --only reaction,verdict --out /tmp/b   # some sections\n' +
     'npm run bench -- --only journal   # section 5 alone, about 5 minutes\n' +
