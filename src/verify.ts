@@ -70,6 +70,9 @@ export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exite
  */
 export const SUCCESSOR_GRACE_MS = 500;
 
+/** Under "upgrade", how long without a new master before reload.signal is sent again (ms). */
+const UPGRADE_RESEND_MS = 1_500;
+
 /** How often awaitHandoff scans the process table for the successor (ms); the old main is re-checked every POLL_MS. */
 const SCAN_MS = 100;
 
@@ -101,6 +104,10 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
   let nextScan = fx.now();
   /** A successor found while the old main still listens beside it (not handed over yet). */
   let waiting: ProcInfo | undefined;
+  /** The old main's children of older generations (its workers) at the last scan. */
+  let oldKids = new Set<number>();
+  /** Under "upgrade": when the signal is sent again if no new master appeared (see below). */
+  let resendAt = fx.now() + UPGRADE_RESEND_MS;
   for (;;) {
     const same = await fx.verify(old);
     // Some apps execve() themselves in place: same PID, and a new binary or
@@ -110,12 +117,20 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
     }
     if (same?.childFaults !== undefined && reaped !== undefined && same.childFaults > reaped) {
       reaped = same.childFaults;
-      orphanedAt ??= fx.now();
-      nextScan = fx.now();
+      // A child of the old main ended. A worker of the old generation that
+      // was seen before (haproxy's, after its master re-executed itself) is
+      // not a successor that died: only a child not accounted for that way is.
+      const alive = new Set((await fx.discover(old)).all.map((p) => p.pid));
+      const oldWorkerLeft = [...oldKids].some((pid) => !alive.has(pid));
+      if (!oldWorkerLeft) {
+        orphanedAt ??= fx.now();
+        nextScan = fx.now();
+      }
     }
     if (same === undefined || fx.now() >= nextScan) {
       nextScan = fx.now() + SCAN_MS;
       const found = await fx.discover(old);
+      oldKids = new Set(found.all.filter((p) => p.ppid === old.pid && (p.gen ?? 0) < gen).map((p) => p.pid));
       const zombie = found.zombies?.find((z) => z.gen === gen);
       if (zombie !== undefined) {
         throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${zombie.pid}, started by pid ${old.pid} after ${signal}) died and was left unreaped (a zombie); pid ${old.pid} still serves the old release (see ${app.logFile})`,
@@ -132,6 +147,14 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
       else if (waiting !== undefined) {
         throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${waiting.pid}) exited before pid ${old.pid} handed over to it; pid ${old.pid} still serves the old release (see ${app.logFile})`,
           { file: app.logFile, key: 'bin.file', rule: 'the successor must start and take over', found: `pid ${waiting.pid} exited` });
+      }
+      // A master that was itself started by an upgrade ignores the signal
+      // until it has noticed that its parent exited (gunicorn checks about
+      // once a second: "USR2 signal ignored. Parent exists."). Sent again
+      // while no new master runs; one that has started one ignores it too.
+      if (!handover && successor === undefined && waiting === undefined && orphanedAt === undefined && same !== undefined && fx.now() >= resendAt) {
+        resendAt = fx.now() + UPGRADE_RESEND_MS;
+        fx.signal(old.pid, signal);
       }
       if (same === undefined) {
         throw new RelinkError('STRATEGY_MISMATCH', `pid ${old.pid} exited after ${signal} and no successor runs: the app does not restart itself on ${signal} (reload.strategy "${app.reload.strategy}"). An app without graceful-restart code deploys with reload.strategy "socket" (and "sockets": the agent holds its listening socket) or "restart"; or set reload.signal to the one its graceful restart uses (grace: SIGUSR2) (see ${app.logFile})`,

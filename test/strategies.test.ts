@@ -435,7 +435,7 @@ test('"socket", agent started by hand and restarted: the next agent finds the ad
   await setCurrent(app, 'b');
   const e = await nth(root, app.name, 2);
   assert.equal(e.outcome, 'deployed', e.reason ?? '');
-  assert.equal(e.action, 'replace');
+  assert.equal(e.action, 'restart', 'journaled as what it was: a restart');
   assert.equal(typeof e.outageMs, 'number', 'the gap is measured and journaled');
   await servedBy(app.port, 'app.b');
   await setCurrent(app, 'a');
