@@ -35,7 +35,7 @@ import { TokenBucket } from './throttle.js';
 import { ProcessTracker } from './tracker.js';
 import { Generations } from './generations.js';
 import { inflightFor, journaled, newestRoot, recoveredAttempt, recoveryPlan } from './inflight.js';
-import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, runsRelease, type StopBy } from './verify.js';
+import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, IN_PLACE_FOUND, runsRelease, type StopBy } from './verify.js';
 
 /**
  * A pass asked for on the first file event, before the watcher's quiet
@@ -947,6 +947,9 @@ export class AppAgent {
     // In place, the master manages its own workers; but a second master
     // that the signal started (STRATEGY_MISMATCH) is stopped with its workers.
     if (before !== undefined && strategy === 'inplace' && cause?.code !== 'STRATEGY_MISMATCH') return;
+    // An app that reloaded in place when a successor was expected: its new
+    // workers are its master's, not a failed generation.
+    if (before !== undefined && cause?.found === IN_PLACE_FOUND) return;
     // A generation the agent started itself ("socket", "restart") is
     // stopped whatever else runs; one the app started is left when it is
     // all that serves (see above).
@@ -988,6 +991,13 @@ export class AppAgent {
       if (now === undefined) {
         after = await this.#startNew(this.#rollbackBy);
         assertBinary(this.app, after, good);
+      } else if (cause.found === IN_PLACE_FOUND && before !== undefined && sameProcess(now, before)) {
+        // It reloaded the failed release's config in place: the same signal,
+        // with the links back, reloads the good one the same way.
+        const gen = this.#fx.openGeneration(now);
+        this.#fx.signal(now.pid, this.app.reload.signal);
+        this.#fx.closeGeneration(gen);
+        after = await confirmInPlace(this.#fx, this.app, now);
       } else if ((this.app.reload.strategy !== 'inplace' || cause.code === 'STRATEGY_MISMATCH') && this.app.reload.strategy !== 'restart' && before !== undefined && sameProcess(now, before) && runsRelease(this.app, now, good)) {
         // The old process never handed over (its successor died or hung, or
         // the new generation beside it failed, or the signal started a

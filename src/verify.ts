@@ -70,6 +70,9 @@ export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exite
  */
 export const SUCCESSOR_GRACE_MS = 500;
 
+/** The `found` of a STRATEGY_MISMATCH for an app that reloaded in place when a successor was expected: its rollback reloads it in place too. */
+export const IN_PLACE_FOUND = 'reloaded in place';
+
 /** Under "upgrade", how long without a new master before reload.signal is sent again (ms). */
 const UPGRADE_RESEND_MS = 1_500;
 
@@ -106,6 +109,10 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
   let waiting: ProcInfo | undefined;
   /** The old main's children of older generations (its workers) at the last scan. */
   let oldKids = new Set<number>();
+  /** An old worker of the old main exited after the signal (in-place reloaders replace theirs). */
+  let workersReplaced = false;
+  /** The last scan's processes. */
+  let last: readonly ProcInfo[] = [];
   /** Under "upgrade": when the signal is sent again if no new master appeared (see below). */
   let resendAt = fx.now() + UPGRADE_RESEND_MS;
   for (;;) {
@@ -122,6 +129,7 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
       // not a successor that died: only a child not accounted for that way is.
       const alive = new Set((await fx.discover(old)).all.map((p) => p.pid));
       const oldWorkerLeft = [...oldKids].some((pid) => !alive.has(pid));
+      if (oldWorkerLeft) workersReplaced = true;
       if (!oldWorkerLeft) {
         orphanedAt ??= fx.now();
         nextScan = fx.now();
@@ -130,7 +138,10 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
     if (same === undefined || fx.now() >= nextScan) {
       nextScan = fx.now() + SCAN_MS;
       const found = await fx.discover(old);
-      oldKids = new Set(found.all.filter((p) => p.ppid === old.pid && (p.gen ?? 0) < gen).map((p) => p.pid));
+      const kidsNow = new Set(found.all.filter((p) => p.ppid === old.pid && (p.gen ?? 0) < gen).map((p) => p.pid));
+      if ([...oldKids].some((pid) => !kidsNow.has(pid))) workersReplaced = true;
+      oldKids = kidsNow;
+      last = found.all;
       const zombie = found.zombies?.find((z) => z.gen === gen);
       if (zombie !== undefined) {
         throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${zombie.pid}, started by pid ${old.pid} after ${signal}) died and was left unreaped (a zombie); pid ${old.pid} still serves the old release (see ${app.logFile})`,
@@ -168,6 +179,13 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
     const stop = stopping(fx, stopBy, `pid ${old.pid} handed over`);
     if (stop !== undefined) throw stop;
     if (fx.now() >= deadline) {
+      // New workers of the same master, its old ones gone, and the master
+      // listening on: it reloaded in place (gunicorn and nginx on SIGHUP).
+      const newKids = last.filter((p) => p.ppid === old.pid && p.gen === gen);
+      if (workersReplaced && newKids.length > 0 && !newKids.some((k) => last.some((p) => p.ppid === k.pid))) {
+        throw new RelinkError('STRATEGY_MISMATCH', `pid ${old.pid} reloaded in place on ${signal} (it replaced its workers and kept running): reload.strategy "${app.reload.strategy}" waits for a successor that takes over. Use reload.strategy "inplace" for config changes, or "upgrade" (gunicorn, unicorn: SIGUSR2) or "socket" to change binaries`,
+          { key: 'reload.strategy', rule: 'the app must start a successor that takes over', found: IN_PLACE_FOUND });
+      }
       if (waiting !== undefined) {
         throw new RelinkError('HANDOFF_TIMEOUT', `pid ${old.pid} still listens on the socket it shares with its successor (pid ${waiting.pid}) ${timeoutMs} ms after ${signal}: the successor never became ready, or the old process does not stop listening when it hands over (a new master that waits to be told to stop, as gunicorn, unicorn and nginx start on SIGUSR2, needs reload.strategy "upgrade")`,
           { key: 'reload.timeoutMs', rule: 'the old process must hand over (stop listening) once its successor is ready', found: `pid ${old.pid} still listening` });
