@@ -35,7 +35,7 @@ import { TokenBucket } from './throttle.js';
 import { ProcessTracker } from './tracker.js';
 import { Generations } from './generations.js';
 import { inflightFor, journaled, newestRoot, recoveredAttempt, recoveryPlan } from './inflight.js';
-import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, runsRelease, type StopBy } from './verify.js';
+import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, IN_PLACE_FOUND, runsRelease, type StopBy } from './verify.js';
 
 /**
  * A pass asked for on the first file event, before the watcher's quiet
@@ -160,6 +160,8 @@ export class AppAgent {
   #unsettled: ProcInfo | undefined;
   /** The generation a deploy in flight is bringing up: stopped if it fails. */
   #newGen: number | undefined;
+  /** Under "upgrade": the master the serving one replaced (its parent until it exits). */
+  #replaced: ProcIdentity | undefined;
   /** A restart's gap: when the old generation was gone, and when the new one first accepted a connection (fx.now() ms). */
   #outage: { readonly goneAt: number; acceptedAt?: number; readonly held: boolean } | undefined;
   /** A reload signal sent and not yet judged: the generation it opened and the main it went to. */
@@ -733,6 +735,11 @@ export class AppAgent {
 
   async #startNew(stopBy: StopBy, serve = true): Promise<ProcInfo> {
     await this.#stopLeftovers();
+    // Sockets that could not be held before (a folder made since, a port
+    // freed) are tried again before every start.
+    if (!this.#fx.socketsHeld()) {
+      for (const u of await this.#fx.holdSockets()) this.#log.error({ code: u.error.code }, u.error.message);
+    }
     const launched = await this.#fx.launch({ serve });
     // The new generation, stopped if it fails verification.
     this.#newGen = launched.gen;
@@ -768,7 +775,7 @@ export class AppAgent {
             // Held by the running generation, not by this agent (an agent
             // started by hand before this one bound them): they cannot be
             // shared, so this once the app is restarted, and bound after.
-            this.#log.warn({ appPid: main.pid, addresses: unheld.map((u) => u.address) }, 'the sockets are held by the running generation, not by this agent (an agent started by hand was restarted): this deploy restarts the app once (journal: outageMs); later ones share the held sockets');
+            this.#log.warn({ appPid: main.pid, addresses: unheld.map((u) => u.address) }, 'the sockets are held by the running generation, not by this agent (an agent started by hand was restarted): this deploy restarts the app once (journal: action "restart", outageMs); later ones share the held sockets');
             return this.#restart(main, stopBy);
           }
           if (unheld.length > 0) throw unheld[0]!.error;
@@ -803,13 +810,42 @@ export class AppAgent {
     return started;
   }
 
+  /**
+   * Under "upgrade" the serving master is a child of the one it replaced
+   * until that one has exited and it has been re-parented: gunicorn ("USR2
+   * signal ignored. Parent exists.") and nginx ignore the upgrade signal
+   * until then. So a deploy right after another waits for it, for as long
+   * as the old master may drain (stop.timeoutMs), then kills it (it has had
+   * its stop time).
+   */
+  async #awaitOldMasterGone(main: ProcInfo, stopBy: StopBy): Promise<ProcInfo> {
+    const old = this.#replaced;
+    if (old === undefined) return main;
+    const deadline = this.#fx.now() + this.app.stop.timeoutMs;
+    let killed = false;
+    for (;;) {
+      const cur = await this.#fx.verify(main);
+      if (cur === undefined || this.#fx.parentOf(cur.pid) !== old.pid) {
+        this.#replaced = undefined;
+        return cur ?? main;
+      }
+      if (this.#fx.now() >= Math.min(deadline, stopBy())) {
+        if (killed || this.#fx.now() >= stopBy()) return cur;
+        this.#log.warn({ appPid: old.pid, stopTimeoutMs: this.app.stop.timeoutMs }, `the replaced master (pid ${old.pid}) still runs ${this.app.stop.timeoutMs} ms after ${this.app.stop.signal} (stop.timeoutMs): SIGKILL, so that pid ${main.pid} takes ${this.app.reload.signal}`);
+        this.#fx.signal(old.pid, 'SIGKILL');
+        killed = true;
+      }
+      await this.#fx.sleep(20);
+    }
+  }
+
   /** The journal's figures for a restart's gap: outageMs (nothing held: refused meanwhile) or queuedMs (held: waited in the backlog). */
   #outageExtra(): Extra {
     const o = this.#outage;
     this.#outage = undefined;
     if (o === undefined) return { strategy: this.app.reload.strategy };
     const ms = o.acceptedAt === undefined ? null : Math.max(0, o.acceptedAt - o.goneAt);
-    return { strategy: this.app.reload.strategy, ...(o.held ? { queuedMs: ms } : { outageMs: ms }) };
+    return { strategy: this.app.reload.strategy, action: 'restart', ...(o.held ? { queuedMs: ms } : { outageMs: ms }) };
   }
 
   /**
@@ -840,6 +876,7 @@ export class AppAgent {
   }
 
   async #reload(main: ProcInfo, stopBy: StopBy): Promise<ProcInfo> {
+    if (this.app.reload.strategy === 'upgrade') main = await this.#awaitOldMasterGone(main, stopBy);
     // Read again right before the signal: the handoff check compares the
     // children it has reaped (childFaults) with this moment, not the start
     // of the pass (the preflight may have taken seconds).
@@ -880,7 +917,10 @@ export class AppAgent {
     const strategy = this.app.reload.strategy;
     if ((strategy === 'socket' || strategy === 'upgrade') && previous !== undefined && !sameProcess(previous, after)) {
       const prevGen = previous.gen ?? this.#fx.lineage()?.members.find((m) => sameProcess(m, previous))?.gen;
-      if (prevGen !== undefined && prevGen < gen) this.#generations.stopNow(prevGen, previous, this.app.stop);
+      if (prevGen !== undefined && prevGen < gen) {
+        this.#generations.stopNow(prevGen, previous, this.app.stop);
+        if (strategy === 'upgrade') this.#replaced = previous;
+      }
     }
   }
 
@@ -907,6 +947,9 @@ export class AppAgent {
     // In place, the master manages its own workers; but a second master
     // that the signal started (STRATEGY_MISMATCH) is stopped with its workers.
     if (before !== undefined && strategy === 'inplace' && cause?.code !== 'STRATEGY_MISMATCH') return;
+    // An app that reloaded in place when a successor was expected: its new
+    // workers are its master's, not a failed generation.
+    if (before !== undefined && cause?.found === IN_PLACE_FOUND) return;
     // A generation the agent started itself ("socket", "restart") is
     // stopped whatever else runs; one the app started is left when it is
     // all that serves (see above).
@@ -948,6 +991,13 @@ export class AppAgent {
       if (now === undefined) {
         after = await this.#startNew(this.#rollbackBy);
         assertBinary(this.app, after, good);
+      } else if (cause.found === IN_PLACE_FOUND && before !== undefined && sameProcess(now, before)) {
+        // It reloaded the failed release's config in place: the same signal,
+        // with the links back, reloads the good one the same way.
+        const gen = this.#fx.openGeneration(now);
+        this.#fx.signal(now.pid, this.app.reload.signal);
+        this.#fx.closeGeneration(gen);
+        after = await confirmInPlace(this.#fx, this.app, now);
       } else if ((this.app.reload.strategy !== 'inplace' || cause.code === 'STRATEGY_MISMATCH') && this.app.reload.strategy !== 'restart' && before !== undefined && sameProcess(now, before) && runsRelease(this.app, now, good)) {
         // The old process never handed over (its successor died or hung, or
         // the new generation beside it failed, or the signal started a

@@ -46,7 +46,7 @@ const ReloadSchema = z.strictObject({
   mode: z.enum(['reexec', 'inplace'], { error: 'must be "reexec" or "inplace" (deprecated: use "strategy")' }).optional()
     .meta(about('deprecated alias of `strategy` (`reexec` or `inplace`); said once in the log')),
   timeoutMs: z.int().min(100).max(600_000).default(15_000)
-    .meta(about('how long a start, a re-exec handoff or a new master may take to appear (and, with `readiness: "notify"`, to say READY=1) before the deploy counts as failed')),
+    .meta(about('how long a start, a re-exec handoff or a new master may take to appear before the deploy counts as failed')),
   drainTimeoutMs: z.int().min(0).max(86_400_000).default(60_000)
     .meta(about('how long an older generation that exits by itself (`reexec`, `inplace`) may keep running (draining in-flight requests) after a new one serves; then `stop.signal`, and SIGKILL `stop.timeoutMs` later')),
 }).refine((r) => r.mode === undefined || r.strategy === undefined || r.mode === r.strategy,
@@ -79,7 +79,7 @@ const HealthSchema = z.strictObject({
   probeTimeoutMs: z.int().min(10).max(60_000).default(1_000)
     .meta(about('one probe attempt\'s timeout')),
   readiness: z.enum(['probe', 'notify'], { error: 'must be "probe" (settle time, then the probe) or "notify" (the app says READY=1 through sd_notify, then the probe)' }).default('probe')
-    .meta(about('`probe`: a new generation is ready after `settleMs` and the probe; `notify`: once it sends READY=1 to `$NOTIFY_SOCKET` (sd_notify), then the probe')),
+    .meta(about('`probe`: a new generation is ready after `settleMs` and the probe; `notify`: once it sends READY=1 to `$NOTIFY_SOCKET` (sd_notify) within `deadlineMs`, then the probe')),
   liveness: LivenessSchema.nullable().default(null)
     .meta(about('after a deploy is judged healthy, the probe (`url` or `tcp`, which must be set) keeps running, and an app that fails it `failureThreshold` times in a row is restarted like a crashed one; `null`: off')),
 }).refine((h) => !(h.url !== undefined && h.tcp !== undefined), 'set "url" or "tcp", not both')
@@ -270,7 +270,10 @@ export const ConfigSchema = z.strictObject({
       if (typeof raw !== 'string' || listenAddressProblem(raw) !== undefined) return;
       // Compared as the kernel sees them: "[0:0::1]:80" is "[::1]:80".
       const s = formatListenAddress(parseListenAddress(raw));
-      const prev = held.get(s);
+      // A wildcard address takes its port on every address of its family:
+      // "0.0.0.0:80" and "127.0.0.1:80" cannot both be bound.
+      const overlap = [...held.keys()].find((h) => h !== s && overlaps(h, s));
+      const prev = held.get(s) ?? (overlap === undefined ? undefined : held.get(overlap));
       if (prev !== undefined && prev !== i) ctx.addIssue({ code: 'custom', path: ['apps', i, 'sockets', j], message: `must not be a socket apps[${prev}] holds too (one listen address, one app)` });
       held.set(s, i);
     });
@@ -278,6 +281,18 @@ export const ConfigSchema = z.strictObject({
   // zod skips a refinement after an aborting issue anywhere else (a bad enum,
   // a wrong type); every problem must still be listed at once.
 }, { when: (payload) => payload.value !== null && typeof payload.value === 'object' && !Array.isArray(payload.value) });
+
+/** Two canonical TCP listen addresses on one port where one is the wildcard of the other's family ("0.0.0.0", "[::]"). */
+function overlaps(a: string, b: string): boolean {
+  if (a.startsWith('unix:') || b.startsWith('unix:')) return false;
+  const port = (x: string) => x.slice(x.lastIndexOf(':') + 1);
+  const host = (x: string) => x.slice(0, x.lastIndexOf(':'));
+  if (port(a) !== port(b)) return false;
+  const v6 = (x: string) => host(x).startsWith('[');
+  const wild = (x: string) => host(x) === '0.0.0.0' || host(x) === '[::]';
+  // "[::]" is bound IPv6-only by the agent: it overlaps IPv6 addresses only.
+  return v6(a) === v6(b) && (wild(a) || wild(b));
+}
 
 /**
  * The agent config's JSON Schema (draft-07, which every editor's JSON

@@ -13,7 +13,7 @@ import { newestFirst, type HistoryEntry } from './history.js';
 import { launch, type Launched } from './launch.js';
 import { preflightRelease, type PreflightResult } from './preflight.js';
 import { logSize, logTail } from './logtail.js';
-import { ProcessFinder, readProc, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
+import { ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import type { SocketHolder, Unheld } from './sockets.js';
 import { RelinkError } from './errors.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
@@ -86,6 +86,8 @@ export interface Effects {
   firstAccept(started: ProcInfo, deadlineMs: number): Promise<number | undefined>;
   /** false if the process is already gone */
   signal(pid: number, signal: NodeJS.Signals): boolean;
+  /** The parent PID of `pid` now (/proc/PID/stat, whatever state the process is in: an exiting one too); undefined when gone. */
+  parentOf(pid: number): number | undefined;
   /**
    * One health probe attempt; {ok: true} when no probe is configured. With
    * `judged` (a process of the generation being judged), a connection
@@ -186,6 +188,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     firstAccept: async (_started, deadlineMs) => firstAnswer(app.health.probe, undefined, deadlineMs),
     notifiedReady: (sinceMs, deadlineMs) => (opts.notify === undefined ? Promise.resolve(false) : opts.notify.ready(sinceMs, deadlineMs)),
     signal: sendSignal,
+    parentOf: (pid) => readStat(pid)?.ppid,
     probe: async (judged) => {
       if (app.health.probe === undefined) return { ok: true, detail: 'no probe' };
       if (judged?.gen === undefined) return probeOnce(app.health.probe, app.health.probeTimeoutMs);

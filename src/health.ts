@@ -78,9 +78,13 @@ function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): P
       return inode === undefined ? 'unknown' : acceptor(inode);
     };
     sock.once('connect', () => {
-      // Who accepted it is asked before anything is sent: the server holds
-      // the connection open, waiting for the request (one that answers and
+      // Who accepted it is asked before the request is complete: the server
+      // holds the connection open, waiting for the rest (one that answers and
       // closes at once could otherwise be gone before it is asked about).
+      // The request's first bytes go out at once: a listener with deferred
+      // accept (TCP_DEFER_ACCEPT: unicorn's default, nginx's "deferred")
+      // hands a connection to accept() only once data has arrived.
+      if ('url' in probe) sock.write('GET ');
       let waitMs = 2;
       const look = async (): Promise<void> => {
         const who = await whose();
@@ -108,7 +112,7 @@ function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): P
         else if (head.includes('\r\n') || head.length > 1024) done({ ok: false, detail: 'not an HTTP answer' });
       });
       sock.once('end', () => done({ ok: false, detail: 'closed without an answer' }));
-      sock.write(`GET ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\nConnection: close\r\nUser-Agent: relink-health\r\n\r\n`);
+      sock.write(`${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\nConnection: close\r\nUser-Agent: relink-health\r\n\r\n`);
     };
   });
 }

@@ -34,6 +34,8 @@ export type ReadAttempt = Attempt & { readonly snapshot: CurrentSnapshot };
 
 export interface Extra {
   readonly strategy?: string;
+  /** What the deploy turned out to do, when not what was planned (a "socket" deploy that had to restart the app once). */
+  readonly action?: Action;
   readonly outageMs?: number | null;
   readonly queuedMs?: number | null;
   readonly rolledBackTo?: Release | null;
@@ -61,7 +63,7 @@ export function entryFor(
     time: new Date(now).toISOString(),
     app,
     outcome,
-    action,
+    action: extra.action ?? action,
     from: { bin: attempt.from.bin ?? null, cfg: attempt.from.cfg ?? null },
     to: { bin: release?.bin ?? null, cfg: release?.cfg ?? null },
     reason: err === undefined ? null : cut(problems.map((p) => p.message).join('; '), MAX_REASON_CHARS),

@@ -19,7 +19,8 @@
  *   running generation keeps serving on its own, and the next agent finds
  *   the address taken by it (see `busy`).
  */
-import { lstatSync, unlinkSync } from 'node:fs';
+import { existsSync, lstatSync, unlinkSync } from 'node:fs';
+import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { RelinkError } from './errors.js';
 
@@ -156,8 +157,23 @@ export class SocketHolder {
    * EADDRINUSE, EACCES, a missing folder), each a SOCKET_UNAVAILABLE error.
    */
   async bind(requests: readonly BindRequest[], unixListening: (path: string) => boolean = () => false): Promise<Unheld[]> {
-    const todo = requests.filter((r) => !this.#held.has(r.address));
-    if (todo.length === 0) return [];
+    const missing: Unheld[] = [];
+    const todo = requests.filter((r) => {
+      if (this.#held.has(r.address)) return false;
+      const where = splitAddress(r.address);
+      // bind() says EACCES for a path whose folder does not exist: say what it is.
+      if ('path' in where && !existsSync(path.dirname(where.path))) {
+        missing.push({
+          address: r.address,
+          busy: false,
+          error: new RelinkError('SOCKET_UNAVAILABLE', `cannot listen on ${r.address}: the folder ${path.dirname(where.path)} does not exist (create it, owned by root or the app's user; tried again before every start)`,
+            { key: 'sockets', rule: 'a unix socket\'s folder must exist', found: `no folder ${path.dirname(where.path)}` }),
+        });
+        return false;
+      }
+      return true;
+    });
+    if (todo.length === 0) return missing;
     const payload = todo.map((r) => {
       const where = splitAddress(r.address);
       if ('path' in where) clearStaleSocket(where.path, unixListening);
@@ -192,8 +208,8 @@ export class SocketHolder {
           { key: 'sockets', rule: 'the agent must be able to listen on every address in "sockets"', found: r.code }),
       });
     }
-    if (results.every((r) => !('fd' in r))) this.#release(this.#workers.pop()!);
-    return unheld;
+    if (results.every((r) => !('fd' in r))) await this.#release(this.#workers.pop()!);
+    return [...missing, ...unheld];
   }
 
   /** Let every socket this agent bound go; fds passed by systemd stay open (systemd keeps them for the next agent anyway). */

@@ -70,6 +70,12 @@ export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exite
  */
 export const SUCCESSOR_GRACE_MS = 500;
 
+/** The `found` of a STRATEGY_MISMATCH for an app that reloaded in place when a successor was expected: its rollback reloads it in place too. */
+export const IN_PLACE_FOUND = 'reloaded in place';
+
+/** Under "upgrade", how long without a new master before reload.signal is sent again (ms). */
+const UPGRADE_RESEND_MS = 1_500;
+
 /** How often awaitHandoff scans the process table for the successor (ms); the old main is re-checked every POLL_MS. */
 const SCAN_MS = 100;
 
@@ -101,6 +107,14 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
   let nextScan = fx.now();
   /** A successor found while the old main still listens beside it (not handed over yet). */
   let waiting: ProcInfo | undefined;
+  /** The old main's children of older generations (its workers) at the last scan. */
+  let oldKids = new Set<number>();
+  /** An old worker of the old main exited after the signal (in-place reloaders replace theirs). */
+  let workersReplaced = false;
+  /** The last scan's processes. */
+  let last: readonly ProcInfo[] = [];
+  /** Under "upgrade": when the signal is sent again if no new master appeared (see below). */
+  let resendAt = fx.now() + UPGRADE_RESEND_MS;
   for (;;) {
     const same = await fx.verify(old);
     // Some apps execve() themselves in place: same PID, and a new binary or
@@ -110,12 +124,24 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
     }
     if (same?.childFaults !== undefined && reaped !== undefined && same.childFaults > reaped) {
       reaped = same.childFaults;
-      orphanedAt ??= fx.now();
-      nextScan = fx.now();
+      // A child of the old main ended. A worker of the old generation that
+      // was seen before (haproxy's, after its master re-executed itself) is
+      // not a successor that died: only a child not accounted for that way is.
+      const alive = new Set((await fx.discover(old)).all.map((p) => p.pid));
+      const oldWorkerLeft = [...oldKids].some((pid) => !alive.has(pid));
+      if (oldWorkerLeft) workersReplaced = true;
+      if (!oldWorkerLeft) {
+        orphanedAt ??= fx.now();
+        nextScan = fx.now();
+      }
     }
     if (same === undefined || fx.now() >= nextScan) {
       nextScan = fx.now() + SCAN_MS;
       const found = await fx.discover(old);
+      const kidsNow = new Set(found.all.filter((p) => p.ppid === old.pid && (p.gen ?? 0) < gen).map((p) => p.pid));
+      if ([...oldKids].some((pid) => !kidsNow.has(pid))) workersReplaced = true;
+      oldKids = kidsNow;
+      last = found.all;
       const zombie = found.zombies?.find((z) => z.gen === gen);
       if (zombie !== undefined) {
         throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${zombie.pid}, started by pid ${old.pid} after ${signal}) died and was left unreaped (a zombie); pid ${old.pid} still serves the old release (see ${app.logFile})`,
@@ -133,6 +159,14 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
         throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${waiting.pid}) exited before pid ${old.pid} handed over to it; pid ${old.pid} still serves the old release (see ${app.logFile})`,
           { file: app.logFile, key: 'bin.file', rule: 'the successor must start and take over', found: `pid ${waiting.pid} exited` });
       }
+      // A master that was itself started by an upgrade ignores the signal
+      // until it has noticed that its parent exited (gunicorn checks about
+      // once a second: "USR2 signal ignored. Parent exists."). Sent again
+      // while no new master runs; one that has started one ignores it too.
+      if (!handover && successor === undefined && waiting === undefined && orphanedAt === undefined && same !== undefined && fx.now() >= resendAt) {
+        resendAt = fx.now() + UPGRADE_RESEND_MS;
+        fx.signal(old.pid, signal);
+      }
       if (same === undefined) {
         throw new RelinkError('STRATEGY_MISMATCH', `pid ${old.pid} exited after ${signal} and no successor runs: the app does not restart itself on ${signal} (reload.strategy "${app.reload.strategy}"). An app without graceful-restart code deploys with reload.strategy "socket" (and "sockets": the agent holds its listening socket) or "restart"; or set reload.signal to the one its graceful restart uses (grace: SIGUSR2) (see ${app.logFile})`,
           { file: app.logFile, key: 'reload.strategy', rule: 'a successor must take over', found: `pid ${old.pid} exited, no successor` });
@@ -145,6 +179,13 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
     const stop = stopping(fx, stopBy, `pid ${old.pid} handed over`);
     if (stop !== undefined) throw stop;
     if (fx.now() >= deadline) {
+      // New workers of the same master, its old ones gone, and the master
+      // listening on: it reloaded in place (gunicorn and nginx on SIGHUP).
+      const newKids = last.filter((p) => p.ppid === old.pid && p.gen === gen);
+      if (workersReplaced && newKids.length > 0 && !newKids.some((k) => last.some((p) => p.ppid === k.pid))) {
+        throw new RelinkError('STRATEGY_MISMATCH', `pid ${old.pid} reloaded in place on ${signal} (it replaced its workers and kept running): reload.strategy "${app.reload.strategy}" waits for a successor that takes over. Use reload.strategy "inplace" for config changes, or "upgrade" (gunicorn, unicorn: SIGUSR2) or "socket" to change binaries`,
+          { key: 'reload.strategy', rule: 'the app must start a successor that takes over', found: IN_PLACE_FOUND });
+      }
       if (waiting !== undefined) {
         throw new RelinkError('HANDOFF_TIMEOUT', `pid ${old.pid} still listens on the socket it shares with its successor (pid ${waiting.pid}) ${timeoutMs} ms after ${signal}: the successor never became ready, or the old process does not stop listening when it hands over (a new master that waits to be told to stop, as gunicorn, unicorn and nginx start on SIGUSR2, needs reload.strategy "upgrade")`,
           { key: 'reload.timeoutMs', rule: 'the old process must hand over (stop listening) once its successor is ready', found: `pid ${old.pid} still listening` });

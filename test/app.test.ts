@@ -270,6 +270,10 @@ class World implements Effects {
     this.released += 1;
   }
 
+  parentOf(pid: number): number | undefined {
+    return this.procs.get(pid)?.ppid;
+  }
+
   signal(pid: number, signal: NodeJS.Signals): boolean {
     if (!this.procs.has(pid)) return false;
     this.signals.push([pid, signal]);

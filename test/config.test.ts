@@ -592,5 +592,8 @@ test('reload strategies: the default follows "sockets"; "mode" is an alias; a mi
     'apps[1].sockets[1]': 'must not be a socket apps[0] holds too (one listen address, one app)',
     'apps[1].sockets[2]': 'must not repeat sockets[0]',
   });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['127.0.0.1:8090'] }, { name: 'b', dir: '/b', sockets: ['0.0.0.0:8090', '[::]:8090'] }]), {
+    'apps[1].sockets[0]': 'must not be a socket apps[0] holds too (one listen address, one app)',
+  });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', health: { readiness: 'sd_notify' } }]), { 'apps[0].health.readiness': 'must be "probe" (settle time, then the probe) or "notify" (the app says READY=1 through sd_notify, then the probe)' });
 });

@@ -79,9 +79,11 @@ test('an address in use is reported busy; a stale unix socket file is replaced, 
   await writeFile(plain, 'not a socket');
   const holder = new SocketHolder();
   defer(t, () => holder.close());
-  const unheld = await holder.bind([{ address: `127.0.0.1:${port}` }, { address: `unix:${stale}` }, { address: `unix:${plain}` }]);
-  assert.deepEqual(unheld.map((u) => [u.address, u.busy, u.error.code]), [[`127.0.0.1:${port}`, true, 'SOCKET_UNAVAILABLE'], [`unix:${plain}`, true, 'SOCKET_UNAVAILABLE']]);
-  assert.match(unheld[0]!.error.message, /cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/);
+  const nowhere = path.join(dir, 'no-such-folder', 'x.sock');
+  const unheld = await holder.bind([{ address: `127.0.0.1:${port}` }, { address: `unix:${stale}` }, { address: `unix:${plain}` }, { address: `unix:${nowhere}` }]);
+  assert.deepEqual(unheld.map((u) => [u.address, u.busy, u.error.code]), [[`unix:${nowhere}`, false, 'SOCKET_UNAVAILABLE'], [`127.0.0.1:${port}`, true, 'SOCKET_UNAVAILABLE'], [`unix:${plain}`, true, 'SOCKET_UNAVAILABLE']]);
+  assert.match(unheld[0]!.error.message, /the folder .*no-such-folder does not exist/);
+  assert.match(unheld[1]!.error.message, /cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/);
   assert.ok(holder.get(`unix:${stale}`) !== undefined);
   assert.equal(String(await (await import('node:fs/promises')).readFile(plain)), 'not a socket');
 });

@@ -435,7 +435,7 @@ test('"socket", agent started by hand and restarted: the next agent finds the ad
   await setCurrent(app, 'b');
   const e = await nth(root, app.name, 2);
   assert.equal(e.outcome, 'deployed', e.reason ?? '');
-  assert.equal(e.action, 'replace');
+  assert.equal(e.action, 'restart', 'journaled as what it was: a restart');
   assert.equal(typeof e.outageMs, 'number', 'the gap is measured and journaled');
   await servedBy(app.port, 'app.b');
   await setCurrent(app, 'a');
@@ -444,4 +444,28 @@ test('"socket", agent started by hand and restarted: the next agent finds the ad
   assert.equal(again.outageMs, undefined, 'held now: shared, no restart');
   await servedBy(app.port, 'app.a');
   await next.stop();
+});
+
+test('an app that reloads in place under "reexec" (gunicorn on SIGHUP) fails naming "inplace"; its new workers are left to it and it is reloaded back into the good release', async (t) => {
+  if (!(await needProgram(t, '/usr/bin/gunicorn', 'gunicorn'))) return;
+  const root = await tmpDir(t);
+  const app = await gunicornApp(root, 'ghup', ['1', '2']);
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, '1');
+  const agent = startAgent(t, await configFor(root, app, { reload: { timeoutMs: 3_000 } }));
+  const first = await nth(root, app.name, 1);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  await writeFileAtomic(path.join(app.releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': 'app.1', 'cfg.file': 'cfg.2' })}\n`);
+  const e = await nth(root, app.name, 2);
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+  assert.equal(e.code, 'STRATEGY_MISMATCH');
+  assert.match(e.reason ?? '', /reloaded in place on SIGHUP.*"inplace"/);
+  // What serves is what the links say: the good release's config, reloaded in place again.
+  await waitFor('workers of release 1 only', async () => {
+    const seen = new Set<string>();
+    for (let i = 0; i < 8; i++) seen.add((JSON.parse((await get(`http://127.0.0.1:${app.port}/`)).body) as { release: string }).release);
+    return seen.size === 1 && seen.has('1') ? true : undefined;
+  }, { timeoutMs: 20_000 });
+  assert.deepEqual(await masters(app), [first.pidAfter]);
+  await agent.stop();
 });
