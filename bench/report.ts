@@ -122,7 +122,7 @@ function headline(r: Results, p: (...l: string[]) => void): void {
       const altText = alts.map((a) => `${METHOD_LABELS[a.method]}: ${count(a.failed)}`).join('; ');
       const what = c.method === 'relink' ? APP_LABELS[c.app] : `${APP_LABELS[c.app]}, ${METHOD_LABELS[c.method]}`;
       const issue = c.method === 'relink' ? '' : ' (issue 11)';
-      lines.push(row([`failed requests during ${c.deploys} deploys, ${what}`, isZeroTarget(c.method) ? `0 socket errors, 0 non-2xx${issue}` : `(none: "restart" stops the app)${issue}`,
+      lines.push(row([`failed requests during ${c.deploys} deploys, ${what}`, isZeroTarget(c.method) ? `0 socket errors, 0 non-2xx${issue}` : `none: "restart" stops the app${issue}`,
         `relink: ${count(c.failed)} of ${count(c.wrk.requests)}${altText ? ` (${altText})` : ''}`,
         isZeroTarget(c.method) ? met(c.failed === 0 && c.wrongRelease === 0) : c.failed === 0 ? 'nothing lost' : `${count(c.failed)} lost`]));
     }
