@@ -304,6 +304,8 @@ async function holdSockets(config: AgentConfig, log: Logger, gids: ReadonlyArray
   })));
   if (requests.length === 0) return holder;
   if (systemd) {
+    const missing = new Map<string, RelinkError>();
+    holder.passedOnly(missing);
     for (const r of requests) {
       const fd = passed.find((p) => p.name === r.app.name && p.address === r.canonical && p.listening);
       if (fd !== undefined) {
@@ -311,6 +313,7 @@ async function holdSockets(config: AgentConfig, log: Logger, gids: ReadonlyArray
         continue;
       }
       const err = missingSocketError(r.app.name, r.address, config.file, { user: r.app.user, group: r.app.group, passed });
+      missing.set(r.address, err);
       log.child({ app: r.app.name }).error({ code: err.code, address: r.address }, err.message);
     }
     const named = new Set(config.apps.map((a) => a.name));

@@ -133,6 +133,17 @@ function clearStaleSocket(path: string, listening: (path: string) => boolean): v
  */
 export class SocketHolder {
   readonly #held = new Map<string, Held>();
+  /**
+   * Under systemd the agent never binds an address itself (that socket
+   * would close with the agent): what was not passed stays unheld, with the
+   * error that says which unit lines to add (src/listenfds.ts).
+   */
+  #notPassed: ReadonlyMap<string, RelinkError> | undefined;
+
+  /** This holder only holds what systemd passed; `missing` (read when asked, so it may be filled after): the error for each configured address that was not. */
+  passedOnly(missing: ReadonlyMap<string, RelinkError>): void {
+    this.#notPassed = missing;
+  }
   readonly #workers: Array<{ worker: Worker; gate: Int32Array }> = [];
 
   /** The fd held for `address`, if it is held. */
@@ -157,6 +168,14 @@ export class SocketHolder {
    * EADDRINUSE, EACCES, a missing folder), each a SOCKET_UNAVAILABLE error.
    */
   async bind(requests: readonly BindRequest[], unixListening: (path: string) => boolean = () => false): Promise<Unheld[]> {
+    const notPassed = this.#notPassed;
+    if (notPassed !== undefined) {
+      return requests.filter((r) => !this.#held.has(r.address)).map((r) => ({
+        address: r.address,
+        busy: false,
+        error: notPassed.get(r.address) ?? new RelinkError('SOCKET_UNAVAILABLE', `systemd passed no socket for ${r.address}`, { key: 'sockets', rule: 'under systemd every address in "sockets" comes from a socket unit', found: 'not passed' }),
+      }));
+    }
     const missing: Unheld[] = [];
     const todo = requests.filter((r) => {
       if (this.#held.has(r.address)) return false;
