@@ -211,6 +211,7 @@ test('"restart" without held sockets: the release goes live and the journal entr
   assert.equal(e.strategy, 'restart');
   assert.equal(typeof e.outageMs, 'number', JSON.stringify(e));
   assert.ok((e.outageMs as number) >= 0);
+  assert.match((await relinkCli(['history', '--config', config, '--limit', '1'])).stdout, new RegExp(`restart \\(outage ${e.outageMs} ms\\)`));
   assert.notEqual((await servedBy(app.port, 'app.b')).pid, a.pid);
   await agent.stop();
 });
