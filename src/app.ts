@@ -805,7 +805,7 @@ export class AppAgent {
     for (const u of unheld) this.#log.error({ code: u.error.code }, u.error.message);
     this.#outage = { goneAt: this.#fx.now(), held };
     const started = await this.#startNew(stopBy);
-    const accepted = await this.#fx.firstAccept(started, Math.min(this.#fx.now() + this.app.reload.timeoutMs, stopBy()));
+    const accepted = await this.#fx.firstAnswer(Math.min(this.#fx.now() + this.app.reload.timeoutMs, stopBy()));
     if (accepted !== undefined && this.#outage !== undefined) this.#outage.acceptedAt = accepted;
     return started;
   }

@@ -79,11 +79,11 @@ export interface Effects {
    */
   notifiedReady(sinceMs: number, deadlineMs: number): Promise<boolean>;
   /**
-   * When a connection to the app (its first TCP socket, else the probe's
-   * address) is first accepted, by fx.now(), polling until `deadlineMs`;
-   * undefined: not by then, or the app has no TCP address to try.
+   * When the app first answered its health probe (any HTTP status counts),
+   * by fx.now(), trying until `deadlineMs`: a restart's gap ends then.
+   * Undefined: not by then, or no probe is configured.
    */
-  firstAccept(started: ProcInfo, deadlineMs: number): Promise<number | undefined>;
+  firstAnswer(deadlineMs: number): Promise<number | undefined>;
   /** false if the process is already gone */
   signal(pid: number, signal: NodeJS.Signals): boolean;
   /** The parent PID of `pid` now (/proc/PID/stat, whatever state the process is in: an exiting one too); undefined when gone. */
@@ -185,7 +185,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     },
     socketsHeld: () => app.sockets.every((a) => opts.sockets?.get(a) !== undefined),
     // Without a probe there is nothing to measure by: a connection to a held socket succeeds at once (it queues).
-    firstAccept: async (_started, deadlineMs) => firstAnswer(app.health.probe, undefined, deadlineMs),
+    firstAnswer: (deadlineMs) => firstAnswer(app.health.probe, deadlineMs),
     notifiedReady: (sinceMs, deadlineMs) => (opts.notify === undefined ? Promise.resolve(false) : opts.notify.ready(sinceMs, deadlineMs)),
     signal: sendSignal,
     parentOf: (pid) => readStat(pid)?.ppid,

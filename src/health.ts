@@ -156,17 +156,16 @@ function tcpProbe(spec: string, timeoutMs: number): Promise<ProbeResult> {
 }
 
 /**
- * When the app first answered (ms since the epoch), trying every 10 ms
- * until `deadlineMs` (Date.now() ms): the probe when one is configured (an
- * answer, any answer, counts), else a TCP connection to `target` that
- * connects. Undefined if none did by then. What a restart's gap is
- * measured with (journal `outageMs`, `queuedMs`).
+ * When the app first answered its probe (ms since the epoch; any HTTP
+ * status counts), trying every 10 ms until `deadlineMs` (Date.now() ms);
+ * undefined if it did not by then or there is no probe (a connection to a
+ * held socket succeeds at once, so it measures nothing). What a restart's
+ * gap is measured with (journal `outageMs`, `queuedMs`).
  */
-export async function firstAnswer(probe: Probe | undefined, target: string | undefined, deadlineMs: number): Promise<number | undefined> {
-  const how: Probe | undefined = probe ?? (target === undefined ? undefined : { tcp: target });
-  if (how === undefined) return undefined;
+export async function firstAnswer(probe: Probe | undefined, deadlineMs: number): Promise<number | undefined> {
+  if (probe === undefined) return undefined;
   while (Date.now() < deadlineMs) {
-    const r = await probeOnce(how, Math.max(1, Math.min(1_000, deadlineMs - Date.now())));
+    const r = await probeOnce(probe, Math.max(1, Math.min(1_000, deadlineMs - Date.now())));
     if (r.ok || r.detail.startsWith('HTTP ')) return Date.now();
     await new Promise((resolve) => setTimeout(resolve, 10));
   }

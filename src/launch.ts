@@ -22,12 +22,13 @@
  * app by the PID spawned here.
  */
 import { spawn } from 'node:child_process';
-import { constants as fsConstants, openSync } from 'node:fs';
+import { constants as fsConstants } from 'node:fs';
 import { access, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { AppConfig } from './config.js';
 import { RelinkError } from './errors.js';
 import { configuredLimits, lower, prlimitOptions, readLimits, type ProcLimits } from './limits.js';
+import { childStdio, parseListenAddress, serverStarterName } from './listenfds.js';
 import { markerEnv } from './proc.js';
 import { openAppend } from './safefs.js';
 import { describeUser, resolveRunAs, type RunAs } from './user.js';
@@ -126,7 +127,7 @@ export function socketEnv(app: AppConfig, count: number): Record<string, string 
     LISTEN_FDNAMES: fds.map(() => app.name).join(':'),
     EINHORN_FD_COUNT: String(count),
     ...Object.fromEntries(fds.map((f, i) => [`EINHORN_FD_${i}`, String(f.fd)])),
-    SERVER_STARTER_PORT: fds.map((f) => `${f.address.startsWith('unix:') ? f.address.slice('unix:'.length) : f.address}=${f.fd}`).join(';'),
+    SERVER_STARTER_PORT: fds.map((f) => `${serverStarterName(parseListenAddress(f.address))}=${f.fd}`).join(';'),
   };
 }
 
@@ -218,29 +219,6 @@ async function missingInterpreter(app: AppConfig): Promise<{ file: string; inter
  * inherit (systemd's, which are not close-on-exec) and must not, put out of
  * its reach. Throws RelinkError (START_FAILED and planLaunch's refusals).
  */
-/**
- * spawn's stdio for a start: /dev/null, the log twice, then `fds` at 3, 4,
- * ...; every fd in `cover` above those is overwritten with /dev/null in the
- * child (an inherited fd that is not close-on-exec would otherwise stay
- * open in it at its own number).
- */
-function childStdio(log: number, fds: readonly number[], cover: readonly number[]): Array<'ignore' | number> {
-  const stdio: Array<'ignore' | number> = ['ignore', log, log, ...fds];
-  const top = Math.max(0, ...cover);
-  if (top >= stdio.length) {
-    const devnull = devNull();
-    for (let i = stdio.length; i <= top; i++) stdio.push(cover.includes(i) ? devnull : 'ignore');
-  }
-  return stdio;
-}
-
-let nullFd: number | undefined;
-/** One fd of /dev/null for the agent's lifetime, dup'd over fds a child must not inherit. */
-function devNull(): number {
-  nullFd ??= openSync('/dev/null', 'r');
-  return nullFd;
-}
-
 export async function launch(app: AppConfig, agent?: AgentIdentity, fds: readonly number[] = [], opts: { notifySocket?: string | undefined; cover?: readonly number[] } = {}): Promise<Launched> {
   const plan = await planLaunch(app, agent ?? await agentIdentity(), process.env, { sockets: fds.length, notifySocket: opts.notifySocket });
   // The log lies in a folder the app's user can write: no planted symlink
@@ -254,7 +232,7 @@ export async function launch(app: AppConfig, agent?: AgentIdentity, fds: readonl
       cwd: app.dir,
       env: plan.env,
       detached: true,
-      stdio: childStdio(log.fd, fds, opts.cover ?? []),
+      stdio: childStdio(['ignore', log.fd, log.fd], fds, opts.cover ?? []),
     });
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('spawn', () => resolve(child.pid as number));

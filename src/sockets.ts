@@ -23,6 +23,7 @@ import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { RelinkError } from './errors.js';
+import { parseListenAddress } from './listenfds.js';
 
 /** One address the agent holds: the fd (in this process) listening on it. */
 export interface Held {
@@ -102,12 +103,10 @@ workerData.requests.forEach((req, i) => {
 });
 `;
 
-/** "127.0.0.1:8080" -> host and port; "[::1]:8080" -> "::1" and port; "unix:/p" -> path. */
-export function splitAddress(address: string): { host: string; port: number } | { path: string } {
-  if (address.startsWith('unix:')) return { path: address.slice('unix:'.length) };
-  const colon = address.lastIndexOf(':');
-  const host = address.slice(0, colon).replace(/^\[(.*)\]$/, '$1');
-  return { host, port: Number(address.slice(colon + 1)) };
+/** Where to listen, as the worker's net.Server takes it (src/listenfds.ts parses the config's spelling). */
+function splitAddress(address: string): { host: string; port: number } | { path: string } {
+  const a = parseListenAddress(address);
+  return a.kind === 'unix' ? { path: a.path } : { host: a.host, port: a.port };
 }
 
 /**

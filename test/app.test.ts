@@ -238,7 +238,7 @@ class World implements Effects {
     };
   }
 
-  async firstAccept(): Promise<number | undefined> {
+  async firstAnswer(): Promise<number | undefined> {
     return this.clock;
   }
 
