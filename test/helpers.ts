@@ -3,6 +3,7 @@
  * a condition with a deadline instead of sleeping, the agent as a real child
  * process, and cleanup that leaves no app process behind.
  */
+import http from 'node:http';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readdir, readlink, realpath, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -232,4 +233,18 @@ export function assertOneKeyOnce(agent: AgentProc): void {
     const dup = scanJson(line);
     if (dup.length > 0) throw new Error(`duplicate key ${dup.map((d) => JSON.stringify(d.key)).join(', ')} in log line ${line}`);
   }
+}
+
+/** GET `url` on a new connection (no keep-alive): status and body; fails after 5 s. */
+export function get(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => { body += c; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.setTimeout(5_000, () => req.destroy(new Error(`GET ${url} timed out`)));
+  });
 }

@@ -21,7 +21,7 @@ import { freePort } from '../src/demo/layout.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { readProc, readStat } from '../src/proc.js';
 import { needProgram } from './accounts.js';
-import { alive, MAIN, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor, type AgentProc } from './helpers.js';
+import { type AgentProc, alive, get, MAIN, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 
 const PYAPP = path.join(ROOT, 'test', 'apps', 'pyapp.py');
 
@@ -31,18 +31,6 @@ interface Reply {
   message: string;
 }
 
-function get(url: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => { body += c; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('error', reject);
-    req.setTimeout(5_000, () => req.destroy(new Error(`GET ${url} timed out`)));
-  });
-}
 
 async function ask(port: number): Promise<Reply> {
   return JSON.parse((await get(`http://127.0.0.1:${port}/`)).body) as Reply;

@@ -11,7 +11,6 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { chmod, copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
-import http from 'node:http';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
@@ -19,7 +18,7 @@ import { writeFileAtomic } from '../src/atomicWrite.js';
 import { freePort } from '../src/demo/layout.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { needProgram } from './accounts.js';
-import { defer, reapAppsAfter, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor, type AgentProc } from './helpers.js';
+import { type AgentProc, defer, get, reapAppsAfter, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 
 const APPS = path.join(ROOT, 'test', 'apps');
 
@@ -49,18 +48,6 @@ interface Server {
   readonly extra?: Record<string, unknown>;
 }
 
-function get(url: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => { body += c; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('error', reject);
-    req.setTimeout(5_000, () => req.destroy(new Error(`GET ${url} timed out`)));
-  });
-}
 
 /** Wait until `GET /` on `port` is answered by release `r`. */
 async function servedBy(s: Server, port: number, r: string): Promise<void> {

@@ -8,7 +8,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { chmod, copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
-import http from 'node:http';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { writeFileAtomic } from '../src/atomicWrite.js';
@@ -16,7 +15,7 @@ import { freePort } from '../src/demo/layout.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { SocketHolder } from '../src/sockets.js';
 import { needProgram } from './accounts.js';
-import { defer, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+import { defer, get, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 
 const PLAIN = path.join(ROOT, 'test', 'apps', 'plainapp.py');
 const FDAPP = path.join(ROOT, 'test', 'apps', 'fdapp.cjs');
@@ -28,18 +27,6 @@ interface App {
   readonly port: number;
 }
 
-function get(url: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => { body += c; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('error', reject);
-    req.setTimeout(5_000, () => req.destroy(new Error(`GET ${url} timed out`)));
-  });
-}
 
 async function servedBy(port: number, release: string): Promise<{ release: string; pid: number; fds: number }> {
   return waitFor(`port ${port} to serve ${release}`, async () => {
