@@ -107,8 +107,8 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
   let nextScan = fx.now();
   /** A successor found while the old main still listens beside it (not handed over yet). */
   let waiting: ProcInfo | undefined;
-  /** The old main's children of older generations (its workers) at the last scan. */
-  let oldKids = new Set<number>();
+  /** The old main's children of older generations (its workers) at the last scan; known from the start, so a worker reaped before the first scan is not taken for a dead successor. */
+  let oldKids = new Set((fx.lineage()?.members ?? []).filter((m) => m.gen < gen && m.pid !== old.pid).map((m) => m.pid));
   /** An old worker of the old main exited after the signal (in-place reloaders replace theirs). */
   let workersReplaced = false;
   /** The last scan's processes. */
