@@ -35,7 +35,7 @@ import { TokenBucket } from './throttle.js';
 import { ProcessTracker } from './tracker.js';
 import { Generations } from './generations.js';
 import { inflightFor, journaled, newestRoot, recoveredAttempt, recoveryPlan } from './inflight.js';
-import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, IN_PLACE_FOUND, runsRelease, type StopBy } from './verify.js';
+import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, describeExit, IN_PLACE_FOUND, runsRelease, type StopBy } from './verify.js';
 
 /**
  * A pass asked for on the first file event, before the watcher's quiet
@@ -748,7 +748,7 @@ export class AppAgent {
     if (!serve) await this.#saveState();
     let exited: string | undefined;
     void launched.exited.then(({ code, signal }) => {
-      exited = signal !== null ? `killed by ${signal}` : `exit code ${code ?? '?'}`;
+      exited = describeExit(code, signal);
       // Our own child: no need to wait for the next monitor tick.
       this.check();
     });

@@ -173,8 +173,9 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
         }
         return held.fd;
       });
+      const startedFrom = ticksNow();
       const launched = await launch(app, undefined, fds, { notifySocket: opts.notify?.path, cover: opts.sockets?.fds() ?? [] });
-      const gen = await finder.launched(launched.pid, launchOpts.serve ?? true);
+      const gen = await finder.launched(launched.pid, launchOpts.serve ?? true, startedFrom);
       void launched.exited.then(({ code, signal }) => finder.exited(launched.pid, code === 0 && signal === null));
       return { ...launched, gen, output: () => logTail(app.logFile, from) };
     },

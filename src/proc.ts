@@ -545,14 +545,22 @@ export class ProcessFinder {
    * The agent started `pid` for the app: the root (and main) of a new
    * generation, which serves at once unless `serve` is false (a generation
    * brought up beside the serving one, promoted once verified). Returns the generation.
+   * `startedFrom`: clock ticks since boot (ticksNow) read before the spawn.
    */
-  async launched(pid: number, serve = true): Promise<number> {
+  async launched(pid: number, serve = true, startedFrom?: number): Promise<number> {
     const info = await readProc(pid);
     const gen = ++this.#lastGen;
     this.#recorded = true;
     if (info !== undefined) {
       this.#members.set(pid, { pid, startTime: info.startTime, gen });
       this.#noteMain(gen, info);
+    } else if (startedFrom !== undefined) {
+      // Gone already (a daemonizing app's first process exits within
+      // milliseconds): what is known of it, for the child it left. It was
+      // spawned detached, so it led its own session; its start time is no
+      // earlier than `startedFrom` (ticks read before the spawn), which no
+      // live process's identity will match.
+      this.#mains.set(gen, { pid, startTime: startedFrom, sid: pid });
     }
     if (serve) this.#serving = gen;
     return gen;
@@ -654,7 +662,7 @@ export class ProcessFinder {
     if (!this.#recorded || !servingAlive() || successorMissing) {
       if ((await this.#byMarker(rows, uid)) || (await this.#byOpening(rows, uid))) await this.#descend(rows, uid, zombies);
     }
-    await this.#fromPidFile(uid);
+    if (await this.#fromPidFile(uid)) await this.#descend(rows, uid, zombies);
     if (!this.#recorded && this.#members.size === 0 && (await this.#byExecutable(rows, uid))) await this.#descend(rows, uid, zombies);
 
     const all: ProcInfo[] = [];
@@ -737,10 +745,17 @@ export class ProcessFinder {
     this.#mains.set(gen, { pid: info.pid, startTime: info.startTime, sid: info.session, exe: info.exe, cmd: commandOf(info.pid) });
   }
 
-  /** Is `survivor`, the one process left of a dead main's generation, the app carrying on? */
+  /**
+   * Is `survivor`, the one process left of a dead main's generation, the app
+   * carrying on? It daemonized (a new session) and carries the app's marker,
+   * or carries no readable marker at all and runs a binary from the releases
+   * folder: nginx, like every program that sets its process title the
+   * classic way, overwrites its environment, marker included.
+   */
   #carriesOn(dead: MainRecord, survivor: ProcInfo): boolean {
+    const marker = readMarker(survivor.pid);
     const daemonized = dead.sid !== undefined && survivor.session !== undefined && survivor.session !== dead.sid
-      && readMarker(survivor.pid)?.name === this.#name;
+      && (marker !== undefined ? marker.name === this.#name : this.#runsRelease(survivor));
     const cmd = commandOf(survivor.pid);
     const reexeced = dead.cmd !== undefined && cmd === dead.cmd;
     return daemonized || reexeced;
@@ -757,8 +772,11 @@ export class ProcessFinder {
         continue;
       }
       this.#members.delete(m.pid);
-      this.#exits.delete(m.pid);
     }
+    // How a main exited is kept while its generation is recorded: a
+    // daemonizing app's child may be found (by its PID file) only later.
+    const mains = new Set([...this.#mains.values()].map((m) => m.pid));
+    for (const pid of this.#exits.keys()) if (!this.#members.has(pid) && !mains.has(pid)) this.#exits.delete(pid);
   }
 
   /** Every process whose parent is a member becomes one (repeated down the tree). */
@@ -858,32 +876,56 @@ export class ProcessFinder {
     return added;
   }
 
-  /** A process found without a parent the agent knows: into the generation it started in. */
-  #adopt(info: ProcInfo): void {
+  /** A process found without a parent the agent knows: into `gen`, else the generation it started in. */
+  #adopt(info: ProcInfo, into?: number): void {
     this.#recorded = true;
     if (this.#lastGen === 0) {
       this.#lastGen = 1;
       this.#serving = 1;
     }
     const opening = [...this.#openings].reverse().find((o) => info.startTime >= o.fromTick);
-    const gen = opening?.gen ?? this.#serving;
+    const gen = into ?? opening?.gen ?? this.#serving;
     this.#members.set(info.pid, { pid: info.pid, startTime: info.startTime, gen });
   }
 
-  /** The PID file names a candidate: believed of a process of the app's user that carries the app's marker (or, before lineage, runs its binary). */
-  async #fromPidFile(uid: number): Promise<void> {
-    if (this.#pidFile === undefined) return;
+  /**
+   * The PID file names a candidate: believed of a process of the app's user
+   * that carries the app's marker; or that carries no readable marker (its
+   * environment overwritten by its process title, as nginx does), runs a
+   * binary from the releases folder, and either nothing is recorded (before
+   * lineage) or it started after a main the agent started exited cleanly (it
+   * daemonized: a double fork, its parent gone before the agent looked). It
+   * joins that main's generation.
+   */
+  async #fromPidFile(uid: number): Promise<boolean> {
+    if (this.#pidFile === undefined) return false;
     // In the app's folder: a planted FIFO must not block discovery, nor a
     // planted link make root read elsewhere.
     const text = await readSmallFile(this.#pidFile, { maxBytes: 64 }).then((f) => f.bytes.toString('utf8'), () => '');
     const pid = Number.parseInt(text.trim(), 10);
-    if (this.#members.has(pid)) return;
+    if (!Number.isSafeInteger(pid) || pid <= 1 || this.#members.has(pid)) return false;
     const info = await readProc(pid);
-    if (info === undefined || !ownedBy(info, uid)) return;
+    if (info === undefined || !ownedBy(info, uid)) return false;
     const marker = readMarker(pid);
+    let into: number | undefined;
+    if (marker !== undefined) {
+      if (marker.name !== this.#name || marker.dir !== this.#dir) return false;
+    } else if (!this.#runsRelease(info)) {
+      return false;
+    } else if (this.#recorded) {
+      const daemonizedFrom = [...this.#mains].filter(([, m]) => this.#exits.get(m.pid) === true && info.startTime >= m.startTime)
+        .sort(([a], [b]) => b - a)[0];
+      if (daemonizedFrom === undefined) return false;
+      into = daemonizedFrom[0];
+    }
+    this.#adopt(info, into);
+    return true;
+  }
+
+  /** Does the process run a binary from the app's releases folder? */
+  #runsRelease(info: ProcInfo): boolean {
     const prefix = releasesPrefix(this.#releasesDir);
-    const mine = marker !== undefined ? marker.name === this.#name && marker.dir === this.#dir : !this.#recorded && prefix !== undefined && info.exe.startsWith(prefix);
-    if (mine) this.#adopt(info);
+    return prefix !== undefined && info.exe.startsWith(prefix);
   }
 
   /** Processes running a binary from the releases folder as another user: warned about, never touched. */

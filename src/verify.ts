@@ -36,6 +36,14 @@ function stopping(fx: Effects, stopBy: StopBy, what: string): RelinkError | unde
 /** What the started app printed before it exited, for the reason (its cause is usually there). */
 export type OutputTail = () => Promise<string>;
 
+/** How `exited` describes a started process that exited with code 0 (see describeExit). */
+export const CLEAN_EXIT = 'exit code 0';
+
+/** How a started process ended, as awaitStart's `exited` says it: "exit code N" or "killed by SIGNAME". */
+export function describeExit(code: number | null, signal: NodeJS.Signals | null): string {
+  return signal !== null ? `killed by ${signal}` : `exit code ${code ?? '?'}`;
+}
+
 /**
  * After a start: wait for a process of the app to show up (the command may be a wrapper).
  * `exited` says whether the started process has exited, and how; `output`
@@ -48,7 +56,9 @@ export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exite
     const mine = found.all.find((p) => p.pid === pid) ?? found.main;
     if (mine !== undefined) return mine;
     const how = exited();
-    if (how !== undefined) {
+    // With a pidFile the app may daemonize: the started process exits 0
+    // and its child, named by the PID file once written, serves on.
+    if (how !== undefined && !(how === CLEAN_EXIT && app.pidFile !== undefined)) {
       const said = await output().catch(() => '');
       throw new RelinkError('APP_EXITED', `the app exited right after start (${how})${said === '' ? `; nothing in ${app.logFile}` : `; its last output: ${said}`}`,
         { file: app.logFile, rule: 'must keep running', found: how });

@@ -5,13 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readFile, realpath, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
-import { ProcessFinder, readProc, sendSignal, type ProcIdentity, type ProcInfo } from '../src/proc.js';
+import { ProcessFinder, readMarker, readProc, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
 import { swapLink } from '../src/relink.js';
 import { alive, reapAppsAfter, waitFor } from './helpers.js';
 
@@ -450,6 +451,52 @@ test('a garbage, empty, missing or stale PID file is ignored and the scan still 
     assert.equal(found.main?.pid, s.pid, `pid file ${JSON.stringify(content)}`);
     assert.deepEqual(pidsOf(found.all), [s.pid], `pid file ${JSON.stringify(content)}`);
   }
+});
+
+test('an app that daemonizes and overwrites its environment (nginx, daemon on) is followed through its PID file once its started process exits 0', async (t) => {
+  if (!existsSync('/usr/sbin/nginx')) {
+    assert.fail('nginx is not installed (apt-get install nginx-light): .ci/run installs it');
+  }
+  const { root, app } = await setup(t);
+  // nginx's own way: the started process forks the master and exits 0, the
+  // master calls setsid(), overwrites its environment (and the agent's
+  // marker with it) with its process title, then writes its PID file.
+  await copyFile('/usr/sbin/nginx', path.join(app.releasesDir, 'app.ngx'));
+  const port = await freePort();
+  const pidFile = path.join(root, 'ngx.pid');
+  const conf = path.join(root, 'ngx.conf');
+  await writeFile(conf, `daemon on;\nworker_processes 1;\npid ${pidFile};\nerror_log ${root}/error.log notice;\nevents { worker_connections 64; }\n`
+    + `http {\n  access_log off;\n  client_body_temp_path ${root}/body_temp;\n  server { listen 127.0.0.1:${port}; location / { return 200 "ngx\\n"; } }\n}\n`);
+  const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile });
+  const from = ticksNow();
+  const started = spawnTracked(t, path.join(app.releasesDir, 'app.ngx'), ['-p', `${root}/`, '-e', 'error.log', '-c', conf]);
+  const gen = await finder.launched(started.pid, true, from);
+  assert.deepEqual(await started.exited, { code: 0, signal: null }, 'nginx daemonized: its started process exited 0');
+  finder.exited(started.pid, true);
+  const master = Number((await waitFor('nginx\'s pid file', () => readFile(pidFile, 'utf8'))).trim());
+  assert.equal(await get(`http://127.0.0.1:${port}/`), 'ngx\n');
+  assert.equal(readMarker(master), undefined, 'control: the master\'s environment carries no marker');
+
+  const found = await finder.discover();
+  assert.equal(found.main?.pid, master);
+  assert.equal(found.main?.gen, gen);
+  assert.deepEqual(found.followed, { from: started.pid, to: master });
+  assert.equal(found.all.length, 2, 'the master and its worker');
+  assert.deepEqual(found.leftovers, []);
+
+  // Not trusted: the same PID file when the cleanly exited main the agent
+  // started is younger than the process it names.
+  const masterStart = found.main!.startTime;
+  await waitFor('a clock tick after the master started', () => ticksNow() > masterStart + 1 || undefined);
+  const later = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile });
+  const fromTrue = ticksNow();
+  const other = spawnTracked(t, 'true', []);
+  await later.launched(other.pid, true, fromTrue);
+  await other.exited;
+  later.exited(other.pid, true);
+  const refused = await later.discover();
+  assert.equal(refused.main, undefined, 'a process older than the started main is not its daemon');
+  assert.deepEqual(refused.all, []);
 });
 
 test('sendSignal delivers to a live process and returns false for a dead one', async (t) => {
