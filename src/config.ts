@@ -160,7 +160,7 @@ const AppSchema = z.strictObject({
   logFile: absoluteOrRelative.default('app.log')
     .meta(about('the app\'s stdout and stderr (appended); no two apps may share one')),
   pidFile: absoluteOrRelative.nullable().default(null)
-    .meta(about('optional: a PID file the app writes; it names a candidate, which must still pass the executable check')),
+    .meta(about('optional: a PID file the app writes; it names a candidate, believed when it carries the app\'s marker, or carries none (its environment overwritten: nginx) and runs a binary from the releases folder and started after a process the agent started exited 0 (it daemonized). With one set, a started process that exits 0 is not a failure: its daemon is waited for, up to reload.timeoutMs')),
   reload: ReloadSchema.prefault({})
     .meta(about('how the app takes a new release')),
   sockets: z.array(z.string().superRefine((a, ctx) => {
