@@ -879,7 +879,11 @@ export class AppAgent {
     if (this.app.reload.strategy === 'upgrade') main = await this.#awaitOldMasterGone(main, stopBy);
     // Read again right before the signal: the handoff check compares the
     // children it has reaped (childFaults) with this moment, not the start
-    // of the pass (the preflight may have taken seconds).
+    // of the pass (the preflight may have taken seconds); and the workers
+    // it has now are known, so one it reaps after the signal is not taken
+    // for a successor that died (gunicorn had forked its workers after the
+    // last look: judged APP_EXITED instead of an in-place reload).
+    await this.#fx.refreshLineage(true);
     main = (await this.#fx.verify(main)) ?? main;
     const gen = this.#fx.openGeneration(main);
     this.#newGen = gen;

@@ -46,8 +46,8 @@ export interface Effects {
   verify(id: ProcIdentity): Promise<ProcInfo | undefined>;
   /** The app's processes by lineage (src/proc.ts ProcessFinder.discover). */
   discover(preferred?: ProcIdentity): Promise<Discovery>;
-  /** Follow the app's processes cheaply (new workers, exited ones): ProcessFinder.refresh. */
-  refreshLineage(): Promise<void>;
+  /** Follow the app's processes cheaply (new workers, exited ones): ProcessFinder.refresh; `fresh`: from a walk of /proc made now. */
+  refreshLineage(fresh?: boolean): Promise<void>;
   /** Does `old` still hold a listening socket its successor holds too (it may still be the one accepting)? See proc.ts sharesListener. */
   sharesListener(old: ProcIdentity, successor: ProcIdentity): boolean;
   /** A reload signal is about to be sent to `main`: the children it starts from now form a new generation (returned). */
@@ -156,7 +156,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     relink: (release) => relink(app.links, release),
     verify: (id) => finder.verify(id),
     discover: (preferred) => finder.discover(preferred),
-    refreshLineage: async () => { await finder.refresh(); },
+    refreshLineage: async (fresh) => { await finder.refresh({ fresh }); },
     openGeneration: (main) => finder.open(main),
     sharesListener: (old, successor) => sharesListener(old, successor),
     promote: (gen, main) => finder.promote(gen, main),

@@ -182,8 +182,8 @@ let table: { at: number; rows: TableRow[] } | undefined;
  * executable: the cheap view the periodic lineage refresh needs), shared by
  * all apps for TABLE_TTL_MS.
  */
-export function procRows(now = Date.now()): ReadonlyArray<TableRow> {
-  if (table !== undefined && now - table.at < TABLE_TTL_MS) return table.rows;
+export function procRows(now = Date.now(), maxAgeMs = TABLE_TTL_MS): ReadonlyArray<TableRow> {
+  if (table !== undefined && now - table.at < maxAgeMs) return table.rows;
   const rows: TableRow[] = [];
   for (const name of readdirSync('/proc')) {
     const pid = Number(name);
@@ -730,13 +730,14 @@ export class ProcessFinder {
    * The cheap periodic look: members that are gone forgotten, new
    * descendants added (a worker forked after the start, respawned by its
    * master), from the shared /proc walk (procRows). No marker or
-   * executable scan. Returns the zombies among the members.
+   * executable scan. Returns the zombies among the members. `fresh`: walk
+   * /proc now rather than take a walk up to TABLE_TTL_MS old.
    */
-  async refresh(): Promise<ReadonlyArray<{ readonly pid: number; readonly gen: number }>> {
+  async refresh(opts: { readonly fresh?: boolean } = {}): Promise<ReadonlyArray<{ readonly pid: number; readonly gen: number }>> {
     const uid = await this.uid();
     const zombies: Array<{ pid: number; gen: number }> = [];
     await this.#prune(zombies);
-    await this.#descend(procRows(), uid, zombies);
+    await this.#descend(procRows(Date.now(), opts.fresh === true ? 0 : undefined), uid, zombies);
     return zombies;
   }
 

@@ -117,8 +117,19 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
   let nextScan = fx.now();
   /** A successor found while the old main still listens beside it (not handed over yet). */
   let waiting: ProcInfo | undefined;
-  /** The old main's children of older generations (its workers) at the last scan; known from the start, so a worker reaped before the first scan is not taken for a dead successor. */
-  let oldKids = new Set((fx.lineage()?.members ?? []).filter((m) => m.gen < gen && m.pid !== old.pid).map((m) => m.pid));
+  /**
+   * The old main's children of older generations (its workers), every one
+   * known since the signal: from the lineage known before it, so a worker
+   * reaped before the first scan is not taken for a dead successor.
+   */
+  const oldKids = new Set((fx.lineage()?.members ?? []).filter((m) => m.gen < gen && m.pid !== old.pid).map((m) => m.pid));
+  /**
+   * Old children whose exit was matched to a growth of the old main's
+   * childFaults. Each exit explains one growth only: a worker seen gone by
+   * a scan before the counter was read again must still explain the growth
+   * its reaping caused (gunicorn on SIGHUP was judged a dead successor).
+   */
+  const explained = new Set<number>();
   /** An old worker of the old main exited after the signal (in-place reloaders replace theirs). */
   let workersReplaced = false;
   /** The last scan's processes. */
@@ -138,9 +149,11 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
       // was seen before (haproxy's, after its master re-executed itself) is
       // not a successor that died: only a child not accounted for that way is.
       const alive = new Set((await fx.discover(old)).all.map((p) => p.pid));
-      const oldWorkerLeft = [...oldKids].some((pid) => !alive.has(pid));
-      if (oldWorkerLeft) workersReplaced = true;
-      if (!oldWorkerLeft) {
+      const gone = [...oldKids].filter((pid) => !alive.has(pid) && !explained.has(pid));
+      if (gone.length > 0) {
+        workersReplaced = true;
+        for (const pid of gone) explained.add(pid);
+      } else {
         orphanedAt ??= fx.now();
         nextScan = fx.now();
       }
@@ -150,7 +163,7 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
       const found = await fx.discover(old);
       const kidsNow = new Set(found.all.filter((p) => p.ppid === old.pid && (p.gen ?? 0) < gen).map((p) => p.pid));
       if ([...oldKids].some((pid) => !kidsNow.has(pid))) workersReplaced = true;
-      oldKids = kidsNow;
+      for (const pid of kidsNow) oldKids.add(pid);
       last = found.all;
       const zombie = found.zombies?.find((z) => z.gen === gen);
       if (zombie !== undefined) {
@@ -158,12 +171,17 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
           { file: app.logFile, key: 'bin.file', rule: 'the successor must start and take over', found: `pid ${zombie.pid} is a zombie` });
       }
       const successor = rootsOf(found.all.filter((p) => p.gen === gen))[0];
+      // A process of the new generation runs: the child that ended was not
+      // the only one it had (an in-place reloader's replaced worker).
+      if (successor !== undefined) orphanedAt = undefined;
       // Handed over: the old main is gone, or has stopped listening on the
       // socket it passed on. Still listening, it may be the only one
       // accepting (the successor not ready yet): wait.
       // Under "upgrade" the old master serves on until the agent stops it:
       // the new one is all that is waited for.
-      if (successor !== undefined && (!handover || same === undefined || !fx.sharesListener(old, successor))) return successor;
+      if (successor !== undefined && (!handover || same === undefined || !fx.sharesListener(old, successor))) {
+        return successor;
+      }
       if (successor !== undefined) waiting = successor;
       else if (waiting !== undefined) {
         throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${waiting.pid}) exited before pid ${old.pid} handed over to it; pid ${old.pid} still serves the old release (see ${app.logFile})`,

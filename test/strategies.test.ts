@@ -446,7 +446,7 @@ test('an app that reloads in place under "reexec" (gunicorn on SIGHUP) fails nam
   await writeFileAtomic(path.join(app.releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': 'app.1', 'cfg.file': 'cfg.2' })}\n`);
   const e = await nth(root, app.name, 2);
   assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
-  assert.equal(e.code, 'STRATEGY_MISMATCH');
+  assert.equal(e.code, 'STRATEGY_MISMATCH', e.reason ?? '');
   assert.match(e.reason ?? '', /reloaded in place on SIGHUP.*"inplace"/);
   // What serves is what the links say: the good release's config, reloaded in place again.
   await waitFor('workers of release 1 only', async () => {
