@@ -9,7 +9,9 @@
  * retried on every re-check while the others run; a state folder that
  * cannot be written is said once and the apps are managed anyway.
  */
-import { lstat } from 'node:fs/promises';
+import { watch, type FSWatcher } from 'node:fs';
+import { lstat, mkdir } from 'node:fs/promises';
+import { requestsDir } from './requests.js';
 import type { Logger } from 'pino';
 import { AppAgent, EARLY_TRIGGER, RECHECK_TRIGGER } from './app.js';
 import { Compactor } from './compaction.js';
@@ -45,6 +47,8 @@ interface Slot {
   arming: Promise<void> | undefined;
   /** The last reason the watcher could not start, said once. */
   watchProblem: string | undefined;
+  /** Watches the app's requests folder (relink stop | start | restart: src/requests.ts); undefined until it could be made. */
+  requests: FSWatcher | undefined;
 }
 
 export class Agent {
@@ -102,7 +106,7 @@ export class Agent {
         await fx.record(entry);
         compactor.noteDeploy();
       };
-      return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, store, gid: gids[i], watcher: undefined, arming: undefined, watchProblem: undefined };
+      return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, store, gid: gids[i], watcher: undefined, arming: undefined, watchProblem: undefined, requests: undefined };
     });
     const agent = new Agent(config, slots, log, compactor);
     agent.#sockets = sockets;
@@ -114,6 +118,7 @@ export class Agent {
         // The watcher first: an edit made while the agent was down, or
         // between start and ready, is seen by the app's first pass.
         await agent.#arm(slot);
+        await agent.#watchRequests(slot);
         await slot.app.start();
         const prune = schedulePrune(config, slot.app.app, slot.log);
         if (prune !== undefined) agent.#prunes.push(prune);
@@ -165,9 +170,35 @@ export class Agent {
     });
   }
 
+  /**
+   * Operators' requests (src/requests.ts) are answered as soon as one is
+   * written: an inotify watch on the app's requests folder (made here, 0700).
+   * Until it can be made (a state folder that cannot be written), the
+   * periodic re-check looks instead.
+   */
+  async #watchRequests(slot: Slot): Promise<void> {
+    if (slot.requests !== undefined || this.#closing !== undefined) return;
+    const dir = requestsDir(this.config.stateDir, slot.app.app.name);
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      slot.requests = watch(dir, () => slot.app.requests());
+      slot.requests.on('error', (err) => {
+        slot.log.error({ dir, err: err.message }, 'the requests folder cannot be watched any more; the re-check looks there meanwhile');
+        slot.requests?.close();
+        slot.requests = undefined;
+      });
+    } catch (err) {
+      slot.log.warn({ dir, err: err instanceof Error ? err.message : String(err) }, 'cannot watch the requests folder (relink stop | start | restart); the re-check looks there meanwhile');
+    }
+  }
+
   #recheck(): void {
     void this.#reclaim();
     for (const slot of this.#slots) {
+      if (slot.requests === undefined) {
+        void this.#watchRequests(slot);
+        slot.app.requests();
+      }
       // An app whose user did not exist when the agent started: its state folder goes to its group once it does.
       if (slot.gid === undefined) {
         void resolveRunAs(slot.app.app).then((r) => {
@@ -224,6 +255,7 @@ export class Agent {
       await Promise.allSettled(this.#slots.map(async (s) => {
         await s.arming;
         await s.watcher?.close();
+        s.requests?.close();
       }));
       await Promise.allSettled(this.apps.map((a) => a.close()));
       // The running generations keep their own copies of the sockets.

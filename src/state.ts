@@ -84,6 +84,19 @@ export interface AppState {
   readonly inflight?: InFlight | null;
   /** Generations older than the serving one, still running: since when each drains (ISO time). */
   readonly draining?: ReadonlyArray<{ readonly gen: number; readonly since: string }> | null;
+  /**
+   * Stopped on request (`relink stop`, ISO time and request id): supervision
+   * leaves the app stopped, across agent restarts, until `relink start`.
+   * Absent or null when not.
+   */
+  readonly held?: { readonly at: string; readonly request: string } | null;
+  /**
+   * The settings the serving generation was started with, as digests by key
+   * ("env.APP_COLOR", "command", "user", "limits.nofile": src/settings.ts),
+   * so `relink status` can say which changed in the config since. Null when
+   * unknown (an app adopted from before issue 12).
+   */
+  readonly settings?: Readonly<Record<string, string>> | null;
 }
 
 /** A deploy in flight, as the state file keeps it. */
@@ -140,6 +153,8 @@ export const AppStateSchema = z.looseObject({
     cause: z.object({ code: z.string(), message: z.string() }).nullable(),
   }).nullable().optional(),
   draining: z.array(z.object({ gen: z.int().min(0), since: z.string() })).nullable().optional(),
+  held: z.object({ at: z.string(), request: z.string() }).nullable().optional(),
+  settings: z.record(z.string(), z.string()).nullable().optional(),
 });
 
 const asState = (x: z.output<typeof AppStateSchema>): AppState => x;

@@ -4,6 +4,7 @@
  * fake clock makes timeouts deterministic, as tableflip's env does.
  */
 import assert from 'node:assert/strict';
+import type { AppRequest } from '../src/requests.js';
 import { test } from 'node:test';
 import { pino } from 'pino';
 import { AppAgent, READ_LIMIT } from '../src/app.js';
@@ -268,6 +269,15 @@ class World implements Effects {
 
   async releaseApp(): Promise<void> {
     this.released += 1;
+  }
+
+  /** Operators' requests waiting (relink stop | start | restart), taken by the next pass. */
+  requests: AppRequest[] = [];
+
+  async takeRequests(): Promise<AppRequest[]> {
+    const taken = this.requests;
+    this.requests = [];
+    return taken;
   }
 
   parentOf(pid: number): number | undefined {
