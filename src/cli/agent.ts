@@ -9,7 +9,8 @@ Run the resident agent in the foreground (systemd runs it this way). It
 watches each app's current.conf, validates every change, relinks app.bin and
 app.cfg atomically, and starts the app or sends it its reload signal. JSON
 log lines go to stdout. SIGTERM or SIGINT stop the agent; the apps keep
-running and the next agent adopts them.
+running and the next agent adopts them. SIGHUP (systemctl reload relink, or
+relink reload) re-reads the config: an invalid file changes nothing.
 
 Options:
   --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
@@ -47,10 +48,29 @@ export const agentCommand: Command = {
     }
     const config = await loadFor(values.config, io);
     const log = createLogger(config.logLevel);
-    const agent = await Agent.start(config, log);
-    const signal = await stop;
-    log.info({ signal }, 'stopping');
-    await agent.close();
-    return EXIT.ok;
+    // SIGHUP re-reads the config (Agent.reload). Until the agent has
+    // started, one is remembered, not fatal (SIGHUP's default action).
+    let hup: (() => void) | undefined;
+    let early = false;
+    const onHup = (): void => {
+      if (hup === undefined) early = true;
+      else hup();
+    };
+    process.on('SIGHUP', onHup);
+    try {
+      const agent = await Agent.start(config, log);
+      hup = () => {
+        log.info({ file: agent.config.file }, 'SIGHUP: reloading the config');
+        // Its outcome is logged (and recorded in agent.json) by reload itself.
+        agent.reload().catch(() => undefined);
+      };
+      if (early) hup();
+      const signal = await stop;
+      log.info({ signal }, 'stopping');
+      await agent.close();
+      return EXIT.ok;
+    } finally {
+      process.off('SIGHUP', onHup);
+    }
   },
 };

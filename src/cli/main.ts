@@ -45,6 +45,7 @@ const COMMANDS: Record<string, { readonly summary: string; readonly load: () => 
   stop: { summary: 'stop the app and keep it stopped (across agent restarts) until relink start', load: async () => (await import('./operate.js')).stopCommand, ownsStop: true },
   start: { summary: 'start the app from its current links (also out of "fatal" or a stop)', load: async () => (await import('./operate.js')).startCommand, ownsStop: true },
   restart: { summary: 'a new generation the reload strategy\'s way, with the config\'s current env, command, user, limits', load: async () => (await import('./operate.js')).restartCommand, ownsStop: true },
+  reload: { summary: 'have the running agent re-read its config (SIGHUP); an invalid file changes nothing', load: async () => (await import('./reload.js')).reloadCommand, ownsStop: true },
   demo: { summary: 'run the agent on a self-contained demo (deploy, refusal, rollback, an automatic rollback)', load: async () => (await import('./demo.js')).demoCommand, ownsStop: true },
   schema: { summary: 'print the JSON Schema of the agent config, for editors', load: async () => (await import('./schema.js')).schemaCommand },
 };
