@@ -770,8 +770,19 @@ export class AppAgent {
       }
       const plan = recoveryPlan(inf, found, this.#fx.lineage()?.serving ?? 0, this.app.reload.mode);
       this.#log.info({ plan: plan.kind, appPid: plan.kind === 'start' ? undefined : plan.proc.pid }, `recovering the deploy: ${plan.kind === 'judge' ? 'judging what runs it' : plan.kind === 'signal' ? 'signalling the main process' : 'starting the app'}`);
-      await this.#judge(attempt, release, before ?? found.main, plan.kind === 'start' ? 'start' : ACTIONS[this.app.reload.strategy], async () => {
-        if (plan.kind === 'judge') return plan.proc;
+      const prior = before ?? found.main;
+      await this.#judge(attempt, release, prior, plan.kind === 'start' ? 'start' : ACTIONS[this.app.reload.strategy], async () => {
+        if (plan.kind === 'judge') {
+          // A generation the previous agent brought up beside one that still
+          // serves (the old main lives on: "upgrade"; or the agent started
+          // it: "socket") is stopped like any if it fails. One that is all
+          // that serves (a re-exec whose old main has exited) is not: the
+          // rollback reloads it (see #stopFailed).
+          const strategy = this.app.reload.strategy;
+          const beside = (before !== undefined && plan.proc.gen !== before.gen) || ((strategy === 'socket' || strategy === 'restart') && plan.proc.gen !== prior?.gen);
+          if (plan.proc.gen !== undefined && beside) this.#newGen = plan.proc.gen;
+          return plan.proc;
+        }
         if (plan.kind === 'signal') return this.#takeOver(plan.proc, this.#verifyBy);
         return this.#startNew(this.#verifyBy);
       });
@@ -1073,6 +1084,12 @@ export class AppAgent {
     const gen = this.#fx.openGeneration(main);
     this.#newGen = gen;
     this.#reloading = { gen, main };
+    // The opened generation is on disk before the signal: an agent killed
+    // right after it leaves the next one able to tell the successor (saved
+    // after the signal, a kill in between had the next agent signal again:
+    // nginx and gunicorn ignore an upgrade signal while a new master runs,
+    // and two masters served on).
+    await this.#saveState();
     if (!this.#fx.signal(main.pid, this.app.reload.signal)) {
       // Gone between the check and the signal: start it from the new links.
       this.#fx.closeGeneration(gen);
@@ -1080,9 +1097,6 @@ export class AppAgent {
       this.#tracker.forget();
       return this.#startNew(stopBy);
     }
-    // The opened generation is on disk before it is waited for: an agent
-    // killed now leaves the next one able to tell the successor.
-    await this.#saveState();
     if (this.app.reload.mode === 'reexec') return awaitHandoff(this.#fx, this.app, main, gen, stopBy, this.app.reload.strategy !== 'upgrade');
     // In place: the main itself now belongs to the new generation, with the workers it starts.
     return { ...(await confirmInPlace(this.#fx, this.app, main)), gen };

@@ -304,6 +304,31 @@ test('"socket": an agent killed while the new generation is being judged; the ne
   await next.stop();
 });
 
+test('"socket": an agent killed while an unhealthy new generation is being judged; the next agent rolls back and stops that generation', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'killbad', PLAIN, { a: '', b: 'unhealthy=1\n' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const config = await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 3_000, deadlineMs: 6_000, intervalMs: 100 } });
+  const first = startAgent(t, config);
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  const a = await servedBy(app.port, 'app.a');
+  await setCurrent(app, 'b');
+  const b = await waitFor('the unhealthy generation beside the old one', async () => {
+    const r = await get(`http://127.0.0.1:${app.port}/`).then((x) => JSON.parse(x.body) as { release: string; pid: number }, () => undefined);
+    return r?.release === 'app.b' ? r : undefined;
+  }, { timeoutMs: 10_000 });
+  await first.stop('SIGKILL');
+  const next = startAgent(t, config);
+  const e = await nth(root, app.name, 2);
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+  // Before: the next agent judged it, journaled the rollback and left it
+  // serving beside the old one ("draining" for good).
+  await waitFor('the failed generation to be stopped', async () => (await import('node:fs/promises')).access(`/proc/${b.pid}`).then(() => undefined, () => true), { timeoutMs: 15_000 });
+  for (let i = 0; i < 10; i++) assert.equal((await servedBy(app.port, 'app.a')).pid, a.pid, 'only the old generation serves');
+  await next.stop();
+});
+
 test('"socket", agent started by hand and restarted: the next agent finds the address held by the app, restarts it once (outageMs), and holds the sockets from then on', async (t) => {
   const root = await tmpDir(t);
   const app = await makeApp(root, 'hand', PLAIN, { a: '', b: '' });
