@@ -288,7 +288,12 @@ export class Agent {
     if (slot.requests !== undefined || this.#closing !== undefined) return;
     const dir = requestsDir(this.config.stateDir, slot.app.app.name);
     try {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
+      // The app's folder first, with its own mode and group (a recursive
+      // mkdir would make it 0700 and shut the app's group out of its journal).
+      await ensureAppDir(path.dirname(dir), slot.gid);
+      await mkdir(dir, { mode: 0o700 }).catch((err: unknown) => {
+        if (!(err instanceof Error && 'code' in err && err.code === 'EEXIST')) throw err;
+      });
       slot.requests = watch(dir, () => slot.app.requests());
       slot.requests.on('error', (err) => {
         slot.log.error({ dir, err: err.message }, 'the requests folder cannot be watched any more; the re-check looks there meanwhile');

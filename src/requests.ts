@@ -50,7 +50,10 @@ export function requestsDir(stateDir: string, app: string): string {
  */
 export async function writeRequest(stateDir: string, app: string, command: Command, now = new Date()): Promise<AppRequest> {
   const dir = requestsDir(stateDir, app);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  // The app's state folder is the agent's to make (its mode and group): only the requests folder is made here.
+  await mkdir(dir, { mode: 0o700 }).catch((err: unknown) => {
+    if (!isErrno(err, 'EEXIST')) throw err;
+  });
   const pending = (await readdir(dir)).filter((f) => f.endsWith('.json')).length;
   if (pending >= MAX_PENDING) throw new RangeError(`${dir} already holds ${pending} requests nobody has answered: is the agent running?`);
   const req: AppRequest = { command, id: randomUUID(), at: now.toISOString() };
