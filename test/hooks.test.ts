@@ -330,9 +330,15 @@ test('a process that leaves the command\'s group holding its output does not hol
   const app = await makeApp({ root, releases: ['1.0'] });
   // setsid: the sleep leaves the process group (not killed with it) and keeps stdout open;
   // the command exits once it has left (its PID written), not before.
-  const pidFile = path.join(root, 'bg.pid');
-  const script = `rm -f ${pidFile}; setsid /bin/sh -c 'echo $$ > ${pidFile}; exec sleep 300' & while [ ! -s ${pidFile} ]; do sleep 0.01; done; echo "bg=$(cat ${pidFile})"; exit 1`;
-  const configFile = await writeConfig(root, [app], {}, { preflight: { command: sh(script) }, hooks: { beforeSwitch: sh(script) } });
+  const script = (pidFile: string) => `rm -f ${pidFile}; setsid /bin/sh -c 'echo $$ > ${pidFile}; exec sleep 300' & while [ ! -s ${pidFile} ]; do sleep 0.01; done; echo "bg=$(cat ${pidFile})"; exit 1`;
+  const pidFiles = { preflight: path.join(root, 'preflight.pid'), beforeSwitch: path.join(root, 'hook.pid') };
+  for (const f of Object.values(pidFiles)) {
+    defer(t, async () => {
+      const pid = Number(await readFile(f, 'utf8').catch(() => ''));
+      if (pid > 0 && await alive(pid)) process.kill(pid, 'SIGKILL');
+    });
+  }
+  const configFile = await writeConfig(root, [app], {}, { preflight: { command: sh(script(pidFiles.preflight)) }, hooks: { beforeSwitch: sh(script(pidFiles.beforeSwitch)) } });
   const cfg: AppConfig = (await loadConfig(configFile)).apps[0]!;
   const fx = realEffects(cfg, path.join(root, 'state'));
   const release = { bin: path.join(app.releasesDir, 'app.1.0'), cfg: path.join(app.releasesDir, 'cfg.1.0') };
@@ -342,9 +348,8 @@ test('a process that leaves the command\'s group holding its output does not hol
     const r = await Promise.race([run(), new Promise<never>((_, reject) => {
       deadline = setTimeout(() => reject(new Error(`${what}: no verdict 20 s after the command exited`)), 20_000);
     })]).finally(() => clearTimeout(deadline));
-    const bg = Number(/bg=(\d+)/.exec(r?.output ?? '')?.[1]);
-    if (bg > 0) defer(t, () => process.kill(bg, 'SIGKILL'));
     assert.equal(r?.status, 'exit 1', what);
+    const bg = Number(/bg=(\d+)/.exec(r?.output ?? '')?.[1]);
     assert.ok(bg > 0 && await alive(bg), `${what}: the setsid child ran on (${r?.output})`);
   }
 });
