@@ -19,7 +19,7 @@ import { readHistory, type HistoryEntry } from '../src/history.js';
 import { DeployHooks, type HookEntry, type HookName } from '../src/hooks.js';
 import type { CommandResult } from '../src/command.js';
 import { openUp, rootOnly, testUser, type TestUser } from './accounts.js';
-import { alive, defer, reapAppsAfter, startAgent, tmpDir, waitFor, type AgentProc, type LogLine } from './helpers.js';
+import { alive, defer, reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor, type AgentProc, type LogLine } from './helpers.js';
 
 interface Reply {
   readonly release: string;
@@ -238,7 +238,7 @@ test('a failing afterDeploy is logged and changes nothing; afterRollback reads t
   assert.deepEqual(all.map((r) => [r.hook, path.basename(r.entry.to.cfg ?? '')]), [['afterDeploy', 'cfg.1.0'], ['afterDeploy', 'cfg.2.0'], ['afterRollback', 'cfg.crash']]);
 });
 
-test('no hook runs when the agent adopts the running app at start, nor for a pass that changes nothing', async (t) => {
+test('no hook runs when the agent adopts the running app at start, for a pass that changes nothing, nor for relink restart', async (t) => {
   const w = await world(t, { beforeSwitch: sh(RECORD), afterDeploy: sh(RECORD) });
   const first = startAgent(t, w.configFile);
   assert.equal((await nth(w, 1)).outcome, 'deployed');
@@ -262,6 +262,18 @@ test('no hook runs when the agent adopts the running app at start, nor for a pas
   });
   assert.deepEqual(all.map((r) => [r.hook, path.basename(r.entry.to.cfg ?? '')]),
     [['beforeSwitch', 'cfg.1.0'], ['afterDeploy', 'cfg.1.0'], ['beforeSwitch', 'cfg.2.0'], ['afterDeploy', 'cfg.2.0']]);
+
+  // An operator's restart is not a deploy; the next deploy is the marker again.
+  const restart = await relinkCli(['restart', 'web', '--wait', '--config', w.configFile]);
+  assert.equal(restart.code, 0, restart.stderr);
+  assert.equal((await nth(w, 3)).command, 'restart');
+  await setCurrent(w.app, '1.0');
+  assert.equal((await nth(w, 4)).outcome, 'deployed');
+  const later = await waitFor('afterDeploy of 1.0 again', async () => {
+    const r = await runs(w.out);
+    return r.length === 6 ? r : undefined;
+  });
+  assert.deepEqual(later.slice(4).map((r) => [r.hook, path.basename(r.entry.to.cfg ?? '')]), [['beforeSwitch', 'cfg.1.0'], ['afterDeploy', 'cfg.1.0']]);
 });
 
 test('a slow afterDeploy does not delay another app\'s deploy; the same app\'s next deploy waits for it', async (t) => {
