@@ -26,6 +26,7 @@ import type { Effects } from './effects.js';
 import { describeError, isErrno, RelinkError, type ErrorCode } from './errors.js';
 import { stripBom } from './json.js';
 import type { Action, Command, HistoryEntry, Outcome } from './history.js';
+import { DeployHooks, pendingEntry } from './hooks.js';
 import { preflightRefusal } from './preflight.js';
 import { sameProcess, type ProcIdentity, type ProcInfo } from './proc.js';
 import { entryFor, Recorder, type Attempt, type Extra, type ReadAttempt } from './record.js';
@@ -119,6 +120,7 @@ export class AppAgent {
   readonly #liveness: LivenessCounter | undefined;
   readonly #recorder: Recorder;
   readonly #reads: TokenBucket;
+  readonly #hooks: DeployHooks;
   #state: AppStateName = 'stopped';
   /** Why the app cannot be managed (state "error"), or what failed in the last pass. */
   #problem: AppProblem | undefined;
@@ -197,6 +199,7 @@ export class AppAgent {
     this.#tracker = new ProcessTracker(effects, log);
     this.#generations = new Generations(effects, log);
     this.#recorder = new Recorder(effects, log);
+    this.#hooks = new DeployHooks(app, effects, log);
     this.#crash = new CrashPolicy(app.supervise);
     this.#liveness = app.health.liveness === undefined ? undefined : new LivenessCounter(app.health.liveness.failureThreshold);
     this.#reads = new TokenBucket(READ_LIMIT.burst, READ_LIMIT.perSecond, effects.now());
@@ -295,11 +298,15 @@ export class AppAgent {
       this.#cancelLiveness?.();
       this.#stopAt = this.#fx.now();
       this.#abort.abort();
+      // A running after-hook is ended now (SIGTERM); waited for below.
+      void this.#hooks.close();
       this.#wakeThrottle?.();
       if (!(await this.#idleWithin(STOP_BUDGET.waitMs))) {
         this.#log.error({ waitedMs: STOP_BUDGET.waitMs }, 'a pass did not finish within the stop budget; stopping without it');
       }
       await this.#recorder.closeStreak();
+      // Including one a verdict given while stopping queued (not run).
+      await this.#hooks.close();
       await this.#fx.releaseApp().catch(() => undefined);
     })();
     return this.#closing;
@@ -555,9 +562,13 @@ export class AppAgent {
     try {
       release = await this.#fx.validate(snapshot.text);
       if (main !== undefined) this.#assertFits(links, release);
-      if (!sameRelease(links, release) && !(await this.#preflight(release))) {
-        this.#abandon(release);
-        return;
+      if (!sameRelease(links, release)) {
+        // Held stopped (relink stop), a deploy only switches the links.
+        const action: Action = main !== undefined ? ACTIONS[this.app.reload.strategy] : this.#held === undefined ? 'start' : 'none';
+        if (!(await this.#preflight(release)) || !(await this.#hooks.beforeSwitch(pendingEntry(this.app, this.#fx.now(), attempt, action, release), this.#abort.signal))) {
+          this.#abandon(release);
+          return;
+        }
       }
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
@@ -643,6 +654,8 @@ export class AppAgent {
   }
 
   async #deploy(attempt: ReadAttempt, release: Release, main: ProcInfo | undefined, links: { bin: string | undefined; cfg: string | undefined }): Promise<void> {
+    // An app's hooks run one at a time, in the order of its deploys.
+    await this.#hooks.idle(this.#abort.signal);
     if (this.#held !== undefined && main === undefined) {
       // Stopped on request: the links switch and the app stays stopped
       // (journaled "stopped"); relink start runs the release they name.
@@ -1390,6 +1403,7 @@ export class AppAgent {
     this.#refusing = outcome === 'refused';
     await this.#recorder.attempt(entry, err);
     await this.#transition(next);
+    this.#hooks.after(entry);
   }
 
   async #saveState(): Promise<void> {

@@ -102,6 +102,18 @@ const SuperviseSchema = z.strictObject({
     .meta(about('quick failures in a row before the app is `fatal`')),
 });
 
+/** A hook's argv, like `command`; `null`: none. */
+const hookCommand = (description: string) => z.array(z.string().min(1)).min(1, 'must name a program: an argv array such as ["./hooks/notify.sh"]').nullable().default(null)
+  .meta(about(description));
+
+const HooksSchema = z.strictObject({
+  beforeSwitch: hookCommand('argv run after validation and the preflight, before the links are switched, for every deploy that switches them; non-zero (or the timeout) refuses the deploy (`HOOK_FAILED`); `null`: none'),
+  afterDeploy: hookCommand('argv run after a deploy is journaled `deployed`; its exit code is logged and changes nothing; `null`: none'),
+  afterRollback: hookCommand('argv run after an automatic rollback is journaled `rolled_back`; its exit code is logged and changes nothing; `null`: none'),
+  timeoutMs: z.int().min(100).max(3_600_000).default(30_000)
+    .meta(about('how long each hook may run; then SIGTERM to everything it started, and SIGKILL 2 s later')),
+});
+
 const RELEASE_PLACEHOLDER = '{release}';
 
 const releaseName = (def: string, description: string) => z.string()
@@ -180,6 +192,8 @@ const AppSchema = z.strictObject({
       .meta(about('how long the preflight may run before it is killed with everything it started')),
   }).nullable().default(null)
     .meta(about('an optional check of a candidate release before anything is switched; `null`: none')),
+  hooks: HooksSchema.prefault({})
+    .meta(about('optional commands run at points of a deploy, as the app runs (its user, groups, limits and environment, in `dir`), the journal entry on stdin as JSON ("Deploy hooks")')),
   supervise: SuperviseSchema.prefault({})
     .meta(about('crash supervision: restarts with backoff')),
   releaseNames: ReleaseNamesSchema.prefault({})
@@ -342,6 +356,8 @@ export interface AppConfig {
     liveness: Frozen<typeof LivenessSchema> | undefined;
   }>;
   readonly preflight: { readonly command: readonly string[]; readonly timeoutMs: number } | undefined;
+  /** Deploy hooks (src/hooks.ts): each an argv, undefined when none; `timeoutMs` for each run (ms). */
+  readonly hooks: Hooks;
   readonly supervise: Frozen<typeof SuperviseSchema>;
   /** File name patterns of a release, `{release}` standing for e.g. "2.0". */
   readonly releaseNames: Frozen<typeof ReleaseNamesSchema>;
@@ -354,6 +370,13 @@ export interface AppConfig {
   readonly allowRoot: boolean;
   /** Resource limits set on the app's process (soft = hard); undefined: inherited from the agent. */
   readonly limits: Limits;
+}
+
+export interface Hooks {
+  readonly beforeSwitch: readonly string[] | undefined;
+  readonly afterDeploy: readonly string[] | undefined;
+  readonly afterRollback: readonly string[] | undefined;
+  readonly timeoutMs: number;
 }
 
 export type LimitValue = number | 'unlimited';
@@ -446,6 +469,12 @@ export function parseConfig(text: string, file: string): AgentConfig {
         liveness: a.health.liveness === null ? undefined : Object.freeze({ ...a.health.liveness }),
       }),
       preflight: a.preflight === null ? undefined : Object.freeze({ command: Object.freeze([...a.preflight.command]), timeoutMs: a.preflight.timeoutMs }),
+      hooks: Object.freeze({
+        beforeSwitch: a.hooks.beforeSwitch === null ? undefined : Object.freeze([...a.hooks.beforeSwitch]),
+        afterDeploy: a.hooks.afterDeploy === null ? undefined : Object.freeze([...a.hooks.afterDeploy]),
+        afterRollback: a.hooks.afterRollback === null ? undefined : Object.freeze([...a.hooks.afterRollback]),
+        timeoutMs: a.hooks.timeoutMs,
+      }),
       supervise: Object.freeze({ ...a.supervise }),
       releaseNames: Object.freeze({ ...a.releaseNames }),
       prune: Object.freeze({ schedule: a.prune.schedule ?? undefined, keep: a.prune.keep }),

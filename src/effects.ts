@@ -12,6 +12,8 @@ import { firstAnswer, probeOnce, type ProbeResult } from './health.js';
 import { newestFirst, type HistoryEntry } from './history.js';
 import { launch, type Launched } from './launch.js';
 import { preflightRelease, type PreflightResult } from './preflight.js';
+import type { CommandResult } from './command.js';
+import { runHook, type HookEntry, type HookName } from './hooks.js';
 import { logSize, logTail } from './logtail.js';
 import { ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import type { SocketHolder, Unheld } from './sockets.js';
@@ -42,6 +44,13 @@ export interface Effects {
    * Throws what planCommand throws (the app may not run as that user).
    */
   preflight(release: Release, signal?: AbortSignal): Promise<PreflightResult | undefined>;
+  /**
+   * Run the app's deploy hook `name` as the app runs, `entry` on its stdin
+   * as JSON (src/hooks.ts runHook); undefined when none is configured.
+   * `signal` ends it. Throws HOOK_FAILED when its program does not exist,
+   * and what planCommand throws.
+   */
+  hook(name: HookName, entry: HookEntry, signal?: AbortSignal): Promise<CommandResult | undefined>;
   readLinks(): Promise<{ bin: string | undefined; cfg: string | undefined }>;
   relink(release: Release): Promise<void>;
   /** Cheap re-check of a known process of the app (no process-table scan); with its generation. */
@@ -156,6 +165,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     writeCurrent: async (text) => writeFileAtomic(app.currentFile, text, { keepOwner: (await resolveRunAs(app)).uid }),
     validate: (text) => validateCurrent(app, text),
     preflight: (release, signal) => preflightRelease(app, release, signal),
+    hook: (name, entry, signal) => runHook(app, name, entry, signal),
     readLinks: () => readLinks(app.links),
     relink: (release) => relink(app.links, release),
     verify: (id) => finder.verify(id),

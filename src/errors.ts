@@ -27,6 +27,8 @@ export type ErrorCode =
   | 'RELEASE_HASH_MISMATCH'
   | 'HOME_UNKNOWN'
   | 'PREFLIGHT_FAILED'
+  /** a deploy hook (src/hooks.ts) failed: beforeSwitch refuses the deploy; an after-hook's failure is only logged */
+  | 'HOOK_FAILED'
   // trust (StrictModes-style ownership and mode checks)
   | 'UNTRUSTED_PATH'
   // files in folders an app's user can write (src/safefs.ts)

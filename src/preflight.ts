@@ -9,95 +9,17 @@
  * (nginx -t makes its log and temp folders) would have been root's, so that
  * the app's own start then failed on them (issue 9, item 1).
  */
-import { spawn } from 'node:child_process';
+import { runCommand, type CommandResult } from './command.js';
 import type { AppConfig } from './config.js';
 import type { Release } from './current.js';
 import { RelinkError } from './errors.js';
-import { agentIdentity, planCommand, type LaunchPlan } from './launch.js';
+import { agentIdentity, planCommand } from './launch.js';
 
-export interface PreflightResult {
-  readonly ok: boolean;
-  /** "exit 1", "killed after 30000 ms", "killed by SIGSEGV", "ENOENT", "abandoned: ...". */
-  readonly status: string;
-  /** The last part of stdout+stderr, trimmed. */
-  readonly output: string;
-  /** Stopped because the caller's AbortSignal fired (the agent is stopping): no verdict. */
-  readonly aborted?: boolean;
-}
-
-/** Output kept for the reason; a preflight that prints megabytes is cut. */
-const MAX_OUTPUT = 4096;
+/** How a preflight ended (src/command.ts). */
+export type PreflightResult = CommandResult;
 
 export function expandArgs(argv: readonly string[], files: { bin: string; cfg: string }): string[] {
   return argv.map((a) => a.replaceAll('{bin}', files.bin).replaceAll('{cfg}', files.cfg));
-}
-
-export interface PreflightOptions {
-  /** Working folder: the app's `dir`. */
-  readonly cwd: string;
-  /** Killed (with everything it started) after this long (ms). */
-  readonly timeoutMs: number;
-  /** Kills it at once, e.g. when the agent is told to stop. */
-  readonly signal?: AbortSignal | undefined;
-}
-
-/**
- * Run `plan` (from planCommand) and report how it ended. Never throws: a
- * command that cannot start is a failed preflight with the errno as status.
- *
- * It runs in a process group of its own, and the whole group is killed on
- * timeout, on abort and once the command itself has exited: a shell script
- * that left a background child would otherwise hold the output pipes open
- * (and run on, as the app's user) after the verdict.
- */
-export function runPreflight(plan: LaunchPlan, opts: PreflightOptions): Promise<PreflightResult> {
-  return new Promise((resolve) => {
-    if (opts.signal?.aborted) {
-      resolve({ ok: false, status: 'abandoned: the agent is stopping', output: '', aborted: true });
-      return;
-    }
-    let output = '';
-    const keep = (chunk: Buffer) => {
-      output = (output + chunk.toString('utf8')).slice(-MAX_OUTPUT);
-    };
-    const child = spawn(plan.file, [...plan.args], { cwd: opts.cwd, env: plan.env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-    let ended: string | undefined;
-    let aborted = false;
-    const killGroup = () => {
-      if (child.pid === undefined) return;
-      try {
-        process.kill(-child.pid, 'SIGKILL');
-      } catch {
-        // the group is gone already
-      }
-    };
-    const timer = setTimeout(() => {
-      ended = `killed after ${opts.timeoutMs} ms`;
-      killGroup();
-    }, opts.timeoutMs);
-    const onAbort = () => {
-      ended = 'abandoned: the agent is stopping';
-      aborted = true;
-      killGroup();
-    };
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    const done = () => {
-      clearTimeout(timer);
-      opts.signal?.removeEventListener('abort', onAbort);
-    };
-    child.stdout.on('data', keep);
-    child.stderr.on('data', keep);
-    child.once('error', (err: NodeJS.ErrnoException) => {
-      done();
-      resolve({ ok: false, status: err.code ?? err.message, output: '' });
-    });
-    child.once('exit', () => killGroup());
-    child.once('close', (code, signal) => {
-      done();
-      const status = ended ?? (signal !== null ? `killed by ${signal}` : `exit ${code}`);
-      resolve({ ok: code === 0 && ended === undefined, status, output: output.trim(), ...(aborted ? { aborted } : {}) });
-    });
-  });
 }
 
 /**
@@ -109,7 +31,8 @@ export function runPreflight(plan: LaunchPlan, opts: PreflightOptions): Promise<
 export async function preflightRelease(app: AppConfig, release: Release, signal?: AbortSignal): Promise<PreflightResult | undefined> {
   if (app.preflight === undefined) return undefined;
   const plan = await planCommand(app, await agentIdentity(), expandArgs(app.preflight.command, release));
-  return runPreflight(plan, { cwd: app.dir, timeoutMs: app.preflight.timeoutMs, signal });
+  // Killed outright at its timeout: a check has nothing to clean up.
+  return runCommand(plan, { cwd: app.dir, timeoutMs: app.preflight.timeoutMs, signal });
 }
 
 /** The refusal for a preflight that did not exit 0 (PREFLIGHT_FAILED, with its status and output). */

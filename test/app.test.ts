@@ -17,6 +17,7 @@ import type { HistoryEntry } from '../src/history.js';
 import type { Launched } from '../src/launch.js';
 import type { Discovery, ProcIdentity, ProcInfo } from '../src/proc.js';
 import type { ProbeResult } from '../src/health.js';
+import type { CommandResult } from '../src/command.js';
 import type { PreflightResult } from '../src/preflight.js';
 import type { AppState } from '../src/state.js';
 
@@ -319,6 +320,11 @@ class World implements Effects {
   async writeCurrent(text: string): Promise<void> {
     this.text = text;
     this.mtime += 1;
+  }
+
+  /** No app here has deploy hooks (test/hooks.test.ts runs them for real). */
+  async hook(): Promise<CommandResult | undefined> {
+    return undefined;
   }
 
   /** When set, the preflight runs until it resolves (or the agent aborts it). */
