@@ -1,9 +1,8 @@
 import { Agent } from '../agent.js';
 import { createLogger } from '../log.js';
 import { EXIT, loadFor } from './io.js';
-import type { agent } from './commands.js';
+import type { SpecOf } from './commands.js';
 import type { Command } from './spec.js';
-
 
 /**
  * Why the agent must not run as `pid`, or undefined. As PID 1 it would be
@@ -15,7 +14,7 @@ export function pidOneRefusal(pid: number): string | undefined {
   return 'relink agent: refusing to run as PID 1 (a container entrypoint): the processes your apps re-execute into would be re-parented to it and never reaped (a zombie per deploy). Run it under an init that reaps orphans: `docker run --init ...`, or tini as the entrypoint (ENTRYPOINT ["/usr/bin/tini", "--", "relink", "agent"])\n';
 }
 
-export const agentCommand: Command<typeof agent> = {
+export const agentCommand: Command<SpecOf<'agent'>> = {
   async run({ values }, io, stop) {
     const refusal = pidOneRefusal(process.pid);
     if (refusal !== undefined) {

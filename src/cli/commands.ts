@@ -5,8 +5,8 @@
  * resident agent never holds the report commands or the demo; BENCHMARKS.md
  * section 3). Plain data: nothing here imports a command's implementation.
  *
- * Adding a command: one entry below (and in COMMANDS), plus src/cli/NAME.ts
- * exporting `nameCommand: Command<typeof name>`.
+ * Adding a command: one entry in TABLE, plus src/cli/NAME.ts exporting
+ * `nameCommand: Command<SpecOf<'name'>>`.
  */
 import { COUNT, DEFAULT_CONFIG, PORT, SECONDS, type CommandSpec, type Loaded, type OptionSpec } from './spec.js';
 
@@ -25,10 +25,15 @@ const STOPPED_WAITING = [
   { code: 143, meaning: '(SIGTERM) stopped waiting' },
 ] as const;
 
-export const agent = {
-  name: 'agent',
-  summary: 'run the resident agent in the foreground',
-  description: `
+/**
+ * In the order `relink --help` lists them. An implementation is typed by
+ * its entry: `export const stopCommand: Command<SpecOf<'stop'>>`.
+ */
+const TABLE = [
+  {
+    name: 'agent',
+    summary: 'run the resident agent in the foreground',
+    description: `
 Run the resident agent in the foreground (systemd runs it this way). It
 watches each app's current.conf, validates every change, relinks app.bin and
 app.cfg atomically, and starts the app or sends it its reload signal. JSON
@@ -39,19 +44,18 @@ It refuses to run as PID 1 (a container's entrypoint): the successors its
 apps start when they re-execute are re-parented to PID 1 and would stay
 zombies, one per deploy. Run it under an init that reaps them: docker run
 --init, or tini.`,
-  options: [CONFIG],
-  exits: [
-    { code: 0, meaning: 'stopped by a signal' },
-    { code: 1, meaning: 'bad config, another agent runs, or PID 1' },
-  ],
-  ownsStop: true,
-  load: async (): Loaded => (await import('./agent.js')).agentCommand,
-} as const satisfies CommandSpec;
-
-export const status = {
-  name: 'status',
-  summary: 'show each app: state, release, process, last deploy',
-  description: `
+    options: [CONFIG],
+    exits: [
+      { code: 0, meaning: 'stopped by a signal' },
+      { code: 1, meaning: 'bad config, another agent runs, or PID 1' },
+    ],
+    ownsStop: true,
+    load: async (): Loaded => (await import('./agent.js')).agentCommand,
+  },
+  {
+    name: 'status',
+    summary: 'show each app: state, release, process, last deploy',
+    description: `
 Show each app: its state, the release files its links point at, its main
 process and when that process started, its generations (the serving one
 and any older ones still draining, each with its processes; "deleted on
@@ -69,47 +73,45 @@ error (the agent cannot manage the app right now: the problem is shown);
 stopped. A state file or agent.json that is damaged (or that you may not
 read: the app's state is readable by root and the app's group) is treated as
 absent, with a warning naming it.`,
-  options: [
-    CONFIG,
-    ONLY_APP,
-    {
-      name: 'json', type: 'boolean',
-      help: '{"agent": {...} | null, "apps": [{"name", "state", "pid", "since", "bin", "cfg", "strategy", "sockets", "generations", "user", "limits", "warnings", ...}]}',
-    },
-  ],
-  exits: [
-    { code: 0, meaning: 'every app shown is running' },
-    { code: 1, meaning: 'one is not (or the config is bad)' },
-  ],
-  load: async (): Loaded => (await import('./status.js')).statusCommand,
-} as const satisfies CommandSpec;
-
-export const validate = {
-  name: 'validate',
-  summary: 'check a current.conf as the agent would; apply nothing',
-  description: `
+    options: [
+      CONFIG,
+      ONLY_APP,
+      {
+        name: 'json', type: 'boolean',
+        help: '{"agent": {...} | null, "apps": [{"name", "state", "pid", "since", "bin", "cfg", "strategy", "sockets", "generations", "user", "limits", "warnings", ...}]}',
+      },
+    ],
+    exits: [
+      { code: 0, meaning: 'every app shown is running' },
+      { code: 1, meaning: 'one is not (or the config is bad)' },
+    ],
+    load: async (): Loaded => (await import('./status.js')).statusCommand,
+  },
+  {
+    name: 'validate',
+    summary: 'check a current.conf as the agent would; apply nothing',
+    description: `
 Check a current.conf exactly as the agent would (a regular file the app's
 user may read, JSON, keys, that both files exist inside the app's releases
 folder, the binary is executable, who could have written them, and the
 app's preflight, run as the app runs, for a release that is not live yet)
 and apply nothing. CURRENT_CONF defaults to the app's own current.conf;
 relative paths inside it resolve against the folder holding it.`,
-  positionals: [{ name: 'CURRENT_CONF', help: "the file to check (default: the app's current.conf)" }],
-  options: [CONFIG, APP, { name: 'json', type: 'boolean', help: '{"ok": true|false, "file", "bin", "cfg", "live", "problems": [...]}' }],
-  exits: [
-    { code: 0, meaning: 'the agent would deploy it' },
-    { code: 1, meaning: 'it would refuse it (reasons on stderr)' },
-    { code: 130, meaning: '(SIGINT, Ctrl-C) stopped during the preflight, nothing judged' },
-    { code: 143, meaning: '(SIGTERM) the same' },
-  ],
-  ownsStop: true,
-  load: async (): Loaded => (await import('./validate.js')).validateCommand,
-} as const satisfies CommandSpec;
-
-export const history = {
-  name: 'history',
-  summary: 'show the deploy journal, newest last',
-  description: `
+    positionals: [{ name: 'CURRENT_CONF', help: "the file to check (default: the app's current.conf)" }],
+    options: [CONFIG, APP, { name: 'json', type: 'boolean', help: '{"ok": true|false, "file", "bin", "cfg", "live", "problems": [...]}' }],
+    exits: [
+      { code: 0, meaning: 'the agent would deploy it' },
+      { code: 1, meaning: 'it would refuse it (reasons on stderr)' },
+      { code: 130, meaning: '(SIGINT, Ctrl-C) stopped during the preflight, nothing judged' },
+      { code: 143, meaning: '(SIGTERM) the same' },
+    ],
+    ownsStop: true,
+    load: async (): Loaded => (await import('./validate.js')).validateCommand,
+  },
+  {
+    name: 'history',
+    summary: 'show the deploy journal, newest last',
+    description: `
 The deploy journal, newest last: every apply attempt with its outcome, what
 it switched from and to, the app's PID before and after, how long it took,
 and the reason when it did not deploy. Outcomes:
@@ -127,23 +129,22 @@ per line, rotated like a log (history.jsonl.1, .2) so it stays bounded; it
 is readable by root and the app's group only. Without --app, the journals of
 every app you may read are merged by time; the others are named on stderr.
 A damaged line (cut short by a crash) is skipped with a warning.`,
-  options: [
-    CONFIG,
-    ONLY_APP,
-    { name: 'limit', type: 'string', value: 'N', help: 'only the newest N entries (reads only those)', parser: COUNT },
-    { name: 'json', type: 'boolean', help: '{"history": [...]}' },
-  ],
-  exits: [
-    { code: 0, meaning: 'success' },
-    { code: 1, meaning: "the config or the app's journal cannot be read" },
-  ],
-  load: async (): Loaded => (await import('./history.js')).historyCommand,
-} as const satisfies CommandSpec;
-
-export const releases = {
-  name: 'releases',
-  summary: 'list the releases: current, previous, last known-good, failed',
-  description: `
+    options: [
+      CONFIG,
+      ONLY_APP,
+      { name: 'limit', type: 'string', value: 'N', help: 'only the newest N entries (reads only those)', parser: COUNT },
+      { name: 'json', type: 'boolean', help: '{"history": [...]}' },
+    ],
+    exits: [
+      { code: 0, meaning: 'success' },
+      { code: 1, meaning: "the config or the app's journal cannot be read" },
+    ],
+    load: async (): Loaded => (await import('./history.js')).historyCommand,
+  },
+  {
+    name: 'releases',
+    summary: 'list the releases: current, previous, last known-good, failed',
+    description: `
 The releases in each app's releases folder, oldest first by the time the
 binary arrived on this host (ARRIVED: its birth time where the filesystem
 records one, else its ctime; not its modification time, which rsync -a and
@@ -158,25 +159,24 @@ other than what runs now), last-good (the agent's last known-good release),
 failed (its latest deploy was rolled back or failed), and the reasons
 \`relink prune\` keeps it whatever its age (named by current.conf, linked by
 another app, arrived after the current release and never deployed).`,
-  options: [
-    CONFIG,
-    ONLY_APP,
-    {
-      name: 'json', type: 'boolean',
-      help: '{"apps": [{"name", "releases": [{"release", "bin", "cfg", "current", "previous", "lastGood", "failed", "lastDeploy", "protected"}]}]}; bin and cfg are {"path", "size", "mtime", "arrived", "arrivedBy": "birth" | "ctime"}',
-    },
-  ],
-  exits: [
-    { code: 0, meaning: 'success' },
-    { code: 1, meaning: 'the config, a releases folder or the state cannot be read' },
-  ],
-  load: async (): Loaded => (await import('./releases.js')).releasesCommand,
-} as const satisfies CommandSpec;
-
-export const prune = {
-  name: 'prune',
-  summary: 'delete old releases, keeping the newest N and every protected one',
-  description: `
+    options: [
+      CONFIG,
+      ONLY_APP,
+      {
+        name: 'json', type: 'boolean',
+        help: '{"apps": [{"name", "releases": [{"release", "bin", "cfg", "current", "previous", "lastGood", "failed", "lastDeploy", "protected"}]}]}; bin and cfg are {"path", "size", "mtime", "arrived", "arrivedBy": "birth" | "ctime"}',
+      },
+    ],
+    exits: [
+      { code: 0, meaning: 'success' },
+      { code: 1, meaning: 'the config, a releases folder or the state cannot be read' },
+    ],
+    load: async (): Loaded => (await import('./releases.js')).releasesCommand,
+  },
+  {
+    name: 'prune',
+    summary: 'delete old releases, keeping the newest N and every protected one',
+    description: `
 Delete old releases now (the agent also does it on each app's
 prune.schedule): every release but the newest N loses its binary and its
 config. Newest means arrived on this host last (the binary's birth time,
@@ -192,25 +192,24 @@ modification time. Always kept, whatever their age:
     name (apps may share a releases folder).
 Files not named by the app's releaseNames patterns are never touched.
 \`relink releases\` shows what would be kept and why.`,
-  options: [
-    CONFIG,
-    ONLY_APP,
-    { name: 'keep', type: 'string', value: 'N', help: "keep the newest N releases (default: the app's prune.keep, 5 unless set)", parser: COUNT },
-    { name: 'dry-run', type: 'boolean', help: 'list what would be deleted; delete nothing' },
-    { name: 'json', type: 'boolean', help: '{"dryRun": bool, "apps": [{"name", "removed": [FILE...], "kept": [FILE...]}]}' },
-  ],
-  exits: [
-    { code: 0, meaning: 'success' },
-    { code: 1, meaning: 'a file could not be deleted or the config or state cannot be read' },
-  ],
-  load: async (): Loaded => (await import('./prune.js')).pruneCommand,
-} as const satisfies CommandSpec;
-
-export const deploy = {
-  name: 'deploy',
-  summary: 'name a release in current.conf and (with --wait) wait for the verdict',
-  usage: '[--config FILE] [--app NAME] (RELEASE | --bin PATH --cfg PATH) [--wait] [--timeout S] [--json]',
-  description: `
+    options: [
+      CONFIG,
+      ONLY_APP,
+      { name: 'keep', type: 'string', value: 'N', help: "keep the newest N releases (default: the app's prune.keep, 5 unless set)", parser: COUNT },
+      { name: 'dry-run', type: 'boolean', help: 'list what would be deleted; delete nothing' },
+      { name: 'json', type: 'boolean', help: '{"dryRun": bool, "apps": [{"name", "removed": [FILE...], "kept": [FILE...]}]}' },
+    ],
+    exits: [
+      { code: 0, meaning: 'success' },
+      { code: 1, meaning: 'a file could not be deleted or the config or state cannot be read' },
+    ],
+    load: async (): Loaded => (await import('./prune.js')).pruneCommand,
+  },
+  {
+    name: 'deploy',
+    summary: 'name a release in current.conf and (with --wait) wait for the verdict',
+    usage: '[--config FILE] [--app NAME] (RELEASE | --bin PATH --cfg PATH) [--wait] [--timeout S] [--json]',
+    description: `
 Name a release in the app's current.conf, atomically, exactly as a hand
 edit would; the running agent applies it (validate, relink, start or signal,
 verify, roll back if unhealthy). RELEASE is a shorthand: "2.0" means the
@@ -219,76 +218,73 @@ folder. The agent's validation runs first, the app's preflight included (as
 the app runs): a release it would refuse is refused here and current.conf is
 not touched. A release already live whose current.conf names something
 else (a change not applied yet, a refused typo) is written again.`,
-  positionals: [{ name: 'RELEASE', help: 'the release: "2.0" for app.2.0 + cfg.2.0 (or --bin and --cfg)' }],
-  options: [
-    CONFIG,
-    APP,
-    { name: 'bin', type: 'string', value: 'PATH', help: 'the binary (with --cfg, instead of RELEASE)' },
-    { name: 'cfg', type: 'string', value: 'PATH', help: 'the config file' },
-    { name: 'wait', type: 'boolean', help: "wait for the agent's verdict on this change (Ctrl-C stops waiting, exit 130; the deploy goes on in the agent)" },
-    TIMEOUT,
-    { name: 'json', type: 'boolean', help: 'one JSON object: {"outcome", "message", "entry"?}' },
-  ],
-  exits: [
-    { code: 0, meaning: 'deployed and healthy (or already live; without --wait: written)' },
-    { code: 1, meaning: 'refused, rolled back, failed, superseded, no agent running, or no verdict in time' },
-    ...STOPPED_WAITING,
-  ],
-  ownsStop: true,
-  load: async (): Loaded => (await import('./deploy.js')).deployCommand,
-} as const satisfies CommandSpec;
-
-export const rollback = {
-  name: 'rollback',
-  summary: 'go back to the previous known-good release (or --to RELEASE)',
-  description: `
+    positionals: [{ name: 'RELEASE', help: 'the release: "2.0" for app.2.0 + cfg.2.0 (or --bin and --cfg)' }],
+    options: [
+      CONFIG,
+      APP,
+      { name: 'bin', type: 'string', value: 'PATH', help: 'the binary (with --cfg, instead of RELEASE)' },
+      { name: 'cfg', type: 'string', value: 'PATH', help: 'the config file' },
+      { name: 'wait', type: 'boolean', help: "wait for the agent's verdict on this change (Ctrl-C stops waiting, exit 130; the deploy goes on in the agent)" },
+      TIMEOUT,
+      { name: 'json', type: 'boolean', help: 'one JSON object: {"outcome", "message", "entry"?}' },
+    ],
+    exits: [
+      { code: 0, meaning: 'deployed and healthy (or already live; without --wait: written)' },
+      { code: 1, meaning: 'refused, rolled back, failed, superseded, no agent running, or no verdict in time' },
+      ...STOPPED_WAITING,
+    ],
+    ownsStop: true,
+    load: async (): Loaded => (await import('./deploy.js')).deployCommand,
+  },
+  {
+    name: 'rollback',
+    summary: 'go back to the previous known-good release (or --to RELEASE)',
+    description: `
 Go back to the previous release, or to the named one, by rewriting
 current.conf exactly as relink deploy does. The previous release is the
 newest one the journal records as deployed, other than what runs now (the
 app's links; where a link is missing, the last known-good release): the
 same one \`relink releases\` flags as previous and prune keeps.`,
-  options: [
-    CONFIG,
-    APP,
-    { name: 'to', type: 'string', value: 'RELEASE', help: 'this release instead (e.g. 1.0 for app.1.0 + cfg.1.0)' },
-    { name: 'wait', type: 'boolean', help: "wait for the agent's verdict (Ctrl-C stops waiting, exit 130; the rollback goes on in the agent)" },
-    TIMEOUT,
-    { name: 'json', type: 'boolean', help: 'one JSON object: {"outcome", "message", "entry"?}' },
-  ],
-  exits: [
-    { code: 0, meaning: 'rolled back and healthy (or already live; without --wait: written)' },
-    { code: 1, meaning: 'refused, failed, nothing to roll back to, no agent running, or no verdict in time' },
-    ...STOPPED_WAITING,
-  ],
-  ownsStop: true,
-  load: async (): Loaded => (await import('./rollback.js')).rollbackCommand,
-} as const satisfies CommandSpec;
-
-export const demo = {
-  name: 'demo',
-  summary: 'run the agent on a self-contained demo (deploy, refusal, rollback, an automatic rollback)',
-  description: `
+    options: [
+      CONFIG,
+      APP,
+      { name: 'to', type: 'string', value: 'RELEASE', help: 'this release instead (e.g. 1.0 for app.1.0 + cfg.1.0)' },
+      { name: 'wait', type: 'boolean', help: "wait for the agent's verdict (Ctrl-C stops waiting, exit 130; the rollback goes on in the agent)" },
+      TIMEOUT,
+      { name: 'json', type: 'boolean', help: 'one JSON object: {"outcome", "message", "entry"?}' },
+    ],
+    exits: [
+      { code: 0, meaning: 'rolled back and healthy (or already live; without --wait: written)' },
+      { code: 1, meaning: 'refused, failed, nothing to roll back to, no agent running, or no verdict in time' },
+      ...STOPPED_WAITING,
+    ],
+    ownsStop: true,
+    load: async (): Loaded => (await import('./rollback.js')).rollbackCommand,
+  },
+  {
+    name: 'demo',
+    summary: 'run the agent on a self-contained demo (deploy, refusal, rollback, an automatic rollback)',
+    description: `
 Run the agent on a self-contained demo in a temp folder: three releases of
 a small web app (built from C with the system's cc, inside that folder), a
 deploy, a refused typo, a release that fails its health check and is rolled
 back automatically, and a rollback by hand; then the agent stays up so you
 can edit current.conf yourself. Ctrl-C stops it and removes the folder.`,
-  options: [
-    { name: 'exit', type: 'boolean', help: 'stop after the scripted tour' },
-    { name: 'port', type: 'string', value: 'N', help: "the demo app's port on 127.0.0.1 (default: a free one)", parser: PORT },
-  ],
-  exits: [
-    { code: 0, meaning: 'the demo ran and its folder is removed (after the tour with --exit, else on Ctrl-C)' },
-    { code: 1, meaning: 'it failed (no C compiler, for one)' },
-  ],
-  ownsStop: true,
-  load: async (): Loaded => (await import('./demo.js')).demoCommand,
-} as const satisfies CommandSpec;
-
-export const schema = {
-  name: 'schema',
-  summary: 'print the JSON Schema of the agent config, for editors',
-  description: `
+    options: [
+      { name: 'exit', type: 'boolean', help: 'stop after the scripted tour' },
+      { name: 'port', type: 'string', value: 'N', help: "the demo app's port on 127.0.0.1 (default: a free one)", parser: PORT },
+    ],
+    exits: [
+      { code: 0, meaning: 'the demo ran and its folder is removed (after the tour with --exit, else on Ctrl-C)' },
+      { code: 1, meaning: 'it failed (no C compiler, for one)' },
+    ],
+    ownsStop: true,
+    load: async (): Loaded => (await import('./demo.js')).demoCommand,
+  },
+  {
+    name: 'schema',
+    summary: 'print the JSON Schema of the agent config, for editors',
+    description: `
 Print the JSON Schema of the agent config (draft-07), generated from the
 schema the agent validates with: every key with its description, default
 and bounds. Editors use it to check and complete a config that names it:
@@ -297,13 +293,17 @@ and bounds. Editors use it to check and complete a config that names it:
 
 The package ships the same text as config.schema.json (\`npm run schema\`
 regenerates it from a checkout). The agent itself ignores "$schema".`,
-  options: [],
-  exits: [{ code: 0, meaning: 'printed' }],
-  load: async (): Loaded => (await import('./schema.js')).schemaCommand,
-} as const satisfies CommandSpec;
+    options: [],
+    exits: [{ code: 0, meaning: 'printed' }],
+    load: async (): Loaded => (await import('./schema.js')).schemaCommand,
+  },
+] as const satisfies readonly CommandSpec[];
 
-/** In the order `relink --help` lists them. */
-export const COMMANDS: readonly CommandSpec[] = [agent, status, validate, history, releases, prune, deploy, rollback, demo, schema];
+export const COMMANDS: readonly CommandSpec[] = TABLE;
+
+export type CommandName = (typeof TABLE)[number]['name'];
+/** The spec of the command named N, as written (literal names, typed parsers). */
+export type SpecOf<N extends CommandName> = Extract<(typeof TABLE)[number], { readonly name: N }>;
 
 /** The command named `name` (own entries only: `relink toString` is unknown). */
 export function commandNamed(name: string): CommandSpec | undefined {

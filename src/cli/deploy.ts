@@ -1,14 +1,12 @@
 import path from 'node:path';
 import { releaseFiles } from '../config.js';
-import { DEFAULT_WAIT_S } from './commands.js';
+import { DEFAULT_WAIT_S, type SpecOf } from './commands.js';
 import { loadFor, selectApp, UsageError } from './io.js';
-import type { deploy } from './commands.js';
 import type { Command } from './spec.js';
 import { requestRelease } from './request.js';
 import { damageWarner } from './warn.js';
 
-
-export const deployCommand: Command<typeof deploy> = {
+export const deployCommand: Command<SpecOf<'deploy'>> = {
   async run({ values, positionals }, io, stop) {
     const byRelease = positionals.RELEASE !== undefined;
     const byFiles = values.bin !== undefined || values.cfg !== undefined;

@@ -1,12 +1,11 @@
 import path from 'node:path';
 import { journaledApps, newestEntries, type HistoryEntry } from '../history.js';
 import { EXIT, loadFor, selectApp, table } from './io.js';
-import type { history } from './commands.js';
+import type { SpecOf } from './commands.js';
 import type { Command } from './spec.js';
 import { damageWarner } from './warn.js';
 
-
-export const historyCommand: Command<typeof history> = {
+export const historyCommand: Command<SpecOf<'history'>> = {
   async run({ values }, io) {
     const limit = values.limit ?? Infinity;
     const config = await loadFor(values.config, io);

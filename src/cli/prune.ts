@@ -1,11 +1,10 @@
 import { pruneReleases } from '../releases.js';
 import { EXIT, loadFor, selectApps } from './io.js';
-import type { prune } from './commands.js';
+import type { SpecOf } from './commands.js';
 import type { Command } from './spec.js';
 import { damageWarner } from './warn.js';
 
-
-export const pruneCommand: Command<typeof prune> = {
+export const pruneCommand: Command<SpecOf<'prune'>> = {
   async run({ values }, io) {
     const keep = values.keep;
     const dryRun = values['dry-run'] === true;

@@ -2,12 +2,11 @@ import path from 'node:path';
 import { RelinkError } from '../errors.js';
 import { listReleases, type ReleaseInfo } from '../releases.js';
 import { ago, EXIT, loadFor, selectApps, table } from './io.js';
-import type { releases } from './commands.js';
+import type { SpecOf } from './commands.js';
 import type { Command } from './spec.js';
 import { damageWarner } from './warn.js';
 
-
-export const releasesCommand: Command<typeof releases> = {
+export const releasesCommand: Command<SpecOf<'releases'>> = {
   async run({ values }, io) {
     const config = await loadFor(values.config, io);
     const apps = selectApps(config, values.app);

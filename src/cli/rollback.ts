@@ -1,15 +1,13 @@
 import { releaseFiles } from '../config.js';
 import { RelinkError } from '../errors.js';
 import { previousRelease } from '../releases.js';
-import { DEFAULT_WAIT_S } from './commands.js';
+import { DEFAULT_WAIT_S, type SpecOf } from './commands.js';
 import { loadFor, selectApp } from './io.js';
-import type { rollback } from './commands.js';
 import type { Command } from './spec.js';
 import { requestRelease } from './request.js';
 import { damageWarner } from './warn.js';
 
-
-export const rollbackCommand: Command<typeof rollback> = {
+export const rollbackCommand: Command<SpecOf<'rollback'>> = {
   async run({ values }, io, stop) {
     const timeoutMs = (values.timeout ?? DEFAULT_WAIT_S) * 1000;
     const config = await loadFor(values.config, io);

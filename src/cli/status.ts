@@ -10,10 +10,9 @@ import { readLinks } from '../relink.js';
 import { readAppState, runningAgent, type AgentRecord, type AppProblem, type AppStateName } from '../state.js';
 import { describeDamage } from '../stateDir.js';
 import { ago, EXIT, loadFor, selectApps, table } from './io.js';
-import type { status } from './commands.js';
+import type { SpecOf } from './commands.js';
 import type { Command } from './spec.js';
 import { damageWarner } from './warn.js';
-
 
 export interface AppStatus {
   readonly name: string;
@@ -216,7 +215,7 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
   return out;
 }
 
-export const statusCommand: Command<typeof status> = {
+export const statusCommand: Command<SpecOf<'status'>> = {
   async run({ values }, io) {
     const config = await loadFor(values.config, io);
     const apps = selectApps(config, values.app);

@@ -7,11 +7,10 @@ import { readLinks } from '../relink.js';
 import { readerOf } from '../safefs.js';
 import { resolveRunAs } from '../user.js';
 import { EXIT, loadFor, selectApp } from './io.js';
-import type { validate } from './commands.js';
+import type { SpecOf } from './commands.js';
 import type { Command } from './spec.js';
 
-
-export const validateCommand: Command<typeof validate> = {
+export const validateCommand: Command<SpecOf<'validate'>> = {
   async run({ values, positionals }, io, stop) {
     const config = await loadFor(values.config, io);
     const app = selectApp(config, values.app);
