@@ -97,12 +97,12 @@ export interface CommandSpec {
   /**
    * The command's code, imported when it runs: `async (): Loaded => (await
    * import('./NAME.js')).nameCommand`. The return type is written out: TypeScript cannot
-   * infer it through the implementation, whose type refers back to this spec.
+   * infer it through the implementation, whose type refers back to this entry.
    */
   readonly load: () => Loaded;
 }
 
-// `any`: each command is typed by its own spec (Command<typeof spec>); main
+// `any`: each command is typed by its own entry (Command<SpecOf<'name'>>); main
 // runs them all through this one signature.
 export type Loaded = Promise<Command<any>>;
 
