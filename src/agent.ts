@@ -9,16 +9,20 @@
  * retried on every re-check while the others run; a state folder that
  * cannot be written is said once and the apps are managed anyway.
  */
-import { lstat } from 'node:fs/promises';
+import { watch, type FSWatcher } from 'node:fs';
+import { lstat, mkdir, readFile } from 'node:fs/promises';
+import { loadConfig } from './config.js';
+import { hashText } from './current.js';
+import { requestsDir } from './requests.js';
 import type { Logger } from 'pino';
 import { AppAgent, EARLY_TRIGGER, RECHECK_TRIGGER } from './app.js';
 import { Compactor } from './compaction.js';
 import type { AgentConfig, AppConfig } from './config.js';
 import { realEffects } from './effects.js';
-import { RelinkError } from './errors.js';
+import { RelinkError, RelinkErrors } from './errors.js';
 import { schedulePrune, type PruneSchedule } from './releases.js';
 import { migrateStateDir } from './migrate.js';
-import { agentFile, AppStore, claimAgent, releaseAgent, runningAgent } from './state.js';
+import { agentFile, AppStore, claimAgent, releaseAgent, runningAgent, type AgentConfigRecord } from './state.js';
 import { describeDamage, type Damage } from './stateDir.js';
 import { resolveRunAs } from './user.js';
 import { VERSION } from './version.js';
@@ -45,14 +49,30 @@ interface Slot {
   arming: Promise<void> | undefined;
   /** The last reason the watcher could not start, said once. */
   watchProblem: string | undefined;
+  /** Watches the app's requests folder (relink stop | start | restart: src/requests.ts); undefined until it could be made. */
+  requests: FSWatcher | undefined;
+  /** Its sd_notify socket (readiness "notify"). */
+  readonly notifier: Notifier | undefined;
+  /** Its scheduled prune (releases), if any. */
+  prune?: PruneSchedule | undefined;
 }
 
+/** What a config reload changed, by app name. */
+export interface ReloadResult {
+  readonly added: readonly string[];
+  readonly removed: readonly string[];
+  readonly changed: readonly string[];
+  readonly unchanged: readonly string[];
+}
+
+type Notifier = { path: string; ready(sinceMs: number, deadlineMs: number): Promise<boolean>; close(): Promise<void> };
+
 export class Agent {
-  readonly config: AgentConfig;
-  readonly apps: readonly AppAgent[];
-  readonly #slots: Slot[];
-  readonly #prunes: PruneSchedule[] = [];
+  #config: AgentConfig;
+  #slots: Slot[];
   readonly #log: Logger;
+  /** Reloads run one at a time, in the order asked. */
+  #reloads: Promise<unknown> = Promise.resolve();
   readonly #compactor: Compactor;
   /** Whether this agent holds the stateDir (agent.json); false when it could not be written. */
   #claimed = false;
@@ -63,16 +83,23 @@ export class Agent {
   #timer: NodeJS.Timeout | undefined;
   /** The apps' listening sockets (src/sockets.ts). */
   #sockets: SocketHolder | undefined;
-  /** The sd_notify sockets of apps with readiness "notify" (src/notify.ts): they keep the process alive until closed. */
-  #notifiers: Array<{ close(): Promise<void> }> = [];
   #closing: Promise<void> | undefined;
 
   private constructor(config: AgentConfig, slots: Slot[], log: Logger, compactor: Compactor) {
-    this.config = config;
+    this.#config = config;
     this.#slots = slots;
-    this.apps = slots.map((s) => s.app);
     this.#log = log;
     this.#compactor = compactor;
+  }
+
+  /** The config in force (the file as last loaded successfully). */
+  get config(): AgentConfig {
+    return this.#config;
+  }
+
+  /** The apps managed now, in config order. */
+  get apps(): readonly AppAgent[] {
+    return this.#slots.map((s) => s.app);
   }
 
   /**
@@ -93,31 +120,13 @@ export class Agent {
     }
     const sockets = await holdSockets(config, log, gids);
     const notifiers = await openNotifiers(config, log, gids);
-    const slots = config.apps.map((app, i): Slot => {
-      const applog = log.child({ app: app.name });
-      if (app.reload.deprecatedMode) applog.warn({ key: 'reload.mode' }, `"reload.mode" is deprecated: write "reload.strategy": ${JSON.stringify(app.reload.strategy)} instead (same meaning)`);
-      const store = new AppStore(config.stateDir, app.name, { gid: gids[i], history: config.history, onDamaged: warn(applog) });
-      const fx = realEffects(app, config.stateDir, { store, configFile: config.file, sockets, notify: notifiers.get(app.name) });
-      const record: typeof fx.record = async (entry) => {
-        await fx.record(entry);
-        compactor.noteDeploy();
-      };
-      return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, store, gid: gids[i], watcher: undefined, arming: undefined, watchProblem: undefined };
-    });
+    const slots = config.apps.map((app, i) => makeSlot(config, app, { gid: gids[i], log, compactor, sockets, notify: notifiers.get(app.name) }));
     const agent = new Agent(config, slots, log, compactor);
     agent.#sockets = sockets;
-    agent.#notifiers = [...notifiers.values()];
     agent.#claimed = claimed;
     agent.#claimProblem.last = claimProblem.last;
     try {
-      for (const slot of slots) {
-        // The watcher first: an edit made while the agent was down, or
-        // between start and ready, is seen by the app's first pass.
-        await agent.#arm(slot);
-        await slot.app.start();
-        const prune = schedulePrune(config, slot.app.app, slot.log);
-        if (prune !== undefined) agent.#prunes.push(prune);
-      }
+      for (const slot of slots) await agent.#startSlot(slot);
       agent.#timer = setInterval(() => agent.#recheck(), config.reconcileMs);
     } catch (err) {
       await agent.close();
@@ -125,6 +134,110 @@ export class Agent {
     }
     log.info({ version: VERSION, config: config.file, stateDir: config.stateDir, apps: config.apps.map((a) => a.name) }, 'agent started');
     return agent;
+  }
+
+  async #startSlot(slot: Slot): Promise<void> {
+    // The watcher first: an edit made while the agent was down, or
+    // between start and ready, is seen by the app's first pass.
+    await this.#arm(slot);
+    await this.#watchRequests(slot);
+    await slot.app.start();
+    slot.prune = schedulePrune(this.#config, slot.app.app, slot.log);
+  }
+
+  /** Let an app go: its watchers and schedule stop, its pass finishes (src/app.ts close); the app itself keeps running. */
+  async #stopSlot(slot: Slot): Promise<void> {
+    await slot.prune?.stop();
+    await slot.arming;
+    await slot.watcher?.close();
+    slot.requests?.close();
+    await slot.app.close();
+    await slot.notifier?.close();
+  }
+
+  /**
+   * Re-read the config file (SIGHUP, `relink reload`). A file that does not
+   * load (the errors loadConfig throws), or that moves stateDir (which
+   * cannot change under a running agent), changes nothing: the error is
+   * thrown and the running config stays. Otherwise apps added are started;
+   * apps removed are let go (left running, no longer managed: said in the
+   * log); an app whose settings changed gets a new orchestrator, which
+   * adopts what runs as a restarted agent would (the new settings apply to
+   * the next generation it starts: relink status says "restart to apply");
+   * the others are not touched. A change of an agent-wide key other than
+   * logLevel and reconcileMs (watch, history, prune) counts as a change of
+   * every app. agent.json records the outcome (`config`), for relink reload.
+   */
+  reload(): Promise<ReloadResult> {
+    const run = this.#reloads.then(() => this.#reload());
+    this.#reloads = run.catch(() => undefined);
+    return run;
+  }
+
+  async #reload(): Promise<ReloadResult> {
+    if (this.#closing !== undefined) throw new RelinkError('AGENT_STOPPING', 'the agent is stopping: the config is not reloaded', { rule: 'a reload needs a running agent' });
+    const file = this.#config.file;
+    const text = await readFile(file, 'utf8').catch(() => '');
+    let next: AgentConfig;
+    try {
+      next = await loadConfig(file);
+      if (next.stateDir !== this.#config.stateDir) {
+        throw new RelinkError('CONFIG_INVALID', `${file}: "stateDir" changed (${this.#config.stateDir} -> ${next.stateDir}): the agent keeps its state folder while it runs; restart the agent to move it (systemctl restart relink)`,
+          { file, key: 'stateDir', rule: 'cannot change while the agent runs', found: next.stateDir });
+      }
+    } catch (err) {
+      const message = err instanceof RelinkErrors ? err.problems.map((p: RelinkError) => p.message).join('; ') : err instanceof Error ? err.message : String(err);
+      this.#log.error({ file, code: err instanceof RelinkError ? err.code : 'CONFIG_INVALID', err: message }, `config not reloaded, the running config stays: ${message}`);
+      await this.#recordConfig({ hash: hashText(text), at: new Date().toISOString(), error: message });
+      throw err;
+    }
+    const agentWide = (c: AgentConfig): string => JSON.stringify({ watch: c.watch, history: c.history, prune: (c as { prune?: unknown }).prune });
+    const everything = agentWide(next) !== agentWide(this.#config);
+    const before = new Map(this.#slots.map((s) => [s.app.app.name, s]));
+    const wanted = new Set(next.apps.map((a) => a.name));
+    const result = { added: [] as string[], removed: [] as string[], changed: [] as string[], unchanged: [] as string[] };
+    for (const [name, slot] of before) {
+      if (wanted.has(name)) continue;
+      await this.#stopSlot(slot);
+      result.removed.push(name);
+      slot.log.warn({ app: name }, `"${name}" is no longer in ${file}: no longer managed; its processes are left running (stop them by hand, or put it back and relink stop it)`);
+    }
+    const prev = this.#config;
+    this.#config = next;
+    if (next.logLevel !== prev.logLevel) this.#log.level = next.logLevel;
+    if (next.reconcileMs !== prev.reconcileMs) {
+      clearInterval(this.#timer);
+      this.#timer = setInterval(() => this.#recheck(), next.reconcileMs);
+    }
+    const gids = await Promise.all(next.apps.map((a) => resolveRunAs(a).then((r) => r.gid, () => undefined)));
+    const slots: Slot[] = [];
+    for (const [i, app] of next.apps.entries()) {
+      const old = before.get(app.name);
+      if (old !== undefined && !everything && JSON.stringify(old.app.app) === JSON.stringify(app)) {
+        slots.push(old);
+        result.unchanged.push(app.name);
+        continue;
+      }
+      if (old !== undefined) await this.#stopSlot(old);
+      const notify = (await openNotifiers({ ...next, apps: [app] }, this.#log, [gids[i]])).get(app.name);
+      const slot = makeSlot(next, app, { gid: gids[i], log: this.#log, compactor: this.#compactor, sockets: this.#sockets!, notify });
+      slots.push(slot);
+      await this.#startSlot(slot);
+      (old === undefined ? result.added : result.changed).push(app.name);
+    }
+    this.#slots = slots;
+    this.#log.info({ file, ...result }, `config reloaded: ${result.added.length} added, ${result.removed.length} let go, ${result.changed.length} changed (their next generation starts with the new settings), ${result.unchanged.length} unchanged`);
+    await this.#recordConfig({ hash: hashText(text), at: new Date().toISOString(), ...result });
+    return result;
+  }
+
+  /** What the last reload did, in agent.json (for relink reload --wait). */
+  async #recordConfig(config: AgentConfigRecord): Promise<void> {
+    if (!this.#claimed) return;
+    await claimAgent(this.#config.stateDir, this.#config.file, VERSION, { config }).catch((err: unknown) => {
+      this.#log.warn({ err: err instanceof Error ? err.message : String(err) }, 'could not record the reload in agent.json');
+    });
+    this.#recordSignature = await fileSignature(agentFile(this.#config.stateDir));
   }
 
   async #arm(slot: Slot): Promise<void> {
@@ -165,9 +278,35 @@ export class Agent {
     });
   }
 
+  /**
+   * Operators' requests (src/requests.ts) are answered as soon as one is
+   * written: an inotify watch on the app's requests folder (made here, 0700).
+   * Until it can be made (a state folder that cannot be written), the
+   * periodic re-check looks instead.
+   */
+  async #watchRequests(slot: Slot): Promise<void> {
+    if (slot.requests !== undefined || this.#closing !== undefined) return;
+    const dir = requestsDir(this.config.stateDir, slot.app.app.name);
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      slot.requests = watch(dir, () => slot.app.requests());
+      slot.requests.on('error', (err) => {
+        slot.log.error({ dir, err: err.message }, 'the requests folder cannot be watched any more; the re-check looks there meanwhile');
+        slot.requests?.close();
+        slot.requests = undefined;
+      });
+    } catch (err) {
+      slot.log.warn({ dir, err: err instanceof Error ? err.message : String(err) }, 'cannot watch the requests folder (relink stop | start | restart); the re-check looks there meanwhile');
+    }
+  }
+
   #recheck(): void {
     void this.#reclaim();
     for (const slot of this.#slots) {
+      if (slot.requests === undefined) {
+        void this.#watchRequests(slot);
+        slot.app.requests();
+      }
       // An app whose user did not exist when the agent started: its state folder goes to its group once it does.
       if (slot.gid === undefined) {
         void resolveRunAs(slot.app.app).then((r) => {
@@ -219,21 +358,30 @@ export class Agent {
     this.#closing ??= (async () => {
       clearInterval(this.#timer);
       this.#compactor.stop();
+      // A reload in progress finishes first (it may be starting apps).
+      await this.#reloads;
       // node-cron tasks keep the process alive until destroyed.
-      await Promise.allSettled(this.#prunes.map((p) => p.stop()));
-      await Promise.allSettled(this.#slots.map(async (s) => {
-        await s.arming;
-        await s.watcher?.close();
-      }));
-      await Promise.allSettled(this.apps.map((a) => a.close()));
+      await Promise.allSettled(this.#slots.map((s) => this.#stopSlot(s)));
       // The running generations keep their own copies of the sockets.
       await this.#sockets?.close();
-      await Promise.allSettled(this.#notifiers.map((n) => n.close()));
       if (this.#claimed) await releaseAgent(this.config.stateDir).catch(() => undefined);
       this.#log.info('agent stopped; apps left running');
     })();
     return this.#closing;
   }
+}
+
+/** An app's orchestrator with its effects, journal and log, not started yet. */
+function makeSlot(config: AgentConfig, app: AppConfig, deps: { gid: number | undefined; log: Logger; compactor: Compactor; sockets: SocketHolder; notify: Notifier | undefined }): Slot {
+  const applog = deps.log.child({ app: app.name });
+  if (app.reload.deprecatedMode) applog.warn({ key: 'reload.mode' }, `"reload.mode" is deprecated: write "reload.strategy": ${JSON.stringify(app.reload.strategy)} instead (same meaning)`);
+  const store = new AppStore(config.stateDir, app.name, { gid: deps.gid, history: config.history, onDamaged: (d: Damage) => applog.warn({ file: d.file, line: d.line }, describeDamage(d)) });
+  const fx = realEffects(app, config.stateDir, { store, configFile: config.file, sockets: deps.sockets, notify: deps.notify });
+  const record: typeof fx.record = async (entry) => {
+    await fx.record(entry);
+    deps.compactor.noteDeploy();
+  };
+  return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, store, gid: deps.gid, watcher: undefined, arming: undefined, watchProblem: undefined, requests: undefined, notifier: deps.notify };
 }
 
 /**
@@ -265,8 +413,8 @@ async function claim(config: AgentConfig, log: Logger, onDamaged: (d: Damage) =>
  * it): given to the app's starts as NOTIFY_SOCKET. One that cannot be made
  * is said once; that app's deploys then fail NOT_READY, saying so.
  */
-async function openNotifiers(config: AgentConfig, log: Logger, gids: ReadonlyArray<number | undefined>): Promise<Map<string, { path: string; ready(sinceMs: number, deadlineMs: number): Promise<boolean>; close(): Promise<void> }>> {
-  const out = new Map<string, { path: string; ready(sinceMs: number, deadlineMs: number): Promise<boolean>; close(): Promise<void> }>();
+async function openNotifiers(config: AgentConfig, log: Logger, gids: ReadonlyArray<number | undefined>): Promise<Map<string, Notifier>> {
+  const out = new Map<string, Notifier>();
   for (const [i, app] of config.apps.entries()) {
     if (app.health.readiness !== 'notify') continue;
     try {

@@ -25,13 +25,16 @@ import { currentTextFor, type CurrentSnapshot, type Release } from './current.js
 import type { Effects } from './effects.js';
 import { describeError, isErrno, RelinkError, type ErrorCode } from './errors.js';
 import { stripBom } from './json.js';
-import type { Action, HistoryEntry, Outcome } from './history.js';
+import type { Action, Command, HistoryEntry, Outcome } from './history.js';
 import { preflightRefusal } from './preflight.js';
 import { sameProcess, type ProcIdentity, type ProcInfo } from './proc.js';
 import { entryFor, Recorder, type Attempt, type Extra, type ReadAttempt } from './record.js';
 import type { AppProblem, AppStateName, GoodRelease, InFlight } from './state.js';
 import { CrashPolicy, LivenessCounter } from './supervise.js';
 import { TokenBucket } from './throttle.js';
+import { changedSettings, launchSettings } from './settings.js';
+import type { AppRequest } from './requests.js';
+import { describeDamage } from './stateDir.js';
 import { ProcessTracker } from './tracker.js';
 import { Generations } from './generations.js';
 import { inflightFor, journaled, newestRoot, recoveredAttempt, recoveryPlan } from './inflight.js';
@@ -94,6 +97,11 @@ const sameRelease = (a: { bin?: string | undefined; cfg?: string | undefined } |
 /** An error code read back from the state file: written there by relink from one of its own errors (root-owned, not the app's to forge). */
 function asErrorCode(code: string | undefined): ErrorCode {
   return (code ?? 'INTERNAL') as ErrorCode;
+}
+
+/** A request taken while the agent stops: answered, not carried out. */
+function stopping(command: Command): RelinkError {
+  return new RelinkError('AGENT_STOPPING', `relink ${command}: the agent was stopping; ask again once it runs`, { rule: 'requests are carried out by a running agent', found: 'agent stopping' });
 }
 
 /** A problem from anything thrown (src/errors.ts describeError), since `now`. */
@@ -166,6 +174,16 @@ export class AppAgent {
   #outage: { readonly goneAt: number; acceptedAt?: number; readonly held: boolean } | undefined;
   /** A reload signal sent and not yet judged: the generation it opened and the main it went to. */
   #reloading: { gen: number; main: ProcInfo } | undefined;
+  /** Stopped on request (relink stop): supervision leaves the app stopped, across agent restarts, until relink start. */
+  #held: { at: string; request: string } | undefined;
+  /** Digests of the settings the serving generation was started with (src/settings.ts); undefined: unknown. */
+  #settings: Record<string, string> | undefined;
+  /** The generation the agent last started, and the settings it was started with: they serve once it does. */
+  #started: { gen: number; settings: Record<string, string> } | undefined;
+  /** The held app's not running was said in the log (once per agent). */
+  #heldSaid = false;
+  /** Operators' requests may be waiting (src/requests.ts): the loop takes them. */
+  #pendingRequests = false;
   #closed = false;
   #closing: Promise<void> | undefined;
   /** When close() was called (fx.now()): the stop budget counts from here. */
@@ -215,6 +233,10 @@ export class AppAgent {
     const legacy = saved?.pid != null && saved.pidStart != null ? { pid: saved.pid, startTime: saved.pidStart } : undefined;
     this.#fx.restoreLineage(saved?.lineage ?? undefined, legacy);
     for (const d of saved?.draining ?? []) this.#generations.drainingSince(d.gen, Date.parse(d.since));
+    this.#held = saved?.held ?? undefined;
+    this.#settings = saved?.settings ?? undefined;
+    // Requests made while no agent ran are answered by the first pass.
+    this.#pendingRequests = true;
     this.trigger('startup');
     if (this.app.supervise.enabled) this.#armMonitor();
     this.#armLiveness();
@@ -230,6 +252,18 @@ export class AppAgent {
     // The re-check also re-confirms the claim on the app's folder, whichever reason the pass ends up with.
     if (why === RECHECK_TRIGGER) this.#reclaim = true;
     this.#loop ??= this.#run();
+  }
+
+  /** Operators' requests may be waiting (relink stop | start | restart): take and answer them. Safe to call any number of times. */
+  requests(): void {
+    if (this.#closed) return;
+    this.#pendingRequests = true;
+    this.#loop ??= this.#run();
+  }
+
+  /** Stopped on request (relink stop), and since when. */
+  get held(): { readonly at: string; readonly request: string } | undefined {
+    return this.#held;
   }
 
   /** Ask for a supervision check only (is the app still running?). */
@@ -315,19 +349,26 @@ export class AppAgent {
       // without awaiting would clear #loop before that assignment, leaving a
       // settled promise idle() waits on forever.
       await null;
-      while (this.#pendingPass !== undefined || this.#pendingCheck || this.#pendingLiveness) {
+      while (this.#pendingPass !== undefined || this.#pendingCheck || this.#pendingLiveness || this.#pendingRequests) {
         const why = this.#pendingPass;
         const liveness = this.#pendingLiveness;
+        const requests = this.#pendingRequests;
         this.#pendingPass = undefined;
         this.#pendingCheck = false;
         this.#pendingLiveness = false;
+        this.#pendingRequests = false;
         try {
           if (why !== undefined) {
             await this.#throttle();
             if (this.#closed) break;
             if (await this.#setup()) await this.#pass(why);
+          } else if (requests) {
+            await this.#setup();
           }
+          // Not ready (the app cannot be managed now): requests stay on disk
+          // for the periodic re-check.
           if (!this.#ready) continue;
+          if (requests && !this.#closed) await this.#answerRequests();
           if (liveness) await this.#checkLiveness();
           // Every pass ends with the supervision check.
           await this.#ensureRunning();
@@ -602,6 +643,27 @@ export class AppAgent {
   }
 
   async #deploy(attempt: ReadAttempt, release: Release, main: ProcInfo | undefined, links: { bin: string | undefined; cfg: string | undefined }): Promise<void> {
+    if (this.#held !== undefined && main === undefined) {
+      // Stopped on request: the links switch and the app stays stopped
+      // (journaled "stopped"); relink start runs the release they name.
+      // Links already there (the first pass of a new agent): nothing to say.
+      if (sameRelease(links, release)) {
+        this.#applied = { hash: attempt.snapshot.hash, release };
+        this.#matched = { hash: attempt.snapshot.hash, at: new Date(this.#fx.now()).toISOString() };
+        await this.#saveState();
+        return;
+      }
+      try {
+        if (!sameRelease(links, release)) await this.#fx.relink(release);
+      } catch (err) {
+        if (!(err instanceof RelinkError)) throw err;
+        await this.#finish(attempt, 'failed', 'none', release, undefined, 'stopped', err);
+        return;
+      }
+      this.#applied = { hash: attempt.snapshot.hash, release };
+      await this.#finish(attempt, 'stopped', 'none', release, undefined, 'stopped');
+      return;
+    }
     // Recorded before anything is switched: an agent killed from here on
     // leaves the next one what it needs to finish judging (#recover).
     this.#inflight = inflightFor(attempt, release, main, links, this.#fx.ticks());
@@ -708,8 +770,19 @@ export class AppAgent {
       }
       const plan = recoveryPlan(inf, found, this.#fx.lineage()?.serving ?? 0, this.app.reload.mode);
       this.#log.info({ plan: plan.kind, appPid: plan.kind === 'start' ? undefined : plan.proc.pid }, `recovering the deploy: ${plan.kind === 'judge' ? 'judging what runs it' : plan.kind === 'signal' ? 'signalling the main process' : 'starting the app'}`);
-      await this.#judge(attempt, release, before ?? found.main, plan.kind === 'start' ? 'start' : ACTIONS[this.app.reload.strategy], async () => {
-        if (plan.kind === 'judge') return plan.proc;
+      const prior = before ?? found.main;
+      await this.#judge(attempt, release, prior, plan.kind === 'start' ? 'start' : ACTIONS[this.app.reload.strategy], async () => {
+        if (plan.kind === 'judge') {
+          // A generation the previous agent brought up beside one that still
+          // serves (the old main lives on: "upgrade"; or the agent started
+          // it: "socket") is stopped like any if it fails. One that is all
+          // that serves (a re-exec whose old main has exited) is not: the
+          // rollback reloads it (see #stopFailed).
+          const strategy = this.app.reload.strategy;
+          const beside = (before !== undefined && plan.proc.gen !== before.gen) || ((strategy === 'socket' || strategy === 'restart') && plan.proc.gen !== prior?.gen);
+          if (plan.proc.gen !== undefined && beside) this.#newGen = plan.proc.gen;
+          return plan.proc;
+        }
         if (plan.kind === 'signal') return this.#takeOver(plan.proc, this.#verifyBy);
         return this.#startNew(this.#verifyBy);
       });
@@ -743,6 +816,7 @@ export class AppAgent {
     const launched = await this.#fx.launch({ serve });
     // The new generation, stopped if it fails verification.
     this.#newGen = launched.gen;
+    this.#started = { gen: launched.gen, settings: launchSettings(this.app) };
     // Known on disk before it is waited for: an agent killed now leaves the
     // next one able to judge it (or stop it), never an unknown copy serving.
     if (!serve) await this.#saveState();
@@ -839,6 +913,128 @@ export class AppAgent {
     }
   }
 
+  /** The generation the agent started last now serves: the settings it was started with are the app's. */
+  #startedServes(gen: number | undefined): void {
+    if (gen !== undefined && this.#started?.gen === gen) {
+      this.#settings = this.#started.settings;
+      this.#started = undefined;
+    }
+  }
+
+  /**
+   * The config's launch settings that the serving generation was not
+   * started with ("env.APP_COLOR", "limits.nofile"...): what a restart would
+   * apply. Empty when they match or are unknown.
+   */
+  settingsToApply(): string[] {
+    return this.#settings === undefined ? [] : changedSettings(this.#settings, launchSettings(this.app));
+  }
+
+  /** Take the operators' requests waiting on disk and answer each, oldest first, with a journal entry carrying its id. */
+  async #answerRequests(): Promise<void> {
+    const requests = await this.#fx.takeRequests((d) => this.#log.warn({ file: d.file }, `not a request (set aside): ${describeDamage(d)}`));
+    for (const r of requests) {
+      const links = await this.#fx.readLinks();
+      const main = await this.#observe();
+      const attempt: Attempt = { trigger: `request:${r.command}`, started: this.#fx.now(), snapshot: null, from: links, pidBefore: main?.pid };
+      const extra: Extra = { command: r.command, request: r.id };
+      if (this.#closed) {
+        await this.#finish(attempt, 'failed', 'none', undefined, main, this.#state, stopping(r.command), extra);
+        continue;
+      }
+      this.#log.info({ command: r.command, request: r.id, at: r.at }, `relink ${r.command} asked`);
+      if (r.command === 'stop') await this.#stopOnRequest(attempt, r, main, extra);
+      else await this.#startOnRequest(attempt, r.command, main, links, extra);
+    }
+  }
+
+  /**
+   * relink stop: every generation gets stop.signal (its main; workers follow
+   * their master), SIGKILL to what is left after stop.timeoutMs. Held
+   * (saved first: an agent killed meanwhile leaves the app held).
+   */
+  async #stopOnRequest(attempt: Attempt, r: AppRequest, main: ProcInfo | undefined, extra: Extra): Promise<void> {
+    this.#held = { at: r.at, request: r.id };
+    this.#cancelBackoff?.();
+    this.#cancelBackoff = undefined;
+    this.#restartDue = false;
+    await this.#saveState();
+    const found = await this.#fx.discover(main);
+    const all = found.all;
+    const roots = all.filter((p) => !all.some((q) => q.pid === p.ppid));
+    if (all.length > 0) {
+      this.#log.info({ pids: roots.map((p) => p.pid), signal: this.app.stop.signal, timeoutMs: this.app.stop.timeoutMs }, `relink stop: ${this.app.stop.signal} to ${roots.map((p) => `pid ${p.pid}`).join(', ')}`);
+      await this.#generations.stop(all, this.app.stop.timeoutMs, this.app.stop.signal, roots);
+    }
+    this.#tracker.forget();
+    await this.#fx.refreshLineage(true);
+    const left = (await this.#fx.discover()).all;
+    if (left.length > 0) {
+      const err = new RelinkError('STOP_FAILED', `relink stop: ${left.length} process(es) of the app still run after ${this.app.stop.signal} and SIGKILL: ${left.map((p) => p.pid).join(', ')}`,
+        { key: 'stop', rule: 'every process of the app must exit', found: left.map((p) => p.pid).join(', ') });
+      await this.#finish(attempt, 'failed', 'stop', undefined, undefined, 'stopped', err, extra);
+      return;
+    }
+    await this.#finish(attempt, 'stopped', 'stop', undefined, undefined, 'stopped', undefined, extra);
+  }
+
+  /**
+   * relink start (from the current links; also the way out of "fatal" and
+   * of a stop) and relink restart (a new generation the strategy's way; a
+   * stop and start when the config's env, command, user or limits changed
+   * and the strategy would have the app inherit the old ones). Judged like
+   * a deploy; never rolled back (the release is the same): a failure is
+   * journaled "failed", and supervision goes on as after a crash.
+   */
+  async #startOnRequest(attempt: Attempt, command: Command, main: ProcInfo | undefined, links: { bin: string | undefined; cfg: string | undefined }, extra: Extra): Promise<void> {
+    const wasHeld = this.#held !== undefined;
+    this.#held = undefined;
+    this.#resetSupervision();
+    if (this.#state === 'fatal') await this.#transition(main === undefined ? 'stopped' : 'running');
+    const release = links.bin !== undefined && links.cfg !== undefined ? { bin: links.bin, cfg: links.cfg } : undefined;
+    if (release === undefined) {
+      const err = new RelinkError('NOTHING_TO_START', `relink ${command}: the app has no release linked yet (${this.app.links.bin} and ${this.app.links.cfg}): deploy one first (relink deploy)`,
+        { key: 'links', rule: 'a release must be linked', found: 'no links' });
+      await this.#finish(attempt, 'failed', 'none', undefined, main, this.#state, err, extra);
+      return;
+    }
+    if (main !== undefined && command === 'start') {
+      this.#log.info({ appPid: main.pid }, `relink start: already running (pid ${main.pid})${wasHeld ? '; no longer held' : ''}`);
+      await this.#finish(attempt, 'deployed', 'none', release, main, 'running', undefined, extra);
+      return;
+    }
+    const stale = this.settingsToApply();
+    const inherits = this.app.reload.strategy === 'reexec' || this.app.reload.strategy === 'inplace' || this.app.reload.strategy === 'upgrade';
+    let action: Action = main === undefined ? 'start' : ACTIONS[this.app.reload.strategy];
+    this.#newGen = undefined;
+    this.#outage = undefined;
+    const since = this.#fx.now();
+    await this.#transition('deploying');
+    let after: ProcInfo | undefined;
+    try {
+      if (main === undefined) {
+        after = await this.#startNew(this.#verifyBy);
+      } else if (inherits && stale.length > 0) {
+        this.#log.warn({ changed: stale }, `relink restart: ${stale.join(', ')} changed in the config; under reload.strategy "${this.app.reload.strategy}" the app would inherit the old ones, so it is stopped and started (refused connections meanwhile unless the agent holds its sockets)`);
+        action = 'restart';
+        after = await this.#restart(main, this.#verifyBy);
+      } else {
+        after = await this.#takeOver(main, this.#verifyBy);
+      }
+      after = await awaitHealthy(this.#fx, this.app, after, this.#verifyBy, since);
+    } catch (err) {
+      if (!(err instanceof RelinkError)) throw err;
+      await this.#stopFailed(main, err);
+      const now = await this.#observe();
+      await this.#finish(attempt, 'failed', action, release, now, now === undefined ? 'stopped' : 'running', err, { ...extra, strategy: this.app.reload.strategy });
+      return;
+    }
+    this.#serve(after, main);
+    this.#liveness?.reset();
+    await this.#fx.refreshLineage();
+    await this.#finish(attempt, 'deployed', action, release, after, 'running', undefined, { ...this.#outageExtra(), ...extra });
+  }
+
   /** The journal's figures for a restart's gap: outageMs (nothing held: refused meanwhile) or queuedMs (held: waited in the backlog). */
   #outageExtra(): Extra {
     const o = this.#outage;
@@ -888,6 +1084,12 @@ export class AppAgent {
     const gen = this.#fx.openGeneration(main);
     this.#newGen = gen;
     this.#reloading = { gen, main };
+    // The opened generation is on disk before the signal: an agent killed
+    // right after it leaves the next one able to tell the successor (saved
+    // after the signal, a kill in between had the next agent signal again:
+    // nginx and gunicorn ignore an upgrade signal while a new master runs,
+    // and two masters served on).
+    await this.#saveState();
     if (!this.#fx.signal(main.pid, this.app.reload.signal)) {
       // Gone between the check and the signal: start it from the new links.
       this.#fx.closeGeneration(gen);
@@ -895,9 +1097,6 @@ export class AppAgent {
       this.#tracker.forget();
       return this.#startNew(stopBy);
     }
-    // The opened generation is on disk before it is waited for: an agent
-    // killed now leaves the next one able to tell the successor.
-    await this.#saveState();
     if (this.app.reload.mode === 'reexec') return awaitHandoff(this.#fx, this.app, main, gen, stopBy, this.app.reload.strategy !== 'upgrade');
     // In place: the main itself now belongs to the new generation, with the workers it starts.
     return { ...(await confirmInPlace(this.#fx, this.app, main)), gen };
@@ -910,6 +1109,7 @@ export class AppAgent {
    */
   #serve(after: ProcInfo, previous?: ProcInfo): void {
     const gen = after.gen ?? this.#fx.lineage()?.serving ?? 0;
+    this.#startedServes(gen);
     this.#fx.promote(gen, after);
     this.#reloading = undefined;
     this.#newGen = undefined;
@@ -1058,6 +1258,12 @@ export class AppAgent {
       if (this.#crash.onRunning(this.#tracker.ranMs())) this.#log.info({ appPid: main.pid }, 'app has run stably; crash count reset');
       return;
     }
+    // Stopped on request: left stopped until relink start (said once per agent).
+    if (this.#held !== undefined) {
+      if (!this.#heldSaid) this.#log.info({ held: this.#held.at }, `the app is not running: stopped by relink stop at ${this.#held.at}; left stopped until relink start`);
+      this.#heldSaid = true;
+      return;
+    }
     if (this.app.supervise.enabled) await this.#stopLeftovers();
     if (!this.app.supervise.enabled || this.#state === 'fatal' || this.#cancelBackoff !== undefined) return;
     const links = await this.#fx.readLinks();
@@ -1103,6 +1309,7 @@ export class AppAgent {
     try {
       const after = await this.#startNew(this.#verifyBy);
       this.#tracker.set(after);
+      this.#startedServes(after.gen);
       this.#unsettled = after;
       this.#liveness?.reset();
       if (!first) this.#crash.onRestarted();
@@ -1202,6 +1409,8 @@ export class AppAgent {
       lineage: this.#fx.lineage() ?? null,
       inflight: this.#inflight ?? null,
       draining: this.#generations.draining().map((d) => ({ gen: d.gen, since: new Date(d.sinceMs).toISOString() })),
+      held: this.#held ?? null,
+      settings: this.#settings ?? null,
     });
   }
 }

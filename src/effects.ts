@@ -20,6 +20,8 @@ import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from 
 import { readLinks, relink } from './relink.js';
 import { readerOf } from './safefs.js';
 import { AppStore, type AppState } from './state.js';
+import { takeRequests, type AppRequest } from './requests.js';
+import type { OnDamage } from './stateDir.js';
 import { resolveRunAs } from './user.js';
 
 export interface Effects {
@@ -109,6 +111,8 @@ export interface Effects {
   claimApp(): Promise<void>;
   /** Let the app's folder go (the agent stops). */
   releaseApp(): Promise<void>;
+  /** Operators' requests waiting for the app (relink stop | start | restart), oldest first, each taken once (src/requests.ts). */
+  takeRequests(onDamaged?: OnDamage): Promise<AppRequest[]>;
 }
 
 export interface LaunchOptions {
@@ -209,6 +213,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
       return probeOnce(app.health.probe, app.health.probeTimeoutMs, whose);
     },
     record: (entry) => store.record(entry),
+    takeRequests: (onDamaged) => takeRequests(stateDir, app.name, onDamaged),
     lastRecorded: async () => {
       try {
         for await (const e of newestFirst(stateDir, app.name)) return e;

@@ -52,6 +52,10 @@ export type ErrorCode =
   /** readiness "notify": no READY=1 from the new generation in time */
   | 'NOT_READY'
   | 'APP_EXITED'
+  /** relink stop: a process of the app survived stop.signal and SIGKILL */
+  | 'STOP_FAILED'
+  /** relink start | restart before any release was linked */
+  | 'NOTHING_TO_START'
   | 'WRONG_BINARY'
   | 'UNHEALTHY'
   | 'ROLLBACK_FAILED'

@@ -28,7 +28,9 @@ export type Outcome =
   /** the release failed verification; the last known-good release serves again */
   | 'rolled_back'
   /** the release failed and nothing could be rolled back to (or the rollback failed too) */
-  | 'failed';
+  | 'failed'
+  /** the app was stopped on request (`relink stop`), or a deploy switched the links of an app so stopped and left it stopped */
+  | 'stopped';
 
 /**
  * What a deploy did to the app: started it (nothing ran), signalled it
@@ -36,7 +38,10 @@ export type Outcome =
  * one on the held sockets (socket: "replace"), stopped and started it
  * ("restart"), or nothing.
  */
-export type Action = 'start' | 'signal' | 'replace' | 'restart' | 'none';
+export type Action = 'start' | 'signal' | 'replace' | 'restart' | 'stop' | 'none';
+
+/** An operator's request that an entry answers (`relink stop | start | restart`), as opposed to a change of current.conf. */
+export type Command = 'stop' | 'start' | 'restart';
 
 export interface HistoryEntry {
   readonly time: string;
@@ -70,6 +75,10 @@ export interface HistoryEntry {
   readonly outageMs?: number | null;
   /** A restart on held sockets: the same gap, during which connections waited in the backlog (none refused). */
   readonly queuedMs?: number | null;
+  /** The operator's command this entry answers (absent for a change of current.conf). */
+  readonly command?: Command;
+  /** The id of that request (src/requests.ts): what `relink stop|start|restart --wait` waits for. */
+  readonly request?: string;
 }
 
 const Files = z.object({ bin: z.string().nullable(), cfg: z.string().nullable() });
@@ -78,8 +87,8 @@ const Files = z.object({ bin: z.string().nullable(), cfg: z.string().nullable() 
 export const HistoryEntrySchema = z.looseObject({
   time: z.string(),
   app: z.string(),
-  outcome: z.enum(['deployed', 'refused', 'rolled_back', 'failed']),
-  action: z.enum(['start', 'signal', 'replace', 'restart', 'none']),
+  outcome: z.enum(['deployed', 'refused', 'rolled_back', 'failed', 'stopped']),
+  action: z.enum(['start', 'signal', 'replace', 'restart', 'stop', 'none']),
   from: Files,
   to: Files,
   reason: z.string().nullable(),
@@ -95,6 +104,8 @@ export const HistoryEntrySchema = z.looseObject({
   strategy: z.string().optional(),
   outageMs: z.number().nullable().optional(),
   queuedMs: z.number().nullable().optional(),
+  command: z.enum(['stop', 'start', 'restart']).optional(),
+  request: z.string().optional(),
 });
 
 // What the schema accepts is a HistoryEntry (checked by the compiler).

@@ -489,6 +489,14 @@ export class ProcessFinder {
   #lastGen = 0;
   /** Processes the agent started that have exited: true when cleanly (exit code 0). */
   readonly #exits = new Map<number, boolean>();
+  /**
+   * Processes the agent spawned itself (pid -> start time): they begin as
+   * root in the prlimit/setpriv exec chain (src/launch.ts) and become the
+   * app's user only once setpriv has run, so their uid is not checked (the
+   * agent made them; nothing to forge). A gunicorn start caught in the chain
+   * was judged exited, and then not stopped, when the app has a user.
+   */
+  readonly #spawned = new Map<number, number>();
   /** A lineage record exists: processes without one are never taken for the app by their executable. */
   #recorded = false;
 
@@ -553,6 +561,7 @@ export class ProcessFinder {
     this.#recorded = true;
     if (info !== undefined) {
       this.#members.set(pid, { pid, startTime: info.startTime, gen });
+      this.#spawned.set(pid, info.startTime);
       this.#noteMain(gen, info);
     } else if (startedFrom !== undefined) {
       // Gone already (a daemonizing app's first process exits within
@@ -625,7 +634,12 @@ export class ProcessFinder {
   /** Is this a known process of the app (same PID and start time), running as it may? */
   async belongs(info: ProcInfo): Promise<boolean> {
     const m = this.#members.get(info.pid);
-    return m !== undefined && m.startTime === info.startTime && allowed(info, await this.uid());
+    return m !== undefined && m.startTime === info.startTime && this.#allowed(info, await this.uid());
+  }
+
+  /** May this member run as it does: as the app's user (anyone below a root app), or it is one the agent spawned, still in its exec chain. */
+  #allowed(info: ProcInfo, uid: number): boolean {
+    return allowed(info, uid) || this.#spawned.get(info.pid) === info.startTime;
   }
 
   /**
@@ -636,7 +650,7 @@ export class ProcessFinder {
     const info = await readProc(id.pid);
     if (info === undefined || info.startTime !== id.startTime) return undefined;
     const m = this.#members.get(id.pid);
-    if (m === undefined || m.startTime !== id.startTime || !allowed(info, await this.uid())) return undefined;
+    if (m === undefined || m.startTime !== id.startTime || !this.#allowed(info, await this.uid())) return undefined;
     return { ...info, gen: m.gen };
   }
 
@@ -773,6 +787,7 @@ export class ProcessFinder {
         continue;
       }
       this.#members.delete(m.pid);
+      this.#spawned.delete(m.pid);
     }
     // How a main exited is kept while its generation is recorded: a
     // daemonizing app's child may be found (by its PID file) only later.

@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import type { CurrentSnapshot, Release } from './current.js';
 import type { Effects } from './effects.js';
 import { describeError, RelinkErrors, type RelinkError } from './errors.js';
-import type { Action, HistoryEntry, Outcome } from './history.js';
+import type { Action, Command, HistoryEntry, Outcome } from './history.js';
 import type { AppState } from './state.js';
 import { TokenBucket } from './throttle.js';
 
@@ -41,6 +41,9 @@ export interface Extra {
   readonly rolledBackTo?: Release | null;
   /** The rejected current.conf text (a rollback rewrote the file). */
   readonly rejected?: string | null;
+  /** The operator's request answered (relink stop | start | restart) and its id. */
+  readonly command?: Command;
+  readonly request?: string;
 }
 
 /** Characters of a rejected current.conf kept in an entry; a real one is ~100. */
@@ -78,6 +81,8 @@ export function entryFor(
     ...(extra.queuedMs !== undefined ? { queuedMs: extra.queuedMs } : {}),
     ...(extra.rolledBackTo !== undefined ? { rolledBackTo: extra.rolledBackTo } : {}),
     ...(extra.rejected !== undefined ? { rejected: extra.rejected === null ? null : cut(extra.rejected, MAX_REJECTED_CHARS) } : {}),
+    ...(extra.command !== undefined ? { command: extra.command } : {}),
+    ...(extra.request !== undefined ? { request: extra.request } : {}),
   };
 }
 
@@ -92,10 +97,12 @@ export function logEntry(log: Logger, entry: HistoryEntry, err?: RelinkError): v
   const problems = err instanceof RelinkErrors && err.problems.length > 1 ? err.problems.slice(0, 20).map((p) => p.toJSON()) : undefined;
   const line = { ...fields, ...(problems ? { problems } : {}), ...(err?.file ? { file: err.file } : {}), ...(err?.key ? { key: err.key } : {}) };
   const repeats = entry.repeats === undefined ? '' : ` (${entry.repeats} more times)`;
-  if (entry.outcome === 'deployed') log.info(line, `deployed ${entry.to.bin ?? ''} (${entry.action})`);
+  const asked = entry.command === undefined ? '' : `relink ${entry.command}: `;
+  if (entry.outcome === 'deployed') log.info(line, `${asked}deployed ${entry.to.bin ?? ''} (${entry.action})`);
+  else if (entry.outcome === 'stopped') log.info(line, `${asked}stopped${entry.command === undefined ? `; links switched to ${entry.to.bin ?? ''} (the app stays stopped until relink start)` : ''}`);
   else if (entry.outcome === 'refused') log.warn(line, `refused${repeats}: ${entry.reason ?? ''}`);
   else if (entry.outcome === 'rolled_back') log.error(line, `rolled back to ${entry.rolledBackTo?.bin ?? ''}: ${entry.reason ?? ''}`);
-  else log.error(line, `failed: ${entry.reason ?? ''}`);
+  else log.error(line, `${asked}failed: ${entry.reason ?? ''}`);
 }
 
 /**

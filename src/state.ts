@@ -84,6 +84,19 @@ export interface AppState {
   readonly inflight?: InFlight | null;
   /** Generations older than the serving one, still running: since when each drains (ISO time). */
   readonly draining?: ReadonlyArray<{ readonly gen: number; readonly since: string }> | null;
+  /**
+   * Stopped on request (`relink stop`, ISO time and request id): supervision
+   * leaves the app stopped, across agent restarts, until `relink start`.
+   * Absent or null when not.
+   */
+  readonly held?: { readonly at: string; readonly request: string } | null;
+  /**
+   * The settings the serving generation was started with, as digests by key
+   * ("env.APP_COLOR", "command", "user", "limits.nofile": src/settings.ts),
+   * so `relink status` can say which changed in the config since. Null when
+   * unknown (an app adopted from before issue 12).
+   */
+  readonly settings?: Readonly<Record<string, string>> | null;
 }
 
 /** A deploy in flight, as the state file keeps it. */
@@ -140,6 +153,8 @@ export const AppStateSchema = z.looseObject({
     cause: z.object({ code: z.string(), message: z.string() }).nullable(),
   }).nullable().optional(),
   draining: z.array(z.object({ gen: z.int().min(0), since: z.string() })).nullable().optional(),
+  held: z.object({ at: z.string(), request: z.string() }).nullable().optional(),
+  settings: z.record(z.string(), z.string()).nullable().optional(),
 });
 
 const asState = (x: z.output<typeof AppStateSchema>): AppState => x;
@@ -256,6 +271,23 @@ export interface AgentRecord extends ProcIdentity {
   readonly configFile: string;
   readonly startedAt: string;
   readonly version: string;
+  /** The last config reload (SIGHUP, relink reload): absent until one. */
+  readonly config?: AgentConfigRecord;
+}
+
+/**
+ * A config reload as agent.json records it: the sha256 of the file's text
+ * as read, when, and either what it changed (app names) or why it changed
+ * nothing (`error`).
+ */
+export interface AgentConfigRecord {
+  readonly hash: string;
+  readonly at: string;
+  readonly error?: string;
+  readonly added?: readonly string[];
+  readonly removed?: readonly string[];
+  readonly changed?: readonly string[];
+  readonly unchanged?: readonly string[];
 }
 
 export const AgentRecordSchema = z.looseObject({
@@ -264,6 +296,10 @@ export const AgentRecordSchema = z.looseObject({
   configFile: z.string(),
   startedAt: z.string(),
   version: z.string(),
+  config: z.object({
+    hash: z.string(), at: z.string(), error: z.string().optional(),
+    added: z.array(z.string()).optional(), removed: z.array(z.string()).optional(), changed: z.array(z.string()).optional(), unchanged: z.array(z.string()).optional(),
+  }).optional(),
 });
 
 async function readAgentRecord(stateDir: string, onDamaged: ((file: string, problem: string, unreadable: boolean) => Promise<void>) | undefined): Promise<AgentRecord | undefined> {
@@ -292,7 +328,7 @@ export async function runningAgent(stateDir: string, opts: StateReadOptions = {}
  * and the claim goes on. Throws a StateWriteError when agent.json cannot be
  * written.
  */
-export async function claimAgent(stateDir: string, configFile: string, version: string, opts: StateReadOptions = {}): Promise<AgentRecord> {
+export async function claimAgent(stateDir: string, configFile: string, version: string, opts: StateReadOptions & { readonly config?: AgentConfigRecord } = {}): Promise<AgentRecord> {
   const file = agentFile(stateDir);
   try {
     await mkdir(stateDir, { recursive: true, mode: 0o755 });
@@ -309,7 +345,9 @@ export async function claimAgent(stateDir: string, configFile: string, version: 
       { file, rule: 'one agent per stateDir', found: `pid ${other.pid}` });
   }
   const me = await readProc(process.pid);
-  const rec: AgentRecord = { pid: process.pid, startTime: me?.startTime ?? 0, configFile, startedAt: new Date().toISOString(), version };
+  // Re-claimed by the same agent (a reload): it keeps its start time.
+  const startedAt = other !== undefined && other.pid === process.pid ? other.startedAt : new Date().toISOString();
+  const rec: AgentRecord = { pid: process.pid, startTime: me?.startTime ?? 0, configFile, startedAt, version, ...(opts.config === undefined ? {} : { config: opts.config }) };
   try {
     // 0644: the CLI finds the agent as any user; it holds nothing else.
     await writeFileAtomic(file, `${JSON.stringify(rec)}\n`, { mode: 0o644 });

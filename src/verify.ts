@@ -66,6 +66,10 @@ export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exite
     const stop = stopping(fx, stopBy, 'the started app appeared');
     if (stop !== undefined) throw stop;
     if (fx.now() >= deadline) {
+      if (how === CLEAN_EXIT && app.pidFile !== undefined) {
+        throw new RelinkError('START_FAILED', `the started process (pid ${pid}) exited 0 (it daemonized) and ${app.pidFile} named no new process of the app within ${app.reload.timeoutMs} ms: does the app write its PID there (nginx: its "pid" directive must name the same file as "pidFile")? A daemon it left may still run, unmanaged`,
+          { key: 'pidFile', rule: 'a daemonizing app must write its PID to pidFile', found: 'no new process named' });
+      }
       throw new RelinkError('START_FAILED', `the started process (pid ${pid}) could not be found within ${app.reload.timeoutMs} ms of starting ${JSON.stringify(app.command)}`,
         { key: 'command', rule: 'the started app must keep running' });
     }

@@ -4,6 +4,7 @@
  * fake clock makes timeouts deterministic, as tableflip's env does.
  */
 import assert from 'node:assert/strict';
+import type { AppRequest } from '../src/requests.js';
 import { test } from 'node:test';
 import { pino } from 'pino';
 import { AppAgent, READ_LIMIT } from '../src/app.js';
@@ -133,8 +134,12 @@ class World implements Effects {
 
   lineage() {
     const members = [...this.procs.values()].map((p) => ({ pid: p.pid, startTime: p.startTime, gen: p.gen ?? 0 }));
-    return { members, mains: [], serving: this.serving, lastGen: this.lastGen };
+    const openings = this.opened === undefined ? [] : [{ gen: this.opened, pid: 0, startTime: 0, fromTick: 0 }];
+    return { members, mains: [], serving: this.serving, lastGen: this.lastGen, openings };
   }
+
+  /** The state file as last saved when a reload signal went out (what an agent killed right then leaves the next one). */
+  savedAtSignal: AppState | undefined;
 
   restoreLineage(): void {}
 
@@ -270,6 +275,15 @@ class World implements Effects {
     this.released += 1;
   }
 
+  /** Operators' requests waiting (relink stop | start | restart), taken by the next pass. */
+  requests: AppRequest[] = [];
+
+  async takeRequests(): Promise<AppRequest[]> {
+    const taken = this.requests;
+    this.requests = [];
+    return taken;
+  }
+
   parentOf(pid: number): number | undefined {
     return this.procs.get(pid)?.ppid;
   }
@@ -277,6 +291,7 @@ class World implements Effects {
   signal(pid: number, signal: NodeJS.Signals): boolean {
     if (!this.procs.has(pid)) return false;
     this.signals.push([pid, signal]);
+    if (signal !== 'SIGTERM' && signal !== 'SIGKILL' && signal !== 'SIGQUIT') this.savedAtSignal = this.states.at(-1);
     if (signal === 'SIGTERM' || signal === 'SIGKILL') {
       if (!this.ignoreTerm || signal === 'SIGKILL') this.procs.delete(pid);
       return true;
@@ -1401,6 +1416,18 @@ test('strategy "inplace": a deploy that changes bin.file is refused before anyth
   assert.match(e.reason ?? '', /reload\.strategy "inplace" reloads the running process.*"upgrade".*"socket".*"restart"/);
   assert.deepEqual(w.signals, []);
   assert.equal(w.links.bin, `${REL}/app.1.0`);
+});
+
+test('the generation a reload signal opens is in the state file before the signal goes out (an agent killed right after it leaves the next one able to tell the successor)', async () => {
+  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2' }, { stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
+  w.onSignal = 'upgrade';
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries[1]?.outcome, 'deployed');
+  const openings = w.savedAtSignal?.lineage?.openings ?? [];
+  assert.equal(openings.length, 1, 'saved with the opened generation before SIGUSR2');
+  assert.equal(w.savedAtSignal?.inflight?.release.bin, `${REL}/app.2.0`);
 });
 
 test('strategy "upgrade": the new master (a child of the old) is judged, then the old one gets stop.signal', async () => {

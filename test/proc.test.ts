@@ -499,6 +499,29 @@ test('an app that daemonizes and overwrites its environment (nginx, daemon on) i
   assert.deepEqual(refused.all, []);
 });
 
+test('a process the agent spawned is the app\'s while it is still root in its exec chain (prlimit, setpriv); one only recorded must run as the app\'s user', async (t) => {
+  if (process.getuid?.() !== 0) {
+    t.skip('needs root: the chain starts as root');
+    return;
+  }
+  const { app } = await setup(t);
+  // What launch.ts spawns runs as root until setpriv has switched to the
+  // app's user: a verify() in that window judged the start dead (and a
+  // failed generation caught there was never stopped).
+  const chain = spawnTracked(t, 'sleep', ['300']);
+  const info = await waitFor('the spawned process', () => readProc(chain.pid));
+  const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, user: 'nobody' });
+  const gen = await finder.launched(chain.pid);
+  assert.equal((await finder.verify(info))?.gen, gen, 'the agent\'s own start, still root, is the app\'s');
+  assert.equal(await finder.belongs(info), true);
+
+  // The same root process known only from a record (a state file): not the app's, whose user is nobody.
+  const recorded = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, user: 'nobody' });
+  recorded.restore({ members: [{ pid: info.pid, startTime: info.startTime, gen: 1 }], mains: [{ pid: info.pid, startTime: info.startTime, gen: 1 }], serving: 1, lastGen: 1 });
+  assert.equal(await recorded.verify(info), undefined);
+  assert.equal(await recorded.belongs(info), false);
+});
+
 test('sendSignal delivers to a live process and returns false for a dead one', async (t) => {
   const live = spawnTracked(t, 'sleep', ['300']);
   await waitFor('sleep to run', () => alive(live.pid));

@@ -6,117 +6,15 @@
  * back; "restart" reports its gap in the journal.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { chmod, copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { writeFileAtomic } from '../src/atomicWrite.js';
 import { freePort } from '../src/demo/layout.js';
-import { readHistory, type HistoryEntry } from '../src/history.js';
 import { SocketHolder } from '../src/sockets.js';
 import { needProgram } from './accounts.js';
 import { defer, get, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
-
-const PLAIN = path.join(ROOT, 'test', 'apps', 'plainapp.py');
-const FDAPP = path.join(ROOT, 'test', 'apps', 'fdapp.cjs');
-
-interface App {
-  readonly name: string;
-  readonly dir: string;
-  readonly releasesDir: string;
-  readonly port: number;
-}
-
-
-async function servedBy(port: number, release: string): Promise<{ release: string; pid: number; fds: number }> {
-  return waitFor(`port ${port} to serve ${release}`, async () => {
-    const r = await get(`http://127.0.0.1:${port}/`).then((x) => JSON.parse(x.body) as { release: string; pid: number; fds: number }, () => undefined);
-    return r?.release === release ? r : undefined;
-  }, { timeoutMs: 20_000 });
-}
-
-/** An app folder whose releases are copies of `file`, each with its cfg lines. */
-async function makeApp(root: string, name: string, file: string, rs: Record<string, string>): Promise<App> {
-  const dir = path.join(root, name);
-  const releasesDir = path.join(dir, 'release');
-  const port = await freePort();
-  await mkdir(releasesDir, { recursive: true });
-  for (const [r, extra] of Object.entries(rs)) {
-    await copyFile(file, path.join(releasesDir, `app.${r}`));
-    await chmod(path.join(releasesDir, `app.${r}`), 0o755);
-    await writeFile(path.join(releasesDir, `cfg.${r}`), `port=${port}\nmessage=${name} ${r}\n${extra}`);
-  }
-  return { name, dir, releasesDir, port };
-}
-
-async function setCurrent(app: App, r: string): Promise<void> {
-  await writeFileAtomic(path.join(app.releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` })}\n`);
-}
-
-async function configFor(root: string, app: App, extra: Record<string, unknown>): Promise<string> {
-  const file = path.join(root, 'config.json');
-  await writeFile(file, JSON.stringify({
-    stateDir: path.join(root, 'state'),
-    reconcileMs: 1_000,
-    apps: [{
-      name: app.name,
-      dir: app.dir,
-      ...(process.getuid?.() === 0 ? { allowRoot: true } : {}),
-      reload: { timeoutMs: 5_000 },
-      health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 200, deadlineMs: 4_000, intervalMs: 50 },
-      supervise: { checkMs: 100, backoffMs: 100, maxBackoffMs: 400, stableMs: 3_000, maxRetries: 3 },
-      stop: { signal: 'SIGTERM', timeoutMs: 5_000 },
-      ...extra,
-    }],
-  }, null, 2));
-  return file;
-}
-
-async function nth(root: string, app: string, n: number): Promise<HistoryEntry> {
-  return waitFor(`${app}: journal entry #${n}`, async () => (await readHistory(path.join(root, 'state'), app))[n - 1], { timeoutMs: 30_000 });
-}
-
-interface WrkResult {
-  requests: number;
-  connect: number;
-  read: number;
-  write: number;
-  timeout: number;
-  non2xx: number;
-  text: string;
-}
-
-/** wrk with a new connection per request until stopped (SIGINT makes it print its summary). */
-function load(t: TestContext, port: number): { stop: () => Promise<WrkResult> } {
-  const child = spawn('wrk', ['-t', '1', '-c', '8', '-d', '300s', '-H', 'Connection: close', `http://127.0.0.1:${port}/`], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let text = '';
-  child.stdout.on('data', (d) => { text += String(d); });
-  child.stderr.on('data', (d) => { text += String(d); });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  defer(t, () => { child.kill('SIGKILL'); });
-  return {
-    stop: async () => {
-      child.kill('SIGINT');
-      await exited;
-      const n = (re: RegExp): number => Number(re.exec(text)?.[1] ?? 0);
-      const errs = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text);
-      return {
-        requests: n(/(\d+) requests in/),
-        connect: Number(errs?.[1] ?? 0),
-        read: Number(errs?.[2] ?? 0),
-        write: Number(errs?.[3] ?? 0),
-        timeout: Number(errs?.[4] ?? 0),
-        non2xx: n(/Non-2xx or 3xx responses: (\d+)/),
-        text,
-      };
-    },
-  };
-}
-
-function assertNoErrors(r: WrkResult): void {
-  assert.ok(r.requests > 100, `wrk made too few requests to prove anything: ${r.text}`);
-  assert.deepEqual({ connect: r.connect, read: r.read, write: r.write, timeout: r.timeout, non2xx: r.non2xx }, { connect: 0, read: 0, write: 0, timeout: 0, non2xx: 0 }, r.text);
-}
+import { assertNoErrors, configFor, FDAPP, load, makeApp, nth, PLAIN, servedBy, setCurrent, type App } from './plainapps.js';
 
 const DEPLOYS = 20;
 
@@ -403,6 +301,31 @@ test('"socket": an agent killed while the new generation is being judged; the ne
   await waitFor('the old process to exit', async () => (await import('node:fs/promises')).access(`/proc/${a.pid}`).then(() => undefined, () => true), { timeoutMs: 15_000 });
   const b = await servedBy(app.port, 'app.b');
   for (let i = 0; i < 10; i++) assert.equal((await servedBy(app.port, 'app.b')).pid, b.pid, 'one generation serves');
+  await next.stop();
+});
+
+test('"socket": an agent killed while an unhealthy new generation is being judged; the next agent rolls back and stops that generation', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'killbad', PLAIN, { a: '', b: 'unhealthy=1\n' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const config = await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 3_000, deadlineMs: 6_000, intervalMs: 100 } });
+  const first = startAgent(t, config);
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  const a = await servedBy(app.port, 'app.a');
+  await setCurrent(app, 'b');
+  const b = await waitFor('the unhealthy generation beside the old one', async () => {
+    const r = await get(`http://127.0.0.1:${app.port}/`).then((x) => JSON.parse(x.body) as { release: string; pid: number }, () => undefined);
+    return r?.release === 'app.b' ? r : undefined;
+  }, { timeoutMs: 10_000 });
+  await first.stop('SIGKILL');
+  const next = startAgent(t, config);
+  const e = await nth(root, app.name, 2);
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+  // Before: the next agent judged it, journaled the rollback and left it
+  // serving beside the old one ("draining" for good).
+  await waitFor('the failed generation to be stopped', async () => (await import('node:fs/promises')).access(`/proc/${b.pid}`).then(() => undefined, () => true), { timeoutMs: 15_000 });
+  for (let i = 0; i < 10; i++) assert.equal((await servedBy(app.port, 'app.a')).pid, a.pid, 'only the old generation serves');
   await next.stop();
 });
 

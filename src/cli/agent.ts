@@ -23,10 +23,29 @@ export const agentCommand: Command<SpecOf<'agent'>> = {
     }
     const config = await loadFor(values.config, io);
     const log = createLogger(config.logLevel);
-    const agent = await Agent.start(config, log);
-    const signal = await stop;
-    log.info({ signal }, 'stopping');
-    await agent.close();
-    return EXIT.ok;
+    // SIGHUP re-reads the config (Agent.reload). Until the agent has
+    // started, one is remembered, not fatal (SIGHUP's default action).
+    let hup: (() => void) | undefined;
+    let early = false;
+    const onHup = (): void => {
+      if (hup === undefined) early = true;
+      else hup();
+    };
+    process.on('SIGHUP', onHup);
+    try {
+      const agent = await Agent.start(config, log);
+      hup = () => {
+        log.info({ file: agent.config.file }, 'SIGHUP: reloading the config');
+        // Its outcome is logged (and recorded in agent.json) by reload itself.
+        agent.reload().catch(() => undefined);
+      };
+      if (early) hup();
+      const signal = await stop;
+      log.info({ signal }, 'stopping');
+      await agent.close();
+      return EXIT.ok;
+    } finally {
+      process.off('SIGHUP', onHup);
+    }
   },
 };

@@ -17,13 +17,46 @@ const CONFIG = {
 const APP = { name: 'app', type: 'string', value: 'NAME', help: 'the app (needed when the config has several)' } as const satisfies OptionSpec;
 /** --app for a command about every app unless told. */
 const ONLY_APP = { name: 'app', type: 'string', value: 'NAME', help: 'only this app' } as const satisfies OptionSpec;
-const TIMEOUT = { name: 'timeout', type: 'string', value: 'S', help: 'how long --wait waits (default 120)', parser: SECONDS } as const satisfies OptionSpec;
-/** What --timeout means when it is not given. */
+/** What --timeout means when it is not given (deploy, rollback, start, restart). */
 export const DEFAULT_WAIT_S = 120;
+/** --timeout S; `fallback` says what it is when not given (the command applies it). */
+function timeout<const D extends string>(fallback: D) {
+  return { name: 'timeout', type: 'string', value: 'S', help: `how long --wait waits (default ${fallback})`, parser: SECONDS } as const satisfies OptionSpec;
+}
+const TIMEOUT = timeout('120');
+const JSON_OUTCOME = { name: 'json', type: 'boolean', help: 'one JSON object: {"outcome", "message", "entry"?}' } as const satisfies OptionSpec;
 const STOPPED_WAITING = [
   { code: 130, meaning: '(SIGINT, Ctrl-C) stopped waiting' },
   { code: 143, meaning: '(SIGTERM) stopped waiting' },
 ] as const;
+
+/** What stop, start and restart share: a request to the running agent about one app, answered in its journal. */
+function operate<const N extends 'stop' | 'start' | 'restart', const S extends string, const D extends string>(name: N, summary: S, what: D, fallback: string, ok: string) {
+  return {
+    name,
+    summary,
+    usage: '[--config FILE] (APP | --app NAME) [--wait] [--timeout S] [--json]',
+    description: `${what}
+
+The request goes to the running agent (a file in its state folder, answered
+by an entry of the app's journal: relink history); root only.`,
+    positionals: [{ name: 'APP', help: 'the app (or --app NAME; needed when the config has several)' }],
+    options: [
+      CONFIG,
+      { name: 'app', type: 'string', value: 'NAME', help: 'the app (or as the one argument; needed when the config has several)' },
+      { name: 'wait', type: 'boolean', help: "wait for the agent's answer (Ctrl-C stops waiting, exit 130; the agent goes on)" },
+      timeout(fallback),
+      JSON_OUTCOME,
+    ],
+    exits: [
+      { code: 0, meaning: `${ok} (without --wait: asked)` },
+      { code: 1, meaning: 'failed, no agent running, or no answer in time' },
+      ...STOPPED_WAITING,
+    ],
+    ownsStop: true,
+    load: async (): Loaded => (await import('./operate.js'))[`${name}Command`],
+  } as const satisfies CommandSpec;
+}
 
 /**
  * In the order `relink --help` lists them. An implementation is typed by
@@ -38,7 +71,8 @@ Run the resident agent in the foreground (systemd runs it this way). It
 watches each app's current.conf, validates every change, relinks app.bin and
 app.cfg atomically, and starts the app or sends it its reload signal. JSON
 log lines go to stdout. SIGTERM or SIGINT stop the agent; the apps keep
-running and the next agent adopts them.
+running and the next agent adopts them. SIGHUP (systemctl reload relink, or
+relink reload) re-reads the config: an invalid file changes nothing.
 
 It refuses to run as PID 1 (a container's entrypoint): the successors its
 apps start when they re-execute are re-parented to PID 1 and would stay
@@ -121,6 +155,8 @@ and the reason when it did not deploy. Outcomes:
                 serves again, and current.conf names it again
   failed        the release failed and there was nothing to roll back to (or
                 the rollback failed too)
+  stopped       stopped by relink stop, or links switched while so stopped
+An entry answering relink stop, start or restart shows it in ACTION.
 A run of identical refusals is journaled once, then once more with the
 number of further ones: "refused x12".
 
@@ -226,7 +262,7 @@ else (a change not applied yet, a refused typo) is written again.`,
       { name: 'cfg', type: 'string', value: 'PATH', help: 'the config file' },
       { name: 'wait', type: 'boolean', help: "wait for the agent's verdict on this change (Ctrl-C stops waiting, exit 130; the deploy goes on in the agent)" },
       TIMEOUT,
-      { name: 'json', type: 'boolean', help: 'one JSON object: {"outcome", "message", "entry"?}' },
+      JSON_OUTCOME,
     ],
     exits: [
       { code: 0, meaning: 'deployed and healthy (or already live; without --wait: written)' },
@@ -251,7 +287,7 @@ same one \`relink releases\` flags as previous and prune keeps.`,
       { name: 'to', type: 'string', value: 'RELEASE', help: 'this release instead (e.g. 1.0 for app.1.0 + cfg.1.0)' },
       { name: 'wait', type: 'boolean', help: "wait for the agent's verdict (Ctrl-C stops waiting, exit 130; the rollback goes on in the agent)" },
       TIMEOUT,
-      { name: 'json', type: 'boolean', help: 'one JSON object: {"outcome", "message", "entry"?}' },
+      JSON_OUTCOME,
     ],
     exits: [
       { code: 0, meaning: 'rolled back and healthy (or already live; without --wait: written)' },
@@ -260,6 +296,47 @@ same one \`relink releases\` flags as previous and prune keeps.`,
     ],
     ownsStop: true,
     load: async (): Loaded => (await import('./rollback.js')).rollbackCommand,
+  },
+  operate('stop', 'stop the app and keep it stopped (across agent restarts) until relink start', `
+Stop the app: every generation gets the app's stop.signal, SIGKILL after
+stop.timeoutMs. Supervision leaves it stopped, across agent restarts, until
+relink start. A deploy meanwhile switches the links and leaves it stopped.`, 'stop.timeoutMs + 30', 'stopped'),
+  operate('start', 'start the app from its current links (also out of "fatal" or a stop)', `
+Start the app from its current links (not current.conf), judged like a
+deploy (settle time, health probe). Also the way out of "fatal" (a crash
+loop) and of relink stop. An app already running is left as it is.`, '120', 'running and healthy'),
+  operate('restart', "a new generation the reload strategy's way, with the config's current env, command, user, limits", `
+Start a new generation of the app the way its reload.strategy replaces one
+("socket": beside the old one on the held sockets, nothing refused), with
+the config's current env, command, user and limits. Under "reexec",
+"inplace" and "upgrade" the app would inherit the old ones: when relink
+status says "restart to apply", the app is stopped and started instead.
+Judged like a deploy; a failure is never rolled back (same release).`, '120', 'running and healthy'),
+  {
+    name: 'reload',
+    summary: 'have the running agent re-read its config (SIGHUP); an invalid file changes nothing',
+    description: `
+Have the running agent re-read its config file (SIGHUP to it, as systemctl
+reload relink sends). The file is checked here first: an invalid one is
+refused with its problems and the agent is not asked. The agent checks it
+again: a file it cannot load, or one that moves "stateDir", changes nothing
+and the running config stays. Otherwise apps added are started, apps removed
+are no longer managed and left running, and an app whose settings changed
+gets them for its next generation (relink status: "restart to apply";
+relink restart applies them now). Unchanged apps are not touched.`,
+    options: [
+      CONFIG,
+      { name: 'wait', type: 'boolean', help: 'wait until the agent has reloaded and say what changed' },
+      timeout('30'),
+      { name: 'json', type: 'boolean', help: 'one JSON object: {"outcome", "message", "config"?}' },
+    ],
+    exits: [
+      { code: 0, meaning: 'reloaded (without --wait: asked)' },
+      { code: 1, meaning: 'invalid config, no agent running, the agent refused the file, or no answer in time' },
+      ...STOPPED_WAITING,
+    ],
+    ownsStop: true,
+    load: async (): Loaded => (await import('./reload.js')).reloadCommand,
   },
   {
     name: 'demo',

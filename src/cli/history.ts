@@ -33,6 +33,7 @@ function row(e: HistoryEntry): string[] {
   const base = (p: string | null) => (p === null ? '-' : path.basename(p));
   // A restart's gap: refused connections (outage) or ones that waited in a held socket's backlog (queued).
   const gap = e.outageMs != null ? ` (outage ${e.outageMs} ms)` : e.queuedMs != null ? ` (queued ${e.queuedMs} ms)` : '';
-  return [e.time, e.app, e.repeats === undefined ? e.outcome : `${e.outcome} x${e.repeats}`, `${e.action}${gap}`, `${base(e.to.bin)} / ${base(e.to.cfg)}`,
+  const asked = e.command === undefined ? '' : ` (relink ${e.command})`;
+  return [e.time, e.app, e.repeats === undefined ? e.outcome : `${e.outcome} x${e.repeats}`, `${e.action}${gap}${asked}`, `${base(e.to.bin)} / ${base(e.to.cfg)}`,
     e.pidBefore === e.pidAfter ? String(e.pidAfter ?? '-') : `${e.pidBefore ?? '-'}->${e.pidAfter ?? '-'}`, String(e.durationMs), e.reason ?? ''];
 }

@@ -131,6 +131,9 @@ function verdict(io: IO, opts: RequestOptions, app: AppConfig, named: string, e:
   if (e.outcome === 'deployed') {
     return report(io, opts, { outcome: e.outcome, entry: e, message: `${app.name}: ${named} deployed and healthy (${e.action}, pid ${e.pidBefore ?? '-'} -> ${e.pidAfter ?? '-'}, ${e.durationMs} ms)` }, EXIT.ok);
   }
+  if (e.outcome === 'stopped') {
+    return report(io, opts, { outcome: e.outcome, entry: e, message: `${app.name}: links switched to ${named}; the app is stopped (relink stop) and stays stopped: relink start ${app.name} runs it` }, EXIT.ok);
+  }
   const back = e.rolledBackTo ? `; rolled back to ${path.basename(e.rolledBackTo.bin)} + ${path.basename(e.rolledBackTo.cfg)}` : '';
   return report(io, opts, { outcome: e.outcome, entry: e, message: `${app.name}: ${named} ${e.outcome.replace('_', ' ')}: ${e.reason ?? ''}${back}` }, EXIT.failed);
 }

@@ -9,6 +9,7 @@ import { lookupUser } from '../user.js';
 import { readLinks } from '../relink.js';
 import { readAppState, runningAgent, type AgentRecord, type AppProblem, type AppStateName } from '../state.js';
 import { describeDamage } from '../stateDir.js';
+import { changedSettings, launchSettings } from '../settings.js';
 import { ago, EXIT, loadFor, selectApps, table } from './io.js';
 import type { SpecOf } from './commands.js';
 import type { Command } from './spec.js';
@@ -43,6 +44,10 @@ export interface AppStatus {
   readonly sockets: readonly string[];
   /** The serving generation and the older ones still draining, each with its live processes. */
   readonly generations: readonly GenerationStatus[];
+  /** Stopped on request (relink stop): since when (ISO time); null when not. Supervision leaves it stopped until relink start. */
+  readonly held: string | null;
+  /** Settings in the config the running generation was not started with ("env.APP_COLOR"): applied by relink restart. */
+  readonly restartToApply: readonly string[];
 }
 
 export interface GenerationStatus {
@@ -149,6 +154,8 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     strategy: app.reload.strategy,
     sockets: app.sockets,
     generations,
+    held: saved?.held?.at ?? null,
+    restartToApply: proc === undefined || saved?.settings == null ? [] : changedSettings(saved.settings, launchSettings(app)),
   };
 }
 
@@ -177,7 +184,7 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
     : `agent: running, pid ${agent.pid}, since ${agent.startedAt} (${ago(agent.startedAt)})\n`;
   for (const a of apps) {
     const proc = a.pid === null ? '' : `, pid ${a.pid}${a.since ? ` since ${a.since} (${ago(a.since)})` : ''}`;
-    out += `\n${a.name}: ${a.state}${proc}\n`;
+    out += `\n${a.name}: ${a.state}${a.held === null ? '' : ` (relink stop at ${a.held}; relink start ${a.name} starts it)`}${proc}\n`;
     const rows: string[][] = [
       ['  bin', a.bin ?? '(no link)'],
       ['  cfg', a.cfg ?? '(no link)'],
@@ -201,6 +208,7 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
         rows.push([`  ${name}`, `${pair}${l.configured === null ? ', not configured' : `, configured ${l.configured}`}`]);
       }
     }
+    if (a.restartToApply.length > 0) rows.push(['  restart to apply', `${a.restartToApply.join(', ')} (changed in the config since the running generation started: relink restart ${a.name})`]);
     if (a.problem !== null) rows.push(['  problem', `${a.problem.message} [${a.problem.code}] since ${a.problem.since}`]);
     for (const w of a.warnings) rows.push(['  warning', w]);
     const d = a.lastDeploy;

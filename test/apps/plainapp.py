@@ -18,7 +18,8 @@
 #   notify_ready=0    with notify=1: never send READY=1 (never ready)
 #   slow_ms=N         every request takes this long
 #
-# GET / answers {"release", "pid", "message", "fds"}; GET /healthz 200 "ok".
+# GET / answers {"release", "pid", "message", "fds", "color"} (color: $APP_COLOR,
+# for the tests of a changed env reaching the app); GET /healthz 200 "ok".
 import json
 import os
 import signal
@@ -86,7 +87,7 @@ def main():
                 body = b'ok\n' if code == 200 else b'unhealthy\n'
             else:
                 code = 200
-                body = json.dumps({'release': release, 'pid': os.getpid(), 'message': cfg.get('message', ''), 'fds': len(socks)}).encode()
+                body = json.dumps({'release': release, 'pid': os.getpid(), 'message': cfg.get('message', ''), 'fds': len(socks), 'color': os.environ.get('APP_COLOR', '')}).encode()
             self.send_response(code)
             self.send_header('Content-Length', str(len(body)))
             self.send_header('Connection', 'close')

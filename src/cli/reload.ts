@@ -1,0 +1,62 @@
+/**
+ * `relink reload`: have the running agent re-read its config file (SIGHUP to
+ * it, what `systemctl reload relink` sends), after checking the file here
+ * first; `--wait` reads the outcome the agent records in agent.json.
+ */
+import { readFile } from 'node:fs/promises';
+import { loadConfig } from '../config.js';
+import { hashText } from '../current.js';
+import { RelinkError } from '../errors.js';
+import { runningAgent, type AgentConfigRecord } from '../state.js';
+import type { SpecOf } from './commands.js';
+import { configPath, EXIT } from './io.js';
+import { signalExitCode } from './request.js';
+import type { Command } from './spec.js';
+import { damageWarner } from './warn.js';
+
+const POLL_MS = 50;
+
+/** What --timeout means when it is not given (its help says so: src/cli/commands.ts). */
+const DEFAULT_TIMEOUT_S = 30;
+
+export const reloadCommand: Command<SpecOf<'reload'>> = {
+  async run({ values }, io, stop) {
+    const timeoutMs = (values.timeout ?? DEFAULT_TIMEOUT_S) * 1000;
+    const file = configPath(values.config, io);
+    // Its problems, as the agent would find them; nothing is asked of it.
+    const config = await loadConfig(file);
+    const text = await readFile(file, 'utf8');
+    const onDamaged = damageWarner(io, 'reload');
+    const agent = await runningAgent(config.stateDir, { onDamaged });
+    if (agent === undefined) {
+      throw new RelinkError('NO_AGENT', `no relink agent is running for ${file} (stateDir ${config.stateDir}); start it (systemctl start relink): it reads the config as it starts`,
+        { file, rule: 'an agent must be running to reload its config' });
+    }
+    const before = agent.config?.at;
+    process.kill(agent.pid, 'SIGHUP');
+    const say = (outcome: string, message: string, code: number, rec?: AgentConfigRecord): number => {
+      if (values.json === true) io.stdout(`${JSON.stringify({ outcome, message, ...(rec === undefined ? {} : { config: rec }) })}\n`);
+      else (code === EXIT.ok ? io.stdout : io.stderr)(`${message}\n`);
+      return code;
+    };
+    if (values.wait !== true) return say('requested', `asked the agent (pid ${agent.pid}) to reload ${file}`, EXIT.ok);
+    let stopped: string | undefined;
+    void stop.then((signal) => { stopped = signal; });
+    const hash = hashText(text);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (stopped !== undefined) return say('interrupted', `stopped waiting (${stopped}); the agent reloads anyway`, signalExitCode(stopped));
+      const rec = (await runningAgent(config.stateDir, { onDamaged }))?.config;
+      if (rec !== undefined && rec.at !== before && rec.hash === hash) {
+        if (rec.error !== undefined) return say('refused', `the agent refused ${file}; its running config stays: ${rec.error}`, EXIT.failed, rec);
+        const list = (what: string, names: readonly string[] | undefined): string => (names !== undefined && names.length > 0 ? `; ${what}: ${names.join(', ')}` : '');
+        return say('reloaded', `reloaded ${file}${list('added', rec.added)}${list('no longer managed (left running)', rec.removed)}${list('changed (next generation)', rec.changed)}${list('unchanged', rec.unchanged)}`, EXIT.ok, rec);
+      }
+      if (Date.now() > deadline) {
+        throw new RelinkError('WAIT_TIMEOUT', `the agent (pid ${agent.pid}) did not record a reload of ${file} within ${timeoutMs / 1000} s (the file changed again meanwhile, or agent.json cannot be written: see its log)`,
+          { file, rule: 'the agent records each reload in agent.json' });
+      }
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    }
+  },
+};

@@ -1,0 +1,34 @@
+/**
+ * What a generation is started with that only a new start changes: its
+ * environment, command line, user and resource limits (issue 12). A re-exec
+ * or an in-place reload inherits them from the process it replaces, so a
+ * config edit reaches the app only when the agent starts a new generation
+ * (a start, `relink restart`, a deploy under "socket" or "restart").
+ *
+ * Kept as one digest per key, never the values: env holds secrets, and the
+ * state file is readable by the app's group.
+ */
+import { createHash } from 'node:crypto';
+import type { AppConfig } from './config.js';
+
+/** sha256 of a value, first 16 hex digits: enough to tell a change, nothing to read back. */
+function digest(value: unknown): string {
+  return createHash('sha256').update(JSON.stringify(value ?? null)).digest('hex').slice(0, 16);
+}
+
+/**
+ * The launch settings of `app` by key: "command", "user", "env.NAME" per
+ * variable, "limits.nofile" / "limits.nproc" / "limits.core" per limit set.
+ */
+export function launchSettings(app: Pick<AppConfig, 'command' | 'user' | 'env' | 'limits'>): Record<string, string> {
+  const out: Record<string, string> = { command: digest(app.command), user: digest(app.user ?? null) };
+  for (const [k, v] of Object.entries(app.env)) out[`env.${k}`] = digest(v);
+  for (const [k, v] of Object.entries(app.limits)) if (v !== undefined) out[`limits.${k}`] = digest(v);
+  return out;
+}
+
+/** The keys whose value differs between what a generation was started with and `now` (added and removed keys too), sorted. */
+export function changedSettings(startedWith: Readonly<Record<string, string>>, now: Readonly<Record<string, string>>): string[] {
+  const keys = new Set([...Object.keys(startedWith), ...Object.keys(now)]);
+  return [...keys].filter((k) => startedWith[k] !== now[k]).sort();
+}

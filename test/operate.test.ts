@@ -1,0 +1,147 @@
+/**
+ * relink stop | start | restart (issue 12, item 1) with the real agent and a
+ * real app (test/apps/plainapp.py): a stop holds across agent restarts and
+ * deploys, a start runs what the links name, a restart brings a changed env
+ * to the app (status says "restart to apply" until then) and, under
+ * "socket", refuses nothing.
+ */
+import assert from 'node:assert/strict';
+import { readlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { test } from 'node:test';
+import { readHistory } from '../src/history.js';
+import { needProgram } from './accounts.js';
+import { SocketHolder } from '../src/sockets.js';
+import { defer, get, reapMarkedAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
+import { assertNoErrors, configFor, load, makeApp, nth, PLAIN, servedBy, setCurrent, type App } from './plainapps.js';
+
+interface StatusJson {
+  apps: Array<{ name: string; state: string; pid: number | null; held: string | null; restartToApply: string[] }>;
+}
+
+async function status(config: string): Promise<StatusJson['apps'][number]> {
+  const r = await relinkCli(['status', '--config', config, '--json']);
+  return (JSON.parse(r.stdout) as StatusJson).apps[0]!;
+}
+
+/** Nothing answers on the app's port (its processes are gone). */
+async function refused(app: App): Promise<boolean> {
+  return get(`http://127.0.0.1:${app.port}/`).then(() => false, () => true);
+}
+
+test('relink stop --wait: the app is stopped and stays stopped across supervision, an agent restart and a deploy; relink start runs what the links name', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'op', PLAIN, { '1': '', '2': '' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, '1');
+  const config = await configFor(root, app, {});
+  let agent = startAgent(t, config);
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  const one = await servedBy(app.port, 'app.1');
+
+  const stop = await relinkCli(['stop', app.name, '--config', config, '--wait']);
+  assert.equal(stop.code, 0, stop.stderr);
+  assert.match(stop.stdout, new RegExp(`op: stopped \\(pid ${one.pid}\\)`));
+  assert.ok(await refused(app), 'nothing answers after relink stop');
+  const e = (await readHistory(path.join(root, 'state'), app.name)).at(-1)!;
+  assert.deepEqual([e.outcome, e.action, e.command], ['stopped', 'stop', 'stop']);
+  assert.equal((await status(config)).state, 'stopped');
+  assert.notEqual((await status(config)).held, null);
+
+  // Supervision (checkMs 100) would have restarted a crashed app within a
+  // few checks: the agent's restart is the proof that it is left stopped on
+  // purpose, since a new agent starts every app it finds down.
+  assert.equal(await agent.stop(), 0);
+  agent = startAgent(t, config);
+  await agent.waitForLog('the held app left stopped', (l) => typeof l.msg === 'string' && l.msg.includes('stopped by relink stop'));
+  assert.ok(await refused(app), 'still stopped after an agent restart');
+
+  // A deploy while stopped: links switched, journaled, the app left stopped.
+  await setCurrent(app, '2');
+  const d = await nth(root, app.name, 3);
+  assert.deepEqual([d.outcome, d.action], ['stopped', 'none'], d.reason ?? '');
+  assert.equal(await readlink(path.join(app.dir, 'app.bin')), path.join(app.releasesDir, 'app.2'));
+  assert.ok(await refused(app), 'a deploy leaves a stopped app stopped');
+  const st = await status(config);
+  assert.equal(st.state, 'stopped');
+
+  const start = await relinkCli(['start', '--app', app.name, '--config', config, '--wait']);
+  assert.equal(start.code, 0, start.stderr);
+  assert.match(start.stdout, /op: started and healthy \(start/);
+  await servedBy(app.port, 'app.2');
+  assert.equal((await status(config)).held, null);
+  await agent.stop();
+});
+
+test('relink restart applies a changed env: status says "restart to apply: env.APP_COLOR" until then; under "socket" nothing is refused meanwhile', async (t) => {
+  if (!(await needProgram(t, '/usr/bin/wrk', 'wrk'))) return;
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'col', PLAIN, { '1': '' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, '1');
+  const keys = (color: string): Record<string, unknown> => ({ env: { APP_COLOR: color }, sockets: [`127.0.0.1:${app.port}`], reload: { strategy: 'socket', timeoutMs: 5_000 } });
+  const config = await configFor(root, app, keys('blue'));
+  // The socket passed the systemd way (a socket unit's): it outlives the agent restart below.
+  const systemd = new SocketHolder();
+  defer(t, () => systemd.close());
+  assert.deepEqual(await systemd.bind([{ address: `127.0.0.1:${app.port}` }]), []);
+  const listen = { fds: [systemd.get(`127.0.0.1:${app.port}`)!.fd], names: [app.name] };
+  let agent = startAgent(t, config, { listen });
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  assert.equal((await servedBy(app.port, 'app.1') as { color?: string }).color, 'blue');
+  assert.deepEqual((await status(config)).restartToApply, []);
+
+  // The config changes (the agent restarted on it): the running generation keeps its env.
+  await configFor(root, app, keys('green'));
+  assert.equal(await agent.stop(), 0);
+  agent = startAgent(t, config, { listen });
+  await agent.waitForLog('adoption', (l) => l.msg === 'adopted running app');
+  assert.deepEqual((await status(config)).restartToApply, ['env.APP_COLOR']);
+  const human = await relinkCli(['status', '--config', config]);
+  assert.match(human.stdout, /restart to apply\s+env\.APP_COLOR/);
+
+  const wrk = load(t, app.port);
+  const r = await relinkCli(['restart', app.name, '--config', config, '--wait']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /col: restarted and healthy \(replace/);
+  const after = await waitFor('the green generation', async () => {
+    const b = JSON.parse((await get(`http://127.0.0.1:${app.port}/`)).body) as { color: string; pid: number };
+    return b.color === 'green' ? b : undefined;
+  });
+  assertNoErrors(await wrk.stop());
+  const st = await status(config);
+  assert.deepEqual(st.restartToApply, []);
+  assert.equal(st.pid, after.pid);
+  await agent.stop();
+});
+
+test('relink start is the way out of "fatal"; --wait answers a failed restart with exit 1; requests need a running agent', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'fat', PLAIN, { '1': '' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, '1');
+  const config = await configFor(root, app, {});
+  const noAgent = await relinkCli(['stop', app.name, '--config', config, '--wait']);
+  assert.equal(noAgent.code, 1);
+  assert.match(noAgent.stderr, /no relink agent is running/);
+
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  await servedBy(app.port, 'app.1');
+  // The release breaks in place (its config now fails at start) and the app dies: a crash loop, then fatal.
+  await writeFile(path.join(app.releasesDir, 'cfg.1'), `port=${app.port}\nfail_start=1\n`);
+  const first = await status(config);
+  process.kill(first.pid!, 'SIGKILL');
+  await waitFor('fatal', async () => ((await status(config)).state === 'fatal' ? true : undefined), { timeoutMs: 30_000 });
+  const failed = await relinkCli(['restart', app.name, '--config', config, '--wait']);
+  assert.equal(failed.code, 1, failed.stdout);
+  assert.match(failed.stderr, /fat: relink restart failed: .*exited/);
+
+  // Mended, relink start gets it out of fatal.
+  await writeFile(path.join(app.releasesDir, 'cfg.1'), `port=${app.port}\nmessage=fat 1\n`);
+  const start = await relinkCli(['start', app.name, '--config', config, '--wait']);
+  assert.equal(start.code, 0, start.stderr);
+  await servedBy(app.port, 'app.1');
+  assert.equal((await status(config)).state, 'running');
+  await agent.stop();
+});

@@ -1,0 +1,97 @@
+/**
+ * Config reload (issue 12, item 2) with the real agent and real apps: SIGHUP
+ * and `relink reload` re-read the config; an invalid file changes nothing and
+ * says why; apps added start, apps removed are left running and let go, a
+ * changed app gets its new settings on its next generation.
+ */
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { test } from 'node:test';
+import { alive, get, reapMarkedAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
+import { makeApp, nth, PLAIN, servedBy, setCurrent, type App } from './plainapps.js';
+
+function appKeys(app: App, color: string): Record<string, unknown> {
+  return {
+    name: app.name,
+    dir: app.dir,
+    ...(process.getuid?.() === 0 ? { allowRoot: true } : {}),
+    env: { APP_COLOR: color },
+    health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 200, deadlineMs: 4_000, intervalMs: 50 },
+    supervise: { checkMs: 100, backoffMs: 100, maxBackoffMs: 400, stableMs: 3_000, maxRetries: 3 },
+    stop: { signal: 'SIGTERM', timeoutMs: 5_000 },
+    reload: { strategy: 'restart', timeoutMs: 5_000 },
+  };
+}
+
+async function writeConfig(file: string, root: string, apps: Array<Record<string, unknown>>): Promise<void> {
+  await writeFile(file, JSON.stringify({ stateDir: path.join(root, 'state'), reconcileMs: 1_000, apps }, null, 2));
+}
+
+async function statusOf(config: string): Promise<Array<{ name: string; pid: number | null; restartToApply: string[] }>> {
+  return (JSON.parse((await relinkCli(['status', '--config', config, '--json'])).stdout) as { apps: Array<{ name: string; pid: number | null; restartToApply: string[] }> }).apps;
+}
+
+async function colorOf(app: App): Promise<string> {
+  return (JSON.parse((await get(`http://127.0.0.1:${app.port}/`)).body) as { color: string }).color;
+}
+
+test('SIGHUP and relink reload: an invalid config changes nothing and the agent runs on; a valid one starts an added app, lets a removed one go running, and gives a changed one its env on its next generation', async (t) => {
+  const root = await tmpDir(t);
+  const a = await makeApp(root, 'ra', PLAIN, { '1': '' });
+  const b = await makeApp(root, 'rb', PLAIN, { '1': '' });
+  reapMarkedAfter(t, a.dir);
+  reapMarkedAfter(t, b.dir);
+  await setCurrent(a, '1');
+  await setCurrent(b, '1');
+  const config = path.join(root, 'config.json');
+  await writeConfig(config, root, [appKeys(a, 'blue')]);
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, a.name, 1)).outcome, 'deployed');
+  const first = await servedBy(a.port, 'app.1');
+  assert.equal(await colorOf(a), 'blue');
+
+  // An invalid file: the CLI refuses it without asking the agent...
+  await writeFile(config, '{ "apps": [ ');
+  const refused = await relinkCli(['reload', '--config', config, '--wait']);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /config\.json/);
+  // ...and a SIGHUP with it changes nothing: before, SIGHUP ended the agent.
+  agent.child.kill('SIGHUP');
+  await agent.waitForLog('the refusal', (l) => typeof l.msg === 'string' && l.msg.startsWith('config not reloaded, the running config stays'));
+  assert.ok(await alive(agent.child.pid!), 'the agent runs on after SIGHUP with an invalid config');
+  assert.equal((await servedBy(a.port, 'app.1')).pid, first.pid);
+
+  // Valid: b added, a changed (env).
+  await writeConfig(config, root, [appKeys(a, 'green'), appKeys(b, 'red')]);
+  const ok = await relinkCli(['reload', '--config', config, '--wait']);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.match(ok.stdout, /added: rb; .*changed \(next generation\): ra/);
+  assert.equal((await nth(root, b.name, 1)).outcome, 'deployed');
+  assert.equal(await colorOf(b), 'red');
+  assert.equal((await servedBy(a.port, 'app.1')).pid, first.pid, 'a changed app is not restarted by a reload');
+  const st = await statusOf(config);
+  assert.deepEqual(st.find((x) => x.name === a.name)?.restartToApply, ['env.APP_COLOR']);
+  const restarted = await relinkCli(['restart', a.name, '--config', config, '--wait']);
+  assert.equal(restarted.code, 0, restarted.stderr);
+  assert.equal(await colorOf(a), 'green');
+
+  // b removed: left running, no longer managed (a kill is not restarted).
+  await writeConfig(config, root, [appKeys(a, 'green')]);
+  const removed = await relinkCli(['reload', '--config', config, '--wait']);
+  assert.equal(removed.code, 0, removed.stderr);
+  assert.match(removed.stdout, /no longer managed \(left running\): rb/);
+  const bPid = (await servedBy(b.port, 'app.1')).pid;
+  assert.deepEqual((await statusOf(config)).map((x) => x.name), [a.name]);
+  process.kill(bPid, 'SIGKILL');
+  await waitFor('b gone', async () => ((await alive(bPid)) ? undefined : true));
+  // a is still managed: killed, it is restarted (and b, were it managed, would be too).
+  const aPid = (await servedBy(a.port, 'app.1')).pid;
+  process.kill(aPid, 'SIGKILL');
+  await waitFor('a restarted by supervision', async () => {
+    const r = await get(`http://127.0.0.1:${a.port}/`).catch(() => undefined);
+    return r !== undefined && (JSON.parse(r.body) as { pid: number }).pid !== aPid ? true : undefined;
+  });
+  assert.equal(await get(`http://127.0.0.1:${b.port}/`).then(() => 'answered', () => 'refused'), 'refused', 'a removed app is not supervised');
+  assert.equal(await agent.stop(), 0);
+});
