@@ -1,28 +1,8 @@
 import { Agent } from '../agent.js';
 import { createLogger } from '../log.js';
-import { EXIT, loadFor, parse, type IO } from './io.js';
-import type { Command } from './main.js';
-
-const HELP = `Usage: relink agent [--config FILE]
-
-Run the resident agent in the foreground (systemd runs it this way). It
-watches each app's current.conf, validates every change, relinks app.bin and
-app.cfg atomically, and starts the app or sends it its reload signal. JSON
-log lines go to stdout. SIGTERM or SIGINT stop the agent; the apps keep
-running and the next agent adopts them. SIGHUP (systemctl reload relink, or
-relink reload) re-reads the config: an invalid file changes nothing.
-
-Options:
-  --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
-  -h, --help      this text
-
-It refuses to run as PID 1 (a container's entrypoint): the successors its
-apps start when they re-execute are re-parented to PID 1 and would stay
-zombies, one per deploy. Run it under an init that reaps them: docker run
---init, or tini.
-
-Exit codes: 0 stopped by a signal, 1 bad config, another agent runs, or PID 1; 2 usage error.
-`;
+import { EXIT, loadFor } from './io.js';
+import type { SpecOf } from './commands.js';
+import type { Command } from './spec.js';
 
 /**
  * Why the agent must not run as `pid`, or undefined. As PID 1 it would be
@@ -34,13 +14,8 @@ export function pidOneRefusal(pid: number): string | undefined {
   return 'relink agent: refusing to run as PID 1 (a container entrypoint): the processes your apps re-execute into would be re-parented to it and never reaped (a zombie per deploy). Run it under an init that reaps orphans: `docker run --init ...`, or tini as the entrypoint (ENTRYPOINT ["/usr/bin/tini", "--", "relink", "agent"])\n';
 }
 
-export const agentCommand: Command = {
-  async run(args: string[], io: IO, stop: Promise<string>): Promise<number> {
-    const { values } = parse(args, { config: { type: 'string', short: 'c' } });
-    if (values.help) {
-      io.stdout(HELP);
-      return EXIT.ok;
-    }
+export const agentCommand: Command<SpecOf<'agent'>> = {
+  async run({ values }, io, stop) {
     const refusal = pidOneRefusal(process.pid);
     if (refusal !== undefined) {
       io.stderr(refusal);

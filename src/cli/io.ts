@@ -1,37 +1,12 @@
 /**
- * What every command shares: where output goes, usage errors, argv parsing
- * that turns parseArgs' exceptions into one clear usage line.
+ * What the commands share: config and app selection, durations, tables.
+ * (Exit codes, usage errors and argv parsing: src/cli/spec.ts.)
  */
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { loadConfig, pickApp, type AgentConfig, type AppConfig } from '../config.js';
 import { RelinkError } from '../errors.js';
+import { DEFAULT_CONFIG, UsageError, type IO } from './spec.js';
 
-export interface IO {
-  readonly stdout: (text: string) => void;
-  readonly stderr: (text: string) => void;
-  /** Environment the CLI was started with (read only by main.ts and passed down). */
-  readonly env: Readonly<Record<string, string | undefined>>;
-}
-
-/** Exit codes: documented in the README and in every --help. */
-export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
-
-export class UsageError extends RelinkError {
-  constructor(message: string) {
-    super('USAGE', message);
-    this.name = 'UsageError';
-  }
-}
-
-export const DEFAULT_CONFIG = '/etc/relink/config.json';
-
-export function parse<T extends ParseArgsConfig['options']>(args: string[], options: T, allowPositionals = false) {
-  try {
-    return parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } } as T & { help: { type: 'boolean'; short: 'h' } }, allowPositionals, strict: true });
-  } catch (err) {
-    throw new UsageError((err as Error).message.replace(/\. To specify a positional argument.*$/s, ''));
-  }
-}
+export { DEFAULT_CONFIG, EXIT, UsageError, type IO } from './spec.js';
 
 export function configPath(flag: string | undefined, io: IO): string {
   return flag ?? io.env.RELINK_CONFIG ?? DEFAULT_CONFIG;

@@ -22,44 +22,18 @@
 import { constants as osConstants } from 'node:os';
 import { isErrno, RelinkError, RelinkErrors } from '../errors.js';
 import { VERSION } from '../version.js';
-import { EXIT, type IO } from './io.js';
-
-export interface Command {
-  readonly run: (args: string[], io: IO, stop: Promise<string>) => Promise<number>;
-}
-
-/**
- * Each command is loaded when it is run: the resident agent then never holds
- * the code of the demo, the report commands or their dependencies (memory it
- * would keep for as long as it runs; BENCHMARKS.md section 3).
- */
-const COMMANDS: Record<string, { readonly summary: string; readonly load: () => Promise<Command>; readonly ownsStop?: true }> = {
-  agent: { summary: 'run the resident agent in the foreground', load: async () => (await import('./agent.js')).agentCommand, ownsStop: true },
-  status: { summary: 'show each app: state, release, process, last deploy', load: async () => (await import('./status.js')).statusCommand },
-  validate: { summary: 'check a current.conf as the agent would; apply nothing', load: async () => (await import('./validate.js')).validateCommand, ownsStop: true },
-  history: { summary: 'show the deploy journal, newest last', load: async () => (await import('./history.js')).historyCommand },
-  releases: { summary: 'list the releases: current, previous, last known-good, failed', load: async () => (await import('./releases.js')).releasesCommand },
-  prune: { summary: 'delete old releases, keeping the newest N and every protected one', load: async () => (await import('./prune.js')).pruneCommand },
-  deploy: { summary: 'name a release in current.conf and (with --wait) wait for the verdict', load: async () => (await import('./deploy.js')).deployCommand, ownsStop: true },
-  rollback: { summary: 'go back to the previous known-good release (or --to RELEASE)', load: async () => (await import('./rollback.js')).rollbackCommand, ownsStop: true },
-  stop: { summary: 'stop the app and keep it stopped (across agent restarts) until relink start', load: async () => (await import('./operate.js')).stopCommand, ownsStop: true },
-  start: { summary: 'start the app from its current links (also out of "fatal" or a stop)', load: async () => (await import('./operate.js')).startCommand, ownsStop: true },
-  restart: { summary: 'a new generation the reload strategy\'s way, with the config\'s current env, command, user, limits', load: async () => (await import('./operate.js')).restartCommand, ownsStop: true },
-  reload: { summary: 'have the running agent re-read its config (SIGHUP); an invalid file changes nothing', load: async () => (await import('./reload.js')).reloadCommand, ownsStop: true },
-  demo: { summary: 'run the agent on a self-contained demo (deploy, refusal, rollback, an automatic rollback)', load: async () => (await import('./demo.js')).demoCommand, ownsStop: true },
-  schema: { summary: 'print the JSON Schema of the agent config, for editors', load: async () => (await import('./schema.js')).schemaCommand },
-};
+import { COMMANDS, commandNamed } from './commands.js';
+import { commandList, DEFAULT_CONFIG, EXIT, helpText, parseCommand, type IO } from './spec.js';
 
 function usage(): string {
-  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`);
   return `relink ${VERSION}: on-host deploy agent (watch current.conf, relink, start or signal the app)
 
 Usage: relink <command> [options]     relink <command> --help     relink --version
 
 Commands:
-${lines.join('\n')}
+${commandList(COMMANDS)}
 
-The config file is --config FILE, else $RELINK_CONFIG, else /etc/relink/config.json.
+The config file is --config FILE, else $RELINK_CONFIG, else ${DEFAULT_CONFIG}.
 Exit codes: 0 success, 1 refused or failed, 2 usage error.
 `;
 }
@@ -79,14 +53,13 @@ async function main(argv: string[]): Promise<number> {
     io.stdout(`${VERSION}\n`);
     return EXIT.ok;
   }
-  // Own keys only: `relink toString` is an unknown command, not Object.prototype's.
-  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+  const command = commandNamed(name);
   if (command === undefined) {
     io.stderr(`relink: unknown command ${JSON.stringify(name)}\n\n${usage()}`);
     return EXIT.usage;
   }
   // SIGTERM (systemd stop) and SIGINT (Ctrl-C): a command that owns `stop`
-  // (ownsStop above) ends itself gracefully and says what goes on; any other
+  // (its spec's ownsStop) ends itself gracefully and says what goes on; any other
   // ends at once with the shell's status for the signal (130, 143), as it
   // would without a handler. A second signal has no handler left: it kills.
   const stop = new Promise<string>((resolve) => {
@@ -94,7 +67,16 @@ async function main(argv: string[]): Promise<number> {
     process.once('SIGINT', () => resolve('SIGINT'));
   });
   try {
-    const run = (await command.load()).run(rest, io, stop);
+    // The command line is checked before the command's code is loaded, and
+    // only the command run is loaded: the resident agent never holds the code
+    // of the demo, the report commands or their dependencies (memory it would
+    // keep for as long as it runs; BENCHMARKS.md section 3).
+    const input = parseCommand(command, rest);
+    if (input === 'help') {
+      io.stdout(helpText(command));
+      return EXIT.ok;
+    }
+    const run = (await command.load()).run(input, io, stop);
     if (command.ownsStop) return await run;
     return await Promise.race([run, stop.then((signal) => 128 + (osConstants.signals[signal as NodeJS.Signals] ?? 0))]);
   } catch (err) {

@@ -10,66 +10,23 @@ import type { Command as Verb, HistoryEntry } from '../history.js';
 import { JournalTail } from '../journalTail.js';
 import { writeRequest } from '../requests.js';
 import { runningAgent } from '../state.js';
-import { EXIT, loadFor, parse, selectApp, UsageError, type IO } from './io.js';
-import type { Command } from './main.js';
-import { parseTimeout, signalExitCode } from './request.js';
+import { DEFAULT_WAIT_S, type SpecOf } from './commands.js';
+import { EXIT, loadFor, selectApp, UsageError, type IO } from './io.js';
+import { signalExitCode } from './request.js';
+import type { Command } from './spec.js';
 import { damageWarner } from './warn.js';
 
 const WAIT_POLL_MS = 50;
 
-const WHAT: Record<Verb, string> = {
-  stop: `Stop the app: every generation gets the app's stop.signal, SIGKILL after
-stop.timeoutMs. Supervision leaves it stopped, across agent restarts, until
-relink start. A deploy meanwhile switches the links and leaves it stopped.`,
-  start: `Start the app from its current links (not current.conf), judged like a
-deploy (settle time, health probe). Also the way out of "fatal" (a crash
-loop) and of relink stop. An app already running is left as it is.`,
-  restart: `Start a new generation of the app the way its reload.strategy replaces one
-("socket": beside the old one on the held sockets, nothing refused), with
-the config's current env, command, user and limits. Under "reexec",
-"inplace" and "upgrade" the app would inherit the old ones: when relink
-status says "restart to apply", the app is stopped and started instead.
-Judged like a deploy; a failure is never rolled back (same release).`,
-};
-
-function help(verb: Verb): string {
-  return `Usage: relink ${verb} [--config FILE] (APP | --app NAME) [--wait] [--timeout S] [--json]
-
-${WHAT[verb]}
-
-The request goes to the running agent (a file in its state folder, answered
-by an entry of the app's journal: relink history); root only.
-
-Options:
-  --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
-  --app NAME      the app (or as the one argument; needed when the config has several)
-  --wait          wait for the agent's answer (Ctrl-C stops waiting, exit 130;
-                  the agent goes on)
-  --timeout S     how long --wait waits (default ${verb === 'stop' ? 'stop.timeoutMs + 30' : '120'})
-  --json          one JSON object: {"outcome", "message", "entry"?}
-  -h, --help      this text
-
-Exit codes: 0 ${verb === 'stop' ? 'stopped' : 'running and healthy'} (without --wait: asked), 1 failed, no agent
-running, or no answer in time; 2 usage error; 130 (SIGINT) or 143 (SIGTERM)
-stopped waiting.
-`;
-}
-
-function operate(verb: Verb): Command {
+/** The three commands differ in their words (src/cli/commands.ts) and in stop's default --timeout. */
+function operate(verb: Verb): Command<SpecOf<'stop' | 'start' | 'restart'>> {
   return {
-    async run(args: string[], io: IO, stop: Promise<string>): Promise<number> {
-      const { values, positionals } = parse(args, {
-        config: { type: 'string', short: 'c' }, app: { type: 'string' }, wait: { type: 'boolean' }, timeout: { type: 'string' }, json: { type: 'boolean' },
-      }, true);
-      if (values.help) {
-        io.stdout(help(verb));
-        return EXIT.ok;
-      }
-      if (positionals.length > 1) throw new UsageError(`expected one APP, got ${positionals.length}: ${positionals.join(' ')}`);
-      if (positionals.length === 1 && values.app !== undefined && values.app !== positionals[0]) throw new UsageError(`the app is named twice: ${positionals[0]} and --app ${values.app}`);
+    async run({ values, positionals }, io, stop) {
+      const named = positionals.APP;
+      if (named !== undefined && values.app !== undefined && values.app !== named) throw new UsageError(`the app is named twice: ${named} and --app ${values.app}`);
       const config = await loadFor(values.config, io);
-      const app = selectApp(config, positionals[0] ?? values.app);
-      const timeoutMs = parseTimeout(values.timeout, verb === 'stop' ? app.stop.timeoutMs / 1000 + 30 : 120);
+      const app = selectApp(config, named ?? values.app);
+      const timeoutMs = (values.timeout ?? (verb === 'stop' ? app.stop.timeoutMs / 1000 + 30 : DEFAULT_WAIT_S)) * 1000;
       return ask(config, app, verb, { wait: values.wait === true, timeoutMs, json: values.json === true, stop }, io);
     },
   };

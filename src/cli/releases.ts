@@ -1,45 +1,13 @@
 import path from 'node:path';
 import { RelinkError } from '../errors.js';
 import { listReleases, type ReleaseInfo } from '../releases.js';
-import { ago, EXIT, loadFor, parse, selectApps, table, type IO } from './io.js';
-import type { Command } from './main.js';
+import { ago, EXIT, loadFor, selectApps, table } from './io.js';
+import type { SpecOf } from './commands.js';
+import type { Command } from './spec.js';
 import { damageWarner } from './warn.js';
 
-const HELP = `Usage: relink releases [--config FILE] [--app NAME] [--json]
-
-The releases in each app's releases folder, oldest first by the time the
-binary arrived on this host (ARRIVED: its birth time where the filesystem
-records one, else its ctime; not its modification time, which rsync -a and
-scp -p copy from the build: MODIFIED). A release is a binary named by the
-app's releaseNames.bin pattern (default app.{release}) with its config
-named by releaseNames.cfg (default cfg.{release}; shown as missing when
-absent). Other files in the folder are not releases and are never pruned.
-
-Flags: current (the app's links point at it), previous (what relink
-rollback goes back to: the newest release the journal records as deployed,
-other than what runs now), last-good (the agent's last known-good release),
-failed (its latest deploy was rolled back or failed), and the reasons
-\`relink prune\` keeps it whatever its age (named by current.conf, linked by
-another app, arrived after the current release and never deployed).
-
-Options:
-  --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
-  --app NAME      only this app
-  --json          {"apps": [{"name", "releases": [{"release", "bin", "cfg", "current", "previous",
-                  "lastGood", "failed", "lastDeploy", "protected"}]}]}; bin and cfg are
-                  {"path", "size", "mtime", "arrived", "arrivedBy": "birth" | "ctime"}
-  -h, --help      this text
-
-Exit codes: 0 success, 1 the config, a releases folder or the state cannot be read, 2 usage error.
-`;
-
-export const releasesCommand: Command = {
-  async run(args: string[], io: IO): Promise<number> {
-    const { values } = parse(args, { config: { type: 'string', short: 'c' }, app: { type: 'string' }, json: { type: 'boolean' } });
-    if (values.help) {
-      io.stdout(HELP);
-      return EXIT.ok;
-    }
+export const releasesCommand: Command<SpecOf<'releases'>> = {
+  async run({ values }, io) {
     const config = await loadFor(values.config, io);
     const apps = selectApps(config, values.app);
     const listed: { name: string; releasesDir: string; releases: ReleaseInfo[] }[] = [];

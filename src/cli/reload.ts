@@ -8,44 +8,20 @@ import { loadConfig } from '../config.js';
 import { hashText } from '../current.js';
 import { RelinkError } from '../errors.js';
 import { runningAgent, type AgentConfigRecord } from '../state.js';
-import { configPath, EXIT, parse, type IO } from './io.js';
-import type { Command } from './main.js';
-import { parseTimeout, signalExitCode } from './request.js';
+import type { SpecOf } from './commands.js';
+import { configPath, EXIT } from './io.js';
+import { signalExitCode } from './request.js';
+import type { Command } from './spec.js';
 import { damageWarner } from './warn.js';
-
-const HELP = `Usage: relink reload [--config FILE] [--wait] [--timeout S] [--json]
-
-Have the running agent re-read its config file (SIGHUP to it, as systemctl
-reload relink sends). The file is checked here first: an invalid one is
-refused with its problems and the agent is not asked. The agent checks it
-again: a file it cannot load, or one that moves "stateDir", changes nothing
-and the running config stays. Otherwise apps added are started, apps removed
-are no longer managed and left running, and an app whose settings changed
-gets them for its next generation (relink status: "restart to apply";
-relink restart applies them now). Unchanged apps are not touched.
-
-Options:
-  --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
-  --wait          wait until the agent has reloaded and say what changed
-  --timeout S     how long --wait waits (default 30)
-  --json          one JSON object: {"outcome", "message", "config"?}
-  -h, --help      this text
-
-Exit codes: 0 reloaded (without --wait: asked), 1 invalid config, no agent
-running, the agent refused the file, or no answer in time; 2 usage error;
-130 (SIGINT) or 143 (SIGTERM) stopped waiting.
-`;
 
 const POLL_MS = 50;
 
-export const reloadCommand: Command = {
-  async run(args: string[], io: IO, stop: Promise<string>): Promise<number> {
-    const { values } = parse(args, { config: { type: 'string', short: 'c' }, wait: { type: 'boolean' }, timeout: { type: 'string' }, json: { type: 'boolean' } });
-    if (values.help) {
-      io.stdout(HELP);
-      return EXIT.ok;
-    }
-    const timeoutMs = parseTimeout(values.timeout, 30);
+/** What --timeout means when it is not given (its help says so: src/cli/commands.ts). */
+const DEFAULT_TIMEOUT_S = 30;
+
+export const reloadCommand: Command<SpecOf<'reload'>> = {
+  async run({ values }, io, stop) {
+    const timeoutMs = (values.timeout ?? DEFAULT_TIMEOUT_S) * 1000;
     const file = configPath(values.config, io);
     // Its problems, as the agent would find them; nothing is asked of it.
     const config = await loadConfig(file);

@@ -18,7 +18,7 @@ import { readerOf, type Reader } from '../safefs.js';
 import { readAppState, runningAgent } from '../state.js';
 import type { OnDamage } from '../stateDir.js';
 import { resolveRunAs } from '../user.js';
-import { EXIT, UsageError, type IO } from './io.js';
+import { EXIT, type IO } from './io.js';
 
 export interface RequestOptions {
   readonly wait: boolean;
@@ -144,12 +144,6 @@ function report(io: IO, opts: RequestOptions, r: { outcome: string; message: str
   return code;
 }
 
-export function parseTimeout(value: string | undefined, fallbackS: number): number {
-  if (value === undefined) return fallbackS * 1000;
-  const s = Number(value);
-  if (!Number.isFinite(s) || s <= 0) throw new UsageError(`--timeout must be a positive number of seconds (found: ${JSON.stringify(value)})`);
-  return s * 1000;
-}
 
 /** The release current.conf names now, if it can be read and validated (as the app's user reads it). */
 async function namedByCurrent(app: AppConfig, reader: Reader): Promise<Release | undefined> {

@@ -10,37 +10,10 @@ import { readLinks } from '../relink.js';
 import { readAppState, runningAgent, type AgentRecord, type AppProblem, type AppStateName } from '../state.js';
 import { describeDamage } from '../stateDir.js';
 import { changedSettings, launchSettings } from '../settings.js';
-import { ago, EXIT, loadFor, parse, selectApps, table, type IO } from './io.js';
-import type { Command } from './main.js';
+import { ago, EXIT, loadFor, selectApps, table } from './io.js';
+import type { SpecOf } from './commands.js';
+import type { Command } from './spec.js';
 import { damageWarner } from './warn.js';
-
-const HELP = `Usage: relink status [--config FILE] [--app NAME] [--json]
-
-Show each app: its state, the release files its links point at, its main
-process and when that process started, its generations (the serving one
-and any older ones still draining, each with its processes; "deleted on
-disk" for a process whose executable was replaced), the user it runs as and the limits it really has
-(from /proc/PID/limits, with a warning when one is lower than configured),
-and the last deploy with its outcome. The process is checked live (through
-/proc), not only read from the agent's state file. Run it as the agent's
-user (root): other users cannot see another user's processes' executables.
-
-States: running; deploying; backoff (crashed, a restart is scheduled); fatal
-(crashed too often in a row, left alone until the next deploy or a re-save of
-current.conf); failed (the last deploy failed and the app is not running);
-error (the agent cannot manage the app right now: the problem is shown);
-stopped. A state file or agent.json that is damaged (or that you may not
-read: the app's state is readable by root and the app's group) is treated as
-absent, with a warning naming it.
-
-Options:
-  --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
-  --app NAME      only this app
-  --json          {"agent": {...} | null, "apps": [{"name", "state", "pid", "since", "bin", "cfg", "strategy", "sockets", "generations", "user", "limits", "warnings", ...}]}
-  -h, --help      this text
-
-Exit codes: 0 every app shown is running, 1 one is not (or the config is bad), 2 usage error.
-`;
 
 export interface AppStatus {
   readonly name: string;
@@ -250,13 +223,8 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
   return out;
 }
 
-export const statusCommand: Command = {
-  async run(args: string[], io: IO): Promise<number> {
-    const { values } = parse(args, { config: { type: 'string', short: 'c' }, app: { type: 'string' }, json: { type: 'boolean' } });
-    if (values.help) {
-      io.stdout(HELP);
-      return EXIT.ok;
-    }
+export const statusCommand: Command<SpecOf<'status'>> = {
+  async run({ values }, io) {
     const config = await loadFor(values.config, io);
     const apps = selectApps(config, values.app);
     const agent = await runningAgent(config.stateDir, { onDamaged: damageWarner(io, 'status') });

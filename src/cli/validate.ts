@@ -6,39 +6,15 @@ import { RelinkError, RelinkErrors } from '../errors.js';
 import { readLinks } from '../relink.js';
 import { readerOf } from '../safefs.js';
 import { resolveRunAs } from '../user.js';
-import { EXIT, loadFor, parse, selectApp, UsageError, type IO } from './io.js';
-import type { Command } from './main.js';
+import { EXIT, loadFor, selectApp } from './io.js';
+import type { SpecOf } from './commands.js';
+import type { Command } from './spec.js';
 
-const HELP = `Usage: relink validate [--config FILE] [--app NAME] [--json] [CURRENT_CONF]
-
-Check a current.conf exactly as the agent would (a regular file the app's
-user may read, JSON, keys, that both files exist inside the app's releases
-folder, the binary is executable, who could have written them, and the
-app's preflight, run as the app runs, for a release that is not live yet)
-and apply nothing. CURRENT_CONF defaults
-to the app's own current.conf; relative paths inside it resolve against the
-folder holding it.
-
-Options:
-  --config FILE   agent config (default $RELINK_CONFIG, else /etc/relink/config.json)
-  --app NAME      the app (needed when the config has several)
-  --json          {"ok": true|false, "file", "bin", "cfg", "live", "problems": [...]}
-  -h, --help      this text
-
-Exit codes: 0 the agent would deploy it, 1 it would refuse it (reasons on stderr), 2 usage error.
-`;
-
-export const validateCommand: Command = {
-  async run(args: string[], io: IO, stop: Promise<string>): Promise<number> {
-    const { values, positionals } = parse(args, { config: { type: 'string', short: 'c' }, app: { type: 'string' }, json: { type: 'boolean' } }, true);
-    if (values.help) {
-      io.stdout(HELP);
-      return EXIT.ok;
-    }
-    if (positionals.length > 1) throw new UsageError(`expected at most one CURRENT_CONF, got ${positionals.length}`);
+export const validateCommand: Command<SpecOf<'validate'>> = {
+  async run({ values, positionals }, io, stop) {
     const config = await loadFor(values.config, io);
     const app = selectApp(config, values.app);
-    const file = positionals[0] === undefined ? app.currentFile : path.resolve(positionals[0]);
+    const file = positionals.CURRENT_CONF === undefined ? app.currentFile : path.resolve(positionals.CURRENT_CONF);
     try {
       // Read as the app's user could: a root-only file is refused unread.
       const { release } = await loadCurrent(app, file, await readerOf(await resolveRunAs(app)));

@@ -1,0 +1,117 @@
+/**
+ * Every command of the table (src/cli/commands.ts), run as the real CLI:
+ * --help is generated from its spec and names all of it, an unknown option
+ * and every value a parser refuses are usage errors (exit 2, one line naming
+ * the option, then "Try: relink CMD --help"). A command added to the table
+ * is covered without touching this file.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { test } from 'node:test';
+import { COMMANDS } from '../src/cli/commands.js';
+import { COUNT, exitsOf, parseCommand, PORT, SECONDS, usageOf, UsageError, type CommandSpec } from '../src/cli/spec.js';
+import { MAIN, ROOT, type CliResult } from './helpers.js';
+
+/**
+ * `relink ARGS...` as a real process (as relinkCli in helpers.ts), with no
+ * config at all (each usage error must be found before it is read) and a
+ * deadline: a command that got past its usage checks by mistake (the demo
+ * with a --port its parser should have refused: it runs until stopped) gets
+ * SIGTERM, as from systemd, ends itself and removes what it made; the test
+ * then fails on its exit code instead of hanging.
+ */
+function relinkCli(args: readonly string[]): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
+      cwd: ROOT, env: { ...process.env, RELINK_CONFIG: '/nonexistent/relink-cli-test.json' }, stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000, killSignal: 'SIGTERM',
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+function escape(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+function assertUsageError(r: { code: number | null; stderr: string }, command: CommandSpec, problem: RegExp, what: string): void {
+  assert.equal(r.code, 2, `${what}: exit ${r.code}, stderr ${r.stderr}`);
+  const lines = r.stderr.trimEnd().split('\n');
+  assert.equal(lines.length, 2, `${what}: one line and the hint, got ${JSON.stringify(r.stderr)}`);
+  assert.match(lines[0]!, new RegExp(`^relink ${command.name}: `), what);
+  assert.match(lines[0]!, problem, what);
+  assert.equal(lines[1], `Try: relink ${command.name} --help`, what);
+}
+
+for (const command of COMMANDS) {
+  test(`relink ${command.name}: --help is its spec; an unknown option and each refused value exit 2 naming the option`, async () => {
+    const parsed = command.options.filter((o) => o.parser !== undefined);
+    const [help, unknown, ...refused] = await Promise.all([
+      relinkCli([command.name, '--help']),
+      relinkCli([command.name, '--no-such-option']),
+      ...parsed.map((o) => relinkCli([command.name, `--${o.name}=${o.parser!.rejects[0]}`])),
+    ]);
+
+    assert.equal(help.code, 0, help.stderr);
+    assert.equal(help.stderr, '');
+    assert.equal(parseCommand(command, ['-h']), 'help');
+    const out = help.stdout;
+    assert.ok(out.startsWith(`Usage: relink ${command.name}`), out);
+    assert.ok(out.includes(command.description.trim()), 'the description, as written');
+    for (const o of command.options) {
+      const long = `--${o.name}${o.value === undefined ? '' : ` ${o.value}`}`;
+      const left = o.short === undefined ? long : `-${o.short}, ${long}`;
+      assert.match(out, new RegExp(`^ +${escape(left)}  +\\S`, 'm'), `--help lists ${left} with its help`);
+      assert.ok(out.replace(/\s+/g, ' ').includes(o.help.replace(/\s+/g, ' ')), `--help has ${long}'s help text`);
+      assert.match(usageOf(command), new RegExp(`--${escape(o.name)}\\b`), `the usage line names --${o.name}`);
+    }
+    for (const p of command.positionals ?? []) {
+      assert.match(out, new RegExp(`^  ${escape(p.name)}  +\\S`, 'm'), `--help lists ${p.name}`);
+      assert.match(usageOf(command), new RegExp(`\\b${escape(p.name)}\\b`), `the usage line names ${p.name}`);
+    }
+    assert.match(out, /^ {2}-h, --help +this text$/m);
+    const exits = /^Exit codes: ([\s\S]*)$/m.exec(out)?.[1]?.replace(/\s+/g, ' ') ?? '';
+    for (const e of exitsOf(command)) assert.ok(exits.includes(`${e.code} ${e.meaning}`), `exit ${e.code} in ${JSON.stringify(exits)}`);
+    assert.ok(exits.includes('2 usage error'));
+    for (const line of out.split('\n')) assert.ok(line.length <= 80, `a line of ${line.length} characters: ${line}`);
+
+    assertUsageError(unknown, command, /Unknown option '--no-such-option'/, 'an unknown option');
+    parsed.forEach((o, i) => {
+      const bad = o.parser!.rejects[0]!;
+      const problem = new RegExp(`--${escape(o.name)} must be ${escape(o.parser!.what)} \\(found: ${escape(JSON.stringify(bad))}\\)`);
+      assertUsageError(refused[i]!, command, problem, `--${o.name}=${bad}`);
+      // Every other refused value, through the same parsing in this process (a real CLI each would take a minute).
+      for (const other of o.parser!.rejects) {
+        const message = `--${o.name} must be ${o.parser!.what} (found: ${JSON.stringify(other)})`;
+        assert.throws(() => parseCommand(command, [`--${o.name}=${other}`]), (err: unknown) => err instanceof UsageError && err.message === message, message);
+      }
+    });
+  });
+}
+
+test('relink --help lists every command of the table with its summary', async () => {
+  const r = await relinkCli(['--help']);
+  assert.equal(r.code, 0, r.stderr);
+  for (const c of COMMANDS) assert.match(r.stdout, new RegExp(`^ {2}${escape(c.name)} +${escape(c.summary)}$`, 'm'), c.name);
+  const names = COMMANDS.map((c) => c.name);
+  assert.equal(new Set(names).size, names.length, 'each name once');
+  assert.equal((await relinkCli(['no-such-command'])).code, 2);
+});
+
+test('the parsers take decimal digits only: what each accepts and refuses', () => {
+  for (const [text, value] of [['30', 30], ['0.5', 0.5], ['120', 120]] as const) assert.equal(SECONDS.parse(text), value, text);
+  for (const [text, value] of [['1', 1], ['5', 5], ['100000', 100000]] as const) assert.equal(COUNT.parse(text), value, text);
+  for (const [text, value] of [['1', 1], ['8080', 8080], ['65535', 65535]] as const) assert.equal(PORT.parse(text), value, text);
+  // The values the CLI test above passes each must really be refused (a parser that accepted one would pass there only by luck).
+  for (const parser of [SECONDS, COUNT, PORT]) {
+    assert.ok(parser.rejects.length > 0);
+    for (const bad of [...parser.rejects, ' 5', '5 ', 'Infinity', 'NaN']) assert.equal(parser.parse(bad), undefined, `${parser.what}: ${JSON.stringify(bad)}`);
+  }
+  // Every parser in the table is one of these (a new one brings its own case here).
+  const used = new Set(COMMANDS.flatMap((c) => c.options.flatMap((o) => (o.parser === undefined ? [] : [o.parser]))));
+  for (const p of used) assert.ok([SECONDS, COUNT, PORT].includes(p as never), `a parser not checked here: ${p.what}`);
+});
