@@ -79,6 +79,9 @@ export const LIVENESS_KILL_MS = 10_000;
  */
 const LINEAGE_REFRESH_MS = 30_000;
 
+/** A restart asks for the new generation's first answer in slices this long (ms), checking between them that it still runs. */
+const FIRST_ANSWER_SLICE_MS = 250;
+
 /** The journal's `action` of a deploy over a running app, by reload.strategy. */
 const ACTIONS: Record<Strategy, Action> = { reexec: 'signal', inplace: 'signal', upgrade: 'signal', socket: 'replace', restart: 'restart' };
 
@@ -892,7 +895,14 @@ export class AppAgent {
     for (const u of unheld) this.#log.error({ code: u.error.code }, u.error.message);
     this.#outage = { goneAt: this.#fx.now(), held };
     const started = await this.#startNew(stopBy);
-    const accepted = await this.#fx.firstAnswer(Math.min(this.#fx.now() + this.app.reload.timeoutMs, stopBy()));
+    // Asked in short slices while the started process lives: one that died
+    // at once is judged now, not after reload.timeoutMs of asking (a trial
+    // saw 15 s of nothing running before the verdict).
+    const until = Math.min(this.#fx.now() + this.app.reload.timeoutMs, stopBy());
+    let accepted: number | undefined;
+    while (accepted === undefined && this.#fx.now() < until && (await this.#fx.verify(started)) !== undefined) {
+      accepted = await this.#fx.firstAnswer(Math.min(this.#fx.now() + FIRST_ANSWER_SLICE_MS, until));
+    }
     if (accepted !== undefined && this.#outage !== undefined) this.#outage.acceptedAt = accepted;
     return started;
   }

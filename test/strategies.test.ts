@@ -101,6 +101,26 @@ test('"restart" without held sockets: the release goes live and the journal entr
   await agent.stop();
 });
 
+test('"restart": a release that exits at start is judged as soon as it has exited, not after reload.timeoutMs of asking for its first answer', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'rsx', PLAIN, { a: '', x: 'fail_start=1\n' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const timeoutMs = 60_000;
+  const config = await configFor(root, app, { reload: { strategy: 'restart', timeoutMs } });
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  await servedBy(app.port, 'app.a');
+  await setCurrent(app, 'x');
+  const e = await nth(root, app.name, 2);
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+  assert.equal(e.code, 'APP_EXITED');
+  // Not a timing: before, the verdict waited for the whole reload.timeoutMs (the first answer never came).
+  assert.ok(e.durationMs < timeoutMs, `judged after ${e.durationMs} ms, the whole reload.timeoutMs`);
+  await servedBy(app.port, 'app.a');
+  await agent.stop();
+});
+
 test('"restart" on held sockets: connections wait in the backlog (queuedMs), none is refused', async (t) => {
   if (!(await needProgram(t, '/usr/bin/wrk', 'wrk'))) return;
   const root = await tmpDir(t);

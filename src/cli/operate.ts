@@ -5,10 +5,10 @@
  * with the same exit codes.
  */
 import type { AgentConfig, AppConfig } from '../config.js';
-import { RelinkError } from '../errors.js';
+import { isErrno, RelinkError } from '../errors.js';
 import type { Command as Verb, HistoryEntry } from '../history.js';
 import { JournalTail } from '../journalTail.js';
-import { writeRequest } from '../requests.js';
+import { requestsDir, writeRequest } from '../requests.js';
 import { runningAgent } from '../state.js';
 import { DEFAULT_WAIT_S, type SpecOf } from './commands.js';
 import { EXIT, loadFor, selectApp, UsageError, type IO } from './io.js';
@@ -51,7 +51,13 @@ async function ask(config: AgentConfig, app: AppConfig, verb: Verb, opts: AskOpt
   }
   // Where the journal ends now: the answer is among what is appended after.
   const tail = opts.wait ? await JournalTail.open(config.stateDir, app.name, { onDamaged }) : undefined;
-  const req = await writeRequest(config.stateDir, app.name, verb);
+  const req = await writeRequest(config.stateDir, app.name, verb).catch((err: unknown) => {
+    if (isErrno(err, 'EACCES')) {
+      throw new RelinkError('STATE_WRITE_FAILED', `relink ${verb}: only root may ask the agent (${requestsDir(config.stateDir, app.name)} is root's): run it with sudo`,
+        { rule: 'requests are root\'s', found: 'EACCES' });
+    }
+    throw err;
+  });
   if (tail === undefined) {
     return report(io, opts, { outcome: 'requested', message: `${app.name}: relink ${verb} asked (request ${req.id}); the agent answers in the journal (relink history --app ${app.name})` }, EXIT.ok);
   }

@@ -4,6 +4,7 @@
  * first; `--wait` reads the outcome the agent records in agent.json.
  */
 import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { loadConfig } from '../config.js';
 import { hashText } from '../current.js';
 import { RelinkError } from '../errors.js';
@@ -29,8 +30,12 @@ export const reloadCommand: Command<SpecOf<'reload'>> = {
     const onDamaged = damageWarner(io, 'reload');
     const agent = await runningAgent(config.stateDir, { onDamaged });
     if (agent === undefined) {
-      throw new RelinkError('NO_AGENT', `no relink agent is running for ${file} (stateDir ${config.stateDir}); start it (systemctl start relink): it reads the config as it starts`,
-        { file, rule: 'an agent must be running to reload its config' });
+      throw new RelinkError('NO_AGENT', `no relink agent is running on ${file}'s stateDir (${config.stateDir}): start it (systemctl start relink), it reads the config as it starts; if an agent runs with another stateDir, a reload cannot move it there: restart that agent`,
+        { file, key: 'stateDir', rule: 'an agent must be running on the file\'s stateDir to reload it' });
+    }
+    if (path.resolve(agent.configFile) !== path.resolve(file)) {
+      throw new RelinkError('CONFIG_INVALID', `the agent (pid ${agent.pid}) runs on ${agent.configFile}, not ${file}: it re-reads its own file on a reload; edit that one (or restart the agent with --config ${file})`,
+        { file, rule: 'relink reload re-reads the file the agent runs on', found: agent.configFile });
     }
     const before = agent.config?.at;
     process.kill(agent.pid, 'SIGHUP');
