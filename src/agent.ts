@@ -12,6 +12,7 @@
 import { lstat } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { AppAgent, EARLY_TRIGGER, RECHECK_TRIGGER } from './app.js';
+import { AppOutput, type JournalTarget } from './appoutput.js';
 import { Compactor } from './compaction.js';
 import type { AgentConfig, AppConfig } from './config.js';
 import { realEffects } from './effects.js';
@@ -39,6 +40,8 @@ interface Slot {
   readonly log: Logger;
   /** Its journal and state file; their group is the app's, once its user exists. */
   readonly store: AppStore;
+  /** Where its output goes; rotates its log file (src/appoutput.ts). */
+  readonly output: AppOutput;
   gid: number | undefined;
   watcher: CurrentWatcher | undefined;
   /** A watcher start in progress (retried on every re-check until it works). */
@@ -46,6 +49,14 @@ interface Slot {
   /** The last reason the watcher could not start, said once. */
   watchProblem: string | undefined;
 }
+
+export interface AgentOptions {
+  /** The journald apps without a logFile write to; default the host's (src/appoutput.ts); null: always their log file. */
+  readonly journal?: JournalTarget | null;
+}
+
+/** How often each app's log file size is looked at (one lstat), for rotation. */
+const LOG_CHECK_MS = 1_000;
 
 export class Agent {
   readonly config: AgentConfig;
@@ -61,6 +72,7 @@ export class Agent {
   /** The last reason agent.json could not be written, said once. */
   readonly #claimProblem: { last: string | undefined } = { last: undefined };
   #timer: NodeJS.Timeout | undefined;
+  #logTimer: NodeJS.Timeout | undefined;
   /** The apps' listening sockets (src/sockets.ts). */
   #sockets: SocketHolder | undefined;
   /** The sd_notify sockets of apps with readiness "notify" (src/notify.ts): they keep the process alive until closed. */
@@ -80,7 +92,7 @@ export class Agent {
    * over, start every app's orchestrator and watcher, and begin the periodic
    * re-check.
    */
-  static async start(config: AgentConfig, log: Logger): Promise<Agent> {
+  static async start(config: AgentConfig, log: Logger, opts: AgentOptions = {}): Promise<Agent> {
     const compactor = new Compactor(COMPACTION);
     const warn = (l: Logger) => (d: Damage) => l.warn({ file: d.file, line: d.line }, describeDamage(d));
     const claimProblem = { last: undefined as string | undefined };
@@ -97,12 +109,13 @@ export class Agent {
       const applog = log.child({ app: app.name });
       if (app.reload.deprecatedMode) applog.warn({ key: 'reload.mode' }, `"reload.mode" is deprecated: write "reload.strategy": ${JSON.stringify(app.reload.strategy)} instead (same meaning)`);
       const store = new AppStore(config.stateDir, app.name, { gid: gids[i], history: config.history, onDamaged: warn(applog) });
-      const fx = realEffects(app, config.stateDir, { store, configFile: config.file, sockets, notify: notifiers.get(app.name) });
+      const output = new AppOutput(app, applog, { journal: opts.journal });
+      const fx = realEffects(app, config.stateDir, { store, configFile: config.file, sockets, notify: notifiers.get(app.name), output });
       const record: typeof fx.record = async (entry) => {
         await fx.record(entry);
         compactor.noteDeploy();
       };
-      return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, store, gid: gids[i], watcher: undefined, arming: undefined, watchProblem: undefined };
+      return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, store, output, gid: gids[i], watcher: undefined, arming: undefined, watchProblem: undefined };
     });
     const agent = new Agent(config, slots, log, compactor);
     agent.#sockets = sockets;
@@ -110,6 +123,8 @@ export class Agent {
     agent.#claimed = claimed;
     agent.#claimProblem.last = claimProblem.last;
     try {
+      await Promise.all(slots.map((s) => s.output.recover()));
+      agent.#armLogCheck();
       for (const slot of slots) {
         // The watcher first: an edit made while the agent was down, or
         // between start and ready, is seen by the app's first pass.
@@ -125,6 +140,20 @@ export class Agent {
     }
     log.info({ version: VERSION, config: config.file, stateDir: config.stateDir, apps: config.apps.map((a) => a.name) }, 'agent started');
     return agent;
+  }
+
+  /**
+   * Every app's log size checked each second (rotated past log.maxBytes):
+   * due on the second of the clock, when the apps' supervision checks are
+   * (src/app.ts), so the agent still wakes once a second, not twice.
+   */
+  #armLogCheck(): void {
+    if (this.#closing !== undefined) return;
+    this.#logTimer = setTimeout(() => {
+      for (const s of this.#slots) void s.output.check();
+      this.#armLogCheck();
+    }, LOG_CHECK_MS - (Date.now() % LOG_CHECK_MS));
+    this.#logTimer.unref();
   }
 
   async #arm(slot: Slot): Promise<void> {
@@ -218,6 +247,7 @@ export class Agent {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       clearInterval(this.#timer);
+      clearTimeout(this.#logTimer);
       this.#compactor.stop();
       // node-cron tasks keep the process alive until destroyed.
       await Promise.allSettled(this.#prunes.map((p) => p.stop()));
@@ -226,6 +256,8 @@ export class Agent {
         await s.watcher?.close();
       }));
       await Promise.allSettled(this.apps.map((a) => a.close()));
+      // A rotation under way finishes: stopped half way it would leave bytes in two files.
+      await Promise.allSettled(this.#slots.map((s) => s.output.close()));
       // The running generations keep their own copies of the sockets.
       await this.#sockets?.close();
       await Promise.allSettled(this.#notifiers.map((n) => n.close()));
