@@ -42,6 +42,7 @@ const COMMANDS: Record<string, { readonly summary: string; readonly load: () => 
   prune: { summary: 'delete old releases, keeping the newest N and every protected one', load: async () => (await import('./prune.js')).pruneCommand },
   deploy: { summary: 'name a release in current.conf and (with --wait) wait for the verdict', load: async () => (await import('./deploy.js')).deployCommand, ownsStop: true },
   rollback: { summary: 'go back to the previous known-good release (or --to RELEASE)', load: async () => (await import('./rollback.js')).rollbackCommand, ownsStop: true },
+  logs: { summary: 'print an app\'s output (the journal or its rotated log files); -f follows it', load: async () => (await import('./logs.js')).logsCommand, ownsStop: true },
   demo: { summary: 'run the agent on a self-contained demo (deploy, refusal, rollback, an automatic rollback)', load: async () => (await import('./demo.js')).demoCommand, ownsStop: true },
   schema: { summary: 'print the JSON Schema of the agent config, for editors', load: async () => (await import('./schema.js')).schemaCommand },
 };
