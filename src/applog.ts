@@ -181,6 +181,8 @@ async function copyTruncate(log: FileHandle, reader: FileHandle, size: number, o
       const start = (n - k) * piece;
       temps.unshift(await copyOut(reader, f, `${k}`, start, k === 1 ? size : start + piece));
     }
+    // Before the last reads: between the last one and the truncate, the app's writes are lost.
+    await mark(f);
     // Growth since the size was taken goes into the newest piece, read until none is left.
     if (kept > 0) {
       const handle = await open(f.dir.at(temps[0]!), C.O_WRONLY | C.O_APPEND | C.O_NOFOLLOW);
@@ -195,7 +197,6 @@ async function copyTruncate(log: FileHandle, reader: FileHandle, size: number, o
         await handle.close();
       }
     }
-    await mark(f);
     await log.truncate(0);
     await shift(f, kept, opts.backups);
     for (const [i, temp] of temps.entries()) await rename(f.dir.at(temp), f.dir.at(`${f.name}.${i + 1}`));
