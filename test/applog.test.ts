@@ -305,3 +305,17 @@ test('relink logs: -n across rotated files; -f from a few lines back, across rot
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /-n must be a whole number/);
 });
+
+test('a log kept in the releases folder: its rotated files (app.log.1 ..) match "app.{release}" but are never listed as releases, so never pruned', async (t) => {
+  const root = await tmpDir(t, 'relink-applog-');
+  const releasesDir = path.join(root, 'web', 'release');
+  await mkdir(releasesDir, { recursive: true });
+  for (const f of ['app.1.0', 'cfg.1.0', 'app.log', 'app.log.1', 'app.log.2']) await writeFile(path.join(releasesDir, f), 'x\n');
+  await chmod(path.join(releasesDir, 'app.1.0'), 0o755);
+  const config = path.join(root, 'config.json');
+  await writeFile(config, JSON.stringify({ stateDir: path.join(root, 'state'), apps: [{ name: 'web', dir: path.join(root, 'web'), logFile: 'release/app.log', allowRoot: true }] }));
+  const r = await relinkCli(['releases', '--config', config, '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const listed = (JSON.parse(r.stdout) as { apps: Array<{ releases: Array<{ release: string }> }> }).apps[0]!.releases.map((x) => x.release);
+  assert.deepEqual(listed, ['1.0']);
+});
