@@ -117,7 +117,15 @@ export async function rotateLog(file: string, opts: RotateOptions): Promise<Rota
         collapse = await probeCollapse(dir, name, bsize);
         opts.collapse.set(st.dev, collapse);
       }
-      if (collapse === true) return await cut(log, reader!, st.size, bsize, opts, files);
+      if (collapse === true) {
+        try {
+          return await cut(log, reader!, st.size, bsize, opts, files);
+        } catch (err) {
+          // Copy + truncate from now on: a cut that keeps failing would copy the same bytes every second.
+          if (err instanceof CollapseFailed) opts.collapse.set(st.dev, err.reason);
+          throw err;
+        }
+      }
       return await copyTruncate(log, reader!, st.size, opts, files, collapse);
     }, { createFolders: false });
   } finally {
@@ -157,7 +165,7 @@ async function cut(log: FileHandle, reader: FileHandle, size: number, bsize: num
     await shift(f, kept, opts.backups);
     for (const [i, temp] of temps.entries()) await rename(f.dir.at(temp), f.dir.at(`${f.name}.${i + 1}`));
     temps.length = 0;
-    await collapseRange(log.fd, n * piece);
+    await collapseRange(log.fd, n * piece).catch((err: unknown) => { throw new CollapseFailed(file(f), kept, (err as Error).message); });
   } finally {
     for (const temp of temps) await unlink(f.dir.at(temp)).catch(() => undefined);
     await unlink(f.dir.at(`.${f.name}.rotating`)).catch(() => undefined);
@@ -207,6 +215,17 @@ async function copyTruncate(log: FileHandle, reader: FileHandle, size: number, o
   }
   const keptBytes = kept === 0 ? 0 : end - (n - kept) * piece;
   return { mode: 'truncate', why, keptBytes, files: kept, droppedBytes: end - keptBytes };
+}
+
+const file = (f: Files): string => path.join(f.dir.path, f.name);
+
+/** collapse-range failed after the probe said it works: the bytes copied out are in the log still. */
+class CollapseFailed extends Error {
+  readonly reason: string;
+  constructor(log: string, files: number, reason: string) {
+    super(`fallocate --collapse-range failed (${reason}): the bytes just copied to ${files} rotated file${files === 1 ? '' : 's'} are also still in ${log} (doubled, not lost); later rotations copy and truncate`);
+    this.reason = reason;
+  }
 }
 
 /** A new file `.NAME.rotate.TAG` in the folder holding bytes [from, to) of the log, the log's owner and mode, synced. */
