@@ -14,7 +14,6 @@
  * Nothing of the app's output passes through the agent either way.
  */
 import { lstatSync } from 'node:fs';
-import { lstat } from 'node:fs/promises';
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import { rotateLog, clearMarker, type Rotation } from './applog.js';
@@ -167,11 +166,17 @@ export class AppOutput {
    */
   check(): Promise<void> {
     if (this.#rotating !== undefined || this.#closing !== undefined) return this.#rotating ?? Promise.resolve();
+    // The common case, a log below the bound (or none), costs this one stat. Synchronous: through
+    // the thread pool, 20 apps' stats a second took the idle agent from 70 to 117 wake-ups a second.
+    let st;
+    try {
+      st = lstatSync(this.app.logFile, { throwIfNoEntry: false });
+    } catch {
+      return Promise.resolve();
+    }
+    if (st === undefined || !st.isFile() || st.size < this.app.log.maxBytes) return Promise.resolve();
     this.#rotating = (async () => {
       try {
-        // A stat by path opens nothing: the common case, a log below the bound, costs this alone.
-        const st = await lstat(this.app.logFile).catch(() => undefined);
-        if (st === undefined || !st.isFile() || st.size < this.app.log.maxBytes) return;
         const runAs = await resolveRunAs(this.app);
         const owner = { uid: runAs.uid, gid: runAs.gid };
         const done = await rotateLog(this.app.logFile, { maxBytes: this.app.log.maxBytes, backups: this.app.log.backups, owner, collapse: this.#collapse });
