@@ -16,6 +16,7 @@ import { hashText } from './current.js';
 import { requestsDir } from './requests.js';
 import type { Logger } from 'pino';
 import { AppAgent, EARLY_TRIGGER, RECHECK_TRIGGER } from './app.js';
+import { AppOutput, type JournalTarget } from './appoutput.js';
 import { Compactor } from './compaction.js';
 import type { AgentConfig, AppConfig } from './config.js';
 import { realEffects } from './effects.js';
@@ -43,6 +44,8 @@ interface Slot {
   readonly log: Logger;
   /** Its journal and state file; their group is the app's, once its user exists. */
   readonly store: AppStore;
+  /** Where its output goes; rotates its log file (src/appoutput.ts). */
+  readonly output: AppOutput;
   gid: number | undefined;
   watcher: CurrentWatcher | undefined;
   /** A watcher start in progress (retried on every re-check until it works). */
@@ -67,6 +70,14 @@ export interface ReloadResult {
 
 type Notifier = { path: string; ready(sinceMs: number, deadlineMs: number): Promise<boolean>; close(): Promise<void> };
 
+export interface AgentOptions {
+  /** The journald apps without a logFile write to; default the host's (src/appoutput.ts); null: always their log file. */
+  readonly journal?: JournalTarget | null;
+}
+
+/** How often each app's log file size is looked at (one lstat), for rotation. */
+const LOG_CHECK_MS = 1_000;
+
 export class Agent {
   #config: AgentConfig;
   #slots: Slot[];
@@ -81,6 +92,9 @@ export class Agent {
   /** The last reason agent.json could not be written, said once. */
   readonly #claimProblem: { last: string | undefined } = { last: undefined };
   #timer: NodeJS.Timeout | undefined;
+  #logTimer: NodeJS.Timeout | undefined;
+  /** Where apps without a logFile write (AgentOptions.journal), for apps added by a reload too. */
+  #journal: JournalTarget | null | undefined;
   /** The apps' listening sockets (src/sockets.ts). */
   #sockets: SocketHolder | undefined;
   #closing: Promise<void> | undefined;
@@ -107,7 +121,7 @@ export class Agent {
    * over, start every app's orchestrator and watcher, and begin the periodic
    * re-check.
    */
-  static async start(config: AgentConfig, log: Logger): Promise<Agent> {
+  static async start(config: AgentConfig, log: Logger, opts: AgentOptions = {}): Promise<Agent> {
     const compactor = new Compactor(COMPACTION);
     const warn = (l: Logger) => (d: Damage) => l.warn({ file: d.file, line: d.line }, describeDamage(d));
     const claimProblem = { last: undefined as string | undefined };
@@ -120,12 +134,15 @@ export class Agent {
     }
     const sockets = await holdSockets(config, log, gids);
     const notifiers = await openNotifiers(config, log, gids);
-    const slots = config.apps.map((app, i) => makeSlot(config, app, { gid: gids[i], log, compactor, sockets, notify: notifiers.get(app.name) }));
+    const slots = config.apps.map((app, i) => makeSlot(config, app, { gid: gids[i], log, compactor, sockets, notify: notifiers.get(app.name), journal: opts.journal }));
     const agent = new Agent(config, slots, log, compactor);
+    agent.#journal = opts.journal;
     agent.#sockets = sockets;
     agent.#claimed = claimed;
     agent.#claimProblem.last = claimProblem.last;
     try {
+      await Promise.all(slots.map((s) => s.output.recover()));
+      agent.#armLogCheck();
       for (const slot of slots) await agent.#startSlot(slot);
       agent.#timer = setInterval(() => agent.#recheck(), config.reconcileMs);
     } catch (err) {
@@ -134,6 +151,20 @@ export class Agent {
     }
     log.info({ version: VERSION, config: config.file, stateDir: config.stateDir, apps: config.apps.map((a) => a.name) }, 'agent started');
     return agent;
+  }
+
+  /**
+   * Every app's log size checked each second (rotated past log.maxBytes):
+   * due on the second of the clock, when the apps' supervision checks are
+   * (src/app.ts), so the agent still wakes once a second, not twice.
+   */
+  #armLogCheck(): void {
+    if (this.#closing !== undefined) return;
+    this.#logTimer = setTimeout(() => {
+      for (const s of this.#slots) void s.output.check();
+      this.#armLogCheck();
+    }, LOG_CHECK_MS - (Date.now() % LOG_CHECK_MS));
+    this.#logTimer.unref();
   }
 
   async #startSlot(slot: Slot): Promise<void> {
@@ -152,6 +183,8 @@ export class Agent {
     await slot.watcher?.close();
     slot.requests?.close();
     await slot.app.close();
+    // A rotation under way finishes: stopped half way it would leave bytes in two files.
+    await slot.output.close();
     await slot.notifier?.close();
   }
 
@@ -220,8 +253,9 @@ export class Agent {
       }
       if (old !== undefined) await this.#stopSlot(old);
       const notify = (await openNotifiers({ ...next, apps: [app] }, this.#log, [gids[i]])).get(app.name);
-      const slot = makeSlot(next, app, { gid: gids[i], log: this.#log, compactor: this.#compactor, sockets: this.#sockets!, notify });
+      const slot = makeSlot(next, app, { gid: gids[i], log: this.#log, compactor: this.#compactor, sockets: this.#sockets!, notify, journal: this.#journal });
       slots.push(slot);
+      await slot.output.recover();
       await this.#startSlot(slot);
       (old === undefined ? result.added : result.changed).push(app.name);
     }
@@ -362,6 +396,7 @@ export class Agent {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       clearInterval(this.#timer);
+      clearTimeout(this.#logTimer);
       this.#compactor.stop();
       // A reload in progress finishes first (it may be starting apps).
       await this.#reloads;
@@ -377,16 +412,17 @@ export class Agent {
 }
 
 /** An app's orchestrator with its effects, journal and log, not started yet. */
-function makeSlot(config: AgentConfig, app: AppConfig, deps: { gid: number | undefined; log: Logger; compactor: Compactor; sockets: SocketHolder; notify: Notifier | undefined }): Slot {
+function makeSlot(config: AgentConfig, app: AppConfig, deps: { gid: number | undefined; log: Logger; compactor: Compactor; sockets: SocketHolder; notify: Notifier | undefined; journal: JournalTarget | null | undefined }): Slot {
   const applog = deps.log.child({ app: app.name });
   if (app.reload.deprecatedMode) applog.warn({ key: 'reload.mode' }, `"reload.mode" is deprecated: write "reload.strategy": ${JSON.stringify(app.reload.strategy)} instead (same meaning)`);
   const store = new AppStore(config.stateDir, app.name, { gid: deps.gid, history: config.history, onDamaged: (d: Damage) => applog.warn({ file: d.file, line: d.line }, describeDamage(d)) });
-  const fx = realEffects(app, config.stateDir, { store, configFile: config.file, sockets: deps.sockets, notify: deps.notify });
+  const output = new AppOutput(app, applog, { journal: deps.journal });
+  const fx = realEffects(app, config.stateDir, { store, configFile: config.file, sockets: deps.sockets, notify: deps.notify, output });
   const record: typeof fx.record = async (entry) => {
     await fx.record(entry);
     deps.compactor.noteDeploy();
   };
-  return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, store, gid: deps.gid, watcher: undefined, arming: undefined, watchProblem: undefined, requests: undefined, notifier: deps.notify };
+  return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, store, output, gid: deps.gid, watcher: undefined, arming: undefined, watchProblem: undefined, requests: undefined, notifier: deps.notify };
 }
 
 /**

@@ -114,6 +114,13 @@ const HooksSchema = z.strictObject({
     .meta(about('how long each hook may run; then SIGTERM to everything it started, and SIGKILL 2 s later')),
 });
 
+const LogSchema = z.strictObject({
+  maxBytes: z.int().min(65_536).max(1_099_511_627_776).default(52_428_800)
+    .meta(about('the log file is rotated once it reaches this many bytes (65536 to 1099511627776), checked every second: `app.log` becomes `app.log.1` and so on ("App logs")')),
+  backups: z.int().min(0).max(100).default(10)
+    .meta(about('how many rotated files (`app.log.1` .. `app.log.N`) are kept, 0 to 100; 0: the oldest output is dropped at each rotation')),
+});
+
 const RELEASE_PLACEHOLDER = '{release}';
 
 const releaseName = (def: string, description: string) => z.string()
@@ -169,8 +176,10 @@ const AppSchema = z.strictObject({
     cfg: absoluteOrRelative.default('app.cfg').meta(about('the symlink to the live release\'s config')),
   }).prefault({})
     .meta(about('the symlinks the agent switches (a regular file there is never replaced); no two apps may share one')),
-  logFile: absoluteOrRelative.default('app.log')
-    .meta(about('the app\'s stdout and stderr (appended); no two apps may share one')),
+  logFile: absoluteOrRelative.nullable().default(null)
+    .meta(about('the file the app\'s stdout and stderr are appended to, rotated by size (`log`); no two apps may share one. `null`: the journal when the host runs journald (`journalctl -t NAME`), else `app.log`')),
+  log: LogSchema.prefault({})
+    .meta(about('how an app\'s log file is rotated (Supervisord\'s `logfile_maxbytes`, `logfile_backups`): by the agent, without the app reopening anything')),
   pidFile: absoluteOrRelative.nullable().default(null)
     .meta(about('optional: a PID file the app writes; it names a candidate, believed when it carries the app\'s marker, or carries none (its environment overwritten: nginx) and runs a binary from the releases folder and started after a process the agent started exited 0 (it daemonized). With one set, a started process that exits 0 is not a failure: its daemon is waited for, up to reload.timeoutMs')),
   reload: ReloadSchema.prefault({})
@@ -333,7 +342,14 @@ export interface AppConfig {
   readonly releasesDir: string;
   readonly currentFile: string;
   readonly links: Frozen<typeof AppSchema.shape.links>;
+  /** The app's log file, absolute: `logFile`, else `<dir>/app.log` (used when the journal is not). */
   readonly logFile: string;
+  /**
+   * `journal`: `logFile` is unset, so the app's output goes to journald when
+   * the host runs it (src/appoutput.ts). `maxBytes` (bytes), `backups`: the
+   * file's rotation (src/applog.ts).
+   */
+  readonly log: { readonly journal: boolean; readonly maxBytes: number; readonly backups: number };
   readonly pidFile: string | undefined;
   readonly reload: {
     readonly strategy: Strategy;
@@ -447,7 +463,8 @@ export function parseConfig(text: string, file: string): AgentConfig {
       // Relative paths resolve against `dir`; the default follows releasesDir.
       currentFile: a.currentFile === undefined ? path.join(releasesDir, 'current.conf') : path.resolve(dir, a.currentFile),
       links: Object.freeze({ bin: path.resolve(dir, a.links.bin), cfg: path.resolve(dir, a.links.cfg) }),
-      logFile: path.resolve(dir, a.logFile),
+      logFile: path.resolve(dir, a.logFile ?? 'app.log'),
+      log: Object.freeze({ journal: a.logFile === null, maxBytes: a.log.maxBytes, backups: a.log.backups }),
       pidFile: a.pidFile === null ? undefined : path.resolve(dir, a.pidFile),
       reload: Object.freeze({
         strategy: strategyOf(a.reload.strategy ?? a.reload.mode, a.sockets),

@@ -15,6 +15,7 @@ import { preflightRelease, type PreflightResult } from './preflight.js';
 import type { CommandResult } from './command.js';
 import { runHook, type HookEntry, type HookName } from './hooks.js';
 import { logSize, logTail } from './logtail.js';
+import { AppOutput } from './appoutput.js';
 import { ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import type { SocketHolder, Unheld } from './sockets.js';
 import { RelinkError } from './errors.js';
@@ -142,11 +143,14 @@ export interface RealEffectsOptions {
   readonly store?: AppStore;
   /** The agent's config file, named in the lock on the app's folder. */
   readonly configFile?: string;
+  /** Where the app's output goes (journald or its log file); default: the host's journald, nothing logged. */
+  readonly output?: AppOutput;
 }
 
 export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsOptions = {}): Effects {
   const store = opts.store ?? new AppStore(stateDir, app.name);
   const configFile = opts.configFile ?? '';
+  const output = opts.output ?? new AppOutput(app, { info: () => undefined, warn: () => undefined, error: () => undefined });
   const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user, mode: app.reload.mode });
   let me: Promise<LockOwner> | undefined;
   const lockMemo: LockMemo = {};
@@ -178,7 +182,8 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     lineage: () => finder.record(),
     restoreLineage: (rec, legacy) => finder.restore(rec, legacy),
     launch: async (launchOpts = {}) => {
-      const from = await logSize(app.logFile);
+      const from = await output.size();
+      const since = Date.now();
       const fds = app.sockets.map((address) => {
         const held = opts.sockets?.get(address);
         if (held === undefined) {
@@ -188,10 +193,11 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
         return held.fd;
       });
       const startedFrom = ticksNow();
-      const launched = await launch(app, undefined, fds, { notifySocket: opts.notify?.path, cover: opts.sockets?.fds() ?? [] });
+      const launched = await launch(app, undefined, fds, { notifySocket: opts.notify?.path, cover: opts.sockets?.fds() ?? [], journal: output.journal ?? null });
+      output.started(launched.sink);
       const gen = await finder.launched(launched.pid, launchOpts.serve ?? true, startedFrom);
       void launched.exited.then(({ code, signal }) => finder.exited(launched.pid, code === 0 && signal === null));
-      return { ...launched, gen, output: () => logTail(app.logFile, from) };
+      return { ...launched, gen, output: output.tail(launched.sink, from, since, launched.uid) };
     },
     holdSockets: async () => {
       if (opts.sockets === undefined || app.sockets.length === 0) return [];

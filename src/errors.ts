@@ -36,6 +36,9 @@ export type ErrorCode =
   | 'FILE_UNREADABLE'
   // the sd_notify socket the apps report readiness on (src/notify.ts)
   | 'NOTIFY_SOCKET_FAILED'
+  // the app's output (src/appoutput.ts): journald's stream socket, the log file's rotation
+  | 'JOURNAL_UNAVAILABLE'
+  | 'LOG_ROTATE_FAILED'
   // relink / process
   | 'LINK_NOT_SYMLINK'
   | 'LINK_FAILED'

@@ -1,10 +1,11 @@
 /**
  * Starting the app. It runs detached in its own session so that it outlives
  * the agent: an agent restart or upgrade must never take the app down, and
- * the next agent adopts it (see proc.ts). Its stdout and stderr are appended
- * to its log file, opened by the agent and inherited by the app, so nothing
- * of the app's output passes through (or depends on) the agent, and the
- * app's user needs no write access to it.
+ * the next agent adopts it (see proc.ts). Its stdout and stderr are two
+ * journald streams or its log file (src/appoutput.ts), opened by the agent
+ * and inherited by the app, so nothing of the app's output passes through
+ * (or depends on) the agent, and the app's user needs no write access to
+ * the log.
  *
  * The app runs as its own user with its own limits through an exec chain of
  * two util-linux tools, each of which replaces itself (same PID) with the
@@ -30,13 +31,19 @@ import { RelinkError } from './errors.js';
 import { configuredLimits, lower, prlimitOptions, readLimits, type ProcLimits } from './limits.js';
 import { childStdio, parseListenAddress, serverStarterName } from './listenfds.js';
 import { markerEnv } from './proc.js';
-import { openAppend } from './safefs.js';
+import { HOST_JOURNAL, openSink, type JournalTarget, type Sink } from './appoutput.js';
 import { describeUser, resolveRunAs, type RunAs } from './user.js';
 
 export interface Launched {
   readonly pid: number;
   /** Resolves with the exit code (or signal) if the app exits while this agent runs. */
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** What launch() tells besides the process: where its output goes, and the uid it runs as. */
+export interface Started extends Launched {
+  readonly sink: Sink;
+  readonly uid: number;
 }
 
 // Capability numbers (linux/capability.h).
@@ -217,22 +224,24 @@ async function missingInterpreter(app: AppConfig): Promise<{ file: string; inter
  * Start the app (see the module's comment). `fds`: the listening sockets to
  * pass, at 3, 4, ... in order; `cover`: other fds of the agent a child would
  * inherit (systemd's, which are not close-on-exec) and must not, put out of
- * its reach. Throws RelinkError (START_FAILED and planLaunch's refusals).
+ * its reach; `journal`: the journald the output goes to when the app's
+ * logFile is unset (default the host's; null: the file). Throws RelinkError
+ * (START_FAILED and planLaunch's refusals) and src/safefs.ts's refusals of
+ * the log file.
  */
-export async function launch(app: AppConfig, agent?: AgentIdentity, fds: readonly number[] = [], opts: { notifySocket?: string | undefined; cover?: readonly number[] } = {}): Promise<Launched> {
+export async function launch(app: AppConfig, agent?: AgentIdentity, fds: readonly number[] = [], opts: { notifySocket?: string | undefined; cover?: readonly number[]; journal?: JournalTarget | null } = {}): Promise<Started> {
   const plan = await planLaunch(app, agent ?? await agentIdentity(), process.env, { sockets: fds.length, notifySocket: opts.notifySocket });
   // The log lies in a folder the app's user can write: no planted symlink
   // (of the file or of a folder on its path), FIFO or hard link is opened,
   // written or chowned as root. A log the agent created belongs to the
-  // app's user, so whoever deploys as that user can read it and the app
-  // could reopen it on rotation.
-  const log = await openAppend(app.logFile, { owner: plan.switching ? { uid: plan.runAs.uid, gid: plan.runAs.gid } : undefined });
+  // app's user, so whoever deploys as that user can read it.
+  const out = await openSink(app, plan.switching ? { uid: plan.runAs.uid, gid: plan.runAs.gid } : undefined, opts.journal === null ? undefined : opts.journal ?? HOST_JOURNAL);
   try {
     const child = spawn(plan.file, plan.args, {
       cwd: app.dir,
       env: plan.env,
       detached: true,
-      stdio: childStdio(['ignore', log.fd, log.fd], fds, opts.cover ?? []),
+      stdio: childStdio(['ignore', out.stdout, out.stderr], fds, opts.cover ?? []),
     });
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('spawn', () => resolve(child.pid as number));
@@ -252,9 +261,9 @@ export async function launch(app: AppConfig, agent?: AgentIdentity, fds: readonl
     });
     // The agent must not wait for the app before it can exit itself.
     child.unref();
-    return { pid, exited };
+    return { pid, exited, sink: out.sink, uid: plan.runAs.uid };
   } finally {
-    // The child holds its own copy of the descriptor.
-    await log.close();
+    // The child holds its own copies of the descriptors.
+    await out.close();
   }
 }

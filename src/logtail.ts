@@ -10,7 +10,12 @@
  * no other name (a hard link to somebody else's file is not quoted).
  * Anything else gives nothing: a message must never quote a file the app's
  * user could not read.
+ *
+ * An app writing to the journal is quoted from there (journalTail): only
+ * lines its own user wrote (journald records each writer's credentials),
+ * since the identifier alone is anybody's to use.
  */
+import { execFile } from 'node:child_process';
 import { openRegular } from './safefs.js';
 
 /** Bytes read from the end; lines beyond `maxLines` are dropped from the front. */
@@ -52,5 +57,35 @@ export async function logTail(file: string, from: number, maxLines = 5): Promise
     return lines.slice(-maxLines).join(' | ');
   } finally {
     await handle.close();
+  }
+}
+
+/** How long journalTail waits for journald to have stored an exited app's last lines (it reads streams asynchronously). */
+const JOURNAL_SETTLE_MS = 1_000;
+
+/**
+ * The last `maxLines` lines the journal holds from the app identified as
+ * `identifier` since `sinceMs` (epoch ms), written by a process of `uid`
+ * when given, joined with " | ", at most ~2 KiB; "" when there are none
+ * or journalctl cannot be run. Asks again for up to a second while there
+ * are none: journald may not have read the exited app's stream yet.
+ */
+export async function journalTail(identifier: string, sinceMs: number, opts: { namespace?: string | undefined; uid?: number | undefined; maxLines?: number } = {}): Promise<string> {
+  const args = [
+    ...(opts.namespace === undefined ? [] : [`--namespace=${opts.namespace}`]),
+    '-t', identifier, ...(opts.uid === undefined ? [] : [`_UID=${opts.uid}`]),
+    `--since=@${(sinceMs / 1000).toFixed(3)}`, '-n', String(opts.maxLines ?? 5), '-o', 'cat', '--no-pager', '-q',
+  ];
+  const deadline = Date.now() + JOURNAL_SETTLE_MS;
+  for (;;) {
+    const text = await new Promise<string>((resolve) => {
+      execFile('journalctl', args, { encoding: 'utf8', timeout: 5_000, maxBuffer: 1024 * 1024 }, (err, stdout) => resolve(err ? '' : stdout));
+    });
+    const lines = text.split('\n').map((l) => l.trimEnd()).filter((l) => l !== '');
+    if (lines.length > 0 || Date.now() >= deadline) {
+      const joined = lines.join(' | ');
+      return joined.length > MAX_BYTES ? joined.slice(joined.length - MAX_BYTES) : joined;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }

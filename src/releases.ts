@@ -366,7 +366,8 @@ async function scanReleases(app: AppConfig): Promise<Found[]> {
     if (!e.isFile() || e.name.startsWith('.') || NOT_A_RELEASE.test(e.name)) continue;
     const bin = path.join(app.releasesDir, e.name);
     const release = releaseOf(app, bin);
-    if (release === undefined || own.has(bin)) continue;
+    // app.log.1 .. (src/applog.ts) too, should the log lie in the releases folder.
+    if (release === undefined || own.has(bin) || /^\d{1,3}$/.test(bin.startsWith(`${app.logFile}.`) ? bin.slice(app.logFile.length + 1) : '')) continue;
     candidates.push({ release, bin, cfg: releaseFiles(app, release).cfg });
   }
   // With overlapping patterns ("{release}" and "{release}.cfg") a release's

@@ -15,6 +15,13 @@ import type { Effects } from './effects.js';
 import { RelinkError } from './errors.js';
 import { describeProbe } from './health.js';
 import { rootsOf, type ProcInfo } from './proc.js';
+import { outputWhere } from './appoutput.js';
+
+/** The error's `file` when the app's output is in its log file (not the journal). */
+function logFileOf(app: AppConfig): { file?: string } {
+  const where = outputWhere(app);
+  return where === app.logFile ? { file: where } : {};
+}
 
 /** How often a process is looked at while waiting (ms); /proc reads are cheap. */
 const POLL_MS = 20;
@@ -60,8 +67,8 @@ export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exite
     // and its child, named by the PID file once written, serves on.
     if (how !== undefined && !(how === CLEAN_EXIT && app.pidFile !== undefined)) {
       const said = await output().catch(() => '');
-      throw new RelinkError('APP_EXITED', `the app exited right after start (${how})${said === '' ? `; nothing in ${app.logFile}` : `; its last output: ${said}`}`,
-        { file: app.logFile, rule: 'must keep running', found: how });
+      throw new RelinkError('APP_EXITED', `the app exited right after start (${how})${said === '' ? `; nothing in ${outputWhere(app)}` : `; its last output: ${said}`}`,
+        { ...logFileOf(app), rule: 'must keep running', found: how });
     }
     const stop = stopping(fx, stopBy, 'the started app appeared');
     if (stop !== undefined) throw stop;
@@ -171,8 +178,8 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
       last = found.all;
       const zombie = found.zombies?.find((z) => z.gen === gen);
       if (zombie !== undefined) {
-        throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${zombie.pid}, started by pid ${old.pid} after ${signal}) died and was left unreaped (a zombie); pid ${old.pid} still serves the old release (see ${app.logFile})`,
-          { file: app.logFile, key: 'bin.file', rule: 'the successor must start and take over', found: `pid ${zombie.pid} is a zombie` });
+        throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${zombie.pid}, started by pid ${old.pid} after ${signal}) died and was left unreaped (a zombie); pid ${old.pid} still serves the old release (see ${outputWhere(app)})`,
+          { ...logFileOf(app), key: 'bin.file', rule: 'the successor must start and take over', found: `pid ${zombie.pid} is a zombie` });
       }
       const successor = rootsOf(found.all.filter((p) => p.gen === gen))[0];
       // A process of the new generation runs: the child that ended was not
@@ -188,8 +195,8 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
       }
       if (successor !== undefined) waiting = successor;
       else if (waiting !== undefined) {
-        throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${waiting.pid}) exited before pid ${old.pid} handed over to it; pid ${old.pid} still serves the old release (see ${app.logFile})`,
-          { file: app.logFile, key: 'bin.file', rule: 'the successor must start and take over', found: `pid ${waiting.pid} exited` });
+        throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${waiting.pid}) exited before pid ${old.pid} handed over to it; pid ${old.pid} still serves the old release (see ${outputWhere(app)})`,
+          { ...logFileOf(app), key: 'bin.file', rule: 'the successor must start and take over', found: `pid ${waiting.pid} exited` });
       }
       // A master that was itself started by an upgrade ignores the signal
       // until it has noticed that its parent exited (gunicorn checks about
@@ -200,12 +207,12 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
         fx.signal(old.pid, signal);
       }
       if (same === undefined) {
-        throw new RelinkError('STRATEGY_MISMATCH', `pid ${old.pid} exited after ${signal} and no successor runs: the app does not restart itself on ${signal} (reload.strategy "${app.reload.strategy}"). An app without graceful-restart code deploys with reload.strategy "socket" (and "sockets": the agent holds its listening socket) or "restart"; or set reload.signal to the one its graceful restart uses (grace: SIGUSR2) (see ${app.logFile})`,
-          { file: app.logFile, key: 'reload.strategy', rule: 'a successor must take over', found: `pid ${old.pid} exited, no successor` });
+        throw new RelinkError('STRATEGY_MISMATCH', `pid ${old.pid} exited after ${signal} and no successor runs: the app does not restart itself on ${signal} (reload.strategy "${app.reload.strategy}"). An app without graceful-restart code deploys with reload.strategy "socket" (and "sockets": the agent holds its listening socket) or "restart"; or set reload.signal to the one its graceful restart uses (grace: SIGUSR2) (see ${outputWhere(app)})`,
+          { ...logFileOf(app), key: 'reload.strategy', rule: 'a successor must take over', found: `pid ${old.pid} exited, no successor` });
       }
       if (orphanedAt !== undefined && fx.now() - orphanedAt >= SUCCESSOR_GRACE_MS) {
-        throw new RelinkError('APP_EXITED', `the new release did not take over: a child of pid ${old.pid} exited after ${signal} and no new process of the app runs; pid ${old.pid} still serves the old release (see ${app.logFile})`,
-          { file: app.logFile, key: 'bin.file', rule: 'the successor must start and take over', found: 'successor exited' });
+        throw new RelinkError('APP_EXITED', `the new release did not take over: a child of pid ${old.pid} exited after ${signal} and no new process of the app runs; pid ${old.pid} still serves the old release (see ${outputWhere(app)})`,
+          { ...logFileOf(app), key: 'bin.file', rule: 'the successor must start and take over', found: 'successor exited' });
       }
     }
     const stop = stopping(fx, stopBy, `pid ${old.pid} handed over`);
@@ -233,7 +240,7 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
 export async function confirmInPlace(fx: Effects, app: AppConfig, main: ProcInfo): Promise<ProcInfo> {
   const same = await fx.verify(main);
   if (same === undefined) {
-    throw new RelinkError('APP_EXITED', `pid ${main.pid} exited after ${app.reload.signal} (see ${app.logFile})`, { file: app.logFile, rule: 'must survive the reload signal' });
+    throw new RelinkError('APP_EXITED', `pid ${main.pid} exited after ${app.reload.signal} (see ${outputWhere(app)})`, { ...logFileOf(app), rule: 'must survive the reload signal' });
   }
   return same;
 }
@@ -288,11 +295,11 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
         continue;
       }
       if (found.zombies?.some((z) => z.pid === proc.pid) === true) {
-        throw new RelinkError('APP_EXITED', `pid ${proc.pid} died ${fx.now() - start} ms after the deploy, before the settle time of ${settleMs} ms, and was left unreaped by its parent (a zombie) (see ${app.logFile})`,
-          { file: app.logFile, key: 'health.settleMs', rule: 'the app must stay up', found: `pid ${proc.pid} is a zombie` });
+        throw new RelinkError('APP_EXITED', `pid ${proc.pid} died ${fx.now() - start} ms after the deploy, before the settle time of ${settleMs} ms, and was left unreaped by its parent (a zombie) (see ${outputWhere(app)})`,
+          { ...logFileOf(app), key: 'health.settleMs', rule: 'the app must stay up', found: `pid ${proc.pid} is a zombie` });
       }
-      throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${fx.now() - start} ms after the deploy, before the settle time of ${settleMs} ms (see ${app.logFile})`,
-        { file: app.logFile, key: 'health.settleMs', rule: 'the app must stay up', found: `exited after ${fx.now() - start} ms` });
+      throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${fx.now() - start} ms after the deploy, before the settle time of ${settleMs} ms (see ${outputWhere(app)})`,
+        { ...logFileOf(app), key: 'health.settleMs', rule: 'the app must stay up', found: `exited after ${fx.now() - start} ms` });
     }
     if (!ready) ready = await fx.notifiedReady(since ?? start, fx.now());
     if (ready && fx.now() >= settledAt) {

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { test } from 'node:test';
 import { COMMANDS } from '../src/cli/commands.js';
-import { COUNT, exitsOf, parseCommand, PORT, SECONDS, usageOf, UsageError, type CommandSpec } from '../src/cli/spec.js';
+import { type CommandSpec, COUNT, exitsOf, LINES, parseCommand, PORT, SECONDS, UsageError, usageOf } from '../src/cli/spec.js';
 import { MAIN, ROOT, type CliResult } from './helpers.js';
 
 /**
@@ -106,12 +106,13 @@ test('the parsers take decimal digits only: what each accepts and refuses', () =
   for (const [text, value] of [['30', 30], ['0.5', 0.5], ['120', 120]] as const) assert.equal(SECONDS.parse(text), value, text);
   for (const [text, value] of [['1', 1], ['5', 5], ['100000', 100000]] as const) assert.equal(COUNT.parse(text), value, text);
   for (const [text, value] of [['1', 1], ['8080', 8080], ['65535', 65535]] as const) assert.equal(PORT.parse(text), value, text);
+  for (const [text, value] of [['0', 0], ['10', 10], ['100000', 100000]] as const) assert.equal(LINES.parse(text), value, text);
   // The values the CLI test above passes each must really be refused (a parser that accepted one would pass there only by luck).
-  for (const parser of [SECONDS, COUNT, PORT]) {
+  for (const parser of [SECONDS, COUNT, PORT, LINES]) {
     assert.ok(parser.rejects.length > 0);
     for (const bad of [...parser.rejects, ' 5', '5 ', 'Infinity', 'NaN']) assert.equal(parser.parse(bad), undefined, `${parser.what}: ${JSON.stringify(bad)}`);
   }
   // Every parser in the table is one of these (a new one brings its own case here).
   const used = new Set(COMMANDS.flatMap((c) => c.options.flatMap((o) => (o.parser === undefined ? [] : [o.parser]))));
-  for (const p of used) assert.ok([SECONDS, COUNT, PORT].includes(p as never), `a parser not checked here: ${p.what}`);
+  for (const p of used) assert.ok([SECONDS, COUNT, PORT, LINES].includes(p as never), `a parser not checked here: ${p.what}`);
 });

@@ -8,7 +8,7 @@
  * Adding a command: one entry in TABLE, plus src/cli/NAME.ts exporting
  * `nameCommand: Command<SpecOf<'name'>>`.
  */
-import { COUNT, DEFAULT_CONFIG, PORT, SECONDS, type CommandSpec, type Loaded, type OptionSpec } from './spec.js';
+import { COUNT, DEFAULT_CONFIG, LINES, PORT, SECONDS, type CommandSpec, type Loaded, type OptionSpec } from './spec.js';
 
 const CONFIG = {
   name: 'config', short: 'c', type: 'string', value: 'FILE', help: `agent config (default $RELINK_CONFIG, else ${DEFAULT_CONFIG})`,
@@ -337,6 +337,36 @@ relink restart applies them now). Unchanged apps are not touched.`,
     ],
     ownsStop: true,
     load: async (): Loaded => (await import('./reload.js')).reloadCommand,
+  },
+  {
+    name: 'logs',
+    summary: 'print an app\'s output (the journal or its rotated log files); -f follows it',
+    description: `
+The app's own output (its stdout and stderr), from wherever it goes:
+- the journal, when the app's config leaves "logFile" unset and the host
+  runs journald: read with journalctl -t NAME (only lines written by the
+  app's user), stdout and stderr interleaved as written; reading the
+  system journal takes root or the group systemd-journal (or adm);
+- else its log file and the rotated ones (app.log.N .. app.log.1, app.log),
+  read back to back, oldest first: a line a rotation cut in two is whole.
+Lines are printed as the app wrote them (journalctl -o cat).`,
+    positionals: [{ name: 'APP', help: 'the app (or --app NAME; needed when the config has several)' }],
+    options: [
+      CONFIG,
+      { name: 'app', type: 'string', value: 'NAME', help: 'the app (or as the one argument; needed when the config has several)' },
+      { name: 'lines', short: 'n', type: 'string', value: 'N', help: 'the last N lines (default 10; with --since, every line since)', parser: LINES },
+      { name: 'follow', short: 'f', type: 'boolean', help: 'go on printing what the app writes, across rotations and new generations (deploys, restarts), until Ctrl-C' },
+      {
+        name: 'since', type: 'string', value: 'TIME',
+        help: 'output since TIME: 2026-11-30T14:05 (local time, or with Z or an offset), 2026-11-30 (local midnight), @EPOCH_SECONDS, or 90s, 10m, 2h, 3d ago. The journal has a time per line; files do not, so for files whole files are shown: those written to at or after TIME (each file\'s modification time)',
+      },
+    ],
+    exits: [
+      { code: 0, meaning: 'success (Ctrl-C ends -f with 0)' },
+      { code: 1, meaning: 'the config, the files or the journal cannot be read' },
+    ],
+    ownsStop: true,
+    load: async (): Loaded => (await import('./logs.js')).logsCommand,
   },
   {
     name: 'demo',

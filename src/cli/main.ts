@@ -103,6 +103,13 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// A reader that went away (`relink logs | head`, `relink history | less` quit
+// early): the output is no longer wanted, which is no error; the shell's
+// status for SIGPIPE, as `cat` would give.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(128 + osConstants.signals.SIGPIPE);
+  throw err;
+});
 process.exitCode = await main(process.argv.slice(2));
 // Long-running commands have closed their watchers and timers by now; an
 // explicit exit also ends a demo app's stray handles.

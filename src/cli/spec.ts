@@ -280,6 +280,16 @@ export const COUNT: Parser<number> = {
   rejects: ['1e3', '0', '-1', '1.5', 'x', ''],
 };
 
+/** A number of lines, 0 or more, in decimal digits (relink logs -n). */
+export const LINES: Parser<number> = {
+  what: 'a whole number of lines, 0 or more',
+  parse: (text) => {
+    const n = /^\d{1,9}$/.test(text) ? Number(text) : NaN;
+    return Number.isSafeInteger(n) ? n : undefined;
+  },
+  rejects: ['-1', '1.5', 'ten', '1e3', ''],
+};
+
 /** A TCP port, 1-65535, in decimal digits. */
 export const PORT: Parser<number> = {
   what: 'a port number, 1-65535',

@@ -4,7 +4,10 @@
  * npm package, the unit from systemd/, a config, `systemctl enable --now`),
  * an app run as its own user. It deploys, restarts and stops the agent's
  * unit under a request loop, and proves the app kept serving, was adopted
- * and never started twice, and runs inside the unit's sandbox.
+ * and never started twice, and runs inside the unit's sandbox. The apps'
+ * output goes to the container's journald (no logFile set): stdout at
+ * priority 6, stderr at 3, `journalctl -t NAME` and `relink logs` show it,
+ * and the streams outlive agent restarts.
  *
  * Opt-in, being heavy (a Debian image, a boot): `npm run test:systemd`
  * (root; apt-get install debootstrap systemd-container). The image is built
@@ -169,9 +172,20 @@ test('under a booted systemd: install, deploy as the app\'s user, restart and st
   }
   await writeFile(path.join(releases, 'current.conf'), '{"bin.file": "app.1.0", "cfg.file": "cfg.1.0"}\n');
   await chownTree(path.join(root, 'srv/web'), web.uid, web.gid);
+  // A second app that writes to stdout and stderr, and a tick a second: where its output goes.
+  const talk = path.join(root, 'srv/talk/release');
+  await mkdir(talk, { recursive: true });
+  await writeFile(path.join(talk, 'app.1.0'), '#!/bin/sh\necho "talk out: hello"\necho "talk err: oops" >&2\nwhile :; do echo "talk tick"; sleep 1; done\n');
+  await chmod(path.join(talk, 'app.1.0'), 0o755);
+  await writeFile(path.join(talk, 'cfg.1.0'), '');
+  await writeFile(path.join(talk, 'current.conf'), '{"bin.file": "app.1.0", "cfg.file": "cfg.1.0"}\n');
+  await chownTree(path.join(root, 'srv/talk'), web.uid, web.gid);
   await mkdir(path.join(root, 'etc/relink'), { recursive: true });
   await writeFile(path.join(root, 'etc/relink/config.json'), `${JSON.stringify({
-    apps: [{ name: 'web', dir: '/srv/web', user: 'web', limits: { nofile: 4096 }, health: { url: `${url}healthz`, settleMs: 500 } }],
+    apps: [
+      { name: 'web', dir: '/srv/web', user: 'web', limits: { nofile: 4096 }, health: { url: `${url}healthz`, settleMs: 500 } },
+      { name: 'talk', dir: '/srv/talk', user: 'web', command: ['./app.bin'], health: { settleMs: 300 } },
+    ],
   }, null, 2)}\n`);
   await copyFile(path.join(ROOT, 'systemd/relink.service'), path.join(root, 'etc/systemd/system/relink.service'));
 
@@ -203,6 +217,23 @@ test('under a booted systemd: install, deploy as the app\'s user, restart and st
   assert.notEqual(etc.code, 0);
   assert.match(etc.stderr, /Read-only file system/);
 
+  // --- the apps' output, in the journal (no logFile set) ---------------------
+  interface Entry { MESSAGE: string; PRIORITY: string; _UID: string; _PID: string; _SYSTEMD_UNIT?: string }
+  const journal = async (id: string): Promise<Entry[]> => (await ok(c, `journalctl -t ${id} -o json --no-pager`)).split('\n').filter(Boolean).map((l) => JSON.parse(l) as Entry);
+  const talked = await waitFor('talk\'s output in the journal', async () => {
+    const e = await journal('talk');
+    return e.some((x) => x.MESSAGE === 'talk out: hello') && e.some((x) => x.MESSAGE === 'talk err: oops') ? e : undefined;
+  }, { timeoutMs: 30_000 });
+  assert.equal(talked.find((x) => x.MESSAGE === 'talk out: hello')?.PRIORITY, '6', 'stdout at priority 6 (info)');
+  assert.equal(talked.find((x) => x.MESSAGE === 'talk err: oops')?.PRIORITY, '3', 'stderr at priority 3 (err)');
+  assert.ok(talked.every((x) => x._UID === String(web.uid)), 'written by the app\'s user');
+  const talkPid = talked[0]!._PID;
+  const webLines = await journal('web');
+  assert.ok(webLines.some((x) => x.PRIORITY === '3' && x.MESSAGE.includes(`listening on 127.0.0.1:${port}`)), JSON.stringify(webLines));
+  assert.match(await ok(c, 'relink logs talk -n 3'), /talk tick\n$/);
+  assert.match(await ok(c, 'relink logs web -n 20'), new RegExp(`release=app\\.1\\.0 pid=${v1.pid} .*listening on 127\\.0\\.0\\.1:${port}`));
+  assert.equal((await c.sh('ls /srv/web/app.log /srv/talk/app.log')).code, 2, 'no log file was made');
+
   // --- deploy 2.0 with the CLI as the app's user, as `ssh web@host` would ----
   await ok(c, 'setpriv --reuid=web --regid=web --init-groups -- relink deploy --app web 2.0 --wait');
   assert.equal((await stat(path.join(releases, 'current.conf'))).uid, web.uid, 'written by web, and trusted');
@@ -226,7 +257,7 @@ test('under a booted systemd: install, deploy as the app\'s user, restart and st
     }
   })();
   const agentPid = async (): Promise<number> => Number((await ok(c, 'systemctl show relink -p MainPID --value')).trim());
-  const adoptions = async (): Promise<number> => (await ok(c, 'journalctl -u relink -o cat --no-pager')).split('\n').filter((l) => l.includes('"adopted running app"')).length;
+  const adoptions = async (): Promise<number> => (await ok(c, 'journalctl -u relink -o cat --no-pager')).split('\n').filter((l) => l.includes('"adopted running app"') && l.includes('"app":"web"')).length;
   try {
     const agent1 = await agentPid();
     await ok(c, 'systemctl restart relink');
@@ -253,9 +284,17 @@ test('under a booted systemd: install, deploy as the app\'s user, restart and st
   // Its /tmp survived the restarts (a PrivateTmp=yes unit would have deleted it).
   await ok(c, `nsenter -t ${v2.pid} -m -- sh -c 'echo ok > /tmp/relink-e2e-probe'`);
 
+  // talk's streams are its own: its ticks go on into the journal after the restarts, from the same process.
+  const ticksNow = (await journal('talk')).filter((x) => x.MESSAGE === 'talk tick').length;
+  const later = await waitFor('talk ticking after the agent restarts', async () => {
+    const e = (await journal('talk')).filter((x) => x.MESSAGE === 'talk tick');
+    return e.length >= ticksNow + 2 ? e : undefined;
+  }, { timeoutMs: 30_000 });
+  assert.ok(later.every((x) => x._PID === talkPid), 'the same talk process, never restarted');
+
   // --- rollback, and the journald view of the outcomes ------------------------
   await ok(c, 'relink rollback --app web --wait');
   assert.equal((JSON.parse(await get(url)) as Reply).release, 'app.1.0');
-  const outcomes = (await ok(c, 'journalctl -u relink -o cat --no-pager | grep \'"outcome"\'')).trim().split('\n').map((l) => (JSON.parse(l) as { outcome: string }).outcome);
+  const outcomes = (await ok(c, 'journalctl -u relink -o cat --no-pager | grep \'"outcome"\' | grep \'"app":"web"\'')).trim().split('\n').map((l) => (JSON.parse(l) as { outcome: string }).outcome);
   assert.deepEqual(outcomes, ['deployed', 'deployed', 'deployed']);
 });

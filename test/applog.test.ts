@@ -1,0 +1,321 @@
+/**
+ * App logs in files (issue 12, item 3): rotated by size by the agent while
+ * the app writes, without the app reopening anything. Real agent, real
+ * writer processes (test/apps/logwriter.py: numbered lines of a fixed
+ * width), real rotation under them: the bound during and after a 100 MB
+ * burst, every byte kept and none doubled across many rotations and an
+ * agent restart, the copy + truncate fallback on a filesystem without
+ * collapse-range (a tmpfs) and its warning, a planted symlink never
+ * rotated; and `relink logs` -n and -f across rotations and a redeploy.
+ */
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { chmod, copyFile, link, lstat, mkdir, open, readFile, symlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { promisify } from 'node:util';
+import { AppOutput } from '../src/appoutput.js';
+import { writeFileAtomic } from '../src/atomicWrite.js';
+import { parseConfig } from '../src/config.js';
+import { readHistory, type HistoryEntry } from '../src/history.js';
+import { logParts } from '../src/logfollow.js';
+import { needProgram, openUp, rootOnly, testUser, type TestUser } from './accounts.js';
+import { defer, MAIN, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor, type AgentProc, type LogLine } from './helpers.js';
+
+const run = promisify(execFile);
+const WRITER = path.join(ROOT, 'test', 'apps', 'logwriter.py');
+const WIDTH = 100;
+
+type Cfg = Record<string, string | number>;
+
+interface LogApp {
+  readonly root: string;
+  readonly dir: string;
+  readonly config: string;
+  readonly stateDir: string;
+  readonly currentFile: string;
+  /** The app's log file. */
+  readonly log: string;
+}
+
+/**
+ * An app "web" whose releases are the writer with the given configs, its
+ * current.conf naming the first; the agent config with `app` merged in.
+ */
+async function logApp(t: TestContext, releases: Record<string, Cfg>, app: Record<string, unknown>, opts: { user?: TestUser; logFile?: string } = {}): Promise<LogApp> {
+  const root = await tmpDir(t, 'relink-applog-');
+  const dir = path.join(root, 'web');
+  const releasesDir = path.join(dir, 'release');
+  await mkdir(releasesDir, { recursive: true });
+  for (const [r, cfg] of Object.entries(releases)) {
+    await copyFile(WRITER, path.join(releasesDir, `app.${r}`));
+    await chmod(path.join(releasesDir, `app.${r}`), 0o755);
+    await writeFile(path.join(releasesDir, `cfg.${r}`), Object.entries({ tag: r, width: WIDTH, ...cfg }).map(([k, v]) => `${k}=${v}\n`).join(''));
+  }
+  const currentFile = path.join(releasesDir, 'current.conf');
+  const first = Object.keys(releases)[0]!;
+  await writeFile(currentFile, `${JSON.stringify({ 'bin.file': `app.${first}`, 'cfg.file': `cfg.${first}` })}\n`);
+  if (opts.user !== undefined) await openUp(dir);
+  const config = path.join(root, 'config.json');
+  const stateDir = path.join(root, 'state');
+  await writeFile(config, JSON.stringify({
+    stateDir,
+    apps: [{
+      name: 'web',
+      dir,
+      logFile: opts.logFile ?? 'app.log',
+      ...(opts.user === undefined ? { allowRoot: true } : { user: opts.user.name }),
+      reload: { strategy: 'restart', timeoutMs: 5_000 },
+      health: { settleMs: 200, deadlineMs: 5_000 },
+      ...app,
+    }],
+  }, null, 2));
+  reapMarkedAfter(t, root);
+  return { root, dir, config, stateDir, currentFile, log: path.join(dir, opts.logFile ?? 'app.log') };
+}
+
+/** Line `i` of release `tag`, as the writer writes it. */
+function line(tag: string, i: number): string {
+  const head = `${tag} ${String(i).padStart(9, '0')} `;
+  return `${head}${'x'.repeat(WIDTH - head.length - 1)}\n`;
+}
+
+/** Everything the writer of `tag` writes for `count` lines. */
+function written(tag: string, count: number): string {
+  let s = '';
+  for (let i = 0; i < count; i++) s += line(tag, i);
+  return `${s}${tag} done\n`;
+}
+
+/** The log and its rotated files read back to back, oldest first. */
+async function logSet(file: string): Promise<string> {
+  const parts = await logParts(file);
+  return (await Promise.all(parts.map((p) => readFile(p.path, 'utf8')))).join('');
+}
+
+/** The last `n` bytes of `file` ("" when missing). */
+async function tailOf(file: string, n: number): Promise<string> {
+  const h = await open(file, 'r').catch(() => undefined);
+  if (h === undefined) return '';
+  try {
+    const size = (await h.stat()).size;
+    const buf = Buffer.alloc(Math.min(n, size));
+    await h.read(buf, 0, buf.length, size - buf.length);
+    return buf.toString('utf8');
+  } finally {
+    await h.close();
+  }
+}
+
+/** Sizes by index (0: the log itself, K: app.log.K). */
+async function sizes(file: string): Promise<Map<number, number>> {
+  return new Map((await logParts(file)).map((p) => [p.index, p.size]));
+}
+
+/** The numbers of the lines of `tag` in `text`, in order; the first line may be the tail of one a dropped file began. */
+function numbers(text: string, tag: string): number[] {
+  const lines = text.split('\n').slice(0, -1);
+  const out: number[] = [];
+  lines.forEach((l, k) => {
+    const m = new RegExp(`^${tag.replace('.', '\\.')} (\\d{9}) x+$`).exec(l);
+    if (m !== null && l.length === WIDTH - 1) out.push(Number(m[1]));
+    else if (!(k === 0 || l === `${tag} done`)) assert.fail(`line ${k} is damaged: ${JSON.stringify(l.slice(0, 60))}`);
+  });
+  return out;
+}
+
+function deploys(a: LogApp): Promise<HistoryEntry[]> {
+  return readHistory(a.stateDir, 'web');
+}
+
+const rotations = (agent: AgentProc): LogLine[] => agent.lines.filter((l) => l.msg.startsWith('rotated '));
+
+test('100 MB through stdout as fast as the app can: never more than log.backups rotated files of at most log.maxBytes; after a check, app.log and its rotated files hold at most (backups + 1) x maxBytes, the newest output, intact', async (t) => {
+  const maxBytes = 1_048_576;
+  const backups = 3;
+  const count = 1_048_576;
+  const a = await logApp(t, { '1.0': { count, burst: 1000, pauseMs: 0 } }, { log: { maxBytes, backups } });
+  const agent = startAgent(t, a.config);
+  let samples = 0;
+  let rotatedSeen = 0;
+  let largest = 0;
+  await waitFor('the writer to write 100 MB and "1.0 done"', async () => {
+    const s = await sizes(a.log);
+    samples++;
+    for (const [k, size] of s) {
+      if (k === 0) continue;
+      assert.ok(k <= backups, `app.log.${k} exists: at most ${backups} rotated files are kept`);
+      assert.ok(size <= maxBytes, `app.log.${k} holds ${size} bytes, more than log.maxBytes ${maxBytes}`);
+      rotatedSeen++;
+    }
+    largest = Math.max(largest, [...s.values()].reduce((x, y) => x + y, 0));
+    // The end of app.log is the end of the output: a cut never reaches it.
+    return (await tailOf(a.log, 20)).endsWith('1.0 done\n');
+  }, { timeoutMs: 120_000, intervalMs: 20 });
+  assert.ok(rotatedSeen > 0, 'rotated files were seen while the app wrote');
+  const total = await waitFor('a check after the last write to bring the total within the bound', async () => {
+    const s = await sizes(a.log);
+    const sum = [...s.values()].reduce((x, y) => x + y, 0);
+    return (s.get(0) ?? 0) < maxBytes && sum <= (backups + 1) * maxBytes ? sum : undefined;
+  }, { timeoutMs: 10_000 });
+  const kept = await logSet(a.log);
+  assert.equal(kept.length, total);
+  assert.ok(kept.endsWith('1.0 done\n'));
+  // What is kept is the newest output, contiguous: no line missing inside it, none doubled.
+  const nums = numbers(kept, '1.0');
+  assert.equal(nums.at(-1), count - 1);
+  nums.forEach((n, i) => { if (i > 0) assert.equal(n, nums[i - 1]! + 1, `line ${nums[i - 1]} is followed by ${n}`); });
+  assert.ok(rotations(agent).length > 0, 'the agent logged its rotations');
+  t.diagnostic(`${samples} samples, largest total seen ${largest} bytes (the app writes faster than the check: see README "App logs"), ${rotations(agent).length} rotations, kept ${total} bytes`);
+});
+
+test('every byte the app writes is kept, in order, none doubled: many rotations, an agent restart in the middle; the rotated files belong to the app\'s user', async (t) => {
+  if (!rootOnly(t)) return;
+  const user = await testUser(t);
+  const count = 50_000;
+  const a = await logApp(t, { '1.0': { count, burst: 50, pauseMs: 20 } }, { log: { maxBytes: 65_536, backups: 100 } }, { user });
+  const first = startAgent(t, a.config);
+  await waitFor('three rotations by the first agent', () => rotations(first).length >= 3, { timeoutMs: 60_000 });
+  assert.equal(await first.stop(), 0);
+  const second = startAgent(t, a.config);
+  await second.waitForLog('the second agent to adopt the app', (l) => l.msg === 'adopted running app');
+  await waitFor('two rotations by the second agent (the writer, 20 s long, still writing)', () => rotations(second).length >= 2, { timeoutMs: 60_000 });
+  const expected = written('1.0', count);
+  const kept = await waitFor('the whole output in app.log and its rotated files', async () => {
+    const s = await logSet(a.log);
+    return s.length >= expected.length ? s : undefined;
+  }, { timeoutMs: 60_000 });
+  assert.equal(kept.length, expected.length, 'nothing lost, nothing doubled');
+  assert.ok(kept === expected, `the concatenation differs from what the app wrote at byte ${[...kept].findIndex((c, i) => c !== expected[i])}`);
+  const parts = await logParts(a.log);
+  assert.ok(parts.length > 10, `${parts.length} files`);
+  for (const p of parts) {
+    const st = await lstat(p.path);
+    assert.equal(st.uid, user.uid, `${p.path} belongs to the app's user`);
+    if (p.index > 0) assert.ok(st.size <= 65_536, `${p.path}: ${st.size} bytes`);
+  }
+  for (const agent of [first, second]) {
+    const trouble = agent.lines.filter((l) => l.level !== 'info' && /rotat|dropped|interrupted/.test(l.msg));
+    assert.deepEqual(trouble, [], 'no rotation problem, nothing dropped, no rotation interrupted by the restart');
+  }
+});
+
+test('a filesystem without collapse-range (tmpfs): rotated by copy and truncate, said once in the agent\'s log with the reason; lines are never doubled', async (t) => {
+  if (!rootOnly(t)) return;
+  const count = 20_000;
+  const a = await logApp(t, { '1.0': { count, burst: 50, pauseMs: 10 } }, { log: { maxBytes: 65_536, backups: 100 } }, { logFile: 'logs/app.log' });
+  const logs = path.join(a.dir, 'logs');
+  await mkdir(logs);
+  await run('mount', ['-t', 'tmpfs', '-o', 'size=64m,mode=0755', 'relink-test', logs]);
+  // After the app is killed (deferred later, so run first): a busy mount cannot go.
+  defer(t, () => run('umount', [logs]));
+  reapMarkedAfter(t, a.root);
+  const agent = startAgent(t, a.config);
+  await waitFor('the app to write everything', async () => (await logSet(a.log)).endsWith('1.0 done\n'), { timeoutMs: 60_000 });
+  await waitFor('a few rotations', () => rotations(agent).length >= 3, { timeoutMs: 30_000 });
+  const warned = agent.lines.filter((l) => l.level === 'warn' && l.msg.includes('copy and truncate'));
+  assert.equal(warned.length, 1, JSON.stringify(agent.lines.filter((l) => l.level !== 'info')));
+  assert.match(warned[0]!.msg, /Operation not supported/);
+  assert.match(warned[0]!.msg, /may be lost/);
+  assert.ok(rotations(agent).every((l) => l['mode'] === 'truncate'));
+  const nums = numbers(await logSet(a.log), '1.0');
+  nums.forEach((n, i) => { if (i > 0) assert.ok(n > nums[i - 1]!, `line ${nums[i - 1]} is followed by ${n}: doubled or out of order`); });
+  const missing = nums.flatMap((n, i) => (i > 0 && n !== nums[i - 1]! + 1 ? [`${nums[i - 1]! + 1}..${n - 1}`] : []));
+  t.diagnostic(`missing: ${missing.join(", ")} first ${nums[0]}`);
+  t.diagnostic(`${count - nums.length} of ${count} lines lost to copy + truncate over ${rotations(agent).length} rotations`);
+});
+
+test('app.log replaced by a symlink or a hard link to a root-only file: never copied or cut; the hard link is refused once, naming it', async (t) => {
+  if (!rootOnly(t)) return;
+  const user = await testUser(t);
+  const root = await tmpDir(t, 'relink-applog-');
+  await openUp(root);
+  const dir = path.join(root, 'web');
+  await mkdir(dir);
+  await run('chown', [`${user.uid}:${user.gid}`, dir]);
+  const victim = path.join(root, 'secret');
+  const secret = 'root only\n'.repeat(20_000);
+  await writeFile(victim, secret, { mode: 0o600 });
+  const cfg = parseConfig(JSON.stringify({ apps: [{ name: 'web', dir, user: user.name, log: { maxBytes: 65_536, backups: 2 } }] }), path.join(root, 'c.json'));
+  const said: string[] = [];
+  const log = { info: () => undefined, warn: (_o: unknown, m?: string) => { said.push(`warn ${m}`); }, error: (_o: unknown, m?: string) => { said.push(`error ${m}`); } };
+  for (const plant of [symlink, link]) {
+    await run('rm', ['-f', path.join(dir, 'app.log')]);
+    await plant(victim, path.join(dir, 'app.log'));
+    const out = new AppOutput(cfg.apps[0]!, log as never, { journal: null });
+    await out.check();
+    await out.check();
+    await out.close();
+    assert.equal(await readFile(victim, 'utf8'), secret);
+    assert.deepEqual((await logParts(path.join(dir, 'app.log'))).filter((p) => p.index > 0), []);
+  }
+  // The symlink is not even looked through (lstat); the hard link is a regular file, refused when opened.
+  assert.equal(said.length, 1, said.join('\n'));
+  assert.match(said[0]!, /^error cannot rotate .*app\.log: .*must have no other name/);
+});
+
+test('relink logs: -n across rotated files; -f from a few lines back, across rotations and a redeploy, prints every byte once; Ctrl-C ends it with 0', async (t) => {
+  if (!await needProgram(t, '/usr/bin/python3', 'python3')) return;
+  const a = await logApp(t, {
+    '1.0': { count: 1_000_000, burst: 10, pauseMs: 10, stderrEvery: 7 },
+    '2.0': { count: 3_000, burst: 10, pauseMs: 10 },
+  }, { log: { maxBytes: 65_536, backups: 100 } });
+  const agent = startAgent(t, a.config);
+  await waitFor('the first deploy', async () => (await deploys(a))[0]?.outcome === 'deployed', { timeoutMs: 30_000 });
+  await waitFor('a rotation', () => rotations(agent).length >= 1, { timeoutMs: 30_000 });
+
+  const follower = spawn(process.execPath, ['--import', 'tsx', MAIN, 'logs', '--config', a.config, 'web', '-f', '-n', '5'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  defer(t, () => { if (follower.exitCode === null) follower.kill('SIGKILL'); });
+  let followed = '';
+  let notices = '';
+  follower.stdout.setEncoding('utf8').on('data', (c: string) => { followed += c; });
+  follower.stderr.setEncoding('utf8').on('data', (c: string) => { notices += c; });
+  const exited = new Promise<number | null>((resolve) => follower.once('close', (code) => resolve(code)));
+  await waitFor('the follower to print the last 5 lines', () => followed.split('\n').length > 5, { timeoutMs: 20_000 });
+  const before = rotations(agent).length;
+  await waitFor('two rotations while following', () => rotations(agent).length >= before + 2, { timeoutMs: 30_000 });
+
+  await writeFileAtomic(a.currentFile, `${JSON.stringify({ 'bin.file': 'app.2.0', 'cfg.file': 'cfg.2.0' })}\n`);
+  await waitFor('release 2.0 deployed', async () => (await deploys(a))[1]?.outcome === 'deployed', { timeoutMs: 30_000 });
+  await waitFor('the follower to reach "2.0 done"', () => followed.endsWith('2.0 done\n'), { timeoutMs: 60_000 });
+  follower.kill('SIGINT');
+  assert.equal(await exited, 0, notices);
+  assert.equal(notices, '');
+
+  // The whole output, from the files; the follower's is exactly its end, from 5 lines before it started.
+  const whole = await logSet(a.log);
+  assert.ok(whole.endsWith('2.0 done\n'));
+  const start = whole.indexOf(followed.slice(0, followed.indexOf('\n') + 1));
+  assert.ok(start >= 0 && (start === 0 || whole[start - 1] === '\n'), 'the follower began on a line of the output');
+  assert.ok(whole.slice(start) === followed, `the follower's output differs from the files' from byte ${[...followed].findIndex((c, i) => c !== whole[start + i])}`);
+  assert.ok(followed.includes('1.0 ') && followed.includes('2.0 000000000'), 'both generations followed');
+  assert.ok(rotations(agent).length >= before + 2);
+
+  // -n across the rotated files: exactly the last lines; more lines than there are: all of them.
+  const last = await relinkCli(['logs', '--config', a.config, 'web', '-n', '2500']);
+  assert.equal(last.code, 0, last.stderr);
+  assert.equal(last.stdout, whole.split('\n').slice(-2501).join('\n'));
+  assert.ok((await logParts(a.log)).length > 3, 'those lines span several files');
+  const all = await relinkCli(['logs', '--config', a.config, '--app', 'web', '-n', '100000000']);
+  assert.ok(all.stdout === whole, 'every line');
+  const none = await relinkCli(['logs', '--config', a.config, 'web', '--since', '@9999999999']);
+  assert.equal(none.code, 0);
+  assert.equal(none.stdout, '');
+  const bad = await relinkCli(['logs', '--config', a.config, 'web', '-n', '1e3']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--lines must be a whole number/);
+});
+
+test('a log kept in the releases folder: its rotated files (app.log.1 ..) match "app.{release}" but are never listed as releases, so never pruned', async (t) => {
+  const root = await tmpDir(t, 'relink-applog-');
+  const releasesDir = path.join(root, 'web', 'release');
+  await mkdir(releasesDir, { recursive: true });
+  for (const f of ['app.1.0', 'cfg.1.0', 'app.log', 'app.log.1', 'app.log.2']) await writeFile(path.join(releasesDir, f), 'x\n');
+  await chmod(path.join(releasesDir, 'app.1.0'), 0o755);
+  const config = path.join(root, 'config.json');
+  await writeFile(config, JSON.stringify({ stateDir: path.join(root, 'state'), apps: [{ name: 'web', dir: path.join(root, 'web'), logFile: 'release/app.log', allowRoot: true }] }));
+  const r = await relinkCli(['releases', '--config', config, '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const listed = (JSON.parse(r.stdout) as { apps: Array<{ releases: Array<{ release: string }> }> }).apps[0]!.releases.map((x) => x.release);
+  assert.deepEqual(listed, ['1.0']);
+});
