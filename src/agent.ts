@@ -92,6 +92,8 @@ export class Agent {
   /** The last reason agent.json could not be written, said once. */
   readonly #claimProblem: { last: string | undefined } = { last: undefined };
   #timer: NodeJS.Timeout | undefined;
+  /** The config as last loaded (agent.json's `config`), written again with agent.json. */
+  #loaded: AgentConfigRecord | undefined;
   #logTimer: NodeJS.Timeout | undefined;
   /** Where apps without a logFile write (AgentOptions.journal), for apps added by a reload too. */
   #journal: JournalTarget | null | undefined;
@@ -125,7 +127,9 @@ export class Agent {
     const compactor = new Compactor(COMPACTION);
     const warn = (l: Logger) => (d: Damage) => l.warn({ file: d.file, line: d.line }, describeDamage(d));
     const claimProblem = { last: undefined as string | undefined };
-    const claimed = await claim(config, log, warn(log), claimProblem, true);
+    // What was loaded, in agent.json: relink status tells a config file edited since (reload it first).
+    const loaded: AgentConfigRecord = { hash: hashText(await readFile(config.file, 'utf8').catch(() => '')), at: new Date().toISOString() };
+    const claimed = await claim(config, log, warn(log), claimProblem, true, loaded);
     // The group of each app's folder in the state folder: who may read its journal and state.
     const gids = await Promise.all(config.apps.map((a) => resolveRunAs(a).then((r) => r.gid, () => undefined)));
     if (claimed) {
@@ -139,6 +143,7 @@ export class Agent {
     agent.#journal = opts.journal;
     agent.#sockets = sockets;
     agent.#claimed = claimed;
+    agent.#loaded = loaded;
     agent.#claimProblem.last = claimProblem.last;
     try {
       await Promise.all(slots.map((s) => s.output.recover()));
@@ -267,8 +272,11 @@ export class Agent {
 
   /** What the last reload did, in agent.json (for relink reload --wait). */
   async #recordConfig(config: AgentConfigRecord): Promise<void> {
+    // A refused file leaves what was loaded before as what runs.
+    const loaded: AgentConfigRecord = config.error === undefined ? config : { ...config, hash: this.#loaded?.hash ?? config.hash, refused: config.hash };
+    this.#loaded = loaded;
     if (!this.#claimed) return;
-    await claimAgent(this.#config.stateDir, this.#config.file, VERSION, { config }).catch((err: unknown) => {
+    await claimAgent(this.#config.stateDir, this.#config.file, VERSION, { config: loaded }).catch((err: unknown) => {
       this.#log.warn({ err: err instanceof Error ? err.message : String(err) }, 'could not record the reload in agent.json');
     });
     this.#recordSignature = await fileSignature(agentFile(this.#config.stateDir));
@@ -375,7 +383,7 @@ export class Agent {
       return;
     }
     const wasClaimed = this.#claimed;
-    this.#claimed = await claim(this.config, this.#log, (d) => this.#log.warn({ file: d.file }, describeDamage(d)), this.#claimProblem, false);
+    this.#claimed = await claim(this.config, this.#log, (d) => this.#log.warn({ file: d.file }, describeDamage(d)), this.#claimProblem, false, this.#loaded);
     if (this.#claimed) {
       this.#recordSignature = await fileSignature(agentFile(this.config.stateDir));
       this.#claimProblem.last = undefined;
@@ -431,9 +439,9 @@ function makeSlot(config: AgentConfig, app: AppConfig, deps: { gid: number | und
  * written (full, read-only) is not: the apps are managed anyway, and the log
  * says so, with the path. True when this agent holds the stateDir.
  */
-async function claim(config: AgentConfig, log: Logger, onDamaged: (d: Damage) => void, said: { last: string | undefined }, atStart: boolean): Promise<boolean> {
+async function claim(config: AgentConfig, log: Logger, onDamaged: (d: Damage) => void, said: { last: string | undefined }, atStart: boolean, loaded?: AgentConfigRecord): Promise<boolean> {
   try {
-    await claimAgent(config.stateDir, config.file, VERSION, { onDamaged });
+    await claimAgent(config.stateDir, config.file, VERSION, { onDamaged, config: loaded });
     return true;
   } catch (err) {
     const found = err instanceof Error ? err.message : String(err);

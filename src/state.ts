@@ -281,8 +281,11 @@ export interface AgentRecord extends ProcIdentity {
  * nothing (`error`).
  */
 export interface AgentConfigRecord {
+  /** sha256 of the config file's text the agent runs on (loaded at start or by the last reload that went through). */
   readonly hash: string;
   readonly at: string;
+  /** A reload that changed nothing: sha256 of the text it refused, and why (`hash` stays the one running). */
+  readonly refused?: string;
   readonly error?: string;
   readonly added?: readonly string[];
   readonly removed?: readonly string[];
@@ -297,7 +300,7 @@ export const AgentRecordSchema = z.looseObject({
   startedAt: z.string(),
   version: z.string(),
   config: z.object({
-    hash: z.string(), at: z.string(), error: z.string().optional(),
+    hash: z.string(), at: z.string(), refused: z.string().optional(), error: z.string().optional(),
     added: z.array(z.string()).optional(), removed: z.array(z.string()).optional(), changed: z.array(z.string()).optional(), unchanged: z.array(z.string()).optional(),
   }).optional(),
 });

@@ -62,8 +62,11 @@ test('SIGHUP and relink reload: an invalid config changes nothing and the agent 
   assert.ok(await alive(agent.child.pid!), 'the agent runs on after SIGHUP with an invalid config');
   assert.equal((await servedBy(a.port, 'app.1')).pid, first.pid);
 
-  // Valid: b added, a changed (env).
+  // Valid: b added, a changed (env). Until reloaded, status says the file is not what runs.
   await writeConfig(config, root, [appKeys(a, 'green'), appKeys(b, 'red')]);
+  const unloaded = await relinkCli(['status', '--config', config, '--app', a.name]);
+  assert.match(unloaded.stdout, /config: .*config\.json changed since the agent loaded it: relink reload applies it/);
+  assert.match(unloaded.stdout, /restart to apply +env\.APP_COLOR \(.*relink reload, then relink restart ra\)/);
   const ok = await relinkCli(['reload', '--config', config, '--wait']);
   assert.equal(ok.code, 0, ok.stderr);
   assert.match(ok.stdout, /added: rb; .*changed \(next generation\): ra/);
@@ -72,6 +75,7 @@ test('SIGHUP and relink reload: an invalid config changes nothing and the agent 
   assert.equal((await servedBy(a.port, 'app.1')).pid, first.pid, 'a changed app is not restarted by a reload');
   const st = await statusOf(config);
   assert.deepEqual(st.find((x) => x.name === a.name)?.restartToApply, ['env.APP_COLOR']);
+  assert.doesNotMatch((await relinkCli(['status', '--config', config])).stdout, /changed since the agent loaded it/, 'reloaded: the file is what runs');
   const restarted = await relinkCli(['restart', a.name, '--config', config, '--wait']);
   assert.equal(restarted.code, 0, restarted.stderr);
   assert.equal(await colorOf(a), 'green');

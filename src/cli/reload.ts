@@ -52,8 +52,10 @@ export const reloadCommand: Command<SpecOf<'reload'>> = {
     for (;;) {
       if (stopped !== undefined) return say('interrupted', `stopped waiting (${stopped}); the agent reloads anyway`, signalExitCode(stopped));
       const rec = (await runningAgent(config.stateDir, { onDamaged }))?.config;
-      if (rec !== undefined && rec.at !== before && rec.hash === hash) {
-        if (rec.error !== undefined) return say('refused', `the agent refused ${file}; its running config stays: ${rec.error}`, EXIT.failed, rec);
+      if (rec !== undefined && rec.at !== before && rec.error !== undefined && rec.refused === hash) {
+        return say('refused', `the agent refused ${file}; its running config stays: ${rec.error}`, EXIT.failed, rec);
+      }
+      if (rec !== undefined && rec.at !== before && rec.error === undefined && rec.hash === hash) {
         const list = (what: string, names: readonly string[] | undefined): string => (names !== undefined && names.length > 0 ? `; ${what}: ${names.join(', ')}` : '');
         return say('reloaded', `reloaded ${file}${list('added', rec.added)}${list('no longer managed (left running)', rec.removed)}${list('changed (next generation)', rec.changed)}${list('unchanged', rec.unchanged)}`, EXIT.ok, rec);
       }

@@ -1,5 +1,7 @@
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { LIMIT_NAMES, type AppConfig, type AgentConfig, type LimitName, type LimitValue } from '../config.js';
+import { hashText } from '../current.js';
 import type { HistoryEntry } from '../history.js';
 import { lower, readLimits } from '../limits.js';
 import { folderMissing } from '../applock.js';
@@ -178,10 +180,11 @@ async function limitStatus(app: AppConfig, pid: number, warnings: string[]): Pro
   return out;
 }
 
-function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], configFile: string): string {
+function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], configFile: string, configChanged = false): string {
   let out = agent === undefined
     ? `agent: not running for ${configFile}\n`
     : `agent: running, pid ${agent.pid}, since ${agent.startedAt} (${ago(agent.startedAt)})\n`;
+  if (configChanged) out += `config: ${configFile} changed since the agent loaded it: relink reload applies it (what follows is read from the file)\n`;
   for (const a of apps) {
     const proc = a.pid === null ? '' : `, pid ${a.pid}${a.since ? ` since ${a.since} (${ago(a.since)})` : ''}`;
     out += `\n${a.name}: ${a.state}${a.held === null ? '' : ` (relink stop at ${a.held}; relink start ${a.name} starts it)`}${proc}\n`;
@@ -208,7 +211,7 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
         rows.push([`  ${name}`, `${pair}${l.configured === null ? ', not configured' : `, configured ${l.configured}`}`]);
       }
     }
-    if (a.restartToApply.length > 0) rows.push(['  restart to apply', `${a.restartToApply.join(', ')} (changed in the config since the running generation started: relink restart ${a.name})`]);
+    if (a.restartToApply.length > 0) rows.push(['  restart to apply', `${a.restartToApply.join(', ')} (changed in the config since the running generation started: ${configChanged ? 'relink reload, then ' : ''}relink restart ${a.name})`]);
     if (a.problem !== null) rows.push(['  problem', `${a.problem.message} [${a.problem.code}] since ${a.problem.since}`]);
     for (const w of a.warnings) rows.push(['  warning', w]);
     const d = a.lastDeploy;
@@ -229,10 +232,13 @@ export const statusCommand: Command<SpecOf<'status'>> = {
     const apps = selectApps(config, values.app);
     const agent = await runningAgent(config.stateDir, { onDamaged: damageWarner(io, 'status') });
     const statuses = await Promise.all(apps.map((a) => appStatus(config, a, agent !== undefined)));
+    // What is shown comes from the file on disk; the agent runs on what it loaded.
+    const onDisk = hashText(await readFile(config.file, 'utf8').catch(() => ''));
+    const configChanged = agent?.config !== undefined && agent.config.hash !== onDisk;
     if (values.json) {
-      io.stdout(`${JSON.stringify({ agent: agent ?? null, apps: statuses }, null, 2)}\n`);
+      io.stdout(`${JSON.stringify({ agent: agent ?? null, configChanged, apps: statuses }, null, 2)}\n`);
     } else {
-      io.stdout(render(agent, statuses, config.file));
+      io.stdout(render(agent, statuses, config.file, configChanged));
     }
     return statuses.every((s) => s.state === 'running' || s.state === 'deploying') ? EXIT.ok : EXIT.failed;
   },
