@@ -6,32 +6,18 @@
  * is covered without touching this file.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { test } from 'node:test';
 import { COMMANDS } from '../src/cli/commands.js';
 import { type CommandSpec, COUNT, exitsOf, LINES, parseCommand, PORT, SECONDS, UsageError, usageOf } from '../src/cli/spec.js';
-import { MAIN, ROOT, type CliResult } from './helpers.js';
+import { relinkCli as run, type CliResult } from './helpers.js';
 
 /**
- * `relink ARGS...` as a real process (as relinkCli in helpers.ts), with no
- * config at all (each usage error must be found before it is read) and a
- * deadline: a command that got past its usage checks by mistake (the demo
- * with a --port its parser should have refused: it runs until stopped) gets
- * SIGTERM, as from systemd, ends itself and removes what it made; the test
- * then fails on its exit code instead of hanging.
+ * The real CLI, with no config file to find; SIGTERMed after 60 s, so a bad
+ * value wrongly accepted (a demo started on --port 0x50) fails on its exit
+ * code instead of hanging the test.
  */
 function relinkCli(args: readonly string[]): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
-      cwd: ROOT, env: { ...process.env, RELINK_CONFIG: '/nonexistent/relink-cli-test.json' }, stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000, killSignal: 'SIGTERM',
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
-    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return run(args, { RELINK_CONFIG: '/nonexistent/relink-cli-test.json' }, undefined, 60_000);
 }
 
 function escape(text: string): string {

@@ -209,11 +209,17 @@ export interface CliResult {
   readonly stderr: string;
 }
 
-/** Run `relink ARGS...` as a real process; as another user (its own group only) with `as`. */
-export function relinkCli(args: readonly string[], env: Record<string, string> = {}, as?: { readonly uid: number; readonly gid: number }): Promise<CliResult> {
+/**
+ * Run `relink ARGS...` as a real process; as another user (its own group
+ * only) with `as`; SIGTERMed after `timeoutMs` when given (a command that
+ * wrongly runs on, as a demo started by an accepted bad flag, then fails on
+ * its exit code instead of hanging the test).
+ */
+export function relinkCli(args: readonly string[], env: Record<string, string> = {}, as?: { readonly uid: number; readonly gid: number }, timeoutMs?: number): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
       cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], ...(as === undefined ? {} : { uid: as.uid, gid: as.gid }),
+      ...(timeoutMs === undefined ? {} : { timeout: timeoutMs, killSignal: 'SIGTERM' as const }),
     });
     let stdout = '';
     let stderr = '';

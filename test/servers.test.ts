@@ -9,16 +9,17 @@
  * upgrade take 20 deploys each (the issue names them); the other rows 5.
  */
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { chmod, copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import { writeFileAtomic } from '../src/atomicWrite.js';
 import { freePort } from '../src/demo/layout.js';
-import { readHistory, type HistoryEntry } from '../src/history.js';
+import type { HistoryEntry } from '../src/history.js';
 import { needProgram } from './accounts.js';
-import { type AgentProc, defer, get, reapAppsAfter, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+import { type AgentProc, get, reapAppsAfter, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+import { assertNoErrors, load, nth } from './plainapps.js';
 
 const APPS = path.join(ROOT, 'test', 'apps');
 
@@ -62,52 +63,6 @@ async function servedBy(s: Server, port: number, r: string): Promise<void> {
     const res = await get(`http://127.0.0.1:${port}/`).catch(() => undefined);
     return res?.status === 200 && s.answered(res.body) === r ? true : undefined;
   }, { timeoutMs: 20_000 });
-}
-
-interface WrkResult {
-  requests: number;
-  connect: number;
-  read: number;
-  write: number;
-  timeout: number;
-  non2xx: number;
-  text: string;
-}
-
-/** wrk with a new connection per request until stopped (SIGINT makes it print its summary). */
-function load(t: TestContext, port: number): { stop: () => Promise<WrkResult> } {
-  const child = spawn('wrk', ['-t', '1', '-c', '8', '-d', '300s', '-H', 'Connection: close', `http://127.0.0.1:${port}/`], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let text = '';
-  child.stdout.on('data', (d) => { text += String(d); });
-  child.stderr.on('data', (d) => { text += String(d); });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  defer(t, () => { child.kill('SIGKILL'); });
-  return {
-    stop: async () => {
-      child.kill('SIGINT');
-      await exited;
-      const n = (re: RegExp): number => Number(re.exec(text)?.[1] ?? 0);
-      const errs = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text);
-      return {
-        requests: n(/(\d+) requests in/),
-        connect: Number(errs?.[1] ?? 0),
-        read: Number(errs?.[2] ?? 0),
-        write: Number(errs?.[3] ?? 0),
-        timeout: Number(errs?.[4] ?? 0),
-        non2xx: n(/Non-2xx or 3xx responses: (\d+)/),
-        text,
-      };
-    },
-  };
-}
-
-function assertNoErrors(r: WrkResult): void {
-  assert.ok(r.requests > 100, `wrk made too few requests to prove anything: ${r.text}`);
-  assert.deepEqual({ connect: r.connect, read: r.read, write: r.write, timeout: r.timeout, non2xx: r.non2xx }, { connect: 0, read: 0, write: 0, timeout: 0, non2xx: 0 }, r.text);
-}
-
-async function nth(root: string, app: string, n: number): Promise<HistoryEntry> {
-  return waitFor(`${app}: journal entry #${n}`, async () => (await readHistory(path.join(root, 'state'), app))[n - 1], { timeoutMs: 30_000 });
 }
 
 interface StatusApp {
