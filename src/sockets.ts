@@ -16,8 +16,10 @@
  *   passed to each generation through spawn's stdio array (the child gets
  *   them at 3, 4, ... with FD_CLOEXEC cleared). They live as long as the
  *   agent: a hand-started agent that exits takes its copies along, the
- *   running generation keeps serving on its own, and the next agent finds
- *   the address taken by it (see `busy`).
+ *   running generation keeps serving on its own (a unix socket by the
+ *   same path: the agent leaves the path in place), and the next agent
+ *   finds the address taken by it (see `busy`). An address the config no
+ *   longer names is let go on its own (`release`).
  */
 import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
@@ -58,25 +60,54 @@ export interface BindRequest {
 
 type Outcome = { address: string; fd: number } | { address: string; code: string; message: string };
 
+// The gate the agent and a socket worker share: [0] counts commands, [1]
+// says which: the index of one socket to close, or CLOSE_ALL.
+const CLOSE_ALL = -1;
+
 // The worker's whole program: listen on every address, say which fds, then
-// block before the event loop polls (so nothing is ever accepted) until told
-// to close. Every listen() resolves through process.nextTick (an IP literal's
-// lookup, the bind, the 'listening' or 'error' event), all drained before
-// the loop's first poll: the wait starts before any socket is polled.
+// block before the event loop polls (so nothing is ever accepted). Woken,
+// it closes one socket (a dropped address) or all of them and returns to
+// its event loop to end. Every listen() resolves through process.nextTick
+// (an IP literal's lookup, the bind, the 'listening' or 'error' event), all
+// drained before the loop's first poll: the wait starts before any socket
+// is polled. A closing unix socket would take its path along (libuv
+// unlinks what it bound, at once): the path is hard-linked aside first and
+// put back, so that the app's own copy stays reachable by its name.
 const WORKER = `
 const { workerData, parentPort } = require('node:worker_threads');
 const net = require('node:net');
 const fs = require('node:fs');
 const gate = new Int32Array(workerData.gate);
-const servers = [];
+const servers = new Array(workerData.requests.length);
 const results = new Array(workerData.requests.length);
 let pending = workerData.requests.length;
+function closeKeepingPath(i) {
+  const server = servers[i];
+  if (server === undefined) return;
+  servers[i] = undefined;
+  const where = workerData.requests[i].path;
+  if (where === undefined) return server.close();
+  const aside = where + '.relink-' + process.pid + '-' + i;
+  let kept = false;
+  try { fs.linkSync(where, aside); kept = true; } catch {}
+  server.close();
+  if (!kept) return;
+  try { fs.renameSync(aside, where); } catch { try { fs.unlinkSync(aside); } catch {} }
+}
 function done(i, r) {
   results[i] = r;
   if (--pending > 0) return;
   parentPort.postMessage(results);
-  Atomics.wait(gate, 0, 0);
-  for (const s of servers) s.close();
+  let seen = 0;
+  for (;;) {
+    Atomics.wait(gate, 0, seen);
+    seen = Atomics.load(gate, 0);
+    const which = Atomics.load(gate, 1);
+    if (which === ${CLOSE_ALL}) break;
+    closeKeepingPath(which);
+    parentPort.postMessage({ closed: which });
+  }
+  for (let k = 0; k < servers.length; k++) closeKeepingPath(k);
 }
 workerData.requests.forEach((req, i) => {
   const server = net.createServer();
@@ -91,7 +122,7 @@ workerData.requests.forEach((req, i) => {
       // shared with every process it is passed to: put it back to blocking,
       // as systemd passes sockets (an app doing a plain accept() expects it).
       server._handle.setBlocking(true);
-      servers.push(server);
+      servers[i] = server;
       done(i, { address: req.address, fd: server._handle.fd });
     } catch (err) {
       server.close();
@@ -102,6 +133,14 @@ workerData.requests.forEach((req, i) => {
   server.listen(opts);
 });
 `;
+
+/** A blocked socket worker, the addresses it bound (by request index) and those still open. */
+interface SocketWorker {
+  readonly worker: Worker;
+  readonly gate: Int32Array;
+  readonly addresses: readonly string[];
+  readonly open: Set<string>;
+}
 
 /** Where to listen, as the worker's net.Server takes it (src/listenfds.ts parses the config's spelling). */
 function splitAddress(address: string): { host: string; port: number } | { path: string } {
@@ -143,7 +182,7 @@ export class SocketHolder {
   passedOnly(missing: ReadonlyMap<string, RelinkError>): void {
     this.#notPassed = missing;
   }
-  readonly #workers: Array<{ worker: Worker; gate: Int32Array }> = [];
+  readonly #workers: SocketWorker[] = [];
 
   /** The fd held for `address`, if it is held. */
   get(address: string): Held | undefined {
@@ -202,7 +241,7 @@ export class SocketHolder {
         owner: r.owner === undefined ? undefined : { uid: r.owner.uid, gid: r.owner.gid, mode: r.owner.mode ?? 0o660 },
       };
     });
-    const gate = new Int32Array(new SharedArrayBuffer(4));
+    const gate = new Int32Array(new SharedArrayBuffer(8));
     const worker = new Worker(WORKER, { eval: true, workerData: { gate: gate.buffer, requests: payload } });
     const results = await new Promise<Outcome[]>((resolve, reject) => {
       worker.once('message', resolve);
@@ -211,11 +250,13 @@ export class SocketHolder {
     });
     // Blocked from now on: it must not keep the agent alive by itself.
     worker.unref();
-    this.#workers.push({ worker, gate });
+    const entry: SocketWorker = { worker, gate, addresses: payload.map((p) => p.address), open: new Set() };
+    this.#workers.push(entry);
     const unheld: Unheld[] = [];
     for (const r of results) {
       if ('fd' in r) {
         this.#held.set(r.address, { address: r.address, fd: r.fd, source: 'agent' });
+        entry.open.add(r.address);
         continue;
       }
       const busy = r.code === 'EADDRINUSE';
@@ -226,22 +267,57 @@ export class SocketHolder {
           { key: 'sockets', rule: 'the agent must be able to listen on every address in "sockets"', found: r.code }),
       });
     }
-    if (results.every((r) => !('fd' in r))) await this.#release(this.#workers.pop()!);
+    if (entry.open.size === 0) await this.#end(this.#workers.pop()!);
     return [...missing, ...unheld];
   }
 
-  /** Let every socket this agent bound go; fds passed by systemd stay open (systemd keeps them for the next agent anyway). */
+  /**
+   * Stop holding `address` (an app removed by a config reload, an address
+   * dropped from "sockets"): a socket this agent bound is closed in this
+   * process; a unix socket's path stays, so that a generation still running
+   * on its own copy stays reachable. A socket systemd passed is kept (its
+   * socket unit listens until it is stopped, and an app put back gets it
+   * again). Resolves with what was done: 'closed', 'kept' (systemd's) or
+   * 'none' (not held).
+   */
+  async release(address: string): Promise<'closed' | 'kept' | 'none'> {
+    const held = this.#held.get(address);
+    if (held === undefined) return 'none';
+    if (held.source === 'systemd') return 'kept';
+    const w = this.#workers.find((x) => x.open.has(address));
+    this.#held.delete(address);
+    if (w === undefined) return 'closed';
+    w.open.delete(address);
+    if (w.open.size === 0) {
+      this.#workers.splice(this.#workers.indexOf(w), 1);
+      await this.#end(w);
+      return 'closed';
+    }
+    const closed = new Promise<void>((resolve) => w.worker.once('message', () => resolve()));
+    w.worker.ref();
+    this.#command(w, w.addresses.indexOf(address));
+    await closed;
+    w.worker.unref();
+    return 'closed';
+  }
+
+  /** Let every socket this agent bound go (unix socket paths stay); fds passed by systemd stay open (systemd keeps them for the next agent anyway). */
   async close(): Promise<void> {
     const workers = this.#workers.splice(0);
-    await Promise.all(workers.map((w) => this.#release(w)));
+    await Promise.all(workers.map((w) => this.#end(w)));
     for (const [address, h] of this.#held) if (h.source === 'agent') this.#held.delete(address);
   }
 
-  async #release(w: { worker: Worker; gate: Int32Array }): Promise<void> {
+  #command(w: SocketWorker, which: number): void {
+    Atomics.store(w.gate, 1, which);
+    Atomics.add(w.gate, 0, 1);
+    Atomics.notify(w.gate, 0);
+  }
+
+  async #end(w: SocketWorker): Promise<void> {
     w.worker.ref();
     const exited = new Promise<void>((resolve) => w.worker.once('exit', () => resolve()));
-    Atomics.store(w.gate, 0, 1);
-    Atomics.notify(w.gate, 0);
+    this.#command(w, CLOSE_ALL);
     await exited;
   }
 }

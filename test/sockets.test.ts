@@ -5,10 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { lstat, writeFile } from 'node:fs/promises';
+import { lstat, readdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { freePort } from '../src/demo/layout.js';
 import { SocketHolder } from '../src/sockets.js';
 import { defer, tmpDir, waitFor } from './helpers.js';
@@ -100,4 +100,47 @@ test('close() lets the sockets go: the port can be bound again, and nothing keep
     again.listen(port, '127.0.0.1', () => resolve(true));
   }));
   await new Promise((r) => again.close(r));
+});
+
+/** A python child given `fd` at 3 that serves connections with its pid until killed. */
+function server(t: TestContext, fd: number): void {
+  const child = spawn('/usr/bin/python3', ['-c', `
+import os, socket
+s = socket.socket(fileno=3)
+while True:
+    c, _ = s.accept()
+    c.sendall(b'%d' % os.getpid())
+    c.close()
+`], { stdio: ['ignore', 'inherit', 'inherit', fd] });
+  defer(t, () => { child.kill('SIGKILL'); });
+}
+
+test('release() lets one address go and keeps the others; a unix socket\'s path stays for the app serving on its own copy, through release() and close()', async (t) => {
+  const dir = await tmpDir(t);
+  const holder = new SocketHolder();
+  defer(t, () => holder.close());
+  const [kept, dropped] = [await freePort(), await freePort()];
+  const sock = path.join(dir, 'web.sock');
+  const other = path.join(dir, 'other.sock');
+  assert.deepEqual(await holder.bind([{ address: `127.0.0.1:${kept}` }, { address: `127.0.0.1:${dropped}` }, { address: `unix:${sock}` }, { address: `unix:${other}` }]), []);
+  // The app runs on its own copy of the unix socket, as a generation does.
+  server(t, holder.get(`unix:${sock}`)!.fd);
+
+  assert.equal(await holder.release(`127.0.0.1:${dropped}`), 'closed');
+  assert.equal(await holder.release(`127.0.0.1:${dropped}`), 'none');
+  assert.equal(holder.get(`127.0.0.1:${dropped}`), undefined);
+  // Nobody listens there any more: refused, not queued.
+  await assert.rejects(connect({ port: dropped, host: '127.0.0.1' }), { code: 'ECONNREFUSED' });
+  // The other TCP address is still held: a connection waits in its backlog.
+  const waiting = await connect({ port: kept, host: '127.0.0.1' });
+  waiting.destroy();
+
+  assert.equal(await holder.release(`unix:${sock}`), 'closed');
+  assert.ok((await lstat(sock)).isSocket(), 'the path is still there');
+  assert.match(await answer(await connect({ path: sock })), /^\d+$/, 'the app is still reached by its path');
+
+  await holder.close();
+  assert.ok((await lstat(other)).isSocket(), 'close() leaves a unix socket path in place too');
+  assert.deepEqual((await readdir(dir)).sort(), ['other.sock', 'web.sock'], 'nothing set aside is left behind');
+  assert.match(await answer(await connect({ path: sock })), /^\d+$/);
 });
