@@ -265,9 +265,30 @@ export class Agent {
       (old === undefined ? result.added : result.changed).push(app.name);
     }
     this.#slots = slots;
+    await this.#releaseSockets(prev, next);
     this.#log.info({ file, ...result }, `config reloaded: ${result.added.length} added, ${result.removed.length} let go, ${result.changed.length} changed (their next generation starts with the new settings), ${result.unchanged.length} unchanged`);
     await this.#recordConfig({ hash: hashText(text), at: new Date().toISOString(), ...result });
     return result;
+  }
+
+  /**
+   * Addresses the reloaded config no longer names (an app removed, an
+   * address dropped from "sockets") stop being held: a connection there is
+   * refused once no process of the app listens, instead of waiting in a
+   * backlog nobody will ever accept from. A running generation keeps its
+   * own copy (and a unix socket its path) until it exits.
+   */
+  async #releaseSockets(prev: AgentConfig, next: AgentConfig): Promise<void> {
+    const wanted = new Set(next.apps.flatMap((a) => a.sockets));
+    for (const app of prev.apps) {
+      for (const address of app.sockets) {
+        if (wanted.has(address)) continue;
+        const done = await this.#sockets!.release(address);
+        const log = this.#log.child({ app: app.name });
+        if (done === 'closed') log.info({ address }, `${address} is no longer in the config: the agent stopped holding it (a generation still running keeps serving on its own copy until it exits)`);
+        if (done === 'kept') log.warn({ address }, `${address} is no longer in the config, but systemd passed it: its socket unit keeps it listening until that unit is stopped and removed`);
+      }
+    }
   }
 
   /** What the last reload did, in agent.json (for relink reload --wait). */

@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
 import { alive, get, reapMarkedAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
@@ -97,5 +98,38 @@ test('SIGHUP and relink reload: an invalid config changes nothing and the agent 
     return r !== undefined && (JSON.parse(r.body) as { pid: number }).pid !== aPid ? true : undefined;
   });
   assert.equal(await get(`http://127.0.0.1:${b.port}/`).then(() => 'answered', () => 'refused'), 'refused', 'a removed app is not supervised');
+  assert.equal(await agent.stop(), 0);
+});
+
+test('an app with held sockets removed by a reload: it serves on its own copy, and once it exits connections are refused, not left waiting in a socket nobody accepts from', async (t) => {
+  const root = await tmpDir(t);
+  const a = await makeApp(root, 'ra', PLAIN, { '1': '' });
+  const s = await makeApp(root, 'rs', PLAIN, { '1': '' });
+  reapMarkedAfter(t, a.dir);
+  reapMarkedAfter(t, s.dir);
+  await setCurrent(a, '1');
+  await setCurrent(s, '1');
+  const held = { ...appKeys(s, 'blue'), sockets: [`127.0.0.1:${s.port}`], reload: { strategy: 'socket', timeoutMs: 5_000 } };
+  const config = path.join(root, 'config.json');
+  await writeConfig(config, root, [appKeys(a, 'blue'), held]);
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, s.name, 1)).outcome, 'deployed');
+  const pid = (await servedBy(s.port, 'app.1')).pid;
+
+  await writeConfig(config, root, [appKeys(a, 'blue')]);
+  const removed = await relinkCli(['reload', '--config', config, '--wait']);
+  assert.equal(removed.code, 0, removed.stderr);
+  await agent.waitForLog('the socket let go', (l) => l.app === s.name && typeof l.msg === 'string' && l.msg.includes('the agent stopped holding it'));
+  assert.equal((await servedBy(s.port, 'app.1')).pid, pid, 'left running, on its own copy of the socket');
+  process.kill(pid, 'SIGKILL');
+  await waitFor('the removed app gone', async () => ((await alive(pid)) ? undefined : true));
+  // Held on, the connection would be accepted by the kernel and wait forever.
+  const outcome = await new Promise<string>((resolve) => {
+    const c = net.connect({ port: s.port, host: '127.0.0.1' });
+    c.setTimeout(3_000, () => { c.destroy(); resolve('waiting'); });
+    c.once('connect', () => { c.destroy(); resolve('accepted'); });
+    c.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+  });
+  assert.equal(outcome, 'ECONNREFUSED');
   assert.equal(await agent.stop(), 0);
 });
