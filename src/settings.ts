@@ -1,6 +1,7 @@
 /**
  * What a generation is started with that only a new start changes: its
- * environment, command line, user and resource limits (issue 12). A re-exec
+ * environment, command line, user and group, resource limits and the
+ * sockets it is passed (issue 12). A re-exec
  * or an in-place reload inherits them from the process it replaces, so a
  * config edit reaches the app only when the agent starts a new generation
  * (a start, `relink restart`, a deploy under "socket" or "restart").
@@ -17,11 +18,15 @@ function digest(value: unknown): string {
 }
 
 /**
- * The launch settings of `app` by key: "command", "user", "env.NAME" per
- * variable, "limits.nofile" / "limits.nproc" / "limits.core" per limit set.
+ * The launch settings of `app` by key: "command", "user", "group" (when
+ * set), "sockets" (when any: the sockets a generation is started on, in
+ * LISTEN_FDS order), "env.NAME" per variable, "limits.nofile" /
+ * "limits.nproc" / "limits.core" per limit set.
  */
-export function launchSettings(app: Pick<AppConfig, 'command' | 'user' | 'env' | 'limits'>): Record<string, string> {
+export function launchSettings(app: Pick<AppConfig, 'command' | 'user' | 'group' | 'sockets' | 'env' | 'limits'>): Record<string, string> {
   const out: Record<string, string> = { command: digest(app.command), user: digest(app.user ?? null) };
+  if ((app.group ?? null) !== null) out['group'] = digest(app.group);
+  if (app.sockets.length > 0) out['sockets'] = digest(app.sockets);
   for (const [k, v] of Object.entries(app.env)) out[`env.${k}`] = digest(v);
   for (const [k, v] of Object.entries(app.limits)) if (v !== undefined) out[`limits.${k}`] = digest(v);
   return out;
