@@ -100,6 +100,8 @@ export class Agent {
   /** The apps' listening sockets (src/sockets.ts). */
   #sockets: SocketHolder | undefined;
   #closing: Promise<void> | undefined;
+  /** Apps a reload is handing over (waiting for their pass in flight): an agent stopping cuts the wait short. */
+  readonly #retiring = new Set<Slot>();
 
   private constructor(config: AgentConfig, slots: Slot[], log: Logger, compactor: Compactor) {
     this.#config = config;
@@ -181,13 +183,26 @@ export class Agent {
     slot.prune = schedulePrune(this.#config, slot.app.app, slot.log);
   }
 
-  /** Let an app go: its watchers and schedule stop, its pass finishes (src/app.ts close); the app itself keeps running. */
-  async #stopSlot(slot: Slot): Promise<void> {
+  /**
+   * Let an app go: its watchers and schedule stop, its pass finishes (src/app.ts close:
+   * within the stop budget, one that switched nothing abandoned; `retire`, for a
+   * config reload: whatever it does, as it would); the app itself keeps running.
+   */
+  async #stopSlot(slot: Slot, how: 'close' | 'retire' = 'close'): Promise<void> {
     await slot.prune?.stop();
     await slot.arming;
     await slot.watcher?.close();
     slot.requests?.close();
-    await slot.app.close();
+    if (how === 'retire') {
+      this.#retiring.add(slot);
+      try {
+        await (this.#closing === undefined ? slot.app.retire() : slot.app.close());
+      } finally {
+        this.#retiring.delete(slot);
+      }
+    } else {
+      await slot.app.close();
+    }
     // A rotation under way finishes: stopped half way it would leave bytes in two files.
     await slot.output.close();
     await slot.notifier?.close();
@@ -236,7 +251,7 @@ export class Agent {
     const result = { added: [] as string[], removed: [] as string[], changed: [] as string[], unchanged: [] as string[] };
     for (const [name, slot] of before) {
       if (wanted.has(name)) continue;
-      await this.#stopSlot(slot);
+      await this.#stopSlot(slot, 'retire');
       result.removed.push(name);
       slot.log.warn({ app: name }, `"${name}" is no longer in ${file}: no longer managed; its processes are left running (stop them by hand, or put it back and relink stop it)`);
     }
@@ -256,7 +271,7 @@ export class Agent {
         result.unchanged.push(app.name);
         continue;
       }
-      if (old !== undefined) await this.#stopSlot(old);
+      if (old !== undefined) await this.#stopSlot(old, 'retire');
       const notify = (await openNotifiers({ ...next, apps: [app] }, this.#log, [gids[i]])).get(app.name);
       const slot = makeSlot(next, app, { gid: gids[i], log: this.#log, compactor: this.#compactor, sockets: this.#sockets!, notify, journal: this.#journal });
       slots.push(slot);
@@ -427,7 +442,10 @@ export class Agent {
       clearInterval(this.#timer);
       clearTimeout(this.#logTimer);
       this.#compactor.stop();
-      // A reload in progress finishes first (it may be starting apps).
+      // A reload in progress finishes first (it may be starting apps); an
+      // app it is handing over stops waiting for its pass (close() within
+      // the stop budget, as every app's).
+      for (const slot of this.#retiring) void slot.app.close();
       await this.#reloads;
       // node-cron tasks keep the process alive until destroyed.
       await Promise.allSettled(this.#slots.map((s) => this.#stopSlot(s)));

@@ -190,6 +190,8 @@ export class AppAgent {
   /** Operators' requests may be waiting (src/requests.ts): the loop takes them. */
   #pendingRequests = false;
   #closed = false;
+  /** retire(): no new pass is taken, the one in flight finishes. */
+  #retiring = false;
   #closing: Promise<void> | undefined;
   /** When close() was called (fx.now()): the stop budget counts from here. */
   #stopAt: number | undefined;
@@ -250,7 +252,7 @@ export class AppAgent {
 
   /** Ask for a full pass (current.conf, links, process). Safe to call from any event, any number of times. */
   trigger(why: string): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#retiring) return;
     // The newest reason wins (the pass reads the file afresh anyway), except
     // that an early trigger, which may decide to do nothing, never displaces
     // one that must judge the file.
@@ -262,7 +264,7 @@ export class AppAgent {
 
   /** Operators' requests may be waiting (relink stop | start | restart): take and answer them. Safe to call any number of times. */
   requests(): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#retiring) return;
     this.#pendingRequests = true;
     this.#loop ??= this.#run();
   }
@@ -274,7 +276,7 @@ export class AppAgent {
 
   /** Ask for a supervision check only (is the app still running?). */
   check(): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#retiring) return;
     this.#pendingCheck = true;
     this.#loop ??= this.#run();
   }
@@ -282,6 +284,22 @@ export class AppAgent {
   /** Resolves when no pass is running or pending. */
   async idle(): Promise<void> {
     while (this.#loop !== undefined) await this.#loop;
+  }
+
+  /**
+   * Hand the app over to a new orchestrator (a config reload changed its
+   * settings, or let it go): no new pass is taken, and the one in flight
+   * finishes as it would (its preflight and beforeSwitch hook are not cut
+   * short, its verdict is journaled), as does an after-hook it started
+   * (bounded by hooks.timeoutMs); then close(). The next orchestrator
+   * finds the verdict in the state file and does not deploy it again.
+   */
+  async retire(): Promise<void> {
+    this.#retiring = true;
+    if (this.#loop !== undefined) this.#log.info('a pass is in flight: it finishes before the app is handed over');
+    await this.idle();
+    await this.#hooks.idle();
+    return this.close();
   }
 
   /**
@@ -346,7 +364,7 @@ export class AppAgent {
     const liveness = this.app.health.liveness;
     if (liveness === undefined || this.#closed) return;
     this.#cancelLiveness = this.#fx.schedule(liveness.periodMs, () => {
-      if (this.#closed) return;
+      if (this.#closed || this.#retiring) return;
       this.#pendingLiveness = true;
       this.#loop ??= this.#run();
       this.#armLiveness();

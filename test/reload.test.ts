@@ -5,10 +5,11 @@
  * changed app gets its new settings on its next generation.
  */
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
+import { readHistory } from '../src/history.js';
 import { alive, get, reapMarkedAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
 import { makeApp, nth, PLAIN, servedBy, setCurrent, type App } from './plainapps.js';
 
@@ -131,5 +132,42 @@ test('an app with held sockets removed by a reload: it serves on its own copy, a
     c.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
   });
   assert.equal(outcome, 'ECONNREFUSED');
+  assert.equal(await agent.stop(), 0);
+});
+
+test('a reload while a deploy is in flight lets it finish: its beforeSwitch runs once, its verdict is journaled once, and the new orchestrator does not deploy it again', async (t) => {
+  const root = await tmpDir(t);
+  const a = await makeApp(root, 'ra', PLAIN, { '1': '', '2': '' });
+  reapMarkedAfter(t, a.dir);
+  await setCurrent(a, '1');
+  const gate = path.join(root, 'gate');
+  // The hook says it started, then holds the deploy until the test lets it go.
+  const hooks = { beforeSwitch: ['/bin/sh', '-c', `echo ran >> ${gate}.ran; while [ ! -e ${gate}.go ]; do sleep 0.05; done`], timeoutMs: 30_000 };
+  const config = path.join(root, 'config.json');
+  await writeConfig(config, root, [{ ...appKeys(a, 'blue'), hooks }]);
+  await writeFile(`${gate}.go`, '');
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, a.name, 1)).outcome, 'deployed');
+  await waitFor('the first deploy\'s hook', async () => (await readFile(`${gate}.ran`, 'utf8').catch(() => '')).split('\n').length === 2 || undefined);
+  await rm(`${gate}.go`);
+
+  await setCurrent(a, '2');
+  await waitFor('the second deploy\'s hook to start', async () => (await readFile(`${gate}.ran`, 'utf8')).split('\n').length === 3 || undefined);
+  await writeConfig(config, root, [{ ...appKeys(a, 'green'), hooks }]);
+  agent.child.kill('SIGHUP');
+  // (Before, the reload cut the deploy short at once and ran it again from the start.)
+  await agent.waitForLog('the reload to wait for the pass, or be done', (l) => typeof l.msg === 'string' && (l.msg.startsWith('a pass is in flight') || l.msg.startsWith('config reloaded')));
+  await writeFile(`${gate}.go`, '');
+  await agent.waitForLog('the reload done', (l) => typeof l.msg === 'string' && l.msg.startsWith('config reloaded'));
+  assert.equal((await nth(root, a.name, 2)).outcome, 'deployed');
+  await servedBy(a.port, 'app.2');
+  // Give a wrong second deploy every chance to show: the new orchestrator's first pass has run.
+  await waitFor('the new orchestrator idle on release 2', async () => {
+    const st = (await statusOf(config)).find((x) => x.name === a.name);
+    return st?.restartToApply.includes('env.APP_COLOR') === true || undefined;
+  });
+  assert.equal((await readFile(`${gate}.ran`, 'utf8')).trim().split('\n').length, 2, 'beforeSwitch ran once per deploy');
+  assert.equal((await readHistory(path.join(root, 'state'), a.name)).length, 2, 'one verdict per deploy');
+  assert.equal(agent.lines.find((l) => typeof l.msg === 'string' && l.msg.includes('the agent is stopping')), undefined);
   assert.equal(await agent.stop(), 0);
 });
