@@ -25,6 +25,9 @@ import { VERSION } from '../version.js';
 import { COMMANDS, commandNamed } from './commands.js';
 import { commandList, DEFAULT_CONFIG, EXIT, helpText, parseCommand, type IO } from './spec.js';
 
+/** The codes loadConfig throws for a config file that does not load (src/config.ts). */
+const CONFIG_PROBLEMS: ReadonlySet<string> = new Set(['CONFIG_SYNTAX', 'CONFIG_DUPLICATE_KEY', 'CONFIG_INVALID']);
+
 function usage(): string {
   return `relink ${VERSION}: on-host deploy agent (watch current.conf, relink, start or signal the app)
 
@@ -82,6 +85,10 @@ async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (err instanceof RelinkErrors) {
       io.stderr(`relink ${name}: ${err.total} problem${err.total === 1 ? '' : 's'}:\n${err.problems.map((p) => `  ${p.message}`).join('\n')}\n`);
+      // A config file being edited: the agent is not broken by it, and says so nowhere else.
+      if (name !== 'agent' && name !== 'check' && err.problems.some((p) => CONFIG_PROBLEMS.has(p.code))) {
+        io.stderr(`A running agent is not affected: it keeps the config it last loaded (relink check to test the file, relink reload once it passes).\n`);
+      }
       return EXIT.failed;
     }
     if (err instanceof RelinkError) {
