@@ -253,7 +253,7 @@ export class Agent {
       if (wanted.has(name)) continue;
       await this.#stopSlot(slot, 'retire');
       result.removed.push(name);
-      slot.log.warn({ app: name }, `"${name}" is no longer in ${file}: no longer managed; its processes are left running (stop them by hand, or put it back and relink stop it)`);
+      slot.log.warn({}, `"${name}" is no longer in ${file}: no longer managed; its processes are left running (stop them by hand, or put it back and relink stop it)`);
     }
     const prev = this.#config;
     this.#config = next;

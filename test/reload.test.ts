@@ -10,7 +10,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
 import { readHistory } from '../src/history.js';
-import { alive, get, reapMarkedAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
+import { alive, assertOneKeyOnce, get, reapMarkedAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
 import { makeApp, nth, PLAIN, servedBy, setCurrent, type App } from './plainapps.js';
 
 function appKeys(app: App, color: string): Record<string, unknown> {
@@ -104,6 +104,8 @@ test('SIGHUP and relink reload: an invalid config changes nothing and the agent 
   });
   assert.equal(await get(`http://127.0.0.1:${b.port}/`).then(() => 'answered', () => 'refused'), 'refused', 'a removed app is not supervised');
   assert.equal(await agent.stop(), 0);
+  // Every line of all that (the removal's said "app" twice) is JSON with each key once.
+  assertOneKeyOnce(agent);
 });
 
 test('an app with held sockets removed by a reload: it serves on its own copy, and once it exits connections are refused, not left waiting in a socket nobody accepts from', async (t) => {
