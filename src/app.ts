@@ -1329,7 +1329,7 @@ export class AppAgent {
         const d = this.#crash.onExit(ranMs);
         if (d.kind === 'fatal') {
           this.#log.error({ failures: d.failures, maxRetries: this.app.supervise.maxRetries },
-            `${this.#startFailed ? 'the app cannot be started' : 'app keeps crashing'}; marked fatal and left alone until the next deploy (or a re-save of current.conf)`);
+            `${this.#startFailed ? 'the app cannot be started' : 'app keeps crashing'}; marked fatal and left alone until the next deploy, a re-save of current.conf, or relink start ${this.app.name}`);
           await this.#transition('fatal');
           return;
         }

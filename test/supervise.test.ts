@@ -39,7 +39,7 @@ test('a crash loop backs off, then is marked fatal and left alone; a deploy star
   const backoff = await f.agent.waitForLog('a backoff', (l) => l.msg.startsWith('app exited unexpectedly after '), { timeoutMs: 20_000 });
   assert.equal(backoff.delayMs, 200);
   await f.agent.waitForLog('a second, longer backoff', (l) => l.msg.startsWith('app exited unexpectedly') && l.delayMs === 400, { timeoutMs: 20_000 });
-  await f.agent.waitForLog('fatal', (l) => l.msg.startsWith('app keeps crashing; marked fatal'), { timeoutMs: 20_000 });
+  await f.agent.waitForLog('fatal', (l) => l.msg.startsWith('app keeps crashing; marked fatal') && l.msg.endsWith('or relink start web'), { timeoutMs: 20_000 });
   const state = await waitFor('fatal state on disk', async () => {
     const s = await readAppState(f.stateDir, 'web');
     return s?.state === 'fatal' ? s : undefined;
