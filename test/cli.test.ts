@@ -75,6 +75,13 @@ for (const command of COMMANDS) {
         const message = `--${o.name} must be ${o.parser!.what} (found: ${JSON.stringify(other)})`;
         assert.throws(() => parseCommand(command, [`--${o.name}=${other}`]), (err: unknown) => err instanceof UsageError && err.message === message, message);
       }
+      // A negative number as the value's own word (-n -5) goes to the parser, not parseArgs' "ambiguous" text.
+      for (const flag of o.short === undefined ? [`--${o.name}`] : [`--${o.name}`, `-${o.short}`]) {
+        const accepted = o.parser!.parse('-5') !== undefined;
+        const given = (): unknown => parseCommand(command, [flag, '-5']);
+        if (accepted) assert.doesNotThrow(given, `${flag} -5`);
+        else assert.throws(given, (err: unknown) => err instanceof UsageError && err.message === `--${o.name} must be ${o.parser!.what} (found: "-5")`, `${flag} -5`);
+      }
     });
   });
 }

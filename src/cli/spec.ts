@@ -140,9 +140,24 @@ export function parseCommand<S extends CommandSpec>(spec: S, args: readonly stri
   const options: Record<string, { type: 'boolean' | 'string'; short?: string }> = {};
   for (const o of [...spec.options, HELP_OPTION]) options[o.name] = o.short === undefined ? { type: o.type } : { type: o.type, short: o.short };
   const declared = spec.positionals ?? [];
+  // A negative number after an option that takes a value (-n -5) is that
+  // value, for its parser to judge; parseArgs would call it ambiguous and
+  // suggest a syntax of its own.
+  const valued = new Map<string, string>();
+  for (const o of spec.options) {
+    if (o.type !== 'string') continue;
+    valued.set(`--${o.name}`, o.name);
+    if (o.short !== undefined) valued.set(`-${o.short}`, o.name);
+  }
+  const argv = args.flatMap((a, i) => {
+    if (/^-\d/.test(a) && valued.has(args[i - 1] ?? '')) return [];
+    const name = valued.get(a);
+    const next = args[i + 1];
+    return name !== undefined && next !== undefined && /^-\d/.test(next) ? [`--${name}=${next}`] : [a];
+  });
   let parsed;
   try {
-    parsed = parseArgs({ args: [...args], options, allowPositionals: declared.length > 0, strict: true });
+    parsed = parseArgs({ args: argv, options, allowPositionals: declared.length > 0, strict: true });
   } catch (err) {
     // parseArgs goes on about `--` after naming the problem: one line is enough.
     throw new UsageError((err as Error).message.replace(/\. To specify a positional argument.*$/s, ''));
