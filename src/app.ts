@@ -913,16 +913,24 @@ export class AppAgent {
     for (const u of unheld) this.#log.error({ code: u.error.code }, u.error.message);
     this.#outage = { goneAt: this.#fx.now(), held };
     const started = await this.#startNew(stopBy);
-    // Asked in short slices while the started process lives: one that died
-    // at once is judged now, not after reload.timeoutMs of asking (a trial
-    // saw 15 s of nothing running before the verdict).
+    await this.#firstAccepted(started, stopBy);
+    return started;
+  }
+
+  /**
+   * A gap is being measured (#outage): the moment `started` first accepts
+   * ends it. Asked in short slices while the started process lives: one
+   * that died at once is judged now, not after reload.timeoutMs of asking
+   * (a trial saw 15 s of nothing running before the verdict).
+   */
+  async #firstAccepted(started: ProcInfo, stopBy: StopBy): Promise<void> {
+    if (this.#outage === undefined) return;
     const until = Math.min(this.#fx.now() + this.app.reload.timeoutMs, stopBy());
     let accepted: number | undefined;
     while (accepted === undefined && this.#fx.now() < until && (await this.#fx.verify(started)) !== undefined) {
       accepted = await this.#fx.firstAnswer(Math.min(this.#fx.now() + FIRST_ANSWER_SLICE_MS, until));
     }
     if (accepted !== undefined && this.#outage !== undefined) this.#outage.acceptedAt = accepted;
-    return started;
   }
 
   /**
@@ -1220,6 +1228,9 @@ export class AppAgent {
       return;
     }
     this.#log.warn({ code: cause.code, reason: cause.message, to: { bin: good.bin, cfg: good.cfg } }, 'deploy failed verification; rolling back');
+    // A restart stopped the good release before the failed one was judged:
+    // the gap runs from then until the good release accepts again.
+    const gap = this.#outage;
     if (this.#inflight !== undefined) {
       this.#inflight = { ...this.#inflight, phase: 'rollback', cause: { code: cause.code, message: cause.message } };
       await this.#saveState();
@@ -1235,6 +1246,10 @@ export class AppAgent {
       this.#newGen = undefined;
       if (now === undefined) {
         after = await this.#startNew(this.#rollbackBy);
+        if (gap !== undefined) {
+          this.#outage = { goneAt: gap.goneAt, held: gap.held };
+          await this.#firstAccepted(after, this.#rollbackBy);
+        }
         assertBinary(this.app, after, good);
       } else if (cause.found === IN_PLACE_FOUND && before !== undefined && sameProcess(now, before)) {
         // It reloaded the failed release's config in place: the same signal,
@@ -1278,7 +1293,10 @@ export class AppAgent {
       await this.#finish(attempt, 'failed', action, bad, now, now === undefined ? 'failed' : 'running', both, { rolledBackTo: null, rejected: attempt.snapshot.text });
       return;
     }
-    await this.#finish(attempt, 'rolled_back', action, bad, after, 'running', cause, { rolledBackTo: { bin: good.bin, cfg: good.cfg }, rejected: attempt.snapshot.text });
+    // The rollback's own restart (a failed release still running) measured from its stop: the gap began earlier.
+    if (gap !== undefined && this.#outage !== undefined) this.#outage = { ...this.#outage, goneAt: gap.goneAt };
+    const measured = gap === undefined ? {} : this.#outageExtra();
+    await this.#finish(attempt, 'rolled_back', action, bad, after, 'running', cause, { ...measured, rolledBackTo: { bin: good.bin, cfg: good.cfg }, rejected: attempt.snapshot.text });
   }
 
   /**

@@ -101,7 +101,7 @@ test('"restart" without held sockets: the release goes live and the journal entr
   await agent.stop();
 });
 
-test('"restart": a release that exits at start is judged as soon as it has exited, not after reload.timeoutMs of asking for its first answer', async (t) => {
+test('"restart": a release that exits at start is judged as soon as it has exited, not after reload.timeoutMs of asking for its first answer; the rollback entry has the outage', async (t) => {
   const root = await tmpDir(t);
   const app = await makeApp(root, 'rsx', PLAIN, { a: '', x: 'fail_start=1\n' });
   reapMarkedAfter(t, app.dir);
@@ -117,6 +117,10 @@ test('"restart": a release that exits at start is judged as soon as it has exite
   assert.equal(e.code, 'APP_EXITED');
   // Not a timing: before, the verdict waited for the whole reload.timeoutMs (the first answer never came).
   assert.ok(e.durationMs < timeoutMs, `judged after ${e.durationMs} ms, the whole reload.timeoutMs`);
+  // Nothing accepted from the old generation's stop until the rollback's start answered: that gap is journaled too.
+  assert.equal(typeof e.outageMs, 'number', JSON.stringify(e));
+  assert.ok((e.outageMs as number) > 0);
+  assert.equal(e.action, 'restart');
   await servedBy(app.port, 'app.a');
   await agent.stop();
 });
