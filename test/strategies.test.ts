@@ -317,6 +317,12 @@ test('"socket": an agent killed while the new generation is being judged; the ne
     return r?.release === 'app.b' ? true : undefined;
   }, { timeoutMs: 10_000 });
   await first.stop('SIGKILL');
+  // With no agent, status says which generation serves and which is new and unjudged (it called the new one "draining").
+  const down = JSON.parse((await relinkCli(['status', '--config', config, '--json'])).stdout) as { apps: Array<{ generations: Array<{ role: string; processes: Array<{ pid: number }> }> }> };
+  const roles = down.apps[0]!.generations.map((g) => g.role);
+  assert.deepEqual(roles, ['new', 'serving'], JSON.stringify(down.apps[0]!.generations));
+  assert.ok(down.apps[0]!.generations[1]!.processes.some((p) => p.pid === a.pid), 'the old generation serves');
+  assert.match((await relinkCli(['status', '--config', config])).stdout, /new, not judged yet \(the agent is not running: the next one judges it\)/);
   const next = startAgent(t, config);
   const e = await nth(root, app.name, 2);
   assert.equal(e.outcome, 'deployed', e.reason ?? '');

@@ -54,7 +54,12 @@ export interface AppStatus {
 
 export interface GenerationStatus {
   readonly gen: number;
-  readonly role: 'serving' | 'draining';
+  /**
+   * serving; draining (older: told to stop, or to be); new (newer than the
+   * serving one: brought up by a deploy and not judged yet; with the agent
+   * down, the next agent judges it).
+   */
+  readonly role: 'serving' | 'draining' | 'new';
   /** When it began draining (ISO time), for a draining one. */
   readonly drainingSince: string | null;
   readonly processes: ReadonlyArray<{
@@ -128,8 +133,8 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
   }
   const generations: GenerationStatus[] = [...gens].sort((a, b) => b[0] - a[0]).map(([gen, procs]) => ({
     gen,
-    role: gen === finder.serving ? 'serving' : 'draining',
-    drainingSince: gen === finder.serving ? null : drainingSince.get(gen) ?? null,
+    role: gen === finder.serving ? 'serving' : gen > finder.serving ? 'new' : 'draining',
+    drainingSince: gen < finder.serving ? drainingSince.get(gen) ?? null : null,
     processes: procs.sort((a, b) => a.startTime - b.startTime || a.pid - b.pid).map((p) => ({
       pid: p.pid, startedAt: new Date(startedAtMs(p, boot)).toISOString(), exe: p.exe === '' ? null : p.exe, deleted: p.deleted, main: p.pid === proc?.pid,
     })),
@@ -195,7 +200,9 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
     if (a.exe !== null && (a.exe !== a.bin || a.exeDeleted)) rows.push(['  running', `${a.exe}${a.exeDeleted ? ' (deleted on disk)' : ''}`]);
     rows.push(['  strategy', `${a.strategy}${a.sockets.length > 0 ? `, sockets ${a.sockets.join(' ')}` : ''}`]);
     for (const g of a.generations) {
-      const what = g.role === 'serving' ? 'serving' : `draining${g.drainingSince === null ? '' : ` since ${g.drainingSince}`}`;
+      const what = g.role === 'serving' ? 'serving'
+        : g.role === 'new' ? `new, not judged yet${agent === undefined ? ' (the agent is not running: the next one judges it)' : ''}`
+          : `draining${g.drainingSince === null ? '' : ` since ${g.drainingSince}`}`;
       const procs = g.processes.map((p) => `${p.pid}${p.main ? ' (main)' : ''} started ${p.startedAt}${p.deleted ? ' (deleted on disk)' : ''}`);
       rows.push([`  generation ${g.gen}`, `${what}: ${procs.join('; ')}`]);
     }
