@@ -1080,6 +1080,9 @@ export class AppAgent {
     }
     this.#serve(after, main);
     this.#liveness?.reset();
+    // Started and judged healthy: the release a failed deploy goes back to
+    // (it may have been linked by a deploy while the app was stopped).
+    this.#lastGood = { ...release, text: currentTextFor(this.app.currentFile, release) };
     await this.#fx.refreshLineage();
     await this.#finish(attempt, 'deployed', action, release, after, 'running', undefined, { ...this.#outageExtra(), ...extra });
   }

@@ -6,7 +6,7 @@
  * "socket", refuses nothing.
  */
 import assert from 'node:assert/strict';
-import { readlink, writeFile } from 'node:fs/promises';
+import { readFile, readlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { readHistory } from '../src/history.js';
@@ -31,7 +31,7 @@ async function refused(app: App): Promise<boolean> {
 
 test('relink stop --wait: the app is stopped and stays stopped across supervision, an agent restart and a deploy; relink start runs what the links name', async (t) => {
   const root = await tmpDir(t);
-  const app = await makeApp(root, 'op', PLAIN, { '1': '', '2': '' });
+  const app = await makeApp(root, 'op', PLAIN, { '1': '', '2': '', x: 'fail_start=1\n' });
   reapMarkedAfter(t, app.dir);
   await setCurrent(app, '1');
   const config = await configFor(root, app, {});
@@ -70,6 +70,14 @@ test('relink stop --wait: the app is stopped and stays stopped across supervisio
   assert.match(start.stdout, /op: started and healthy \(start/);
   await servedBy(app.port, 'app.2');
   assert.equal((await status(config)).held, null);
+
+  // Started and healthy, 2 is the known-good release: a failed deploy goes back to it (it went back to 1, and rewrote current.conf so).
+  await setCurrent(app, 'x');
+  const back = await nth(root, app.name, 5);
+  assert.equal(back.outcome, 'rolled_back', back.reason ?? '');
+  assert.equal(back.rolledBackTo?.bin, path.join(app.releasesDir, 'app.2'));
+  assert.match(await readFile(path.join(app.releasesDir, 'current.conf'), 'utf8'), /"app\.2"/);
+  await servedBy(app.port, 'app.2');
   await agent.stop();
 });
 
