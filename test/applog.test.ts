@@ -298,6 +298,19 @@ test('relink logs: -n across rotated files; -f from a few lines back, across rot
   assert.ok((await logParts(a.log)).length > 3, 'those lines span several files');
   const all = await relinkCli(['logs', '--config', a.config, '--app', 'web', '-n', '100000000']);
   assert.ok(all.stdout === whole, 'every line');
+  // A reader slower than the command (a pager, `| (sleep 2; wc -l)`): the
+  // command waits for its output to drain before it exits; it lost what was
+  // still queued.
+  const slow = await new Promise<string>((resolve, reject) => {
+    // Once the first byte came (the command is writing), the reader stops for a second: what the command queued meanwhile must still come.
+    const c = spawn('/bin/sh', ['-c', '"$@" | (dd bs=1 count=1 status=none; sleep 1; cat)', 'sh', process.execPath, '--import', 'tsx', MAIN, 'logs', '--config', a.config, 'web', '-n', '100000000'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    c.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
+    c.once('close', () => resolve(out));
+    c.once('error', reject);
+  });
+  assert.ok(whole.length > 256 * 1024, `${whole.length} characters: more than a pipe holds`);
+  assert.ok(slow === whole, `a slow reader got ${slow.length} of ${whole.length} characters`);
   const none = await relinkCli(['logs', '--config', a.config, 'web', '--since', '@9999999999']);
   assert.equal(none.code, 0);
   assert.equal(none.stdout, '');
