@@ -65,6 +65,8 @@ export type ErrorCode =
   | 'UNHEALTHY'
   | 'ROLLBACK_FAILED'
   | 'NO_AGENT'
+  /** a command only root may run (signal the agent, write its requests) run by another user */
+  | 'NOT_ROOT'
   | 'WAIT_TIMEOUT'
   | 'SUPERSEDED'
   | 'UNKNOWN_RELEASE'

@@ -10,7 +10,7 @@ import { readFile, readlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { readHistory } from '../src/history.js';
-import { needProgram } from './accounts.js';
+import { needProgram, openUp, testUser } from './accounts.js';
 import { SocketHolder } from '../src/sockets.js';
 import { defer, get, reapMarkedAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
 import { assertNoErrors, configFor, load, makeApp, nth, PLAIN, servedBy, setCurrent, type App } from './plainapps.js';
@@ -151,5 +151,21 @@ test('relink start is the way out of "fatal"; --wait answers a failed restart wi
   assert.equal(start.code, 0, start.stderr);
   await servedBy(app.port, 'app.1');
   assert.equal((await status(config)).state, 'running');
+
+  // Another user is told these are root's, once, before anything else fails
+  // (--wait read the journal first: EACCES), and --json stays JSON.
+  const user = await testUser(t);
+  await openUp(root);
+  for (const verb of ['stop', 'start', 'restart']) {
+    const r = await relinkCli([verb, app.name, '--config', config, '--wait'], {}, user);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`^relink ${verb}: only root may ask the agent \\(\\S+ is root's\\): run it with sudo\n$`));
+  }
+  const reload = await relinkCli(['reload', '--config', config, '--wait', '--json'], {}, user);
+  assert.equal(reload.code, 1, reload.stderr);
+  const said = JSON.parse(reload.stdout) as { outcome: string; code: string; message: string };
+  assert.deepEqual([said.outcome, said.code], ['error', 'NOT_ROOT']);
+  assert.match(said.message, /^only root may have the agent \(pid \d+, root's\) reload: run it with sudo/);
+  assert.equal((await status(config)).pid, (await servedBy(app.port, 'app.1')).pid, 'nothing was done');
   await agent.stop();
 });

@@ -86,8 +86,8 @@ async function main(argv: string[]): Promise<number> {
     if (err instanceof RelinkErrors) {
       io.stderr(`relink ${name}: ${err.total} problem${err.total === 1 ? '' : 's'}:\n${err.problems.map((p) => `  ${p.message}`).join('\n')}\n`);
       // A config file being edited: the agent is not broken by it, and says so nowhere else.
-      if (name !== 'agent' && name !== 'check' && err.problems.some((p) => CONFIG_PROBLEMS.has(p.code))) {
-        io.stderr(`A running agent is not affected: it keeps the config it last loaded (relink check to test the file, relink reload once it passes).\n`);
+      if (name !== 'agent' && err.problems.some((p) => CONFIG_PROBLEMS.has(p.code))) {
+        io.stderr(`A running agent is not affected: it keeps the config it last loaded. Fix the file, then relink reload (which checks it first and changes nothing while it is still invalid).\n`);
       }
       return EXIT.failed;
     }

@@ -4,6 +4,7 @@
  * `--wait` waits for that entry as `deploy --wait` waits for its verdict,
  * with the same exit codes.
  */
+import { access, constants as fsConstants } from 'node:fs/promises';
 import type { AgentConfig, AppConfig } from '../config.js';
 import { isErrno, RelinkError } from '../errors.js';
 import type { Command as Verb, HistoryEntry } from '../history.js';
@@ -49,15 +50,18 @@ async function ask(config: AgentConfig, app: AppConfig, verb: Verb, opts: AskOpt
     throw new RelinkError('NO_AGENT', `no relink agent is running for ${config.file} (stateDir ${config.stateDir}); start it (systemctl start relink) and try again`,
       { file: config.file, rule: 'an agent must be running to carry out the request' });
   }
-  // Where the journal ends now: the answer is among what is appended after.
-  const tail = opts.wait ? await JournalTail.open(config.stateDir, app.name, { onDamaged }) : undefined;
-  const req = await writeRequest(config.stateDir, app.name, verb).catch((err: unknown) => {
-    if (isErrno(err, 'EACCES')) {
-      throw new RelinkError('STATE_WRITE_FAILED', `relink ${verb}: only root may ask the agent (${requestsDir(config.stateDir, app.name)} is root's): run it with sudo`,
-        { rule: 'requests are root\'s', found: 'EACCES' });
+  const notRoot = (err: unknown): never => {
+    if (isErrno(err, 'EACCES') || isErrno(err, 'EPERM')) {
+      throw new RelinkError('NOT_ROOT', `only root may ask the agent (${requestsDir(config.stateDir, app.name)} is root's): run it with sudo`,
+        { rule: 'requests are root\'s', found: `uid ${process.getuid?.() ?? '?'}` });
     }
     throw err;
-  });
+  };
+  // Said before anything else fails on it (--wait reads the journal first, which this user may not read either).
+  await access(requestsDir(config.stateDir, app.name), fsConstants.W_OK).catch((err: unknown) => (isErrno(err, 'ENOENT') ? undefined : notRoot(err)));
+  // Where the journal ends now: the answer is among what is appended after.
+  const tail = opts.wait ? await JournalTail.open(config.stateDir, app.name, { onDamaged }) : undefined;
+  const req = await writeRequest(config.stateDir, app.name, verb).catch(notRoot);
   if (tail === undefined) {
     return report(io, opts, { outcome: 'requested', message: `${app.name}: relink ${verb} asked (request ${req.id}); the agent answers in the journal (relink history --app ${app.name})` }, EXIT.ok);
   }

@@ -7,12 +7,12 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { loadConfig } from '../config.js';
 import { hashText } from '../current.js';
-import { RelinkError } from '../errors.js';
+import { isErrno, RelinkError, RelinkErrors } from '../errors.js';
 import { runningAgent, type AgentConfigRecord } from '../state.js';
 import type { SpecOf } from './commands.js';
 import { configPath, EXIT } from './io.js';
 import { signalExitCode } from './request.js';
-import type { Command } from './spec.js';
+import type { Command, Input, IO } from './spec.js';
 import { damageWarner } from './warn.js';
 
 const POLL_MS = 50;
@@ -21,7 +21,21 @@ const POLL_MS = 50;
 const DEFAULT_TIMEOUT_S = 30;
 
 export const reloadCommand: Command<SpecOf<'reload'>> = {
-  async run({ values }, io, stop) {
+  async run(input, io, stop) {
+    try {
+      return await reload(input, io, stop);
+    } catch (err) {
+      // --json promises one JSON object whatever happens: a script must not parse prose.
+      if (input.values.json !== true || !(err instanceof RelinkError)) throw err;
+      const invalid = err instanceof RelinkErrors;
+      const message = invalid ? err.problems.map((p) => p.message).join('; ') : err.message;
+      io.stdout(`${JSON.stringify({ outcome: invalid ? 'invalid' : 'error', code: err.code, message })}\n`);
+      return EXIT.failed;
+    }
+  },
+};
+
+async function reload({ values }: Input<SpecOf<'reload'>>, io: IO, stop: Promise<string>): Promise<number> {
     const timeoutMs = (values.timeout ?? DEFAULT_TIMEOUT_S) * 1000;
     const file = configPath(values.config, io);
     // Its problems, as the agent would find them; nothing is asked of it.
@@ -38,7 +52,13 @@ export const reloadCommand: Command<SpecOf<'reload'>> = {
         { file, rule: 'relink reload re-reads the file the agent runs on', found: agent.configFile });
     }
     const before = agent.config?.at;
-    process.kill(agent.pid, 'SIGHUP');
+    try {
+      process.kill(agent.pid, 'SIGHUP');
+    } catch (err) {
+      if (!isErrno(err) || err.code !== 'EPERM') throw err;
+      throw new RelinkError('NOT_ROOT', `only root may have the agent (pid ${agent.pid}, root's) reload: run it with sudo (or systemctl reload relink)`,
+        { file, rule: 'the agent is signalled by root', found: `uid ${process.getuid?.() ?? '?'}` });
+    }
     const say = (outcome: string, message: string, code: number, rec?: AgentConfigRecord): number => {
       if (values.json === true) io.stdout(`${JSON.stringify({ outcome, message, ...(rec === undefined ? {} : { config: rec }) })}\n`);
       else (code === EXIT.ok ? io.stdout : io.stderr)(`${message}\n`);
@@ -65,5 +85,5 @@ export const reloadCommand: Command<SpecOf<'reload'>> = {
       }
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
     }
-  },
-};
+}
+
