@@ -65,8 +65,9 @@ export const NOTIFY_QUEUE_MAX = 100;
 /**
  * When the agent stops, after its apps: the queues may take `drainMs` to
  * empty, then what is left is abandoned (a POST cut, a command sent SIGTERM
- * and SIGKILL `killMs` later). Both fit in the unit's TimeoutStopSec after
- * the apps' own stop budget (src/app.ts STOP_BUDGET; test/systemd.test.ts).
+ * and SIGKILL `killMs` later). After the apps' own stop budget (src/app.ts
+ * STOP_BUDGET.waitMs, 22 s) that is 26 s at worst, inside the unit's
+ * TimeoutStopSec=30s (test/notifications.test.ts holds them together).
  */
 export const NOTIFY_STOP_MS = { drainMs: 2_000, killMs: 2_000 } as const;
 
