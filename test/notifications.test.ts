@@ -92,6 +92,24 @@ ${tail}`);
   return file;
 }
 
+/**
+ * Each run of a script that notes its PID in `pids` is SIGKILLed, with its
+ * process group, when the test ends: an agent that failed to end it (a
+ * regression, or killed by the helper) would leave it sleeping.
+ */
+function reapRecordedAfter(t: TestContext, pids: string): void {
+  defer(t, async () => {
+    for (const name of await readdir(pids).catch(() => [])) {
+      const pid = Number(await readFile(path.join(pids, name), 'utf8'));
+      try {
+        process.kill(-pid, 'SIGKILL');
+      } catch {
+        // gone already
+      }
+    }
+  });
+}
+
 interface Run {
   readonly payload: NotifyPayload;
   readonly env: Record<string, string>;
@@ -192,6 +210,7 @@ test('a notifier that hangs (a server that never answers, a command that sleeps)
   await mkdir(out);
   const pids = path.join(root, 'pids');
   await mkdir(pids);
+  reapRecordedAfter(t, pids);
   // The command notes its PID, then sleeps far past its timeout.
   const sleeper = await recorder(root, out, 'sleeper.sh', `echo $$ > "${pids}/$RELINK_EVENT.$n"\nsleep 300\n`);
   const server = await hookServer(t, () => 'hang');
@@ -328,6 +347,7 @@ test('the agent stops without waiting on a notifier that hangs: what is left is 
   await mkdir(out);
   const pids = path.join(root, 'pids');
   await mkdir(pids);
+  reapRecordedAfter(t, pids);
   const sleeper = await recorder(root, out, 'sleeper.sh', `echo $$ > "${pids}/$n"\ntrap "" TERM\nsleep 300\n`);
   const server = await hookServer(t, () => 'hang');
   const f = await withNotify(t, [
