@@ -31,6 +31,8 @@ import { CurrentWatcher } from './watch.js';
 import { SocketHolder } from './sockets.js';
 import { forgetListenEnv, formatListenAddress, inheritedListeners, missingSocketError, parseListenAddress, underSystemd } from './listenfds.js';
 import { openNotifySocket } from './notify.js';
+import { Notifications } from './notifications.js';
+import { realSend } from './notifiers.js';
 import { appDir, ensureAppDir } from './stateDir.js';
 import path from 'node:path';
 import { unixListening } from './proc.js';
@@ -99,6 +101,8 @@ export class Agent {
   #journal: JournalTarget | null | undefined;
   /** The apps' listening sockets (src/sockets.ts). */
   #sockets: SocketHolder | undefined;
+  /** The operator's notifiers (src/notifications.ts), global and per app. */
+  #notifications: Notifications | undefined;
   #closing: Promise<void> | undefined;
   /** Apps a reload is handing over (waiting for their pass in flight): an agent stopping cuts the wait short. */
   readonly #retiring = new Set<Slot>();
@@ -140,8 +144,10 @@ export class Agent {
     }
     const sockets = await holdSockets(config, log, gids);
     const notifiers = await openNotifiers(config, log, gids);
-    const slots = config.apps.map((app, i) => makeSlot(config, app, { gid: gids[i], log, compactor, sockets, notify: notifiers.get(app.name), journal: opts.journal }));
+    const notifications = new Notifications(config, log, { send: realSend });
+    const slots = config.apps.map((app, i) => makeSlot(config, app, { gid: gids[i], log, compactor, sockets, notify: notifiers.get(app.name), journal: opts.journal, notifications }));
     const agent = new Agent(config, slots, log, compactor);
+    agent.#notifications = notifications;
     agent.#journal = opts.journal;
     agent.#sockets = sockets;
     agent.#claimed = claimed;
@@ -218,8 +224,10 @@ export class Agent {
    * adopts what runs as a restarted agent would (the new settings apply to
    * the next generation it starts: relink status says "restart to apply");
    * the others are not touched. A change of an agent-wide key other than
-   * logLevel and reconcileMs (watch, history, prune) counts as a change of
-   * every app. agent.json records the outcome (`config`), for relink reload.
+   * logLevel, reconcileMs and notify (watch, history, prune) counts as a
+   * change of every app. The notify lists, global and per app, apply to the
+   * next event without touching any app (src/notifications.ts configure).
+   * agent.json records the outcome (`config`), for relink reload.
    */
   reload(): Promise<ReloadResult> {
     const run = this.#reloads.then(() => this.#reload());
@@ -257,6 +265,8 @@ export class Agent {
     }
     const prev = this.#config;
     this.#config = next;
+    // Before any app is started or handed over: their verdicts from now on go to the new lists.
+    this.#notifications!.configure(next);
     if (next.logLevel !== prev.logLevel) this.#log.level = next.logLevel;
     if (next.reconcileMs !== prev.reconcileMs) {
       clearInterval(this.#timer);
@@ -266,14 +276,14 @@ export class Agent {
     const slots: Slot[] = [];
     for (const [i, app] of next.apps.entries()) {
       const old = before.get(app.name);
-      if (old !== undefined && !everything && JSON.stringify(old.app.app) === JSON.stringify(app)) {
+      if (old !== undefined && !everything && sameApp(old.app.app, app)) {
         slots.push(old);
         result.unchanged.push(app.name);
         continue;
       }
       if (old !== undefined) await this.#stopSlot(old, 'retire');
       const notify = (await openNotifiers({ ...next, apps: [app] }, this.#log, [gids[i]])).get(app.name);
-      const slot = makeSlot(next, app, { gid: gids[i], log: this.#log, compactor: this.#compactor, sockets: this.#sockets!, notify, journal: this.#journal });
+      const slot = makeSlot(next, app, { gid: gids[i], log: this.#log, compactor: this.#compactor, sockets: this.#sockets!, notify, journal: this.#journal, notifications: this.#notifications! });
       slots.push(slot);
       await slot.output.recover();
       await this.#startSlot(slot);
@@ -449,6 +459,8 @@ export class Agent {
       await this.#reloads;
       // node-cron tasks keep the process alive until destroyed.
       await Promise.allSettled(this.#slots.map((s) => this.#stopSlot(s)));
+      // After the apps: their last verdicts are queued by now.
+      await this.#notifications?.close();
       // The running generations keep their own copies of the sockets.
       await this.#sockets?.close();
       if (this.#claimed) await releaseAgent(this.config.stateDir).catch(() => undefined);
@@ -458,13 +470,23 @@ export class Agent {
   }
 }
 
+/**
+ * The same app for a reload: every setting but `notify`, which the agent's
+ * Notifications takes over by itself (a changed list needs no new orchestrator).
+ */
+function sameApp(a: AppConfig, b: AppConfig): boolean {
+  const { notify: _a, ...restA } = a;
+  const { notify: _b, ...restB } = b;
+  return JSON.stringify(restA) === JSON.stringify(restB);
+}
+
 /** An app's orchestrator with its effects, journal and log, not started yet. */
-function makeSlot(config: AgentConfig, app: AppConfig, deps: { gid: number | undefined; log: Logger; compactor: Compactor; sockets: SocketHolder; notify: Notifier | undefined; journal: JournalTarget | null | undefined }): Slot {
+function makeSlot(config: AgentConfig, app: AppConfig, deps: { gid: number | undefined; log: Logger; compactor: Compactor; sockets: SocketHolder; notify: Notifier | undefined; journal: JournalTarget | null | undefined; notifications: Notifications }): Slot {
   const applog = deps.log.child({ app: app.name });
   if (app.reload.deprecatedMode) applog.warn({ key: 'reload.mode' }, `"reload.mode" is deprecated: write "reload.strategy": ${JSON.stringify(app.reload.strategy)} instead (same meaning)`);
   const store = new AppStore(config.stateDir, app.name, { gid: deps.gid, history: config.history, onDamaged: (d: Damage) => applog.warn({ file: d.file, line: d.line }, describeDamage(d)) });
   const output = new AppOutput(app, applog, { journal: deps.journal });
-  const fx = realEffects(app, config.stateDir, { store, configFile: config.file, sockets: deps.sockets, notify: deps.notify, output });
+  const fx = realEffects(app, config.stateDir, { store, configFile: config.file, sockets: deps.sockets, notify: deps.notify, output, notifications: deps.notifications });
   const record: typeof fx.record = async (entry) => {
     await fx.record(entry);
     deps.compactor.noteDeploy();

@@ -325,7 +325,8 @@ export class AppAgent {
       if (!(await this.#idleWithin(STOP_BUDGET.waitMs))) {
         this.#log.error({ waitedMs: STOP_BUDGET.waitMs }, 'a pass did not finish within the stop budget; stopping without it');
       }
-      await this.#recorder.closeStreak();
+      const closing = await this.#recorder.closeStreak();
+      if (closing !== undefined) this.#fx.notifyOperators(closing);
       // Including one a verdict given while stopping queued (not run).
       await this.#hooks.close();
       await this.#fx.releaseApp().catch(() => undefined);
@@ -1349,9 +1350,25 @@ export class AppAgent {
         const ranMs = this.#tracker.ranMs();
         const d = this.#crash.onExit(ranMs);
         if (d.kind === 'fatal') {
-          this.#log.error({ failures: d.failures, maxRetries: this.app.supervise.maxRetries },
-            `${this.#startFailed ? 'the app cannot be started' : 'app keeps crashing'}; marked fatal and left alone until the next deploy, a re-save of current.conf, or relink start ${this.app.name}`);
+          const what = this.#startFailed ? 'the app cannot be started' : 'app keeps crashing';
+          const wayOut = `left alone until the next deploy, a re-save of current.conf, or relink start ${this.app.name}`;
+          this.#log.error({ failures: d.failures, maxRetries: this.app.supervise.maxRetries }, `${what}; marked fatal and ${wayOut}`);
           await this.#transition('fatal');
+          const cause = this.#startFailed && this.#problem !== undefined ? `, the last: ${this.#problem.message}` : `, each run shorter than supervise.stableMs (${this.app.supervise.stableMs} ms)`;
+          this.#fx.notifyOperators({
+            time: new Date(this.#fx.now()).toISOString(),
+            app: this.app.name,
+            outcome: 'fatal',
+            action: 'none',
+            from: { bin: links.bin, cfg: links.cfg },
+            to: { bin: links.bin, cfg: links.cfg },
+            reason: `${what}: ${d.failures} quick failures in a row (supervise.maxRetries: ${this.app.supervise.maxRetries})${cause}; ${wayOut}`,
+            code: this.#startFailed ? this.#problem?.code ?? 'START_FAILED' : 'CRASH_LOOP',
+            trigger: 'supervise',
+            restarts: this.#crash.restarts,
+            failures: d.failures,
+            maxRetries: this.app.supervise.maxRetries,
+          });
           return;
         }
         const what = this.#startFailed ? 'the app could not be started' : `app exited unexpectedly after ${ranMs} ms`;
@@ -1450,9 +1467,11 @@ export class AppAgent {
     this.#inflight = undefined;
     this.#lastDeploy = entry;
     this.#refusing = outcome === 'refused';
-    await this.#recorder.attempt(entry, err);
+    const journaled = await this.#recorder.attempt(entry, err);
     await this.#transition(next);
     this.#hooks.after(entry);
+    // What was journaled, not every attempt: a writer loop's counted refusals notify nobody.
+    for (const e of journaled) this.#fx.notifyOperators(e);
   }
 
   async #saveState(): Promise<void> {

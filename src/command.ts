@@ -58,7 +58,7 @@ export interface CommandOptions {
  * that left a background child would otherwise hold the output pipes open
  * (and run on, as the app's user) after the verdict.
  */
-export function runCommand(plan: LaunchPlan, opts: CommandOptions): Promise<CommandResult> {
+export function runCommand(plan: Pick<LaunchPlan, 'file' | 'args' | 'env'>, opts: CommandOptions): Promise<CommandResult> {
   return new Promise((resolve) => {
     if (opts.signal?.aborted) {
       resolve({ ok: false, status: 'abandoned: the agent is stopping', output: '', aborted: true });

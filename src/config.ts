@@ -114,6 +114,62 @@ const HooksSchema = z.strictObject({
     .meta(about('how long each hook may run; then SIGTERM to everything it started, and SIGKILL 2 s later')),
 });
 
+/**
+ * What a notifier may be told of (README "Notifications"): the journal's
+ * outcomes, and `fatal`, the crash supervision giving up on an app (a
+ * state, not a journal entry).
+ */
+export const NOTIFY_EVENTS = ['deployed', 'refused', 'rolled_back', 'failed', 'stopped', 'fatal'] as const;
+export type NotifyEvent = (typeof NOTIFY_EVENTS)[number];
+
+/** The longest wait between two attempts of one notification (ms), however `backoffMs` and `retries` multiply. */
+export const NOTIFY_MAX_DELAY_MS = 300_000;
+
+/** Why `s` is not a URL a notifier may POST to, or undefined. */
+export function notifyUrlProblem(s: string): string | undefined {
+  const rule = 'must be an http:// or https:// URL such as "http://127.0.0.1:9000/hook"';
+  if (!URL.canParse(s)) return rule;
+  const u = new URL(s);
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') return rule;
+  return undefined;
+}
+
+/**
+ * One entry of a `notify` list. `scope` words the descriptions: the global
+ * list's commands run as the agent's user (root), an app's as the app runs.
+ */
+const notifierSchema = (scope: 'global' | 'app') => z.strictObject({
+  on: z.array(z.enum(NOTIFY_EVENTS, { error: `must be one of ${NOTIFY_EVENTS.map((e) => JSON.stringify(e)).join(', ')}` }))
+    .min(1, 'must name at least one event, e.g. ["rolled_back", "failed", "fatal"]')
+    .meta(about('the events this notifier is told of, at least one: `deployed`, `refused`, `rolled_back`, `failed`, `stopped` (journal outcomes), `fatal` (crash supervision gave up on the app)')),
+  command: (scope === 'global'
+    ? z.array(z.string().min(1)).min(1, 'must name a program: an argv array such as ["/usr/local/bin/page-me"]')
+      .refine((argv) => argv[0] === undefined || path.isAbsolute(argv[0]), 'must name its program by absolute path: it runs as root, with no folder to resolve a relative one against')
+    : z.array(z.string().min(1)).min(1, 'must name a program: an argv array such as ["./hooks/page-me"]')).optional()
+    .meta(about(scope === 'global'
+      ? 'argv run with the event as JSON on stdin, as the agent\'s user (root under systemd); its program by absolute path, writable by root only; exit 75 is retried'
+      : 'argv run with the event as JSON on stdin, as the app runs (its user, groups, limits and environment, in `dir`), as the hooks are; exit 75 is retried')),
+  url: z.string().superRefine((s, ctx) => {
+    const problem = notifyUrlProblem(s);
+    if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem });
+  }).optional()
+    .meta(about('`http://` or `https://` URL the event is POSTed to as JSON; retried on a connection error, a timeout or a 5xx answer, not on any other; its query, userinfo and long path segments are never logged')),
+  timeoutMs: z.int().min(100).max(600_000).default(10_000)
+    .meta(about('how long one attempt may take: the POST until its answer, or the command (then SIGTERM, and SIGKILL 2 s later)')),
+  retries: z.int().min(0).max(10).default(3)
+    .meta(about('attempts after the first one failed in a way worth retrying, 0 to 10')),
+  backoffMs: z.int().min(10).max(60_000).default(1_000)
+    .meta(about('wait before the first retry, doubled before each next one, at most 300000')),
+}).superRefine((n, ctx) => {
+  // Runs even when other keys are wrong (see `when`), so that every problem is listed at once.
+  const v = n as { command?: unknown; url?: unknown };
+  if (v.command === undefined && v.url === undefined) {
+    ctx.addIssue({ code: 'custom', path: [], message: 'needs "command" or "url" (or both): where the notification goes' });
+  }
+}, { when: (payload) => payload.value !== null && typeof payload.value === 'object' && !Array.isArray(payload.value) });
+
+const notifyList = (scope: 'global' | 'app', description: string) => z.array(notifierSchema(scope)).max(32).default([]).meta(about(description));
+
 const LogSchema = z.strictObject({
   maxBytes: z.int().min(65_536).max(1_099_511_627_776).default(52_428_800)
     .meta(about('the log file is rotated once it reaches this many bytes (65536 to 1099511627776), checked every second: `app.log` becomes `app.log.1` and so on ("App logs")')),
@@ -203,6 +259,7 @@ const AppSchema = z.strictObject({
     .meta(about('an optional check of a candidate release before anything is switched; `null`: none')),
   hooks: HooksSchema.prefault({})
     .meta(about('optional commands run at points of a deploy, as the app runs (its user, groups, limits and environment, in `dir`), the journal entry on stdin as JSON ("Deploy hooks")')),
+  notify: notifyList('app', 'notifiers for this app\'s events, in addition to the global `notify` list ("Notifications")'),
   supervise: SuperviseSchema.prefault({})
     .meta(about('crash supervision: restarts with backoff')),
   releaseNames: ReleaseNamesSchema.prefault({})
@@ -268,6 +325,7 @@ export const ConfigSchema = z.strictObject({
     .meta(about('how a change of current.conf is read')),
   history: HistorySchema.prefault({})
     .meta(about('how large the deploy journal may grow')),
+  notify: notifyList('global', 'notifiers told of the events of every app: each a `command` and/or a `url`, and the events it is told of (`on`); apps may add their own ("Notifications")'),
   apps: z.array(AppSchema).min(1, 'must list at least one app')
     .meta(about('the apps this agent manages, at least one; relative paths in an app resolve against its `dir`')),
 }).superRefine((cfg, ctx) => {
@@ -374,6 +432,8 @@ export interface AppConfig {
   readonly preflight: { readonly command: readonly string[]; readonly timeoutMs: number } | undefined;
   /** Deploy hooks (src/hooks.ts): each an argv, undefined when none; `timeoutMs` for each run (ms). */
   readonly hooks: Hooks;
+  /** This app's notifiers (src/notifications.ts), told besides the global ones. */
+  readonly notify: readonly Notifier[];
   readonly supervise: Frozen<typeof SuperviseSchema>;
   /** File name patterns of a release, `{release}` standing for e.g. "2.0". */
   readonly releaseNames: Frozen<typeof ReleaseNamesSchema>;
@@ -393,6 +453,33 @@ export interface Hooks {
   readonly afterDeploy: readonly string[] | undefined;
   readonly afterRollback: readonly string[] | undefined;
   readonly timeoutMs: number;
+}
+
+/**
+ * One notifier (README "Notifications"): the events it is told of, and a
+ * command (argv) and/or a URL (at least one of them is set). Each attempt
+ * may take `timeoutMs` (ms); an attempt that failed in a way worth
+ * retrying is retried up to `retries` times, `backoffMs` (ms) before the
+ * first retry, doubled before each next, at most NOTIFY_MAX_DELAY_MS.
+ */
+export interface Notifier {
+  readonly on: readonly NotifyEvent[];
+  readonly command: readonly string[] | undefined;
+  readonly url: string | undefined;
+  readonly timeoutMs: number;
+  readonly retries: number;
+  readonly backoffMs: number;
+}
+
+function freezeNotifiers(list: ReadonlyArray<{ on: readonly NotifyEvent[]; command?: readonly string[] | undefined; url?: string | undefined; timeoutMs: number; retries: number; backoffMs: number }>): readonly Notifier[] {
+  return Object.freeze(list.map((n) => Object.freeze({
+    on: Object.freeze([...new Set(n.on)]),
+    command: n.command === undefined ? undefined : Object.freeze([...n.command]),
+    url: n.url,
+    timeoutMs: n.timeoutMs,
+    retries: n.retries,
+    backoffMs: n.backoffMs,
+  })));
 }
 
 export type LimitValue = number | 'unlimited';
@@ -437,6 +524,8 @@ export interface AgentConfig {
   readonly watch: Frozen<typeof WatchSchema>;
   /** Each deploy journal's bound: rotated past `maxBytes` (bytes), keeping `backups` rotated files. */
   readonly history: Frozen<typeof HistorySchema>;
+  /** Notifiers told of every app's events (src/notifications.ts). */
+  readonly notify: readonly Notifier[];
   readonly apps: readonly AppConfig[];
 }
 
@@ -492,6 +581,7 @@ export function parseConfig(text: string, file: string): AgentConfig {
         afterRollback: a.hooks.afterRollback === null ? undefined : Object.freeze([...a.hooks.afterRollback]),
         timeoutMs: a.hooks.timeoutMs,
       }),
+      notify: freezeNotifiers(a.notify),
       supervise: Object.freeze({ ...a.supervise }),
       releaseNames: Object.freeze({ ...a.releaseNames }),
       prune: Object.freeze({ schedule: a.prune.schedule ?? undefined, keep: a.prune.keep }),
@@ -510,6 +600,7 @@ export function parseConfig(text: string, file: string): AgentConfig {
     reconcileMs: cfg.reconcileMs,
     watch: Object.freeze({ ...cfg.watch }),
     history: Object.freeze({ ...cfg.history }),
+    notify: freezeNotifiers(cfg.notify),
     apps: Object.freeze(apps),
   });
 }

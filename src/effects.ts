@@ -10,6 +10,7 @@ import { readCurrent, validateCurrent, type CurrentSnapshot, type Release } from
 import { writeFileAtomic } from './atomicWrite.js';
 import { firstAnswer, probeOnce, type ProbeResult } from './health.js';
 import { newestFirst, type HistoryEntry } from './history.js';
+import type { AppEvent, Notifications } from './notifications.js';
 import { launch, type Launched } from './launch.js';
 import { preflightRelease, type PreflightResult } from './preflight.js';
 import type { CommandResult } from './command.js';
@@ -107,6 +108,12 @@ export interface Effects {
    */
   probe(judged?: ProcInfo): Promise<ProbeResult>;
   record(entry: HistoryEntry): Promise<void>;
+  /**
+   * Tell the operator's notifiers of an event (a journaled entry, a crash
+   * loop given up on: src/notifications.ts). Only queues: never waits for
+   * them, never throws.
+   */
+  notifyOperators(event: AppEvent): void;
   /** The newest entry of the app's journal, or undefined (none, or unreadable). */
   lastRecorded(): Promise<HistoryEntry | undefined>;
   /** Clock ticks since boot now: the unit of a process's start time (ProcIdentity.startTime). */
@@ -145,6 +152,8 @@ export interface RealEffectsOptions {
   readonly configFile?: string;
   /** Where the app's output goes (journald or its log file); default: the host's journald, nothing logged. */
   readonly output?: AppOutput;
+  /** The agent's notifiers (src/notifications.ts); default: none. */
+  readonly notifications?: Pick<Notifications, 'emit'>;
 }
 
 export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsOptions = {}): Effects {
@@ -229,6 +238,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
       return probeOnce(app.health.probe, app.health.probeTimeoutMs, whose);
     },
     record: (entry) => store.record(entry),
+    notifyOperators: (event) => opts.notifications?.emit(event),
     takeRequests: (onDamaged) => takeRequests(stateDir, app.name, onDamaged),
     lastRecorded: async () => {
       try {

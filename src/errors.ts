@@ -29,6 +29,10 @@ export type ErrorCode =
   | 'PREFLIGHT_FAILED'
   /** a deploy hook (src/hooks.ts) failed: beforeSwitch refuses the deploy; an after-hook's failure is only logged */
   | 'HOOK_FAILED'
+  /** a notifier (src/notifications.ts) could not tell of an event, or dropped one: logged, never more */
+  | 'NOTIFY_FAILED'
+  /** crash supervision gave up on the app (state fatal): the `code` of the fatal notification */
+  | 'CRASH_LOOP'
   // trust (StrictModes-style ownership and mode checks)
   | 'UNTRUSTED_PATH'
   // files in folders an app's user can write (src/safefs.ts)

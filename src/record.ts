@@ -191,8 +191,12 @@ export class Recorder {
     this.#log = log;
   }
 
-  /** Journal and log an attempt's entry, unless it repeats the last refusal (then it is counted). */
-  async attempt(entry: HistoryEntry, err?: RelinkError): Promise<void> {
+  /**
+   * Journal and log an attempt's entry, unless it repeats the last refusal
+   * (then it is counted). The entries journaled, oldest first: none for a
+   * counted repeat; the one closing a run of repeats, then this one.
+   */
+  async attempt(entry: HistoryEntry, err?: RelinkError): Promise<HistoryEntry[]> {
     const now = this.#fx.now();
     if (this.#streak.offer(entry, now) === 'repeat') {
       // A new reason is still said, at most once per LOG_EVERY_MS: the log stays bounded under a writer loop.
@@ -204,22 +208,24 @@ export class Recorder {
       } else {
         this.#log.debug({ code: entry.code, currentHash: entry.currentHash }, 'refused again: counted, journaled with the count when the run ends');
       }
-      return;
+      return [];
     }
     this.#loggedReason = entry.reason;
     this.#loggedAt = now;
-    await this.closeStreak();
+    const closing = await this.closeStreak();
     logEntry(this.#log, entry, err);
     await this.#journal(entry);
     this.#streak.started(entry, now);
+    return closing === undefined ? [entry] : [closing, entry];
   }
 
-  /** A run of repeated refusals is over (or the agent stops): journal its count. */
-  async closeStreak(): Promise<void> {
+  /** A run of repeated refusals is over (or the agent stops): journal its count. The entry journaled, if any. */
+  async closeStreak(): Promise<HistoryEntry | undefined> {
     const closing = this.#streak.close();
-    if (closing === undefined) return;
+    if (closing === undefined) return undefined;
     logEntry(this.#log, closing);
     await this.#journal(closing);
+    return closing;
   }
 
   /** Save the state file; the links are read here, the time is now. */

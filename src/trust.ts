@@ -61,9 +61,27 @@ export async function checkTrust(app: AppConfig, file: string, release: Release,
   return problems;
 }
 
+/**
+ * A program the agent runs as itself (a global notifier's command: root
+ * under systemd, src/notifiers.ts): whoever could write it, or a folder
+ * above it, would run code as root. So it (after resolving symlinks) and
+ * every folder above it must be writable by nobody but root and the
+ * agent's own user. `file` and `key` name where the config names it. The
+ * problem (UNTRUSTED_PATH), or undefined when safe; throws what realpath
+ * throws (ENOENT for a program that does not exist).
+ */
+export async function checkAgentProgram(program: string, file: string, key: string): Promise<RelinkError | undefined> {
+  const uid = process.getuid?.() ?? 0;
+  const gid = process.getgid?.() ?? 0;
+  const who: RunAs = { user: String(uid), uid, gid, group: String(gid), home: undefined, configured: false };
+  return new Checker(file, who, uid === 0 ? 'root' : `root or the agent's own user (uid ${uid})`).chain(await realpath(program), key);
+}
+
 class Checker {
   readonly #file: string;
   readonly #who: RunAs;
+  /** Who may write, in words; default root and the app's user. */
+  readonly #trusted: string | undefined;
   /**
    * Paths already looked at in this check (the folders above are shared by
    * every subject), and whether strictly: the releases folder may also be
@@ -72,13 +90,14 @@ class Checker {
   readonly #seen = new Map<string, { strict: boolean; failed: boolean }>();
   readonly #groups = new Map<number, Promise<string[] | undefined>>();
 
-  constructor(file: string, who: RunAs) {
+  constructor(file: string, who: RunAs, trusted?: string) {
     this.#file = file;
     this.#who = who;
+    this.#trusted = trusted;
   }
 
   /** `real` itself (strictly unless `strict` is false), then each folder above it up to `/`; the first problem found. */
-  async chain(real: string, key: CurrentKey | undefined, strict = true): Promise<RelinkError | undefined> {
+  async chain(real: string, key: string | undefined, strict = true): Promise<RelinkError | undefined> {
     let p = real;
     let self = strict;
     for (;;) {
@@ -96,10 +115,10 @@ class Checker {
     }
   }
 
-  async #one(p: string, key: CurrentKey | undefined, self: boolean): Promise<RelinkError | undefined> {
+  async #one(p: string, key: string | undefined, self: boolean): Promise<RelinkError | undefined> {
     const st = await lstat(p);
     const mode = (st.mode & 0o7777).toString(8).padStart(4, '0');
-    const trusted = this.#who.uid === 0 ? 'root' : `root or the app's user ${describeUser(this.#who)}`;
+    const trusted = this.#trusted ?? (this.#who.uid === 0 ? 'root' : `root or the app's user ${describeUser(this.#who)}`);
     const rule = `must be writable by nobody but ${trusted} (like sshd's StrictModes)`;
     const refuse = (why: string): RelinkError => fileError('UNTRUSTED_PATH', this.#file, key, rule, `${p} ${why}`);
     if (st.uid !== 0 && st.uid !== this.#who.uid) {

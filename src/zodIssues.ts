@@ -8,6 +8,7 @@
 import type { z } from 'zod';
 import { fileError, MAX_PROBLEMS, RelinkErrors, type ErrorCode, type RelinkError } from './errors.js';
 import { keyPath } from './json.js';
+import { looksLikeUrl, redactUrl } from './redact.js';
 
 export { keyPath } from './json.js';
 
@@ -320,10 +321,14 @@ function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
   return cur;
 }
 
-/** A short, printable rendering of what was found. */
+/**
+ * A short, printable rendering of what was found. A URL anywhere in it is
+ * redacted (src/redact.ts): a notifier's URL may carry a token, and a
+ * refusal goes to the log and to the terminal of whoever ran the command.
+ */
 export function describe(value: unknown): string {
   if (value === undefined) return 'nothing';
-  const json = JSON.stringify(value);
+  const json = JSON.stringify(value, (_key, v: unknown) => (typeof v === 'string' && looksLikeUrl(v) ? redactUrl(v) : v));
   if (json === undefined) return typeof value;
   return json.length > 80 ? `${json.slice(0, 77)}...` : json;
 }

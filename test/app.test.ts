@@ -15,6 +15,7 @@ import type { Effects } from '../src/effects.js';
 import { fileError, RelinkErrors } from '../src/errors.js';
 import type { HistoryEntry } from '../src/history.js';
 import type { Launched } from '../src/launch.js';
+import type { AppEvent } from '../src/notifications.js';
 import type { Discovery, ProcIdentity, ProcInfo } from '../src/proc.js';
 import type { ProbeResult } from '../src/health.js';
 import type { CommandResult } from '../src/command.js';
@@ -372,6 +373,13 @@ class World implements Effects {
     this.entries.push(entry);
   }
 
+  /** What the operator's notifiers were told of, in order. */
+  notified: AppEvent[] = [];
+
+  notifyOperators(event: AppEvent): void {
+    this.notified.push(event);
+  }
+
   async saveState(state: AppState): Promise<void> {
     if (this.writeError !== undefined) throw this.writeError;
     this.states.push(state);
@@ -678,6 +686,87 @@ test('crash supervision: restart with backoff, fatal after maxRetries quick fail
   await agent.idle();
   assert.equal(w.entries.at(-1)?.outcome, 'deployed');
   assert.equal(agent.state, 'running');
+});
+
+test('notifications: every entry journaled and nothing else (a writer loop\'s counted refusals tell nobody), the run\'s count when it closes', async () => {
+  const w = new World();
+  w.write('1.0');
+  const agent = new AppAgent(appConfig(), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  for (let i = 0; i < 5; i++) {
+    w.text = '{}';
+    w.mtime += 1;
+    agent.trigger('watch:change');
+    await agent.idle();
+  }
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.deepEqual(w.entries.map((e) => [e.outcome, e.repeats]), [['deployed', undefined], ['refused', undefined], ['refused', 4], ['deployed', undefined]]);
+  assert.deepEqual(w.notified, w.entries, 'the entries as journaled, in order');
+  // A run still open when the agent stops is journaled then, and told too.
+  w.text = '{}';
+  w.mtime += 1;
+  agent.trigger('watch:change');
+  await agent.idle();
+  w.mtime += 1;
+  agent.trigger('watch:change');
+  await agent.idle();
+  await agent.close();
+  assert.equal(w.entries.at(-1)?.repeats, 1);
+  assert.deepEqual(w.notified, w.entries);
+});
+
+test('notifications: a crash loop given up on is told once as "fatal", shaped like an entry; an agent restarted on a fatal app tells nothing', async () => {
+  const w = new World();
+  w.write('1.0');
+  const cfg = appConfig();
+  const sup = { ...cfg.supervise, backoffMs: 100, maxBackoffMs: 1000, stableMs: 5000, maxRetries: 2 };
+  const agent = new AppAgent({ ...cfg, supervise: sup }, w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  for (let i = 0; i < 3; i++) {
+    w.crash();
+    agent.check();
+    await agent.idle();
+    w.advance(1000);
+    await agent.idle();
+  }
+  assert.equal(agent.state, 'fatal');
+  // When the state became fatal, as saved.
+  const at = w.states.find((st) => st.state === 'fatal')!.updatedAt;
+  w.advance(10_000);
+  agent.check();
+  await agent.idle();
+  const fatal = w.notified.filter((e) => e.outcome === 'fatal');
+  assert.equal(fatal.length, 1, 'once');
+  assert.deepEqual(fatal[0], {
+    time: at,
+    app: 'web',
+    outcome: 'fatal',
+    action: 'none',
+    from: { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` },
+    to: { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` },
+    reason: 'app keeps crashing: 2 quick failures in a row (supervise.maxRetries: 2), each run shorter than supervise.stableMs (5000 ms); left alone until the next deploy, a re-save of current.conf, or relink start web',
+    code: 'CRASH_LOOP',
+    trigger: 'supervise',
+    restarts: 2,
+    failures: 2,
+    maxRetries: 2,
+  });
+  assert.deepEqual(w.notified.map((e) => e.outcome), ['deployed', 'fatal'], 'crash restarts are not events');
+  await agent.close();
+
+  // The next agent finds the app fatal in the state file (and takes that state over): not a new event.
+  const next = new AppAgent({ ...cfg, supervise: sup }, w, silentLogger().log);
+  const states = w.states.length;
+  w.notified = [];
+  await next.start();
+  await next.idle();
+  assert.equal(w.states[states]?.state, 'fatal', 'the next agent took the state over');
+  assert.deepEqual(w.notified.filter((e) => e.outcome === 'fatal'), []);
+  await next.close();
 });
 
 test('a crash after a stable run restarts at once and resets the count', async () => {
