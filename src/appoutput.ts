@@ -59,7 +59,9 @@ export interface OpenedSink {
  */
 export async function openSink(app: AppConfig, owner: { uid: number; gid: number } | undefined, journal: JournalTarget | undefined): Promise<OpenedSink> {
   let fallback: string | undefined;
-  if (app.log.journal && journal !== undefined && await journalPresent(journal.socket)) {
+  // Wanted but absent: said once (AppOutput.started), so that nobody looks in the journal for it.
+  if (app.log.journal && journal !== undefined && !(await journalPresent(journal.socket))) fallback = `no journald on this host (${journal.socket} is not a socket)`;
+  else if (app.log.journal && journal !== undefined) {
     const streams: net.Socket[] = [];
     try {
       streams.push(await openJournalStream({ identifier: app.name, priority: PRIORITY.info }, journal.socket));
@@ -135,7 +137,10 @@ export class AppOutput {
   started(sink: Sink): void {
     if (sink.kind === 'file' && sink.fallback !== undefined) {
       if (this.#saidFallback !== sink.fallback) {
-        this.#log.warn({ code: 'JOURNAL_UNAVAILABLE', file: sink.file }, `${sink.fallback}: this start of the app writes its output to ${sink.file} instead (rotated by size)`);
+        // A host without journald at all is a setup, not a fault: said at info.
+        const absent = sink.fallback.startsWith('no journald');
+        (absent ? this.#log.info.bind(this.#log) : this.#log.warn.bind(this.#log))({ code: absent ? undefined : 'JOURNAL_UNAVAILABLE', file: sink.file },
+          `${sink.fallback}: ${absent ? 'the app writes its output to' : 'this start of the app writes its output to'} ${sink.file} instead (rotated by size; relink logs ${this.app.name} reads it)`);
       }
       this.#saidFallback = sink.fallback;
     } else if (sink.kind === 'journal' && this.#saidFallback !== undefined) {

@@ -215,3 +215,24 @@ test('the host\'s journald (when it runs one): the real agent sends an app witho
   assert.equal(got.find((e) => e.MESSAGE === `out ${tag}`)?.PRIORITY, '6');
   assert.equal(got.find((e) => e.MESSAGE === `err ${tag}`)?.PRIORITY, '3');
 });
+
+test('a host without journald: the app\'s output goes to app.log, said once at info naming the file (nothing said where it went)', async (t) => {
+  if (!rootOnly(t)) return;
+  const user = await testUser(t);
+  const a = await shellApp(t, { '1.0': 'echo "web out"\nexec sleep 1000' }, user);
+  const socket = path.join(a.root, 'no-journald-here');
+  const { lines, log } = agentLog();
+  const agent = await Agent.start(await loadConfig(a.config), log, { journal: { socket } });
+  defer(t, () => agent.close());
+  const first = await nth(a.stateDir, 1);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  const appLog = path.join(a.dir, 'app.log');
+  await waitFor('the app\'s output in app.log', async () => (await readFile(appLog, 'utf8').catch(() => '')) === 'web out\n');
+  const said = () => lines.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('no journald on this host'));
+  assert.equal(said().length, 1);
+  assert.equal(said()[0]!.level, 'info');
+  assert.equal(said()[0]!.msg, `no journald on this host (${socket} is not a socket): the app writes its output to ${appLog} instead (rotated by size; relink logs web reads it)`);
+  process.kill(first.pidAfter!, 'SIGKILL');
+  await waitFor('the restarted app\'s output', async () => (await readFile(appLog, 'utf8').catch(() => '')).split('web out').length === 3, { timeoutMs: 20_000 });
+  assert.equal(said().length, 1, 'said once, not on every start');
+});

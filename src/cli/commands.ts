@@ -358,7 +358,7 @@ Lines are printed as the app wrote them (journalctl -o cat).`,
       { name: 'follow', short: 'f', type: 'boolean', help: 'go on printing what the app writes, across rotations and new generations (deploys, restarts), until Ctrl-C' },
       {
         name: 'since', type: 'string', value: 'TIME',
-        help: 'output since TIME: 2026-11-30T14:05 (local time, or with Z or an offset), 2026-11-30 (local midnight), @EPOCH_SECONDS, or 90s, 10m, 2h, 3d ago. The journal has a time per line; files do not, so for files whole files are shown: those written to at or after TIME (each file\'s modification time)',
+        help: 'output since TIME: 2026-11-30T14:05 (local time, or with Z or an offset), 2026-11-30 (local midnight), @EPOCH_SECONDS, or 90s, 10m, 2h, 3d ago (-10m too, as journalctl writes it). The journal has a time per line; files do not, so for files whole files are shown: those written to at or after TIME (each file\'s modification time)',
       },
     ],
     exits: [
