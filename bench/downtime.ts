@@ -169,7 +169,8 @@ async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: num
       const r = k % 2 === 0 ? '2.0' : '1.0';
       const t0 = nowMs();
       const deployed = manager.deploy(r);
-      const serving = waitFor(`release ${r} to answer`, () => served(port, r), 30_000, 5).then(() => nowMs(), () => undefined);
+      // Told by the prober's own requests (every 10 ms, in the control too): polling apart would load deploy rows only.
+      const serving = prober.servedBy(`"app.${r}"`, 30_000);
       const said = await deployed;
       if (typeof said?.outageMs === 'number') outages.push(said.outageMs);
       if (typeof said?.queuedMs === 'number') queued.push(said.queuedMs);

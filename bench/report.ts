@@ -299,7 +299,8 @@ function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]
     'or SIGQUIT for nginx - wait for it to exit, start it, wait for the port), **PM2** `pm2 reload` (in fork mode a reload is a restart: only cluster ' +
     'mode, for Node apps, reloads without a gap; `kill_signal` is the app\'s graceful stop signal), **supervisorctl restart** (`startsecs=1`, the same `stopsignal`), ' +
     'and a **socket-activated restart** (below). "Time to new release" runs from the start of a deploy (the write of current.conf, or the command) ' +
-    'to GET / answering from the new release. nginx is not put under PM2 or supervisord: it is reloaded, not restarted, in real life.');
+    'to the prober\'s GET / answering from the new release (so within its 10 ms; no request is sent for it alone, so a row with deploys carries ' +
+    'the same measuring load as its control). nginx is not put under PM2 or supervisord: it is reloaded, not restarted, in real life.');
   p('**The rows of issue 11** are apps with no reload of their own. The **plain Python server** is test/apps/plainapp.py: no graceful-restart code; ' +
     'it serves on fd 3 when LISTEN_FDS and LISTEN_PID say so, else binds its own port, and on SIGTERM finishes what it accepted and exits. ' +
     '**gunicorn** is Debian\'s, 2 sync workers serving test/apps/wsgiapp.py, started from a release script (bench/apps/gunicorn_release.py); it takes LISTEN_FDS ' +

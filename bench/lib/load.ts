@@ -92,6 +92,8 @@ export class Prober {
   readonly #port: number;
   #stop = false;
   readonly #done: Promise<ProbeResult>;
+  /** Waiting for a reply whose body holds `needle` (servedBy). */
+  #waiters: Array<{ readonly needle: string; readonly resolve: (atMs: number) => void }> = [];
 
   constructor(port: number, intervalMs = 10) {
     this.#port = port;
@@ -109,6 +111,14 @@ export class Prober {
       const r = await httpGet(this.#port, '/', 2_000);
       probes += 1;
       const ok = 'status' in r && r.status >= 200 && r.status < 300;
+      if (ok && this.#waiters.length > 0) {
+        const at = nowMs();
+        this.#waiters = this.#waiters.filter((w) => {
+          if (!r.body.includes(w.needle)) return true;
+          w.resolve(at);
+          return false;
+        });
+      }
       if (!ok) {
         failures += 1;
         downSince ??= t;
@@ -125,6 +135,24 @@ export class Prober {
       total += open;
     }
     return { probes, failures, longestOutageMs: longest, totalOutageMs: total };
+  }
+
+  /**
+   * When a probe's reply first holds `needle` (ms, nowMs()), after this
+   * call; undefined after `timeoutMs`. The probes already sent every
+   * intervalMs tell it: no extra requests, so a row with deploys carries
+   * the same measuring load as its control (a separate 5 ms poll for the
+   * new release added 200 requests a second to deploy rows only).
+   */
+  servedBy(needle: string, timeoutMs: number): Promise<number | undefined> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w !== waiter);
+        resolve(undefined);
+      }, timeoutMs);
+      const waiter = { needle, resolve: (at: number) => { clearTimeout(timer); resolve(at); } };
+      this.#waiters.push(waiter);
+    });
   }
 
   stop(): Promise<ProbeResult> {
