@@ -47,6 +47,7 @@ test('relink stop --wait: the app is stopped and stays stopped across supervisio
   assert.deepEqual([e.outcome, e.action, e.command], ['stopped', 'stop', 'stop']);
   assert.equal((await status(config)).state, 'stopped');
   assert.notEqual((await status(config)).held, null);
+  assert.match((await relinkCli(['status', '--config', config])).stdout, /^ {2}last relink stop +\S+ \(.*\): stopped/m, 'a stop is not shown as a deploy');
 
   // Supervision (checkMs 100) would have restarted a crashed app within a
   // few checks: the agent's restart is the proof that it is left stopped on

@@ -225,7 +225,9 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
     if (d !== null) {
       const to = d.to.bin === null ? '' : ` ${path.basename(d.to.bin)}`;
       const pids = d.pidBefore === d.pidAfter ? `pid ${d.pidAfter ?? '-'}` : `pid ${d.pidBefore ?? '-'} -> ${d.pidAfter ?? '-'}`;
-      rows.push(['  last deploy', `${d.time} (${ago(d.time)} ago): ${d.outcome}${to}, ${d.action}, ${pids}, ${d.durationMs} ms`]);
+      // An entry answering relink stop | start | restart is not a deploy: named as what it was.
+      const label = d.command === undefined ? '  last deploy' : `  last relink ${d.command}`;
+      rows.push([label, `${d.time} (${ago(d.time)} ago): ${d.outcome}${to}, ${d.action}, ${pids}, ${d.durationMs} ms`]);
       if (d.reason !== null) rows.push(['  reason', d.reason]);
     }
     out += table(rows);
