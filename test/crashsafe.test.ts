@@ -55,17 +55,25 @@ test('the agent killed with SIGKILL at random points across 50 deploys: every wr
     // The random moment: a delay is the point of it here, not a wait for a condition.
     await new Promise((resolve) => setTimeout(resolve, Math.floor(next() * 700)));
     await agent.stop('SIGKILL');
+    const killed = agent;
     agent = startAgent(t, f.config);
 
     const verdict = await waitFor(`round ${i} (${r}): a verdict for the write`, async () => {
       const entry = (await readHistory(stateDir, 'web', { onDamaged })).findLast((e) => e.currentHash === hash);
-      if (entry !== undefined) return entry.outcome;
+      if (entry !== undefined) return { outcome: entry.outcome, why: ` (${entry.code ?? ''}: ${entry.reason ?? ''}; trigger ${entry.trigger})` };
       const state = await readAppState(stateDir, 'web', { onDamaged });
-      return state?.matched?.hash === hash && state.state === 'running' ? 'matched' : undefined;
+      return state?.matched?.hash === hash && state.state === 'running' ? { outcome: 'matched', why: '' } : undefined;
     }, { timeoutMs: 30_000 });
     const good = r === '1.0' || r === '2.0';
-    if (good) assert.ok(verdict === 'deployed' || verdict === 'matched', `round ${i}: ${r} got ${verdict}`);
-    else assert.ok(verdict === 'rolled_back', `round ${i}: ${r} got ${verdict}`);
+    if (!(good ? ['deployed', 'matched'] : ['rolled_back']).includes(verdict.outcome)) {
+      // What both agents and the app said: a failure here is timing-dependent and rarely replays.
+      const show = (l: { msg: string; [k: string]: unknown }): string => JSON.stringify(l);
+      t.diagnostic(`killed agent's last lines:\n${killed.lines.slice(-25).map(show).join('\n')}`);
+      t.diagnostic(`next agent's lines:\n${agent.lines.map(show).join('\n')}`);
+      t.diagnostic(`app output:\n${(await readFile(path.join(app.dir, 'app.log'), 'utf8').catch(() => '')).split('\n').slice(-40).join('\n')}`);
+    }
+    if (good) assert.ok(verdict.outcome === 'deployed' || verdict.outcome === 'matched', `round ${i}: ${r} got ${verdict.outcome}${verdict.why}`);
+    else assert.ok(verdict.outcome === 'rolled_back', `round ${i}: ${r} got ${verdict.outcome}${verdict.why}`);
 
     // Afterwards: current.conf, the links and the process serving agree, one copy runs.
     const agreed = await waitFor(`round ${i} (${r}): current.conf, links and the app to agree`, async () => {
