@@ -478,18 +478,19 @@ export class Agent {
     const settings = config.metrics!;
     const apps = this.#slots.map((s) => ({ app: s.app.app, state: s.app.state, up: s.app.mainPid !== undefined }));
     if (hub.current === undefined) {
-      const { Monitoring } = await import('./monitoring.js');
-      hub.current = await Monitoring.start(settings, apps, { log: this.#log, config: () => this.#config, startedAt: this.#startedAt });
+      try {
+        const { Monitoring } = await import('./monitoring.js');
+        hub.current = await Monitoring.start(settings, apps, { log: this.#log, config: () => this.#config, startedAt: this.#startedAt });
+      } catch (err) {
+        // prom-client missing from a broken install, say: the apps are managed all the same.
+        const why = err instanceof Error ? err.message : String(err);
+        this.#log.error({ code: 'METRICS_UNAVAILABLE', err: why }, `the metrics could not be started (${why}); the agent and the apps run on without them`);
+      }
       return;
     }
     // A reload: the apps kept have the same settings; changed ones were re-added by #reload.
     for (const a of apps) hub.current.addApp(a);
     if (JSON.stringify(prev?.metrics) !== JSON.stringify(settings)) await hub.current.reconfigure(settings);
-  }
-
-  /** Where the metrics listener is bound, when it is (tests). */
-  get metricsAddress(): string | undefined {
-    return this.#hub.current?.address;
   }
 
   /** Resolves when every app has finished the passes asked of it so far. */

@@ -68,8 +68,6 @@ export class Monitoring {
   readonly #opts: MonitoringOptions;
   #settings: MetricsConfig;
   #server: http.Server | undefined;
-  /** The address the server listens on (canonical as configured), once it does. */
-  #listening: string | undefined;
   #textfile: Textfile | undefined;
   readonly #apps = new Map<string, AppConfig>();
   /** Link reads in flight per app, and whether another is due after it. */
@@ -95,11 +93,6 @@ export class Monitoring {
     for (const a of apps) m.addApp(a);
     await m.#apply(settings);
     return m;
-  }
-
-  /** Where the listener is bound (e.g. for a test that asked for it), or undefined when it is not. */
-  get address(): string | undefined {
-    return this.#listening;
   }
 
   /** The observer calls of app `name` (src/app.ts AppObserver). */
@@ -251,7 +244,6 @@ export class Monitoring {
     }
     server.on('error', (err) => this.#log.error({ code: 'METRICS_UNAVAILABLE', address, err: err.message }, `the metrics listener failed: ${err.message}`));
     this.#server = server;
-    this.#listening = address;
     this.#log.info({ address }, `serving the metrics at ${address} /metrics and the status page at /`);
   }
 
@@ -259,7 +251,6 @@ export class Monitoring {
     const server = this.#server;
     if (server === undefined) return;
     this.#server = undefined;
-    this.#listening = undefined;
     await new Promise<void>((resolve) => {
       server.close(() => resolve());
       server.closeAllConnections();
@@ -407,7 +398,9 @@ class Textfile {
         this.#again = false;
         if (!this.#trusted) continue;
         try {
-          await writeFileAtomic(this.#file, await this.#metrics.apps.metrics(), { mode: 0o644 });
+          // No fsync: it would contend with the deploy's own state writes, and
+          // the file is rewritten at least every TEXTFILE_EVERY_MS anyway.
+          await writeFileAtomic(this.#file, await this.#metrics.apps.metrics(), { mode: 0o644, sync: false });
           if (this.#problem !== undefined) this.#log.info({ was: this.#problem }, 'the metrics textfile is written again');
           this.#problem = undefined;
         } catch (err) {
