@@ -110,12 +110,14 @@ function stopping(command: Command): RelinkError {
 
 /**
  * When the current.conf an attempt read was written (its mtime), if a
- * write is what started it: a watcher event, or a write during a rollback.
- * Not for a drift repair or a recovered deploy, which re-apply an old write.
+ * write is what started it: a watcher event, the periodic re-check finding
+ * the file changed (it reads it only then: a late or missed event), or a
+ * write during a rollback. Not for the agent's first pass, a drift repair or
+ * a recovered deploy, which apply an older write.
  */
 function writtenAt(attempt: Attempt): number | undefined {
   const t = attempt.trigger;
-  const fresh = (t.startsWith('watch:') || t === 'rollback:newer') && !t.endsWith(':drift') && !t.endsWith(':recovered');
+  const fresh = (t.startsWith('watch:') || t === RECHECK_TRIGGER || t === 'rollback:newer') && !t.endsWith(':drift') && !t.endsWith(':recovered');
   return fresh && attempt.snapshot !== null ? attempt.snapshot.mtimeMs : undefined;
 }
 
@@ -134,9 +136,9 @@ export interface AppObserver {
   /**
    * An attempt's verdict, as journaled; a refusal that repeats the last one
    * (counted, not journaled: src/record.ts) is told too. `writtenAtMs`: the
-   * wall-clock mtime of the current.conf a change of it (a watcher event)
-   * made the agent read; undefined for any other start (the agent's start,
-   * the periodic re-check, a request).
+   * wall-clock mtime of the current.conf a change of it made the agent read
+   * (a watcher event, or the re-check finding it changed); undefined for any
+   * other start (the agent's first pass, a drift repair, a request).
    */
   verdict(entry: HistoryEntry, writtenAtMs: number | undefined): void;
   /** The app's state after a transition, changed or not; `up`: a main process of the app runs. */

@@ -69,7 +69,7 @@ export class Metrics {
     const registers = [this.all, this.apps];
     this.#deploys = new Counter({ name: 'relink_deploys_total', help: 'Apply attempts by outcome, one per journal entry (a refusal repeated by a writer loop counted each time), since the agent started.', labelNames: ['app', 'outcome'], registers });
     this.#duration = new Histogram({ name: 'relink_deploy_duration_seconds', help: 'From the pass that read current.conf (or took a relink start/restart) to the verdict, for attempts that started or signalled the app (deployed, rolled back or failed), rollback included.', labelNames: ['app'], buckets: BUCKETS, registers });
-    this.#verdict = new Histogram({ name: 'relink_deploy_verdict_seconds', help: 'Time to verdict: from the write of current.conf (its mtime) that the watcher reported to the journaled outcome.', labelNames: ['app', 'outcome'], buckets: BUCKETS, registers });
+    this.#verdict = new Histogram({ name: 'relink_deploy_verdict_seconds', help: 'Time to verdict: from a write of current.conf (its mtime), noticed by the watcher or the periodic re-check, to the journaled outcome.', labelNames: ['app', 'outcome'], buckets: BUCKETS, registers });
     this.#up = new Gauge({ name: 'relink_app_up', help: '1 while a main process of the app runs, else 0.', labelNames: ['app'], registers });
     this.#state = new Gauge({ name: 'relink_app_state', help: 'The app\'s state as relink status shows it: 1 for the current one, 0 for the others.', labelNames: ['app', 'state'], registers });
     this.#crashLoop = new Gauge({ name: 'relink_app_crash_loop', help: '1 while the app keeps crashing: waiting to be restarted after quick failures (backoff) or given up on (fatal), else 0.', labelNames: ['app'], registers });
