@@ -240,7 +240,7 @@ async function oneAgent(ctx: Context, stamp: string, s: Setting, i: number): Pro
 }
 
 /** Write current.conf now; returns the monotonic time taken just before the final system call. */
-function writeNow(app: AppLayout, r: string, kind: WriteKind): number {
+export function writeNow(app: AppLayout, r: string, kind: WriteKind): number {
   // The stamp app reloads in place: a release changes its config only (the agent refuses a new bin.file under "inplace").
   const text = currentText(r, '1.0');
   if (kind === 'rename') {
@@ -256,7 +256,7 @@ function writeNow(app: AppLayout, r: string, kind: WriteKind): number {
 }
 
 /** The next "deployed" outcome after index `seen`, counting refusals met on the way. */
-async function waitDeployed(agent: AgentProcess, seen: number, timeoutMs: number): Promise<{ line: (typeof agent.outcomes)[number] | undefined; refusals: string[] }> {
+export async function waitDeployed(agent: AgentProcess, seen: number, timeoutMs: number): Promise<{ line: (typeof agent.outcomes)[number] | undefined; refusals: string[] }> {
   const deadline = nowMs() + timeoutMs;
   let n = seen;
   const refusals: string[] = [];
@@ -270,7 +270,7 @@ async function waitDeployed(agent: AgentProcess, seen: number, timeoutMs: number
   return { line: undefined, refusals };
 }
 
-function readStamps(file: string): number[] {
+export function readStamps(file: string): number[] {
   let text = '';
   try {
     text = readFileSync(file, 'utf8');

@@ -14,6 +14,7 @@ import { APP_KINDS, APP_LABELS, STRATEGY_KINDS } from './lib/apps.js';
 import { count, ms, ratio, type Summary } from './lib/stats.js';
 import type { Machine } from './lib/tools.js';
 import type { ReactionResult, ReactionVariant } from './reaction.js';
+import type { MetricsResult, MetricsSide } from './metrics.js';
 import type { VerdictKind, VerdictResult } from './verdict.js';
 
 export interface Results {
@@ -30,6 +31,7 @@ export interface Results {
   readonly verdict?: VerdictResult;
   readonly journal?: JournalResult;
   readonly flood?: FloodResult;
+  readonly metrics?: MetricsResult;
   /** Sections that threw, with the message. */
   readonly errors: Readonly<Record<string, string>>;
   /** Tools that could not be had, and why. */
@@ -96,6 +98,8 @@ export function markdown(r: Results, chartDir: string): string {
   else p('## 5. The journal at 200,000 entries', `Not run${r.errors['journal'] ? `: ${r.errors['journal']}` : ''}.`);
   if (r.flood !== undefined) floodSection(r.flood, p);
   else p('## 6. A writer loop against current.conf', `Not run${r.errors['flood'] ? `: ${r.errors['flood']}` : ''}.`);
+  if (r.metrics !== undefined) metricsSection(r.metrics, p);
+  else p('## 7. What the metrics cost a deploy', `Not run${r.errors['metrics'] ? `: ${r.errors['metrics']}` : ''}.`);
   skippedSection(r, p);
   howSection(p);
   return out.join('\n');
@@ -158,6 +162,11 @@ function headline(r: Results, p: (...l: string[]) => void): void {
     for (const v of r.verdict.rows) {
       lines.push(row([`edit to verdict, ${KIND_TEXT[v.kind]}`, '(none set)', `p50 ${ms(v.ms.p50)} ms (n=${v.ms.n})`, v.unexpected.length === 0 && v.notServing === 0 ? `${v.expected === 'deployed' ? 'healthy' : 'rolled back, old release serving'}` : `**${v.unexpected.length + v.notServing} run(s) wrong**`]));
     }
+  }
+  if (r.metrics !== undefined) {
+    const m = r.metrics;
+    lines.push(row(['deploy verdict with metrics on (listener, textfile, scraped) / off', 'no measurable time (issue 13)',
+      `p50 ${ms(m.on.verdict.p50)} / ${ms(m.off.verdict.p50)} ms (${ratio(m.on.verdict.p50, m.off.verdict.p50)}), reaction p50 ${ms(m.on.reaction.p50)} / ${ms(m.off.reaction.p50)} ms (section 7)`, 'see section 7']));
   }
   if (r.journal !== undefined) {
     for (const [command, label, issue] of [['releases', 'releases', ISSUE_FIGURES.releasesMb], ['rollback --to R --wait', 'rollback --wait', ISSUE_FIGURES.rollbackWaitMb]] as const) {
@@ -597,6 +606,24 @@ function floodSection(f: FloodResult, p: (...l: string[]) => void): void {
     'a refusal lists at most 20 problems, and the log line no longer carries the rejected text (src/record.ts, src/throttle.ts, src/errors.ts).');
 }
 
+function metricsSection(m: MetricsResult, p: (...l: string[]) => void): void {
+  p('## 7. What the metrics cost a deploy',
+    'Issue 13, item 4. Two agents side by side, each on a stamp app of its own (section 1\'s, reloading in place): one without `metrics`, one with ' +
+    '`metrics.listen` and `metrics.textfile` while a scraper fetches `/metrics` every second and the status page every 5 s. Their deploys alternate, ' +
+    `one at a time, ${m.spacingMs} ms apart, so both see the same machine at the same moments; reaction is the write of current.conf to the app's SIGHUP, ` +
+    'verdict the write to the agent\'s `deployed` log line. Idle: each agent before its deploys, not scraped.');
+  const cells = (x: MetricsSide): string[] => [ms(x.reaction.p50), ms(x.reaction.p99), ms(x.verdict.p50), ms(x.verdict.p99), String(x.reaction.n), String(x.missing),
+    x.idle.rssMb.toFixed(1), ms(x.idle.cpuMsPerMin), x.idle.wakeupsPerSec.toFixed(1)];
+  p([row(['metrics', 'reaction p50 (ms)', 'reaction p99', 'verdict p50 (ms)', 'verdict p99', 'deploys', 'missed', 'idle RSS (MB)', 'idle CPU (ms/min)', 'idle wake-ups/s']), sep(10),
+    row(['off', ...cells(m.off)]), row(['on', ...cells(m.on)]),
+    row(['on / off', ratio(m.on.reaction.p50, m.off.reaction.p50), ratio(m.on.reaction.p99, m.off.reaction.p99), ratio(m.on.verdict.p50, m.off.verdict.p50), ratio(m.on.verdict.p99, m.off.verdict.p99), '', '',
+      ratio(m.on.idle.rssMb, m.off.idle.rssMb), ratio(m.on.idle.cpuMsPerMin, m.off.idle.cpuMsPerMin), ratio(m.on.idle.wakeupsPerSec, m.off.idle.wakeupsPerSec)])].join('\n'));
+  const sc = m.scraped;
+  p(`Idle while scraped (/metrics every second, the page every 5 s: fifteen times Prometheus's default pace): ${sc.rssMb.toFixed(1)} MB, ${ms(sc.cpuMsPerMin)} ms CPU/min, ${sc.wakeupsPerSec.toFixed(1)} wake-ups/s. ` +
+    `Scrapes during the run: ${m.scrapes.metrics} of /metrics, ${m.scrapes.pages} of the page, ${m.scrapes.failed} failed. ` +
+    'Without `metrics` the agent imports neither prom-client nor the HTTP server (test/metrics.test.ts checks that prom-client is never loaded).');
+}
+
 function skippedSection(r: Results, p: (...l: string[]) => void): void {
   const items = [
     ...r.missingTools,
@@ -615,6 +642,7 @@ function howSection(p: (...l: string[]) => void): void {
     'npm run bench -- --quick   # a smoke run in about 3 minutes; writes to a temp folder\n' +
     'npm run bench -- --only reaction,verdict --out /tmp/b   # some sections\n' +
     'npm run bench -- --only journal   # section 5 alone, about 5 minutes\n' +
+    'npm run bench -- --only metrics   # section 7 alone, about 5 minutes\n' +
     'npm run bench -- --only strategies   # section 2\'s rows of issue 11 alone (plain Python server, gunicorn), about 7 minutes\n```',
     'It is not part of `npm test`. Run as root it installs what is missing (apt-get: golang-go, golang-github-cloudflare-tableflip-dev, ' +
     'nginx-light, wrk, supervisor, python3, gunicorn, systemd (for systemd-socket-activate); npm: pm2, pinned, into node_modules/.cache/relink-bench, not into the project), without starting their ' +
@@ -628,6 +656,7 @@ function howSection(p: (...l: string[]) => void): void {
       row(['`bench/footprint.ts`', '3: RSS, CPU and wake-ups of each manager, idle; what the agent\'s memory is made of']),
       row(['`bench/verdict.ts`', '4: edit to `deployed` / `rolled_back` for a healthy and three broken releases; `relink deploy --wait`']),
       row(['`bench/journal.ts`', '5: peak memory and time of the commands that read a 200,000-entry journal, before issue 9 and now']),
+      row(['`bench/metrics.ts`', '7: deploys with metrics off and on side by side (listener, textfile, a scraper), and the idle cost of each']),
       row(['`bench/report.ts`', 'this file: the figures judged against the targets']),
       row(['`bench/charts.ts`', 'the SVG charts']),
       row(['`bench/apps/stamp.c`', 'timestamps SIGHUP in its handler (CLOCK_MONOTONIC)']),

@@ -5,7 +5,7 @@
  *
  *   npm run bench                       everything; rewrites BENCHMARKS.md and bench/results/
  *   npm run bench -- --quick            a smoke run; writes to a temp folder
- *   npm run bench -- --only a,b         some of: reaction, downtime, footprint, verdict, journal, flood
+ *   npm run bench -- --only a,b         some of: reaction, downtime, footprint, verdict, journal, flood, metrics
  *   npm run bench -- --only strategies  section 2's rows of issue 11 alone (its apps: plain Python, gunicorn)
  *   npm run bench -- --out DIR          write the report there instead
  *   npm run bench -- --no-install       never apt-get or npm install; skip what is missing
@@ -30,9 +30,10 @@ import { charts } from './charts.js';
 import { markdown, type Results } from './report.js';
 import { runReaction, type ReactionResult } from './reaction.js';
 import { runVerdict, type VerdictResult } from './verdict.js';
+import { runMetrics, type MetricsResult } from './metrics.js';
 
 // "strategies" is part of "downtime" (the same table): alone, it runs only issue 11's apps.
-const SECTIONS = ['reaction', 'footprint', 'downtime', 'strategies', 'verdict', 'journal', 'flood'] as const;
+const SECTIONS = ['reaction', 'footprint', 'downtime', 'strategies', 'verdict', 'journal', 'flood', 'metrics'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const USAGE = `Usage: npm run bench [-- --quick] [--only ${SECTIONS.join(',')}] [--out DIR] [--no-install]`;
@@ -89,6 +90,7 @@ async function main(): Promise<number> {
   let verdict: VerdictResult | undefined;
   let journal: JournalResult | undefined;
   let flood: FloodResult | undefined;
+  let metrics: MetricsResult | undefined;
   let results: Results | undefined;
   try {
     log(`relink bench${quick ? ' (--quick)' : ''}: ${only.join(', ')}; temp folder ${root}`);
@@ -122,6 +124,7 @@ async function main(): Promise<number> {
     // Last: its CLI runs of the version before issue 9 take up to a GB each.
     journal = await run('journal', () => runJournal(ctx));
     flood = await run('flood', () => runFlood(ctx));
+    metrics = await run('metrics', () => runMetrics(ctx));
 
     log('cleaning up');
     const cleanup = await j.cleanup();
@@ -139,6 +142,7 @@ async function main(): Promise<number> {
       ...(verdict ? { verdict } : {}),
       ...(journal ? { journal } : {}),
       ...(flood ? { flood } : {}),
+      ...(metrics ? { metrics } : {}),
       errors,
       missingTools: [...tools.missing].map(([t, why]) => `${t}: ${why}`),
       cleanup,

@@ -15,7 +15,7 @@ import { loadConfig } from './config.js';
 import { hashText } from './current.js';
 import { requestsDir } from './requests.js';
 import type { Logger } from 'pino';
-import { AppAgent, EARLY_TRIGGER, RECHECK_TRIGGER } from './app.js';
+import { AppAgent, EARLY_TRIGGER, RECHECK_TRIGGER, type AppObserver } from './app.js';
 import { AppOutput, type JournalTarget } from './appoutput.js';
 import { Compactor } from './compaction.js';
 import type { AgentConfig, AppConfig } from './config.js';
@@ -36,6 +36,8 @@ import { realSend } from './notifiers.js';
 import { appDir, ensureAppDir } from './stateDir.js';
 import path from 'node:path';
 import { unixListening } from './proc.js';
+// Types only: the module itself (and prom-client with it) is imported when "metrics" is set.
+import type { Monitoring } from './monitoring.js';
 
 /** A full collection every 50 journal entries, or 5 s after the last (src/compaction.ts). */
 const COMPACTION = { everyDeploys: 50, idleMs: 5_000 } as const;
@@ -72,6 +74,25 @@ export interface ReloadResult {
 
 type Notifier = { path: string; ready(sinceMs: number, deadlineMs: number): Promise<boolean>; close(): Promise<void> };
 
+/** Where the apps' observers report (the metrics, when on): set and cleared as "metrics" comes and goes. */
+interface MonitoringHub {
+  current: Monitoring | undefined;
+}
+
+/** An app's observer: forwards to the monitoring in force, if any (nothing is loaded for it otherwise). */
+function observerFor(hub: MonitoringHub, name: string): AppObserver {
+  return {
+    verdict: (entry, writtenAtMs) => hub.current?.verdict(name, entry, writtenAtMs),
+    state: (state, up) => hub.current?.state(name, state, up),
+    restarted: () => hub.current?.restarted(name),
+  };
+}
+
+/** Is there anything for the metrics to do: a listener or a textfile? */
+function metricsWanted(config: AgentConfig): boolean {
+  return config.metrics !== undefined && (config.metrics.listen !== undefined || config.metrics.textfile !== undefined);
+}
+
 export interface AgentOptions {
   /** The journald apps without a logFile write to; default the host's (src/appoutput.ts); null: always their log file. */
   readonly journal?: JournalTarget | null;
@@ -106,9 +127,13 @@ export class Agent {
   #closing: Promise<void> | undefined;
   /** Apps a reload is handing over (waiting for their pass in flight): an agent stopping cuts the wait short. */
   readonly #retiring = new Set<Slot>();
+  /** The metrics and status page (src/monitoring.ts), when "metrics" is set. */
+  readonly #hub: MonitoringHub;
+  readonly #startedAt = new Date().toISOString();
 
-  private constructor(config: AgentConfig, slots: Slot[], log: Logger, compactor: Compactor) {
+  private constructor(config: AgentConfig, slots: Slot[], log: Logger, compactor: Compactor, hub: MonitoringHub) {
     this.#config = config;
+    this.#hub = hub;
     this.#slots = slots;
     this.#log = log;
     this.#compactor = compactor;
@@ -145,8 +170,9 @@ export class Agent {
     const sockets = await holdSockets(config, log, gids);
     const notifiers = await openNotifiers(config, log, gids);
     const notifications = new Notifications(config, log, { send: realSend });
-    const slots = config.apps.map((app, i) => makeSlot(config, app, { gid: gids[i], log, compactor, sockets, notify: notifiers.get(app.name), journal: opts.journal, notifications }));
-    const agent = new Agent(config, slots, log, compactor);
+    const hub: MonitoringHub = { current: undefined };
+    const slots = config.apps.map((app, i) => makeSlot(config, app, { gid: gids[i], log, compactor, sockets, notify: notifiers.get(app.name), journal: opts.journal, notifications, hub }));
+    const agent = new Agent(config, slots, log, compactor, hub);
     agent.#notifications = notifications;
     agent.#journal = opts.journal;
     agent.#sockets = sockets;
@@ -154,6 +180,8 @@ export class Agent {
     agent.#loaded = loaded;
     agent.#claimProblem.last = claimProblem.last;
     try {
+      // Before the apps' first passes, whose transitions and verdicts it counts.
+      await agent.#monitor(config);
       await Promise.all(slots.map((s) => s.output.recover()));
       agent.#armLogCheck();
       for (const slot of slots) await agent.#startSlot(slot);
@@ -283,13 +311,17 @@ export class Agent {
       }
       if (old !== undefined) await this.#stopSlot(old, 'retire');
       const notify = (await openNotifiers({ ...next, apps: [app] }, this.#log, [gids[i]])).get(app.name);
-      const slot = makeSlot(next, app, { gid: gids[i], log: this.#log, compactor: this.#compactor, sockets: this.#sockets!, notify, journal: this.#journal, notifications: this.#notifications! });
+      const slot = makeSlot(next, app, { gid: gids[i], log: this.#log, compactor: this.#compactor, sockets: this.#sockets!, notify, journal: this.#journal, notifications: this.#notifications!, hub: this.#hub });
+      // Exported before its first pass (a changed app keeps its counters).
+      this.#hub.current?.addApp({ app, state: slot.app.state, up: false });
       slots.push(slot);
       await slot.output.recover();
       await this.#startSlot(slot);
       (old === undefined ? result.added : result.changed).push(app.name);
     }
     this.#slots = slots;
+    for (const name of result.removed) this.#hub.current?.removeApp(name);
+    await this.#monitor(next, prev);
     await this.#releaseSockets(prev, next);
     this.#log.info({ file, ...result }, `config reloaded: ${result.added.length} added, ${result.removed.length} let go, ${result.changed.length} changed (their next generation starts with the new settings), ${result.unchanged.length} unchanged`);
     await this.#recordConfig({ hash: hashText(text), at: new Date().toISOString(), ...result });
@@ -437,6 +469,40 @@ export class Agent {
     }
   }
 
+  /**
+   * Start, change or stop the metrics and status page as `config.metrics`
+   * says (`prev`: the config before a reload). Loaded here, on first use:
+   * prom-client and the HTTP server cost an agent without metrics nothing.
+   * Never throws for the listener or the textfile (src/monitoring.ts logs).
+   */
+  async #monitor(config: AgentConfig, prev?: AgentConfig): Promise<void> {
+    const hub = this.#hub;
+    if (!metricsWanted(config)) {
+      if (hub.current !== undefined) {
+        await hub.current.close();
+        hub.current = undefined;
+        this.#log.info('metrics are off: the listener and the textfile stopped');
+      }
+      return;
+    }
+    const settings = config.metrics!;
+    const apps = this.#slots.map((s) => ({ app: s.app.app, state: s.app.state, up: s.app.mainPid !== undefined }));
+    if (hub.current === undefined) {
+      try {
+        const { Monitoring } = await import('./monitoring.js');
+        hub.current = await Monitoring.start(settings, apps, { log: this.#log, config: () => this.#config, startedAt: this.#startedAt });
+      } catch (err) {
+        // prom-client missing from a broken install, say: the apps are managed all the same.
+        const why = err instanceof Error ? err.message : String(err);
+        this.#log.error({ code: 'METRICS_UNAVAILABLE', err: why }, `the metrics could not be started (${why}); the agent and the apps run on without them`);
+      }
+      return;
+    }
+    // A reload: the apps kept have the same settings; changed ones were re-added by #reload.
+    for (const a of apps) hub.current.addApp(a);
+    if (JSON.stringify(prev?.metrics) !== JSON.stringify(settings)) await hub.current.reconfigure(settings);
+  }
+
   /** Resolves when every app has finished the passes asked of it so far. */
   async idle(): Promise<void> {
     await Promise.all(this.apps.map((a) => a.idle()));
@@ -461,6 +527,8 @@ export class Agent {
       await Promise.allSettled(this.#slots.map((s) => this.#stopSlot(s)));
       // After the apps: their last verdicts are queued by now.
       await this.#notifications?.close();
+      await this.#hub.current?.close();
+      this.#hub.current = undefined;
       // The running generations keep their own copies of the sockets.
       await this.#sockets?.close();
       if (this.#claimed) await releaseAgent(this.config.stateDir).catch(() => undefined);
@@ -481,7 +549,7 @@ function sameApp(a: AppConfig, b: AppConfig): boolean {
 }
 
 /** An app's orchestrator with its effects, journal and log, not started yet. */
-function makeSlot(config: AgentConfig, app: AppConfig, deps: { gid: number | undefined; log: Logger; compactor: Compactor; sockets: SocketHolder; notify: Notifier | undefined; journal: JournalTarget | null | undefined; notifications: Notifications }): Slot {
+function makeSlot(config: AgentConfig, app: AppConfig, deps: { gid: number | undefined; log: Logger; compactor: Compactor; sockets: SocketHolder; notify: Notifier | undefined; journal: JournalTarget | null | undefined; notifications: Notifications; hub: MonitoringHub }): Slot {
   const applog = deps.log.child({ app: app.name });
   if (app.reload.deprecatedMode) applog.warn({ key: 'reload.mode' }, `"reload.mode" is deprecated: write "reload.strategy": ${JSON.stringify(app.reload.strategy)} instead (same meaning)`);
   const store = new AppStore(config.stateDir, app.name, { gid: deps.gid, history: config.history, onDamaged: (d: Damage) => applog.warn({ file: d.file, line: d.line }, describeDamage(d)) });
@@ -491,7 +559,7 @@ function makeSlot(config: AgentConfig, app: AppConfig, deps: { gid: number | und
     await fx.record(entry);
     deps.compactor.noteDeploy();
   };
-  return { app: new AppAgent(app, { ...fx, record }, applog), log: applog, store, output, gid: deps.gid, watcher: undefined, arming: undefined, watchProblem: undefined, requests: undefined, notifier: deps.notify };
+  return { app: new AppAgent(app, { ...fx, record }, applog, observerFor(deps.hub, app.name)), log: applog, store, output, gid: deps.gid, watcher: undefined, arming: undefined, watchProblem: undefined, requests: undefined, notifier: deps.notify };
 }
 
 /**

@@ -108,9 +108,43 @@ function stopping(command: Command): RelinkError {
   return new RelinkError('AGENT_STOPPING', `relink ${command}: the agent was stopping; ask again once it runs`, { rule: 'requests are carried out by a running agent', found: 'agent stopping' });
 }
 
+/**
+ * When the current.conf an attempt read was written (its mtime), if a
+ * write is what started it: a watcher event, the periodic re-check finding
+ * the file changed (it reads it only then: a late or missed event), or a
+ * write during a rollback. Not for the agent's first pass, a drift repair or
+ * a recovered deploy, which apply an older write.
+ */
+function writtenAt(attempt: Attempt): number | undefined {
+  const t = attempt.trigger;
+  const fresh = (t.startsWith('watch:') || t === RECHECK_TRIGGER || t === 'rollback:newer') && !t.endsWith(':drift') && !t.endsWith(':recovered');
+  return fresh && attempt.snapshot !== null ? attempt.snapshot.mtimeMs : undefined;
+}
+
 /** A problem from anything thrown (src/errors.ts describeError), since `now`. */
 function problemOf(err: unknown, now: number): AppProblem {
   return { ...describeError(err), since: new Date(now).toISOString() };
+}
+
+/**
+ * What the orchestrator tells an onlooker (the metrics, src/monitoring.ts)
+ * as it happens, so that nothing has to re-read the journal or the state
+ * file. Called synchronously; an observer must not throw (what it throws is
+ * logged and ignored) and must not wait on anything.
+ */
+export interface AppObserver {
+  /**
+   * An attempt's verdict, as journaled; a refusal that repeats the last one
+   * (counted, not journaled: src/record.ts) is told too. `writtenAtMs`: the
+   * wall-clock mtime of the current.conf a change of it made the agent read
+   * (a watcher event, or the re-check finding it changed); undefined for any
+   * other start (the agent's first pass, a drift repair, a request).
+   */
+  verdict(entry: HistoryEntry, writtenAtMs: number | undefined): void;
+  /** The app's state after a transition, changed or not; `up`: a main process of the app runs. */
+  state(state: AppStateName, up: boolean): void;
+  /** The crash supervision started the app again (after a crash, or a liveness failure). */
+  restarted(): void;
 }
 
 export class AppAgent {
@@ -196,11 +230,16 @@ export class AppAgent {
   /** When close() was called (fx.now()): the stop budget counts from here. */
   #stopAt: number | undefined;
   readonly #abort = new AbortController();
+  readonly #observer: AppObserver | undefined;
+  /** The observer threw: said once. */
+  #observerFailed = false;
 
-  constructor(app: AppConfig, effects: Effects, log: Logger) {
+  /** `observer`: told of verdicts, state changes and restarts (AppObserver); default none. */
+  constructor(app: AppConfig, effects: Effects, log: Logger, observer?: AppObserver) {
     this.app = app;
     this.#fx = effects;
     this.#log = log;
+    this.#observer = observer;
     this.#tracker = new ProcessTracker(effects, log);
     this.#generations = new Generations(effects, log);
     this.#recorder = new Recorder(effects, log);
@@ -1391,7 +1430,10 @@ export class AppAgent {
       this.#startedServes(after.gen);
       this.#unsettled = after;
       this.#liveness?.reset();
-      if (!first) this.#crash.onRestarted();
+      if (!first) {
+        this.#crash.onRestarted();
+        this.#tell((o) => o.restarted());
+      }
       this.#log.info({ appPid: after.pid, restarts: this.#crash.restarts }, first ? 'app started' : 'app restarted');
       if (this.#problemFrom === 'start') this.#problem = undefined;
       this.#startFailed = false;
@@ -1456,6 +1498,7 @@ export class AppAgent {
   async #transition(to: AppStateName): Promise<void> {
     if (to !== this.#state) this.#log.debug({ from: this.#state, to }, `state ${to}`);
     this.#state = to;
+    this.#tell((o) => o.state(to, this.#tracker.main !== undefined));
     await this.#saveState();
   }
 
@@ -1468,13 +1511,26 @@ export class AppAgent {
     this.#lastDeploy = entry;
     this.#refusing = outcome === 'refused';
     const journaled = await this.#recorder.attempt(entry, err);
+    this.#tell((o) => o.verdict(entry, writtenAt(attempt)));
     await this.#transition(next);
     this.#hooks.after(entry);
     // What was journaled, not every attempt: a writer loop's counted refusals notify nobody.
     for (const e of journaled) this.#fx.notifyOperators(e);
   }
 
-  async #saveState(): Promise<void> {
+  /** Tell the observer, if any; what it throws never reaches the orchestrator (said once). */
+  #tell(fn: (o: AppObserver) => void): void {
+    if (this.#observer === undefined) return;
+    try {
+      fn(this.#observer);
+    } catch (err) {
+      if (this.#observerFailed) return;
+      this.#observerFailed = true;
+      this.#log.error({ err: describeError(err).message }, `the metrics could not be updated: ${describeError(err).message}`);
+    }
+  }
+
+    async #saveState(): Promise<void> {
     const main = this.#tracker.main;
     const since = this.#tracker.sinceMs;
     await this.#recorder.save({

@@ -18,6 +18,12 @@ export interface AtomicWriteOptions {
    * (mode 0644): the link itself is never followed.
    */
   readonly keepOwner?: number;
+  /**
+   * fsync the new file before the rename. Default true. False for a file
+   * rewritten often that no reader needs to survive a power loss (the
+   * metrics textfile): readers still never see half of it.
+   */
+  readonly sync?: boolean;
 }
 
 /**
@@ -63,7 +69,7 @@ async function writeIn(dir: SafeFolder, name: string, data: string, opts: Atomic
       await handle.chown(keep.uid, keep.gid);
       await handle.chmod(keep.mode & 0o777);
     }
-    await handle.sync();
+    if (opts.sync !== false) await handle.sync();
   } catch (err) {
     await handle.close();
     await unlink(tmp).catch(() => undefined);

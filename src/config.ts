@@ -10,7 +10,7 @@ import { nodeCron } from './cron.js';
 import { fileError, isErrno, RelinkErrors, type RelinkError } from './errors.js';
 import { parseHostPort, type Probe } from './health.js';
 import { parseJsonFile } from './json.js';
-import { formatListenAddress, listenAddressProblem, parseListenAddress } from './listenfds.js';
+import { formatListenAddress, listenAddressProblem, parseListenAddress, type ListenAddress } from './listenfds.js';
 import { readSmallFile, SafeFsError } from './safefs.js';
 import { describe, parseWithSchema } from './zodIssues.js';
 
@@ -312,6 +312,31 @@ const HistorySchema = z.strictObject({
     .meta(about('how many rotated journal files are kept, 1 to 100')),
 });
 
+/** Is a listen address on this host only: IPv4 127.0.0.0/8, IPv6 ::1 (or 127.x mapped into IPv6), or a unix socket? */
+export function loopbackOnly(a: ListenAddress): boolean {
+  if (a.kind === 'unix') return true;
+  if (a.family === 4) return a.host.startsWith('127.');
+  return a.host === '::1' || /^::ffff:127\./.test(a.host);
+}
+
+const MetricsSchema = z.strictObject({
+  listen: z.string().superRefine((a, ctx) => {
+    const problem = listenAddressProblem(a);
+    if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem });
+  }).optional()
+    .meta(about('where the agent serves its Prometheus metrics (`/metrics`) and its status page (`/`): `"127.0.0.1:9464"`, `"[::1]:9464"` or `"unix:/run/relink/metrics.sock"`; an address other hosts could reach needs `public`; none: nothing listens ("Metrics and status page")')),
+  public: z.boolean().default(false)
+    .meta(about('`listen` may be an address other hosts can reach (`"0.0.0.0:9464"`, a public IP): whoever reaches it sees every app\'s state and the journal\'s reasons; without it only a loopback address or a unix socket is accepted')),
+  textfile: z.string().refine((p) => path.isAbsolute(p), 'must be an absolute path')
+    .refine((p) => p.endsWith('.prom') && path.basename(p) !== '.prom', 'must name a file ending in ".prom" (node_exporter\'s textfile collector reads only those)').optional()
+    .meta(about('a file the agent writes its `relink_` metrics to, atomically (temp file + rename), on every change and every 15 s, for node_exporter\'s textfile collector; neither its folder nor one above it may be writable by an app\'s user or by every user; none: no file')),
+}).superRefine((m, ctx) => {
+  if (m.listen === undefined || m.public || listenAddressProblem(m.listen) !== undefined) return;
+  if (!loopbackOnly(parseListenAddress(m.listen))) {
+    ctx.addIssue({ code: 'custom', path: ['listen'], message: 'must be a loopback address ("127.0.0.1:PORT", "[::1]:PORT") or "unix:/path": the status page shows every app\'s state and the journal\'s reasons to whoever connects; set "metrics.public": true to serve them to other hosts' });
+  }
+});
+
 export const ConfigSchema = z.strictObject({
   $schema: z.string().optional()
     .meta(about('ignored by the agent: the JSON Schema editors check this file against (`config.schema.json` in the package; `relink schema` prints it)')),
@@ -326,6 +351,8 @@ export const ConfigSchema = z.strictObject({
   history: HistorySchema.prefault({})
     .meta(about('how large the deploy journal may grow')),
   notify: notifyList('global', 'notifiers told of the events of every app: each a `command` and/or a `url`, and the events it is told of (`on`); apps may add their own ("Notifications")'),
+  metrics: MetricsSchema.nullable().default(null)
+    .meta(about('Prometheus metrics and a status page, served on `listen` and/or written to `textfile`; `null`: off, nothing is loaded or listened on ("Metrics and status page")')),
   apps: z.array(AppSchema).min(1, 'must list at least one app')
     .meta(about('the apps this agent manages, at least one; relative paths in an app resolve against its `dir`')),
 }).superRefine((cfg, ctx) => {
@@ -526,7 +553,18 @@ export interface AgentConfig {
   readonly history: Frozen<typeof HistorySchema>;
   /** Notifiers told of every app's events (src/notifications.ts). */
   readonly notify: readonly Notifier[];
+  /** Metrics and the status page (src/monitoring.ts); undefined: off. */
+  readonly metrics: MetricsConfig | undefined;
   readonly apps: readonly AppConfig[];
+}
+
+export interface MetricsConfig {
+  /** Where /metrics and the status page are served ("127.0.0.1:9464", "[::1]:9464", "unix:/path"); undefined: not served. */
+  readonly listen: string | undefined;
+  /** `listen` may be reachable from other hosts. */
+  readonly public: boolean;
+  /** Absolute path of the node_exporter textfile (*.prom); undefined: none. */
+  readonly textfile: string | undefined;
 }
 
 /**
@@ -601,6 +639,7 @@ export function parseConfig(text: string, file: string): AgentConfig {
     watch: Object.freeze({ ...cfg.watch }),
     history: Object.freeze({ ...cfg.history }),
     notify: freezeNotifiers(cfg.notify),
+    metrics: cfg.metrics === null ? undefined : Object.freeze({ listen: cfg.metrics.listen, public: cfg.metrics.public, textfile: cfg.metrics.textfile }),
     apps: Object.freeze(apps),
   });
 }

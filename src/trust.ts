@@ -161,3 +161,51 @@ async function nameOf(uid: number): Promise<string> {
 async function groupName(gid: number): Promise<string> {
   return (await lookupGroup(gid))?.name ?? String(gid);
 }
+
+/** An account that may not write a folder (an app's user), with the app it runs. */
+export interface Writer {
+  readonly app: string;
+  readonly user: string;
+  readonly uid: number;
+  readonly gid: number;
+}
+
+/**
+ * The folder of a file the agent writes as root for another program to read
+ * (metrics.textfile, read by node_exporter): that folder, and every folder
+ * above it, must be writable by no app's user, who could otherwise replace
+ * what the agent wrote, and by not every user (world-writable; a folder
+ * above may be with the sticky bit, like /tmp). Other accounts (the
+ * prometheus user owning /var/lib/prometheus on Debian) are not the apps'.
+ * `configFile` and `key` name where the path came from, for the message.
+ * Resolves to the first problem (UNTRUSTED_PATH, naming the folder, who can
+ * write it and its mode), or undefined; a folder that does not exist is one
+ * (FILE_UNREADABLE).
+ */
+export async function checkFolderForRoot(dir: string, writers: readonly Writer[], configFile: string, key: string): Promise<RelinkError | undefined> {
+  const real = await realpath(dir).catch((err: unknown) => (isErrno(err) ? err : Promise.reject(err)));
+  if (typeof real !== 'string') return fileError('FILE_UNREADABLE', configFile, key, 'its folder must exist', `${dir}: ${real.code ?? 'error'}`);
+  const rule = 'must be in a folder that no app\'s user can write, nor every user (the agent writes it as root, for another program to read)';
+  const apps = writers.filter((w) => w.uid !== 0);
+  const members = new Map<number, Promise<string[] | undefined>>();
+  for (let p = real, self = true; ; self = false) {
+    const st = await lstat(p);
+    const mode = (st.mode & 0o7777).toString(8).padStart(4, '0');
+    if ((st.mode & 0o002) !== 0 && !(st.isDirectory() && !self && (st.mode & S_ISVTX) !== 0)) {
+      return fileError('UNTRUSTED_PATH', configFile, key, rule, `${p} is writable by every user, mode ${mode}`);
+    }
+    // An owner can always chmod its folder, write bit or not.
+    const owner = apps.find((w) => w.uid === st.uid);
+    if (owner !== undefined) return fileError('UNTRUSTED_PATH', configFile, key, rule, `${p} is owned by ${owner.user} (uid ${owner.uid}), the user of app ${owner.app}, mode ${mode}`);
+    if ((st.mode & 0o020) !== 0 && apps.length > 0) {
+      let list = members.get(st.gid);
+      if (list === undefined) members.set(st.gid, (list = usersInGroup(st.gid)));
+      const names = await list;
+      const inGroup = apps.find((w) => w.gid === st.gid || names?.includes(w.user) === true);
+      if (inGroup !== undefined) return fileError('UNTRUSTED_PATH', configFile, key, rule, `${p} is writable by group ${await groupName(st.gid)}, which holds ${inGroup.user} (uid ${inGroup.uid}), the user of app ${inGroup.app}, mode ${mode}`);
+    }
+    const up = path.dirname(p);
+    if (up === p) return undefined;
+    p = up;
+  }
+}

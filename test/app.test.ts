@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import type { AppRequest } from '../src/requests.js';
 import { test } from 'node:test';
 import { pino } from 'pino';
-import { AppAgent, READ_LIMIT } from '../src/app.js';
+import { AppAgent, type AppObserver, READ_LIMIT } from '../src/app.js';
 import { RefusalStreak } from '../src/record.js';
 import { parseConfig, type AppConfig } from '../src/config.js';
 import type { CurrentSnapshot, Release } from '../src/current.js';
@@ -1547,4 +1547,55 @@ test('strategy "reexec" on an app that just exits on the signal: the failure nam
   const e = w.entries[1]!;
   assert.equal(e.code, 'STRATEGY_MISMATCH');
   assert.match(e.reason ?? '', /does not restart itself on SIGTERM.*"socket".*"restart"/);
+});
+
+test('the observer (metrics) hears every verdict, repeated refusals included, each transition and each crash restart; one that throws changes nothing', async () => {
+  const w = new World();
+  w.write('1.0');
+  const { log } = silentLogger();
+  const heard: string[] = [];
+  const observer: AppObserver = {
+    verdict: (e, writtenAtMs) => heard.push(`verdict ${e.outcome} ${writtenAtMs === undefined ? 'no write' : `written ${writtenAtMs}`}`),
+    state: (s, up) => heard.push(`state ${s} ${up ? 'up' : 'down'}`),
+    restarted: () => heard.push('restarted'),
+  };
+  const agent = new AppAgent(appConfig(), w, log, observer);
+  await agent.start();
+  await agent.idle();
+  w.write('2.0');
+  w.mtime = 4242;
+  agent.trigger('watch:change');
+  await agent.idle();
+  for (let i = 0; i < 3; i++) {
+    w.text = '{}';
+    w.mtime += 1;
+    agent.trigger('watch:change');
+    await agent.idle();
+  }
+  w.crash();
+  agent.check();
+  await agent.idle();
+  w.advance(1000);
+  await agent.idle();
+  assert.deepEqual(w.entries.map((e) => e.outcome), ['deployed', 'deployed', 'refused'], 'two of the three refusals are counted, not journaled');
+  assert.deepEqual(heard, [
+    'state stopped down', 'state deploying down', 'verdict deployed no write', 'state running up',
+    'state deploying up', 'verdict deployed written 4242', 'state running up',
+    'verdict refused written 4243', 'state running up', 'verdict refused written 4244', 'state running up', 'verdict refused written 4245', 'state running up',
+    'state stopped down', 'state backoff down', 'restarted', 'state running up',
+  ]);
+
+  // An observer that throws: said once, and the app is managed as before.
+  const w2 = new World();
+  w2.write('1.0');
+  const quiet = silentLogger();
+  const broken = new AppAgent(appConfig(), w2, quiet.log, { verdict: () => { throw new Error('boom'); }, state: () => { throw new Error('boom'); }, restarted: () => undefined });
+  await broken.start();
+  await broken.idle();
+  w2.write('2.0');
+  broken.trigger('watch:change');
+  await broken.idle();
+  assert.deepEqual(w2.entries.map((e) => e.outcome), ['deployed', 'deployed']);
+  assert.equal(broken.state, 'running');
+  assert.equal(quiet.lines.filter((l) => l.msg === 'the metrics could not be updated: unexpected error: boom').length, 1);
 });

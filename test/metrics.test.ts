@@ -1,0 +1,530 @@
+/**
+ * Issue 13, items 1 and 2: the agent's Prometheus metrics and status page,
+ * with the real agent on the demo app (test/fixture.ts), real deploys, a
+ * rollback and a crash loop. What it serves is checked by Prometheus's own
+ * promtool and read with a Prometheus text-format parser; the textfile by
+ * promtool and by a real node_exporter's textfile collector, and under a
+ * concurrent reader; the page in headless Chromium (Debian's), with a
+ * screenshot kept in test-artifacts/.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { chmod, chown, link, stat, mkdir, open, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import net from 'node:net';
+import path from 'node:path';
+import { test, type TestContext } from 'node:test';
+import parsePrometheus, { type Family } from 'parse-prometheus-text-format';
+import { parseConfig } from '../src/config.js';
+import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
+import { buildDemoApp } from '../src/demo/build.js';
+import { checkFolderForRoot } from '../src/trust.js';
+import { writeFileAtomic } from '../src/atomicWrite.js';
+import { needProgram, rootOnly, testGroup, testUser } from './accounts.js';
+import { fixture, nthEntry, servedBy, setCurrentText, type Fixture } from './fixture.js';
+import { defer, get, relinkCli, reapAppsAfter, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+
+const PROMTOOL = '/usr/bin/promtool';
+const CHROMIUM = '/usr/bin/chromium';
+const NODE_EXPORTER = '/usr/bin/prometheus-node-exporter';
+
+/** Where the page's screenshot is kept (gitignored), for a person to look at. */
+const ARTIFACTS = path.join(ROOT, 'test-artifacts');
+
+interface Run {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Run a program to its end (SIGKILL after `timeoutMs`), `input` on its stdin. */
+function run(cmd: string, args: readonly string[], input = '', timeoutMs = 60_000): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], timeout: timeoutMs, killSignal: 'SIGKILL' });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(input);
+  });
+}
+
+/**
+ * promtool's verdict on an exposition: exit 0 (clean), or 3 (lint problems
+ * only, listed one per line on stdout); anything else is a parse error.
+ */
+async function promtool(text: string): Promise<{ code: number | null; problems: string[] }> {
+  const r = await run(PROMTOOL, ['check', 'metrics'], text);
+  assert.ok(r.code === 0 || r.code === 3, `promtool check metrics failed (exit ${r.code}): ${r.stdout}${r.stderr}`);
+  return { code: r.code, problems: `${r.stdout}${r.stderr}`.split('\n').filter((l) => l.trim() !== '') };
+}
+
+/**
+ * An exposition read with the parser: every sample as a family of its own
+ * name (a histogram's `_count` and `_bucket` lines included: the parser
+ * folds the samples of a labelled histogram into one otherwise), and each
+ * metric's declared type.
+ */
+interface Exposition {
+  readonly samples: Family[];
+  readonly types: ReadonlyMap<string, Family['type']>;
+}
+
+function read(text: string): Exposition {
+  const types = new Map(parsePrometheus(text).map((f) => [f.name, f.type]));
+  return { samples: parsePrometheus(text.replace(/^# (?:TYPE|HELP) .*\n/gm, '')), types };
+}
+
+/** The value of the sample `name` whose labels include `labels`; fails when there is none. */
+function value(e: Exposition, name: string, labels: Record<string, string> = {}): number {
+  const s = series(e, name).find((m) => Object.entries(labels).every(([k, v]) => m.labels?.[k] === v));
+  assert.ok(s !== undefined, `no series ${name}${JSON.stringify(labels)}`);
+  return Number(s.value);
+}
+
+/** Every sample named `name` (a histogram's label sets interleave its _bucket, _sum and _count lines: the flat view has one family per run). */
+function series(e: Exposition, name: string): Family['metrics'] {
+  return e.samples.filter((f) => f.name === name).flatMap((f) => f.metrics);
+}
+
+async function scrape(base: string): Promise<Exposition> {
+  const r = await get(`${base}/metrics`);
+  assert.equal(r.status, 200, r.body);
+  return read(r.body);
+}
+
+/** Add "metrics" to the fixture's config, then start its agent (not started by fixture()). */
+async function startWithMetrics(t: TestContext, f: Fixture, metrics: Record<string, unknown>): Promise<void> {
+  const config = JSON.parse(await readFile(f.config, 'utf8')) as Record<string, unknown>;
+  await writeFile(f.config, `${JSON.stringify({ ...config, metrics }, null, 2)}\n`);
+  f.agent = startAgent(t, f.config);
+  await nthEntry(f, 1);
+}
+
+/** An HTTP request with any method, on a new connection: status, headers, body. */
+function request(method: string, url: string): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (c: string) => { body += c; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.setTimeout(5_000, () => req.destroy(new Error(`${method} ${url} timed out`)));
+    req.end(method === 'POST' || method === 'PUT' ? 'x=1' : undefined);
+  });
+}
+
+test('metrics after real deploys, a rollback, a refusal and a crash loop: valid to promtool, the values the journal says; the textfile too', async (t) => {
+  if (!(await needProgram(t, PROMTOOL, 'prometheus'))) return;
+  const f = await fixture(t, { agent: false, supervise: { stableMs: 4_000, maxRetries: 2, backoffMs: 200, maxBackoffMs: 400 } });
+  const port = await freePort();
+  const folder = path.join(f.root, 'textfile');
+  await mkdir(folder, { mode: 0o755 });
+  const textfile = path.join(folder, 'relink.prom');
+  await startWithMetrics(t, f, { listen: `127.0.0.1:${port}`, textfile });
+  const base = `http://127.0.0.1:${port}`;
+  await f.agent.waitForLog('the listener', (l) => l.msg.startsWith('serving the metrics at'));
+
+  await setCurrentText(f.app, '2.0');
+  assert.equal((await nthEntry(f, 2)).outcome, 'deployed');
+  await setCurrentText(f.app, 'sick');
+  assert.equal((await nthEntry(f, 3)).outcome, 'rolled_back');
+  await writeFileAtomic(f.app.currentFile, '{"bin.file": "app.2.0", "cfg.flie": "cfg.2.0"}\n');
+  assert.equal((await nthEntry(f, 4)).outcome, 'refused');
+  // flaky passes its verdict, then exits 1.5 s after every start: two quick restarts, then fatal.
+  await setCurrentText(f.app, 'flaky');
+  const flaky = await nthEntry(f, 5);
+  assert.equal(flaky.outcome, 'deployed', flaky.reason ?? '');
+  await f.agent.waitForLog('fatal', (l) => l.msg.startsWith('app keeps crashing; marked fatal'), { timeoutMs: 30_000 });
+
+  const m = await waitFor('the scrape to show the fatal state', async () => {
+    const fams = await scrape(base);
+    return value(fams, 'relink_app_state', { app: 'web', state: 'fatal' }) === 1 ? fams : undefined;
+  });
+  const web = { app: 'web' };
+  assert.deepEqual(['deployed', 'rolled_back', 'refused', 'failed', 'stopped'].map((outcome) => value(m, 'relink_deploys_total', { ...web, outcome })), [3, 1, 1, 0, 0],
+    '1.0 (started), 2.0 and flaky deployed, sick rolled back, the typo refused');
+  // Each attempt that started or signalled the app is timed: 1.0's start, 2.0, sick (with its rollback), flaky.
+  assert.equal(value(m, 'relink_deploy_duration_seconds_count', web), 4);
+  // Time to verdict: the writes of current.conf only (not the agent's first pass on 1.0).
+  assert.equal(value(m, 'relink_deploy_verdict_seconds_count', { ...web, outcome: 'deployed' }), 2);
+  assert.equal(value(m, 'relink_deploy_verdict_seconds_count', { ...web, outcome: 'rolled_back' }), 1);
+  assert.equal(value(m, 'relink_deploy_verdict_seconds_count', { ...web, outcome: 'refused' }), 1);
+  assert.equal(value(m, 'relink_app_restarts_total', web), 2, 'maxRetries restarts, then fatal');
+  assert.equal(value(m, 'relink_app_crash_loop', web), 1);
+  assert.equal(value(m, 'relink_app_up', web), 0);
+  assert.equal(series(m, 'relink_app_state').filter((s) => s.labels?.['app'] === 'web' && s.value === '1').length, 1, 'one state at a time');
+  assert.deepEqual(series(m, 'relink_release_info').map((s) => s.labels), [{ app: 'web', bin: path.join(f.app.releasesDir, 'app.flaky'), cfg: path.join(f.app.releasesDir, 'cfg.flaky') }]);
+  assert.equal(value(m, 'relink_last_successful_deploy_timestamp_seconds', web), Date.parse(flaky.time) / 1000);
+  assert.equal(series(m, 'relink_build_info').length, 1);
+  assert.deepEqual(Object.fromEntries([...m.types].filter(([name]) => name.startsWith('relink_'))), {
+    relink_deploys_total: 'COUNTER', relink_deploy_duration_seconds: 'HISTOGRAM', relink_deploy_verdict_seconds: 'HISTOGRAM', relink_app_up: 'GAUGE',
+    relink_app_state: 'GAUGE', relink_app_crash_loop: 'GAUGE', relink_app_restarts_total: 'COUNTER', relink_release_info: 'GAUGE',
+    relink_last_successful_deploy_timestamp_seconds: 'GAUGE', relink_build_info: 'GAUGE',
+  });
+  // The agent's own process, from prom-client's collectDefaultMetrics.
+  assert.ok(value(m, 'process_resident_memory_bytes') > 0);
+  assert.ok(series(m, 'nodejs_heap_size_used_bytes').length > 0);
+
+  // The next deploy ends the crash loop.
+  await setCurrentText(f.app, '2.0');
+  assert.equal((await nthEntry(f, 6)).outcome, 'deployed');
+  await servedBy(f.app, '2.0');
+  const after = await waitFor('the scrape to show 2.0 running', async () => {
+    const fams = await scrape(base);
+    return value(fams, 'relink_app_up', web) === 1 && series(fams, 'relink_release_info')[0]?.labels?.['bin']?.endsWith('app.2.0') ? fams : undefined;
+  });
+  assert.equal(value(after, 'relink_app_crash_loop', web), 0);
+  assert.equal(value(after, 'relink_app_state', { ...web, state: 'running' }), 1);
+  assert.equal(value(after, 'relink_deploys_total', { ...web, outcome: 'deployed' }), 4);
+
+  // promtool: every relink_ series passes its lint. The only problems it
+  // finds are in prom-client's own nodejs_ names (gauges ending in _total).
+  const exposition = (await get(`${base}/metrics`)).body;
+  const lint = await promtool(exposition);
+  assert.deepEqual(lint.problems.filter((p) => !/^nodejs_\w+ non-counter metrics should not have "_total" suffix$/.test(p)), [], lint.problems.join('\n'));
+
+  // The textfile: the same relink_ values, clean to promtool, and no process
+  // metrics (node_exporter has its own process_* series).
+  const file = await waitFor('the textfile to have the last deploy', async () => {
+    const text = await readFile(textfile, 'utf8');
+    return value(read(text), 'relink_deploys_total', { ...web, outcome: 'deployed' }) === 4 ? text : undefined;
+  });
+  assert.deepEqual(await promtool(file), { code: 0, problems: [] });
+  const fams = read(file);
+  assert.deepEqual([...fams.types.keys()].filter((name) => !name.startsWith('relink_')), []);
+  assert.equal(value(fams, 'relink_app_restarts_total', web), 2);
+  assert.equal((await stat(textfile)).mode & 0o777, 0o644, 'node_exporter reads it as its own user');
+});
+
+test('the textfile is replaced atomically: a reader loop never sees half of it (a control writer in place shows the reader would)', async (t) => {
+  const f = await fixture(t, { agent: false });
+  const folder = path.join(f.root, 'textfile');
+  await mkdir(folder, { mode: 0o755 });
+  const textfile = path.join(folder, 'relink.prom');
+  await startWithMetrics(t, f, { textfile });
+  await waitFor('the first textfile', () => readFile(textfile, 'utf8').catch(() => undefined));
+
+  /** Read `file` until `done()`; every read must be a whole exposition: what parses and ends as relink writes it. */
+  const readLoop = async (file: string, done: () => boolean): Promise<{ reads: number; versions: Set<string>; torn: string[] }> => {
+    const out = { reads: 0, versions: new Set<string>(), torn: [] as string[] };
+    while (!done()) {
+      const text = await readFile(file, 'utf8');
+      out.reads += 1;
+      out.versions.add(text);
+      let whole = text.endsWith('\n') && text.includes('# TYPE relink_build_info gauge');
+      try {
+        if (whole) whole = value(read(text), 'relink_build_info') === 1;
+      } catch {
+        whole = false;
+      }
+      if (!whole) out.torn.push(text.slice(-80));
+    }
+    return out;
+  };
+
+  // Control: the same reader against a file rewritten in place, in two
+  // halves (as a plain writeFile of a large file is), sees half a file.
+  const control = path.join(folder, 'control.prom');
+  const whole = await readFile(textfile, 'utf8');
+  await writeFile(control, whole);
+  let controlDone = false;
+  const controlReader = readLoop(control, () => controlDone);
+  for (let k = 0; k < 20; k++) {
+    const h = await open(control, 'r+');
+    await h.truncate(0);
+    await h.write(whole.slice(0, whole.length >> 1), 0);
+    await new Promise((r) => setTimeout(r, 5));
+    await h.write(whole.slice(whole.length >> 1), whole.length >> 1);
+    await h.close();
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  controlDone = true;
+  assert.ok((await controlReader).torn.length > 0, 'the reader sees a file written in place half way');
+
+  // The agent: deploys back and forth and refusals, each a rewrite of the textfile.
+  let done = false;
+  const reader = readLoop(textfile, () => done);
+  try {
+    for (const [n, r] of [[2, '2.0'], [3, '1.0'], [4, '2.0']] as const) {
+      await setCurrentText(f.app, r);
+      assert.equal((await nthEntry(f, n)).outcome, 'deployed');
+    }
+    for (let k = 0; k < 8; k++) {
+      await writeFileAtomic(f.app.currentFile, `{"bin.file": "app.2.0", "cfg.file": "cfg.2.0", "typo${k}": 1}\n`);
+      assert.equal((await nthEntry(f, 5 + k)).outcome, 'refused');
+    }
+    await waitFor('the textfile to count the refusals', async () => value(read(await readFile(textfile, 'utf8')), 'relink_deploys_total', { app: 'web', outcome: 'refused' }) >= 8);
+  } finally {
+    done = true;
+  }
+  const seen = await reader;
+  assert.deepEqual(seen.torn, [], `every one of ${seen.reads} reads was a whole file`);
+  assert.ok(seen.versions.size >= 4, `the reader saw the file change (${seen.versions.size} versions in ${seen.reads} reads)`);
+  // No temp file is left behind, and none of them is named *.prom (node_exporter would read it).
+  assert.deepEqual((await readdir(folder)).sort(), ['control.prom', 'relink.prom']);
+});
+
+test('node_exporter\'s textfile collector exports the textfile as it is written', async (t) => {
+  if (!(await needProgram(t, NODE_EXPORTER, 'prometheus-node-exporter'))) return;
+  const f = await fixture(t, { agent: false });
+  const folder = path.join(f.root, 'textfile');
+  await mkdir(folder, { mode: 0o755 });
+  await startWithMetrics(t, f, { textfile: path.join(folder, 'relink.prom') });
+  const port = await freePort();
+  const exporter = spawn(NODE_EXPORTER, ['--collector.disable-defaults', '--collector.textfile', `--collector.textfile.directory=${folder}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: 'ignore' });
+  defer(t, () => new Promise<void>((resolve) => {
+    if (exporter.exitCode !== null || exporter.signalCode !== null) return resolve();
+    exporter.once('exit', () => resolve());
+    exporter.kill('SIGTERM');
+  }));
+  await setCurrentText(f.app, '2.0');
+  assert.equal((await nthEntry(f, 2)).outcome, 'deployed');
+  const fams = await waitFor('node_exporter to export the second deploy', async () => {
+    const fams = await scrape(`http://127.0.0.1:${port}`);
+    return value(fams, 'relink_deploys_total', { app: 'web', outcome: 'deployed' }) === 2 ? fams : undefined;
+  });
+  assert.equal(value(fams, 'node_textfile_scrape_error'), 0, 'node_exporter read the file without an error');
+  assert.equal(value(fams, 'relink_app_up', { app: 'web' }), 1);
+  assert.equal(series(fams, 'relink_release_info')[0]?.labels?.['bin'], path.join(f.app.releasesDir, 'app.2.0'));
+});
+
+test('the listener is read-only: GET and HEAD only, 405 otherwise, 404 elsewhere', async (t) => {
+  const f = await fixture(t, { agent: false });
+  const port = await freePort();
+  await startWithMetrics(t, f, { listen: `127.0.0.1:${port}` });
+  const base = `http://127.0.0.1:${port}`;
+  await waitFor('the listener', () => get(`${base}/metrics`).then((r) => r.status === 200, () => false));
+  for (const p of ['/', '/metrics']) {
+    for (const method of ['POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS']) {
+      const r = await request(method, `${base}${p}`);
+      assert.equal(r.status, 405, `${method} ${p}`);
+      assert.equal(r.headers.allow, 'GET, HEAD');
+    }
+    const head = await request('HEAD', `${base}${p}`);
+    assert.equal(head.status, 200);
+    assert.equal(head.body, '');
+    assert.ok(Number(head.headers['content-length']) > 0);
+  }
+  assert.equal((await request('GET', `${base}/nothing`)).status, 404);
+  const page = await request('GET', `${base}/`);
+  assert.match(String(page.headers['content-type']), /^text\/html/);
+  assert.match(String(page.headers['content-security-policy']), /default-src 'none'/);
+  assert.match(String((await request('GET', `${base}/metrics`)).headers['content-type']), /^text\/plain; version=0\.0\.4/);
+  // Nothing was changed by any of it: still the one deploy.
+  assert.equal((await nthEntry(f, 1)).outcome, 'deployed');
+  assert.equal(f.agent.lines.filter((l) => typeof l.outcome === 'string').length, 1);
+});
+
+test('the status page in Chromium: every app with its state, release, PIDs, uptime, restarts, last deploy and the journal; a planted <img> stays text', async (t) => {
+  if (!(await needProgram(t, CHROMIUM, 'chromium'))) return;
+  const f = await fixture(t, { agent: false });
+  const port = await freePort();
+  await startWithMetrics(t, f, { listen: `127.0.0.1:${port}` });
+  const url = `http://127.0.0.1:${port}/`;
+  await servedBy(f.app, '1.0');
+  await setCurrentText(f.app, '2.0');
+  assert.equal((await nthEntry(f, 2)).outcome, 'deployed');
+  const v2 = await servedBy(f.app, '2.0');
+  // Whoever writes current.conf writes what its refusal reason quotes: the page must show it as text.
+  const planted = '<img id=pwned src=x>';
+  await writeFileAtomic(f.app.currentFile, `{"bin.file": "app.2.0", "cfg.file": "cfg.2.0", ${JSON.stringify(planted)}: 1}\n`);
+  const refused = await nthEntry(f, 3);
+  assert.equal(refused.outcome, 'refused');
+  assert.ok(refused.reason?.includes(planted), refused.reason ?? '');
+
+  const profile = await tmpDir(t, 'relink-chromium-');
+  const chromium = (extra: readonly string[]): Promise<Run> => run(CHROMIUM, ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', `--user-data-dir=${profile}`, '--hide-scrollbars', ...extra, url], '', 90_000);
+  const dom = await chromium(['--dump-dom']);
+  assert.equal(dom.code, 0, dom.stderr);
+  const html = dom.stdout;
+  // The DOM Chromium built: the planted markup is text in it, never an element.
+  assert.doesNotMatch(html, /<img\b/i, 'the planted <img> became an element');
+  assert.ok(html.includes('&lt;img id=pwned src=x&gt;'), 'the planted markup is shown as text');
+  const text = html.replace(/<[^>]*>/g, ' ').replace(/&quot;/g, '"').replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&amp;/g, '&').replace(/\s+/g, ' ');
+  assert.match(text, /web running/);
+  assert.match(text, /release app\.2\.0 \+ cfg\.2\.0/);
+  assert.match(text, new RegExp(`generation \\d+ serving: pids ${v2.pid} \\(main\\)`));
+  assert.match(text, new RegExp(`uptime \\S+ \\(pid ${v2.pid} since `));
+  assert.match(text, /restarts 0 since the last deploy/);
+  assert.match(text, /last deploy refused , none/);
+  assert.match(text, /reason .*is not a known key/);
+  assert.match(text, /Last 3 journal entries/);
+  // Newest first: the refusal, 2.0's deploy (signal), 1.0's start.
+  const rows = [...html.matchAll(/<tr><td>([^<]+)<\/td><td>web<\/td><td><span class="state o-(\w+)"/g)].map((x) => x[2]);
+  assert.deepEqual(rows, ['refused', 'deployed', 'deployed']);
+
+  await mkdir(ARTIFACTS, { recursive: true });
+  const shot = path.join(ARTIFACTS, 'status-page-phone.png');
+  const taken = await chromium([`--screenshot=${shot}`, '--window-size=390,844']);
+  assert.equal(taken.code, 0, taken.stderr);
+  assert.ok((await readFile(shot)).subarray(1, 4).toString() === 'PNG', 'a PNG screenshot');
+  t.diagnostic(`screenshot of the status page at a phone's size: ${shot}`);
+});
+
+test('a config reload exports an app added and drops one removed; the others keep their counts', async (t) => {
+  const f = await fixture(t, { agent: false });
+  const port = await freePort();
+  await startWithMetrics(t, f, { listen: `127.0.0.1:${port}` });
+  const base = `http://127.0.0.1:${port}`;
+  await setCurrentText(f.app, '2.0');
+  assert.equal((await nthEntry(f, 2)).outcome, 'deployed');
+  const two = await makeApp({ root: f.root, name: 'two', binary: await buildDemoApp() });
+  reapAppsAfter(t, two.releasesDir);
+  await setCurrentText(two as DemoApp, '1.0');
+  const config = JSON.parse(await readFile(f.config, 'utf8')) as { apps: Array<Record<string, unknown>> };
+  const withTwo = { ...config, apps: [...config.apps, { ...config.apps[0], name: 'two', dir: two.dir, health: { url: `${two.url}healthz`, settleMs: 200, deadlineMs: 3_000 } }] };
+  await writeFile(f.config, `${JSON.stringify(withTwo, null, 2)}\n`);
+  assert.equal((await relinkCli(['reload', '--config', f.config, '--wait', '--timeout', '30'])).code, 0);
+  const added = await waitFor('two exported and deployed', async () => {
+    const fams = await scrape(base);
+    return series(fams, 'relink_deploys_total').some((s) => s.labels?.['app'] === 'two' && s.labels['outcome'] === 'deployed' && s.value === '1') ? fams : undefined;
+  });
+  assert.equal(value(added, 'relink_deploys_total', { app: 'web', outcome: 'deployed' }), 2, 'web keeps its counts');
+  assert.equal(series(added, 'relink_release_info').length, 2);
+  await waitFor('two up', async () => value(await scrape(base), 'relink_app_up', { app: 'two' }) === 1);
+
+  await writeFile(f.config, `${JSON.stringify(config, null, 2)}\n`);
+  assert.equal((await relinkCli(['reload', '--config', f.config, '--wait', '--timeout', '30'])).code, 0);
+  const fams = await scrape(base);
+  const apps = new Set(fams.samples.flatMap((x) => x.metrics.map((s) => s.labels?.['app'])).filter((a) => a !== undefined));
+  assert.deepEqual([...apps], ['web'], 'no series of the app let go');
+  assert.equal(value(fams, 'relink_deploys_total', { app: 'web', outcome: 'deployed' }), 2);
+});
+
+test('metrics.listen other hosts could reach is refused unless "public" says so; a textfile must be an absolute *.prom', () => {
+  const load = (metrics: unknown) => parseConfig(JSON.stringify({ metrics, apps: [{ name: 'web', dir: '/srv/web' }] }), '/etc/relink/config.json');
+  for (const listen of ['0.0.0.0:9464', '[::]:9464', '192.0.2.10:9464', '[2001:db8::1]:9464']) {
+    assert.throws(() => load({ listen }), (err: Error) => {
+      assert.equal(err.message, `/etc/relink/config.json: "metrics.listen": must be a loopback address ("127.0.0.1:PORT", "[::1]:PORT") or "unix:/path": the status page shows every app's state and the journal's reasons to whoever connects; set "metrics.public": true to serve them to other hosts (found: ${JSON.stringify(listen)})`);
+      return true;
+    });
+    assert.equal(load({ listen, public: true }).metrics?.listen, listen);
+  }
+  for (const listen of ['127.0.0.1:9464', '127.1.2.3:9464', '[::1]:9464', 'unix:/run/relink/metrics.sock']) assert.equal(load({ listen }).metrics?.public, false);
+  assert.throws(() => load({ listen: 'localhost:9464' }), /"metrics.listen": "localhost" is a host name/);
+  assert.throws(() => load({ textfile: 'relink.prom' }), /"metrics.textfile": must be an absolute path \(found: "relink.prom"\)/);
+  assert.throws(() => load({ textfile: '/var/lib/node_exporter/relink.txt' }), /"metrics.textfile": must name a file ending in "\.prom"/);
+  assert.equal(load(null).metrics, undefined);
+  assert.equal(parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web' }] }), '/c.json').metrics, undefined, 'off by default');
+});
+
+test('an address already taken: said in the log, and the agent and the app run on; the textfile is still written', async (t) => {
+  const f = await fixture(t, { agent: false });
+  const taken = net.createServer();
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+  defer(t, () => new Promise<void>((resolve) => taken.close(() => resolve())));
+  const port = (taken.address() as net.AddressInfo).port;
+  const folder = path.join(f.root, 'textfile');
+  await mkdir(folder, { mode: 0o755 });
+  await startWithMetrics(t, f, { listen: `127.0.0.1:${port}`, textfile: path.join(folder, 'relink.prom') });
+  const line = await f.agent.waitForLog('the bind failure', (l) => l.code === 'METRICS_UNAVAILABLE');
+  assert.match(line.msg, new RegExp(`^cannot serve the metrics and the status page on 127\\.0\\.0\\.1:${port} \\(.*EADDRINUSE.*\\): the agent and the apps run on without them`));
+  await servedBy(f.app, '1.0');
+  await setCurrentText(f.app, '2.0');
+  assert.equal((await nthEntry(f, 2)).outcome, 'deployed');
+  await waitFor('the textfile', async () => value(read(await readFile(path.join(folder, 'relink.prom'), 'utf8')), 'relink_deploys_total', { app: 'web', outcome: 'deployed' }) === 2);
+});
+
+test('a unix socket listener: served there, a stale socket file replaced', async (t) => {
+  const f = await fixture(t, { agent: false });
+  const sock = path.join(f.root, 'metrics.sock');
+  // A socket file an agent that was killed left behind: nobody listens on it.
+  const stale = net.createServer();
+  await new Promise<void>((resolve) => stale.listen(sock, resolve));
+  await link(sock, `${sock}.keep`);
+  await new Promise<void>((resolve) => stale.close(() => resolve()));
+  await rename(`${sock}.keep`, sock);
+  await startWithMetrics(t, f, { listen: `unix:${sock}` });
+  const body = await waitFor('a scrape over the unix socket', () => new Promise<string | undefined>((resolve) => {
+    http.get({ socketPath: sock, path: '/metrics', agent: false }, (res) => {
+      let b = '';
+      res.setEncoding('utf8').on('data', (c: string) => { b += c; });
+      res.on('end', () => resolve(res.statusCode === 200 ? b : undefined));
+    }).on('error', () => resolve(undefined));
+  }));
+  assert.equal(value(read(body), 'relink_deploys_total', { app: 'web', outcome: 'deployed' }), 1);
+});
+
+test('a textfile folder every user can write is refused (said once, nothing written), and written once it is fixed', async (t) => {
+  const f = await fixture(t, { agent: false });
+  const folder = path.join(f.root, 'open');
+  await mkdir(folder);
+  await chmod(folder, 0o777);
+  const textfile = path.join(folder, 'relink.prom');
+  await startWithMetrics(t, f, { textfile });
+  const line = await f.agent.waitForLog('the refusal', (l) => l.code === 'UNTRUSTED_PATH');
+  assert.equal(line.msg, `metrics textfile: ${f.config}: "metrics.textfile": must be in a folder that no app's user can write, nor every user (the agent writes it as root, for another program to read) (found: ${folder} is writable by every user, mode 0777); the textfile is not written (the listener, the agent and the apps are not affected)`);
+  await setCurrentText(f.app, '2.0');
+  assert.equal((await nthEntry(f, 2)).outcome, 'deployed');
+  await assert.rejects(readFile(textfile), /ENOENT/);
+  await chmod(folder, 0o755);
+  // Checked again at the next periodic write (every 15 s).
+  await waitFor('the textfile once the folder is fixed', () => readFile(textfile, 'utf8').catch(() => undefined), { timeoutMs: 30_000 });
+  assert.equal(f.agent.lines.filter((l) => l.code === 'UNTRUSTED_PATH').length, 1, 'said once');
+});
+
+test('the textfile\'s folder: refused when an app\'s user owns it or can write it through its group; another account\'s is fine', async (t) => {
+  if (!rootOnly(t)) return;
+  const dir = await tmpDir(t);
+  await chmod(dir, 0o755);
+  const appUser = await testUser(t);
+  const group = await testGroup(t);
+  const member = await testUser(t, [group]);
+  const other = await testUser(t);
+  const writers = [{ app: 'web', user: appUser.name, uid: appUser.uid, gid: appUser.gid }, { app: 'api', user: member.name, uid: member.uid, gid: member.gid }];
+  const check = (d: string) => checkFolderForRoot(d, writers, '/etc/relink/config.json', 'metrics.textfile');
+
+  const owned = path.join(dir, 'owned');
+  await mkdir(owned, { mode: 0o755 });
+  await chown(owned, appUser.uid, appUser.gid);
+  assert.match((await check(owned))?.message ?? '', new RegExp(`found: ${owned} is owned by ${appUser.name} \\(uid ${appUser.uid}\\), the user of app web, mode 0755\\)$`));
+  // Below a folder an app's user owns: it could rename the folder away and put its own in place.
+  const below = path.join(owned, 'textfile');
+  await mkdir(below, { mode: 0o755 });
+  assert.match((await check(below))?.message ?? '', new RegExp(`found: ${owned} is owned by ${appUser.name}`));
+
+  const grouped = path.join(dir, 'grouped');
+  await mkdir(grouped);
+  await chown(grouped, 0, group.gid);
+  await chmod(grouped, 0o775);
+  assert.match((await check(grouped))?.message ?? '', new RegExp(`found: ${grouped} is writable by group ${group.name}, which holds ${member.name} \\(uid ${member.uid}\\), the user of app api, mode 0775\\)$`));
+
+  // The prometheus user owning /var/lib/prometheus on Debian: not an app's.
+  const others = path.join(dir, 'others');
+  await mkdir(others, { mode: 0o755 });
+  await chown(others, other.uid, other.gid);
+  const inside = path.join(others, 'node-exporter');
+  await mkdir(inside, { mode: 0o755 });
+  assert.equal(await check(inside), undefined);
+  assert.equal(await check(dir), undefined);
+  assert.equal((await check(path.join(dir, 'missing')))?.code, 'FILE_UNREADABLE');
+});
+
+test('metrics off: prom-client is never loaded (on: it is)', async (t) => {
+  const loaded = async (metrics: Record<string, unknown> | undefined): Promise<boolean> => {
+    const f = await fixture(t, { agent: false });
+    if (metrics !== undefined) {
+      const config = JSON.parse(await readFile(f.config, 'utf8')) as Record<string, unknown>;
+      await writeFile(f.config, `${JSON.stringify({ ...config, metrics }, null, 2)}\n`);
+    }
+    // NODE_DEBUG=module: Node's module loader names every CommonJS file it loads (prom-client is one) on stderr.
+    const agent = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'cli', 'main.ts'), 'agent', '--config', f.config], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_DEBUG: 'module' } });
+    let stderr = '';
+    let stdout = '';
+    agent.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+    agent.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+    const exited = new Promise((resolve) => agent.once('exit', resolve));
+    defer(t, async () => {
+      agent.kill('SIGTERM');
+      await exited;
+    });
+    await waitFor('the first deploy', () => stdout.includes('"outcome":"deployed"'), { timeoutMs: 30_000 });
+    return /node_modules\/prom-client\//.test(stderr);
+  };
+  assert.equal(await loaded(undefined), false);
+  assert.equal(await loaded({ listen: `127.0.0.1:${await freePort()}` }), true);
+});
