@@ -58,39 +58,41 @@ test('the agent killed with SIGKILL at random points across 50 deploys: every wr
     const killed = agent;
     agent = startAgent(t, f.config);
 
-    const verdict = await waitFor(`round ${i} (${r}): a verdict for the write`, async () => {
-      const entry = (await readHistory(stateDir, 'web', { onDamaged })).findLast((e) => e.currentHash === hash);
-      if (entry !== undefined) return { outcome: entry.outcome, why: ` (${entry.code ?? ''}: ${entry.reason ?? ''}; trigger ${entry.trigger})` };
-      const state = await readAppState(stateDir, 'web', { onDamaged });
-      return state?.matched?.hash === hash && state.state === 'running' ? { outcome: 'matched', why: '' } : undefined;
-    }, { timeoutMs: 30_000 });
-    const good = r === '1.0' || r === '2.0';
-    if (!(good ? ['deployed', 'matched'] : ['rolled_back']).includes(verdict.outcome)) {
-      // What both agents and the app said: a failure here is timing-dependent and rarely replays.
+    try {
+      const verdict = await waitFor(`round ${i} (${r}): a verdict for the write`, async () => {
+        const entry = (await readHistory(stateDir, 'web', { onDamaged })).findLast((e) => e.currentHash === hash);
+        if (entry !== undefined) return { outcome: entry.outcome, why: ` (${entry.code ?? ''}: ${entry.reason ?? ''}; trigger ${entry.trigger})` };
+        const state = await readAppState(stateDir, 'web', { onDamaged });
+        return state?.matched?.hash === hash && state.state === 'running' ? { outcome: 'matched', why: '' } : undefined;
+      }, { timeoutMs: 30_000 });
+      const good = r === '1.0' || r === '2.0';
+      if (good) assert.ok(verdict.outcome === 'deployed' || verdict.outcome === 'matched', `round ${i}: ${r} got ${verdict.outcome}${verdict.why}`);
+      else assert.ok(verdict.outcome === 'rolled_back', `round ${i}: ${r} got ${verdict.outcome}${verdict.why}`);
+
+      // Afterwards: current.conf, the links and the process serving agree, one copy runs.
+      const agreed = await waitFor(`round ${i} (${r}): current.conf, links and the app to agree`, async () => {
+        const conf = named(await readFile(app.currentFile, 'utf8'));
+        const bin = path.basename(await readlink(path.join(app.dir, 'app.bin')));
+        const reply = await ask(app).catch(() => undefined);
+        const roots = [];
+        const pids = await processesUnder(app.releasesDir);
+        for (const pid of pids) {
+          const info = await readProc(pid);
+          if (info !== undefined && !pids.includes(info.ppid)) roots.push(pid);
+        }
+        const state = await readAppState(stateDir, 'web', { onDamaged });
+        const ok = bin === `app.${conf}` && reply?.release === `app.${conf}` && roots.length === 1 && state?.state === 'running' && (state.inflight ?? null) === null;
+        return ok ? conf : undefined;
+      }, { timeoutMs: 20_000 });
+      assert.equal(agreed, good ? r : named(await readFile(app.currentFile, 'utf8')));
+    } catch (err) {
+      // What both agents and the app said: a failure here is timing-dependent and rarely replays from its seed.
       const show = (l: { msg: string; [k: string]: unknown }): string => JSON.stringify(l);
       t.diagnostic(`killed agent's last lines:\n${killed.lines.slice(-25).map(show).join('\n')}`);
       t.diagnostic(`next agent's lines:\n${agent.lines.map(show).join('\n')}`);
       t.diagnostic(`app output:\n${(await readFile(path.join(app.dir, 'app.log'), 'utf8').catch(() => '')).split('\n').slice(-40).join('\n')}`);
+      throw err;
     }
-    if (good) assert.ok(verdict.outcome === 'deployed' || verdict.outcome === 'matched', `round ${i}: ${r} got ${verdict.outcome}${verdict.why}`);
-    else assert.ok(verdict.outcome === 'rolled_back', `round ${i}: ${r} got ${verdict.outcome}${verdict.why}`);
-
-    // Afterwards: current.conf, the links and the process serving agree, one copy runs.
-    const agreed = await waitFor(`round ${i} (${r}): current.conf, links and the app to agree`, async () => {
-      const conf = named(await readFile(app.currentFile, 'utf8'));
-      const bin = path.basename(await readlink(path.join(app.dir, 'app.bin')));
-      const reply = await ask(app).catch(() => undefined);
-      const roots = [];
-      const pids = await processesUnder(app.releasesDir);
-      for (const pid of pids) {
-        const info = await readProc(pid);
-        if (info !== undefined && !pids.includes(info.ppid)) roots.push(pid);
-      }
-      const state = await readAppState(stateDir, 'web', { onDamaged });
-      const ok = bin === `app.${conf}` && reply?.release === `app.${conf}` && roots.length === 1 && state?.state === 'running' && (state.inflight ?? null) === null;
-      return ok ? conf : undefined;
-    }, { timeoutMs: 20_000 });
-    assert.equal(agreed, good ? r : named(await readFile(app.currentFile, 'utf8')));
   }
   assert.deepEqual(damaged, [], 'no torn state or journal line');
   const recovered = (await readHistory(stateDir, 'web')).filter((e) => e.trigger.endsWith(':recovered')).length;
