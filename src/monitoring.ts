@@ -226,7 +226,14 @@ export class Monitoring {
     server.requestTimeout = REQUEST_TIMEOUT_MS;
     server.headersTimeout = REQUEST_TIMEOUT_MS;
     try {
-      if (a.kind === 'unix') await clearStaleSocket(a.path);
+      if (a.kind === 'unix') {
+        // Root creates, clears and chmods this path: an app's user who can
+        // write its folder could swap in a symlink and have root chmod any
+        // file 0666 (a trial did, 11 times in 12). The textfile's rule.
+        const problem = await checkFolderForRoot(path.dirname(a.path), await this.#writers(), this.#opts.config().file, 'metrics.listen');
+        if (problem !== undefined) throw problem;
+        await clearStaleSocket(a.path);
+      }
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen(a.kind === 'unix' ? { path: a.path } : { host: a.host, port: a.port, ipv6Only: a.family === 6 }, () => {

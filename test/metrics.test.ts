@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { chmod, chown, link, stat, mkdir, open, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { chmod, chown, link, lstat, stat, mkdir, open, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
@@ -527,4 +527,18 @@ test('metrics off: prom-client is never loaded (on: it is)', async (t) => {
   };
   assert.equal(await loaded(undefined), false);
   assert.equal(await loaded({ listen: `127.0.0.1:${await freePort()}` }), true);
+});
+
+test('a unix socket listener in a folder every user can write is refused (root would chmod whatever is put at its path), naming metrics.listen; the agent and the app run on', async (t) => {
+  const f = await fixture(t, { agent: false });
+  const folder = path.join(f.root, 'open-sock');
+  await mkdir(folder);
+  await chmod(folder, 0o777);
+  const sock = path.join(folder, 'metrics.sock');
+  await startWithMetrics(t, f, { listen: `unix:${sock}` });
+  const line = await f.agent.waitForLog('the refusal', (l) => l.code === 'METRICS_UNAVAILABLE');
+  assert.match(line.msg, /"metrics\.listen": must be in a folder that no app's user can write, nor every user .*is writable by every user, mode 0777/);
+  await assert.rejects(lstat(sock), /ENOENT/, 'nothing made at the path');
+  await setCurrentText(f.app, '2.0');
+  assert.equal((await nthEntry(f, 2)).outcome, 'deployed');
 });
