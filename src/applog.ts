@@ -23,7 +23,10 @@
  *
  * While the visible names change (from the first rename to the cut) a
  * marker `.NAME.rotating` lies beside the log: `relink logs -f` waits for
- * it to go before it maps its position to the new files. An agent killed
+ * it to go before it maps its position to the new files. Before the cut,
+ * the index `.NAME.index` (src/logindex.ts) is rewritten to say where each
+ * file's bytes lie in the log's whole output, which is how a reader keeps
+ * its place when offsets shift and pieces are dropped. An agent killed
  * in that window (SIGKILL, a power loss) leaves the bytes in both
  * app.log.1 and app.log: doubled, never lost; the next agent removes the
  * marker and says so.
@@ -39,6 +42,7 @@ import { constants as C } from 'node:fs';
 import { lstat, open, rename, statfs, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { isErrno } from './errors.js';
+import { indexFor, readIndex, writeIndex, type IndexedFile, type LogIndex } from './logindex.js';
 import { openAppend, withFolder, type SafeFolder } from './safefs.js';
 
 /** app.log.K: the K-th newest rotated file (K >= 1). */
@@ -110,8 +114,10 @@ export async function rotateLog(file: string, opts: RotateOptions): Promise<Rota
     reader = await open(`/proc/self/fd/${log.fd}`, C.O_RDONLY | C.O_NOCTTY);
     const bsize = (await statfs(`/proc/self/fd/${log.fd}`)).bsize;
     const name = path.basename(file);
+    // Where this log's offsets stand (an index of another inode is of a log that was replaced).
+    const prev = indexFor((await readIndex(file)).index, st.ino);
     return await withFolder(path.dirname(file), async (dir) => {
-      const files = { dir, name, uid: st.uid, gid: st.gid, mode: st.mode & 0o666 };
+      const files = { dir, name, ino: st.ino, uid: st.uid, gid: st.gid, mode: st.mode & 0o666 };
       let collapse = opts.collapse.get(st.dev);
       if (collapse === undefined) {
         collapse = await probeCollapse(dir, name, bsize);
@@ -119,14 +125,14 @@ export async function rotateLog(file: string, opts: RotateOptions): Promise<Rota
       }
       if (collapse === true) {
         try {
-          return await cut(log, reader!, st.size, bsize, opts, files);
+          return await cut(log, reader!, st.size, bsize, opts, files, prev);
         } catch (err) {
           // Copy + truncate from now on: a cut that keeps failing would copy the same bytes every second.
           if (err instanceof CollapseFailed) opts.collapse.set(st.dev, err.reason);
           throw err;
         }
       }
-      return await copyTruncate(log, reader!, st.size, opts, files, collapse);
+      return await copyTruncate(log, reader!, st.size, opts, files, collapse, prev);
     }, { createFolders: false });
   } finally {
     await reader?.close().catch(() => undefined);
@@ -138,6 +144,8 @@ interface Files {
   readonly dir: SafeFolder;
   /** The log's name in `dir`. */
   readonly name: string;
+  /** The log's inode. */
+  readonly ino: number;
   /** Owner and permission bits of the log, given to its rotated files. */
   readonly uid: number;
   readonly gid: number;
@@ -145,7 +153,7 @@ interface Files {
 }
 
 /** The lossless rotation: copy the pieces, shift, rename, collapse. */
-async function cut(log: FileHandle, reader: FileHandle, size: number, bsize: number, opts: RotateOptions, f: Files): Promise<Rotation> {
+async function cut(log: FileHandle, reader: FileHandle, size: number, bsize: number, opts: RotateOptions, f: Files, prev: LogIndex): Promise<Rotation> {
   // Each rotated file holds at most maxBytes; pieces are whole blocks.
   const piece = Math.max(bsize, Math.floor(opts.maxBytes / bsize) * bsize);
   // As many pieces as leave less than maxBytes behind, never reaching the
@@ -155,17 +163,31 @@ async function cut(log: FileHandle, reader: FileHandle, size: number, bsize: num
   if (n <= 0) return { mode: 'collapse', keptBytes: 0, files: 0, droppedBytes: 0 };
   const kept = Math.min(n, opts.backups);
   const temps: string[] = [];
+  const made: IndexedFile[] = [];
   try {
     // The newest piece (just before the cut) becomes app.log.1.
     for (let k = 1; k <= kept; k++) {
       const start = (n - k) * piece;
-      temps.push(await copyOut(reader, f, `${k}`, start, start + piece));
+      const out = await copyOut(reader, f, `${k}`, start, start + piece);
+      temps.push(out.temp);
+      made.push({ ino: out.ino, start: prev.cut + start, size: piece });
     }
     await mark(f);
-    await shift(f, kept, opts.backups);
-    for (const [i, temp] of temps.entries()) await rename(f.dir.at(temp), f.dir.at(`${f.name}.${i + 1}`));
-    temps.length = 0;
-    await collapseRange(log.fd, n * piece).catch((err: unknown) => { throw new CollapseFailed(file(f), kept, (err as Error).message); });
+    const next: LogIndex = { ino: f.ino, cut: prev.cut + n * piece, truncated: false, files: [...made, ...await survivors(f, opts.backups - kept, prev.files)] };
+    // Before the names change and the cut (and not between them, which
+    // would widen the moment both hold the bytes): killed after it, a
+    // reader prints the cut bytes twice (the files hold them twice), it
+    // never skips them.
+    await writeIndex(f.dir, f.name, next, f);
+    try {
+      await shift(f, kept, opts.backups);
+      for (const [i, temp] of temps.entries()) await rename(f.dir.at(temp), f.dir.at(`${f.name}.${i + 1}`));
+      temps.length = 0;
+      await collapseRange(log.fd, n * piece).catch((err: unknown) => { throw new CollapseFailed(file(f), kept, (err as Error).message); });
+    } catch (err) {
+      await uncut(f, prev, [...made, ...prev.files], opts.backups);
+      throw err;
+    }
   } finally {
     for (const temp of temps) await unlink(f.dir.at(temp)).catch(() => undefined);
     await unlink(f.dir.at(`.${f.name}.rotating`)).catch(() => undefined);
@@ -178,16 +200,19 @@ async function cut(log: FileHandle, reader: FileHandle, size: number, bsize: num
  * more), truncate at once, then shift and rename. Bytes the app writes
  * between the last read and the truncate are lost.
  */
-async function copyTruncate(log: FileHandle, reader: FileHandle, size: number, opts: RotateOptions, f: Files, why: string): Promise<Rotation> {
+async function copyTruncate(log: FileHandle, reader: FileHandle, size: number, opts: RotateOptions, f: Files, why: string, prev: LogIndex): Promise<Rotation> {
   const piece = opts.maxBytes;
   const n = Math.ceil(size / piece);
   const kept = Math.min(n, opts.backups);
   const temps: string[] = [];
+  const made: Array<{ ino: number; start: number }> = [];
   let end = size;
   try {
     for (let k = kept; k >= 1; k--) {
       const start = (n - k) * piece;
-      temps.unshift(await copyOut(reader, f, `${k}`, start, k === 1 ? size : start + piece));
+      const out = await copyOut(reader, f, `${k}`, start, k === 1 ? size : start + piece);
+      temps.unshift(out.temp);
+      made.push({ ino: out.ino, start });
     }
     // Before the last reads: between the last one and the truncate, the app's writes are lost.
     await mark(f);
@@ -205,10 +230,20 @@ async function copyTruncate(log: FileHandle, reader: FileHandle, size: number, o
         await handle.close();
       }
     }
-    await log.truncate(0);
-    await shift(f, kept, opts.backups);
-    for (const [i, temp] of temps.entries()) await rename(f.dir.at(temp), f.dir.at(`${f.name}.${i + 1}`));
-    temps.length = 0;
+    // Each piece ends where the next begins; the newest took the growth, up to `end`.
+    const pieces = made.map((m, i) => ({ ino: m.ino, start: prev.cut + m.start, size: (made[i + 1]?.start ?? end) - m.start }));
+    await writeIndex(f.dir, f.name, { ino: f.ino, cut: prev.cut + end, truncated: true, files: [...pieces, ...await survivors(f, opts.backups - kept, prev.files)] }, f);
+    let truncated = false;
+    try {
+      await log.truncate(0);
+      truncated = true;
+      await shift(f, kept, opts.backups);
+      for (const [i, temp] of temps.entries()) await rename(f.dir.at(temp), f.dir.at(`${f.name}.${i + 1}`));
+      temps.length = 0;
+    } catch (err) {
+      if (!truncated) await uncut(f, prev, [...pieces, ...prev.files], opts.backups);
+      throw err;
+    }
   } finally {
     for (const temp of temps) await unlink(f.dir.at(temp)).catch(() => undefined);
     await unlink(f.dir.at(`.${f.name}.rotating`)).catch(() => undefined);
@@ -228,8 +263,8 @@ class CollapseFailed extends Error {
   }
 }
 
-/** A new file `.NAME.rotate.TAG` in the folder holding bytes [from, to) of the log, the log's owner and mode, synced. */
-async function copyOut(reader: FileHandle, f: Files, tag: string, from: number, to: number): Promise<string> {
+/** A new file `.NAME.rotate.TAG` in the folder holding bytes [from, to) of the log, the log's owner and mode, synced; its name and inode. */
+async function copyOut(reader: FileHandle, f: Files, tag: string, from: number, to: number): Promise<{ temp: string; ino: number }> {
   const temp = `.${f.name}.rotate.${tag}`;
   // A leftover of a killed agent, or something planted: never followed, replaced.
   await unlink(f.dir.at(temp)).catch((err: unknown) => (isErrno(err, 'ENOENT') ? undefined : Promise.reject(err)));
@@ -239,6 +274,7 @@ async function copyOut(reader: FileHandle, f: Files, tag: string, from: number, 
     await out.chmod(f.mode);
     await copyRange(reader, out, from, to);
     await out.sync();
+    return { temp, ino: (await out.stat()).ino };
   } catch (err) {
     await out.close();
     await unlink(f.dir.at(temp)).catch(() => undefined);
@@ -246,7 +282,6 @@ async function copyOut(reader: FileHandle, f: Files, tag: string, from: number, 
   } finally {
     await out.close().catch(() => undefined);
   }
-  return temp;
 }
 
 /** Append bytes [from, to) of `reader` to `out`; returns where the copy ended (`to`, or earlier at end of file). */
@@ -270,6 +305,32 @@ async function shift(f: Files, count: number, backups: number): Promise<void> {
   // Beyond the bound, including files left by a larger "backups" before.
   for (let k = Math.max(1, backups - count + 1); k <= backups || (k <= MAX_BACKUPS && await exists(at(k))); k++) await unlink(at(k)).catch(gone);
   for (let k = backups - count; k >= 1; k--) await rename(at(k), at(k + count)).catch(gone);
+}
+
+/**
+ * A rotation failed before its cut: the index back to the log's offsets
+ * before it, listing the files that are there now (some may have been
+ * renamed: their bytes are in the log too, and a reader prints them once).
+ * Best effort: an index left as written makes a reader print the bytes
+ * twice, never skip them.
+ */
+async function uncut(f: Files, prev: LogIndex, known: readonly IndexedFile[], backups: number): Promise<void> {
+  await writeIndex(f.dir, f.name, { ...prev, files: await survivors(f, backups, known) }, f).catch(() => undefined);
+}
+
+/**
+ * The rotated files app.log.1 .. app.log.`upTo` there now that are among
+ * `known` (by inode): those a shift by the new files' number keeps.
+ */
+async function survivors(f: Files, upTo: number, known: readonly IndexedFile[]): Promise<IndexedFile[]> {
+  const byIno = new Map(known.map((k) => [k.ino, k]));
+  const out: IndexedFile[] = [];
+  for (let k = 1; k <= upTo; k++) {
+    const st = await lstat(f.dir.at(`${f.name}.${k}`)).catch(() => undefined);
+    const entry = st?.isFile() ? byIno.get(st.ino) : undefined;
+    if (entry !== undefined) out.push(entry);
+  }
+  return out;
 }
 
 /** lstat only: whatever is there is never opened. */

@@ -6,11 +6,13 @@
  * burst, every byte kept and none doubled across many rotations and an
  * agent restart, the copy + truncate fallback on a filesystem without
  * collapse-range (a tmpfs) and its warning, a planted symlink never
- * rotated; and `relink logs` -n and -f across rotations and a redeploy.
+ * rotated; and `relink logs` -n and -f across rotations and a redeploy,
+ * and -f keeping its place when rotations drop output or replace every
+ * rotated file (never a line twice; a gap said, with its size).
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { chmod, copyFile, link, lstat, mkdir, open, readFile, symlink, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, copyFile, link, lstat, mkdir, open, readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
@@ -317,6 +319,121 @@ test('relink logs: -n across rotated files; -f from a few lines back, across rot
   const bad = await relinkCli(['logs', '--config', a.config, 'web', '-n', '1e3']);
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /--lines must be a whole number/);
+});
+
+test('issue 12 trial: relink logs -f while the app writes faster than rotation keeps up (the agent drops output): every line printed at most once, in order; a gap only where the follower said it skipped, and how much', async (t) => {
+  if (!await needProgram(t, '/usr/bin/python3', 'python3')) return;
+  const maxBytes = 1_048_576;
+  const backups = 3;
+  const count = 350_000;
+  // The writer waits for this file: the follower runs before the burst begins.
+  const gate = path.join(await tmpDir(t, 'relink-gate-'), 'go');
+  const a = await logApp(t, { '1.0': { count, burst: 1000, pauseMs: 0, gate } }, { log: { maxBytes, backups } });
+  const agent = startAgent(t, a.config);
+  await waitFor('the writer to be ready', async () => (await tailOf(a.log, 20)).endsWith('1.0 ready\n'), { timeoutMs: 30_000 });
+
+  const follower = spawn(process.execPath, ['--import', 'tsx', MAIN, 'logs', '--config', a.config, 'web', '-f'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  defer(t, () => { if (follower.exitCode === null) follower.kill('SIGKILL'); });
+  let followed = '';
+  let notices = '';
+  follower.stdout.setEncoding('utf8').on('data', (c: string) => { followed += c; });
+  follower.stderr.setEncoding('utf8').on('data', (c: string) => { notices += c; });
+  const exited = new Promise<number | null>((resolve) => follower.once('close', (code) => resolve(code)));
+  await waitFor('the follower to print "1.0 ready"', () => followed.includes('1.0 ready\n'), { timeoutMs: 20_000 });
+  await writeFile(gate, '');
+  await waitFor('the follower to reach "1.0 done"', () => followed.slice(-200).includes('1.0 done\n'), { timeoutMs: 120_000 });
+  // The trial printed the kept set again after the last rotation: the follower must have looked after it.
+  await waitFor('the last rotation (app.log below log.maxBytes)', async () => ((await sizes(a.log)).get(0) ?? 0) < maxBytes, { timeoutMs: 10_000 });
+  await appendFile(a.log, 'marker\n');
+  await waitFor('the follower to print the marker', () => followed.endsWith('marker\n'), { timeoutMs: 20_000 });
+  follower.kill('SIGINT');
+  assert.equal(await exited, 0, notices);
+
+  const dropped = rotations(agent).reduce((sum, l) => sum + Number(l['droppedBytes'] ?? 0), 0);
+  assert.ok(dropped > 0, 'the writer outran the rotation: the agent dropped output (the case under test)');
+  // At most once and in order: every numbered line after the one before it.
+  const lines = followed.split('\n').slice(0, -1);
+  assert.equal(lines[0], '1.0 ready');
+  assert.deepEqual(lines.slice(-2), ['1.0 done', 'marker']);
+  const nums: number[] = [];
+  const partial: string[] = [];
+  for (const l of lines.slice(1, -2)) {
+    const m = /^1\.0 (\d{9}) x+$/.exec(l);
+    if (m !== null && l.length === WIDTH - 1) nums.push(Number(m[1]));
+    else partial.push(l);
+  }
+  const back = nums.findIndex((n, i) => i > 0 && n <= nums[i - 1]!);
+  assert.equal(back, -1, `line ${nums[back]} printed after line ${nums[back - 1]}: printed twice or out of order (${nums.length} lines printed for ${new Set(nums).size} distinct)`);
+  // The start of a line whose rest was rotated away before it was read, ended by the follower.
+  for (const l of partial) assert.ok(line('1.0', 0).startsWith(l.slice(0, 4)) && l.length < WIDTH - 1, `a damaged line: ${JSON.stringify(l.slice(0, 60))}`);
+  assert.equal(nums.at(-1), count - 1);
+  // Each gap said on stderr with its size; nothing else said.
+  const said = notices.split('\n').slice(0, -1).map((n) => {
+    const m = /^relink logs: (\d+) bytes of output were rotated away before they could be read \(.+\): going on from the next whole line$/.exec(n);
+    assert.ok(m !== null, `an unexpected notice: ${n}`);
+    return Number(m[1]);
+  });
+  const gaps = [nums[0]!, ...nums.flatMap((n, i) => (i > 0 && n !== nums[i - 1]! + 1 ? [n - nums[i - 1]! - 1] : []))].filter((g) => g > 0);
+  assert.ok(gaps.length <= said.length, `${gaps.length} gaps in the output, ${said.length} said`);
+  assert.ok(partial.length <= said.length, `${partial.length} lines cut short, ${said.length} gaps said`);
+  const missing = gaps.reduce((x, y) => x + y, 0) * WIDTH;
+  const skipped = said.reduce((x, y) => x + y, 0);
+  // A gap's edges are partial lines: up to a line each side beyond what was said.
+  assert.ok(missing <= skipped + 2 * WIDTH * said.length, `${missing} bytes of lines missing, ${skipped} said skipped`);
+  t.diagnostic(`${nums.length} of ${count} lines printed, ${gaps.length} gaps (${missing} bytes), ${said.length} said (${skipped} bytes); the agent dropped ${dropped} bytes in ${rotations(agent).length} rotations`);
+});
+
+test('relink logs -f keeps its place through the rotations themselves (the reader stopped while they happen): one that drops output is said once with its bytes and nothing is printed twice; one that replaces every rotated file prints each line once and says nothing', async (t) => {
+  const root = await tmpDir(t, 'relink-applog-');
+  const dir = path.join(root, 'web');
+  await mkdir(dir);
+  const config = path.join(root, 'config.json');
+  await writeFile(config, JSON.stringify({ stateDir: path.join(root, 'state'), apps: [{ name: 'web', dir, logFile: 'app.log', allowRoot: true, log: { maxBytes: 65_536, backups: 2 } }] }));
+  const cfg = parseConfig(await readFile(config, 'utf8'), config);
+  const said: Array<Record<string, unknown>> = [];
+  const rotations = new AppOutput(cfg.apps[0]!, { info: (o: Record<string, unknown>) => { said.push(o); }, warn: () => undefined, error: (o: unknown, m?: string) => assert.fail(m) } as never, { journal: null });
+  defer(t, () => rotations.close());
+  // The app: one descriptor opened once, O_APPEND, as src/launch.ts gives it.
+  const app = await open(path.join(dir, 'app.log'), 'a');
+  defer(t, () => app.close());
+  const lines = (from: number, to: number) => { let s = ''; for (let i = from; i < to; i++) s += line('w', i); return s; };
+  await app.write(lines(0, 1_000));
+
+  const follower = spawn(process.execPath, ['--import', 'tsx', MAIN, 'logs', '--config', config, 'web', '-f', '-n', '100000'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  defer(t, () => { if (follower.exitCode === null) follower.kill('SIGKILL'); });
+  let followed = '';
+  let notices = '';
+  follower.stdout.setEncoding('utf8').on('data', (c: string) => { followed += c; });
+  follower.stderr.setEncoding('utf8').on('data', (c: string) => { notices += c; });
+  const exited = new Promise<number | null>((resolve) => follower.once('close', (code) => resolve(code)));
+  await waitFor('the follower to print line 999', () => followed.endsWith(line('w', 999)), { timeoutMs: 20_000 });
+
+  // 600 KB while the reader sleeps: ten pieces of 64 KiB cut, two kept, the
+  // oldest eight (up to byte 524288, inside line 5242) dropped.
+  follower.kill('SIGSTOP');
+  await app.write(lines(1_000, 7_000));
+  await rotations.check();
+  follower.kill('SIGCONT');
+  assert.deepEqual(said.map((o) => o['droppedBytes']), [524_288]);
+  await app.write(lines(7_000, 7_010));
+  await waitFor('the follower to print line 7009', () => followed.endsWith(line('w', 7_009)), { timeoutMs: 20_000 });
+  assert.equal(notices, 'relink logs: 424288 bytes of output were rotated away before they could be read (dropped by the agent, the app writing faster than it rotates, or removed past log.backups): going on from the next whole line\n');
+  assert.ok(followed === lines(0, 1_000) + lines(5_243, 7_010), 'lines 0-999, then from the first whole line the rotated files kept, each once');
+
+  // Two pieces, no drop, and both rotated files are new: the trial's
+  // follower printed the kept set again here.
+  follower.kill('SIGSTOP');
+  await app.write(lines(7_010, 8_010));
+  await rotations.check();
+  follower.kill('SIGCONT');
+  assert.deepEqual(said.map((o) => o['droppedBytes']), [524_288, 0]);
+  assert.deepEqual((await logParts(path.join(dir, 'app.log'))).map((p) => p.index), [2, 1, 0]);
+  await app.write(lines(8_010, 8_011));
+  await waitFor('the follower to print line 8010', () => followed.endsWith(line('w', 8_010)), { timeoutMs: 20_000 });
+  follower.kill('SIGINT');
+  assert.equal(await exited, 0, notices);
+  assert.equal(notices.split('\n').length, 2, notices);
+  assert.ok(followed === lines(0, 1_000) + lines(5_243, 8_011), `each line once, in order: ${followed.length} characters for ${lines(0, 1_000).length + lines(5_243, 8_011).length}`);
 });
 
 test('a log kept in the releases folder: its rotated files (app.log.1 ..) match "app.{release}" but are never listed as releases, so never pruned', async (t) => {

@@ -4,7 +4,7 @@ import { HOST_JOURNAL } from '../appoutput.js';
 import type { AppConfig } from '../config.js';
 import { RelinkError } from '../errors.js';
 import { journalPresent } from '../journalstream.js';
-import { follow, logParts, readLast } from '../logfollow.js';
+import { follow, logParts, Printer, readLast } from '../logfollow.js';
 import { resolveRunAs } from '../user.js';
 import type { SpecOf } from './commands.js';
 import { EXIT, loadFor, selectApp, UsageError, type IO } from './io.js';
@@ -64,8 +64,10 @@ async function fromFiles(app: AppConfig, want: Want, io: IO, stop: Promise<strin
     return EXIT.ok;
   }
   const notice = (text: string) => io.stderr(`relink logs: ${text}\n`);
-  const at = await readLast(file, want, io.stdout, (ms) => new Promise((resolve) => setTimeout(resolve, ms)));
-  await follow(file, at, io.stdout, want.follow ? stop : undefined, { pollMs: POLL_MS, notice });
+  // One printer for the rotated files and the log: a character split by a rotation's cut comes out whole.
+  const printer = new Printer(io.stdout);
+  const at = await readLast(file, want, printer, (ms) => new Promise((resolve) => setTimeout(resolve, ms)));
+  await follow(file, at, printer, want.follow ? stop : undefined, { pollMs: POLL_MS, notice });
   return EXIT.ok;
 }
 

@@ -11,6 +11,8 @@ Run as `./app.bin -c app.cfg`; the config is key=value lines:
   burst        lines per write(2)
   pauseMs      sleep between bursts (0: as fast as it can)
   stderrEvery  every Nth line goes to stderr (0: none)
+  gate         a path: write "TAG ready" first, then wait until it exists
+               (a test starts its reader before the output it must read)
 A line is "TAG NNNNNNNNN xxxx...x\n", NNNNNNNNN its number from 0.
 """
 import os
@@ -44,6 +46,11 @@ def main():
     pause = int(cfg.get("pauseMs", "0")) / 1000.0
     every = int(cfg.get("stderrEvery", "0"))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    gate = cfg.get("gate")
+    if gate:
+        write_all(1, ("%s ready\n" % tag).encode())
+        while not os.path.exists(gate):
+            time.sleep(0.01)
     i = 0
     while i < count:
         out = []
