@@ -195,14 +195,15 @@ export class Agent {
   }
 
   /**
-   * Every app's log size checked each second (rotated past log.maxBytes):
+   * Every app's log size checked each second (rotated past log.maxBytes),
+   * and what its processes write to (a log deleted or renamed under them):
    * due on the second of the clock, when the apps' supervision checks are
    * (src/app.ts), so the agent still wakes once a second, not twice.
    */
   #armLogCheck(): void {
     if (this.#closing !== undefined) return;
     this.#logTimer = setTimeout(() => {
-      for (const s of this.#slots) void s.output.check();
+      for (const s of this.#slots) void s.output.check(s.app.writers());
       this.#armLogCheck();
     }, LOG_CHECK_MS - (Date.now() % LOG_CHECK_MS));
     this.#logTimer.unref();

@@ -265,6 +265,20 @@ export class AppAgent {
     return this.#crash.restarts;
   }
 
+  /**
+   * The main process of each of the app's generations that still runs, as
+   * last seen (no /proc read): what writes its output (its log file's
+   * check, src/appoutput.ts).
+   */
+  writers(): ProcIdentity[] {
+    const rec = this.#fx.lineage();
+    const alive = new Set(rec?.members.map((m) => m.pid) ?? []);
+    const out: ProcIdentity[] = (rec?.mains ?? []).filter((m) => alive.has(m.pid)).map((m) => ({ pid: m.pid, startTime: m.startTime }));
+    const main = this.#tracker.main;
+    if (main !== undefined && !out.some((m) => m.pid === main.pid)) out.push({ pid: main.pid, startTime: main.startTime });
+    return out;
+  }
+
   /** Load what the previous agent knew, then take the app over in the first pass (and start supervising). */
   async start(): Promise<void> {
     const saved = await this.#fx.loadState().catch((err: unknown) => {

@@ -382,7 +382,7 @@ async function probeCollapse(dir: SafeFolder, name: string, bsize: number): Prom
  * the descriptor, passed as its fd 3: the checked inode, never a path).
  * Throws an Error with fallocate's message ("Operation not supported").
  */
-function collapseRange(fd: number, length: number): Promise<void> {
+export function collapseRange(fd: number, length: number): Promise<void> {
   return new Promise((resolve, reject) => {
     // spawn, not execFile: execFile passes no stdio beyond 0-2.
     const child = spawn('fallocate', ['--collapse-range', '--offset', '0', '--length', String(length), '/proc/self/fd/3'], { stdio: ['ignore', 'ignore', 'pipe', fd] });

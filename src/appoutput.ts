@@ -9,18 +9,22 @@
  * journald does not take a connection, that start writes to the file
  * instead and the agent says why, once. Otherwise (`logFile` set, or no
  * journald) the output is appended to the file, which the agent rotates by
- * size (src/applog.ts), checked every second.
+ * size (src/applog.ts), checked every second. The same check looks at what
+ * the app's processes write to: a log deleted or renamed under the running
+ * app (src/logorphan.ts) is said once, with the way out, and kept bounded.
  *
  * Nothing of the app's output passes through the agent either way.
  */
-import { lstatSync } from 'node:fs';
+import { closeSync, lstatSync, type Stats } from 'node:fs';
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import { rotateLog, clearMarker, type Rotation } from './applog.js';
 import type { AppConfig } from './config.js';
-import { RelinkError } from './errors.js';
+import { RelinkError, type ErrorCode } from './errors.js';
 import { JOURNAL_STDOUT, journalPresent, openJournalStream, PRIORITY } from './journalstream.js';
+import { cutDetached, lookAt, realLogPath, stdoutName, type Detached } from './logorphan.js';
 import { journalTail, logSize, logTail } from './logtail.js';
+import type { ProcIdentity } from './proc.js';
 import { openAppend } from './safefs.js';
 import { resolveRunAs } from './user.js';
 
@@ -105,6 +109,18 @@ export function outputWhere(app: AppConfig, journal: JournalTarget = HOST_JOURNA
   return present ? describeSink({ kind: 'journal', identifier: app.name, namespace: journal.namespace }) : app.logFile;
 }
 
+/** What the agent says, once, of a log file deleted or renamed under the running app. */
+function detachedMessage(app: AppConfig, d: Detached, pathNow: boolean): string {
+  const file = app.logFile;
+  const what = d.deleted
+    ? `${file} was deleted while the app still writes to it (pid ${d.pid}, and what shares its output): its output goes into the deleted file, which relink logs cannot read and which takes disk space until the app exits${pathNow ? `, and the new ${file} stays empty` : ''}`
+    : `${file} was renamed to ${d.name} while the app still writes to it (pid ${d.pid}, and what shares its output; logrotate's rename and create does this): its output goes into ${d.name}${pathNow ? `, and the new ${file} stays empty` : `, and there is no ${file}`}`;
+  const meanwhile = d.cuttable === true
+    ? `until then the agent keeps ${d.deleted ? 'the deleted file' : d.name} below log.maxBytes (${app.log.maxBytes} bytes), dropping its oldest output`
+    : `until then it grows: the agent does not cut it, as ${d.cuttable}`;
+  return `${what}. relink restart ${app.name} makes the app write to ${file} again; ${meanwhile}. The agent rotates ${file} itself: do not delete it, or point logrotate at it`;
+}
+
 /** The agent's side of one app's output: its starts' sinks and its log file's rotation. */
 export class AppOutput {
   readonly app: AppConfig;
@@ -118,6 +134,17 @@ export class AppOutput {
   /** Per filesystem (device): collapse-range supported, or why not (src/applog.ts). */
   readonly #collapse = new Map<number, true | string>();
   #rotating: Promise<void> | undefined;
+  /** `dev:ino` of the last files seen at the log's path: a file the app writes to that is one of them was this log. */
+  readonly #known = new Set<string>();
+  /** Detached files said (by `dev:ino`), each once, with the last reason it could not be cut; forgotten once nothing writes to it. */
+  readonly #detached = new Map<string, { name: string; failed?: string | undefined }>();
+  /** Processes' stdout found not to be this log's file (`pid:startTime:name`): not looked at again. */
+  #elsewhere = new Set<string>();
+  /** The log's path as /proc names it (symlinked folders resolved); refreshed when a name differs. */
+  #realLog: string | undefined;
+  #watching: Promise<void> | undefined;
+  /** The last reason a look at the writers failed, said once. */
+  #saidWatch: string | undefined;
   #closing: Promise<void> | undefined;
 
   constructor(app: AppConfig, log: Pick<Logger, 'info' | 'warn' | 'error'>, opts: { journal?: JournalTarget | null } = {}) {
@@ -165,20 +192,31 @@ export class AppOutput {
   }
 
   /**
-   * Rotate the log file if it reached log.maxBytes (one at a time; a check
-   * while one runs is skipped). A log that is missing is not made.
-   * Problems are logged, once each; never throws.
+   * The per-second check: rotate the log file if it reached log.maxBytes
+   * (one at a time; a check while one runs is skipped; a log that is
+   * missing is not made), and look at what `writers` (the main process of
+   * each of the app's generations) write their stdout to: a file that was
+   * this log and no longer is at its path is said once and kept below
+   * log.maxBytes (src/logorphan.ts). Problems are logged, once each; never
+   * throws. Resolves when what it started is done.
    */
-  check(): Promise<void> {
-    if (this.#rotating !== undefined || this.#closing !== undefined) return this.#rotating ?? Promise.resolve();
+  check(writers: readonly ProcIdentity[] = []): Promise<void> {
+    if (this.#closing !== undefined) return this.#rotating ?? Promise.resolve();
     // The common case, a log below the bound (or none), costs this one stat. Synchronous: through
     // the thread pool, 20 apps' stats a second took the idle agent from 70 to 117 wake-ups a second.
-    let st;
+    let st: Stats | undefined;
     try {
       st = lstatSync(this.app.logFile, { throwIfNoEntry: false });
     } catch {
-      return Promise.resolve();
+      st = undefined;
     }
+    if (st?.isFile()) this.#remember(`${st.dev}:${st.ino}`);
+    const watching = this.#watch(writers);
+    return Promise.all([watching, this.#rotate(st)]).then(() => undefined);
+  }
+
+  #rotate(st: Stats | undefined): Promise<void> {
+    if (this.#rotating !== undefined) return this.#rotating;
     if (st === undefined || !st.isFile() || st.size < this.app.log.maxBytes) return Promise.resolve();
     this.#rotating = (async () => {
       try {
@@ -213,9 +251,101 @@ export class AppOutput {
     this.#log.info({ file, keptBytes: r.keptBytes, files: r.files, droppedBytes: r.droppedBytes, mode: r.mode }, `rotated ${file}`);
   }
 
-  /** No more rotations; resolves once one under way has finished. The same promise every time. */
+  #remember(key: string): void {
+    if (this.#known.has(key)) return;
+    this.#known.add(key);
+    // A few are plenty: a file is seen at the path within a second of being put there.
+    if (this.#known.size > 16) this.#known.delete(this.#known.values().next().value!);
+  }
+
+  /**
+   * Compare each writer's stdout with the log's path (a readlink each,
+   * synchronous: /proc only); look at the file behind any that differs
+   * (one look at a time). Never throws.
+   */
+  #watch(writers: readonly ProcIdentity[]): Promise<void> {
+    if (this.#watching !== undefined) return this.#watching;
+    const suspects: Array<ProcIdentity & { name: string }> = [];
+    const elsewhere = new Set<string>();
+    for (const w of writers) {
+      const name = stdoutName(w.pid);
+      // A socket (the journal), a pipe, or no such process: no file to compare.
+      if (name === undefined || !name.startsWith('/')) continue;
+      this.#realLog ??= realLogPath(this.app.logFile);
+      if (name === this.#realLog) continue;
+      const seen = `${w.pid}:${w.startTime}:${name}`;
+      if (this.#elsewhere.has(seen)) elsewhere.add(seen);
+      else suspects.push({ pid: w.pid, startTime: w.startTime, name });
+    }
+    this.#elsewhere = elsewhere;
+    if (suspects.length === 0) {
+      this.#stillDetached(new Set());
+      return Promise.resolve();
+    }
+    this.#watching = this.#inspect(suspects).then(() => { this.#saidWatch = undefined; }, (err: unknown) => {
+      const why = err instanceof Error ? err.message : String(err);
+      if (this.#saidWatch !== why) this.#log.error({ file: this.app.logFile, err: why }, `cannot look at what the app writes its output to: ${why}`);
+      this.#saidWatch = why;
+    }).finally(() => { this.#watching = undefined; });
+    return this.#watching;
+  }
+
+  async #inspect(suspects: ReadonlyArray<ProcIdentity & { name: string }>): Promise<void> {
+    this.#realLog = realLogPath(this.app.logFile);
+    // Unknown (the user is gone): nothing is cut, since nothing can be checked to be theirs.
+    const uid = await resolveRunAs(this.app).then((r) => r.uid, () => -1);
+    const found = new Set<string>();
+    for (const s of suspects) {
+      const r = await lookAt(s, s.name, this.app.logFile, { known: this.#known, uid });
+      if (r === undefined) {
+        this.#elsewhere.add(`${s.pid}:${s.startTime}:${s.name}`);
+        continue;
+      }
+      try {
+        if (!found.has(r.detached.key)) await this.#bound(r.detached, r.fd);
+        found.add(r.detached.key);
+      } finally {
+        closeSync(r.fd);
+      }
+    }
+    this.#stillDetached(found);
+  }
+
+  /** A detached file the app writes to: said once, then cut below log.maxBytes each time it reaches it (when that is safe). */
+  async #bound(d: Detached, fd: number): Promise<void> {
+    let said = this.#detached.get(d.key);
+    if (said === undefined) {
+      said = { name: d.name };
+      this.#detached.set(d.key, said);
+      this.#log.warn({ code: 'LOG_FILE_DETACHED' satisfies ErrorCode, file: this.app.logFile, detached: d.name, appPid: d.pid, bytes: d.size }, detachedMessage(this.app, d, lstatSync(this.app.logFile, { throwIfNoEntry: false }) !== undefined));
+    }
+    if (d.cuttable !== true) return;
+    try {
+      const cut = await cutDetached(fd, this.app.log.maxBytes, this.#collapse);
+      if (cut > 0) this.#log.info({ file: d.name, appPid: d.pid, droppedBytes: cut }, `cut the oldest ${cut} bytes of ${d.name}, which the app still writes to instead of ${this.app.logFile} (relink restart ${this.app.name} ends this)`);
+      said.failed = undefined;
+    } catch (err) {
+      const why = err instanceof Error ? err.message : String(err);
+      if (said.failed !== why) this.#log.error({ code: 'LOG_ROTATE_FAILED', file: d.name }, `cannot cut ${d.name}, which the app still writes to: ${why}; it grows until relink restart ${this.app.name}`);
+      said.failed = why;
+    }
+  }
+
+  /** Occurrences no process writes to any more (`current`: the files written to now) are over: said, and forgotten. */
+  #stillDetached(current: ReadonlySet<string>): void {
+    for (const [key, d] of this.#detached) {
+      if (current.has(key)) continue;
+      this.#detached.delete(key);
+      this.#log.info({ file: this.app.logFile, detached: d.name }, `no process of the app writes to ${d.name} any more`);
+    }
+  }
+
+  /** No more rotations; resolves once one under way (and a look at a detached log) has finished. The same promise every time. */
   close(): Promise<void> {
-    this.#closing ??= (async () => { await this.#rotating; })();
+    this.#closing ??= (async () => {
+      await this.#rotating;
+      await this.#watching;
+    })();
     return this.#closing;
   }
 }

@@ -43,6 +43,8 @@ export type ErrorCode =
   // the app's output (src/appoutput.ts): journald's stream socket, the log file's rotation
   | 'JOURNAL_UNAVAILABLE'
   | 'LOG_ROTATE_FAILED'
+  /** the app writes to its log file deleted or renamed under it (src/logorphan.ts): relink restart makes a new one */
+  | 'LOG_FILE_DETACHED'
   // relink / process
   | 'LINK_NOT_SYMLINK'
   | 'LINK_FAILED'

@@ -8,11 +8,13 @@
  * collapse-range (a tmpfs) and its warning, a planted symlink never
  * rotated; and `relink logs` -n and -f across rotations and a redeploy,
  * and -f keeping its place when rotations drop output or replace every
- * rotated file (never a line twice; a gap said, with its size).
+ * rotated file (never a line twice; a gap said, with its size); a log
+ * deleted or renamed under the running app said and kept bounded, and a
+ * root-only file an app points its stdout at never cut.
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { appendFile, chmod, copyFile, link, lstat, mkdir, open, readFile, symlink, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, copyFile, link, lstat, mkdir, open, readFile, rename, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
@@ -26,6 +28,7 @@ import { defer, MAIN, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, wait
 
 const run = promisify(execFile);
 const WRITER = path.join(ROOT, 'test', 'apps', 'logwriter.py');
+const PLANT = path.join(ROOT, 'test', 'apps', 'fd1plant.py');
 const WIDTH = 100;
 
 type Cfg = Record<string, string | number>;
@@ -41,16 +44,17 @@ interface LogApp {
 }
 
 /**
- * An app "web" whose releases are the writer with the given configs, its
- * current.conf naming the first; the agent config with `app` merged in.
+ * An app "web" whose releases are the writer (or `opts.bin`) with the
+ * given configs, its current.conf naming the first; the agent config with
+ * `app` merged in.
  */
-async function logApp(t: TestContext, releases: Record<string, Cfg>, app: Record<string, unknown>, opts: { user?: TestUser; logFile?: string } = {}): Promise<LogApp> {
+async function logApp(t: TestContext, releases: Record<string, Cfg>, app: Record<string, unknown>, opts: { user?: TestUser; logFile?: string; bin?: string } = {}): Promise<LogApp> {
   const root = await tmpDir(t, 'relink-applog-');
   const dir = path.join(root, 'web');
   const releasesDir = path.join(dir, 'release');
   await mkdir(releasesDir, { recursive: true });
   for (const [r, cfg] of Object.entries(releases)) {
-    await copyFile(WRITER, path.join(releasesDir, `app.${r}`));
+    await copyFile(opts.bin ?? WRITER, path.join(releasesDir, `app.${r}`));
     await chmod(path.join(releasesDir, `app.${r}`), 0o755);
     await writeFile(path.join(releasesDir, `cfg.${r}`), Object.entries({ tag: r, width: WIDTH, ...cfg }).map(([k, v]) => `${k}=${v}\n`).join(''));
   }
@@ -434,6 +438,87 @@ test('relink logs -f keeps its place through the rotations themselves (the reade
   assert.equal(await exited, 0, notices);
   assert.equal(notices.split('\n').length, 2, notices);
   assert.ok(followed === lines(0, 1_000) + lines(5_243, 8_011), `each line once, in order: ${followed.length} characters for ${lines(0, 1_000).length + lines(5_243, 8_011).length}`);
+});
+
+test('issue 12 trial: a log deleted (rm) or renamed (logrotate\'s rename + create) under the running app is said once per occurrence, with the way out, in relink status and relink logs too; the file the app still writes to is kept below log.maxBytes, its newest lines, until relink restart', async (t) => {
+  if (!rootOnly(t)) return;
+  const user = await testUser(t);
+  const maxBytes = 65_536;
+  const a = await logApp(t, { '1.0': { count: 100_000_000, burst: 10, pauseMs: 10 } }, { log: { maxBytes, backups: 2 } }, { user });
+  const agent = startAgent(t, a.config);
+  await waitFor('the first deploy', async () => (await deploys(a))[0]?.outcome === 'deployed', { timeoutMs: 30_000 });
+  const pid = (await deploys(a))[0]!.pidAfter!;
+  const detached = () => agent.lines.filter((l) => l['code'] === 'LOG_FILE_DETACHED');
+  const cuts = (name: string) => agent.lines.filter((l) => l.msg.startsWith('cut the oldest') && l['file'] === name);
+
+  // An operator's rm.
+  await waitFor('the app to write', async () => (await lstat(a.log)).size > 0);
+  await unlink(a.log);
+  const gone = `${a.log} (deleted)`;
+  const first = await agent.waitForLog('the agent to say the log was deleted', (l) => l['code'] === 'LOG_FILE_DETACHED');
+  assert.equal(first.level, 'warn');
+  assert.equal(first['detached'], gone);
+  t.diagnostic(first.msg);
+  assert.match(first.msg, /was deleted while the app still writes to it \(pid \d+, .*relink restart web makes the app write to \S+app\.log again; until then the agent keeps the deleted file below log\.maxBytes \(65536 bytes\), dropping its oldest output\. The agent rotates \S+ itself: do not delete it, or point logrotate at it$/);
+  await waitFor('two cuts of the deleted file', () => cuts(gone).length >= 2, { timeoutMs: 30_000 });
+  // Paused, the app writes nothing: the next check leaves the deleted file below log.maxBytes, with the newest lines, whole and in order.
+  process.kill(pid, 'SIGSTOP');
+  defer(t, () => { try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ } });
+  await waitFor('the deleted file below log.maxBytes', async () => (await stat(`/proc/${pid}/fd/1`)).size < maxBytes, { timeoutMs: 10_000 });
+  const kept = await readFile(`/proc/${pid}/fd/1`, 'utf8');
+  const nums = numbers(kept, '1.0');
+  assert.ok(nums.length > 100, `${nums.length} lines kept`);
+  nums.forEach((n, i) => { if (i > 0) assert.equal(n, nums[i - 1]! + 1, `line ${nums[i - 1]} is followed by ${n}`); });
+  process.kill(pid, 'SIGCONT');
+
+  const status = await relinkCli(['status', '--config', a.config]);
+  assert.ok(status.stdout.includes(`pid ${pid} writes its output to ${gone}: ${a.log} was deleted while it ran, so relink logs does not show it; relink restart web makes the app write to ${a.log} again`), status.stdout);
+  const logs = await relinkCli(['logs', '--config', a.config, 'web']);
+  assert.equal(logs.stderr, `relink logs: note: pid ${pid} writes its output to ${gone} (${a.log} was deleted while it ran), which is not read here; relink restart web makes the app write to ${a.log} again\nrelink logs: nothing logged yet (no ${a.log})\n`);
+
+  const restarted = await relinkCli(['restart', 'web', '--config', a.config, '--wait']);
+  assert.equal(restarted.code, 0, restarted.stderr);
+  await agent.waitForLog('the occurrence to end', (l) => l.msg === `no process of the app writes to ${gone} any more`);
+  assert.equal(detached().length, 1, 'said once, however many checks saw it');
+
+  // logrotate's default: rename, then create an empty file.
+  await waitFor('the new generation to write to a new app.log', async () => ((await lstat(a.log).catch(() => undefined))?.size ?? 0) > 0);
+  const renamed = `${a.log}-20261130`;
+  await rename(a.log, renamed);
+  await writeFile(a.log, '', { flag: 'wx' });
+  const second = await agent.waitForLog('the agent to say the log was renamed', (l) => l['code'] === 'LOG_FILE_DETACHED' && l['detached'] === renamed);
+  t.diagnostic(second.msg);
+  assert.match(second.msg, /was renamed to \S+-20261130 while the app still writes to it \(pid \d+, and what shares its output; logrotate's rename and create does this\): its output goes into \S+, and the new \S+app\.log stays empty\. relink restart web/);
+  await waitFor('a cut of the renamed file', () => cuts(renamed).length >= 1, { timeoutMs: 30_000 });
+  assert.equal((await lstat(a.log)).size, 0, 'the app writes to the renamed file, not to the new app.log');
+  assert.equal((await relinkCli(['restart', 'web', '--config', a.config, '--wait'])).code, 0);
+  await agent.waitForLog('the second occurrence to end', (l) => l.msg === `no process of the app writes to ${renamed} any more`);
+  await waitFor('the app to write to app.log again', async () => (await lstat(a.log)).size > 0);
+  assert.equal(detached().length, 2, 'one warning per occurrence');
+  assert.deepEqual(agent.lines.filter((l) => l.level === 'error'), []);
+});
+
+test('what an app\'s user cannot have root cut: its stdout pointed (O_PATH: no right on the file needed) at a root-only file named as logrotate names a rotated log is said, and never cut', async (t) => {
+  if (!rootOnly(t)) return;
+  const user = await testUser(t);
+  const maxBytes = 65_536;
+  const a = await logApp(t, { '1.0': { target: 'app.log-old' } }, { log: { maxBytes, backups: 2 } }, { user, bin: PLANT });
+  const victim = path.join(a.dir, 'app.log-old');
+  const secret = 'root only\n'.repeat(20_000);
+  await writeFile(victim, secret, { mode: 0o600 });
+  const agent = startAgent(t, a.config);
+  const said = await agent.waitForLog('the agent to say the app writes elsewhere', (l) => l['code'] === 'LOG_FILE_DETACHED', { timeoutMs: 30_000 });
+  assert.equal(said['detached'], victim);
+  t.diagnostic(said.msg);
+  assert.match(said.msg, /until then it grows: the agent does not cut it, as it belongs to uid 0, not to the app's user \(uid \d+\)\./);
+  // Later checks ran (each rotates the log the test fills), and still nothing was cut.
+  for (let i = 1; i <= 2; i++) {
+    await appendFile(a.log, 'x'.repeat(maxBytes + 10));
+    await waitFor(`rotation ${i}`, () => rotations(agent).length >= i, { timeoutMs: 10_000 });
+  }
+  assert.equal(await readFile(victim, 'utf8'), secret);
+  assert.equal(agent.lines.filter((l) => l['code'] === 'LOG_FILE_DETACHED').length, 1);
+  assert.equal(agent.lines.filter((l) => l.msg.startsWith('cut the oldest')).length, 0);
 });
 
 test('a log kept in the releases folder: its rotated files (app.log.1 ..) match "app.{release}" but are never listed as releases, so never pruned', async (t) => {

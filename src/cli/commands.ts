@@ -349,6 +349,10 @@ The app's own output (its stdout and stderr), from wherever it goes:
   system journal takes root or the group systemd-journal (or adm);
 - else its log file and the rotated ones (app.log.N .. app.log.1, app.log),
   read back to back, oldest first: a line a rotation cut in two is whole.
+  -f never prints a line twice; output rotated away before it was read
+  (the app writing faster than the agent rotates) is skipped, and said on
+  stderr with its size. A process of the app writing to its log file
+  deleted or renamed under it is noted on stderr (relink restart ends it).
 Lines are printed as the app wrote them (journalctl -o cat).`,
     positionals: [{ name: 'APP', help: 'the app (or --app NAME; needed when the config has several)' }],
     options: [

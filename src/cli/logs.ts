@@ -5,6 +5,9 @@ import type { AppConfig } from '../config.js';
 import { RelinkError } from '../errors.js';
 import { journalPresent } from '../journalstream.js';
 import { follow, logParts, Printer, readLast } from '../logfollow.js';
+import { detachedName } from '../logorphan.js';
+import { readStat } from '../proc.js';
+import { readAppState } from '../state.js';
 import { resolveRunAs } from '../user.js';
 import type { SpecOf } from './commands.js';
 import { EXIT, loadFor, selectApp, UsageError, type IO } from './io.js';
@@ -23,7 +26,7 @@ export const logsCommand: Command<SpecOf<'logs'>> = {
     const app = selectApp(config, values.app ?? named);
     const want = { lines: lines ?? (sinceMs === undefined ? 10 : Infinity), sinceMs, follow: values.follow === true };
     if (app.log.journal && await journalPresent(HOST_JOURNAL.socket)) return fromJournal(app, want, io, stop);
-    return fromFiles(app, want, io, stop);
+    return fromFiles(app, config.stateDir, want, io, stop);
   },
 };
 
@@ -57,18 +60,36 @@ async function fromJournal(app: AppConfig, want: Want, io: IO, stop: Promise<str
   });
 }
 
-async function fromFiles(app: AppConfig, want: Want, io: IO, stop: Promise<string>): Promise<number> {
+async function fromFiles(app: AppConfig, stateDir: string, want: Want, io: IO, stop: Promise<string>): Promise<number> {
   const file = app.logFile;
+  const notice = (text: string) => io.stderr(`relink logs: ${text}\n`);
+  await noteDetached(app, stateDir, notice);
   if (!want.follow && (await logParts(file)).length === 0) {
-    io.stderr(`relink logs: nothing logged yet (no ${file})\n`);
+    notice(`nothing logged yet (no ${file})`);
     return EXIT.ok;
   }
-  const notice = (text: string) => io.stderr(`relink logs: ${text}\n`);
   // One printer for the rotated files and the log: a character split by a rotation's cut comes out whole.
   const printer = new Printer(io.stdout);
   const at = await readLast(file, want, printer, (ms) => new Promise((resolve) => setTimeout(resolve, ms)));
   await follow(file, at, printer, want.follow ? stop : undefined, { pollMs: POLL_MS, notice });
   return EXIT.ok;
+}
+
+/**
+ * A process of the app (as its state file knows them) writing to the log
+ * deleted or renamed under it (src/logorphan.ts): what it writes is not in
+ * the files read here. Said before them; /proc tells root only.
+ */
+async function noteDetached(app: AppConfig, stateDir: string, notice: (text: string) => void): Promise<void> {
+  const saved = await readAppState(stateDir, app.name).catch(() => undefined);
+  const said = new Set<string>();
+  for (const m of saved?.lineage?.members ?? []) {
+    if (readStat(m.pid)?.startTime !== m.startTime) continue;
+    const d = detachedName(m.pid, app.logFile);
+    if (d === undefined || said.has(d.name)) continue;
+    said.add(d.name);
+    notice(`note: pid ${m.pid} writes its output to ${d.name} (${app.logFile} was ${d.deleted ? 'deleted' : 'renamed'} while it ran), which is not read here; relink restart ${app.name} makes the app write to ${app.logFile} again`);
+  }
 }
 
 const UNITS: Record<string, number> = { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
