@@ -46,6 +46,14 @@ const LAST_SUCCESS_SCAN = 1_000;
 
 /** A request's headers and body must arrive within this (ms): a client that trickles them holds nothing for long. */
 const REQUEST_TIMEOUT_MS = 10_000;
+/**
+ * Connections the listener holds at once; more are closed as they come.
+ * Any local user may connect to a loopback address: without a cap, idle
+ * connections used up the agent's file descriptors (a trial held 1,100:
+ * EMFILE in supervision and spawns, a verdict 17 s late). The page and the
+ * scrapes need a handful.
+ */
+const MAX_CONNECTIONS = 64;
 
 export interface MonitoringOptions {
   readonly log: Logger;
@@ -225,6 +233,8 @@ export class Monitoring {
     const server = http.createServer((req, res) => void this.#handle(req, res));
     server.requestTimeout = REQUEST_TIMEOUT_MS;
     server.headersTimeout = REQUEST_TIMEOUT_MS;
+    server.maxConnections = MAX_CONNECTIONS;
+    server.keepAliveTimeout = 5_000;
     try {
       if (a.kind === 'unix') {
         // Root creates, clears and chmods this path: an app's user who can

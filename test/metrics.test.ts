@@ -542,3 +542,23 @@ test('a unix socket listener in a folder every user can write is refused (root w
   await setCurrentText(f.app, '2.0');
   assert.equal((await nthEntry(f, 2)).outcome, 'deployed');
 });
+
+test('idle connections to the listener cannot use up the agent\'s file descriptors: beyond 64 they are closed as they come, and deploys go on', async (t) => {
+  const f = await fixture(t, { agent: false });
+  const port = await freePort();
+  await startWithMetrics(t, f, { listen: `127.0.0.1:${port}` });
+  const fds = async (): Promise<number> => (await readdir(`/proc/${f.agent.child.pid}/fd`)).length;
+  const before = await fds();
+  // 300 connections that never send a byte, as any local user could open.
+  const idle: net.Socket[] = [];
+  defer(t, () => { for (const c of idle) c.destroy(); });
+  await Promise.all(Array.from({ length: 300 }, () => new Promise<void>((resolve) => {
+    const c = net.connect({ port, host: '127.0.0.1' }, () => resolve());
+    c.on('error', () => resolve());
+    idle.push(c);
+  })));
+  await waitFor('the extra connections closed by the agent', () => (idle.filter((c) => !c.destroyed && !c.readableEnded).length <= 64 ? true : undefined), { timeoutMs: 10_000 });
+  assert.ok((await fds()) < before + 100, `the agent holds ${await fds()} fds (was ${before})`);
+  await setCurrentText(f.app, '2.0');
+  assert.equal((await nthEntry(f, 2)).outcome, 'deployed');
+});
