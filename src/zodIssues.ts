@@ -74,7 +74,7 @@ export function zodProblems(
         const key = keyPath([...issue.path, k]);
         const near = nearest(k, known);
         const rule = near === undefined ? 'is not a known key' : `is not a known key (did you mean ${JSON.stringify(near)}?)`;
-        out.push(fileError(unknownKeyCode, file, key, rule, describe(valueAt(input, [...issue.path, k]))));
+        out.push(fileError(unknownKeyCode, file, key, rule, describe(valueAt(input, [...issue.path, k]), [...issue.path, k])));
       }
       continue;
     }
@@ -90,7 +90,7 @@ export function zodProblems(
       continue;
     }
     const rule = issue.message === UNPHRASED ? phrase(issue, schema === undefined ? undefined : schemaAt(schema, issue.path)) : issue.message;
-    out.push(fileError(code, file, key, rule, describe(found)));
+    out.push(fileError(code, file, key, rule, describe(found, issue.path)));
   }
   return { listed: out, uncounted };
 }
@@ -326,8 +326,18 @@ function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
  * redacted (src/redact.ts): a notifier's URL may carry a token, and a
  * refusal goes to the log and to the terminal of whoever ran the command.
  */
-export function describe(value: unknown): string {
+export function describe(value: unknown, path: readonly PropertyKey[] = []): string {
   if (value === undefined) return 'nothing';
+  // A notifier's URL that does not even parse, or its command's arguments,
+  // may still carry a token: only their shape is shown (a trial saw a
+  // mistyped webhook URL, token and all, in the log and in agent.json).
+  if (path.includes('notify')) {
+    if (path.includes('command')) {
+      if (Array.isArray(value) && value.length > 1 && typeof value[0] === 'string') return `${JSON.stringify(value[0])} and ${value.length - 1} argument${value.length === 2 ? '' : 's'} (not shown)`;
+      if (typeof value === 'string') return 'a string (not shown)';
+    }
+    if (path.at(-1) === 'url' && typeof value === 'string' && !URL.canParse(value)) return `${JSON.stringify(redactUrl(value).slice(0, 12))}... (the rest not shown)`;
+  }
   const json = JSON.stringify(value, (_key, v: unknown) => (typeof v === 'string' && looksLikeUrl(v) ? redactUrl(v) : v));
   if (json === undefined) return typeof value;
   return json.length > 80 ? `${json.slice(0, 77)}...` : json;

@@ -597,3 +597,14 @@ test('reload strategies: the default follows "sockets"; "mode" is an alias; a mi
   });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', health: { readiness: 'sd_notify' } }]), { 'apps[0].health.readiness': 'must be "probe" (settle time, then the probe) or "notify" (the app says READY=1 through sd_notify, then the probe)' });
 });
+
+test('a notifier\'s URL that does not parse and a command\'s arguments are never echoed in a refusal: they may hold a token', () => {
+  const text = JSON.stringify({ stateDir: '/tmp/s', notify: [{ on: ['deployed'], url: 'https//hooks.example.com/services/T0/B0/SECRETSECRET42' }, { on: ['deployed'], command: ['page-me', '--token', 'ARGSECRET77'] }], apps: [{ name: 'x', dir: '/tmp' }] });
+  assert.throws(() => parseConfig(text, '/etc/relink/config.json'), (err: unknown) => {
+    const message = (err as Error).message;
+    assert.doesNotMatch(message, /SECRET/);
+    assert.match(message, /"notify\[0\]\.url": .*\(the rest not shown\)/);
+    assert.match(message, /"notify\[1\]\.command": .*"page-me" and 2 arguments \(not shown\)/);
+    return true;
+  });
+});
