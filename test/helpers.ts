@@ -5,7 +5,7 @@
  */
 import http from 'node:http';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readdir, readlink, realpath, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, readlink, realpath, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -215,19 +215,39 @@ export interface CliResult {
  * wrongly runs on, as a demo started by an accepted bad flag, then fails on
  * its exit code instead of hanging the test).
  */
-export function relinkCli(args: readonly string[], env: Record<string, string> = {}, as?: { readonly uid: number; readonly gid: number }, timeoutMs?: number): Promise<CliResult> {
+/** A program run to its end: its exit code and output. `input` goes to its stdin; after `timeoutMs` it gets `killSignal` (default SIGKILL). */
+export function runProgram(cmd: string, args: readonly string[], opts: { readonly input?: string; readonly timeoutMs?: number; readonly killSignal?: NodeJS.Signals; readonly cwd?: string; readonly env?: NodeJS.ProcessEnv; readonly as?: { readonly uid: number; readonly gid: number } } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
-      cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], ...(as === undefined ? {} : { uid: as.uid, gid: as.gid }),
-      ...(timeoutMs === undefined ? {} : { timeout: timeoutMs, killSignal: 'SIGTERM' as const }),
+    const child = spawn(cmd, args, {
+      cwd: opts.cwd, env: opts.env, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'], ...(opts.as === undefined ? {} : { uid: opts.as.uid, gid: opts.as.gid }),
+      ...(opts.timeoutMs === undefined ? {} : { timeout: opts.timeoutMs, killSignal: opts.killSignal ?? 'SIGKILL' }),
     });
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
-    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+    child.stdout!.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+    child.stderr!.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
     child.once('error', reject);
     child.once('close', (code) => resolve({ code, stdout, stderr }));
+    if (opts.input !== undefined) child.stdin!.end(opts.input);
   });
+}
+
+export function relinkCli(args: readonly string[], env: Record<string, string> = {}, as?: { readonly uid: number; readonly gid: number }, timeoutMs?: number): Promise<CliResult> {
+  return runProgram(process.execPath, ['--import', 'tsx', MAIN, ...args], { cwd: ROOT, env: { ...process.env, ...env }, as, timeoutMs, killSignal: 'SIGTERM' });
+}
+
+/**
+ * What a recording script (a hook's, a notifier's) left in `out`, oldest
+ * first: per run `<name>.json` (its stdin) and `<name>.env` (space-separated
+ * KEY=VALUE pairs).
+ */
+export async function recordedRuns(out: string): Promise<Array<{ readonly name: string; readonly json: unknown; readonly env: Record<string, string> }>> {
+  const names = (await readdir(out)).filter((n) => n.endsWith('.env')).sort();
+  return Promise.all(names.map(async (n) => {
+    const name = n.slice(0, -'.env'.length);
+    const env = Object.fromEntries((await readFile(path.join(out, n), 'utf8')).trim().split(' ').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+    return { name, json: JSON.parse(await readFile(path.join(out, `${name}.json`), 'utf8')) as unknown, env };
+  }));
 }
 
 /**

@@ -19,7 +19,7 @@ import { readHistory, type HistoryEntry } from '../src/history.js';
 import { DeployHooks, type HookEntry, type HookName } from '../src/hooks.js';
 import type { CommandResult } from '../src/command.js';
 import { openUp, rootOnly, testUser, type TestUser } from './accounts.js';
-import { alive, defer, reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor, type AgentProc, type LogLine } from './helpers.js';
+import { alive, defer, reapAppsAfter, recordedRuns, relinkCli, startAgent, tmpDir, waitFor, type AgentProc, type LogLine } from './helpers.js';
 
 interface Reply {
   readonly release: string;
@@ -90,12 +90,7 @@ interface Run {
 
 /** The hook runs recorded in `out`, oldest first. */
 async function runs(out: string): Promise<Run[]> {
-  const names = (await readdir(out)).filter((n) => n.endsWith('.env')).sort();
-  return Promise.all(names.map(async (n) => {
-    const base = n.slice(0, -'.env'.length);
-    const env = Object.fromEntries((await readFile(path.join(out, n), 'utf8')).trim().split(' ').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
-    return { hook: base.slice(base.indexOf('.') + 1) as HookName, entry: JSON.parse(await readFile(path.join(out, `${base}.json`), 'utf8')) as HookEntry, env };
-  }));
+  return (await recordedRuns(out)).map((r) => ({ hook: r.name.slice(r.name.indexOf('.') + 1) as HookName, entry: r.json as HookEntry, env: r.env }));
 }
 
 const forRelease = (r: Run, app: DemoApp, release: string): boolean => r.entry.to.cfg === path.join(app.releasesDir, `cfg.${release}`);

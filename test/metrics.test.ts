@@ -22,7 +22,7 @@ import { checkFolderForRoot } from '../src/trust.js';
 import { writeFileAtomic } from '../src/atomicWrite.js';
 import { needProgram, rootOnly, testGroup, testUser } from './accounts.js';
 import { fixture, nthEntry, servedBy, setCurrentText, type Fixture } from './fixture.js';
-import { defer, get, relinkCli, reapAppsAfter, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+import { defer, get, relinkCli, runProgram, reapAppsAfter, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 
 const PROMTOOL = '/usr/bin/promtool';
 const CHROMIUM = '/usr/bin/chromium';
@@ -39,16 +39,7 @@ interface Run {
 
 /** Run a program to its end (SIGKILL after `timeoutMs`), `input` on its stdin. */
 function run(cmd: string, args: readonly string[], input = '', timeoutMs = 60_000): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], timeout: timeoutMs, killSignal: 'SIGKILL' });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
-    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(input);
-  });
+  return runProgram(cmd, args, { input, timeoutMs });
 }
 
 /**

@@ -23,7 +23,7 @@ import { Channel, Notifications, NOTIFY_QUEUE_MAX, NOTIFY_STOP_MS, retryDelay, t
 import { redactUrl } from '../src/redact.js';
 import { openUp, rootOnly, testUser } from './accounts.js';
 import { fixture, nthEntry, servedBy, setCurrentText, type Fixture } from './fixture.js';
-import { alive, defer, relinkCli, ROOT, startAgent, tmpDir, waitFor, type AgentProc, type LogLine } from './helpers.js';
+import { alive, defer, recordedRuns, relinkCli, ROOT, startAgent, tmpDir, waitFor, type AgentProc, type LogLine } from './helpers.js';
 
 // --- real notifiers --------------------------------------------------------
 
@@ -117,12 +117,7 @@ interface Run {
 
 /** The runs `recorder` made in `out`, oldest first. */
 async function runs(out: string): Promise<Run[]> {
-  const names = (await readdir(out)).filter((n) => n.endsWith('.env')).sort();
-  return Promise.all(names.map(async (n) => {
-    const base = n.slice(0, -'.env'.length);
-    const env = Object.fromEntries((await readFile(path.join(out, n), 'utf8')).trim().split(' ').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
-    return { payload: JSON.parse(await readFile(path.join(out, `${base}.json`), 'utf8')) as NotifyPayload, env };
-  }));
+  return (await recordedRuns(out)).map((r) => ({ payload: r.json as NotifyPayload, env: r.env }));
 }
 
 /** The fixture app (releases 1.0, 2.0, crash, flaky, ...) with `notify` lists added to its config, and the agent on it. */
