@@ -83,7 +83,7 @@ interface MonitoringHub {
 function observerFor(hub: MonitoringHub, name: string): AppObserver {
   return {
     verdict: (entry, writtenAtMs) => hub.current?.verdict(name, entry, writtenAtMs),
-    state: (state, up) => hub.current?.state(name, state, up),
+    state: (state, up, crashLoop) => hub.current?.state(name, state, up, crashLoop),
     restarted: () => hub.current?.restarted(name),
   };
 }

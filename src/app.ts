@@ -141,8 +141,12 @@ export interface AppObserver {
    * other start (the agent's first pass, a drift repair, a request).
    */
   verdict(entry: HistoryEntry, writtenAtMs: number | undefined): void;
-  /** The app's state after a transition, changed or not; `up`: a main process of the app runs. */
-  state(state: AppStateName, up: boolean): void;
+  /**
+   * The app's state after a transition, changed or not; `up`: a main process
+   * of the app runs; `crashLoop`: backoff or fatal, or running again after a
+   * quick failure and not yet for supervise.stableMs (CrashPolicy.looping).
+   */
+  state(state: AppStateName, up: boolean, crashLoop: boolean): void;
   /** The crash supervision started the app again (after a crash, or a liveness failure). */
   restarted(): void;
 }
@@ -1371,7 +1375,10 @@ export class AppAgent {
     const main = await this.#observe();
     if (await this.#generations.step(this.app.reload.drainTimeoutMs, this.app.stop)) await this.#saveState();
     if (main !== undefined) {
-      if (this.#crash.onRunning(this.#tracker.ranMs())) this.#log.info({ appPid: main.pid }, 'app has run stably; crash count reset');
+      if (this.#crash.onRunning(this.#tracker.ranMs())) {
+        this.#log.info({ appPid: main.pid }, 'app has run stably; crash count reset');
+        this.#tellState();
+      }
       return;
     }
     // Stopped on request: left stopped until relink start (said once per agent).
@@ -1512,8 +1519,13 @@ export class AppAgent {
   async #transition(to: AppStateName): Promise<void> {
     if (to !== this.#state) this.#log.debug({ from: this.#state, to }, `state ${to}`);
     this.#state = to;
-    this.#tell((o) => o.state(to, this.#tracker.main !== undefined));
+    this.#tellState();
     await this.#saveState();
+  }
+
+  #tellState(): void {
+    const to = this.#state;
+    this.#tell((o) => o.state(to, this.#tracker.main !== undefined, to === 'backoff' || to === 'fatal' || this.#crash.looping));
   }
 
   /** Journal and log the attempt, then move to `next`. */

@@ -114,8 +114,8 @@ export class Monitoring {
     this.#readLinks(name);
   }
 
-  state(name: string, state: AppStateName, up: boolean): void {
-    this.metrics.state(name, state, up);
+  state(name: string, state: AppStateName, up: boolean, crashLoop: boolean): void {
+    this.metrics.state(name, state, up, crashLoop);
     this.#readLinks(name);
   }
 
@@ -125,7 +125,7 @@ export class Monitoring {
 
   /** An observer for one app that forwards to this, for as long as this is the agent's monitoring. */
   observer(name: string): AppObserver {
-    return { verdict: (e, w) => this.verdict(name, e, w), state: (s, up) => this.state(name, s, up), restarted: () => this.restarted(name) };
+    return { verdict: (e, w) => this.verdict(name, e, w), state: (s, up, loop) => this.state(name, s, up, loop), restarted: () => this.restarted(name) };
   }
 
   /**

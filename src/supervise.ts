@@ -40,6 +40,15 @@ export class CrashPolicy {
     this.#opts = opts;
   }
 
+  /**
+   * In a crash loop: the last run was a quick failure and no run since has
+   * lasted supervise.stableMs (so also while the restarted app runs, between
+   * its quick failures, and once fatal).
+   */
+  get looping(): boolean {
+    return this.#quickFailures > 0;
+  }
+
   /** Crash restarts since the last deploy (or agent start). */
   get restarts(): number {
     return this.#restarts;

@@ -1556,10 +1556,11 @@ test('the observer (metrics) hears every verdict, repeated refusals included, ea
   const heard: string[] = [];
   const observer: AppObserver = {
     verdict: (e, writtenAtMs) => heard.push(`verdict ${e.outcome} ${writtenAtMs === undefined ? 'no write' : `written ${writtenAtMs}`}`),
-    state: (s, up) => heard.push(`state ${s} ${up ? 'up' : 'down'}`),
+    state: (s, up, loop) => heard.push(`state ${s} ${up ? 'up' : 'down'}${loop ? ' crash-loop' : ''}`),
     restarted: () => heard.push('restarted'),
   };
-  const agent = new AppAgent(appConfig(), w, log, observer);
+  const cfg = appConfig();
+  const agent = new AppAgent(cfg, w, log, observer);
   await agent.start();
   await agent.idle();
   w.write('2.0');
@@ -1577,12 +1578,18 @@ test('the observer (metrics) hears every verdict, repeated refusals included, ea
   await agent.idle();
   w.advance(1000);
   await agent.idle();
+  // Restarted after a quick failure, it is still in a crash loop until it
+  // has run supervise.stableMs (the gauge did not flap to 0 between crashes).
+  w.advance(cfg.supervise.stableMs);
+  agent.check();
+  await agent.idle();
   assert.deepEqual(w.entries.map((e) => e.outcome), ['deployed', 'deployed', 'refused'], 'two of the three refusals are counted, not journaled');
   assert.deepEqual(heard, [
     'state stopped down', 'state deploying down', 'verdict deployed no write', 'state running up',
     'state deploying up', 'verdict deployed written 4242', 'state running up',
     'verdict refused written 4243', 'state running up', 'verdict refused written 4244', 'state running up', 'verdict refused written 4245', 'state running up',
-    'state stopped down', 'state backoff down', 'restarted', 'state running up',
+    'state stopped down', 'state backoff down crash-loop', 'restarted', 'state running up crash-loop',
+    'state running up',
   ]);
 
   // An observer that throws: said once, and the app is managed as before.
