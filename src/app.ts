@@ -166,7 +166,7 @@ export class AppAgent {
   /** Why the app cannot be managed (state "error"), or what failed in the last pass. */
   #problem: AppProblem | undefined;
   /** Where the problem came from: it is over when that succeeds again (the setup, a start, any pass). */
-  #problemFrom: 'setup' | 'start' | 'pass' | undefined;
+  #problemFrom: 'setup' | 'start' | 'pass' | 'fatal' | undefined;
   /** The folder is claimed and a running app adopted; until then every pass retries that first. */
   #ready = false;
   /** The state the previous agent left, until the setup has used it. */
@@ -292,6 +292,12 @@ export class AppAgent {
     this.#lastGood = saved?.lastGood ?? undefined;
     this.#lastDeploy = saved?.lastDeploy ?? null;
     this.#savedState = saved?.state;
+    if (saved?.state === 'fatal' && saved.problem != null) {
+      // Why it was given up on, and since when: shown by status, and the
+      // first pass leaves the app down unless current.conf was written since.
+      this.#problem = saved.problem;
+      this.#problemFrom = 'fatal';
+    }
     this.#savedInflight = saved?.inflight ?? undefined;
     // What the previous agent knew of the app's processes (a state file from
     // before lineage names only the main).
@@ -552,8 +558,10 @@ export class AppAgent {
         }
       }
       this.#ready = true;
-      if (this.#problem !== undefined) this.#log.info({ was: this.#problem.message }, 'the app can be managed again');
-      this.#problem = undefined;
+      if (this.#problem !== undefined && this.#problemFrom === 'setup') {
+        this.#log.info({ was: this.#problem.message }, 'the app can be managed again');
+        this.#problem = undefined;
+      }
       await this.#transition(state);
       return true;
     } catch (err) {
@@ -667,6 +675,15 @@ export class AppAgent {
       this.#matched = { hash: snapshot.hash, at: new Date(this.#fx.now()).toISOString() };
       this.#refusing = false;
       await this.#saveState();
+      return;
+    }
+    if (this.#state === 'fatal' && main === undefined && sameRelease(links, release) && this.#problemFrom === 'fatal' && this.#problem !== undefined && snapshot.mtimeMs <= Date.parse(this.#problem.since)) {
+      // A new agent's first look at an app given up on: current.conf has
+      // not been written since, so nothing asks for it to run. Starting it
+      // here would journal a "deployed" for a release that keeps crashing
+      // and go through the same crash loop and its notifications again.
+      this.#applied = { hash: snapshot.hash, release };
+      this.#log.warn({ code: this.#problem.code, since: this.#problem.since }, `the app is fatal since ${this.#problem.since} (${this.#problem.message}); left down: deploy, re-save current.conf, or relink start ${this.app.name}`);
       return;
     }
     // A deliberate change (or a re-save) is a fresh start for supervision.
@@ -1413,17 +1430,23 @@ export class AppAgent {
           const what = this.#startFailed ? 'the app cannot be started' : 'app keeps crashing';
           const wayOut = `left alone until the next deploy, a re-save of current.conf, or relink start ${this.app.name}`;
           this.#log.error({ failures: d.failures, maxRetries: this.app.supervise.maxRetries }, `${what}; marked fatal and ${wayOut}`);
-          await this.#transition('fatal');
           const cause = this.#startFailed && this.#problem !== undefined ? `, the last: ${this.#problem.message}` : `, each run shorter than supervise.stableMs (${this.app.supervise.stableMs} ms)`;
+          const reason = `${what}: ${d.failures} quick failures in a row (supervise.maxRetries: ${this.app.supervise.maxRetries})${cause}; ${wayOut}`;
+          const code = this.#startFailed ? this.#problem?.code ?? 'START_FAILED' : 'CRASH_LOOP';
+          const at = this.#fx.now();
+          // Why, for status and the page, and kept across agent restarts (start()).
+          this.#problem = { code, message: reason, since: new Date(at).toISOString() };
+          this.#problemFrom = 'fatal';
+          await this.#transition('fatal');
           this.#fx.notifyOperators({
-            time: new Date(this.#fx.now()).toISOString(),
+            time: new Date(at).toISOString(),
             app: this.app.name,
             outcome: 'fatal',
             action: 'none',
             from: { bin: links.bin, cfg: links.cfg },
             to: { bin: links.bin, cfg: links.cfg },
-            reason: `${what}: ${d.failures} quick failures in a row (supervise.maxRetries: ${this.app.supervise.maxRetries})${cause}; ${wayOut}`,
-            code: this.#startFailed ? this.#problem?.code ?? 'START_FAILED' : 'CRASH_LOOP',
+            reason,
+            code,
             trigger: 'supervise',
             restarts: this.#crash.restarts,
             failures: d.failures,
@@ -1504,7 +1527,7 @@ export class AppAgent {
     this.#restartDue = false;
     this.#crash.reset();
     this.#startFailed = false;
-    if (this.#problemFrom === 'start') this.#problem = undefined;
+    if (this.#problemFrom === 'start' || this.#problemFrom === 'fatal') this.#problem = undefined;
   }
 
   /** The main process now; the state follows what is seen (running <-> stopped). */

@@ -756,16 +756,35 @@ test('notifications: a crash loop given up on is told once as "fatal", shaped li
     maxRetries: 2,
   });
   assert.deepEqual(w.notified.map((e) => e.outcome), ['deployed', 'fatal'], 'crash restarts are not events');
+
+  assert.deepEqual(w.states.at(-1)?.problem, { code: 'CRASH_LOOP', message: fatal[0]!.reason, since: at }, 'why, for status and the page');
   await agent.close();
 
-  // The next agent finds the app fatal in the state file (and takes that state over): not a new event.
+  // The next agent finds the app fatal in the state file (and takes that
+  // state over): the app stays down, with its reason; nothing is journaled
+  // or told (it started it, journaled "deployed" and crash-looped again).
   const next = new AppAgent({ ...cfg, supervise: sup }, w, silentLogger().log);
   const states = w.states.length;
+  const entries = w.entries.length;
   w.notified = [];
   await next.start();
   await next.idle();
+  w.advance(10_000);
+  next.check();
+  await next.idle();
   assert.equal(w.states[states]?.state, 'fatal', 'the next agent took the state over');
-  assert.deepEqual(w.notified.filter((e) => e.outcome === 'fatal'), []);
+  assert.equal(next.state, 'fatal');
+  assert.equal(w.procs.size, 0, 'not started');
+  assert.equal(w.entries.length, entries, 'nothing journaled');
+  assert.deepEqual(w.notified, []);
+  assert.equal(w.states.at(-1)?.problem?.code, 'CRASH_LOOP');
+  // A re-save of current.conf (written after the app was given up on) is the way out, as before.
+  w.mtime = w.clock + 1;
+  next.trigger('watch:change');
+  await next.idle();
+  assert.equal(next.state, 'running');
+  assert.equal(w.entries.at(-1)?.outcome, 'deployed');
+  assert.equal(w.states.at(-1)?.problem, null);
   await next.close();
 });
 
