@@ -322,7 +322,7 @@ export class Agent {
     }
     this.#slots = slots;
     for (const name of result.removed) this.#hub.current?.removeApp(name);
-    await this.#monitor(next, prev);
+    await this.#monitor(next);
     await this.#releaseSockets(prev, next);
     this.#log.info({ file, ...result }, `config reloaded: ${result.added.length} added, ${result.removed.length} let go, ${result.changed.length} changed (their next generation starts with the new settings), ${result.unchanged.length} unchanged`);
     await this.#recordConfig({ hash: hashText(text), at: new Date().toISOString(), ...result });
@@ -472,17 +472,17 @@ export class Agent {
 
   /**
    * Start, change or stop the metrics and status page as `config.metrics`
-   * says (`prev`: the config before a reload). Loaded here, on first use:
+   * says (at start, and after each reload). Loaded here, on first use:
    * prom-client and the HTTP server cost an agent without metrics nothing.
    * Never throws for the listener or the textfile (src/monitoring.ts logs).
    */
-  async #monitor(config: AgentConfig, prev?: AgentConfig): Promise<void> {
+  async #monitor(config: AgentConfig): Promise<void> {
     const hub = this.#hub;
     if (!metricsWanted(config)) {
       if (hub.current !== undefined) {
-        await hub.current.close();
+        await hub.current.close({ removeTextfile: true });
         hub.current = undefined;
-        this.#log.info('metrics are off: the listener and the textfile stopped');
+        this.#log.info('metrics are off: the listener stopped and the textfile deleted');
       }
       return;
     }
@@ -501,7 +501,8 @@ export class Agent {
     }
     // A reload: the apps kept have the same settings; changed ones were re-added by #reload.
     for (const a of apps) hub.current.addApp(a);
-    if (JSON.stringify(prev?.metrics) !== JSON.stringify(settings)) await hub.current.reconfigure(settings);
+    // Always: a listener whose address was taken is tried again.
+    await hub.current.reconfigure(settings);
   }
 
   /** Resolves when every app has finished the passes asked of it so far. */

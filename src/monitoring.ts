@@ -20,7 +20,7 @@ import type { AppObserver } from './app.js';
 import { writeFileAtomic } from './atomicWrite.js';
 import { appStatus, type AppStatus } from './cli/status.js';
 import type { AgentConfig, AppConfig, MetricsConfig } from './config.js';
-import { describeError } from './errors.js';
+import { describeError, isErrno } from './errors.js';
 import { newestEntries, newestFirst, type HistoryEntry } from './history.js';
 import { parseListenAddress } from './listenfds.js';
 import { Metrics } from './metrics.js';
@@ -148,7 +148,12 @@ export class Monitoring {
     this.metrics.removeApp(name);
   }
 
-  /** A reload changed "metrics": listen and write where it now says. */
+  /**
+   * A config reload: listen and write where "metrics" now says. A textfile
+   * no longer named is deleted (node_exporter would export its last values
+   * forever); an address that could not be bound is tried again, changed or
+   * not (the reload is how the log says to retry once it is free).
+   */
   async reconfigure(settings: MetricsConfig): Promise<void> {
     await this.#apply(settings);
   }
@@ -157,12 +162,12 @@ export class Monitoring {
     const prev = this.#settings;
     this.#settings = settings;
     const first = this.#server === undefined && this.#textfile === undefined;
-    if (first || prev.listen !== settings.listen) {
+    if (first || prev.listen !== settings.listen || (this.#server === undefined && settings.listen !== undefined)) {
       await this.#closeServer();
       if (settings.listen !== undefined) await this.#listen(settings.listen);
     }
     if (first || prev.textfile !== settings.textfile) {
-      await this.#textfile?.close();
+      await this.#textfile?.close({ remove: true });
       this.#textfile = undefined;
       if (settings.textfile !== undefined) {
         this.#textfile = new Textfile(settings.textfile, this.metrics, this.#log, () => this.#writers(), this.#opts.config().file);
@@ -171,13 +176,18 @@ export class Monitoring {
     }
   }
 
-  /** Stop listening and writing; waits for a write in flight. The same promise every time. */
+  /**
+   * Stop listening and writing; waits for a write in flight. The same
+   * promise every time. `removeTextfile` (metrics turned off by a reload):
+   * the textfile is deleted too; an agent that stops leaves it (its mtime,
+   * node_textfile_mtime_seconds, shows the agent is gone).
+   */
   #closing: Promise<void> | undefined;
-  close(): Promise<void> {
+  close(opts: { removeTextfile?: boolean } = {}): Promise<void> {
     this.#closing ??= (async () => {
       this.#closed = true;
       await this.#closeServer();
-      await this.#textfile?.close();
+      await this.#textfile?.close({ remove: opts.removeTextfile === true });
     })();
     return this.#closing;
   }
@@ -361,6 +371,8 @@ class Textfile {
   /** The last problem logged (a refusal or a write error), said once until it is over. */
   #problem: string | undefined;
   #closed = false;
+  /** This writer has written the file (so closing with `remove` deletes it). */
+  #wrote = false;
 
   constructor(file: string, metrics: Metrics, log: Logger, writers: () => Promise<Writer[]>, configFile: string) {
     this.#file = file;
@@ -384,11 +396,19 @@ class Textfile {
     this.#writing = this.#drain();
   }
 
-  async close(): Promise<void> {
+  /** Write no more (a write in flight ends first); `remove`: then delete the file, if this wrote it. */
+  async close(opts: { remove: boolean }): Promise<void> {
     this.#closed = true;
     clearTimeout(this.#timer);
     await this.#checked;
     await this.#writing;
+    if (!opts.remove || !this.#wrote) return;
+    try {
+      await unlink(this.#file);
+      this.#log.info('metrics textfile deleted (no longer in the config)');
+    } catch (err) {
+      if (!isErrno(err, 'ENOENT')) this.#log.warn({ err: describeError(err).message }, 'the metrics textfile no longer in the config could not be deleted');
+    }
   }
 
   #tick(): void {
@@ -413,11 +433,13 @@ class Textfile {
     try {
       do {
         this.#again = false;
-        if (!this.#trusted) continue;
+        // Closed (a reload named another file) after this drain was asked for: not one more write.
+        if (!this.#trusted || this.#closed) continue;
         try {
           // No fsync: it would contend with the deploy's own state writes, and
           // the file is rewritten at least every TEXTFILE_EVERY_MS anyway.
           await writeFileAtomic(this.#file, await this.#metrics.apps.metrics(), { mode: 0o644, sync: false });
+          this.#wrote = true;
           if (this.#problem !== undefined) this.#log.info({ was: this.#problem }, 'the metrics textfile is written again');
           this.#problem = undefined;
         } catch (err) {

@@ -404,11 +404,12 @@ test('metrics.listen other hosts could reach is refused unless "public" says so;
   assert.equal(parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web' }] }), '/c.json').metrics, undefined, 'off by default');
 });
 
-test('an address already taken: said in the log, and the agent and the app run on; the textfile is still written', async (t) => {
+test('an address already taken: said in the log, and the agent and the app run on; the textfile is still written; a reload binds it once free; a textfile no longer named is deleted', async (t) => {
   const f = await fixture(t, { agent: false });
   const taken = net.createServer();
   await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
-  defer(t, () => new Promise<void>((resolve) => taken.close(() => resolve())));
+  const free = (): Promise<void> => new Promise<void>((resolve) => taken.close(() => resolve()));
+  defer(t, () => (taken.listening ? free() : undefined));
   const port = (taken.address() as net.AddressInfo).port;
   const folder = path.join(f.root, 'textfile');
   await mkdir(folder, { mode: 0o755 });
@@ -418,7 +419,32 @@ test('an address already taken: said in the log, and the agent and the app run o
   await servedBy(f.app, '1.0');
   await setCurrentText(f.app, '2.0');
   assert.equal((await nthEntry(f, 2)).outcome, 'deployed');
-  await waitFor('the textfile', async () => value(read(await readFile(path.join(folder, 'relink.prom'), 'utf8')), 'relink_deploys_total', { app: 'web', outcome: 'deployed' }) === 2);
+  const first = path.join(folder, 'relink.prom');
+  await waitFor('the textfile', async () => value(read(await readFile(first, 'utf8')), 'relink_deploys_total', { app: 'web', outcome: 'deployed' }) === 2);
+
+  // The address is free now: a reload of the same config serves there (the log said "relink reload").
+  await free();
+  assert.equal((await relinkCli(['reload', '--config', f.config, '--wait', '--timeout', '30'])).code, 0);
+  const base = `http://127.0.0.1:${port}`;
+  assert.equal(value(await scrape(base), 'relink_deploys_total', { app: 'web', outcome: 'deployed' }), 2);
+
+  // The textfile moved: the new one written, the old one gone (node_exporter
+  // would export its last values forever), and not written again.
+  const config = JSON.parse(await readFile(f.config, 'utf8')) as Record<string, unknown>;
+  const second = path.join(folder, 'moved.prom');
+  await writeFile(f.config, `${JSON.stringify({ ...config, metrics: { listen: `127.0.0.1:${port}`, textfile: second } }, null, 2)}\n`);
+  assert.equal((await relinkCli(['reload', '--config', f.config, '--wait', '--timeout', '30'])).code, 0);
+  await waitFor('the moved textfile', async () => (await readFile(second, 'utf8').catch(() => '')).includes('relink_deploys_total'));
+  await setCurrentText(f.app, '1.0');
+  assert.equal((await nthEntry(f, 3)).outcome, 'deployed');
+  await waitFor('the moved textfile to count the deploy', async () => value(read(await readFile(second, 'utf8')), 'relink_deploys_total', { app: 'web', outcome: 'deployed' }) === 3);
+  assert.deepEqual(await readdir(folder), ['moved.prom']);
+
+  // Metrics off: the listener closes and the textfile goes.
+  await writeFile(f.config, `${JSON.stringify({ ...config, metrics: undefined }, null, 2)}\n`);
+  assert.equal((await relinkCli(['reload', '--config', f.config, '--wait', '--timeout', '30'])).code, 0);
+  assert.deepEqual(await readdir(folder), []);
+  await assert.rejects(get(`${base}/metrics`), /ECONNREFUSED/);
 });
 
 test('a unix socket listener: served there, a stale socket file replaced', async (t) => {
