@@ -32,7 +32,7 @@ import { SocketHolder } from './sockets.js';
 import { forgetListenEnv, formatListenAddress, inheritedListeners, missingSocketError, parseListenAddress, underSystemd } from './listenfds.js';
 import { openNotifySocket } from './notify.js';
 import { Notifications } from './notifications.js';
-import { realSend } from './notifiers.js';
+import { notifierProgramProblems, realSend } from './notifiers.js';
 import { appDir, ensureAppDir } from './stateDir.js';
 import path from 'node:path';
 import { unixListening } from './proc.js';
@@ -64,13 +64,20 @@ interface Slot {
   prune?: PruneSchedule | undefined;
 }
 
-/** What a config reload changed, by app name. */
+/** What a config reload changed: apps by name, and the agent-wide settings. */
 export interface ReloadResult {
   readonly added: readonly string[];
   readonly removed: readonly string[];
   readonly changed: readonly string[];
   readonly unchanged: readonly string[];
+  /** Top-level keys whose value changed (`metrics`, `notify`, `logLevel`, ...), applied by this reload. */
+  readonly settings: readonly string[];
+  /** What the reloaded config asks for and cannot be done now (a metrics address in use, a notifier's missing program), one message each; the rest went through. */
+  readonly warnings: readonly string[];
 }
+
+/** Top-level config keys a reload applies to the agent itself (the apps' own are compared per app). */
+const AGENT_SETTINGS = ['metrics', 'notify', 'logLevel', 'reconcileMs', 'watch', 'history', 'prune'] as const;
 
 type Notifier = { path: string; ready(sinceMs: number, deadlineMs: number): Promise<boolean>; close(): Promise<void> };
 
@@ -182,6 +189,7 @@ export class Agent {
     try {
       // Before the apps' first passes, whose transitions and verdicts it counts.
       await agent.#monitor(config);
+      await agent.#checkNotifiers(config);
       await Promise.all(slots.map((s) => s.output.recover()));
       agent.#armLogCheck();
       for (const slot of slots) await agent.#startSlot(slot);
@@ -285,7 +293,9 @@ export class Agent {
     const everything = agentWide(next) !== agentWide(this.#config);
     const before = new Map(this.#slots.map((s) => [s.app.app.name, s]));
     const wanted = new Set(next.apps.map((a) => a.name));
-    const result = { added: [] as string[], removed: [] as string[], changed: [] as string[], unchanged: [] as string[] };
+    const setting = (c: AgentConfig, k: string): string | undefined => JSON.stringify((c as unknown as Record<string, unknown>)[k]);
+    const settings = AGENT_SETTINGS.filter((k) => setting(next, k) !== setting(this.#config, k));
+    const result = { added: [] as string[], removed: [] as string[], changed: [] as string[], unchanged: [] as string[], settings, warnings: [] as string[] };
     for (const [name, slot] of before) {
       if (wanted.has(name)) continue;
       await this.#stopSlot(slot, 'retire');
@@ -324,7 +334,10 @@ export class Agent {
     for (const name of result.removed) this.#hub.current?.removeApp(name);
     await this.#monitor(next);
     await this.#releaseSockets(prev, next);
-    this.#log.info({ file, ...result }, `config reloaded: ${result.added.length} added, ${result.removed.length} let go, ${result.changed.length} changed (their next generation starts with the new settings), ${result.unchanged.length} unchanged`);
+    const listen = this.#hub.current?.listenProblem;
+    if (listen !== undefined) result.warnings.push(listen);
+    result.warnings.push(...(await this.#checkNotifiers(next)));
+    this.#log.info({ file, ...result }, `config reloaded: ${result.added.length} added, ${result.removed.length} let go, ${result.changed.length} changed (their next generation starts with the new settings), ${result.unchanged.length} unchanged${settings.length > 0 ? `; agent settings changed: ${settings.join(', ')}` : ''}${result.warnings.length > 0 ? `; ${result.warnings.length} warning(s)` : ''}`);
     await this.#recordConfig({ hash: hashText(text), at: new Date().toISOString(), ...result });
     return result;
   }
@@ -503,6 +516,13 @@ export class Agent {
     for (const a of apps) hub.current.addApp(a);
     // Always: a listener whose address was taken is tried again.
     await hub.current.reconfigure(settings);
+  }
+
+  /** The notifiers' programs, checked now rather than at the first event (src/notifiers.ts notifierProgramProblems): each problem logged; their messages. */
+  async #checkNotifiers(config: AgentConfig): Promise<string[]> {
+    const problems = await notifierProgramProblems(config);
+    for (const p of problems) this.#log.error({ code: p.code, key: p.key }, `${p.message}: that notifier will fail until it is fixed (checked again before each run); the others and the apps are not affected`);
+    return problems.map((p) => p.message);
   }
 
   /** Resolves when every app has finished the passes asked of it so far. */

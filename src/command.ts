@@ -11,7 +11,7 @@ import type { LaunchPlan } from './launch.js';
 
 export interface CommandResult {
   readonly ok: boolean;
-  /** "exit 1", "killed after 30000 ms", "killed by SIGSEGV", "ENOENT", "abandoned: ...". */
+  /** "exit 1", "killed after 30000 ms", "killed by SIGSEGV", "ENOENT (/usr/local/bin/page-me)" (it could not be started), "abandoned: ...". */
   readonly status: string;
   /** The last part of stdout+stderr (MAX_OUTPUT characters at most), trimmed. */
   readonly output: string;
@@ -115,7 +115,8 @@ export function runCommand(plan: Pick<LaunchPlan, 'file' | 'args' | 'env'>, opts
     child.stdin.on('error', () => undefined);
     child.stdin.end(opts.input);
     child.once('error', (err: NodeJS.ErrnoException) => {
-      finish({ ok: false, status: err.code ?? err.message, output: '' });
+      // Which program could not be run: "EACCES" alone left the reader to guess.
+      finish({ ok: false, status: `${err.code ?? err.message} (${plan.file})`, output: '' });
     });
     const verdict = (code: number | null, signal: NodeJS.Signals | null): CommandResult => {
       const status = ended ?? (signal !== null ? `killed by ${signal}` : `exit ${code}`);

@@ -83,6 +83,8 @@ export class Monitoring {
   /** A page being made: concurrent requests share it. */
   #page: Promise<string> | undefined;
   #closed = false;
+  /** Why `metrics.listen` is not served now (its bind failed), for relink reload to say; undefined when served or not asked for. */
+  listenProblem: string | undefined;
 
   private constructor(settings: MetricsConfig, opts: MonitoringOptions) {
     this.#settings = settings;
@@ -163,6 +165,7 @@ export class Monitoring {
     this.#settings = settings;
     const first = this.#server === undefined && this.#textfile === undefined;
     if (first || prev.listen !== settings.listen || (this.#server === undefined && settings.listen !== undefined)) {
+      this.listenProblem = undefined;
       await this.#closeServer();
       if (settings.listen !== undefined) await this.#listen(settings.listen);
     }
@@ -266,7 +269,8 @@ export class Monitoring {
     } catch (err) {
       server.close();
       const why = describeError(err).message;
-      this.#log.error({ code: 'METRICS_UNAVAILABLE', address, err: why }, `cannot serve the metrics and the status page on ${address} (${why}): the agent and the apps run on without them; fix "metrics.listen" and relink reload`);
+      this.listenProblem = `cannot serve the metrics and the status page on ${address} (${why}): the agent and the apps run on without them; fix "metrics.listen" (or free the address) and relink reload`;
+      this.#log.error({ code: 'METRICS_UNAVAILABLE', address, err: why }, this.listenProblem);
       return;
     }
     server.on('error', (err) => this.#log.error({ code: 'METRICS_UNAVAILABLE', address, err: err.message }, `the metrics listener failed: ${err.message}`));

@@ -21,10 +21,13 @@
  * Neither carries the app's lineage marker (src/proc.ts MARKER): it is not
  * one of the app's processes.
  */
+import { stat } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
+import path from 'node:path';
 import { runCommand } from './command.js';
-import { isErrno, RelinkError } from './errors.js';
+import type { AgentConfig } from './config.js';
+import { describeError, fileError, isErrno, RelinkError } from './errors.js';
 import { agentIdentity, planCommand } from './launch.js';
 import type { AttemptResult, NotifyPayload, Send, Target } from './notifications.js';
 import { NOTIFY_STOP_MS } from './notifications.js';
@@ -149,4 +152,42 @@ export async function runNotifier(target: Target, payload: NotifyPayload, signal
     { cwd, timeoutMs: target.notifier.timeoutMs, signal, input: `${JSON.stringify(payload)}\n`, killGraceMs: NOTIFY_STOP_MS.killMs });
   const status = r.timedOut === true ? `${r.status} (timeoutMs)` : r.status;
   return { ok: r.ok, retry: !r.ok && r.status === `exit ${EX_TEMPFAIL}`, status, detail: r.output || undefined };
+}
+
+/**
+ * The notifiers' programs as the config names them, checked when the agent
+ * starts and at each reload, so that a typo is said then rather than at
+ * 3 a.m. when the first event finds it: a global one must exist, be an
+ * executable file and pass the root-only trust check it gets before each
+ * run; an app's own one named with a `/` (resolved against the app's
+ * `dir`) must exist and be an executable file (a bare name is looked up in
+ * PATH as the app's user when it runs: not checked). One problem per
+ * notifier (code NOTIFY_FAILED or UNTRUSTED_PATH), naming the config file,
+ * the key, the rule and what was found. Never throws. Nothing refuses the
+ * config for it: the other notifiers and the apps are not affected, and
+ * the program may be installed later (it is checked again before each run).
+ */
+export async function notifierProgramProblems(config: AgentConfig): Promise<RelinkError[]> {
+  const checks: Array<Promise<RelinkError | undefined>> = [];
+  const check = async (program: string, key: string, global: boolean): Promise<RelinkError | undefined> => {
+    const refuse = (rule: string, found: string) => fileError('NOTIFY_FAILED', config.file, key, rule, found);
+    try {
+      const st = await stat(program);
+      if (!st.isFile()) return refuse('must name a program file', `${program} is not a file`);
+      if ((st.mode & 0o111) === 0) return refuse('must name an executable program', `${program} has no execute permission, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}`);
+      return global ? await checkAgentProgram(program, config.file, key) : undefined;
+    } catch (err) {
+      if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return refuse('must name a program that exists', `${program} does not exist`);
+      return refuse('must name a program the agent can look at', `${program}: ${describeError(err).message}`);
+    }
+  };
+  config.notify.forEach((n, i) => {
+    const program = n.command?.[0];
+    if (program !== undefined) checks.push(check(program, `notify[${i}].command`, true));
+  });
+  config.apps.forEach((a, ai) => a.notify.forEach((n, i) => {
+    const program = n.command?.[0];
+    if (program !== undefined && program.includes('/')) checks.push(check(path.resolve(a.dir, program), `apps[${ai}].notify[${i}].command`, false));
+  }));
+  return (await Promise.all(checks)).filter((p) => p !== undefined);
 }

@@ -291,6 +291,9 @@ export interface AgentConfigRecord {
   readonly removed?: readonly string[];
   readonly changed?: readonly string[];
   readonly unchanged?: readonly string[];
+  /** A reload's agent-wide settings changed, and what it could not do (src/agent.ts ReloadResult). */
+  readonly settings?: readonly string[];
+  readonly warnings?: readonly string[];
 }
 
 export const AgentRecordSchema = z.looseObject({
@@ -302,6 +305,7 @@ export const AgentRecordSchema = z.looseObject({
   config: z.object({
     hash: z.string(), at: z.string(), refused: z.string().optional(), error: z.string().optional(),
     added: z.array(z.string()).optional(), removed: z.array(z.string()).optional(), changed: z.array(z.string()).optional(), unchanged: z.array(z.string()).optional(),
+    settings: z.array(z.string()).optional(), warnings: z.array(z.string()).optional(),
   }).optional(),
 });
 

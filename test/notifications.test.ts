@@ -17,6 +17,7 @@ import { test, type TestContext } from 'node:test';
 import { pino } from 'pino';
 import { NOTIFY_MAX_DELAY_MS, parseConfig, type AgentConfig } from '../src/config.js';
 import { RelinkErrors } from '../src/errors.js';
+import { notifierProgramProblems } from '../src/notifiers.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { STOP_BUDGET } from '../src/app.js';
 import { Channel, Notifications, NOTIFY_QUEUE_MAX, NOTIFY_STOP_MS, retryDelay, type AppEvent, type AttemptResult, type Clock, type NotifyPayload, type Send, type Target } from '../src/notifications.js';
@@ -283,11 +284,15 @@ test('an app\'s own notify list adds to the global one; a reload changes both li
   await waitFor('the refusal told', () => global.received.length === 2);
   const v1 = await servedBy(f.app, '1.0');
 
-  // The global list now goes to `later`, the app's own is gone.
-  await writeNotify(f.config, [{ on: ['deployed'], url: later.url }], []);
+  // The global list now goes to `later`, the app's own is gone; a second
+  // global notifier names a program that does not exist: said by the reload
+  // (not at the first failure, hours later), the rest applied.
+  const missing = path.join(f.root, 'no-such-dir', 'page-me');
+  await writeNotify(f.config, [{ on: ['deployed'], url: later.url }, { on: ['failed'], command: [missing] }], []);
   const reload = await relinkCli(['reload', '--wait', '--config', f.config]);
   assert.equal(reload.code, 0, reload.stderr);
-  await logOf(f.agent, 'the new lists logged', (l) => String(l.msg).startsWith('notifiers: 1 in force (1 new, 2 removed)'));
+  assert.equal(reload.stdout, `reloaded ${f.config}; unchanged: web; agent settings changed: notify\nwarning: ${f.config}: "notify[1].command": must name a program that exists (found: ${missing} does not exist)\n`);
+  await logOf(f.agent, 'the new lists logged', (l) => String(l.msg).startsWith('notifiers: 2 in force (2 new, 2 removed)'));
   assert.ok(f.agent.lines.some((l) => String(l.msg).startsWith('config reloaded') && Array.isArray(l.unchanged) && (l.unchanged as string[]).includes('web')), 'a notify change is no change of the app');
   assert.equal((await servedBy(f.app, '1.0')).pid, v1.pid, 'the app untouched');
 
@@ -620,4 +625,33 @@ test('Channel: a payload is sent as given, to the target it was queued for', asy
   await c.idle();
   assert.deepEqual(calls.map((x) => [x.label, x.payload]), [['notify[0]', p]]);
   assert.equal(c.pending, 0);
+});
+
+test('the notifiers\' programs are checked when the config is loaded: missing, not executable, not a file, writable by others; an app\'s own relative to its dir; a bare name left to PATH', async (t) => {
+  const dir = await tmpDir(t);
+  await chmod(dir, 0o755);
+  const ok = path.join(dir, 'page-me');
+  const noexec = path.join(dir, 'noexec');
+  const open = path.join(dir, 'open');
+  await mkdir(open, { mode: 0o777 });
+  await chmod(open, 0o777);
+  const planted = path.join(open, 'page-me');
+  for (const f of [ok, noexec, planted]) await writeFile(f, '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+  await chmod(noexec, 0o644);
+  const appDir = path.join(dir, 'app');
+  await mkdir(path.join(appDir, 'hooks'), { recursive: true });
+  await writeFile(path.join(appDir, 'hooks', 'tell'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+  const file = path.join(dir, 'config.json');
+  const config = parseConfig(JSON.stringify({
+    notify: [ok, noexec, dir, path.join(dir, 'gone'), planted].map((p) => ({ on: ['failed'], command: [p] })),
+    apps: [{ name: 'web', dir: appDir, notify: [['./hooks/tell'], ['./hooks/gone'], ['page-me']].map((command) => ({ on: ['failed'], command })) }],
+  }), file);
+  const problems = await notifierProgramProblems(config);
+  assert.deepEqual(problems.map((p) => [p.code, p.message]), [
+    ['NOTIFY_FAILED', `${file}: "notify[1].command": must name an executable program (found: ${noexec} has no execute permission, mode 0644)`],
+    ['NOTIFY_FAILED', `${file}: "notify[2].command": must name a program file (found: ${dir} is not a file)`],
+    ['NOTIFY_FAILED', `${file}: "notify[3].command": must name a program that exists (found: ${path.join(dir, 'gone')} does not exist)`],
+    ['UNTRUSTED_PATH', `${file}: "notify[4].command": must be writable by nobody but root (like sshd's StrictModes) (found: ${open} is writable by every user, mode 0777)`],
+    ['NOTIFY_FAILED', `${file}: "apps[0].notify[1].command": must name a program that exists (found: ${path.join(appDir, 'hooks', 'gone')} does not exist)`],
+  ]);
 });

@@ -77,7 +77,8 @@ async function reload({ values }: Input<SpecOf<'reload'>>, io: IO, stop: Promise
       }
       if (rec !== undefined && rec.at !== before && rec.error === undefined && rec.hash === hash) {
         const list = (what: string, names: readonly string[] | undefined): string => (names !== undefined && names.length > 0 ? `; ${what}: ${names.join(', ')}` : '');
-        return say('reloaded', `reloaded ${file}${list('added', rec.added)}${list('no longer managed (left running)', rec.removed)}${list('changed (next generation)', rec.changed)}${list('unchanged', rec.unchanged)}`, EXIT.ok, rec);
+        const warnings = (rec.warnings ?? []).map((w) => `\nwarning: ${w}`).join('');
+        return say('reloaded', `reloaded ${file}${list('added', rec.added)}${list('no longer managed (left running)', rec.removed)}${list('changed (next generation)', rec.changed)}${list('unchanged', rec.unchanged)}${list('agent settings changed', rec.settings)}${warnings}`, EXIT.ok, rec);
       }
       if (Date.now() > deadline) {
         throw new RelinkError('WAIT_TIMEOUT', `the agent (pid ${agent.pid}) did not record a reload of ${file} within ${timeoutMs / 1000} s (the file changed again meanwhile, or agent.json cannot be written: see its log)`,
