@@ -34,6 +34,9 @@ export function escapeHtml(text: string): string {
   return text.replace(/[&<>"']/g, (c) => ESCAPES[c]!);
 }
 
+/** The journal table's columns (also each cell's label on a phone). */
+const JOURNAL_COLUMNS = ['time', 'app', 'outcome', 'action', 'release', 'took', 'reason'] as const;
+
 /** Characters of a reason shown in the journal table (a preflight's output runs to 4 KiB); the app's card shows it whole. */
 const REASON_CHARS = 300;
 
@@ -51,6 +54,9 @@ dt{color:#555}dd{margin:0;overflow-wrap:anywhere}
 .scroll{overflow-x:auto}table{border-collapse:collapse;width:100%;font-size:.9em;background:#fff}
 th,td{border-bottom:1px solid #e3e3e3;padding:4px 6px;text-align:left;vertical-align:top}
 td.reason{min-width:16em;overflow-wrap:anywhere}
+@media (max-width:640px){.scroll table,.scroll tbody,.scroll tr,.scroll td{display:block}.scroll thead{display:none}
+.scroll tr{border-bottom:1px solid #d6d6d6;padding:4px 0}.scroll td{border:0;padding:1px 6px;overflow-wrap:anywhere}
+.scroll td::before{content:attr(data-label) ": ";color:#555}td.reason{min-width:0}}
 `;
 
 function badge(kind: 's' | 'o', value: string): string {
@@ -80,7 +86,8 @@ function appCard(a: AppStatus, now: number): string {
   const d = a.lastDeploy;
   if (d !== null) {
     const to = d.to.bin === null ? '' : ` ${file(d.to.bin)}`;
-    rows.push(row('last deploy', `${badge('o', d.outcome)}${to}, ${escapeHtml(d.action)}, ${escapeHtml(d.time)} (${escapeHtml(ago(d.time, now))} ago)`));
+    // An entry answering relink stop | start | restart is no deploy: named as what it was.
+    rows.push(row(d.command === undefined ? 'last deploy' : `last relink ${d.command}`, `${badge('o', d.outcome)}${to}, ${escapeHtml(d.action)}, ${escapeHtml(d.time)} (${escapeHtml(ago(d.time, now))} ago)`));
     if (d.reason !== null) rows.push(row('reason', escapeHtml(d.reason)));
   }
   if (a.problem !== null) rows.push(row('problem', `${escapeHtml(a.problem.message)} [${escapeHtml(a.problem.code)}]`));
@@ -93,7 +100,8 @@ function journalRow(e: HistoryEntry): string {
   const outcome = `${badge('o', e.outcome)}${e.repeats === undefined ? '' : ` x${e.repeats}`}`;
   const cells = [escapeHtml(e.time), escapeHtml(e.app), outcome, escapeHtml(e.command ?? e.action), e.to.bin === null ? '' : file(e.to.bin), `${e.durationMs} ms`,
     `${escapeHtml(reason)}${e.code === null ? '' : ` [${escapeHtml(e.code)}]`}`];
-  return `<tr>${cells.map((c, i) => `<td${i === cells.length - 1 ? ' class="reason"' : ''}>${c}</td>`).join('')}</tr>`;
+  // data-label: on a phone each row is a block of "label: value" lines (no sideways scrolling).
+  return `<tr>${cells.map((c, i) => `<td data-label="${JOURNAL_COLUMNS[i]}"${i === cells.length - 1 ? ' class="reason"' : ''}>${c}</td>`).join('')}</tr>`;
 }
 
 /** The whole page. */
@@ -111,7 +119,7 @@ export function renderStatusPage(d: PageData): string {
 <h2>Apps</h2>
 ${d.apps.map((a) => appCard(a, d.now)).join('\n')}
 <h2>Last ${d.recent.length} journal entries</h2>
-${unreadable}<div class="scroll"><table><thead><tr><th>time</th><th>app</th><th>outcome</th><th>action</th><th>release</th><th>took</th><th>reason</th></tr></thead>
+${unreadable}<div class="scroll"><table><thead><tr>${JOURNAL_COLUMNS.map((c) => `<th>${c}</th>`).join('')}</tr></thead>
 <tbody>${recent.map(journalRow).join('\n')}</tbody></table></div>
 </body></html>
 `;
