@@ -128,7 +128,8 @@ export const NOTIFY_MAX_DELAY_MS = 300_000;
 /** Why `s` is not a URL a notifier may POST to, or undefined. */
 export function notifyUrlProblem(s: string): string | undefined {
   const rule = 'must be an http:// or https:// URL such as "http://127.0.0.1:9000/hook"';
-  if (!URL.canParse(s)) return rule;
+  // It says http(s) and does not parse: its host or port is wrong, not its scheme.
+  if (!URL.canParse(s)) return /^https?:\/\//i.test(s) ? 'must be a URL that parses: a host, and a port 1-65535 if any (such as "http://127.0.0.1:9000/hook")' : rule;
   const u = new URL(s);
   if (u.protocol !== 'http:' && u.protocol !== 'https:') return rule;
   return undefined;

@@ -88,12 +88,13 @@ function parse(s: string): ListenAddress | string {
   } else if (/^\d+(?:\.\d+)*$/.test(hostPart)) {
     return `${JSON.stringify(hostPart)} is not an IPv4 address in dotted decimal (four numbers 0-255, no leading zeros)`;
   } else {
-    return `${JSON.stringify(hostPart)} is a host name: write an IP address ("127.0.0.1", "[::1]", "0.0.0.0" or "[::]"); a name could resolve differently later`;
+    const local = /^localhost$/i.test(hostPart) ? ': for this host only (what "localhost" means) "127.0.0.1" or "[::1]"' : '';
+    return `${JSON.stringify(hostPart)} is a host name: write an IP address${local || ' ("127.0.0.1", "[::1]", "0.0.0.0" or "[::]")'}; a name could resolve differently later`;
   }
   if (!/^[1-9]\d{0,4}$/.test(portPart) || Number(portPart) > 65_535) {
     return portPart === '0'
       ? 'port 0 would pick a different port at every bind: give the port (1-65535)'
-      : `the port must be a number 1-65535 (found ${JSON.stringify(portPart)})`;
+      : `the port must be a number 1-65535${portPart === '' ? ' after the ":"' : ''}`;
   }
   return { kind: 'tcp', host, port: Number(portPart), family };
 }

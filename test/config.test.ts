@@ -583,8 +583,10 @@ test('reload strategies: the default follows "sockets"; "mode" is an alias; a mi
   };
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'socket' } }]), { 'apps[0].reload.strategy': '"socket" needs "sockets": the listen addresses the agent holds and passes to every generation' });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', mode: 'inplace' } }]), { 'apps[0].reload.mode': 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)' });
-  assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['localhost:80', '127.0.0.1:0', 'unix:run/x'] }]), {
-    'apps[0].sockets[0]': '"localhost" is a host name: write an IP address ("127.0.0.1", "[::1]", "0.0.0.0" or "[::]"); a name could resolve differently later',
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['localhost:80', '127.0.0.1:0', 'unix:run/x', 'web1:80', '127.0.0.1:99999'] }]), {
+    'apps[0].sockets[0]': '"localhost" is a host name: write an IP address: for this host only (what "localhost" means) "127.0.0.1" or "[::1]"; a name could resolve differently later',
+    'apps[0].sockets[3]': '"web1" is a host name: write an IP address ("127.0.0.1", "[::1]", "0.0.0.0" or "[::]"); a name could resolve differently later',
+    'apps[0].sockets[4]': 'the port must be a number 1-65535',
     'apps[0].sockets[1]': 'port 0 would pick a different port at every bind: give the port (1-65535)',
     'apps[0].sockets[2]': 'a unix socket needs an absolute path: "unix:/run/web/web.sock"',
   });

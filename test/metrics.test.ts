@@ -411,7 +411,10 @@ test('metrics.listen other hosts could reach is refused unless "public" says so;
     assert.equal(load({ listen, public: true }).metrics?.listen, listen);
   }
   for (const listen of ['127.0.0.1:9464', '127.1.2.3:9464', '[::1]:9464', 'unix:/run/relink/metrics.sock']) assert.equal(load({ listen }).metrics?.public, false);
-  assert.throws(() => load({ listen: 'localhost:9464' }), /"metrics.listen": "localhost" is a host name/);
+  // "localhost" means this host: the hint is the loopback addresses, not 0.0.0.0 (which would be refused anyway).
+  assert.throws(() => load({ listen: 'localhost:9464' }), { message: '/etc/relink/config.json: "metrics.listen": "localhost" is a host name: write an IP address: for this host only (what "localhost" means) "127.0.0.1" or "[::1]"; a name could resolve differently later (found: "localhost:9464")' });
+  // What was found is said once.
+  assert.throws(() => load({ listen: '127.0.0.1:99999' }), { message: '/etc/relink/config.json: "metrics.listen": the port must be a number 1-65535 (found: "127.0.0.1:99999")' });
   assert.throws(() => load({ textfile: 'relink.prom' }), /"metrics.textfile": must be an absolute path \(found: "relink.prom"\)/);
   assert.throws(() => load({ textfile: '/var/lib/node_exporter/relink.txt' }), /"metrics.textfile": must name a file ending in "\.prom"/);
   assert.equal(load(null).metrics, undefined);

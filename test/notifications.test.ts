@@ -378,6 +378,7 @@ test('a malformed notifier is refused when the config is read: one message per p
         { on: ['deployed', 'deploy'], command: ['page-me'] },
         { on: ['fatal'] },
         { on: ['failed'], url: 'http://127.0.0.1:9000/hook', retries: 11 },
+        { on: ['failed'], url: 'http://127.0.0.1:99999/hook' },
       ],
       apps: [{ name: 'web', dir: '/srv/web', notify: [{ on: ['refused'], url: 'mailto:ops@example.com' }, { on: ['stopped'], command: ['./page-me'] }] }],
     }), '/etc/relink/config.json');
@@ -392,6 +393,8 @@ test('a malformed notifier is refused when the config is read: one message per p
     '/etc/relink/config.json: "notify[1].command": must name its program by absolute path: it runs as root, with no folder to resolve a relative one against (found: ["page-me"])',
     '/etc/relink/config.json: "notify[2]": needs "command" or "url" (or both): where the notification goes (found: {"on":["fatal"]})',
     '/etc/relink/config.json: "notify[3].retries": must be at most 10 (found: 11)',
+    // An http URL that does not parse is not "not http(s)": its port is wrong (and, unparsed, it cannot be redacted part by part).
+    '/etc/relink/config.json: "notify[4].url": must be a URL that parses: a host, and a port 1-65535 if any (such as "http://127.0.0.1:9000/hook") (found: "http://***"... (the rest not shown))',
     '/etc/relink/config.json: "apps[0].notify[0].url": must be an http:// or https:// URL such as "http://127.0.0.1:9000/hook" (found: "mailto:ops@example.com")',
   ]);
   assert.equal(err.problems[1]!.key, 'notify[0].url');
