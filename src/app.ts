@@ -39,7 +39,7 @@ import { describeDamage } from './stateDir.js';
 import { ProcessTracker } from './tracker.js';
 import { Generations } from './generations.js';
 import { inflightFor, journaled, newestRoot, recoveredAttempt, recoveryPlan } from './inflight.js';
-import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, describeExit, IN_PLACE_FOUND, runsRelease, type StopBy } from './verify.js';
+import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, describeExit, IN_PLACE_FOUND, runsRelease, type OutputTail, type StopBy } from './verify.js';
 
 /**
  * A pass asked for on the first file event, before the watcher's quiet
@@ -67,6 +67,9 @@ export const STOP_BUDGET = { verifyMs: 10_000, rollbackMs: 20_000, waitMs: 22_00
 
 /** current.conf reads while it keeps being refused: a burst of 20, then at most 5 a second (src/throttle.ts). */
 export const READ_LIMIT = { burst: 20, perSecond: 5 } as const;
+
+/** How long a started process's exit status is waited for once it is gone from /proc (ms): it is reaped at about the same moment. */
+const EXIT_STATUS_WAIT_MS = 500;
 
 /** A liveness restart: SIGTERM, then SIGKILL if the app has not exited after this long (ms). */
 export const LIVENESS_KILL_MS = 10_000;
@@ -209,6 +212,8 @@ export class AppAgent {
   #recovering: InFlight | undefined;
   /** A process the crash supervision started and nobody has judged healthy yet: a deploy waits for it first. */
   #unsettled: ProcInfo | undefined;
+  /** The process this agent started last: how it ended (once it has) and its output, for the reason of a verdict on it (#healthy). */
+  #launched: { readonly pid: number; readonly ended: Promise<string>; readonly output: OutputTail } | undefined;
   /** The generation a deploy in flight is bringing up: stopped if it fails. */
   #newGen: number | undefined;
   /** Under "upgrade": the master the serving one replaced (its parent until it exits). */
@@ -702,7 +707,7 @@ export class AppAgent {
     this.#unsettled = undefined;
     if (main === undefined || unsettled === undefined || !sameProcess(main, unsettled)) return main;
     try {
-      return await awaitHealthy(this.#fx, this.app, main, this.#verifyBy, this.#tracker.sinceMs);
+      return await this.#healthy(main, this.#verifyBy, this.#tracker.sinceMs);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
       this.#log.warn({ appPid: main.pid, code: err.code }, `the restarted app did not settle before the deploy (${err.message})`);
@@ -806,7 +811,7 @@ export class AppAgent {
     try {
       after = await bringUp();
       if (action !== 'signal' || this.app.reload.mode === 'reexec') assertBinary(this.app, after, release);
-      after = await awaitHealthy(this.#fx, this.app, after, this.#verifyBy, since);
+      after = await this.#healthy(after, this.#verifyBy, since);
       if (action === 'signal' && this.app.reload.strategy === 'inplace') await this.#assertNoNewMaster(after);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
@@ -930,12 +935,37 @@ export class AppAgent {
     // next one able to judge it (or stop it), never an unknown copy serving.
     if (!serve) await this.#saveState();
     let exited: string | undefined;
-    void launched.exited.then(({ code, signal }) => {
+    const ended = launched.exited.then(({ code, signal }) => {
       exited = describeExit(code, signal);
       // Our own child: no need to wait for the next monitor tick.
       this.check();
+      return exited;
     });
+    this.#launched = { pid: launched.pid, ended, output: launched.output };
     return awaitStart(this.#fx, this.app, launched.pid, () => exited, launched.output, stopBy);
+  }
+
+  /**
+   * awaitHealthy, and when the process judged is one this agent started and
+   * it exited before its verdict, the reason says how (exit code or signal)
+   * and quotes its last output, as a start that fails at once does: "pid N
+   * exited 40 ms after the deploy" alone sent the operator to the log.
+   */
+  async #healthy(proc: ProcInfo, stopBy: StopBy, since?: number, alreadyReady = false): Promise<ProcInfo> {
+    try {
+      return await awaitHealthy(this.#fx, this.app, proc, stopBy, since, alreadyReady);
+    } catch (err) {
+      const launched = this.#launched;
+      if (!(err instanceof RelinkError) || err.code !== 'APP_EXITED' || launched === undefined || launched.pid !== proc.pid) throw err;
+      // Its exit is reaped by now, or within moments (the process is gone from /proc).
+      const how = await Promise.race([launched.ended, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), EXIT_STATUS_WAIT_MS).unref())]);
+      const said = await launched.output().catch(() => '');
+      if (how === undefined && said === '') throw err;
+      // The last output quoted replaces the pointer to where it is.
+      const base = said === '' ? err.message : err.message.replace(/ \(see [^)]*\)$/, '');
+      throw new RelinkError('APP_EXITED', `${base}${how === undefined ? '' : `, ${how}`}${said === '' ? '' : `; its last output: ${said}`}`,
+        { file: err.file, key: err.key, rule: err.rule, found: how ?? err.found }, { cause: err });
+    }
   }
 
   /**
@@ -1145,7 +1175,7 @@ export class AppAgent {
       } else {
         after = await this.#takeOver(main, this.#verifyBy);
       }
-      after = await awaitHealthy(this.#fx, this.app, after, this.#verifyBy, since);
+      after = await this.#healthy(after, this.#verifyBy, since);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
       await this.#stopFailed(main, err);
@@ -1347,7 +1377,7 @@ export class AppAgent {
         if (this.app.reload.mode === 'reexec') assertBinary(this.app, after, good);
       }
       // An untouched old process said READY=1 long ago: only its health is asked again.
-      after = await awaitHealthy(this.#fx, this.app, after, this.#rollbackBy, undefined, sameProcess(after, before));
+      after = await this.#healthy(after, this.#rollbackBy, undefined, sameProcess(after, before));
       this.#serve(after, now);
       // The operator's newer write wins: current.conf is put back only if it
       // still holds what failed; anything written since is applied next.
@@ -1553,7 +1583,9 @@ export class AppAgent {
 
   /** Journal and log the attempt, then move to `next`. */
   async #finish(attempt: Attempt, outcome: Outcome, action: Action, release: Release | undefined, after: ProcInfo | undefined, next: AppStateName, err?: RelinkError, extra: Extra = {}): Promise<void> {
-    const entry = entryFor(this.app.name, this.#fx.now(), attempt, outcome, action, release, after?.pid, err, extra);
+    // Every entry that started, signalled or stopped the app says by which strategy (a rollback's and a failure's too).
+    const how: Extra = action === 'none' || extra.strategy !== undefined ? extra : { strategy: this.app.reload.strategy, ...extra };
+    const entry = entryFor(this.app.name, this.#fx.now(), attempt, outcome, action, release, after?.pid, err, how);
     // Journaled first, then the state without it: killed in between, the
     // next agent finds the verdict in the journal and does not judge again.
     this.#inflight = undefined;

@@ -1499,6 +1499,7 @@ test('strategy "socket": a new generation that fails is stopped and the old one,
   const e = w.entries[1]!;
   assert.equal(e.outcome, 'rolled_back');
   assert.equal(e.code, 'UNHEALTHY');
+  assert.equal(e.strategy, 'socket', 'a rollback says by which strategy, as a deploy does');
   assert.equal(agent.mainPid, old);
   assert.ok(w.signals.every(([pid]) => pid !== old), `the old generation was never signalled: ${JSON.stringify(w.signals)}`);
   assert.equal(w.signals.length, 1, 'the failed generation got stop.signal');

@@ -69,6 +69,9 @@ test('"socket": releases that exit at start, are never healthy, or never ready l
     await setCurrent(app, bad);
     const e = await nth(root, app.name, ++n);
     assert.equal(e.outcome, 'rolled_back', `${bad}: ${e.reason ?? ''}`);
+    assert.equal(e.strategy, 'socket');
+    // However soon it exits, the reason says how and what it said last (not only "pid N exited").
+    if (bad === 'dies') assert.match(e.reason ?? '', /exit code 3.*its last output: plainapp: fail_start=1, exiting/, e.reason ?? '');
     const still = await servedBy(app.port, 'app.good');
     assert.equal(still.pid, good.pid, `${bad}: the old generation was never touched`);
   }
