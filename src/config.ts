@@ -49,6 +49,8 @@ const ReloadSchema = z.strictObject({
     .meta(about('how long a start, a re-exec handoff or a new master may take to appear before the deploy counts as failed')),
   drainTimeoutMs: z.int().min(0).max(86_400_000).default(60_000)
     .meta(about('how long an older generation that exits by itself (`reexec`, `inplace`) may keep running (draining in-flight requests) after a new one serves; then `stop.signal`, and SIGKILL `stop.timeoutMs` later')),
+  startNice: z.int().min(0).max(19).default(10)
+    .meta(about('`socket` and `upgrade`: a new generation starting beside the one that serves runs this much nicer (lower CPU priority, added to the agent\'s own niceness) until it is judged, so that its start (an interpreter loading the app) takes CPU from the serving generation\'s requests only when they leave some; then it gets the agent\'s niceness back. 0: no change. Needs root (only root may renice back up)')),
 }).refine((r) => r.mode === undefined || r.strategy === undefined || r.mode === r.strategy,
   { message: 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)', path: ['mode'] });
 
@@ -444,6 +446,8 @@ export interface AppConfig {
     readonly signal: NodeJS.Signals;
     readonly timeoutMs: number;
     readonly drainTimeoutMs: number;
+    /** Niceness above the agent's for a generation starting beside the serving one ("socket", "upgrade") until judged; 0: none. */
+    readonly startNice: number;
     /** The config used the deprecated "mode" key (said once in the log at start). */
     readonly deprecatedMode: boolean;
   };
@@ -600,6 +604,7 @@ export function parseConfig(text: string, file: string): AgentConfig {
         signal: a.reload.signal as NodeJS.Signals,
         timeoutMs: a.reload.timeoutMs,
         drainTimeoutMs: a.reload.drainTimeoutMs,
+        startNice: a.reload.startNice,
         deprecatedMode: a.reload.mode !== undefined,
       }),
       sockets: Object.freeze([...a.sockets]),
