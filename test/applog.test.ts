@@ -24,7 +24,7 @@ import { parseConfig } from '../src/config.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { logParts } from '../src/logfollow.js';
 import { needProgram, openUp, rootOnly, testUser, type TestUser } from './accounts.js';
-import { defer, MAIN, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor, type AgentProc, type LogLine } from './helpers.js';
+import { defer, RELINK, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor, type AgentProc, type LogLine } from './helpers.js';
 
 const run = promisify(execFile);
 const WRITER = path.join(ROOT, 'test', 'apps', 'logwriter.py');
@@ -270,7 +270,7 @@ test('relink logs: -n across rotated files; -f from a few lines back, across rot
   await waitFor('the first deploy', async () => (await deploys(a))[0]?.outcome === 'deployed', { timeoutMs: 30_000 });
   await waitFor('a rotation', () => rotations(agent).length >= 1, { timeoutMs: 30_000 });
 
-  const follower = spawn(process.execPath, ['--import', 'tsx', MAIN, 'logs', '--config', a.config, 'web', '-f', '-n', '5'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const follower = spawn(RELINK[0]!, [...RELINK.slice(1), 'logs', '--config', a.config, 'web', '-f', '-n', '5'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   defer(t, () => { if (follower.exitCode === null) follower.kill('SIGKILL'); });
   let followed = '';
   let notices = '';
@@ -309,7 +309,7 @@ test('relink logs: -n across rotated files; -f from a few lines back, across rot
   // still queued.
   const slow = await new Promise<string>((resolve, reject) => {
     // Once the first byte came (the command is writing), the reader stops for a second: what the command queued meanwhile must still come.
-    const c = spawn('/bin/sh', ['-c', '"$@" | (dd bs=1 count=1 status=none; sleep 1; cat)', 'sh', process.execPath, '--import', 'tsx', MAIN, 'logs', '--config', a.config, 'web', '-n', '100000000'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+    const c = spawn('/bin/sh', ['-c', '"$@" | (dd bs=1 count=1 status=none; sleep 1; cat)', 'sh', ...RELINK, 'logs', '--config', a.config, 'web', '-n', '100000000'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     c.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
     c.once('close', () => resolve(out));
@@ -336,7 +336,7 @@ test('issue 12 trial: relink logs -f while the app writes faster than rotation k
   const agent = startAgent(t, a.config);
   await waitFor('the writer to be ready', async () => (await tailOf(a.log, 20)).endsWith('1.0 ready\n'), { timeoutMs: 30_000 });
 
-  const follower = spawn(process.execPath, ['--import', 'tsx', MAIN, 'logs', '--config', a.config, 'web', '-f'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const follower = spawn(RELINK[0]!, [...RELINK.slice(1), 'logs', '--config', a.config, 'web', '-f'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   defer(t, () => { if (follower.exitCode === null) follower.kill('SIGKILL'); });
   let followed = '';
   let notices = '';
@@ -403,7 +403,7 @@ test('relink logs -f keeps its place through the rotations themselves (the reade
   const lines = (from: number, to: number) => { let s = ''; for (let i = from; i < to; i++) s += line('w', i); return s; };
   await app.write(lines(0, 1_000));
 
-  const follower = spawn(process.execPath, ['--import', 'tsx', MAIN, 'logs', '--config', config, 'web', '-f', '-n', '100000'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const follower = spawn(RELINK[0]!, [...RELINK.slice(1), 'logs', '--config', config, 'web', '-f', '-n', '100000'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   defer(t, () => { if (follower.exitCode === null) follower.kill('SIGKILL'); });
   let followed = '';
   let notices = '';

@@ -5,6 +5,7 @@
  */
 import http from 'node:http';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, readlink, realpath, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,6 +17,36 @@ import { readMarker, readProc } from '../src/proc.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const MAIN = path.join(ROOT, 'src', 'cli', 'main.ts');
+
+/** The compiled CLI, as the package ships it (npm run build; npm test builds it first). */
+export const DIST_MAIN = path.join(ROOT, 'dist', 'cli', 'main.js');
+
+/**
+ * How the tests run relink (the agent and the CLI): `node dist/cli/main.js`,
+ * the package as it ships, which starts in about a third of the CPU time
+ * tsx takes to compile src/ at every spawn (the suite spawns relink hundreds
+ * of times: minutes of CI on 2 cores). A dist/ older than any file in src/
+ * is refused, naming the command that rebuilds it: a test never runs stale
+ * code. (Tests that are about the TypeScript entry point itself spawn MAIN
+ * with tsx.)
+ */
+export const RELINK: readonly string[] = [process.execPath, freshDist()];
+
+function freshDist(): string {
+  const built = statSync(DIST_MAIN, { throwIfNoEntry: false })?.mtimeMs;
+  const newer = (dir: string): string | undefined => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      const found = e.isDirectory() ? newer(p) : e.name.endsWith('.ts') && statSync(p).mtimeMs > built! ? p : undefined;
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  };
+  if (built === undefined) throw new Error(`${DIST_MAIN} is missing: run \`npm run build\` (npm test does) before running a test file by itself`);
+  const stale = newer(path.join(ROOT, 'src'));
+  if (stale !== undefined) throw new Error(`${DIST_MAIN} is older than ${stale}: run \`npm run build\` (npm test does) before running a test file by itself`);
+  return DIST_MAIN;
+}
 
 const deferred = new WeakMap<TestContext, Array<() => unknown>>();
 
@@ -154,7 +185,7 @@ export interface AgentProc {
 
 /** The real agent, as systemd would run it, in a child process. Stopped after the test. */
 export function startAgent(t: TestContext, configFile: string, opts: { readonly listen?: { readonly fds: readonly number[]; readonly names: readonly string[] } } = {}): AgentProc {
-  const argv = [process.execPath, '--import', 'tsx', MAIN, 'agent', '--config', configFile];
+  const argv = [...RELINK, 'agent', '--config', configFile];
   // `listen`: sockets passed the way systemd passes them (sd_listen_fds(3):
   // fds from 3, LISTEN_FDNAMES, LISTEN_PID the agent's own, set by a shell that execs it).
   const child = opts.listen === undefined
@@ -233,7 +264,7 @@ export function runProgram(cmd: string, args: readonly string[], opts: { readonl
 }
 
 export function relinkCli(args: readonly string[], env: Record<string, string> = {}, as?: { readonly uid: number; readonly gid: number }, timeoutMs?: number): Promise<CliResult> {
-  return runProgram(process.execPath, ['--import', 'tsx', MAIN, ...args], { cwd: ROOT, env: { ...process.env, ...env }, as, timeoutMs, killSignal: 'SIGTERM' });
+  return runProgram(RELINK[0]!, [...RELINK.slice(1), ...args], { cwd: ROOT, env: { ...process.env, ...env }, as, timeoutMs, killSignal: 'SIGTERM' });
 }
 
 /**

@@ -21,7 +21,7 @@ import { freePort } from '../src/demo/layout.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { readProc, readStat } from '../src/proc.js';
 import { needProgram } from './accounts.js';
-import { type AgentProc, alive, get, MAIN, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+import { type AgentProc, alive, get, RELINK, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 
 const PYAPP = path.join(ROOT, 'test', 'apps', 'pyapp.py');
 
@@ -510,7 +510,7 @@ test('as PID 1 (a container entrypoint) the agent refuses to start and says how 
   const config = await configFor(root, []);
   // unshare makes a PID namespace whose first process, the agent, is PID 1.
   const r = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
-    const child = spawn('unshare', ['--fork', '--pid', '--mount-proc', process.execPath, '--import', 'tsx', MAIN, 'agent', '--config', config], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn('unshare', ['--fork', '--pid', '--mount-proc', ...RELINK, 'agent', '--config', config], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
     child.once('error', reject);

@@ -22,7 +22,7 @@ import { checkFolderForRoot } from '../src/trust.js';
 import { writeFileAtomic } from '../src/atomicWrite.js';
 import { needProgram, rootOnly, testGroup, testUser } from './accounts.js';
 import { fixture, nthEntry, servedBy, setCurrentText, type Fixture } from './fixture.js';
-import { defer, get, relinkCli, runProgram, reapAppsAfter, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+import { defer, get, RELINK, relinkCli, runProgram, reapAppsAfter, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 
 const PROMTOOL = '/usr/bin/promtool';
 const CHROMIUM = '/usr/bin/chromium';
@@ -547,7 +547,7 @@ test('metrics off: prom-client is never loaded (on: it is)', async (t) => {
       await writeFile(f.config, `${JSON.stringify({ ...config, metrics }, null, 2)}\n`);
     }
     // NODE_DEBUG=module: Node's module loader names every CommonJS file it loads (prom-client is one) on stderr.
-    const agent = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'cli', 'main.ts'), 'agent', '--config', f.config], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_DEBUG: 'module' } });
+    const agent = spawn(RELINK[0]!, [...RELINK.slice(1), 'agent', '--config', f.config], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_DEBUG: 'module' } });
     let stderr = '';
     let stdout = '';
     agent.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });

@@ -28,7 +28,7 @@ import { hashFile } from '../src/current.js';
 import { launch } from '../src/launch.js';
 import { ProcessFinder } from '../src/proc.js';
 import { rootOnly, openUp, testUser, type TestUser } from './accounts.js';
-import { defer, MAIN, reapAppsAfter, ROOT, startAgent, tmpDir, waitFor, type LogLine } from './helpers.js';
+import { defer, RELINK, reapAppsAfter, ROOT, startAgent, tmpDir, waitFor, type LogLine } from './helpers.js';
 
 const run = promisify(execFile);
 
@@ -129,7 +129,7 @@ async function nth(stateDir: string, n: number): Promise<HistoryEntry> {
 /** `relink ARGS` with a deadline: a CLI that hangs is killed and reported, not waited for. */
 function relinkWithin(args: readonly string[], ms: number): Promise<{ code: number | null; stdout: string; stderr: string; killed: boolean }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(RELINK[0]!, [...RELINK.slice(1), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     let killed = false;

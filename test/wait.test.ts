@@ -15,7 +15,7 @@ import { promisify } from 'node:util';
 import { hashText } from '../src/current.js';
 import { appendHistory, type HistoryEntry } from '../src/history.js';
 import { claimAgent, releaseAgent, writeAppState } from '../src/state.js';
-import { defer, MAIN, ROOT, tmpDir, waitFor } from './helpers.js';
+import { defer, RELINK, ROOT, tmpDir, waitFor } from './helpers.js';
 
 const run = promisify(execFile);
 
@@ -51,7 +51,7 @@ interface Cli {
 }
 
 function cli(t: TestContext, args: readonly string[]): Cli {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(RELINK[0]!, [...RELINK.slice(1), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   const c: Cli = {
     child,
     exited: new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal }))),
