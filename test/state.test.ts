@@ -81,10 +81,15 @@ test('an app\'s journal and state are readable by root and the app\'s group only
   assert.equal(merged.stdout, 'no deploys recorded yet\n');
   assert.equal(merged.stderr, `relink history: not shown: app web: ${journalFile(stateDir, 'web')}: could not read the journal (EACCES: permission denied)\n`);
   const theirStatus = await cliAs(stranger, ['status', '--config', config, '--json']);
-  const ts = JSON.parse(theirStatus.stdout) as { agent: { pid: number } | null; apps: Array<{ lastDeploy: unknown; warnings: string[] }> };
+  const ts = JSON.parse(theirStatus.stdout) as { agent: { pid: number } | null; apps: Array<{ state: string; lastDeploy: unknown; warnings: string[] }> };
   assert.equal(ts.agent?.pid, process.pid);
   assert.equal(ts.apps[0]!.lastDeploy, null);
-  assert.deepEqual(ts.apps[0]!.warnings, [`${appStateFile(stateDir, 'web')}: could not be read (EACCES: permission denied); treated as absent`]);
+  // Neither the state file nor the processes are this user's to see: not "stopped", which would be a guess.
+  assert.equal(ts.apps[0]!.state, 'unknown');
+  assert.deepEqual(ts.apps[0]!.warnings, [
+    `${appStateFile(stateDir, 'web')}: could not be read (EACCES: permission denied); treated as absent`,
+    'this user may not read the app\'s state or see its processes: whether it runs is unknown here (relink status as root, or as a member of the state folder\'s group for web, shows it)',
+  ]);
   await assert.rejects(run('setpriv', ['--reuid', String(stranger.uid), '--regid', String(stranger.gid), '--clear-groups', 'cat', path.join(web, 'history.jsonl.1')]));
 });
 

@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { access, constants as fsConstants, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { LIMIT_NAMES, type AppConfig, type AgentConfig, type LimitName, type LimitValue } from '../config.js';
 import { hashText } from '../current.js';
@@ -11,7 +11,7 @@ import { detachedName } from '../logorphan.js';
 import { lookupUser } from '../user.js';
 import { readLinks } from '../relink.js';
 import { readAppState, runningAgent, type AgentRecord, type AppProblem, type AppStateName } from '../state.js';
-import { describeDamage } from '../stateDir.js';
+import { appStateFile, describeDamage } from '../stateDir.js';
 import { changedSettings, launchSettings } from '../settings.js';
 import { ago, EXIT, loadFor, selectApps, table } from './io.js';
 import type { SpecOf } from './commands.js';
@@ -20,7 +20,12 @@ import { damageWarner } from './warn.js';
 
 export interface AppStatus {
   readonly name: string;
-  readonly state: AppStateName;
+  /**
+   * The agent's state, corrected by what /proc shows; `unknown` when this
+   * user may read neither the app's state file nor its processes (another
+   * app's user, not in its group): "stopped" would be a guess.
+   */
+  readonly state: AppStateName | 'unknown';
   readonly pid: number | null;
   readonly since: string | null;
   readonly uptimeSeconds: number | null;
@@ -126,8 +131,14 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
   const user = proc === undefined ? null : { name: (await lookupUser(proc.uid))?.name ?? null, uid: proc.uid };
   const sameAsSaved = proc !== undefined && proc.pid === saved?.pid;
   // The agent's word where it still holds, corrected by what /proc shows now.
-  let state: AppStateName;
-  if (unavailable !== undefined) state = 'error';
+  let state: AppStateName | 'unknown';
+  // What another user cannot see: the state file (EACCES), and so the processes it names.
+  const hidden = saved === undefined && proc === undefined && unavailable === undefined
+    && (await access(appStateFile(config.stateDir, app.name), fsConstants.R_OK).then(() => false, (err: unknown) => isErrno(err, 'EACCES')));
+  if (hidden) {
+    state = 'unknown';
+    warnings.push(`this user may not read the app's state or see its processes: whether it runs is unknown here (relink status as root, or as a member of the state folder's group for ${app.name}, shows it)`);
+  } else if (unavailable !== undefined) state = 'error';
   else if (proc !== undefined) state = agentRunning && saved?.state === 'deploying' ? 'deploying' : 'running';
   else if (saved?.state === 'fatal' || saved?.state === 'failed' || (agentRunning && (saved?.state === 'backoff' || saved?.state === 'deploying' || saved?.state === 'error'))) state = saved.state;
   else state = 'stopped';
