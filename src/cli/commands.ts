@@ -102,11 +102,13 @@ another user's processes' executables.
 
 States: running; deploying; backoff (crashed, a restart is scheduled); fatal
 (crashed too often in a row, left alone until the next deploy or a re-save of
-current.conf); failed (the last deploy failed and the app is not running);
-error (the agent cannot manage the app right now: the problem is shown);
-stopped. A state file or agent.json that is damaged (or that you may not
-read: the app's state is readable by root and the app's group) is treated as
-absent, with a warning naming it.`,
+current.conf, or relink start); failed (the last deploy failed and the app
+is not running); error (the agent cannot manage the app right now: the
+problem is shown); stopped; unknown (you may see neither the app's state
+file nor its processes: run it as root or in the app's group). A state
+file or agent.json that is damaged (or that you may not read: the app's
+state is readable by root and the app's group) is treated as absent, with
+a warning naming it.`,
     options: [
       CONFIG,
       ONLY_APP,
@@ -116,8 +118,8 @@ absent, with a warning naming it.`,
       },
     ],
     exits: [
-      { code: 0, meaning: 'every app shown is running' },
-      { code: 1, meaning: 'one is not (or the config is bad)' },
+      { code: 0, meaning: 'every app shown is running, and an agent runs' },
+      { code: 1, meaning: 'one is not, or no agent runs (or the config is bad)' },
     ],
     load: async (): Loaded => (await import('./status.js')).statusCommand,
   },

@@ -270,6 +270,7 @@ export const statusCommand: Command<SpecOf<'status'>> = {
     } else {
       io.stdout(render(agent, statuses, config.file, configChanged));
     }
-    return statuses.every((s) => s.state === 'running' || s.state === 'deploying') ? EXIT.ok : EXIT.failed;
+    // 1 also when no agent runs: the apps may serve, but nothing deploys, supervises or rolls them back (a check on the exit code must see that).
+    return agent !== undefined && statuses.every((s) => s.state === 'running' || s.state === 'deploying') ? EXIT.ok : EXIT.failed;
   },
 };
