@@ -237,8 +237,8 @@ test('zero refused connections across deploys under a concurrent request loop', 
   assert.ok(tally.ok > 100, `the load loop ran (${tally.ok} requests)`);
 });
 
-test('CLI: status, validate and history against a running agent', async (t) => {
-  const { root, app, config } = await setup(t);
+test('CLI: status, validate and history against a running agent; status exits 1 once it stops', async (t) => {
+  const { root, app, config, agent } = await setup(t);
   const v1 = await servedBy(app, '1.0');
 
   const status = await relinkCli(['status', '--config', config, '--json']);
@@ -282,6 +282,13 @@ test('CLI: status, validate and history against a running agent', async (t) => {
   const help = await relinkCli(['history', '--help']);
   assert.equal(help.code, 0);
   assert.match(help.stdout, /Usage: relink history/);
+
+  // The agent stopped, the app serving on: status says so and exits 1 (nothing manages it).
+  assert.equal(await agent.stop(), 0);
+  const unmanaged = await relinkCli(['status', '--config', config]);
+  assert.equal(unmanaged.code, 1, unmanaged.stdout);
+  assert.match(unmanaged.stdout, /agent: not running/);
+  assert.match(unmanaged.stdout, new RegExp(`web: running, pid ${v1.pid}`));
 });
 
 test('current.conf\'s folder deleted and recreated (rm -rf deploy; mkdir deploy): the loss and the recovery are logged and the next deploy is seen by the watcher', async (t) => {
