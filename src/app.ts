@@ -564,12 +564,24 @@ export class AppAgent {
           this.#recovering = inflight;
         }
       }
+      // A relink stop the previous agent took but did not finish (killed
+      // mid-stop: held, no journal entry for it, and the app still runs):
+      // finished now. Left as it was, the app served on marked "stopped",
+      // with supervision off (trial of issue 12).
+      const held = this.#held;
+      const unfinished = held !== undefined && found.main !== undefined && (await this.#fx.lastRecorded())?.request !== held.request;
       this.#ready = true;
       if (this.#problem !== undefined && this.#problemFrom === 'setup') {
         this.#log.info({ was: this.#problem.message }, 'the app can be managed again');
         this.#problem = undefined;
       }
       await this.#transition(state);
+      if (unfinished && held !== undefined && found.main !== undefined) {
+        this.#log.warn({ request: held.request, at: held.at, appPid: found.main.pid }, `the previous agent stopped before it finished relink stop (asked at ${held.at}): finishing it`);
+        const links = await this.#fx.readLinks();
+        const attempt: Attempt = { trigger: 'request:stop:recovered', started: this.#fx.now(), snapshot: null, from: links, pidBefore: found.main.pid };
+        await this.#stopOnRequest(attempt, { command: 'stop', id: held.request, at: held.at }, found.main, { command: 'stop', request: held.request });
+      }
       return true;
     } catch (err) {
       if (!(err instanceof RelinkError) && !isErrno(err)) throw err;
@@ -1090,8 +1102,17 @@ export class AppAgent {
 
   /** Take the operators' requests waiting on disk and answer each, oldest first, with a journal entry carrying its id. */
   async #answerRequests(): Promise<void> {
-    const requests = await this.#fx.takeRequests((d) => this.#log.warn({ file: d.file }, `not a request (set aside): ${describeDamage(d)}`));
-    for (const r of requests) {
+    const taken = await this.#fx.takeRequests((d) => this.#log.warn({ file: d.file }, `not a request (set aside): ${describeDamage(d)}`));
+    for (const r of taken.expired) {
+      // Not carried out late (its asker was told, or gave up): answered, so a --wait still waiting hears why.
+      const links = await this.#fx.readLinks();
+      const attempt: Attempt = { trigger: `request:${r.command}`, started: this.#fx.now(), snapshot: null, from: links, pidBefore: this.#tracker.main?.pid };
+      const err = new RelinkError('REQUEST_EXPIRED', `relink ${r.command} asked at ${r.at} was not carried out: it expired at ${r.expiresAt ?? '?'} before the agent could take it${this.#problem === undefined ? '' : ` (the app could not be managed: ${this.#problem.message})`}; ask again if it is still wanted`,
+        { rule: 'a request is carried out before it expires', found: `taken at ${new Date(this.#fx.now()).toISOString()}` });
+      this.#log.warn({ command: r.command, request: r.id, at: r.at, expiresAt: r.expiresAt }, err.message);
+      await this.#finish(attempt, 'refused', 'none', undefined, this.#tracker.main, this.#state, err, { command: r.command, request: r.id });
+    }
+    for (const r of taken.due) {
       const links = await this.#fx.readLinks();
       const main = await this.#observe();
       const attempt: Attempt = { trigger: `request:${r.command}`, started: this.#fx.now(), snapshot: null, from: links, pidBefore: main?.pid };

@@ -25,7 +25,7 @@ import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from 
 import { readLinks, relink } from './relink.js';
 import { readerOf } from './safefs.js';
 import { AppStore, type AppState } from './state.js';
-import { takeRequests, type AppRequest } from './requests.js';
+import { takeRequests, type TakenRequests } from './requests.js';
 import type { OnDamage } from './stateDir.js';
 import { resolveRunAs } from './user.js';
 
@@ -137,7 +137,7 @@ export interface Effects {
   /** Let the app's folder go (the agent stops). */
   releaseApp(): Promise<void>;
   /** Operators' requests waiting for the app (relink stop | start | restart), oldest first, each taken once (src/requests.ts). */
-  takeRequests(onDamaged?: OnDamage): Promise<AppRequest[]>;
+  takeRequests(onDamaged?: OnDamage): Promise<TakenRequests>;
 }
 
 export interface LaunchOptions {
@@ -258,7 +258,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     },
     record: (entry) => store.record(entry),
     notifyOperators: (event) => opts.notifications?.emit(event),
-    takeRequests: (onDamaged) => takeRequests(stateDir, app.name, onDamaged),
+    takeRequests: (onDamaged) => takeRequests(stateDir, app.name, onDamaged, Date.now()),
     lastRecorded: async () => {
       try {
         for await (const e of newestFirst(stateDir, app.name)) return e;

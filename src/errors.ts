@@ -67,6 +67,7 @@ export type ErrorCode =
   | 'STOP_FAILED'
   /** relink start | restart before any release was linked */
   | 'NOTHING_TO_START'
+  | 'REQUEST_EXPIRED'
   | 'WRONG_BINARY'
   | 'UNHEALTHY'
   | 'ROLLBACK_FAILED'

@@ -4,7 +4,7 @@
  * fake clock makes timeouts deterministic, as tableflip's env does.
  */
 import assert from 'node:assert/strict';
-import type { AppRequest } from '../src/requests.js';
+import type { AppRequest, TakenRequests } from '../src/requests.js';
 import { test } from 'node:test';
 import { pino } from 'pino';
 import { AppAgent, type AppObserver, READ_LIMIT } from '../src/app.js';
@@ -286,10 +286,11 @@ class World implements Effects {
   /** Operators' requests waiting (relink stop | start | restart), taken by the next pass. */
   requests: AppRequest[] = [];
 
-  async takeRequests(): Promise<AppRequest[]> {
+  async takeRequests(): Promise<TakenRequests> {
     const taken = this.requests;
     this.requests = [];
-    return taken;
+    const expired = (r: AppRequest) => r.expiresAt !== undefined && Date.parse(r.expiresAt) < this.clock;
+    return { due: taken.filter((r) => !expired(r)), expired: taken.filter(expired) };
   }
 
   parentOf(pid: number): number | undefined {
@@ -1639,4 +1640,55 @@ test('the observer (metrics) hears every verdict, repeated refusals included, ea
   assert.deepEqual(w2.entries.map((e) => e.outcome), ['deployed', 'deployed']);
   assert.equal(broken.state, 'running');
   assert.equal(quiet.lines.filter((l) => l.msg === 'the metrics could not be updated: unexpected error: boom').length, 1);
+});
+
+test('requests: one that expired before it could be taken is answered "refused" (REQUEST_EXPIRED) and not carried out; a due one is', async () => {
+  const { w, agent } = await running(appConfig());
+  const pid = agent.mainPid!;
+  w.advance(60_000);
+  const at = (ms: number) => new Date(ms).toISOString();
+  w.requests.push(
+    { command: 'stop', id: '00000000-0000-4000-8000-000000000001', at: at(w.clock - 30_000), expiresAt: at(w.clock - 1) },
+    { command: 'restart', id: '00000000-0000-4000-8000-000000000002', at: at(w.clock - 10), expiresAt: at(w.clock + 30_000) },
+  );
+  agent.requests();
+  await agent.idle();
+  const [expired, restarted] = w.entries.slice(1);
+  assert.equal(expired?.outcome, 'refused');
+  assert.equal(expired?.code, 'REQUEST_EXPIRED');
+  assert.equal(expired?.request, '00000000-0000-4000-8000-000000000001');
+  assert.match(expired?.reason ?? '', /^relink stop asked at .* was not carried out: it expired at .* before the agent could take it; ask again if it is still wanted$/);
+  assert.ok(!w.signals.some(([p, s]) => p === pid && s === 'SIGTERM'), 'the expired stop stopped nothing');
+  assert.equal(restarted?.request, '00000000-0000-4000-8000-000000000002');
+  assert.equal(restarted?.outcome, 'deployed');
+  assert.equal(agent.held, undefined);
+});
+
+test('an agent killed in the middle of relink stop (held, no journal entry, the app still running): the next agent finishes the stop and answers the request', async () => {
+  const { w, agent } = await running(appConfig());
+  const pid = agent.mainPid!;
+  await agent.close();
+  // What the killed agent left: the hold saved before it signalled, nothing journaled for it.
+  const last = w.states.at(-1)!;
+  w.states.push({ ...last, held: { at: new Date(w.clock).toISOString(), request: '00000000-0000-4000-8000-0000000000aa' } });
+  const next = new AppAgent(appConfig(), w, silentLogger().log);
+  await next.start();
+  await next.idle();
+  const e = w.entries.at(-1)!;
+  assert.equal(e.outcome, 'stopped');
+  assert.equal(e.request, '00000000-0000-4000-8000-0000000000aa');
+  assert.equal(e.trigger, 'request:stop:recovered');
+  assert.equal(w.procs.has(pid), false, 'stopped');
+  assert.equal(next.state, 'stopped');
+  assert.notEqual(next.held, undefined, 'and held: supervision leaves it stopped');
+  const entries = w.entries.length;
+  await next.close();
+
+  // Once answered, a later agent does not answer it again.
+  const third = new AppAgent(appConfig(), w, silentLogger().log);
+  await third.start();
+  await third.idle();
+  assert.equal(w.entries.filter((x) => x.request === '00000000-0000-4000-8000-0000000000aa').length, 1);
+  assert.ok(w.entries.length >= entries);
+  await third.close();
 });

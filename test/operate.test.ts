@@ -6,7 +6,7 @@
  * "socket", refuses nothing.
  */
 import assert from 'node:assert/strict';
-import { readFile, readlink, writeFile } from 'node:fs/promises';
+import { readdir, readFile, readlink, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { readHistory } from '../src/history.js';
@@ -169,4 +169,27 @@ test('relink start is the way out of "fatal"; --wait answers a failed restart wi
   assert.match(said.message, /^only root may have the agent \(pid \d+, root's\) reload: run it with sudo/);
   assert.equal((await status(config)).pid, (await servedBy(app.port, 'app.1')).pid, 'nothing was done');
   await agent.stop();
+});
+
+test('a request the agent cannot take in time (it cannot manage the app) is withdrawn when --wait gives up, with why, and never carried out later', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'gone', PLAIN, { '1': '' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, '1');
+  const config = await configFor(root, app, {});
+  startAgent(t, config);
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  const v1 = await servedBy(app.port, 'app.1');
+  // The app's folder moved away: the agent cannot manage the app (state "error"), the app serves on.
+  await rename(app.dir, `${app.dir}.away`);
+  await waitFor('state error', async () => ((await status(config)).state === 'error' ? true : undefined), { timeoutMs: 30_000 });
+  const r = await relinkCli(['stop', app.name, '--config', config, '--wait', '--timeout', '3']);
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /^relink stop: gone: no answer from the agent to relink stop within 3 s: the request is withdrawn, nothing was done; the agent cannot manage gone now: .*gone.*\n$/);
+  assert.deepEqual(await readdir(path.join(root, 'state', 'apps', app.name, 'requests')), [], 'nothing left for the agent to find later');
+  // Back: the agent manages the app again (adopts it) and stops nothing (it stopped it minutes later before).
+  await rename(`${app.dir}.away`, app.dir);
+  await waitFor('managed again', async () => ((await status(config)).state === 'running' ? true : undefined), { timeoutMs: 30_000 });
+  assert.equal((await servedBy(app.port, 'app.1')).pid, v1.pid);
+  assert.deepEqual((await readHistory(path.join(root, 'state'), app.name)).map((e) => e.outcome), ['deployed']);
 });

@@ -9,8 +9,8 @@ import type { AgentConfig, AppConfig } from '../config.js';
 import { isErrno, RelinkError } from '../errors.js';
 import type { Command as Verb, HistoryEntry } from '../history.js';
 import { JournalTail } from '../journalTail.js';
-import { requestsDir, writeRequest } from '../requests.js';
-import { runningAgent } from '../state.js';
+import { REQUEST_TTL_MS, requestsDir, writeRequest } from '../requests.js';
+import { readAppState, runningAgent } from '../state.js';
 import { DEFAULT_WAIT_S, type SpecOf } from './commands.js';
 import { EXIT, loadFor, selectApp, UsageError, type IO } from './io.js';
 import { signalExitCode } from './request.js';
@@ -61,9 +61,11 @@ async function ask(config: AgentConfig, app: AppConfig, verb: Verb, opts: AskOpt
   await access(requestsDir(config.stateDir, app.name), fsConstants.W_OK).catch((err: unknown) => (isErrno(err, 'ENOENT') ? undefined : notRoot(err)));
   // Where the journal ends now: the answer is among what is appended after.
   const tail = opts.wait ? await JournalTail.open(config.stateDir, app.name, { onDamaged }) : undefined;
-  const req = await writeRequest(config.stateDir, app.name, verb).catch(notRoot);
+  // With --wait it expires when the wait ends (withdrawn then if not taken yet): never carried out after the asker was told "no answer".
+  const handle = await writeRequest(config.stateDir, app.name, verb, new Date(), opts.wait ? opts.timeoutMs : REQUEST_TTL_MS).catch(notRoot);
+  const req = handle.request;
   if (tail === undefined) {
-    return report(io, opts, { outcome: 'requested', message: `${app.name}: relink ${verb} asked (request ${req.id}); the agent answers in the journal (relink history --app ${app.name})` }, EXIT.ok);
+    return report(io, opts, { outcome: 'requested', message: `${app.name}: relink ${verb} asked (request ${req.id}); the agent answers in the journal (relink history --app ${app.name}); not taken within ${REQUEST_TTL_MS / 60_000} minutes, it is not carried out` }, EXIT.ok);
   }
   let stopped: string | undefined;
   void opts.stop.then((signal) => { stopped = signal; });
@@ -75,7 +77,13 @@ async function ask(config: AgentConfig, app: AppConfig, verb: Verb, opts: AskOpt
     const answer = (await tail.read()).find((e) => e.request === req.id);
     if (answer !== undefined) return verdict(io, opts, app, verb, answer);
     if (Date.now() > deadline) {
-      throw new RelinkError('WAIT_TIMEOUT', `${app.name}: no answer from the agent to relink ${verb} within ${opts.timeoutMs / 1000} s; it may still be working on it (relink status)`,
+      const withdrawn = await handle.withdraw();
+      // Why the agent may not have answered: an app it cannot manage now says why in its state.
+      const saved = await readAppState(config.stateDir, app.name).catch(() => undefined);
+      const why = saved?.state === 'error' && saved.problem != null ? `; the agent cannot manage ${app.name} now: ${saved.problem.message}` : '';
+      throw new RelinkError('WAIT_TIMEOUT', withdrawn
+        ? `${app.name}: no answer from the agent to relink ${verb} within ${opts.timeoutMs / 1000} s: the request is withdrawn, nothing was done${why}`
+        : `${app.name}: no answer from the agent to relink ${verb} within ${opts.timeoutMs / 1000} s; it has taken the request and may still be working on it (relink status)${why}`,
         { rule: 'the agent answers every request in the journal', found: 'no journal entry yet' });
     }
     await pause(WAIT_POLL_MS, opts.stop);
