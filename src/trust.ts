@@ -15,11 +15,12 @@
  * when the group holds nobody but root and the app's user (a user-private
  * group).
  */
-import { lstat, realpath } from 'node:fs/promises';
+import { lstat, readdir, readlink, realpath } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import path from 'node:path';
 import type { AppConfig } from './config.js';
 import type { CurrentKey, Release } from './current.js';
+import { releaseFolderOf } from './relink.js';
 import { fileError, isErrno, type RelinkError } from './errors.js';
 import { describeUser, lookupGroup, lookupUser, resolveRunAs, usersInGroup, type RunAs } from './user.js';
 
@@ -58,8 +59,20 @@ export async function checkTrust(app: AppConfig, file: string, release: Release,
     const p = await check.chain(s.real, s.key, s.asAbove !== true);
     if (p !== undefined) problems.push(p);
   }
+  const folder = app.links.dir === undefined ? undefined : releaseFolderOf(releasesReal, release);
+  if (folder !== undefined && problems.length === 0) {
+    const p = await check.tree(folder, releasesReal);
+    if (p !== undefined) problems.push(p);
+  }
   return problems;
 }
+
+/**
+ * The most entries of a release folder the trust check walks (a Node app's
+ * node_modules holds tens of thousands): a folder with more is refused, not
+ * half-checked. About 0.3 s per 10,000 entries here.
+ */
+export const MAX_FOLDER_ENTRIES = 200_000;
 
 /**
  * A program the agent runs as itself (a global notifier's command: root
@@ -113,6 +126,46 @@ class Checker {
       p = up;
       self = false;
     }
+  }
+
+  /**
+   * With `links.dir` the whole release folder is exposed through the link
+   * (issue 15): the folder and everything in it, recursively, strictly as a
+   * release file (owner root or the app's user, writable by nobody else; no
+   * sticky exception). Symlinks in it are not followed down (they cannot be
+   * written through: their folder decides) but where they lead must be inside
+   * the releases folder after resolving (a `static -> /etc` link would expose
+   * /etc through `current/static`); a dangling one is judged by its target's
+   * path. At most MAX_FOLDER_ENTRIES entries. The first problem, or undefined.
+   */
+  async tree(folder: string, releasesReal: string): Promise<RelinkError | undefined> {
+    const pending = [folder];
+    let count = 0;
+    const trusted = this.#trusted ?? (this.#who.uid === 0 ? 'root' : `root or the app's user ${describeUser(this.#who)}`);
+    while (pending.length > 0) {
+      const dir = pending.pop()!;
+      const problem = await this.#one(dir, undefined, true);
+      if (problem !== undefined) return problem;
+      for (const e of await readdir(dir, { withFileTypes: true })) {
+        if (++count > MAX_FOLDER_ENTRIES) {
+          return fileError('UNTRUSTED_PATH', this.#file, undefined, `must be writable by nobody but ${trusted} (like sshd's StrictModes), checked for at most ${MAX_FOLDER_ENTRIES} entries`, `${folder} holds more entries than that`);
+        }
+        const p = path.join(dir, e.name);
+        if (e.isDirectory()) {
+          pending.push(p);
+          continue;
+        }
+        const bad = await this.#one(p, undefined, true);
+        if (bad !== undefined) return bad;
+        if (e.isSymbolicLink()) {
+          const real = await realpath(p).catch(async () => path.resolve(dir, await readlink(p)));
+          if (!real.startsWith(releasesReal + path.sep)) {
+            return fileError('RELEASE_OUTSIDE', this.#file, undefined, `must be inside the releases folder ${releasesReal}, with everything "links.dir" exposes`, `${p} -> ${real}`);
+          }
+        }
+      }
+    }
+    return undefined;
   }
 
   async #one(p: string, key: string | undefined, self: boolean): Promise<RelinkError | undefined> {
