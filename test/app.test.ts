@@ -49,7 +49,8 @@ async function until(what: string, cond: () => boolean): Promise<void> {
 class World implements Effects {
   text = '';
   mtime = 1;
-  links: { bin: string | undefined; cfg: string | undefined } = { bin: undefined, cfg: undefined };
+  /** `dirStale`: the folder link (links.dir) is not on the linked release's folder (src/relink.ts LinkTargets). */
+  links: { bin: string | undefined; cfg: string | undefined; dirStale?: boolean } = { bin: undefined, cfg: undefined };
   procs = new Map<number, ProcInfo>();
   nextPid = 100;
   clock = 0;
@@ -1598,4 +1599,18 @@ test('the observer (metrics) hears every verdict, repeated refusals included, ea
   assert.deepEqual(w2.entries.map((e) => e.outcome), ['deployed', 'deployed']);
   assert.equal(broken.state, 'running');
   assert.equal(quiet.lines.filter((l) => l.msg === 'the metrics could not be updated: unexpected error: boom').length, 1);
+});
+
+test('issue 15: a stale folder link (links.dir moved to another release by hand) is switched again by the reconcile, without signalling the app that runs the release', async () => {
+  const { w, agent, lines } = await running(appConfig({}, PROBED));
+  const pid = [...w.procs.keys()][0];
+  const signalled = w.signals.length;
+  w.links = { ...w.links, dirStale: true };
+  agent.trigger('recheck');
+  await agent.idle();
+  assert.deepEqual(w.links, { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` }, 'relinked: the folder link is back on the release');
+  assert.equal(w.signals.length, signalled, 'nothing signalled');
+  assert.deepEqual([...w.procs.keys()], [pid]);
+  assert.ok(lines.some((l) => String(l.msg).startsWith('links drifted from current.conf; put back')), JSON.stringify(lines.map((l) => l.msg)));
+  await agent.close();
 });
