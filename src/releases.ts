@@ -14,6 +14,11 @@
  * and `scp -p` keep the build's mtime, and a release uploaded a minute ago
  * but built nine days ago was pruned as the oldest right before its deploy
  * (issue 9, item 15). See `arrival`.
+ *
+ * A release is two files (app.2.0, cfg.2.0) or, with releaseNames such as
+ * "{release}/app", a folder holding them and whatever else it ships (issue
+ * 15): listed by the folder's arrival, kept when anything protected lies in
+ * it, and pruned whole.
  */
 import type { Dirent, Stats } from 'node:fs';
 import { randomBytes } from 'node:crypto';
