@@ -86,6 +86,12 @@ async function bothLayouts(t: TestContext, folders: boolean): Promise<void> {
   assert.deepEqual(await linked(app), expectLinked(app, '1.0'));
   if (folders) await staticIs(app, 'static 1.0');
 
+  // relink status shows the folder link of an app with one, and no such key otherwise.
+  const status = JSON.parse((await cli(['status', '--json'])).stdout) as { apps: Array<Record<string, unknown>> };
+  if (folders) assert.equal(status.apps[0]!.dir, path.join(await realpath(app.releasesDir), '1.0'));
+  else assert.equal('dir' in status.apps[0]!, false);
+  assert.equal((await cli(['status'])).stdout.includes('\n  dir '), folders);
+
   const listed = await cli(['releases', '--json']);
   assert.equal(listed.code, 0, listed.stderr);
   const rs = (JSON.parse(listed.stdout) as { apps: Array<{ releases: Array<{ release: string; current: boolean; previous: boolean; failed: boolean; folder: { path: string } | null }> }> }).apps[0]!.releases;
