@@ -54,6 +54,11 @@ export async function checkTrust(app: AppConfig, file: string, release: Release,
     { real: releasesReal, key: undefined },
     { real: release.bin, key: 'bin.file' },
     { real: release.cfg, key: 'cfg.file' },
+    // A folder inside the releases folder holding a release file (2.0/ of
+    // 2.0/app, issue 15) is as strict as the releases folder itself: no sticky
+    // exception (anybody could add files to a release there).
+    ...releaseSubfolders(releasesReal, release.bin).map((real) => ({ real, key: 'bin.file' as const })),
+    ...releaseSubfolders(releasesReal, release.cfg).map((real) => ({ real, key: 'cfg.file' as const })),
   ];
   const problems: RelinkError[] = [];
   for (const s of subjects) {
@@ -66,6 +71,13 @@ export async function checkTrust(app: AppConfig, file: string, release: Release,
     if (p !== undefined) problems.push(p);
   }
   return problems;
+}
+
+/** The folders strictly between `releasesReal` and `file` (inside it), nearest first. */
+function releaseSubfolders(releasesReal: string, file: string): string[] {
+  const out: string[] = [];
+  for (let p = path.dirname(file); p.startsWith(releasesReal + path.sep); p = path.dirname(p)) out.push(p);
+  return out;
 }
 
 /**

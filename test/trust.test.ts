@@ -316,3 +316,13 @@ test('issue 15: a symlink in a release folder leading out of the releases folder
   assert.equal(p.code, 'RELEASE_OUTSIDE');
   assert.equal(p.message, `${l.current}: must be inside the releases folder ${l.releases}, with everything "links.dir" exposes (found: ${link} -> /etc/passwd)`);
 });
+
+test('issue 15: a sticky world-writable release folder is refused even without links.dir (anybody could add files to the release; only folders above the releases folder may be sticky)', async (t) => {
+  const l = await folderLayout(t);
+  await chmod(l.folder, 0o1777);
+  for (const app of [l.app(), l.app({ links: {} })]) {
+    const p = await refusal(app);
+    assert.equal(p.key, 'bin.file');
+    assert.equal(p.found, `${l.folder} is writable by every user, mode 1777`);
+  }
+});
