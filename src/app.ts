@@ -98,8 +98,13 @@ function isJson(text: string): boolean {
   }
 }
 
-const sameRelease = (a: { bin?: string | undefined; cfg?: string | undefined } | undefined, b: Release | undefined): boolean =>
-  a !== undefined && b !== undefined && a.bin === b.bin && a.cfg === b.cfg;
+/**
+ * Do the links (or a release) `a` name release `b`? Links whose folder link
+ * is stale (`links.dir` left elsewhere: relink.ts LinkTargets) do not, so a
+ * deploy, the reconcile and a recovery switch all three again.
+ */
+const sameRelease = (a: { bin?: string | undefined; cfg?: string | undefined; dirStale?: boolean } | undefined, b: Release | undefined): boolean =>
+  a !== undefined && b !== undefined && a.bin === b.bin && a.cfg === b.cfg && a.dirStale !== true;
 
 /** An error code read back from the state file: written there by relink from one of its own errors (root-owned, not the app's to forge). */
 function asErrorCode(code: string | undefined): ErrorCode {

@@ -185,14 +185,35 @@ const RELEASE_PLACEHOLDER = '{release}';
 const releaseName = (def: string, description: string) => z.string()
   // A regex, not .includes(): zod writes "format": "includes" into the JSON Schema, which validators reject as unknown.
   .regex(/\{release\}/, { error: `must contain ${RELEASE_PLACEHOLDER}` })
-  .refine((s) => !s.includes('/'), 'must be a file name, not a path')
+  .refine((s) => releasePatternProblem(s) === undefined, 'must be a file name ("app.{release}"), or a path in a folder per release whose first part alone holds {release} ("{release}/app", "{release}/bin/app"), with no "", "." or ".." part')
   .default(def)
   .meta(about(description));
 
+/**
+ * Why `s` is not a releaseNames pattern (issue 15): a file name in
+ * releasesDir (the files layout), or `FOLDER/REST` where FOLDER holds
+ * `{release}` and names the release's folder in releasesDir (the folders
+ * layout, Capistrano's `releases/<tag>/`); REST names a file in it.
+ */
+function releasePatternProblem(s: string): string | undefined {
+  const parts = s.split('/');
+  if (parts.some((p) => p === '' || p === '.' || p === '..')) return 'bad part';
+  if (parts.length > 1 && (!parts[0]!.includes(RELEASE_PLACEHOLDER) || parts.slice(1).some((p) => p.includes(RELEASE_PLACEHOLDER)))) return 'placeholder';
+  return undefined;
+}
+
+/** The folder part of a releaseNames pattern ("{release}" of "{release}/app"); undefined for a file name. */
+function folderPattern(pattern: string): string | undefined {
+  const slash = pattern.indexOf('/');
+  return slash < 0 ? undefined : pattern.slice(0, slash);
+}
+
 const ReleaseNamesSchema = z.strictObject({
-  bin: releaseName('app.{release}', 'the binary\'s file name in releasesDir, `{release}` standing for e.g. `2.0`'),
-  cfg: releaseName('cfg.{release}', 'the config\'s file name in releasesDir, `{release}` standing for e.g. `2.0`'),
-});
+  bin: releaseName('app.{release}', 'the binary\'s name in releasesDir, `{release}` standing for e.g. `2.0`: a file name (`app.{release}`), or a path in a folder per release (`{release}/app`: Capistrano\'s layout, "Releases and pruning")'),
+  cfg: releaseName('cfg.{release}', 'the config\'s name in releasesDir, like `bin`: `cfg.{release}`, or `{release}/app.cfg` in the same folder as the binary'),
+}).refine((n) => folderPattern(n.bin) === folderPattern(n.cfg),
+  { message: 'must be in the same folder per release as "bin" (both file names, or both "FOLDER/..." with the same FOLDER)', path: ['cfg'] })
+  .refine((n) => n.bin !== n.cfg, { message: 'must differ from "bin"', path: ['cfg'] });
 
 // A user or group: a name as useradd accepts it, or a numeric id (JSON number or string).
 const account = (what: 'user' | 'group') => z.union([
@@ -233,6 +254,7 @@ const AppSchema = z.strictObject({
   links: z.strictObject({
     bin: absoluteOrRelative.default('app.bin').meta(about('the symlink to the live release\'s binary')),
     cfg: absoluteOrRelative.default('app.cfg').meta(about('the symlink to the live release\'s config')),
+    dir: absoluteOrRelative.optional().meta(about('optional (e.g. `"current"`): the symlink to the live release\'s folder, for apps that ship more than a binary and a config (Capistrano\'s `current`); bin and cfg must then be in one folder per release. Switched with the other two: cfg, then dir, then bin ("Releases and pruning"); none: no such link')),
   }).prefault({})
     .meta(about('the symlinks the agent switches (a regular file there is never replaced); no two apps may share one')),
   logFile: absoluteOrRelative.nullable().default(null)
@@ -294,6 +316,9 @@ const AppSchema = z.strictObject({
   canonical.forEach((s, i) => {
     if (canonical.indexOf(s) !== i) ctx.addIssue({ code: 'custom', path: ['sockets', i], message: `must not repeat sockets[${canonical.indexOf(s)}]` });
   });
+  if (a.links.dir !== undefined && folderPattern(a.releaseNames.bin) === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['links', 'dir'], message: 'needs "releaseNames" in a folder per release, e.g. {"bin": "{release}/app", "cfg": "{release}/app.cfg"}: the link points at the live release\'s folder' });
+  }
   // Said at load time when the config itself asks for root; running as root
   // because "user" is unset is refused when the app is started (launch.ts).
   if ((a.user === 'root' || String(a.user) === '0') && !a.allowRoot) {
@@ -429,7 +454,8 @@ export interface AppConfig {
   readonly env: Readonly<Record<string, string>>;
   readonly releasesDir: string;
   readonly currentFile: string;
-  readonly links: Frozen<typeof AppSchema.shape.links>;
+  /** The links the agent switches, absolute; `dir` absent when the app has none. */
+  readonly links: { readonly bin: string; readonly cfg: string; readonly dir?: string | undefined };
   /** The app's log file, absolute: `logFile`, else `<dir>/app.log` (used when the journal is not). */
   readonly logFile: string;
   /**
@@ -530,7 +556,7 @@ function strategyOf(configured: Strategy | undefined, sockets: readonly string[]
   return configured ?? (sockets.length > 0 ? 'socket' : 'reexec');
 }
 
-/** The file names of release `r` (e.g. "2.0" -> app.2.0, cfg.2.0). */
+/** The file names of release `r` (e.g. "2.0" -> app.2.0, cfg.2.0; or 2.0/app, 2.0/app.cfg in the folders layout). */
 export function releaseFiles(app: AppConfig, r: string): { bin: string; cfg: string } {
   return {
     bin: path.join(app.releasesDir, app.releaseNames.bin.replaceAll(RELEASE_PLACEHOLDER, r)),
@@ -538,12 +564,24 @@ export function releaseFiles(app: AppConfig, r: string): { bin: string; cfg: str
   };
 }
 
-/** The release name of a file, if it matches the app's bin (or cfg) pattern. */
-export function releaseOf(app: AppConfig, file: string, kind: 'bin' | 'cfg' = 'bin'): string | undefined {
-  const [pre, post] = app.releaseNames[kind].split(RELEASE_PLACEHOLDER) as [string, string];
-  const name = path.basename(file);
-  if (path.dirname(file) !== app.releasesDir || !name.startsWith(pre) || !name.endsWith(post)) return undefined;
-  const r = name.slice(pre.length, name.length - post.length);
+/**
+ * The folder of release `r` in the folders layout (releaseNames "{release}/app":
+ * <releasesDir>/2.0); undefined in the files layout.
+ */
+export function releaseFolder(app: AppConfig, r: string): string | undefined {
+  const folder = folderPattern(app.releaseNames.bin);
+  return folder === undefined ? undefined : path.join(app.releasesDir, folder.replaceAll(RELEASE_PLACEHOLDER, r));
+}
+
+/**
+ * The release name of `entry`, a name in releasesDir, if it matches the
+ * app's bin pattern (files layout) or its folder part (folders layout).
+ */
+export function releaseOf(app: AppConfig, entry: string): string | undefined {
+  const pattern = folderPattern(app.releaseNames.bin) ?? app.releaseNames.bin;
+  const [pre, post] = pattern.split(RELEASE_PLACEHOLDER) as [string, string];
+  if (entry.includes('/') || !entry.startsWith(pre) || !entry.endsWith(post) || entry.length < pre.length + post.length) return undefined;
+  const r = entry.slice(pre.length, entry.length - post.length);
   return r === '' ? undefined : r;
 }
 
@@ -594,7 +632,7 @@ export function parseConfig(text: string, file: string): AgentConfig {
       releasesDir,
       // Relative paths resolve against `dir`; the default follows releasesDir.
       currentFile: a.currentFile === undefined ? path.join(releasesDir, 'current.conf') : path.resolve(dir, a.currentFile),
-      links: Object.freeze({ bin: path.resolve(dir, a.links.bin), cfg: path.resolve(dir, a.links.cfg) }),
+      links: Object.freeze({ bin: path.resolve(dir, a.links.bin), cfg: path.resolve(dir, a.links.cfg), ...(a.links.dir === undefined ? {} : { dir: path.resolve(dir, a.links.dir) }) }),
       logFile: path.resolve(dir, a.logFile ?? 'app.log'),
       log: Object.freeze({ journal: a.logFile === null, maxBytes: a.log.maxBytes, backups: a.log.backups }),
       pidFile: a.pidFile === null ? undefined : path.resolve(dir, a.pidFile),
@@ -655,6 +693,7 @@ const OWN_FILES = [
   { key: 'currentFile', of: (a: AppConfig) => a.currentFile, what: 'a current.conf', why: 'two apps would both apply one current.conf', link: false },
   { key: 'links.bin', of: (a: AppConfig) => a.links.bin, what: 'the binary\'s link', why: 'two apps would switch the same link', link: true },
   { key: 'links.cfg', of: (a: AppConfig) => a.links.cfg, what: 'the config\'s link', why: 'two apps would switch the same link', link: true },
+  { key: 'links.dir', of: (a: AppConfig) => a.links.dir, what: 'the release folder\'s link', why: 'two apps would switch the same link', link: true },
   { key: 'logFile', of: (a: AppConfig) => a.logFile, what: 'a log', why: 'two apps would write one log', link: false },
 ] as const;
 
@@ -668,7 +707,9 @@ function sharedFiles(file: string, apps: readonly AppConfig[], identity: (p: str
   const problems: RelinkError[] = [];
   apps.forEach((app, i) => {
     for (const use of OWN_FILES) {
-      const id = identity(use.of(app), use.link);
+      const own = use.of(app);
+      if (own === undefined) continue;
+      const id = identity(own, use.link);
       const prev = first.get(id.key);
       if (prev === undefined) {
         first.set(id.key, { app: i, use });
@@ -715,6 +756,7 @@ export async function loadConfig(file: string): Promise<AgentConfig> {
   const real = new Map<string, string>();
   await Promise.all(config.apps.flatMap((a) => OWN_FILES.map(async (use) => {
     const p = use.of(a);
+    if (p === undefined) return;
     real.set(`${use.link}:${p}`, await realPathOf(p, use.link));
   })));
   const shared = sharedFiles(abs, config.apps, (p, link) => {

@@ -14,6 +14,7 @@ import { z } from 'zod';
 import type { AppConfig } from './config.js';
 import { fileError, isErrno, RelinkError, RelinkErrors } from './errors.js';
 import { openRegular, readSmallFile, type Reader } from './safefs.js';
+import { releaseFolderOf } from './relink.js';
 import { checkTrust } from './trust.js';
 import { parseJsonFile } from './json.js';
 import { parseWithSchema } from './zodIssues.js';
@@ -157,6 +158,10 @@ export async function validateCurrent(app: AppConfig, text: string, file: string
       problems.push(fileError('RELEASE_HASH_MISMATCH', file, key, `must match the file's sha256 (an upload may be unfinished)`, `current.conf says ${want.toLowerCase()}, ${real} has ${got}`));
     }
   }));
+  if (bin !== undefined && cfg !== undefined && app.links.dir !== undefined) {
+    const problem = folderProblem(file, releasesReal, { bin, cfg });
+    if (problem !== undefined) problems.push(problem);
+  }
   if (problems.length > 0 || bin === undefined || cfg === undefined) throw new RelinkErrors(problems);
   // Last, on a release that is otherwise valid: who could have written it.
   const untrusted = await checkTrust(app, file, { bin, cfg }).catch((err: unknown) => {
@@ -175,6 +180,21 @@ export async function loadCurrent(app: AppConfig, file: string = app.currentFile
   const snapshot = await readCurrent(file, reader);
   const release = await validateCurrent(app, snapshot.text, file);
   return { snapshot, release };
+}
+
+/**
+ * With `links.dir` the live release's folder is linked (issue 15): bin and
+ * cfg must be in one folder per release (releaseFolderOf), or there would be
+ * no folder to link, or one that does not hold the config that runs.
+ */
+function folderProblem(file: string, releasesReal: string, release: Release): RelinkError | undefined {
+  if (releaseFolderOf(releasesReal, release) !== undefined) return undefined;
+  const why = '("links.dir" links to the live release\'s folder)';
+  const binFolder = releaseFolderOf(releasesReal, { bin: release.bin, cfg: release.bin });
+  if (binFolder === undefined) {
+    return fileError('RELEASE_NOT_IN_FOLDER', file, 'bin.file', `must be in a folder per release inside ${releasesReal} ${why}`, release.bin);
+  }
+  return fileError('RELEASE_NOT_IN_FOLDER', file, 'cfg.file', `must be in the release folder of "bin.file", ${binFolder} ${why}`, release.cfg);
 }
 
 async function checkReleaseFile(file: string, key: CurrentKey, value: string, releasesReal: string, executable: boolean): Promise<string> {

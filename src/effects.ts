@@ -22,7 +22,7 @@ import { ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketIn
 import type { SocketHolder, Unheld } from './sockets.js';
 import { RelinkError } from './errors.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
-import { readLinks, relink } from './relink.js';
+import { readLinks, relink, type LinkTargets } from './relink.js';
 import { readerOf } from './safefs.js';
 import { AppStore, type AppState } from './state.js';
 import { takeRequests, type TakenRequests } from './requests.js';
@@ -54,7 +54,8 @@ export interface Effects {
    * and what planCommand throws.
    */
   hook(name: HookName, entry: HookEntry, signal?: AbortSignal): Promise<CommandResult | undefined>;
-  readLinks(): Promise<{ bin: string | undefined; cfg: string | undefined }>;
+  /** Where the app's links point (with `links.dir`, whether the folder link is stale: relink.ts LinkTargets). */
+  readLinks(): Promise<LinkTargets>;
   relink(release: Release): Promise<void>;
   /** Cheap re-check of a known process of the app (no process-table scan); with its generation. */
   verify(id: ProcIdentity): Promise<ProcInfo | undefined>;
@@ -187,8 +188,8 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     validate: (text) => validateCurrent(app, text),
     preflight: (release, signal) => preflightRelease(app, release, signal),
     hook: (name, entry, signal) => runHook(app, name, entry, signal),
-    readLinks: () => readLinks(app.links),
-    relink: (release) => relink(app.links, release),
+    readLinks: () => readLinks(app.links, app.releasesDir),
+    relink: (release) => relink(app.links, release, app.releasesDir),
     verify: (id) => finder.verify(id),
     discover: (preferred) => finder.discover(preferred),
     refreshLineage: async (fresh) => { await finder.refresh({ fresh }); },

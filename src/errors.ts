@@ -22,6 +22,8 @@ export type ErrorCode =
   | 'RELEASE_MISSING'
   | 'RELEASE_NOT_FILE'
   | 'RELEASE_OUTSIDE'
+  /** with links.dir: bin and cfg are not in one folder per release (issue 15) */
+  | 'RELEASE_NOT_IN_FOLDER'
   | 'RELEASE_NOT_EXECUTABLE'
   | 'RELEASE_UNREADABLE'
   | 'RELEASE_HASH_MISMATCH'

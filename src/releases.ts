@@ -14,18 +14,25 @@
  * and `scp -p` keep the build's mtime, and a release uploaded a minute ago
  * but built nine days ago was pruned as the oldest right before its deploy
  * (issue 9, item 15). See `arrival`.
+ *
+ * A release is two files (app.2.0, cfg.2.0) or, with releaseNames such as
+ * "{release}/app", a folder holding them and whatever else it ships (issue
+ * 15): listed by the folder's arrival, kept when anything protected lies in
+ * it, and pruned whole.
  */
 import type { Dirent, Stats } from 'node:fs';
-import { lstat, readdir, realpath, unlink } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { lstat, readdir, realpath, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { releaseFiles, releaseOf, type AgentConfig, type AppConfig } from './config.js';
+import { releaseFiles, releaseFolder, releaseOf, type AgentConfig, type AppConfig } from './config.js';
 import { nodeCron, type CronLogger } from './cron.js';
 import { readCurrent } from './current.js';
 import { fileError, isErrno, RelinkError, RelinkErrors, type ErrorCode } from './errors.js';
 import type { Release } from './current.js';
 import { newestFirst, type HistoryEntry, type Outcome, type ReadOptions } from './history.js';
 import { readLinks } from './relink.js';
+import { removeTree, withFolder } from './safefs.js';
 import { readAppState, type AppState } from './state.js';
 
 const PRUNE_FAILED: ErrorCode = 'PRUNE_FAILED';
@@ -48,7 +55,14 @@ export interface ReleaseInfo {
   readonly bin: ReleaseFile;
   /** null when the release's cfg file does not exist (or is not a regular file). */
   readonly cfg: ReleaseFile | null;
-  /** The app's links point at this release's bin or cfg. */
+  /**
+   * The release's folder in the folders layout (releaseNames "{release}/app",
+   * issue 15); null in the files layout. Its arrival orders the releases:
+   * an upload with `rsync --link-dest` (or `cp -al`) gives an unchanged
+   * binary the old release's inode, and so its old birth time.
+   */
+  readonly folder: ReleaseFile | null;
+  /** The app's links point at this release's bin or cfg (or, with links.dir, its folder). */
   readonly current: boolean;
   /** What `relink rollback` goes back to (see `previousRelease`). */
   readonly previous: boolean;
@@ -70,9 +84,9 @@ export interface PruneOptions extends ReadOptions {
 }
 
 export interface PruneResult {
-  /** Files deleted (or, on a dry run, that would be), oldest release first. */
+  /** Files deleted (or, on a dry run, that would be), oldest release first: in the folders layout, release folders, each with all it holds. */
   readonly removed: string[];
-  /** Files of the releases kept, oldest release first. */
+  /** Files (folders) of the releases kept, oldest release first. */
   readonly kept: string[];
 }
 
@@ -142,6 +156,7 @@ export async function listReleases(config: AgentConfig, app: AppConfig, opts: Re
       release: f.release,
       bin: f.bin,
       cfg: f.cfg,
+      folder: f.folder,
       current: s.current.has(f.release),
       previous: f.release === s.previous,
       lastGood: f.release === s.lastGood,
@@ -167,7 +182,7 @@ const ARRIVED_AFTER = 'arrived after the current release, never deployed';
 
 async function survey(config: AgentConfig, app: AppConfig, opts: ReadOptions): Promise<Survey> {
   const found = await scanReleases(app);
-  const [links, state] = await Promise.all([readLinks(app.links), readAppState(config.stateDir, app.name, opts)]);
+  const [links, state] = await Promise.all([readLinks(app.links, app.releasesDir), readAppState(config.stateDir, app.name, opts)]);
   const live = await liveKeys(liveRelease(links, state));
 
   const byBin = new Map<string, string>();
@@ -175,8 +190,9 @@ async function survey(config: AgentConfig, app: AppConfig, opts: ReadOptions): P
   const current = new Set<string>();
   const binLink = links.bin === undefined ? [] : await keysOf(links.bin);
   const cfgLink = links.cfg === undefined ? [] : await keysOf(links.cfg);
+  const dirLink = links.dir === undefined ? [] : await keysOf(links.dir);
   const isLive = (f: Found, bin: readonly string[], cfg: readonly string[]) => bin.some((k) => f.binKeys.includes(k)) || cfg.some((k) => f.cfgKeys.includes(k));
-  for (const f of found) if (isLive(f, binLink, cfgLink)) current.add(f.release);
+  for (const f of found) if (isLive(f, binLink, cfgLink) || dirLink.some((k) => f.folderKeys.includes(k))) current.add(f.release);
   const lastGood = state?.lastGood?.bin == null ? undefined : byBin.get(state.lastGood.bin);
 
   // Newest first, and only as far as needed: every release's latest attempt
@@ -189,7 +205,7 @@ async function survey(config: AgentConfig, app: AppConfig, opts: ReadOptions): P
   // Journal paths are real paths (the agent resolves current.conf's), so a
   // lookup by bin path and bin real path finds them.
   const lastEntry = new Map<string, { time: string; outcome: Outcome }>();
-  const oldestPending = (): number => Math.min(...found.filter((f) => !lastEntry.has(f.release)).map((f) => Date.parse(f.bin.arrived)));
+  const oldestPending = (): number => Math.min(...found.filter((f) => !lastEntry.has(f.release)).map(arrivedMs));
   let pendingSince = oldestPending();
   let previous: Release | undefined;
   for await (const e of newestFirst(config.stateDir, app.name, opts)) {
@@ -206,8 +222,8 @@ async function survey(config: AgentConfig, app: AppConfig, opts: ReadOptions): P
   // An upload about to be deployed: it came after what runs and the journal
   // has never seen it. (What runs: the links, else the last known-good.)
   const liveFound = found.filter((f) => isLive(f, live.bin, live.cfg));
-  const liveArrived = liveFound.length === 0 ? undefined : Math.min(...liveFound.map((f) => Date.parse(f.bin.arrived)));
-  const upcoming = new Set(found.filter((f) => liveArrived !== undefined && !liveFound.includes(f) && Date.parse(f.bin.arrived) > liveArrived && !lastEntry.has(f.release)).map((f) => f.release));
+  const liveArrived = liveFound.length === 0 ? undefined : Math.min(...liveFound.map(arrivedMs));
+  const upcoming = new Set(found.filter((f) => liveArrived !== undefined && !liveFound.includes(f) && arrivedMs(f) > liveArrived && !lastEntry.has(f.release)).map((f) => f.release));
   return {
     found,
     current,
@@ -219,9 +235,12 @@ async function survey(config: AgentConfig, app: AppConfig, opts: ReadOptions): P
 }
 
 /**
- * Delete every release but the newest `keep` and the protected ones: the cfg
- * first, then the bin, so that a failure half-way leaves a release that the
- * next run finds and retries rather than an orphaned cfg nothing lists.
+ * Delete every release but the newest `keep` and the protected ones. In the
+ * files layout the cfg first, then the bin, so that a failure half-way
+ * leaves a release that the next run finds and retries rather than an
+ * orphaned cfg nothing lists. In the folders layout the release's folder
+ * with everything in it (src/safefs.ts removeTree: nothing is followed out
+ * of it), the bin last, so a folder half-removed is still listed and retried.
  */
 export async function pruneReleases(config: AgentConfig, app: AppConfig, opts: PruneOptions = {}): Promise<PruneResult> {
   const keep = opts.keep ?? app.prune.keep;
@@ -231,8 +250,7 @@ export async function pruneReleases(config: AgentConfig, app: AppConfig, opts: P
   const releases = await listReleases(config, app, opts);
   const newest = new Set(releases.slice(-keep).map((r) => r.release));
   const candidates = releases.filter((r) => !newest.has(r.release) && r.protected.length === 0);
-  // cfg first: see above.
-  let doomed = candidates.map((r) => ({ release: r.release, files: [...(r.cfg === null ? [] : [r.cfg.path]), r.bin.path] }));
+  let doomed = candidates.map((r) => ({ release: r.release, files: filesOf(r), folder: r.folder !== null }));
   if (doomed.length > 0 && !opts.dryRun) {
     // A deploy or an upload may have named or replaced one of them since the
     // listing: ask again just before deleting (this narrows the window; it
@@ -242,15 +260,16 @@ export async function pruneReleases(config: AgentConfig, app: AppConfig, opts: P
     doomed = candidates.flatMap((r) => {
       const f = scanned.get(r.release);
       if (f === undefined || f.bin.mtime !== r.bin.mtime || f.bin.arrived !== r.bin.arrived || fresh.reasons(f).length > 0) return [];
-      return [{ release: f.release, files: [...(f.cfg === null ? [] : [f.cfg.path]), f.bin.path] }];
+      return [{ release: f.release, files: filesOf(f), folder: f.folder !== null }];
     });
   }
   const gone = new Set(doomed.map((d) => d.release));
-  const kept = releases.filter((r) => !gone.has(r.release)).flatMap((r) => [r.bin.path, ...(r.cfg === null ? [] : [r.cfg.path])]);
+  const kept = releases.filter((r) => !gone.has(r.release)).flatMap((r) => (r.folder !== null ? [r.folder.path] : [r.bin.path, ...(r.cfg === null ? [] : [r.cfg.path])]));
   if (opts.dryRun) return { removed: doomed.flatMap((d) => d.files), kept };
 
   const removed: string[] = [];
   const problems: RelinkError[] = [];
+  if (releaseFolder(app, 'x') !== undefined) await removeLeftovers(app.releasesDir, problems);
   for (const d of doomed) {
     for (const file of d.files) {
       if (path.dirname(file) !== app.releasesDir) {
@@ -258,17 +277,49 @@ export async function pruneReleases(config: AgentConfig, app: AppConfig, opts: P
         throw fileError('RELEASE_OUTSIDE', file, undefined, `prune deletes only inside ${app.releasesDir}`, file);
       }
       try {
-        await unlink(file);
+        if (d.folder) await removeFolder(app.releasesDir, path.basename(file));
+        else await unlink(file);
         removed.push(file);
       } catch (err) {
         if (isErrno(err, 'ENOENT')) continue;
-        problems.push(fileError(PRUNE_FAILED, file, undefined, 'could not delete it', isErrno(err) ? err.code : String(err)));
+        problems.push(fileError(PRUNE_FAILED, file, undefined, 'could not delete it', err instanceof RelinkError ? err.message : isErrno(err) ? err.code : String(err)));
         break; // a release whose cfg could not go keeps its bin, so the next run retries it
       }
     }
   }
   if (problems.length > 0) throw new RelinkErrors(problems);
   return { removed, kept };
+}
+
+/**
+ * Remove the release folder NAME of `releasesDir`: renamed first to a
+ * dotname nothing lists (so no half-removed release is ever listed or
+ * deployed by name), then removed with all it holds. The releases folder is
+ * the app's user's: it is reached without following a link planted on its
+ * path, and everything happens inside it (src/safefs.ts removeTree).
+ */
+async function removeFolder(releasesDir: string, name: string): Promise<void> {
+  await withFolder(releasesDir, async (dir) => {
+    const away = `${PRUNING}${name}.${randomBytes(4).toString('hex')}`;
+    await rename(dir.at(name), dir.at(away));
+    await removeTree(dir, away);
+  });
+}
+
+/** What an earlier prune renamed away and could not finish removing: removed now; a failure is one more problem. */
+async function removeLeftovers(releasesDir: string, problems: RelinkError[]): Promise<void> {
+  const names = await readdir(releasesDir).catch(() => [] as string[]);
+  for (const name of names.filter((n) => n.startsWith(PRUNING))) {
+    await withFolder(releasesDir, (dir) => removeTree(dir, name)).catch((err: unknown) => {
+      if (!isErrno(err, 'ENOENT')) problems.push(fileError(PRUNE_FAILED, path.join(releasesDir, name), undefined, 'could not delete it', err instanceof RelinkError ? err.message : isErrno(err) ? err.code : String(err)));
+    });
+  }
+}
+
+/** What pruning a release deletes, in order: its folder, or its cfg then its bin (see pruneReleases). */
+function filesOf(r: { readonly bin: ReleaseFile; readonly cfg: ReleaseFile | null; readonly folder: ReleaseFile | null }): string[] {
+  if (r.folder !== null) return [r.folder.path];
+  return [...(r.cfg === null ? [] : [r.cfg.path]), r.bin.path];
 }
 
 export interface PruneSchedule {
@@ -344,10 +395,19 @@ interface Found {
   readonly release: string;
   readonly bin: ReleaseFile;
   readonly cfg: ReleaseFile | null;
+  /** The release's folder (folders layout), else null. */
+  readonly folder: ReleaseFile | null;
   /** The file's path and, when different, its real path. */
   readonly binKeys: readonly string[];
   readonly cfgKeys: readonly string[];
+  readonly folderKeys: readonly string[];
 }
+
+/** When a release arrived: its folder's arrival in the folders layout, else its binary's. */
+const arrivedMs = (f: { readonly bin: ReleaseFile; readonly folder: ReleaseFile | null }): number => Date.parse((f.folder ?? f.bin).arrived);
+
+/** Prefix of a release folder being pruned: renamed away first, so no half-removed release is ever listed or deployed. */
+const PRUNING = '.relink-pruning.';
 
 /** Releases on disk, oldest first. */
 async function scanReleases(app: AppConfig): Promise<Found[]> {
@@ -359,36 +419,43 @@ async function scanReleases(app: AppConfig): Promise<Found[]> {
     throw fileError(RELEASES_UNREADABLE, app.releasesDir, undefined, 'the releases folder must be readable', isErrno(err) ? err.code : String(err));
   }
   // The agent's own files, should a pattern like "{release}" match them.
-  const own = new Set([app.currentFile, app.logFile, app.links.bin, app.links.cfg, ...(app.pidFile === undefined ? [] : [app.pidFile])]);
-  const candidates: { release: string; bin: string; cfg: string }[] = [];
+  const own = new Set([app.currentFile, app.logFile, app.links.bin, app.links.cfg, ...(app.links.dir === undefined ? [] : [app.links.dir]), ...(app.pidFile === undefined ? [] : [app.pidFile])]);
+  const folders = releaseFolder(app, 'x') !== undefined;
+  const candidates: { release: string; bin: string; cfg: string; folder: string | undefined }[] = [];
   for (const e of entries) {
-    // Symlinks and folders are never releases: lstat-level type from readdir.
-    if (!e.isFile() || e.name.startsWith('.') || NOT_A_RELEASE.test(e.name)) continue;
-    const bin = path.join(app.releasesDir, e.name);
-    const release = releaseOf(app, bin);
+    // Symlinks are never releases: lstat-level type from readdir. In the
+    // folders layout a release is a folder, in the files layout a file.
+    if ((folders ? !e.isDirectory() : !e.isFile()) || e.name.startsWith('.') || NOT_A_RELEASE.test(e.name)) continue;
+    const entry = path.join(app.releasesDir, e.name);
+    const release = releaseOf(app, e.name);
     // app.log.1 .. (src/applog.ts) too, should the log lie in the releases folder.
-    if (release === undefined || own.has(bin) || /^\d{1,3}$/.test(bin.startsWith(`${app.logFile}.`) ? bin.slice(app.logFile.length + 1) : '')) continue;
-    candidates.push({ release, bin, cfg: releaseFiles(app, release).cfg });
+    if (release === undefined || own.has(entry) || /^\d{1,3}$/.test(entry.startsWith(`${app.logFile}.`) ? entry.slice(app.logFile.length + 1) : '')) continue;
+    const files = releaseFiles(app, release);
+    candidates.push({ release, ...files, folder: folders ? entry : undefined });
   }
   // With overlapping patterns ("{release}" and "{release}.cfg") a release's
   // cfg also reads as a release of its own: it is the cfg.
   const cfgs = new Set(candidates.map((c) => c.cfg));
   const found: Found[] = [];
   for (const c of candidates) {
-    if (cfgs.has(c.bin)) continue;
+    if (c.folder === undefined && cfgs.has(c.bin)) continue;
     const binStat = await lstatOrUndefined(c.bin);
     if (binStat === undefined || !binStat.isFile()) continue; // gone since readdir
     const cfgStat = c.cfg === c.bin ? undefined : await lstatOrUndefined(c.cfg);
     const cfg = cfgStat?.isFile() ? fileInfo(c.cfg, cfgStat) : null;
+    const folderStat = c.folder === undefined ? undefined : await lstatOrUndefined(c.folder);
+    if (c.folder !== undefined && folderStat?.isDirectory() !== true) continue;
     found.push({
       release: c.release,
       bin: fileInfo(c.bin, binStat),
       cfg,
+      folder: c.folder === undefined || folderStat === undefined ? null : fileInfo(c.folder, folderStat),
       binKeys: await keysOf(c.bin),
       cfgKeys: cfg === null ? [] : await keysOf(c.cfg),
+      folderKeys: c.folder === undefined ? [] : await keysOf(c.folder),
     });
   }
-  found.sort((a, b) => Date.parse(a.bin.arrived) - Date.parse(b.bin.arrived) || Date.parse(a.bin.mtime) - Date.parse(b.bin.mtime) ||
+  found.sort((a, b) => arrivedMs(a) - arrivedMs(b) || Date.parse(a.bin.mtime) - Date.parse(b.bin.mtime) ||
     (a.release < b.release ? -1 : a.release > b.release ? 1 : 0));
   return found;
 }
@@ -409,9 +476,14 @@ async function protectionsFor(config: AgentConfig, app: AppConfig, previous: Rel
   // Every app, this one included: releases folders may be shared.
   for (const other of config.apps) {
     const self = other.name === app.name;
-    const links = await readLinks(other.links);
+    const links = await readLinks(other.links, other.releasesDir);
     await add(links.bin, self ? 'current' : `linked by app ${other.name}`);
     await add(links.cfg, self ? 'current' : `linked by app ${other.name}`);
+    await add(links.dir, self ? 'current' : `linked by app ${other.name}`);
+    // Files the agent writes, should one lie in a release folder (pruned whole).
+    for (const own of [other.currentFile, other.logFile, ...(other.pidFile === undefined ? [] : [other.pidFile])]) {
+      await add(own, self ? 'holds the app\'s own files' : `holds app ${other.name}'s own files`);
+    }
     if (self) {
       // What `relink rollback` would go back to must still be there.
       await add(previous?.bin, 'previous (the rollback target)');
@@ -453,9 +525,18 @@ async function namedByCurrent(file: string): Promise<{ files: string[]; homeName
   return { files, homeNames };
 }
 
+/**
+ * Why `f` must stay: a protected path is one of its files or, in the folders
+ * layout, its folder or anything in it (pruning removes all of it: another
+ * app's link to a file in there, the folder link, a log kept inside).
+ */
 function reasonsFor(protections: Protections, f: Found): string[] {
   const out: string[] = [];
-  for (const k of [...f.binKeys, ...f.cfgKeys]) for (const r of protections.get(k) ?? []) if (!out.includes(r)) out.push(r);
+  const add = (reasons: readonly string[] | undefined) => { for (const r of reasons ?? []) if (!out.includes(r)) out.push(r); };
+  for (const k of [...f.binKeys, ...f.cfgKeys]) add(protections.get(k));
+  if (f.folderKeys.length > 0) {
+    for (const [k, reasons] of protections) if (f.folderKeys.some((d) => k === d || k.startsWith(d + path.sep))) add(reasons);
+  }
   return out;
 }
 

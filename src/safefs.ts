@@ -36,7 +36,7 @@
  */
 import { execFile } from 'node:child_process';
 import { closeSync, constants as C, fstat as fstatCb, open as openCb, openSync, type Stats } from 'node:fs';
-import { mkdir, open, readlink, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readlink, rmdir, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { fileError, isErrno, RelinkError, type ErrorCode } from './errors.js';
 import { describeUser, lookupGroup, lookupUser } from './user.js';
@@ -358,6 +358,30 @@ export async function withFolder<T>(dir: string, fn: (folder: SafeFolder) => Pro
   } finally {
     closeDir(d);
   }
+}
+
+/**
+ * Remove NAME in the open folder `parent` and, when it is a folder,
+ * everything in it (prune of a release folder, issue 15). Every entry is
+ * reached from the folder opened before it, each folder opened with
+ * O_NOFOLLOW: a symlink is removed, never followed, and a folder swapped for
+ * a link meanwhile fails the open (ENOTDIR) rather than leading out. Throws
+ * the system's error (ENOENT when NAME is gone).
+ */
+export async function removeTree(parent: SafeFolder, name: string): Promise<void> {
+  const st = await lstat(parent.at(name));
+  if (!st.isDirectory()) {
+    await unlink(parent.at(name));
+    return;
+  }
+  const d = folder(await openFd(parent.at(name), O_PATH | C.O_NOFOLLOW | C.O_DIRECTORY), path.join(parent.path, name));
+  try {
+    // readdir reopens the folder through its descriptor: the same inode.
+    for (const e of await readdir(procPath(d.fd))) await removeTree(d, e);
+  } finally {
+    closeDir(d);
+  }
+  await rmdir(parent.at(name));
 }
 
 /**

@@ -253,7 +253,12 @@ export async function confirmInPlace(fx: Effects, app: AppConfig, main: ProcInfo
  */
 export function runsRelease(app: AppConfig, proc: ProcInfo, release: Release): boolean {
   if (proc.exe === release.bin) return true;
-  const inReleases = proc.exe.startsWith(app.releasesDir + path.sep) || proc.exe.startsWith(path.dirname(release.bin) + path.sep);
+  // The releases folder as resolved (release.bin is a real path; releasesDir
+  // may lead through a link): one folder up from a release file, or, in the
+  // folders layout ("{release}/app", issue 15), as many as the pattern is deep.
+  let releasesReal = release.bin;
+  for (let i = app.releaseNames.bin.split('/').length; i > 0; i--) releasesReal = path.dirname(releasesReal);
+  const inReleases = proc.exe.startsWith(app.releasesDir + path.sep) || proc.exe.startsWith(path.dirname(release.bin) + path.sep) || proc.exe.startsWith(releasesReal + path.sep);
   return !inReleases;
 }
 

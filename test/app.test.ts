@@ -49,7 +49,8 @@ async function until(what: string, cond: () => boolean): Promise<void> {
 class World implements Effects {
   text = '';
   mtime = 1;
-  links: { bin: string | undefined; cfg: string | undefined } = { bin: undefined, cfg: undefined };
+  /** `dirStale`: the folder link (links.dir) is not on the linked release's folder (src/relink.ts LinkTargets). */
+  links: { bin: string | undefined; cfg: string | undefined; dirStale?: boolean } = { bin: undefined, cfg: undefined };
   procs = new Map<number, ProcInfo>();
   nextPid = 100;
   clock = 0;
@@ -1691,4 +1692,18 @@ test('an agent killed in the middle of relink stop (held, no journal entry, the 
   assert.equal(w.entries.filter((x) => x.request === '00000000-0000-4000-8000-0000000000aa').length, 1);
   assert.ok(w.entries.length >= entries);
   await third.close();
+});
+
+test('issue 15: a stale folder link (links.dir moved to another release by hand) is switched again by the reconcile, without signalling the app that runs the release', async () => {
+  const { w, agent, lines } = await running(appConfig({}, PROBED));
+  const pid = [...w.procs.keys()][0];
+  const signalled = w.signals.length;
+  w.links = { ...w.links, dirStale: true };
+  agent.trigger('recheck');
+  await agent.idle();
+  assert.deepEqual(w.links, { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` }, 'relinked: the folder link is back on the release');
+  assert.equal(w.signals.length, signalled, 'nothing signalled');
+  assert.deepEqual([...w.procs.keys()], [pid]);
+  assert.ok(lines.some((l) => String(l.msg).startsWith('links drifted from current.conf; put back')), JSON.stringify(lines.map((l) => l.msg)));
+  await agent.close();
 });

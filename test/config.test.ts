@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { loadConfig, parseConfig, pickApp } from '../src/config.js';
+import { loadConfig, parseConfig, pickApp, releaseFiles, releaseFolder, releaseOf } from '../src/config.js';
 import { RelinkError, RelinkErrors } from '../src/errors.js';
 import { ROOT, tmpDir } from './helpers.js';
 
@@ -609,4 +609,26 @@ test('a notifier\'s URL that does not parse and a command\'s arguments are never
     assert.match(message, /"notify\[1\]\.command": .*"page-me" and 2 arguments \(not shown\)/);
     return true;
   });
+});
+
+test('issue 15: releaseNames may name files in a folder per release; links.dir needs that layout; bad folder patterns are refused', () => {
+  const file = '/etc/relink/config.json';
+  const app = (extra: Record<string, unknown>) => JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', ...extra }] });
+  const ok = parseConfig(app({ releaseNames: { bin: '{release}/bin/app', cfg: '{release}/app.cfg' }, links: { dir: 'current' } }), file).apps[0]!;
+  assert.deepEqual(ok.links, { bin: '/srv/web/app.bin', cfg: '/srv/web/app.cfg', dir: '/srv/web/current' });
+  assert.deepEqual(releaseFiles(ok, '2.0'), { bin: '/srv/web/release/2.0/bin/app', cfg: '/srv/web/release/2.0/app.cfg' });
+  assert.equal(releaseFolder(ok, '2.0'), '/srv/web/release/2.0');
+  assert.equal(releaseOf(ok, '2.0'), '2.0');
+  assert.equal(releaseFolder(parseConfig(app({}), file).apps[0]!, '2.0'), undefined);
+
+  const shape = 'must be a file name ("app.{release}"), or a path in a folder per release whose first part alone holds {release} ("{release}/app", "{release}/bin/app"), with no "", "." or ".." part';
+  assert.equal(one(refused(app({ releaseNames: { bin: 'bin/{release}', cfg: '{release}/app.cfg' } }), file), 'apps[0].releaseNames.bin').rule, shape);
+  assert.equal(one(refused(app({ releaseNames: { bin: '{release}/../app', cfg: '{release}/app.cfg' } }), file), 'apps[0].releaseNames.bin').rule, shape);
+  assert.equal(one(refused(app({ releaseNames: { bin: '{release}/app', cfg: 'cfg.{release}' } }), file), 'apps[0].releaseNames.cfg').rule,
+    'must be in the same folder per release as "bin" (both file names, or both "FOLDER/..." with the same FOLDER)');
+  assert.equal(one(refused(app({ links: { dir: 'current' } }), file), 'apps[0].links.dir').rule,
+    'needs "releaseNames" in a folder per release, e.g. {"bin": "{release}/app", "cfg": "{release}/app.cfg"}: the link points at the live release\'s folder');
+  // Two apps cannot switch one folder link.
+  const two = JSON.stringify({ apps: ['a', 'b'].map((name) => ({ name, dir: '/srv/web', releaseNames: { bin: '{release}/app', cfg: '{release}/app.cfg' }, links: { bin: `${name}.bin`, cfg: `${name}.cfg`, dir: 'current' } })) });
+  assert.match(one(refused(two, file), 'apps[1].links.dir').message, /must not be the same file as apps\[0\]'s \(two apps would switch the same link\)/);
 });

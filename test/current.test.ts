@@ -495,3 +495,25 @@ test('"~/" in a current.conf that has vanished since it was read is a typed refu
     code: 'CURRENT_UNREADABLE', file: current, key: 'bin.file', rule: 'a "~/" path needs current.conf to exist', found: 'ENOENT',
   });
 });
+
+// --- issue 15: links.dir needs one folder per release ----------------------
+
+test('issue 15: with links.dir, bin and cfg in two release folders, or bin in the releases folder itself, are RELEASE_NOT_IN_FOLDER', async (t) => {
+  const { root, releases, current } = await layout(t);
+  for (const r of ['1.0', '2.0']) {
+    await mkdir(path.join(releases, r, 'bin'), { recursive: true });
+    await writeFile(path.join(releases, r, 'bin', 'app'), '#!/bin/sh\n', { mode: 0o755 });
+    await writeFile(path.join(releases, r, 'app.cfg'), 'port=1\n');
+  }
+  const app = parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: path.dirname(releases), links: { dir: 'current' }, releaseNames: { bin: '{release}/bin/app', cfg: '{release}/app.cfg' } }] }), path.join(root, 'config.json')).apps[0]!;
+  // The release's folder is the first one below the releases folder: 1.0, not 1.0/bin.
+  assert.deepEqual({ ...(await validateCurrent(app, conf('1.0/bin/app', '1.0/app.cfg'))) }, { bin: path.join(releases, '1.0', 'bin', 'app'), cfg: path.join(releases, '1.0', 'app.cfg') });
+  const why = '("links.dir" links to the live release\'s folder)';
+  await rejectsWith(() => validateCurrent(app, conf('1.0/bin/app', '2.0/app.cfg')),
+    { code: 'RELEASE_NOT_IN_FOLDER', file: current, key: 'cfg.file', rule: `must be in the release folder of "bin.file", ${path.join(releases, '1.0')} ${why}`, found: path.join(releases, '2.0', 'app.cfg') });
+  await rejectsWith(() => validateCurrent(app, conf('app.1.0', '1.0/app.cfg')),
+    { code: 'RELEASE_NOT_IN_FOLDER', file: current, key: 'bin.file', rule: `must be in a folder per release inside ${releases} ${why}`, found: path.join(releases, 'app.1.0') });
+  // Without links.dir nothing is linked by folder: any two files will do, as before.
+  const plain = parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: path.dirname(releases) }] }), path.join(root, 'config.json')).apps[0]!;
+  await validateCurrent(plain, conf('1.0/bin/app', '2.0/app.cfg'));
+});

@@ -23,8 +23,16 @@ export interface App {
   readonly dir: string;
   readonly releasesDir: string;
   readonly port: number;
+  /** Releases in a folder each (release/R/app, release/R/app.cfg, release/R/static.txt: issue 15), else files (app.R, cfg.R). */
+  readonly folders: boolean;
 }
 
+/** The app config keys of the folders layout: releaseNames, the `current` link, and a command run from it. */
+export const FOLDERS_CONFIG = {
+  releaseNames: { bin: '{release}/app', cfg: '{release}/app.cfg' },
+  links: { dir: 'current' },
+  command: ['./current/app', '-c', 'current/app.cfg'],
+} as const;
 
 export async function servedBy(port: number, release: string): Promise<{ release: string; pid: number; fds: number }> {
   return waitFor(`port ${port} to serve ${release}`, async () => {
@@ -33,22 +41,38 @@ export async function servedBy(port: number, release: string): Promise<{ release
   }, { timeoutMs: 20_000 });
 }
 
-/** An app folder whose releases are copies of `file`, each with its cfg lines. */
-export async function makeApp(root: string, name: string, file: string, rs: Record<string, string>): Promise<App> {
+/** The files of release `r` of `app` (relative to its releases folder, as current.conf names them). */
+export function filesOf(app: App, r: string): { bin: string; cfg: string } {
+  return app.folders ? { bin: `${r}/app`, cfg: `${r}/app.cfg` } : { bin: `app.${r}`, cfg: `cfg.${r}` };
+}
+
+/**
+ * An app folder whose releases are copies of `file`, each with its cfg
+ * lines; with `folders`, each release in a folder of its own with a
+ * static.txt saying "static R".
+ */
+export async function makeApp(root: string, name: string, file: string, rs: Record<string, string>, opts: { readonly folders?: boolean } = {}): Promise<App> {
   const dir = path.join(root, name);
   const releasesDir = path.join(dir, 'release');
   const port = await freePort();
+  const app: App = { name, dir, releasesDir, port, folders: opts.folders === true };
   await mkdir(releasesDir, { recursive: true });
   for (const [r, extra] of Object.entries(rs)) {
-    await copyFile(file, path.join(releasesDir, `app.${r}`));
-    await chmod(path.join(releasesDir, `app.${r}`), 0o755);
-    await writeFile(path.join(releasesDir, `cfg.${r}`), `port=${port}\nmessage=${name} ${r}\n${extra}`);
+    const f = filesOf(app, r);
+    if (app.folders) {
+      await mkdir(path.join(releasesDir, r));
+      await writeFile(path.join(releasesDir, r, 'static.txt'), `static ${r}\n`);
+    }
+    await copyFile(file, path.join(releasesDir, f.bin));
+    await chmod(path.join(releasesDir, f.bin), 0o755);
+    await writeFile(path.join(releasesDir, f.cfg), `port=${port}\nmessage=${name} ${r}\n${extra}`);
   }
-  return { name, dir, releasesDir, port };
+  return app;
 }
 
 export async function setCurrent(app: App, r: string): Promise<void> {
-  await writeFileAtomic(path.join(app.releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` })}\n`);
+  const f = filesOf(app, r);
+  await writeFileAtomic(path.join(app.releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': f.bin, 'cfg.file': f.cfg })}\n`);
 }
 
 export async function configFor(root: string, app: App, extra: Record<string, unknown>): Promise<string> {

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { access, lstat, mkdir, readFile, symlink, unlink, utimes, writeFile } from 'node:fs/promises';
+import { access, lstat, mkdir, readdir, readFile, symlink, unlink, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { nodeCron } from '../src/cron.js';
@@ -381,4 +381,55 @@ test('prune --help names the previous-release protection and the order by arriva
   assert.match(r.stdout, /- the previous release: what relink rollback goes back to/);
   assert.match(r.stdout, /- a release that arrived after the current one and was never deployed;/);
   assert.match(r.stdout, /Newest means arrived on this host last/);
+});
+
+test('issue 15: releases in a folder each are listed and pruned whole, nothing followed out of them, with the protections of the files layout', async (t) => {
+  const root = await tmpDir(t);
+  const folders = { releaseNames: { bin: '{release}/app', cfg: '{release}/app.cfg' }, links: { dir: 'current' } };
+  const { config, app, rel } = await oneApp(root, folders);
+  const outside = path.join(root, 'outside');
+  await mkdir(outside);
+  await writeFile(path.join(outside, 'keep'), 'not a release\n');
+  for (const r of ['1.0', '2.0', '3.0', '4.0', '5.0']) {
+    await mkdir(path.join(rel, r, 'static'), { recursive: true });
+    await writeFile(path.join(rel, r, 'app'), `#!/bin/sh\necho ${r}\n`, { mode: 0o755 });
+    await writeFile(path.join(rel, r, 'app.cfg'), `release=${r}\n`);
+    await writeFile(path.join(rel, r, 'static', 'style.css'), `/* ${r} */\n`);
+    await afterArrivalOf(path.join(rel, r));
+  }
+  // Links in a release that goes: removed, never followed.
+  await symlink(outside, path.join(rel, '1.0', 'static', 'shared'));
+  await symlink(path.join(outside, 'keep'), path.join(rel, '4.0', 'keep'));
+  // Not releases: a file named like one, a folder without the binary, a backup, a dot folder.
+  await writeFile(path.join(rel, '0.1'), 'x');
+  await mkdir(path.join(rel, '0.2'));
+  await mkdir(path.join(rel, '0.3~'));
+  await writeFile(path.join(rel, '0.3~', 'app'), 'x', { mode: 0o755 });
+  await mkdir(path.join(rel, '.0.4'));
+  await writeFile(path.join(rel, '.0.4', 'app'), 'x', { mode: 0o755 });
+  // What an earlier prune renamed away and could not finish.
+  await mkdir(path.join(rel, '.relink-pruning.0.5.0123abcd', 'static'), { recursive: true });
+  // Only the folder link points at 2.0; another app links a file inside 3.0.
+  await symlink(path.join(rel, '2.0'), path.join(app.dir, 'current'));
+  const api = path.join(root, 'api');
+  await mkdir(api);
+  const file = await writeConfigFile(root, [{ name: 'web', dir: app.dir, ...folders }, { name: 'api', dir: api, releasesDir: rel, currentFile: 'current.conf' }]);
+  const both = await loadConfig(file);
+  await symlink(path.join(rel, '3.0', 'static', 'style.css'), path.join(api, 'app.cfg'));
+
+  const rs = await listReleases(both, both.apps[0]!);
+  assert.deepEqual(names(rs), ['1.0', '2.0', '3.0', '4.0', '5.0']);
+  assert.deepEqual(names(rs, (r) => r.current), ['2.0']);
+  assert.deepEqual(rs.map((r) => [r.folder?.path, r.bin.path, r.cfg?.path]), names(rs).map((r) => [path.join(rel, r), path.join(rel, r, 'app'), path.join(rel, r, 'app.cfg')]));
+  assert.equal(rs[0]!.folder!.arrived, new Date(arrival(await lstat(path.join(rel, '1.0'))).ms).toISOString(), 'a release folder arrives with its folder');
+  assert.deepEqual(Object.fromEntries(rs.map((r) => [r.release, r.protected])), { '1.0': [], '2.0': ['current'], '3.0': ['linked by app api'], '4.0': [], '5.0': [] });
+
+  const dry = await pruneReleases(both, both.apps[0]!, { keep: 1, dryRun: true });
+  assert.deepEqual(dry.removed, [path.join(rel, '1.0'), path.join(rel, '4.0')]);
+  assert.ok(await exists(path.join(rel, '1.0', 'app')), 'a dry run removes nothing');
+  const { removed, kept } = await pruneReleases(both, both.apps[0]!, { keep: 1 });
+  assert.deepEqual(removed, dry.removed);
+  assert.deepEqual(kept, ['2.0', '3.0', '5.0'].map((r) => path.join(rel, r)));
+  assert.deepEqual((await readdir(rel)).sort(), ['.0.4', '0.1', '0.2', '0.3~', '2.0', '3.0', '5.0']);
+  assert.equal(await readFile(path.join(outside, 'keep'), 'utf8'), 'not a release\n');
 });

@@ -8,6 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { watch } from 'node:fs';
 import { chmod, chown, lchown, lstat, mkdir, readdir, readFile, readlink, symlink, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
@@ -315,4 +316,49 @@ test('control: the same reader does catch the gap of the naive rm + ln -s swap',
   const result = await reader.finish();
   t.diagnostic(`${n} naive swaps; reader: ${result.reads} reads, ${result.enoent} ENOENT`);
   assert.ok(result.enoent > 0, `the reader never saw the naive swap's gap in ${n} swaps, ${result.reads} reads`);
+});
+
+/** <dir>/release/{1.0,2.0}/{app, app.cfg}; links app.bin, app.cfg and the folder link `current`, in <dir>. */
+async function folderLayout(t: TestContext): Promise<{ dir: string; rel: string; links: Required<Links>; a: Release; b: Release }> {
+  const dir = await tmpDir(t);
+  const rel = path.join(dir, 'release');
+  for (const r of ['1.0', '2.0']) {
+    await mkdir(path.join(rel, r), { recursive: true });
+    await writeFile(path.join(rel, r, 'app'), `#!/bin/sh\necho ${r}\n`, { mode: 0o755 });
+    await writeFile(path.join(rel, r, 'app.cfg'), `release=${r}\n`);
+  }
+  const release = (r: string): Release => ({ bin: path.join(rel, r, 'app'), cfg: path.join(rel, r, 'app.cfg') });
+  return { dir, rel, links: { bin: path.join(dir, 'app.bin'), cfg: path.join(dir, 'app.cfg'), dir: path.join(dir, 'current') }, a: release('1.0'), b: release('2.0') };
+}
+
+test('issue 15: links.dir is switched with the others, in the order cfg, dir, bin (the binary last: what runs it finds its config and folder already there)', async (t) => {
+  const l = await folderLayout(t);
+  await relink(l.links, l.a, l.rel);
+  assert.deepEqual(await readLinks(l.links, l.rel), { ...l.a, dir: path.join(l.rel, '1.0'), dirStale: false });
+  // The renames as inotify saw them, in order (one watch on the links' folder).
+  const seen: string[] = [];
+  const watcher = watch(l.dir, (_event, name) => {
+    if (name !== null && ['app.bin', 'app.cfg', 'current'].includes(name) && seen.at(-1) !== name) seen.push(name);
+  });
+  t.after(() => watcher.close());
+  await relink(l.links, l.b, l.rel);
+  await waitFor('the three renames to be seen', () => (seen.length >= 3 ? seen : undefined));
+  assert.deepEqual(seen, ['app.cfg', 'current', 'app.bin']);
+  assert.deepEqual(await readLinks(l.links, l.rel), { ...l.b, dir: path.join(l.rel, '2.0'), dirStale: false });
+  assert.deepEqual((await readdir(l.dir)).sort(), ['app.bin', 'app.cfg', 'current', 'release']);
+});
+
+test('issue 15: a folder link left elsewhere reads as stale; a real folder where the link goes is refused before anything is switched', async (t) => {
+  const l = await folderLayout(t);
+  await relink(l.links, l.a, l.rel);
+  // An agent killed between the renames: cfg and dir on 2.0, bin still on 1.0.
+  await swapLink(l.links.dir, path.join(l.rel, '2.0'));
+  assert.equal((await readLinks(l.links, l.rel)).dirStale, true);
+  await unlink(l.links.dir);
+  assert.deepEqual(await readLinks(l.links, l.rel), { ...l.a, dir: undefined, dirStale: true });
+  await mkdir(l.links.dir);
+  await assert.rejects(relink(l.links, l.b, l.rel), (err) => assertNotSymlinkError(err, l.links.dir, 'a directory'));
+  assert.deepEqual(await readLinks(l.links, l.rel), { ...l.a, dir: undefined, dirStale: true });
+  // Without links.dir the folder link is neither read nor switched: as before.
+  assert.deepEqual(await readLinks({ bin: l.links.bin, cfg: l.links.cfg }, l.rel), l.a);
 });

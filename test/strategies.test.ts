@@ -282,7 +282,7 @@ async function gunicornApp(root: string, name: string, rs: readonly string[]): P
       'wsgi_app = "wsgiapp:application"', `raw_env = ["RELEASE=${r}"]`, 'graceful_timeout = 5', '',
     ].join('\n'));
   }
-  return { name, dir, releasesDir, port };
+  return { name, dir, releasesDir, port, folders: false };
 }
 
 /** The gunicorn masters of `app` running now: processes whose parent is not a gunicorn of the app. */

@@ -244,3 +244,85 @@ test('the README\'s validate example as written: a candidate made with mktemp in
 function rootOnlyAllowed(): Record<string, unknown> {
   return process.getuid?.() === 0 ? { allowRoot: true } : {};
 }
+
+/**
+ * Issue 15: <root>/web/release/2.0/{app, app.cfg, static/style.css}, with
+ * `links.dir` linking the release's folder (all of it is then exposed
+ * through `current/`).
+ */
+async function folderLayout(t: TestContext): Promise<Layout & { readonly folder: string; readonly asset: string }> {
+  const l = await layout(t);
+  const folder = path.join(l.releases, '2.0');
+  await mkdir(path.join(folder, 'static'), { recursive: true, mode: 0o755 });
+  await chmod(folder, 0o755);
+  await chmod(path.join(folder, 'static'), 0o755);
+  const bin = path.join(folder, 'app');
+  const cfg = path.join(folder, 'app.cfg');
+  const asset = path.join(folder, 'static', 'style.css');
+  await writeFile(bin, '#!/bin/sh\n');
+  await chmod(bin, 0o755);
+  for (const f of [cfg, asset]) {
+    await writeFile(f, 'x\n');
+    await chmod(f, 0o644);
+  }
+  await writeFile(l.current, '{"bin.file": "2.0/app", "cfg.file": "2.0/app.cfg"}\n');
+  const folders = { releaseNames: { bin: '{release}/app', cfg: '{release}/app.cfg' }, links: { dir: 'current' } };
+  return { ...l, bin, cfg, folder, asset, app: (extra = {}) => l.app({ ...folders, ...extra }) };
+}
+
+test('issue 15: a release folder only root can write is accepted with links.dir (the control for the refusals below)', async (t) => {
+  const l = await folderLayout(t);
+  const { release } = await loadCurrent(l.app());
+  assert.deepEqual({ ...release }, { bin: l.bin, cfg: l.cfg });
+});
+
+test('issue 15: with links.dir a world-writable file anywhere in the release folder is refused in one line naming it; without links.dir it is not exposed', async (t) => {
+  const l = await folderLayout(t);
+  await chmod(l.asset, 0o666);
+  const p = await refusal(l.app());
+  assert.equal(p.key, undefined);
+  assert.equal(p.found, `${l.asset} is writable by every user, mode 0666`);
+  assert.equal(p.message, `${l.current}: ${RULE_ROOT} (found: ${l.asset} is writable by every user, mode 0666)`);
+  // Only the links' files are exposed without the folder link.
+  await loadCurrent(l.app({ links: {} }));
+});
+
+test('issue 15: a world-writable folder in a release folder is refused, sticky or not', async (t) => {
+  const l = await folderLayout(t);
+  await chmod(path.join(l.folder, 'static'), 0o1777);
+  const p = await refusal(l.app());
+  assert.equal(p.found, `${path.join(l.folder, 'static')} is writable by every user, mode 1777`);
+});
+
+test('issue 15: a file of another user in a release folder is refused', async (t) => {
+  if (!rootOnly(t)) return;
+  const l = await folderLayout(t);
+  const other = await testUser(t);
+  await chown(l.asset, other.uid, other.gid);
+  const p = await refusal(l.app());
+  assert.equal(p.found, `${l.asset} is owned by ${other.name} (uid ${other.uid}), mode 0644`);
+});
+
+test('issue 15: a symlink in a release folder leading out of the releases folder is RELEASE_OUTSIDE; one to a file inside is fine', async (t) => {
+  const l = await folderLayout(t);
+  await symlink('../app.cfg', path.join(l.folder, 'static', 'same.cfg'));
+  await loadCurrent(l.app());
+  const link = path.join(l.folder, 'static', 'passwd');
+  await symlink('/etc/passwd', link);
+  const err = await loadCurrent(l.app()).then(() => undefined, (e: unknown) => e);
+  assert.ok(err instanceof RelinkErrors, String(err));
+  assert.equal(err.problems.length, 1, err.message);
+  const p = err.problems[0]!;
+  assert.equal(p.code, 'RELEASE_OUTSIDE');
+  assert.equal(p.message, `${l.current}: must be inside the releases folder ${l.releases}, with everything "links.dir" exposes (found: ${link} -> /etc/passwd)`);
+});
+
+test('issue 15: a sticky world-writable release folder is refused even without links.dir (anybody could add files to the release; only folders above the releases folder may be sticky)', async (t) => {
+  const l = await folderLayout(t);
+  await chmod(l.folder, 0o1777);
+  for (const app of [l.app(), l.app({ links: {} })]) {
+    const p = await refusal(app);
+    assert.equal(p.key, 'bin.file');
+    assert.equal(p.found, `${l.folder} is writable by every user, mode 1777`);
+  }
+});

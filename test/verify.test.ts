@@ -12,6 +12,9 @@ import { ask, currentConf, fixture, nthEntry, servedBy, setCurrentText } from '.
 import { readHistory } from '../src/history.js';
 import { makeApp, writeConfig } from '../src/demo/layout.js';
 import { alive, assertOneKeyOnce, reapAppsAfter, relinkCli, startAgent, tmpDir, waitFor } from './helpers.js';
+import { parseConfig } from '../src/config.js';
+import type { ProcInfo } from '../src/proc.js';
+import { runsRelease } from '../src/verify.js';
 
 const sha256 = async (file: string) => createHash('sha256').update(await readFile(file)).digest('hex');
 
@@ -217,4 +220,14 @@ test('deploy and rollback by release name with current.conf outside the releases
   const back = await relinkCli(['rollback', '--wait', '--timeout', '30', '--config', config]);
   assert.equal(back.code, 0, back.stderr);
   await servedBy(app, '1.0');
+});
+
+test('issue 15: in the folders layout, reached through a symlinked releases folder, a process running another release\'s binary does not run the deployed one; an interpreter does', () => {
+  // /srv/shop -> /data/shop: releasesDir as configured is not the real path the release files have.
+  const app = parseConfig(JSON.stringify({ apps: [{ name: 'shop', dir: '/srv/shop', releasesDir: 'releases', releaseNames: { bin: '{release}/bin/app', cfg: '{release}/app.cfg' }, links: { dir: 'current' } }] }), '/etc/relink/config.json').apps[0]!;
+  const release = { bin: '/data/shop/releases/2.0/bin/app', cfg: '/data/shop/releases/2.0/app.cfg' };
+  const proc = (exe: string) => ({ exe }) as ProcInfo;
+  assert.equal(runsRelease(app, proc('/data/shop/releases/2.0/bin/app'), release), true);
+  assert.equal(runsRelease(app, proc('/data/shop/releases/1.0/bin/app'), release), false);
+  assert.equal(runsRelease(app, proc('/usr/bin/python3'), release), true);
 });

@@ -189,11 +189,15 @@ records one, else its ctime; not its modification time, which rsync -a and
 scp -p copy from the build: MODIFIED). A release is a binary named by the
 app's releaseNames.bin pattern (default app.{release}) with its config
 named by releaseNames.cfg (default cfg.{release}; shown as missing when
-absent). Other files in the folder are not releases and are never pruned.
+absent); with patterns such as {release}/app and {release}/app.cfg a
+release is a folder holding both (Capistrano's releases/<tag>/), shown by
+their paths in it and ordered by the folder's arrival. Other files and
+folders are not releases and are never pruned.
 
-Flags: current (the app's links point at it), previous (what relink
-rollback goes back to: the newest release the journal records as deployed,
-other than what runs now), last-good (the agent's last known-good release),
+Flags: current (the app's links, the folder link too, point at it),
+previous (what relink rollback goes back to: the newest release the
+journal records as deployed, other than what runs now), last-good (the
+agent's last known-good release),
 failed (its latest deploy was rolled back or failed), and the reasons
 \`relink prune\` keeps it whatever its age (named by current.conf, linked by
 another app, arrived after the current release and never deployed).`,
@@ -202,7 +206,7 @@ another app, arrived after the current release and never deployed).`,
       ONLY_APP,
       {
         name: 'json', type: 'boolean',
-        help: '{"apps": [{"name", "releases": [{"release", "bin", "cfg", "current", "previous", "lastGood", "failed", "lastDeploy", "protected"}]}]}; bin and cfg are {"path", "size", "mtime", "arrived", "arrivedBy": "birth" | "ctime"}',
+        help: '{"apps": [{"name", "releases": [{"release", "bin", "cfg", "folder", "current", "previous", "lastGood", "failed", "lastDeploy", "protected"}]}]}; bin, cfg and folder (null unless releases are folders) are {"path", "size", "mtime", "arrived", "arrivedBy": "birth" | "ctime"}',
       },
     ],
     exits: [
@@ -217,9 +221,11 @@ another app, arrived after the current release and never deployed).`,
     description: `
 Delete old releases now (the agent also does it on each app's
 prune.schedule): every release but the newest N loses its binary and its
-config. Newest means arrived on this host last (the binary's birth time,
-else its ctime), not modified last: rsync -a and scp -p keep the build's
-modification time. Always kept, whatever their age:
+config, or, when releases are folders ({release}/app), its whole folder
+(renamed away first, then removed without following any link in it).
+Newest means arrived on this host last (the binary's or folder's birth
+time, else its ctime), not modified last: rsync -a and scp -p keep the
+build's modification time. Always kept, whatever their age:
   - the release the app's links point at (current);
   - the previous release: what relink rollback goes back to (the newest
     release the journal records as deployed, other than what runs now);
@@ -227,7 +233,7 @@ modification time. Always kept, whatever their age:
   - what current.conf names (an upload about to be deployed);
   - a release that arrived after the current one and was never deployed;
   - any file another app's links, last known-good release or current.conf
-    name (apps may share a releases folder).
+    name (apps may share a releases folder); for a folder, anything in it.
 Files not named by the app's releaseNames patterns are never touched.
 \`relink releases\` shows what would be kept and why.`,
     options: [
@@ -252,8 +258,9 @@ Name a release in the app's current.conf, atomically, exactly as a hand
 edit would; the running agent applies it (validate, relink, start or signal,
 verify, roll back if unhealthy). RELEASE is a shorthand: "2.0" means the
 app's releaseNames patterns, by default app.2.0 + cfg.2.0 in the releases
-folder. The agent's validation runs first, the app's preflight included (as
-the app runs): a release it would refuse is refused here and current.conf is
+folder (2.0/app + 2.0/app.cfg with {release}/app and {release}/app.cfg).
+The agent's validation runs first, the app's preflight included (as the
+app runs): a release it would refuse is refused here and current.conf is
 not touched. A release already live whose current.conf names something
 else (a change not applied yet, a refused typo) is written again.`,
     positionals: [{ name: 'RELEASE', help: 'the release: "2.0" for app.2.0 + cfg.2.0 (or --bin and --cfg)' }],

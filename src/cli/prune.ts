@@ -1,3 +1,4 @@
+import { releaseFolder } from '../config.js';
 import { pruneReleases } from '../releases.js';
 import { EXIT, loadFor, selectApps } from './io.js';
 import type { SpecOf } from './commands.js';
@@ -9,19 +10,21 @@ export const pruneCommand: Command<SpecOf<'prune'>> = {
     const keep = values.keep;
     const dryRun = values['dry-run'] === true;
     const config = await loadFor(values.config, io);
-    const results: { name: string; removed: string[]; kept: string[] }[] = [];
+    const results: { name: string; removed: string[]; kept: string[]; folders: boolean }[] = [];
     const onDamaged = damageWarner(io, 'prune');
     for (const app of selectApps(config, values.app)) {
       const { removed, kept } = await pruneReleases(config, app, { keep, dryRun, onDamaged });
-      results.push({ name: app.name, removed, kept });
+      results.push({ name: app.name, removed, kept, folders: releaseFolder(app, 'x') !== undefined });
     }
     if (values.json) {
-      io.stdout(`${JSON.stringify({ dryRun, apps: results })}\n`);
+      io.stdout(`${JSON.stringify({ dryRun, apps: results.map(({ folders: _, ...r }) => r) })}\n`);
       return EXIT.ok;
     }
     for (const r of results) {
       const verb = dryRun ? 'would remove' : 'removed';
-      io.stdout(`${r.name}: ${r.removed.length === 0 ? `nothing to remove` : `${verb} ${r.removed.length} file${r.removed.length === 1 ? '' : 's'}`}, ${r.kept.length} kept\n`);
+      // In the folders layout ("{release}/app") a release is a folder, removed whole.
+      const noun = r.folders ? 'release folder' : 'file';
+      io.stdout(`${r.name}: ${r.removed.length === 0 ? `nothing to remove` : `${verb} ${r.removed.length} ${noun}${r.removed.length === 1 ? '' : 's'}`}, ${r.kept.length} kept\n`);
       for (const f of r.removed) io.stdout(`  ${f}\n`);
     }
     return EXIT.ok;

@@ -35,8 +35,10 @@ export const releasesCommand: Command<SpecOf<'releases'>> = {
       if (a.releases.length === 0) return `${head}  no releases\n`;
       const rows = [['RELEASE', 'BIN', 'CFG', 'SIZE', 'ARRIVED', 'MODIFIED', 'FLAGS', 'LAST DEPLOY']];
       for (const r of a.releases) {
-        rows.push([r.release, path.basename(r.bin.path), r.cfg === null ? '(missing)' : path.basename(r.cfg.path), bytes(r.bin.size),
-          `${ago(r.bin.arrived, now)} ago`, `${ago(r.bin.mtime, now)} ago`, flags(r), r.lastDeploy === null ? '-' : `${r.lastDeploy.outcome} ${ago(r.lastDeploy.time, now)} ago`]);
+        // In the folders layout ("{release}/app") the path in the releases folder: the file name alone says nothing.
+        const shown = (file: string) => (r.folder === null ? path.basename(file) : path.relative(a.releasesDir, file));
+        rows.push([r.release, shown(r.bin.path), r.cfg === null ? '(missing)' : shown(r.cfg.path), bytes(r.bin.size),
+          `${ago((r.folder ?? r.bin).arrived, now)} ago`, `${ago(r.bin.mtime, now)} ago`, flags(r), r.lastDeploy === null ? '-' : `${r.lastDeploy.outcome} ${ago(r.lastDeploy.time, now)} ago`]);
       }
       return head + table(rows);
     }).join('\n'));

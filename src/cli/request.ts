@@ -4,10 +4,11 @@
  * the only thing that applies anything, then optionally wait for the agent's
  * verdict on this very content.
  */
+import { realpath } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { writeFileAtomic } from '../atomicWrite.js';
-import type { AgentConfig, AppConfig } from '../config.js';
+import { releaseFolder, type AgentConfig, type AppConfig } from '../config.js';
 import { currentTextFor, hashText, readCurrent, validateCurrent, type Release } from '../current.js';
 import { RelinkError } from '../errors.js';
 import type { HistoryEntry } from '../history.js';
@@ -52,9 +53,10 @@ export async function requestRelease(config: AgentConfig, app: AppConfig, wanted
   // The agent's own checks, before anything is written: a refusal here
   // leaves current.conf exactly as it was.
   const release = await validateCurrent(app, text);
-  const named = `${path.basename(release.bin)} + ${path.basename(release.cfg)}`;
-  const [links, saved, named0] = await Promise.all([readLinks(app.links), readAppState(config.stateDir, app.name, readOpts), namedByCurrent(app, reader)]);
-  const live = links.bin === release.bin && links.cfg === release.cfg;
+  const short = await shortNames(app);
+  const named = `${short(release.bin)} + ${short(release.cfg)}`;
+  const [links, saved, named0] = await Promise.all([readLinks(app.links, app.releasesDir), readAppState(config.stateDir, app.name, readOpts), namedByCurrent(app, reader)]);
+  const live = links.bin === release.bin && links.cfg === release.cfg && links.dirStale !== true;
   // Already live only if current.conf says so too: links on X while
   // current.conf names Y (a change the agent has not applied yet, or a typo
   // it refused) means Y is what the agent will make live, not X.
@@ -90,7 +92,7 @@ export async function requestRelease(config: AgentConfig, app: AppConfig, wanted
       }, signalExitCode(stopped));
     }
     for (const e of await tail.read()) {
-      if (e.currentHash === hash) return verdict(io, opts, app, named, e);
+      if (e.currentHash === hash) return verdict(io, opts, app, named, e, short);
       if (e.currentHash !== null) seen.add(e.currentHash);
     }
     // A repeated identical refusal may not be journaled again (it is counted
@@ -98,7 +100,7 @@ export async function requestRelease(config: AgentConfig, app: AppConfig, wanted
     const state = await readAppState(config.stateDir, app.name, readOpts);
     const last = state?.lastDeploy;
     const fresh = last != null && Date.parse(last.time) >= writtenAt;
-    if (fresh && last.currentHash === hash) return verdict(io, opts, app, named, last);
+    if (fresh && last.currentHash === hash) return verdict(io, opts, app, named, last, short);
     // What was asked for already ran (current.conf named something else, or
     // something refused): the agent found nothing to do, and said so in the state file.
     const matched = state?.matched;
@@ -127,14 +129,14 @@ async function pause(ms: number, stop: Promise<string> | undefined): Promise<voi
 }
 
 /** `named`: the release that was asked for (a refused one has no `to` in its entry). */
-function verdict(io: IO, opts: RequestOptions, app: AppConfig, named: string, e: HistoryEntry): number {
+function verdict(io: IO, opts: RequestOptions, app: AppConfig, named: string, e: HistoryEntry, short: (file: string) => string): number {
   if (e.outcome === 'deployed') {
     return report(io, opts, { outcome: e.outcome, entry: e, message: `${app.name}: ${named} deployed and healthy (${e.action}, pid ${e.pidBefore ?? '-'} -> ${e.pidAfter ?? '-'}, ${e.durationMs} ms)` }, EXIT.ok);
   }
   if (e.outcome === 'stopped') {
     return report(io, opts, { outcome: e.outcome, entry: e, message: `${app.name}: links switched to ${named}; the app is stopped (relink stop) and stays stopped: relink start ${app.name} runs it` }, EXIT.ok);
   }
-  const back = e.rolledBackTo ? `; rolled back to ${path.basename(e.rolledBackTo.bin)} + ${path.basename(e.rolledBackTo.cfg)}` : '';
+  const back = e.rolledBackTo ? `; rolled back to ${short(e.rolledBackTo.bin)} + ${short(e.rolledBackTo.cfg)}` : '';
   return report(io, opts, { outcome: e.outcome, entry: e, message: `${app.name}: ${named} ${e.outcome.replace('_', ' ')}: ${e.reason ?? ''}${back}` }, EXIT.failed);
 }
 
@@ -144,6 +146,20 @@ function report(io: IO, opts: RequestOptions, r: { outcome: string; message: str
   return code;
 }
 
+
+/**
+ * How a release file is named in messages: its file name (app.2.0), or in
+ * the folders layout ("{release}/app") its path in the releases folder
+ * (2.0/app), since every release's binary has the same file name there.
+ */
+async function shortNames(app: AppConfig): Promise<(file: string) => string> {
+  if (releaseFolder(app, 'x') === undefined) return (file) => path.basename(file);
+  const real = await realpath(app.releasesDir).catch(() => app.releasesDir);
+  return (file) => {
+    const rel = path.relative(real, file);
+    return rel.startsWith('..') || path.isAbsolute(rel) ? file : rel;
+  };
+}
 
 /** The release current.conf names now, if it can be read and validated (as the app's user reads it). */
 async function namedByCurrent(app: AppConfig, reader: Reader): Promise<Release | undefined> {

@@ -33,6 +33,8 @@ export interface AppStatus {
   readonly exeDeleted: boolean;
   readonly bin: string | null;
   readonly cfg: string | null;
+  /** Where the release folder's link (links.dir) points; present only for an app with one (issue 15). */
+  readonly dir?: string | null;
   readonly currentFile: string;
   readonly lastGood: { readonly bin: string; readonly cfg: string } | null;
   readonly restarts: number;
@@ -90,7 +92,7 @@ const OLD_NOFILE_DEFAULT = 1024;
 
 export async function appStatus(config: AgentConfig, app: AppConfig, agentRunning: boolean, now = Date.now()): Promise<AppStatus> {
   const damaged: string[] = [];
-  const [saved, links] = await Promise.all([readAppState(config.stateDir, app.name, { onDamaged: (d) => damaged.push(describeDamage(d)) }), readLinks(app.links)]);
+  const [saved, links] = await Promise.all([readAppState(config.stateDir, app.name, { onDamaged: (d) => damaged.push(describeDamage(d)) }), readLinks(app.links, app.releasesDir)]);
   const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user, mode: app.reload.mode });
   const known = saved?.pid != null && saved.pidStart != null ? { pid: saved.pid, startTime: saved.pidStart } : undefined;
   finder.restore(saved?.lineage ?? undefined, known);
@@ -117,6 +119,7 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
   if (proc !== undefined && links.bin !== undefined && proc.exe !== '' && proc.exe !== links.bin && proc.exe.startsWith(path.dirname(links.bin) + path.sep) && app.reload.mode === 'inplace') {
     warnings.push(`pid ${proc.pid} runs ${proc.exe}, not the linked ${links.bin}: an in-place reload (reload.strategy "inplace") reloads the config only; the new binary runs once the app is restarted`);
   }
+  if (links.dirStale === true) warnings.push(`${app.links.dir ?? ''} points at ${links.dir ?? 'nothing'}, not at the folder of the linked release: the agent puts it back on its next re-check`);
   if (proc?.deleted === true) warnings.push(`pid ${proc.pid} runs ${proc.exe}, which was replaced or deleted on disk after it started`);
   // A log deleted or renamed under the running app (src/logorphan.ts): /proc tells root, not other users.
   const detached = new Map<string, number>();
@@ -170,6 +173,7 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     exeDeleted: proc?.deleted ?? false,
     bin: links.bin ?? null,
     cfg: links.cfg ?? null,
+    ...(app.links.dir === undefined ? {} : { dir: links.dir ?? null }),
     currentFile: app.currentFile,
     lastGood: saved?.lastGood ? { bin: saved.lastGood.bin, cfg: saved.lastGood.cfg } : null,
     restarts: saved?.restarts ?? 0,
@@ -217,6 +221,7 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
     const rows: string[][] = [
       ['  bin', a.bin ?? '(no link)'],
       ['  cfg', a.cfg ?? '(no link)'],
+      ...(a.dir === undefined ? [] : [['  dir', a.dir ?? '(no link)']]),
     ];
     if (a.exe !== null && (a.exe !== a.bin || a.exeDeleted)) rows.push(['  running', `${a.exe}${a.exeDeleted ? ' (deleted on disk)' : ''}`]);
     rows.push(['  strategy', `${a.strategy}${a.sockets.length > 0 ? `, sockets ${a.sockets.join(' ')}` : ''}`]);

@@ -18,8 +18,8 @@ export const validateCommand: Command<SpecOf<'validate'>> = {
     try {
       // Read as the app's user could: a root-only file is refused unread.
       const { release } = await loadCurrent(app, file, await readerOf(await resolveRunAs(app)));
-      const links = await readLinks(app.links);
-      const live = links.bin === release.bin && links.cfg === release.cfg;
+      const links = await readLinks(app.links, app.releasesDir);
+      const live = links.bin === release.bin && links.cfg === release.cfg && links.dirStale !== true;
       // The agent runs the app's preflight on a release that is not live yet: so does this, as the app runs.
       if (!live) {
         // Ctrl-C (or SIGTERM) kills the preflight with everything it started, then ends.

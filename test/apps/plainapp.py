@@ -19,7 +19,10 @@
 #   slow_ms=N         every request takes this long
 #
 # GET / answers {"release", "pid", "message", "fds", "color"} (color: $APP_COLOR,
-# for the tests of a changed env reaching the app); GET /healthz 200 "ok".
+# for the tests of a changed env reaching the app); GET /healthz 200 "ok";
+# GET /static.txt the file static.txt beside the program as started (argv[0],
+# through any link: `current/app` serves current/static.txt), read afresh on
+# each request, as a server of its release's assets does (issue 15).
 import json
 import os
 import signal
@@ -85,6 +88,12 @@ def main():
             if self.path == '/healthz':
                 code = 503 if cfg.get('unhealthy') == '1' else 200
                 body = b'ok\n' if code == 200 else b'unhealthy\n'
+            elif self.path == '/static.txt':
+                try:
+                    with open(os.path.join(os.path.dirname(sys.argv[0]), 'static.txt'), 'rb') as f:
+                        code, body = 200, f.read()
+                except OSError:
+                    code, body = 404, b'no static.txt\n'
             else:
                 code = 200
                 body = json.dumps({'release': release, 'pid': os.getpid(), 'message': cfg.get('message', ''), 'fds': len(socks), 'color': os.environ.get('APP_COLOR', '')}).encode()
