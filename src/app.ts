@@ -220,7 +220,7 @@ export class AppAgent {
   /** A generation started at a lower CPU priority (reload.startNice) and not judged yet, with the processes reniced so far. */
   #nicer: { readonly gen: number; readonly pids: Set<number> } | undefined;
   /** The process this agent started last: how it ended (once it has) and its output, for the reason of a verdict on it (#healthy). */
-  #launched: { readonly pid: number; readonly ended: Promise<string>; readonly output: OutputTail } | undefined;
+  #launched: { readonly pid: number; readonly ended: Promise<string>; readonly output: OutputTail; readonly beside: boolean } | undefined;
   /** The generation a deploy in flight is bringing up: stopped if it fails. */
   #newGen: number | undefined;
   /** Under "upgrade": the master the serving one replaced (its parent until it exits). */
@@ -962,8 +962,8 @@ export class AppAgent {
       this.check();
       return exited;
     });
-    this.#launched = { pid: launched.pid, ended, output: launched.output };
-    return awaitStart(this.#fx, this.app, launched.pid, () => exited, launched.output, stopBy);
+    this.#launched = { pid: launched.pid, ended, output: launched.output, beside: !serve };
+    return awaitStart(this.#fx, this.app, launched.pid, () => exited, serve ? launched.output : undefined, stopBy);
   }
 
   /**
@@ -980,11 +980,15 @@ export class AppAgent {
       if (!(err instanceof RelinkError) || err.code !== 'APP_EXITED' || launched === undefined || launched.pid !== proc.pid) throw err;
       // Its exit is reaped by now, or within moments (the process is gone from /proc).
       const how = await Promise.race([launched.ended, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), EXIT_STATUS_WAIT_MS).unref())]);
-      const said = await launched.output().catch(() => '');
+      // Started beside a serving generation, it shares the app's output with
+      // it: the last lines may be the other one's (its access log, under
+      // load), so they are not quoted as this one's.
+      const said = launched.beside ? '' : await launched.output().catch(() => '');
       if (how === undefined && said === '') throw err;
-      // The last output quoted replaces the pointer to where it is.
-      const base = said === '' ? err.message : err.message.replace(/ \(see [^)]*\)$/, '');
-      throw new RelinkError('APP_EXITED', `${base}${how === undefined ? '' : `, ${how}`}${said === '' ? '' : `; its last output: ${said}`}`,
+      // "..., exit code 3 (see app.log)", or with the last output quoted in place of the pointer to it.
+      const see = / \(see [^)]*\)$/.exec(err.message)?.[0] ?? '';
+      const base = err.message.slice(0, err.message.length - see.length);
+      throw new RelinkError('APP_EXITED', `${base}${how === undefined ? '' : `, ${how}`}${said === '' ? see : `; its last output: ${said}`}`,
         { file: err.file, key: err.key, rule: err.rule, found: how ?? err.found }, { cause: err });
     }
   }

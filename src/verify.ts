@@ -56,7 +56,7 @@ export function describeExit(code: number | null, signal: NodeJS.Signals | null)
  * `exited` says whether the started process has exited, and how; `output`
  * gives the last lines it wrote, quoted in the reason when it exits at once.
  */
-export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exited: () => string | undefined, output: OutputTail = async () => '', stopBy: StopBy = NEVER): Promise<ProcInfo> {
+export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exited: () => string | undefined, output: OutputTail | undefined = async () => '', stopBy: StopBy = NEVER): Promise<ProcInfo> {
   const deadline = fx.now() + app.reload.timeoutMs;
   for (;;) {
     const found = await fx.discover();
@@ -66,8 +66,9 @@ export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exite
     // With a pidFile the app may daemonize: the started process exits 0
     // and its child, named by the PID file once written, serves on.
     if (how !== undefined && !(how === CLEAN_EXIT && app.pidFile !== undefined)) {
-      const said = await output().catch(() => '');
-      throw new RelinkError('APP_EXITED', `the app exited right after start (${how})${said === '' ? `; nothing in ${outputWhere(app)}` : `; its last output: ${said}`}`,
+      // No `output`: not this process's alone to quote (a generation serving beside it writes there too).
+      const said = output === undefined ? undefined : await output().catch(() => '');
+      throw new RelinkError('APP_EXITED', `the app exited right after start (${how})${said === undefined ? ` (see ${outputWhere(app)})` : said === '' ? `; nothing in ${outputWhere(app)}` : `; its last output: ${said}`}`,
         { ...logFileOf(app), rule: 'must keep running', found: how });
     }
     const stop = stopping(fx, stopBy, 'the started app appeared');
@@ -300,10 +301,10 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
         continue;
       }
       if (found.zombies?.some((z) => z.pid === proc.pid) === true) {
-        throw new RelinkError('APP_EXITED', `pid ${proc.pid} died ${fx.now() - start} ms after the deploy, before the settle time of ${settleMs} ms, and was left unreaped by its parent (a zombie) (see ${outputWhere(app)})`,
+        throw new RelinkError('APP_EXITED', `pid ${proc.pid} died ${fx.now() - start} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe), and was left unreaped by its parent (a zombie) (see ${outputWhere(app)})`,
           { ...logFileOf(app), key: 'health.settleMs', rule: 'the app must stay up', found: `pid ${proc.pid} is a zombie` });
       }
-      throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${fx.now() - start} ms after the deploy, before the settle time of ${settleMs} ms (see ${outputWhere(app)})`,
+      throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${fx.now() - start} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe) (see ${outputWhere(app)})`,
         { ...logFileOf(app), key: 'health.settleMs', rule: 'the app must stay up', found: `exited after ${fx.now() - start} ms` });
     }
     if (!ready) ready = await fx.notifiedReady(since ?? start, fx.now());
