@@ -61,7 +61,7 @@ test('SIGHUP and relink reload: an invalid config changes nothing and the agent 
   // Status cannot read the apps from it, and says the agent is not affected.
   const status = await relinkCli(['status', '--config', config]);
   assert.equal(status.code, 1);
-  assert.match(status.stderr, /config\.json: must be valid JSON[^]*A running agent is not affected: it keeps the config it last loaded/);
+  assert.match(status.stderr, /config\.json: must be valid JSON[^]*A running agent is not affected: it keeps the config it last loaded[^]*-c with a copy of the last good file/);
   // ...and a SIGHUP with it changes nothing: before, SIGHUP ended the agent.
   agent.child.kill('SIGHUP');
   await agent.waitForLog('the refusal', (l) => typeof l.msg === 'string' && l.msg.startsWith('config not reloaded, the running config stays'));
