@@ -44,6 +44,16 @@ interface ReleaseLabels {
   readonly cfg: string;
 }
 
+/**
+ * A deploy for relink_last_successful_deploy_timestamp_seconds: deployed,
+ * not an answer to relink start | restart, and a change of release (an
+ * agent that found its app dead and started the same release again is no
+ * deploy: a trial saw the timestamp move on an agent restart).
+ */
+export function isSuccessfulDeploy(e: HistoryEntry): boolean {
+  return e.outcome === 'deployed' && e.command === undefined && (e.from.bin !== e.to.bin || e.from.cfg !== e.to.cfg);
+}
+
 export class Metrics {
   /** Everything: the apps' metrics and the agent's own process metrics (/metrics). */
   readonly all = new Registry();
@@ -128,7 +138,7 @@ export class Metrics {
     }
     const at = Date.parse(entry.time);
     if (writtenAtMs !== undefined) this.#verdict.observe({ app, outcome: entry.outcome }, Math.max(0, at - writtenAtMs) / 1000);
-    if (entry.outcome === 'deployed' && entry.command === undefined) this.lastSuccess(app, at);
+    if (isSuccessfulDeploy(entry)) this.lastSuccess(app, at);
     this.onChange();
   }
 

@@ -23,7 +23,7 @@ import type { AgentConfig, AppConfig, MetricsConfig } from './config.js';
 import { describeError, isErrno } from './errors.js';
 import { newestEntries, newestFirst, type HistoryEntry } from './history.js';
 import { parseListenAddress } from './listenfds.js';
-import { Metrics } from './metrics.js';
+import { isSuccessfulDeploy, Metrics } from './metrics.js';
 import { unixListening } from './proc.js';
 import { readLinks } from './relink.js';
 import type { AppStateName } from './state.js';
@@ -230,7 +230,7 @@ export class Monitoring {
     let n = 0;
     try {
       for await (const e of newestFirst(this.#opts.config().stateDir, name)) {
-        if (e.outcome === 'deployed' && e.command === undefined) {
+        if (isSuccessfulDeploy(e)) {
           this.metrics.lastSuccess(name, Date.parse(e.time));
           return;
         }

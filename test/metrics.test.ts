@@ -16,6 +16,8 @@ import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import parsePrometheus, { type Family } from 'parse-prometheus-text-format';
 import { parseConfig } from '../src/config.js';
+import type { HistoryEntry } from '../src/history.js';
+import { Metrics } from '../src/metrics.js';
 import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
 import { buildDemoApp } from '../src/demo/build.js';
 import { checkFolderForRoot } from '../src/trust.js';
@@ -596,4 +598,23 @@ test('idle connections to the listener cannot use up the agent\'s file descripto
   assert.ok((await fds()) < before + 100, `the agent holds ${await fds()} fds (was ${before})`);
   await setCurrentText(f.app, '2.0');
   assert.equal((await nthEntry(f, 2)).outcome, 'deployed');
+});
+
+test('the last successful deploy is a change of release: an agent starting the same release again (it found the app down) or a relink start does not move it', () => {
+  const m = new Metrics();
+  m.addApp('web', 'running', true);
+  const rel = (r: string) => ({ bin: `/srv/web/release/app.${r}`, cfg: `/srv/web/release/cfg.${r}` });
+  const entry = (time: string, from: { bin: string | null; cfg: string | null }, to: { bin: string | null; cfg: string | null }, extra: Partial<HistoryEntry> = {}): HistoryEntry => ({
+    time, app: 'web', outcome: 'deployed', action: 'start', from, to, reason: null, code: null, pidBefore: null, pidAfter: 42, durationMs: 5, currentHash: null, trigger: 'watch:change', ...extra,
+  }) as HistoryEntry;
+  const last = async () => Number(/^relink_last_successful_deploy_timestamp_seconds\{app="web"\} (\S+)$/m.exec(await m.apps.metrics())?.[1]);
+  m.verdict(entry('2026-11-30T10:00:00.000Z', { bin: null, cfg: null }, rel('1.0')), undefined);
+  return (async () => {
+    assert.equal(await last(), Date.parse('2026-11-30T10:00:00.000Z') / 1000, 'the first deploy');
+    m.verdict(entry('2026-11-30T11:00:00.000Z', rel('1.0'), rel('1.0'), { trigger: 'startup' }), undefined);
+    m.verdict(entry('2026-11-30T12:00:00.000Z', rel('1.0'), rel('1.0'), { command: 'start', request: '00000000-0000-4000-8000-000000000001' }), undefined);
+    assert.equal(await last(), Date.parse('2026-11-30T10:00:00.000Z') / 1000, 'neither moved it');
+    m.verdict(entry('2026-11-30T13:00:00.000Z', rel('1.0'), rel('2.0'), { action: 'signal' }), undefined);
+    assert.equal(await last(), Date.parse('2026-11-30T13:00:00.000Z') / 1000);
+  })();
 });
