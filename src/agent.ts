@@ -294,7 +294,12 @@ export class Agent {
     const before = new Map(this.#slots.map((s) => [s.app.app.name, s]));
     const wanted = new Set(next.apps.map((a) => a.name));
     const setting = (c: AgentConfig, k: string): string | undefined => JSON.stringify((c as unknown as Record<string, unknown>)[k]);
-    const settings = AGENT_SETTINGS.filter((k) => setting(next, k) !== setting(this.#config, k));
+    const settings: string[] = AGENT_SETTINGS.filter((k) => setting(next, k) !== setting(this.#config, k));
+    // An app's own notify list changes no app (it stays "unchanged") but is a change the reload applied: said as such.
+    for (const a of next.apps) {
+      const was = this.#config.apps.find((o) => o.name === a.name);
+      if (was !== undefined && JSON.stringify(was.notify) !== JSON.stringify(a.notify)) settings.push(`${a.name}.notify`);
+    }
     const result = { added: [] as string[], removed: [] as string[], changed: [] as string[], unchanged: [] as string[], settings, warnings: [] as string[] };
     for (const [name, slot] of before) {
       if (wanted.has(name)) continue;
@@ -334,8 +339,7 @@ export class Agent {
     for (const name of result.removed) this.#hub.current?.removeApp(name);
     await this.#monitor(next);
     await this.#releaseSockets(prev, next);
-    const listen = this.#hub.current?.listenProblem;
-    if (listen !== undefined) result.warnings.push(listen);
+    for (const p of [this.#hub.current?.listenProblem, this.#hub.current?.textfileProblem]) if (p !== undefined) result.warnings.push(p);
     result.warnings.push(...(await this.#checkNotifiers(next)));
     this.#log.info({ file, ...result }, `config reloaded: ${result.added.length} added, ${result.removed.length} let go, ${result.changed.length} changed (their next generation starts with the new settings), ${result.unchanged.length} unchanged${settings.length > 0 ? `; agent settings changed: ${settings.join(', ')}` : ''}${result.warnings.length > 0 ? `; ${result.warnings.length} warning(s)` : ''}`);
     await this.#recordConfig({ hash: hashText(text), at: new Date().toISOString(), ...result });

@@ -86,6 +86,11 @@ export class Monitoring {
   /** Why `metrics.listen` is not served now (its bind failed), for relink reload to say; undefined when served or not asked for. */
   listenProblem: string | undefined;
 
+  /** Why `metrics.textfile` is not written now (its folder refused, a write failed), for relink reload to say; undefined when it is. */
+  get textfileProblem(): string | undefined {
+    return this.#textfile?.problem;
+  }
+
   private constructor(settings: MetricsConfig, opts: MonitoringOptions) {
     this.#settings = settings;
     this.#opts = opts;
@@ -166,15 +171,16 @@ export class Monitoring {
     const first = this.#server === undefined && this.#textfile === undefined;
     if (first || prev.listen !== settings.listen || (this.#server === undefined && settings.listen !== undefined)) {
       this.listenProblem = undefined;
-      await this.#closeServer();
-      if (settings.listen !== undefined) await this.#listen(settings.listen);
+      if (settings.listen === undefined) await this.#closeServer();
+      else await this.#moveTo(settings.listen, this.#server === undefined ? undefined : prev.listen);
     }
     if (first || prev.textfile !== settings.textfile) {
       await this.#textfile?.close({ remove: true });
       this.#textfile = undefined;
       if (settings.textfile !== undefined) {
         this.#textfile = new Textfile(settings.textfile, this.metrics, this.#log, () => this.#writers(), this.#opts.config().file);
-        this.#textfile.start();
+        // Its folder checked before this returns: a refusal is what relink reload says (textfileProblem).
+        await this.#textfile.start();
       }
     }
   }
@@ -241,9 +247,44 @@ export class Monitoring {
     }
   }
 
-  async #listen(address: string): Promise<void> {
+  /**
+   * Serve on `address` instead of `serving` (the address served now, if
+   * any): the new one is bound first, and the old one closed only once it
+   * is (a reload with an address that cannot be bound turned the metrics
+   * off; a trial did). When the new address needs the old one's port, the
+   * old one is closed first and bound again if the new one still fails.
+   */
+  async #moveTo(address: string, serving: string | undefined): Promise<void> {
+    const old = this.#server;
+    let bound = await this.#bind(address);
+    if (typeof bound === 'string' && old !== undefined && bound.includes('EADDRINUSE')) {
+      await this.#closeServer();
+      bound = await this.#bind(address);
+      if (typeof bound === 'string' && serving !== undefined) {
+        const back = await this.#bind(serving);
+        if (typeof back !== 'string') this.#server = back;
+      }
+    } else if (typeof bound !== 'string') {
+      await this.#closeServer();
+    }
+    if (typeof bound !== 'string') {
+      this.#server = bound;
+      this.#log.info({ address }, `serving the metrics at ${address} /metrics and the status page at /`);
+      return;
+    }
+    const still = this.#server !== undefined && serving !== undefined ? `still serving on ${serving}` : 'the agent and the apps run on without them';
+    this.listenProblem = `cannot serve the metrics and the status page on ${address} (${bound}): ${still}; fix "metrics.listen" (or free the address) and relink reload`;
+    this.#log.error({ code: 'METRICS_UNAVAILABLE', address, err: bound }, this.listenProblem);
+  }
+
+  /** A listening server on `address`, or why not (never throws). */
+  async #bind(address: string): Promise<http.Server | string> {
     const a = parseListenAddress(address);
-    const server = http.createServer((req, res) => void this.#handle(req, res));
+    // Requests' headers and bodies are timed out (REQUEST_TIMEOUT_MS) by a
+    // sweep of every connection this often (Node's default: 30 s, which let
+    // a client trickling one header line every 3 s hold a connection for
+    // 40 s, and 64 of them blind the scrapes).
+    const server = http.createServer({ connectionsCheckingInterval: 1_000 }, (req, res) => void this.#handle(req, res));
     server.requestTimeout = REQUEST_TIMEOUT_MS;
     server.headersTimeout = REQUEST_TIMEOUT_MS;
     server.maxConnections = MAX_CONNECTIONS;
@@ -268,14 +309,10 @@ export class Monitoring {
       if (a.kind === 'unix') await chmod(a.path, 0o666);
     } catch (err) {
       server.close();
-      const why = describeError(err).message;
-      this.listenProblem = `cannot serve the metrics and the status page on ${address} (${why}): the agent and the apps run on without them; fix "metrics.listen" (or free the address) and relink reload`;
-      this.#log.error({ code: 'METRICS_UNAVAILABLE', address, err: why }, this.listenProblem);
-      return;
+      return describeError(err).message;
     }
     server.on('error', (err) => this.#log.error({ code: 'METRICS_UNAVAILABLE', address, err: err.message }, `the metrics listener failed: ${err.message}`));
-    this.#server = server;
-    this.#log.info({ address }, `serving the metrics at ${address} /metrics and the status page at /`);
+    return server;
   }
 
   async #closeServer(): Promise<void> {
@@ -386,8 +423,15 @@ class Textfile {
     this.#configFile = configFile;
   }
 
-  start(): void {
+  /** Start writing; resolves once the folder has been checked the first time. */
+  async start(): Promise<void> {
     this.#tick();
+    await this.#checked;
+  }
+
+  /** The problem said last (a refused folder, a failed write), while it lasts. */
+  get problem(): string | undefined {
+    return this.#problem === undefined ? undefined : `metrics textfile ${this.#file}: ${this.#problem}`;
   }
 
   /** Something changed: write (now, or right after the write in flight). */

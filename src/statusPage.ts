@@ -54,7 +54,7 @@ dt{color:#555}dd{margin:0;overflow-wrap:anywhere}
 .scroll{overflow-x:auto}table{border-collapse:collapse;width:100%;font-size:.9em;background:#fff}
 th,td{border-bottom:1px solid #e3e3e3;padding:4px 6px;text-align:left;vertical-align:top}
 td.reason{min-width:16em;overflow-wrap:anywhere}
-@media (max-width:640px){.scroll table,.scroll tbody,.scroll tr,.scroll td{display:block}.scroll thead{display:none}
+@media (max-width:900px){.scroll table,.scroll tbody,.scroll tr,.scroll td{display:block}.scroll thead{display:none}
 .scroll tr{border-bottom:1px solid #d6d6d6;padding:4px 0}.scroll td{border:0;padding:1px 6px;overflow-wrap:anywhere}
 .scroll td::before{content:attr(data-label) ": ";color:#555}td.reason{min-width:0}}
 `;
@@ -90,7 +90,7 @@ function appCard(a: AppStatus, now: number): string {
     rows.push(row(d.command === undefined ? 'last deploy' : `last relink ${d.command}`, `${badge('o', d.outcome)}${to}, ${escapeHtml(d.action)}, ${escapeHtml(d.time)} (${escapeHtml(ago(d.time, now))} ago)`));
     if (d.reason !== null) rows.push(row('reason', escapeHtml(d.reason)));
   }
-  if (a.problem !== null) rows.push(row('problem', `${escapeHtml(a.problem.message)} [${escapeHtml(a.problem.code)}]`));
+  if (a.problem !== null) rows.push(row('problem', `${escapeHtml(a.problem.message)} [${escapeHtml(a.problem.code)}] since ${escapeHtml(a.problem.since)} (${escapeHtml(ago(a.problem.since, now))} ago)`));
   for (const w of a.warnings) rows.push(row('warning', escapeHtml(w)));
   return `<section class="app"><h3>${escapeHtml(a.name)} ${badge('s', a.state)}</h3><dl>${rows.join('')}</dl></section>`;
 }

@@ -447,9 +447,26 @@ test('an address already taken: said in the log, and the agent and the app run o
   const base = `http://127.0.0.1:${port}`;
   assert.equal(value(await scrape(base), 'relink_deploys_total', { app: 'web', outcome: 'deployed' }), 2);
 
+  // A reload asking for what cannot be done says so, and changes nothing
+  // that worked: an address in use keeps the listener where it was; a
+  // textfile folder every user can write is refused (warning: lines).
+  const config = JSON.parse(await readFile(f.config, 'utf8')) as Record<string, unknown>;
+  const busy = net.createServer();
+  await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+  defer(t, () => new Promise<void>((resolve) => busy.close(() => resolve())));
+  const busyPort = (busy.address() as net.AddressInfo).port;
+  const open = path.join(f.root, 'open');
+  await mkdir(open, { mode: 0o777 });
+  await chmod(open, 0o777);
+  await writeFile(f.config, `${JSON.stringify({ ...config, metrics: { listen: `127.0.0.1:${busyPort}`, textfile: path.join(open, 'relink.prom') } }, null, 2)}\n`);
+  const refusedBoth = await relinkCli(['reload', '--config', f.config, '--wait', '--timeout', '30']);
+  assert.equal(refusedBoth.code, 0, refusedBoth.stderr);
+  assert.match(refusedBoth.stdout, new RegExp(`\nwarning: cannot serve the metrics and the status page on 127\\.0\\.0\\.1:${busyPort} \\(.*EADDRINUSE.*\\): still serving on 127\\.0\\.0\\.1:${port};`));
+  assert.match(refusedBoth.stdout, /\nwarning: metrics textfile .*open\/relink\.prom: .*writable by every user/);
+  assert.equal(value(await scrape(base), 'relink_deploys_total', { app: 'web', outcome: 'deployed' }), 2, 'still served where it was');
+
   // The textfile moved: the new one written, the old one gone (node_exporter
   // would export its last values forever), and not written again.
-  const config = JSON.parse(await readFile(f.config, 'utf8')) as Record<string, unknown>;
   const second = path.join(folder, 'moved.prom');
   await writeFile(f.config, `${JSON.stringify({ ...config, metrics: { listen: `127.0.0.1:${port}`, textfile: second } }, null, 2)}\n`);
   assert.equal((await relinkCli(['reload', '--config', f.config, '--wait', '--timeout', '30'])).code, 0);
@@ -617,4 +634,21 @@ test('the last successful deploy is a change of release: an agent starting the s
     m.verdict(entry('2026-11-30T13:00:00.000Z', rel('1.0'), rel('2.0'), { action: 'signal' }), undefined);
     assert.equal(await last(), Date.parse('2026-11-30T13:00:00.000Z') / 1000);
   })();
+});
+
+test('the README\'s alerting rules are valid to promtool check rules, and the textfile rule matches the file label Debian\'s node_exporter gives (the whole path)', async (t) => {
+  const readme = await readFile(path.join(ROOT, 'README.md'), 'utf8');
+  const block = /```yaml\nscrape_configs:[^]*?\n(groups:\n[^]*?)```/.exec(readme)?.[1];
+  assert.ok(block !== undefined, 'the rules block in README "Metrics and status page"');
+  const dir = await tmpDir(t);
+  const rules = path.join(dir, 'rules.yml');
+  await writeFile(rules, block);
+  const r = await runProgram(PROMTOOL, ['check', 'rules', rules]);
+  assert.equal(r.code, 0, `${r.stdout}${r.stderr}`);
+  assert.match(r.stdout, /SUCCESS: 5 rules found/);
+  // The pattern the stale rule uses, on both spellings of the label.
+  const pattern = /file=~"([^"]+)"/.exec(block)?.[1]?.replace(/\\\\/g, '\\');
+  assert.ok(pattern !== undefined);
+  for (const label of ['/var/lib/prometheus/node-exporter/relink.prom', 'relink.prom']) assert.match(label, new RegExp(`^(?:${pattern})$`));
+  assert.doesNotMatch('/var/lib/prometheus/node-exporter/relinkXprom', new RegExp(`^(?:${pattern})$`));
 });

@@ -291,7 +291,7 @@ test('an app\'s own notify list adds to the global one; a reload changes both li
   await writeNotify(f.config, [{ on: ['deployed'], url: later.url }, { on: ['failed'], command: [missing] }], []);
   const reload = await relinkCli(['reload', '--wait', '--config', f.config]);
   assert.equal(reload.code, 0, reload.stderr);
-  assert.equal(reload.stdout, `reloaded ${f.config}; unchanged: web; agent settings changed: notify\nwarning: ${f.config}: "notify[1].command": must name a program that exists (found: ${missing} does not exist)\n`);
+  assert.equal(reload.stdout, `reloaded ${f.config}; unchanged: web; agent settings changed: notify, web.notify\nwarning: ${f.config}: "notify[1].command": must name a program that exists (found: ${missing} does not exist)\n`);
   await logOf(f.agent, 'the new lists logged', (l) => String(l.msg).startsWith('notifiers: 2 in force (2 new, 2 removed)'));
   assert.ok(f.agent.lines.some((l) => String(l.msg).startsWith('config reloaded') && Array.isArray(l.unchanged) && (l.unchanged as string[]).includes('web')), 'a notify change is no change of the app');
   assert.equal((await servedBy(f.app, '1.0')).pid, v1.pid, 'the app untouched');
