@@ -495,6 +495,9 @@ export class Agent {
    */
   async #monitor(config: AgentConfig): Promise<void> {
     const hub = this.#hub;
+    if (config.metrics !== undefined && !metricsWanted(config)) {
+      this.#log.warn({ code: 'METRICS_UNAVAILABLE' }, `"metrics" names neither "listen" nor "textfile" in ${config.file}: nothing is served or written (add one, then relink reload)`);
+    }
     if (!metricsWanted(config)) {
       if (hub.current !== undefined) {
         await hub.current.close({ removeTextfile: true });

@@ -274,7 +274,7 @@ else (a change not applied yet, a refused typo) is written again.`,
       JSON_OUTCOME,
     ],
     exits: [
-      { code: 0, meaning: 'deployed and healthy (or already live; without --wait: written)' },
+      { code: 0, meaning: 'deployed and healthy (or already live; for an app held by relink stop: its links switched, the app left stopped; without --wait: written)' },
       { code: 1, meaning: 'refused, rolled back, failed, superseded, no agent running, or no verdict in time' },
       ...STOPPED_WAITING,
     ],
