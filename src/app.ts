@@ -217,6 +217,10 @@ export class AppAgent {
   #recovering: InFlight | undefined;
   /** A process the crash supervision started and nobody has judged healthy yet: a deploy waits for it first. */
   #unsettled: ProcInfo | undefined;
+  /** The relink start | restart being carried out (saved: AppState.answering). */
+  #answering: { readonly command: 'start' | 'restart'; readonly request: string; readonly at: string } | undefined;
+  /** What the previous agent was answering when it stopped, until this one's first look at the app. */
+  #savedAnswering: { readonly command: 'start' | 'restart'; readonly request: string; readonly at: string } | undefined;
   /** A generation started at a lower CPU priority (reload.startNice) and not judged yet, with the processes reniced so far. */
   #nicer: { readonly gen: number; readonly pids: Set<number> } | undefined;
   /** The process this agent started last: how it ended (once it has) and its output, for the reason of a verdict on it (#healthy). */
@@ -318,6 +322,7 @@ export class AppAgent {
     for (const d of saved?.draining ?? []) this.#generations.drainingSince(d.gen, Date.parse(d.since));
     this.#held = saved?.held ?? undefined;
     this.#settings = saved?.settings ?? undefined;
+    this.#savedAnswering = saved?.answering ?? undefined;
     // Requests made while no agent ran are answered by the first pass.
     this.#pendingRequests = true;
     this.trigger('startup');
@@ -574,13 +579,28 @@ export class AppAgent {
       // finished now. Left as it was, the app served on marked "stopped",
       // with supervision off (trial of issue 12).
       const held = this.#held;
-      const unfinished = held !== undefined && found.main !== undefined && (await this.#fx.lastRecorded())?.request !== held.request;
+      const lastRequest = (await this.#fx.lastRecorded())?.request;
+      const unfinished = held !== undefined && found.main !== undefined && lastRequest !== held.request;
+      const answering = this.#savedAnswering;
+      this.#savedAnswering = undefined;
+      const interrupted = answering !== undefined && lastRequest !== answering.request ? answering : undefined;
       this.#ready = true;
       if (this.#problem !== undefined && this.#problemFrom === 'setup') {
         this.#log.info({ was: this.#problem.message }, 'the app can be managed again');
         this.#problem = undefined;
       }
       await this.#transition(state);
+      if (interrupted !== undefined) {
+        // Not carried out again (the app may have been restarted already, or
+        // half-way): answered with what is found, so a --wait hears why.
+        const links = await this.#fx.readLinks();
+        const attempt: Attempt = { trigger: `request:${interrupted.command}:interrupted`, started: this.#fx.now(), snapshot: null, from: links, pidBefore: found.main?.pid };
+        const now = found.main === undefined ? 'the app is not running' : `the app runs as pid ${found.main.pid}`;
+        const err = new RelinkError('INTERRUPTED', `the agent stopped while it carried out relink ${interrupted.command} (asked at ${interrupted.at}); the next agent found that ${now}${found.main === undefined ? ' and starts it (supervision)' : ''}: relink ${interrupted.command} again if the new settings are wanted`,
+          { rule: 'a request is carried out by the agent that took it', found: now });
+        this.#log.warn({ request: interrupted.request, command: interrupted.command }, err.message);
+        await this.#finish(attempt, 'failed', 'none', undefined, found.main, this.#state, err, { command: interrupted.command, request: interrupted.request });
+      }
       if (unfinished && held !== undefined && found.main !== undefined) {
         this.#log.warn({ request: held.request, at: held.at, appPid: found.main.pid }, `the previous agent stopped before it finished relink stop (asked at ${held.at}): finishing it`);
         const links = await this.#fx.readLinks();
@@ -1132,7 +1152,16 @@ export class AppAgent {
       }
       this.#log.info({ command: r.command, request: r.id, at: r.at }, `relink ${r.command} asked`);
       if (r.command === 'stop') await this.#stopOnRequest(attempt, r, main, extra);
-      else await this.#startOnRequest(attempt, r.command, main, links, extra);
+      else {
+        // Saved first (a stop is saved as `held`): an agent killed meanwhile leaves the next one to answer it.
+        this.#answering = { command: r.command, request: r.id, at: r.at };
+        await this.#saveState();
+        try {
+          await this.#startOnRequest(attempt, r.command, main, links, extra);
+        } finally {
+          this.#answering = undefined;
+        }
+      }
     }
   }
 
@@ -1698,6 +1727,7 @@ export class AppAgent {
       draining: this.#generations.draining().map((d) => ({ gen: d.gen, since: new Date(d.sinceMs).toISOString() })),
       held: this.#held ?? null,
       settings: this.#settings ?? null,
+      answering: this.#answering ?? null,
     });
   }
 }

@@ -70,6 +70,7 @@ export type ErrorCode =
   /** relink start | restart before any release was linked */
   | 'NOTHING_TO_START'
   | 'REQUEST_EXPIRED'
+  | 'INTERRUPTED'
   | 'WRONG_BINARY'
   | 'UNHEALTHY'
   | 'ROLLBACK_FAILED'

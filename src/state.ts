@@ -97,6 +97,13 @@ export interface AppState {
    * unknown (an app adopted from before issue 12).
    */
   readonly settings?: Readonly<Record<string, string>> | null;
+  /**
+   * The relink start | restart being carried out (its command, request id
+   * and when it was asked), saved before anything is done: an agent killed
+   * meanwhile leaves the next one able to answer it (journaled "failed",
+   * INTERRUPTED, with what it found), so a --wait waiting on it hears why.
+   */
+  readonly answering?: { readonly command: 'start' | 'restart'; readonly request: string; readonly at: string } | null;
 }
 
 /** A deploy in flight, as the state file keeps it. */
@@ -155,6 +162,7 @@ export const AppStateSchema = z.looseObject({
   draining: z.array(z.object({ gen: z.int().min(0), since: z.string() })).nullable().optional(),
   held: z.object({ at: z.string(), request: z.string() }).nullable().optional(),
   settings: z.record(z.string(), z.string()).nullable().optional(),
+  answering: z.object({ command: z.enum(['start', 'restart']), request: z.string(), at: z.string() }).nullable().optional(),
 });
 
 const asState = (x: z.output<typeof AppStateSchema>): AppState => x;

@@ -1707,3 +1707,23 @@ test('issue 15: a stale folder link (links.dir moved to another release by hand)
   assert.ok(lines.some((l) => String(l.msg).startsWith('links drifted from current.conf; put back')), JSON.stringify(lines.map((l) => l.msg)));
   await agent.close();
 });
+
+test('an agent killed in the middle of relink restart: the next one answers the request (failed, INTERRUPTED, with what it found) instead of leaving --wait to time out', async () => {
+  const { w, agent } = await running(appConfig());
+  const pid = agent.mainPid!;
+  await agent.close();
+  const last = w.states.at(-1)!;
+  w.states.push({ ...last, answering: { command: 'restart', request: '00000000-0000-4000-8000-0000000000bb', at: new Date(w.clock).toISOString() } });
+  const next = new AppAgent(appConfig(), w, silentLogger().log);
+  await next.start();
+  await next.idle();
+  const e = w.entries.at(-1)!;
+  assert.equal(e.outcome, 'failed');
+  assert.equal(e.code, 'INTERRUPTED');
+  assert.equal(e.request, '00000000-0000-4000-8000-0000000000bb');
+  assert.equal(e.command, 'restart');
+  assert.match(e.reason ?? '', new RegExp(`^the agent stopped while it carried out relink restart \\(asked at .*\\); the next agent found that the app runs as pid ${pid}: relink restart again if the new settings are wanted$`));
+  assert.equal(next.mainPid, pid, 'the app left as found');
+  assert.equal(w.states.at(-1)?.answering, null, 'answered: not again by a later agent');
+  await next.close();
+});
