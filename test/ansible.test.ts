@@ -103,7 +103,7 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
   // The release files on the control node, named as releaseNames says (the default: app.R, cfg.R).
   const files = path.join(root, 'files');
   await mkdir(files);
-  const cfgText: Record<string, string> = { '1.0': 'message=web 1.0\n', '2.0': 'message=web 2.0\n', '3.0': `message=web 3.0\nunhealthy_env=${SICK}\n` };
+  const cfgText: Record<string, string> = { '1.0': 'message=web 1.0\n', '2.0': 'message=web 2.0\n', '3.0': `message=web 3.0\nunhealthy_env=${SICK}\n`, '4.0': 'message=web 4.0\n' };
   for (const [r, text] of Object.entries(cfgText)) {
     await copyFile(PLAIN, path.join(files, `app.${r}`));
     await chmod(path.join(files, `app.${r}`), 0o755);
@@ -242,6 +242,18 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
     assert.deepEqual(await journal(h3), third, 'the third host\'s agent was asked for nothing');
     assert.equal((await statusOf(h3)).release, '1.0');
     assert.deepEqual((await readdir(h3.app.releasesDir)).filter((n) => n.endsWith('3.0')), [], 'nothing of 3.0 was uploaded to the third host');
+  });
+
+  await t.test('a candidate relink validate refuses stops the rollout on the first host, before anything is switched', async () => {
+    const first = await journal(h1);
+    // Uploaded without its executable bit: the agent's checks refuse the binary.
+    const run = await deploy('4.0', '-e', 'relink_bin_mode=0644');
+    assert.notEqual(run.code, 0, run.output);
+    assert.deepEqual(verdicts(run), { h1: ['3.0', '3.0', 'refused'] }, run.output);
+    assert.match(run.reports.h1!.reason, /relink validate.*"bin.file": must be executable.*app\.4\.0 has mode 0644/);
+    assert.deepEqual(await journal(h1), first, 'the agent was asked for nothing');
+    assert.deepEqual([run.recap.h2, run.recap.h3], [undefined, undefined], run.output);
+    await servedBy(h1.app.port, 'app.3.0');
   });
 
   await t.test('a rollback to a named release, on the first host only (--limit), puts it back beside the others', async () => {
