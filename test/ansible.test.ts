@@ -106,7 +106,7 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
   const cfgText: Record<string, string> = { '1.0': 'message=web 1.0\n', '2.0': 'message=web 2.0\n', '3.0': `message=web 3.0\nunhealthy_env=${SICK}\n`, '4.0': 'message=web 4.0\n' };
   for (const [r, text] of Object.entries(cfgText)) {
     await copyFile(PLAIN, path.join(files, `app.${r}`));
-    await chmod(path.join(files, `app.${r}`), 0o755);
+    await chmod(path.join(files, `app.${r}`), 0o700);
     await writeFile(path.join(files, `cfg.${r}`), text);
   }
 
@@ -178,6 +178,8 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
     assert.deepEqual(verdicts(run), { h1: ['1.0', '2.0', 'deployed'], h2: ['1.0', '2.0', 'deployed'], h3: ['1.0', '2.0', 'deployed'] }, run.output);
     for (const h of hosts) {
       assert.equal((await servedBy(h.app.port, 'app.2.0')).release, 'app.2.0');
+      // The modes the role gives (relink_bin_mode, relink_cfg_mode), whatever the control node's files have.
+      assert.deepEqual([(await stat(path.join(h.app.releasesDir, 'app.2.0'))).mode & 0o777, (await stat(path.join(h.app.releasesDir, 'cfg.2.0'))).mode & 0o777], [0o755, 0o644]);
       assert.deepEqual(JSON.parse(await readFile(path.join(h.app.releasesDir, 'current.conf'), 'utf8')), {
         'bin.file': 'app.2.0', 'cfg.file': 'cfg.2.0', 'bin.sha256': sha256(await readFile(PLAIN, 'utf8')), 'cfg.sha256': sha256(cfgText['2.0']!),
       });
