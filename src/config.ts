@@ -585,6 +585,19 @@ export function releaseOf(app: AppConfig, entry: string): string | undefined {
   return r === '' ? undefined : r;
 }
 
+/**
+ * The release whose `kind` file `file` is (an absolute path: a link's
+ * target), by releaseNames, in either layout ("app.{release}" or
+ * "{release}/app"); undefined when it is no such file of the releases folder.
+ */
+export function releaseOfFile(app: AppConfig, file: string, kind: 'bin' | 'cfg'): string | undefined {
+  const rel = path.relative(app.releasesDir, file);
+  const [pre, post] = app.releaseNames[kind].split(RELEASE_PLACEHOLDER) as [string, string];
+  if (rel.startsWith('..') || path.isAbsolute(rel) || !rel.startsWith(pre) || !rel.endsWith(post) || rel.length <= pre.length + post.length) return undefined;
+  const r = rel.slice(pre.length, rel.length - post.length);
+  return r.includes('/') ? undefined : r;
+}
+
 export interface AgentConfig {
   /** Absolute path of the config file this came from. */
   readonly file: string;

@@ -47,6 +47,12 @@ export interface CurrentSnapshot {
   readonly mtimeMs: number;
 }
 
+/** The optional "bin.sha256" and "cfg.sha256" of current.conf: what the files must hash to. */
+export interface ReleaseHashes {
+  readonly bin?: string;
+  readonly cfg?: string;
+}
+
 export function hashText(text: string): string {
   return createHash('sha256').update(text).digest('hex');
 }
@@ -60,13 +66,14 @@ export function hashText(text: string): string {
  * spelling (relink deploy, and the agent when it needs text for a release
  * it adopted).
  */
-export function currentTextFor(currentFile: string, release: Release): string {
+export function currentTextFor(currentFile: string, release: Release, sha256: ReleaseHashes = {}): string {
   const base = path.dirname(currentFile);
   const rel = (p: string) => {
     const r = path.relative(base, p);
     return r === '' || r.startsWith('..') || path.isAbsolute(r) ? p : r;
   };
-  return `${JSON.stringify({ 'bin.file': rel(release.bin), 'cfg.file': rel(release.cfg) })}\n`;
+  const hashes = { ...(sha256.bin === undefined ? {} : { 'bin.sha256': sha256.bin }), ...(sha256.cfg === undefined ? {} : { 'cfg.sha256': sha256.cfg }) };
+  return `${JSON.stringify({ 'bin.file': rel(release.bin), 'cfg.file': rel(release.cfg), ...hashes })}\n`;
 }
 
 /**

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { COMMANDS } from '../src/cli/commands.js';
-import { type CommandSpec, COUNT, exitsOf, LINES, parseCommand, PORT, SECONDS, UsageError, usageOf } from '../src/cli/spec.js';
+import { type CommandSpec, COUNT, exitsOf, LINES, parseCommand, PORT, SECONDS, SHA256, UsageError, usageOf } from '../src/cli/spec.js';
 import { relinkCli as run, type CliResult } from './helpers.js';
 
 /**
@@ -100,12 +100,13 @@ test('the parsers take decimal digits only: what each accepts and refuses', () =
   for (const [text, value] of [['1', 1], ['5', 5], ['100000', 100000]] as const) assert.equal(COUNT.parse(text), value, text);
   for (const [text, value] of [['1', 1], ['8080', 8080], ['65535', 65535]] as const) assert.equal(PORT.parse(text), value, text);
   for (const [text, value] of [['0', 0], ['10', 10], ['100000', 100000]] as const) assert.equal(LINES.parse(text), value, text);
+  assert.equal(SHA256.parse('AB'.repeat(32)), 'ab'.repeat(32), 'as sha256sum prints it, lowercased');
   // The values the CLI test above passes each must really be refused (a parser that accepted one would pass there only by luck).
-  for (const parser of [SECONDS, COUNT, PORT, LINES]) {
+  for (const parser of [SECONDS, COUNT, PORT, LINES, SHA256]) {
     assert.ok(parser.rejects.length > 0);
     for (const bad of [...parser.rejects, ' 5', '5 ', 'Infinity', 'NaN']) assert.equal(parser.parse(bad), undefined, `${parser.what}: ${JSON.stringify(bad)}`);
   }
   // Every parser in the table is one of these (a new one brings its own case here).
   const used = new Set(COMMANDS.flatMap((c) => c.options.flatMap((o) => (o.parser === undefined ? [] : [o.parser]))));
-  for (const p of used) assert.ok([SECONDS, COUNT, PORT, LINES].includes(p as never), `a parser not checked here: ${p.what}`);
+  for (const p of used) assert.ok([SECONDS, COUNT, PORT, LINES, SHA256].includes(p as never), `a parser not checked here: ${p.what}`);
 });

@@ -8,7 +8,7 @@
  * Adding a command: one entry in TABLE, plus src/cli/NAME.ts exporting
  * `nameCommand: Command<SpecOf<'name'>>`.
  */
-import { COUNT, DEFAULT_CONFIG, LINES, PORT, SECONDS, type CommandSpec, type Loaded, type OptionSpec } from './spec.js';
+import { COUNT, DEFAULT_CONFIG, LINES, PORT, SECONDS, SHA256, type CommandSpec, type Loaded, type OptionSpec } from './spec.js';
 
 const CONFIG = {
   name: 'config', short: 'c', type: 'string', value: 'FILE', help: `agent config (default $RELINK_CONFIG, else ${DEFAULT_CONFIG})`,
@@ -114,7 +114,7 @@ a warning naming it.`,
       ONLY_APP,
       {
         name: 'json', type: 'boolean',
-        help: '{"agent": {...} | null, "apps": [{"name", "state", "pid", "since", "bin", "cfg", "strategy", "sockets", "generations", "user", "limits", "warnings", ...}]}',
+        help: '{"agent": {...} | null, "apps": [{"name", "state", "pid", "since", "bin", "cfg", "release", "releasesDir", "releaseNames", "runAs", "strategy", "sockets", "generations", "user", "limits", "warnings", ...}]}',
       },
     ],
     exits: [
@@ -252,7 +252,7 @@ Files not named by the app's releaseNames patterns are never touched.
   {
     name: 'deploy',
     summary: 'name a release in current.conf and (with --wait) wait for the verdict',
-    usage: '[--config FILE] [--app NAME] (RELEASE | --bin PATH --cfg PATH) [--wait] [--timeout S] [--json]',
+    usage: '[--config FILE] [--app NAME] (RELEASE | --bin PATH --cfg PATH) [--bin-sha256 HEX] [--cfg-sha256 HEX] [--wait] [--timeout S] [--json]',
     description: `
 Name a release in the app's current.conf, atomically, exactly as a hand
 edit would; the running agent applies it (validate, relink, start or signal,
@@ -262,13 +262,18 @@ folder (2.0/app + 2.0/app.cfg with {release}/app and {release}/app.cfg).
 The agent's validation runs first, the app's preflight included (as the
 app runs): a release it would refuse is refused here and current.conf is
 not touched. A release already live whose current.conf names something
-else (a change not applied yet, a refused typo) is written again.`,
+else (a change not applied yet, a refused typo) is written again.
+--bin-sha256 and --cfg-sha256 (the sha256 of the files as built, computed
+where they were uploaded from) go into current.conf as "bin.sha256" and
+"cfg.sha256": a file whose upload is unfinished or damaged is refused.`,
     positionals: [{ name: 'RELEASE', help: 'the release: "2.0" for app.2.0 + cfg.2.0 (or --bin and --cfg)' }],
     options: [
       CONFIG,
       APP,
       { name: 'bin', type: 'string', value: 'PATH', help: 'the binary (with --cfg, instead of RELEASE)' },
       { name: 'cfg', type: 'string', value: 'PATH', help: 'the config file' },
+      { name: 'bin-sha256', type: 'string', value: 'HEX', help: 'the binary\'s sha256, written into current.conf ("bin.sha256") and checked', parser: SHA256 },
+      { name: 'cfg-sha256', type: 'string', value: 'HEX', help: 'the config\'s sha256, written into current.conf ("cfg.sha256") and checked', parser: SHA256 },
       { name: 'wait', type: 'boolean', help: "wait for the agent's verdict on this change (Ctrl-C stops waiting, exit 130; the deploy goes on in the agent)" },
       TIMEOUT,
       JSON_OUTCOME,

@@ -16,6 +16,7 @@ export const deployCommand: Command<SpecOf<'deploy'>> = {
     const config = await loadFor(values.config, io);
     const app = selectApp(config, values.app);
     const wanted = positionals.RELEASE !== undefined ? releaseFiles(app, positionals.RELEASE) : { bin: path.resolve(values.bin as string), cfg: path.resolve(values.cfg as string) };
-    return requestRelease(config, app, wanted, { wait: values.wait === true, timeoutMs, json: values.json === true, verb: 'deploy', stop, onDamaged: damageWarner(io, 'deploy') }, io);
+    const sha256 = { bin: values['bin-sha256'], cfg: values['cfg-sha256'] };
+    return requestRelease(config, app, wanted, { wait: values.wait === true, timeoutMs, json: values.json === true, verb: 'deploy', stop, onDamaged: damageWarner(io, 'deploy'), sha256 }, io);
   },
 };

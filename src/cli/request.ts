@@ -9,7 +9,7 @@ import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { writeFileAtomic } from '../atomicWrite.js';
 import { releaseFolder, type AgentConfig, type AppConfig } from '../config.js';
-import { currentTextFor, hashText, readCurrent, validateCurrent, type Release } from '../current.js';
+import { currentTextFor, hashText, readCurrent, validateCurrent, type Release, type ReleaseHashes } from '../current.js';
 import { RelinkError } from '../errors.js';
 import type { HistoryEntry } from '../history.js';
 import { JournalTail } from '../journalTail.js';
@@ -31,6 +31,8 @@ export interface RequestOptions {
   readonly stop?: Promise<string>;
   /** Told of damaged journal lines and state files skipped while waiting. */
   readonly onDamaged?: OnDamage;
+  /** Written into current.conf ("bin.sha256", "cfg.sha256"), so the agent refuses files that do not match. */
+  readonly sha256?: ReleaseHashes;
 }
 
 const WAIT_POLL_MS = 50;
@@ -47,7 +49,7 @@ export async function requestRelease(config: AgentConfig, app: AppConfig, wanted
     throw new RelinkError('NO_AGENT', `no relink agent is running for ${config.file} (stateDir ${config.stateDir}); start it (systemctl start relink) and try again`,
       { file: config.file, rule: 'an agent must be running to apply the change' });
   }
-  const text = currentTextFor(app.currentFile, wanted);
+  const text = currentTextFor(app.currentFile, wanted, opts.sha256);
   const runAs = await resolveRunAs(app);
   const reader = await readerOf(runAs);
   // The agent's own checks, before anything is written: a refusal here

@@ -306,6 +306,13 @@ export const LINES: Parser<number> = {
 };
 
 /** A TCP port, 1-65535, in decimal digits. */
+/** A sha256 as 64 hex digits (what sha256sum prints), lowercased. */
+export const SHA256: Parser<string> = {
+  what: 'a sha256 as 64 hex digits',
+  parse: (text) => (/^[0-9a-fA-F]{64}$/.test(text) ? text.toLowerCase() : undefined),
+  rejects: ['abc', 'g'.repeat(64), `${'0'.repeat(64)}0`, ''],
+};
+
 export const PORT: Parser<number> = {
   what: 'a port number, 1-65535',
   parse: (text) => {

@@ -1,6 +1,6 @@
 import { access, constants as fsConstants, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { LIMIT_NAMES, type AppConfig, type AgentConfig, type LimitName, type LimitValue } from '../config.js';
+import { LIMIT_NAMES, releaseOfFile, type AppConfig, type AgentConfig, type LimitName, type LimitValue } from '../config.js';
 import { hashText } from '../current.js';
 import type { HistoryEntry } from '../history.js';
 import { lower, readLimits } from '../limits.js';
@@ -8,7 +8,7 @@ import { folderMissing } from '../applock.js';
 import { describeError, isErrno, RelinkError } from '../errors.js';
 import { bootTimeMs, ProcessFinder, startedAtMs, type Discovery, type ProcInfo } from '../proc.js';
 import { detachedName } from '../logorphan.js';
-import { lookupUser } from '../user.js';
+import { lookupUser, resolveRunAs } from '../user.js';
 import { readLinks } from '../relink.js';
 import { readAppState, runningAgent, type AgentRecord, type AppProblem, type AppStateName } from '../state.js';
 import { appStateFile, describeDamage } from '../stateDir.js';
@@ -58,6 +58,35 @@ export interface AppStatus {
   readonly held: string | null;
   /** Settings in the config the running generation was not started with ("env.APP_COLOR"): applied by relink restart. */
   readonly restartToApply: readonly string[];
+}
+
+/**
+ * Where an app's releases go and whose they are, for `relink status --json`:
+ * what a fleet tool (ansible/) needs to upload a release, taken from the
+ * config through relink rather than repeated in the tool's variables. Not in
+ * AppStatus: the status page renders that on every refresh, and the user
+ * lookup runs getent.
+ */
+export interface AppPlaces {
+  /** The release the links point at ("2.0" for app.2.0 + cfg.2.0, by releaseNames); null when they name no one release. */
+  readonly release: string | null;
+  readonly releasesDir: string;
+  /** The release's file names in releasesDir, `{release}` standing for e.g. 2.0. */
+  readonly releaseNames: { readonly bin: string; readonly cfg: string };
+  /** Who the app runs as (null: its user or group does not exist): who should own its uploaded files. */
+  readonly runAs: { readonly user: string; readonly uid: number; readonly group: string; readonly gid: number } | null;
+}
+
+export async function appPlaces(app: AppConfig, links: { readonly bin: string | null; readonly cfg: string | null }): Promise<AppPlaces> {
+  const runAs = await resolveRunAs(app).then((r) => ({ user: r.user, uid: r.uid, group: r.group, gid: r.gid }), () => null);
+  const bin = links.bin === null ? undefined : releaseOfFile(app, links.bin, 'bin');
+  const cfg = links.cfg === null ? undefined : releaseOfFile(app, links.cfg, 'cfg');
+  return {
+    release: bin !== undefined && bin === cfg ? bin : null,
+    releasesDir: app.releasesDir,
+    releaseNames: { bin: app.releaseNames.bin, cfg: app.releaseNames.cfg },
+    runAs,
+  };
 }
 
 export interface GenerationStatus {
@@ -271,7 +300,8 @@ export const statusCommand: Command<SpecOf<'status'>> = {
     const onDisk = hashText(await readFile(config.file, 'utf8').catch(() => ''));
     const configChanged = agent?.config !== undefined && agent.config.hash !== onDisk;
     if (values.json) {
-      io.stdout(`${JSON.stringify({ agent: agent ?? null, configChanged, apps: statuses }, null, 2)}\n`);
+      const withPlaces = await Promise.all(statuses.map(async (s, i) => ({ ...s, ...(await appPlaces(apps[i]!, s)) })));
+      io.stdout(`${JSON.stringify({ agent: agent ?? null, configChanged, apps: withPlaces }, null, 2)}\n`);
     } else {
       io.stdout(render(agent, statuses, config.file, configChanged));
     }

@@ -14,6 +14,8 @@
 #   fail_start=1      exit 3 before serving
 #   ready_delay_ms=N  sleep this long before serving
 #   unhealthy=1       /healthz answers 503
+#   unhealthy_env=V   /healthz answers 503 when the environment has V set
+#                     (a release that breaks on some hosts only: test/ansible.test.ts)
 #   notify=1          send READY=1 to $NOTIFY_SOCKET once serving (sd_notify)
 #   notify_ready=0    with notify=1: never send READY=1 (never ready)
 #   slow_ms=N         every request takes this long
@@ -86,7 +88,8 @@ def main():
             if slow > 0:
                 time.sleep(slow)
             if self.path == '/healthz':
-                code = 503 if cfg.get('unhealthy') == '1' else 200
+                sick = cfg.get('unhealthy') == '1' or os.environ.get(cfg.get('unhealthy_env', ''), '') != ''
+                code = 503 if sick else 200
                 body = b'ok\n' if code == 200 else b'unhealthy\n'
             elif self.path == '/static.txt':
                 try:
