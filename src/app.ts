@@ -983,7 +983,7 @@ export class AppAgent {
       return exited;
     });
     this.#launched = { pid: launched.pid, ended, output: launched.output, beside: !serve };
-    return awaitStart(this.#fx, this.app, launched.pid, () => exited, serve ? launched.output : undefined, stopBy);
+    return awaitStart(this.#fx, this.app, launched.pid, () => exited, serve ? launched.output : undefined, stopBy, launched.gen);
   }
 
   /**
@@ -994,7 +994,12 @@ export class AppAgent {
    */
   async #healthy(proc: ProcInfo, stopBy: StopBy, since?: number, alreadyReady = false): Promise<ProcInfo> {
     try {
-      return await awaitHealthy(this.#fx, this.app, proc, stopBy, since, alreadyReady);
+      // A generation started nicer is probed at the agent's priority: sharing
+      // the socket with the serving one, it lost every accept() race to it
+      // and never answered a probe (unicorn "upgrade", in a test).
+      const nicer = this.#nicer;
+      const settled = nicer !== undefined && nicer.gen === proc.gen ? () => void this.#normalPriority(nicer.gen, proc) : undefined;
+      return await awaitHealthy(this.#fx, this.app, proc, stopBy, since, alreadyReady, settled);
     } catch (err) {
       const launched = this.#launched;
       if (!(err instanceof RelinkError) || err.code !== 'APP_EXITED' || launched === undefined || launched.pid !== proc.pid) throw err;

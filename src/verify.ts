@@ -56,11 +56,16 @@ export function describeExit(code: number | null, signal: NodeJS.Signals | null)
  * `exited` says whether the started process has exited, and how; `output`
  * gives the last lines it wrote, quoted in the reason when it exits at once.
  */
-export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exited: () => string | undefined, output: OutputTail | undefined = async () => '', stopBy: StopBy = NEVER): Promise<ProcInfo> {
+export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exited: () => string | undefined, output: OutputTail | undefined = async () => '', stopBy: StopBy = NEVER, gen?: number): Promise<ProcInfo> {
   const deadline = fx.now() + app.reload.timeoutMs;
   for (;;) {
     const found = await fx.discover();
-    const mine = found.all.find((p) => p.pid === pid) ?? found.main;
+    // The started process, or what it became (a wrapper's child): a process
+    // of its own generation `gen`, never another one's. Falling back to the
+    // app's main judged the generation serving beside it (under "socket")
+    // in place of a release that had exited at once: "deployed and healthy"
+    // (trial of issue 15).
+    const mine = found.all.find((p) => p.pid === pid) ?? (gen === undefined ? found.main : rootsOf(found.all.filter((p) => p.gen === gen))[0]);
     if (mine !== undefined) return mine;
     const how = exited();
     // With a pidFile the app may daemonize: the started process exits 0
@@ -281,7 +286,7 @@ export function assertBinary(app: AppConfig, proc: ProcInfo, release: Release): 
  * no probe is sent before the settle time is over. Returns the process
  * judged: the one given, or the child it daemonized into.
  */
-export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER, since?: number, alreadyReady = false): Promise<ProcInfo> {
+export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER, since?: number, alreadyReady = false, onSettled?: () => void): Promise<ProcInfo> {
   const { probe, deadlineMs, settleMs, intervalMs, readiness } = app.health;
   const start = fx.now();
   const deadline = start + deadlineMs;
@@ -309,6 +314,9 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
     }
     if (!ready) ready = await fx.notifiedReady(since ?? start, fx.now());
     if (ready && fx.now() >= settledAt) {
+      // Told once, before the first probe (a generation started nicer gets its priority back: src/app.ts #startNicer).
+      onSettled?.();
+      onSettled = undefined;
       if (probe === undefined) return proc;
       if (fx.now() >= nextProbe) {
         // Judged on the generation of `proc`: an answer from an older one

@@ -57,7 +57,10 @@ test('"socket": 20 deploys of a Node.js app on server.listen({ fd: 3 }) under lo
 test('"socket": releases that exit at start, are never healthy, or never ready lose no request and are rolled back', async (t) => {
   if (!(await needProgram(t, '/usr/bin/wrk', 'wrk'))) return;
   const root = await tmpDir(t);
-  const app = await makeApp(root, 'bad', PLAIN, { good: '', dies: 'fail_start=1\n', sick: 'unhealthy=1\n', slow: 'ready_delay_ms=60000\n' });
+  const app = await makeApp(root, 'bad', PLAIN, { good: '', dies: 'fail_start=1\n', gone: '', sick: 'unhealthy=1\n', slow: 'ready_delay_ms=60000\n' });
+  // A release whose binary exits at once (a broken wrapper): gone before the
+  // agent's first look; the serving generation was judged in its place.
+  await writeFile(path.join(app.releasesDir, 'app.gone'), '#!/bin/sh\necho gone >&2\nexit 1\n');
   reapMarkedAfter(t, app.dir);
   await setCurrent(app, 'good');
   const agent = startAgent(t, await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 200, deadlineMs: 2_000, intervalMs: 50 } }));
@@ -65,7 +68,7 @@ test('"socket": releases that exit at start, are never healthy, or never ready l
   const good = await servedBy(app.port, 'app.good');
   const wrk = load(t, app.port);
   let n = 1;
-  for (const bad of ['dies', 'sick', 'slow']) {
+  for (const bad of ['dies', 'gone', 'sick', 'slow']) {
     await setCurrent(app, bad);
     const e = await nth(root, app.name, ++n);
     assert.equal(e.outcome, 'rolled_back', `${bad}: ${e.reason ?? ''}`);
@@ -87,14 +90,15 @@ async function niceOf(pid: number): Promise<number | undefined> {
   return stat === undefined ? undefined : Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
 }
 
-test('"socket": a new generation starts reload.startNice nicer than the agent (it takes CPU from the serving one\'s requests only when they leave some) and gets the agent\'s niceness back once judged', async (t) => {
+test('"socket": a new generation starts reload.startNice nicer than the agent (it takes CPU from the serving one\'s requests only when they leave some) and gets the agent\'s niceness back before it is probed', async (t) => {
   if (!rootOnly(t)) return;
   const root = await tmpDir(t);
   // "slow" sleeps 1.5 s before it serves: long enough to be seen while judged.
   const app = await makeApp(root, 'nicer', PLAIN, { a: '', slow: 'ready_delay_ms=1500\n' });
   reapMarkedAfter(t, app.dir);
   await setCurrent(app, 'a');
-  const agent = startAgent(t, await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], reload: { strategy: 'socket', startNice: 7 } }));
+  // A settle time long enough to look at it before it is probed (from then on it runs at the agent's priority, to win accept() races too).
+  const agent = startAgent(t, await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], reload: { strategy: 'socket', startNice: 7 }, health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 3_000, deadlineMs: 10_000, intervalMs: 50 } }));
   assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
   const first = await servedBy(app.port, 'app.a');
   assert.equal(await niceOf(first.pid), 0, 'the first start is no start beside a serving generation');
