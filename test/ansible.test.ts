@@ -16,8 +16,8 @@ import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { loadConfig } from '../src/config.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
-import { MAIN, reapMarkedAfter, relinkCli, ROOT, runProgram, startAgent, tmpDir } from './helpers.js';
-import { configFor, makeApp, PLAIN, servedBy, type App } from './plainapps.js';
+import { reapMarkedAfter, RELINK, relinkCli, ROOT, runProgram, startAgent, tmpDir } from './helpers.js';
+import { configFor, FOLDERS_CONFIG, makeApp, PLAIN, servedBy, setCurrent, type App } from './plainapps.js';
 
 const PLAYBOOKS = path.join(ROOT, 'ansible');
 const APP = 'web';
@@ -137,7 +137,7 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
         ansible_connection: 'local',
         ansible_python_interpreter: '/usr/bin/python3',
         // This checkout's relink, run from any folder.
-        relink_command: `${process.execPath} --import ${import.meta.resolve('tsx')} ${MAIN}`,
+        relink_command: RELINK.join(' '),
       },
     },
   }));
@@ -153,8 +153,8 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
     ANSIBLE_NOCOLOR: '1',
     ANSIBLE_GATHERING: 'explicit',
   };
-  const playbook = async (file: string, args: readonly string[]): Promise<Run> => {
-    const r = await runProgram('ansible-playbook', ['-i', inventory, path.join(PLAYBOOKS, file), ...args], { cwd: root, env, timeoutMs: 300_000 });
+  const playbook = async (file: string, args: readonly string[], inv = inventory): Promise<Run> => {
+    const r = await runProgram('ansible-playbook', ['-i', inv, path.join(PLAYBOOKS, file), ...args], { cwd: root, env, timeoutMs: 300_000 });
     return { code: r.code, output: r.stdout + r.stderr, recap: parseRecap(r.stdout), reports: printedReports(r.stdout) };
   };
   const deploy = (release: string, ...more: string[]): Promise<Run> =>
@@ -263,6 +263,42 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
     assert.equal(run.code, 0, run.output);
     assert.deepEqual(verdicts(run), { h1: ['3.0', '1.0', 'deployed'] }, run.output);
     for (const h of hosts) assert.equal((await statusOf(h)).release, '1.0');
+  });
+
+  await t.test('issue 15: a release folder (releaseNames "{release}/app", links.dir "current") is uploaded whole, its assets included, and goes live', async () => {
+    const hostRoot = path.join(root, 'h4');
+    const app = await makeApp(hostRoot, APP, PLAIN, { '1.0': '' }, { folders: true });
+    reapMarkedAfter(t, app.dir);
+    await setCurrent(app, '1.0');
+    const config = await configFor(hostRoot, app, { ...FOLDERS_CONFIG, sockets: [`127.0.0.1:${app.port}`], supervise: { checkMs: 1_000 } });
+    startAgent(t, config);
+    const h4: Host = { name: 'h4', root: hostRoot, app, config };
+    await servedBy(app.port, 'app');
+    // On the control node: release 2.0's folder, with a template the app does not name in current.conf.
+    const folders = path.join(root, 'folders');
+    await mkdir(path.join(folders, '2.0', 'templates'), { recursive: true });
+    await copyFile(PLAIN, path.join(folders, '2.0', 'app'));
+    await chmod(path.join(folders, '2.0', 'app'), 0o700);
+    await writeFile(path.join(folders, '2.0', 'app.cfg'), `port=${app.port}\nmessage=web 2.0\n`);
+    await writeFile(path.join(folders, '2.0', 'static.txt'), 'static 2.0\n', { mode: 0o664 });
+    await writeFile(path.join(folders, '2.0', 'templates', 'page.html'), '<p>2.0</p>\n');
+    const inv = path.join(root, 'inventory-h4.json');
+    const all = JSON.parse(await readFile(inventory, 'utf8')) as { all: { vars: unknown } };
+    await writeFile(inv, JSON.stringify({ all: { children: { web: { hosts: { h4: { relink_config: config } } } }, vars: all.all.vars } }));
+    const run = await playbook('deploy.yml', ['-e', `relink_app=${APP}`, '-e', 'relink_release=2.0', '-e', `relink_files_dir=${folders}`], inv);
+    assert.equal(run.code, 0, run.output);
+    assert.deepEqual(verdicts(run), { h4: ['1.0', '2.0', 'deployed'] }, run.output);
+    const live = path.join(app.releasesDir, '2.0');
+    assert.equal(await readlink(path.join(app.dir, 'current')), live);
+    assert.equal(await readFile(path.join(live, 'static.txt'), 'utf8'), 'static 2.0\n');
+    assert.equal(await readFile(path.join(live, 'templates', 'page.html'), 'utf8'), '<p>2.0</p>\n');
+    // Nothing in the folder writable by group or others (relink refuses such a release), the binary still executable.
+    assert.equal((await stat(path.join(live, 'static.txt'))).mode & 0o777, 0o644);
+    assert.equal((await stat(path.join(live, 'app'))).mode & 0o777, 0o755);
+    assert.equal((await statusOf(h4)).release, '2.0');
+    const again = await playbook('deploy.yml', ['-e', `relink_app=${APP}`, '-e', 'relink_release=2.0', '-e', `relink_files_dir=${folders}`], inv);
+    assert.equal(again.code, 0, again.output);
+    assert.equal(again.recap.h4?.changed, 0, again.output);
   });
 });
 
