@@ -9,7 +9,9 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { COMMANDS } from '../src/cli/commands.js';
 import { type CommandSpec, COUNT, exitsOf, LINES, parseCommand, PORT, SECONDS, SHA256, UsageError, usageOf } from '../src/cli/spec.js';
-import { relinkCli as run, type CliResult } from './helpers.js';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { relinkCli as run, tmpDir, type CliResult } from './helpers.js';
 
 /**
  * The real CLI, with no config file to find; SIGTERMed after 60 s, so a bad
@@ -109,4 +111,16 @@ test('the parsers take decimal digits only: what each accepts and refuses', () =
   // Every parser in the table is one of these (a new one brings its own case here).
   const used = new Set(COMMANDS.flatMap((c) => c.options.flatMap((o) => (o.parser === undefined ? [] : [o.parser]))));
   for (const p of used) assert.ok([SECONDS, COUNT, PORT, LINES, SHA256].includes(p as never), `a parser not checked here: ${p.what}`);
+});
+
+test('a release named on the command line is one name, not a path nor an upload in progress under a dot name: exit 2 naming it', async (t) => {
+  const dir = await tmpDir(t);
+  const config = path.join(dir, 'config.json');
+  await writeFile(config, JSON.stringify({ stateDir: path.join(dir, 'state'), apps: [{ name: 'web', dir }] }));
+  const dot = await run(['deploy', '--config', config, '.2.0.part']);
+  assert.equal(dot.code, 2);
+  assert.equal(dot.stderr, 'relink deploy: RELEASE must be a release name such as 2.0 (found ".2.0.part": a name starting with "." is an upload in progress, not a release)\nTry: relink deploy --help\n');
+  const slash = await run(['rollback', '--config', config, '--to', '../2.0']);
+  assert.equal(slash.code, 2);
+  assert.match(slash.stderr, /^relink rollback: --to must be a release name such as 2\.0 \(found "\.\.\/2\.0"/);
 });

@@ -46,3 +46,16 @@ export function table(rows0: readonly (readonly string[])[]): string {
   for (const row of rows) row.forEach((c, i) => { widths[i] = Math.max(widths[i] ?? 0, c.length); });
   return rows.map((row) => row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ').trimEnd()).join('\n') + '\n';
 }
+
+/**
+ * A release named on the command line (deploy RELEASE, rollback --to):
+ * one name, no "/" or "..", and not starting with "." (an upload in
+ * progress under a dot name, renamed into place when complete, is not a
+ * release). Throws UsageError (exit 2) naming what was found.
+ */
+export function releaseName(r: string, option: string): string {
+  if (r === '' || r.includes('/') || r.startsWith('.')) {
+    throw new UsageError(`${option} must be a release name such as 2.0 (found ${JSON.stringify(r)}${r.startsWith('.') ? ': a name starting with "." is an upload in progress, not a release' : ''})`);
+  }
+  return r;
+}
