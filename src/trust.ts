@@ -16,7 +16,7 @@
  * group). With `links.dir` the release's whole folder is exposed through the
  * link, and is checked entry by entry (Checker.tree, issue 15).
  */
-import { lstat, readdir, readlink, realpath } from 'node:fs/promises';
+import { lstat, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import path from 'node:path';
 import type { AppConfig } from './config.js';
@@ -149,14 +149,19 @@ class Checker {
    * With `links.dir` the whole release folder is exposed through the link
    * (issue 15): the folder and everything in it, recursively, strictly as a
    * release file (owner root or the app's user, writable by nobody else; no
-   * sticky exception). Symlinks in it are not followed down (they cannot be
-   * written through: their folder decides) but where they lead must be inside
-   * the releases folder after resolving (a `static -> /etc` link would expose
-   * /etc through `current/static`); a dangling one is judged by its target's
-   * path. At most MAX_FOLDER_ENTRIES entries. The first problem, or undefined.
+   * sticky exception). A symlink in it cannot be written through (its
+   * folder decides), but where it leads must be inside the releases folder
+   * after resolving (a `static -> /etc` link would expose /etc through
+   * `current/static`); a dangling one is judged by its target's path. What
+   * it leads to outside this folder (a `shared/` beside the releases) is
+   * exposed as well, so it is checked the same way, walked if a folder
+   * (each real folder once: links in a loop end). At most MAX_FOLDER_ENTRIES
+   * entries in all. The first problem, or undefined.
    */
   async tree(folder: string, releasesReal: string): Promise<RelinkError | undefined> {
     const pending = [folder];
+    const folderReal = await realpath(folder);
+    const walked = new Set<string>([folderReal]);
     let count = 0;
     const trusted = this.#trusted ?? (this.#who.uid === 0 ? 'root' : `root or the app's user ${describeUser(this.#who)}`);
     while (pending.length > 0) {
@@ -176,6 +181,19 @@ class Checker {
         const found = await Promise.all(others.slice(i, i + TREE_BATCH).map((e) => this.#entry(path.join(dir, e.name), e.isSymbolicLink(), releasesReal)));
         const bad = found.find((p) => p !== undefined);
         if (bad !== undefined) return bad;
+      }
+      // Where the symlinks lead, outside this release folder (inside it, the walk gets there anyway).
+      for (const e of others.filter((x) => x.isSymbolicLink())) {
+        const real = await realpath(path.join(dir, e.name)).catch(() => undefined);
+        if (real === undefined || real === folderReal || real.startsWith(folderReal + path.sep) || walked.has(real)) continue;
+        const st = await stat(real).catch(() => undefined);
+        if (st?.isDirectory() === true) {
+          walked.add(real);
+          pending.push(real);
+        } else if (st !== undefined) {
+          const problem = await this.#one(real, undefined, true);
+          if (problem !== undefined) return problem;
+        }
       }
     }
     return undefined;

@@ -326,3 +326,21 @@ test('issue 15: a sticky world-writable release folder is refused even without l
     assert.equal(p.found, `${l.folder} is writable by every user, mode 1777`);
   }
 });
+
+test('issue 15: what a symlink in a release folder leads to elsewhere in the releases folder (a shared/ folder) is checked too: a world-writable file there is refused; a link loop ends', async (t) => {
+  const l = await folderLayout(t);
+  const shared = path.join(l.releases, 'shared');
+  await mkdir(path.join(shared, 'uploads'), { recursive: true, mode: 0o755 });
+  await chmod(shared, 0o755);
+  await chmod(path.join(shared, 'uploads'), 0o755);
+  const upload = path.join(shared, 'uploads', 'logo.png');
+  await writeFile(upload, 'x\n');
+  await chmod(upload, 0o644);
+  await symlink('../../shared', path.join(l.folder, 'static', 'shared'));
+  // A loop back into the release folder and one to itself: walked once.
+  await symlink('../2.0', path.join(shared, 'back'));
+  await loadCurrent(l.app());
+  await chmod(upload, 0o666);
+  const p = await refusal(l.app());
+  assert.equal(p.found, `${upload} is writable by every user, mode 0666`);
+});
