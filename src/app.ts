@@ -1601,6 +1601,14 @@ export class AppAgent {
     }
     this.#restartDue = false;
     try {
+      if (links.dirStale === true) {
+        // The folder link (links.dir) is missing or names another release
+        // than app.bin and app.cfg (removed by hand after a deploy that could
+        // not be applied, so no reconcile put it back): the app, run from
+        // current/, could never start. Put back on the linked release first.
+        this.#log.warn({ bin: links.bin, cfg: links.cfg }, 'the folder link does not name the linked release; put back before the app is started');
+        await this.#fx.relink({ bin: links.bin, cfg: links.cfg });
+      }
       const after = await this.#startNew(this.#verifyBy);
       this.#tracker.set(after);
       this.#startedServes(after.gen);

@@ -1727,3 +1727,17 @@ test('an agent killed in the middle of relink restart: the next one answers the 
   assert.equal(w.states.at(-1)?.answering, null, 'answered: not again by a later agent');
   await next.close();
 });
+
+test('issue 15: a crash restart puts the folder link back on the linked release first (removed by hand, not reconciled): run from current/, the app could never start', async () => {
+  const { w, agent, lines } = await running(appConfig({}, PROBED));
+  w.links = { ...w.links, dirStale: true };
+  w.crash();
+  agent.check();
+  await agent.idle();
+  w.advance(60_000);
+  await agent.idle();
+  assert.equal(w.links.dirStale, undefined, 'the folder link put back');
+  assert.equal(agent.state, 'running');
+  assert.ok(lines.some((l) => l.msg === 'the folder link does not name the linked release; put back before the app is started'), JSON.stringify(lines.map((l) => l.msg)));
+  await agent.close();
+});
