@@ -33,6 +33,7 @@ import type { Release } from './current.js';
 import { newestFirst, type HistoryEntry, type Outcome, type ReadOptions } from './history.js';
 import { readLinks } from './relink.js';
 import { removeTree, withFolder } from './safefs.js';
+import { MAX_FOLDER_ENTRIES } from './trust.js';
 import { readAppState, type AppState } from './state.js';
 
 const PRUNE_FAILED: ErrorCode = 'PRUNE_FAILED';
@@ -480,6 +481,11 @@ async function protectionsFor(config: AgentConfig, app: AppConfig, previous: Rel
     await add(links.bin, self ? 'current' : `linked by app ${other.name}`);
     await add(links.cfg, self ? 'current' : `linked by app ${other.name}`);
     await add(links.dir, self ? 'current' : `linked by app ${other.name}`);
+    // What the live release folder links to elsewhere (9.0/shared -> ../8.0/static):
+    // pruning it would break the live release (a trial's prune did).
+    if (links.dir !== undefined) {
+      for (const target of await linkTargets(links.dir)) await add(target, self ? 'linked from the current release' : `linked from app ${other.name}'s current release`);
+    }
     // Files the agent writes, should one lie in a release folder (pruned whole).
     for (const own of [other.currentFile, other.logFile, ...(other.pidFile === undefined ? [] : [other.pidFile])]) {
       await add(own, self ? 'holds the app\'s own files' : `holds app ${other.name}'s own files`);
@@ -499,6 +505,31 @@ async function protectionsFor(config: AgentConfig, app: AppConfig, previous: Rel
       // "~/x" means the home of current.conf's owner, which needs /etc/passwd
       // (current.ts); keeping every release file of that name errs on the safe side.
       await add(path.join(app.releasesDir, base), self ? 'named by current.conf' : `named by app ${other.name}'s current.conf`);
+    }
+  }
+  return out;
+}
+
+/**
+ * Where the symlinks inside `folder` lead (real paths), walked without
+ * following links, at most MAX_FOLDER_ENTRIES entries; [] for a folder that
+ * cannot be read.
+ */
+async function linkTargets(folder: string): Promise<string[]> {
+  const out: string[] = [];
+  const pending = [folder];
+  let count = 0;
+  while (pending.length > 0 && count < MAX_FOLDER_ENTRIES) {
+    const dir = pending.pop()!;
+    const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+    count += entries.length;
+    for (const e of entries) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) pending.push(p);
+      else if (e.isSymbolicLink()) {
+        const real = await realpath(p).catch(() => undefined);
+        if (real !== undefined) out.push(real);
+      }
     }
   }
   return out;

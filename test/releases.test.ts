@@ -433,3 +433,24 @@ test('issue 15: releases in a folder each are listed and pruned whole, nothing f
   assert.deepEqual((await readdir(rel)).sort(), ['.0.4', '0.1', '0.2', '0.3~', '2.0', '3.0', '5.0']);
   assert.equal(await readFile(path.join(outside, 'keep'), 'utf8'), 'not a release\n');
 });
+
+test('issue 15: a release the live one links into (9.0/shared -> ../8.0/static) is kept by prune, with the reason', async (t) => {
+  const root = await tmpDir(t);
+  const folders = { releaseNames: { bin: '{release}/app', cfg: '{release}/app.cfg' }, links: { dir: 'current' } };
+  const { app, rel } = await oneApp(root, folders);
+  for (const r of ['1.0', '2.0', '3.0']) {
+    await mkdir(path.join(rel, r, 'static'), { recursive: true });
+    await writeFile(path.join(rel, r, 'app'), `#!/bin/sh\necho ${r}\n`, { mode: 0o755 });
+    await writeFile(path.join(rel, r, 'app.cfg'), `release=${r}\n`);
+    await afterArrivalOf(path.join(rel, r));
+  }
+  await symlink('../../1.0/static', path.join(rel, '3.0', 'static', 'shared'));
+  await symlink(path.join(rel, '3.0'), path.join(app.dir, 'current'));
+  const file = await writeConfigFile(root, [{ name: 'web', dir: app.dir, ...folders }]);
+  const config = await loadConfig(file);
+  const rs = await listReleases(config, config.apps[0]!);
+  assert.deepEqual(Object.fromEntries(rs.map((r) => [r.release, r.protected])), { '1.0': ['linked from the current release'], '2.0': [], '3.0': ['current'] });
+  const { removed } = await pruneReleases(config, config.apps[0]!, { keep: 1 });
+  assert.deepEqual(removed, [path.join(rel, '2.0')]);
+  assert.ok(await exists(path.join(rel, '3.0', 'static', 'shared')), 'what the live release links to is still there');
+});
