@@ -289,6 +289,10 @@ test('CLI: status, validate and history against a running agent; status exits 1 
   assert.equal(unmanaged.code, 1, unmanaged.stdout);
   assert.match(unmanaged.stdout, /agent: not running/);
   assert.match(unmanaged.stdout, new RegExp(`web: running, pid ${v1.pid}`));
+  // The linked release deleted under the running app: said, since a restart could not start it.
+  await rm(path.join(app.releasesDir, 'cfg.1.0'));
+  const gone = await relinkCli(['status', '--config', config]);
+  assert.match(gone.stdout, new RegExp(`warning +${path.join(app.dir, 'app.cfg').replaceAll('.', '\\.')} links to ${path.join(app.releasesDir, 'cfg.1.0').replaceAll('.', '\\.')}, which is gone: a restart could not start the app`));
 });
 
 test('current.conf\'s folder deleted and recreated (rm -rf deploy; mkdir deploy): the loss and the recovery are logged and the next deploy is seen by the watcher', async (t) => {

@@ -145,6 +145,13 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
   proc ??= discovery.main;
   const foreign = (discovery.foreign ?? []).map((p) => ({ pid: p.pid, uid: p.uid, exe: p.exe }));
   const warnings: string[] = [...damaged, ...foreign.map((p) => `pid ${p.pid} runs ${p.exe} as uid ${p.uid}, not as the app's user: left alone`)];
+  // The linked release deleted under the app (rm -rf of the live folder): it
+  // may serve on from what it loaded, but a restart or a crash cannot start it.
+  for (const [key, target] of [['bin', links.bin], ['cfg', links.cfg]] as const) {
+    if (target !== undefined && (await access(target).then(() => false, (err: unknown) => isErrno(err, 'ENOENT')))) {
+      warnings.push(`${key === 'bin' ? app.links.bin : app.links.cfg} links to ${target}, which is gone: a restart could not start the app; deploy or relink rollback to a release that is there`);
+    }
+  }
   if (proc !== undefined && links.bin !== undefined && proc.exe !== '' && proc.exe !== links.bin && proc.exe.startsWith(path.dirname(links.bin) + path.sep) && app.reload.mode === 'inplace') {
     warnings.push(`pid ${proc.pid} runs ${proc.exe}, not the linked ${links.bin}: an in-place reload (reload.strategy "inplace") reloads the config only; the new binary runs once the app is restarted`);
   }
