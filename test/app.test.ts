@@ -1483,7 +1483,7 @@ test('a deploy right after a crash restart waits for the restarted app to settle
 });
 
 test('strategy "socket": the new generation starts beside the old one, which gets stop.signal only once the new one is judged', async () => {
-  const { w, agent } = await running(appConfig({ strategy: 'socket' }, { sockets: ['127.0.0.1:8080'], stop: { signal: 'SIGINT', timeoutMs: 5000 } }));
+  const { w, agent } = await running(appConfig({ strategy: 'socket', startNice: 10 }, { sockets: ['127.0.0.1:8080'], stop: { signal: 'SIGINT', timeoutMs: 5000 } }));
   const old = agent.mainPid!;
   w.write('2.0');
   agent.trigger('watch:change');
@@ -1558,7 +1558,7 @@ test('the generation a reload signal opens is in the state file before the signa
 });
 
 test('strategy "upgrade": the new master (a child of the old) is judged, then the old one gets stop.signal', async () => {
-  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2' }, { stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
+  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2', startNice: 10 }, { stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
   const old = agent.mainPid!;
   w.onSignal = 'upgrade';
   w.write('2.0');
