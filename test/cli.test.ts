@@ -124,3 +124,12 @@ test('a release named on the command line is one name, not a path nor an upload 
   assert.equal(slash.code, 2);
   assert.match(slash.stderr, /^relink rollback: --to must be a release name such as 2\.0 \(found "\.\.\/2\.0"/);
 });
+
+test('history and status name a release file relative to the releases folder: "2.0/app" in a folder per release, not "app" for every release', async () => {
+  const { releaseLabel } = await import('../src/cli/history.js');
+  assert.equal(releaseLabel('/srv/shop/releases/2.0/app', '/srv/shop/releases'), '2.0/app');
+  assert.equal(releaseLabel('/srv/web/release/app.2.0', '/srv/web/release'), 'app.2.0');
+  assert.equal(releaseLabel('/opt/elsewhere/app', '/srv/web/release'), 'app', 'outside the releases folder: its name');
+  assert.equal(releaseLabel('/srv/web/release/app.2.0', undefined), 'app.2.0', 'an app no longer in the config');
+  assert.equal(releaseLabel(null, '/srv/web/release'), '-');
+});

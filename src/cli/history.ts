@@ -24,13 +24,21 @@ export const historyCommand: Command<SpecOf<'history'>> = {
       io.stdout('no deploys recorded yet\n');
       return EXIT.ok;
     }
-    io.stdout(table([['TIME', 'APP', 'OUTCOME', 'ACTION', 'TO (bin / cfg)', 'PID', 'MS', 'REASON'], ...entries.map(row)]));
+    const releasesDirs = new Map(config.apps.map((a) => [a.name, a.releasesDir]));
+    io.stdout(table([['TIME', 'APP', 'OUTCOME', 'ACTION', 'TO (bin / cfg)', 'PID', 'MS', 'REASON'], ...entries.map((e) => row(e, releasesDirs.get(e.app)))]));
     return EXIT.ok;
   },
 };
 
-function row(e: HistoryEntry): string[] {
-  const base = (p: string | null) => (p === null ? '-' : path.basename(p));
+/** A release file as the table shows it: relative to the app's releases folder ("app.2.0", or "2.0/app" in a folder per release), else its name. */
+export function releaseLabel(p: string | null, releasesDir: string | undefined): string {
+  if (p === null) return '-';
+  const rel = releasesDir === undefined ? '' : path.relative(releasesDir, p);
+  return rel === '' || rel.startsWith('..') || path.isAbsolute(rel) ? path.basename(p) : rel;
+}
+
+function row(e: HistoryEntry, releasesDir: string | undefined): string[] {
+  const base = (p: string | null) => releaseLabel(p, releasesDir);
   // A restart's gap: refused connections (outage) or ones that waited in a held socket's backlog (queued).
   const gap = e.outageMs != null ? ` (outage ${e.outageMs} ms)` : e.queuedMs != null ? ` (queued ${e.queuedMs} ms)` : '';
   const asked = e.command === undefined ? '' : ` (relink ${e.command})`;

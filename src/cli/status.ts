@@ -16,6 +16,7 @@ import { changedSettings, launchSettings } from '../settings.js';
 import { ago, EXIT, loadFor, selectApps, table } from './io.js';
 import type { SpecOf } from './commands.js';
 import type { Command } from './spec.js';
+import { releaseLabel } from './history.js';
 import { damageWarner } from './warn.js';
 
 export interface AppStatus {
@@ -246,7 +247,7 @@ async function limitStatus(app: AppConfig, pid: number, warnings: string[]): Pro
   return out;
 }
 
-function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], configFile: string, configChanged = false): string {
+function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], configFile: string, configChanged = false, releasesDirs: ReadonlyMap<string, string> = new Map()): string {
   let out = agent === undefined
     ? `agent: not running for ${configFile}\n`
     : `agent: running, pid ${agent.pid}, since ${agent.startedAt} (${ago(agent.startedAt)})\n`;
@@ -285,7 +286,7 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
     for (const w of a.warnings) rows.push(['  warning', w]);
     const d = a.lastDeploy;
     if (d !== null) {
-      const to = d.to.bin === null ? '' : ` ${path.basename(d.to.bin)}`;
+      const to = d.to.bin === null ? '' : ` ${releaseLabel(d.to.bin, releasesDirs.get(a.name))}`;
       const pids = d.pidBefore === d.pidAfter ? `pid ${d.pidAfter ?? '-'}` : `pid ${d.pidBefore ?? '-'} -> ${d.pidAfter ?? '-'}`;
       // An entry answering relink stop | start | restart is not a deploy: named as what it was.
       const label = d.command === undefined ? '  last deploy' : `  last relink ${d.command}`;
@@ -310,7 +311,7 @@ export const statusCommand: Command<SpecOf<'status'>> = {
       const withPlaces = await Promise.all(statuses.map(async (s, i) => ({ ...s, ...(await appPlaces(apps[i]!, s)) })));
       io.stdout(`${JSON.stringify({ agent: agent ?? null, configChanged, apps: withPlaces }, null, 2)}\n`);
     } else {
-      io.stdout(render(agent, statuses, config.file, configChanged));
+      io.stdout(render(agent, statuses, config.file, configChanged, new Map(config.apps.map((x) => [x.name, x.releasesDir]))));
     }
     // 1 also when no agent runs: the apps may serve, but nothing deploys, supervises or rolls them back (a check on the exit code must see that).
     return agent !== undefined && statuses.every((s) => s.state === 'running' || s.state === 'deploying') ? EXIT.ok : EXIT.failed;
