@@ -454,3 +454,18 @@ test('issue 15: a release the live one links into (9.0/shared -> ../8.0/static) 
   assert.deepEqual(removed, [path.join(rel, '2.0')]);
   assert.ok(await exists(path.join(rel, '3.0', 'static', 'shared')), 'what the live release links to is still there');
 });
+
+test('issue 15: status says a folder in place of the `current` link is not the agent\'s to replace (it said the agent would put it back)', async (t) => {
+  const root = await tmpDir(t);
+  const folders = { releaseNames: { bin: '{release}/app', cfg: '{release}/app.cfg' }, links: { dir: 'current' } };
+  const { config, app, rel } = await oneApp(root, folders);
+  await mkdir(path.join(rel, '1.0'));
+  await writeFile(path.join(rel, '1.0', 'app'), '#!/bin/sh\n', { mode: 0o755 });
+  await writeFile(path.join(rel, '1.0', 'app.cfg'), 'x\n');
+  await symlink(path.join(rel, '1.0', 'app'), app.links.bin);
+  await symlink(path.join(rel, '1.0', 'app.cfg'), app.links.cfg);
+  await mkdir(app.links.dir!);
+  const { appStatus } = await import('../src/cli/status.js');
+  const st = await appStatus(config, app, false);
+  assert.ok(st.warnings.includes(`${app.links.dir} is a folder, not a symlink: the agent does not replace it (LINK_NOT_SYMLINK); move it away, then the agent links the release's folder there`), JSON.stringify(st.warnings));
+});

@@ -1,4 +1,4 @@
-import { access, constants as fsConstants, readFile } from 'node:fs/promises';
+import { access, constants as fsConstants, lstat, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { LIMIT_NAMES, releaseOfFile, type AppConfig, type AgentConfig, type LimitName, type LimitValue } from '../config.js';
 import { hashText } from '../current.js';
@@ -156,7 +156,12 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
   if (proc !== undefined && links.bin !== undefined && proc.exe !== '' && proc.exe !== links.bin && proc.exe.startsWith(path.dirname(links.bin) + path.sep) && app.reload.mode === 'inplace') {
     warnings.push(`pid ${proc.pid} runs ${proc.exe}, not the linked ${links.bin}: an in-place reload (reload.strategy "inplace") reloads the config only; the new binary runs once the app is restarted`);
   }
-  if (links.dirStale === true) warnings.push(`${app.links.dir ?? ''} points at ${links.dir ?? 'nothing'}, not at the folder of the linked release: the agent puts it back on its next re-check`);
+  if (links.dirStale === true) {
+    // Something else than a symlink there (a folder made by hand) is not the agent's to replace: said so, with the way out.
+    const st = app.links.dir === undefined ? undefined : await lstat(app.links.dir).catch(() => undefined);
+    if (st !== undefined && !st.isSymbolicLink()) warnings.push(`${app.links.dir ?? ''} is a ${st.isDirectory() ? 'folder' : 'file'}, not a symlink: the agent does not replace it (LINK_NOT_SYMLINK); move it away, then the agent links the release's folder there`);
+    else warnings.push(`${app.links.dir ?? ''} points at ${links.dir ?? 'nothing'}, not at the folder of the linked release: the agent puts it back on its next re-check (or, when current.conf names a release not applied, at the next deploy or crash restart)`);
+  }
   if (proc?.deleted === true) warnings.push(`pid ${proc.pid} runs ${proc.exe}, which was replaced or deleted on disk after it started`);
   // A log deleted or renamed under the running app (src/logorphan.ts): /proc tells root, not other users.
   const detached = new Map<string, number>();
