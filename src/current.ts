@@ -219,6 +219,12 @@ async function checkReleaseFile(file: string, key: CurrentKey, value: string, re
     const shown = real === abs ? abs : `${abs} -> ${real}`;
     throw fileError('RELEASE_OUTSIDE', file, key, `must be inside the releases folder ${releasesReal}`, shown);
   }
+  // A dot name is an upload in progress (rsync to .2.0.part, then mv) or a
+  // release being pruned: never a release, whichever way it is named.
+  const hidden = path.relative(releasesReal, real).split(path.sep).find((part) => part.startsWith('.'));
+  if (hidden !== undefined) {
+    throw fileError('RELEASE_HIDDEN', file, key, 'must not lie under a name starting with "." (an upload in progress, renamed into place when complete, or a release being pruned)', real);
+  }
   const st = await stat(real);
   if (!st.isFile()) throw fileError('RELEASE_NOT_FILE', file, key, 'must be a regular file', `${real} is a ${kindOf(st)}`);
   if (executable) {

@@ -71,6 +71,7 @@ export type ErrorCode =
   | 'NOTHING_TO_START'
   | 'REQUEST_EXPIRED'
   | 'INTERRUPTED'
+  | 'RELEASE_HIDDEN'
   | 'WRONG_BINARY'
   | 'UNHEALTHY'
   | 'ROLLBACK_FAILED'

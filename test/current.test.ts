@@ -517,3 +517,16 @@ test('issue 15: with links.dir, bin and cfg in two release folders, or bin in th
   const plain = parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: path.dirname(releases) }] }), path.join(root, 'config.json')).apps[0]!;
   await validateCurrent(plain, conf('1.0/bin/app', '2.0/app.cfg'));
 });
+
+test('a release file under a dot name (an upload in progress, .2.0.part/, or a hidden file) is RELEASE_HIDDEN, however current.conf names it', async (t) => {
+  const { app, releases, current } = await layout(t);
+  await mkdir(path.join(releases, '.2.0.part'));
+  await writeFile(path.join(releases, '.2.0.part', 'app'), '#!/bin/sh\n');
+  await chmod(path.join(releases, '.2.0.part', 'app'), 0o755);
+  await rejectsWith(() => validateCurrent(app, conf('.2.0.part/app', 'cfg.1.0')),
+    { code: 'RELEASE_HIDDEN', file: current, key: 'bin.file', rule: 'must not lie under a name starting with "." (an upload in progress, renamed into place when complete, or a release being pruned)', found: path.join(releases, '.2.0.part', 'app') });
+  // Named through a symlink that is not hidden: judged on where it leads.
+  await symlink(path.join(releases, '.2.0.part', 'app'), path.join(releases, 'app.2.0'));
+  await rejectsWith(() => validateCurrent(app, conf('app.2.0', 'cfg.1.0')),
+    { code: 'RELEASE_HIDDEN', file: current, key: 'bin.file', rule: 'must not lie under a name starting with "." (an upload in progress, renamed into place when complete, or a release being pruned)', found: path.join(releases, '.2.0.part', 'app') });
+});
