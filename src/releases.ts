@@ -518,6 +518,9 @@ async function protectionsFor(config: AgentConfig, app: AppConfig, previous: Rel
 async function linkTargets(folder: string): Promise<string[]> {
   const out: string[] = [];
   const pending = [folder];
+  // Folders a link leads to are walked too (live/shared -> ../shared, whose
+  // old3 -> ../3.0/static), each real folder once: links in a loop end.
+  const walked = new Set<string>([await realpath(folder).catch(() => folder)]);
   let count = 0;
   while (pending.length > 0 && count < MAX_FOLDER_ENTRIES) {
     const dir = pending.pop()!;
@@ -528,7 +531,12 @@ async function linkTargets(folder: string): Promise<string[]> {
       if (e.isDirectory()) pending.push(p);
       else if (e.isSymbolicLink()) {
         const real = await realpath(p).catch(() => undefined);
-        if (real !== undefined) out.push(real);
+        if (real === undefined) continue;
+        out.push(real);
+        if (!walked.has(real) && (await lstat(real).catch(() => undefined))?.isDirectory() === true) {
+          walked.add(real);
+          pending.push(real);
+        }
       }
     }
   }
