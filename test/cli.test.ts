@@ -122,7 +122,7 @@ test('a release named on the command line is one name, not a path nor an upload 
   assert.equal(dot.stderr, 'relink deploy: RELEASE must be a release name such as 2.0 (found ".2.0.part": a name starting with "." is an upload in progress, not a release)\nTry: relink deploy --help\n');
   const slash = await run(['rollback', '--config', config, '--to', '../2.0']);
   assert.equal(slash.code, 2);
-  assert.match(slash.stderr, /^relink rollback: --to must be a release name such as 2\.0 \(found "\.\.\/2\.0"/);
+  assert.equal(slash.stderr, 'relink rollback: --to must be a release name such as 2.0 (found "../2.0")\nTry: relink rollback --help\n');
 });
 
 test('history and status name a release file relative to the releases folder: "2.0/app" in a folder per release, not "app" for every release', async () => {

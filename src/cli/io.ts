@@ -55,7 +55,7 @@ export function table(rows0: readonly (readonly string[])[]): string {
  */
 export function releaseName(r: string, option: string): string {
   if (r === '' || r.includes('/') || r.startsWith('.')) {
-    throw new UsageError(`${option} must be a release name such as 2.0 (found ${JSON.stringify(r)}${r.startsWith('.') ? ': a name starting with "." is an upload in progress, not a release' : ''})`);
+    throw new UsageError(`${option} must be a release name such as 2.0 (found ${JSON.stringify(r)}${r.startsWith('.') && !r.includes('/') ? ': a name starting with "." is an upload in progress, not a release' : ''})`);
   }
   return r;
 }
