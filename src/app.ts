@@ -221,8 +221,6 @@ export class AppAgent {
   #answering: { readonly command: 'start' | 'restart'; readonly request: string; readonly at: string } | undefined;
   /** What the previous agent was answering when it stopped, until this one's first look at the app. */
   #savedAnswering: { readonly command: 'start' | 'restart'; readonly request: string; readonly at: string } | undefined;
-  /** A generation started at a lower CPU priority (reload.startNice) and not judged yet, with the processes reniced so far. */
-  #nicer: { readonly gen: number; readonly pids: Set<number> } | undefined;
   /** The process this agent started last: how it ended (once it has) and its output, for the reason of a verdict on it (#healthy). */
   #launched: { readonly pid: number; readonly ended: Promise<string>; readonly output: OutputTail; readonly beside: boolean } | undefined;
   /** The generation a deploy in flight is bringing up: stopped if it fails. */
@@ -969,8 +967,6 @@ export class AppAgent {
     const launched = await this.#fx.launch({ serve });
     // The new generation, stopped if it fails verification.
     this.#newGen = launched.gen;
-    // Beside a serving generation ("socket"): started at a lower CPU priority until judged.
-    if (!serve) this.#startNicer(launched.gen, [launched.pid]);
     this.#started = { gen: launched.gen, settings: launchSettings(this.app) };
     // Known on disk before it is waited for: an agent killed now leaves the
     // next one able to judge it (or stop it), never an unknown copy serving.
@@ -994,12 +990,7 @@ export class AppAgent {
    */
   async #healthy(proc: ProcInfo, stopBy: StopBy, since?: number, alreadyReady = false): Promise<ProcInfo> {
     try {
-      // A generation started nicer is probed at the agent's priority: sharing
-      // the socket with the serving one, it lost every accept() race to it
-      // and never answered a probe (unicorn "upgrade", in a test).
-      const nicer = this.#nicer;
-      const settled = nicer !== undefined && nicer.gen === proc.gen ? () => void this.#normalPriority(nicer.gen, proc) : undefined;
-      return await awaitHealthy(this.#fx, this.app, proc, stopBy, since, alreadyReady, settled);
+      return await awaitHealthy(this.#fx, this.app, proc, stopBy, since, alreadyReady);
     } catch (err) {
       const launched = this.#launched;
       if (!(err instanceof RelinkError) || err.code !== 'APP_EXITED' || launched === undefined || launched.pid !== proc.pid) throw err;
@@ -1322,42 +1313,11 @@ export class AppAgent {
       this.#tracker.forget();
       return this.#startNew(stopBy);
     }
-    if (this.app.reload.mode === 'reexec') {
-      const upgrade = this.app.reload.strategy === 'upgrade';
-      const successor = await awaitHandoff(this.#fx, this.app, main, gen, stopBy, !upgrade);
-      // "upgrade": returned as soon as the new master appears, beside the
-      // serving one; it (and the workers it forks) run nicer until judged.
-      if (upgrade) this.#startNicer(gen, [successor.pid]);
-      return successor;
-    }
+    if (this.app.reload.mode === 'reexec') return awaitHandoff(this.#fx, this.app, main, gen, stopBy, this.app.reload.strategy !== 'upgrade');
     // In place: the main itself now belongs to the new generation, with the workers it starts.
     return { ...(await confirmInPlace(this.#fx, this.app, main)), gen };
   }
 
-  /**
-   * Processes of generation `gen`, starting beside the one that serves, run
-   * reload.startNice nicer until it is judged: an interpreter loading the
-   * app (a second or more of CPU) then takes CPU from the serving
-   * generation's requests only when they leave some (their p99 latency
-   * during deploys was 5-7 times the control's on 2 cores: BENCHMARKS.md).
-   * Workers it forks later inherit the niceness.
-   */
-  #startNicer(gen: number, pids: readonly number[]): void {
-    if (this.app.reload.startNice === 0) return;
-    if (this.#nicer?.gen !== gen) this.#nicer = { gen, pids: new Set() };
-    const fresh = pids.filter((p) => !this.#nicer!.pids.has(p));
-    if (fresh.length === 0) return;
-    for (const p of fresh) this.#nicer.pids.add(p);
-    this.#fx.setNice(fresh, this.app.reload.startNice);
-  }
-
-  /** Generation `gen` now serves: back to the agent's niceness, its main first (what it forks from now on inherits that), then every process of it known. */
-  async #normalPriority(gen: number, main: ProcInfo): Promise<void> {
-    this.#fx.setNice([main.pid], 0);
-    await this.#fx.refreshLineage(true).catch(() => undefined);
-    const members = this.#fx.lineage()?.members.filter((m) => m.gen === gen && m.pid !== main.pid).map((m) => m.pid) ?? [];
-    if (members.length > 0) this.#fx.setNice(members, 0);
-  }
 
   /**
    * A new generation passed verification: it serves, and the ones before it
@@ -1366,8 +1326,6 @@ export class AppAgent {
    */
   #serve(after: ProcInfo, previous?: ProcInfo): void {
     const gen = after.gen ?? this.#fx.lineage()?.serving ?? 0;
-    if (this.#nicer?.gen === gen) void this.#normalPriority(gen, after);
-    this.#nicer = undefined;
     this.#startedServes(gen);
     this.#fx.promote(gen, after);
     this.#reloading = undefined;

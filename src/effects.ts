@@ -4,7 +4,6 @@
  * tableflip swaps its `env`). The edges themselves are tested for real.
  */
 import { stat } from 'node:fs/promises';
-import os from 'node:os';
 import type { AppConfig } from './config.js';
 import { isErrno } from './errors.js';
 import { readCurrent, validateCurrent, type CurrentSnapshot, type Release } from './current.js';
@@ -69,13 +68,6 @@ export interface Effects {
   openGeneration(main: ProcIdentity): number;
   /** Generation `gen`, whose main process is `main`, passed verification and serves; older ones drain. */
   promote(gen: number, main: ProcInfo): void;
-  /**
-   * Set the CPU niceness (setpriority(2)) of each process to the agent's
-   * own plus `above` (at most 19); children they fork later inherit it. Only
-   * as root (only root may renice back up): otherwise nothing. A process
-   * gone meanwhile is skipped. Never throws.
-   */
-  setNice(pids: readonly number[], above: number): void;
   /** A reload that failed: children `main` starts from now belong to its own generation again. */
   closeGeneration(gen: number): void;
   /** What is known of the app's processes, for the state file (undefined: nothing to keep). */
@@ -196,17 +188,6 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     openGeneration: (main) => finder.open(main),
     sharesListener: (old, successor) => sharesListener(old, successor),
     promote: (gen, main) => finder.promote(gen, main),
-    setNice: (pids, above) => {
-      if (process.getuid?.() !== 0) return;
-      const nice = Math.min(19, os.getPriority() + above);
-      for (const pid of pids) {
-        try {
-          os.setPriority(pid, nice);
-        } catch {
-          // Gone (ESRCH), or not ours to renice (EACCES): it keeps the niceness it has.
-        }
-      }
-    },
     closeGeneration: (gen) => finder.close(gen),
     lineage: () => finder.record(),
     restoreLineage: (rec, legacy) => finder.restore(rec, legacy),

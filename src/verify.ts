@@ -286,7 +286,7 @@ export function assertBinary(app: AppConfig, proc: ProcInfo, release: Release): 
  * no probe is sent before the settle time is over. Returns the process
  * judged: the one given, or the child it daemonized into.
  */
-export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER, since?: number, alreadyReady = false, onSettled?: () => void): Promise<ProcInfo> {
+export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER, since?: number, alreadyReady = false): Promise<ProcInfo> {
   const { probe, deadlineMs, settleMs, intervalMs, readiness } = app.health;
   const start = fx.now();
   const deadline = start + deadlineMs;
@@ -314,9 +314,6 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
     }
     if (!ready) ready = await fx.notifiedReady(since ?? start, fx.now());
     if (ready && fx.now() >= settledAt) {
-      // Told once, before the first probe (a generation started nicer gets its priority back: src/app.ts #startNicer).
-      onSettled?.();
-      onSettled = undefined;
       if (probe === undefined) return proc;
       if (fx.now() >= nextProbe) {
         // Judged on the generation of `proc`: an answer from an older one

@@ -119,12 +119,6 @@ class World implements Effects {
   /** The old main still listens beside its successor (not handed over): set to simulate a successor that is never ready. */
   listening = false;
 
-  /** setNice calls, as [pid, above the agent's niceness]. */
-  niced: Array<[number, number]> = [];
-  setNice(pids: readonly number[], above: number): void {
-    for (const pid of pids) this.niced.push([pid, above]);
-  }
-
   sharesListener(): boolean {
     return this.listening;
   }
@@ -1483,7 +1477,7 @@ test('a deploy right after a crash restart waits for the restarted app to settle
 });
 
 test('strategy "socket": the new generation starts beside the old one, which gets stop.signal only once the new one is judged', async () => {
-  const { w, agent } = await running(appConfig({ strategy: 'socket', startNice: 10 }, { sockets: ['127.0.0.1:8080'], stop: { signal: 'SIGINT', timeoutMs: 5000 } }));
+  const { w, agent } = await running(appConfig({ strategy: 'socket' }, { sockets: ['127.0.0.1:8080'], stop: { signal: 'SIGINT', timeoutMs: 5000 } }));
   const old = agent.mainPid!;
   w.write('2.0');
   agent.trigger('watch:change');
@@ -1495,10 +1489,6 @@ test('strategy "socket": the new generation starts beside the old one, which get
   assert.notEqual(agent.mainPid, old);
   assert.deepEqual(w.signals, [[old, 'SIGINT']], 'the old generation is told to stop with stop.signal, and nothing else is signalled');
   assert.equal(w.procs.get(agent.mainPid!)?.exe, `${REL}/app.2.0`);
-  // Started reload.startNice (10) nicer beside the serving one, back to the agent's niceness once judged.
-  assert.deepEqual(w.niced[0], [agent.mainPid, 10]);
-  assert.ok(w.niced.some(([pid, n]) => pid === agent.mainPid && n === 0), JSON.stringify(w.niced));
-  assert.ok(!w.niced.some(([pid, n]) => pid === old && n !== 0), 'the serving generation is left as it is');
 });
 
 test('strategy "socket": a new generation that fails is stopped and the old one, never signalled, serves on', async () => {
@@ -1558,7 +1548,7 @@ test('the generation a reload signal opens is in the state file before the signa
 });
 
 test('strategy "upgrade": the new master (a child of the old) is judged, then the old one gets stop.signal', async () => {
-  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2', startNice: 10 }, { stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
+  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2' }, { stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
   const old = agent.mainPid!;
   w.onSignal = 'upgrade';
   w.write('2.0');
@@ -1569,10 +1559,6 @@ test('strategy "upgrade": the new master (a child of the old) is judged, then th
   assert.equal(e.action, 'signal');
   assert.deepEqual(w.signals, [[old, 'SIGUSR2'], [old, 'SIGQUIT']]);
   assert.notEqual(agent.mainPid, old);
-  // The new master ran reload.startNice nicer from when it was found until judged; the old one was left as it is.
-  assert.deepEqual(w.niced[0], [agent.mainPid, 10]);
-  assert.ok(w.niced.some(([pid, n]) => pid === agent.mainPid && n === 0), JSON.stringify(w.niced));
-  assert.ok(!w.niced.some(([pid, n]) => pid === old && n !== 0), 'the serving master is left as it is');
 });
 
 test('strategy "reexec" on an app that just exits on the signal: the failure names the strategies that fit', async () => {

@@ -55,7 +55,7 @@ test('defaults are filled in and paths resolved', async (t) => {
   assert.equal(app.pidFile, undefined);
   assert.deepEqual([...app.command], ['./app.bin', '-c', 'app.cfg']);
   assert.deepEqual({ ...app.env }, {});
-  assert.deepEqual({ ...app.reload }, { strategy: 'reexec', signal: 'SIGHUP', mode: 'reexec', timeoutMs: 15_000, drainTimeoutMs: 60_000, startNice: 0, deprecatedMode: false });
+  assert.deepEqual({ ...app.reload }, { strategy: 'reexec', signal: 'SIGHUP', mode: 'reexec', timeoutMs: 15_000, drainTimeoutMs: 60_000, deprecatedMode: false });
   assert.deepEqual(app.sockets, []);
   assert.deepEqual({ ...app.stop }, { signal: 'SIGTERM', timeoutMs: 10_000 });
   assert.equal(app.health.readiness, 'probe');
@@ -110,7 +110,7 @@ test('overrides are honoured, relative app paths resolved against the app dir', 
   assert.deepEqual({ ...app.links }, { bin: '/srv/api/bin/app', cfg: '/etc/api/app.conf' });
   assert.equal(app.logFile, '/srv/api/logs/app.log');
   assert.equal(app.pidFile, '/srv/api/run/app.pid');
-  assert.deepEqual({ ...app.reload }, { strategy: 'inplace', signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500, drainTimeoutMs: 60_000, startNice: 0, deprecatedMode: true });
+  assert.deepEqual({ ...app.reload }, { strategy: 'inplace', signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500, drainTimeoutMs: 60_000, deprecatedMode: true });
 });
 
 test('relative app paths resolve against dir; currentFile defaults into releasesDir; one link overridden keeps the other default', () => {
@@ -122,7 +122,7 @@ test('relative app paths resolve against dir; currentFile defaults into releases
   assert.deepEqual({ ...app.links }, { bin: '/srv/web/app.bin', cfg: '/srv/web/nginx.conf' });
   // A partial reload block keeps the other defaults.
   const r = parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', reload: { mode: 'inplace' } }] }), '/c.json').apps[0]!.reload;
-  assert.deepEqual({ ...r }, { strategy: 'inplace', signal: 'SIGHUP', mode: 'inplace', timeoutMs: 15_000, drainTimeoutMs: 60_000, startNice: 0, deprecatedMode: true });
+  assert.deepEqual({ ...r }, { strategy: 'inplace', signal: 'SIGHUP', mode: 'inplace', timeoutMs: 15_000, drainTimeoutMs: 60_000, deprecatedMode: true });
 });
 
 test('three mistakes are three problems, each with the file and its key path', () => {

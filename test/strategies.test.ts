@@ -6,13 +6,13 @@
  * back; "restart" reports its gap in the journal.
  */
 import assert from 'node:assert/strict';
-import { chmod, mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { writeFileAtomic } from '../src/atomicWrite.js';
 import { freePort } from '../src/demo/layout.js';
 import { SocketHolder } from '../src/sockets.js';
-import { needProgram, rootOnly } from './accounts.js';
+import { needProgram } from './accounts.js';
 import { defer, get, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 import { assertNoErrors, configFor, FDAPP, load, makeApp, nth, PLAIN, servedBy, setCurrent, type App } from './plainapps.js';
 
@@ -81,47 +81,6 @@ test('"socket": releases that exit at start, are never healthy, or never ready l
     assert.equal(still.pid, good.pid, `${bad}: the old generation was never touched`);
   }
   assertNoErrors(await wrk.stop());
-  await agent.stop();
-});
-
-/** A process's niceness (proc(5): field 19 of /proc/PID/stat), or undefined once it is gone. */
-async function niceOf(pid: number): Promise<number | undefined> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
-  return stat === undefined ? undefined : Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
-}
-
-test('"socket": a new generation starts reload.startNice nicer than the agent (it takes CPU from the serving one\'s requests only when they leave some) and gets the agent\'s niceness back before it is probed', async (t) => {
-  if (!rootOnly(t)) return;
-  const root = await tmpDir(t);
-  // "slow" sleeps 1.5 s before it serves: long enough to be seen while judged.
-  const app = await makeApp(root, 'nicer', PLAIN, { a: '', slow: 'ready_delay_ms=1500\n' });
-  reapMarkedAfter(t, app.dir);
-  await setCurrent(app, 'a');
-  // A settle time long enough to look at it before it is probed (from then on it runs at the agent's priority, to win accept() races too).
-  const agent = startAgent(t, await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], reload: { strategy: 'socket', startNice: 7 }, health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 3_000, deadlineMs: 10_000, intervalMs: 50 } }));
-  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
-  const first = await servedBy(app.port, 'app.a');
-  assert.equal(await niceOf(first.pid), 0, 'the first start is no start beside a serving generation');
-  await setCurrent(app, 'slow');
-  // The new generation, while it is judged: the release's own process.
-  // The new generation, while it is judged: a process of the app (its cwd
-  // the app's folder, running app.bin) that is not the serving one. Read
-  // from /proc: a relink status takes too long under load to catch it.
-  const judged = await waitFor('the new generation to run', async () => {
-    for (const pid of (await readdir('/proc')).filter((d) => /^\d+$/.test(d)).map(Number)) {
-      if (pid === first.pid) continue;
-      const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => '');
-      const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-      if (cwd === app.dir && cmd.includes('app.bin')) return pid;
-    }
-    return undefined;
-  }, { intervalMs: 20 });
-  assert.equal(await niceOf(judged), 7, 'started nicer');
-  assert.equal(await niceOf(first.pid), 0, 'the serving generation is left as it is');
-  assert.equal((await nth(root, app.name, 2)).outcome, 'deployed');
-  const now = await servedBy(app.port, 'app.slow');
-  assert.equal(now.pid, judged);
-  await waitFor('the agent\'s niceness back', async () => ((await niceOf(judged)) === 0 ? true : undefined));
   await agent.stop();
 });
 
