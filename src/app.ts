@@ -39,7 +39,7 @@ import { describeDamage } from './stateDir.js';
 import { ProcessTracker } from './tracker.js';
 import { Generations } from './generations.js';
 import { inflightFor, journaled, newestRoot, recoveredAttempt, recoveryPlan } from './inflight.js';
-import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, describeExit, IN_PLACE_FOUND, runsRelease, type OutputTail, type StopBy } from './verify.js';
+import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, describeExit, IN_PLACE_FOUND, runsRelease, type StartedProcess, type StopBy } from './verify.js';
 
 /**
  * A pass asked for on the first file event, before the watcher's quiet
@@ -67,9 +67,6 @@ export const STOP_BUDGET = { verifyMs: 10_000, rollbackMs: 20_000, waitMs: 22_00
 
 /** current.conf reads while it keeps being refused: a burst of 20, then at most 5 a second (src/throttle.ts). */
 export const READ_LIMIT = { burst: 20, perSecond: 5 } as const;
-
-/** How long a started process's exit status is waited for once it is gone from /proc (ms): it is reaped at about the same moment. */
-const EXIT_STATUS_WAIT_MS = 500;
 
 /** A liveness restart: SIGTERM, then SIGKILL if the app has not exited after this long (ms). */
 export const LIVENESS_KILL_MS = 10_000;
@@ -221,8 +218,8 @@ export class AppAgent {
   #answering: { readonly command: 'start' | 'restart'; readonly request: string; readonly at: string } | undefined;
   /** What the previous agent was answering when it stopped, until this one's first look at the app. */
   #savedAnswering: { readonly command: 'start' | 'restart'; readonly request: string; readonly at: string } | undefined;
-  /** The process this agent started last: how it ended (once it has) and its output, for the reason of a verdict on it (#healthy). */
-  #launched: { readonly pid: number; readonly ended: Promise<string>; readonly output: OutputTail; readonly beside: boolean } | undefined;
+  /** The process this agent started last, for the reason of a verdict on it (verify.ts StartedProcess). */
+  #launched: StartedProcess | undefined;
   /** The generation a deploy in flight is bringing up: stopped if it fails. */
   #newGen: number | undefined;
   /** Under "upgrade": the master the serving one replaced (its parent until it exits). */
@@ -744,7 +741,7 @@ export class AppAgent {
     this.#unsettled = undefined;
     if (main === undefined || unsettled === undefined || !sameProcess(main, unsettled)) return main;
     try {
-      return await this.#healthy(main, this.#verifyBy, this.#tracker.sinceMs);
+      return await awaitHealthy(this.#fx, this.app, main, this.#verifyBy, this.#tracker.sinceMs, false, this.#launched);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
       this.#log.warn({ appPid: main.pid, code: err.code }, `the restarted app did not settle before the deploy (${err.message})`);
@@ -848,7 +845,7 @@ export class AppAgent {
     try {
       after = await bringUp();
       if (action !== 'signal' || this.app.reload.mode === 'reexec') assertBinary(this.app, after, release);
-      after = await this.#healthy(after, this.#verifyBy, since);
+      after = await awaitHealthy(this.#fx, this.app, after, this.#verifyBy, since, false, this.#launched);
       if (action === 'signal' && this.app.reload.strategy === 'inplace') await this.#assertNoNewMaster(after);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
@@ -978,35 +975,12 @@ export class AppAgent {
       this.check();
       return exited;
     });
-    this.#launched = { pid: launched.pid, ended, output: launched.output, beside: !serve };
-    return awaitStart(this.#fx, this.app, launched.pid, () => exited, serve ? launched.output : undefined, stopBy, launched.gen);
-  }
-
-  /**
-   * awaitHealthy, and when the process judged is one this agent started and
-   * it exited before its verdict, the reason says how (exit code or signal)
-   * and quotes its last output, as a start that fails at once does: "pid N
-   * exited 40 ms after the deploy" alone sent the operator to the log.
-   */
-  async #healthy(proc: ProcInfo, stopBy: StopBy, since?: number, alreadyReady = false): Promise<ProcInfo> {
-    try {
-      return await awaitHealthy(this.#fx, this.app, proc, stopBy, since, alreadyReady);
-    } catch (err) {
-      const launched = this.#launched;
-      if (!(err instanceof RelinkError) || err.code !== 'APP_EXITED' || launched === undefined || launched.pid !== proc.pid) throw err;
-      // Its exit is reaped by now, or within moments (the process is gone from /proc).
-      const how = await Promise.race([launched.ended, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), EXIT_STATUS_WAIT_MS).unref())]);
-      // Started beside a serving generation, it shares the app's output with
-      // it: the last lines may be the other one's (its access log, under
-      // load), so they are not quoted as this one's.
-      const said = launched.beside ? '' : await launched.output().catch(() => '');
-      if (how === undefined && said === '') throw err;
-      // "..., exit code 3 (see app.log)", or with the last output quoted in place of the pointer to it.
-      const see = / \(see [^)]*\)$/.exec(err.message)?.[0] ?? '';
-      const base = err.message.slice(0, err.message.length - see.length);
-      throw new RelinkError('APP_EXITED', `${base}${how === undefined ? '' : `, ${how}`}${said === '' ? see : `; its last output: ${said}`}`,
-        { file: err.file, key: err.key, rule: err.rule, found: how ?? err.found }, { cause: err });
-    }
+    // Started beside a serving generation, it shares the app's output with
+    // it: the last lines may be the other one's (its access log, under load),
+    // so they are not quoted as this one's.
+    const output = serve ? launched.output : undefined;
+    this.#launched = { pid: launched.pid, ended, output };
+    return awaitStart(this.#fx, this.app, launched.pid, () => exited, output, stopBy, launched.gen);
   }
 
   /**
@@ -1234,7 +1208,7 @@ export class AppAgent {
       } else {
         after = await this.#takeOver(main, this.#verifyBy);
       }
-      after = await this.#healthy(after, this.#verifyBy, since);
+      after = await awaitHealthy(this.#fx, this.app, after, this.#verifyBy, since, false, this.#launched);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
       await this.#stopFailed(main, err);
@@ -1437,7 +1411,7 @@ export class AppAgent {
         if (this.app.reload.mode === 'reexec') assertBinary(this.app, after, good);
       }
       // An untouched old process said READY=1 long ago: only its health is asked again.
-      after = await this.#healthy(after, this.#rollbackBy, undefined, sameProcess(after, before));
+      after = await awaitHealthy(this.#fx, this.app, after, this.#rollbackBy, undefined, sameProcess(after, before), this.#launched);
       this.#serve(after, now);
       // The operator's newer write wins: current.conf is put back only if it
       // still holds what failed; anything written since is applied next.

@@ -286,7 +286,19 @@ export function assertBinary(app: AppConfig, proc: ProcInfo, release: Release): 
  * no probe is sent before the settle time is over. Returns the process
  * judged: the one given, or the child it daemonized into.
  */
-export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER, since?: number, alreadyReady = false): Promise<ProcInfo> {
+/** A process the agent started itself: how it ended and what it wrote, for the reason when it exits before its verdict. */
+export interface StartedProcess {
+  readonly pid: number;
+  /** How it ended ("exit code 3", "killed by SIGSEGV": describeExit), resolved once it has exited. */
+  readonly ended: Promise<string>;
+  /** Its last output; undefined when it is not its own to quote (a generation serving beside it writes to the same log). */
+  readonly output: OutputTail | undefined;
+}
+
+/** How long a started process's exit status is waited for once it is gone from /proc (ms): it is reaped at about the same moment. */
+const EXIT_STATUS_WAIT_MS = 500;
+
+export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER, since?: number, alreadyReady = false, started?: StartedProcess): Promise<ProcInfo> {
   const { probe, deadlineMs, settleMs, intervalMs, readiness } = app.health;
   const start = fx.now();
   const deadline = start + deadlineMs;
@@ -309,8 +321,14 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
         throw new RelinkError('APP_EXITED', `pid ${proc.pid} died ${fx.now() - start} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe), and was left unreaped by its parent (a zombie) (see ${outputWhere(app)})`,
           { ...logFileOf(app), key: 'health.settleMs', rule: 'the app must stay up', found: `pid ${proc.pid} is a zombie` });
       }
-      throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${fx.now() - start} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe) (see ${outputWhere(app)})`,
-        { ...logFileOf(app), key: 'health.settleMs', rule: 'the app must stay up', found: `exited after ${fx.now() - start} ms` });
+      // One the agent started: how it ended and, when its own, what it said
+      // last ("pid N exited 40 ms after the deploy" alone sent the operator to the log).
+      const ms = fx.now() - start;
+      const own = started?.pid === proc.pid ? started : undefined;
+      const how = own === undefined ? undefined : await Promise.race([own.ended, fx.sleep(EXIT_STATUS_WAIT_MS).then(() => undefined)]);
+      const said = own?.output === undefined ? '' : await own.output().catch(() => '');
+      throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${ms} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe)${how === undefined ? '' : `, ${how}`}${said === '' ? ` (see ${outputWhere(app)})` : `; its last output: ${said}`}`,
+        { ...logFileOf(app), key: 'health.settleMs', rule: 'the app must stay up', found: how ?? `exited after ${ms} ms` });
     }
     if (!ready) ready = await fx.notifiedReady(since ?? start, fx.now());
     if (ready && fx.now() >= settledAt) {
