@@ -27,7 +27,7 @@ import https from 'node:https';
 import path from 'node:path';
 import { runCommand } from './command.js';
 import type { AgentConfig } from './config.js';
-import { describeError, fileError, isErrno, RelinkError } from './errors.js';
+import { describeError, fileError, isErrno, type RelinkError } from './errors.js';
 import { agentIdentity, planCommand } from './launch.js';
 import type { AttemptResult, NotifyPayload, Send, Target } from './notifications.js';
 import { NOTIFY_STOP_MS } from './notifications.js';
@@ -137,11 +137,9 @@ export async function runNotifier(target: Target, payload: NotifyPayload, signal
   let plan: { file: string; args: readonly string[]; env: Readonly<Record<string, string | undefined>> };
   let cwd: string;
   if (target.app === undefined) {
-    const untrusted = await checkAgentProgram(argv[0] ?? '', target.configFile, key).catch((err: unknown) => {
-      if (isErrno(err, 'ENOENT')) return new RelinkError('NOTIFY_FAILED', `${argv[0] ?? ''} does not exist`, { key, rule: 'must name a program that exists', found: 'ENOENT' });
-      throw err;
-    });
-    if (untrusted !== undefined) return { ok: false, retry: false, status: `not run: ${untrusted.message}`, code: untrusted.code };
+    // Checked again before each run, as when the config was loaded (it may have changed since).
+    const problem = await programProblem(argv[0] ?? '', target.configFile, key, true);
+    if (problem !== undefined) return { ok: false, retry: false, status: `not run: ${problem.message}`, code: problem.code };
     plan = { file: argv[0]!, args: argv.slice(1), env: process.env };
     cwd = '/';
   } else {
@@ -169,25 +167,32 @@ export async function runNotifier(target: Target, payload: NotifyPayload, signal
  */
 export async function notifierProgramProblems(config: AgentConfig): Promise<RelinkError[]> {
   const checks: Array<Promise<RelinkError | undefined>> = [];
-  const check = async (program: string, key: string, global: boolean): Promise<RelinkError | undefined> => {
-    const refuse = (rule: string, found: string) => fileError('NOTIFY_FAILED', config.file, key, rule, found);
-    try {
-      const st = await stat(program);
-      if (!st.isFile()) return refuse('must name a program file', `${program} is not a file`);
-      if ((st.mode & 0o111) === 0) return refuse('must name an executable program', `${program} has no execute permission, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}`);
-      return global ? await checkAgentProgram(program, config.file, key) : undefined;
-    } catch (err) {
-      if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return refuse('must name a program that exists', `${program} does not exist`);
-      return refuse('must name a program the agent can look at', `${program}: ${describeError(err).message}`);
-    }
-  };
   config.notify.forEach((n, i) => {
     const program = n.command?.[0];
-    if (program !== undefined) checks.push(check(program, `notify[${i}].command`, true));
+    if (program !== undefined) checks.push(programProblem(program, config.file, `notify[${i}].command`, true));
   });
   config.apps.forEach((a, ai) => a.notify.forEach((n, i) => {
     const program = n.command?.[0];
-    if (program !== undefined && program.includes('/')) checks.push(check(path.resolve(a.dir, program), `apps[${ai}].notify[${i}].command`, false));
+    if (program !== undefined && program.includes('/')) checks.push(programProblem(path.resolve(a.dir, program), config.file, `apps[${ai}].notify[${i}].command`, false));
   }));
   return (await Promise.all(checks)).filter((p) => p !== undefined);
+}
+
+/**
+ * What is wrong with a notifier's program (absolute path), if anything:
+ * missing, not a file, not executable, and for a global one (run as root)
+ * writable by anyone but root (trust.ts checkAgentProgram). The one check,
+ * when the config is loaded and before each run. Never throws.
+ */
+async function programProblem(program: string, configFile: string, key: string, global: boolean): Promise<RelinkError | undefined> {
+  const refuse = (rule: string, found: string) => fileError('NOTIFY_FAILED', configFile, key, rule, found);
+  try {
+    const st = await stat(program);
+    if (!st.isFile()) return refuse('must name a program file', `${program} is not a file`);
+    if ((st.mode & 0o111) === 0) return refuse('must name an executable program', `${program} has no execute permission, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}`);
+    return global ? await checkAgentProgram(program, configFile, key) : undefined;
+  } catch (err) {
+    if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return refuse('must name a program that exists', `${program} does not exist`);
+    return refuse('must name a program the agent can look at', `${program}: ${describeError(err).message}`);
+  }
 }
