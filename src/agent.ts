@@ -95,10 +95,6 @@ function observerFor(hub: MonitoringHub, name: string): AppObserver {
   };
 }
 
-/** Is there anything for the metrics to do: a listener or a textfile? */
-function metricsWanted(config: AgentConfig): boolean {
-  return config.metrics !== undefined && (config.metrics.listen !== undefined || config.metrics.textfile !== undefined);
-}
 
 export interface AgentOptions {
   /** The journald apps without a logFile write to; default the host's (src/appoutput.ts); null: always their log file. */
@@ -495,10 +491,7 @@ export class Agent {
    */
   async #monitor(config: AgentConfig): Promise<void> {
     const hub = this.#hub;
-    if (config.metrics !== undefined && !metricsWanted(config)) {
-      this.#log.warn({ code: 'METRICS_UNAVAILABLE' }, `"metrics" names neither "listen" nor "textfile" in ${config.file}: nothing is served or written (add one, then relink reload)`);
-    }
-    if (!metricsWanted(config)) {
+    if (config.metrics === undefined) {
       if (hub.current !== undefined) {
         await hub.current.close({ removeTextfile: true });
         hub.current = undefined;
@@ -506,7 +499,7 @@ export class Agent {
       }
       return;
     }
-    const settings = config.metrics!;
+    const settings = config.metrics;
     const apps = this.#slots.map((s) => ({ app: s.app.app, state: s.app.state, up: s.app.mainPid !== undefined }));
     if (hub.current === undefined) {
       try {

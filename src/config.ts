@@ -357,6 +357,11 @@ const MetricsSchema = z.strictObject({
     .refine((p) => p.endsWith('.prom') && path.basename(p) !== '.prom', 'must name a file ending in ".prom" (node_exporter\'s textfile collector reads only those)').optional()
     .meta(about('a file the agent writes its `relink_` metrics to, atomically (temp file + rename), on every change and every 15 s, for node_exporter\'s textfile collector; neither its folder nor one above it may be writable by an app\'s user or by every user; none: no file')),
 }).superRefine((m, ctx) => {
+  // "metrics": {} (or only "public") would turn on nothing, silently.
+  if (m.listen === undefined && m.textfile === undefined) {
+    ctx.addIssue({ code: 'custom', path: [], message: 'needs "listen" or "textfile" (or both): with neither, nothing is served or written' });
+    return;
+  }
   if (m.listen === undefined || m.public || listenAddressProblem(m.listen) !== undefined) return;
   if (!loopbackOnly(parseListenAddress(m.listen))) {
     ctx.addIssue({ code: 'custom', path: ['listen'], message: 'must be a loopback address ("127.0.0.1:PORT", "[::1]:PORT") or "unix:/path": the status page shows every app\'s state and the journal\'s reasons to whoever connects; set "metrics.public": true to serve them to other hosts' });

@@ -419,6 +419,10 @@ test('metrics.listen other hosts could reach is refused unless "public" says so;
   assert.throws(() => load({ listen: '127.0.0.1:99999' }), { message: '/etc/relink/config.json: "metrics.listen": the port must be a number 1-65535 (found: "127.0.0.1:99999")' });
   assert.throws(() => load({ textfile: 'relink.prom' }), /"metrics.textfile": must be an absolute path \(found: "relink.prom"\)/);
   assert.throws(() => load({ textfile: '/var/lib/node_exporter/relink.txt' }), /"metrics.textfile": must name a file ending in "\.prom"/);
+  // Neither a listener nor a textfile: refused, not silently off.
+  for (const metrics of [{}, { public: true }]) {
+    assert.throws(() => load(metrics), { message: `/etc/relink/config.json: "metrics": needs "listen" or "textfile" (or both): with neither, nothing is served or written (found: ${JSON.stringify(metrics)})` });
+  }
   assert.equal(load(null).metrics, undefined);
   assert.equal(parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web' }] }), '/c.json').metrics, undefined, 'off by default');
 });
