@@ -255,30 +255,29 @@ export class Monitoring {
    * old one is closed first and bound again if the new one still fails.
    */
   async #moveTo(address: string, serving: string | undefined): Promise<void> {
-    const old = this.#server;
     let bound = await this.#bind(address);
-    if (typeof bound === 'string' && old !== undefined && bound.includes('EADDRINUSE')) {
+    if ('problem' in bound && bound.inUse && this.#server !== undefined) {
       await this.#closeServer();
       bound = await this.#bind(address);
-      if (typeof bound === 'string' && serving !== undefined) {
+      if ('problem' in bound && serving !== undefined) {
         const back = await this.#bind(serving);
-        if (typeof back !== 'string') this.#server = back;
+        if ('server' in back) this.#server = back.server;
       }
-    } else if (typeof bound !== 'string') {
+    } else if ('server' in bound) {
       await this.#closeServer();
     }
-    if (typeof bound !== 'string') {
-      this.#server = bound;
+    if ('server' in bound) {
+      this.#server = bound.server;
       this.#log.info({ address }, `serving the metrics at ${address} /metrics and the status page at /`);
       return;
     }
     const still = this.#server !== undefined && serving !== undefined ? `still serving on ${serving}` : 'the agent and the apps run on without them';
-    this.listenProblem = `cannot serve the metrics and the status page on ${address} (${bound}): ${still}; fix "metrics.listen" (or free the address) and relink reload`;
-    this.#log.error({ code: 'METRICS_UNAVAILABLE', address, err: bound }, this.listenProblem);
+    this.listenProblem = `cannot serve the metrics and the status page on ${address} (${bound.problem}): ${still}; fix "metrics.listen" (or free the address) and relink reload`;
+    this.#log.error({ code: 'METRICS_UNAVAILABLE', address, err: bound.problem }, this.listenProblem);
   }
 
-  /** A listening server on `address`, or why not (never throws). */
-  async #bind(address: string): Promise<http.Server | string> {
+  /** A listening server on `address`, or why not (never throws); `inUse`: another socket holds the address. */
+  async #bind(address: string): Promise<{ server: http.Server } | { problem: string; inUse: boolean }> {
     const a = parseListenAddress(address);
     // Requests' headers and bodies are timed out (REQUEST_TIMEOUT_MS) by a
     // sweep of every connection this often (Node's default: 30 s, which let
@@ -309,10 +308,10 @@ export class Monitoring {
       if (a.kind === 'unix') await chmod(a.path, 0o666);
     } catch (err) {
       server.close();
-      return describeError(err).message;
+      return { problem: describeError(err).message, inUse: isErrno(err, 'EADDRINUSE') };
     }
     server.on('error', (err) => this.#log.error({ code: 'METRICS_UNAVAILABLE', address, err: err.message }, `the metrics listener failed: ${err.message}`));
-    return server;
+    return { server };
   }
 
   async #closeServer(): Promise<void> {
