@@ -599,6 +599,9 @@ export function releaseOfFile(app: AppConfig, file: string, kind: 'bin' | 'cfg')
   return r.includes('/') ? undefined : r;
 }
 
+/** An app's log file when `logFile` is not set (or journald is not there), in its `dir`. */
+export const DEFAULT_LOG_FILE = 'app.log';
+
 export interface AgentConfig {
   /** Absolute path of the config file this came from. */
   readonly file: string;
@@ -647,7 +650,7 @@ export function parseConfig(text: string, file: string): AgentConfig {
       // Relative paths resolve against `dir`; the default follows releasesDir.
       currentFile: a.currentFile === undefined ? path.join(releasesDir, 'current.conf') : path.resolve(dir, a.currentFile),
       links: Object.freeze({ bin: path.resolve(dir, a.links.bin), cfg: path.resolve(dir, a.links.cfg), ...(a.links.dir === undefined ? {} : { dir: path.resolve(dir, a.links.dir) }) }),
-      logFile: path.resolve(dir, a.logFile ?? 'app.log'),
+      logFile: path.resolve(dir, a.logFile ?? DEFAULT_LOG_FILE),
       log: Object.freeze({ journal: a.logFile === null, maxBytes: a.log.maxBytes, backups: a.log.backups }),
       pidFile: a.pidFile === null ? undefined : path.resolve(dir, a.pidFile),
       reload: Object.freeze({

@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import path from 'node:path';
-import type { AppConfig } from './config.js';
+import { DEFAULT_LOG_FILE, type AppConfig } from './config.js';
 
 /** sha256 of a value, first 16 hex digits: enough to tell a change, nothing to read back. */
 function digest(value: unknown): string {
@@ -31,7 +31,7 @@ export function launchSettings(app: Pick<AppConfig, 'command' | 'user' | 'group'
   // rotated. Absent for the default file, so that a generation started
   // before this key existed is not reported changed.
   if (app.log.journal) out['logFile'] = digest('journal');
-  else if (app.logFile !== path.join(app.dir, 'app.log')) out['logFile'] = digest(app.logFile);
+  else if (app.logFile !== path.resolve(app.dir, DEFAULT_LOG_FILE)) out['logFile'] = digest(app.logFile);
   if ((app.group ?? null) !== null) out['group'] = digest(app.group);
   if (app.sockets.length > 0) out['sockets'] = digest(app.sockets);
   for (const [k, v] of Object.entries(app.env)) out[`env.${k}`] = digest(v);
