@@ -1651,16 +1651,25 @@ test('requests: one that expired before it could be taken is answered "refused" 
   assert.equal(agent.held, undefined);
 });
 
-test('an agent killed in the middle of relink stop (held, no journal entry, the app still running): the next agent finishes the stop and answers the request', async () => {
+/**
+ * An agent killed in the middle of a request: the app runs, and its state
+ * file holds `left` (what the killed agent saved before it acted) on top of
+ * the last state. The next agent, started and idle; and the app's pid.
+ */
+async function nextAfterKilledAgent(left: Partial<AppState>): Promise<{ w: World; next: AppAgent; pid: number }> {
   const { w, agent } = await running(appConfig());
   const pid = agent.mainPid!;
   await agent.close();
-  // What the killed agent left: the hold saved before it signalled, nothing journaled for it.
-  const last = w.states.at(-1)!;
-  w.states.push({ ...last, held: { at: new Date(w.clock).toISOString(), request: '00000000-0000-4000-8000-0000000000aa' } });
+  w.states.push({ ...w.states.at(-1)!, ...left });
   const next = new AppAgent(appConfig(), w, silentLogger().log);
   await next.start();
   await next.idle();
+  return { w, next, pid };
+}
+
+test('an agent killed in the middle of relink stop (held, no journal entry, the app still running): the next agent finishes the stop and answers the request', async () => {
+  // What the killed agent left: the hold saved before it signalled, nothing journaled for it.
+  const { w, next, pid } = await nextAfterKilledAgent({ held: { at: new Date(0).toISOString(), request: '00000000-0000-4000-8000-0000000000aa' } });
   const e = w.entries.at(-1)!;
   assert.equal(e.outcome, 'stopped');
   assert.equal(e.request, '00000000-0000-4000-8000-0000000000aa');
@@ -1668,7 +1677,6 @@ test('an agent killed in the middle of relink stop (held, no journal entry, the 
   assert.equal(w.procs.has(pid), false, 'stopped');
   assert.equal(next.state, 'stopped');
   assert.notEqual(next.held, undefined, 'and held: supervision leaves it stopped');
-  const entries = w.entries.length;
   await next.close();
 
   // Once answered, a later agent does not answer it again.
@@ -1676,7 +1684,6 @@ test('an agent killed in the middle of relink stop (held, no journal entry, the 
   await third.start();
   await third.idle();
   assert.equal(w.entries.filter((x) => x.request === '00000000-0000-4000-8000-0000000000aa').length, 1);
-  assert.ok(w.entries.length >= entries);
   await third.close();
 });
 
@@ -1695,14 +1702,7 @@ test('issue 15: a stale folder link (links.dir moved to another release by hand)
 });
 
 test('an agent killed in the middle of relink restart: the next one answers the request (failed, INTERRUPTED, with what it found) instead of leaving --wait to time out', async () => {
-  const { w, agent } = await running(appConfig());
-  const pid = agent.mainPid!;
-  await agent.close();
-  const last = w.states.at(-1)!;
-  w.states.push({ ...last, answering: { command: 'restart', request: '00000000-0000-4000-8000-0000000000bb', at: new Date(w.clock).toISOString() } });
-  const next = new AppAgent(appConfig(), w, silentLogger().log);
-  await next.start();
-  await next.idle();
+  const { w, next, pid } = await nextAfterKilledAgent({ answering: { command: 'restart', request: '00000000-0000-4000-8000-0000000000bb', at: new Date(0).toISOString() } });
   const e = w.entries.at(-1)!;
   assert.equal(e.outcome, 'failed');
   assert.equal(e.code, 'INTERRUPTED');
