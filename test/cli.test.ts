@@ -126,7 +126,7 @@ test('a release named on the command line is one name, not a path nor an upload 
 });
 
 test('history and status name a release file relative to the releases folder: "2.0/app" in a folder per release, not "app" for every release', async () => {
-  const { releaseLabel } = await import('../src/cli/history.js');
+  const { releaseLabel } = await import('../src/cli/io.js');
   assert.equal(releaseLabel('/srv/shop/releases/2.0/app', '/srv/shop/releases'), '2.0/app');
   assert.equal(releaseLabel('/srv/web/release/app.2.0', '/srv/web/release'), 'app.2.0');
   assert.equal(releaseLabel('/opt/elsewhere/app', '/srv/web/release'), 'app', 'outside the releases folder: its name');

@@ -1,6 +1,5 @@
-import path from 'node:path';
 import { journaledApps, newestEntries, type HistoryEntry } from '../history.js';
-import { EXIT, loadFor, selectApp, table } from './io.js';
+import { EXIT, loadFor, releaseLabel, selectApp, table } from './io.js';
 import type { SpecOf } from './commands.js';
 import type { Command } from './spec.js';
 import { damageWarner } from './warn.js';
@@ -29,13 +28,6 @@ export const historyCommand: Command<SpecOf<'history'>> = {
     return EXIT.ok;
   },
 };
-
-/** A release file as the table shows it: relative to the app's releases folder ("app.2.0", or "2.0/app" in a folder per release), else its name. */
-export function releaseLabel(p: string | null, releasesDir: string | undefined): string {
-  if (p === null) return '-';
-  const rel = releasesDir === undefined ? '' : path.relative(releasesDir, p);
-  return rel === '' || rel.startsWith('..') || path.isAbsolute(rel) ? path.basename(p) : rel;
-}
 
 function row(e: HistoryEntry, releasesDir: string | undefined): string[] {
   const base = (p: string | null) => releaseLabel(p, releasesDir);

@@ -2,6 +2,7 @@
  * What the commands share: config and app selection, durations, tables.
  * (Exit codes, usage errors and argv parsing: src/cli/spec.ts.)
  */
+import path from 'node:path';
 import { loadConfig, pickApp, type AgentConfig, type AppConfig } from '../config.js';
 import { RelinkError } from '../errors.js';
 import { DEFAULT_CONFIG, UsageError, type IO } from './spec.js';
@@ -58,4 +59,11 @@ export function releaseName(r: string, option: string): string {
     throw new UsageError(`${option} must be a release name such as 2.0 (found ${JSON.stringify(r)}${r.startsWith('.') && !r.includes('/') ? ': a name starting with "." is an upload in progress, not a release' : ''})`);
   }
   return r;
+}
+
+/** A release file as the table shows it: relative to the app's releases folder ("app.2.0", or "2.0/app" in a folder per release), else its name. */
+export function releaseLabel(p: string | null, releasesDir: string | undefined): string {
+  if (p === null) return '-';
+  const rel = releasesDir === undefined ? '' : path.relative(releasesDir, p);
+  return rel === '' || rel.startsWith('..') || path.isAbsolute(rel) ? path.basename(p) : rel;
 }

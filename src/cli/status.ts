@@ -13,10 +13,9 @@ import { readLinks } from '../relink.js';
 import { readAppState, runningAgent, type AgentRecord, type AppProblem, type AppStateName } from '../state.js';
 import { appStateFile, describeDamage } from '../stateDir.js';
 import { changedSettings, launchSettings } from '../settings.js';
-import { ago, EXIT, loadFor, selectApps, table } from './io.js';
+import { ago, EXIT, loadFor, releaseLabel, selectApps, table } from './io.js';
 import type { SpecOf } from './commands.js';
 import type { Command } from './spec.js';
-import { releaseLabel } from './history.js';
 import { damageWarner } from './warn.js';
 
 export interface AppStatus {
