@@ -621,7 +621,7 @@ test('idle connections to the listener cannot use up the agent\'s file descripto
   assert.equal((await nthEntry(f, 2)).outcome, 'deployed');
 });
 
-test('the last successful deploy is a change of release: an agent starting the same release again (it found the app down) or a relink start does not move it', () => {
+test('the last successful deploy is a change of release: an agent starting the same release again (it found the app down) or a relink start does not move it', async () => {
   const m = new Metrics();
   m.addApp('web', 'running', true);
   const rel = (r: string) => ({ bin: `/srv/web/release/app.${r}`, cfg: `/srv/web/release/cfg.${r}` });
@@ -630,14 +630,12 @@ test('the last successful deploy is a change of release: an agent starting the s
   }) as HistoryEntry;
   const last = async () => Number(/^relink_last_successful_deploy_timestamp_seconds\{app="web"\} (\S+)$/m.exec(await m.apps.metrics())?.[1]);
   m.verdict(entry('2026-11-30T10:00:00.000Z', { bin: null, cfg: null }, rel('1.0')), undefined);
-  return (async () => {
-    assert.equal(await last(), Date.parse('2026-11-30T10:00:00.000Z') / 1000, 'the first deploy');
-    m.verdict(entry('2026-11-30T11:00:00.000Z', rel('1.0'), rel('1.0'), { trigger: 'startup' }), undefined);
-    m.verdict(entry('2026-11-30T12:00:00.000Z', rel('1.0'), rel('1.0'), { command: 'start', request: '00000000-0000-4000-8000-000000000001' }), undefined);
-    assert.equal(await last(), Date.parse('2026-11-30T10:00:00.000Z') / 1000, 'neither moved it');
-    m.verdict(entry('2026-11-30T13:00:00.000Z', rel('1.0'), rel('2.0'), { action: 'signal' }), undefined);
-    assert.equal(await last(), Date.parse('2026-11-30T13:00:00.000Z') / 1000);
-  })();
+  assert.equal(await last(), Date.parse('2026-11-30T10:00:00.000Z') / 1000, 'the first deploy');
+  m.verdict(entry('2026-11-30T11:00:00.000Z', rel('1.0'), rel('1.0'), { trigger: 'startup' }), undefined);
+  m.verdict(entry('2026-11-30T12:00:00.000Z', rel('1.0'), rel('1.0'), { command: 'start', request: '00000000-0000-4000-8000-000000000001' }), undefined);
+  assert.equal(await last(), Date.parse('2026-11-30T10:00:00.000Z') / 1000, 'neither moved it');
+  m.verdict(entry('2026-11-30T13:00:00.000Z', rel('1.0'), rel('2.0'), { action: 'signal' }), undefined);
+  assert.equal(await last(), Date.parse('2026-11-30T13:00:00.000Z') / 1000);
 });
 
 test('the README\'s alerting rules are valid to promtool check rules, and the textfile rule matches the file label Debian\'s node_exporter gives (the whole path)', async (t) => {
