@@ -29,14 +29,12 @@
  * whatever the app does meanwhile) to cut it. The most an app's user can
  * have root cut is a file of its own, which it could truncate itself.
  */
-import { constants as C, closeSync, fstat as fstatCb, lstatSync, open as openCb, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
+import { constants as C, closeSync, lstatSync, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
 import { open, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { collapseRange } from './applog.js';
 import { readStat, type ProcIdentity } from './proc.js';
-
-/** As in src/safefs.ts: Node's fs.constants does not export it. */
-const O_PATH = 0o10000000;
+import { fstatFd, O_PATH, openFd } from './safefs.js';
 
 /** What the kernel appends to the name of an open file that has none left. */
 const DELETED = ' (deleted)';
@@ -72,14 +70,6 @@ export interface Detached {
   readonly cuttable: true | string;
 }
 
-function openPath(p: string): Promise<number> {
-  return new Promise((resolve, reject) => openCb(p, O_PATH, (err, fd) => (err ? reject(err) : resolve(fd))));
-}
-
-function fstatFd(fd: number): Promise<Stats> {
-  return new Promise((resolve, reject) => fstatCb(fd, (err, st) => (err ? reject(err) : resolve(st))));
-}
-
 export interface LookOptions {
   /** `dev:ino` of the files the agent saw at the log's path. */
   readonly known: ReadonlySet<string>;
@@ -97,7 +87,7 @@ export interface LookOptions {
 export async function lookAt(proc: ProcIdentity, name: string, logFile: string, opts: LookOptions): Promise<{ detached: Detached; fd: number } | undefined> {
   let fd: number;
   try {
-    fd = await openPath(`/proc/${proc.pid}/fd/1`);
+    fd = await openFd(`/proc/${proc.pid}/fd/1`, O_PATH);
   } catch {
     return undefined;
   }
