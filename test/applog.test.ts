@@ -28,7 +28,6 @@ import { defer, RELINK, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, wa
 
 const run = promisify(execFile);
 const WRITER = path.join(ROOT, 'test', 'apps', 'logwriter.py');
-const PLANT = path.join(ROOT, 'test', 'apps', 'fd1plant.py');
 const WIDTH = 100;
 
 type Cfg = Record<string, string | number>;
@@ -44,17 +43,16 @@ interface LogApp {
 }
 
 /**
- * An app "web" whose releases are the writer (or `opts.bin`) with the
- * given configs, its current.conf naming the first; the agent config with
- * `app` merged in.
+ * An app "web" whose releases are the writer with the given configs, its
+ * current.conf naming the first; the agent config with `app` merged in.
  */
-async function logApp(t: TestContext, releases: Record<string, Cfg>, app: Record<string, unknown>, opts: { user?: TestUser; logFile?: string; bin?: string } = {}): Promise<LogApp> {
+async function logApp(t: TestContext, releases: Record<string, Cfg>, app: Record<string, unknown>, opts: { user?: TestUser; logFile?: string } = {}): Promise<LogApp> {
   const root = await tmpDir(t, 'relink-applog-');
   const dir = path.join(root, 'web');
   const releasesDir = path.join(dir, 'release');
   await mkdir(releasesDir, { recursive: true });
   for (const [r, cfg] of Object.entries(releases)) {
-    await copyFile(opts.bin ?? WRITER, path.join(releasesDir, `app.${r}`));
+    await copyFile(WRITER, path.join(releasesDir, `app.${r}`));
     await chmod(path.join(releasesDir, `app.${r}`), 0o755);
     await writeFile(path.join(releasesDir, `cfg.${r}`), Object.entries({ tag: r, width: WIDTH, ...cfg }).map(([k, v]) => `${k}=${v}\n`).join(''));
   }
@@ -503,7 +501,7 @@ test('what an app\'s user cannot have root cut: its stdout pointed (O_PATH: no r
   if (!rootOnly(t)) return;
   const user = await testUser(t);
   const maxBytes = 65_536;
-  const a = await logApp(t, { '1.0': { target: 'app.log-old' } }, { log: { maxBytes, backups: 2 } }, { user, bin: PLANT });
+  const a = await logApp(t, { '1.0': { stdoutAt: 'app.log-old' } }, { log: { maxBytes, backups: 2 } }, { user });
   const victim = path.join(a.dir, 'app.log-old');
   const secret = 'root only\n'.repeat(20_000);
   await writeFile(victim, secret, { mode: 0o600 });
