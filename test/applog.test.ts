@@ -217,6 +217,9 @@ test('every byte the app writes is kept, in order, none doubled: many rotations,
     assert.equal(st.uid, user.uid, `${p.path} belongs to the app's user`);
     if (p.index > 0) assert.ok(st.size <= 65_536, `${p.path}: ${st.size} bytes`);
   }
+  // The index the rotations rewrite beside the log: the app's user's, moded as the log.
+  const index = await lstat(path.join(a.dir, '.app.log.index'));
+  assert.deepEqual([index.uid, index.mode & 0o777], [user.uid, (await lstat(a.log)).mode & 0o666]);
   for (const agent of [first, second]) {
     const trouble = agent.lines.filter((l) => l.level !== 'info' && /rotat|dropped|interrupted/.test(l.msg));
     assert.deepEqual(trouble, [], 'no rotation problem, nothing dropped, no rotation interrupted by the restart');
