@@ -78,7 +78,8 @@ async function fromFiles(app: AppConfig, stateDir: string, want: Want, io: IO, s
 /**
  * A process of the app (as its state file knows them) writing to the log
  * deleted or renamed under it (src/logorphan.ts): what it writes is not in
- * the files read here. Said before them; /proc tells root only.
+ * the files read here. Said before them; /proc shows a process's
+ * descriptors to root and to its own user only (README "App logs").
  */
 async function noteDetached(app: AppConfig, stateDir: string, notice: (text: string) => void): Promise<void> {
   const saved = await readAppState(stateDir, app.name).catch(() => undefined);

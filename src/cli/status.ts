@@ -163,7 +163,7 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     else warnings.push(`${app.links.dir ?? ''} points at ${links.dir ?? 'nothing'}, not at the folder of the linked release: the agent puts it back on its next re-check (or, when current.conf names a release not applied, at the next deploy or crash restart)`);
   }
   if (proc?.deleted === true) warnings.push(`pid ${proc.pid} runs ${proc.exe}, which was replaced or deleted on disk after it started`);
-  // A log deleted or renamed under the running app (src/logorphan.ts): /proc tells root, not other users.
+  // A log deleted or renamed under the running app (src/logorphan.ts): /proc tells root and the app's own user, no one else.
   const detached = new Map<string, number>();
   for (const p of discovery.all) {
     const d = detachedName(p.pid, app.logFile);
