@@ -75,16 +75,18 @@ export interface LookOptions {
   readonly known: ReadonlySet<string>;
   /** The app's user: only a file of theirs is ever cut. */
   readonly uid: number;
+  /** The log's path as /proc names it: realLogPath(logFile), which the caller has just found. */
+  readonly real: string;
 }
 
 /**
- * What `proc`'s stdout, named `name` by stdoutName(), is: undefined when it
+ * What `proc`'s stdout, named `proc.name` by stdoutName(), is: undefined when it
  * is the file at `logFile` after all (a path named otherwise, by a bind
  * mount), not a file this log was, or the process is gone or another one.
  * A Detached comes with `fd`, an O_PATH descriptor of that very file: pass
  * it to cutDetached, then closeSync it.
  */
-export async function lookAt(proc: ProcIdentity, name: string, logFile: string, opts: LookOptions): Promise<{ detached: Detached; fd: number } | undefined> {
+export async function lookAt(proc: ProcIdentity & { readonly name: string }, logFile: string, opts: LookOptions): Promise<{ detached: Detached; fd: number } | undefined> {
   let fd: number;
   try {
     fd = await openFd(`/proc/${proc.pid}/fd/1`, O_PATH);
@@ -104,12 +106,11 @@ export async function lookAt(proc: ProcIdentity, name: string, logFile: string, 
     }
     if (here !== undefined && `${here.dev}:${here.ino}` === key) throw new Skip();
     const deleted = st.nlink === 0;
-    const real = realLogPath(logFile);
-    const wasLog = opts.known.has(key) || (deleted && name === `${real}${DELETED}`) || (!deleted && rotatedName(name, real));
+    const wasLog = opts.known.has(key) || (deleted && proc.name === `${opts.real}${DELETED}`) || (!deleted && rotatedName(proc.name, opts.real));
     if (!st.isFile() || !wasLog) throw new Skip();
     const cuttable = st.uid !== opts.uid ? `it belongs to uid ${st.uid}, not to the app's user (uid ${opts.uid})`
       : st.nlink > 1 ? `it has ${st.nlink} names` : true;
-    return { detached: { pid: proc.pid, name, deleted, key, size: st.size, cuttable }, fd };
+    return { detached: { pid: proc.pid, name: proc.name, deleted, key, size: st.size, cuttable }, fd };
   } catch (err) {
     closeSync(fd);
     if (err instanceof Skip) return undefined;
