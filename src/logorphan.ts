@@ -158,13 +158,23 @@ function rotatedName(name: string, real: string): boolean {
   return path.dirname(name) === path.dirname(real) && renamed.startsWith(base) && /^[.-]./.test(renamed.slice(base.length));
 }
 
+/** detachedName() of each of `pids`, one per file (the first pid found writing to it), for `relink status` and `relink logs`. */
+export function detachedWriters(pids: readonly number[], logFile: string): Array<{ pid: number; name: string; deleted: boolean }> {
+  const byName = new Map<string, { pid: number; name: string; deleted: boolean }>();
+  for (const pid of pids) {
+    const d = detachedName(pid, logFile);
+    if (d !== undefined && !byName.has(d.name)) byName.set(d.name, { pid, ...d });
+  }
+  return [...byName.values()];
+}
+
 /**
  * For `relink status`, which has no memory of what was at the path: `pid`'s
  * stdout when it is the log's file deleted, or renamed to a name logrotate
  * gives (rotatedName) while another file, or none, is at the path;
  * undefined otherwise, or when /proc does not let this user look.
  */
-export function detachedName(pid: number, logFile: string): { name: string; deleted: boolean } | undefined {
+function detachedName(pid: number, logFile: string): { name: string; deleted: boolean } | undefined {
   const name = stdoutName(pid);
   const real = realLogPath(logFile);
   if (name === undefined || !name.startsWith('/') || name === real) return undefined;
