@@ -291,12 +291,13 @@ export class AppOutput {
   }
 
   async #inspect(suspects: ReadonlyArray<ProcIdentity & { name: string }>): Promise<void> {
-    this.#realLog = realLogPath(this.app.logFile);
+    const real = realLogPath(this.app.logFile);
+    this.#realLog = real;
     // Unknown (the user is gone): nothing is cut, since nothing can be checked to be theirs.
     const uid = await resolveRunAs(this.app).then((r) => r.uid, () => -1);
     const found = new Set<string>();
     for (const s of suspects) {
-      const r = await lookAt(s, s.name, this.app.logFile, { known: this.#known, uid });
+      const r = await lookAt(s, this.app.logFile, { known: this.#known, uid, real });
       if (r === undefined) {
         this.#elsewhere.add(`${s.pid}:${s.startTime}:${s.name}`);
         continue;

@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import type { Stats } from 'node:fs';
 import { constants as C } from 'node:fs';
 import { lstat, open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
@@ -18,6 +17,12 @@ export interface AtomicWriteOptions {
    * (mode 0644): the link itself is never followed.
    */
   readonly keepOwner?: number;
+  /**
+   * The new file's owner, group and permission bits, whatever was there
+   * before (a file the agent writes for an app's user: the index beside
+   * its log, owned and moded as the log). Takes the place of keepOwner.
+   */
+  readonly owner?: { readonly uid: number; readonly gid: number; readonly mode: number };
   /**
    * fsync the new file before the rename. Default true. False for a file
    * rewritten often that no reader needs to survive a power loss (the
@@ -41,7 +46,7 @@ export interface AtomicWriteOptions {
  */
 export async function writeFileAtomic(file: string, data: string, opts: AtomicWriteOptions = {}): Promise<void> {
   const name = path.basename(file);
-  await withFolder(path.dirname(file), (dir) => writeIn(dir, name, data, opts).catch((err: unknown) => {
+  await withFolder(path.dirname(file), (dir) => writeFileAtomicIn(dir, name, data, opts).catch((err: unknown) => {
     // The system's message names the path it was given, /proc/self/fd/N/NAME: name the real one.
     if (isErrno(err) && err.path?.startsWith('/proc/self/fd/')) {
       const real = path.join(path.dirname(file), path.basename(err.path));
@@ -52,10 +57,10 @@ export async function writeFileAtomic(file: string, data: string, opts: AtomicWr
   }));
 }
 
-/** writeFileAtomic's work inside the open folder. */
-async function writeIn(dir: SafeFolder, name: string, data: string, opts: AtomicWriteOptions): Promise<void> {
-  let keep: Stats | undefined;
-  if (opts.keepOwner !== undefined) {
+/** writeFileAtomic inside a folder already open (src/safefs.ts): NAME in it; errors name /proc/self/fd paths. */
+export async function writeFileAtomicIn(dir: SafeFolder, name: string, data: string, opts: AtomicWriteOptions = {}): Promise<void> {
+  let keep: { readonly uid: number; readonly gid: number; readonly mode: number } | undefined = opts.owner;
+  if (keep === undefined && opts.keepOwner !== undefined) {
     const st = await lstat(dir.at(name)).catch((err: unknown) => (isErrno(err, 'ENOENT') ? undefined : Promise.reject(err)));
     if (st !== undefined && st.isFile() && st.nlink === 1 && st.uid === opts.keepOwner) keep = st;
     if (st !== undefined && st.isSymbolicLink() && st.uid === opts.keepOwner) keep = Object.assign(st, { mode: 0o644 });

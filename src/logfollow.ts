@@ -402,11 +402,13 @@ export interface FollowOptions {
  */
 export async function follow(file: string, from: Position, printer: Printer, stop: Promise<unknown> | undefined, opts: FollowOptions): Promise<void> {
   let stopped = false;
-  void stop?.then(() => { stopped = true; });
+  // One reaction on `stop`, waking the pause under way: one per pause would pile up on it, four a second, for as long as -f runs.
+  let wake: (() => void) | undefined;
+  void stop?.then(() => { stopped = true; wake?.(); });
   let at = from;
   const pause = (ms: number) => new Promise<void>((resolve) => {
     const t = setTimeout(resolve, ms);
-    void stop?.then(() => { clearTimeout(t); resolve(); });
+    wake = () => { clearTimeout(t); resolve(); };
   });
   // Without `stop`: to the end once, a rotation in the way waited for (at most WAIT_MS).
   const until = Date.now() + WAIT_MS;

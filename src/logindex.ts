@@ -24,11 +24,9 @@
  * that user's own output, and one that is not a small regular file of the
  * expected shape is no index (offsets count from the log's first byte).
  */
-import { constants as C } from 'node:fs';
-import { open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { isErrno } from './errors.js';
+import { writeFileAtomicIn } from './atomicWrite.js';
 import { readSmallFile, type SafeFolder } from './safefs.js';
 
 /** One rotated file: bytes [start, start + size) of the log's output, in the file from its byte 0. */
@@ -104,26 +102,10 @@ export function indexFor(index: LogIndex | undefined, ino: number): LogIndex {
 
 /**
  * Write `index` as `.NAME.index` in the open folder `dir` (NAME: the log's
- * name), owned and moded as the log: a temp name created O_EXCL |
- * O_NOFOLLOW (a leftover or something planted there is removed, never
- * followed), synced, then renamed over the old one.
+ * name), owned and moded as the log, as every file the agent replaces is
+ * written (src/atomicWrite.ts): a temp file created O_EXCL | O_NOFOLLOW
+ * (never a link followed), synced, then renamed over the old one.
  */
-export async function writeIndex(dir: SafeFolder, name: string, index: LogIndex, owner: { readonly uid: number; readonly gid: number; readonly mode: number }): Promise<void> {
-  const final = `.${name}.index`;
-  const temp = `${final}.tmp`;
-  await unlink(dir.at(temp)).catch((err: unknown) => (isErrno(err, 'ENOENT') ? undefined : Promise.reject(err)));
-  const h = await open(dir.at(temp), C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
-  try {
-    await h.chown(owner.uid, owner.gid);
-    await h.chmod(owner.mode);
-    await h.writeFile(`${JSON.stringify(index)}\n`);
-    await h.sync();
-  } catch (err) {
-    await h.close();
-    await unlink(dir.at(temp)).catch(() => undefined);
-    throw err;
-  } finally {
-    await h.close().catch(() => undefined);
-  }
-  await rename(dir.at(temp), dir.at(final));
+export function writeIndex(dir: SafeFolder, name: string, index: LogIndex, owner: { readonly uid: number; readonly gid: number; readonly mode: number }): Promise<void> {
+  return writeFileAtomicIn(dir, `.${name}.index`, `${JSON.stringify(index)}\n`, { mode: 0o600, owner });
 }

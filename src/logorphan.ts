@@ -29,14 +29,12 @@
  * whatever the app does meanwhile) to cut it. The most an app's user can
  * have root cut is a file of its own, which it could truncate itself.
  */
-import { constants as C, closeSync, fstat as fstatCb, lstatSync, open as openCb, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
+import { constants as C, closeSync, lstatSync, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
 import { open, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { collapseRange } from './applog.js';
 import { readStat, type ProcIdentity } from './proc.js';
-
-/** As in src/safefs.ts: Node's fs.constants does not export it. */
-const O_PATH = 0o10000000;
+import { fstatFd, O_PATH, openFd } from './safefs.js';
 
 /** What the kernel appends to the name of an open file that has none left. */
 const DELETED = ' (deleted)';
@@ -72,32 +70,26 @@ export interface Detached {
   readonly cuttable: true | string;
 }
 
-function openPath(p: string): Promise<number> {
-  return new Promise((resolve, reject) => openCb(p, O_PATH, (err, fd) => (err ? reject(err) : resolve(fd))));
-}
-
-function fstatFd(fd: number): Promise<Stats> {
-  return new Promise((resolve, reject) => fstatCb(fd, (err, st) => (err ? reject(err) : resolve(st))));
-}
-
 export interface LookOptions {
   /** `dev:ino` of the files the agent saw at the log's path. */
   readonly known: ReadonlySet<string>;
   /** The app's user: only a file of theirs is ever cut. */
   readonly uid: number;
+  /** The log's path as /proc names it: realLogPath(logFile), which the caller has just found. */
+  readonly real: string;
 }
 
 /**
- * What `proc`'s stdout, named `name` by stdoutName(), is: undefined when it
+ * What `proc`'s stdout, named `proc.name` by stdoutName(), is: undefined when it
  * is the file at `logFile` after all (a path named otherwise, by a bind
  * mount), not a file this log was, or the process is gone or another one.
  * A Detached comes with `fd`, an O_PATH descriptor of that very file: pass
  * it to cutDetached, then closeSync it.
  */
-export async function lookAt(proc: ProcIdentity, name: string, logFile: string, opts: LookOptions): Promise<{ detached: Detached; fd: number } | undefined> {
+export async function lookAt(proc: ProcIdentity & { readonly name: string }, logFile: string, opts: LookOptions): Promise<{ detached: Detached; fd: number } | undefined> {
   let fd: number;
   try {
-    fd = await openPath(`/proc/${proc.pid}/fd/1`);
+    fd = await openFd(`/proc/${proc.pid}/fd/1`, O_PATH);
   } catch {
     return undefined;
   }
@@ -114,12 +106,11 @@ export async function lookAt(proc: ProcIdentity, name: string, logFile: string, 
     }
     if (here !== undefined && `${here.dev}:${here.ino}` === key) throw new Skip();
     const deleted = st.nlink === 0;
-    const real = realLogPath(logFile);
-    const wasLog = opts.known.has(key) || (deleted && name === `${real}${DELETED}`) || (!deleted && rotatedName(name, real));
+    const wasLog = opts.known.has(key) || (deleted && proc.name === `${opts.real}${DELETED}`) || (!deleted && rotatedName(proc.name, opts.real));
     if (!st.isFile() || !wasLog) throw new Skip();
     const cuttable = st.uid !== opts.uid ? `it belongs to uid ${st.uid}, not to the app's user (uid ${opts.uid})`
       : st.nlink > 1 ? `it has ${st.nlink} names` : true;
-    return { detached: { pid: proc.pid, name, deleted, key, size: st.size, cuttable }, fd };
+    return { detached: { pid: proc.pid, name: proc.name, deleted, key, size: st.size, cuttable }, fd };
   } catch (err) {
     closeSync(fd);
     if (err instanceof Skip) return undefined;
@@ -167,13 +158,23 @@ function rotatedName(name: string, real: string): boolean {
   return path.dirname(name) === path.dirname(real) && renamed.startsWith(base) && /^[.-]./.test(renamed.slice(base.length));
 }
 
+/** detachedName() of each of `pids`, one per file (the first pid found writing to it), for `relink status` and `relink logs`. */
+export function detachedWriters(pids: readonly number[], logFile: string): Array<{ pid: number; name: string; deleted: boolean }> {
+  const byName = new Map<string, { pid: number; name: string; deleted: boolean }>();
+  for (const pid of pids) {
+    const d = detachedName(pid, logFile);
+    if (d !== undefined && !byName.has(d.name)) byName.set(d.name, { pid, ...d });
+  }
+  return [...byName.values()];
+}
+
 /**
  * For `relink status`, which has no memory of what was at the path: `pid`'s
  * stdout when it is the log's file deleted, or renamed to a name logrotate
  * gives (rotatedName) while another file, or none, is at the path;
  * undefined otherwise, or when /proc does not let this user look.
  */
-export function detachedName(pid: number, logFile: string): { name: string; deleted: boolean } | undefined {
+function detachedName(pid: number, logFile: string): { name: string; deleted: boolean } | undefined {
   const name = stdoutName(pid);
   const real = realLogPath(logFile);
   if (name === undefined || !name.startsWith('/') || name === real) return undefined;

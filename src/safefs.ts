@@ -45,7 +45,7 @@ import { describeUser, lookupGroup, lookupUser } from './user.js';
  * O_PATH from the kernel's generic fcntl.h (x86-64, arm64 and most others);
  * Node's fs.constants does not export it.
  */
-const O_PATH = 0o10000000;
+export const O_PATH = 0o10000000;
 const S_ISVTX = 0o1000;
 /** As the kernel's MAXSYMLINKS: more links than this in one path is a loop. */
 const MAX_LINKS = 40;
@@ -156,11 +156,12 @@ const trustedUid = (uid: number): boolean => uid === 0 || uid === agentUid();
 const asWhom = (): string => (agentUid() === 0 ? 'root' : `uid ${agentUid()}`);
 const procPath = (fd: number): string => `/proc/self/fd/${fd}`;
 
-function openFd(p: string, flags: number, mode?: number): Promise<number> {
+/** open(2) to a raw descriptor (an O_PATH one is closed with closeSync). */
+export function openFd(p: string, flags: number, mode?: number): Promise<number> {
   return new Promise((resolve, reject) => openCb(p, flags, mode, (err, fd) => (err ? reject(err) : resolve(fd))));
 }
 
-function fstatFd(fd: number): Promise<Stats> {
+export function fstatFd(fd: number): Promise<Stats> {
   return new Promise((resolve, reject) => fstatCb(fd, (err, st) => (err ? reject(err) : resolve(st))));
 }
 

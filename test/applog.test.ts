@@ -28,7 +28,6 @@ import { defer, RELINK, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, wa
 
 const run = promisify(execFile);
 const WRITER = path.join(ROOT, 'test', 'apps', 'logwriter.py');
-const PLANT = path.join(ROOT, 'test', 'apps', 'fd1plant.py');
 const WIDTH = 100;
 
 type Cfg = Record<string, string | number>;
@@ -44,17 +43,16 @@ interface LogApp {
 }
 
 /**
- * An app "web" whose releases are the writer (or `opts.bin`) with the
- * given configs, its current.conf naming the first; the agent config with
- * `app` merged in.
+ * An app "web" whose releases are the writer with the given configs, its
+ * current.conf naming the first; the agent config with `app` merged in.
  */
-async function logApp(t: TestContext, releases: Record<string, Cfg>, app: Record<string, unknown>, opts: { user?: TestUser; logFile?: string; bin?: string } = {}): Promise<LogApp> {
+async function logApp(t: TestContext, releases: Record<string, Cfg>, app: Record<string, unknown>, opts: { user?: TestUser; logFile?: string } = {}): Promise<LogApp> {
   const root = await tmpDir(t, 'relink-applog-');
   const dir = path.join(root, 'web');
   const releasesDir = path.join(dir, 'release');
   await mkdir(releasesDir, { recursive: true });
   for (const [r, cfg] of Object.entries(releases)) {
-    await copyFile(opts.bin ?? WRITER, path.join(releasesDir, `app.${r}`));
+    await copyFile(WRITER, path.join(releasesDir, `app.${r}`));
     await chmod(path.join(releasesDir, `app.${r}`), 0o755);
     await writeFile(path.join(releasesDir, `cfg.${r}`), Object.entries({ tag: r, width: WIDTH, ...cfg }).map(([k, v]) => `${k}=${v}\n`).join(''));
   }
@@ -136,6 +134,25 @@ function deploys(a: LogApp): Promise<HistoryEntry[]> {
 
 const rotations = (agent: AgentProc): LogLine[] => agent.lines.filter((l) => l.msg.startsWith('rotated '));
 
+/** `relink logs ARGS...` running in the background: what it printed so far on stdout and stderr, its exit code once it ends; SIGKILLed when the test ends if still running. */
+interface LogsProc {
+  readonly out: string;
+  readonly err: string;
+  readonly exited: Promise<number | null>;
+  kill(signal: NodeJS.Signals): void;
+}
+
+function relinkLogs(t: TestContext, args: readonly string[]): LogsProc {
+  const child = spawn(RELINK[0]!, [...RELINK.slice(1), 'logs', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  defer(t, () => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  let out = '';
+  let err = '';
+  child.stdout.setEncoding('utf8').on('data', (c: string) => { out += c; });
+  child.stderr.setEncoding('utf8').on('data', (c: string) => { err += c; });
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  return { get out() { return out; }, get err() { return err; }, exited, kill: (signal) => { child.kill(signal); } };
+}
+
 test('100 MB through stdout as fast as the app can: never more than log.backups rotated files of at most log.maxBytes; after a check, app.log and its rotated files hold at most (backups + 1) x maxBytes, the newest output, intact', async (t) => {
   const maxBytes = 1_048_576;
   const backups = 3;
@@ -200,6 +217,9 @@ test('every byte the app writes is kept, in order, none doubled: many rotations,
     assert.equal(st.uid, user.uid, `${p.path} belongs to the app's user`);
     if (p.index > 0) assert.ok(st.size <= 65_536, `${p.path}: ${st.size} bytes`);
   }
+  // The index the rotations rewrite beside the log: the app's user's, moded as the log.
+  const index = await lstat(path.join(a.dir, '.app.log.index'));
+  assert.deepEqual([index.uid, index.mode & 0o777], [user.uid, (await lstat(a.log)).mode & 0o666]);
   for (const agent of [first, second]) {
     const trouble = agent.lines.filter((l) => l.level !== 'info' && /rotat|dropped|interrupted/.test(l.msg));
     assert.deepEqual(trouble, [], 'no rotation problem, nothing dropped, no rotation interrupted by the restart');
@@ -270,31 +290,25 @@ test('relink logs: -n across rotated files; -f from a few lines back, across rot
   await waitFor('the first deploy', async () => (await deploys(a))[0]?.outcome === 'deployed', { timeoutMs: 30_000 });
   await waitFor('a rotation', () => rotations(agent).length >= 1, { timeoutMs: 30_000 });
 
-  const follower = spawn(RELINK[0]!, [...RELINK.slice(1), 'logs', '--config', a.config, 'web', '-f', '-n', '5'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  defer(t, () => { if (follower.exitCode === null) follower.kill('SIGKILL'); });
-  let followed = '';
-  let notices = '';
-  follower.stdout.setEncoding('utf8').on('data', (c: string) => { followed += c; });
-  follower.stderr.setEncoding('utf8').on('data', (c: string) => { notices += c; });
-  const exited = new Promise<number | null>((resolve) => follower.once('close', (code) => resolve(code)));
-  await waitFor('the follower to print the last 5 lines', () => followed.split('\n').length > 5, { timeoutMs: 20_000 });
+  const follower = relinkLogs(t, ['--config', a.config, 'web', '-f', '-n', '5']);
+  await waitFor('the follower to print the last 5 lines', () => follower.out.split('\n').length > 5, { timeoutMs: 20_000 });
   const before = rotations(agent).length;
   await waitFor('two rotations while following', () => rotations(agent).length >= before + 2, { timeoutMs: 30_000 });
 
   await writeFileAtomic(a.currentFile, `${JSON.stringify({ 'bin.file': 'app.2.0', 'cfg.file': 'cfg.2.0' })}\n`);
   await waitFor('release 2.0 deployed', async () => (await deploys(a))[1]?.outcome === 'deployed', { timeoutMs: 30_000 });
-  await waitFor('the follower to reach "2.0 done"', () => followed.endsWith('2.0 done\n'), { timeoutMs: 60_000 });
+  await waitFor('the follower to reach "2.0 done"', () => follower.out.endsWith('2.0 done\n'), { timeoutMs: 60_000 });
   follower.kill('SIGINT');
-  assert.equal(await exited, 0, notices);
-  assert.equal(notices, '');
+  assert.equal(await follower.exited, 0, follower.err);
+  assert.equal(follower.err, '');
 
   // The whole output, from the files; the follower's is exactly its end, from 5 lines before it started.
   const whole = await logSet(a.log);
   assert.ok(whole.endsWith('2.0 done\n'));
-  const start = whole.indexOf(followed.slice(0, followed.indexOf('\n') + 1));
+  const start = whole.indexOf(follower.out.slice(0, follower.out.indexOf('\n') + 1));
   assert.ok(start >= 0 && (start === 0 || whole[start - 1] === '\n'), 'the follower began on a line of the output');
-  assert.ok(whole.slice(start) === followed, `the follower's output differs from the files' from byte ${[...followed].findIndex((c, i) => c !== whole[start + i])}`);
-  assert.ok(followed.includes('1.0 ') && followed.includes('2.0 000000000'), 'both generations followed');
+  assert.ok(whole.slice(start) === follower.out, `the follower's output differs from the files' from byte ${[...follower.out].findIndex((c, i) => c !== whole[start + i])}`);
+  assert.ok(follower.out.includes('1.0 ') && follower.out.includes('2.0 000000000'), 'both generations followed');
   assert.ok(rotations(agent).length >= before + 2);
 
   // -n across the rotated files: exactly the last lines; more lines than there are: all of them.
@@ -336,27 +350,21 @@ test('issue 12 trial: relink logs -f while the app writes faster than rotation k
   const agent = startAgent(t, a.config);
   await waitFor('the writer to be ready', async () => (await tailOf(a.log, 20)).endsWith('1.0 ready\n'), { timeoutMs: 30_000 });
 
-  const follower = spawn(RELINK[0]!, [...RELINK.slice(1), 'logs', '--config', a.config, 'web', '-f'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  defer(t, () => { if (follower.exitCode === null) follower.kill('SIGKILL'); });
-  let followed = '';
-  let notices = '';
-  follower.stdout.setEncoding('utf8').on('data', (c: string) => { followed += c; });
-  follower.stderr.setEncoding('utf8').on('data', (c: string) => { notices += c; });
-  const exited = new Promise<number | null>((resolve) => follower.once('close', (code) => resolve(code)));
-  await waitFor('the follower to print "1.0 ready"', () => followed.includes('1.0 ready\n'), { timeoutMs: 20_000 });
+  const follower = relinkLogs(t, ['--config', a.config, 'web', '-f']);
+  await waitFor('the follower to print "1.0 ready"', () => follower.out.includes('1.0 ready\n'), { timeoutMs: 20_000 });
   await writeFile(gate, '');
-  await waitFor('the follower to reach "1.0 done"', () => followed.slice(-200).includes('1.0 done\n'), { timeoutMs: 120_000 });
+  await waitFor('the follower to reach "1.0 done"', () => follower.out.slice(-200).includes('1.0 done\n'), { timeoutMs: 120_000 });
   // The trial printed the kept set again after the last rotation: the follower must have looked after it.
   await waitFor('the last rotation (app.log below log.maxBytes)', async () => ((await sizes(a.log)).get(0) ?? 0) < maxBytes, { timeoutMs: 10_000 });
   await appendFile(a.log, 'marker\n');
-  await waitFor('the follower to print the marker', () => followed.endsWith('marker\n'), { timeoutMs: 20_000 });
+  await waitFor('the follower to print the marker', () => follower.out.endsWith('marker\n'), { timeoutMs: 20_000 });
   follower.kill('SIGINT');
-  assert.equal(await exited, 0, notices);
+  assert.equal(await follower.exited, 0, follower.err);
 
   const dropped = rotations(agent).reduce((sum, l) => sum + Number(l['droppedBytes'] ?? 0), 0);
   assert.ok(dropped > 0, 'the writer outran the rotation: the agent dropped output (the case under test)');
   // At most once and in order: every numbered line after the one before it.
-  const lines = followed.split('\n').slice(0, -1);
+  const lines = follower.out.split('\n').slice(0, -1);
   assert.equal(lines[0], '1.0 ready');
   assert.deepEqual(lines.slice(-2), ['1.0 done', 'marker']);
   const nums: number[] = [];
@@ -372,7 +380,7 @@ test('issue 12 trial: relink logs -f while the app writes faster than rotation k
   for (const l of partial) assert.ok(line('1.0', 0).startsWith(l.slice(0, 4)) && l.length < WIDTH - 1, `a damaged line: ${JSON.stringify(l.slice(0, 60))}`);
   assert.equal(nums.at(-1), count - 1);
   // Each gap said on stderr with its size; nothing else said.
-  const said = notices.split('\n').slice(0, -1).map((n) => {
+  const said = follower.err.split('\n').slice(0, -1).map((n) => {
     const m = /^relink logs: (\d+) bytes of output were rotated away before they could be read \(.+\): going on from the next whole line$/.exec(n);
     assert.ok(m !== null, `an unexpected notice: ${n}`);
     return Number(m[1]);
@@ -403,14 +411,8 @@ test('relink logs -f keeps its place through the rotations themselves (the reade
   const lines = (from: number, to: number) => { let s = ''; for (let i = from; i < to; i++) s += line('w', i); return s; };
   await app.write(lines(0, 1_000));
 
-  const follower = spawn(RELINK[0]!, [...RELINK.slice(1), 'logs', '--config', config, 'web', '-f', '-n', '100000'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  defer(t, () => { if (follower.exitCode === null) follower.kill('SIGKILL'); });
-  let followed = '';
-  let notices = '';
-  follower.stdout.setEncoding('utf8').on('data', (c: string) => { followed += c; });
-  follower.stderr.setEncoding('utf8').on('data', (c: string) => { notices += c; });
-  const exited = new Promise<number | null>((resolve) => follower.once('close', (code) => resolve(code)));
-  await waitFor('the follower to print line 999', () => followed.endsWith(line('w', 999)), { timeoutMs: 20_000 });
+  const follower = relinkLogs(t, ['--config', config, 'web', '-f', '-n', '100000']);
+  await waitFor('the follower to print line 999', () => follower.out.endsWith(line('w', 999)), { timeoutMs: 20_000 });
 
   // 600 KB while the reader sleeps: ten pieces of 64 KiB cut, two kept, the
   // oldest eight (up to byte 524288, inside line 5242) dropped.
@@ -420,9 +422,9 @@ test('relink logs -f keeps its place through the rotations themselves (the reade
   follower.kill('SIGCONT');
   assert.deepEqual(said.map((o) => o['droppedBytes']), [524_288]);
   await app.write(lines(7_000, 7_010));
-  await waitFor('the follower to print line 7009', () => followed.endsWith(line('w', 7_009)), { timeoutMs: 20_000 });
-  assert.equal(notices, 'relink logs: 424288 bytes of output were rotated away before they could be read (dropped by the agent, the app writing faster than it rotates, or removed past log.backups): going on from the next whole line\n');
-  assert.ok(followed === lines(0, 1_000) + lines(5_243, 7_010), 'lines 0-999, then from the first whole line the rotated files kept, each once');
+  await waitFor('the follower to print line 7009', () => follower.out.endsWith(line('w', 7_009)), { timeoutMs: 20_000 });
+  assert.equal(follower.err, 'relink logs: 424288 bytes of output were rotated away before they could be read (dropped by the agent, the app writing faster than it rotates, or removed past log.backups): going on from the next whole line\n');
+  assert.ok(follower.out === lines(0, 1_000) + lines(5_243, 7_010), 'lines 0-999, then from the first whole line the rotated files kept, each once');
 
   // Two pieces, no drop, and both rotated files are new: the trial's
   // follower printed the kept set again here.
@@ -433,11 +435,11 @@ test('relink logs -f keeps its place through the rotations themselves (the reade
   assert.deepEqual(said.map((o) => o['droppedBytes']), [524_288, 0]);
   assert.deepEqual((await logParts(path.join(dir, 'app.log'))).map((p) => p.index), [2, 1, 0]);
   await app.write(lines(8_010, 8_011));
-  await waitFor('the follower to print line 8010', () => followed.endsWith(line('w', 8_010)), { timeoutMs: 20_000 });
+  await waitFor('the follower to print line 8010', () => follower.out.endsWith(line('w', 8_010)), { timeoutMs: 20_000 });
   follower.kill('SIGINT');
-  assert.equal(await exited, 0, notices);
-  assert.equal(notices.split('\n').length, 2, notices);
-  assert.ok(followed === lines(0, 1_000) + lines(5_243, 8_011), `each line once, in order: ${followed.length} characters for ${lines(0, 1_000).length + lines(5_243, 8_011).length}`);
+  assert.equal(await follower.exited, 0, follower.err);
+  assert.equal(follower.err.split('\n').length, 2, follower.err);
+  assert.ok(follower.out === lines(0, 1_000) + lines(5_243, 8_011), `each line once, in order: ${follower.out.length} characters for ${lines(0, 1_000).length + lines(5_243, 8_011).length}`);
 });
 
 test('issue 12 trial: a log deleted (rm) or renamed (logrotate\'s rename + create) under the running app is said once per occurrence, with the way out, in relink status and relink logs too; the file the app still writes to is kept below log.maxBytes, its newest lines, until relink restart', async (t) => {
@@ -502,7 +504,7 @@ test('what an app\'s user cannot have root cut: its stdout pointed (O_PATH: no r
   if (!rootOnly(t)) return;
   const user = await testUser(t);
   const maxBytes = 65_536;
-  const a = await logApp(t, { '1.0': { target: 'app.log-old' } }, { log: { maxBytes, backups: 2 } }, { user, bin: PLANT });
+  const a = await logApp(t, { '1.0': { stdoutAt: 'app.log-old' } }, { log: { maxBytes, backups: 2 } }, { user });
   const victim = path.join(a.dir, 'app.log-old');
   const secret = 'root only\n'.repeat(20_000);
   await writeFile(victim, secret, { mode: 0o600 });

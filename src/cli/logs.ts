@@ -5,7 +5,7 @@ import type { AppConfig } from '../config.js';
 import { RelinkError } from '../errors.js';
 import { journalPresent } from '../journalstream.js';
 import { follow, logParts, Printer, readLast } from '../logfollow.js';
-import { detachedName } from '../logorphan.js';
+import { detachedWriters } from '../logorphan.js';
 import { readStat } from '../proc.js';
 import { readAppState } from '../state.js';
 import { resolveRunAs } from '../user.js';
@@ -78,17 +78,14 @@ async function fromFiles(app: AppConfig, stateDir: string, want: Want, io: IO, s
 /**
  * A process of the app (as its state file knows them) writing to the log
  * deleted or renamed under it (src/logorphan.ts): what it writes is not in
- * the files read here. Said before them; /proc tells root only.
+ * the files read here. Said before them; /proc shows a process's
+ * descriptors to root and to its own user only (README "App logs").
  */
 async function noteDetached(app: AppConfig, stateDir: string, notice: (text: string) => void): Promise<void> {
   const saved = await readAppState(stateDir, app.name).catch(() => undefined);
-  const said = new Set<string>();
-  for (const m of saved?.lineage?.members ?? []) {
-    if (readStat(m.pid)?.startTime !== m.startTime) continue;
-    const d = detachedName(m.pid, app.logFile);
-    if (d === undefined || said.has(d.name)) continue;
-    said.add(d.name);
-    notice(`note: pid ${m.pid} writes its output to ${d.name} (${app.logFile} was ${d.deleted ? 'deleted' : 'renamed'} while it ran), which is not read here; relink restart ${app.name} makes the app write to ${app.logFile} again`);
+  const live = (saved?.lineage?.members ?? []).filter((m) => readStat(m.pid)?.startTime === m.startTime).map((m) => m.pid);
+  for (const d of detachedWriters(live, app.logFile)) {
+    notice(`note: pid ${d.pid} writes its output to ${d.name} (${app.logFile} was ${d.deleted ? 'deleted' : 'renamed'} while it ran), which is not read here; relink restart ${app.name} makes the app write to ${app.logFile} again`);
   }
 }
 

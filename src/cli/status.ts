@@ -7,7 +7,7 @@ import { lower, readLimits } from '../limits.js';
 import { folderMissing } from '../applock.js';
 import { describeError, isErrno, RelinkError } from '../errors.js';
 import { bootTimeMs, ProcessFinder, startedAtMs, type Discovery, type ProcInfo } from '../proc.js';
-import { detachedName } from '../logorphan.js';
+import { detachedWriters } from '../logorphan.js';
 import { lookupUser, resolveRunAs } from '../user.js';
 import { readLinks } from '../relink.js';
 import { readAppState, runningAgent, type AgentRecord, type AppProblem, type AppStateName } from '../state.js';
@@ -162,14 +162,9 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     else warnings.push(`${app.links.dir ?? ''} points at ${links.dir ?? 'nothing'}, not at the folder of the linked release: the agent puts it back on its next re-check (or, when current.conf names a release not applied, at the next deploy or crash restart)`);
   }
   if (proc?.deleted === true) warnings.push(`pid ${proc.pid} runs ${proc.exe}, which was replaced or deleted on disk after it started`);
-  // A log deleted or renamed under the running app (src/logorphan.ts): /proc tells root, not other users.
-  const detached = new Map<string, number>();
-  for (const p of discovery.all) {
-    const d = detachedName(p.pid, app.logFile);
-    if (d !== undefined && !detached.has(d.name)) {
-      detached.set(d.name, p.pid);
-      warnings.push(`pid ${p.pid} writes its output to ${d.name}: ${app.logFile} was ${d.deleted ? 'deleted' : 'renamed'} while it ran, so relink logs does not show it; relink restart ${app.name} makes the app write to ${app.logFile} again`);
-    }
+  // A log deleted or renamed under the running app (src/logorphan.ts): /proc tells root and the app's own user, no one else.
+  for (const d of detachedWriters(discovery.all.map((p) => p.pid), app.logFile)) {
+    warnings.push(`pid ${d.pid} writes its output to ${d.name}: ${app.logFile} was ${d.deleted ? 'deleted' : 'renamed'} while it ran, so relink logs does not show it; relink restart ${app.name} makes the app write to ${app.logFile} again`);
   }
   const limits = proc === undefined ? null : await limitStatus(app, proc.pid, warnings);
   const user = proc === undefined ? null : { name: (await lookupUser(proc.uid))?.name ?? null, uid: proc.uid };

@@ -13,6 +13,10 @@ Run as `./app.bin -c app.cfg`; the config is key=value lines:
   stderrEvery  every Nth line goes to stderr (0: none)
   gate         a path: write "TAG ready" first, then wait until it exists
                (a test starts its reader before the output it must read)
+  stdoutAt     a path: write nothing, but point fd 1 at that file, opened
+               O_PATH (which needs no right on the file itself, only on the
+               folders to it), so that /proc/PID/fd/1 leads there: what an
+               app's user can do to the file the agent may cut
 A line is "TAG NNNNNNNNN xxxx...x\n", NNNNNNNNN its number from 0.
 """
 import os
@@ -32,6 +36,12 @@ def write_all(fd, data):
         data = data[n:]
 
 
+def idle():
+    """Until SIGTERM."""
+    while True:
+        signal.pause()
+
+
 def main():
     cfg = {}
     with open(sys.argv[sys.argv.index("-c") + 1]) as f:
@@ -46,6 +56,11 @@ def main():
     pause = int(cfg.get("pauseMs", "0")) / 1000.0
     every = int(cfg.get("stderrEvery", "0"))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    if cfg.get("stdoutAt"):
+        fd = os.open(cfg["stdoutAt"], os.O_PATH)
+        os.dup2(fd, 1)
+        os.close(fd)
+        idle()
     gate = cfg.get("gate")
     if gate:
         write_all(1, ("%s ready\n" % tag).encode())
@@ -65,8 +80,7 @@ def main():
         if pause:
             time.sleep(pause)
     write_all(1, ("%s done\n" % tag).encode())
-    while True:
-        signal.pause()
+    idle()
 
 
 main()
