@@ -33,7 +33,7 @@ import type { Release } from './current.js';
 import { newestFirst, type HistoryEntry, type Outcome, type ReadOptions } from './history.js';
 import { readLinks } from './relink.js';
 import { removeTree, withFolder } from './safefs.js';
-import { MAX_FOLDER_ENTRIES } from './trust.js';
+import { releaseTree } from './trust.js';
 import { readAppState, type AppState } from './state.js';
 
 const PRUNE_FAILED: ErrorCode = 'PRUNE_FAILED';
@@ -511,34 +511,20 @@ async function protectionsFor(config: AgentConfig, app: AppConfig, previous: Rel
 }
 
 /**
- * Where the symlinks inside `folder` lead (real paths), walked without
- * following links, at most MAX_FOLDER_ENTRIES entries; [] for a folder that
- * cannot be read.
+ * What the symlinks inside the live release folder `folder` lead to outside
+ * it (real paths: folders, and the files of folders they lead to are inside
+ * those), walked as the trust check walks it (src/trust.ts releaseTree:
+ * loops end, dangling links lead nowhere); what could be walked when a
+ * folder cannot be.
  */
 async function linkTargets(folder: string): Promise<string[]> {
   const out: string[] = [];
-  const pending = [folder];
-  // Folders a link leads to are walked too (live/shared -> ../shared, whose
-  // old3 -> ../3.0/static), each real folder once: links in a loop end.
-  const walked = new Set<string>([await realpath(folder).catch(() => folder)]);
-  let count = 0;
-  while (pending.length > 0 && count < MAX_FOLDER_ENTRIES) {
-    const dir = pending.pop()!;
-    const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
-    count += entries.length;
-    for (const e of entries) {
-      const p = path.join(dir, e.name);
-      if (e.isDirectory()) pending.push(p);
-      else if (e.isSymbolicLink()) {
-        const real = await realpath(p).catch(() => undefined);
-        if (real === undefined) continue;
-        out.push(real);
-        if (!walked.has(real) && (await lstat(real).catch(() => undefined))?.isDirectory() === true) {
-          walked.add(real);
-          pending.push(real);
-        }
-      }
+  try {
+    for await (const step of releaseTree(folder, true)) {
+      if ((step.kind === 'folder' && step.linked) || step.kind === 'target') out.push(step.path);
     }
+  } catch {
+    // The folder itself is gone or unreadable: nothing more to protect.
   }
   return out;
 }
