@@ -564,13 +564,9 @@ export function releaseFiles(app: AppConfig, r: string): { bin: string; cfg: str
   };
 }
 
-/**
- * The folder of release `r` in the folders layout (releaseNames "{release}/app":
- * <releasesDir>/2.0); undefined in the files layout.
- */
-export function releaseFolder(app: AppConfig, r: string): string | undefined {
-  const folder = folderPattern(app.releaseNames.bin);
-  return folder === undefined ? undefined : path.join(app.releasesDir, folder.replaceAll(RELEASE_PLACEHOLDER, r));
+/** Whether releases are folders (releaseNames "{release}/app", issue 15) rather than file pairs. */
+export function releasesAreFolders(app: AppConfig): boolean {
+  return folderPattern(app.releaseNames.bin) !== undefined;
 }
 
 /**

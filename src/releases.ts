@@ -25,7 +25,7 @@ import { randomBytes } from 'node:crypto';
 import { lstat, readdir, realpath, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { releaseFiles, releaseFolder, releaseOf, type AgentConfig, type AppConfig } from './config.js';
+import { releaseFiles, releaseOf, releasesAreFolders, type AgentConfig, type AppConfig } from './config.js';
 import { nodeCron, type CronLogger } from './cron.js';
 import { readCurrent } from './current.js';
 import { fileError, isErrno, RelinkError, RelinkErrors, type ErrorCode } from './errors.js';
@@ -270,7 +270,7 @@ export async function pruneReleases(config: AgentConfig, app: AppConfig, opts: P
 
   const removed: string[] = [];
   const problems: RelinkError[] = [];
-  if (releaseFolder(app, 'x') !== undefined) await removeLeftovers(app.releasesDir, problems);
+  if (releasesAreFolders(app)) await removeLeftovers(app.releasesDir, problems);
   for (const d of doomed) {
     for (const file of d.files) {
       if (path.dirname(file) !== app.releasesDir) {
@@ -421,7 +421,7 @@ async function scanReleases(app: AppConfig): Promise<Found[]> {
   }
   // The agent's own files, should a pattern like "{release}" match them.
   const own = new Set([app.currentFile, app.logFile, app.links.bin, app.links.cfg, ...(app.links.dir === undefined ? [] : [app.links.dir]), ...(app.pidFile === undefined ? [] : [app.pidFile])]);
-  const folders = releaseFolder(app, 'x') !== undefined;
+  const folders = releasesAreFolders(app);
   const candidates: { release: string; bin: string; cfg: string; folder: string | undefined }[] = [];
   for (const e of entries) {
     // Symlinks are never releases: lstat-level type from readdir. In the

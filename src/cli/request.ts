@@ -8,7 +8,7 @@ import { realpath } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { writeFileAtomic } from '../atomicWrite.js';
-import { releaseFolder, type AgentConfig, type AppConfig } from '../config.js';
+import { releasesAreFolders, type AgentConfig, type AppConfig } from '../config.js';
 import { currentTextFor, hashText, readCurrent, validateCurrent, type Release, type ReleaseHashes } from '../current.js';
 import { RelinkError } from '../errors.js';
 import type { HistoryEntry } from '../history.js';
@@ -155,7 +155,7 @@ function report(io: IO, opts: RequestOptions, r: { outcome: string; message: str
  * (2.0/app), since every release's binary has the same file name there.
  */
 async function shortNames(app: AppConfig): Promise<(file: string) => string> {
-  if (releaseFolder(app, 'x') === undefined) return (file) => path.basename(file);
+  if (!releasesAreFolders(app)) return (file) => path.basename(file);
   const real = await realpath(app.releasesDir).catch(() => app.releasesDir);
   return (file) => {
     const rel = path.relative(real, file);
