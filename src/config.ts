@@ -574,11 +574,7 @@ export function releasesAreFolders(app: AppConfig): boolean {
  * app's bin pattern (files layout) or its folder part (folders layout).
  */
 export function releaseOf(app: AppConfig, entry: string): string | undefined {
-  const pattern = folderPattern(app.releaseNames.bin) ?? app.releaseNames.bin;
-  const [pre, post] = pattern.split(RELEASE_PLACEHOLDER) as [string, string];
-  if (entry.includes('/') || !entry.startsWith(pre) || !entry.endsWith(post) || entry.length < pre.length + post.length) return undefined;
-  const r = entry.slice(pre.length, entry.length - post.length);
-  return r === '' ? undefined : r;
+  return releaseIn(folderPattern(app.releaseNames.bin) ?? app.releaseNames.bin, entry);
 }
 
 /**
@@ -588,9 +584,14 @@ export function releaseOf(app: AppConfig, entry: string): string | undefined {
  */
 export function releaseOfFile(app: AppConfig, file: string, kind: 'bin' | 'cfg'): string | undefined {
   const rel = path.relative(app.releasesDir, file);
-  const [pre, post] = app.releaseNames[kind].split(RELEASE_PLACEHOLDER) as [string, string];
-  if (rel.startsWith('..') || path.isAbsolute(rel) || !rel.startsWith(pre) || !rel.endsWith(post) || rel.length <= pre.length + post.length) return undefined;
-  const r = rel.slice(pre.length, rel.length - post.length);
+  return rel.startsWith('..') || path.isAbsolute(rel) ? undefined : releaseIn(app.releaseNames[kind], rel);
+}
+
+/** What `{release}` stands for in `name` by `pattern`: undefined when it does not match, or would be empty or hold a "/". */
+function releaseIn(pattern: string, name: string): string | undefined {
+  const [pre, post] = pattern.split(RELEASE_PLACEHOLDER) as [string, string];
+  if (name.length <= pre.length + post.length || !name.startsWith(pre) || !name.endsWith(post)) return undefined;
+  const r = name.slice(pre.length, name.length - post.length);
   return r.includes('/') ? undefined : r;
 }
 
