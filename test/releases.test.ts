@@ -453,6 +453,8 @@ test('issue 15: a release the live one links into (9.0/shared -> ../8.0/static) 
   await mkdir(path.join(rel, 'shared'));
   await symlink('../0.9/static', path.join(rel, 'shared', 'old'));
   await symlink('../3.0', path.join(rel, 'shared', 'back'));
+  await symlink('.', path.join(rel, 'shared', 'self'));
+  await symlink('../4.0/static', path.join(rel, 'shared', 'next')); // dangling: protects nothing, breaks nothing
   await symlink('../shared', path.join(rel, '3.0', 'shared'));
   await symlink(path.join(rel, '3.0'), path.join(app.dir, 'current'));
   const file = await writeConfigFile(root, [{ name: 'web', dir: app.dir, ...folders }]);
