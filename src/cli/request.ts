@@ -57,12 +57,14 @@ export async function requestRelease(config: AgentConfig, app: AppConfig, wanted
   const release = await validateCurrent(app, text);
   const short = await shortNames(app);
   const named = `${short(release.bin)} + ${short(release.cfg)}`;
-  const [links, saved, named0] = await Promise.all([readLinks(app.links, app.releasesDir), readAppState(config.stateDir, app.name, readOpts), namedByCurrent(app, reader)]);
+  const [links, saved] = await Promise.all([readLinks(app.links, app.releasesDir), readAppState(config.stateDir, app.name, readOpts)]);
   const live = links.bin === release.bin && links.cfg === release.cfg && links.dirStale !== true;
   // Already live only if current.conf says so too: links on X while
   // current.conf names Y (a change the agent has not applied yet, or a typo
-  // it refused) means Y is what the agent will make live, not X.
-  if (live && saved?.state === 'running' && named0?.bin === release.bin && named0.cfg === release.cfg) {
+  // it refused) means Y is what the agent will make live, not X. Asked only
+  // then: validating current.conf walks a release folder's trust check again.
+  const named0 = live && saved?.state === 'running' ? await namedByCurrent(app, reader) : undefined;
+  if (named0?.bin === release.bin && named0.cfg === release.cfg) {
     return report(io, opts, { outcome: 'unchanged', release, message: `${app.name}: ${named} is already live` }, EXIT.ok);
   }
   // The preflight as the agent runs it (as the app runs), before anything is written.
