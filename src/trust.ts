@@ -84,7 +84,8 @@ function releaseSubfolders(releasesReal: string, file: string): string[] {
  * The most entries of a release folder the trust check walks (a Node app's
  * node_modules holds tens of thousands): a folder with more is refused, not
  * half-checked. 10,000 entries took 0.4 to 1.4 s on the 2-core test host
- * with a load average of 7 to 18 (other test runs); a deploy pays it once.
+ * with a load average of 7 to 18 (other test runs); each validation pays it
+ * once (the agent's on a deploy, relink deploy's and validate's before it).
  */
 export const MAX_FOLDER_ENTRIES = 200_000;
 
