@@ -1,4 +1,6 @@
+import { realpath } from 'node:fs/promises';
 import path from 'node:path';
+import type { AppConfig } from '../config.js';
 import { journaledApps, newestEntries, type HistoryEntry } from '../history.js';
 import { EXIT, loadFor, selectApp, table } from './io.js';
 import type { SpecOf } from './commands.js';
@@ -24,11 +26,20 @@ export const historyCommand: Command<SpecOf<'history'>> = {
       io.stdout('no deploys recorded yet\n');
       return EXIT.ok;
     }
-    const releasesDirs = new Map(config.apps.map((a) => [a.name, a.releasesDir]));
+    const releasesDirs = await releasesDirsOf(config.apps);
     io.stdout(table([['TIME', 'APP', 'OUTCOME', 'ACTION', 'TO (bin / cfg)', 'PID', 'MS', 'REASON'], ...entries.map((e) => row(e, releasesDirs.get(e.app)))]));
     return EXIT.ok;
   },
 };
+
+/**
+ * Each app's releases folder as the journal's paths name it: real paths (the
+ * agent resolves current.conf's), so a releases folder reached through a
+ * symlink (/srv -> /data/srv) is resolved too, for releaseLabel.
+ */
+export async function releasesDirsOf(apps: readonly AppConfig[]): Promise<Map<string, string>> {
+  return new Map(await Promise.all(apps.map(async (a) => [a.name, await realpath(a.releasesDir).catch(() => a.releasesDir)] as const)));
+}
 
 /** A release file as the table shows it: relative to the app's releases folder ("app.2.0", or "2.0/app" in a folder per release), else its name. */
 export function releaseLabel(p: string | null, releasesDir: string | undefined): string {
