@@ -260,7 +260,9 @@ export async function pruneReleases(config: AgentConfig, app: AppConfig, opts: P
     const scanned = new Map(fresh.found.map((f) => [f.release, f]));
     doomed = candidates.flatMap((r) => {
       const f = scanned.get(r.release);
-      if (f === undefined || f.bin.mtime !== r.bin.mtime || f.bin.arrived !== r.bin.arrived || fresh.reasons(f).length > 0) return [];
+      // In the folders layout the folder's arrival too: a folder put in its
+      // place with rsync --link-dest keeps an unchanged binary's inode.
+      if (f === undefined || f.bin.mtime !== r.bin.mtime || f.bin.arrived !== r.bin.arrived || f.folder?.arrived !== r.folder?.arrived || fresh.reasons(f).length > 0) return [];
       return [{ release: f.release, files: filesOf(f), folder: f.folder !== null }];
     });
   }
