@@ -565,13 +565,9 @@ export function releaseFiles(app: AppConfig, r: string): { bin: string; cfg: str
   };
 }
 
-/**
- * The folder of release `r` in the folders layout (releaseNames "{release}/app":
- * <releasesDir>/2.0); undefined in the files layout.
- */
-export function releaseFolder(app: AppConfig, r: string): string | undefined {
-  const folder = folderPattern(app.releaseNames.bin);
-  return folder === undefined ? undefined : path.join(app.releasesDir, folder.replaceAll(RELEASE_PLACEHOLDER, r));
+/** Whether releases are folders (releaseNames "{release}/app", issue 15) rather than file pairs. */
+export function releasesAreFolders(app: AppConfig): boolean {
+  return folderPattern(app.releaseNames.bin) !== undefined;
 }
 
 /**
@@ -579,11 +575,7 @@ export function releaseFolder(app: AppConfig, r: string): string | undefined {
  * app's bin pattern (files layout) or its folder part (folders layout).
  */
 export function releaseOf(app: AppConfig, entry: string): string | undefined {
-  const pattern = folderPattern(app.releaseNames.bin) ?? app.releaseNames.bin;
-  const [pre, post] = pattern.split(RELEASE_PLACEHOLDER) as [string, string];
-  if (entry.includes('/') || !entry.startsWith(pre) || !entry.endsWith(post) || entry.length < pre.length + post.length) return undefined;
-  const r = entry.slice(pre.length, entry.length - post.length);
-  return r === '' ? undefined : r;
+  return releaseIn(folderPattern(app.releaseNames.bin) ?? app.releaseNames.bin, entry);
 }
 
 /**
@@ -593,9 +585,14 @@ export function releaseOf(app: AppConfig, entry: string): string | undefined {
  */
 export function releaseOfFile(app: AppConfig, file: string, kind: 'bin' | 'cfg'): string | undefined {
   const rel = path.relative(app.releasesDir, file);
-  const [pre, post] = app.releaseNames[kind].split(RELEASE_PLACEHOLDER) as [string, string];
-  if (rel.startsWith('..') || path.isAbsolute(rel) || !rel.startsWith(pre) || !rel.endsWith(post) || rel.length <= pre.length + post.length) return undefined;
-  const r = rel.slice(pre.length, rel.length - post.length);
+  return rel.startsWith('..') || path.isAbsolute(rel) ? undefined : releaseIn(app.releaseNames[kind], rel);
+}
+
+/** What `{release}` stands for in `name` by `pattern`: undefined when it does not match, or would be empty or hold a "/". */
+function releaseIn(pattern: string, name: string): string | undefined {
+  const [pre, post] = pattern.split(RELEASE_PLACEHOLDER) as [string, string];
+  if (name.length <= pre.length + post.length || !name.startsWith(pre) || !name.endsWith(post)) return undefined;
+  const r = name.slice(pre.length, name.length - post.length);
   return r.includes('/') ? undefined : r;
 }
 

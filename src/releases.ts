@@ -25,7 +25,7 @@ import { randomBytes } from 'node:crypto';
 import { lstat, readdir, realpath, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { releaseFiles, releaseFolder, releaseOf, type AgentConfig, type AppConfig } from './config.js';
+import { releaseFiles, releaseOf, releasesAreFolders, type AgentConfig, type AppConfig } from './config.js';
 import { nodeCron, type CronLogger } from './cron.js';
 import { readCurrent } from './current.js';
 import { fileError, isErrno, RelinkError, RelinkErrors, type ErrorCode } from './errors.js';
@@ -33,7 +33,7 @@ import type { Release } from './current.js';
 import { newestFirst, type HistoryEntry, type Outcome, type ReadOptions } from './history.js';
 import { readLinks } from './relink.js';
 import { removeTree, withFolder } from './safefs.js';
-import { MAX_FOLDER_ENTRIES } from './trust.js';
+import { releaseTree } from './trust.js';
 import { readAppState, type AppState } from './state.js';
 
 const PRUNE_FAILED: ErrorCode = 'PRUNE_FAILED';
@@ -260,7 +260,9 @@ export async function pruneReleases(config: AgentConfig, app: AppConfig, opts: P
     const scanned = new Map(fresh.found.map((f) => [f.release, f]));
     doomed = candidates.flatMap((r) => {
       const f = scanned.get(r.release);
-      if (f === undefined || f.bin.mtime !== r.bin.mtime || f.bin.arrived !== r.bin.arrived || fresh.reasons(f).length > 0) return [];
+      // In the folders layout the folder's arrival too: a folder put in its
+      // place with rsync --link-dest keeps an unchanged binary's inode.
+      if (f === undefined || f.bin.mtime !== r.bin.mtime || f.bin.arrived !== r.bin.arrived || f.folder?.arrived !== r.folder?.arrived || fresh.reasons(f).length > 0) return [];
       return [{ release: f.release, files: filesOf(f), folder: f.folder !== null }];
     });
   }
@@ -270,7 +272,7 @@ export async function pruneReleases(config: AgentConfig, app: AppConfig, opts: P
 
   const removed: string[] = [];
   const problems: RelinkError[] = [];
-  if (releaseFolder(app, 'x') !== undefined) await removeLeftovers(app.releasesDir, problems);
+  if (releasesAreFolders(app)) await removeLeftovers(app.releasesDir, problems);
   for (const d of doomed) {
     for (const file of d.files) {
       if (path.dirname(file) !== app.releasesDir) {
@@ -421,7 +423,7 @@ async function scanReleases(app: AppConfig): Promise<Found[]> {
   }
   // The agent's own files, should a pattern like "{release}" match them.
   const own = new Set([app.currentFile, app.logFile, app.links.bin, app.links.cfg, ...(app.links.dir === undefined ? [] : [app.links.dir]), ...(app.pidFile === undefined ? [] : [app.pidFile])]);
-  const folders = releaseFolder(app, 'x') !== undefined;
+  const folders = releasesAreFolders(app);
   const candidates: { release: string; bin: string; cfg: string; folder: string | undefined }[] = [];
   for (const e of entries) {
     // Symlinks are never releases: lstat-level type from readdir. In the
@@ -511,34 +513,20 @@ async function protectionsFor(config: AgentConfig, app: AppConfig, previous: Rel
 }
 
 /**
- * Where the symlinks inside `folder` lead (real paths), walked without
- * following links, at most MAX_FOLDER_ENTRIES entries; [] for a folder that
- * cannot be read.
+ * What the symlinks inside the live release folder `folder` lead to outside
+ * it (real paths: folders, and the files of folders they lead to are inside
+ * those), walked as the trust check walks it (src/trust.ts releaseTree:
+ * loops end, dangling links lead nowhere); what could be walked when a
+ * folder cannot be.
  */
 async function linkTargets(folder: string): Promise<string[]> {
   const out: string[] = [];
-  const pending = [folder];
-  // Folders a link leads to are walked too (live/shared -> ../shared, whose
-  // old3 -> ../3.0/static), each real folder once: links in a loop end.
-  const walked = new Set<string>([await realpath(folder).catch(() => folder)]);
-  let count = 0;
-  while (pending.length > 0 && count < MAX_FOLDER_ENTRIES) {
-    const dir = pending.pop()!;
-    const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
-    count += entries.length;
-    for (const e of entries) {
-      const p = path.join(dir, e.name);
-      if (e.isDirectory()) pending.push(p);
-      else if (e.isSymbolicLink()) {
-        const real = await realpath(p).catch(() => undefined);
-        if (real === undefined) continue;
-        out.push(real);
-        if (!walked.has(real) && (await lstat(real).catch(() => undefined))?.isDirectory() === true) {
-          walked.add(real);
-          pending.push(real);
-        }
-      }
+  try {
+    for await (const step of releaseTree(folder, true)) {
+      if ((step.kind === 'folder' && step.linked) || step.kind === 'target') out.push(step.path);
     }
+  } catch {
+    // The folder itself is gone or unreadable: nothing more to protect.
   }
   return out;
 }

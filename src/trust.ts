@@ -17,7 +17,7 @@
  * link, and is checked entry by entry (Checker.tree, issue 15).
  */
 import { lstat, readdir, readlink, realpath, stat } from 'node:fs/promises';
-import type { Stats } from 'node:fs';
+import type { Dirent, Stats } from 'node:fs';
 import path from 'node:path';
 import type { AppConfig } from './config.js';
 import type { CurrentKey, Release } from './current.js';
@@ -84,12 +84,68 @@ function releaseSubfolders(releasesReal: string, file: string): string[] {
  * The most entries of a release folder the trust check walks (a Node app's
  * node_modules holds tens of thousands): a folder with more is refused, not
  * half-checked. 10,000 entries took 0.4 to 1.4 s on the 2-core test host
- * with a load average of 7 to 18 (other test runs); a deploy pays it once.
+ * with a load average of 7 to 18 (other test runs); each validation pays it
+ * once (the agent's on a deploy, relink deploy's and validate's before it).
  */
 export const MAX_FOLDER_ENTRIES = 200_000;
 
 /** Entries of a release folder looked at together. */
 const TREE_BATCH = 32;
+
+/** A step of `releaseTree`. */
+export type TreeStep =
+  /** A folder of the walk (the release folder, one in it, or, `linked`, one a symlink leads to: its real path), before it is read. */
+  | { readonly kind: 'folder'; readonly path: string; readonly linked: boolean }
+  /** What that folder holds, in readdir order (its folders are walked next). */
+  | { readonly kind: 'entries'; readonly dir: string; readonly entries: readonly Dirent[] }
+  /** A file (not a folder) a symlink leads to outside the release folder: its real path. */
+  | { readonly kind: 'target'; readonly path: string }
+  /** More than MAX_FOLDER_ENTRIES entries: the walk ends here. */
+  | { readonly kind: 'too many' };
+
+/**
+ * The one walk of a release folder, for the trust check (Checker.tree) and
+ * for prune's protection of what the live release links to (issue 15), so
+ * that both see the same things: every folder in it, recursively, without
+ * following links; then, for each symlink, where it leads when that is
+ * outside the release folder (inside it, the walk gets there anyway): a
+ * folder is walked the same way, each real folder once (links in a loop
+ * end), a file is a 'target'; a dangling link leads nowhere. At most
+ * MAX_FOLDER_ENTRIES entries in all. A folder that cannot be read throws,
+ * unless `skipUnreadable` (then it is passed over).
+ */
+export async function* releaseTree(folder: string, skipUnreadable = false): AsyncGenerator<TreeStep> {
+  const folderReal = await realpath(folder);
+  const pending = [{ dir: folder, linked: false }];
+  const walked = new Set<string>([folderReal]);
+  let count = 0;
+  while (pending.length > 0) {
+    const { dir, linked } = pending.pop()!;
+    yield { kind: 'folder', path: dir, linked };
+    let entries: Dirent[];
+    try {
+      entries = await readdir(dir, { withFileTypes: true });
+    } catch (err) {
+      if (skipUnreadable) continue;
+      throw err;
+    }
+    count += entries.length;
+    if (count > MAX_FOLDER_ENTRIES) {
+      yield { kind: 'too many' };
+      return;
+    }
+    yield { kind: 'entries', dir, entries };
+    for (const e of entries) if (e.isDirectory()) pending.push({ dir: path.join(dir, e.name), linked: false });
+    for (const e of entries.filter((x) => x.isSymbolicLink())) {
+      const real = await realpath(path.join(dir, e.name)).catch(() => undefined);
+      if (real === undefined || real === folderReal || real.startsWith(folderReal + path.sep) || walked.has(real)) continue;
+      walked.add(real);
+      const st = await stat(real).catch(() => undefined);
+      if (st?.isDirectory() === true) pending.push({ dir: real, linked: true });
+      else if (st !== undefined) yield { kind: 'target', path: real };
+    }
+  }
+}
 
 /**
  * A program the agent runs as itself (a global notifier's command: root
@@ -155,45 +211,27 @@ class Checker {
    * `current/static`); a dangling one is judged by its target's path. What
    * it leads to outside this folder (a `shared/` beside the releases) is
    * exposed as well, so it is checked the same way, walked if a folder
-   * (each real folder once: links in a loop end). At most MAX_FOLDER_ENTRIES
-   * entries in all. The first problem, or undefined.
+   * (releaseTree: the walk prune's protections share). At most
+   * MAX_FOLDER_ENTRIES entries in all. The first problem, or undefined.
    */
   async tree(folder: string, releasesReal: string): Promise<RelinkError | undefined> {
-    const pending = [folder];
-    const folderReal = await realpath(folder);
-    const walked = new Set<string>([folderReal]);
-    let count = 0;
     const trusted = this.#trusted ?? (this.#who.uid === 0 ? 'root' : `root or the app's user ${describeUser(this.#who)}`);
-    while (pending.length > 0) {
-      const dir = pending.pop()!;
-      const problem = await this.#one(dir, undefined, true);
-      if (problem !== undefined) return problem;
-      const entries = await readdir(dir, { withFileTypes: true });
-      count += entries.length;
-      if (count > MAX_FOLDER_ENTRIES) {
+    for await (const step of releaseTree(folder)) {
+      if (step.kind === 'too many') {
         return fileError('UNTRUSTED_PATH', this.#file, undefined, `must be writable by nobody but ${trusted} (like sshd's StrictModes), checked for at most ${MAX_FOLDER_ENTRIES} entries`, `${folder} holds more entries than that`);
       }
-      for (const e of entries) if (e.isDirectory()) pending.push(path.join(dir, e.name));
-      const others = entries.filter((e) => !e.isDirectory());
+      if (step.kind === 'folder' || step.kind === 'target') {
+        const problem = await this.#one(step.path, undefined, true);
+        if (problem !== undefined) return problem;
+        continue;
+      }
+      const others = step.entries.filter((e) => !e.isDirectory());
       // A few lstats at a time, for libuv's thread pool to work on together;
       // the first problem in readdir order wins.
       for (let i = 0; i < others.length; i += TREE_BATCH) {
-        const found = await Promise.all(others.slice(i, i + TREE_BATCH).map((e) => this.#entry(path.join(dir, e.name), e.isSymbolicLink(), releasesReal)));
+        const found = await Promise.all(others.slice(i, i + TREE_BATCH).map((e) => this.#entry(path.join(step.dir, e.name), e.isSymbolicLink(), releasesReal)));
         const bad = found.find((p) => p !== undefined);
         if (bad !== undefined) return bad;
-      }
-      // Where the symlinks lead, outside this release folder (inside it, the walk gets there anyway).
-      for (const e of others.filter((x) => x.isSymbolicLink())) {
-        const real = await realpath(path.join(dir, e.name)).catch(() => undefined);
-        if (real === undefined || real === folderReal || real.startsWith(folderReal + path.sep) || walked.has(real)) continue;
-        const st = await stat(real).catch(() => undefined);
-        if (st?.isDirectory() === true) {
-          walked.add(real);
-          pending.push(real);
-        } else if (st !== undefined) {
-          const problem = await this.#one(real, undefined, true);
-          if (problem !== undefined) return problem;
-        }
       }
     }
     return undefined;

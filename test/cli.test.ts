@@ -133,3 +133,15 @@ test('history and status name a release file relative to the releases folder: "2
   assert.equal(releaseLabel('/srv/web/release/app.2.0', undefined), 'app.2.0', 'an app no longer in the config');
   assert.equal(releaseLabel(null, '/srv/web/release'), '-');
 });
+
+test('history and status name a release file relative to the releases folder reached through a symlink (/srv -> /data/srv): the journal holds real paths', async (t) => {
+  const { releaseLabel, releasesDirsOf } = await import('../src/cli/io.js');
+  const { parseConfig } = await import('../src/config.js');
+  const { mkdir, symlink } = await import('node:fs/promises');
+  const root = await tmpDir(t);
+  await mkdir(path.join(root, 'data', 'shop', 'releases'), { recursive: true });
+  await symlink(path.join(root, 'data'), path.join(root, 'srv'));
+  const config = parseConfig(JSON.stringify({ apps: [{ name: 'shop', dir: path.join(root, 'srv', 'shop'), releasesDir: 'releases' }] }), path.join(root, 'config.json'));
+  const dirs = await releasesDirsOf(config.apps);
+  assert.equal(releaseLabel(path.join(root, 'data', 'shop', 'releases', '2.0', 'app'), dirs.get('shop')), '2.0/app');
+});

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { loadConfig, parseConfig, pickApp, releaseFiles, releaseFolder, releaseOf } from '../src/config.js';
+import { loadConfig, parseConfig, pickApp, releaseFiles, releaseOf, releasesAreFolders } from '../src/config.js';
 import { RelinkError, RelinkErrors } from '../src/errors.js';
 import { ROOT, tmpDir } from './helpers.js';
 
@@ -617,9 +617,9 @@ test('issue 15: releaseNames may name files in a folder per release; links.dir n
   const ok = parseConfig(app({ releaseNames: { bin: '{release}/bin/app', cfg: '{release}/app.cfg' }, links: { dir: 'current' } }), file).apps[0]!;
   assert.deepEqual(ok.links, { bin: '/srv/web/app.bin', cfg: '/srv/web/app.cfg', dir: '/srv/web/current' });
   assert.deepEqual(releaseFiles(ok, '2.0'), { bin: '/srv/web/release/2.0/bin/app', cfg: '/srv/web/release/2.0/app.cfg' });
-  assert.equal(releaseFolder(ok, '2.0'), '/srv/web/release/2.0');
+  assert.equal(releasesAreFolders(ok), true);
   assert.equal(releaseOf(ok, '2.0'), '2.0');
-  assert.equal(releaseFolder(parseConfig(app({}), file).apps[0]!, '2.0'), undefined);
+  assert.equal(releasesAreFolders(parseConfig(app({}), file).apps[0]!), false);
 
   const shape = 'must be a file name ("app.{release}"), or a path in a folder per release whose first part alone holds {release} ("{release}/app", "{release}/bin/app"), with no "", "." or ".." part';
   assert.equal(one(refused(app({ releaseNames: { bin: 'bin/{release}', cfg: '{release}/app.cfg' } }), file), 'apps[0].releaseNames.bin').rule, shape);

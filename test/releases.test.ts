@@ -445,19 +445,22 @@ test('issue 15: a release the live one links into (9.0/shared -> ../8.0/static) 
     await afterArrivalOf(path.join(rel, r));
   }
   await symlink('../../1.0/static', path.join(rel, '3.0', 'static', 'shared'));
-  // And one link further: 3.0/shared -> ../shared, whose old -> ../0.9/static (a loop back to 3.0 ends).
+  // And one link further: 3.0/shared -> ../shared, whose old -> ../0.9/static (a loop back to 3.0 ends,
+  // and is no reason of its own: the walk is the trust check's, which follows no link back into the release).
   await mkdir(path.join(rel, '0.9', 'static'), { recursive: true });
   await writeFile(path.join(rel, '0.9', 'app'), '#!/bin/sh\n', { mode: 0o755 });
   await writeFile(path.join(rel, '0.9', 'app.cfg'), 'release=0.9\n');
   await mkdir(path.join(rel, 'shared'));
   await symlink('../0.9/static', path.join(rel, 'shared', 'old'));
   await symlink('../3.0', path.join(rel, 'shared', 'back'));
+  await symlink('.', path.join(rel, 'shared', 'self'));
+  await symlink('../4.0/static', path.join(rel, 'shared', 'next')); // dangling: protects nothing, breaks nothing
   await symlink('../shared', path.join(rel, '3.0', 'shared'));
   await symlink(path.join(rel, '3.0'), path.join(app.dir, 'current'));
   const file = await writeConfigFile(root, [{ name: 'web', dir: app.dir, ...folders }]);
   const config = await loadConfig(file);
   const rs = await listReleases(config, config.apps[0]!);
-  assert.deepEqual(Object.fromEntries(rs.map((r) => [r.release, r.protected])), { '0.9': ['linked from the current release'], '1.0': ['linked from the current release'], '2.0': [], '3.0': ['current', 'linked from the current release'] });
+  assert.deepEqual(Object.fromEntries(rs.map((r) => [r.release, r.protected])), { '0.9': ['linked from the current release'], '1.0': ['linked from the current release'], '2.0': [], '3.0': ['current'] });
   const { removed } = await pruneReleases(config, config.apps[0]!, { keep: 1 });
   assert.deepEqual(removed, [path.join(rel, '2.0')]);
   assert.ok(await exists(path.join(rel, '3.0', 'static', 'shared')), 'what the live release links to is still there');

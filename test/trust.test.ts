@@ -337,8 +337,11 @@ test('issue 15: what a symlink in a release folder leads to elsewhere in the rel
   await writeFile(upload, 'x\n');
   await chmod(upload, 0o644);
   await symlink('../../shared', path.join(l.folder, 'static', 'shared'));
-  // A loop back into the release folder and one to itself: walked once.
+  // A loop back into the release folder and one to itself: walked once; a
+  // dangling link inside the releases folder leads nowhere (nothing to check).
   await symlink('../2.0', path.join(shared, 'back'));
+  await symlink('.', path.join(shared, 'self'));
+  await symlink('../4.0/static', path.join(shared, 'next'));
   await loadCurrent(l.app());
   await chmod(upload, 0o666);
   const p = await refusal(l.app());

@@ -1,5 +1,5 @@
 import { journaledApps, newestEntries, type HistoryEntry } from '../history.js';
-import { EXIT, loadFor, releaseLabel, selectApp, table } from './io.js';
+import { EXIT, loadFor, releaseLabel, releasesDirsOf, selectApp, table } from './io.js';
 import type { SpecOf } from './commands.js';
 import type { Command } from './spec.js';
 import { damageWarner } from './warn.js';
@@ -23,7 +23,7 @@ export const historyCommand: Command<SpecOf<'history'>> = {
       io.stdout('no deploys recorded yet\n');
       return EXIT.ok;
     }
-    const releasesDirs = new Map(config.apps.map((a) => [a.name, a.releasesDir]));
+    const releasesDirs = await releasesDirsOf(config.apps);
     io.stdout(table([['TIME', 'APP', 'OUTCOME', 'ACTION', 'TO (bin / cfg)', 'PID', 'MS', 'REASON'], ...entries.map((e) => row(e, releasesDirs.get(e.app)))]));
     return EXIT.ok;
   },

@@ -2,6 +2,7 @@
  * What the commands share: config and app selection, durations, tables.
  * (Exit codes, usage errors and argv parsing: src/cli/spec.ts.)
  */
+import { realpath } from 'node:fs/promises';
 import path from 'node:path';
 import { loadConfig, pickApp, type AgentConfig, type AppConfig } from '../config.js';
 import { RelinkError } from '../errors.js';
@@ -59,6 +60,15 @@ export function releaseName(r: string, option: string): string {
     throw new UsageError(`${option} must be a release name such as 2.0 (found ${JSON.stringify(r)}${r.startsWith('.') && !r.includes('/') ? ': a name starting with "." is an upload in progress, not a release' : ''})`);
   }
   return r;
+}
+
+/**
+ * Each app's releases folder as the journal's paths name it: real paths (the
+ * agent resolves current.conf's), so a releases folder reached through a
+ * symlink (/srv -> /data/srv) is resolved too, for releaseLabel.
+ */
+export async function releasesDirsOf(apps: readonly AppConfig[]): Promise<Map<string, string>> {
+  return new Map(await Promise.all(apps.map(async (a) => [a.name, await realpath(a.releasesDir).catch(() => a.releasesDir)] as const)));
 }
 
 /** A release file as the table shows it: relative to the app's releases folder ("app.2.0", or "2.0/app" in a folder per release), else its name. */

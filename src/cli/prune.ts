@@ -1,4 +1,4 @@
-import { releaseFolder } from '../config.js';
+import { releasesAreFolders } from '../config.js';
 import { pruneReleases } from '../releases.js';
 import { EXIT, loadFor, selectApps } from './io.js';
 import type { SpecOf } from './commands.js';
@@ -14,7 +14,7 @@ export const pruneCommand: Command<SpecOf<'prune'>> = {
     const onDamaged = damageWarner(io, 'prune');
     for (const app of selectApps(config, values.app)) {
       const { removed, kept } = await pruneReleases(config, app, { keep, dryRun, onDamaged });
-      results.push({ name: app.name, removed, kept, folders: releaseFolder(app, 'x') !== undefined });
+      results.push({ name: app.name, removed, kept, folders: releasesAreFolders(app) });
     }
     if (values.json) {
       io.stdout(`${JSON.stringify({ dryRun, apps: results.map(({ folders: _, ...r }) => r) })}\n`);

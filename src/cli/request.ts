@@ -4,11 +4,9 @@
  * the only thing that applies anything, then optionally wait for the agent's
  * verdict on this very content.
  */
-import { realpath } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
-import path from 'node:path';
 import { writeFileAtomic } from '../atomicWrite.js';
-import { releaseFolder, type AgentConfig, type AppConfig } from '../config.js';
+import type { AgentConfig, AppConfig } from '../config.js';
 import { currentTextFor, hashText, readCurrent, validateCurrent, type Release, type ReleaseHashes } from '../current.js';
 import { RelinkError } from '../errors.js';
 import type { HistoryEntry } from '../history.js';
@@ -20,6 +18,7 @@ import { readAppState, runningAgent } from '../state.js';
 import type { OnDamage } from '../stateDir.js';
 import { resolveRunAs } from '../user.js';
 import { EXIT, type IO } from './io.js';
+import { releaseLabel, releasesDirsOf } from './io.js';
 
 export interface RequestOptions {
   readonly wait: boolean;
@@ -55,14 +54,18 @@ export async function requestRelease(config: AgentConfig, app: AppConfig, wanted
   // The agent's own checks, before anything is written: a refusal here
   // leaves current.conf exactly as it was.
   const release = await validateCurrent(app, text);
-  const short = await shortNames(app);
+  // As history and status name it ("app.2.0", or "2.0/app" in a folder per release).
+  const releasesReal = (await releasesDirsOf([app])).get(app.name);
+  const short = (file: string) => releaseLabel(file, releasesReal);
   const named = `${short(release.bin)} + ${short(release.cfg)}`;
-  const [links, saved, named0] = await Promise.all([readLinks(app.links, app.releasesDir), readAppState(config.stateDir, app.name, readOpts), namedByCurrent(app, reader)]);
+  const [links, saved] = await Promise.all([readLinks(app.links, app.releasesDir), readAppState(config.stateDir, app.name, readOpts)]);
   const live = links.bin === release.bin && links.cfg === release.cfg && links.dirStale !== true;
   // Already live only if current.conf says so too: links on X while
   // current.conf names Y (a change the agent has not applied yet, or a typo
-  // it refused) means Y is what the agent will make live, not X.
-  if (live && saved?.state === 'running' && named0?.bin === release.bin && named0.cfg === release.cfg) {
+  // it refused) means Y is what the agent will make live, not X. Asked only
+  // then: validating current.conf walks a release folder's trust check again.
+  const named0 = live && saved?.state === 'running' ? await namedByCurrent(app, reader) : undefined;
+  if (named0?.bin === release.bin && named0.cfg === release.cfg) {
     return report(io, opts, { outcome: 'unchanged', release, message: `${app.name}: ${named} is already live` }, EXIT.ok);
   }
   // The preflight as the agent runs it (as the app runs), before anything is written.
@@ -148,20 +151,6 @@ function report(io: IO, opts: RequestOptions, r: { outcome: string; message: str
   return code;
 }
 
-
-/**
- * How a release file is named in messages: its file name (app.2.0), or in
- * the folders layout ("{release}/app") its path in the releases folder
- * (2.0/app), since every release's binary has the same file name there.
- */
-async function shortNames(app: AppConfig): Promise<(file: string) => string> {
-  if (releaseFolder(app, 'x') === undefined) return (file) => path.basename(file);
-  const real = await realpath(app.releasesDir).catch(() => app.releasesDir);
-  return (file) => {
-    const rel = path.relative(real, file);
-    return rel.startsWith('..') || path.isAbsolute(rel) ? file : rel;
-  };
-}
 
 /** The release current.conf names now, if it can be read and validated (as the app's user reads it). */
 async function namedByCurrent(app: AppConfig, reader: Reader): Promise<Release | undefined> {

@@ -13,7 +13,7 @@ import { readLinks } from '../relink.js';
 import { readAppState, runningAgent, type AgentRecord, type AppProblem, type AppStateName } from '../state.js';
 import { appStateFile, describeDamage } from '../stateDir.js';
 import { changedSettings, launchSettings } from '../settings.js';
-import { ago, EXIT, loadFor, releaseLabel, selectApps, table } from './io.js';
+import { ago, EXIT, loadFor, releaseLabel, releasesDirsOf, selectApps, table } from './io.js';
 import type { SpecOf } from './commands.js';
 import type { Command } from './spec.js';
 import { damageWarner } from './warn.js';
@@ -310,7 +310,7 @@ export const statusCommand: Command<SpecOf<'status'>> = {
       const withPlaces = await Promise.all(statuses.map(async (s, i) => ({ ...s, ...(await appPlaces(apps[i]!, s)) })));
       io.stdout(`${JSON.stringify({ agent: agent ?? null, configChanged, apps: withPlaces }, null, 2)}\n`);
     } else {
-      io.stdout(render(agent, statuses, config.file, configChanged, new Map(config.apps.map((x) => [x.name, x.releasesDir]))));
+      io.stdout(render(agent, statuses, config.file, configChanged, await releasesDirsOf(config.apps)));
     }
     // 1 also when no agent runs: the apps may serve, but nothing deploys, supervises or rolls them back (a check on the exit code must see that).
     return agent !== undefined && statuses.every((s) => s.state === 'running' || s.state === 'deploying') ? EXIT.ok : EXIT.failed;
