@@ -51,10 +51,33 @@ interface Run {
   readonly reports: Record<string, Report>;
 }
 
-/** ansible-playbook, or why the test cannot run (a failure under CI, which must not skip). */
-async function ansibleAvailable(): Promise<string | undefined> {
+/**
+ * A temp folder for a test, and ansible-playbook's environment, its state
+ * kept in that folder; undefined when ansible-playbook is not installed and
+ * the test is skipped (under CI, which must not skip, a failure).
+ */
+async function ansibleSetup(t: TestContext, prefix: string): Promise<{ root: string; env: NodeJS.ProcessEnv } | undefined> {
   const r = await runProgram('ansible-playbook', ['--version']).catch((err: Error) => ({ code: -1, stdout: '', stderr: err.message }));
-  return r.code === 0 ? undefined : `ansible-playbook is not installed (apt-get install ansible-core): ${r.stderr.trim()}`;
+  if (r.code !== 0) {
+    const missing = `ansible-playbook is not installed (apt-get install ansible-core): ${r.stderr.trim()}`;
+    if (process.env.CI) assert.fail(missing);
+    t.skip(missing);
+    return undefined;
+  }
+  const root = await tmpDir(t, prefix);
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    ANSIBLE_HOME: path.join(root, 'ansible'),
+    ANSIBLE_LOCAL_TEMP: path.join(root, 'ansible', 'tmp'),
+    ANSIBLE_REMOTE_TEMP: path.join(root, 'ansible', 'remote'),
+    ANSIBLE_HOST_KEY_CHECKING: 'False',
+    ANSIBLE_RETRY_FILES_ENABLED: 'False',
+    ANSIBLE_PIPELINING: 'True',
+    ANSIBLE_FORKS: '5',
+    ANSIBLE_NOCOLOR: '1',
+    ANSIBLE_GATHERING: 'explicit',
+  };
+  return { root, env };
 }
 
 function parseRecap(output: string): Record<string, Record<string, number>> {
@@ -92,13 +115,9 @@ async function journal(h: Host): Promise<HistoryEntry[]> {
 }
 
 test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at the first unhealthy host, on three hosts', async (t: TestContext) => {
-  const missing = await ansibleAvailable();
-  if (missing !== undefined) {
-    if (process.env.CI) assert.fail(missing);
-    t.skip(missing);
-    return;
-  }
-  const root = await tmpDir(t, 'relink-ansible-');
+  const setup = await ansibleSetup(t, 'relink-ansible-');
+  if (setup === undefined) return;
+  const { root, env } = setup;
 
   // The release files on the control node, named as releaseNames says (the default: app.R, cfg.R).
   const files = path.join(root, 'files');
@@ -141,27 +160,21 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
       },
     },
   }));
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    ANSIBLE_HOME: path.join(root, 'ansible'),
-    ANSIBLE_LOCAL_TEMP: path.join(root, 'ansible', 'tmp'),
-    ANSIBLE_REMOTE_TEMP: path.join(root, 'ansible', 'remote'),
-    ANSIBLE_HOST_KEY_CHECKING: 'False',
-    ANSIBLE_RETRY_FILES_ENABLED: 'False',
-    ANSIBLE_PIPELINING: 'True',
-    ANSIBLE_FORKS: '5',
-    ANSIBLE_NOCOLOR: '1',
-    ANSIBLE_GATHERING: 'explicit',
-  };
   const playbook = async (file: string, args: readonly string[], inv = inventory): Promise<Run> => {
     const r = await runProgram('ansible-playbook', ['-i', inv, path.join(PLAYBOOKS, file), ...args], { cwd: root, env, timeoutMs: 300_000 });
     return { code: r.code, output: r.stdout + r.stderr, recap: parseRecap(r.stdout), reports: printedReports(r.stdout) };
   };
-  const deploy = (release: string, ...more: string[]): Promise<Run> =>
-    playbook('deploy.yml', ['-e', `relink_app=${APP}`, '-e', `relink_release=${release}`, '-e', `relink_files_dir=${files}`, ...more]);
+  const deployArgs = (release: string, dir = files): string[] => ['-e', `relink_app=${APP}`, '-e', `relink_release=${release}`, '-e', `relink_files_dir=${dir}`];
+  const deploy = (release: string, ...more: string[]): Promise<Run> => playbook('deploy.yml', [...deployArgs(release), ...more]);
+  /** An inventory of these hosts, in this order, with the same group vars. */
+  const inventoryOf = async (name: string, hostVars: Record<string, Record<string, unknown>>): Promise<string> => {
+    const file = path.join(root, `inventory-${name}.json`);
+    const all = JSON.parse(await readFile(inventory, 'utf8')) as { all: { vars: unknown } };
+    await writeFile(file, JSON.stringify({ all: { children: { web: { hosts: hostVars } }, vars: all.all.vars } }));
+    return file;
+  };
   // The interface as scripts use it, with the files' folder relative to where ansible-playbook runs.
-  const deployFromHere = (release: string): Promise<Run> =>
-    playbook('deploy.yml', ['-e', `relink_app=${APP}`, '-e', `relink_release=${release}`, '-e', `relink_files_dir=${path.relative(root, files)}`]);
+  const deployFromHere = (release: string): Promise<Run> => playbook('deploy.yml', deployArgs(release, path.relative(root, files)));
   const rollback = (...more: string[]): Promise<Run> => playbook('rollback.yml', ['-e', `relink_app=${APP}`, ...more]);
   const verdicts = (run: Run): Record<string, [string | null, string | null, string]> =>
     Object.fromEntries(Object.entries(run.reports).map(([h, r]) => [h, [r.before, r.after, r.verdict]]));
@@ -282,10 +295,8 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
     await writeFile(path.join(folders, '2.0', 'app.cfg'), `port=${app.port}\nmessage=web 2.0\n`);
     await writeFile(path.join(folders, '2.0', 'static.txt'), 'static 2.0\n', { mode: 0o664 });
     await writeFile(path.join(folders, '2.0', 'templates', 'page.html'), '<p>2.0</p>\n');
-    const inv = path.join(root, 'inventory-h4.json');
-    const all = JSON.parse(await readFile(inventory, 'utf8')) as { all: { vars: unknown } };
-    await writeFile(inv, JSON.stringify({ all: { children: { web: { hosts: { h4: { relink_config: config } } } }, vars: all.all.vars } }));
-    const run = await playbook('deploy.yml', ['-e', `relink_app=${APP}`, '-e', 'relink_release=2.0', '-e', `relink_files_dir=${folders}`], inv);
+    const inv = await inventoryOf('h4', { h4: { relink_config: config } });
+    const run = await playbook('deploy.yml', deployArgs('2.0', folders), inv);
     assert.equal(run.code, 0, run.output);
     assert.deepEqual(verdicts(run), { h4: ['1.0', '2.0', 'deployed'] }, run.output);
     const live = path.join(app.releasesDir, '2.0');
@@ -296,20 +307,16 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
     assert.equal((await stat(path.join(live, 'static.txt'))).mode & 0o777, 0o644);
     assert.equal((await stat(path.join(live, 'app'))).mode & 0o777, 0o755);
     assert.equal((await statusOf(h4)).release, '2.0');
-    const again = await playbook('deploy.yml', ['-e', `relink_app=${APP}`, '-e', 'relink_release=2.0', '-e', `relink_files_dir=${folders}`], inv);
+    const again = await playbook('deploy.yml', deployArgs('2.0', folders), inv);
     assert.equal(again.code, 0, again.output);
     assert.equal(again.recap.h4?.changed, 0, again.output);
   });
 });
 
 test('ansible/install.yml into an image\'s root (relink_root): Node.js from a tarball, the unit, the config from its template, the app\'s folders; a second run changes nothing', async (t: TestContext) => {
-  const missing = await ansibleAvailable();
-  if (missing !== undefined) {
-    if (process.env.CI) assert.fail(missing);
-    t.skip(missing);
-    return;
-  }
-  const root = await tmpDir(t, 'relink-ansible-install-');
+  const setup = await ansibleSetup(t, 'relink-ansible-install-');
+  if (setup === undefined) return;
+  const { root, env } = setup;
   const image = path.join(root, 'image');
   await mkdir(image);
   // A stand-in for nodejs.org's tarball: its node answers --version as Node 20 does.
@@ -331,7 +338,6 @@ test('ansible/install.yml into an image\'s root (relink_root): Node.js from a ta
   }));
   const inventory = path.join(root, 'inventory.ini');
   await writeFile(inventory, 'img ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n');
-  const env = { ...process.env, ANSIBLE_HOME: path.join(root, 'ansible'), ANSIBLE_LOCAL_TEMP: path.join(root, 'ansible', 'tmp'), ANSIBLE_REMOTE_TEMP: path.join(root, 'ansible', 'remote'), ANSIBLE_PIPELINING: 'True', ANSIBLE_NOCOLOR: '1', ANSIBLE_RETRY_FILES_ENABLED: 'False' };
   const install = () => runProgram('ansible-playbook', ['-i', inventory, path.join(PLAYBOOKS, 'install.yml'), '--skip-tags', 'relink_npm', '-e', `@${vars}`], { cwd: root, env, timeoutMs: 300_000 });
 
   const first = await install();
