@@ -278,6 +278,19 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
     for (const h of hosts) assert.equal((await statusOf(h)).release, '1.0');
   });
 
+  await t.test('a host whose relink_config is wrong is reported with relink\'s reason, and so is the healthy host of its batch; the next batch untouched', async () => {
+    const nowhere = path.join(root, 'nowhere', 'config.json');
+    const inv = await inventoryOf('wrong-config', { h1: { relink_config: h1.config }, h2: { relink_config: nowhere }, h3: { relink_config: h3.config } });
+    const [second, third] = [await journal(h2), await journal(h3)];
+    const run = await playbook('deploy.yml', [...deployArgs('2.0'), '-e', '{"relink_serial": [2, 1]}'], inv);
+    assert.notEqual(run.code, 0, run.output);
+    assert.deepEqual(verdicts(run), { h1: ['1.0', '2.0', 'deployed'], h2: [null, null, 'error'] }, run.output);
+    assert.match(run.reports.h2!.reason, /^Ask relink where web's releases go, whose they are, and what runs: relink status: 1 problem:\s+\S*nowhere\/config\.json: must be a readable regular file/);
+    assert.deepEqual([run.recap.h1?.failed, run.recap.h2?.failed, run.recap.h3], [0, 1, undefined], run.output);
+    await servedBy(h1.app.port, 'app.2.0');
+    assert.deepEqual([await journal(h2), await journal(h3)], [second, third], 'the agents of h2 and h3 were asked for nothing');
+  });
+
   await t.test('issue 15: a release folder (releaseNames "{release}/app", links.dir "current") is uploaded whole, its assets included, and goes live', async () => {
     const hostRoot = path.join(root, 'h4');
     const app = await makeApp(hostRoot, APP, PLAIN, { '1.0': '' }, { folders: true });
