@@ -309,11 +309,16 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
     await writeFile(path.join(folders, '2.0', 'static.txt'), 'static 2.0\n', { mode: 0o664 });
     await writeFile(path.join(folders, '2.0', 'templates', 'page.html'), '<p>2.0</p>\n');
     const inv = await inventoryOf('h4', { h4: { relink_config: config } });
+    // What an upload that stopped half-way left: the role starts it afresh, under that dot name, and renames it into place once complete.
+    await mkdir(path.join(app.releasesDir, '.2.0.part'));
+    await writeFile(path.join(app.releasesDir, '.2.0.part', 'stale.txt'), 'from an upload that stopped\n');
     const run = await playbook('deploy.yml', deployArgs('2.0', folders), inv);
     assert.equal(run.code, 0, run.output);
     assert.deepEqual(verdicts(run), { h4: ['1.0', '2.0', 'deployed'] }, run.output);
     const live = path.join(app.releasesDir, '2.0');
     assert.equal(await readlink(path.join(app.dir, 'current')), live);
+    assert.deepEqual((await readdir(live)).sort(), ['app', 'app.cfg', 'static.txt', 'templates']);
+    assert.deepEqual((await readdir(app.releasesDir)).filter((n) => n.startsWith('.')), [], 'no upload left under a dot name');
     assert.equal(await readFile(path.join(live, 'static.txt'), 'utf8'), 'static 2.0\n');
     assert.equal(await readFile(path.join(live, 'templates', 'page.html'), 'utf8'), '<p>2.0</p>\n');
     // Nothing in the folder writable by group or others (relink refuses such a release), the binary still executable.
