@@ -15,6 +15,7 @@ import { chmod, copyFile, mkdir, readdir, readFile, readlink, stat, writeFile } 
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { loadConfig } from '../src/config.js';
+import { freePort } from '../src/demo/layout.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { reapMarkedAfter, RELINK, relinkCli, ROOT, runProgram, startAgent, tmpDir } from './helpers.js';
 import { configFor, FOLDERS_CONFIG, makeApp, PLAIN, servedBy, setCurrent, type App } from './plainapps.js';
@@ -276,6 +277,33 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
     assert.equal(run.code, 0, run.output);
     assert.deepEqual(verdicts(run), { h1: ['3.0', '1.0', 'deployed'] }, run.output);
     for (const h of hosts) assert.equal((await statusOf(h)).release, '1.0');
+  });
+
+  await t.test('a host unreachable beside a healthy one stops the rollout at the end of their batch, deploy and rollback alike: the next batch untouched', async () => {
+    // ssh to a port nothing listens on: refused at once, so Ansible marks the host unreachable at its first task.
+    const closed = await freePort();
+    const inv = await inventoryOf('unreachable', {
+      h1: { relink_config: h1.config },
+      down: { ansible_connection: 'ssh', ansible_host: '127.0.0.1', ansible_port: closed, relink_config: h2.config },
+      h3: { relink_config: h3.config },
+    });
+    const third = await journal(h3);
+    const run = await playbook('deploy.yml', [...deployArgs('2.0'), '-e', '{"relink_serial": [2, 1]}'], inv);
+    assert.notEqual(run.code, 0, run.output);
+    assert.deepEqual(verdicts(run), { h1: ['1.0', '2.0', 'deployed'] }, run.output);
+    assert.equal(run.recap.down?.unreachable, 1, run.output);
+    assert.match(run.output, /unreachable in this batch: down; the rollout stops here/);
+    assert.equal(run.recap.h3, undefined, `h3 is not in the recap: the rollout never reached it\n${run.output}`);
+    await servedBy(h1.app.port, 'app.2.0');
+
+    const back = await playbook('rollback.yml', ['-e', `relink_app=${APP}`, '-e', 'relink_release=1.0', '-e', '{"relink_serial": [2, 1]}'], inv);
+    assert.notEqual(back.code, 0, back.output);
+    assert.deepEqual(verdicts(back), { h1: ['2.0', '1.0', 'deployed'] }, back.output);
+    assert.equal(back.recap.down?.unreachable, 1, back.output);
+    assert.match(back.output, /unreachable in this batch: down; the rollout stops here/);
+    assert.equal(back.recap.h3, undefined, `h3 is not in the recap: the rollback never reached it\n${back.output}`);
+    await servedBy(h1.app.port, 'app.1.0');
+    assert.deepEqual(await journal(h3), third, 'the third host\'s agent was asked for nothing');
   });
 
   await t.test('a host whose relink_config is wrong is reported with relink\'s reason, and so is the healthy host of its batch; the next batch untouched', async () => {
