@@ -6,9 +6,8 @@
  */
 import { realpath } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
-import path from 'node:path';
 import { writeFileAtomic } from '../atomicWrite.js';
-import { releaseFolder, type AgentConfig, type AppConfig } from '../config.js';
+import type { AgentConfig, AppConfig } from '../config.js';
 import { currentTextFor, hashText, readCurrent, validateCurrent, type Release, type ReleaseHashes } from '../current.js';
 import { RelinkError } from '../errors.js';
 import type { HistoryEntry } from '../history.js';
@@ -19,6 +18,7 @@ import { readerOf, type Reader } from '../safefs.js';
 import { readAppState, runningAgent } from '../state.js';
 import type { OnDamage } from '../stateDir.js';
 import { resolveRunAs } from '../user.js';
+import { releaseLabel } from './history.js';
 import { EXIT, type IO } from './io.js';
 
 export interface RequestOptions {
@@ -150,17 +150,14 @@ function report(io: IO, opts: RequestOptions, r: { outcome: string; message: str
 
 
 /**
- * How a release file is named in messages: its file name (app.2.0), or in
- * the folders layout ("{release}/app") its path in the releases folder
- * (2.0/app), since every release's binary has the same file name there.
+ * How a release file is named in messages: as relink history and status
+ * name it (releaseLabel: app.2.0, or 2.0/app in a folder per release),
+ * relative to the releases folder as resolved, since a validated release's
+ * paths are real ones.
  */
 async function shortNames(app: AppConfig): Promise<(file: string) => string> {
-  if (releaseFolder(app, 'x') === undefined) return (file) => path.basename(file);
   const real = await realpath(app.releasesDir).catch(() => app.releasesDir);
-  return (file) => {
-    const rel = path.relative(real, file);
-    return rel.startsWith('..') || path.isAbsolute(rel) ? file : rel;
-  };
+  return (file) => releaseLabel(file, real);
 }
 
 /** The release current.conf names now, if it can be read and validated (as the app's user reads it). */
