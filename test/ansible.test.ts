@@ -288,21 +288,19 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
       h3: { relink_config: h3.config },
     });
     const third = await journal(h3);
-    const run = await playbook('deploy.yml', [...deployArgs('2.0'), '-e', '{"relink_serial": [2, 1]}'], inv);
-    assert.notEqual(run.code, 0, run.output);
-    assert.deepEqual(verdicts(run), { h1: ['1.0', '2.0', 'deployed'] }, run.output);
-    assert.equal(run.recap.down?.unreachable, 1, run.output);
-    assert.match(run.output, /unreachable in this batch: down; the rollout stops here/);
-    assert.equal(run.recap.h3, undefined, `h3 is not in the recap: the rollout never reached it\n${run.output}`);
-    await servedBy(h1.app.port, 'app.2.0');
-
-    const back = await playbook('rollback.yml', ['-e', `relink_app=${APP}`, '-e', 'relink_release=1.0', '-e', '{"relink_serial": [2, 1]}'], inv);
-    assert.notEqual(back.code, 0, back.output);
-    assert.deepEqual(verdicts(back), { h1: ['2.0', '1.0', 'deployed'] }, back.output);
-    assert.equal(back.recap.down?.unreachable, 1, back.output);
-    assert.match(back.output, /unreachable in this batch: down; the rollout stops here/);
-    assert.equal(back.recap.h3, undefined, `h3 is not in the recap: the rollback never reached it\n${back.output}`);
-    await servedBy(h1.app.port, 'app.1.0');
+    // deploy.yml takes h1 to 2.0, rollback.yml back to 1.0: each stops after the batch of h1 and down.
+    for (const [file, args, from, to] of [
+      ['deploy.yml', deployArgs('2.0'), '1.0', '2.0'],
+      ['rollback.yml', ['-e', `relink_app=${APP}`, '-e', 'relink_release=1.0'], '2.0', '1.0'],
+    ] as const) {
+      const run = await playbook(file, [...args, '-e', '{"relink_serial": [2, 1]}'], inv);
+      assert.notEqual(run.code, 0, run.output);
+      assert.deepEqual(verdicts(run), { h1: [from, to, 'deployed'] }, run.output);
+      assert.equal(run.recap.down?.unreachable, 1, run.output);
+      assert.match(run.output, /unreachable in this batch: down; the rollout stops here/);
+      assert.equal(run.recap.h3, undefined, `${file}: h3 is not in the recap: the rollout never reached it\n${run.output}`);
+      await servedBy(h1.app.port, `app.${to}`);
+    }
     assert.deepEqual(await journal(h3), third, 'the third host\'s agent was asked for nothing');
   });
 
