@@ -15,6 +15,7 @@ import { chmod, copyFile, mkdir, readdir, readFile, readlink, stat, writeFile } 
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { loadConfig } from '../src/config.js';
+import { freePort } from '../src/demo/layout.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { reapMarkedAfter, RELINK, relinkCli, ROOT, runProgram, startAgent, tmpDir } from './helpers.js';
 import { configFor, FOLDERS_CONFIG, makeApp, PLAIN, servedBy, setCurrent, type App } from './plainapps.js';
@@ -51,10 +52,33 @@ interface Run {
   readonly reports: Record<string, Report>;
 }
 
-/** ansible-playbook, or why the test cannot run (a failure under CI, which must not skip). */
-async function ansibleAvailable(): Promise<string | undefined> {
+/**
+ * A temp folder for a test, and ansible-playbook's environment, its state
+ * kept in that folder; undefined when ansible-playbook is not installed and
+ * the test is skipped (under CI, which must not skip, a failure).
+ */
+async function ansibleSetup(t: TestContext, prefix: string): Promise<{ root: string; env: NodeJS.ProcessEnv } | undefined> {
   const r = await runProgram('ansible-playbook', ['--version']).catch((err: Error) => ({ code: -1, stdout: '', stderr: err.message }));
-  return r.code === 0 ? undefined : `ansible-playbook is not installed (apt-get install ansible-core): ${r.stderr.trim()}`;
+  if (r.code !== 0) {
+    const missing = `ansible-playbook is not installed (apt-get install ansible-core): ${r.stderr.trim()}`;
+    if (process.env.CI) assert.fail(missing);
+    t.skip(missing);
+    return undefined;
+  }
+  const root = await tmpDir(t, prefix);
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    ANSIBLE_HOME: path.join(root, 'ansible'),
+    ANSIBLE_LOCAL_TEMP: path.join(root, 'ansible', 'tmp'),
+    ANSIBLE_REMOTE_TEMP: path.join(root, 'ansible', 'remote'),
+    ANSIBLE_HOST_KEY_CHECKING: 'False',
+    ANSIBLE_RETRY_FILES_ENABLED: 'False',
+    ANSIBLE_PIPELINING: 'True',
+    ANSIBLE_FORKS: '5',
+    ANSIBLE_NOCOLOR: '1',
+    ANSIBLE_GATHERING: 'explicit',
+  };
+  return { root, env };
 }
 
 function parseRecap(output: string): Record<string, Record<string, number>> {
@@ -92,13 +116,9 @@ async function journal(h: Host): Promise<HistoryEntry[]> {
 }
 
 test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at the first unhealthy host, on three hosts', async (t: TestContext) => {
-  const missing = await ansibleAvailable();
-  if (missing !== undefined) {
-    if (process.env.CI) assert.fail(missing);
-    t.skip(missing);
-    return;
-  }
-  const root = await tmpDir(t, 'relink-ansible-');
+  const setup = await ansibleSetup(t, 'relink-ansible-');
+  if (setup === undefined) return;
+  const { root, env } = setup;
 
   // The release files on the control node, named as releaseNames says (the default: app.R, cfg.R).
   const files = path.join(root, 'files');
@@ -141,27 +161,21 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
       },
     },
   }));
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    ANSIBLE_HOME: path.join(root, 'ansible'),
-    ANSIBLE_LOCAL_TEMP: path.join(root, 'ansible', 'tmp'),
-    ANSIBLE_REMOTE_TEMP: path.join(root, 'ansible', 'remote'),
-    ANSIBLE_HOST_KEY_CHECKING: 'False',
-    ANSIBLE_RETRY_FILES_ENABLED: 'False',
-    ANSIBLE_PIPELINING: 'True',
-    ANSIBLE_FORKS: '5',
-    ANSIBLE_NOCOLOR: '1',
-    ANSIBLE_GATHERING: 'explicit',
-  };
   const playbook = async (file: string, args: readonly string[], inv = inventory): Promise<Run> => {
     const r = await runProgram('ansible-playbook', ['-i', inv, path.join(PLAYBOOKS, file), ...args], { cwd: root, env, timeoutMs: 300_000 });
     return { code: r.code, output: r.stdout + r.stderr, recap: parseRecap(r.stdout), reports: printedReports(r.stdout) };
   };
-  const deploy = (release: string, ...more: string[]): Promise<Run> =>
-    playbook('deploy.yml', ['-e', `relink_app=${APP}`, '-e', `relink_release=${release}`, '-e', `relink_files_dir=${files}`, ...more]);
+  const deployArgs = (release: string, dir = files): string[] => ['-e', `relink_app=${APP}`, '-e', `relink_release=${release}`, '-e', `relink_files_dir=${dir}`];
+  const deploy = (release: string, ...more: string[]): Promise<Run> => playbook('deploy.yml', [...deployArgs(release), ...more]);
+  /** An inventory of these hosts, in this order, with the same group vars. */
+  const inventoryOf = async (name: string, hostVars: Record<string, Record<string, unknown>>): Promise<string> => {
+    const file = path.join(root, `inventory-${name}.json`);
+    const all = JSON.parse(await readFile(inventory, 'utf8')) as { all: { vars: unknown } };
+    await writeFile(file, JSON.stringify({ all: { children: { web: { hosts: hostVars } }, vars: all.all.vars } }));
+    return file;
+  };
   // The interface as scripts use it, with the files' folder relative to where ansible-playbook runs.
-  const deployFromHere = (release: string): Promise<Run> =>
-    playbook('deploy.yml', ['-e', `relink_app=${APP}`, '-e', `relink_release=${release}`, '-e', `relink_files_dir=${path.relative(root, files)}`]);
+  const deployFromHere = (release: string): Promise<Run> => playbook('deploy.yml', deployArgs(release, path.relative(root, files)));
   const rollback = (...more: string[]): Promise<Run> => playbook('rollback.yml', ['-e', `relink_app=${APP}`, ...more]);
   const verdicts = (run: Run): Record<string, [string | null, string | null, string]> =>
     Object.fromEntries(Object.entries(run.reports).map(([h, r]) => [h, [r.before, r.after, r.verdict]]));
@@ -265,6 +279,44 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
     for (const h of hosts) assert.equal((await statusOf(h)).release, '1.0');
   });
 
+  await t.test('a host unreachable beside a healthy one stops the rollout at the end of their batch, deploy and rollback alike: the next batch untouched', async () => {
+    // ssh to a port nothing listens on: refused at once, so Ansible marks the host unreachable at its first task.
+    const closed = await freePort();
+    const inv = await inventoryOf('unreachable', {
+      h1: { relink_config: h1.config },
+      down: { ansible_connection: 'ssh', ansible_host: '127.0.0.1', ansible_port: closed, relink_config: h2.config },
+      h3: { relink_config: h3.config },
+    });
+    const third = await journal(h3);
+    // deploy.yml takes h1 to 2.0, rollback.yml back to 1.0: each stops after the batch of h1 and down.
+    for (const [file, args, from, to] of [
+      ['deploy.yml', deployArgs('2.0'), '1.0', '2.0'],
+      ['rollback.yml', ['-e', `relink_app=${APP}`, '-e', 'relink_release=1.0'], '2.0', '1.0'],
+    ] as const) {
+      const run = await playbook(file, [...args, '-e', '{"relink_serial": [2, 1]}'], inv);
+      assert.notEqual(run.code, 0, run.output);
+      assert.deepEqual(verdicts(run), { h1: [from, to, 'deployed'] }, run.output);
+      assert.equal(run.recap.down?.unreachable, 1, run.output);
+      assert.match(run.output, /unreachable in this batch: down; the rollout stops here/);
+      assert.equal(run.recap.h3, undefined, `${file}: h3 is not in the recap: the rollout never reached it\n${run.output}`);
+      await servedBy(h1.app.port, `app.${to}`);
+    }
+    assert.deepEqual(await journal(h3), third, 'the third host\'s agent was asked for nothing');
+  });
+
+  await t.test('a host whose relink_config is wrong is reported with relink\'s reason, and so is the healthy host of its batch; the next batch untouched', async () => {
+    const nowhere = path.join(root, 'nowhere', 'config.json');
+    const inv = await inventoryOf('wrong-config', { h1: { relink_config: h1.config }, h2: { relink_config: nowhere }, h3: { relink_config: h3.config } });
+    const [second, third] = [await journal(h2), await journal(h3)];
+    const run = await playbook('deploy.yml', [...deployArgs('2.0'), '-e', '{"relink_serial": [2, 1]}'], inv);
+    assert.notEqual(run.code, 0, run.output);
+    assert.deepEqual(verdicts(run), { h1: ['1.0', '2.0', 'deployed'], h2: [null, null, 'error'] }, run.output);
+    assert.match(run.reports.h2!.reason, /^Ask relink where web's releases go, whose they are, and what runs: relink status: 1 problem:\s+\S*nowhere\/config\.json: must be a readable regular file/);
+    assert.deepEqual([run.recap.h1?.failed, run.recap.h2?.failed, run.recap.h3], [0, 1, undefined], run.output);
+    await servedBy(h1.app.port, 'app.2.0');
+    assert.deepEqual([await journal(h2), await journal(h3)], [second, third], 'the agents of h2 and h3 were asked for nothing');
+  });
+
   await t.test('issue 15: a release folder (releaseNames "{release}/app", links.dir "current") is uploaded whole, its assets included, and goes live', async () => {
     const hostRoot = path.join(root, 'h4');
     const app = await makeApp(hostRoot, APP, PLAIN, { '1.0': '' }, { folders: true });
@@ -282,34 +334,33 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
     await writeFile(path.join(folders, '2.0', 'app.cfg'), `port=${app.port}\nmessage=web 2.0\n`);
     await writeFile(path.join(folders, '2.0', 'static.txt'), 'static 2.0\n', { mode: 0o664 });
     await writeFile(path.join(folders, '2.0', 'templates', 'page.html'), '<p>2.0</p>\n');
-    const inv = path.join(root, 'inventory-h4.json');
-    const all = JSON.parse(await readFile(inventory, 'utf8')) as { all: { vars: unknown } };
-    await writeFile(inv, JSON.stringify({ all: { children: { web: { hosts: { h4: { relink_config: config } } } }, vars: all.all.vars } }));
-    const run = await playbook('deploy.yml', ['-e', `relink_app=${APP}`, '-e', 'relink_release=2.0', '-e', `relink_files_dir=${folders}`], inv);
+    const inv = await inventoryOf('h4', { h4: { relink_config: config } });
+    // What an upload that stopped half-way left: the role starts it afresh, under that dot name, and renames it into place once complete.
+    await mkdir(path.join(app.releasesDir, '.2.0.part'));
+    await writeFile(path.join(app.releasesDir, '.2.0.part', 'stale.txt'), 'from an upload that stopped\n');
+    const run = await playbook('deploy.yml', deployArgs('2.0', folders), inv);
     assert.equal(run.code, 0, run.output);
     assert.deepEqual(verdicts(run), { h4: ['1.0', '2.0', 'deployed'] }, run.output);
     const live = path.join(app.releasesDir, '2.0');
     assert.equal(await readlink(path.join(app.dir, 'current')), live);
+    assert.deepEqual((await readdir(live)).sort(), ['app', 'app.cfg', 'static.txt', 'templates']);
+    assert.deepEqual((await readdir(app.releasesDir)).filter((n) => n.startsWith('.')), [], 'no upload left under a dot name');
     assert.equal(await readFile(path.join(live, 'static.txt'), 'utf8'), 'static 2.0\n');
     assert.equal(await readFile(path.join(live, 'templates', 'page.html'), 'utf8'), '<p>2.0</p>\n');
     // Nothing in the folder writable by group or others (relink refuses such a release), the binary still executable.
     assert.equal((await stat(path.join(live, 'static.txt'))).mode & 0o777, 0o644);
     assert.equal((await stat(path.join(live, 'app'))).mode & 0o777, 0o755);
     assert.equal((await statusOf(h4)).release, '2.0');
-    const again = await playbook('deploy.yml', ['-e', `relink_app=${APP}`, '-e', 'relink_release=2.0', '-e', `relink_files_dir=${folders}`], inv);
+    const again = await playbook('deploy.yml', deployArgs('2.0', folders), inv);
     assert.equal(again.code, 0, again.output);
     assert.equal(again.recap.h4?.changed, 0, again.output);
   });
 });
 
 test('ansible/install.yml into an image\'s root (relink_root): Node.js from a tarball, the unit, the config from its template, the app\'s folders; a second run changes nothing', async (t: TestContext) => {
-  const missing = await ansibleAvailable();
-  if (missing !== undefined) {
-    if (process.env.CI) assert.fail(missing);
-    t.skip(missing);
-    return;
-  }
-  const root = await tmpDir(t, 'relink-ansible-install-');
+  const setup = await ansibleSetup(t, 'relink-ansible-install-');
+  if (setup === undefined) return;
+  const { root, env } = setup;
   const image = path.join(root, 'image');
   await mkdir(image);
   // A stand-in for nodejs.org's tarball: its node answers --version as Node 20 does.
@@ -331,7 +382,6 @@ test('ansible/install.yml into an image\'s root (relink_root): Node.js from a ta
   }));
   const inventory = path.join(root, 'inventory.ini');
   await writeFile(inventory, 'img ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n');
-  const env = { ...process.env, ANSIBLE_HOME: path.join(root, 'ansible'), ANSIBLE_LOCAL_TEMP: path.join(root, 'ansible', 'tmp'), ANSIBLE_REMOTE_TEMP: path.join(root, 'ansible', 'remote'), ANSIBLE_PIPELINING: 'True', ANSIBLE_NOCOLOR: '1', ANSIBLE_RETRY_FILES_ENABLED: 'False' };
   const install = () => runProgram('ansible-playbook', ['-i', inventory, path.join(PLAYBOOKS, 'install.yml'), '--skip-tags', 'relink_npm', '-e', `@${vars}`], { cwd: root, env, timeoutMs: 300_000 });
 
   const first = await install();

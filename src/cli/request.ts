@@ -17,8 +17,7 @@ import { readerOf, type Reader } from '../safefs.js';
 import { readAppState, runningAgent } from '../state.js';
 import type { OnDamage } from '../stateDir.js';
 import { resolveRunAs } from '../user.js';
-import { EXIT, type IO } from './io.js';
-import { releaseLabel, releasesDirsOf } from './io.js';
+import { EXIT, releaseLabel, releasesDirsOf, type IO } from './io.js';
 
 export interface RequestOptions {
   readonly wait: boolean;

@@ -305,7 +305,6 @@ export const LINES: Parser<number> = {
   rejects: ['-1', '1.5', 'ten', '1e3', ''],
 };
 
-/** A TCP port, 1-65535, in decimal digits. */
 /** A sha256 as 64 hex digits (what sha256sum prints), lowercased. */
 export const SHA256: Parser<string> = {
   what: 'a sha256 as 64 hex digits',
@@ -313,6 +312,7 @@ export const SHA256: Parser<string> = {
   rejects: ['abc', 'g'.repeat(64), `${'0'.repeat(64)}0`, ''],
 };
 
+/** A TCP port, 1-65535, in decimal digits. */
 export const PORT: Parser<number> = {
   what: 'a port number, 1-65535',
   parse: (text) => {
