@@ -317,14 +317,16 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
         proc = found.main;
         continue;
       }
-      if (found.zombies?.some((z) => z.pid === proc.pid) === true) {
+      // One the agent started: its exit event comes a moment after /proc
+      // shows it a zombie (Node reaps it), so it is never "left unreaped".
+      const own = started?.pid === proc.pid ? started : undefined;
+      if (own === undefined && found.zombies?.some((z) => z.pid === proc.pid) === true) {
         throw new RelinkError('APP_EXITED', `pid ${proc.pid} died ${fx.now() - start} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe), and was left unreaped by its parent (a zombie) (see ${outputWhere(app)})`,
           { ...logFileOf(app), key: 'health.settleMs', rule: 'the app must stay up', found: `pid ${proc.pid} is a zombie` });
       }
       // One the agent started: how it ended and, when its own, what it said
       // last ("pid N exited 40 ms after the deploy" alone sent the operator to the log).
       const ms = fx.now() - start;
-      const own = started?.pid === proc.pid ? started : undefined;
       const how = own === undefined ? undefined : await Promise.race([own.ended, fx.sleep(EXIT_STATUS_WAIT_MS).then(() => undefined)]);
       const said = own?.output === undefined ? '' : await own.output().catch(() => '');
       throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${ms} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe)${how === undefined ? '' : `, ${how}`}${said === '' ? ` (see ${outputWhere(app)})` : `; its last output: ${said}`}`,

@@ -209,8 +209,17 @@ class World implements Effects {
     if (p !== undefined) this.procs.set(pid, { ...p, childFaults: (p.childFaults ?? 0) + 150 });
   }
 
+  /** launchZombie's process, dying at the first verify of it. */
+  #dies: { pid: number; gen: number; reaped: () => void } | undefined;
+
   async verify(id: ProcIdentity): Promise<ProcInfo | undefined> {
     this.reap();
+    if (this.#dies?.pid === id.pid) {
+      this.procs.delete(id.pid);
+      this.zombies.push({ pid: id.pid, gen: this.#dies.gen });
+      this.#dies.reaped();
+      this.#dies = undefined;
+    }
     const p = this.procs.get(id.pid);
     return p !== undefined && p.startTime === id.startTime ? p : undefined;
   }
@@ -219,8 +228,13 @@ class World implements Effects {
     this.reap();
     const all = [...this.procs.values()];
     const serving = all.filter((p) => p.gen === this.serving);
-    return { main: serving[0], strays: serving.slice(1), all, foreign: this.foreign };
+    return { main: serving[0], strays: serving.slice(1), all, foreign: this.foreign, zombies: this.zombies };
   }
+
+  /** Set by launchZombie: the started process, dead and not reaped yet, as /proc shows it before Node's exit event. */
+  zombies: Array<{ pid: number; gen: number }> = [];
+  /** The started process is found, then dies: /proc shows it a zombie until its exit event, which comes a moment later. */
+  launchZombie = false;
 
   /** What a started app prints before it exits (launchExits). */
   launchOutput = '';
@@ -238,10 +252,17 @@ class World implements Effects {
     if (opts.serve !== false) this.serving = gen;
     const p = this.spawnProc(this.links.bin ?? 'none', gen);
     if (this.launchExits) this.procs.delete(p.pid);
+    let exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> = this.launchExits ? Promise.resolve({ code: 1, signal: null }) : new Promise(() => undefined);
+    if (this.launchZombie) {
+      exited = new Promise((resolve) => {
+        // Seen once (awaitStart), then dead at the next look with exit code 3, and still a zombie in /proc at the look after.
+        this.#dies = { pid: p.pid, gen, reaped: () => { resolve({ code: 3, signal: null }); setTimeout(() => { this.zombies = []; }, 20); } };
+      });
+    }
     return {
       pid: p.pid,
       gen,
-      exited: this.launchExits ? Promise.resolve({ code: 1, signal: null }) : new Promise(() => undefined),
+      exited,
       output: async () => this.launchOutput,
     };
   }
@@ -1206,6 +1227,20 @@ test('a start that fails at once says why in the reason: the exit and the app\'s
   await agent.idle();
   assert.equal(w.entries[0]?.code, 'APP_EXITED');
   assert.equal(w.entries[0]?.reason, 'the app exited right after start (exit code 1); its last output: listen tcp 127.0.0.1:8080: bind: address already in use');
+  await agent.close();
+});
+
+test('a start whose process /proc shows as a zombie before the agent has reaped it (the agent is its parent) is reported with its exit code and output, not as "left unreaped by its parent"', async () => {
+  const w = new World();
+  w.write('1.0');
+  w.launchZombie = true;
+  w.launchOutput = 'fatal: cannot bind 127.0.0.1:1';
+  const agent = new AppAgent(appConfig({ timeoutMs: 1000 }), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.entries[0]?.code, 'APP_EXITED');
+  assert.doesNotMatch(String(w.entries[0]?.reason), /unreaped|zombie/);
+  assert.match(String(w.entries[0]?.reason), /exit code 3.*its last output: fatal: cannot bind 127\.0\.0\.1:1/);
   await agent.close();
 });
 
