@@ -15,12 +15,22 @@
  * when the group holds nobody but root and the app's user (a user-private
  * group). With `links.dir` the release's whole folder is exposed through the
  * link, and is checked entry by entry (Checker.tree, issue 15).
+ *
+ * The mode bits are not all: a POSIX ACL can let other users or groups
+ * write (issue 15: `setfacl -m u:mallory:rw app.2.0` turns mode 0644 into
+ * 0664, the mask, which passes for a user-private group). So every path
+ * whose group-write bit is set, the only ones an ACL entry can grant write
+ * through (src/acl.ts), has its ACL read, and a named user or group entry
+ * that grants write is judged as an owner or an owning group would be.
+ * Where the ACL cannot be read (getfacl missing) such a path is refused:
+ * nothing else says who can write it.
  */
 import { lstat, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import type { Dirent, Stats } from 'node:fs';
 import path from 'node:path';
 import type { AppConfig } from './config.js';
 import type { CurrentKey, Release } from './current.js';
+import { GETFACL_MISSING, readAcls, type Acl, type AclEntry } from './acl.js';
 import { releaseFolderOf } from './relink.js';
 import { fileError, isErrno, type RelinkError } from './errors.js';
 import { describeUser, lookupGroup, lookupUser, resolveRunAs, usersInGroup, type RunAs } from './user.js';
@@ -190,7 +200,8 @@ class Checker {
       const seen = this.#seen.get(p);
       // A path already refused is said once.
       if (seen === undefined || (self && !seen.strict && !seen.failed)) {
-        const problem = await this.#one(p, key, self);
+        const found = await this.#one(p, key, self);
+        const problem = found instanceof Pending ? await this.#acls([found]) : found;
         this.#seen.set(p, { strict: self, failed: problem !== undefined });
         if (problem !== undefined) return problem;
       }
@@ -216,13 +227,18 @@ class Checker {
    */
   async tree(folder: string, releasesReal: string): Promise<RelinkError | undefined> {
     const trusted = this.#trusted ?? (this.#who.uid === 0 ? 'root' : `root or the app's user ${describeUser(this.#who)}`);
+    // The group-writable paths, whose ACLs are read together after the
+    // walk (one getfacl for the whole folder, not one per file: a release
+    // uploaded with umask 002 has every file group-writable).
+    const pending: Pending[] = [];
     for await (const step of releaseTree(folder)) {
       if (step.kind === 'too many') {
         return fileError('UNTRUSTED_PATH', this.#file, undefined, `must be writable by nobody but ${trusted} (like sshd's StrictModes), checked for at most ${MAX_FOLDER_ENTRIES} entries`, `${folder} holds more entries than that`);
       }
       if (step.kind === 'folder' || step.kind === 'target') {
-        const problem = await this.#one(step.path, undefined, true);
-        if (problem !== undefined) return problem;
+        const found = await this.#one(step.path, undefined, true);
+        if (found instanceof Pending) pending.push(found);
+        else if (found !== undefined) return found;
         continue;
       }
       const others = step.entries.filter((e) => !e.isDirectory());
@@ -230,15 +246,16 @@ class Checker {
       // the first problem in readdir order wins.
       for (let i = 0; i < others.length; i += TREE_BATCH) {
         const found = await Promise.all(others.slice(i, i + TREE_BATCH).map((e) => this.#entry(path.join(step.dir, e.name), e.isSymbolicLink(), releasesReal)));
-        const bad = found.find((p) => p !== undefined);
+        const bad = found.find((p): p is RelinkError => p !== undefined && !(p instanceof Pending));
         if (bad !== undefined) return bad;
+        for (const p of found) if (p instanceof Pending) pending.push(p);
       }
     }
-    return undefined;
+    return this.#acls(pending);
   }
 
   /** One entry (not a folder) of a release folder: see tree. */
-  async #entry(p: string, link: boolean, releasesReal: string): Promise<RelinkError | undefined> {
+  async #entry(p: string, link: boolean, releasesReal: string): Promise<RelinkError | Pending | undefined> {
     const bad = await this.#one(p, undefined, true);
     if (bad !== undefined || !link) return bad;
     const real = await realpath(p).catch(async () => path.resolve(path.dirname(p), await readlink(p)));
@@ -246,12 +263,15 @@ class Checker {
     return fileError('RELEASE_OUTSIDE', this.#file, undefined, `must be inside the releases folder ${releasesReal}, with everything "links.dir" exposes`, `${p} -> ${real}`);
   }
 
-  async #one(p: string, key: string | undefined, self: boolean): Promise<RelinkError | undefined> {
+  /**
+   * One path by its owner and mode bits: the problem, undefined when safe,
+   * or, when its group-write bit is set and nothing else is wrong, Pending:
+   * its ACL decides (#acls).
+   */
+  async #one(p: string, key: string | undefined, self: boolean): Promise<RelinkError | Pending | undefined> {
     const st = await lstat(p);
-    const mode = (st.mode & 0o7777).toString(8).padStart(4, '0');
-    const trusted = this.#trusted ?? (this.#who.uid === 0 ? 'root' : `root or the app's user ${describeUser(this.#who)}`);
-    const rule = `must be writable by nobody but ${trusted} (like sshd's StrictModes)`;
-    const refuse = (why: string): RelinkError => fileError('UNTRUSTED_PATH', this.#file, key, rule, `${p} ${why}`);
+    const mode = modeOf(st);
+    const refuse = this.#refuse(p, key);
     if (st.uid !== 0 && st.uid !== this.#who.uid) {
       return refuse(`is owned by ${await nameOf(st.uid)}, mode ${mode}`);
     }
@@ -261,27 +281,93 @@ class Checker {
       return refuse(`is writable by every user, mode ${mode}`);
     }
     if ((st.mode & 0o020) !== 0) {
-      const others = await this.#otherWriters(st);
+      const others = await this.#otherWriters(st.gid);
       if (others !== undefined && others.length > 0) {
         return refuse(`is writable by group ${await groupName(st.gid)} (${others.join(', ')}), mode ${mode}`);
       }
       if (others === undefined) return refuse(`is writable by group ${st.gid}, which has no entry to say who is in it, mode ${mode}`);
+      // A sticky folder above that every user may write (/tmp): an ACL can
+      // grant nobody more than that.
+      return (st.mode & 0o002) !== 0 ? undefined : new Pending(p, key, st);
     }
     return undefined;
   }
 
-  /** Members of the file's group other than root and the app's user; undefined if the group is unknown. */
-  async #otherWriters(st: Stats): Promise<string[] | undefined> {
-    let members = this.#groups.get(st.gid);
+  #refuse(p: string, key: string | undefined): (why: string) => RelinkError {
+    const trusted = this.#trusted ?? (this.#who.uid === 0 ? 'root' : `root or the app's user ${describeUser(this.#who)}`);
+    const rule = `must be writable by nobody but ${trusted} (like sshd's StrictModes)`;
+    return (why) => fileError('UNTRUSTED_PATH', this.#file, key, rule, `${p} ${why}`);
+  }
+
+  /**
+   * The group-writable paths by their ACLs, read with one getfacl: a named
+   * user entry that grants write (after the mask) must name root or the
+   * app's user, a named group entry a group holding nobody else (the
+   * owning group was judged by the mode bits, which are the mask and so
+   * bound its entry). The first problem in `pending`'s order.
+   */
+  async #acls(pending: readonly Pending[]): Promise<RelinkError | undefined> {
+    const { acls, unreadable } = await readAcls(pending.map((c) => c.path));
+    for (const c of pending) {
+      const refuse = this.#refuse(c.path, c.key);
+      const why = unreadable.get(c.path);
+      if (why !== undefined) return refuse(unreadableAcl(c.path, c.st, why));
+      const problem = await this.#acl(c, acls.get(c.path), refuse);
+      if (problem !== undefined) return problem;
+    }
+    return undefined;
+  }
+
+  async #acl(c: Pending, acl: Acl | undefined, refuse: (why: string) => RelinkError): Promise<RelinkError | undefined> {
+    for (const e of acl?.entries ?? []) {
+      if (!e.writes || e.id === undefined) continue;
+      if (e.tag === 'user') {
+        if (e.id === 0 || e.id === this.#who.uid) continue;
+        const name = (await lookupUser(e.id))?.name;
+        return refuse(`is writable by user ${name === undefined ? `uid ${e.id}` : `${name} (uid ${e.id})`} ${through(e, name, c.st)}`);
+      }
+      const others = await this.#otherWriters(e.id);
+      const name = (await lookupGroup(e.id))?.name;
+      if (others === undefined) return refuse(`is writable by group ${e.id}, which has no entry to say who is in it, ${through(e, name, c.st)}`);
+      if (others.length > 0) return refuse(`is writable by group ${name ?? e.id} (${others.join(', ')}) ${through(e, name, c.st)}`);
+    }
+    return undefined;
+  }
+
+  /** Members of group `gid` other than root and the app's user; undefined if the group is unknown. */
+  async #otherWriters(gid: number): Promise<string[] | undefined> {
+    let members = this.#groups.get(gid);
     if (members === undefined) {
-      members = usersInGroup(st.gid);
-      this.#groups.set(st.gid, members);
+      members = usersInGroup(gid);
+      this.#groups.set(gid, members);
     }
     const list = await members;
     if (list === undefined) return undefined;
     const accounts = await Promise.all(list.map(async (name) => ({ name, uid: (await lookupUser(name))?.uid })));
     return accounts.filter((a) => a.uid !== 0 && a.uid !== this.#who.uid).map((a) => a.name);
   }
+}
+
+/** A path whose group-write bit is set: its ACL decides (Checker.#acls). */
+class Pending {
+  constructor(readonly path: string, readonly key: string | undefined, readonly st: Stats) {}
+}
+
+/** `through an ACL (user:mallory:rw-), mode 0664`: the entry as getfacl prints it, by name where there is one. */
+function through(e: AclEntry, name: string | undefined, st: Stats): string {
+  return `through an ACL (${e.tag}:${name ?? e.id}:${e.perms}), mode ${modeOf(st)}`;
+}
+
+const modeOf = (st: Stats): string => (st.mode & 0o7777).toString(8).padStart(4, '0');
+
+/**
+ * What is found when a group-writable path's ACL cannot be read: refused,
+ * since its mode bits may be an ACL's mask and so say nothing of who can
+ * write it, with what to do about it.
+ */
+function unreadableAcl(p: string, st: Stats, why: string): string {
+  const fix = why === GETFACL_MISSING ? `; install it (apt-get install acl), or clear the group write bit (chmod g-w ${p})` : '';
+  return `is group-writable, mode ${modeOf(st)}, and its ACL (which could let other users write it) cannot be read: ${why}${fix}`;
 }
 
 async function nameOf(uid: number): Promise<string> {
@@ -321,7 +407,7 @@ export async function checkFolderForRoot(dir: string, writers: readonly Writer[]
   const members = new Map<number, Promise<string[] | undefined>>();
   for (let p = real, self = true; ; self = false) {
     const st = await lstat(p);
-    const mode = (st.mode & 0o7777).toString(8).padStart(4, '0');
+    const mode = modeOf(st);
     if ((st.mode & 0o002) !== 0 && !(st.isDirectory() && !self && (st.mode & S_ISVTX) !== 0)) {
       return fileError('UNTRUSTED_PATH', configFile, key, rule, `${p} is writable by every user, mode ${mode}`);
     }
@@ -334,9 +420,42 @@ export async function checkFolderForRoot(dir: string, writers: readonly Writer[]
       const names = await list;
       const inGroup = apps.find((w) => w.gid === st.gid || names?.includes(w.user) === true);
       if (inGroup !== undefined) return fileError('UNTRUSTED_PATH', configFile, key, rule, `${p} is writable by group ${await groupName(st.gid)}, which holds ${inGroup.user} (uid ${inGroup.uid}), the user of app ${inGroup.app}, mode ${mode}`);
+      // The group bits may be an ACL's mask (Checker.#acls): its named
+      // entries must not let an app's user write either (a sticky folder
+      // above that every user may write, /tmp, grants nobody more).
+      const found = (st.mode & 0o002) !== 0 ? undefined : await aclWriterForRoot(p, st, apps, members);
+      if (found !== undefined) return fileError('UNTRUSTED_PATH', configFile, key, rule, `${p} ${found}`);
     }
     const up = path.dirname(p);
     if (up === p) return undefined;
     p = up;
   }
+}
+
+/**
+ * checkFolderForRoot's ACL check of a group-writable folder: who among the
+ * apps' users its ACL lets write it (a named user entry, or a named group
+ * entry for a group holding one), or why its ACL cannot be read; as the
+ * found part of the message, undefined when nobody.
+ */
+async function aclWriterForRoot(p: string, st: Stats, apps: readonly Writer[], members: Map<number, Promise<string[] | undefined>>): Promise<string | undefined> {
+  const { acls, unreadable } = await readAcls([p]);
+  const why = unreadable.get(p);
+  if (why !== undefined) return unreadableAcl(p, st, why);
+  for (const e of acls.get(p)?.entries ?? []) {
+    if (!e.writes || e.id === undefined) continue;
+    const gid = e.id;
+    if (e.tag === 'user') {
+      const w = apps.find((a) => a.uid === gid);
+      if (w !== undefined) return `is writable by ${w.user} (uid ${w.uid}), the user of app ${w.app}, ${through(e, w.user, st)}`;
+      continue;
+    }
+    let list = members.get(gid);
+    if (list === undefined) members.set(gid, (list = usersInGroup(gid)));
+    const names = await list;
+    const w = apps.find((a) => a.gid === gid || names?.includes(a.user) === true);
+    const group = (await lookupGroup(gid))?.name;
+    if (w !== undefined) return `is writable by group ${group ?? gid}, which holds ${w.user} (uid ${w.uid}), the user of app ${w.app}, ${through(e, group, st)}`;
+  }
+  return undefined;
 }

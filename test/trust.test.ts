@@ -16,8 +16,9 @@ import { get } from '../src/demo/demo.js';
 import { makeApp, setCurrent, writeConfig } from '../src/demo/layout.js';
 import { RelinkError, RelinkErrors } from '../src/errors.js';
 import { readHistory } from '../src/history.js';
-import { openUp, rootOnly, testGroup, testUser } from './accounts.js';
-import { defer, MAIN, reapAppsAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+import { checkAgentProgram, checkFolderForRoot } from '../src/trust.js';
+import { needProgram, openUp, rootOnly, testGroup, testUser } from './accounts.js';
+import { defer, MAIN, reapAppsAfter, RELINK, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 
 const run = promisify(execFile);
 
@@ -346,4 +347,191 @@ test('issue 15: what a symlink in a release folder leads to elsewhere in the rel
   await chmod(upload, 0o666);
   const p = await refusal(l.app());
   assert.equal(p.found, `${upload} is writable by every user, mode 0666`);
+});
+
+/**
+ * Issue 15: POSIX ACLs. With an extended ACL the group bits of the mode are
+ * the ACL's mask, so `setfacl -m u:mallory:rw` on a 0644 file shows 0664,
+ * which the mode check passes when the group holds nobody but root. Real
+ * ACLs (Debian's setfacl, package acl) on real users.
+ */
+async function setfacl(t: TestContext, ...args: string[]): Promise<boolean> {
+  if (!(await needProgram(t, '/usr/bin/setfacl', 'acl'))) return false;
+  await run('/usr/bin/setfacl', args);
+  return true;
+}
+
+test('issue 15: a release binary another user can write through an ACL entry is refused, naming the user and the entry; one naming root passes', async (t) => {
+  if (!rootOnly(t)) return;
+  const l = await layout(t);
+  const mallory = await testUser(t);
+  if (!(await setfacl(t, '-m', 'u:root:rwx', l.bin))) return;
+  await loadCurrent(l.app());
+  await run('/usr/bin/setfacl', ['-m', `u:${mallory.name}:rw`, l.bin]);
+  const p = await refusal(l.app());
+  assert.equal(p.key, 'bin.file');
+  assert.equal(p.found, `${l.bin} is writable by user ${mallory.name} (uid ${mallory.uid}) through an ACL (user:${mallory.name}:rw-), mode 0775`);
+  assert.equal(p.message, `${l.current}: "bin.file": ${RULE_ROOT} (found: ${p.found})`);
+});
+
+test('issue 15: an ACL entry for the app\'s own user passes; one for another user names the app\'s user in the rule', async (t) => {
+  if (!rootOnly(t)) return;
+  const l = await layout(t);
+  const web = await testUser(t);
+  const mallory = await testUser(t);
+  const app = l.app({ user: web.name });
+  if (!(await setfacl(t, '-m', `u:${web.name}:rw`, l.cfg))) return;
+  await loadCurrent(app);
+  await run('/usr/bin/setfacl', ['-m', `u:${mallory.name}:rw`, l.cfg]);
+  const p = await refusal(app);
+  assert.equal(p.rule, `must be writable by nobody but root or the app's user ${web.name} (uid ${web.uid}) (like sshd's StrictModes)`);
+  assert.equal(p.found, `${l.cfg} is writable by user ${mallory.name} (uid ${mallory.uid}) through an ACL (user:${mallory.name}:rw-), mode 0664`);
+});
+
+test('issue 15: a named group ACL entry granting write is refused when the group holds another user; one holding nobody else passes', async (t) => {
+  if (!rootOnly(t)) return;
+  const l = await layout(t);
+  const empty = await testGroup(t);
+  const group = await testGroup(t);
+  const member = await testUser(t, [group]);
+  if (!(await setfacl(t, '-m', `g:${empty.name}:rw`, l.cfg))) return;
+  await loadCurrent(l.app());
+  await run('/usr/bin/setfacl', ['-m', `g:${group.name}:rw`, l.cfg]);
+  const p = await refusal(l.app());
+  assert.equal(p.key, 'cfg.file');
+  assert.equal(p.found, `${l.cfg} is writable by group ${group.name} (${member.name}) through an ACL (group:${group.name}:rw-), mode 0664`);
+});
+
+test('issue 15: an ACL whose mask takes write away passes (the entry grants read only, and the mode shows no group write)', async (t) => {
+  if (!rootOnly(t)) return;
+  const l = await layout(t);
+  const mallory = await testUser(t);
+  const group = await testGroup(t);
+  await testUser(t, [group]);
+  if (!(await setfacl(t, '-m', `u:${mallory.name}:rw,g:${group.name}:rwx,m::r`, l.bin))) return;
+  const { stdout } = await run('/usr/bin/getfacl', ['-p', l.bin]);
+  assert.match(stdout, new RegExp(`^user:${mallory.name}:rw-\t+#effective:r--$`, 'm'));
+  await loadCurrent(l.app());
+  // A mask with write, an entry without: still nobody else can write.
+  await run('/usr/bin/setfacl', ['-m', `u:${mallory.name}:r,g:${group.name}:r,m::rwx`, l.bin]);
+  await loadCurrent(l.app());
+});
+
+test('issue 15: with links.dir, a file deep in the release folder that another user can write through an ACL is refused in one line naming it', async (t) => {
+  if (!rootOnly(t)) return;
+  const l = await folderLayout(t);
+  const mallory = await testUser(t);
+  if (!(await setfacl(t, '-m', `u:${mallory.name}:rw`, l.asset))) return;
+  const p = await refusal(l.app());
+  assert.equal(p.key, undefined);
+  assert.equal(p.message, `${l.current}: ${RULE_ROOT} (found: ${l.asset} is writable by user ${mallory.name} (uid ${mallory.uid}) through an ACL (user:${mallory.name}:rw-), mode 0664)`);
+  // Only the links' files are exposed without the folder link.
+  await loadCurrent(l.app({ links: {} }));
+});
+
+test('issue 15: ACLs of many files are read with one getfacl, and names with a newline, a backslash or spaces are matched back to their files', async (t) => {
+  if (!rootOnly(t)) return;
+  const l = await folderLayout(t);
+  const mallory = await testUser(t);
+  const staticDir = path.join(l.folder, 'static');
+  const names = ['plain.css', ' lead.css', 'trail.css ', 'back\\slash.css', 'new\nline.css', 'tab\t.css'];
+  for (const n of names) await writeFile(path.join(staticDir, n), 'x\n', { mode: 0o664 });
+  // Group-writable (umask 002 uploads), the owning group root's: all asked about, none refused.
+  for (const n of names) await chmod(path.join(staticDir, n), 0o664);
+  await loadCurrent(l.app());
+  for (const n of names.slice(1)) {
+    const file = path.join(staticDir, n);
+    if (!(await setfacl(t, '-m', `u:${mallory.name}:rw`, file))) return;
+    assert.equal((await refusal(l.app())).found, `${file} is writable by user ${mallory.name} (uid ${mallory.uid}) through an ACL (user:${mallory.name}:rw-), mode 0664`, JSON.stringify(n));
+    await run('/usr/bin/setfacl', ['-b', file]);
+  }
+  await loadCurrent(l.app());
+});
+
+test('issue 15: a folder with an ACL letting another user write it is refused: in a release folder, and above the releases folder', async (t) => {
+  if (!rootOnly(t)) return;
+  const l = await folderLayout(t);
+  const mallory = await testUser(t);
+  const staticDir = path.join(l.folder, 'static');
+  if (!(await setfacl(t, '-m', `u:${mallory.name}:rwx`, staticDir))) return;
+  assert.equal((await refusal(l.app())).found, `${staticDir} is writable by user ${mallory.name} (uid ${mallory.uid}) through an ACL (user:${mallory.name}:rwx), mode 0775`);
+  await run('/usr/bin/setfacl', ['-b', staticDir]);
+  await loadCurrent(l.app());
+  await run('/usr/bin/setfacl', ['-m', `u:${mallory.name}:rwx`, l.dir]);
+  const p = await refusal(l.app({ links: {} }));
+  assert.equal(p.found, `${l.dir} is writable by user ${mallory.name} (uid ${mallory.uid}) through an ACL (user:${mallory.name}:rwx), mode 0775`);
+});
+
+test('issue 15: a default ACL grants nothing on its folder (passes); a file made in it later carries the entry and is refused', async (t) => {
+  if (!rootOnly(t)) return;
+  const l = await folderLayout(t);
+  const mallory = await testUser(t);
+  const staticDir = path.join(l.folder, 'static');
+  if (!(await setfacl(t, '-d', '-m', `u:${mallory.name}:rwx`, staticDir))) return;
+  await loadCurrent(l.app());
+  const made = path.join(staticDir, 'later.css');
+  await writeFile(made, 'x\n', { mode: 0o644 });
+  const { stdout } = await run('/usr/bin/getfacl', ['-p', made]);
+  assert.match(stdout, new RegExp(`^user:${mallory.name}:rwx\t+#effective:r--$`, 'm'), 'the open mode 0644 masks the inherited entry');
+  await loadCurrent(l.app());
+  await chmod(made, 0o664);
+  assert.equal((await refusal(l.app())).found, `${made} is writable by user ${mallory.name} (uid ${mallory.uid}) through an ACL (user:${mallory.name}:rwx), mode 0664`);
+});
+
+test('issue 15: a global notifier\'s program another user can write through an ACL is refused', async (t) => {
+  if (!rootOnly(t)) return;
+  const dir = await tmpDir(t, 'relink-trust-prog-');
+  await openUp(dir);
+  const program = path.join(dir, 'page-me');
+  await writeFile(program, '#!/bin/sh\n', { mode: 0o755 });
+  await chmod(program, 0o755);
+  const mallory = await testUser(t);
+  assert.equal(await checkAgentProgram(program, '/etc/relink/config.json', 'notify[0].command'), undefined);
+  if (!(await setfacl(t, '-m', `u:${mallory.name}:rwx`, program))) return;
+  const p = await checkAgentProgram(program, '/etc/relink/config.json', 'notify[0].command');
+  assert.equal(p?.message, `/etc/relink/config.json: "notify[0].command": ${RULE_ROOT} (found: ${program} is writable by user ${mallory.name} (uid ${mallory.uid}) through an ACL (user:${mallory.name}:rwx), mode 0775)`);
+});
+
+test('issue 15: the metrics textfile\'s folder is refused when an ACL lets an app\'s user, or a group holding one, write it', async (t) => {
+  if (!rootOnly(t)) return;
+  const dir = await tmpDir(t, 'relink-trust-textfile-');
+  await chmod(dir, 0o755);
+  const web = await testUser(t);
+  const other = await testUser(t);
+  const group = await testGroup(t);
+  await testUser(t, [group]);
+  const writers = [{ app: 'web', user: web.name, uid: web.uid, gid: web.gid }];
+  const check = (d: string) => checkFolderForRoot(d, writers, '/etc/relink/config.json', 'metrics.textfile');
+  // Another account (the prometheus user) may write it, through an ACL too.
+  if (!(await setfacl(t, '-m', `u:${other.name}:rwx`, dir))) return;
+  assert.equal(await check(dir), undefined);
+  await run('/usr/bin/setfacl', ['-m', `u:${web.name}:rwx`, dir]);
+  assert.match((await check(dir))?.message ?? '', new RegExp(`found: ${dir} is writable by ${web.name} \\(uid ${web.uid}\\), the user of app web, through an ACL \\(user:${web.name}:rwx\\), mode 0775\\)$`));
+  await run('/usr/bin/setfacl', ['-b', dir]);
+  await run('/usr/bin/setfacl', ['-m', `g:${web.name}:rwx`, dir]);
+  assert.match((await check(dir))?.message ?? '', new RegExp(`found: ${dir} is writable by group ${web.name}, which holds ${web.name} \\(uid ${web.uid}\\), the user of app web, through an ACL \\(group:${web.name}:rwx\\), mode 0775\\)$`));
+});
+
+test('issue 15: where getfacl is missing, a group-writable release file is refused, saying what to do; one without group write passes', async (t) => {
+  if (!rootOnly(t)) return;
+  if (!(await needProgram(t, '/usr/bin/unshare', 'util-linux'))) return;
+  const l = await layout(t);
+  const configFile = path.join(l.root, 'config.json');
+  await writeFile(configFile, JSON.stringify({ stateDir: path.join(l.root, 'state'), apps: [{ name: 'web', dir: l.dir, allowRoot: true }] }));
+  // relink validate in a mount namespace of its own whose /usr/bin is a
+  // copy without getfacl: its other programs are linked from the real one,
+  // mounted aside.
+  const aside = path.join(l.root, 'usr-bin');
+  await mkdir(aside);
+  const script = 'set -e; mount --make-rprivate /; mount --bind /usr/bin "$1"; mount -t tmpfs tmpfs /usr/bin; ' +
+    'for f in "$1"/*; do [ "${f##*/}" = getfacl ] || "$1"/ln -s "$f" /usr/bin/; done; shift; exec "$@"';
+  const validate = () => run('/usr/bin/unshare', ['--mount', '/bin/sh', '-c', script, 'sh', aside, ...RELINK, 'validate', '--config', configFile], { cwd: ROOT })
+    .then((r) => ({ code: 0, ...r }), (e: { code: number; stdout: string; stderr: string }) => e);
+  const ok = await validate();
+  assert.equal(ok.stderr, '');
+  assert.equal(ok.code, 0);
+  await chmod(l.cfg, 0o664);
+  const bad = await validate();
+  assert.equal(bad.code, 1);
+  assert.equal(bad.stderr, `${l.current}: "cfg.file": ${RULE_ROOT} (found: ${l.cfg} is group-writable, mode 0664, and its ACL (which could let other users write it) cannot be read: /usr/bin/getfacl is missing; install it (apt-get install acl), or clear the group write bit (chmod g-w ${l.cfg})) [UNTRUSTED_PATH]\n`);
 });
