@@ -22,7 +22,7 @@ import { APP_KINDS, APP_LABELS, appSpecs, STRATEGY_KINDS, type AppKind, type App
 import { pick, type Context } from './lib/context.js';
 import { ROOT } from './lib/tools.js';
 import { failed, Prober, Wrk, type ProbeResult, type WrkResult } from './lib/load.js';
-import { accepts, alive, httpGet, kill, killUnder, nowMs, sleep, stopChild, waitFor } from './lib/procs.js';
+import { accepts, alive, cpuMs, httpGet, kill, killUnder, nowMs, sampleProc, sleep, stopChild, waitFor } from './lib/procs.js';
 import { summarize, type Summary } from './lib/stats.js';
 
 export type Method = 'control' | 'relink' | 'relink-socket' | 'relink-upgrade' | 'relink-restart' | 'restart' | 'socket-activate' | 'pm2' | 'supervisor';
@@ -73,6 +73,8 @@ export interface Cell {
    */
   readonly agentOutageMs?: Summary;
   readonly agentQueuedMs?: Summary;
+  /** relink's rows: the agent's own CPU time per deploy (ms), over the row's deploys (the CPU the deploys take from the app and the load). */
+  readonly agentCpuMsPerDeploy?: number;
   readonly note?: string;
 }
 
@@ -96,6 +98,8 @@ interface Manager {
    * own account, with what the agent reported of a restart's gap, if any.
    */
   deploy(r: string): Promise<{ outageMs?: number; queuedMs?: number } | void>;
+  /** relink's rows: the agent's CPU time so far (utime + stime, ms), to tell its own share of a deploy's cost. */
+  agentCpuMs?(): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -161,6 +165,7 @@ async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: num
     // as long a load as a row of deploys (a short one makes a noisy p99).
     if (deploys === 0) await sleep(STRATEGY_KINDS.includes(spec.kind) ? pick(ctx, CONTROL_MS_P99, 3_000) : pick(ctx, 5_000, 2_000));
     const loopStart = nowMs();
+    const cpuBefore = await manager.agentCpuMs?.();
     let done = 0;
     for (let k = 0; k < deploys; k++) {
       // A slow peer (seconds per restart) stops at the time cap, once it has done enough deploys to count.
@@ -179,6 +184,7 @@ async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: num
       else times.push(t1 - t0);
       await sleep(PAUSE_MS);
     }
+    const cpuAfter = await manager.agentCpuMs?.();
     await sleep(1_000);
     const probe = await prober.stop();
     const w = await wrk.stop();
@@ -188,6 +194,7 @@ async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: num
       app: spec.kind, method, deploys: done, wrongRelease: wrong, deployMs: summarize(times), wrk: wrkFigures, failed: failed(w), probe,
       ...(outages.length > 0 ? { agentOutageMs: summarize(outages) } : {}),
       ...(queued.length > 0 ? { agentQueuedMs: summarize(queued) } : {}),
+      ...(cpuBefore !== undefined && cpuAfter !== undefined && done > 0 ? { agentCpuMsPerDeploy: (cpuAfter - cpuBefore) / done } : {}),
     };
   } finally {
     await manager.close();
@@ -275,6 +282,7 @@ async function relinkManager(ctx: Context, spec: AppSpec, method: Method, app: A
         ...(typeof o['queuedMs'] === 'number' ? { queuedMs: o['queuedMs'] } : {}),
       };
     },
+    agentCpuMs: async () => cpuMs(await sampleProc(agent.pid)),
     close: () => agent.stop(),
   };
 }

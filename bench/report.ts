@@ -368,6 +368,11 @@ function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]
       'a connection that waits in a held socket\'s backlog while nothing accepts is answered late rather than refused, and its wait is in the latency ' +
       '(wrk gives up after 2 s: a longer wait is a timeout in the failed column). The ratio covers answered requests only: a row that refuses connections during ' +
       'its gap (stop + start, PM2, supervisord) has no late answers to show, its gap is in the failed column instead, so its p99 can look as good as the control\'s.');
+    const cpu = d.cells.filter((c) => c.agentCpuMsPerDeploy !== undefined);
+    if (cpu.length > 0) {
+      p('The agent\'s own CPU time per deploy (utime + stime of the agent process over the row\'s deploys, ms; the CPU relink itself takes from the app and the load, ' +
+        'the new release\'s own start not counted): ' + cpu.map((c) => `${name(c)}: ${ms(c.agentCpuMsPerDeploy!)} ms`).join('; ') + '.');
+    }
     const restarts = d.cells.filter((c) => c.agentQueuedMs !== undefined || c.agentOutageMs !== undefined);
     if (restarts.length > 0) {
       p('What the agent journaled for its "restart" deploys: ' + restarts.map((c) => `${name(c)}: ` +

@@ -223,6 +223,11 @@ export interface ProcSample {
 
 const CLK_TCK = 100; // Linux on x86-64 and arm64: sysconf(_SC_CLK_TCK)
 
+/** A sample's CPU time (utime + stime) in ms. */
+export function cpuMs(s: ProcSample): number {
+  return (s.cpuTicks * 1000) / CLK_TCK;
+}
+
 export async function sampleProc(pid: number): Promise<ProcSample> {
   const [status, stat] = await Promise.all([readFile(`/proc/${pid}/status`, 'utf8'), readFile(`/proc/${pid}/stat`, 'utf8')]);
   const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
