@@ -4,7 +4,7 @@
  * resident memory as bars.
  */
 import type { Cell, DowntimeResult, Method } from './downtime.js';
-import { METHOD_LABELS } from './downtime.js';
+import { isControl, METHOD_LABELS } from './downtime.js';
 import type { FootprintResult, FootprintRow } from './footprint.js';
 import { MANAGER_LABELS } from './footprint.js';
 import { APP_KINDS, APP_LABELS } from './lib/apps.js';
@@ -14,7 +14,7 @@ import type { ReactionResult, ReactionVariant } from './reaction.js';
 import { CELL_ORDER, TARGETS, type Results } from './report.js';
 
 const METHOD_COLORS: Record<Method, string> = {
-  control: COLORS[6]!, relink: COLORS[2]!, 'relink-socket': COLORS[2]!, 'relink-upgrade': COLORS[2]!, 'relink-restart': COLORS[7]!,
+  control: COLORS[6]!, 'boot-beside': COLORS[6]!, relink: COLORS[2]!, 'relink-socket': COLORS[2]!, 'relink-upgrade': COLORS[2]!, 'relink-restart': COLORS[7]!,
   restart: COLORS[0]!, 'socket-activate': COLORS[5]!, pm2: COLORS[3]!, supervisor: COLORS[4]!,
 };
 
@@ -63,7 +63,7 @@ function shortLabel(v: ReactionVariant): string {
 function downtimeChart(d: DowntimeResult): string {
   const groups: BarGroup[] = [];
   for (const app of APP_KINDS) {
-    const cells = CELL_ORDER.map((m) => d.cells.find((c) => c.app === app && c.method === m)).filter((c): c is Cell => c !== undefined && c.method !== 'control');
+    const cells = CELL_ORDER.map((m) => d.cells.find((c) => c.app === app && c.method === m)).filter((c): c is Cell => c !== undefined && !isControl(c.method));
     if (cells.length === 0) continue;
     groups.push({
       title: `${APP_LABELS[app]}, ${cells[0]!.deploys} deploys under load`,

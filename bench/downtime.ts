@@ -25,10 +25,11 @@ import { failed, Prober, Wrk, type ProbeResult, type WrkResult } from './lib/loa
 import { accepts, alive, cpuMs, httpGet, kill, killUnder, nowMs, sampleProc, sleep, stopChild, waitFor } from './lib/procs.js';
 import { summarize, type Summary } from './lib/stats.js';
 
-export type Method = 'control' | 'relink' | 'relink-socket' | 'relink-upgrade' | 'relink-restart' | 'restart' | 'socket-activate' | 'pm2' | 'supervisor';
+export type Method = 'control' | 'boot-beside' | 'relink' | 'relink-socket' | 'relink-upgrade' | 'relink-restart' | 'restart' | 'socket-activate' | 'pm2' | 'supervisor';
 
 export const METHOD_LABELS: Record<Method, string> = {
   control: 'no deploys (control)',
+  'boot-beside': 'no deploys, a second copy started and stopped beside (control)',
   relink: 'relink (SIGHUP)',
   'relink-socket': 'relink "socket"',
   'relink-upgrade': 'relink "upgrade" (USR2, then TERM)',
@@ -42,6 +43,8 @@ export const METHOD_LABELS: Record<Method, string> = {
 /** The relink rows, each held to 0 failed requests, except "restart" (issue 11). */
 export const RELINK_METHODS: readonly Method[] = ['relink', 'relink-socket', 'relink-upgrade', 'relink-restart'];
 export const isRelink = (m: Method): boolean => RELINK_METHODS.includes(m);
+/** Rows with no deploy of the measured app: the control, and the control with a second copy started and stopped beside it. */
+export const isControl = (m: Method): boolean => m === 'control' || m === 'boot-beside';
 /** Relink rows with a zero-failure target: every strategy but "restart". */
 export const isZeroTarget = (m: Method): boolean => isRelink(m) && m !== 'relink-restart';
 
@@ -51,8 +54,8 @@ export const METHODS: Record<AppKind, readonly Method[]> = {
   // nginx is run by systemd and reloaded, not put under a process manager.
   nginx: ['control', 'relink', 'restart'],
   c: ['control', 'relink', 'restart', 'pm2', 'supervisor'],
-  plain: ['control', 'relink-socket', 'relink-restart', 'restart', 'socket-activate', 'pm2', 'supervisor'],
-  gunicorn: ['control', 'relink-socket', 'relink-upgrade', 'restart', 'socket-activate', 'pm2', 'supervisor'],
+  plain: ['control', 'boot-beside', 'relink-socket', 'relink-restart', 'restart', 'socket-activate', 'pm2', 'supervisor'],
+  gunicorn: ['control', 'boot-beside', 'relink-socket', 'relink-upgrade', 'restart', 'socket-activate', 'pm2', 'supervisor'],
 };
 
 export interface Cell {
@@ -97,7 +100,9 @@ interface Manager {
    * Deploy release `r`; resolves when the deploy is done by the manager's
    * own account, with what the agent reported of a restart's gap, if any.
    */
-  deploy(r: string): Promise<{ outageMs?: number; queuedMs?: number } | void>;
+  deploy(r: string): Promise<{ outageMs?: number; queuedMs?: number; readyMs?: number } | void>;
+  /** "boot-beside": deploys start a copy that never serves the measured port, so the loop does not wait for the release to answer there. */
+  readonly beside?: true;
   /** relink's rows: the agent's CPU time so far (utime + stime, ms), to tell its own share of a deploy's cost. */
   agentCpuMs?(): Promise<number>;
   close(): Promise<void>;
@@ -175,13 +180,17 @@ async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: num
       const t0 = nowMs();
       const deployed = manager.deploy(r);
       // Told by the prober's own requests (every 10 ms, in the control too): polling apart would load deploy rows only.
-      const serving = prober.servedBy(`"app.${r}"`, 30_000);
+      const serving = manager.beside ? undefined : prober.servedBy(`"app.${r}"`, 30_000);
       const said = await deployed;
       if (typeof said?.outageMs === 'number') outages.push(said.outageMs);
       if (typeof said?.queuedMs === 'number') queued.push(said.queuedMs);
-      const t1 = await serving;
-      if (t1 === undefined) wrong += 1;
-      else times.push(t1 - t0);
+      if (serving === undefined) {
+        if (typeof said?.readyMs === 'number') times.push(said.readyMs);
+      } else {
+        const t1 = await serving;
+        if (t1 === undefined) wrong += 1;
+        else times.push(t1 - t0);
+      }
       await sleep(PAUSE_MS);
     }
     const cpuAfter = await manager.agentCpuMs?.();
@@ -216,6 +225,8 @@ async function startManager(ctx: Context, spec: AppSpec, method: Method, app: Ap
     case 'control':
     case 'restart':
       return direct(ctx, spec, app);
+    case 'boot-beside':
+      return bootBeside(ctx, spec, app, dir);
     case 'relink':
     case 'relink-socket':
     case 'relink-upgrade':
@@ -308,6 +319,45 @@ async function direct(ctx: Context, spec: AppSpec, app: AppLayout): Promise<Mana
       await waitFor(`${spec.kind} to listen again`, () => accepts(app.port), 20_000, 2);
     },
     close: () => stopChild(child, spec.stopSignal),
+  };
+}
+
+/**
+ * The app started by hand and never touched; a "deploy" starts a second
+ * copy of release `r` in a folder of its own on another port, waits for it
+ * to answer there, and stops it (its graceful signal, waiting for the
+ * exit). What the row measures is the cost any zero-downtime method pays
+ * on this machine, relink or not: a new release starting (an interpreter,
+ * gunicorn's master and workers) and an old one stopping, beside the one
+ * that serves, with nothing switched. Its time is to the copy's first answer.
+ */
+async function bootBeside(ctx: Context, spec: AppSpec, app: AppLayout, dir: string): Promise<Manager> {
+  const serving = await direct(ctx, spec, app);
+  const port = await freePort();
+  const copy = await spec.make(path.join(dir, 'beside'), port);
+  return {
+    beside: true,
+    async deploy(r) {
+      await switchLinks(copy, r, spec.fixedBin);
+      const t0 = nowMs();
+      const log = await open(path.join(copy.dir, 'app.log'), 'a');
+      let child: ChildProcess;
+      try {
+        const [file, ...args] = spec.command(copy) as [string, ...string[]];
+        child = ctx.j.spawn(file, args, { cwd: copy.dir, stdio: ['ignore', log.fd, log.fd], detached: true });
+      } finally {
+        await log.close();
+      }
+      await waitFor(`the copy of ${spec.kind} to answer`, async () => served(port, r), 20_000, 2);
+      const readyMs = nowMs() - t0;
+      await stopChild(child, spec.stopSignal, 15_000);
+      await killUnder(copy.dir, 'SIGTERM', 5_000, true);
+      return { readyMs };
+    },
+    close: async () => {
+      await serving.close();
+      await killUnder(copy.dir, 'SIGTERM', 5_000, true);
+    },
   };
 }
 

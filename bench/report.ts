@@ -5,7 +5,7 @@
  * Edit the prose here, not in BENCHMARKS.md. The charts are in charts.ts.
  */
 import type { Cell, DowntimeResult, Method } from './downtime.js';
-import { isRelink, isZeroTarget, METHOD_LABELS } from './downtime.js';
+import { isControl, isRelink, isZeroTarget, METHOD_LABELS } from './downtime.js';
 import type { FootprintResult, FootprintRow } from './footprint.js';
 import { MANAGER_LABELS } from './footprint.js';
 import type { FloodResult, FloodRow } from './flood.js';
@@ -122,7 +122,7 @@ function headline(r: Results, p: (...l: string[]) => void): void {
   if (r.downtime !== undefined) {
     const cells = r.downtime.cells;
     for (const c of cells.filter((x) => isRelink(x.method))) {
-      const alts = cells.filter((x) => x.app === c.app && !isRelink(x.method) && x.method !== 'control');
+      const alts = cells.filter((x) => x.app === c.app && !isRelink(x.method) && !isControl(x.method));
       const altText = alts.map((a) => `${METHOD_LABELS[a.method]}: ${count(a.failed)}`).join('; ');
       const what = c.method === 'relink' ? APP_LABELS[c.app] : `${APP_LABELS[c.app]}, ${METHOD_LABELS[c.method]}`;
       const issue = c.method === 'relink' ? '' : ' (issue 11)';
@@ -133,9 +133,11 @@ function headline(r: Results, p: (...l: string[]) => void): void {
     // Issue 11's latency target, for its rows.
     for (const c of cells.filter((x) => isZeroTarget(x.method) && x.method !== 'relink')) {
       const control = cells.find((x) => x.app === c.app && x.method === 'control');
+      const beside = cells.find((x) => x.app === c.app && x.method === 'boot-beside');
       const q = p99Ratio(c, control);
       lines.push(row([`p99 latency during ${c.deploys} deploys, ${APP_LABELS[c.app]}, ${METHOD_LABELS[c.method]}`, `<= ${TARGETS.deployP99Ratio}x the no-deploy control (issue 11)`,
-        `${ms(c.wrk.latency.p99)} ms, control ${ms(control?.wrk.latency.p99 ?? Number.NaN)} ms (${ratio(c.wrk.latency.p99, control?.wrk.latency.p99 ?? Number.NaN)}); new release answering after p50 ${ms(c.deployMs.p50)} ms`,
+        `${ms(c.wrk.latency.p99)} ms, control ${ms(control?.wrk.latency.p99 ?? Number.NaN)} ms (${ratio(c.wrk.latency.p99, control?.wrk.latency.p99 ?? Number.NaN)}); new release answering after p50 ${ms(c.deployMs.p50)} ms` +
+          (beside === undefined ? '' : `; a copy only started and stopped beside, nothing switched: ${ms(beside.wrk.latency.p99)} ms (${ratio(beside.wrk.latency.p99, control?.wrk.latency.p99 ?? Number.NaN)})`),
         !Number.isFinite(q) ? 'not measured' : q <= TARGETS.deployP99Ratio ? met(true) : `${met(false)} (${ratio(q, 1)})`]));
     }
   }
@@ -284,7 +286,7 @@ function reactionSection(rr: ReactionResult, chartDir: string, p: (...l: string[
   }
 }
 
-export const CELL_ORDER: Method[] = ['control', 'relink', 'relink-socket', 'relink-upgrade', 'relink-restart', 'restart', 'socket-activate', 'pm2', 'supervisor'];
+export const CELL_ORDER: Method[] = ['control', 'boot-beside', 'relink', 'relink-socket', 'relink-upgrade', 'relink-restart', 'restart', 'socket-activate', 'pm2', 'supervisor'];
 
 /** p99 latency of a row over its app's no-deploy control (NaN when either is missing). */
 function p99Ratio(c: Cell, control: Cell | undefined): number {
@@ -344,7 +346,7 @@ function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]
   p(`![Failed requests during deploys](${chartDir}/downtime.svg)`);
   const relink = d.cells.filter((c) => isZeroTarget(c.method));
   const zero = relink.filter((c) => c.failed === 0 && c.probe.failures === 0);
-  const others = d.cells.filter((c) => !isRelink(c.method) && c.method !== 'control' && c.deploys > 0);
+  const others = d.cells.filter((c) => !isRelink(c.method) && !isControl(c.method) && c.deploys > 0);
   const lost = others.filter((c) => c.failed > 0);
   const name = (c: Cell): string => (c.method === 'relink' ? APP_LABELS[c.app] : `${APP_LABELS[c.app]}, ${METHOD_LABELS[c.method]}`);
   p(`**Against the target** (0 socket errors and 0 non-2xx for every app, and for every relink strategy but "restart"): ${relink.length > 0 && zero.length === relink.length ? met(true) : met(false)} - ` +
@@ -356,7 +358,7 @@ function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]
     'moment: the app keeps the listening socket open across the change (tableflip and the demo app pass it to the new process; nginx keeps it in its master; ' +
     'gunicorn\'s new master inherits it), or the agent holds it and hands it to each new release. ' +
     'The control rows show that the load alone produces no errors on this machine.');
-  const strat = d.cells.filter((c) => STRATEGY_KINDS.includes(c.app) && c.method !== 'control');
+  const strat = d.cells.filter((c) => STRATEGY_KINDS.includes(c.app) && !isControl(c.method));
   if (strat.length > 0) {
     const judged = strat.filter((c) => isZeroTarget(c.method));
     const q = (c: Cell): number => p99Ratio(c, d.cells.find((x) => x.app === c.app && x.method === 'control'));
@@ -365,6 +367,14 @@ function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]
       `${judged.length > 0 && within.length === judged.length ? met(true) : met(false)} - ${within.length} of ${judged.length} within it. ` +
       strat.map((c) => `${name(c)}: ${ratio(q(c), 1)}`).join('; ') + '. ' +
       'On this 2-core machine the new release starting (a Python interpreter, gunicorn\'s master and workers) competes for the CPU with the one serving and with wrk; ' +
+      (() => {
+        const beside = d.cells.filter((c) => c.method === 'boot-beside');
+        if (beside.length === 0) return '';
+        const q = (c: Cell): number => p99Ratio(c, d.cells.find((x) => x.app === c.app && x.method === 'control'));
+        return 'the row "a second copy started and stopped beside" measures that cost alone, with no deploy and nothing switched (the same load; each of its deploys starts a copy of the ' +
+          'other release in a folder of its own on another port, waits for its first answer there, and stops it gracefully): p99 ' +
+          beside.map((c) => `${ratio(q(c), 1)} for the ${APP_LABELS[c.app]}`).join(', ') + ' of the control. What a relink row has above it is the switch and relink\'s own work (its CPU per deploy is below); ';
+      })() +
       'a connection that waits in a held socket\'s backlog while nothing accepts is answered late rather than refused, and its wait is in the latency ' +
       '(wrk gives up after 2 s: a longer wait is a timeout in the failed column). The ratio covers answered requests only: a row that refuses connections during ' +
       'its gap (stop + start, PM2, supervisord) has no late answers to show, its gap is in the failed column instead, so its p99 can look as good as the control\'s.');
