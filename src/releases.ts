@@ -31,7 +31,7 @@ import { readCurrent } from './current.js';
 import { fileError, isErrno, RelinkError, RelinkErrors, type ErrorCode } from './errors.js';
 import type { Release } from './current.js';
 import { newestFirst, type HistoryEntry, type Outcome, type ReadOptions } from './history.js';
-import { readLinks } from './relink.js';
+import { readLinks, releaseFolderOf } from './relink.js';
 import { removeTree, withFolder } from './safefs.js';
 import { releaseTree } from './trust.js';
 import { readAppState, type AppState } from './state.js';
@@ -492,17 +492,30 @@ async function protectionsFor(config: AgentConfig, app: AppConfig, previous: Rel
     for (const own of [other.currentFile, other.logFile, ...(other.pidFile === undefined ? [] : [other.pidFile])]) {
       await add(own, self ? 'holds the app\'s own files' : `holds app ${other.name}'s own files`);
     }
+    // A kept release's folder: what it links to elsewhere stays too, or a
+    // rollback to it would land on missing assets (a trial's prune removed
+    // 0.03, which the previous release's static/shared linked into, and the
+    // rollback was "healthy").
+    const keepWithLinks = async (release: { readonly bin: string; readonly cfg: string } | null | undefined, reason: string) => {
+      if (release == null) return;
+      await add(release.bin, reason);
+      await add(release.cfg, reason);
+      const releasesReal = await realpath(other.releasesDir).catch(() => undefined);
+      const [bin, cfg] = await Promise.all([release.bin, release.cfg].map((f) => realpath(f).catch(() => f)));
+      const folder = releasesReal === undefined ? undefined : releaseFolderOf(releasesReal, { bin: bin!, cfg: cfg! });
+      if (folder === undefined) return;
+      for (const target of await linkTargets(folder)) await add(target, `linked from ${reason}`);
+    };
     if (self) {
       // What `relink rollback` would go back to must still be there.
-      await add(previous?.bin, 'previous (the rollback target)');
-      await add(previous?.cfg, 'previous (the rollback target)');
+      await keepWithLinks(previous, 'previous (the rollback target)');
     }
     const state = await readAppState(config.stateDir, other.name, opts);
-    await add(state?.lastGood?.bin, self ? 'last known-good' : `last known-good of app ${other.name}`);
-    await add(state?.lastGood?.cfg, self ? 'last known-good' : `last known-good of app ${other.name}`);
+    await keepWithLinks(state?.lastGood, self ? 'last known-good' : `last known-good of app ${other.name}`);
     // An upload about to be deployed: current.conf may already name it.
     const named = await namedByCurrent(other.currentFile);
     for (const f of named.files) await add(f, self ? 'named by current.conf' : `named by app ${other.name}'s current.conf`);
+    if (named.files.length === 2) await keepWithLinks({ bin: named.files[0]!, cfg: named.files[1]! }, self ? 'named by current.conf' : `named by app ${other.name}'s current.conf`);
     for (const base of named.homeNames) {
       // "~/x" means the home of current.conf's owner, which needs /etc/passwd
       // (current.ts); keeping every release file of that name errs on the safe side.

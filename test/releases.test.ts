@@ -466,6 +466,38 @@ test('issue 15: a release the live one links into (9.0/shared -> ../8.0/static) 
   assert.ok(await exists(path.join(rel, '3.0', 'static', 'shared')), 'what the live release links to is still there');
 });
 
+test('issue 15: what the previous release and the last known-good one link into is kept by prune too: a rollback to them must not land on missing assets', async (t) => {
+  const root = await tmpDir(t);
+  const folders = { releaseNames: { bin: '{release}/app', cfg: '{release}/app.cfg' }, links: { dir: 'current' } };
+  const { app, rel } = await oneApp(root, folders);
+  for (const r of ['0.4', '0.5', '1.0', '2.0', '3.0']) {
+    await mkdir(path.join(rel, r, 'static'), { recursive: true });
+    await writeFile(path.join(rel, r, 'app'), `#!/bin/sh\necho ${r}\n`, { mode: 0o755 });
+    await writeFile(path.join(rel, r, 'app.cfg'), `release=${r}\n`);
+    await afterArrivalOf(path.join(rel, r));
+  }
+  // 2.0 (previous) shares 0.5's static files, 1.0 (last known-good) 0.4's; 3.0 is live.
+  await symlink('../../0.5/static', path.join(rel, '2.0', 'static', 'shared'));
+  await symlink('../../0.4/static', path.join(rel, '1.0', 'static', 'shared'));
+  await symlink(path.join(rel, '3.0'), path.join(app.dir, 'current'));
+  await symlink(path.join(rel, '3.0', 'app'), app.links.bin);
+  await symlink(path.join(rel, '3.0', 'app.cfg'), app.links.cfg);
+  const file = await writeConfigFile(root, [{ name: 'web', dir: app.dir, ...folders }]);
+  const config = await loadConfig(file);
+  const files = (r: string) => ({ bin: path.join(rel, r, 'app'), cfg: path.join(rel, r, 'app.cfg') });
+  await appendHistory(config.stateDir, { ...entry('web', 'deployed', files('2.0').bin, at(1)), to: files('2.0') });
+  await appendHistory(config.stateDir, { ...entry('web', 'deployed', files('3.0').bin, at(2)), to: files('3.0') });
+  await setLastGood(config.stateDir, 'web', files('1.0').bin, files('1.0').cfg);
+  const rs = await listReleases(config, config.apps[0]!);
+  assert.deepEqual(Object.fromEntries(rs.map((r) => [r.release, r.protected])), {
+    '0.4': ['linked from last known-good'], '0.5': ['linked from previous (the rollback target)'],
+    '1.0': ['last known-good'], '2.0': ['previous (the rollback target)'], '3.0': ['current'],
+  });
+  const { removed } = await pruneReleases(config, config.apps[0]!, { keep: 1 });
+  assert.deepEqual(removed, []);
+  assert.ok(await exists(path.join(rel, '2.0', 'static', 'shared', '.')), 'the previous release\'s shared assets are still there');
+});
+
 test('issue 15: status says a folder in place of the `current` link is not the agent\'s to replace (it said the agent would put it back)', async (t) => {
   const root = await tmpDir(t);
   const folders = { releaseNames: { bin: '{release}/app', cfg: '{release}/app.cfg' }, links: { dir: 'current' } };
