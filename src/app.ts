@@ -687,7 +687,7 @@ export class AppAgent {
     let release: Release;
     try {
       release = await this.#fx.validate(snapshot.text);
-      if (main !== undefined) this.#assertFits(links, release);
+      if (main !== undefined) await this.#assertFits(links, release);
       if (!sameRelease(links, release)) {
         // Held stopped (relink stop), a deploy only switches the links.
         const action: Action = main !== undefined ? ACTIONS[this.app.reload.strategy] : this.#held === undefined ? 'start' : 'none';
@@ -1237,12 +1237,16 @@ export class AppAgent {
   /**
    * A deploy the strategy cannot carry out honestly is refused before
    * anything is switched: "inplace" reloads the running process, which
-   * keeps its executable, so a new bin.file would never run.
+   * keeps its executable, so a new bin.file would never run. A bin.file
+   * that is a byte-for-byte copy of the linked one is no new binary: in the
+   * folder layout every release has a path of its own for the same nginx
+   * (a trial found "inplace" could never deploy there).
    */
-  #assertFits(links: { bin: string | undefined }, release: Release): void {
+  async #assertFits(links: { bin: string | undefined }, release: Release): Promise<void> {
     if (this.app.reload.strategy !== 'inplace' || links.bin === undefined || links.bin === release.bin) return;
+    if (await this.#fx.sameContent(links.bin, release.bin)) return;
     throw new RelinkError('STRATEGY_MISMATCH',
-      `"bin.file" changes (${links.bin} -> ${release.bin}), but reload.strategy "inplace" reloads the running process, which keeps its executable: the new binary would never run. Binaries change under "upgrade" (nginx, gunicorn, unicorn: a new master on SIGUSR2), "socket" (with "sockets") or "restart"; under "inplace" deploy a new cfg.file only`,
+      `"bin.file" changes (${links.bin} -> ${release.bin}), but reload.strategy "inplace" reloads the running process, which keeps its executable: the new binary would never run. Binaries change under "upgrade" (nginx, gunicorn, unicorn: a new master on SIGUSR2), "socket" (with "sockets") or "restart"; under "inplace" deploy a new cfg.file only (or a bin.file with the same bytes as the running one)`,
       { file: this.app.currentFile, key: 'bin.file', rule: 'reload.strategy "inplace" changes cfg.file only', found: release.bin });
   }
 

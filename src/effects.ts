@@ -21,7 +21,7 @@ import { ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketIn
 import type { SocketHolder, Unheld } from './sockets.js';
 import { RelinkError } from './errors.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
-import { readLinks, relink, type LinkTargets } from './relink.js';
+import { readLinks, relink, sameContent, type LinkTargets } from './relink.js';
 import { readerOf } from './safefs.js';
 import { AppStore, type AppState } from './state.js';
 import { takeRequests, type TakenRequests } from './requests.js';
@@ -55,6 +55,8 @@ export interface Effects {
   hook(name: HookName, entry: HookEntry, signal?: AbortSignal): Promise<CommandResult | undefined>;
   /** Where the app's links point (with `links.dir`, whether the folder link is stale: relink.ts LinkTargets). */
   readLinks(): Promise<LinkTargets>;
+  /** Whether two files hold the same bytes (src/relink.ts sameContent); false when either cannot be read. */
+  sameContent(a: string, b: string): Promise<boolean>;
   relink(release: Release): Promise<void>;
   /** Cheap re-check of a known process of the app (no process-table scan); with its generation. */
   verify(id: ProcIdentity): Promise<ProcInfo | undefined>;
@@ -181,6 +183,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     preflight: (release, signal) => preflightRelease(app, release, signal),
     hook: (name, entry, signal) => runHook(app, name, entry, signal),
     readLinks: () => readLinks(app.links, app.releasesDir),
+    sameContent,
     relink: (release) => relink(app.links, release, app.releasesDir),
     verify: (id) => finder.verify(id),
     discover: (preferred) => finder.discover(preferred),

@@ -99,6 +99,13 @@ class World implements Effects {
     this.mtime += 1;
   }
 
+  /** Binaries with the same bytes (sameContent): pairs of paths, either order. */
+  sameBytes: Array<[string, string]> = [];
+
+  async sameContent(a: string, b: string): Promise<boolean> {
+    return a === b || this.sameBytes.some(([x, y]) => (x === a && y === b) || (x === b && y === a));
+  }
+
   /** Generations, as ProcessFinder keeps them: the newest given out, the serving one, one opened by a reload signal. */
   lastGen = 0;
   serving = 0;
@@ -1568,6 +1575,19 @@ test('strategy "inplace": a deploy that changes bin.file is refused before anyth
   assert.match(e.reason ?? '', /reload\.strategy "inplace" reloads the running process.*"upgrade".*"socket".*"restart"/);
   assert.deepEqual(w.signals, []);
   assert.equal(w.links.bin, `${REL}/app.1.0`);
+});
+
+test('strategy "inplace": a bin.file at another path with the same bytes as the linked one (a release folder\'s copy of one nginx) is no new binary: deployed by an in-place reload', async () => {
+  const { w, agent } = await running(appConfig({ strategy: 'inplace' }));
+  w.onSignal = 'inplace';
+  w.sameBytes.push([`${REL}/app.1.0`, `${REL}/app.2.0`]);
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries[1]?.outcome, 'deployed', w.entries[1]?.reason ?? '');
+  assert.deepEqual(w.signals.map(([, sig]) => sig), ['SIGHUP']);
+  assert.equal(w.links.bin, `${REL}/app.2.0`);
+  await agent.close();
 });
 
 test('the generation a reload signal opens is in the state file before the signal goes out (an agent killed right after it leaves the next one able to tell the successor)', async () => {

@@ -9,12 +9,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { watch } from 'node:fs';
-import { chmod, chown, lchown, lstat, mkdir, readdir, readFile, readlink, symlink, unlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, lchown, link, lstat, mkdir, readdir, readFile, readlink, symlink, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import type { Release } from '../src/current.js';
 import { RelinkError } from '../src/errors.js';
-import { readLinks, readLinkTarget, relink, swapLink, type Links } from '../src/relink.js';
+import { readLinks, readLinkTarget, relink, sameContent, swapLink, type Links } from '../src/relink.js';
 import { rootOnly, openUp, testUser } from './accounts.js';
 import { tmpDir, waitFor } from './helpers.js';
 
@@ -361,4 +361,27 @@ test('issue 15: a folder link left elsewhere reads as stale; a real folder where
   assert.deepEqual(await readLinks(l.links, l.rel), { ...l.a, dir: undefined, dirStale: true });
   // Without links.dir the folder link is neither read nor switched: as before.
   assert.deepEqual(await readLinks({ bin: l.links.bin, cfg: l.links.cfg }, l.rel), l.a);
+});
+
+test('sameContent: the same file (a hard link, a symlink to it) or equal bytes across chunk boundaries; a different byte, size or a missing file is not', async (t) => {
+  const dir = await tmpDir(t);
+  const big = Buffer.alloc(200_000, 7);
+  const f = (n: string) => path.join(dir, n);
+  await writeFile(f('a'), big);
+  await writeFile(f('copy'), big);
+  await link(f('a'), f('hard'));
+  await symlink(f('a'), f('sym'));
+  const off = Buffer.from(big);
+  off[150_000] = 8; // in the third 64 KiB chunk
+  await writeFile(f('off'), off);
+  await writeFile(f('short'), big.subarray(0, 199_999));
+  assert.equal(await sameContent(f('a'), f('copy')), true);
+  assert.equal(await sameContent(f('a'), f('hard')), true);
+  assert.equal(await sameContent(f('sym'), f('a')), true);
+  assert.equal(await sameContent(f('a'), f('off')), false);
+  assert.equal(await sameContent(f('a'), f('short')), false);
+  assert.equal(await sameContent(f('a'), f('gone')), false);
+  assert.equal(await sameContent(dir, dir), true, 'one inode');
+  await mkdir(f('d'));
+  assert.equal(await sameContent(f('d'), dir), false, 'folders are not files');
 });
