@@ -3,7 +3,7 @@
 # Debian host: what test/ansible.test.ts cannot do (it installs into an
 # image's root with --skip-tags relink_npm). Too slow for `npm test` (a
 # debootstrap, a boot, apt and npm from their registries, on 2 cores: apt
-# about 7 minutes, tarball about 5, with the image cached; a first
+# 5 to 7 minutes, tarball about 5, with the image cached; a first
 # debootstrap adds about 3), so it is run by hand:
 #
 #   sudo ansible/tests/container-trial.sh                 # Debian 13, Node.js from apt
