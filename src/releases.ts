@@ -89,6 +89,11 @@ export interface PruneResult {
   readonly removed: string[];
   /** Files (folders) of the releases kept, oldest release first. */
   readonly kept: string[];
+  /**
+   * Folders an interrupted prune had renamed away (`.relink-pruning.*`, the
+   * folders layout) and that this run removed (on a dry run: would remove).
+   */
+  readonly leftovers: string[];
 }
 
 /**
@@ -268,11 +273,12 @@ export async function pruneReleases(config: AgentConfig, app: AppConfig, opts: P
   }
   const gone = new Set(doomed.map((d) => d.release));
   const kept = releases.filter((r) => !gone.has(r.release)).flatMap((r) => (r.folder !== null ? [r.folder.path] : [r.bin.path, ...(r.cfg === null ? [] : [r.cfg.path])]));
-  if (opts.dryRun) return { removed: doomed.flatMap((d) => d.files), kept };
+  const leftoverNames = releasesAreFolders(app) ? (await readdir(app.releasesDir).catch(() => [] as string[])).filter((n) => n.startsWith(PRUNING)) : [];
+  if (opts.dryRun) return { removed: doomed.flatMap((d) => d.files), kept, leftovers: leftoverNames.map((n) => path.join(app.releasesDir, n)) };
 
   const removed: string[] = [];
   const problems: RelinkError[] = [];
-  if (releasesAreFolders(app)) await removeLeftovers(app.releasesDir, problems);
+  const leftovers = await removeLeftovers(app.releasesDir, leftoverNames, problems);
   for (const d of doomed) {
     for (const file of d.files) {
       if (path.dirname(file) !== app.releasesDir) {
@@ -291,7 +297,7 @@ export async function pruneReleases(config: AgentConfig, app: AppConfig, opts: P
     }
   }
   if (problems.length > 0) throw new RelinkErrors(problems);
-  return { removed, kept };
+  return { removed, kept, leftovers };
 }
 
 /**
@@ -309,14 +315,15 @@ async function removeFolder(releasesDir: string, name: string): Promise<void> {
   });
 }
 
-/** What an earlier prune renamed away and could not finish removing: removed now; a failure is one more problem. */
-async function removeLeftovers(releasesDir: string, problems: RelinkError[]): Promise<void> {
-  const names = await readdir(releasesDir).catch(() => [] as string[]);
-  for (const name of names.filter((n) => n.startsWith(PRUNING))) {
-    await withFolder(releasesDir, (dir) => removeTree(dir, name)).catch((err: unknown) => {
+/** What an earlier prune renamed away (`names`) and could not finish removing: removed now; returns the paths removed; a failure is one more problem. */
+async function removeLeftovers(releasesDir: string, names: readonly string[], problems: RelinkError[]): Promise<string[]> {
+  const done: string[] = [];
+  for (const name of names) {
+    await withFolder(releasesDir, (dir) => removeTree(dir, name)).then(() => { done.push(path.join(releasesDir, name)); }, (err: unknown) => {
       if (!isErrno(err, 'ENOENT')) problems.push(fileError(PRUNE_FAILED, path.join(releasesDir, name), undefined, 'could not delete it', err instanceof RelinkError ? err.message : isErrno(err) ? err.code : String(err)));
     });
   }
+  return done;
 }
 
 /** What pruning a release deletes, in order: its folder, or its cfg then its bin (see pruneReleases). */
@@ -342,8 +349,9 @@ export function schedulePrune(config: AgentConfig, app: AppConfig, log: Logger):
   let running: Promise<void> = Promise.resolve();
   const run = async () => {
     try {
-      const { removed, kept } = await pruneReleases(config, app);
-      log.info({ removed, kept, keep: app.prune.keep }, removed.length === 0 ? 'prune: nothing to remove' : `prune: removed ${removed.length} files`);
+      const { removed, kept, leftovers } = await pruneReleases(config, app);
+      const also = leftovers.length === 0 ? '' : `; removed ${leftovers.length} folder${leftovers.length === 1 ? '' : 's'} an interrupted prune left`;
+      log.info({ removed, kept, keep: app.prune.keep, ...(leftovers.length === 0 ? {} : { leftovers }) }, (removed.length === 0 ? 'prune: nothing to remove' : `prune: removed ${removed.length} files`) + also);
     } catch (err) {
       log.error({ err, code: err instanceof RelinkError ? err.code : undefined }, 'prune failed');
     }

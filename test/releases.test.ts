@@ -254,7 +254,7 @@ test('relink releases --json and relink prune --dry-run, then prune, as real pro
   assert.equal(dry.code, 0, dry.stderr);
   assert.deepEqual(JSON.parse(dry.stdout), {
     dryRun: true,
-    apps: [{ name: 'web', removed: [path.join(rel, 'cfg.2.0'), path.join(rel, 'app.2.0')], kept: ['1.0', '3.0', '4.0'].flatMap((r) => [path.join(rel, `app.${r}`), path.join(rel, `cfg.${r}`)]) }],
+    apps: [{ name: 'web', removed: [path.join(rel, 'cfg.2.0'), path.join(rel, 'app.2.0')], kept: ['1.0', '3.0', '4.0'].flatMap((r) => [path.join(rel, `app.${r}`), path.join(rel, `cfg.${r}`)]), leftovers: [] }],
   });
   assert.ok(await exists(path.join(rel, 'app.2.0')), 'the dry run deleted nothing');
   assert.ok(await exists(path.join(rel, 'cfg.2.0')), 'the dry run deleted nothing');
@@ -426,9 +426,15 @@ test('issue 15: releases in a folder each are listed and pruned whole, nothing f
 
   const dry = await pruneReleases(both, both.apps[0]!, { keep: 1, dryRun: true });
   assert.deepEqual(dry.removed, [path.join(rel, '1.0'), path.join(rel, '4.0')]);
+  assert.deepEqual(dry.leftovers, [path.join(rel, '.relink-pruning.0.5.0123abcd')], 'a dry run says what an interrupted prune left');
   assert.ok(await exists(path.join(rel, '1.0', 'app')), 'a dry run removes nothing');
-  const { removed, kept } = await pruneReleases(both, both.apps[0]!, { keep: 1 });
+  assert.ok(await exists(path.join(rel, '.relink-pruning.0.5.0123abcd')), 'a dry run removes no leftover either');
+  const dryText = await relinkCli(['prune', '--config', file, '--app', 'web', '--keep', '1', '--dry-run']);
+  assert.equal(dryText.code, 0, dryText.stderr);
+  assert.ok(dryText.stdout.endsWith(`web: would also remove what an interrupted prune left:\n  ${path.join(rel, '.relink-pruning.0.5.0123abcd')}\n`), dryText.stdout);
+  const { removed, kept, leftovers } = await pruneReleases(both, both.apps[0]!, { keep: 1 });
   assert.deepEqual(removed, dry.removed);
+  assert.deepEqual(leftovers, dry.leftovers, 'the leftover removed is reported (removing a big one takes long)');
   assert.deepEqual(kept, ['2.0', '3.0', '5.0'].map((r) => path.join(rel, r)));
   assert.deepEqual((await readdir(rel)).sort(), ['.0.4', '0.1', '0.2', '0.3~', '2.0', '3.0', '5.0']);
   assert.equal(await readFile(path.join(outside, 'keep'), 'utf8'), 'not a release\n');
