@@ -131,7 +131,7 @@ test('deploy --wait and rollback --wait answer with honest exit codes', async (t
 
   const invalid = await cli('deploy', '9.9', '--wait');
   assert.equal(invalid.code, 1);
-  assert.match(invalid.stderr, /"bin\.file": must name an existing file/);
+  assert.match(invalid.stderr, /no release 9\.9 in .*app\.9\.9: no such file\); `relink releases --app \S+` lists the releases there/);
   assert.match(await readFile(f.app.currentFile, 'utf8'), /app\.2\.0/, 'an invalid deploy does not touch current.conf');
 
   // Links on 2.0 but current.conf broken: "already live" must still fix current.conf, and wait for the agent's word.

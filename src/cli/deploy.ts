@@ -1,7 +1,6 @@
 import path from 'node:path';
-import { releaseFiles } from '../config.js';
 import { DEFAULT_WAIT_S, type SpecOf } from './commands.js';
-import { loadFor, releaseName, selectApp, UsageError } from './io.js';
+import { loadFor, releaseFilesOf, selectApp, UsageError } from './io.js';
 import type { Command } from './spec.js';
 import { requestRelease } from './request.js';
 import { damageWarner } from './warn.js';
@@ -15,7 +14,7 @@ export const deployCommand: Command<SpecOf<'deploy'>> = {
     const timeoutMs = (values.timeout ?? DEFAULT_WAIT_S) * 1000;
     const config = await loadFor(values.config, io);
     const app = selectApp(config, values.app);
-    const wanted = positionals.RELEASE !== undefined ? releaseFiles(app, releaseName(positionals.RELEASE, 'RELEASE')) : { bin: path.resolve(values.bin as string), cfg: path.resolve(values.cfg as string) };
+    const wanted = positionals.RELEASE !== undefined ? await releaseFilesOf(app, positionals.RELEASE, 'RELEASE') : { bin: path.resolve(values.bin as string), cfg: path.resolve(values.cfg as string) };
     const sha256 = { bin: values['bin-sha256'], cfg: values['cfg-sha256'] };
     return requestRelease(config, app, wanted, { wait: values.wait === true, timeoutMs, json: values.json === true, verb: 'deploy', stop, onDamaged: damageWarner(io, 'deploy'), sha256 }, io);
   },

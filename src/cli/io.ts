@@ -2,10 +2,10 @@
  * What the commands share: config and app selection, durations, tables.
  * (Exit codes, usage errors and argv parsing: src/cli/spec.ts.)
  */
-import { realpath } from 'node:fs/promises';
+import { lstat, realpath } from 'node:fs/promises';
 import path from 'node:path';
-import { loadConfig, pickApp, type AgentConfig, type AppConfig } from '../config.js';
-import { RelinkError } from '../errors.js';
+import { loadConfig, pickApp, releaseFiles, type AgentConfig, type AppConfig } from '../config.js';
+import { isErrno, RelinkError } from '../errors.js';
 import { DEFAULT_CONFIG, UsageError, type IO } from './spec.js';
 
 export { DEFAULT_CONFIG, EXIT, UsageError, type IO } from './spec.js';
@@ -60,6 +60,22 @@ export function releaseName(r: string, option: string): string {
     throw new UsageError(`${option} must be a release name such as 2.0 (found ${JSON.stringify(r)}${r.startsWith('.') && !r.includes('/') ? ': a name starting with "." is an upload in progress, not a release' : ''})`);
   }
   return r;
+}
+
+/**
+ * The files of release `r` (a name checked by releaseName) of `app`, for
+ * `deploy RELEASE` and `rollback --to RELEASE`. Throws RELEASE_MISSING when
+ * its binary does not exist (a typo, or pruned since), naming the command
+ * that lists the releases; other problems are the agent's checks' to say.
+ */
+export async function releaseFilesOf(app: AppConfig, r: string, option: string): Promise<{ bin: string; cfg: string }> {
+  const files = releaseFiles(app, releaseName(r, option));
+  const gone = await lstat(files.bin).then(() => false, (err: unknown) => isErrno(err, 'ENOENT'));
+  if (gone) {
+    throw new RelinkError('RELEASE_MISSING', `${app.name}: no release ${r} in ${app.releasesDir} (${files.bin}: no such file); \`relink releases --app ${app.name}\` lists the releases there`,
+      { file: files.bin, key: option, rule: 'must name a release in the releases folder', found: 'no such file' });
+  }
+  return files;
 }
 
 /**

@@ -1,8 +1,7 @@
-import { releaseFiles } from '../config.js';
 import { RelinkError } from '../errors.js';
 import { previousRelease } from '../releases.js';
 import { DEFAULT_WAIT_S, type SpecOf } from './commands.js';
-import { loadFor, releaseName, selectApp } from './io.js';
+import { loadFor, releaseFilesOf, selectApp } from './io.js';
 import type { Command } from './spec.js';
 import { requestRelease } from './request.js';
 import { damageWarner } from './warn.js';
@@ -15,7 +14,7 @@ export const rollbackCommand: Command<SpecOf<'rollback'>> = {
     const onDamaged = damageWarner(io, 'rollback');
     let wanted;
     if (values.to !== undefined) {
-      wanted = releaseFiles(app, releaseName(values.to, '--to'));
+      wanted = await releaseFilesOf(app, values.to, '--to');
     } else {
       wanted = await previousRelease(config.stateDir, app, { onDamaged });
       if (wanted === undefined) {
