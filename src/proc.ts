@@ -900,7 +900,18 @@ export class ProcessFinder {
       this.#serving = 1;
     }
     const opening = [...this.#openings].reverse().find((o) => info.startTime >= o.fromTick);
-    const gen = into ?? opening?.gen ?? this.#serving;
+    let gen = into ?? opening?.gen ?? this.#serving;
+    // Started before the main of the generation it would join (in the same
+    // clock tick: a lower pid), it is none of that generation's: a leftover
+    // of an older one (an orphaned child of a stopped main, found by its
+    // marker once the new main had exited at once), which was judged in
+    // place of the release that had failed (the journald test).
+    const main = into === undefined && opening === undefined ? this.#mains.get(gen) : undefined;
+    if (main !== undefined && (info.startTime < main.startTime || (info.startTime === main.startTime && info.pid < main.pid))) {
+      const older = [...this.#mains.keys()].filter((g) => g < gen);
+      if (older.length > 0) gen = Math.max(...older);
+      else if (gen > 1) gen -= 1;
+    }
     this.#members.set(info.pid, { pid: info.pid, startTime: info.startTime, gen });
   }
 

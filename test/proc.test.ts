@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
-import { ProcessFinder, readMarker, readProc, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
+import { markerEnv, ProcessFinder, readMarker, readProc, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
 import { swapLink } from '../src/relink.js';
 import { alive, reapAppsAfter, waitFor } from './helpers.js';
 
@@ -54,9 +54,10 @@ async function setup(t: TestContext, cfgExtra: (root: string) => string = () => 
 }
 
 /** A detached child in its own process group, SIGKILLed as a group after the test. */
-function spawnTracked(t: TestContext, cmd: string, args: readonly string[], opts: { cwd?: string; argv0?: string; stdin?: 'pipe'; stdout?: 'pipe' } = {}): Spawned {
+function spawnTracked(t: TestContext, cmd: string, args: readonly string[], opts: { cwd?: string; argv0?: string; stdin?: 'pipe'; stdout?: 'pipe'; env?: NodeJS.ProcessEnv } = {}): Spawned {
   const child = spawn(cmd, args, {
     cwd: opts.cwd,
+    env: opts.env,
     argv0: opts.argv0,
     detached: true,
     stdio: [opts.stdin ?? 'ignore', opts.stdout ?? 'ignore', 'ignore'],
@@ -530,4 +531,25 @@ test('sendSignal delivers to a live process and returns false for a dead one', a
 
   // Reaped by us: the pid names no process any more.
   assert.equal(sendSignal(live.pid, 'SIGTERM'), false);
+});
+
+test('a process found by its marker that started before the serving generation\'s main is not of that generation: a leftover of an older one, never judged as the new release (its main had exited at once)', async (t) => {
+  const { app } = await setup(t);
+  const env = { ...process.env, ...markerEnv(app) };
+  const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir });
+  const first = spawnTracked(t, 'sleep', ['30'], { env });
+  const gen1 = await finder.launched(first.pid, true, ticksNow());
+  // An orphan of the old generation (a stopped shell's `sleep`): it carries the marker, no member is its parent.
+  const leftover = spawnTracked(t, 'sleep', ['30'], { env });
+  const from = ticksNow();
+  const failed = spawnTracked(t, 'true', [], { env });
+  const gen2 = await finder.launched(failed.pid, true, from);
+  assert.ok(gen2 > gen1);
+  await failed.exited;
+  finder.exited(failed.pid, true);
+  const found = await finder.discover();
+  const seen = found.all.find((p) => p.pid === leftover.pid);
+  assert.ok(seen !== undefined, 'control: the leftover is found by its marker');
+  assert.equal(seen.gen, gen1, 'it joins the older generation, not the one whose main it predates');
+  assert.notEqual(found.main?.pid, leftover.pid, 'never the new generation\'s main');
 });
