@@ -30,8 +30,8 @@ import { defer, ROOT, waitFor } from '../helpers.js';
 const run = promisify(execFile);
 const CACHE = process.env['RELINK_E2E_CACHE'] ?? '/var/tmp/relink-e2e';
 const SUITE = 'bookworm';
-// procps: ps for ps-list; the rest is what boots.
-const PACKAGES = ['systemd', 'systemd-sysv', 'dbus', 'procps'];
+// What boots, and the README's install steps: procps (ps, for ps-list), util-linux (prlimit, setpriv), iproute2 (ss), acl (getfacl).
+const PACKAGES = ['systemd', 'systemd-sysv', 'dbus', 'procps', 'util-linux', 'iproute2', 'acl'];
 const PATH_INSIDE = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 interface Reply {
