@@ -259,11 +259,12 @@ class World implements Effects {
     if (opts.serve !== false) this.serving = gen;
     const p = this.spawnProc(this.links.bin ?? 'none', gen);
     if (this.launchExits) this.procs.delete(p.pid);
+    this.zombies = [];
     let exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> = this.launchExits ? Promise.resolve({ code: 1, signal: null }) : new Promise(() => undefined);
     if (this.launchZombie) {
       exited = new Promise((resolve) => {
-        // Seen once (awaitStart), then dead at the next look with exit code 3, and still a zombie in /proc at the look after.
-        this.#dies = { pid: p.pid, gen, reaped: () => { resolve({ code: 3, signal: null }); setTimeout(() => { this.zombies = []; }, 20); } };
+        // Seen once (awaitStart), then dead at the next look with exit code 3, and still a zombie in /proc at the looks after (until the next start).
+        this.#dies = { pid: p.pid, gen, reaped: () => resolve({ code: 3, signal: null }) };
       });
     }
     return {
@@ -1224,31 +1225,30 @@ test('an app found not running at agent start (current.conf refused) is started,
   await agent.close();
 });
 
-test('a start that fails at once says why in the reason: the exit and the app\'s last output', async () => {
+/** The journal entry of a first start of release 1.0 whose process `dies` as set on the world, having printed `output`. */
+async function failedStart(dies: (w: World) => void, output: string): Promise<HistoryEntry | undefined> {
   const w = new World();
   w.write('1.0');
-  w.launchExits = true;
-  w.launchOutput = 'listen tcp 127.0.0.1:8080: bind: address already in use';
+  dies(w);
+  w.launchOutput = output;
   const agent = new AppAgent(appConfig({ timeoutMs: 1000 }), w, silentLogger().log);
   await agent.start();
   await agent.idle();
-  assert.equal(w.entries[0]?.code, 'APP_EXITED');
-  assert.equal(w.entries[0]?.reason, 'the app exited right after start (exit code 1); its last output: listen tcp 127.0.0.1:8080: bind: address already in use');
   await agent.close();
+  return w.entries[0];
+}
+
+test('a start that fails at once says why in the reason: the exit and the app\'s last output', async () => {
+  const e = await failedStart((w) => { w.launchExits = true; }, 'listen tcp 127.0.0.1:8080: bind: address already in use');
+  assert.equal(e?.code, 'APP_EXITED');
+  assert.equal(e?.reason, 'the app exited right after start (exit code 1); its last output: listen tcp 127.0.0.1:8080: bind: address already in use');
 });
 
 test('a start whose process /proc shows as a zombie before the agent has reaped it (the agent is its parent) is reported with its exit code and output, not as "left unreaped by its parent"', async () => {
-  const w = new World();
-  w.write('1.0');
-  w.launchZombie = true;
-  w.launchOutput = 'fatal: cannot bind 127.0.0.1:1';
-  const agent = new AppAgent(appConfig({ timeoutMs: 1000 }), w, silentLogger().log);
-  await agent.start();
-  await agent.idle();
-  assert.equal(w.entries[0]?.code, 'APP_EXITED');
-  assert.doesNotMatch(String(w.entries[0]?.reason), /unreaped|zombie/);
-  assert.match(String(w.entries[0]?.reason), /exit code 3.*its last output: fatal: cannot bind 127\.0\.0\.1:1/);
-  await agent.close();
+  const e = await failedStart((w) => { w.launchZombie = true; }, 'fatal: cannot bind 127.0.0.1:1');
+  assert.equal(e?.code, 'APP_EXITED');
+  assert.doesNotMatch(String(e?.reason), /unreaped|zombie/);
+  assert.match(String(e?.reason), /exit code 3.*its last output: fatal: cannot bind 127\.0\.0\.1:1/);
 });
 
 test('a restart the agent cannot even start (a planted log link) is said as such, and its reason stays in the state, fatal included', async () => {
