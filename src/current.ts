@@ -97,6 +97,26 @@ export async function hashFile(file: string): Promise<string> {
 }
 
 /**
+ * Whether release files `a` and `b` hold the same bytes: the same file
+ * (device and inode, through symlinks), or two of one size with the same
+ * sha256 (hashFile: opened only as regular files, never blocking on a FIFO
+ * swapped in). False when either cannot be read. Tells a release whose
+ * binary is a copy of the running one ("inplace" in the folder layout,
+ * where every release has its own bin.file path).
+ */
+export async function sameContent(a: string, b: string): Promise<boolean> {
+  try {
+    const [sa, sb] = await Promise.all([stat(a), stat(b)]);
+    if (sa.dev === sb.dev && sa.ino === sb.ino) return true;
+    if (!sa.isFile() || !sb.isFile() || sa.size !== sb.size) return false;
+    const [ha, hb] = await Promise.all([hashFile(a), hashFile(b)]);
+    return ha === hb;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Read current.conf: a regular file of at most 64 KiB, never blocking (a
  * FIFO or a device is refused before it is opened). The agent reads it as
  * root on behalf of the app's user: with `reader`, a file that user could

@@ -6,7 +6,7 @@
 import { stat } from 'node:fs/promises';
 import type { AppConfig } from './config.js';
 import { isErrno } from './errors.js';
-import { readCurrent, validateCurrent, type CurrentSnapshot, type Release } from './current.js';
+import { readCurrent, sameContent, validateCurrent, type CurrentSnapshot, type Release } from './current.js';
 import { writeFileAtomic } from './atomicWrite.js';
 import { firstAnswer, probeOnce, type ProbeResult } from './health.js';
 import { newestFirst, type HistoryEntry } from './history.js';
@@ -21,7 +21,7 @@ import { ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketIn
 import type { SocketHolder, Unheld } from './sockets.js';
 import { RelinkError } from './errors.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
-import { readLinks, relink, sameContent, type LinkTargets } from './relink.js';
+import { readLinks, relink, type LinkTargets } from './relink.js';
 import { readerOf } from './safefs.js';
 import { AppStore, type AppState } from './state.js';
 import { takeRequests, type TakenRequests } from './requests.js';
@@ -55,7 +55,7 @@ export interface Effects {
   hook(name: HookName, entry: HookEntry, signal?: AbortSignal): Promise<CommandResult | undefined>;
   /** Where the app's links point (with `links.dir`, whether the folder link is stale: relink.ts LinkTargets). */
   readLinks(): Promise<LinkTargets>;
-  /** Whether two files hold the same bytes (src/relink.ts sameContent); false when either cannot be read. */
+  /** Whether two files hold the same bytes (src/current.ts sameContent); false when either cannot be read. */
   sameContent(a: string, b: string): Promise<boolean>;
   relink(release: Release): Promise<void>;
   /** Cheap re-check of a known process of the app (no process-table scan); with its generation. */

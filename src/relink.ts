@@ -12,7 +12,7 @@
  * or replaces anything elsewhere.
  */
 import { randomBytes } from 'node:crypto';
-import { lstat, open, readlink, realpath, rename, symlink, unlink, type FileHandle } from 'node:fs/promises';
+import { lstat, readlink, realpath, rename, symlink, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Release } from './current.js';
 import { fileError, isErrno, RelinkError } from './errors.js';
@@ -161,40 +161,5 @@ async function assertReplaceable(dir: SafeFolder, name: string, link: string): P
     }
   } catch (err) {
     if (!isErrno(err, 'ENOENT')) throw err;
-  }
-}
-
-/** Bytes compared at a time by sameContent. */
-const COMPARE_CHUNK = 1 << 16;
-
-/**
- * Whether files `a` and `b` hold the same bytes: the same file (device and
- * inode, through symlinks), or two of one size whose contents are equal,
- * read 64 KiB at a time. False when either cannot be read. Tells a release
- * whose binary is a copy of the running one ("inplace" in the folder
- * layout, where every release has its own bin.file path).
- */
-export async function sameContent(a: string, b: string): Promise<boolean> {
-  let fa: FileHandle | undefined;
-  let fb: FileHandle | undefined;
-  try {
-    fa = await open(a, 'r');
-    fb = await open(b, 'r');
-    const [sa, sb] = await Promise.all([fa.stat(), fb.stat()]);
-    if (sa.dev === sb.dev && sa.ino === sb.ino) return true;
-    if (!sa.isFile() || !sb.isFile() || sa.size !== sb.size) return false;
-    const ba = Buffer.alloc(COMPARE_CHUNK);
-    const bb = Buffer.alloc(COMPARE_CHUNK);
-    for (let at = 0; at < sa.size; at += COMPARE_CHUNK) {
-      const [ra, rb] = await Promise.all([fa.read(ba, 0, COMPARE_CHUNK, at), fb.read(bb, 0, COMPARE_CHUNK, at)]);
-      if (ra.bytesRead !== rb.bytesRead || !ba.subarray(0, ra.bytesRead).equals(bb.subarray(0, rb.bytesRead))) return false;
-      if (ra.bytesRead === 0) break;
-    }
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await fa?.close().catch(() => undefined);
-    await fb?.close().catch(() => undefined);
   }
 }

@@ -7,14 +7,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { watch } from 'node:fs';
 import { chmod, chown, lchown, link, lstat, mkdir, readdir, readFile, readlink, symlink, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import type { Release } from '../src/current.js';
 import { RelinkError } from '../src/errors.js';
-import { readLinks, readLinkTarget, relink, sameContent, swapLink, type Links } from '../src/relink.js';
+import { readLinks, readLinkTarget, relink, swapLink, type Links } from '../src/relink.js';
+import { sameContent } from '../src/current.js';
 import { rootOnly, openUp, testUser } from './accounts.js';
 import { tmpDir, waitFor } from './helpers.js';
 
@@ -363,7 +364,7 @@ test('issue 15: a folder link left elsewhere reads as stale; a real folder where
   assert.deepEqual(await readLinks({ bin: l.links.bin, cfg: l.links.cfg }, l.rel), l.a);
 });
 
-test('sameContent: the same file (a hard link, a symlink to it) or equal bytes across chunk boundaries; a different byte, size or a missing file is not', async (t) => {
+test('sameContent: the same file (a hard link, a symlink to it) or equal bytes; a different byte, size, a missing file or a FIFO is not (and a FIFO does not block it)', async (t) => {
   const dir = await tmpDir(t);
   const big = Buffer.alloc(200_000, 7);
   const f = (n: string) => path.join(dir, n);
@@ -372,7 +373,7 @@ test('sameContent: the same file (a hard link, a symlink to it) or equal bytes a
   await link(f('a'), f('hard'));
   await symlink(f('a'), f('sym'));
   const off = Buffer.from(big);
-  off[150_000] = 8; // in the third 64 KiB chunk
+  off[150_000] = 8; // one byte, far into the file
   await writeFile(f('off'), off);
   await writeFile(f('short'), big.subarray(0, 199_999));
   assert.equal(await sameContent(f('a'), f('copy')), true);
@@ -384,4 +385,6 @@ test('sameContent: the same file (a hard link, a symlink to it) or equal bytes a
   assert.equal(await sameContent(dir, dir), true, 'one inode');
   await mkdir(f('d'));
   assert.equal(await sameContent(f('d'), dir), false, 'folders are not files');
+  execFileSync('mkfifo', [f('fifo')]);
+  assert.equal(await sameContent(f('fifo'), f('a')), false, 'a FIFO is no release file, and is never opened (that would block)');
 });
