@@ -504,11 +504,11 @@ async function protectionsFor(config: AgentConfig, app: AppConfig, previous: Rel
     // rollback to it would land on missing assets (a trial's prune removed
     // 0.03, which the previous release's static/shared linked into, and the
     // rollback was "healthy").
+    const releasesReal = await realpath(other.releasesDir).catch(() => undefined);
     const keepWithLinks = async (release: { readonly bin: string; readonly cfg: string } | null | undefined, reason: string) => {
       if (release == null) return;
       await add(release.bin, reason);
       await add(release.cfg, reason);
-      const releasesReal = await realpath(other.releasesDir).catch(() => undefined);
       const [bin, cfg] = await Promise.all([release.bin, release.cfg].map((f) => realpath(f).catch(() => f)));
       const folder = releasesReal === undefined ? undefined : releaseFolderOf(releasesReal, { bin: bin!, cfg: cfg! });
       if (folder === undefined) return;
@@ -522,12 +522,13 @@ async function protectionsFor(config: AgentConfig, app: AppConfig, previous: Rel
     await keepWithLinks(state?.lastGood, self ? 'last known-good' : `last known-good of app ${other.name}`);
     // An upload about to be deployed: current.conf may already name it.
     const named = await namedByCurrent(other.currentFile);
-    for (const f of named.files) await add(f, self ? 'named by current.conf' : `named by app ${other.name}'s current.conf`);
-    if (named.files.length === 2) await keepWithLinks({ bin: named.files[0]!, cfg: named.files[1]! }, self ? 'named by current.conf' : `named by app ${other.name}'s current.conf`);
+    const byCurrent = self ? 'named by current.conf' : `named by app ${other.name}'s current.conf`;
+    if (named.files.length === 2) await keepWithLinks({ bin: named.files[0]!, cfg: named.files[1]! }, byCurrent);
+    else for (const f of named.files) await add(f, byCurrent);
     for (const base of named.homeNames) {
       // "~/x" means the home of current.conf's owner, which needs /etc/passwd
       // (current.ts); keeping every release file of that name errs on the safe side.
-      await add(path.join(app.releasesDir, base), self ? 'named by current.conf' : `named by app ${other.name}'s current.conf`);
+      await add(path.join(app.releasesDir, base), byCurrent);
     }
   }
   return out;
