@@ -299,16 +299,19 @@ async function relinkManager(ctx: Context, spec: AppSpec, method: Method, app: A
 }
 
 /** The app started by hand; a deploy is switch links, stop (graceful signal, wait), start, wait for the port. */
+/** Start the app by hand in its folder, its output appended to its app.log. */
+async function startByHand(ctx: Context, spec: AppSpec, app: AppLayout): Promise<ChildProcess> {
+  const log = await open(path.join(app.dir, 'app.log'), 'a');
+  try {
+    const [file, ...args] = spec.command(app) as [string, ...string[]];
+    return ctx.j.spawn(file, args, { cwd: app.dir, stdio: ['ignore', log.fd, log.fd], detached: true });
+  } finally {
+    await log.close();
+  }
+}
+
 async function direct(ctx: Context, spec: AppSpec, app: AppLayout): Promise<Manager> {
-  const start = async (): Promise<ChildProcess> => {
-    const log = await open(path.join(app.dir, 'app.log'), 'a');
-    try {
-      const [file, ...args] = spec.command(app) as [string, ...string[]];
-      return ctx.j.spawn(file, args, { cwd: app.dir, stdio: ['ignore', log.fd, log.fd], detached: true });
-    } finally {
-      await log.close();
-    }
-  };
+  const start = (): Promise<ChildProcess> => startByHand(ctx, spec, app);
   let child = await start();
   await waitFor(`${spec.kind} to listen`, () => accepts(app.port), 20_000, 5);
   return {
@@ -340,14 +343,7 @@ async function bootBeside(ctx: Context, spec: AppSpec, app: AppLayout, dir: stri
     async deploy(r) {
       await switchLinks(copy, r, spec.fixedBin);
       const t0 = nowMs();
-      const log = await open(path.join(copy.dir, 'app.log'), 'a');
-      let child: ChildProcess;
-      try {
-        const [file, ...args] = spec.command(copy) as [string, ...string[]];
-        child = ctx.j.spawn(file, args, { cwd: copy.dir, stdio: ['ignore', log.fd, log.fd], detached: true });
-      } finally {
-        await log.close();
-      }
+      const child = await startByHand(ctx, spec, copy);
       await waitFor(`the copy of ${spec.kind} to answer`, async () => served(port, r), 20_000, 2);
       const readyMs = nowMs() - t0;
       await stopChild(child, spec.stopSignal, 15_000);
