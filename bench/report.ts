@@ -363,18 +363,15 @@ function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]
     const judged = strat.filter((c) => isZeroTarget(c.method));
     const q = (c: Cell): number => p99Ratio(c, d.cells.find((x) => x.app === c.app && x.method === 'control'));
     const within = judged.filter((c) => q(c) <= TARGETS.deployP99Ratio);
+    const beside = d.cells.filter((c) => c.method === 'boot-beside');
+    const besideText = beside.length === 0 ? '' : 'the row "a second copy started and stopped beside" measures that cost alone, with no deploy and nothing switched (the same load; each of its deploys starts a copy of the ' +
+      'other release in a folder of its own on another port, waits for its first answer there, and stops it gracefully): p99 ' +
+      beside.map((c) => `${ratio(q(c), 1)} for the ${APP_LABELS[c.app]}`).join(', ') + ' of the control. What a relink row has above it is the switch and relink\'s own work (its CPU per deploy is below); ';
     p(`**Latency during deploys** (issue 11: p99 no more than ${TARGETS.deployP99Ratio}x the no-deploy control, for its relink rows): ` +
       `${judged.length > 0 && within.length === judged.length ? met(true) : met(false)} - ${within.length} of ${judged.length} within it. ` +
       strat.map((c) => `${name(c)}: ${ratio(q(c), 1)}`).join('; ') + '. ' +
       'On this 2-core machine the new release starting (a Python interpreter, gunicorn\'s master and workers) competes for the CPU with the one serving and with wrk; ' +
-      (() => {
-        const beside = d.cells.filter((c) => c.method === 'boot-beside');
-        if (beside.length === 0) return '';
-        const q = (c: Cell): number => p99Ratio(c, d.cells.find((x) => x.app === c.app && x.method === 'control'));
-        return 'the row "a second copy started and stopped beside" measures that cost alone, with no deploy and nothing switched (the same load; each of its deploys starts a copy of the ' +
-          'other release in a folder of its own on another port, waits for its first answer there, and stops it gracefully): p99 ' +
-          beside.map((c) => `${ratio(q(c), 1)} for the ${APP_LABELS[c.app]}`).join(', ') + ' of the control. What a relink row has above it is the switch and relink\'s own work (its CPU per deploy is below); ';
-      })() +
+      besideText +
       'a connection that waits in a held socket\'s backlog while nothing accepts is answered late rather than refused, and its wait is in the latency ' +
       '(wrk gives up after 2 s: a longer wait is a timeout in the failed column). The ratio covers answered requests only: a row that refuses connections during ' +
       'its gap (stop + start, PM2, supervisord) has no late answers to show, its gap is in the failed column instead, so its p99 can look as good as the control\'s.');
