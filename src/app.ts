@@ -39,7 +39,7 @@ import { describeDamage } from './stateDir.js';
 import { ProcessTracker } from './tracker.js';
 import { Generations } from './generations.js';
 import { inflightFor, journaled, newestRoot, recoveredAttempt, recoveryPlan } from './inflight.js';
-import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, describeExit, IN_PLACE_FOUND, runsRelease, type StartedProcess, type StopBy } from './verify.js';
+import { assertBinary, awaitHandoff, awaitHealthy, awaitStart, confirmInPlace, describeExit, IN_PLACE_FOUND, runsRelease, strategyMismatch, type StartedProcess, type StopBy } from './verify.js';
 
 /**
  * A pass asked for on the first file event, before the watcher's quiet
@@ -687,7 +687,10 @@ export class AppAgent {
     let release: Release;
     try {
       release = await this.#fx.validate(snapshot.text);
-      if (main !== undefined) await this.#assertFits(links, release);
+      if (main !== undefined) {
+        const misfit = await strategyMismatch(this.app, links.bin, release, (a, b) => this.#fx.sameContent(a, b));
+        if (misfit !== undefined) throw misfit;
+      }
       if (!sameRelease(links, release)) {
         // Held stopped (relink stop), a deploy only switches the links.
         const action: Action = main !== undefined ? ACTIONS[this.app.reload.strategy] : this.#held === undefined ? 'start' : 'none';
@@ -1232,22 +1235,6 @@ export class AppAgent {
     if (o === undefined) return { strategy: this.app.reload.strategy };
     const ms = o.acceptedAt === undefined ? null : Math.max(0, o.acceptedAt - o.goneAt);
     return { strategy: this.app.reload.strategy, action: 'restart', ...(o.held ? { queuedMs: ms } : { outageMs: ms }) };
-  }
-
-  /**
-   * A deploy the strategy cannot carry out honestly is refused before
-   * anything is switched: "inplace" reloads the running process, which
-   * keeps its executable, so a new bin.file would never run. A bin.file
-   * that is a byte-for-byte copy of the linked one is no new binary: in the
-   * folder layout every release has a path of its own for the same nginx
-   * (a trial found "inplace" could never deploy there).
-   */
-  async #assertFits(links: { bin: string | undefined }, release: Release): Promise<void> {
-    if (this.app.reload.strategy !== 'inplace' || links.bin === undefined || links.bin === release.bin) return;
-    if (await this.#fx.sameContent(links.bin, release.bin)) return;
-    throw new RelinkError('STRATEGY_MISMATCH',
-      `"bin.file" changes (${links.bin} -> ${release.bin}), but reload.strategy "inplace" reloads the running process, which keeps its executable: the new binary would never run. Binaries change under "upgrade" (nginx, gunicorn, unicorn: a new master on SIGUSR2), "socket" (with "sockets") or "restart"; under "inplace" deploy a new cfg.file only (or a bin.file with the same bytes as the running one)`,
-      { file: this.app.currentFile, key: 'bin.file', rule: 'reload.strategy "inplace" changes cfg.file only', found: release.bin });
   }
 
   /**

@@ -268,6 +268,24 @@ export function runsRelease(app: AppConfig, proc: ProcInfo, release: Release): b
   return !inReleases;
 }
 
+/**
+ * A deploy the strategy cannot carry out honestly, refused before anything
+ * is switched (by the agent, `relink validate` and `relink deploy` alike):
+ * "inplace" reloads the running process, which keeps its executable, so a
+ * bin.file other than `linkedBin` (what app.bin points at) would never
+ * run. A bin.file that is a byte-for-byte copy of it (`same`:
+ * current.ts sameContent) is no new binary: in the folder layout every
+ * release has a path of its own for the same nginx. Returns the
+ * STRATEGY_MISMATCH error, or undefined when the deploy fits.
+ */
+export async function strategyMismatch(app: AppConfig, linkedBin: string | undefined, release: Release, same: (a: string, b: string) => Promise<boolean>): Promise<RelinkError | undefined> {
+  if (app.reload.strategy !== 'inplace' || linkedBin === undefined || linkedBin === release.bin) return undefined;
+  if (await same(linkedBin, release.bin)) return undefined;
+  return new RelinkError('STRATEGY_MISMATCH',
+    `"bin.file" changes (${linkedBin} -> ${release.bin}), but reload.strategy "inplace" reloads the running process, which keeps its executable: the new binary would never run. Binaries change under "upgrade" (nginx, gunicorn, unicorn: a new master on SIGUSR2), "socket" (with "sockets") or "restart"; under "inplace" deploy a new cfg.file only (or a bin.file with the same bytes as the running one)`,
+    { file: app.currentFile, key: 'bin.file', rule: 'reload.strategy "inplace" changes cfg.file only', found: release.bin });
+}
+
 /** A started or re-exec'd process must run the deployed release, not some other one (see runsRelease). */
 export function assertBinary(app: AppConfig, proc: ProcInfo, release: Release): void {
   if (!runsRelease(app, proc, release)) {

@@ -271,9 +271,26 @@ test('a signal that starts a new master under "inplace" (gunicorn SIGUSR2) fails
   const app = await gunicornApp(root, 'gin', ['1', '2']);
   reapMarkedAfter(t, app.dir);
   await setCurrent(app, '1');
-  const agent = startAgent(t, await configFor(root, app, { command: ['./app.bin', '-c', 'app.cfg'], reload: { strategy: 'inplace', signal: 'SIGUSR2', timeoutMs: 5_000 }, health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 1_500, deadlineMs: 5_000, intervalMs: 100 } }));
+  const config = await configFor(root, app, { command: ['./app.bin', '-c', 'app.cfg'], reload: { strategy: 'inplace', signal: 'SIGUSR2', timeoutMs: 5_000 }, health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 1_500, deadlineMs: 5_000, intervalMs: 100 } });
+  const agent = startAgent(t, config);
   const first = await nth(root, app.name, 1);
   assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  // A new binary (other bytes) is refused under "inplace" by relink validate
+  // and relink deploy as by the agent, before current.conf is written; app.2
+  // (the same bytes as app.1 at another path) is not a new binary.
+  await writeFile(path.join(app.releasesDir, 'app.3'), '#!/bin/sh\n# release 3\nexec /usr/bin/gunicorn "$@"\n', { mode: 0o755 });
+  const currentBefore = await readFile(path.join(app.releasesDir, 'current.conf'), 'utf8');
+  const candidate = path.join(root, 'candidate.conf');
+  for (const [bin, code] of [['app.3', 1], ['app.2', 0]] as const) {
+    await writeFile(candidate, `${JSON.stringify({ 'bin.file': path.join(app.releasesDir, bin), 'cfg.file': path.join(app.releasesDir, 'cfg.1') })}\n`);
+    const v = await relinkCli(['validate', '--config', config, candidate]);
+    assert.equal(v.code, code, `validate ${bin}: ${v.stderr}`);
+    if (code === 1) assert.match(v.stderr, /"bin\.file" changes .*reload\.strategy "inplace".*\[STRATEGY_MISMATCH\]/);
+  }
+  const d = await relinkCli(['deploy', '--config', config, '--bin', path.join(app.releasesDir, 'app.3'), '--cfg', path.join(app.releasesDir, 'cfg.1')]);
+  assert.equal(d.code, 1, d.stderr);
+  assert.match(d.stderr, /"bin\.file" changes .*app\.3\), but reload\.strategy "inplace"/);
+  assert.equal(await readFile(path.join(app.releasesDir, 'current.conf'), 'utf8'), currentBefore, 'a refused deploy leaves current.conf as it was');
   // A new config only (a new binary is refused under "inplace").
   await writeFileAtomic(path.join(app.releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': 'app.1', 'cfg.file': 'cfg.2' })}\n`);
   const e = await nth(root, app.name, 2);

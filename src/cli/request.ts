@@ -7,7 +7,7 @@
 import { constants as osConstants } from 'node:os';
 import { writeFileAtomic } from '../atomicWrite.js';
 import type { AgentConfig, AppConfig } from '../config.js';
-import { currentTextFor, hashText, readCurrent, validateCurrent, type Release, type ReleaseHashes } from '../current.js';
+import { currentTextFor, hashText, readCurrent, sameContent, validateCurrent, type Release, type ReleaseHashes } from '../current.js';
 import { RelinkError } from '../errors.js';
 import type { HistoryEntry } from '../history.js';
 import { JournalTail } from '../journalTail.js';
@@ -17,6 +17,7 @@ import { readerOf, type Reader } from '../safefs.js';
 import { readAppState, runningAgent } from '../state.js';
 import type { OnDamage } from '../stateDir.js';
 import { resolveRunAs } from '../user.js';
+import { strategyMismatch } from '../verify.js';
 import { EXIT, releaseLabel, releasesDirsOf, type IO } from './io.js';
 
 export interface RequestOptions {
@@ -59,6 +60,11 @@ export async function requestRelease(config: AgentConfig, app: AppConfig, wanted
   const named = `${short(release.bin)} + ${short(release.cfg)}`;
   const [links, saved] = await Promise.all([readLinks(app.links, app.releasesDir), readAppState(config.stateDir, app.name, readOpts)]);
   const live = links.bin === release.bin && links.cfg === release.cfg && links.dirStale !== true;
+  // What the agent would refuse for the strategy (a new binary under "inplace" while the app runs), before anything is written.
+  if (saved?.state === 'running') {
+    const misfit = await strategyMismatch(app, links.bin, release, sameContent);
+    if (misfit !== undefined) throw misfit;
+  }
   // Already live only if current.conf says so too: links on X while
   // current.conf names Y (a change the agent has not applied yet, or a typo
   // it refused) means Y is what the agent will make live, not X. Asked only

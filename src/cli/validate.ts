@@ -1,11 +1,13 @@
 import path from 'node:path';
-import { loadCurrent } from '../current.js';
+import { loadCurrent, sameContent } from '../current.js';
 import { preflightRefusal, preflightRelease } from '../preflight.js';
 import { signalExitCode } from './request.js';
 import { RelinkError, RelinkErrors } from '../errors.js';
 import { readLinks } from '../relink.js';
 import { readerOf } from '../safefs.js';
 import { resolveRunAs } from '../user.js';
+import { readAppState } from '../state.js';
+import { strategyMismatch } from '../verify.js';
 import { EXIT, loadFor, selectApp } from './io.js';
 import type { SpecOf } from './commands.js';
 import type { Command } from './spec.js';
@@ -20,6 +22,11 @@ export const validateCommand: Command<SpecOf<'validate'>> = {
       const { release } = await loadCurrent(app, file, await readerOf(await resolveRunAs(app)));
       const links = await readLinks(app.links, app.releasesDir);
       const live = links.bin === release.bin && links.cfg === release.cfg && links.dirStale !== true;
+      // The agent refuses a new binary under "inplace" while the app runs: so does this.
+      if ((await readAppState(config.stateDir, app.name))?.state === 'running') {
+        const misfit = await strategyMismatch(app, links.bin, release, sameContent);
+        if (misfit !== undefined) throw misfit;
+      }
       // The agent runs the app's preflight on a release that is not live yet: so does this, as the app runs.
       if (!live) {
         // Ctrl-C (or SIGTERM) kills the preflight with everything it started, then ends.
