@@ -505,14 +505,14 @@ async function protectionsFor(config: AgentConfig, app: AppConfig, previous: Rel
     // 0.03, which the previous release's static/shared linked into, and the
     // rollback was "healthy").
     const releasesReal = await realpath(other.releasesDir).catch(() => undefined);
-    const keepWithLinks = async (release: { readonly bin: string; readonly cfg: string } | null | undefined, reason: string) => {
+    const keepWithLinks = async (release: { readonly bin: string; readonly cfg: string } | null | undefined, reason: string, linkedReason = `linked from ${reason}`) => {
       if (release == null) return;
       await add(release.bin, reason);
       await add(release.cfg, reason);
       const [bin, cfg] = await Promise.all([release.bin, release.cfg].map((f) => realpath(f).catch(() => f)));
       const folder = releasesReal === undefined ? undefined : releaseFolderOf(releasesReal, { bin: bin!, cfg: cfg! });
       if (folder === undefined) return;
-      for (const target of await linkTargets(folder)) await add(target, `linked from ${reason}`);
+      for (const target of await linkTargets(folder)) await add(target, linkedReason);
     };
     if (self) {
       // What `relink rollback` would go back to must still be there.
@@ -523,7 +523,7 @@ async function protectionsFor(config: AgentConfig, app: AppConfig, previous: Rel
     // An upload about to be deployed: current.conf may already name it.
     const named = await namedByCurrent(other.currentFile);
     const byCurrent = self ? 'named by current.conf' : `named by app ${other.name}'s current.conf`;
-    if (named.files.length === 2) await keepWithLinks({ bin: named.files[0]!, cfg: named.files[1]! }, byCurrent);
+    if (named.files.length === 2) await keepWithLinks({ bin: named.files[0]!, cfg: named.files[1]! }, byCurrent, self ? 'linked from the release current.conf names' : `linked from the release app ${other.name}'s current.conf names`);
     else for (const f of named.files) await add(f, byCurrent);
     for (const base of named.homeNames) {
       // "~/x" means the home of current.conf's owner, which needs /etc/passwd

@@ -233,15 +233,18 @@ build's modification time. Always kept, whatever their age:
   - what current.conf names (an upload about to be deployed);
   - a release that arrived after the current one and was never deployed;
   - any file another app's links, last known-good release or current.conf
-    name (apps may share a releases folder); for a folder, anything in it.
-Files not named by the app's releaseNames patterns are never touched.
+    name (apps may share a releases folder); for a folder, anything in it;
+  - a release folder that one of these releases' folders links into
+    (9.0/shared -> ../8.0/static keeps 8.0).
+Files not named by the app's releaseNames patterns are never touched. A
+folder an interrupted prune left (.relink-pruning.*) is removed, and said.
 \`relink releases\` shows what would be kept and why.`,
     options: [
       CONFIG,
       ONLY_APP,
       { name: 'keep', type: 'string', value: 'N', help: "keep the newest N releases (default: the app's prune.keep, 5 unless set)", parser: COUNT },
       { name: 'dry-run', type: 'boolean', help: 'list what would be deleted; delete nothing' },
-      { name: 'json', type: 'boolean', help: '{"dryRun": bool, "apps": [{"name", "removed": [FILE...], "kept": [FILE...]}]}' },
+      { name: 'json', type: 'boolean', help: '{"dryRun": bool, "apps": [{"name", "removed": [FILE...], "kept": [FILE...], "leftovers": [FOLDER...]}]}' },
     ],
     exits: [
       { code: 0, meaning: 'success' },
