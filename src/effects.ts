@@ -239,7 +239,11 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
         return 'unknown';
       };
       await finder.refresh();
-      return probeOnce(app.health.probe, app.health.probeTimeoutMs, whose);
+      // Nothing older left to share the socket (the first start, "restart",
+      // a handoff whose old generation is gone): any answer is the judged
+      // generation's, and the probe needs no attribution (an `ss` per look).
+      const others = finder.record().members.some((m) => m.pid !== judged.pid && m.gen < gen);
+      return probeOnce(app.health.probe, app.health.probeTimeoutMs, others ? whose : undefined);
     },
     record: (entry) => store.record(entry),
     notifyOperators: (event) => opts.notifications?.emit(event),

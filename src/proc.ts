@@ -13,7 +13,8 @@
  *   the record is kept in the app's state file (root-owned: the app's user
  *   cannot forge it), so the next agent knows them too;
  * - the process tree: a process whose parent is a member is a member, found
- *   by walking the table (ps-list: pid, ppid, uid) and confirmed in /proc
+ *   by walking the table (pid, ppid, uid: ps-list for an app's adoption,
+ *   procTable after) and confirmed in /proc
  *   (the parent started before the child: a recycled ppid proves nothing).
  *   Membership sticks: a worker seen once stays the app's after its master
  *   dies and it is re-parented;
@@ -192,6 +193,41 @@ export function procRows(now = Date.now(), maxAgeMs = TABLE_TTL_MS): ReadonlyArr
     if (st !== undefined) rows.push({ pid, ppid: st.ppid });
   }
   table = { at: now, rows };
+  return rows;
+}
+
+/**
+ * The process table from /proc, read afresh: every process's pid, parent
+ * (`PPid:`) and effective uid (`Uid:`, second field, as `ps -o uid` shows
+ * it) from /proc/PID/status, and its executable (the /proc/PID/exe link,
+ * " (deleted)" kept; undefined where unreadable: a kernel thread, or
+ * another user's process to an agent that is not root). A hint, as every
+ * row is: each candidate is confirmed by readProc. Synchronous: about 4 ms
+ * for 100 processes, where ps-list (which reads the same files through two
+ * `ps` processes, and readlinks every exe synchronously too) costs ~30 ms of
+ * CPU and two forks of the agent (BENCHMARKS.md, section 1).
+ */
+export function procTable(): TableRow[] {
+  const rows: TableRow[] = [];
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name);
+    if (!Number.isSafeInteger(pid) || pid <= 0) continue;
+    let status: string;
+    try {
+      status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    } catch {
+      continue; // gone meanwhile
+    }
+    const ppid = /^PPid:\s+(\d+)/m.exec(status);
+    const uid = /^Uid:\s+\d+\s+(\d+)/m.exec(status);
+    let exe: string | undefined;
+    try {
+      exe = readlinkSync(`/proc/${pid}/exe`);
+    } catch {
+      // a kernel thread, a zombie, or not ours to read
+    }
+    rows.push({ pid, ppid: ppid === null ? undefined : Number(ppid[1]), uid: uid === null ? undefined : Number(uid[1]), path: exe });
+  }
   return rows;
 }
 
@@ -426,7 +462,7 @@ export interface LineageRecord {
   readonly openings?: ReadonlyArray<{ readonly gen: number; readonly pid: number; readonly startTime: number; readonly fromTick: number }>;
 }
 
-/** A row of the process table: ps-list's view, a moment old, only a hint. */
+/** A row of the process table (ps-list's or procTable's): a moment old, only a hint. */
 export interface TableRow {
   readonly pid: number;
   readonly ppid?: number | undefined;
@@ -449,7 +485,13 @@ export interface FinderOptions {
    * who the app runs as when the config names no user.
    */
   readonly user?: string | undefined;
-  /** Swappable for tests and benchmarks; defaults to ps-list. */
+  /**
+   * Swappable for tests and benchmarks. Default: ps-list for an app with
+   * nothing recorded yet (its adoption: once per app), procTable() once
+   * lineage is recorded (every discovery of a deploy: a handoff scans every
+   * 100 ms, and ps-list's two `ps` processes per scan took CPU from the app
+   * while it started its new generation).
+   */
   readonly list?: ProcessLister;
   /** Clock ticks since boot (ticksNow); swappable for tests. */
   readonly ticks?: () => number;
@@ -505,7 +547,7 @@ export class ProcessFinder {
     this.#dir = opts.dir;
     this.#releasesDir = opts.releasesDir;
     this.#pidFile = opts.pidFile;
-    this.#list = opts.list ?? (() => psList());
+    this.#list = opts.list ?? (async () => (this.#recorded ? procTable() : psList()));
     this.#ticks = opts.ticks ?? ticksNow;
     this.#mode = opts.mode ?? 'reexec';
     this.#user = opts.user;
