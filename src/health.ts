@@ -73,7 +73,7 @@ function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): P
     sock.once('error', (err: NodeJS.ErrnoException) => done({ ok: false, detail: err.code ?? err.message }));
     /** Who holds the server side now; undefined: not accepted yet. */
     const whose = async (): Promise<'judged' | 'older' | 'unknown' | undefined> => {
-      const inode = await acceptedInode(target.port, sock.localPort ?? 0);
+      const inode = await acceptedInode(target.port, sock.localPort ?? 0, sock.remoteFamily === 'IPv6' ? 6 : 4);
       if (inode === '0') return undefined;
       return inode === undefined ? 'unknown' : acceptor(inode);
     };

@@ -8,11 +8,13 @@
  */
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
+import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { freePort, makeApp, setCurrent, writeConfig, type DemoApp } from '../src/demo/layout.js';
 import { probeOnce } from '../src/health.js';
+import { socketInodes } from '../src/proc.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
 import { ask, servedBy, servedByNewProcess } from './fixture.js';
 import { defer, reapAppsAfter, startAgent, tmpDir, waitFor, type AgentProc } from './helpers.js';
@@ -45,6 +47,26 @@ test('probeOnce over TCP: a listening port is "connected", a closed one is refus
   assert.deepEqual(await probeOnce({ tcp: `127.0.0.1:${open}` }, 1000), { ok: true, detail: 'connected' });
   const closed = await freePort();
   assert.deepEqual(await probeOnce({ tcp: `127.0.0.1:${closed}` }, 1000), { ok: false, detail: 'ECONNREFUSED' });
+});
+
+test('an attributed probe names the socket that accepted it, on an IPv4 listener and on a dual-stack [::] one probed over IPv4 (ss asks the client\'s family first, then the other)', async (t) => {
+  for (const host of ['127.0.0.1', '::']) {
+    const server = http.createServer((_req, res) => res.end('ok'));
+    await new Promise<void>((r) => server.listen(0, host, r));
+    defer(t, () => new Promise<void>((r) => server.close(() => r())));
+    const port = (server.address() as net.AddressInfo).port;
+    const seen: string[] = [];
+    // The server runs in this process: the socket that accepted is one of ours.
+    const acceptor = (inode: string) => {
+      seen.push(inode);
+      return socketInodes(process.pid).has(inode) ? 'judged' as const : 'unknown' as const;
+    };
+    const r = await probeOnce({ url: `http://127.0.0.1:${port}/` }, 5_000, acceptor);
+    assert.deepEqual(r, { ok: true, detail: 'HTTP 200' }, `listener on ${host}`);
+    assert.equal(seen.length, 1, `listener on ${host}: asked once, with the inode found (${seen.join(', ')})`);
+    const older = await probeOnce({ url: `http://127.0.0.1:${port}/` }, 5_000, () => 'older');
+    assert.deepEqual(older, { ok: false, detail: 'accepted by an older generation', older: true }, `listener on ${host}`);
+  }
 });
 
 test('health.tcp: a start whose app accepts on the probed port deploys; one whose app listens elsewhere fails (UNHEALTHY, ECONNREFUSED)', async (t) => {

@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
-import { markerEnv, ProcessFinder, readMarker, readProc, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
+import { markerEnv, ProcessFinder, procTable, readMarker, readProc, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
 import { swapLink } from '../src/relink.js';
 import { alive, reapAppsAfter, waitFor } from './helpers.js';
 
@@ -267,6 +267,15 @@ test('decoys that mention app.bin or run a copy of its binary are never matched'
     assert.equal(await finder.verify(identity(info)), undefined, `verify accepted decoy ${pid} (${info.exe})`);
     assert.equal(await finder.belongs(info), false, `decoy ${pid} (${info.exe}) belongs`);
   }
+});
+
+test('procTable, the /proc walk discovery uses once lineage is recorded, lists a child with its parent, effective uid and real executable', async (t) => {
+  const child = spawn('sleep', ['300'], { stdio: 'ignore' });
+  t.after(() => child.kill('SIGKILL'));
+  const row = await waitFor('the child to have exec\'d sleep', async () => procTable().find((r) => r.pid === child.pid && r.path?.endsWith('/sleep')));
+  assert.deepEqual({ ppid: row.ppid, uid: row.uid }, { ppid: process.pid, uid: process.geteuid!() });
+  assert.equal(row.path, await realpath(row.path!), 'the real path of the executable');
+  assert.ok(procTable().some((r) => r.pid === process.pid && r.path === process.execPath), 'this process, by its executable');
 });
 
 test('a path from the process lister is only a hint: /proc has the last word', async (t) => {
