@@ -7,8 +7,9 @@
  * the app's releaseNames patterns are ever touched, and a release is kept
  * when the app's links, its previous release, its last known-good release,
  * its current.conf, or any app's links name one of its files (compared as
- * given and after resolving symlinks), or when it arrived after the current
- * release and was never deployed (an upload about to go live).
+ * given and after resolving symlinks), when a running process uses it (its
+ * executable, or its working folder, lies in it), or when it arrived after
+ * the current release and was never deployed (an upload about to go live).
  *
  * "Old" means arrived on this host long ago, not built long ago: `rsync -a`
  * and `scp -p` keep the build's mtime, and a release uploaded a minute ago
@@ -20,7 +21,7 @@
  * 15): listed by the folder's arrival, kept when anything protected lies in
  * it, and pruned whole.
  */
-import type { Dirent, Stats } from 'node:fs';
+import { readlinkSync, type Dirent, type Stats } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { lstat, readdir, realpath, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
@@ -31,6 +32,7 @@ import { readCurrent } from './current.js';
 import { fileError, isErrno, RelinkError, RelinkErrors, type ErrorCode } from './errors.js';
 import type { Release } from './current.js';
 import { newestFirst, type HistoryEntry, type Outcome, type ReadOptions } from './history.js';
+import { procTable } from './proc.js';
 import { readLinks, releaseFolderOf } from './relink.js';
 import { removeTree, withFolder } from './safefs.js';
 import { releaseTree } from './trust.js';
@@ -529,6 +531,44 @@ async function protectionsFor(config: AgentConfig, app: AppConfig, previous: Rel
       // "~/x" means the home of current.conf's owner, which needs /etc/passwd
       // (current.ts); keeping every release file of that name errs on the safe side.
       await add(path.join(app.releasesDir, base), byCurrent);
+    }
+  }
+  // What running processes use from the releases folders: a process that
+  // runs in place keeps its executable across deploys ("inplace" takes a new
+  // bin.file of the same bytes), and a generation started from its own
+  // folder works in it while it drains (a trial's prune removed the folder
+  // an in-place nginx still ran from; nginx served on from deleted files).
+  const roots = (await Promise.all(config.apps.map((a) => realpath(a.releasesDir).catch(() => undefined)))).filter((d): d is string => d !== undefined);
+  for (const [file, pids] of inUseUnder(roots)) {
+    await add(file, `in use by pid ${pids.slice(0, 3).join(', ')}${pids.length > 3 ? ` and ${pids.length - 3} more` : ''}`);
+  }
+  return out;
+}
+
+/**
+ * Files and folders under `roots` (real paths) that running processes use:
+ * each one's executable (/proc/PID/exe, " (deleted)" dropped: the folder
+ * that held it is still in use) and working folder (/proc/PID/cwd), with
+ * the pids using it. Processes this one may not look into (another user's,
+ * to a prune not run as root) are not seen.
+ */
+function inUseUnder(roots: readonly string[]): Map<string, number[]> {
+  const out = new Map<string, number[]>();
+  if (roots.length === 0) return out;
+  const under = (p: string) => roots.some((r) => p === r || p.startsWith(r + path.sep));
+  for (const row of procTable()) {
+    const used = new Set<string>();
+    if (row.path !== undefined) used.add(row.path.replace(/ \(deleted\)$/, ''));
+    try {
+      used.add(readlinkSync(`/proc/${row.pid}/cwd`));
+    } catch {
+      // gone, a kernel thread, or not ours to read
+    }
+    for (const p of used) {
+      if (!under(p)) continue;
+      const pids = out.get(p) ?? [];
+      pids.push(row.pid);
+      out.set(p, pids);
     }
   }
   return out;

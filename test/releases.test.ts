@@ -5,8 +5,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { access, lstat, mkdir, readdir, readFile, symlink, unlink, utimes, writeFile } from 'node:fs/promises';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { access, chmod, copyFile, lstat, mkdir, readdir, readFile, readlink, symlink, unlink, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { nodeCron } from '../src/cron.js';
@@ -381,6 +381,7 @@ test('prune --help names the previous-release protection and the order by arriva
   assert.match(r.stdout, /- the previous release: what relink rollback goes back to/);
   assert.match(r.stdout, /- a release that arrived after the current one and was never deployed;/);
   assert.match(r.stdout, /Newest means arrived on this host last/);
+  assert.match(r.stdout, /- a release a running process uses: the binary it runs, or the folder\n\s+it works in/);
 });
 
 test('issue 15: releases in a folder each are listed and pruned whole, nothing followed out of them, with the protections of the files layout', async (t) => {
@@ -470,6 +471,38 @@ test('issue 15: a release the live one links into (9.0/shared -> ../8.0/static) 
   const { removed } = await pruneReleases(config, config.apps[0]!, { keep: 1 });
   assert.deepEqual(removed, [path.join(rel, '2.0')]);
   assert.ok(await exists(path.join(rel, '3.0', 'static', 'shared')), 'what the live release links to is still there');
+});
+
+test('prune keeps what a running process uses: the release whose binary it runs (an in-place reload keeps its executable) and the folder it works in (a draining generation); removes them once it has exited', async (t) => {
+  const root = await tmpDir(t);
+  const folders = { releaseNames: { bin: '{release}/app', cfg: '{release}/app.cfg' }, links: { dir: 'current' } };
+  const { app, rel } = await oneApp(root, folders);
+  for (const r of ['0.5', '1.0', '2.0', '3.0']) {
+    await mkdir(path.join(rel, r), { recursive: true });
+    // A real program: a copy of sleep, so that a process can run it from here.
+    await copyFile('/usr/bin/sleep', path.join(rel, r, 'app'));
+    await chmod(path.join(rel, r, 'app'), 0o755);
+    await writeFile(path.join(rel, r, 'app.cfg'), `release=${r}\n`);
+    await afterArrivalOf(path.join(rel, r));
+  }
+  await symlink(path.join(rel, '3.0'), path.join(app.dir, 'current'));
+  const runs = spawn(path.join(rel, '1.0', 'app'), ['300'], { stdio: 'ignore' });
+  const worksIn = spawn('sleep', ['300'], { cwd: path.join(rel, '2.0'), stdio: 'ignore' });
+  const ended = (c: ChildProcess) => new Promise<void>((r) => (c.exitCode !== null || c.signalCode !== null ? r() : c.once('exit', () => r())));
+  t.after(async () => { runs.kill('SIGKILL'); worksIn.kill('SIGKILL'); await Promise.all([ended(runs), ended(worksIn)]); });
+  await waitFor('the copy of sleep in 1.0 to run', async () => (await readlink(`/proc/${runs.pid}/exe`).catch(() => '')) === path.join(rel, '1.0', 'app'));
+  const config = await loadConfig(path.join(root, 'config.json'));
+  const rs = await listReleases(config, config.apps[0]!);
+  assert.deepEqual(Object.fromEntries(rs.map((r) => [r.release, r.protected])),
+    { '0.5': [], '1.0': [`in use by pid ${runs.pid}`], '2.0': [`in use by pid ${worksIn.pid}`], '3.0': ['current'] });
+  const first = await pruneReleases(config, config.apps[0]!, { keep: 1 });
+  assert.deepEqual(first.removed, [path.join(rel, '0.5')]);
+  assert.ok(await exists(path.join(rel, '1.0', 'app')), 'the binary a process runs is still there');
+  runs.kill('SIGKILL');
+  worksIn.kill('SIGKILL');
+  await Promise.all([ended(runs), ended(worksIn)]);
+  const second = await pruneReleases(config, config.apps[0]!, { keep: 1 });
+  assert.deepEqual(second.removed, [path.join(rel, '1.0'), path.join(rel, '2.0')]);
 });
 
 test('issue 15: what the previous release and the last known-good one link into is kept by prune too: a rollback to them must not land on missing assets', async (t) => {

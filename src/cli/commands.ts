@@ -235,7 +235,9 @@ build's modification time. Always kept, whatever their age:
   - any file another app's links, last known-good release or current.conf
     name (apps may share a releases folder); for a folder, anything in it;
   - a release folder that one of these releases' folders links into
-    (9.0/shared -> ../8.0/static keeps 8.0).
+    (9.0/shared -> ../8.0/static keeps 8.0);
+  - a release a running process uses: the binary it runs, or the folder
+    it works in (an app reloaded in place runs the binary it started with).
 Files not named by the app's releaseNames patterns are never touched. A
 folder an interrupted prune left (.relink-pruning.*) is removed, and said.
 \`relink releases\` shows what would be kept and why.`,
