@@ -186,6 +186,16 @@ test('ansible/: rolling deploy, idempotence, rollback and a rollout stopped at t
     assert.equal(r.code, 0, r.stdout + r.stderr);
   });
 
+  await t.test('relink_serial that Ansible would read as every host at once (0, [0], []) or crash on ("abc") is refused on the control node, no host touched', async () => {
+    for (const bad of ['"abc"', '0', '[0]', '[]']) {
+      const run = await deploy('2.0', '-e', `{"relink_serial": ${bad}}`);
+      assert.notEqual(run.code, 0, run.output);
+      assert.match(run.output, new RegExp(`relink_serial must be a batch size .*; found ${bad.replace(/[[\]]/g, '\\$&').replace(/"/g, '\\\\"')}`), run.output);
+      assert.deepEqual(run.reports, {}, 'no host reported: none was touched');
+    }
+    for (const h of hosts) assert.equal((await servedBy(h.app.port, 'app.1.0')).release, 'app.1.0');
+  });
+
   await t.test('a good release rolls out to every host, one host at a time, with the control node\'s hashes in current.conf', async () => {
     const run = await deployFromHere('2.0');
     assert.equal(run.code, 0, run.output);
