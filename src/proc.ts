@@ -706,7 +706,10 @@ export class ProcessFinder {
    * Full discovery: the members still alive, their new descendants, and
    * (when the serving generation has none left, or nothing is recorded) the
    * processes whose marker names the app. `preferred` is chosen as the main
-   * among the serving generation's roots when it is one.
+   * among the serving generation's roots when it is one. When `preferred`
+   * is the main of a newer generation being judged (started beside the one
+   * serving: "socket") and has exited, the one process its generation is
+   * left with is followed the same way (`followed`: it daemonized).
    */
   async discover(preferred?: ProcIdentity): Promise<Discovery> {
     const uid = await this.uid();
@@ -715,13 +718,16 @@ export class ProcessFinder {
     await this.#prune(zombies);
     await this.#descend(rows, uid, zombies);
     const servingAlive = (): boolean => [...this.#members.values()].some((m) => m.gen === this.#serving);
+    const judged = preferred === undefined ? undefined : [...this.#mains].find(([g, m]) => g > this.#serving && sameProcess(m, preferred));
     // The environment of every process of the app's user is read only when
     // descent did not find what is looked for: nothing recorded, nothing of
-    // the serving generation, or a reload's successor not found yet (its
-    // parent exited before the agent looked). Not on every scan of a handoff.
+    // the serving generation, a reload's successor not found yet (its
+    // parent exited before the agent looked), or nothing of the generation
+    // judged (its main daemonized). Not on every scan of a handoff.
     const members = [...this.#members.values()];
     const successorMissing = this.#openings.some((o) => !members.some((m) => m.gen === o.gen));
-    if (!this.#recorded || !servingAlive() || successorMissing) {
+    const judgedMissing = judged !== undefined && !members.some((m) => m.gen === judged[0]);
+    if (!this.#recorded || !servingAlive() || successorMissing || judgedMissing) {
       if ((await this.#byMarker(rows, uid)) || (await this.#byOpening(rows, uid))) await this.#descend(rows, uid, zombies);
     }
     if (await this.#fromPidFile(uid)) await this.#descend(rows, uid, zombies);
@@ -782,6 +788,19 @@ export class ProcessFinder {
         this.#noteMain(gen, main);
       } else {
         leftovers = [...leftovers, ...serving];
+      }
+    }
+    // The generation judged lost its main, which exited cleanly and left one
+    // process carrying on: a daemon (double fork, a new session), as a
+    // first start follows it. Not followed, the daemon served on unmanaged
+    // beside every later release (a trial: 9 daemons on one socket).
+    if (judged !== undefined && followed === undefined && !all.some((p) => sameProcess(p, preferred))) {
+      const [jgen, jmain] = judged;
+      const jroots = rootsOf(all.filter((p) => p.gen === jgen));
+      const survivor = jroots[0];
+      if (jroots.length === 1 && survivor !== undefined && (this.#exits.get(jmain.pid) ?? true) && this.#carriesOn(jmain, survivor)) {
+        followed = { from: jmain.pid, to: survivor.pid };
+        this.#noteMain(jgen, survivor);
       }
     }
     const strays = main === undefined ? [] : roots.filter((r) => r.pid !== main.pid && r.ppid !== main.pid);
@@ -948,7 +967,12 @@ export class ProcessFinder {
       this.#serving = 1;
     }
     const opening = [...this.#openings].reverse().find((o) => info.startTime >= o.fromTick);
-    let gen = into ?? opening?.gen ?? this.#serving;
+    // A generation started beside the serving one ("socket": its main is the
+    // agent's, not a child of the old main, so no opening) takes what started
+    // after its main did: the daemon its main left.
+    const startedAfter = (m: ProcIdentity) => m.startTime < info.startTime || (m.startTime === info.startTime && m.pid < info.pid);
+    const newer = [...this.#mains].filter(([g, m]) => g > this.#serving && startedAfter(m)).map(([g]) => g);
+    let gen = into ?? opening?.gen ?? (newer.length > 0 ? Math.max(...newer) : this.#serving);
     // Started before the main of the generation it would join (in the same
     // clock tick: a lower pid), it is none of that generation's: a leftover
     // of an older one (an orphaned child of a stopped main, found by its

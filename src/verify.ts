@@ -331,8 +331,11 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
     if ((await fx.verify(proc)) === undefined) {
       // An app that daemonizes: its main exits and its one child serves on.
       const found = await fx.discover(proc);
-      if (found.followed?.from === proc.pid && found.main !== undefined) {
-        proc = found.main;
+      // (The generation judged may be the serving one, a first start, or a
+      // newer one beside it: "socket"; its followed process is in `all`.)
+      const next = found.followed?.from === proc.pid ? found.all.find((p) => p.pid === found.followed?.to) : undefined;
+      if (next !== undefined) {
+        proc = next;
         continue;
       }
       // One the agent started: its exit event comes a moment after /proc

@@ -84,6 +84,51 @@ test('"socket": releases that exit at start, are never healthy, or never ready l
   await agent.stop();
 });
 
+test('"socket": an app that daemonizes (double fork, the started process exits 0) is followed to its daemon on every deploy: one release serves, the old daemon is stopped, a sick one is stopped and rolled back, relink stop stops it', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'dmn', PLAIN, { a: 'daemonize=1\n', b: 'daemonize=1\n', c: 'daemonize=1\n', sick: 'daemonize=1\nunhealthy=1\n' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const config = await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 200, deadlineMs: 3_000, intervalMs: 50 } });
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  let before = await servedBy(app.port, 'app.a');
+  let n = 1;
+  // Every process of the app, by its marker: the daemons, and nothing else.
+  const daemons = async (): Promise<number[]> => {
+    const out: number[] = [];
+    for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
+      const env = await readFile(`/proc/${pid}/environ`, 'latin1').catch(() => '');
+      if (env.split('\0').includes(`RELINK_APP_DIR=${app.dir}`)) out.push(Number(pid));
+    }
+    return out;
+  };
+  for (const r of ['b', 'c', 'sick', 'b']) {
+    await setCurrent(app, r);
+    const e = await nth(root, app.name, ++n);
+    if (r === 'sick') {
+      assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+      assert.match(e.reason ?? '', /HTTP 503/);
+    } else {
+      assert.equal(e.outcome, 'deployed', `${r}: ${e.reason ?? ''}`);
+      assert.equal(e.action, 'replace');
+    }
+    const now = await servedBy(app.port, r === 'sick' ? before.release : `app.${r}`);
+    // The journal names the daemon that serves, not the process started (which exited 0).
+    if (r !== 'sick') assert.equal(e.pidAfter, now.pid, `${r}: pidAfter is the daemon`);
+    // One daemon left: the old one drained and exited, the sick one was stopped.
+    await waitFor(`one daemon after deploying ${r}`, async () => ((await daemons()).length === 1 ? true : undefined), { timeoutMs: 15_000 });
+    assert.deepEqual(await daemons(), [now.pid]);
+    const status = JSON.parse((await relinkCli(['status', '--config', config, '--json'])).stdout) as { apps: Array<{ pid: number | null }> };
+    assert.equal(status.apps[0]!.pid, now.pid, 'status names the daemon');
+    before = now;
+  }
+  const stop = await relinkCli(['stop', '--config', config, '--app', app.name, '--wait']);
+  assert.equal(stop.code, 0, stop.stdout + stop.stderr);
+  await waitFor('no daemon left', async () => ((await daemons()).length === 0 ? true : undefined), { timeoutMs: 15_000 });
+  await agent.stop();
+});
+
 test('"restart" without held sockets: the release goes live and the journal entry says how long nothing accepted (outageMs)', async (t) => {
   const root = await tmpDir(t);
   const app = await makeApp(root, 'rs', PLAIN, { a: '', b: '' });

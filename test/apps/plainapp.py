@@ -19,6 +19,9 @@
 #   notify=1          send READY=1 to $NOTIFY_SOCKET once serving (sd_notify)
 #   notify_ready=0    with notify=1: never send READY=1 (never ready)
 #   slow_ms=N         every request takes this long
+#   daemonize=1       take the passed sockets, then double-fork (a new
+#                     session) and serve from the grandchild; the process
+#                     started exits 0 at once (a classic daemon)
 #
 # GET / answers {"release", "pid", "message", "fds", "color"} (color: $APP_COLOR,
 # for the tests of a changed env reaching the app); GET /healthz 200 "ok";
@@ -80,6 +83,12 @@ def main():
         time.sleep(delay / 1000)
     slow = int(cfg.get('slow_ms', '0')) / 1000
     socks = passed_sockets()
+    if cfg.get('daemonize') == '1':
+        if os.fork() > 0:
+            os._exit(0)
+        os.setsid()
+        if os.fork() > 0:
+            os._exit(0)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = 'HTTP/1.1'
