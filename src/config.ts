@@ -310,6 +310,8 @@ const AppSchema = z.strictObject({
   if (strategy === 'socket' && a.sockets.length === 0) {
     ctx.addIssue({ code: 'custom', path: ['reload', 'strategy'], message: '"socket" needs "sockets": the listen addresses the agent holds and passes to every generation' });
   }
+  const missed = probeMissesSockets(a.health.url !== undefined ? { url: a.health.url } : a.health.tcp !== undefined ? { tcp: a.health.tcp } : undefined, a.sockets);
+  if (missed !== undefined) ctx.addIssue({ code: 'custom', path: ['health', a.health.url !== undefined ? 'url' : 'tcp'], message: missed });
   const canonical = a.sockets.map((s) => (listenAddressProblem(s) === undefined ? formatListenAddress(parseListenAddress(s)) : s));
   canonical.forEach((s, i) => {
     if (canonical.indexOf(s) !== i) ctx.addIssue({ code: 'custom', path: ['sockets', i], message: `must not repeat sockets[${canonical.indexOf(s)}]` });
@@ -551,6 +553,39 @@ export interface Limits {
 
 export const LIMIT_NAMES = ['nofile', 'nproc', 'core'] as const;
 export type LimitName = (typeof LIMIT_NAMES)[number];
+
+/**
+ * The rule a health probe breaks when it can never reach the sockets the
+ * agent holds: the app's sockets take its port, but none on the probe's
+ * address ("[::]:8080" is IPv6-only, so http://127.0.0.1:8080/ is refused
+ * there; "127.0.0.1:8080" does not take [::1]). Undefined when it reaches
+ * one, when no socket has its port (the app binds it itself), or when the
+ * probe names a host (resolved at probe time).
+ */
+function probeMissesSockets(probe: Probe | undefined, sockets: readonly string[]): string | undefined {
+  if (probe === undefined) return undefined;
+  let target: { host: string; port: number } | undefined;
+  if ('url' in probe) {
+    try {
+      const u = new URL(probe.url);
+      target = { host: u.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(u.port || 80) };
+    } catch {
+      return undefined;
+    }
+  } else {
+    target = parseHostPort(probe.tcp);
+  }
+  if (target === undefined) return undefined;
+  const family = /^\d+\.\d+\.\d+\.\d+$/.test(target.host) ? 4 : target.host.includes(':') ? 6 : undefined;
+  if (family === undefined) return undefined;
+  const held = sockets.filter((s) => listenAddressProblem(s) === undefined).map(parseListenAddress)
+    .filter((l): l is Extract<ListenAddress, { kind: 'tcp' }> => l.kind === 'tcp' && l.port === target.port);
+  if (held.length === 0) return undefined;
+  const any = family === 4 ? '0.0.0.0' : '::';
+  if (held.some((l) => l.family === family && (l.host === any || l.host === target.host))) return undefined;
+  const at = family === 4 ? `${target.host}:${target.port}` : `[${target.host}]:${target.port}`;
+  return `reaches ${at}, but "sockets" holds port ${target.port} only on ${held.map((l) => formatListenAddress(l)).join(', ')}${held.some((l) => l.host === '::') ? ' ("[::]" is IPv6-only)' : ''}: the probe would be refused. Add "${family === 4 ? `0.0.0.0:${target.port}` : `[::]:${target.port}`}" (or "${at}") to "sockets", or probe an address held`;
+}
 
 /** The strategy an app uses: the one configured, else "socket" when it has sockets, else "reexec". */
 function strategyOf(configured: Strategy | undefined, sockets: readonly string[]): Strategy {

@@ -597,6 +597,19 @@ test('reload strategies: the default follows "sockets"; "mode" is an alias; a mi
   assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['127.0.0.1:8090'] }, { name: 'b', dir: '/b', sockets: ['0.0.0.0:8090', '[::]:8090'] }]), {
     'apps[1].sockets[0]': 'must not be a socket apps[0] holds too (one listen address, one app)',
   });
+  // A probe the held sockets would refuse ("[::]" is IPv6-only: a trial's first start failed with ECONNREFUSED alone).
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['[::]:8080'], health: { url: 'http://127.0.0.1:8080/healthz' } }]), {
+    'apps[0].health.url': 'reaches 127.0.0.1:8080, but "sockets" holds port 8080 only on [::]:8080 ("[::]" is IPv6-only): the probe would be refused. Add "0.0.0.0:8080" (or "127.0.0.1:8080") to "sockets", or probe an address held',
+  });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['127.0.0.1:8080'], health: { tcp: '[::1]:8080' } }]), {
+    'apps[0].health.tcp': 'reaches [::1]:8080, but "sockets" holds port 8080 only on 127.0.0.1:8080: the probe would be refused. Add "[::]:8080" (or "[::1]:8080") to "sockets", or probe an address held',
+  });
+  for (const ok of [
+    { sockets: ['[::]:8080', '0.0.0.0:8080'], health: { url: 'http://127.0.0.1:8080/healthz' } },
+    { sockets: ['[::]:8080'], health: { url: 'http://[::1]:8080/healthz' } },
+    { sockets: ['[::]:8080'], health: { url: 'http://localhost:8080/healthz' } },
+    { sockets: ['[::]:8080'], health: { url: 'http://127.0.0.1:9090/healthz' } },
+  ]) assert.equal(parse([{ name: 'a', dir: '/a', ...ok }]).apps.length, 1, JSON.stringify(ok));
   assert.deepEqual(problems([{ name: 'a', dir: '/a', health: { readiness: 'sd_notify' } }]), { 'apps[0].health.readiness': 'must be "probe" (settle time, then the probe) or "notify" (the app says READY=1 through sd_notify, then the probe)' });
 });
 
