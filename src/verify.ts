@@ -377,12 +377,17 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
         throw new RelinkError('NOT_READY', `pid ${proc.pid} did not say READY=1 through sd_notify within ${deadlineMs} ms (health.readiness is "notify"; NOTIFY_SOCKET was set in its environment)`,
           { key: 'health.readiness', rule: 'the new generation must send READY=1 to $NOTIFY_SOCKET within health.deadlineMs', found: 'no READY=1' });
       }
+      // Where the new generation's socket comes from: the agent ("socket",
+      // LISTEN_FDS), else the old master it inherits it from ("upgrade").
+      const takes = app.reload.strategy === 'socket' ? 'does it take LISTEN_FDS?' : 'does it listen on the socket it inherits, not an address of its own?';
       if (last === '' && older > 0) {
-        throw new RelinkError('UNHEALTHY', `every one of ${older} probe connections in ${deadlineMs} ms was accepted by an older generation sharing the socket, none by pid ${proc.pid}: the new generation does not accept on the passed socket (does it take LISTEN_FDS?), or the old one takes every connection first (a process blocked in a blocking accept() does; servers sharing a socket accept non-blocking)`,
+        throw new RelinkError('UNHEALTHY', `every one of ${older} probe connections in ${deadlineMs} ms was accepted by an older generation sharing the socket, none by pid ${proc.pid}: the new generation does not accept on the shared socket (${takes}), or the old one takes every connection first (a process blocked in a blocking accept() does; servers sharing a socket accept non-blocking)`,
           { key: 'health', rule: 'the new generation must accept and answer a probe', found: `${older} probes answered by the older generation` });
       }
       const what = probe === undefined ? 'the settle time' : describeProbe(probe);
-      throw new RelinkError('UNHEALTHY', `${what} did not pass within ${deadlineMs} ms (checked from the end of the settle time of ${settleMs} ms; last: ${last || 'no answer'})`,
+      // The last attempt timing out must not hide that the others all went to the old generation.
+      const alsoOlder = older > 0 ? `; ${older} other probe connection${older === 1 ? ' was' : 's were'} accepted by an older generation sharing the socket, not by pid ${proc.pid} (${takes})` : '';
+      throw new RelinkError('UNHEALTHY', `${what} did not pass within ${deadlineMs} ms (checked from the end of the settle time of ${settleMs} ms; last: ${last || 'no answer'}${alsoOlder})`,
         { key: 'health', rule: 'must answer 2xx (or accept) at the end of the settle time, within the deadline', found: last || 'no answer' });
     }
     const until = Math.min(fx.now() >= settledAt && ready ? nextProbe : fx.now() >= settledAt ? fx.now() + POLL_MS : settledAt, deadline) - fx.now();

@@ -378,8 +378,12 @@ class World implements Effects {
   probeAt: ((clock: number) => boolean) | undefined;
   probes: number[] = [];
 
+  /** Replaces everything else when set: the probe's whole result, by the judged process's executable. */
+  probeResult: ((exe: string | undefined) => ProbeResult) | undefined;
+
   async probe(judged?: ProcInfo): Promise<ProbeResult> {
     this.probes.push(this.clock);
+    if (this.probeResult !== undefined) return this.probeResult(judged === undefined ? undefined : this.procs.get(judged.pid)?.exe);
     const main = judged !== undefined ? this.procs.get(judged.pid) : [...this.procs.values()][0];
     const ok = main !== undefined && (this.probeAt !== undefined ? this.probeAt(this.clock) : !this.unhealthy.has(main.exe));
     return ok ? { ok: true, detail: 'HTTP 200' } : { ok: false, detail: 'HTTP 503' };
@@ -1548,6 +1552,24 @@ test('strategy "socket": a new generation that fails is stopped and the old one,
   assert.ok(w.signals.every(([pid]) => pid !== old), `the old generation was never signalled: ${JSON.stringify(w.signals)}`);
   assert.equal(w.signals.length, 1, 'the failed generation got stop.signal');
   assert.deepEqual([...w.procs.keys()], [old]);
+});
+
+test('strategy "socket": probes all taken by the old generation are said so, even when the last one timed out (it read "last: timeout" alone), with the hint for the strategy', async () => {
+  for (const [strategy, lastTimesOut, want] of [
+    ['socket', false, /^every one of \d+ probe connections in 1000 ms was accepted by an older generation sharing the socket, none by pid \d+: the new generation does not accept on the shared socket \(does it take LISTEN_FDS\?\)/],
+    ['socket', true, /did not pass within 1000 ms \(checked from the end of the settle time of 100 ms; last: timeout after 1000 ms; \d+ other probe connections were accepted by an older generation sharing the socket, not by pid \d+ \(does it take LISTEN_FDS\?\)\)$/],
+  ] as const) {
+    const { w, agent } = await running(appConfig({ strategy }, { sockets: ['127.0.0.1:8080'], health: { url: 'http://127.0.0.1:8080/healthz', settleMs: 100, deadlineMs: 1000 } }));
+    const first = w.probes.length;
+    w.probeResult = (exe) => (exe !== `${REL}/app.2.0` ? { ok: true, detail: 'HTTP 200' }
+      : lastTimesOut && w.clock >= w.probes[first]! + 800 ? { ok: false, detail: 'timeout after 1000 ms' } : { ok: false, detail: 'accepted by an older generation', older: true });
+    w.write('2.0');
+    agent.trigger('watch:change');
+    await agent.idle();
+    const e = w.entries[1]!;
+    assert.equal(e.code, 'UNHEALTHY', `${strategy}: ${e.reason ?? ''}`);
+    assert.match(e.reason ?? '', want);
+  }
 });
 
 test('strategy "restart": the old generation is stopped first; the journal entry says how long nothing accepted (outageMs)', async () => {
