@@ -268,7 +268,7 @@ const AppSchema = z.strictObject({
     if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem });
   }))
     .max(64).default([])
-    .meta(about('listening sockets the agent holds and passes to every generation (LISTEN_FDS, from fd 3 in this order): `"127.0.0.1:8080"`, `"[::1]:8080"`, `"unix:/run/web/web.sock"`')),
+    .meta(about('listening sockets the agent holds and passes to every generation (LISTEN_FDS, from fd 3 in this order): `"127.0.0.1:8080"`, `"[::1]:8080"`, `"unix:/run/web/web.sock"`; `"0.0.0.0:8080"` is every IPv4 address and `"[::]:8080"` every IPv6 one only (IPv6-only, as nginx\'s `listen [::]`, whatever net.ipv6.bindv6only says): for both, list both, and the app gets two fds')),
   stop: StopSchema.prefault({})
     .meta(about('how a generation is stopped')),
   health: HealthSchema.prefault({})
