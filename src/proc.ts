@@ -328,19 +328,26 @@ function listeningInodes(pid: number): Set<string> {
 }
 
 /**
- * Does `old` still hold a listening socket that `successor` holds too? An
+ * Has `old` not handed over to `successor` yet? True while `old` still
+ * listens on a socket `successor` holds (it may still be the only one
+ * accepting: its successor not ready yet), and while `old` listens and
+ * `successor` listens on nothing: it has taken nothing over. That was a
+ * worker the old master forked just after the reload signal (gunicorn
+ * spawns its workers up to 100 ms apart), taken for the new generation and
+ * judged as the successor as it closed its sockets on its way out (a
+ * flaky test: APP_EXITED for a gunicorn that had reloaded in place). An
  * old process that has handed over has stopped accepting and closed its
  * listeners (Go's Server.Shutdown does, as do tableflip, endless and
- * grace once their successor is ready); one that still holds them may still
- * be the only one accepting (its successor not ready yet).
+ * grace once their successor is ready), or exited.
  */
 export function sharesListener(old: ProcIdentity, successor: ProcIdentity): boolean {
   const mine = socketInodes(old.pid);
   if (mine.size === 0) return false;
-  const shared = [...socketInodes(successor.pid)].filter((i) => mine.has(i));
-  if (shared.length === 0) return false;
   const listening = listeningInodes(old.pid);
-  return shared.some((i) => listening.has(i));
+  const oldListens = [...mine].filter((i) => listening.has(i));
+  if (oldListens.length === 0) return false;
+  const theirs = [...socketInodes(successor.pid)].filter((i) => listening.has(i));
+  return theirs.length === 0 || theirs.some((i) => mine.has(i));
 }
 
 /** Does a process on this host listen on the unix socket at `path` (/proc/self/net/unix, __SO_ACCEPTCON)? */

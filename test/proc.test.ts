@@ -8,11 +8,12 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readFile, realpath, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
-import { markerEnv, ProcessFinder, procTable, readMarker, readProc, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
+import { markerEnv, ProcessFinder, procTable, readMarker, readProc, sharesListener, socketInodes, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
 import { swapLink } from '../src/relink.js';
 import { alive, reapAppsAfter, waitFor } from './helpers.js';
 
@@ -276,6 +277,29 @@ test('procTable, the /proc walk discovery uses once lineage is recorded, lists a
   assert.deepEqual({ ppid: row.ppid, uid: row.uid }, { ppid: process.pid, uid: process.geteuid!() });
   assert.equal(row.path, await realpath(row.path!), 'the real path of the executable');
   assert.ok(procTable().some((r) => r.pid === process.pid && r.path === process.execPath), 'this process, by its executable');
+});
+
+test('sharesListener (not handed over yet): the old process still listens on what its successor holds, or the successor listens on nothing (a worker on its way out, taken for a successor); handed over once the old one listens on nothing', async (t) => {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const fd = (server as unknown as { _handle: { fd: number } })._handle.fd;
+  const started: ChildProcess[] = [];
+  const run = (withSocket: boolean): ChildProcess => {
+    const c = spawn('sleep', ['300'], { stdio: withSocket ? ['ignore', 'ignore', 'ignore', fd] : 'ignore' });
+    started.push(c);
+    return c;
+  };
+  t.after(() => { for (const c of started) c.kill('SIGKILL'); });
+  const old = run(true);
+  const successor = run(true);
+  const bare = run(false);
+  const oldNoSocket = run(false);
+  server.close();
+  const id = (c: ChildProcess) => ({ pid: c.pid!, startTime: 0 });
+  await waitFor('the children to hold what they were given', async () => (socketInodes(old.pid!).size > 0 && socketInodes(successor.pid!).size > 0 ? true : undefined));
+  assert.equal(sharesListener(id(old), id(successor)), true, 'both hold the listening socket: not handed over');
+  assert.equal(sharesListener(id(old), id(bare)), true, 'the successor listens on nothing while the old one listens: nothing taken over');
+  assert.equal(sharesListener(id(oldNoSocket), id(successor)), false, 'the old one listens on nothing: handed over');
 });
 
 test('a path from the process lister is only a hint: /proc has the last word', async (t) => {
