@@ -800,12 +800,20 @@ export class ProcessFinder {
     // The generation judged lost its main, which exited cleanly and left one
     // process carrying on: a daemon (double fork, a new session), as a
     // first start follows it. Not followed, the daemon served on unmanaged
-    // beside every later release (a trial: 9 daemons on one socket).
+    // beside every later release (a trial: 9 daemons on one socket). Here
+    // the one process left is followed even before it has left the main's
+    // session (the daemon's first fork, about to call setsid: the main's
+    // command line recorded at its start may still be the exec chain's,
+    // prlimit or setpriv, so "the same command line" cannot tell): it is of
+    // the generation judged, newer than its main and marked as the app's,
+    // and if it is not the app, the judgement fails and stops it, while
+    // the serving generation is never touched.
     if (judged !== undefined && followed === undefined && !all.some((p) => sameProcess(p, preferred))) {
       const [jgen, jmain] = judged;
       const jroots = rootsOf(all.filter((p) => p.gen === jgen));
       const survivor = jroots[0];
-      if (jroots.length === 1 && survivor !== undefined && (this.#exits.get(jmain.pid) ?? true) && this.#carriesOn(jmain, survivor)) {
+      const marked = survivor !== undefined && readMarker(survivor.pid)?.name === this.#name;
+      if (jroots.length === 1 && survivor !== undefined && (this.#exits.get(jmain.pid) ?? true) && (marked || this.#carriesOn(jmain, survivor))) {
         followed = { from: jmain.pid, to: survivor.pid };
         this.#noteMain(jgen, survivor);
       }

@@ -315,6 +315,8 @@ export interface StartedProcess {
 
 /** How long a started process's exit status is waited for once it is gone from /proc (ms): it is reaped at about the same moment. */
 const EXIT_STATUS_WAIT_MS = 500;
+/** How long the daemon of a started process that exited 0 is looked for (ms). */
+const DAEMON_GRACE_MS = 1_000;
 
 export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, stopBy: StopBy = NEVER, since?: number, alreadyReady = false, started?: StartedProcess): Promise<ProcInfo> {
   const { probe, deadlineMs, settleMs, intervalMs, readiness } = app.health;
@@ -330,7 +332,17 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
   for (;;) {
     if ((await fx.verify(proc)) === undefined) {
       // An app that daemonizes: its main exits and its one child serves on.
-      const found = await fx.discover(proc);
+      let found = await fx.discover(proc);
+      // One the agent started that exited 0 may have daemonized: its daemon
+      // is looked for again for DAEMON_GRACE_MS (the first look, at the
+      // main's exit, missed it in 1 run of 6 of the daemon test).
+      const mine = started?.pid === proc.pid ? started : undefined;
+      if (found.followed?.from !== proc.pid && mine !== undefined && (await Promise.race([mine.ended, fx.sleep(EXIT_STATUS_WAIT_MS).then(() => undefined)])) === 'exit code 0') {
+        for (const until = fx.now() + DAEMON_GRACE_MS; found.followed?.from !== proc.pid && fx.now() < until;) {
+          await fx.sleep(POLL_MS * 5);
+          found = await fx.discover(proc);
+        }
+      }
       // (The generation judged may be the serving one, a first start, or a
       // newer one beside it: "socket"; its followed process is in `all`.)
       const next = found.followed?.from === proc.pid ? found.all.find((p) => p.pid === found.followed?.to) : undefined;
