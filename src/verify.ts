@@ -332,13 +332,19 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
   for (;;) {
     if ((await fx.verify(proc)) === undefined) {
       // An app that daemonizes: its main exits and its one child serves on.
+      const ms = fx.now() - start;
       let found = await fx.discover(proc);
-      // One the agent started that exited 0 may have daemonized: its daemon
-      // is looked for again for DAEMON_GRACE_MS (the first look, at the
-      // main's exit, missed it in 1 run of 6 of the daemon test).
-      const mine = started?.pid === proc.pid ? started : undefined;
-      if (found.followed?.from !== proc.pid && mine !== undefined && (await Promise.race([mine.ended, fx.sleep(EXIT_STATUS_WAIT_MS).then(() => undefined)])) === 'exit code 0') {
-        for (const until = fx.now() + DAEMON_GRACE_MS; found.followed?.from !== proc.pid && fx.now() < until;) {
+      // One the agent started: how it ended (its exit event comes a moment
+      // after /proc shows it a zombie: Node reaps it, so it is never "left
+      // unreaped").
+      const own = started?.pid === proc.pid ? started : undefined;
+      let how: string | undefined;
+      if (found.followed?.from !== proc.pid && own !== undefined) {
+        how = await Promise.race([own.ended, fx.sleep(EXIT_STATUS_WAIT_MS).then(() => undefined)]);
+        // One that exited 0 may have daemonized: its daemon is looked for
+        // again for DAEMON_GRACE_MS (the first look, at the main's exit,
+        // missed it in 1 run of 6 of the daemon test).
+        for (const until = fx.now() + DAEMON_GRACE_MS; how === 'exit code 0' && found.followed?.from !== proc.pid && fx.now() < until;) {
           await fx.sleep(POLL_MS * 5);
           found = await fx.discover(proc);
         }
@@ -350,17 +356,12 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
         proc = next;
         continue;
       }
-      // One the agent started: its exit event comes a moment after /proc
-      // shows it a zombie (Node reaps it), so it is never "left unreaped".
-      const own = started?.pid === proc.pid ? started : undefined;
       if (own === undefined && found.zombies?.some((z) => z.pid === proc.pid) === true) {
-        throw new RelinkError('APP_EXITED', `pid ${proc.pid} died ${fx.now() - start} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe), and was left unreaped by its parent (a zombie) (see ${outputWhere(app)})`,
+        throw new RelinkError('APP_EXITED', `pid ${proc.pid} died ${ms} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe), and was left unreaped by its parent (a zombie) (see ${outputWhere(app)})`,
           { ...logFileOf(app), key: 'health.settleMs', rule: 'the app must stay up', found: `pid ${proc.pid} is a zombie` });
       }
-      // One the agent started: how it ended and, when its own, what it said
-      // last ("pid N exited 40 ms after the deploy" alone sent the operator to the log).
-      const ms = fx.now() - start;
-      const how = own === undefined ? undefined : await Promise.race([own.ended, fx.sleep(EXIT_STATUS_WAIT_MS).then(() => undefined)]);
+      // When its own, what it said last ("pid N exited 40 ms after the
+      // deploy" alone sent the operator to the log).
       const said = own?.output === undefined ? '' : await own.output().catch(() => '');
       throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${ms} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe)${how === undefined ? '' : `, ${how}`}${said === '' ? ` (see ${outputWhere(app)})` : `; its last output: ${said}`}`,
         { ...logFileOf(app), key: 'health.settleMs', rule: 'the app must stay up', found: how ?? `exited after ${ms} ms` });

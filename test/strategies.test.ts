@@ -11,6 +11,7 @@ import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { writeFileAtomic } from '../src/atomicWrite.js';
 import { freePort } from '../src/demo/layout.js';
+import { readMarker } from '../src/proc.js';
 import { SocketHolder } from '../src/sockets.js';
 import { needProgram } from './accounts.js';
 import { defer, get, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
@@ -95,14 +96,7 @@ test('"socket": an app that daemonizes (double fork, the started process exits 0
   let before = await servedBy(app.port, 'app.a');
   let n = 1;
   // Every process of the app, by its marker: the daemons, and nothing else.
-  const daemons = async (): Promise<number[]> => {
-    const out: number[] = [];
-    for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
-      const env = await readFile(`/proc/${pid}/environ`, 'latin1').catch(() => '');
-      if (env.split('\0').includes(`RELINK_APP_DIR=${app.dir}`)) out.push(Number(pid));
-    }
-    return out;
-  };
+  const daemons = async (): Promise<number[]> => (await readdir('/proc')).filter((p) => /^\d+$/.test(p) && readMarker(Number(p))?.dir === app.dir).map(Number);
   for (const r of ['b', 'c', 'sick', 'b']) {
     await setCurrent(app, r);
     const e = await nth(root, app.name, ++n);
