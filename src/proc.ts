@@ -36,7 +36,7 @@
  * done with them.
  */
 import { execFile } from 'node:child_process';
-import { readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import psList from 'ps-list';
 import { isErrno, RelinkError } from './errors.js';
@@ -322,9 +322,66 @@ export function socketTable(pid: number | 'self'): SocketEntry[] {
   return out;
 }
 
+/**
+ * The TCP listeners of one table (/proc/PID/net/tcp or tcp6), read only as
+ * far as they go. The kernel prints the listening hash first and the
+ * established hash after it (tcp_seq_next: listening, then established;
+ * request sockets in SYN_RECV come with the established ones since Linux
+ * 4.4, and beside their listener before it), so the first line in any
+ * other state than LISTEN (0A) or SYN_RECV (03) ends the listeners. Under
+ * load that is most of the file: 42,000 TIME_WAIT lines (6 MB of text the
+ * kernel formats on every read) where a handoff scan, every 100 ms, needs
+ * a few lines. A table that cannot be read (no IPv6) gives nothing.
+ */
+function tcpListeners(pid: number | 'self', table: 'tcp' | 'tcp6', into: Set<string>): void {
+  let fd: number;
+  try {
+    fd = openSync(`/proc/${pid}/net/${table}`, 'r');
+  } catch {
+    return;
+  }
+  try {
+    const buf = Buffer.allocUnsafe(64 * 1024);
+    let rest = '';
+    let header = true;
+    for (;;) {
+      const n = readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) return;
+      const lines = (rest + buf.toString('latin1', 0, n)).split('\n');
+      rest = lines.pop() ?? '';
+      for (const line of lines) {
+        if (header) {
+          header = false;
+          continue;
+        }
+        const f = line.trim().split(/\s+/);
+        if (f[3] === '0A' && f[9] !== undefined) into.add(f[9]);
+        else if (f[3] !== '03' && f[3] !== undefined) return;
+      }
+    }
+  } catch {
+    // the table vanished with the process: what was read stands
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** The inodes of listening sockets in `pid`'s network namespace: TCP/TCP6 in state LISTEN, Unix with __SO_ACCEPTCON. */
-function listeningInodes(pid: number): Set<string> {
-  return new Set(socketTable(pid).filter((e) => e.listening).map((e) => e.inode));
+export function listeningInodes(pid: number | 'self'): Set<string> {
+  const out = new Set<string>();
+  tcpListeners(pid, 'tcp', out);
+  tcpListeners(pid, 'tcp6', out);
+  let text = '';
+  try {
+    text = readFileSync(`/proc/${pid}/net/unix`, 'utf8');
+  } catch {
+    return out;
+  }
+  for (const line of text.split('\n').slice(1)) {
+    const m = UNIX_LINE.exec(line);
+    if (m !== null && (Number.parseInt(m[1]!, 16) & 0x10000) !== 0) out.add(m[2]!);
+  }
+  return out;
 }
 
 /**

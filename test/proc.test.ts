@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readlinkSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readFile, realpath, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
-import { markerEnv, ProcessFinder, procTable, readMarker, readProc, sharesListener, socketInodes, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
+import { listeningInodes, markerEnv, ProcessFinder, procTable, readMarker, readProc, sharesListener, socketInodes, socketTable, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
 import { swapLink } from '../src/relink.js';
 import { alive, reapAppsAfter, waitFor } from './helpers.js';
 
@@ -300,6 +300,44 @@ test('sharesListener (not handed over yet): the old process still listens on wha
   assert.equal(sharesListener(id(old), id(successor)), true, 'both hold the listening socket: not handed over');
   assert.equal(sharesListener(id(old), id(bare)), true, 'the successor listens on nothing while the old one listens: nothing taken over');
   assert.equal(sharesListener(id(oldNoSocket), id(successor)), false, 'the old one listens on nothing: handed over');
+});
+
+test('listeningInodes reads the TCP tables only as far as their listeners go, and finds every one: IPv4, IPv6 and unix, beside established and TIME_WAIT connections', async (t) => {
+  // Connections first, then more listeners: the kernel's order, not the
+  // order of creation, puts listeners first.
+  const early = net.createServer((s) => s.end());
+  await new Promise<void>((r) => early.listen(0, '127.0.0.1', r));
+  const port = (early.address() as net.AddressInfo).port;
+  const open: net.Socket[] = [];
+  for (let i = 0; i < 200; i++) {
+    // The server ends each one first: its side is left in TIME_WAIT.
+    const c = net.connect(port, '127.0.0.1');
+    await new Promise<void>((r) => c.once('close', () => r()).on('error', () => r()));
+  }
+  const held = net.createServer();
+  await new Promise<void>((r) => held.listen(0, '127.0.0.1', r));
+  const kept = net.connect((held.address() as net.AddressInfo).port, '127.0.0.1');
+  await new Promise<void>((r) => kept.once('connect', () => r()));
+  open.push(kept);
+  const six = net.createServer();
+  await new Promise<void>((r) => six.listen(0, '::1', r));
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'relink-listen-'));
+  const unix = net.createServer();
+  await new Promise<void>((r) => unix.listen(path.join(dir, 's.sock'), r));
+  t.after(async () => {
+    for (const c of open) c.destroy();
+    for (const s of [early, held, six, unix]) s.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const full = socketTable('self');
+  const expected = new Set(full.filter((e) => e.listening).map((e) => e.inode));
+  assert.ok(full.some((e) => !e.listening && e.table === 'tcp'), 'the table holds connections beside the listeners');
+  const inodeOf = (h: net.Server | net.Socket): string =>
+    readlinkSync(`/proc/self/fd/${(h as unknown as { _handle: { fd: number } })._handle.fd}`).replace(/^socket:\[(\d+)\]$/, '$1');
+  const got = listeningInodes('self');
+  assert.deepEqual([...got].sort(), [...expected].sort());
+  for (const s of [early, held, six, unix]) assert.ok(got.has(inodeOf(s)), `a listener (${JSON.stringify(s.address())}) is found`);
+  assert.ok(!got.has(inodeOf(kept)), 'a connection is not a listener');
 });
 
 test('a path from the process lister is only a hint: /proc has the last word', async (t) => {
