@@ -781,14 +781,20 @@ export class ProcessFinder {
     const zombies: Array<{ pid: number; gen: number }> = [];
     await this.#prune(zombies);
     await this.#descend(rows, uid, zombies);
-    const servingAlive = (): boolean => [...this.#members.values()].some((m) => m.gen === this.#serving);
+    // A zombie is kept as a member (it is reported, and its PID is not
+    // reused while it stays) but is nothing of the app that runs: a
+    // generation left with zombies alone has none left (the agent killed
+    // mid-rollback: the failed release and the old main both dead and
+    // unreaped, the good release it had started found by its marker only).
+    const living = (): Member[] => [...this.#members.values()].filter((m) => !zombies.some((z) => z.pid === m.pid));
+    const servingAlive = (): boolean => living().some((m) => m.gen === this.#serving);
     const judged = preferred === undefined ? undefined : [...this.#mains].find(([g, m]) => g > this.#serving && sameProcess(m, preferred));
     // The environment of every process of the app's user is read only when
     // descent did not find what is looked for: nothing recorded, nothing of
     // the serving generation, a reload's successor not found yet (its
     // parent exited before the agent looked), or nothing of the generation
     // judged (its main daemonized). Not on every scan of a handoff.
-    const members = [...this.#members.values()];
+    const members = living();
     const successorMissing = this.#openings.some((o) => !members.some((m) => m.gen === o.gen));
     const judgedMissing = judged !== undefined && !members.some((m) => m.gen === judged[0]);
     if (!this.#recorded || !servingAlive() || successorMissing || judgedMissing) {

@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
-import { listeningInodes, markerEnv, ProcessFinder, procTable, readMarker, readProc, sharesListener, socketInodes, socketTable, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
+import { listeningInodes, markerEnv, ProcessFinder, procTable, readMarker, readProc, readStat, sharesListener, socketInodes, socketTable, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
 import { swapLink } from '../src/relink.js';
 import { alive, reapAppsAfter, waitFor } from './helpers.js';
 
@@ -592,6 +592,31 @@ test('a process the agent spawned is the app\'s while it is still root in its ex
   recorded.restore({ members: [{ pid: info.pid, startTime: info.startTime, gen: 1 }], mains: [{ pid: info.pid, startTime: info.startTime, gen: 1 }], serving: 1, lastGen: 1 });
   assert.equal(await recorded.verify(info), undefined);
   assert.equal(await recorded.belongs(info), false);
+});
+
+test('a generation left with zombies alone has nothing running: the app started after them is found by its marker (the agent killed mid-rollback, the crash-safe test\'s seed 290600)', async (t) => {
+  const { app } = await setup(t);
+  // The serving generation's main and the failed release's both died and
+  // were reaped by nobody (their parent gone, PID 1 not reaping at once):
+  // here a `sleep 0` whose shell became `sleep 300`.
+  const shell = spawnTracked(t, 'sh', ['-c', 'sleep 0 & echo $!; exec sleep 300'], { stdout: 'pipe' });
+  const zombie = await new Promise<number>((resolve) => {
+    let out = '';
+    shell.child.stdout!.setEncoding('utf8').on('data', (c: string) => {
+      out += c;
+      if (out.includes('\n')) resolve(Number(out.trim()));
+    });
+  });
+  await waitFor(`pid ${zombie} to be a zombie`, async () => (await procState(zombie)) === 'Z');
+  const dead = readStat(zombie)!;
+  // The good release the previous agent started for the rollback, in a session of its own, never recorded.
+  const started = spawnTracked(t, 'sleep', ['300'], { env: { ...process.env, ...markerEnv(app) } });
+  await waitFor('the started app to run', () => readProc(started.pid));
+  const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir });
+  finder.restore({ members: [{ pid: zombie, startTime: dead.startTime, gen: 2 }], mains: [{ pid: zombie, startTime: dead.startTime, gen: 2, sid: shell.pid, cmd: 'app.bin -c app.cfg' }], serving: 2, lastGen: 2 });
+  const found = await finder.discover();
+  assert.deepEqual(found.zombies, [{ pid: zombie, gen: 2 }], 'the zombie is reported');
+  assert.equal(found.main?.pid, started.pid, 'what runs is the app\'s main: not "nothing runs" (a second copy was started, and failed on the port)');
 });
 
 test('sendSignal delivers to a live process and returns false for a dead one', async (t) => {
