@@ -139,6 +139,32 @@ export function rootsOf(procs: readonly ProcInfo[]): ProcInfo[] {
   return procs.filter((p) => !pids.has(p.ppid)).sort((a, b) => a.startTime - b.startTime || a.pid - b.pid);
 }
 
+/** ADDR_NO_RANDOMIZE in a process's personality (/proc/PID/personality, linux/personality.h). */
+const ADDR_NO_RANDOMIZE = 0x0040000;
+
+/**
+ * Is `child` a fork of `parent` that has not exec'd: the parent's own image
+ * (a pre-fork server's worker), not a new program (a new master, a
+ * successor)? A fork copies the address space, start of stack included
+ * (/proc/PID/stat field 28, startstack); an exec maps a new stack, at an
+ * address randomized by ASLR. False whenever that cannot tell: ASLR off
+ * (kernel.randomize_va_space 0, or the parent's personality has
+ * ADDR_NO_RANDOMIZE: every exec of one binary may then get the same
+ * stack), a start of stack the kernel hid (0: no ptrace access), or
+ * `child` not a child of `parent`.
+ */
+export function forkedImage(parent: ProcInfo, child: ProcInfo): boolean {
+  if (child.ppid !== parent.pid || parent.startStack === undefined || child.startStack === undefined) return false;
+  if (parent.startStack <= 0 || child.startStack !== parent.startStack) return false;
+  try {
+    if (readFileSync('/proc/sys/kernel/randomize_va_space', 'utf8').trim() === '0') return false;
+    if ((Number.parseInt(readFileSync(`/proc/${parent.pid}/personality`, 'utf8').trim(), 16) & ADDR_NO_RANDOMIZE) !== 0) return false;
+  } catch {
+    return false;
+  }
+  return true;
+}
+
 export function sameProcess(a: ProcIdentity | undefined, b: ProcIdentity | undefined): boolean {
   return a !== undefined && b !== undefined && a.pid === b.pid && a.startTime === b.startTime;
 }

@@ -221,6 +221,25 @@ test('a python release that re-executes in place (same PID, new stack) is a hand
   await assertServing(config, 'px', one.pid);
 });
 
+test('"upgrade": a worker the old master forks just before the new master (no exec: the old image) is not taken for the new master; the exec\'d one is judged and serves, and the worker goes with its master', async (t) => {
+  const rs = { '1.0': 'reload=upgrade\nlate_worker=1\n', '2.0': 'reload=upgrade\nlate_worker=1\n' };
+  const { root, app, config, one } = await firstDeployed(t, 'relink-lineage-late-', 'lw', rs, { strategy: 'upgrade', signal: 'SIGHUP', timeoutMs: 5_000 });
+  await setCurrent(app, '2.0');
+  const second = await nth(root, 'lw', 2);
+  assert.equal(second.outcome, 'deployed', second.reason ?? '');
+  const two = await servedBy(app.port, 'app.2.0');
+  assert.equal(second.pidAfter, two.pid, 'the new master judged is the one that serves, not the worker forked before it');
+  await waitFor('the old master to be stopped', async () => !(await alive(one.pid)));
+  await assertServing(config, 'lw', two.pid);
+  // And once more, from the new master.
+  await setCurrent(app, '1.0');
+  const third = await nth(root, 'lw', 3);
+  assert.equal(third.outcome, 'deployed', third.reason ?? '');
+  const back = await servedBy(app.port, 'app.1.0');
+  assert.equal(third.pidAfter, back.pid);
+  await assertServing(config, 'lw', back.pid);
+});
+
 test('a #!/bin/sh wrapper release that execs the interpreter: deployed, and restarted after a crash', async (t) => {
   const root = await setup(t, 'relink-lineage-sh-');
   const app = await pyApp(root, 'wrap', { '1.0': 'reload=fork\n', '2.0': 'reload=fork\n' }, { kind: 'wrapper' });

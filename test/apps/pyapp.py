@@ -12,6 +12,13 @@
 #                    drain_ms, exit 0; a successor that dies leaves this one
 #                    serving (tableflip's and grace's way)
 #   reload=exec      on SIGHUP: exec the app from its link in place (same PID)
+#   reload=upgrade   on SIGHUP: start a new master (fork, exec the app from
+#                    its link with the listening socket) and serve on until
+#                    SIGTERM (gunicorn's, unicorn's and nginx's USR2 way)
+#   late_worker=1    with reload=upgrade: fork a worker (no exec: the old
+#                    master's image) just before the new master, as a
+#                    pre-fork server respawning a worker at that moment
+#                    does; it lives until its master exits
 #   drain_ms=N       how long the old process lives on after handing over
 #   reap=0           never wait for a child (a dead successor stays a zombie)
 #   daemonize=1      fork at start; the parent exits 0, the child serves
@@ -118,6 +125,17 @@ def main():
         if mode == 'exec':
             server.shutdown()
             os.execve(me, argv, env)
+        if mode == 'upgrade':
+            if cfg.get('late_worker') == '1':
+                master = os.getpid()
+                if os.fork() == 0:
+                    while os.getppid() == master:
+                        time.sleep(0.05)
+                    os._exit(0)
+                time.sleep(0.3)
+            if os.fork() == 0:
+                os.execve(me, argv, env)
+            continue
         r, w = os.pipe()
         os.set_inheritable(w, True)
         env['PYAPP_READY_FD'] = str(w)
