@@ -82,6 +82,21 @@ const LINEAGE_REFRESH_MS = 30_000;
 /** A restart asks for the new generation's first answer in slices this long (ms), checking between them that it still runs. */
 const FIRST_ANSWER_SLICE_MS = 250;
 
+/**
+ * "socket" and "upgrade": once the new generation is judged, the old one is
+ * stopped only when the new one is at its strength (as many processes, each
+ * seen waiting for work in select, poll, epoll or accept at least once), for
+ * at most this long (ms). Judged
+ * on its first answer, a pre-fork server may have one worker up: stopped
+ * then, the old generation's share of the load fell on it alone while the
+ * others still loaded the app (gunicorn, 2 workers, open-loop at half its
+ * capacity: the queue grew for most of a second; BENCHMARKS.md, section 2).
+ */
+const STRENGTH_WAIT_MS = 1_000;
+
+/** How often the new generation's strength is looked at (ms): a /proc walk and a stat per process. */
+const STRENGTH_POLL_MS = 20;
+
 /** The journal's `action` of a deploy over a running app, by reload.strategy. */
 const ACTIONS: Record<Strategy, Action> = { reexec: 'signal', inplace: 'signal', upgrade: 'signal', socket: 'replace', restart: 'restart' };
 
@@ -856,6 +871,7 @@ export class AppAgent {
       await this.#rollback(attempt, action, release, before, err);
       return;
     }
+    await this.#atStrength(after, before);
     this.#serve(after, before);
     if (after.deleted) this.#log.warn({ appPid: after.pid, exe: after.exe }, `pid ${after.pid} runs ${after.exe}, which was replaced or deleted on disk since it started`);
     if (this.app.reload.mode === 'inplace' && after.exe !== release.bin && after.exe.startsWith(path.dirname(release.bin) + path.sep)) {
@@ -1283,6 +1299,46 @@ export class AppAgent {
     return { ...(await confirmInPlace(this.#fx, this.app, main)), gen };
   }
 
+
+  /**
+   * "socket" and "upgrade", before the old generation is told to stop: wait
+   * (up to STRENGTH_WAIT_MS) until the new one, judged healthy on its first
+   * answers, has as many processes as the old one and each of them that
+   * has no child (a worker, or the one process) has been seen waiting for
+   * work (a thread in select, poll, epoll or accept: proc.ts
+   * waitingForWork) at least once, so its last workers have loaded the
+   * app. Past the wait the old generation is stopped anyway (a release
+   * with fewer workers never matches, a process that waits otherwise),
+   * said at debug level.
+   */
+  async #atStrength(after: ProcInfo, before: ProcInfo | undefined): Promise<void> {
+    const strategy = this.app.reload.strategy;
+    if ((strategy !== 'socket' && strategy !== 'upgrade') || before === undefined || sameProcess(before, after)) return;
+    const deadline = this.#fx.now() + STRENGTH_WAIT_MS;
+    const members = (): ReadonlyArray<{ pid: number; startTime: number; gen: number }> => this.#fx.lineage()?.members ?? [];
+    const oldGen = before.gen ?? members().find((m) => sameProcess(m, before))?.gen;
+    const newGen = after.gen;
+    if (oldGen === undefined || newGen === undefined || oldGen >= newGen) return;
+    const strength = members().filter((m) => m.gen === oldGen).length;
+    const waited = new Set<number>();
+    for (;;) {
+      await this.#fx.refreshLineage(true);
+      const fresh = members().filter((m) => m.gen === newGen);
+      // Workers, not masters: a master waits for its children (waitpid,
+      // sigsuspend) as often as for connections; a process with none is the
+      // one that serves.
+      const parents = new Set(fresh.map((m) => this.#fx.parentOf(m.pid)));
+      const leaves = fresh.filter((m) => !parents.has(m.pid));
+      for (const m of leaves) if (this.#fx.waitingForWork(m.pid) === true) waited.add(m.pid);
+      if (fresh.length >= strength && leaves.every((m) => waited.has(m.pid))) return;
+      if (this.#fx.now() >= deadline) {
+        this.#log.debug({ gen: newGen, processes: fresh.length, ready: leaves.filter((m) => waited.has(m.pid)).length, of: leaves.length, strength },
+          `generation ${newGen} is not at generation ${oldGen}'s strength after ${STRENGTH_WAIT_MS} ms: the old one is stopped anyway`);
+        return;
+      }
+      await this.#fx.sleep(STRENGTH_POLL_MS);
+    }
+  }
 
   /**
    * A new generation passed verification: it serves, and the ones before it

@@ -17,7 +17,7 @@ import type { CommandResult } from './command.js';
 import { runHook, type HookEntry, type HookName } from './hooks.js';
 import { logSize, logTail } from './logtail.js';
 import { AppOutput } from './appoutput.js';
-import { ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
+import { ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import type { SocketHolder, Unheld } from './sockets.js';
 import { RelinkError } from './errors.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
@@ -102,6 +102,8 @@ export interface Effects {
   firstAnswer(deadlineMs: number): Promise<number | undefined>;
   /** false if the process is already gone */
   signal(pid: number, signal: NodeJS.Signals): boolean;
+  /** Is `pid` waiting for work now (a thread asleep in select, poll, epoll or accept: proc.ts waitingForWork)? Undefined when gone. */
+  waitingForWork(pid: number): boolean | undefined;
   /** The parent PID of `pid` now (/proc/PID/stat, whatever state the process is in: an exiting one too); undefined when gone. */
   parentOf(pid: number): number | undefined;
   /**
@@ -223,6 +225,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     notifiedReady: (sinceMs, deadlineMs) => (opts.notify === undefined ? Promise.resolve(false) : opts.notify.ready(sinceMs, deadlineMs)),
     signal: sendSignal,
     parentOf: (pid) => readStat(pid)?.ppid,
+    waitingForWork: (pid) => waitingForWork(pid),
     probe: async (judged) => {
       if (app.health.probe === undefined) return { ok: true, detail: 'no probe' };
       if (judged?.gen === undefined) return probeOnce(app.health.probe, app.health.probeTimeoutMs);

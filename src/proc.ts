@@ -139,6 +139,46 @@ export function rootsOf(procs: readonly ProcInfo[]): ProcInfo[] {
   return procs.filter((p) => !pids.has(p.ppid)).sort((a, b) => a.startTime - b.startTime || a.pid - b.pid);
 }
 
+/**
+ * Kernel functions a thread sleeps in while it waits for a connection or
+ * for I/O on many sockets: select and poll (poll_schedule_timeout, older
+ * do_select / do_sys_poll), epoll (do_epoll_wait, older ep_poll), a
+ * blocking accept (inet_csk_accept). Names from /proc/PID/task/TID/wchan,
+ * which may carry a compiler suffix (".constprop.0").
+ */
+const WAITING_FOR_WORK = /^(poll_schedule_timeout|do_select|do_sys_poll|do_epoll_wait|ep_poll|inet_csk_accept)\b/;
+
+/**
+ * Is `pid` waiting for work now: one of its threads asleep in select,
+ * poll, epoll or accept (a server between requests, past its start)?
+ * A process importing its code runs, or sleeps elsewhere (a timer, a
+ * connect). Where the kernel shows no wait channel (wchan "0"), a process
+ * asleep (state S) counts. Undefined when the process is gone.
+ */
+export function waitingForWork(pid: number): boolean | undefined {
+  const st = readStat(pid);
+  if (st === undefined || st.state === 'Z' || st.state === 'X') return undefined;
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return undefined;
+  }
+  let shown = false;
+  for (const tid of tids) {
+    let wchan: string;
+    try {
+      wchan = readFileSync(`/proc/${pid}/task/${tid}/wchan`, 'utf8').trim();
+    } catch {
+      continue;
+    }
+    if (wchan === '' || wchan === '0') continue;
+    shown = true;
+    if (WAITING_FOR_WORK.test(wchan)) return true;
+  }
+  return shown ? false : st.state === 'S';
+}
+
 /** ADDR_NO_RANDOMIZE in a process's personality (/proc/PID/personality, linux/personality.h). */
 const ADDR_NO_RANDOMIZE = 0x0040000;
 

@@ -317,6 +317,10 @@ class World implements Effects {
     return { due: taken.filter((r) => !expired(r)), expired: taken.filter(expired) };
   }
 
+  waitingForWork(pid: number): boolean | undefined {
+    return this.procs.has(pid) ? true : undefined;
+  }
+
   parentOf(pid: number): number | undefined {
     return this.procs.get(pid)?.ppid;
   }

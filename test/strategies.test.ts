@@ -123,6 +123,39 @@ test('"socket": an app that daemonizes (double fork, the started process exits 0
   await agent.stop();
 });
 
+test('"socket": the old generation gets its stop signal only once the new one is at its strength: a pre-fork app\'s last worker, still loading when the first answered, serves first', async (t) => {
+  const root = await tmpDir(t);
+  const cfg = 'workers=2\nworker_load_ms=500\n';
+  const app = await makeApp(root, 'pf', PLAIN, { a: cfg, b: cfg });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const agent = startAgent(t, await configFor(root, app, {
+    sockets: [`127.0.0.1:${app.port}`], reload: { strategy: 'socket', timeoutMs: 5_000 },
+    health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 100, deadlineMs: 3_000, intervalMs: 50 },
+  }));
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  await servedBy(app.port, 'app.a');
+  const log = async (): Promise<string> => readFile(path.join(app.dir, 'app.log'), 'utf8').catch(() => '');
+  let n = 1;
+  for (const [from, to] of [['a', 'b'], ['b', 'a']] as const) {
+    const mark = (await log()).length;
+    await setCurrent(app, to);
+    const e = await nth(root, app.name, ++n);
+    assert.equal(e.outcome, 'deployed', `${to}: ${e.reason ?? ''}`);
+    // The old master says when it was told to stop; the new generation's last worker when it began to serve.
+    const readyRe = new RegExp(`plainapp app\\.${to} worker 1 pid \\d+ ready at ([\\d.]+)`);
+    const stoppedRe = new RegExp(`plainapp app\\.${from} master pid \\d+ SIGTERM at ([\\d.]+)`);
+    const [ready, stopped] = await waitFor(`app.${to}'s second worker to serve and app.${from}'s master to be stopped`, async () => {
+      const x = (await log()).slice(mark);
+      const r = readyRe.exec(x);
+      const st = stoppedRe.exec(x);
+      return r !== null && st !== null ? [Number(r[1]), Number(st[1])] : undefined;
+    }, { timeoutMs: 15_000 });
+    assert.ok(ready <= stopped, `${from} -> ${to}: the old generation was told to stop ${Math.round((ready - stopped) * 1000)} ms before the new one's second worker served`);
+  }
+  await agent.stop();
+});
+
 test('"restart" without held sockets: the release goes live and the journal entry says how long nothing accepted (outageMs)', async (t) => {
   const root = await tmpDir(t);
   const app = await makeApp(root, 'rs', PLAIN, { a: '', b: '' });

@@ -22,6 +22,14 @@
 #   daemonize=1       take the passed sockets, then double-fork (a new
 #                     session) and serve from the grandchild; the process
 #                     started exits 0 at once (a classic daemon)
+#   workers=N         pre-fork: the process started (the master) forks N
+#                     workers that serve, and serves nothing itself; on
+#                     SIGTERM it says so ("master pid P SIGTERM at T"),
+#                     passes it on to its workers and waits for them
+#   worker_load_ms=M  with workers: worker k (from 0) spins the CPU for k*M
+#                     ms before it serves, as a worker loading the app
+#                     does, then says "worker k pid P ready at T"
+#                     (T: seconds since the epoch)
 #
 # GET / answers {"release", "pid", "message", "fds", "color"} (color: $APP_COLOR,
 # for the tests of a changed env reaching the app); GET /healthz 200 "ok";
@@ -89,6 +97,30 @@ def main():
         os.setsid()
         if os.fork() > 0:
             os._exit(0)
+    worker = None
+    workers = int(cfg.get('workers', '0'))
+    if workers > 0:
+        kids = []
+        for k in range(workers):
+            pid = os.fork()
+            if pid == 0:
+                worker = k
+                end = time.monotonic() + k * int(cfg.get('worker_load_ms', '0')) / 1000
+                while time.monotonic() < end:
+                    pass
+                break
+            kids.append(pid)
+        if worker is None:
+            told = threading.Event()
+            signal.signal(signal.SIGTERM, lambda signum, frame: told.set())
+            while not told.wait(0.1):
+                pass
+            print(f'plainapp {release} master pid {os.getpid()} SIGTERM at {time.time():.3f}', flush=True)
+            for pid in kids:
+                os.kill(pid, signal.SIGTERM)
+            for pid in kids:
+                os.waitpid(pid, 0)
+            sys.exit(0)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = 'HTTP/1.1'
@@ -139,6 +171,8 @@ def main():
     for t in threads:
         t.start()
     print(f'plainapp {release} pid {os.getpid()} serving on {len(socks) or "own"} socket(s)', flush=True)
+    if worker is not None:
+        print(f'plainapp {release} worker {worker} pid {os.getpid()} ready at {time.time():.3f}', flush=True)
     if cfg.get('notify') == '1' and cfg.get('notify_ready') != '0' and os.environ.get('NOTIFY_SOCKET'):
         addr = os.environ['NOTIFY_SOCKET']
         if addr.startswith('@'):
