@@ -63,7 +63,7 @@ function shortLabel(v: ReactionVariant): string {
 function downtimeChart(d: DowntimeResult): string {
   const groups: BarGroup[] = [];
   for (const app of APP_KINDS) {
-    const cells = CELL_ORDER.map((m) => d.cells.find((c) => c.app === app && c.method === m)).filter((c): c is Cell => c !== undefined && !isControl(c.method));
+    const cells = CELL_ORDER.map((m) => d.cells.find((c) => c.app === app && c.method === m && c.ratePerSecond === undefined)).filter((c): c is Cell => c !== undefined && !isControl(c.method));
     if (cells.length === 0) continue;
     groups.push({
       title: `${APP_LABELS[app]}, ${cells[0]!.deploys} deploys under load`,

@@ -21,7 +21,7 @@ import { AgentProcess, appBase, currentText, switchLinks, writeAgentConfig, writ
 import { APP_KINDS, APP_LABELS, appSpecs, STRATEGY_KINDS, type AppKind, type AppSpec } from './lib/apps.js';
 import { pick, type Context } from './lib/context.js';
 import { ROOT } from './lib/tools.js';
-import { failed, Prober, Wrk, type ProbeResult, type WrkResult } from './lib/load.js';
+import { failed, OpenLoad, Prober, Wrk, type ProbeResult, type WrkResult } from './lib/load.js';
 import { accepts, alive, cpuMs, httpGet, kill, killUnder, nowMs, sampleProc, sleep, stopChild, waitFor } from './lib/procs.js';
 import { summarize, type Summary } from './lib/stats.js';
 
@@ -78,6 +78,12 @@ export interface Cell {
   readonly agentQueuedMs?: Summary;
   /** relink's rows: the agent's own CPU time per deploy (ms), over the row's deploys (the CPU the deploys take from the app and the load). */
   readonly agentCpuMsPerDeploy?: number;
+  /**
+   * Set when the row ran under the open-loop load at this fixed rate
+   * (requests a second: half its app's control throughput under wrk)
+   * instead of wrk; `wrk` then holds that load's figures.
+   */
+  readonly ratePerSecond?: number;
   readonly note?: string;
 }
 
@@ -148,18 +154,47 @@ export async function runDowntime(ctx: Context, kinds: readonly AppKind[] = APP_
         ctx.log(`    failed: ${(err as Error).message}`);
       }
     }
+    // Issue 11's apps again, for latency: wrk keeps the app saturated, so
+    // its p99 is the queue it keeps full and any CPU a deploy takes shows
+    // in it whole. The same rows under an open-loop load at a quarter of
+    // the control's throughput, latency from when each request was due.
+    const control = cells.find((c) => c.app === spec.kind && c.method === 'control' && c.ratePerSecond === undefined);
+    if (STRATEGY_KINDS.includes(spec.kind) && control !== undefined && control.wrk.requests > 0 && control.wrk.seconds > 0) {
+      const perSecond = Math.max(50, Math.round(control.wrk.requests / control.wrk.seconds / RATE_SHARE / 50) * 50);
+      for (const method of METHODS[spec.kind].filter((m) => RATE_METHODS.includes(m))) {
+        ctx.log(`  downtime: ${spec.label}, ${METHOD_LABELS[method]}, ${perSecond} requests/s open-loop`);
+        try {
+          cells.push(await runCell(ctx, spec, method, method === 'control' ? 0 : deploys, perSecond));
+        } catch (err) {
+          skipped.push(`${METHOD_LABELS[method]} on ${spec.label} at ${perSecond}/s: failed: ${(err as Error).message.split('\n')[0]}`);
+          ctx.log(`    failed: ${(err as Error).message}`);
+        }
+      }
+    }
   }
   return { cells, skipped, settings: { deploys, pauseMs: PAUSE_MS, connections: CONNECTIONS, settleMs: SETTLE_MS, capMs: pick(ctx, ROW_CAP_MS, 20_000), minDeploys: Math.min(deploys, MIN_DEPLOYS) } };
 }
 
-async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: number): Promise<Cell> {
-  const dir = path.join(ctx.root, `downtime-${spec.kind}-${method}`);
+/**
+ * The open-loop rows' rate is the wrk control's throughput divided by this.
+ * A quarter leaves room for what a deploy takes on 2 shared cores: at half,
+ * gunicorn's control alone ran at the edge of its capacity on a busy day
+ * (p99 74 ms against 4 ms at p50), and an upgrade's health probe waited
+ * 10 s in the queue.
+ */
+const RATE_SHARE = 4;
+
+/** The rows run again under the open-loop load (issue 11's apps): the controls and relink's zero-downtime strategies. */
+const RATE_METHODS: readonly Method[] = ['control', 'boot-beside', 'relink-socket', 'relink-upgrade'];
+
+async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: number, perSecond?: number): Promise<Cell> {
+  const dir = path.join(ctx.root, `downtime-${spec.kind}-${method}${perSecond === undefined ? '' : '-rate'}`);
   const port = await freePort();
   const app = await spec.make(path.join(dir, spec.kind), port);
   const manager = await startManager(ctx, spec, method, app, dir);
   try {
     await waitFor(`${spec.kind} to serve release 1.0`, async () => served(port, '1.0'), 20_000, 20);
-    const wrk = new Wrk(ctx.j, `http://127.0.0.1:${port}/`, 600, CONNECTIONS);
+    const wrk = perSecond === undefined ? new Wrk(ctx.j, `http://127.0.0.1:${port}/`, 600, CONNECTIONS) : new OpenLoad(ctx.j, port, perSecond);
     const prober = new Prober(port);
     await sleep(1_000);
     const times: number[] = [];
@@ -201,6 +236,7 @@ async function runCell(ctx: Context, spec: AppSpec, method: Method, deploys: num
     if (!Number.isFinite(w.requests)) throw new Error(`could not read wrk's output: ${raw.slice(0, 300)}`);
     return {
       app: spec.kind, method, deploys: done, wrongRelease: wrong, deployMs: summarize(times), wrk: wrkFigures, failed: failed(w), probe,
+      ...(perSecond === undefined ? {} : { ratePerSecond: perSecond }),
       ...(outages.length > 0 ? { agentOutageMs: summarize(outages) } : {}),
       ...(queued.length > 0 ? { agentQueuedMs: summarize(queued) } : {}),
       ...(cpuBefore !== undefined && cpuAfter !== undefined && done > 0 ? { agentCpuMsPerDeploy: (cpuAfter - cpuBefore) / done } : {}),

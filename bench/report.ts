@@ -120,7 +120,8 @@ function headline(r: Results, p: (...l: string[]) => void): void {
     }
   }
   if (r.downtime !== undefined) {
-    const cells = r.downtime.cells;
+    const cells = r.downtime.cells.filter((x) => x.ratePerSecond === undefined);
+    const atRate = r.downtime.cells.filter((x) => x.ratePerSecond !== undefined);
     for (const c of cells.filter((x) => isRelink(x.method))) {
       const alts = cells.filter((x) => x.app === c.app && !isRelink(x.method) && !isControl(x.method));
       const altText = alts.map((a) => `${METHOD_LABELS[a.method]}: ${count(a.failed)}`).join('; ');
@@ -135,10 +136,18 @@ function headline(r: Results, p: (...l: string[]) => void): void {
       const control = cells.find((x) => x.app === c.app && x.method === 'control');
       const beside = cells.find((x) => x.app === c.app && x.method === 'boot-beside');
       const q = p99Ratio(c, control);
+      const verdict = (x: number): string => (!Number.isFinite(x) ? 'not measured' : x <= TARGETS.deployP99Ratio ? `${met(true)} (${ratio(x, 1)})` : `${met(false)} (${ratio(x, 1)})`);
+      // The same row under the open-loop load at a fixed rate, when it ran.
+      const r2 = atRate.find((x) => x.app === c.app && x.method === c.method);
+      const control2 = atRate.find((x) => x.app === c.app && x.method === 'control');
+      const beside2 = atRate.find((x) => x.app === c.app && x.method === 'boot-beside');
+      const q2 = r2 === undefined ? Number.NaN : p99Ratio(r2, control2);
       lines.push(row([`p99 latency during ${c.deploys} deploys, ${APP_LABELS[c.app]}, ${METHOD_LABELS[c.method]}`, `<= ${TARGETS.deployP99Ratio}x the no-deploy control (issue 11)`,
-        `${ms(c.wrk.latency.p99)} ms, control ${ms(control?.wrk.latency.p99 ?? Number.NaN)} ms (${ratio(c.wrk.latency.p99, control?.wrk.latency.p99 ?? Number.NaN)}); new release answering after p50 ${ms(c.deployMs.p50)} ms` +
-          (beside === undefined ? '' : `; a copy only started and stopped beside, nothing switched: ${ms(beside.wrk.latency.p99)} ms (${ratio(beside.wrk.latency.p99, control?.wrk.latency.p99 ?? Number.NaN)})`),
-        !Number.isFinite(q) ? 'not measured' : q <= TARGETS.deployP99Ratio ? met(true) : `${met(false)} (${ratio(q, 1)})`]));
+        `wrk, saturating: ${ms(c.wrk.latency.p99)} ms, control ${ms(control?.wrk.latency.p99 ?? Number.NaN)} ms (${ratio(c.wrk.latency.p99, control?.wrk.latency.p99 ?? Number.NaN)}); new release answering after p50 ${ms(c.deployMs.p50)} ms` +
+          (beside === undefined ? '' : `; a copy only started and stopped beside, nothing switched: ${ms(beside.wrk.latency.p99)} ms (${ratio(beside.wrk.latency.p99, control?.wrk.latency.p99 ?? Number.NaN)})`) +
+          (r2 === undefined ? '' : `. Open-loop at ${count(r2.ratePerSecond!)} requests/s: ${ms(r2.wrk.latency.p99)} ms, control ${ms(control2?.wrk.latency.p99 ?? Number.NaN)} ms (${ratio(q2, 1)})` +
+            (beside2 === undefined ? '' : `; the copy beside: ${ratio(p99Ratio(beside2, control2), 1)}`)),
+        r2 === undefined ? verdict(q) : `saturating: ${verdict(q)}; at a fixed rate: ${verdict(q2)}`]));
     }
   }
   if (r.footprint !== undefined) {
@@ -294,7 +303,9 @@ function p99Ratio(c: Cell, control: Cell | undefined): number {
   return Number.isFinite(base) && base > 0 ? c.wrk.latency.p99 / base : Number.NaN;
 }
 
-function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]) => void): void {
+function downtimeSection(all: DowntimeResult, chartDir: string, p: (...l: string[]) => void): void {
+  // wrk's rows; those under the open-loop load at a fixed rate have a table of their own (rateSection).
+  const d: DowntimeResult = { ...all, cells: all.cells.filter((c) => c.ratePerSecond === undefined) };
   const s = d.settings;
   p('## 2. Zero downtime under load',
     `For each app, ${s.deploys} deploys in a row (alternating releases 1.0 and 2.0, ${s.pauseMs} ms apart; a peer that is slow to restart stops after ${Math.round(s.capMs / 1000)} s of them once it has done ${s.minDeploys}: ` +
@@ -380,6 +391,7 @@ function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]
       p('The agent\'s own CPU time per deploy (utime + stime of the agent process over the row\'s deploys, ms; the CPU relink itself takes from the app and the load, ' +
         'the new release\'s own start not counted, nor the helpers it spawns: each \`ss\` that tells which generation accepted a probe on a shared socket, about 2 per deploy here, costs the kernel some 15 ms with ~40,000 TIME_WAIT sockets on the host, as the load leaves): ' + cpu.map((c) => `${name(c)}: ${ms(c.agentCpuMsPerDeploy!)} ms`).join('; ') + '.');
     }
+    rateSection(all.cells.filter((c) => c.ratePerSecond !== undefined), p);
     const restarts = d.cells.filter((c) => c.agentQueuedMs !== undefined || c.agentOutageMs !== undefined);
     if (restarts.length > 0) {
       p('What the agent journaled for its "restart" deploys: ' + restarts.map((c) => `${name(c)}: ` +
@@ -387,6 +399,36 @@ function downtimeSection(d: DowntimeResult, chartDir: string, p: (...l: string[]
           c.agentOutageMs ? `\`outageMs\` p50 ${ms(c.agentOutageMs.p50)} ms (max ${ms(c.agentOutageMs.max)} ms, n=${c.agentOutageMs.n})` : ''].filter(Boolean).join(', ')).join('; ') + '.');
     }
   }
+}
+
+/** Issue 11's rows again under the open-loop load at a fixed rate (bench/lib/openload.ts): their table and what it says. */
+function rateSection(cells: readonly Cell[], p: (...l: string[]) => void): void {
+  if (cells.length === 0) return;
+  p('**The same rows at a fixed rate.** wrk keeps the app saturated (each of its connections sends the next request as soon as the last is answered), ' +
+    'so its latency is the length of the queue it keeps full, and whatever CPU a deploy takes from the app shows in it whole. A service is run below its capacity, ' +
+    'and latency is measured at a given rate: the rows below ran again under an open-loop load (bench/lib/openload.ts, a process of its own) at a quarter of the ' +
+    'throughput the app reached in its wrk control, rounded to 50 requests/s (what a deploy takes on 2 shared cores needs room: at half, gunicorn\'s control alone ran at the edge of its capacity on a busy day). Request i is due at start + i/rate whatever happened to the ones before ' +
+    '(no coordinated omission: a stall delays every request due during it), each a new connection with `Connection: close`, and its latency runs from when it was due ' +
+    'to the end of the reply (a 2 s timeout counts as failed). Deploys, prober and settings are those of the rows above.');
+  const lines = [row(['app', 'method', 'rate (requests/s)', 'deploys', 'answered', 'failed', 'of which connect / read / timeout / non-2xx', 'p50 latency', 'p99 latency (vs control)', 'time to new release p50 (max)', 'wrong release after']), sep(11)];
+  for (const app of APP_KINDS) {
+    const control = cells.find((x) => x.app === app && x.method === 'control');
+    for (const m of CELL_ORDER) {
+      const c = cells.find((x) => x.app === app && x.method === m);
+      if (c === undefined) continue;
+      const w = c.wrk;
+      lines.push(row([APP_LABELS[app], isRelink(m) ? `**${METHOD_LABELS[m]}**` : METHOD_LABELS[m], count(c.ratePerSecond!), String(c.deploys), count(w.requests),
+        c.failed === 0 ? '**0**' : count(c.failed), `${w.connect} / ${w.read} / ${w.timeout} / ${w.non2xx}`, `${ms(w.latency.p50)} ms`,
+        `${ms(w.latency.p99)} ms${m === 'control' ? '' : ` (${ratio(w.latency.p99, control?.wrk.latency.p99 ?? Number.NaN)})`}`,
+        c.deploys === 0 ? '-' : `${ms(c.deployMs.p50)} ms (${ms(c.deployMs.max)} ms)`, String(c.wrongRelease)]));
+    }
+  }
+  p(lines.join('\n'));
+  const judged = cells.filter((c) => isZeroTarget(c.method));
+  const q = (c: Cell): number => p99Ratio(c, cells.find((x) => x.app === c.app && x.method === 'control'));
+  const within = judged.filter((c) => q(c) <= TARGETS.deployP99Ratio);
+  p(`**Latency during deploys at a fixed rate** (issue 11's ${TARGETS.deployP99Ratio}x): ${judged.length > 0 && within.length === judged.length ? met(true) : met(false)} - ${within.length} of ${judged.length} within it: ` +
+    cells.filter((c) => c.method !== 'control').map((c) => `${APP_LABELS[c.app]}, ${METHOD_LABELS[c.method]}: ${ratio(q(c), 1)}`).join('; ') + '.');
 }
 
 function footprintSection(f: FootprintResult, rr: ReactionResult | undefined, chartDir: string, p: (...l: string[]) => void): void {
@@ -664,7 +706,7 @@ function howSection(p: (...l: string[]) => void): void {
     [row(['file', 'what it does']), sep(2),
       row(['`bench/run.ts`', 'the entry point: options, the sections in order, clean-up, writing this file and the charts']),
       row(['`bench/reaction.ts`', '1: write to signal, per watcher setting and spacing; RSS along the deploys; the floor']),
-      row(['`bench/downtime.ts`', '2: wrk and a prober during deploys by relink (each strategy), stop + start, PM2, supervisord and a socket-activated restart']),
+      row(['`bench/downtime.ts`', '2: wrk and a prober during deploys by relink (each strategy), stop + start, PM2, supervisord and a socket-activated restart; issue 11\'s rows again under an open-loop load at a fixed rate']),
       row(['`bench/footprint.ts`', '3: RSS, CPU and wake-ups of each manager, idle; what the agent\'s memory is made of']),
       row(['`bench/verdict.ts`', '4: edit to `deployed` / `rolled_back` for a healthy and three broken releases; `relink deploy --wait`']),
       row(['`bench/journal.ts`', '5: peak memory and time of the commands that read a 200,000-entry journal, before issue 9 and now']),
@@ -675,6 +717,6 @@ function howSection(p: (...l: string[]) => void): void {
       row(['`bench/apps/tableflip/main.go`', 'a Go web server upgrading itself with cloudflare/tableflip']),
       row(['`bench/apps/gunicorn_release.py`', 'a gunicorn release: runs Debian\'s gunicorn, so that app.bin names the release']),
       row(['`bench/apps/sockholder.py`', 'holds a listening socket as a systemd .socket unit does, and restarts the app through systemd-socket-activate']),
-      row(['`bench/lib/`', 'the agent as a process (`agent.ts`), the apps (`apps.ts`), builds (`build.ts`), wrk and the prober (`load.ts`), processes and /proc (`procs.ts`), statistics (`stats.ts`), SVG (`svg.ts`), installing peers and describing the machine (`tools.ts`)']),
+      row(['`bench/lib/`', 'the agent as a process (`agent.ts`), the apps (`apps.ts`), builds (`build.ts`), wrk, the open-loop load and the prober (`load.ts`, `openload.ts`), processes and /proc (`procs.ts`), statistics (`stats.ts`), SVG (`svg.ts`), installing peers and describing the machine (`tools.ts`)']),
     ].join('\n'));
 }

@@ -8,6 +8,8 @@
  * error counts depend on how fast it retries a refused connection.
  */
 import type { ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { OpenLoadResult } from './openload.js';
 import { httpGet, nowMs, sleep, type Janitor } from './procs.js';
 
 export interface WrkResult {
@@ -158,5 +160,42 @@ export class Prober {
   stop(): Promise<ProbeResult> {
     this.#stop = true;
     return this.#done;
+  }
+}
+
+/**
+ * The open-loop load at a fixed rate (bench/lib/openload.ts, its own
+ * process), read back in wrk's shape: `requests` are the answered ones,
+ * `write` is always 0 (a request is written once connected), latency from
+ * when each request was due.
+ */
+export class OpenLoad {
+  readonly #child: ChildProcess;
+  #out = '';
+  #err = '';
+  readonly #closed: Promise<void>;
+
+  constructor(j: Janitor, port: number, perSecond: number) {
+    const script = fileURLToPath(new URL('./openload.ts', import.meta.url));
+    this.#child = j.spawn(process.execPath, ['--import', 'tsx', script, String(port), String(perSecond)], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.#child.stdout!.setEncoding('utf8').on('data', (c: string) => { this.#out += c; });
+    this.#child.stderr!.setEncoding('utf8').on('data', (c: string) => { this.#err += c; });
+    this.#closed = new Promise((resolve) => this.#child.once('close', () => resolve()));
+  }
+
+  /** Stop sending; the requests still open get up to their 2 s timeout. */
+  async stop(): Promise<WrkResult> {
+    this.#child.stdin!.end();
+    await Promise.race([this.#closed, sleep(10_000)]);
+    let r: OpenLoadResult;
+    try {
+      r = JSON.parse(this.#out.trim().split('\n').at(-1) ?? '') as OpenLoadResult;
+    } catch {
+      throw new Error(`could not read the open-loop load's output: ${(this.#out + this.#err).slice(0, 300)}`);
+    }
+    return {
+      requests: r.answered, seconds: r.seconds, connect: r.connect, read: r.read, write: 0, timeout: r.timeout, non2xx: r.non2xx,
+      latency: { p50: r.latency.p50, p90: r.latency.p90, p99: r.latency.p99 }, raw: this.#out,
+    };
   }
 }

@@ -77,6 +77,11 @@ def passed_sockets():
 class Server(ThreadingMixIn, HTTPServer):
     daemon_threads = False
     block_on_close = True
+    # The port it binds itself gets the backlog real servers ask for
+    # (gunicorn 2048, nginx 511; the kernel caps it at somaxconn), not
+    # socketserver's 5: with 5, a burst overflows it and a client's SYN
+    # waits a second for its retry, which no real server shows.
+    request_queue_size = socket.SOMAXCONN
 
 
 def main():
