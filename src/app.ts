@@ -569,6 +569,8 @@ export class AppAgent {
       this.#savedState = undefined;
       const inflight = this.#savedInflight;
       this.#savedInflight = undefined;
+      // Nothing to recover: whatever the previous agent left open is stale.
+      if (inflight === undefined) this.#fx.settleLineage();
       if (inflight !== undefined) {
         const last = await this.#fx.lastRecorded();
         if (journaled(inflight, last)) {
@@ -1678,6 +1680,9 @@ export class AppAgent {
     // Journaled first, then the state without it: killed in between, the
     // next agent finds the verdict in the journal and does not judge again.
     this.#inflight = undefined;
+    // No reload is in flight past a verdict: what stayed open for one (an
+    // agent killed mid-deploy opened it) must not take later children.
+    this.#fx.settleLineage();
     this.#lastDeploy = entry;
     this.#refusing = outcome === 'refused';
     const journaled = await this.#recorder.attempt(entry, err);

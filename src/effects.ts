@@ -72,6 +72,8 @@ export interface Effects {
   promote(gen: number, main: ProcInfo): void;
   /** A reload that failed: children `main` starts from now belong to its own generation again. */
   closeGeneration(gen: number): void;
+  /** A deploy has its verdict (or none is in flight): every opening closed, newer generations' main records dropped (ProcessFinder.settle). */
+  settleLineage(): void;
   /** What is known of the app's processes, for the state file (undefined: nothing to keep). */
   lineage(): LineageRecord | undefined;
   /** At start: what the previous agent kept (`legacy`: the main pid a state file from before lineage names). */
@@ -194,6 +196,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     sharesListener: (old, successor) => sharesListener(old, successor),
     promote: (gen, main) => finder.promote(gen, main),
     closeGeneration: (gen) => finder.close(gen),
+    settleLineage: () => finder.settle(),
     lineage: () => finder.record(),
     restoreLineage: (rec, legacy) => finder.restore(rec, legacy),
     launch: async (launchOpts = {}) => {

@@ -788,6 +788,21 @@ export class ProcessFinder {
     this.#openings = this.#openings.filter((o) => o.gen > gen);
   }
 
+  /**
+   * A deploy has its verdict: no reload is in flight. Every opening is
+   * closed (a child started from now on is its parent's), and the main
+   * records of generations newer than the serving one (a failed one, its
+   * processes stopped) are dropped. Left, a recovered failure's opening
+   * (the agent that opened it was killed) took every later child of the
+   * old master, each next deploy's new master included (HANDOFF_TIMEOUT,
+   * two masters serving), and the dead main's record took every process
+   * later found by its marker.
+   */
+  settle(): void {
+    this.#openings = [];
+    for (const gen of [...this.#mains.keys()]) if (gen > this.#serving) this.#mains.delete(gen);
+  }
+
   /** A reload that failed: its opening is closed; the processes it produced keep their generation until they are stopped. */
   close(gen: number): void {
     this.#openings = this.#openings.filter((o) => o.gen !== gen);
@@ -1035,8 +1050,9 @@ export class ProcessFinder {
     }
   }
 
+  /** The generation of a child of `parent` started at `startTime`: the newest opening on that parent it started after, else the parent's. */
   #genOfChild(parent: Member, startTime: number): number {
-    const opening = this.#openings.find((o) => sameProcess(o.parent, parent) && startTime >= o.fromTick);
+    const opening = this.#openings.findLast((o) => sameProcess(o.parent, parent) && startTime >= o.fromTick);
     return opening?.gen ?? parent.gen;
   }
 

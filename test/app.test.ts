@@ -142,6 +142,10 @@ class World implements Effects {
     this.opened = undefined;
   }
 
+  settleLineage(): void {
+    this.opened = undefined;
+  }
+
   lineage() {
     const members = [...this.procs.values()].map((p) => ({ pid: p.pid, startTime: p.startTime, gen: p.gen ?? 0 }));
     const openings = this.opened === undefined ? [] : [{ gen: this.opened, pid: 0, startTime: 0, fromTick: 0 }];

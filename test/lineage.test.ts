@@ -240,6 +240,30 @@ test('"upgrade": a worker the old master forks just before the new master (no ex
   await assertServing(config, 'lw', back.pid);
 });
 
+test('"upgrade": an agent killed while a new master that fails its health check is judged; the next agent rolls back, and the next deploy\'s new master is its own generation (not the dead one\'s), one master serving', async (t) => {
+  const rs = { '1.0': 'reload=upgrade\n', bad: 'reload=upgrade\nunhealthy=1\n', '2.0': 'reload=upgrade\n' };
+  const { root, app, config, agent } = await firstDeployed(t, 'relink-lineage-killup-', 'ku', rs, { strategy: 'upgrade', signal: 'SIGHUP', timeoutMs: 5_000 });
+  await setCurrent(app, 'bad');
+  // The new master serves beside the old one while it is judged (its /healthz answers 503): the agent is killed then.
+  await waitFor('the failing release to serve beside the old one', async () => ((await ask(app.port).catch(() => undefined))?.release === 'app.bad' ? true : undefined), { timeoutMs: 10_000 });
+  await agent.stop('SIGKILL');
+  startAgent(t, config);
+  const recovered = await nth(root, 'ku', 2);
+  assert.equal(recovered.outcome, 'rolled_back', recovered.reason ?? '');
+  assert.match(recovered.trigger, /:recovered$/);
+  await setCurrent(app, '2.0');
+  const next = await nth(root, 'ku', 3);
+  assert.equal(next.outcome, 'deployed', `${next.code ?? ''}: ${next.reason ?? ''}`);
+  const two = await servedBy(app.port, 'app.2.0');
+  assert.equal(next.pidAfter, two.pid);
+  // One master: every answer from it.
+  await waitFor('only the new release to answer', async () => {
+    const replies = await Promise.all(Array.from({ length: 8 }, () => ask(app.port).catch(() => undefined)));
+    return replies.every((r) => r?.release === 'app.2.0') ? true : undefined;
+  }, { timeoutMs: 15_000 });
+  await assertServing(config, 'ku', two.pid);
+});
+
 test('a #!/bin/sh wrapper release that execs the interpreter: deployed, and restarted after a crash', async (t) => {
   const root = await setup(t, 'relink-lineage-sh-');
   const app = await pyApp(root, 'wrap', { '1.0': 'reload=fork\n', '2.0': 'reload=fork\n' }, { kind: 'wrapper' });
