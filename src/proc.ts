@@ -675,6 +675,8 @@ export class ProcessFinder {
    * was judged exited, and then not stopped, when the app has a user.
    */
   readonly #spawned = new Map<number, number>();
+  /** Children of an opened parent that had not exec'd when found (#descend), by pid: looked at again until they have. */
+  readonly #unexeced = new Map<number, { readonly startTime: number; readonly parent: Member; readonly startStack: number | undefined }>();
   /** A lineage record exists: processes without one are never taken for the app by their executable. */
   #recorded = false;
 
@@ -1042,11 +1044,48 @@ export class ProcessFinder {
         // The table is a moment old and a PID may have been recycled: the
         // parent must be the member, and older than the child.
         if (info.ppid !== parent.pid || info.startTime < parent.startTime || !allowed(info, uid)) continue;
-        const gen = this.#genOfChild(parent, info.startTime);
+        let gen = this.#genOfChild(parent, info.startTime);
+        // After a reload signal, a child that has not exec'd is a worker the
+        // old master forked (a pre-fork server replacing one, gunicorn's
+        // max_requests): its generation is its master's, or the health
+        // probes it answers with the old release would judge the new one
+        // (a release whose workers could not start was deployed). A new
+        // master or successor execs a program; one seen before its exec is
+        // looked at again until it has (#reexamine).
+        if (gen !== parent.gen && this.#mode === 'reexec') {
+          const parentInfo = await readProc(parent.pid);
+          if (parentInfo !== undefined && forkedImage(parentInfo, info)) {
+            this.#unexeced.set(info.pid, { startTime: info.startTime, parent: { pid: parent.pid, startTime: parent.startTime, gen: parent.gen }, startStack: info.startStack });
+            gen = parent.gen;
+          }
+        }
         this.#members.set(info.pid, { pid: info.pid, startTime: info.startTime, gen });
         if (gen !== parent.gen && !this.#mains.has(gen)) this.#noteMain(gen, info);
         added = true;
       }
+    }
+    await this.#reexamine();
+  }
+
+  /**
+   * Children of an opened parent put in its generation because they had not
+   * exec'd (#descend): one that has exec'd since (a new master caught
+   * between its fork and its exec) joins the opening it started after. One
+   * gone, or whose parent has no opening left, is forgotten here.
+   */
+  async #reexamine(): Promise<void> {
+    for (const [pid, u] of [...this.#unexeced]) {
+      const m = this.#members.get(pid);
+      const info = m === undefined || m.startTime !== u.startTime ? undefined : await readProc(pid);
+      const gen = info === undefined ? undefined : this.#genOfChild(u.parent, u.startTime);
+      if (info === undefined || gen === undefined || gen === u.parent.gen) {
+        this.#unexeced.delete(pid);
+        continue;
+      }
+      if (info.startStack === u.startStack) continue;
+      this.#unexeced.delete(pid);
+      this.#members.set(pid, { pid, startTime: u.startTime, gen });
+      if (!this.#mains.has(gen)) this.#noteMain(gen, info);
     }
   }
 

@@ -128,6 +128,8 @@ const SCAN_MS = 100;
 export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, gen: number, stopBy: StopBy = NEVER, handover = true): Promise<ProcInfo> {
   const { signal, timeoutMs } = app.reload;
   const deadline = fx.now() + timeoutMs;
+  /** When the signal went out (clock ticks since boot, the unit of a start time): the opening's, else now. */
+  const signalledAt = fx.lineage()?.openings?.find((o) => o.gen === gen)?.fromTick ?? fx.ticks();
   let reaped = old.childFaults;
   /** Since when a child of the old main has ended with no successor running. */
   let orphanedAt: number | undefined;
@@ -195,6 +197,10 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
       // A process of the new generation runs: the child that ended was not
       // the only one it had (an in-place reloader's replaced worker).
       if (successor !== undefined) orphanedAt = undefined;
+      // Nor when, under "reexec", the old main forked new children since the
+      // signal (an in-place reloader replacing its workers: counted in its
+      // own generation, they are no successor; the deadline tells it).
+      else if (handover && found.all.some((p) => p.ppid === old.pid && p.startTime >= signalledAt && forkedImage(same ?? old, p))) orphanedAt = undefined;
       // Handed over: the old main is gone, or has stopped listening on the
       // socket it passed on. Still listening, it may be the only one
       // accepting (the successor not ready yet): wait.
@@ -230,7 +236,8 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
     if (fx.now() >= deadline) {
       // New workers of the same master, its old ones gone, and the master
       // listening on: it reloaded in place (gunicorn and nginx on SIGHUP).
-      const newKids = last.filter((p) => p.ppid === old.pid && p.gen === gen);
+      // (Forked, not exec'd, they are counted in the old master's generation: src/proc.ts #descend.)
+      const newKids = last.filter((p) => p.ppid === old.pid && (p.gen === gen || p.startTime >= signalledAt));
       if (workersReplaced && newKids.length > 0 && !newKids.some((k) => last.some((p) => p.ppid === k.pid))) {
         throw new RelinkError('STRATEGY_MISMATCH', `pid ${old.pid} reloaded in place on ${signal} (it replaced its workers and kept running): reload.strategy "${app.reload.strategy}" waits for a successor that takes over. Use reload.strategy "inplace" for config changes, or "upgrade" (gunicorn, unicorn: SIGUSR2) or "socket" to change binaries`,
           { key: 'reload.strategy', rule: 'the app must start a successor that takes over', found: IN_PLACE_FOUND });

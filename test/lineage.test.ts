@@ -264,6 +264,17 @@ test('"upgrade": an agent killed while a new master that fails its health check 
   await assertServing(config, 'ku', two.pid);
 });
 
+test('"upgrade": a worker the old master forks after the signal, serving the old release, is of the old generation: its answers do not pass an unhealthy new master', async (t) => {
+  const rs = { '1.0': 'reload=upgrade\nlate_worker=serve\n', sick: 'reload=upgrade\nunhealthy=1\n' };
+  const { root, app, one } = await firstDeployed(t, 'relink-lineage-lateserve-', 'ls', rs, { strategy: 'upgrade', signal: 'SIGHUP', timeoutMs: 5_000 });
+  await setCurrent(app, 'sick');
+  const e = await nth(root, 'ls', 2);
+  assert.equal(e.outcome, 'rolled_back', `the sick release was ${e.outcome}: its old worker's answers were taken for it`);
+  assert.equal(e.code, 'UNHEALTHY', e.reason ?? '');
+  const back = await servedBy(app.port, 'app.1.0');
+  assert.equal(back.pid === one.pid || (await readProc(back.pid))?.ppid === one.pid, true, 'the old master (or its worker) serves on');
+});
+
 test('a #!/bin/sh wrapper release that execs the interpreter: deployed, and restarted after a crash', async (t) => {
   const root = await setup(t, 'relink-lineage-sh-');
   const app = await pyApp(root, 'wrap', { '1.0': 'reload=fork\n', '2.0': 'reload=fork\n' }, { kind: 'wrapper' });

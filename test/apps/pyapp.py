@@ -19,6 +19,8 @@
 #                    master's image) just before the new master, as a
 #                    pre-fork server respawning a worker at that moment
 #                    does; it lives until its master exits
+#   late_worker=serve  the same, and that worker serves the old release on
+#                    the socket beside its master
 #   drain_ms=N       how long the old process lives on after handing over
 #   reap=0           never wait for a child (a dead successor stays a zombie)
 #   daemonize=1      fork at start; the parent exits 0, the child serves
@@ -126,9 +128,16 @@ def main():
             server.shutdown()
             os.execve(me, argv, env)
         if mode == 'upgrade':
-            if cfg.get('late_worker') == '1':
+            if cfg.get('late_worker') in ('1', 'serve'):
                 master = os.getpid()
                 if os.fork() == 0:
+                    if cfg.get('late_worker') == 'serve':
+                        # It serves the old release beside its master (a
+                        # replaced worker of a pre-fork server does).
+                        worker = HTTPServer(('127.0.0.1', 0), Handler, bind_and_activate=False)
+                        worker.socket.close()
+                        worker.socket = sock
+                        threading.Thread(target=worker.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True).start()
                     while os.getppid() == master:
                         time.sleep(0.05)
                     os._exit(0)
