@@ -246,7 +246,7 @@ const AppSchema = z.strictObject({
   env: z.record(z.string(), z.string()).default({})
     .meta(about('environment added to the agent\'s for the app')),
   releasesDir: absoluteOrRelative.default('release')
-    .meta(about('where releases live; the app\'s processes are those running a binary from here')),
+    .meta(about('where releases live (current.conf names files in it). The app\'s processes are known by lineage, not by where their binary lies (see "Design notes: identity"); only a process found before any lineage is recorded (an agent upgraded from a version without it) is taken by its binary from here')),
   currentFile: absoluteOrRelative.optional()
     .meta(about('the file the agent watches (default `<releasesDir>/current.conf`); no two apps may share one')),
   links: z.strictObject({
