@@ -235,7 +235,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
       const gen = judged.gen;
       // Who accepted the probe's connection: a process of the generation
       // judged, of an older one (still sharing the socket), or someone else.
-      const whose = (inode: string): 'judged' | 'older' | 'unknown' => {
+      const attribute = (inode: string): 'judged' | 'older' | 'unknown' => {
         for (const m of finder.record().members) {
           if (!socketInodes(m.pid).has(inode)) continue;
           // The judged process itself (an in-place reload keeps its PID and
@@ -243,6 +243,17 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
           return m.pid === judged.pid || m.gen >= gen ? 'judged' : 'older';
         }
         return 'unknown';
+      };
+      // A process of the app the lineage does not know yet: one forked since
+      // the last look (an old master replacing a worker every few requests,
+      // gunicorn's max_requests: answering with the old release, it passed
+      // a release whose workers could not start). The lineage is brought up
+      // to date from a fresh /proc walk and asked again.
+      const whose = async (inode: string): Promise<'judged' | 'older' | 'unknown'> => {
+        const first = attribute(inode);
+        if (first !== 'unknown') return first;
+        await finder.refresh({ fresh: true });
+        return attribute(inode);
       };
       await finder.refresh();
       // Nothing older left to share the socket (the first start, "restart",

@@ -27,7 +27,7 @@ export interface ProbeResult {
  * judged), "older" (a process of an older generation of the app), or
  * "unknown" (anyone else: a proxy, another host). Undefined: no attribution.
  */
-export type Acceptor = (inode: string) => 'judged' | 'older' | 'unknown';
+export type Acceptor = (inode: string) => 'judged' | 'older' | 'unknown' | Promise<'judged' | 'older' | 'unknown'>;
 
 
 
@@ -75,7 +75,7 @@ function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): P
     const whose = async (): Promise<'judged' | 'older' | 'unknown' | undefined> => {
       const inode = await acceptedInode(target.port, sock.localPort ?? 0, sock.remoteFamily === 'IPv6' ? 6 : 4);
       if (inode === '0') return undefined;
-      return inode === undefined ? 'unknown' : acceptor(inode);
+      return inode === undefined ? 'unknown' : await acceptor(inode);
     };
     sock.once('connect', () => {
       // Who accepted it is asked before the request is complete: the server

@@ -275,6 +275,15 @@ test('"upgrade": a worker the old master forks after the signal, serving the old
   assert.equal(back.pid === one.pid || (await readProc(back.pid))?.ppid === one.pid, true, 'the old master (or its worker) serves on');
 });
 
+test('"upgrade": workers the old master keeps forking after the signal (a low max_requests), each new to the lineage when it takes a probe, are of the old generation: their answers do not pass an unhealthy new master', async (t) => {
+  const rs = { '1.0': 'reload=upgrade\nlate_worker=churn\n', sick: 'reload=upgrade\nunhealthy=1\n' };
+  const { root, app } = await firstDeployed(t, 'relink-lineage-churn-', 'ch', rs, { strategy: 'upgrade', signal: 'SIGHUP', timeoutMs: 5_000 });
+  await setCurrent(app, 'sick');
+  const e = await nth(root, 'ch', 2);
+  assert.equal(e.outcome, 'rolled_back', `the sick release was ${e.outcome}: a new worker of the old master was taken for it`);
+  assert.equal(e.code, 'UNHEALTHY', e.reason ?? '');
+});
+
 test('a #!/bin/sh wrapper release that execs the interpreter: deployed, and restarted after a crash', async (t) => {
   const root = await setup(t, 'relink-lineage-sh-');
   const app = await pyApp(root, 'wrap', { '1.0': 'reload=fork\n', '2.0': 'reload=fork\n' }, { kind: 'wrapper' });

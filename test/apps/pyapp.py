@@ -21,6 +21,9 @@
 #                    does; it lives until its master exits
 #   late_worker=serve  the same, and that worker serves the old release on
 #                    the socket beside its master
+#   late_worker=churn  with reload=upgrade: from the signal on, fork a worker
+#                    every 30 ms that serves the old release for 200 ms (a
+#                    pre-fork server with a low max_requests under load)
 #   drain_ms=N       how long the old process lives on after handing over
 #   reap=0           never wait for a child (a dead successor stays a zombie)
 #   daemonize=1      fork at start; the parent exits 0, the child serves
@@ -128,6 +131,29 @@ def main():
             server.shutdown()
             os.execve(me, argv, env)
         if mode == 'upgrade':
+            if cfg.get('late_worker') == 'churn':
+                # A worker forked every 30 ms, each serving the old release
+                # for 200 ms (a pre-fork server with a low max_requests under
+                # load), until the master exits.
+                def churn():
+                    master = os.getpid()
+                    while True:
+                        if os.fork() == 0:
+                            worker = HTTPServer(('127.0.0.1', 0), Handler, bind_and_activate=False)
+                            worker.socket.close()
+                            worker.socket = sock
+                            threading.Thread(target=worker.serve_forever, kwargs={'poll_interval': 0.01}, daemon=True).start()
+                            end = time.monotonic() + 0.2
+                            while time.monotonic() < end and os.getppid() == master:
+                                time.sleep(0.01)
+                            os._exit(0)
+                        time.sleep(0.03)
+                        try:
+                            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                                pass
+                        except ChildProcessError:
+                            pass
+                threading.Thread(target=churn, daemon=True).start()
             if cfg.get('late_worker') in ('1', 'serve'):
                 master = os.getpid()
                 if os.fork() == 0:
