@@ -85,10 +85,9 @@ const FIRST_ANSWER_SLICE_MS = 250;
 /**
  * "socket" and "upgrade": once the new generation is judged, the old one is
  * stopped only when the new one is at its strength (as many processes, each
- * seen waiting for work in select, poll, epoll or accept at least once), for
- * at most this long (ms). Judged
- * on its first answer, a pre-fork server may have one worker up: stopped
- * then, the old generation's share of the load fell on it alone while the
+ * worker seen waiting for work in select, poll, epoll or accept at least
+ * once), for at most this long (ms). Judged on its first answer, a
+ * pre-fork server may have one worker up: stopped then, the old generation's share of the load fell on it alone while the
  * others still loaded the app (gunicorn, 2 workers, open-loop at half its
  * capacity: the queue grew for most of a second; BENCHMARKS.md, section 2).
  */

@@ -179,6 +179,9 @@ export function waitingForWork(pid: number): boolean | undefined {
   return shown ? false : st.state === 'S';
 }
 
+/** kernel.randomize_va_space is 0 (read once: a host setting). */
+let aslrOff: boolean | undefined;
+
 /** ADDR_NO_RANDOMIZE in a process's personality (/proc/PID/personality, linux/personality.h). */
 const ADDR_NO_RANDOMIZE = 0x0040000;
 
@@ -197,7 +200,8 @@ export function forkedImage(parent: ProcInfo, child: ProcInfo): boolean {
   if (child.ppid !== parent.pid || parent.startStack === undefined || child.startStack === undefined) return false;
   if (parent.startStack <= 0 || child.startStack !== parent.startStack) return false;
   try {
-    if (readFileSync('/proc/sys/kernel/randomize_va_space', 'utf8').trim() === '0') return false;
+    aslrOff ??= readFileSync('/proc/sys/kernel/randomize_va_space', 'utf8').trim() === '0';
+    if (aslrOff) return false;
     if ((Number.parseInt(readFileSync(`/proc/${parent.pid}/personality`, 'utf8').trim(), 16) & ADDR_NO_RANDOMIZE) !== 0) return false;
   } catch {
     return false;

@@ -14,7 +14,7 @@ import type { Release } from './current.js';
 import type { Effects } from './effects.js';
 import { RelinkError } from './errors.js';
 import { describeProbe } from './health.js';
-import { forkedImage, rootsOf, type ProcInfo } from './proc.js';
+import { rootsOf, type ProcInfo } from './proc.js';
 import { outputWhere } from './appoutput.js';
 
 /** The error's `file` when the app's output is in its log file (not the journal). */
@@ -189,18 +189,16 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
         throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${zombie.pid}, started by pid ${old.pid} after ${signal}) died and was left unreaped (a zombie); pid ${old.pid} still serves the old release (see ${outputWhere(app)})`,
           { ...logFileOf(app), key: 'bin.file', rule: 'the successor must start and take over', found: `pid ${zombie.pid} is a zombie` });
       }
-      // A child of the old main that has not exec'd is a worker it forked
-      // after the signal (a pre-fork server respawning one), not a new
-      // program: under "upgrade" it was judged and journaled as the new
-      // master, and died with the old one.
-      const successor = rootsOf(found.all.filter((p) => p.gen === gen && !forkedImage(old, p)))[0];
+      // (A child of the old main that has not exec'd, a worker it forked
+      // after the signal, is of the old generation: src/proc.ts #descend.)
+      const successor = rootsOf(found.all.filter((p) => p.gen === gen))[0];
       // A process of the new generation runs: the child that ended was not
       // the only one it had (an in-place reloader's replaced worker).
       if (successor !== undefined) orphanedAt = undefined;
       // Nor when, under "reexec", the old main forked new children since the
       // signal (an in-place reloader replacing its workers: counted in its
       // own generation, they are no successor; the deadline tells it).
-      else if (handover && found.all.some((p) => p.ppid === old.pid && p.startTime >= signalledAt && forkedImage(same ?? old, p))) orphanedAt = undefined;
+      else if (handover && found.all.some((p) => p.ppid === old.pid && p.startTime >= signalledAt && p.gen !== gen)) orphanedAt = undefined;
       // Handed over: the old main is gone, or has stopped listening on the
       // socket it passed on. Still listening, it may be the only one
       // accepting (the successor not ready yet): wait.

@@ -637,6 +637,10 @@ test('a process found by its marker that started before the serving generation\'
   const gen1 = await finder.launched(first.pid, true, ticksNow());
   // An orphan of the old generation (a stopped shell's `sleep`): it carries the marker, no member is its parent.
   const leftover = spawnTracked(t, 'sleep', ['30'], { env });
+  // The new main starts after it, by the clock of start times too (ticksNow
+  // and the kernel's start time may round a loaded machine's tick apart).
+  const leftoverStart = (await waitFor('the leftover to run', () => readProc(leftover.pid))).startTime;
+  await waitFor('the next clock tick', async () => (ticksNow() > leftoverStart ? true : undefined));
   const from = ticksNow();
   const failed = spawnTracked(t, 'true', [], { env });
   const gen2 = await finder.launched(failed.pid, true, from);
