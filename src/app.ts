@@ -31,7 +31,7 @@ import { preflightRefusal } from './preflight.js';
 import { sameProcess, type ProcIdentity, type ProcInfo } from './proc.js';
 import { entryFor, Recorder, type Attempt, type Extra, type ReadAttempt } from './record.js';
 import type { AppProblem, AppStateName, GoodRelease, InFlight } from './state.js';
-import { CrashPolicy, LivenessCounter } from './supervise.js';
+import { backoffDelay, CrashPolicy, LivenessCounter } from './supervise.js';
 import { TokenBucket } from './throttle.js';
 import { changedSettings, launchSettings } from './settings.js';
 import type { AppRequest } from './requests.js';
@@ -205,6 +205,16 @@ export class AppAgent {
   #restartDue = false;
   /** The last restart could not start the app at all (not a crash of it). */
   #startFailed = false;
+  /**
+   * The last start could not bind the app's sockets (#startNew): set by it,
+   * read by #judge. A start with nothing else serving is then tried again
+   * (#retryUnbound), not judged a failed release.
+   */
+  #bindFailed = false;
+  /** A retry of a start that could not bind (#retryUnbound) is due: the pass starts the app, not the crash supervision. */
+  #retryDue = false;
+  /** Failed tries to start current.conf's release (by its hash) for want of its sockets; reset once a deploy goes live (another current.conf starts again from 1). */
+  #unboundTries: { readonly hash: string; readonly tries: number } | undefined;
   #cancelMonitor: (() => void) | undefined;
   /** When supervision next refreshes the lineage (fx.now() ms). */
   #refreshAt = 0;
@@ -646,6 +656,7 @@ export class AppAgent {
   }
 
   async #pass(trigger: string): Promise<void> {
+    this.#retryDue = false;
     if (this.#recovering !== undefined) {
       const inflight = this.#recovering;
       this.#recovering = undefined;
@@ -868,10 +879,15 @@ export class AppAgent {
       if (action === 'signal' && this.app.reload.strategy === 'inplace') await this.#assertNoNewMaster(after);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
+      if (before === undefined && this.#bindFailed) {
+        await this.#retryUnbound(attempt, release, err);
+        return;
+      }
       await this.#stopFailed(before, err);
       await this.#rollback(attempt, action, release, before, err);
       return;
     }
+    this.#unboundTries = undefined;
     await this.#atStrength(after, before);
     this.#serve(after, before);
     if (after.deleted) this.#log.warn({ appPid: after.pid, exe: after.exe }, `pid ${after.pid} runs ${after.exe}, which was replaced or deleted on disk since it started`);
@@ -884,6 +900,49 @@ export class AppAgent {
     // Its workers, started while it was being judged, are known from now on.
     await this.#fx.refreshLineage();
     await this.#finish(attempt, 'deployed', action, release, after, 'running', undefined, this.#outageExtra());
+  }
+
+  /**
+   * A start (nothing serving) whose sockets could not be bound: the release
+   * never ran, so nothing is rolled back and the links stay on it. The same
+   * deploy is tried again after the crash supervision's backoff
+   * (supervise.backoffMs, doubled each try, capped at maxBackoffMs; trigger
+   * "retry:sockets"), up to supervise.maxRetries times, then the app is
+   * fatal. Each try is journaled (failed, SOCKET_UNAVAILABLE, saying when
+   * the next one is). A trial found an outgoing connection holding the
+   * app's port for a while at boot: the app stayed down until current.conf
+   * was written again. Without supervision it is not tried again.
+   */
+  async #retryUnbound(attempt: ReadAttempt, release: Release, err: RelinkError): Promise<void> {
+    this.#newGen = undefined;
+    const tries = (this.#unboundTries?.hash === attempt.snapshot.hash ? this.#unboundTries.tries : 0) + 1;
+    const { enabled, maxRetries } = this.app.supervise;
+    const detail = { key: err.key, rule: err.rule, found: err.found, file: err.file };
+    if (!enabled || tries > maxRetries) {
+      this.#unboundTries = undefined;
+      const wayOut = `left alone until the next deploy, a re-save of current.conf, or relink start ${this.app.name}`;
+      const e = new RelinkError(err.code, enabled
+        ? `${err.message}; ${tries} tries, ${tries - 1} of them after a backoff (supervise.maxRetries: ${maxRetries}): marked fatal and ${wayOut}`
+        : `${err.message}; not tried again (supervise.enabled is false): ${wayOut}`, detail);
+      this.#problem = problemOf(e, this.#fx.now());
+      this.#problemFrom = enabled ? 'fatal' : 'start';
+      await this.#finish(attempt, 'failed', 'start', release, undefined, enabled ? 'fatal' : 'failed', e);
+      return;
+    }
+    const delayMs = backoffDelay(tries, true, this.app.supervise);
+    const e = new RelinkError(err.code, `${err.message}; tried again in ${delayMs} ms (${tries} of supervise.maxRetries: ${maxRetries})`, detail);
+    this.#unboundTries = { hash: attempt.snapshot.hash, tries };
+    this.#problem = problemOf(e, this.#fx.now());
+    this.#problemFrom = 'start';
+    await this.#finish(attempt, 'failed', 'start', release, undefined, 'backoff', e);
+    // The same current.conf is deployed again by the next pass.
+    this.#seen = undefined;
+    this.#cancelBackoff?.();
+    this.#cancelBackoff = this.#fx.schedule(delayMs, () => {
+      this.#cancelBackoff = undefined;
+      this.#retryDue = true;
+      this.trigger('retry:sockets');
+    });
   }
 
   /**
@@ -978,8 +1037,15 @@ export class AppAgent {
     await this.#stopLeftovers();
     // Sockets that could not be held before (a folder made since, a port
     // freed) are tried again before every start.
+    this.#bindFailed = false;
     if (!this.#fx.socketsHeld()) {
-      for (const u of await this.#fx.holdSockets()) this.#log.error({ code: u.error.code }, u.error.message);
+      const unheld = await this.#fx.holdSockets();
+      for (const u of unheld) this.#log.error({ code: u.error.code }, u.error.message);
+      // Nothing can start without them: said with the bind's own error.
+      if (unheld.length > 0) {
+        this.#bindFailed = unheld.every((u) => u.retry);
+        throw unheld[0]!.error;
+      }
     }
     const launched = await this.#fx.launch({ serve });
     // The new generation, stopped if it fails verification.
@@ -1517,7 +1583,7 @@ export class AppAgent {
       return;
     }
     if (this.app.supervise.enabled) await this.#stopLeftovers();
-    if (!this.app.supervise.enabled || this.#state === 'fatal' || this.#cancelBackoff !== undefined) return;
+    if (!this.app.supervise.enabled || this.#state === 'fatal' || this.#cancelBackoff !== undefined || this.#retryDue) return;
     const links = await this.#fx.readLinks();
     // Nothing deployed yet, or a deploy that failed with nothing to go back
     // to: there is no release to restart. (Links alone are enough otherwise:

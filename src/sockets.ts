@@ -41,6 +41,8 @@ export interface Unheld {
   readonly error: RelinkError;
   /** The address is in use (EADDRINUSE, or a unix socket someone listens on): perhaps by the app's running generation. */
   readonly busy: boolean;
+  /** Binding it again may work (the agent binds its own: a port freed, a folder made); false when it must come from systemd. */
+  readonly retry: boolean;
 }
 
 /** A unix socket's owner and mode: the app's user must be able to connect, and so must its group (a proxy in front). */
@@ -211,6 +213,7 @@ export class SocketHolder {
       return requests.filter((r) => !this.#held.has(r.address)).map((r) => ({
         address: r.address,
         busy: false,
+        retry: false,
         error: notPassed.get(r.address) ?? new RelinkError('SOCKET_UNAVAILABLE', `systemd passed no socket for ${r.address}`, { key: 'sockets', rule: 'under systemd every address in "sockets" comes from a socket unit', found: 'not passed' }),
       }));
     }
@@ -223,6 +226,7 @@ export class SocketHolder {
         missing.push({
           address: r.address,
           busy: false,
+          retry: true,
           error: new RelinkError('SOCKET_UNAVAILABLE', `cannot listen on ${r.address}: the folder ${path.dirname(where.path)} does not exist (create it, owned by root or the app's user; tried again before every start)`,
             { key: 'sockets', rule: 'a unix socket\'s folder must exist', found: `no folder ${path.dirname(where.path)}` }),
         });
@@ -263,6 +267,7 @@ export class SocketHolder {
       unheld.push({
         address: r.address,
         busy,
+        retry: true,
         error: new RelinkError('SOCKET_UNAVAILABLE', `cannot listen on ${r.address}: ${r.code}${busy ? ' (another process listens there)' : ''}`,
           { key: 'sockets', rule: 'the agent must be able to listen on every address in "sockets"', found: r.code }),
       });

@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { writeFileAtomic } from '../src/atomicWrite.js';
@@ -302,6 +303,54 @@ test('under systemd, a socket in the config that systemd did not pass is an erro
   assert.match(line.msg, /Service=relink\.service/);
   const e = await nth(root, app.name, 1);
   assert.equal(e.code, 'SOCKET_UNAVAILABLE', e.reason ?? '');
+  await agent.stop();
+});
+
+test('a start whose address is taken when the agent starts is tried again with backoff, and goes live once the address is free, with no write to current.conf', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'busy', PLAIN, { a: '' });
+  reapMarkedAfter(t, app.dir);
+  // Someone else listens on the app's address (on the trial machine: an
+  // outgoing connection that held the port for a while).
+  const blocker = net.createServer((c) => c.destroy());
+  await new Promise<void>((resolve, reject) => blocker.once('error', reject).listen(app.port, '127.0.0.1', resolve));
+  defer(t, () => new Promise<void>((resolve) => blocker.close(() => resolve())));
+  await setCurrent(app, 'a');
+  const config = await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], supervise: { checkMs: 100, backoffMs: 300, maxBackoffMs: 1_000, stableMs: 3_000, maxRetries: 3 } });
+  const agent = startAgent(t, config);
+  const first = await nth(root, app.name, 1);
+  assert.equal(first.outcome, 'failed', first.reason ?? '');
+  assert.equal(first.code, 'SOCKET_UNAVAILABLE', first.reason ?? '');
+  assert.match(first.reason ?? '', /EADDRINUSE.*tried again in 300 ms \(1 of supervise\.maxRetries: 3\)/);
+  blocker.close();
+  // Before: nothing started the app until current.conf was written again.
+  const second = await nth(root, app.name, 2);
+  assert.equal(second.outcome, 'deployed', second.reason ?? '');
+  assert.equal(second.trigger, 'retry:sockets');
+  await servedBy(app.port, 'app.a');
+  await agent.stop();
+});
+
+test('a start whose address stays taken is given up on after supervise.maxRetries tries: fatal, saying why', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'taken', PLAIN, { a: '' });
+  reapMarkedAfter(t, app.dir);
+  const blocker = net.createServer((c) => c.destroy());
+  await new Promise<void>((resolve, reject) => blocker.once('error', reject).listen(app.port, '127.0.0.1', resolve));
+  defer(t, () => new Promise<void>((resolve) => blocker.close(() => resolve())));
+  await setCurrent(app, 'a');
+  const config = await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`], supervise: { checkMs: 100, backoffMs: 50, maxBackoffMs: 100, stableMs: 3_000, maxRetries: 2 } });
+  const agent = startAgent(t, config);
+  const last = await nth(root, app.name, 3);
+  assert.equal(last.outcome, 'failed', last.reason ?? '');
+  assert.equal(last.code, 'SOCKET_UNAVAILABLE', last.reason ?? '');
+  assert.match(last.reason ?? '', /3 tries.*marked fatal/);
+  const status = await waitFor('status fatal', async () => {
+    const r = await relinkCli(['status', '--json', '--config', config]);
+    const s = JSON.parse(r.stdout) as { apps: Array<{ state: string }> };
+    return s.apps[0]?.state === 'fatal' ? s : undefined;
+  }, { timeoutMs: 10_000 });
+  assert.equal(status.apps[0]?.state, 'fatal');
   await agent.stop();
 });
 
