@@ -122,7 +122,8 @@ test('history without --app merges the apps\' journals by time, newest last, and
   const { file: config, stateDir } = await configFor(root, ['web', 'api']);
   const web = new Journal(journalFile(stateDir, 'web'));
   const api = new Journal(journalFile(stateDir, 'api'));
-  for (const n of [1, 4, 5]) await web.append(entry('web', n));
+  // PIDs: a start (none before), a signal (10 -> 11), a refusal (the same process).
+  for (const n of [1, 4, 5]) await web.append(entry('web', n, n === 1 ? { action: 'start', pidBefore: null, pidAfter: 13262 } : {}));
   for (const n of [2, 3, 6]) await api.append(entry('api', n, n === 6 ? { outcome: 'refused', repeats: 12, to: { bin: null, cfg: null } } : {}));
   const merged = await newestEntries(stateDir, ['web', 'api'], 4);
   assert.deepEqual(merged.entries.map((e) => `${e.app}${e.durationMs}`), ['api3', 'web4', 'web5', 'api6']);
@@ -131,6 +132,8 @@ test('history without --app merges the apps\' journals by time, newest last, and
   const rows = cli.stdout.trim().split('\n');
   assert.match(rows[0]!, /^TIME\s+APP\s+OUTCOME/);
   assert.deepEqual(rows.slice(1).map((r) => r.split(/\s{2,}/).slice(1, 3).join(' ')), ['web deployed', 'api deployed', 'api deployed', 'web deployed', 'web deployed', 'api refused x12']);
+  // Before: a start read "-->13262".
+  assert.deepEqual(rows.slice(1).map((r) => r.split(/\s{2,}/)[5]), ['13262', '10->11', '10->11', '10->11', '10->11', '10->11']);
   for (const bad of ['0', '1e3', '-1', 'x']) {
     const r = await relinkCli(['history', '--config', config, '--limit', bad]);
     assert.equal(r.code, 2, `--limit ${bad}`);

@@ -35,5 +35,11 @@ function row(e: HistoryEntry, releasesDir: string | undefined): string[] {
   const gap = e.outageMs != null ? ` (outage ${e.outageMs} ms)` : e.queuedMs != null ? ` (queued ${e.queuedMs} ms)` : '';
   const asked = e.command === undefined ? '' : ` (relink ${e.command})`;
   return [e.time, e.app, e.repeats === undefined ? e.outcome : `${e.outcome} x${e.repeats}`, `${e.action}${gap}${asked}`, `${base(e.to.bin)} / ${base(e.to.cfg)}`,
-    e.pidBefore === e.pidAfter ? String(e.pidAfter ?? '-') : `${e.pidBefore ?? '-'}->${e.pidAfter ?? '-'}`, String(e.durationMs), e.reason ?? ''];
+    pids(e.pidBefore, e.pidAfter), String(e.durationMs), e.reason ?? ''];
+}
+
+/** The PID column: "11" (the same process, or a start), "10->11" (another took over), "10->-" (none runs after), "-" (none either side). */
+function pids(before: number | null, after: number | null): string {
+  if (before === after || before === null) return String(after ?? '-');
+  return `${before}->${after ?? '-'}`;
 }
