@@ -93,8 +93,15 @@ const FIRST_ANSWER_SLICE_MS = 250;
  */
 const STRENGTH_WAIT_MS = 1_000;
 
-/** How often the new generation's strength is looked at (ms): a /proc walk and a stat per process. */
-const STRENGTH_POLL_MS = 20;
+/**
+ * How often the new generation's strength is looked at (ms): a /proc walk
+ * and a stat per process. At 20 ms the agent spent 203 ms of CPU per
+ * gunicorn "upgrade" deploy (BENCHMARKS.md, section 2), competing with the
+ * app for the cores while it served. Each poll samples where each worker
+ * waits: fewer samples make a worker always busy when looked at more
+ * likely, and that one is waited for up to STRENGTH_WAIT_MS, no longer.
+ */
+const STRENGTH_POLL_MS = 50;
 
 /** The journal's `action` of a deploy over a running app, by reload.strategy. */
 const ACTIONS: Record<Strategy, Action> = { reexec: 'signal', inplace: 'signal', upgrade: 'signal', socket: 'replace', restart: 'restart' };
