@@ -372,6 +372,10 @@ export class AppAgent {
   requests(): void {
     if (this.#closed || this.#retiring) return;
     this.#pendingRequests = true;
+    // Acted on only once the claim on the app's folder is confirmed again:
+    // a folder gone or taken since the last re-check means hands off, even
+    // if the request came first (the CLI says "error" as soon as it is gone).
+    this.#reclaim = true;
     this.#loop ??= this.#run();
   }
 
