@@ -241,11 +241,11 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
           { key: 'reload.strategy', rule: 'the app must start a successor that takes over', found: IN_PLACE_FOUND });
       }
       if (waiting !== undefined) {
-        throw new RelinkError('HANDOFF_TIMEOUT', `pid ${old.pid} still listens on the socket it shares with its successor (pid ${waiting.pid}) ${timeoutMs} ms after ${signal}: the successor never became ready, or the old process does not stop listening when it hands over (a new master that waits to be told to stop, as gunicorn, unicorn and nginx start on SIGUSR2, needs reload.strategy "upgrade")`,
-          { key: 'reload.timeoutMs', rule: 'the old process must hand over (stop listening) once its successor is ready', found: `pid ${old.pid} still listening` });
+        throw new RelinkError('HANDOFF_TIMEOUT', `pid ${old.pid} still listens on the socket it shares with its successor (pid ${waiting.pid}) ${timeoutMs} ms after ${signal}: the successor never became ready, or the old process does not stop listening when it hands over (a new master that waits to be told to stop, as gunicorn, unicorn and nginx start on SIGUSR2, needs reload.strategy "upgrade"; see ${outputWhere(app)})`,
+          { ...logFileOf(app), key: 'reload.timeoutMs', rule: 'the old process must hand over (stop listening) once its successor is ready', found: `pid ${old.pid} still listening` });
       }
-      throw new RelinkError('HANDOFF_TIMEOUT', `no new process of the app started within ${timeoutMs} ms of ${signal} to pid ${old.pid} (reload.strategy is "${app.reload.strategy}"; "inplace" fits an app that reloads without a new process, "socket" or "restart" one that has no reload at all)`,
-        { key: 'reload.strategy', rule: 'the app must start a successor (or re-execute itself)', found: `pid ${old.pid} started none` });
+      throw new RelinkError('HANDOFF_TIMEOUT', `no new process of the app started within ${timeoutMs} ms of ${signal} to pid ${old.pid} (reload.strategy is "${app.reload.strategy}"; "inplace" fits an app that reloads without a new process, "socket" or "restart" one that has no reload at all; see ${outputWhere(app)})`,
+        { ...logFileOf(app), key: 'reload.strategy', rule: 'the app must start a successor (or re-execute itself)', found: `pid ${old.pid} started none` });
     }
     await fx.sleep(POLL_MS);
   }
