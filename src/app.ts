@@ -218,10 +218,6 @@ export class AppAgent {
    * (#retryUnbound), not judged a failed release.
    */
   #bindFailed = false;
-  /** reload.bootNice could not be applied once already (said once, at warn level). */
-  #reniceRefused = false;
-  /** The nice values the generation being judged was lowered to and is put back to (#lowerBoot). */
-  #booting: { base: number; boot: number } | undefined;
   /** A retry of a start that could not bind (#retryUnbound) is due: the pass starts the app, not the crash supervision. */
   #retryDue = false;
   /** Failed tries to start current.conf's release (by its hash) for want of its sockets; reset once a deploy goes live (another current.conf starts again from 1). */
@@ -886,7 +882,6 @@ export class AppAgent {
     let after: ProcInfo | undefined;
     this.#newGen = undefined;
     this.#outage = undefined;
-    this.#booting = undefined;
     const since = this.#fx.now();
     try {
       after = await bringUp();
@@ -905,7 +900,6 @@ export class AppAgent {
     }
     this.#unboundTries = undefined;
     await this.#atStrength(after, before);
-    await this.#restoreBoot(after, before);
     this.#serve(after, before);
     if (after.deleted) this.#log.warn({ appPid: after.pid, exe: after.exe }, `pid ${after.pid} runs ${after.exe}, which was replaced or deleted on disk since it started`);
     if (this.app.reload.mode === 'inplace' && after.exe !== release.bin && after.exe.startsWith(path.dirname(release.bin) + path.sep)) {
@@ -1050,12 +1044,7 @@ export class AppAgent {
     this.#tracker.leftoversStopped();
   }
 
-  /**
-   * Start the release from the links. `serve` false: beside `serving`, the
-   * generation that serves on (reload.strategy "socket"), which it boots at
-   * a lower priority than (#lowerBoot).
-   */
-  async #startNew(stopBy: StopBy, serve = true, serving?: ProcInfo): Promise<ProcInfo> {
+  async #startNew(stopBy: StopBy, serve = true): Promise<ProcInfo> {
     await this.#stopLeftovers();
     // Sockets that could not be held before (a folder made since, a port
     // freed) are tried again before every start.
@@ -1070,7 +1059,6 @@ export class AppAgent {
       }
     }
     const launched = await this.#fx.launch({ serve });
-    if (!serve) this.#lowerBoot([launched.pid], serving);
     // The new generation, stopped if it fails verification.
     this.#newGen = launched.gen;
     this.#started = { gen: launched.gen, settings: launchSettings(this.app) };
@@ -1118,7 +1106,7 @@ export class AppAgent {
           if (unheld.length > 0) throw unheld[0]!.error;
         }
         // The old generation is not touched until the new one is judged.
-        return this.#startNew(stopBy, false, main);
+        return this.#startNew(stopBy, false);
       case 'restart':
         return this.#restart(main, stopBy);
     }
@@ -1384,18 +1372,7 @@ export class AppAgent {
       this.#tracker.forget();
       return this.#startNew(stopBy);
     }
-    if (this.app.reload.mode === 'reexec') {
-      const successor = await awaitHandoff(this.#fx, this.app, main, gen, stopBy, this.app.reload.strategy !== 'upgrade');
-      if (this.app.reload.strategy === 'upgrade') {
-        // Found within a scan of its start: its master first (the workers
-        // it forks from now on inherit its priority), then those it forked
-        // before that.
-        this.#lowerBoot([successor.pid], main);
-        await this.#fx.refreshLineage(true);
-        this.#lowerBoot(this.#membersOf(successor.gen).filter((pid) => pid !== successor.pid), main);
-      }
-      return successor;
-    }
+    if (this.app.reload.mode === 'reexec') return awaitHandoff(this.#fx, this.app, main, gen, stopBy, this.app.reload.strategy !== 'upgrade');
     // In place: the main itself now belongs to the new generation, with the workers it starts.
     return { ...(await confirmInPlace(this.#fx, this.app, main)), gen };
   }
@@ -1439,72 +1416,6 @@ export class AppAgent {
       }
       await this.#fx.sleep(STRENGTH_POLL_MS);
     }
-  }
-
-  /**
-   * Boot priority ("socket", "upgrade"): a new generation boots beside the
-   * one that serves, on the same CPUs; booting (an interpreter, imports,
-   * workers) is CPU-heavy, and at equal priority it takes the serving
-   * generation's share: on 2 cores, gunicorn booting beside gunicorn under
-   * load doubled the serving one's p99 (bench: "a copy started beside").
-   * So the new one runs at its serving predecessor's nice value plus
-   * reload.bootNice (capped at 19) until it is judged, and is put back
-   * then (#restoreBoot). Needs CAP_SYS_NICE (to put it back, and to renice
-   * another user's process): without it, said once, nothing is lowered.
-   * Undefined: nothing to lower (bootNice 0, the serving main gone, or
-   * already at 19).
-   */
-  #bootPriority(serving: ProcInfo | undefined): { base: number; boot: number } | undefined {
-    if (this.app.reload.bootNice === 0 || serving === undefined) return undefined;
-    const base = this.#fx.niceOf(serving.pid);
-    if (base === undefined) return undefined;
-    const boot = Math.min(19, base + this.app.reload.bootNice);
-    return boot === base ? undefined : { base, boot };
-  }
-
-  /** Lower `pids` (a new generation's) to the boot priority below `serving` (#bootPriority). */
-  #lowerBoot(pids: readonly number[], serving: ProcInfo | undefined): void {
-    const p = this.#bootPriority(serving);
-    if (p === undefined || pids.length === 0) return;
-    const why = this.#fx.renice(pids, p.boot);
-    if (why === undefined) {
-      this.#booting = p;
-      this.#log.debug({ pids, nice: p.boot }, `the new generation boots at nice ${p.boot} (the serving one's ${p.base} + reload.bootNice)`);
-    } else if (!this.#reniceRefused) {
-      this.#reniceRefused = true;
-      this.#log.warn({ pids }, `reload.bootNice: new generations boot at the serving one's priority: ${why}`);
-    }
-  }
-
-  /**
-   * A new generation judged: every thread of its processes still at the
-   * boot priority is put back to the serving one's (a thread the app set
-   * apart itself keeps its own). Twice, the lineage read again between:
-   * a worker forked while its master was being put back took the boot
-   * priority from it.
-   */
-  async #restoreBoot(after: ProcInfo, before: ProcInfo | undefined): Promise<void> {
-    const strategy = this.app.reload.strategy;
-    if ((strategy !== 'socket' && strategy !== 'upgrade') || before === undefined || after.gen === undefined || sameProcess(before, after)) return;
-    // As lowered; after an agent restart (a recovered deploy), from the
-    // serving main, or if that is gone, the agent's own (what it starts apps at).
-    const p = this.#booting ?? this.#bootPriority(before) ?? this.#bootPriority({ ...before, pid: process.pid });
-    this.#booting = undefined;
-    if (p === undefined) return;
-    for (let pass = 0; pass < 2; pass++) {
-      await this.#fx.refreshLineage(true);
-      const pids = [...new Set([after.pid, ...this.#membersOf(after.gen)])];
-      const why = this.#fx.renice(pids, p.base, p.boot);
-      if (why !== undefined) {
-        this.#log.warn({ pids }, `could not put generation ${after.gen} back to nice ${p.base} after its boot: ${why}`);
-        return;
-      }
-    }
-  }
-
-  /** The PIDs of generation `gen`'s processes, as the lineage last saw them. */
-  #membersOf(gen: number | undefined): number[] {
-    return gen === undefined ? [] : (this.#fx.lineage()?.members ?? []).filter((m) => m.gen === gen).map((m) => m.pid);
   }
 
   /**

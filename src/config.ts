@@ -49,8 +49,6 @@ const ReloadSchema = z.strictObject({
     .meta(about('how long a start, a re-exec handoff or a new master may take to appear before the deploy counts as failed')),
   drainTimeoutMs: z.int().min(0).max(86_400_000).default(60_000)
     .meta(about('how long an older generation that exits by itself (`reexec`, `inplace`) may keep running (draining in-flight requests) after a new one serves; then `stop.signal`, and SIGKILL `stop.timeoutMs` later')),
-  bootNice: z.int().min(0).max(19).default(10)
-    .meta(about('how much lower the CPU priority of a new generation is while it boots beside the serving one (`socket`, `upgrade`): added to its nice value (capped at 19) until it is judged, then taken off; 0 = the same priority ("Boot priority")')),
 }).refine((r) => r.mode === undefined || r.strategy === undefined || r.mode === r.strategy,
   { message: 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)', path: ['mode'] });
 
@@ -479,8 +477,6 @@ export interface AppConfig {
     readonly signal: NodeJS.Signals;
     readonly timeoutMs: number;
     readonly drainTimeoutMs: number;
-    /** Added to a new generation's nice value while it boots beside the serving one ("socket", "upgrade"); 0: not lowered. */
-    readonly bootNice: number;
     /** The config used the deprecated "mode" key (said once in the log at start). */
     readonly deprecatedMode: boolean;
   };
@@ -695,7 +691,6 @@ export function parseConfig(text: string, file: string): AgentConfig {
         signal: a.reload.signal as NodeJS.Signals,
         timeoutMs: a.reload.timeoutMs,
         drainTimeoutMs: a.reload.drainTimeoutMs,
-        bootNice: a.reload.bootNice,
         deprecatedMode: a.reload.mode !== undefined,
       }),
       sockets: Object.freeze([...a.sockets]),

@@ -17,7 +17,6 @@ import type { CommandResult } from './command.js';
 import { runHook, type HookEntry, type HookName } from './hooks.js';
 import { logSize, logTail } from './logtail.js';
 import { AppOutput } from './appoutput.js';
-import { mayRenice, niceOf, setNice } from './priority.js';
 import { ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import type { SocketHolder, Unheld } from './sockets.js';
 import { RelinkError } from './errors.js';
@@ -109,15 +108,6 @@ export interface Effects {
   waitingForWork(pid: number): boolean | undefined;
   /** The parent PID of `pid` now (/proc/PID/stat, whatever state the process is in: an exiting one too); undefined when gone. */
   parentOf(pid: number): number | undefined;
-  /** The nice value of `pid`'s main thread (-20..19: src/priority.ts); undefined when gone. */
-  niceOf(pid: number): number | undefined;
-  /**
-   * Set every thread of each of `pids` to nice `to` (with `onlyAt`: only
-   * the threads at that value now). Returns undefined when done (a process
-   * gone meanwhile counts as done), else why it was not: the agent lacks
-   * CAP_SYS_NICE (nothing is changed then), or the kernel refused. Never throws.
-   */
-  renice(pids: readonly number[], to: number, onlyAt?: number): string | undefined;
   /**
    * One health probe attempt; {ok: true} when no probe is configured. With
    * `judged` (a process of the generation being judged), a connection
@@ -238,16 +228,6 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     notifiedReady: (sinceMs, deadlineMs) => (opts.notify === undefined ? Promise.resolve(false) : opts.notify.ready(sinceMs, deadlineMs)),
     signal: sendSignal,
     parentOf: (pid) => readStat(pid)?.ppid,
-    niceOf,
-    renice: (pids, to, onlyAt) => {
-      if (!mayRenice()) return 'the agent lacks CAP_SYS_NICE (systemd/relink.service keeps it in CapabilityBoundingSet=)';
-      try {
-        for (const pid of pids) setNice(pid, to, onlyAt);
-        return undefined;
-      } catch (err) {
-        return (err as Error).message;
-      }
-    },
     waitingForWork: (pid) => waitingForWork(pid),
     probe: async (judged) => {
       if (app.health.probe === undefined) return { ok: true, detail: 'no probe' };

@@ -329,25 +329,6 @@ class World implements Effects {
     return this.procs.get(pid)?.ppid;
   }
 
-  /** Nice values set by renice, per PID (0 until set). */
-  readonly nice = new Map<number, number>();
-  /** Every renice asked for, in order. */
-  readonly renices: Array<{ pids: number[]; to: number; onlyAt?: number }> = [];
-
-  niceOf(pid: number): number | undefined {
-    return this.procs.has(pid) ? (this.nice.get(pid) ?? 0) : undefined;
-  }
-
-  /** Set: renice refuses with it (an agent without CAP_SYS_NICE), changing nothing. */
-  reniceRefusal: string | undefined;
-
-  renice(pids: readonly number[], to: number, onlyAt?: number): string | undefined {
-    if (this.reniceRefusal !== undefined) return this.reniceRefusal;
-    this.renices.push({ pids: [...pids], to, ...(onlyAt === undefined ? {} : { onlyAt }) });
-    for (const pid of pids) if (this.procs.has(pid) && (onlyAt === undefined || (this.nice.get(pid) ?? 0) === onlyAt)) this.nice.set(pid, to);
-    return undefined;
-  }
-
   signal(pid: number, signal: NodeJS.Signals): boolean {
     if (!this.procs.has(pid)) return false;
     this.signals.push([pid, signal]);
@@ -1579,60 +1560,6 @@ test('strategy "socket": a new generation that fails is stopped and the old one,
   assert.ok(w.signals.every(([pid]) => pid !== old), `the old generation was never signalled: ${JSON.stringify(w.signals)}`);
   assert.equal(w.signals.length, 1, 'the failed generation got stop.signal');
   assert.deepEqual([...w.procs.keys()], [old]);
-});
-
-test('reload.bootNice under "socket": the new generation is lowered at launch and put back (only what is still at the boot value) once judged; the old one is never reniced', async () => {
-  const { w, agent } = await running(appConfig({ strategy: 'socket' }, { sockets: ['127.0.0.1:8080'] }));
-  const old = agent.mainPid!;
-  w.nice.set(old, 3);
-  w.write('2.0');
-  agent.trigger('watch:change');
-  await agent.idle();
-  assert.equal(w.entries[1]!.outcome, 'deployed', w.entries[1]!.reason ?? '');
-  const now = agent.mainPid!;
-  assert.deepEqual(w.renices[0], { pids: [now], to: 13 }, 'lowered right after launch: the serving one\'s 3 + 10');
-  assert.ok(w.renices.length >= 2, JSON.stringify(w.renices));
-  for (const r of w.renices.slice(1)) assert.deepEqual([r.to, r.onlyAt, r.pids.includes(now)], [3, 13, true], JSON.stringify(r));
-  assert.equal(w.niceOf(now), 3, 'put back to the serving generation\'s value');
-  assert.ok(w.renices.every((r) => !r.pids.includes(old)), 'the serving generation is never reniced');
-});
-
-test('reload.bootNice: 0 renices nothing; a new generation that fails is stopped, never put back; a refused renice is said once and the deploys go on', async () => {
-  {
-    const { w, agent } = await running(appConfig({ strategy: 'socket', bootNice: 0 }, { sockets: ['127.0.0.1:8080'] }));
-    w.write('2.0');
-    agent.trigger('watch:change');
-    await agent.idle();
-    assert.equal(w.entries[1]!.outcome, 'deployed');
-    assert.deepEqual(w.renices, []);
-    await agent.close();
-  }
-  {
-    const { w, agent } = await running(appConfig({ strategy: 'socket' }, { sockets: ['127.0.0.1:8080'], health: { url: 'http://127.0.0.1:8080/healthz', settleMs: 100, deadlineMs: 1000 } }));
-    w.unhealthy.add(`${REL}/app.2.0`);
-    w.write('2.0');
-    agent.trigger('watch:change');
-    await agent.idle();
-    assert.equal(w.entries[1]!.outcome, 'rolled_back');
-    assert.equal(w.renices.length, 1, `lowered at launch only: ${JSON.stringify(w.renices)}`);
-    assert.equal(w.renices[0]!.to, 10);
-    await agent.close();
-  }
-  {
-    const { w, agent, lines } = await running(appConfig({ strategy: 'socket' }, { sockets: ['127.0.0.1:8080'] }));
-    w.reniceRefusal = 'the agent lacks CAP_SYS_NICE';
-    for (const r of ['2.0', '1.0']) {
-      w.write(r);
-      agent.trigger('watch:change');
-      await agent.idle();
-    }
-    assert.deepEqual(w.entries.map((e) => e.outcome), ['deployed', 'deployed', 'deployed']);
-    const said = lines.filter((l) => /reload\.bootNice/.test(String(l.msg)));
-    assert.equal(said.length, 1, JSON.stringify(said));
-    assert.equal(said[0]!.level, 40);
-    assert.match(String(said[0]!.msg), /new generations boot at the serving one's priority: the agent lacks CAP_SYS_NICE/);
-    await agent.close();
-  }
 });
 
 test('strategy "socket": probes all taken by the old generation are said so, even when the last one timed out (it read "last: timeout" alone), with the hint for the strategy', async () => {

@@ -55,7 +55,7 @@ test('defaults are filled in and paths resolved', async (t) => {
   assert.equal(app.pidFile, undefined);
   assert.deepEqual([...app.command], ['./app.bin', '-c', 'app.cfg']);
   assert.deepEqual({ ...app.env }, {});
-  assert.deepEqual({ ...app.reload }, { strategy: 'reexec', signal: 'SIGHUP', mode: 'reexec', timeoutMs: 15_000, drainTimeoutMs: 60_000, bootNice: 10, deprecatedMode: false });
+  assert.deepEqual({ ...app.reload }, { strategy: 'reexec', signal: 'SIGHUP', mode: 'reexec', timeoutMs: 15_000, drainTimeoutMs: 60_000, deprecatedMode: false });
   assert.deepEqual(app.sockets, []);
   assert.deepEqual({ ...app.stop }, { signal: 'SIGTERM', timeoutMs: 10_000 });
   assert.equal(app.health.readiness, 'probe');
@@ -95,7 +95,7 @@ test('overrides are honoured, relative app paths resolved against the app dir', 
       links: { bin: 'bin/app', cfg: '/etc/api/app.conf' },
       logFile: 'logs/app.log',
       pidFile: 'run/app.pid',
-      reload: { signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500, drainTimeoutMs: 60_000, bootNice: 0 },
+      reload: { signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500, drainTimeoutMs: 60_000 },
     }],
   }), '/etc/relink/config.json');
   assert.equal(cfg.logLevel, 'debug');
@@ -110,7 +110,7 @@ test('overrides are honoured, relative app paths resolved against the app dir', 
   assert.deepEqual({ ...app.links }, { bin: '/srv/api/bin/app', cfg: '/etc/api/app.conf' });
   assert.equal(app.logFile, '/srv/api/logs/app.log');
   assert.equal(app.pidFile, '/srv/api/run/app.pid');
-  assert.deepEqual({ ...app.reload }, { strategy: 'inplace', signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500, drainTimeoutMs: 60_000, bootNice: 0, deprecatedMode: true });
+  assert.deepEqual({ ...app.reload }, { strategy: 'inplace', signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500, drainTimeoutMs: 60_000, deprecatedMode: true });
 });
 
 test('relative app paths resolve against dir; currentFile defaults into releasesDir; one link overridden keeps the other default', () => {
@@ -122,7 +122,7 @@ test('relative app paths resolve against dir; currentFile defaults into releases
   assert.deepEqual({ ...app.links }, { bin: '/srv/web/app.bin', cfg: '/srv/web/nginx.conf' });
   // A partial reload block keeps the other defaults.
   const r = parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', reload: { mode: 'inplace' } }] }), '/c.json').apps[0]!.reload;
-  assert.deepEqual({ ...r }, { strategy: 'inplace', signal: 'SIGHUP', mode: 'inplace', timeoutMs: 15_000, drainTimeoutMs: 60_000, bootNice: 10, deprecatedMode: true });
+  assert.deepEqual({ ...r }, { strategy: 'inplace', signal: 'SIGHUP', mode: 'inplace', timeoutMs: 15_000, drainTimeoutMs: 60_000, deprecatedMode: true });
 });
 
 test('three mistakes are three problems, each with the file and its key path', () => {
@@ -644,16 +644,4 @@ test('issue 15: releaseNames may name files in a folder per release; links.dir n
   // Two apps cannot switch one folder link.
   const two = JSON.stringify({ apps: ['a', 'b'].map((name) => ({ name, dir: '/srv/web', releaseNames: { bin: '{release}/app', cfg: '{release}/app.cfg' }, links: { bin: `${name}.bin`, cfg: `${name}.cfg`, dir: 'current' } })) });
   assert.match(one(refused(two, file), 'apps[1].links.dir').message, /must not be the same file as apps\[0\]'s \(two apps would switch the same link\)/);
-});
-
-test('reload.bootNice: 0 to 19 (a nice increment); anything else is refused naming the key', () => {
-  const text = (bootNice: unknown) => JSON.stringify({ stateDir: '/tmp/s', apps: [{ name: 'web', dir: '/srv/web', reload: { bootNice } }] });
-  assert.equal(parseConfig(text(0), '/etc/relink/config.json').apps[0]!.reload.bootNice, 0);
-  assert.equal(parseConfig(text(19), '/etc/relink/config.json').apps[0]!.reload.bootNice, 19);
-  for (const bad of [20, -1, 2.5, '10']) {
-    assert.throws(() => parseConfig(text(bad), '/etc/relink/config.json'), (err: unknown) => {
-      assert.match((err as Error).message, /apps\[0\]\.reload\.bootNice/, JSON.stringify(bad));
-      return true;
-    });
-  }
 });

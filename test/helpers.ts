@@ -112,33 +112,6 @@ export async function alive(pid: number): Promise<boolean> {
   return (await readProc(pid)) !== undefined;
 }
 
-/**
- * `pid` and every live descendant of it, each with the nice value of every
- * one of its threads (/proc/PID/task/TID/stat, field 19): the kernel's
- * word, not the agent's.
- */
-export async function treeNices(pid: number): Promise<Array<{ pid: number; nices: number[] }>> {
-  const stat = async (file: string): Promise<string[] | undefined> => {
-    const text = await readFile(file, 'utf8').catch(() => undefined);
-    return text === undefined ? undefined : text.slice(text.lastIndexOf(')') + 2).split(' ');
-  };
-  const all = (await readdir('/proc')).filter((n) => /^\d+$/.test(n)).map(Number);
-  const ppid = new Map<number, number>();
-  await Promise.all(all.map(async (p) => {
-    const f = await stat(`/proc/${p}/stat`);
-    if (f !== undefined) ppid.set(p, Number(f[1]));
-  }));
-  const tree = [pid];
-  for (let i = 0; i < tree.length; i++) for (const [p, parent] of ppid) if (parent === tree[i]) tree.push(p);
-  const out: Array<{ pid: number; nices: number[] }> = [];
-  for (const p of tree) {
-    const tids = await readdir(`/proc/${p}/task`).catch(() => [] as string[]);
-    const nices = (await Promise.all(tids.map((t) => stat(`/proc/${p}/task/${t}/stat`)))).filter((f) => f !== undefined).map((f) => Number(f![16]));
-    if (nices.length > 0) out.push({ pid: p, nices });
-  }
-  return out;
-}
-
 /** Every live process whose executable lies under `dir` (also once `dir` is deleted). */
 export async function processesUnder(dir: string): Promise<number[]> {
   const prefix = dir.endsWith(path.sep) ? dir : dir + path.sep;

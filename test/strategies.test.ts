@@ -15,7 +15,7 @@ import { freePort } from '../src/demo/layout.js';
 import { readMarker } from '../src/proc.js';
 import { SocketHolder } from '../src/sockets.js';
 import { needProgram } from './accounts.js';
-import { defer, get, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, treeNices, waitFor } from './helpers.js';
+import { defer, get, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 import { assertNoErrors, configFor, FDAPP, load, makeApp, nth, PLAIN, servedBy, setCurrent, type App } from './plainapps.js';
 
 const DEPLOYS = 20;
@@ -554,88 +554,5 @@ test('an app that reloads in place under "reexec" (gunicorn on SIGHUP) fails nam
     return seen.size === 1 && seen.has('1') ? true : undefined;
   }, { timeoutMs: 20_000 });
   assert.deepEqual(await masters(app), [first.pidAfter]);
-  await agent.stop();
-});
-
-/**
- * reload.bootNice (default 10): while a new generation boots beside the
- * serving one it runs 10 nice levels below it, every thread of every one
- * of its processes (the workers it forks take it from their master); once
- * judged it is put back. `newMain` finds the new generation's main process
- * while it is judged, `settle` keeps it there long enough to look.
- */
-async function bootsBelowThenPutBack(root: string, app: App, config: string, deployTo: string, n: number, newMain: (oldMain: number) => Promise<number | undefined>): Promise<void> {
-  const oldMain = (await nth(root, app.name, n - 1)).pidAfter!;
-  const base = (await treeNices(oldMain))[0]!.nices[0]!;
-  assert.ok(base <= 9, `the test needs room below the serving generation's nice (${base})`);
-  await setCurrent(app, deployTo);
-  const main = await waitFor('the new generation to start beside the serving one', () => newMain(oldMain), { timeoutMs: 10_000 });
-  const booting = await waitFor('the new generation and its 2 workers', async () => {
-    const tree = await treeNices(main);
-    return tree.length >= 3 ? tree : undefined;
-  }, { timeoutMs: 10_000 });
-  for (const p of booting) assert.ok(p.nices.every((x) => x === base + 10), `booting: pid ${p.pid}'s threads at ${p.nices.join(',')}, not ${base + 10}`);
-  for (const p of await treeNices(oldMain)) if (!booting.some((b) => b.pid === p.pid)) assert.ok(p.nices.every((x) => x === base), `the serving generation stays at ${base}: pid ${p.pid} at ${p.nices.join(',')}`);
-  const e = await nth(root, app.name, n);
-  assert.equal(e.outcome, 'deployed', e.reason ?? '');
-  assert.equal(e.pidAfter, main);
-  const judged = await treeNices(main);
-  assert.ok(judged.length >= 3, JSON.stringify(judged));
-  for (const p of judged) assert.ok(p.nices.every((x) => x === base), `judged: pid ${p.pid}'s threads at ${p.nices.join(',')}, not back at ${base}`);
-  assert.match((await relinkCli(['status', '--config', config])).stdout, new RegExp(`app\\.${deployTo}`));
-}
-
-test('reload.bootNice, "socket": the new generation (master and workers, every thread) boots 10 nice levels below the serving one and is put back once judged', async (t) => {
-  const root = await tmpDir(t);
-  const cfg = 'workers=2\n';
-  const app = await makeApp(root, 'bn', PLAIN, { a: cfg, b: cfg });
-  reapMarkedAfter(t, app.dir);
-  await setCurrent(app, 'a');
-  const config = await configFor(root, app, {
-    sockets: [`127.0.0.1:${app.port}`], reload: { strategy: 'socket', timeoutMs: 5_000 },
-    health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 2_000, deadlineMs: 6_000, intervalMs: 50 },
-  });
-  const agent = startAgent(t, config);
-  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
-  // The agent started it: the new generation's main is the agent's child that is not the serving one.
-  const newMain = async (oldMain: number): Promise<number | undefined> => {
-    const kids = (await treeNices(agent.child.pid!)).map((p) => p.pid).filter((pid) => pid !== agent.child.pid);
-    const old = new Set((await treeNices(oldMain)).map((p) => p.pid));
-    for (const pid of kids) {
-      const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-      if (!old.has(pid) && Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === agent.child.pid) return pid;
-    }
-    return undefined;
-  };
-  await bootsBelowThenPutBack(root, app, config, 'b', 2, newMain);
-  await bootsBelowThenPutBack(root, app, config, 'a', 3, newMain);
-  await agent.stop();
-});
-
-test('reload.bootNice, "upgrade": gunicorn\'s new master, started by the old one on SIGUSR2, and its workers boot 10 nice levels below it and are put back once judged', async (t) => {
-  if (!(await needProgram(t, '/usr/bin/gunicorn', 'gunicorn'))) return;
-  const root = await tmpDir(t);
-  const app = await gunicornApp(root, 'bnu', ['1', '2']);
-  reapMarkedAfter(t, app.dir);
-  await setCurrent(app, '1');
-  const config = await configFor(root, app, {
-    command: ['./app.bin', '-c', 'app.cfg'], reload: { strategy: 'upgrade', signal: 'SIGUSR2', timeoutMs: 5_000 },
-    health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 2_000, deadlineMs: 6_000, intervalMs: 50 },
-  });
-  const agent = startAgent(t, config);
-  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
-  // The new master is the old master's child that has workers of its own.
-  const newMain = async (oldMain: number): Promise<number | undefined> => {
-    const m = await masters(app);
-    if (m.length !== 1 || m[0] !== oldMain) return undefined;
-    for (const p of await treeNices(oldMain)) {
-      if (p.pid === oldMain) continue;
-      const stat = await readFile(`/proc/${p.pid}/stat`, 'utf8').catch(() => '');
-      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) !== oldMain) continue;
-      if ((await treeNices(p.pid)).length > 1) return p.pid;
-    }
-    return undefined;
-  };
-  await bootsBelowThenPutBack(root, app, config, '2', 2, newMain);
   await agent.stop();
 });
