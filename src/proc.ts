@@ -35,12 +35,12 @@
  * workers), everything else to its parent's. See src/tracker.ts for what is
  * done with them.
  */
+import { execFile } from 'node:child_process';
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import psList from 'ps-list';
 import { isErrno, RelinkError } from './errors.js';
 import { readSmallFile } from './safefs.js';
-import { SsCoprocess } from './ssCoprocess.js';
 import { lookupUser } from './user.js';
 
 export interface ProcIdentity {
@@ -490,9 +490,6 @@ export function unixListening(path: string): boolean {
   return false;
 }
 
-/** The shell acceptedInode asks `ss` through (started on the first question, ended when idle). */
-const SS = new SsCoprocess();
-
 /**
  * The inode of the server side of a TCP connection on this host: the
  * socket whose local port is `serverPort` and whose peer's port is
@@ -511,11 +508,14 @@ const SS = new SsCoprocess();
  * connection as an IPv6 socket).
  */
 export async function acceptedInode(serverPort: number, clientPort: number, family?: 4 | 6): Promise<string | undefined> {
-  // Through one long-lived shell (src/ssCoprocess.ts): a spawn per question forked the agent each time.
-  const ask = (fam: 4 | 6 | undefined) => SS.connected(fam, serverPort, clientPort);
+  const filter = `( sport = :${serverPort} and dport = :${clientPort} )`;
+  const ask = (flag: string[]) => new Promise<string | undefined>((resolve) => {
+    execFile('ss', [...flag, '-tnHe', 'state', 'connected', filter], { timeout: 2_000 }, (err, stdout) => resolve(err === null ? stdout : undefined));
+  });
   const inodeIn = (out: string) => /\bino:(\d+)/.exec(out)?.[1];
-  let out = await ask(family);
-  if (out !== undefined && inodeIn(out) === undefined && family !== undefined) out = await ask(family === 4 ? 6 : 4);
+  const first = family === undefined ? [] : [`-${family}`];
+  let out = await ask(first);
+  if (out !== undefined && inodeIn(out) === undefined && family !== undefined) out = await ask([`-${family === 4 ? 6 : 4}`]);
   if (out !== undefined) return inodeIn(out);
   const hex = (p: number) => p.toString(16).toUpperCase().padStart(4, '0');
   for (const table of ['tcp', 'tcp6']) {
