@@ -12,7 +12,7 @@ import path from 'node:path';
 import type { AppConfig } from './config.js';
 import type { Release } from './current.js';
 import type { Effects } from './effects.js';
-import { RelinkError } from './errors.js';
+import { RelinkError, type ErrorCode, type ErrorDetail } from './errors.js';
 import { describeProbe } from './health.js';
 import { rootsOf, type ProcInfo } from './proc.js';
 import { outputWhere } from './appoutput.js';
@@ -21,6 +21,16 @@ import { outputWhere } from './appoutput.js';
 function logFileOf(app: AppConfig): { file?: string } {
   const where = outputWhere(app);
   return where === app.logFile ? { file: where } : {};
+}
+
+/**
+ * A verdict on what the app did or failed to do (never found after its
+ * start, never ready, never healthy, never handed over): the app's own
+ * output usually says why, so the message ends by saying where it is
+ * (its log file, with the file key, or the journal).
+ */
+function appFault(app: AppConfig, code: ErrorCode, message: string, detail: ErrorDetail): RelinkError {
+  return new RelinkError(code, `${message} (see ${outputWhere(app)})`, { ...logFileOf(app), ...detail });
 }
 
 /** How often a process is looked at while waiting (ms); /proc reads are cheap. */
@@ -80,10 +90,10 @@ export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exite
     if (stop !== undefined) throw stop;
     if (fx.now() >= deadline) {
       if (how === CLEAN_EXIT && app.pidFile !== undefined) {
-        throw new RelinkError('START_FAILED', `the started process (pid ${pid}) exited 0 (it daemonized) and ${app.pidFile} named no new process of the app within ${app.reload.timeoutMs} ms: does the app write its PID there (nginx: its "pid" directive must name the same file as "pidFile")? A daemon it left may still run, unmanaged`,
+        throw appFault(app, 'START_FAILED', `the started process (pid ${pid}) exited 0 (it daemonized) and ${app.pidFile} named no new process of the app within ${app.reload.timeoutMs} ms: does the app write its PID there (nginx: its "pid" directive must name the same file as "pidFile")? A daemon it left may still run, unmanaged`,
           { key: 'pidFile', rule: 'a daemonizing app must write its PID to pidFile', found: 'no new process named' });
       }
-      throw new RelinkError('START_FAILED', `the started process (pid ${pid}) could not be found within ${app.reload.timeoutMs} ms of starting ${JSON.stringify(app.command)}`,
+      throw appFault(app, 'START_FAILED', `the started process (pid ${pid}) could not be found within ${app.reload.timeoutMs} ms of starting ${JSON.stringify(app.command)}`,
         { key: 'command', rule: 'the started app must keep running' });
     }
     await fx.sleep(POLL_MS);
@@ -241,11 +251,11 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
           { key: 'reload.strategy', rule: 'the app must start a successor that takes over', found: IN_PLACE_FOUND });
       }
       if (waiting !== undefined) {
-        throw new RelinkError('HANDOFF_TIMEOUT', `pid ${old.pid} still listens on the socket it shares with its successor (pid ${waiting.pid}) ${timeoutMs} ms after ${signal}: the successor never became ready, or the old process does not stop listening when it hands over (a new master that waits to be told to stop, as gunicorn, unicorn and nginx start on SIGUSR2, needs reload.strategy "upgrade"; see ${outputWhere(app)})`,
-          { ...logFileOf(app), key: 'reload.timeoutMs', rule: 'the old process must hand over (stop listening) once its successor is ready', found: `pid ${old.pid} still listening` });
+        throw appFault(app, 'HANDOFF_TIMEOUT', `pid ${old.pid} still listens on the socket it shares with its successor (pid ${waiting.pid}) ${timeoutMs} ms after ${signal}: the successor never became ready, or the old process does not stop listening when it hands over (a new master that waits to be told to stop, as gunicorn, unicorn and nginx start on SIGUSR2, needs reload.strategy "upgrade")`,
+          { key: 'reload.timeoutMs', rule: 'the old process must hand over (stop listening) once its successor is ready', found: `pid ${old.pid} still listening` });
       }
-      throw new RelinkError('HANDOFF_TIMEOUT', `no new process of the app started within ${timeoutMs} ms of ${signal} to pid ${old.pid} (reload.strategy is "${app.reload.strategy}"; "inplace" fits an app that reloads without a new process, "socket" or "restart" one that has no reload at all; see ${outputWhere(app)})`,
-        { ...logFileOf(app), key: 'reload.strategy', rule: 'the app must start a successor (or re-execute itself)', found: `pid ${old.pid} started none` });
+      throw appFault(app, 'HANDOFF_TIMEOUT', `no new process of the app started within ${timeoutMs} ms of ${signal} to pid ${old.pid} (reload.strategy is "${app.reload.strategy}"; "inplace" fits an app that reloads without a new process, "socket" or "restart" one that has no reload at all)`,
+        { key: 'reload.strategy', rule: 'the app must start a successor (or re-execute itself)', found: `pid ${old.pid} started none` });
     }
     await fx.sleep(POLL_MS);
   }
@@ -396,20 +406,20 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
     if (stop !== undefined) throw stop;
     if (fx.now() >= deadline) {
       if (!ready) {
-        throw new RelinkError('NOT_READY', `pid ${proc.pid} did not say READY=1 through sd_notify within ${deadlineMs} ms (health.readiness is "notify"; NOTIFY_SOCKET was set in its environment)`,
+        throw appFault(app, 'NOT_READY', `pid ${proc.pid} did not say READY=1 through sd_notify within ${deadlineMs} ms (health.readiness is "notify"; NOTIFY_SOCKET was set in its environment)`,
           { key: 'health.readiness', rule: 'the new generation must send READY=1 to $NOTIFY_SOCKET within health.deadlineMs', found: 'no READY=1' });
       }
       // Where the new generation's socket comes from: the agent ("socket",
       // LISTEN_FDS), else the old master it inherits it from ("upgrade").
       const takes = app.reload.strategy === 'socket' ? 'does it take LISTEN_FDS?' : 'does it listen on the socket it inherits, not an address of its own?';
       if (last === '' && older > 0) {
-        throw new RelinkError('UNHEALTHY', `every one of ${older} probe connections in ${deadlineMs} ms was accepted by an older generation sharing the socket, none by pid ${proc.pid}: the new generation does not accept on the shared socket (${takes}), or the old one takes every connection first (a process blocked in a blocking accept() does; servers sharing a socket accept non-blocking)`,
+        throw appFault(app, 'UNHEALTHY', `every one of ${older} probe connections in ${deadlineMs} ms was accepted by an older generation sharing the socket, none by pid ${proc.pid}: the new generation does not accept on the shared socket (${takes}), or the old one takes every connection first (a process blocked in a blocking accept() does; servers sharing a socket accept non-blocking)`,
           { key: 'health', rule: 'the new generation must accept and answer a probe', found: `${older} probes answered by the older generation` });
       }
       const what = probe === undefined ? 'the settle time' : describeProbe(probe);
       // The last attempt timing out must not hide that the others all went to the old generation.
       const alsoOlder = older > 0 ? `; ${older} other probe connection${older === 1 ? ' was' : 's were'} accepted by an older generation sharing the socket, not by pid ${proc.pid} (${takes})` : '';
-      throw new RelinkError('UNHEALTHY', `${what} did not pass within ${deadlineMs} ms (checked from the end of the settle time of ${settleMs} ms; last: ${last || 'no answer'}${alsoOlder})`,
+      throw appFault(app, 'UNHEALTHY', `${what} did not pass within ${deadlineMs} ms (checked from the end of the settle time of ${settleMs} ms; last: ${last || 'no answer'}${alsoOlder})`,
         { key: 'health', rule: 'must answer 2xx (or accept) at the end of the settle time, within the deadline', found: last || 'no answer' });
     }
     const until = Math.min(fx.now() >= settledAt && ready ? nextProbe : fx.now() >= settledAt ? fx.now() + POLL_MS : settledAt, deadline) - fx.now();

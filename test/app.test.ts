@@ -1564,8 +1564,8 @@ test('strategy "socket": a new generation that fails is stopped and the old one,
 
 test('strategy "socket": probes all taken by the old generation are said so, even when the last one timed out (it read "last: timeout" alone), with the hint for the strategy', async () => {
   for (const [strategy, lastTimesOut, want] of [
-    ['socket', false, /^every one of \d+ probe connections in 1000 ms was accepted by an older generation sharing the socket, none by pid \d+: the new generation does not accept on the shared socket \(does it take LISTEN_FDS\?\)/],
-    ['socket', true, /did not pass within 1000 ms \(checked from the end of the settle time of 100 ms; last: timeout after 1000 ms; \d+ other probe connections were accepted by an older generation sharing the socket, not by pid \d+ \(does it take LISTEN_FDS\?\)\)$/],
+    ['socket', false, /^every one of \d+ probe connections in 1000 ms was accepted by an older generation sharing the socket, none by pid \d+: the new generation does not accept on the shared socket \(does it take LISTEN_FDS\?\).* \(see \/srv\/web\/app\.log\)$/],
+    ['socket', true, /did not pass within 1000 ms \(checked from the end of the settle time of 100 ms; last: timeout after 1000 ms; \d+ other probe connections were accepted by an older generation sharing the socket, not by pid \d+ \(does it take LISTEN_FDS\?\)\) \(see \/srv\/web\/app\.log\)$/],
   ] as const) {
     const { w, agent } = await running(appConfig({ strategy }, { sockets: ['127.0.0.1:8080'], health: { url: 'http://127.0.0.1:8080/healthz', settleMs: 100, deadlineMs: 1000 } }));
     const first = w.probes.length;

@@ -250,6 +250,7 @@ test('health.readiness "notify": a generation is ready once it sends READY=1 to 
   assert.equal(mute.outcome, 'rolled_back');
   assert.equal(mute.code, 'NOT_READY');
   assert.match(mute.reason ?? '', /did not say READY=1/);
+  assert.ok((mute.reason ?? '').endsWith(` (see ${path.join(app.dir, 'app.log')})`), `the reason ends by naming the app's log file: ${mute.reason ?? ''}`);
   assert.equal((await servedBy(app.port, 'app.b')).pid, b.pid, 'the serving generation was never touched');
   await agent.stop();
 });

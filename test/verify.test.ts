@@ -66,7 +66,7 @@ test('rolled back: an app that never starts a successor (it reloads in place und
   assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
   assert.equal(e.code, 'HANDOFF_TIMEOUT');
   assert.match(e.reason ?? '', /no new process of the app started within 3000 ms of SIGHUP/);
-  assert.match(e.reason ?? '', /; see \S[^;]*\)$/, 'the reason says where to read the app output');
+  assert.match(e.reason ?? '', / \(see \/\S+\/app\.log\)$/, 'the reason ends by naming the app\'s log file');
   const now = await servedBy(f.app, 'stay');
   assert.equal(now.pid, before.pid, 'the same process serves the last good release');
   assert.deepEqual(await currentConf(f.app), { 'bin.file': 'app.stay', 'cfg.file': 'cfg.stay' });
