@@ -191,6 +191,10 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
       nextScan = fx.now() + SCAN_MS;
       const found = await fx.discover(old);
       const kidsNow = new Set(found.all.filter((p) => p.ppid === old.pid && (p.gen ?? 0) < gen).map((p) => p.pid));
+      // A child seen as the old main's image has since exec'd into the new
+      // generation: the successor, caught between its fork and its exec (on
+      // a loaded host), not a worker that was replaced.
+      for (const p of found.all) if ((p.gen ?? 0) >= gen) oldKids.delete(p.pid);
       if ([...oldKids].some((pid) => !kidsNow.has(pid))) workersReplaced = true;
       for (const pid of kidsNow) oldKids.add(pid);
       last = found.all;

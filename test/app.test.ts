@@ -63,7 +63,7 @@ class World implements Effects {
   /** When set, relink waits for it: lets a test hold an apply open. */
   gate: Promise<void> | undefined;
   /** What a signal does to the process: re-exec (new pid), in-place (nothing), or nothing at all (hang). */
-  onSignal: 'reexec' | 'inplace' | 'ignore' | 'successorDies' | 'slowHandoff' | 'upgrade' = 'reexec';
+  onSignal: 'reexec' | 'inplace' | 'ignore' | 'successorDies' | 'slowHandoff' | 'upgrade' | 'forkThenExec' = 'reexec';
   /** slowHandoff: how long the old main keeps running beside its successor (fake ms). */
   handoffMs = 1_000;
   /** pid -> fake time at which that process exits. */
@@ -212,7 +212,18 @@ class World implements Effects {
       this.procs.delete(pid);
       this.exitAt.delete(pid);
     }
+    for (const [pid, { at, gen }] of this.execAt) {
+      if (at > this.clock) continue;
+      const p = this.procs.get(pid);
+      if (p !== undefined) this.procs.set(pid, { ...p, exe: this.links.bin ?? 'none', gen });
+      this.execAt.delete(pid);
+    }
   }
+
+  /** A forked child that exec's the new release at `at` (fake ms): until then it is its parent's image, of the parent's generation. */
+  execAt = new Map<number, { at: number; gen: number }>();
+  /** forkThenExec: how long the successor runs as a fork of the old main before it exec's (fake ms; a loaded host). */
+  forkToExecMs = 300;
 
   /** The old main waits for a child of its own: its childFaults grow (proc.ts). */
   childEnded(pid: number): void {
@@ -349,6 +360,16 @@ class World implements Effects {
       // A new master, a child of the old one; both serve until the old is told to stop.
       const child = this.spawnProc(this.links.bin ?? 'none', this.opened);
       this.procs.set(child.pid, { ...child, ppid: pid });
+    }
+    if (this.onSignal === 'forkThenExec') {
+      // The successor is forked: a child of the old main, its image (proc.ts
+      // #descend counts it in the old generation) until it exec's, and then
+      // never ready: the old main keeps listening beside it.
+      const parent = this.procs.get(pid)!;
+      const child = this.spawnProc(parent.exe, parent.gen);
+      this.procs.set(child.pid, { ...child, ppid: pid });
+      this.execAt.set(child.pid, { at: this.clock + this.forkToExecMs, gen: this.opened ?? this.lastGen });
+      this.listening = true;
     }
     if (this.onSignal === 'reexec') {
       this.procs.delete(pid);
@@ -1070,6 +1091,25 @@ test('the agent stopping during a preflight: the preflight is killed, nothing is
   assert.equal(w.links.bin, `${REL}/app.1.0`);
   assert.deepEqual(w.signals, []);
   gate.resolve();
+});
+
+test('a successor seen as a fork of the old main before it exec\'d (a loaded host), then never ready: HANDOFF_TIMEOUT, not taken for an in-place reload', async () => {
+  // Seen in the full suite on a loaded machine (test/lineage.test.ts, "a
+  // successor that never becomes ready"): a scan between the fork and the
+  // exec counted the successor among the old main's workers, its move to
+  // the new generation was taken for a replaced worker, and the deploy was
+  // called an in-place reload (STRATEGY_MISMATCH).
+  const { w, agent } = await running(appConfig({ timeoutMs: 2000 }));
+  const pid = agent.mainPid;
+  w.onSignal = 'forkThenExec';
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1];
+  assert.equal(e?.outcome, 'rolled_back', e?.reason ?? '');
+  assert.equal(e?.code, 'HANDOFF_TIMEOUT', e?.reason ?? '');
+  assert.match(e?.reason ?? '', new RegExp(`pid ${pid} still listens on the socket it shares with its successor`));
+  assert.equal(agent.mainPid, pid);
 });
 
 test('the agent stopping mid-verification: verified within the stop budget or rolled back, not left unverified', async () => {
