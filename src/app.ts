@@ -94,12 +94,13 @@ const FIRST_ANSWER_SLICE_MS = 250;
 const STRENGTH_WAIT_MS = 1_000;
 
 /**
- * How often the new generation's strength is looked at (ms): a /proc walk
- * and a stat per process. At 20 ms the agent spent 203 ms of CPU per
- * gunicorn "upgrade" deploy (BENCHMARKS.md, section 2), competing with the
- * app for the cores while it served. Each poll samples where each worker
- * waits: fewer samples make a worker always busy when looked at more
- * likely, and that one is waited for up to STRENGTH_WAIT_MS, no longer.
+ * How often the new generation's strength is looked at (ms): its tree (the
+ * kernel's children lists) and where each worker waits. When each look
+ * was a walk of /proc, at 20 ms the agent spent 203 ms of CPU per gunicorn
+ * "upgrade" deploy (BENCHMARKS.md, section 2), competing with the app for
+ * the cores while it served. Each poll samples where each worker waits:
+ * fewer samples make a worker always busy when looked at more likely, and
+ * that one is waited for up to STRENGTH_WAIT_MS, no longer.
  */
 const STRENGTH_POLL_MS = 50;
 
@@ -1399,22 +1400,38 @@ export class AppAgent {
     if (oldGen === undefined || newGen === undefined || oldGen >= newGen) return;
     const strength = members().filter((m) => m.gen === oldGen).length;
     const waited = new Set<number>();
-    for (;;) {
+    /**
+     * The new generation now, each process with its parent: the tree under
+     * its main (a few reads of the kernel's children lists), else, where
+     * the kernel does not list children, the lineage from a walk of /proc.
+     */
+    const generation = async (): Promise<ReadonlyArray<{ readonly pid: number; readonly ppid: number | undefined }>> => {
+      const tree = this.#fx.descendants(after.pid);
+      if (tree !== undefined) return [{ pid: after.pid, ppid: undefined }, ...tree];
       await this.#fx.refreshLineage(true);
-      const fresh = members().filter((m) => m.gen === newGen);
-      // Workers, not masters: a master waits for its children (waitpid,
-      // sigsuspend) as often as for connections; a process with none is the
-      // one that serves.
-      const parents = new Set(fresh.map((m) => this.#fx.parentOf(m.pid)));
-      const leaves = fresh.filter((m) => !parents.has(m.pid));
-      for (const m of leaves) if (this.#fx.waitingForWork(m.pid) === true) waited.add(m.pid);
-      if (fresh.length >= strength && leaves.every((m) => waited.has(m.pid))) return;
-      if (this.#fx.now() >= deadline) {
-        this.#log.debug({ gen: newGen, processes: fresh.length, ready: leaves.filter((m) => waited.has(m.pid)).length, of: leaves.length, strength },
-          `generation ${newGen} is not at generation ${oldGen}'s strength after ${STRENGTH_WAIT_MS} ms: the old one is stopped anyway`);
-        return;
+      return members().filter((m) => m.gen === newGen).map((m) => ({ pid: m.pid, ppid: this.#fx.parentOf(m.pid) }));
+    };
+    try {
+      for (;;) {
+        const fresh = await generation();
+        // Workers, not masters: a master waits for its children (waitpid,
+        // sigsuspend) as often as for connections; a process with none is the
+        // one that serves.
+        const parents = new Set(fresh.map((m) => m.ppid));
+        const leaves = fresh.filter((m) => !parents.has(m.pid));
+        for (const m of leaves) if (this.#fx.waitingForWork(m.pid) === true) waited.add(m.pid);
+        if (fresh.length >= strength && leaves.every((m) => waited.has(m.pid))) return;
+        if (this.#fx.now() >= deadline) {
+          this.#log.debug({ gen: newGen, processes: fresh.length, ready: leaves.filter((m) => waited.has(m.pid)).length, of: leaves.length, strength },
+            `generation ${newGen} is not at generation ${oldGen}'s strength after ${STRENGTH_WAIT_MS} ms: the old one is stopped anyway`);
+          return;
+        }
+        await this.#fx.sleep(STRENGTH_POLL_MS);
       }
-      await this.#fx.sleep(STRENGTH_POLL_MS);
+    } finally {
+      // The lineage learns the new generation's workers before the old one
+      // is stopped (once: the polls above looked at its tree alone).
+      await this.#fx.refreshLineage(true);
     }
   }
 

@@ -17,7 +17,7 @@ import type { CommandResult } from './command.js';
 import { runHook, type HookEntry, type HookName } from './hooks.js';
 import { logSize, logTail } from './logtail.js';
 import { AppOutput } from './appoutput.js';
-import { ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
+import { descendantsOf, ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import type { SocketHolder, Unheld } from './sockets.js';
 import { RelinkError } from './errors.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
@@ -108,6 +108,13 @@ export interface Effects {
   waitingForWork(pid: number): boolean | undefined;
   /** The parent PID of `pid` now (/proc/PID/stat, whatever state the process is in: an exiting one too); undefined when gone. */
   parentOf(pid: number): number | undefined;
+  /**
+   * The processes below `pid` now, each with its parent (proc.ts
+   * descendantsOf: the kernel's children lists, no walk of the whole
+   * process table); undefined when the kernel does not list children or
+   * `pid` is gone.
+   */
+  descendants(pid: number): ReadonlyArray<{ readonly pid: number; readonly ppid: number }> | undefined;
   /**
    * One health probe attempt; {ok: true} when no probe is configured. With
    * `judged` (a process of the generation being judged), a connection
@@ -228,6 +235,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     notifiedReady: (sinceMs, deadlineMs) => (opts.notify === undefined ? Promise.resolve(false) : opts.notify.ready(sinceMs, deadlineMs)),
     signal: sendSignal,
     parentOf: (pid) => readStat(pid)?.ppid,
+    descendants: (pid) => descendantsOf(pid),
     waitingForWork: (pid) => waitingForWork(pid),
     probe: async (judged) => {
       if (app.health.probe === undefined) return { ok: true, detail: 'no probe' };

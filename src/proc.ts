@@ -36,7 +36,7 @@
  * done with them.
  */
 import { execFile } from 'node:child_process';
-import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, realpathSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import psList from 'ps-list';
 import { isErrno, RelinkError } from './errors.js';
@@ -177,6 +177,52 @@ export function waitingForWork(pid: number): boolean | undefined {
     if (WAITING_FOR_WORK.test(wchan)) return true;
   }
   return shown ? false : st.state === 'S';
+}
+
+/** How many processes descendantsOf follows at most: a generation is a master and its workers, not a fork bomb. */
+const DESCENDANTS_MAX = 256;
+
+/**
+ * The processes below `pid` now (its children, theirs, ...; `pid` itself
+ * not included), each with its parent, from the kernel's list of each
+ * thread's children (/proc/PID/task/TID/children: Linux 3.5,
+ * CONFIG_PROC_CHILDREN, which Debian's kernels set). The walk of one tree:
+ * a few reads, where a look at the whole process table (procRows) reads
+ * /proc/PID/stat for every process on the host. At most DESCENDANTS_MAX.
+ * Undefined when the kernel does not list children (the file is missing)
+ * or `pid` is gone.
+ */
+export function descendantsOf(pid: number): Array<{ readonly pid: number; readonly ppid: number }> | undefined {
+  const out: Array<{ pid: number; ppid: number }> = [];
+  const queue = [pid];
+  for (let i = 0; i < queue.length && out.length < DESCENDANTS_MAX; i++) {
+    const parent = queue[i]!;
+    let tids: string[];
+    try {
+      tids = readdirSync(`/proc/${parent}/task`);
+    } catch {
+      if (parent === pid) return undefined;
+      continue;
+    }
+    for (const tid of tids) {
+      let text: string;
+      try {
+        text = readFileSync(`/proc/${parent}/task/${tid}/children`, 'utf8');
+      } catch {
+        // A thread that ended meanwhile has no file; a kernel that does not
+        // list children has none for a thread that is there.
+        if (existsSync(`/proc/${parent}/task/${tid}`)) return undefined;
+        continue;
+      }
+      for (const word of text.split(' ')) {
+        const child = Number(word);
+        if (!Number.isSafeInteger(child) || child <= 0) continue;
+        out.push({ pid: child, ppid: parent });
+        queue.push(child);
+      }
+    }
+  }
+  return out;
 }
 
 /** kernel.randomize_va_space is 0 (read once: a host setting). */

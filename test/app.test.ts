@@ -340,6 +340,21 @@ class World implements Effects {
     return this.procs.get(pid)?.ppid;
   }
 
+  descendants(pid: number): Array<{ pid: number; ppid: number }> | undefined {
+    if (!this.procs.has(pid)) return undefined;
+    const out: Array<{ pid: number; ppid: number }> = [];
+    for (const parents = [pid]; parents.length > 0;) {
+      const parent = parents.shift()!;
+      for (const p of this.procs.values()) {
+        if (p.ppid === parent) {
+          out.push({ pid: p.pid, ppid: parent });
+          parents.push(p.pid);
+        }
+      }
+    }
+    return out;
+  }
+
   signal(pid: number, signal: NodeJS.Signals): boolean {
     if (!this.procs.has(pid)) return false;
     this.signals.push([pid, signal]);

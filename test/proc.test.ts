@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
-import { listeningInodes, markerEnv, ProcessFinder, procTable, readMarker, readProc, readStat, sharesListener, socketInodes, socketTable, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
+import { descendantsOf, listeningInodes, markerEnv, ProcessFinder, procTable, readMarker, readProc, readStat, sharesListener, socketInodes, socketTable, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
 import { swapLink } from '../src/relink.js';
 import { alive, reapAppsAfter, waitFor } from './helpers.js';
 
@@ -652,4 +652,29 @@ test('a process found by its marker that started before the serving generation\'
   assert.ok(seen !== undefined, 'control: the leftover is found by its marker');
   assert.equal(seen.gen, gen1, 'it joins the older generation, not the one whose main it predates');
   assert.notEqual(found.main?.pid, leftover.pid, 'never the new generation\'s main');
+});
+
+test('descendantsOf: the tree below a process from the kernel\'s children lists, with each parent; undefined once the process is gone', async (t) => {
+  // sh forks two sleeps, one of them a sh with a sleep of its own; it waits for them all.
+  const top = spawn('/bin/sh', ['-c', 'sleep 60 & /bin/sh -c "sleep 60 & wait" & wait'], { stdio: 'ignore' });
+  const seen = new Set<number>();
+  t.after(() => {
+    top.kill('SIGKILL');
+    for (const pid of seen) sendSignal(pid, 'SIGKILL');
+  });
+  const tree = await waitFor('three processes below the shell', () => {
+    const d = descendantsOf(top.pid!);
+    for (const p of d ?? []) seen.add(p.pid);
+    return d !== undefined && d.length === 3 ? d : undefined;
+  });
+  const direct = tree.filter((p) => p.ppid === top.pid);
+  assert.equal(direct.length, 2, JSON.stringify(tree));
+  const grandchild = tree.find((p) => p.ppid !== top.pid);
+  assert.ok(grandchild !== undefined && direct.some((p) => p.pid === grandchild.ppid), 'the third is a child of one of the two');
+  for (const p of tree) assert.equal(readStat(p.pid)?.ppid, p.ppid, `pid ${p.pid}: the parent /proc/PID/stat names`);
+  assert.deepEqual(descendantsOf(grandchild.pid), [], 'a sleep has no children');
+  const exited = new Promise((resolve) => top.once('exit', resolve));
+  top.kill('SIGKILL');
+  await exited;
+  assert.equal(descendantsOf(top.pid!), undefined, 'gone');
 });
