@@ -119,8 +119,14 @@ export interface Effects {
    * One health probe attempt; {ok: true} when no probe is configured. With
    * `judged` (a process of the generation being judged), a connection
    * accepted by an older generation of the app is not counted (`older`).
+   * `onlyIfAccepting`: while an older generation shares the socket and no
+   * process of the judged one has been seen waiting for connections (in
+   * accept, poll, epoll or select: proc.ts waitingForWork), none is made
+   * (`notSent`): the older one would take it, and finding out who did costs
+   * an `ss` (some 15 ms of kernel CPU on a host with tens of thousands of
+   * TIME_WAIT sockets) while the new generation starts on the same cores.
    */
-  probe(judged?: ProcInfo): Promise<ProbeResult>;
+  probe(judged?: ProcInfo, opts?: { readonly onlyIfAccepting?: boolean }): Promise<ProbeResult>;
   record(entry: HistoryEntry): Promise<void>;
   /**
    * Tell the operator's notifiers of an event (a journaled entry, a crash
@@ -175,6 +181,25 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
   const configFile = opts.configFile ?? '';
   const output = opts.output ?? new AppOutput(app, { info: () => undefined, warn: () => undefined, error: () => undefined });
   const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user, mode: app.reload.mode });
+  /** Generations a process of which has been seen waiting for connections: probed at once from then on. */
+  const accepting = new Set<number>();
+  /**
+   * Does generation `gen` take connections: has a process with no child in
+   * the tree under `judged` (a worker, or the one process: a master waits
+   * for its children as often as for connections) been seen waiting for
+   * work? True when the kernel does not say (no children lists).
+   */
+  const takesConnections = (judged: ProcInfo, gen: number): boolean => {
+    for (const g of accepting) if (g < gen) accepting.delete(g);
+    if (accepting.has(gen)) return true;
+    const tree = descendantsOf(judged.pid);
+    if (tree === undefined) return true;
+    const parents = new Set(tree.map((p) => p.ppid));
+    const leaves = [judged.pid, ...tree.map((p) => p.pid)].filter((pid) => !parents.has(pid));
+    if (!leaves.some((pid) => waitingForWork(pid) === true)) return false;
+    accepting.add(gen);
+    return true;
+  };
   let me: Promise<LockOwner> | undefined;
   const lockMemo: LockMemo = {};
   const lockOwner = (): Promise<LockOwner> => {
@@ -237,7 +262,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     parentOf: (pid) => readStat(pid)?.ppid,
     descendants: (pid) => descendantsOf(pid),
     waitingForWork: (pid) => waitingForWork(pid),
-    probe: async (judged) => {
+    probe: async (judged, probeOpts) => {
       if (app.health.probe === undefined) return { ok: true, detail: 'no probe' };
       if (judged?.gen === undefined) return probeOnce(app.health.probe, app.health.probeTimeoutMs);
       const gen = judged.gen;
@@ -268,6 +293,9 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
       // a handoff whose old generation is gone): any answer is the judged
       // generation's, and the probe needs no attribution (an `ss` per look).
       const others = finder.record().members.some((m) => m.pid !== judged.pid && m.gen < gen);
+      if (others && probeOpts?.onlyIfAccepting === true && !takesConnections(judged, gen)) {
+        return { ok: false, detail: `no process of generation ${gen} (pid ${judged.pid} and its children) was seen waiting for connections yet`, notSent: true };
+      }
       return probeOnce(app.health.probe, app.health.probeTimeoutMs, others ? whose : undefined);
     },
     record: (entry) => store.record(entry),

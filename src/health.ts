@@ -19,6 +19,12 @@ export interface ProbeResult {
    * says nothing about the new one, and is not counted either way.
    */
   readonly older?: boolean;
+  /**
+   * No connection was made: no process of the generation judged was seen
+   * waiting for connections yet, so one of an older generation sharing the
+   * socket would have taken it (src/effects.ts). Not counted either way.
+   */
+  readonly notSent?: boolean;
 }
 
 /**

@@ -157,6 +157,39 @@ test('"socket": the old generation gets its stop signal only once the new one is
   await agent.stop();
 });
 
+test('"socket": a new generation still starting is not probed again and again through the shared socket (each probe the old one takes costs an `ss`); it is judged once it waits for connections', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'slow', PLAIN, { a: 'log_requests=1\n', b: 'log_requests=1\nready_delay_ms=3000\n' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const agent = startAgent(t, await configFor(root, app, {
+    sockets: [`127.0.0.1:${app.port}`], reload: { strategy: 'socket', timeoutMs: 5_000 },
+    health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 100, deadlineMs: 5_000, intervalMs: 100 },
+  }));
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  const old = await servedBy(app.port, 'app.a');
+  const log = async (): Promise<string> => readFile(path.join(app.dir, 'app.log'), 'utf8').catch(() => '');
+  const mark = (await log()).length;
+  await setCurrent(app, 'b');
+  const e = await nth(root, app.name, 2);
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  await servedBy(app.port, 'app.b');
+  const after = (await log()).slice(mark);
+  // The probe connections the old generation accepted while the new one
+  // slept 3 s before serving (closed by the agent once it saw who had
+  // accepted them, before their request: nothing else connects here). One
+  // sent again at once after each made 27 in 1.5 s on a loaded machine, a
+  // hundred or more on an idle one; held back until a process of the new
+  // generation waits for connections, there is at most one every 250 ms
+  // (verify.ts HELD_PROBE_MAX_MS): 12 in 3 s, and a few once the new one
+  // accepts beside the old (each probe goes to either).
+  const toOld = after.split('\n').filter((l) => l === `plainapp app.a pid ${old.pid} accepted`).length;
+  t.diagnostic(`${toOld} probe connections went to the old generation while the new one started`);
+  assert.ok(toOld <= 20, `${toOld} probe connections went to the old generation while the new one started`);
+  assert.match(after, /plainapp app\.b pid \d+ GET \/healthz/, 'the new generation was probed');
+  await agent.stop();
+});
+
 test('"restart" without held sockets: the release goes live and the journal entry says how long nothing accepted (outageMs)', async (t) => {
   const root = await tmpDir(t);
   const app = await makeApp(root, 'rs', PLAIN, { a: '', b: '' });

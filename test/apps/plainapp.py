@@ -19,6 +19,8 @@
 #   notify=1          send READY=1 to $NOTIFY_SOCKET once serving (sd_notify)
 #   notify_ready=0    with notify=1: never send READY=1 (never ready)
 #   slow_ms=N         every request takes this long
+#   log_requests=1    say each connection accepted and each request on stdout:
+#                     "plainapp RELEASE pid P accepted", "plainapp RELEASE pid P GET PATH"
 #   daemonize=1       take the passed sockets, then double-fork (a new
 #                     session) and serve from the grandchild; the process
 #                     started exits 0 at once (a classic daemon)
@@ -82,6 +84,15 @@ class Server(ThreadingMixIn, HTTPServer):
     # socketserver's 5: with 5, a burst overflows it and a client's SYN
     # waits a second for its retry, which no real server shows.
     request_queue_size = socket.SOMAXCONN
+    # log_requests=1: each connection accepted is said too (one closed
+    # before its request was complete, as a probe of a generation that was
+    # not the one judged, says nothing else).
+    log_accepts = ''
+
+    def verify_request(self, request, client_address):
+        if self.log_accepts:
+            print(self.log_accepts, flush=True)
+        return True
 
 
 def main():
@@ -131,6 +142,8 @@ def main():
         protocol_version = 'HTTP/1.1'
 
         def do_GET(self):
+            if cfg.get('log_requests') == '1':
+                print(f'plainapp {release} pid {os.getpid()} GET {self.path}', flush=True)
             if slow > 0:
                 time.sleep(slow)
             if self.path == '/healthz':
@@ -156,6 +169,8 @@ def main():
         def log_message(self, *a):
             pass
 
+    if cfg.get('log_requests') == '1':
+        Server.log_accepts = f'plainapp {release} pid {os.getpid()} accepted'
     servers = []
     if socks:
         for s in socks:
