@@ -113,6 +113,12 @@ export const IN_PLACE_FOUND = 'reloaded in place';
 /** Under "upgrade", how long without a new master before reload.signal is sent again (ms). */
 const UPGRADE_RESEND_MS = 1_500;
 
+/**
+ * How long an app that re-executed itself in place (same PID, new image) is
+ * given to start, until it waits for work, before it is judged anyway (ms).
+ */
+const REEXEC_START_MAX_MS = 5_000;
+
 /** How often awaitHandoff scans the process table for the successor (ms); the old main is re-checked every POLL_MS. */
 const SCAN_MS = 100;
 
@@ -170,7 +176,19 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
     // Some apps execve() themselves in place: same PID, and a new binary or
     // (an interpreter re-running its script) a new stack.
     if (same !== undefined && (same.exe !== old.exe || (same.startStack !== undefined && old.startStack !== undefined && same.startStack !== old.startStack))) {
-      return { ...same, gen };
+      // Re-executed in place: its new image is still starting (haproxy -W
+      // reads its config and forks its new workers for tens of ms, more on
+      // a loaded host, with the old workers answering meanwhile). It is
+      // judged once it waits for work, its event loop running: a reload
+      // signal sent while it starts is lost (the next deploy's SIGUSR2 to a
+      // loading haproxy master went unanswered: HANDOFF_TIMEOUT). One whose
+      // waiting the kernel does not show goes on after REEXEC_START_MAX_MS.
+      for (const until = Math.min(deadline, fx.now() + REEXEC_START_MAX_MS); fx.now() < until;) {
+        const waits = fx.waitingForWork(same.pid);
+        if (waits !== false) break;
+        await fx.sleep(POLL_MS);
+      }
+      return { ...((await fx.verify(same)) ?? same), gen };
     }
     if (same?.childFaults !== undefined && reaped !== undefined && same.childFaults > reaped) {
       reaped = same.childFaults;

@@ -63,7 +63,11 @@ class World implements Effects {
   /** When set, relink waits for it: lets a test hold an apply open. */
   gate: Promise<void> | undefined;
   /** What a signal does to the process: re-exec (new pid), in-place (nothing), or nothing at all (hang). */
-  onSignal: 'reexec' | 'inplace' | 'ignore' | 'successorDies' | 'slowHandoff' | 'upgrade' | 'forkThenExec' = 'reexec';
+  onSignal: 'reexec' | 'inplace' | 'ignore' | 'successorDies' | 'slowHandoff' | 'upgrade' | 'forkThenExec' | 'execInPlace' = 'reexec';
+  /** execInPlace: how long the re-executed image starts (busy, not waiting for work) before its event loop runs (fake ms). */
+  execStartMs = 800;
+  /** Processes busy starting until the given fake time: not waiting for work. */
+  busyUntil = new Map<number, number>();
   /** slowHandoff: how long the old main keeps running beside its successor (fake ms). */
   handoffMs = 1_000;
   /** pid -> fake time at which that process exits. */
@@ -222,6 +226,8 @@ class World implements Effects {
 
   /** A forked child that exec's the new release at `at` (fake ms): until then it is its parent's image, of the parent's generation. */
   execAt = new Map<number, { at: number; gen: number }>();
+  /** execInPlace: when the last reload signal re-executed the main (fake ms). */
+  execSignalledAt: number | undefined;
   /** forkThenExec: how long the successor runs as a fork of the old main before it exec's (fake ms; a loaded host). */
   forkToExecMs = 300;
 
@@ -333,7 +339,8 @@ class World implements Effects {
   }
 
   waitingForWork(pid: number): boolean | undefined {
-    return this.procs.has(pid) ? true : undefined;
+    if (!this.procs.has(pid)) return undefined;
+    return (this.busyUntil.get(pid) ?? 0) <= this.clock;
   }
 
   parentOf(pid: number): number | undefined {
@@ -385,6 +392,13 @@ class World implements Effects {
       this.procs.set(child.pid, { ...child, ppid: pid });
       this.execAt.set(child.pid, { at: this.clock + this.forkToExecMs, gen: this.opened ?? this.lastGen });
       this.listening = true;
+    }
+    if (this.onSignal === 'execInPlace') {
+      // The same PID runs the new release (haproxy -W on SIGUSR2), busy starting for execStartMs.
+      const p = this.procs.get(pid)!;
+      this.procs.set(pid, { ...p, exe: this.links.bin ?? 'none' });
+      this.busyUntil.set(pid, this.clock + this.execStartMs);
+      this.execSignalledAt = this.clock;
     }
     if (this.onSignal === 'reexec') {
       this.procs.delete(pid);
@@ -1125,6 +1139,24 @@ test('a successor seen as a fork of the old main before it exec\'d (a loaded hos
   assert.equal(e?.code, 'HANDOFF_TIMEOUT', e?.reason ?? '');
   assert.match(e?.reason ?? '', new RegExp(`pid ${pid} still listens on the socket it shares with its successor`));
   assert.equal(agent.mainPid, pid);
+});
+
+test('an app that re-executes itself in place (same PID) is judged once its new image waits for work: a reload signal sent while it starts is lost', async () => {
+  // haproxy -W on SIGUSR2 re-executes its master, which reads its config and
+  // forks its workers; a SIGUSR2 sent 10 ms into that is never answered
+  // (tried by hand with Debian's haproxy 2.6). Judged as soon as its new
+  // executable showed, with the old workers answering the probe, the next
+  // deploy's signal came too early: HANDOFF_TIMEOUT in the full suite.
+  const { w, agent } = await running(appConfig({ timeoutMs: 10_000 }, { health: { settleMs: 0 } }));
+  const pid = agent.mainPid;
+  w.onSignal = 'execInPlace';
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1];
+  assert.equal(e?.outcome, 'deployed', e?.reason ?? '');
+  assert.equal(e?.pidAfter, pid, 'the same process');
+  assert.ok(w.execSignalledAt !== undefined && w.clock >= w.execSignalledAt + w.execStartMs, `judged ${w.clock - (w.execSignalledAt ?? 0)} fake ms after the signal, while the new image still started (${w.execStartMs} ms)`);
 });
 
 test('the agent stopping mid-verification: verified within the stop budget or rolled back, not left unverified', async () => {
