@@ -22,7 +22,7 @@ import { AppOutput } from '../src/appoutput.js';
 import { writeFileAtomic } from '../src/atomicWrite.js';
 import { parseConfig } from '../src/config.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
-import { logParts } from '../src/logfollow.js';
+import { logParts, type LogPart } from '../src/logfollow.js';
 import { needProgram, openUp, rootOnly, testUser, type TestUser } from './accounts.js';
 import { defer, RELINK, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor, type AgentProc, type LogLine } from './helpers.js';
 
@@ -93,8 +93,19 @@ function written(tag: string, count: number): string {
 
 /** The log and its rotated files read back to back, oldest first. */
 async function logSet(file: string): Promise<string> {
-  const parts = await logParts(file);
-  return (await Promise.all(parts.map((p) => readFile(p.path, 'utf8')))).join('');
+  // Read again if a rotation renamed or cut while the files were read (the
+  // rotated files listed before and after differ): read across one, a file
+  // is read under a name it no longer has and the set comes out with bytes
+  // twice or missing (seen once in the full suite, as the follower's output
+  // differing from the files' 344 KB in). app.log itself may grow meanwhile.
+  const rotated = (parts: readonly LogPart[]): string => JSON.stringify(parts.map((p) => (p.index > 0 ? [p.index, p.ino, p.size] : [0, p.ino])));
+  const logSize = (parts: readonly LogPart[]): number => parts.find((p) => p.index === 0)?.size ?? 0;
+  for (;;) {
+    const parts = await logParts(file);
+    const text = (await Promise.all(parts.map((p) => readFile(p.path, 'utf8')))).join('');
+    const after = await logParts(file);
+    if (rotated(after) === rotated(parts) && logSize(after) >= logSize(parts)) return text;
+  }
 }
 
 /** The last `n` bytes of `file` ("" when missing). */
