@@ -50,11 +50,19 @@ export function probeOnce(probe: Probe, timeoutMs: number, acceptor?: Acceptor):
 const ACCEPTED_POLL_MS = 20;
 
 /**
+ * When a probe first looks who accepted its connection (ms after connect):
+ * each look is an `ss`, and one made as the connection is established
+ * finds it still in the accept queue. The server holds it open meanwhile
+ * (the request is not complete).
+ */
+const FIRST_LOOK_MS = 5;
+
+/**
  * A probe that knows who answered it. With a listening socket shared by
  * two generations (the agent's held sockets, or an app's own upgrade) a
  * plain probe may be answered by the old one, which proves nothing about
  * the new. So the connection is made first; once a process has accepted it
- * (looked at after 2, 4, 8, 16, 20, 20 ... ms), which one holds its server
+ * (looked at after 5, 10, 20, 20 ... ms), which one holds its server
  * side is asked (src/proc.ts acceptedInode, then `acceptor`); only then is
  * the request sent. Accepted by an older generation: `older`, not counted
  * either way. Never accepted within the timeout: a failure.
@@ -91,7 +99,7 @@ function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): P
       // accept (TCP_DEFER_ACCEPT: unicorn's default, nginx's "deferred")
       // hands a connection to accept() only once data has arrived.
       if ('url' in probe) sock.write('GET ');
-      let waitMs = 2;
+      let waitMs = FIRST_LOOK_MS * 2;
       const look = async (): Promise<void> => {
         const who = await whose();
         if (settled) return;
@@ -104,7 +112,7 @@ function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): P
         else if (!('url' in probe)) done({ ok: true, detail: 'connected' });
         else request(probe.url);
       };
-      void look();
+      setTimeout(() => void look(), FIRST_LOOK_MS);
     });
     // The request by hand on the connection made (a plain HTTP/1.1 GET);
     // only the status line is read.

@@ -358,11 +358,13 @@ export interface StartedProcess {
  * How long a probe of a generation that shares its socket with an older one
  * is held back at most while none of its processes has been seen waiting
  * for connections (ms; Effects.probe `onlyIfAccepting`): a server whose
- * waiting the kernel does not show is still probed this often. Before, a
- * probe answered by the older generation was sent again at once: 5 to 7
- * `ss` per gunicorn deploy, most while the new generation was starting.
+ * waiting the kernel does not show is still probed, after 250 ms, then,
+ * each such probe having been taken by the older generation, after twice
+ * as long, up to 1 s. Before, a probe answered by the older generation was
+ * sent again at once: 5 to 7 `ss` per gunicorn deploy, most while the new
+ * generation was starting.
  */
-const HELD_PROBE_MAX_MS = 250;
+const HELD_PROBE_MS = { first: 250, max: 1_000 } as const;
 
 /** How long a started process's exit status is waited for once it is gone from /proc (ms): it is reaped at about the same moment. */
 const EXIT_STATUS_WAIT_MS = 500;
@@ -380,8 +382,9 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
   let ready = readiness !== 'notify' || alreadyReady;
   /** Probe connections accepted by an older generation sharing the socket (not counted). */
   let older = 0;
-  /** When a probe was last sent (or the settle time ended): one held back longer than HELD_PROBE_MAX_MS is sent anyway. */
+  /** When a probe was last sent (or the settle time ended): one held back longer than `heldMs` is sent anyway. */
   let sentAt = settledAt;
+  let heldMs: number = HELD_PROBE_MS.first;
   /** Why the last probe held back was (the verdict's "last" when no probe was sent). */
   let held = '';
   for (;;) {
@@ -427,13 +430,15 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
       if (fx.now() >= nextProbe) {
         // Judged on the generation of `proc`: an answer from an older one
         // sharing the socket is not counted, and is asked again at once.
-        const r = await fx.probe(proc, { onlyIfAccepting: fx.now() - sentAt < HELD_PROBE_MAX_MS });
+        const forced = fx.now() - sentAt >= heldMs;
+        const r = await fx.probe(proc, { onlyIfAccepting: !forced });
         if (r.ok) return proc;
         if (r.notSent === true) {
           held = r.detail;
           nextProbe = fx.now() + POLL_MS;
         } else if (r.older === true) {
           sentAt = fx.now();
+          if (forced) heldMs = Math.min(heldMs * 2, HELD_PROBE_MS.max);
           older += 1;
           nextProbe = fx.now();
         } else {
