@@ -1061,6 +1061,20 @@ export class ProcessFinder {
       if (info !== undefined && info.startTime === m.startTime) continue;
       const st = readStat(m.pid);
       if (st !== undefined && st.startTime === m.startTime && st.state === 'Z') {
+        // Seen before its exec (counted in its parent's generation until it
+        // exec'd, #descend) and dead before it was seen again: a zombie has
+        // no image left to tell. Forked after a reload signal and died
+        // unreaped, it is taken for the successor the signal asked for, in
+        // the generation the signal opened (on a loaded host the window
+        // between fork and exec is long enough to be caught in).
+        const u = this.#unexeced.get(m.pid);
+        if (u !== undefined && u.startTime === m.startTime) {
+          const gen = this.#genOfChild(u.parent, u.startTime);
+          this.#unexeced.delete(m.pid);
+          this.#members.set(m.pid, { ...m, gen });
+          zombies.push({ pid: m.pid, gen });
+          continue;
+        }
         zombies.push({ pid: m.pid, gen: m.gen });
         continue;
       }
@@ -1128,6 +1142,8 @@ export class ProcessFinder {
       const m = this.#members.get(pid);
       const info = m === undefined || m.startTime !== u.startTime ? undefined : await readProc(pid);
       const gen = info === undefined ? undefined : this.#genOfChild(u.parent, u.startTime);
+      // Dead since and not reaped: #prune judges it on the next look.
+      if (info === undefined && m !== undefined && m.startTime === u.startTime && readStat(pid)?.state === 'Z') continue;
       if (info === undefined || gen === undefined || gen === u.parent.gen) {
         this.#unexeced.delete(pid);
         continue;

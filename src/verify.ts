@@ -157,7 +157,15 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
    * known since the signal: from the lineage known before it, so a worker
    * reaped before the first scan is not taken for a dead successor.
    */
-  const oldKids = new Set((fx.lineage()?.members ?? []).filter((m) => m.gen < gen && m.pid !== old.pid).map((m) => m.pid));
+  const oldKids = new Map((fx.lineage()?.members ?? []).filter((m) => m.gen < gen && m.pid !== old.pid).map((m) => [m.pid, m.startTime]));
+  /**
+   * Old children gone that were workers: started before the signal. A
+   * child forked after it and seen before its exec (counted in the old
+   * generation) that is gone may be the successor, dead before it was seen
+   * exec'd (a bad release on a loaded host): its exit is not explained by a
+   * replaced worker.
+   */
+  const goneWorkers = (alive: ReadonlySet<number>): number[] => [...oldKids].filter(([pid, start]) => !alive.has(pid) && start < signalledAt).map(([pid]) => pid);
   /**
    * Old children whose exit was matched to a growth of the old main's
    * childFaults. Each exit explains one growth only: a worker seen gone by
@@ -196,7 +204,7 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
       // was seen before (haproxy's, after its master re-executed itself) is
       // not a successor that died: only a child not accounted for that way is.
       const alive = new Set((await fx.discover(old)).all.map((p) => p.pid));
-      const gone = [...oldKids].filter((pid) => !alive.has(pid) && !explained.has(pid));
+      const gone = goneWorkers(alive).filter((pid) => !explained.has(pid));
       if (gone.length > 0) {
         workersReplaced = true;
         for (const pid of gone) explained.add(pid);
@@ -208,13 +216,13 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
     if (same === undefined || fx.now() >= nextScan) {
       nextScan = fx.now() + SCAN_MS;
       const found = await fx.discover(old);
-      const kidsNow = new Set(found.all.filter((p) => p.ppid === old.pid && (p.gen ?? 0) < gen).map((p) => p.pid));
+      const kidsNow = new Map(found.all.filter((p) => p.ppid === old.pid && (p.gen ?? 0) < gen).map((p) => [p.pid, p.startTime]));
       // A child seen as the old main's image has since exec'd into the new
       // generation: the successor, caught between its fork and its exec (on
       // a loaded host), not a worker that was replaced.
       for (const p of found.all) if ((p.gen ?? 0) >= gen) oldKids.delete(p.pid);
-      if ([...oldKids].some((pid) => !kidsNow.has(pid))) workersReplaced = true;
-      for (const pid of kidsNow) oldKids.add(pid);
+      if (goneWorkers(new Set(kidsNow.keys())).length > 0) workersReplaced = true;
+      for (const [pid, start] of kidsNow) oldKids.set(pid, start);
       last = found.all;
       const zombie = found.zombies?.find((z) => z.gen === gen);
       if (zombie !== undefined) {

@@ -63,7 +63,7 @@ class World implements Effects {
   /** When set, relink waits for it: lets a test hold an apply open. */
   gate: Promise<void> | undefined;
   /** What a signal does to the process: re-exec (new pid), in-place (nothing), or nothing at all (hang). */
-  onSignal: 'reexec' | 'inplace' | 'ignore' | 'successorDies' | 'slowHandoff' | 'upgrade' | 'forkThenExec' | 'execInPlace' = 'reexec';
+  onSignal: 'reexec' | 'inplace' | 'ignore' | 'successorDies' | 'slowHandoff' | 'upgrade' | 'forkThenExec' | 'forkThenDies' | 'execInPlace' = 'reexec';
   /** execInPlace: how long the re-executed image starts (busy, not waiting for work) before its event loop runs (fake ms). */
   execStartMs = 800;
   /** Processes busy starting until the given fake time: not waiting for work. */
@@ -122,8 +122,12 @@ class World implements Effects {
     return p;
   }
 
+  /** When the open generation was opened (fake ms, the unit of ticks()): the reload signal's moment. */
+  openedAt = 0;
+
   openGeneration(): number {
     this.opened = ++this.lastGen;
+    this.openedAt = this.clock;
     return this.opened;
   }
 
@@ -152,7 +156,7 @@ class World implements Effects {
 
   lineage() {
     const members = [...this.procs.values()].map((p) => ({ pid: p.pid, startTime: p.startTime, gen: p.gen ?? 0 }));
-    const openings = this.opened === undefined ? [] : [{ gen: this.opened, pid: 0, startTime: 0, fromTick: 0 }];
+    const openings = this.opened === undefined ? [] : [{ gen: this.opened, pid: 0, startTime: 0, fromTick: this.openedAt }];
     return { members, mains: [], serving: this.serving, lastGen: this.lastGen, openings };
   }
 
@@ -215,6 +219,9 @@ class World implements Effects {
       if (at > this.clock) continue;
       this.procs.delete(pid);
       this.exitAt.delete(pid);
+      const parent = this.reapedBy.get(pid);
+      if (parent !== undefined) this.childEnded(parent);
+      this.reapedBy.delete(pid);
     }
     for (const [pid, { at, gen }] of this.execAt) {
       if (at > this.clock) continue;
@@ -224,6 +231,8 @@ class World implements Effects {
     }
   }
 
+  /** pid -> the parent that reaps it when it exits (its childFaults grow). */
+  reapedBy = new Map<number, number>();
   /** A forked child that exec's the new release at `at` (fake ms): until then it is its parent's image, of the parent's generation. */
   execAt = new Map<number, { at: number; gen: number }>();
   /** execInPlace: when the last reload signal re-executed the main (fake ms). */
@@ -392,6 +401,17 @@ class World implements Effects {
       this.procs.set(child.pid, { ...child, ppid: pid });
       this.execAt.set(child.pid, { at: this.clock + this.forkToExecMs, gen: this.opened ?? this.lastGen });
       this.listening = true;
+    }
+    if (this.onSignal === 'forkThenDies') {
+      // The successor is forked (its parent's image, the old generation
+      // until it exec's) and dies forkToExecMs later, before any look saw it
+      // exec'd (a binary that exits at once, on a loaded host): the old main
+      // reaps it, its childFaults grow.
+      const parent = this.procs.get(pid)!;
+      const child = this.spawnProc(parent.exe, parent.gen);
+      this.procs.set(child.pid, { ...child, ppid: pid });
+      this.exitAt.set(child.pid, this.clock + this.forkToExecMs);
+      this.reapedBy.set(child.pid, pid);
     }
     if (this.onSignal === 'execInPlace') {
       // The same PID runs the new release (haproxy -W on SIGUSR2), busy starting for execStartMs.
@@ -1091,6 +1111,26 @@ test('a successor that dies before taking over fails the deploy at once (APP_EXI
   assert.ok(w.clock - sent < 15_000, `judged after ${w.clock - sent} fake ms, before the timeout`);
   assert.equal(agent.mainPid, pid, 'the old process keeps serving');
   assert.equal(w.links.bin, `${REL}/app.1.0`);
+});
+
+test('a successor seen as a fork of the old main, then dead before it was seen exec\'d (a loaded host): APP_EXITED at once, not taken for a replaced worker', async () => {
+  // Seen in CI (test/verify.test.ts "crash"): a scan between the fork and
+  // the exec counted the successor among the old main's workers; its exit
+  // was then taken for a worker replaced, and the deploy waited for
+  // reload.timeoutMs.
+  const { w, agent } = await running(appConfig({ timeoutMs: 15_000 }));
+  const pid = agent.mainPid;
+  w.onSignal = 'forkThenDies';
+  w.write('2.0');
+  const sent = w.clock;
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1];
+  assert.equal(e?.outcome, 'rolled_back', e?.reason ?? '');
+  assert.equal(e?.code, 'APP_EXITED', e?.reason ?? '');
+  assert.match(e?.reason ?? '', /did not take over: a child of pid \d+ exited after SIGHUP and no new process of the app runs/);
+  assert.ok(w.clock - sent < 15_000, `judged after ${w.clock - sent} fake ms, before the timeout`);
+  assert.equal(agent.mainPid, pid, 'the old process keeps serving');
 });
 
 test('a worker the old main reaps while its successor starts is not a failed handoff', async () => {

@@ -678,3 +678,49 @@ test('descendantsOf: the tree below a process from the kernel\'s children lists,
   await exited;
   assert.equal(descendantsOf(top.pid!), undefined, 'gone');
 });
+
+test('a successor seen before its exec that then dies unreaped is reported as a zombie of the generation the signal opened, not of its parent\'s', async (t) => {
+  const { app } = await setup(t);
+  // An app whose reload forks a child that execs the new release, which
+  // exits at once; the parent never reaps it (facebookgo/grace). The child
+  // waits for SIGUSR1 before its exec, so the finder sees it first as a
+  // copy of its parent's image, the moment a loaded host makes long.
+  const script = [
+    'import os, signal, sys, time',
+    'signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])',
+    'def reload(*_):',
+    '    pid = os.fork()',
+    '    if pid == 0:',
+    '        signal.sigwait([signal.SIGUSR1])',
+    '        os.execv("/bin/sh", ["sh", "-c", "exit 3"])',
+    '    sys.stdout.write(f"{pid}\\n"); sys.stdout.flush()',
+    'signal.signal(signal.SIGHUP, reload)',
+    'sys.stdout.write("up\\n"); sys.stdout.flush()',
+    'while True: time.sleep(60)',
+  ].join('\n');
+  const parent = spawnTracked(t, '/usr/bin/python3', ['-c', script], { stdout: 'pipe' });
+  const lines: string[] = [];
+  let out = '';
+  parent.child.stdout!.setEncoding('utf8').on('data', (c: string) => {
+    out += c;
+    const parts = out.split('\n');
+    out = parts.pop()!;
+    lines.push(...parts);
+  });
+  await waitFor('the parent to be up', () => lines.includes('up'));
+  const info = await mustRead(parent.pid);
+  const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir });
+  finder.restore({ members: [{ pid: info.pid, startTime: info.startTime, gen: 1 }], mains: [{ pid: info.pid, startTime: info.startTime, gen: 1 }], serving: 1, lastGen: 1 });
+  const gen = finder.open(identity(info));
+  assert.equal(gen, 2);
+  assert.equal(sendSignal(parent.pid, 'SIGHUP'), true);
+  const child = Number(await waitFor('the child\'s pid', () => lines.find((l) => /^\d+$/.test(l))));
+  const before = await finder.discover();
+  assert.equal(before.all.find((p) => p.pid === child)?.gen, 1, 'not exec\'d yet: counted in its parent\'s generation');
+
+  assert.equal(sendSignal(child, 'SIGUSR1'), true);
+  await waitFor(`pid ${child} to be a zombie`, async () => (await procState(child)) === 'Z');
+  const after = await finder.discover();
+  assert.deepEqual(after.zombies, [{ pid: child, gen }], 'it exec\'d and died: the successor the signal asked for, failed');
+  assert.deepEqual((await finder.discover()).zombies, [{ pid: child, gen }], 'and stays so on the next look');
+});
