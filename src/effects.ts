@@ -183,6 +183,8 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
   const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user, mode: app.reload.mode });
   /** Generations a process of which has been seen waiting for connections: probed at once from then on. */
   const accepting = new Set<number>();
+  /** How many sockets a process of a generation being judged held when first looked at (pid -> count). */
+  const socketsSeen = new Map<number, number>();
   /**
    * Does generation `gen` take connections: has a process with no child in
    * the tree under `judged` (a worker, or the one process: a master waits
@@ -191,12 +193,22 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
    */
   const takesConnections = (judged: ProcInfo, gen: number): boolean => {
     for (const g of accepting) if (g < gen) accepting.delete(g);
+    for (const pid of socketsSeen.keys()) if (!finder.record().members.some((m) => m.pid === pid) && pid !== judged.pid) socketsSeen.delete(pid);
     if (accepting.has(gen)) return true;
     const tree = descendantsOf(judged.pid);
     if (tree === undefined) return true;
     const parents = new Set(tree.map((p) => p.ppid));
     const leaves = [judged.pid, ...tree.map((p) => p.pid)].filter((pid) => !parents.has(pid));
-    if (!leaves.some((pid) => waitingForWork(pid) === true)) return false;
+    // Seen waiting for work; or, a process kept busy by the load (never seen
+    // asleep between requests: the plain Python server under wrk), holding
+    // more sockets than when first looked at: connections it accepted.
+    const busyServing = (pid: number): boolean => {
+      const n = socketInodes(pid).size;
+      const first = socketsSeen.get(pid);
+      if (first === undefined) socketsSeen.set(pid, n);
+      return first !== undefined && n > first;
+    };
+    if (!leaves.some((pid) => waitingForWork(pid) === true || busyServing(pid))) return false;
     accepting.add(gen);
     return true;
   };

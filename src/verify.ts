@@ -447,6 +447,7 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
         } else if (r.older === true) {
           sentAt = fx.now();
           if (forced) heldMs = Math.min(heldMs * 2, HELD_PROBE_MS.max);
+          // (A generation that takes connections is never held: effects.ts takesConnections.)
           older += 1;
           nextProbe = fx.now();
         } else {
