@@ -1089,6 +1089,9 @@ export class ProcessFinder {
 
   /** Every process whose parent is a member becomes one (repeated down the tree). */
   async #descend(rows: ReadonlyArray<TableRow>, uid: number, zombies: Array<{ pid: number; gen: number }>): Promise<void> {
+    // A parent that has exec'd since the last look is in its new generation
+    // before its children are given theirs.
+    await this.#reexamine();
     for (let added = true; added;) {
       added = false;
       for (const row of rows) {
@@ -1152,6 +1155,19 @@ export class ProcessFinder {
       this.#unexeced.delete(pid);
       this.#members.set(pid, { pid, startTime: u.startTime, gen });
       if (!this.#mains.has(gen)) this.#noteMain(gen, info);
+      // What its new image forked before this look (a new master's workers,
+      // found in the same scan, took its old generation from it) moves too.
+      this.#moveChildren(pid, u.startTime, u.parent.gen, gen);
+    }
+  }
+
+  /** Members of generation `from` below `pid` (started after it, at `start`): of generation `to` now, down the tree. */
+  #moveChildren(pid: number, start: number, from: number, to: number): void {
+    for (const m of [...this.#members.values()]) {
+      if (m.gen !== from || m.startTime < start || this.#unexeced.has(m.pid)) continue;
+      if (readStat(m.pid)?.ppid !== pid) continue;
+      this.#members.set(m.pid, { ...m, gen: to });
+      this.#moveChildren(m.pid, m.startTime, from, to);
     }
   }
 

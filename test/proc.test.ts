@@ -724,3 +724,49 @@ test('a successor seen before its exec that then dies unreaped is reported as a 
   assert.deepEqual(after.zombies, [{ pid: child, gen }], 'it exec\'d and died: the successor the signal asked for, failed');
   assert.deepEqual((await finder.discover()).zombies, [{ pid: child, gen }], 'and stays so on the next look');
 });
+
+test('a successor seen before its exec, whose new image then forks a worker: the worker is of the successor\'s new generation, not of the old one its parent was counted in', async (t) => {
+  const { app } = await setup(t);
+  // nginx's binary upgrade: the old master forks, the child execs the new
+  // binary and forks its worker. Seen between the fork and the exec, the
+  // new master was counted in the old generation; its worker, found in the
+  // scan that saw it exec'd, took that generation from it and kept it (every
+  // probe the new worker answered was taken for the old generation's).
+  const script = [
+    'import os, signal, sys, time',
+    'signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])',
+    'def reload(*_):',
+    '    pid = os.fork()',
+    '    if pid == 0:',
+    '        signal.sigwait([signal.SIGUSR1])',
+    '        os.execv("/usr/bin/python3", ["python3", "-c", "import os, sys, time\\nw = os.fork()\\nif w == 0:\\n    time.sleep(60)\\nprint(w, flush=True)\\ntime.sleep(60)"])',
+    '    sys.stdout.write(f"{pid}\\n"); sys.stdout.flush()',
+    'signal.signal(signal.SIGHUP, reload)',
+    'sys.stdout.write("up\\n"); sys.stdout.flush()',
+    'while True: time.sleep(60)',
+  ].join('\n');
+  const parent = spawnTracked(t, '/usr/bin/python3', ['-c', script], { stdout: 'pipe' });
+  const lines: string[] = [];
+  let out = '';
+  parent.child.stdout!.setEncoding('utf8').on('data', (c: string) => {
+    out += c;
+    const parts = out.split('\n');
+    out = parts.pop()!;
+    lines.push(...parts);
+  });
+  await waitFor('the parent to be up', () => lines.includes('up'));
+  const info = await mustRead(parent.pid);
+  const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir });
+  finder.restore({ members: [{ pid: info.pid, startTime: info.startTime, gen: 1 }], mains: [{ pid: info.pid, startTime: info.startTime, gen: 1 }], serving: 1, lastGen: 1 });
+  const gen = finder.open(identity(info));
+  assert.equal(sendSignal(parent.pid, 'SIGHUP'), true);
+  const child = Number(await waitFor('the child\'s pid', () => lines.find((l) => /^\d+$/.test(l))));
+  assert.equal((await finder.discover()).all.find((p) => p.pid === child)?.gen, 1, 'not exec\'d yet: counted in its parent\'s generation');
+
+  assert.equal(sendSignal(child, 'SIGUSR1'), true);
+  const worker = await waitFor('the new image\'s worker', () => descendantsOf(child)?.[0]?.pid);
+  await waitFor(`pid ${worker} to run`, () => readProc(worker));
+  const after = await finder.discover();
+  assert.equal(after.all.find((p) => p.pid === child)?.gen, gen, 'exec\'d: the generation the signal opened');
+  assert.equal(after.all.find((p) => p.pid === worker)?.gen, gen, 'its worker too');
+});
