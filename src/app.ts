@@ -104,6 +104,24 @@ const STRENGTH_WAIT_MS = 1_000;
  */
 const STRENGTH_POLL_MS = 50;
 
+/**
+ * reload.quiesceSignal ("upgrade"): how long a worker of the new generation
+ * may take to be seen waiting for connections before the old master would
+ * be quiesced (ms). Past it the old master is left serving, said in the log:
+ * a new generation that takes no connections is judged by the probe as it is.
+ */
+const QUIESCE_WAIT_MS = 5_000;
+
+/**
+ * reload.resumeSignal: how long the resumed old master's workers may take to
+ * be seen waiting for connections before the failed generation is stopped
+ * anyway (ms; said in the log). Meanwhile the new one still serves.
+ */
+const RESUME_WAIT_MS = 5_000;
+
+/** Between looks at where a generation's workers wait, for the two waits above (ms). */
+const QUIESCE_POLL_MS = 20;
+
 /** The journal's `action` of a deploy over a running app, by reload.strategy. */
 const ACTIONS: Record<Strategy, Action> = { reexec: 'signal', inplace: 'signal', upgrade: 'signal', socket: 'replace', restart: 'restart' };
 
@@ -256,6 +274,8 @@ export class AppAgent {
   #newGen: number | undefined;
   /** Under "upgrade": the master the serving one replaced (its parent until it exits). */
   #replaced: ProcIdentity | undefined;
+  /** Under "upgrade" with reload.quiesceSignal: the old master this agent quiesced, until the new generation serves or it is resumed. */
+  #quiesced: ProcIdentity | undefined;
   /** A restart's gap: when the old generation was gone, and when the new one first accepted a connection (fx.now() ms). */
   #outage: { readonly goneAt: number; acceptedAt?: number; readonly held: boolean } | undefined;
   /** A reload signal sent and not yet judged: the generation it opened and the main it went to. */
@@ -1373,11 +1393,112 @@ export class AppAgent {
       this.#tracker.forget();
       return this.#startNew(stopBy);
     }
-    if (this.app.reload.mode === 'reexec') return awaitHandoff(this.#fx, this.app, main, gen, stopBy, this.app.reload.strategy !== 'upgrade');
+    if (this.app.reload.mode === 'reexec') {
+      const successor = await awaitHandoff(this.#fx, this.app, main, gen, stopBy, this.app.reload.strategy !== 'upgrade');
+      if (this.app.reload.strategy === 'upgrade') await this.#quiesce(main, successor, stopBy);
+      return successor;
+    }
     // In place: the main itself now belongs to the new generation, with the workers it starts.
     return { ...(await confirmInPlace(this.#fx, this.app, main)), gen };
   }
 
+
+  /**
+   * The worker processes of the master `main`: the trees under its children
+   * that are not of a newer generation (a new master it started under
+   * "upgrade" is not its worker), each with its parent. Undefined when the
+   * kernel does not list children or `main` is gone.
+   */
+  #workersOf(main: ProcInfo): Array<{ readonly pid: number; readonly ppid: number }> | undefined {
+    const tree = this.#fx.descendants(main.pid);
+    if (tree === undefined) return undefined;
+    const members = this.#fx.lineage()?.members ?? [];
+    const gen = main.gen ?? members.find((m) => sameProcess(m, main))?.gen;
+    const newer = new Set(members.filter((m) => gen !== undefined && m.gen > gen).map((m) => m.pid));
+    const out: Array<{ pid: number; ppid: number }> = [];
+    const ours = new Set([main.pid]);
+    // The tree lists parents before their children (a walk from the top).
+    for (const p of tree) {
+      if (!ours.has(p.ppid) || (p.ppid === main.pid && newer.has(p.pid))) continue;
+      ours.add(p.pid);
+      out.push(p);
+    }
+    return out;
+  }
+
+  /** Has a worker (a process with no child) of `tree` been seen waiting for connections (in accept, poll, epoll or select)? */
+  #aWorkerWaits(tree: ReadonlyArray<{ readonly pid: number; readonly ppid: number }>): boolean {
+    const parents = new Set(tree.map((p) => p.ppid));
+    return tree.some((p) => !parents.has(p.pid) && this.#fx.waitingForWork(p.pid) === true);
+  }
+
+  /**
+   * reload.quiesceSignal ("upgrade"): once a worker of the new generation
+   * (a process with no child in the tree under the new master) has been
+   * seen waiting for connections, the old master is told to stop its
+   * workers accepting (nginx SIGWINCH: they finish their requests and exit;
+   * the master keeps the listening socket), so that the probe, and the
+   * traffic, reach the new generation alone while it is judged. Without
+   * it the kernel picks the worker that accepts each probe (nginx's wait in
+   * epoll with EPOLLEXCLUSIVE: under wrk, probes split 59/41 between an old
+   * and a new worker in one try, all 100 to one worker in another), and one
+   * the old generation takes is sent again. The nginx manual's binary
+   * upgrade, gunicorn's and unicorn's (USR2, WINCH, then QUIT or HUP).
+   * No worker seen waiting within QUIESCE_WAIT_MS: the old master is left
+   * serving, said in the log, and the probe judges what it can.
+   */
+  async #quiesce(old: ProcInfo, successor: ProcInfo, stopBy: StopBy): Promise<void> {
+    const signal = this.app.reload.quiesceSignal;
+    if (signal === undefined) return;
+    const deadline = this.#fx.now() + QUIESCE_WAIT_MS;
+    for (;;) {
+      const tree = this.#fx.descendants(successor.pid);
+      // Gone: the health check says how. No children lists: nothing to wait for.
+      if (tree === undefined && (await this.#fx.verify(successor)) === undefined) return;
+      if (tree === undefined || this.#aWorkerWaits(tree)) break;
+      if (this.#fx.now() >= deadline || this.#fx.now() >= stopBy()) {
+        this.#log.warn({ appPid: old.pid, newPid: successor.pid, signal },
+          `no worker of the new master (pid ${successor.pid}) was seen waiting for connections within ${QUIESCE_WAIT_MS} ms: the old master (pid ${old.pid}) is not sent ${signal} and serves on while the new one is judged`);
+        return;
+      }
+      await this.#fx.sleep(QUIESCE_POLL_MS);
+    }
+    if (!this.#fx.signal(old.pid, signal)) return;
+    this.#quiesced = { pid: old.pid, startTime: old.startTime };
+    this.#log.info({ appPid: old.pid, newPid: successor.pid, signal },
+      `the new master (pid ${successor.pid}) has a worker waiting for connections: ${signal} to the old master (pid ${old.pid}), whose workers stop accepting while the new generation is judged`);
+  }
+
+  /**
+   * reload.resumeSignal: an old master quiesced for a new generation that
+   * failed is told to start its workers again (nginx SIGHUP), and the
+   * failed generation is stopped only once one of them is seen waiting for
+   * connections (at most RESUME_WAIT_MS): connections wait in the backlog
+   * at worst, never refused (the old master holds the socket throughout).
+   * Sent when this agent quiesced it, or, an agent killed meanwhile, when
+   * it has no worker left. The links are put back on the good release
+   * first: nginx re-reads its config on SIGHUP once its new master is gone.
+   */
+  async #resume(old: ProcInfo | undefined): Promise<void> {
+    const signal = this.app.reload.resumeSignal;
+    if (signal === undefined || old === undefined || (await this.#fx.verify(old)) === undefined) return;
+    const mine = sameProcess(this.#quiesced, old);
+    this.#quiesced = undefined;
+    const workers = this.#workersOf(old);
+    if (!mine && (workers === undefined || workers.length > 0)) return;
+    if (this.#lastGood !== undefined) await this.#fx.relink(this.#lastGood);
+    if (!this.#fx.signal(old.pid, signal)) return;
+    this.#log.warn({ appPid: old.pid, signal }, `the new generation failed: ${signal} to the quiesced old master (pid ${old.pid}) to start its workers again`);
+    for (const deadline = this.#fx.now() + RESUME_WAIT_MS; ;) {
+      const tree = this.#workersOf(old);
+      if (tree === undefined || this.#aWorkerWaits(tree)) return;
+      if (this.#fx.now() >= deadline) {
+        this.#log.error({ appPid: old.pid, signal }, `no worker of the old master (pid ${old.pid}) was seen waiting for connections ${RESUME_WAIT_MS} ms after ${signal}: the failed generation is stopped anyway (connections wait in the backlog until the old master's workers accept)`);
+        return;
+      }
+      await this.#fx.sleep(QUIESCE_POLL_MS);
+    }
+  }
 
   /**
    * "socket" and "upgrade", before the old generation is told to stop: wait
@@ -1446,6 +1567,7 @@ export class AppAgent {
     this.#fx.promote(gen, after);
     this.#reloading = undefined;
     this.#newGen = undefined;
+    this.#quiesced = undefined;
     // A new generation is a new run for the crash policy (its quick failures count from here).
     this.#tracker.set(after);
     this.#generations.servingIs(gen);
@@ -1492,6 +1614,8 @@ export class AppAgent {
     // all that serves (see above).
     const started = strategy === 'socket' || strategy === 'restart';
     if (before !== undefined && !started && (await this.#fx.verify(before)) === undefined) return;
+    // A quiesced old master accepts again before the failed generation goes.
+    if (strategy === 'upgrade') await this.#resume(before);
     const rec = this.#fx.lineage();
     const victims = (rec?.members ?? []).filter((m) => m.gen === gen && !sameProcess(m, before));
     if (victims.length === 0) return;
@@ -1547,7 +1671,9 @@ export class AppAgent {
         // the new generation beside it failed, or the signal started a
         // second master instead of reloading it): it still runs the good
         // release with the good config. Signalling it again would repeat that.
+        // Quiesced and not resumed yet (an agent killed before it could), it is now.
         after = now;
+        if (this.app.reload.strategy === 'upgrade') await this.#resume(now);
       } else {
         after = await this.#takeOver(now, this.#rollbackBy);
         if (this.app.reload.mode === 'reexec') assertBinary(this.app, after, good);

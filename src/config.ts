@@ -49,8 +49,23 @@ const ReloadSchema = z.strictObject({
     .meta(about('how long a start, a re-exec handoff or a new master may take to appear before the deploy counts as failed')),
   drainTimeoutMs: z.int().min(0).max(86_400_000).default(60_000)
     .meta(about('how long an older generation that exits by itself (`reexec`, `inplace`) may keep running (draining in-flight requests) after a new one serves; then `stop.signal`, and SIGKILL `stop.timeoutMs` later')),
+  quiesceSignal: z.enum(SIGNALS, { error: 'must be a catchable signal name such as "SIGWINCH" (not SIGKILL or SIGSTOP)' }).optional()
+    .meta(about('optional, `upgrade` only, with `resumeSignal`: sent to the old master once the new generation waits for connections, before it is judged, to stop the old one\'s workers accepting (nginx, gunicorn, unicorn: `SIGWINCH`), so the probe and the traffic reach the new one; the old master keeps the socket')),
+  resumeSignal: z.enum(SIGNALS, { error: 'must be a catchable signal name such as "SIGHUP" (not SIGKILL or SIGSTOP)' }).optional()
+    .meta(about('optional, with `quiesceSignal`: sent to the quiesced old master when the new generation fails, with the links back on the good release and before the new one is stopped, to start its workers again (nginx, gunicorn, unicorn: `SIGHUP`)')),
 }).refine((r) => r.mode === undefined || r.strategy === undefined || r.mode === r.strategy,
-  { message: 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)', path: ['mode'] });
+  { message: 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)', path: ['mode'] })
+  .superRefine((r, ctx) => {
+    if (r.quiesceSignal !== undefined && r.resumeSignal === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: 'needs "resumeSignal" too: an old master quiesced for a new generation that then fails must be told to accept again (nginx, gunicorn, unicorn: "SIGHUP")' });
+    }
+    if (r.quiesceSignal === undefined && r.resumeSignal !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: 'needs "quiesceSignal" too: "resumeSignal" undoes it' });
+    }
+    if (r.quiesceSignal !== undefined && (r.strategy ?? r.mode) !== 'upgrade') {
+      ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: 'only with "strategy": "upgrade" (an old master that keeps the socket while its workers stop)' });
+    }
+  });
 
 const StopSchema = z.strictObject({
   signal: signalName('SIGTERM', 'the signal that makes the app stop: finish its in-flight requests and exit (gunicorn TERM, unicorn and nginx QUIT)'),
@@ -477,6 +492,14 @@ export interface AppConfig {
     readonly signal: NodeJS.Signals;
     readonly timeoutMs: number;
     readonly drainTimeoutMs: number;
+    /**
+     * "upgrade" only: sent to the old master once the new generation waits
+     * for connections, before it is judged (its workers stop accepting: nginx
+     * SIGWINCH), and, when the new generation fails, `resumeSignal` (nginx
+     * SIGHUP: its workers start again). Both or neither; undefined: neither.
+     */
+    readonly quiesceSignal: NodeJS.Signals | undefined;
+    readonly resumeSignal: NodeJS.Signals | undefined;
     /** The config used the deprecated "mode" key (said once in the log at start). */
     readonly deprecatedMode: boolean;
   };
@@ -691,6 +714,8 @@ export function parseConfig(text: string, file: string): AgentConfig {
         signal: a.reload.signal as NodeJS.Signals,
         timeoutMs: a.reload.timeoutMs,
         drainTimeoutMs: a.reload.drainTimeoutMs,
+        quiesceSignal: a.reload.quiesceSignal as NodeJS.Signals | undefined,
+        resumeSignal: a.reload.resumeSignal as NodeJS.Signals | undefined,
         deprecatedMode: a.reload.mode !== undefined,
       }),
       sockets: Object.freeze([...a.sockets]),

@@ -231,6 +231,22 @@ class World implements Effects {
     }
   }
 
+  /**
+   * Masters with a worker each (nginx): the new master of an "upgrade" starts
+   * one, SIGWINCH makes a master's workers exit, SIGHUP starts one again.
+   */
+  masters = false;
+  /** Where the links pointed when the last SIGHUP (a resume) went out. */
+  linksAtResume: { bin: string | undefined; cfg: string | undefined } | undefined;
+
+  /** A worker forked by `master`: its image and generation. */
+  workerOf(master: number): ProcInfo {
+    const m = this.procs.get(master)!;
+    const w = this.spawnProc(m.exe, m.gen);
+    this.procs.set(w.pid, { ...w, ppid: master });
+    return this.procs.get(w.pid)!;
+  }
+
   /** pid -> the parent that reaps it when it exits (its childFaults grow). */
   reapedBy = new Map<number, number>();
   /** A forked child that exec's the new release at `at` (fake ms): until then it is its parent's image, of the parent's generation. */
@@ -379,6 +395,17 @@ class World implements Effects {
       if (!this.ignoreTerm || signal === 'SIGKILL') this.procs.delete(pid);
       return true;
     }
+    if (this.masters && signal === 'SIGWINCH') {
+      // Quiesced: the master's workers finish and exit; it keeps the socket.
+      for (const p of [...this.procs.values()]) if (p.ppid === pid && p.gen === this.procs.get(pid)?.gen) this.procs.delete(p.pid);
+      return true;
+    }
+    if (this.masters && signal === 'SIGHUP') {
+      // Resumed: it starts its workers again (nginx, without re-reading its config while its new master runs).
+      this.linksAtResume = { ...this.links };
+      this.workerOf(pid);
+      return true;
+    }
     if (this.onSignal === 'successorDies') this.childEnded(pid);
     if (this.onSignal === 'slowHandoff') {
       // The successor starts; a worker of the old main exits meanwhile (it is
@@ -391,6 +418,7 @@ class World implements Effects {
       // A new master, a child of the old one; both serve until the old is told to stop.
       const child = this.spawnProc(this.links.bin ?? 'none', this.opened);
       this.procs.set(child.pid, { ...child, ppid: pid });
+      if (this.masters) this.workerOf(child.pid);
     }
     if (this.onSignal === 'forkThenExec') {
       // The successor is forked: a child of the old main, its image (proc.ts
@@ -1771,6 +1799,72 @@ test('strategy "upgrade": the new master (a child of the old) is judged, then th
   assert.equal(e.action, 'signal');
   assert.deepEqual(w.signals, [[old, 'SIGUSR2'], [old, 'SIGQUIT']]);
   assert.notEqual(agent.mainPid, old);
+});
+
+test('"upgrade" with reload.quiesceSignal: once the new master has a worker waiting, the old master is quiesced, then the new generation judged, then the old one stopped', async () => {
+  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, { ...PROBED, stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
+  const old = agent.mainPid!;
+  w.masters = true;
+  const oldWorker = w.workerOf(old).pid;
+  w.onSignal = 'upgrade';
+  // The probe may judge only once the old workers have stopped accepting.
+  w.probeResult = () => (w.procs.has(oldWorker) ? { ok: false, detail: 'accepted by an older generation', older: true } : { ok: true, detail: 'HTTP 200' });
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1]!;
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  assert.deepEqual(w.signals, [[old, 'SIGUSR2'], [old, 'SIGWINCH'], [old, 'SIGQUIT']]);
+  assert.notEqual(agent.mainPid, old);
+});
+
+test('"upgrade" with reload.quiesceSignal, the new generation unhealthy: the links go back, the old master is resumed (reload.resumeSignal) before the new one is stopped, and serves on', async () => {
+  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, { ...PROBED, stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
+  const old = agent.mainPid!;
+  w.masters = true;
+  w.workerOf(old);
+  w.onSignal = 'upgrade';
+  w.unhealthy.add(`${REL}/app.2.0`);
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1]!;
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+  assert.equal(e.code, 'UNHEALTHY', e.reason ?? '');
+  const newMaster = [...w.procs.values()].find((p) => p.ppid === old && p.exe === `${REL}/app.2.0`);
+  assert.equal(newMaster, undefined, 'the new master is stopped');
+  const toOld = w.signals.filter(([pid]) => pid === old).map(([, s]) => s);
+  assert.deepEqual(toOld, ['SIGUSR2', 'SIGWINCH', 'SIGHUP'], 'quiesced, then resumed; never stopped');
+  const hup = w.signals.findIndex(([pid, s]) => pid === old && s === 'SIGHUP');
+  const stopNew = w.signals.findIndex(([pid]) => pid !== old);
+  assert.ok(stopNew > hup, `the new generation is stopped after the resume: ${JSON.stringify(w.signals)}`);
+  assert.deepEqual(w.linksAtResume, { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` }, 'the links are back on the good release when the old master may re-read its config');
+  assert.equal(agent.mainPid, old);
+  assert.ok([...w.procs.values()].some((p) => p.ppid === old && p.exe === `${REL}/app.1.0`), 'the old master has a worker again');
+});
+
+test('"upgrade" with reload.quiesceSignal, an agent killed while the old master was quiesced: the next one resumes it when the new generation fails', async () => {
+  const w = worldAt(2, 1, 50);
+  w.masters = true;
+  // The old master, quiesced (no worker left), and the new one it started, with a worker, serving a sick release.
+  const old = w.spawnProc(`${REL}/app.1.0`, 1);
+  const master = w.spawnProc(`${REL}/app.2.0`, 2);
+  w.procs.set(master.pid, { ...master, ppid: old.pid });
+  w.workerOf(master.pid);
+  w.unhealthy.add(`${REL}/app.2.0`);
+  killedMidDeploy(w, '2.0', old.pid, 40);
+  const agent = new AppAgent(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, { ...PROBED, stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  const e = w.entries.at(-1)!;
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+  assert.equal(e.code, 'UNHEALTHY', e.reason ?? '');
+  const toOld = w.signals.filter(([pid]) => pid === old.pid).map(([, sig]) => sig);
+  assert.deepEqual(toOld, ['SIGHUP'], `resumed by the next agent, never stopped: ${JSON.stringify(w.signals)}`);
+  assert.ok(!w.procs.has(master.pid), 'the failed new master is stopped');
+  assert.deepEqual(w.linksAtResume, { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` });
+  assert.equal(agent.mainPid, old.pid);
+  await agent.close();
 });
 
 test('strategy "reexec" on an app that just exits on the signal: the failure names the strategies that fit', async () => {

@@ -55,7 +55,7 @@ test('defaults are filled in and paths resolved', async (t) => {
   assert.equal(app.pidFile, undefined);
   assert.deepEqual([...app.command], ['./app.bin', '-c', 'app.cfg']);
   assert.deepEqual({ ...app.env }, {});
-  assert.deepEqual({ ...app.reload }, { strategy: 'reexec', signal: 'SIGHUP', mode: 'reexec', timeoutMs: 15_000, drainTimeoutMs: 60_000, deprecatedMode: false });
+  assert.deepEqual({ ...app.reload }, { strategy: 'reexec', signal: 'SIGHUP', mode: 'reexec', timeoutMs: 15_000, drainTimeoutMs: 60_000, quiesceSignal: undefined, resumeSignal: undefined, deprecatedMode: false });
   assert.deepEqual(app.sockets, []);
   assert.deepEqual({ ...app.stop }, { signal: 'SIGTERM', timeoutMs: 10_000 });
   assert.equal(app.health.readiness, 'probe');
@@ -110,7 +110,7 @@ test('overrides are honoured, relative app paths resolved against the app dir', 
   assert.deepEqual({ ...app.links }, { bin: '/srv/api/bin/app', cfg: '/etc/api/app.conf' });
   assert.equal(app.logFile, '/srv/api/logs/app.log');
   assert.equal(app.pidFile, '/srv/api/run/app.pid');
-  assert.deepEqual({ ...app.reload }, { strategy: 'inplace', signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500, drainTimeoutMs: 60_000, deprecatedMode: true });
+  assert.deepEqual({ ...app.reload }, { strategy: 'inplace', signal: 'SIGUSR2', mode: 'inplace', timeoutMs: 500, drainTimeoutMs: 60_000, quiesceSignal: undefined, resumeSignal: undefined, deprecatedMode: true });
 });
 
 test('relative app paths resolve against dir; currentFile defaults into releasesDir; one link overridden keeps the other default', () => {
@@ -122,7 +122,7 @@ test('relative app paths resolve against dir; currentFile defaults into releases
   assert.deepEqual({ ...app.links }, { bin: '/srv/web/app.bin', cfg: '/srv/web/nginx.conf' });
   // A partial reload block keeps the other defaults.
   const r = parseConfig(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', reload: { mode: 'inplace' } }] }), '/c.json').apps[0]!.reload;
-  assert.deepEqual({ ...r }, { strategy: 'inplace', signal: 'SIGHUP', mode: 'inplace', timeoutMs: 15_000, drainTimeoutMs: 60_000, deprecatedMode: true });
+  assert.deepEqual({ ...r }, { strategy: 'inplace', signal: 'SIGHUP', mode: 'inplace', timeoutMs: 15_000, drainTimeoutMs: 60_000, quiesceSignal: undefined, resumeSignal: undefined, deprecatedMode: true });
 });
 
 test('three mistakes are three problems, each with the file and its key path', () => {
@@ -583,6 +583,14 @@ test('reload strategies: the default follows "sockets"; "mode" is an alias; a mi
   };
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'socket' } }]), { 'apps[0].reload.strategy': '"socket" needs "sockets": the listen addresses the agent holds and passes to every generation' });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', mode: 'inplace' } }]), { 'apps[0].reload.mode': 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)' });
+  // reload.quiesceSignal and resumeSignal: both, and only under "upgrade".
+  const quiesced = parse([{ name: 'n', dir: '/srv/n', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' } }]).apps[0]!;
+  assert.equal(quiesced.reload.quiesceSignal, 'SIGWINCH');
+  assert.equal(quiesced.reload.resumeSignal, 'SIGHUP');
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', quiesceSignal: 'SIGWINCH' } }]), { 'apps[0].reload.resumeSignal': 'needs "resumeSignal" too: an old master quiesced for a new generation that then fails must be told to accept again (nginx, gunicorn, unicorn: "SIGHUP")' });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', resumeSignal: 'SIGHUP' } }]), { 'apps[0].reload.quiesceSignal': 'needs "quiesceSignal" too: "resumeSignal" undoes it' });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' } }]), { 'apps[0].reload.quiesceSignal': 'only with "strategy": "upgrade" (an old master that keeps the socket while its workers stop)' });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', quiesceSignal: 'SIGKILL', resumeSignal: 'SIGHUP' } }]), { 'apps[0].reload.quiesceSignal': 'must be a catchable signal name such as "SIGWINCH" (not SIGKILL or SIGSTOP)' });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['localhost:80', '127.0.0.1:0', 'unix:run/x', 'web1:80', '127.0.0.1:99999'] }]), {
     'apps[0].sockets[0]': '"localhost" is a host name: write an IP address: for this host only (what "localhost" means) "127.0.0.1" or "[::1]"; a name could resolve differently later',
     'apps[0].sockets[3]': '"web1" is a host name: write an IP address ("127.0.0.1", "[::1]", "0.0.0.0" or "[::]"); a name could resolve differently later',

@@ -33,7 +33,7 @@ interface Server {
   readonly release: (ctx: { dir: string; releasesDir: string; port: number; r: string }) => Promise<void>;
   /** argv run in the app's folder (default `./app.bin -c app.cfg`). */
   readonly command?: (dir: string) => string[];
-  readonly reload: { strategy: string; signal?: string; timeoutMs?: number };
+  readonly reload: { strategy: string; signal?: string; timeoutMs?: number; quiesceSignal?: string; resumeSignal?: string };
   readonly stop: { signal: string; timeoutMs?: number };
   /** The agent holds the app's socket (LISTEN_FDS). */
   readonly sockets?: boolean;
@@ -54,6 +54,8 @@ interface Server {
    * and the journal's error code.
    */
   readonly failing?: Readonly<Record<string, { write: (ctx: { dir: string; releasesDir: string; port: number; r: string }) => Promise<void>; code: string }>>;
+  /** What the agent must have said in its log by the end (each a pattern of a line's `msg`). */
+  readonly logged?: readonly RegExp[];
 }
 
 
@@ -140,6 +142,7 @@ async function exercise(t: TestContext, s: Server): Promise<void> {
   }
   const result = await wrk.stop();
   assertNoErrors(result);
+  for (const re of s.logged ?? []) assert.ok(agent.lines.some((l) => re.test(String(l['msg']))), `the agent logged ${String(re)}: ${await explain(agent, dir)}`);
   // The old generations are gone: stopped by the agent, or exited by themselves.
   await waitFor(`${s.name}: one generation left`, async () => {
     const r = await relinkCli(['status', '--config', configFile, '--app', s.name, '--json']);
@@ -253,7 +256,7 @@ async function nginxRelease(ctx: { releasesDir: string; port: number; r: string 
 const nginxCommand = (dir: string): string[] => ['./app.bin', '-p', `${dir}/`, '-e', 'error.log', '-c', path.join(dir, 'app.cfg')];
 const nginxAnswered = (body: string): string | undefined => /^nginx (\w+)$/.exec(body.trim())?.[1];
 
-test('nginx binary upgrade, "upgrade": 20 deploys of a new binary, reload.signal SIGUSR2 (the master execs ./app.bin), stop.signal SIGQUIT to the old master, refuse nothing; a release whose config nginx refuses and one never healthy are rolled back, losing nothing', async (t) => {
+test('nginx binary upgrade, "upgrade": 20 deploys of a new binary, reload.signal SIGUSR2 (the master execs ./app.bin), quiesceSignal SIGWINCH, stop.signal SIGQUIT to the old master, refuse nothing; a release whose config nginx refuses and one never healthy are rolled back (the old master resumed with SIGHUP), losing nothing', async (t) => {
   if (process.getuid?.() !== 0) {
     t.skip('nginx workers switch user: run as root');
     return;
@@ -269,10 +272,14 @@ test('nginx binary upgrade, "upgrade": 20 deploys of a new binary, reload.signal
     needs: [['/usr/sbin/nginx', 'nginx-light']],
     release: (ctx) => nginxRelease(ctx, true),
     command: nginxCommand,
-    reload: { strategy: 'upgrade', signal: 'SIGUSR2' },
+    // Quiesced (WINCH to the old master once a new worker waits), the new
+    // generation is judged alone; the unhealthy release has the old master
+    // resumed (HUP) before it is stopped.
+    reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' },
     stop: { signal: 'SIGQUIT' },
     deploys: 20,
     extra: { pidFile: 'nginx.pid' },
+    logged: [/SIGWINCH to the old master/, /SIGHUP to the quiesced old master/],
     failing: {
       x: { write: (ctx) => nginxRelease(ctx, true, 'exits'), code: 'APP_EXITED' },
       y: { write: (ctx) => nginxRelease(ctx, true, 'unhealthy'), code: 'UNHEALTHY' },
