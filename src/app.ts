@@ -28,7 +28,7 @@ import { stripBom } from './json.js';
 import type { Action, Command, HistoryEntry, Outcome } from './history.js';
 import { DeployHooks, pendingEntry } from './hooks.js';
 import { preflightRefusal } from './preflight.js';
-import { sameProcess, type ProcIdentity, type ProcInfo } from './proc.js';
+import { leavesOf, sameProcess, type ProcIdentity, type ProcInfo } from './proc.js';
 import { entryFor, Recorder, type Attempt, type Extra, type ReadAttempt } from './record.js';
 import type { AppProblem, AppStateName, GoodRelease, InFlight } from './state.js';
 import { backoffDelay, CrashPolicy, LivenessCounter } from './supervise.js';
@@ -1426,10 +1426,21 @@ export class AppAgent {
     return out;
   }
 
-  /** Has a worker (a process with no child) of `tree` been seen waiting for connections (in accept, poll, epoll or select)? */
-  #aWorkerWaits(tree: ReadonlyArray<{ readonly pid: number; readonly ppid: number }>): boolean {
-    const parents = new Set(tree.map((p) => p.ppid));
-    return tree.some((p) => !parents.has(p.pid) && this.#fx.waitingForWork(p.pid) === true);
+  /**
+   * Wait until a worker (a process with no child) of `tree()` is seen
+   * waiting for connections (in accept, poll, epoll or select), looking
+   * every QUIESCE_POLL_MS until `until` (fx.now() ms). True once one is (or
+   * the kernel lists no children: nothing to wait for), false at `until`,
+   * undefined when `gone()` says the processes are gone.
+   */
+  async #aWorkerWaits(tree: () => ReadonlyArray<{ readonly pid: number; readonly ppid: number }> | undefined, gone: () => Promise<boolean>, until: () => number): Promise<boolean | undefined> {
+    for (;;) {
+      const t = tree();
+      if (t === undefined) return (await gone()) ? undefined : true;
+      if (leavesOf(t).some((p) => this.#fx.waitingForWork(p.pid) === true)) return true;
+      if (this.#fx.now() >= until()) return false;
+      await this.#fx.sleep(QUIESCE_POLL_MS);
+    }
   }
 
   /**
@@ -1451,17 +1462,14 @@ export class AppAgent {
     const signal = this.app.reload.quiesceSignal;
     if (signal === undefined) return;
     const deadline = this.#fx.now() + QUIESCE_WAIT_MS;
-    for (;;) {
-      const tree = this.#fx.descendants(successor.pid);
-      // Gone: the health check says how. No children lists: nothing to wait for.
-      if (tree === undefined && (await this.#fx.verify(successor)) === undefined) return;
-      if (tree === undefined || this.#aWorkerWaits(tree)) break;
-      if (this.#fx.now() >= deadline || this.#fx.now() >= stopBy()) {
-        this.#log.warn({ appPid: old.pid, newPid: successor.pid, signal },
-          `no worker of the new master (pid ${successor.pid}) was seen waiting for connections within ${QUIESCE_WAIT_MS} ms: the old master (pid ${old.pid}) is not sent ${signal} and serves on while the new one is judged`);
-        return;
-      }
-      await this.#fx.sleep(QUIESCE_POLL_MS);
+    const waits = await this.#aWorkerWaits(() => this.#fx.descendants(successor.pid),
+      async () => (await this.#fx.verify(successor)) === undefined, () => Math.min(deadline, stopBy()));
+    // Gone: the health check says how.
+    if (waits === undefined) return;
+    if (!waits) {
+      this.#log.warn({ appPid: old.pid, newPid: successor.pid, signal },
+        `no worker of the new master (pid ${successor.pid}) was seen waiting for connections within ${QUIESCE_WAIT_MS} ms: the old master (pid ${old.pid}) is not sent ${signal} and serves on while the new one is judged`);
+      return;
     }
     if (!this.#fx.signal(old.pid, signal)) return;
     this.#quiesced = { pid: old.pid, startTime: old.startTime };
@@ -1478,10 +1486,11 @@ export class AppAgent {
    * Sent when this agent quiesced it, or, an agent killed meanwhile, when
    * it has no worker left. The links are put back on the good release
    * first: nginx re-reads its config on SIGHUP once its new master is gone.
+   * `old`: the old master, found running by the caller just before.
    */
   async #resume(old: ProcInfo | undefined): Promise<void> {
     const signal = this.app.reload.resumeSignal;
-    if (signal === undefined || old === undefined || (await this.#fx.verify(old)) === undefined) return;
+    if (signal === undefined || old === undefined) return;
     const mine = sameProcess(this.#quiesced, old);
     this.#quiesced = undefined;
     const workers = this.#workersOf(old);
@@ -1489,14 +1498,10 @@ export class AppAgent {
     if (this.#lastGood !== undefined) await this.#fx.relink(this.#lastGood);
     if (!this.#fx.signal(old.pid, signal)) return;
     this.#log.warn({ appPid: old.pid, signal }, `the new generation failed: ${signal} to the quiesced old master (pid ${old.pid}) to start its workers again`);
-    for (const deadline = this.#fx.now() + RESUME_WAIT_MS; ;) {
-      const tree = this.#workersOf(old);
-      if (tree === undefined || this.#aWorkerWaits(tree)) return;
-      if (this.#fx.now() >= deadline) {
-        this.#log.error({ appPid: old.pid, signal }, `no worker of the old master (pid ${old.pid}) was seen waiting for connections ${RESUME_WAIT_MS} ms after ${signal}: the failed generation is stopped anyway (connections wait in the backlog until the old master's workers accept)`);
-        return;
-      }
-      await this.#fx.sleep(QUIESCE_POLL_MS);
+    const deadline = this.#fx.now() + RESUME_WAIT_MS;
+    const waits = await this.#aWorkerWaits(() => this.#workersOf(old), async () => true, () => deadline);
+    if (waits === false) {
+      this.#log.error({ appPid: old.pid, signal }, `no worker of the old master (pid ${old.pid}) was seen waiting for connections ${RESUME_WAIT_MS} ms after ${signal}: the failed generation is stopped anyway (connections wait in the backlog until the old master's workers accept)`);
     }
   }
 
@@ -1538,8 +1543,7 @@ export class AppAgent {
         // Workers, not masters: a master waits for its children (waitpid,
         // sigsuspend) as often as for connections; a process with none is the
         // one that serves.
-        const parents = new Set(fresh.map((m) => m.ppid));
-        const leaves = fresh.filter((m) => !parents.has(m.pid));
+        const leaves = leavesOf(fresh);
         for (const m of leaves) if (this.#fx.waitingForWork(m.pid) === true) waited.add(m.pid);
         if (fresh.length >= strength && leaves.every((m) => waited.has(m.pid))) return;
         if (this.#fx.now() >= deadline) {

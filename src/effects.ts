@@ -17,7 +17,7 @@ import type { CommandResult } from './command.js';
 import { runHook, type HookEntry, type HookName } from './hooks.js';
 import { logSize, logTail } from './logtail.js';
 import { AppOutput } from './appoutput.js';
-import { descendantsOf, ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
+import { descendantsOf, leavesOf, ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import type { SocketHolder, Unheld } from './sockets.js';
 import { RelinkError } from './errors.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
@@ -193,12 +193,13 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
    */
   const takesConnections = (judged: ProcInfo, gen: number): boolean => {
     for (const g of accepting) if (g < gen) accepting.delete(g);
-    for (const pid of socketsSeen.keys()) if (!finder.record().members.some((m) => m.pid === pid) && pid !== judged.pid) socketsSeen.delete(pid);
     if (accepting.has(gen)) return true;
-    const tree = descendantsOf(judged.pid);
-    if (tree === undefined) return true;
-    const parents = new Set(tree.map((p) => p.ppid));
-    const leaves = [judged.pid, ...tree.map((p) => p.pid)].filter((pid) => !parents.has(pid));
+    const below = descendantsOf(judged.pid);
+    if (below === undefined) return true;
+    const tree = [{ pid: judged.pid, ppid: undefined }, ...below];
+    // What was counted of a process no longer in the tree is forgotten (its PID may come back as another).
+    for (const pid of socketsSeen.keys()) if (!tree.some((p) => p.pid === pid)) socketsSeen.delete(pid);
+    const leaves = leavesOf(tree).map((p) => p.pid);
     // Seen waiting for work; or, a process kept busy by the load (never seen
     // asleep between requests: the plain Python server under wrk), holding
     // more sockets than when first looked at: connections it accepted.
@@ -210,6 +211,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     };
     if (!leaves.some((pid) => waitingForWork(pid) === true || busyServing(pid))) return false;
     accepting.add(gen);
+    socketsSeen.clear();
     return true;
   };
   let me: Promise<LockOwner> | undefined;

@@ -225,6 +225,17 @@ export function descendantsOf(pid: number): Array<{ readonly pid: number; readon
   return out;
 }
 
+/**
+ * The processes of `tree` that are no other's parent in it: a pre-fork
+ * server's workers, or the one process of a plain server (a master waits
+ * for its children as often as for connections, so where it waits tells
+ * nothing of whether it serves).
+ */
+export function leavesOf<T extends { readonly pid: number; readonly ppid: number | undefined }>(tree: readonly T[]): T[] {
+  const parents = new Set(tree.map((p) => p.ppid));
+  return tree.filter((p) => !parents.has(p.pid));
+}
+
 /** kernel.randomize_va_space is 0 (read once: a host setting). */
 let aslrOff: boolean | undefined;
 

@@ -679,12 +679,16 @@ test('descendantsOf: the tree below a process from the kernel\'s children lists,
   assert.equal(descendantsOf(top.pid!), undefined, 'gone');
 });
 
-test('a successor seen before its exec that then dies unreaped is reported as a zombie of the generation the signal opened, not of its parent\'s', async (t) => {
+/**
+ * A python parent, known to a fresh finder as generation 1's main, whose
+ * reload (SIGHUP, after the finder opened generation 2 on it) forks a child
+ * that waits for SIGUSR1 before it execs `exec` (python list-literal argv):
+ * the finder can be made to see the child between its fork and its exec, the
+ * moment a loaded host makes long. The parent never reaps it. Resolves once
+ * the child's PID is known, the child seen unexec'd in generation 1.
+ */
+async function forkingParent(t: TestContext, exec: string): Promise<{ finder: ProcessFinder; gen: number; child: number }> {
   const { app } = await setup(t);
-  // An app whose reload forks a child that execs the new release, which
-  // exits at once; the parent never reaps it (facebookgo/grace). The child
-  // waits for SIGUSR1 before its exec, so the finder sees it first as a
-  // copy of its parent's image, the moment a loaded host makes long.
   const script = [
     'import os, signal, sys, time',
     'signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])',
@@ -692,7 +696,7 @@ test('a successor seen before its exec that then dies unreaped is reported as a 
     '    pid = os.fork()',
     '    if pid == 0:',
     '        signal.sigwait([signal.SIGUSR1])',
-    '        os.execv("/bin/sh", ["sh", "-c", "exit 3"])',
+    `        os.execv(${exec})`,
     '    sys.stdout.write(f"{pid}\\n"); sys.stdout.flush()',
     'signal.signal(signal.SIGHUP, reload)',
     'sys.stdout.write("up\\n"); sys.stdout.flush()',
@@ -715,9 +719,13 @@ test('a successor seen before its exec that then dies unreaped is reported as a 
   assert.equal(gen, 2);
   assert.equal(sendSignal(parent.pid, 'SIGHUP'), true);
   const child = Number(await waitFor('the child\'s pid', () => lines.find((l) => /^\d+$/.test(l))));
-  const before = await finder.discover();
-  assert.equal(before.all.find((p) => p.pid === child)?.gen, 1, 'not exec\'d yet: counted in its parent\'s generation');
+  assert.equal((await finder.discover()).all.find((p) => p.pid === child)?.gen, 1, 'not exec\'d yet: counted in its parent\'s generation');
+  return { finder, gen, child };
+}
 
+test('a successor seen before its exec that then dies unreaped is reported as a zombie of the generation the signal opened, not of its parent\'s', async (t) => {
+  // facebookgo/grace's way: the successor exits at once and is never reaped.
+  const { finder, gen, child } = await forkingParent(t, '"/bin/sh", ["sh", "-c", "exit 3"]');
   assert.equal(sendSignal(child, 'SIGUSR1'), true);
   await waitFor(`pid ${child} to be a zombie`, async () => (await procState(child)) === 'Z');
   const after = await finder.discover();
@@ -726,43 +734,12 @@ test('a successor seen before its exec that then dies unreaped is reported as a 
 });
 
 test('a successor seen before its exec, whose new image then forks a worker: the worker is of the successor\'s new generation, not of the old one its parent was counted in', async (t) => {
-  const { app } = await setup(t);
   // nginx's binary upgrade: the old master forks, the child execs the new
   // binary and forks its worker. Seen between the fork and the exec, the
   // new master was counted in the old generation; its worker, found in the
   // scan that saw it exec'd, took that generation from it and kept it (every
   // probe the new worker answered was taken for the old generation's).
-  const script = [
-    'import os, signal, sys, time',
-    'signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])',
-    'def reload(*_):',
-    '    pid = os.fork()',
-    '    if pid == 0:',
-    '        signal.sigwait([signal.SIGUSR1])',
-    '        os.execv("/usr/bin/python3", ["python3", "-c", "import os, sys, time\\nw = os.fork()\\nif w == 0:\\n    time.sleep(60)\\nprint(w, flush=True)\\ntime.sleep(60)"])',
-    '    sys.stdout.write(f"{pid}\\n"); sys.stdout.flush()',
-    'signal.signal(signal.SIGHUP, reload)',
-    'sys.stdout.write("up\\n"); sys.stdout.flush()',
-    'while True: time.sleep(60)',
-  ].join('\n');
-  const parent = spawnTracked(t, '/usr/bin/python3', ['-c', script], { stdout: 'pipe' });
-  const lines: string[] = [];
-  let out = '';
-  parent.child.stdout!.setEncoding('utf8').on('data', (c: string) => {
-    out += c;
-    const parts = out.split('\n');
-    out = parts.pop()!;
-    lines.push(...parts);
-  });
-  await waitFor('the parent to be up', () => lines.includes('up'));
-  const info = await mustRead(parent.pid);
-  const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir });
-  finder.restore({ members: [{ pid: info.pid, startTime: info.startTime, gen: 1 }], mains: [{ pid: info.pid, startTime: info.startTime, gen: 1 }], serving: 1, lastGen: 1 });
-  const gen = finder.open(identity(info));
-  assert.equal(sendSignal(parent.pid, 'SIGHUP'), true);
-  const child = Number(await waitFor('the child\'s pid', () => lines.find((l) => /^\d+$/.test(l))));
-  assert.equal((await finder.discover()).all.find((p) => p.pid === child)?.gen, 1, 'not exec\'d yet: counted in its parent\'s generation');
-
+  const { finder, gen, child } = await forkingParent(t, '"/usr/bin/python3", ["python3", "-c", "import os, time\\nif os.fork() == 0:\\n    time.sleep(60)\\ntime.sleep(60)"]');
   assert.equal(sendSignal(child, 'SIGUSR1'), true);
   const worker = await waitFor('the new image\'s worker', () => descendantsOf(child)?.[0]?.pid);
   await waitFor(`pid ${worker} to run`, () => readProc(worker));
