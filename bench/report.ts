@@ -390,7 +390,7 @@ function downtimeSection(all: DowntimeResult, chartDir: string, p: (...l: string
     if (cpu.length > 0) {
       p('The agent\'s own CPU time per deploy (utime + stime of the agent process over the row\'s deploys, ms; the CPU relink itself takes from the app and the load, ' +
         'the new release\'s own start not counted, nor the helpers it spawns: each \`ss\` that tells which generation accepted a probe on a shared socket costs the kernel some 15 ms with ~40,000 TIME_WAIT sockets on the host, as the load leaves; ' +
-        'there is one per probe, about 3 per gunicorn deploy, counted through a wrapper on the agent\'s PATH on 2026-12-02, where there were 4 to 7 before a probe waited for the new generation to take connections): ' + cpu.map((c) => `${name(c)}: ${ms(c.agentCpuMsPerDeploy!)} ms`).join('; ') + '.');
+        'there is one per probe, 1.5 to 2.2 per gunicorn deploy, counted through a wrapper on the agent\'s PATH on 2026-12-02 at f2cdf3a, where there were 4 to 7 before a probe waited for the new generation to take connections): ' + cpu.map((c) => `${name(c)}: ${ms(c.agentCpuMsPerDeploy!)} ms`).join('; ') + '.');
     }
     rateSection(all.cells.filter((c) => c.ratePerSecond !== undefined), p);
     const restarts = d.cells.filter((c) => c.agentQueuedMs !== undefined || c.agentOutageMs !== undefined);
