@@ -1024,7 +1024,18 @@ export class AppAgent {
       const found = await this.#fx.discover();
       const before = found.all.find((p) => p.pid === inf.pidBefore);
       if (inf.phase === 'rollback') {
-        await this.#rollback(attempt, inf.pidBefore === null ? 'start' : 'signal', release, before, new RelinkError(asErrorCode(inf.cause?.code), inf.cause?.message ?? 'the deploy failed verification'));
+        const cause = new RelinkError(asErrorCode(inf.cause?.code), inf.cause?.message ?? 'the deploy failed verification');
+        // The failed generation may still run beside the old one it never
+        // replaced (killed after the links went back, before it was
+        // stopped): stopped first, as the rollback it interrupted would have
+        // (a quiesced old master resumed before: #stopFailed).
+        const beforeGen = before?.gen;
+        const failed = beforeGen === undefined ? undefined : Math.max(...found.all.map((p) => p.gen ?? 0));
+        if (failed !== undefined && beforeGen !== undefined && failed > beforeGen) {
+          this.#newGen = failed;
+          await this.#stopFailed(before, cause);
+        }
+        await this.#rollback(attempt, inf.pidBefore === null ? 'start' : 'signal', release, before, cause);
         return;
       }
       const plan = recoveryPlan(inf, found, this.#fx.lineage()?.serving ?? 0, this.app.reload.mode);
@@ -1040,6 +1051,10 @@ export class AppAgent {
           const strategy = this.app.reload.strategy;
           const beside = (before !== undefined && plan.proc.gen !== before.gen) || ((strategy === 'socket' || strategy === 'restart') && plan.proc.gen !== prior?.gen);
           if (plan.proc.gen !== undefined && beside) this.#newGen = plan.proc.gen;
+          // A new master beside the old one (the previous agent killed
+          // before it quiesced the old one, or after: a second quiesce
+          // signal to a master without workers changes nothing).
+          if (strategy === 'upgrade' && before !== undefined && beside) await this.#quiesce(before, plan.proc, this.#verifyBy);
           return plan.proc;
         }
         if (plan.kind === 'signal') return this.#takeOver(plan.proc, this.#verifyBy);
@@ -1428,16 +1443,16 @@ export class AppAgent {
 
   /**
    * Wait until a worker (a process with no child) of `tree()` is seen
-   * waiting for connections (in accept, poll, epoll or select), looking
-   * every QUIESCE_POLL_MS until `until` (fx.now() ms). True once one is (or
-   * the kernel lists no children: nothing to wait for), false at `until`,
-   * undefined when `gone()` says the processes are gone.
+   * waiting for connections (in accept, poll, epoll or select) and passes
+   * `also`, looking every QUIESCE_POLL_MS until `until` (fx.now() ms). True
+   * once one is (or the kernel lists no children: nothing to wait for),
+   * false at `until`, undefined when `gone()` says the processes are gone.
    */
-  async #aWorkerWaits(tree: () => ReadonlyArray<{ readonly pid: number; readonly ppid: number }> | undefined, gone: () => Promise<boolean>, until: () => number): Promise<boolean | undefined> {
+  async #aWorkerWaits(tree: () => ReadonlyArray<{ readonly pid: number; readonly ppid: number }> | undefined, gone: () => Promise<boolean>, until: () => number, also: (pid: number) => boolean = () => true): Promise<boolean | undefined> {
     for (;;) {
       const t = tree();
       if (t === undefined) return (await gone()) ? undefined : true;
-      if (leavesOf(t).some((p) => this.#fx.waitingForWork(p.pid) === true)) return true;
+      if (leavesOf(t).some((p) => this.#fx.waitingForWork(p.pid) === true && also(p.pid))) return true;
       if (this.#fx.now() >= until()) return false;
       await this.#fx.sleep(QUIESCE_POLL_MS);
     }
@@ -1462,13 +1477,17 @@ export class AppAgent {
     const signal = this.app.reload.quiesceSignal;
     if (signal === undefined) return;
     const deadline = this.#fx.now() + QUIESCE_WAIT_MS;
+    // On the socket the old master listens on: a release listening on
+    // another address only would leave nothing accepting on the old one
+    // while it is judged (every connection waiting for the deadline).
     const waits = await this.#aWorkerWaits(() => this.#fx.descendants(successor.pid),
-      async () => (await this.#fx.verify(successor)) === undefined, () => Math.min(deadline, stopBy()));
+      async () => (await this.#fx.verify(successor)) === undefined, () => Math.min(deadline, stopBy()),
+      (pid) => this.#fx.sharesListener(old, { pid, startTime: 0 }));
     // Gone: the health check says how.
     if (waits === undefined) return;
     if (!waits) {
       this.#log.warn({ appPid: old.pid, newPid: successor.pid, signal },
-        `no worker of the new master (pid ${successor.pid}) was seen waiting for connections within ${QUIESCE_WAIT_MS} ms: the old master (pid ${old.pid}) is not sent ${signal} and serves on while the new one is judged`);
+        `no worker of the new master (pid ${successor.pid}) was seen waiting for connections on the socket the old master (pid ${old.pid}) listens on within ${QUIESCE_WAIT_MS} ms: the old master is not sent ${signal} and serves on while the new one is judged`);
       return;
     }
     if (!this.#fx.signal(old.pid, signal)) return;
@@ -1488,13 +1507,21 @@ export class AppAgent {
    * first: nginx re-reads its config on SIGHUP once its new master is gone.
    * `old`: the old master, found running by the caller just before.
    */
-  async #resume(old: ProcInfo | undefined): Promise<void> {
+  async #resume(old: ProcInfo | undefined, cause?: RelinkError): Promise<void> {
     const signal = this.app.reload.resumeSignal;
     if (signal === undefined || old === undefined) return;
     const mine = sameProcess(this.#quiesced, old);
     this.#quiesced = undefined;
     const workers = this.#workersOf(old);
     if (!mine && (workers === undefined || workers.length > 0)) return;
+    // The links go back now, before the rollback proper: an agent killed
+    // from here on must find a rollback in flight, not a deploy whose links
+    // were never switched (it would apply current.conf afresh over two
+    // masters, and nginx ignores an upgrade signal while its new one runs).
+    if (this.#inflight?.phase === 'deploy' && cause !== undefined) {
+      this.#inflight = { ...this.#inflight, phase: 'rollback', cause: { code: cause.code, message: cause.message } };
+      await this.#saveState();
+    }
     if (this.#lastGood !== undefined) await this.#fx.relink(this.#lastGood);
     if (!this.#fx.signal(old.pid, signal)) return;
     this.#log.warn({ appPid: old.pid, signal }, `the new generation failed: ${signal} to the quiesced old master (pid ${old.pid}) to start its workers again`);
@@ -1619,7 +1646,7 @@ export class AppAgent {
     const started = strategy === 'socket' || strategy === 'restart';
     if (before !== undefined && !started && (await this.#fx.verify(before)) === undefined) return;
     // A quiesced old master accepts again before the failed generation goes.
-    if (strategy === 'upgrade') await this.#resume(before);
+    if (strategy === 'upgrade') await this.#resume(before, cause);
     const rec = this.#fx.lineage();
     const victims = (rec?.members ?? []).filter((m) => m.gen === gen && !sameProcess(m, before));
     if (victims.length === 0) return;

@@ -57,13 +57,20 @@ const ReloadSchema = z.strictObject({
   { message: 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)', path: ['mode'] })
   .superRefine((r, ctx) => {
     if (r.quiesceSignal !== undefined && r.resumeSignal === undefined) {
-      ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: 'needs "resumeSignal" too: an old master quiesced for a new generation that then fails must be told to accept again (nginx, gunicorn, unicorn: "SIGHUP")' });
+      ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: 'must be set with "quiesceSignal": an old master quiesced for a new generation that then fails must be told to accept again (nginx, gunicorn, unicorn: "SIGHUP")' });
     }
     if (r.quiesceSignal === undefined && r.resumeSignal !== undefined) {
-      ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: 'needs "quiesceSignal" too: "resumeSignal" undoes it' });
+      ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: 'must be set with "resumeSignal", which undoes it (nginx, gunicorn, unicorn: "SIGWINCH")' });
     }
     if (r.quiesceSignal !== undefined && (r.strategy ?? r.mode) !== 'upgrade') {
       ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: 'only with "strategy": "upgrade" (an old master that keeps the socket while its workers stop)' });
+    }
+    // The upgrade signal would start a second new master; a resume that is the quiesce would undo nothing.
+    if (r.quiesceSignal !== undefined && r.quiesceSignal === r.signal) {
+      ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: 'must differ from "signal" (that one starts the new master)' });
+    }
+    if (r.quiesceSignal !== undefined && r.quiesceSignal === r.resumeSignal) {
+      ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: 'must differ from "quiesceSignal" (it undoes it)' });
     }
   });
 
@@ -322,6 +329,9 @@ const AppSchema = z.strictObject({
     ctx.addIssue({ code: 'custom', path: ['group'], message: 'needs "user" as well (without it the app runs as the agent\'s own user and group)' });
   }
   const strategy = a.reload.strategy ?? a.reload.mode;
+  if (a.reload.quiesceSignal !== undefined && a.reload.quiesceSignal === a.stop.signal) {
+    ctx.addIssue({ code: 'custom', path: ['reload', 'quiesceSignal'], message: 'must differ from "stop.signal": the old master would stop, and a failed new generation would leave nothing to resume' });
+  }
   if (strategy === 'socket' && a.sockets.length === 0) {
     ctx.addIssue({ code: 'custom', path: ['reload', 'strategy'], message: '"socket" needs "sockets": the listen addresses the agent holds and passes to every generation' });
   }

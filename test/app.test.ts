@@ -238,6 +238,8 @@ class World implements Effects {
   masters = false;
   /** Where the links pointed when the last SIGHUP (a resume) went out. */
   linksAtResume: { bin: string | undefined; cfg: string | undefined } | undefined;
+  /** The phase of the deploy in flight the state file held then. */
+  phaseAtResume: string | undefined;
 
   /** A worker forked by `master`: its image and generation. */
   workerOf(master: number): ProcInfo {
@@ -403,6 +405,7 @@ class World implements Effects {
     if (this.masters && signal === 'SIGHUP') {
       // Resumed: it starts its workers again (nginx, without re-reading its config while its new master runs).
       this.linksAtResume = { ...this.links };
+      this.phaseAtResume = this.states.at(-1)?.inflight?.phase;
       this.workerOf(pid);
       return true;
     }
@@ -1807,6 +1810,7 @@ test('"upgrade" with reload.quiesceSignal: once the new master has a worker wait
   w.masters = true;
   const oldWorker = w.workerOf(old).pid;
   w.onSignal = 'upgrade';
+  w.listening = true; // the new worker waits on the socket the old master listens on
   // The probe may judge only once the old workers have stopped accepting.
   w.probeResult = () => (w.procs.has(oldWorker) ? { ok: false, detail: 'accepted by an older generation', older: true } : { ok: true, detail: 'HTTP 200' });
   w.write('2.0');
@@ -1824,6 +1828,7 @@ test('"upgrade" with reload.quiesceSignal, the new generation unhealthy: the lin
   w.masters = true;
   w.workerOf(old);
   w.onSignal = 'upgrade';
+  w.listening = true;
   w.unhealthy.add(`${REL}/app.2.0`);
   w.write('2.0');
   agent.trigger('watch:change');
@@ -1839,6 +1844,7 @@ test('"upgrade" with reload.quiesceSignal, the new generation unhealthy: the lin
   const stopNew = w.signals.findIndex(([pid]) => pid !== old);
   assert.ok(stopNew > hup, `the new generation is stopped after the resume: ${JSON.stringify(w.signals)}`);
   assert.deepEqual(w.linksAtResume, { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` }, 'the links are back on the good release when the old master may re-read its config');
+  assert.equal(w.phaseAtResume, 'rollback', 'an agent killed from then on finds a rollback in flight, not a deploy whose links were never switched');
   assert.equal(agent.mainPid, old);
   assert.ok([...w.procs.values()].some((p) => p.ppid === old && p.exe === `${REL}/app.1.0`), 'the old master has a worker again');
 });
@@ -1863,6 +1869,77 @@ test('"upgrade" with reload.quiesceSignal, an agent killed while the old master 
   assert.deepEqual(toOld, ['SIGHUP'], `resumed by the next agent, never stopped: ${JSON.stringify(w.signals)}`);
   assert.ok(!w.procs.has(master.pid), 'the failed new master is stopped');
   assert.deepEqual(w.linksAtResume, { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` });
+  assert.equal(agent.mainPid, old.pid);
+  await agent.close();
+});
+
+test('"upgrade" with reload.quiesceSignal, a new worker waiting on another socket than the old master\'s (a release that changed its listen address): the old master is not quiesced, and serves on', async () => {
+  // Found by a trial with nginx: quiesced for a worker listening on another
+  // port, nothing accepted on the old one until the deadline (every
+  // connection hung 19 s).
+  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, { ...PROBED, stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
+  const old = agent.mainPid!;
+  w.masters = true;
+  w.workerOf(old);
+  w.onSignal = 'upgrade';
+  w.listening = false;
+  w.unhealthy.add(`${REL}/app.2.0`);
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries[1]?.outcome, 'rolled_back', w.entries[1]?.reason ?? '');
+  const toOld = w.signals.filter(([pid]) => pid === old).map(([, sig]) => sig);
+  assert.deepEqual(toOld, ['SIGUSR2'], `never quiesced, never resumed: ${JSON.stringify(w.signals)}`);
+  assert.ok([...w.procs.values()].some((p) => p.ppid === old), 'its worker serves on');
+});
+
+/** An upgrade world the previous agent left: old master (generation 1, with a worker unless `quiesced`) and a new one (2, with a worker) beside it, deploying 2.0 (`phase`). */
+function upgradeLeftBehind(phase: 'deploy' | 'rollback', quiesced: boolean): { w: World; old: ProcInfo; master: ProcInfo } {
+  const w = worldAt(2, 1, 50);
+  w.masters = true;
+  w.listening = true;
+  const old = w.spawnProc(`${REL}/app.1.0`, 1);
+  if (!quiesced) w.workerOf(old.pid);
+  const master = w.spawnProc(`${REL}/app.2.0`, 2);
+  w.procs.set(master.pid, { ...master, ppid: old.pid });
+  w.workerOf(master.pid);
+  w.unhealthy.add(`${REL}/app.2.0`);
+  killedMidDeploy(w, '2.0', old.pid, 40);
+  if (phase === 'rollback') {
+    const st = w.states.at(-1)!;
+    w.states.push({ ...st, inflight: { ...st.inflight!, phase: 'rollback', cause: { code: 'UNHEALTHY', message: 'HTTP 503' } } });
+    w.links = { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` };
+  }
+  return { w, old, master };
+}
+
+const QUIESCING = appConfig({ strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, { ...PROBED, stop: { signal: 'SIGQUIT', timeoutMs: 5000 } });
+
+test('"upgrade" with reload.quiesceSignal, an agent killed before it quiesced the old master: the next one quiesces it before it judges the new generation', async () => {
+  const { w, old } = upgradeLeftBehind('deploy', false);
+  w.unhealthy.delete(`${REL}/app.2.0`);
+  const agent = new AppAgent(QUIESCING, w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.entries.at(-1)?.outcome, 'deployed', w.entries.at(-1)?.reason ?? '');
+  assert.deepEqual(w.signals.filter(([pid]) => pid === old.pid).map(([, sig]) => sig), ['SIGWINCH', 'SIGQUIT']);
+  await agent.close();
+});
+
+test('"upgrade" with reload.quiesceSignal, an agent killed after it resumed the old master and put the links back, before it stopped the failed one: the next one stops it and the old one serves', async () => {
+  // Found by a trial with nginx (killed 20 ms after the SIGHUP): the next
+  // agent took the deploy for one whose links were never switched, sent
+  // SIGUSR2 again (ignored by nginx while its new master runs), failed with
+  // HANDOFF_TIMEOUT, and the failed master served beside the old one for good.
+  const { w, old, master } = upgradeLeftBehind('rollback', false);
+  const agent = new AppAgent(QUIESCING, w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  const e = w.entries.at(-1)!;
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+  assert.ok(!w.procs.has(master.pid), `the failed master is stopped: ${JSON.stringify(w.signals)}`);
+  assert.deepEqual(w.signals.filter(([pid]) => pid === old.pid), [], 'the old master, never stopped, needs no signal');
+  assert.deepEqual(w.links, { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` });
   assert.equal(agent.mainPid, old.pid);
   await agent.close();
 });

@@ -587,9 +587,16 @@ test('reload strategies: the default follows "sockets"; "mode" is an alias; a mi
   const quiesced = parse([{ name: 'n', dir: '/srv/n', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' } }]).apps[0]!;
   assert.equal(quiesced.reload.quiesceSignal, 'SIGWINCH');
   assert.equal(quiesced.reload.resumeSignal, 'SIGHUP');
-  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', quiesceSignal: 'SIGWINCH' } }]), { 'apps[0].reload.resumeSignal': 'needs "resumeSignal" too: an old master quiesced for a new generation that then fails must be told to accept again (nginx, gunicorn, unicorn: "SIGHUP")' });
-  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', resumeSignal: 'SIGHUP' } }]), { 'apps[0].reload.quiesceSignal': 'needs "quiesceSignal" too: "resumeSignal" undoes it' });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', quiesceSignal: 'SIGWINCH' } }]), { 'apps[0].reload.resumeSignal': 'must be set with "quiesceSignal": an old master quiesced for a new generation that then fails must be told to accept again (nginx, gunicorn, unicorn: "SIGHUP")' });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', resumeSignal: 'SIGHUP' } }]), { 'apps[0].reload.quiesceSignal': 'must be set with "resumeSignal", which undoes it (nginx, gunicorn, unicorn: "SIGWINCH")' });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' } }]), { 'apps[0].reload.quiesceSignal': 'only with "strategy": "upgrade" (an old master that keeps the socket while its workers stop)' });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGUSR2', resumeSignal: 'SIGUSR2' } }]), {
+    'apps[0].reload.quiesceSignal': 'must differ from "signal" (that one starts the new master)',
+    'apps[0].reload.resumeSignal': 'must differ from "quiesceSignal" (it undoes it)',
+  });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGQUIT', resumeSignal: 'SIGHUP' }, stop: { signal: 'SIGQUIT' } }]), {
+    'apps[0].reload.quiesceSignal': 'must differ from "stop.signal": the old master would stop, and a failed new generation would leave nothing to resume',
+  });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', quiesceSignal: 'SIGKILL', resumeSignal: 'SIGHUP' } }]), { 'apps[0].reload.quiesceSignal': 'must be a catchable signal name such as "SIGWINCH" (not SIGKILL or SIGSTOP)' });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['localhost:80', '127.0.0.1:0', 'unix:run/x', 'web1:80', '127.0.0.1:99999'] }]), {
     'apps[0].sockets[0]': '"localhost" is a host name: write an IP address: for this host only (what "localhost" means) "127.0.0.1" or "[::1]"; a name could resolve differently later',
