@@ -289,13 +289,13 @@ export function startedAtMs(id: ProcIdentity, bootMs = bootTimeMs()): number {
   return bootMs + Math.round((id.startTime * 1000) / TICKS_PER_SECOND);
 }
 
-/** What /proc/PID/stat says of a process that may be a zombie: state letter, parent, start time; undefined when gone. */
-export function readStat(pid: number): { state: string; ppid: number; startTime: number } | undefined {
+/** What /proc/PID/stat says of a process that may be a zombie: state letter, parent, session id, start time (clock ticks since boot); undefined when gone. */
+export function readStat(pid: number): { state: string; ppid: number; session: number; startTime: number } | undefined {
   if (!Number.isSafeInteger(pid) || pid <= 0) return undefined;
   try {
     const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
-    return { state: rest[0] ?? '?', ppid: Number(rest[1]), startTime: Number(rest[19]) };
+    return { state: rest[0] ?? '?', ppid: Number(rest[1]), session: Number(rest[3]), startTime: Number(rest[19]) };
   } catch {
     return undefined;
   }
@@ -650,7 +650,7 @@ export interface Member extends ProcIdentity {
 export interface LineageRecord {
   readonly members: readonly Member[];
   /** Each generation's main process, with its session, executable and command line (commandOf) when known. */
-  readonly mains: ReadonlyArray<Member & { readonly sid?: number | undefined; readonly exe?: string | undefined; readonly cmd?: string | undefined }>;
+  readonly mains: ReadonlyArray<Member & { readonly sid?: number | undefined; readonly ownSession?: boolean | undefined; readonly exe?: string | undefined; readonly cmd?: string | undefined }>;
   /** The serving generation (0: none yet). */
   readonly serving: number;
   /** The newest generation number given out. */
@@ -699,6 +699,14 @@ export interface FinderOptions {
 /** A generation's main process, with what tells a successor or a daemonized child of it from a leftover worker or helper once it is gone. */
 interface MainRecord extends ProcIdentity {
   readonly sid?: number | undefined;
+  /**
+   * The session `sid` is one the app made (its leader was a process of the
+   * app: started by the agent, which spawns each generation in a session
+   * of its own, or a daemon's setsid()), not one it was merely started in
+   * (an adopted app started from a login shell): only such a session's
+   * other processes are the app's by that alone (#adoptOrphans).
+   */
+  readonly ownSession?: boolean | undefined;
   readonly exe?: string | undefined;
   /** commandOf() as last seen alive. */
   readonly cmd?: string | undefined;
@@ -762,7 +770,7 @@ export class ProcessFinder {
     return {
       members: [...this.#members.values()],
       mains: [...this.#mains].filter(([gen, id]) => gen >= this.#serving || this.#members.has(id.pid))
-        .map(([gen, id]) => ({ pid: id.pid, startTime: id.startTime, gen, sid: id.sid, exe: id.exe, cmd: id.cmd })),
+        .map(([gen, id]) => ({ pid: id.pid, startTime: id.startTime, gen, sid: id.sid, ownSession: id.ownSession, exe: id.exe, cmd: id.cmd })),
       serving: this.#serving,
       lastGen: this.#lastGen,
       openings: this.#openings.map((o) => ({ gen: o.gen, pid: o.parent.pid, startTime: o.parent.startTime, fromTick: o.fromTick })),
@@ -777,7 +785,7 @@ export class ProcessFinder {
   restore(rec: LineageRecord | undefined, legacy?: ProcIdentity): void {
     if (rec !== undefined) {
       for (const m of rec.members) this.#members.set(m.pid, { pid: m.pid, startTime: m.startTime, gen: m.gen });
-      for (const m of rec.mains) this.#mains.set(m.gen, { pid: m.pid, startTime: m.startTime, sid: m.sid, exe: m.exe, cmd: m.cmd });
+      for (const m of rec.mains) this.#mains.set(m.gen, { pid: m.pid, startTime: m.startTime, sid: m.sid, ownSession: m.ownSession, exe: m.exe, cmd: m.cmd });
       this.#serving = rec.serving;
       this.#lastGen = Math.max(rec.lastGen, rec.serving, ...(rec.openings ?? []).map((o) => o.gen));
       this.#openings = (rec.openings ?? []).map((o) => ({ gen: o.gen, parent: { pid: o.pid, startTime: o.startTime }, fromTick: o.fromTick }));
@@ -810,7 +818,7 @@ export class ProcessFinder {
       // spawned detached, so it led its own session; its start time is no
       // earlier than `startedFrom` (ticks read before the spawn), which no
       // live process's identity will match.
-      this.#mains.set(gen, { pid, startTime: startedFrom, sid: pid });
+      this.#mains.set(gen, { pid, startTime: startedFrom, sid: pid, ownSession: true });
     }
     if (serve) this.#serving = gen;
     return gen;
@@ -945,6 +953,10 @@ export class ProcessFinder {
       if ((await this.#byMarker(rows, uid)) || (await this.#byOpening(rows, uid))) await this.#descend(rows, uid, zombies);
     }
     if (await this.#fromPidFile(uid)) await this.#descend(rows, uid, zombies);
+    // A main of the serving (or a newer) generation is dead: what it left
+    // that the lineage never saw (re-parented, no longer anyone's child) is
+    // found by its session, to be followed or stopped with the rest.
+    if (await this.#aMainDied() && (await this.#adoptOrphans(rows, uid))) await this.#descend(rows, uid, zombies);
     if (!this.#recorded && this.#members.size === 0 && (await this.#byExecutable(rows, uid))) await this.#descend(rows, uid, zombies);
 
     const all: ProcInfo[] = [];
@@ -1046,7 +1058,61 @@ export class ProcessFinder {
 
   /** Record `info` as generation `gen`'s main, with its session, executable and command line. */
   #noteMain(gen: number, info: ProcInfo): void {
-    this.#mains.set(gen, { pid: info.pid, startTime: info.startTime, sid: info.session, exe: info.exe, cmd: commandOf(info.pid) });
+    const sid = info.session;
+    // Its own session (it leads it: spawned by the agent, or daemonized), or
+    // one led by a process of the app (a new master forked by the old one).
+    const leader = sid === undefined ? undefined : this.#members.get(sid);
+    const ownSession = sid !== undefined && (sid === info.pid || [...this.#mains.values()].some((m) => m.ownSession === true && m.sid === sid)
+      || (leader !== undefined && readStat(sid)?.startTime === leader.startTime));
+    this.#mains.set(gen, { pid: info.pid, startTime: info.startTime, sid, ownSession, exe: info.exe, cmd: commandOf(info.pid) });
+  }
+
+  /** Is the recorded main of the serving generation, or of a newer one, gone? */
+  async #aMainDied(): Promise<boolean> {
+    for (const [gen, m] of this.#mains) {
+      if (gen < this.#serving) continue;
+      const info = await readProc(m.pid);
+      if (info === undefined || info.startTime !== m.startTime) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Processes left by a dead parent (re-parented to init or a subreaper)
+   * that the lineage never saw (forked since its last look: a worker an
+   * nginx master replaced moments before it was killed), found by their
+   * session: one the app made (MainRecord.ownSession) and whose other
+   * processes are the app's by that alone. A session id is not given out
+   * again while any process of the session lives. Each is of the
+   * generation a reload signal to a main of that session opened when it
+   * started after it, else of the newest generation of the session whose
+   * main started no later than it did. True if any was added.
+   */
+  async #adoptOrphans(rows: ReadonlyArray<TableRow>, uid: number): Promise<boolean> {
+    const sessions = new Map<number, Array<[number, MainRecord]>>();
+    for (const [gen, m] of this.#mains) {
+      if (m.ownSession !== true || m.sid === undefined) continue;
+      sessions.set(m.sid, [...(sessions.get(m.sid) ?? []), [gen, m]]);
+    }
+    if (sessions.size === 0) return false;
+    let added = false;
+    for (const row of rows) {
+      if (this.#members.has(row.pid) || (row.ppid !== undefined && this.#members.has(row.ppid))) continue;
+      if (row.uid !== undefined && uid !== 0 && row.uid !== uid) continue;
+      const st = readStat(row.pid);
+      const mains = st?.session === undefined ? undefined : sessions.get(st.session);
+      if (mains === undefined || st === undefined || st.state === 'Z') continue;
+      const info = await readProc(row.pid);
+      if (info === undefined || info.startTime !== st.startTime || info.session !== st.session || !allowed(info, uid)) continue;
+      const from = mains.filter(([, m]) => m.startTime <= info.startTime).sort(([, a], [, b]) => b.startTime - a.startTime)[0];
+      if (from === undefined) continue;
+      // Started after a reload signal to a main of the session: of the
+      // generation that signal opened, as a child found by descent would be.
+      const opening = this.#openings.findLast((o) => info.startTime >= o.fromTick && mains.some(([, m]) => sameProcess(m, o.parent)));
+      this.#members.set(info.pid, { pid: info.pid, startTime: info.startTime, gen: opening?.gen ?? from[0] });
+      added = true;
+    }
+    return added;
   }
 
   /**

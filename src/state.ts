@@ -142,7 +142,7 @@ export const AppStateSchema = z.looseObject({
   matched: z.object({ hash: z.string(), at: z.string() }).nullable().optional(),
   lineage: z.object({
     members: z.array(z.object({ pid: z.int().positive(), startTime: z.number(), gen: z.int().min(0) })),
-    mains: z.array(z.object({ pid: z.int().positive(), startTime: z.number(), gen: z.int().min(0), sid: z.number().optional(), exe: z.string().optional(), cmd: z.string().optional() })),
+    mains: z.array(z.object({ pid: z.int().positive(), startTime: z.number(), gen: z.int().min(0), sid: z.number().optional(), ownSession: z.boolean().optional(), exe: z.string().optional(), cmd: z.string().optional() })),
     serving: z.int().min(0),
     lastGen: z.int().min(0),
     openings: z.array(z.object({ gen: z.int().min(0), pid: z.int().positive(), startTime: z.number(), fromTick: z.number() })).optional(),

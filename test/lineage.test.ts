@@ -19,7 +19,7 @@ import { test, type TestContext } from 'node:test';
 import { writeFileAtomic } from '../src/atomicWrite.js';
 import { freePort } from '../src/demo/layout.js';
 import { readHistory, type HistoryEntry } from '../src/history.js';
-import { readProc, readStat } from '../src/proc.js';
+import { descendantsOf, readProc, readStat } from '../src/proc.js';
 import { needProgram } from './accounts.js';
 import { type AgentProc, alive, get, RELINK, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 
@@ -537,6 +537,31 @@ test('nginx whose master is killed with its workers alive: the workers are stopp
   assert.equal(s.state, 'running');
   assert.notEqual(s.pid, master);
   assert.equal(s.generations.filter((g) => g.role === 'serving').length, 1);
+});
+
+test('nginx whose master is killed just after it replaced a worker (one forked since the agent last looked, then re-parented): found by its session, stopped, and nginx starts again', async (t) => {
+  // Found by a trial: the orphaned worker (running as nobody, its
+  // environment overwritten) was unknown to the lineage, so it was taken
+  // for another user's process and left holding the port; every restart
+  // failed to bind, and an agent restarted later judged its start by the
+  // orphan's answers, then marked the app fatal.
+  const ngx = await nginxDeployed(t, 'relink-lineage-nginxorphan-', 1);
+  if (ngx === undefined) return;
+  const { configFile, port, agent, master, workers: [worker] } = ngx;
+  process.kill(worker!, 'SIGKILL');
+  const replacement = await waitFor('nginx to replace its worker', async () => {
+    const kids = (descendantsOf(master) ?? []).filter((p) => p.ppid === master && p.pid !== worker);
+    return kids.length === 1 ? kids[0]!.pid : undefined;
+  });
+  process.kill(master, 'SIGKILL');
+  await agent.waitForLog('the orphan stopped', (l) => new RegExp(`main process died and left 1 of its processes running \\(${replacement}\\)`).test(l.msg), { timeoutMs: 15_000 });
+  await waitFor('the orphaned worker to be gone', async () => ((await alive(replacement)) ? undefined : true), { timeoutMs: 15_000 });
+  await waitFor('nginx to serve again from a new master', async () => {
+    const st = await status(configFile, 'ngx');
+    const body = (await get(`http://127.0.0.1:${port}/`).catch(() => undefined))?.body;
+    return st.state === 'running' && st.pid !== null && st.pid !== master && body === 'nginx 1.0\n' ? true : undefined;
+  }, { timeoutMs: 20_000 });
+  assert.ok(!agent.lines.some((l) => /not as the app's user/.test(l.msg)), 'the worker was never taken for another user\'s process');
 });
 
 test('nginx with one worker, adopted by a new agent, master killed: the lone worker is a leftover, not followed as the main', async (t) => {
