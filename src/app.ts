@@ -1094,6 +1094,18 @@ export class AppAgent {
         throw unheld[0]!.error;
       }
     }
+    // Nothing of the app runs and no socket is held for it: whatever
+    // already listens on the probe's port is someone else, who would answer
+    // the new generation's health checks (an orphan of an earlier run, a
+    // second copy started by hand). Said before the start, with its PID.
+    if (serve && this.app.sockets.length === 0) {
+      const taken = this.#fx.probePortTaken();
+      if (taken !== undefined) {
+        const who = taken.pid === undefined ? 'a process the agent cannot see' : `pid ${taken.pid}${taken.exe === undefined ? '' : ` (${taken.exe})`}`;
+        this.#log.warn({ code: 'PORT_TAKEN' satisfies ErrorCode, port: taken.port, holderPid: taken.pid, holderExe: taken.exe },
+          `port ${taken.port} of the health probe (health.${this.app.health.probe !== undefined && 'url' in this.app.health.probe ? 'url' : 'tcp'}) is already listened on by ${who}, not a process of this app: the app may fail to bind it, and its health checks would be answered by that process (stop it, or point the probe at the app's own address)`);
+      }
+    }
     const launched = await this.#fx.launch({ serve });
     // The new generation, stopped if it fails verification.
     this.#newGen = launched.gen;

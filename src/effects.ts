@@ -8,7 +8,7 @@ import type { AppConfig } from './config.js';
 import { isErrno } from './errors.js';
 import { readCurrent, sameContent, validateCurrent, type CurrentSnapshot, type Release } from './current.js';
 import { writeFileAtomic } from './atomicWrite.js';
-import { firstAnswer, probeOnce, type ProbeResult } from './health.js';
+import { firstAnswer, probeOnce, probePort, type ProbeResult } from './health.js';
 import { newestFirst, type HistoryEntry } from './history.js';
 import type { AppEvent, Notifications } from './notifications.js';
 import { launch, type Launched } from './launch.js';
@@ -17,7 +17,7 @@ import type { CommandResult } from './command.js';
 import { runHook, type HookEntry, type HookName } from './hooks.js';
 import { logSize, logTail } from './logtail.js';
 import { AppOutput } from './appoutput.js';
-import { descendantsOf, leavesOf, ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
+import { descendantsOf, leavesOf, portListener, ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import type { SocketHolder, Unheld } from './sockets.js';
 import { RelinkError } from './errors.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
@@ -102,6 +102,12 @@ export interface Effects {
    * Undefined: not by then, or no probe is configured.
    */
   firstAnswer(deadlineMs: number): Promise<number | undefined>;
+  /**
+   * Before a start with no sockets held: what else already listens on the
+   * health probe's port (proc.ts portListener), the app's own processes
+   * left out; undefined when nothing does, or no probe is configured.
+   */
+  probePortTaken(): { readonly port: number; readonly pid?: number; readonly exe?: string } | undefined;
   /** false if the process is already gone */
   signal(pid: number, signal: NodeJS.Signals): boolean;
   /** Is `pid` waiting for work now (a thread asleep in select, poll, epoll or accept: proc.ts waitingForWork)? Undefined when gone. */
@@ -271,6 +277,12 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     socketsHeld: () => app.sockets.every((a) => opts.sockets?.get(a) !== undefined),
     // Without a probe there is nothing to measure by: a connection to a held socket succeeds at once (it queues).
     firstAnswer: (deadlineMs) => firstAnswer(app.health.probe, deadlineMs),
+    probePortTaken: () => {
+      const port = probePort(app.health.probe);
+      if (port === undefined) return undefined;
+      const taken = portListener(port, new Set(finder.record().members.map((m) => m.pid)));
+      return taken === undefined ? undefined : { port, ...taken };
+    },
     notifiedReady: (sinceMs, deadlineMs) => (opts.notify === undefined ? Promise.resolve(false) : opts.notify.ready(sinceMs, deadlineMs)),
     signal: sendSignal,
     parentOf: (pid) => readStat(pid)?.ppid,

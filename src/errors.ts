@@ -47,6 +47,8 @@ export type ErrorCode =
   | 'LOG_ROTATE_FAILED'
   /** the app writes to its log file deleted or renamed under it (src/logorphan.ts): relink restart makes a new one */
   | 'LOG_FILE_DETACHED'
+  /** a start (nothing of the app running, no socket held) finds the health probe's port listened on by another process: a warning, the start goes on */
+  | 'PORT_TAKEN'
   // relink / process
   | 'LINK_NOT_SYMLINK'
   | 'LINK_FAILED'

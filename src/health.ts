@@ -57,6 +57,18 @@ const ACCEPTED_POLL_MS = 20;
  */
 const FIRST_LOOK_MS = 5;
 
+/** The host and port a probe connects to (an http URL without a port: 80); undefined for a `tcp` that is not host:port. */
+function probeTarget(probe: Probe): { host: string; port: number } | undefined {
+  if (!('url' in probe)) return parseHostPort(probe.tcp);
+  const u = new URL(probe.url);
+  return { host: u.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(u.port || 80) };
+}
+
+/** The TCP port a probe connects to; undefined without a probe. */
+export function probePort(probe: Probe | undefined): number | undefined {
+  return probe === undefined ? undefined : probeTarget(probe)?.port;
+}
+
 /**
  * A probe that knows who answered it. With a listening socket shared by
  * two generations (the agent's held sockets, or an app's own upgrade) a
@@ -68,10 +80,7 @@ const FIRST_LOOK_MS = 5;
  * either way. Never accepted within the timeout: a failure.
  */
 function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): Promise<ProbeResult> {
-  const target = 'url' in probe ? (() => {
-    const u = new URL(probe.url);
-    return { host: u.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(u.port || 80) };
-  })() : parseHostPort(probe.tcp);
+  const target = probeTarget(probe);
   if (target === undefined) return Promise.resolve({ ok: false, detail: 'not host:port' });
   return new Promise((resolve) => {
     const sock = net.connect(target);

@@ -393,6 +393,35 @@ export function socketInodes(pid: number): Set<string> {
   return out;
 }
 
+/**
+ * Who listens on TCP `port` (on any address, IPv4 or IPv6) in this
+ * network namespace, other than this process and `except`: the first
+ * holder a walk of /proc/PID/fd finds (`pid` undefined when none readable
+ * does: another user's process to an agent that is not root); undefined
+ * when nothing else listens on it. A walk of every process's fds: for a
+ * start's pre-check, never a loop.
+ */
+export function portListener(port: number, except: ReadonlySet<number> = new Set()): { pid?: number; exe?: string } | undefined {
+  const hex = port.toString(16).toUpperCase().padStart(4, '0');
+  const inodes = new Set(socketTable('self').filter((e) => e.table !== 'unix' && e.listening && e.local.endsWith(`:${hex}`)).map((e) => e.inode));
+  for (const own of socketInodes(process.pid)) inodes.delete(own);
+  if (inodes.size === 0) return undefined;
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || except.has(pid)) continue;
+    const held = socketInodes(pid);
+    if (![...inodes].some((i) => held.has(i))) continue;
+    let exe: string | undefined;
+    try {
+      exe = readlinkSync(`/proc/${pid}/exe`);
+    } catch {
+      exe = undefined;
+    }
+    return exe === undefined ? { pid } : { pid, exe };
+  }
+  return {};
+}
+
 /** The inode of the socket open at `fd` in `pid` (its /proc/PID/fd link "socket:[N]"); undefined for anything else, or when closed or unreadable. */
 export function fdSocketInode(pid: number | 'self', fd: number | string): string | undefined {
   try {

@@ -327,6 +327,13 @@ class World implements Effects {
     return this.clock;
   }
 
+  /** Another process on the probe's port, as a start's pre-check sees it. */
+  portTaken: { port: number; pid?: number; exe?: string } | undefined;
+
+  probePortTaken(): { port: number; pid?: number; exe?: string } | undefined {
+    return this.portTaken;
+  }
+
   async holdSockets(): Promise<[]> {
     return [];
   }
@@ -556,6 +563,27 @@ async function running(config: AppConfig = appConfig()): Promise<{ w: World; age
   await agent.idle();
   return { w, agent, lines };
 }
+
+test('a start whose probe port another process already listens on: warned once, naming it (PORT_TAKEN), and the start goes on; not with sockets held', async () => {
+  const start = async (config: AppConfig) => {
+    const w = new World();
+    w.write('1.0');
+    w.portTaken = { port: 8080, pid: 4242, exe: '/usr/sbin/nginx' };
+    const { log, lines } = silentLogger();
+    const agent = new AppAgent(config, w, log);
+    await agent.start();
+    await agent.idle();
+    await agent.close();
+    return { w, warned: lines.filter((l) => l['code'] === 'PORT_TAKEN') };
+  };
+  const plain = await start(appConfig({}, PROBED));
+  assert.equal(plain.warned.length, 1);
+  assert.match(String(plain.warned[0]!['msg']), /^port 8080 of the health probe \(health\.url\) is already listened on by pid 4242 \(\/usr\/sbin\/nginx\), not a process of this app/);
+  assert.equal(plain.w.entries[0]?.outcome, 'deployed');
+  const held = await start(appConfig({ strategy: 'socket' }, { ...PROBED, sockets: ['127.0.0.1:8080'] }));
+  assert.equal(held.w.entries[0]?.outcome, 'deployed');
+  assert.deepEqual(held.warned, [], 'a held socket is the agent\'s own listener');
+});
 
 test('first pass starts the app; a later edit signals the main process and follows it to its new PID', async () => {
   const w = new World();

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readlinkSync } from 'node:fs';
+import { existsSync, readlinkSync, realpathSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readFile, realpath, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
-import { descendantsOf, listeningInodes, markerEnv, ProcessFinder, procTable, readMarker, readProc, readStat, sharesListener, socketInodes, socketTable, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
+import { descendantsOf, listeningInodes, markerEnv, portListener, ProcessFinder, procTable, readMarker, readProc, readStat, sharesListener, socketInodes, socketTable, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
 import { swapLink } from '../src/relink.js';
 import { alive, reapAppsAfter, waitFor } from './helpers.js';
 
@@ -652,6 +652,26 @@ test('a process found by its marker that started before the serving generation\'
   assert.ok(seen !== undefined, 'control: the leftover is found by its marker');
   assert.equal(seen.gen, gen1, 'it joins the older generation, not the one whose main it predates');
   assert.notEqual(found.main?.pid, leftover.pid, 'never the new generation\'s main');
+});
+
+test('portListener: the process listening on a TCP port, IPv4 or IPv6, other than the agent itself and those excepted; undefined on a free port', async (t) => {
+  const port = await freePort();
+  assert.equal(portListener(port), undefined, 'a free port');
+  // A listener of our own: the agent's held sockets are never "someone else".
+  const own = net.createServer();
+  await new Promise<void>((resolve) => own.listen(port, '127.0.0.1', resolve));
+  t.after(() => own.close());
+  assert.equal(portListener(port), undefined, 'the agent\'s own listener');
+  await new Promise<void>((resolve) => own.close(() => resolve()));
+  // Another process, on the IPv6 wildcard (which takes IPv4 too).
+  const other = spawn('/usr/bin/python3', ['-c', `import socket,sys,time\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(("::", ${port}))\ns.listen()\nprint("up", flush=True)\ntime.sleep(60)`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.after(() => other.kill('SIGKILL'));
+  await new Promise<void>((resolve) => other.stdout!.once('data', () => resolve()));
+  const found = portListener(port);
+  assert.equal(found?.pid, other.pid);
+  assert.equal(found?.exe, realpathSync('/usr/bin/python3'));
+  assert.deepEqual(portListener(port, new Set([other.pid!])), {}, 'excepted: a listener whose holder is not named');
+  assert.equal(portListener(port === 65535 ? port - 1 : port + 1)?.pid === other.pid, false, 'another port');
 });
 
 test('descendantsOf: the tree below a process from the kernel\'s children lists, with each parent; undefined once the process is gone', async (t) => {
