@@ -284,6 +284,17 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
         throw appFault(app, 'HANDOFF_TIMEOUT', `pid ${old.pid} still listens on the socket it shares with its successor (pid ${waiting.pid}) ${timeoutMs} ms after ${signal}: the successor never became ready, or the old process does not stop listening when it hands over (a new master that waits to be told to stop, as gunicorn, unicorn and nginx start on SIGUSR2, needs reload.strategy "upgrade")`,
           { key: 'reload.timeoutMs', rule: 'the old process must hand over (stop listening) once its successor is ready', found: `pid ${old.pid} still listening` });
       }
+      if (app.reload.strategy === 'upgrade') {
+        // A master ignores the upgrade signal while the process that started
+        // it runs: nginx run in the foreground ("daemon off;") by the agent
+        // (its parent then) ignores SIGUSR2 for good; and while a new master
+        // of its own runs. Said for what was found, not "inplace fits".
+        const agentsChild = fx.parentOf(old.pid) === process.pid;
+        throw appFault(app, 'HANDOFF_TIMEOUT', `no new master of the app started within ${timeoutMs} ms of ${signal} to pid ${old.pid} (reload.strategy "upgrade"): ${agentsChild
+          ? `pid ${old.pid} is the agent's own child (it runs in the foreground), and a master ignores the upgrade signal while the process that started it runs (nginx with "daemon off;"): run it daemonized (nginx: "daemon on;", its "pid" file named by the app's pidFile), or use reload.strategy "socket"`
+          : 'a master ignores the upgrade signal while a new master of its own still runs, or while its own parent does (a master started by an earlier upgrade: gunicorn logs "USR2 signal ignored. Parent exists."); its output says which'}`,
+          { key: 'reload.strategy', rule: 'the master must start a new master on reload.signal', found: `pid ${old.pid} started none${agentsChild ? ', a child of the agent' : ''}` });
+      }
       throw appFault(app, 'HANDOFF_TIMEOUT', `no new process of the app started within ${timeoutMs} ms of ${signal} to pid ${old.pid} (reload.strategy is "${app.reload.strategy}"; "inplace" fits an app that reloads without a new process, "socket" or "restart" one that has no reload at all)`,
         { key: 'reload.strategy', rule: 'the app must start a successor (or re-execute itself)', found: `pid ${old.pid} started none` });
     }

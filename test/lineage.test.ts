@@ -470,7 +470,7 @@ test('a successor that dies and is left a zombie fails the deploy at once, with 
 });
 
 /** nginx (Debian's, behind a wrapper release: the binary lives outside the releases folder) with `workers` workers, under a config for the agent. */
-async function nginxApp(t: TestContext, prefix: string, workers: number): Promise<{ root: string; configFile: string; port: number } | undefined> {
+async function nginxApp(t: TestContext, prefix: string, workers: number, reload: Record<string, unknown> = { mode: 'inplace' }): Promise<{ root: string; configFile: string; port: number } | undefined> {
   if (process.getuid?.() !== 0) {
     if (process.env['CI']) assert.fail('nginx workers switch user: CI runs as root');
     t.skip('nginx workers switch user: run as root');
@@ -494,7 +494,7 @@ async function nginxApp(t: TestContext, prefix: string, workers: number): Promis
     apps: [{
       name: 'ngx', dir, allowRoot: true,
       command: ['./app.bin', '-p', `${dir}/`, '-e', 'error.log', '-c', path.join(dir, 'app.cfg')],
-      reload: { mode: 'inplace' },
+      reload,
       health: { url: `http://127.0.0.1:${port}/healthz`, settleMs: 300 },
       supervise: { checkMs: 100, backoffMs: 100, maxBackoffMs: 400, stableMs: 3_000, maxRetries: 3 },
     }],
@@ -562,6 +562,29 @@ test('nginx whose master is killed just after it replaced a worker (one forked s
     return st.state === 'running' && st.pid !== null && st.pid !== master && body === 'nginx 1.0\n' ? true : undefined;
   }, { timeoutMs: 20_000 });
   assert.ok(!agent.lines.some((l) => /not as the app's user/.test(l.msg)), 'the worker was never taken for another user\'s process');
+});
+
+test('nginx in the foreground ("daemon off;") under "upgrade": it ignores SIGUSR2 while the agent, its parent, runs; the deploy is rolled back with HANDOFF_TIMEOUT naming that and the fix, and the master serves on', async (t) => {
+  // Found by the fresh-user trial: the failure said '"inplace" fits an app
+  // that reloads without a new process', which sent the operator the wrong way.
+  const ngx = await nginxApp(t, 'relink-lineage-nginxfg-', 1, { strategy: 'upgrade', signal: 'SIGUSR2', timeoutMs: 2_000 });
+  if (ngx === undefined) return;
+  const agent = startAgent(t, ngx.configFile);
+  const first = await nth(ngx.root, 'ngx', 1);
+  assert.equal(first.outcome, 'deployed', first.reason ?? '');
+  const releasesDir = path.join(ngx.root, 'ngx', 'release');
+  await copyFile(path.join(releasesDir, 'app.1.0'), path.join(releasesDir, 'app.2.0'));
+  await writeFileAtomic(path.join(releasesDir, 'current.conf'), '{"bin.file": "app.2.0", "cfg.file": "cfg.1.0"}\n');
+  const second = await nth(ngx.root, 'ngx', 2);
+  assert.equal(second.outcome, 'rolled_back', second.reason ?? '');
+  assert.equal(second.code, 'HANDOFF_TIMEOUT');
+  assert.match(second.reason ?? '', new RegExp(`no new master of the app started within 2000 ms of SIGUSR2 to pid ${first.pidAfter} \\(reload\\.strategy "upgrade"\\): pid ${first.pidAfter} is the agent's own child`));
+  assert.match(second.reason ?? '', /"daemon on;"/);
+  assert.doesNotMatch(second.reason ?? '', /"inplace" fits/);
+  const s = await status(ngx.configFile, 'ngx');
+  assert.equal(s.pid, first.pidAfter, 'the same master serves');
+  assert.equal((await get(`http://127.0.0.1:${ngx.port}/`)).body, 'nginx 1.0\n');
+  assert.equal(await agent.stop(), 0);
 });
 
 test('nginx with one worker, adopted by a new agent, master killed: the lone worker is a leftover, not followed as the main', async (t) => {
