@@ -50,7 +50,7 @@ const ReloadSchema = z.strictObject({
   drainTimeoutMs: z.int().min(0).max(86_400_000).default(60_000)
     .meta(about('how long an older generation that exits by itself (`reexec`, `inplace`) may keep running (draining in-flight requests) after a new one serves; then `stop.signal`, and SIGKILL `stop.timeoutMs` later')),
   quiesceSignal: z.enum(SIGNALS, { error: 'must be a catchable signal name such as "SIGWINCH" (not SIGKILL or SIGSTOP)' }).optional()
-    .meta(about('optional, `upgrade` only, with `resumeSignal`: sent to the old master once the new generation waits for connections, before it is judged, to stop the old one\'s workers accepting (nginx, gunicorn, unicorn: `SIGWINCH`), so the probe and the traffic reach the new one; the old master keeps the socket')),
+    .meta(about('optional, `upgrade` only, with `resumeSignal`: sent to the old master once the new generation waits for connections, before it is judged, to stop the old one\'s workers accepting (nginx, gunicorn, unicorn: `SIGWINCH`), so the probe and the traffic reach the new one; the old master keeps the socket. Not `reload.signal`, `stop.signal`, `resumeSignal`, nor a signal that stops a server (SIGTERM, SIGINT, SIGQUIT)')),
   resumeSignal: z.enum(SIGNALS, { error: 'must be a catchable signal name such as "SIGHUP" (not SIGKILL or SIGSTOP)' }).optional()
     .meta(about('optional, with `quiesceSignal`: sent to the quiesced old master when the new generation fails, with the links back on the good release and before the new one is stopped, to start its workers again (nginx, gunicorn, unicorn: `SIGHUP`)')),
 }).refine((r) => r.mode === undefined || r.strategy === undefined || r.mode === r.strategy,
@@ -68,6 +68,11 @@ const ReloadSchema = z.strictObject({
     // The upgrade signal would start a second new master; a resume that is the quiesce would undo nothing.
     if (r.quiesceSignal !== undefined && r.quiesceSignal === r.signal) {
       ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: 'must differ from "signal" (that one starts the new master)' });
+    }
+    // What stops a master everywhere (nginx, gunicorn, unicorn, most servers'
+    // default handlers) leaves nothing to resume when the new generation fails.
+    if (r.quiesceSignal !== undefined && ['SIGTERM', 'SIGINT', 'SIGQUIT'].includes(r.quiesceSignal)) {
+      ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: `must not be a signal that stops a server (${r.quiesceSignal}): a failed new generation would leave nothing to resume (nginx, gunicorn, unicorn: "SIGWINCH")` });
     }
     if (r.quiesceSignal !== undefined && r.quiesceSignal === r.resumeSignal) {
       ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: 'must differ from "quiesceSignal" (it undoes it)' });

@@ -594,8 +594,11 @@ test('reload strategies: the default follows "sockets"; "mode" is an alias; a mi
     'apps[0].reload.quiesceSignal': 'must differ from "signal" (that one starts the new master)',
     'apps[0].reload.resumeSignal': 'must differ from "quiesceSignal" (it undoes it)',
   });
-  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGQUIT', resumeSignal: 'SIGHUP' }, stop: { signal: 'SIGQUIT' } }]), {
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGUSR1', resumeSignal: 'SIGHUP' }, stop: { signal: 'SIGUSR1' } }]), {
     'apps[0].reload.quiesceSignal': 'must differ from "stop.signal": the old master would stop, and a failed new generation would leave nothing to resume',
+  });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGTERM', resumeSignal: 'SIGHUP' }, stop: { signal: 'SIGQUIT' } }]), {
+    'apps[0].reload.quiesceSignal': 'must not be a signal that stops a server (SIGTERM): a failed new generation would leave nothing to resume (nginx, gunicorn, unicorn: "SIGWINCH")',
   });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', quiesceSignal: 'SIGKILL', resumeSignal: 'SIGHUP' } }]), { 'apps[0].reload.quiesceSignal': 'must be a catchable signal name such as "SIGWINCH" (not SIGKILL or SIGSTOP)' });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['localhost:80', '127.0.0.1:0', 'unix:run/x', 'web1:80', '127.0.0.1:99999'] }]), {
