@@ -403,7 +403,14 @@ export function socketInodes(pid: number): Set<string> {
  */
 export function portListener(port: number, except: ReadonlySet<number> = new Set()): { pid?: number; exe?: string } | undefined {
   const hex = port.toString(16).toUpperCase().padStart(4, '0');
-  const inodes = new Set(socketTable('self').filter((e) => e.table !== 'unix' && e.listening && e.local.endsWith(`:${hex}`)).map((e) => e.inode));
+  // The listeners only (tcpListeners stops where they end: not the
+  // thousands of TIME_WAIT lines of a loaded host).
+  const inodes = new Set<string>();
+  const onPort = (inode: string, local: string): void => {
+    if (local.endsWith(`:${hex}`)) inodes.add(inode);
+  };
+  tcpListeners('self', 'tcp', onPort);
+  tcpListeners('self', 'tcp6', onPort);
   for (const own of socketInodes(process.pid)) inodes.delete(own);
   if (inodes.size === 0) return undefined;
   for (const name of readdirSync('/proc')) {
@@ -489,7 +496,7 @@ export function socketTable(pid: number | 'self'): SocketEntry[] {
  * kernel formats on every read) where a handoff scan, every 100 ms, needs
  * a few lines. A table that cannot be read (no IPv6) gives nothing.
  */
-function tcpListeners(pid: number | 'self', table: 'tcp' | 'tcp6', into: Set<string>): void {
+function tcpListeners(pid: number | 'self', table: 'tcp' | 'tcp6', found: (inode: string, local: string) => void): void {
   let fd: number;
   try {
     fd = openSync(`/proc/${pid}/net/${table}`, 'r');
@@ -511,7 +518,7 @@ function tcpListeners(pid: number | 'self', table: 'tcp' | 'tcp6', into: Set<str
           continue;
         }
         const f = line.trim().split(/\s+/);
-        if (f[3] === '0A' && f[9] !== undefined) into.add(f[9]);
+        if (f[3] === '0A' && f[9] !== undefined) found(f[9], f[1] ?? '');
         else if (f[3] !== '03' && f[3] !== undefined) return;
       }
     }
@@ -525,8 +532,8 @@ function tcpListeners(pid: number | 'self', table: 'tcp' | 'tcp6', into: Set<str
 /** The inodes of listening sockets in `pid`'s network namespace: TCP/TCP6 in state LISTEN, Unix with __SO_ACCEPTCON. */
 export function listeningInodes(pid: number | 'self'): Set<string> {
   const out = new Set<string>();
-  tcpListeners(pid, 'tcp', out);
-  tcpListeners(pid, 'tcp6', out);
+  tcpListeners(pid, 'tcp', (inode) => out.add(inode));
+  tcpListeners(pid, 'tcp6', (inode) => out.add(inode));
   let text = '';
   try {
     text = readFileSync(`/proc/${pid}/net/unix`, 'utf8');
