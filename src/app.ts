@@ -1734,7 +1734,7 @@ export class AppAgent {
         this.#seen = { hash: written.hash, mtimeMs: written.mtimeMs };
         this.#applied = { hash: written.hash, release: { bin: good.bin, cfg: good.cfg } };
       } else {
-        this.#log.warn({ bin: good.bin, cfg: good.cfg }, 'current.conf was written again during the rollback: left as written, and applied next');
+        this.#log.warn({ bin: good.bin, cfg: good.cfg }, `current.conf was written again after the write that failed (while it was judged or rolled back): the rollback to ${good.bin} + ${good.cfg} leaves it as written, and the newer write is applied next`);
         this.#seen = undefined;
         this.#pendingPass ??= 'rollback:newer';
       }

@@ -1523,7 +1523,7 @@ test('a first start that hangs (never healthy) is stopped, and the state says fa
 });
 
 test('a rollback leaves alone a current.conf written while it ran: the newer write is applied next, and journaled', async () => {
-  const { w, agent } = await running(appConfig({}, PROBED));
+  const { w, agent, lines } = await running(appConfig({}, PROBED));
   w.unhealthy.add(`${REL}/app.2.0`);
   w.write('2.0');
   let wrote = false;
@@ -1544,6 +1544,7 @@ test('a rollback leaves alone a current.conf written while it ran: the newer wri
   assert.equal(w.entries[2]?.outcome, 'deployed', w.entries[2]?.reason ?? '');
   assert.equal(w.entries[2]?.to.bin, `${REL}/app.3.0`);
   assert.equal(w.text, JSON.stringify({ 'bin.file': 'app.3.0', 'cfg.file': 'cfg.3.0' }), 'the newer write was not overwritten');
+  assert.ok(lines.some((l) => String(l['msg']).startsWith(`current.conf was written again after the write that failed (while it was judged or rolled back): the rollback to ${REL}/app.1.0 + ${REL}/cfg.1.0 leaves it as written`)), 'said so');
   await agent.close();
 });
 
