@@ -278,10 +278,15 @@ export function ticksNow(): number {
   return Math.floor(Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]) * TICKS_PER_SECOND);
 }
 
-/** When the machine booted (ms since the epoch, /proc/stat btime): a start time in ticks becomes a date with it. */
+/**
+ * When the machine booted (ms since the epoch): a start time in ticks
+ * becomes a date with it. Now less /proc/uptime (the boot clock start
+ * times count on, to 10 ms), not /proc/stat's btime, which is in whole
+ * seconds: every start shown up to a second early.
+ */
 export function bootTimeMs(): number {
-  const btime = /^btime\s+(\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'))?.[1];
-  return Number(btime ?? 0) * 1000;
+  const uptimeS = Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
+  return Date.now() - Math.round(uptimeS * 1000);
 }
 
 /** When a process started (ms since the epoch). */

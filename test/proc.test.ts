@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
-import { descendantsOf, listeningInodes, markerEnv, portListener, ProcessFinder, procTable, readMarker, readProc, readStat, sharesListener, socketInodes, socketTable, sendSignal, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
+import { descendantsOf, listeningInodes, markerEnv, portListener, ProcessFinder, procTable, readMarker, readProc, readStat, sharesListener, socketInodes, socketTable, sendSignal, startedAtMs, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
 import { swapLink } from '../src/relink.js';
 import { alive, reapAppsAfter, waitFor } from './helpers.js';
 
@@ -652,6 +652,21 @@ test('a process found by its marker that started before the serving generation\'
   assert.ok(seen !== undefined, 'control: the leftover is found by its marker');
   assert.equal(seen.gen, gen1, 'it joins the older generation, not the one whose main it predates');
   assert.notEqual(found.main?.pid, leftover.pid, 'never the new generation\'s main');
+});
+
+test('startedAtMs: a process\'s start as a date, to the clock tick (10 ms), not up to a second early', async (t) => {
+  // Found by the helper trial: status's "started" times were ~0.4 s early
+  // (the boot time was /proc/stat's btime, whole seconds).
+  for (let i = 0; i < 5; i++) {
+    const before = Date.now();
+    const child = spawn('sleep', ['5'], { stdio: 'ignore' });
+    t.after(() => child.kill('SIGKILL'));
+    const after = Date.now();
+    const info = await waitFor('the child in /proc', () => readProc(child.pid!));
+    const at = startedAtMs(info);
+    assert.ok(at >= before - 20 && at <= after + 20, `started at ${at}, spawned between ${before} and ${after}`);
+    child.kill('SIGKILL');
+  }
 });
 
 test('portListener: the process listening on a TCP port, IPv4 or IPv6, other than the agent itself and those excepted; undefined on a free port', async (t) => {
