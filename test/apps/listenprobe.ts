@@ -52,10 +52,17 @@ if (mode === 'report') {
   while (leaky !== undefined && ignored.length <= leaky) ignored.push('ignore');
   const children: ChildProcess[] = [];
   const run = (stdio: StdioOptions): Record<string, string> => {
-    // spawn() returns once the child has exec'd (libuv waits for the exec), so /proc shows what `sleep` got.
+    // spawn() returns once the child has exec'd (libuv waits for the exec), so /proc shows what `sleep` got,
+    // and, for a moment, what its dynamic loader opens after the exec (libc.so.6, at the lowest free fd: a
+    // loaded host caught it there): looked at again until no shared object is open (2 s at most).
     const child = spawn('sleep', ['60'], { stdio });
     children.push(child);
-    return fdsOf(child.pid!);
+    const until = Date.now() + 2_000;
+    for (;;) {
+      const fds = fdsOf(child.pid!);
+      if (!Object.values(fds).some((f) => /\.so(\.\d+)*$/.test(f)) || Date.now() >= until) return fds;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+    }
   };
   const out = {
     listeners,
