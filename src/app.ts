@@ -203,6 +203,8 @@ export class AppAgent {
   readonly #tracker: ProcessTracker;
   readonly #generations: Generations;
   readonly #crash: CrashPolicy;
+  /** The main and the lineage as last saved (#saveState): a change without a transition is saved by #ensureRunning. */
+  #savedIdentity: string | undefined;
   readonly #liveness: LivenessCounter | undefined;
   readonly #recorder: Recorder;
   readonly #reads: TokenBucket;
@@ -1766,6 +1768,11 @@ export class AppAgent {
     }
     const main = await this.#observe();
     if (await this.#generations.step(this.app.reload.drainTimeoutMs, this.app.stop)) await this.#saveState();
+    // The main followed to the daemon it became or a successor it handed
+    // over to, new workers found: saved, or an agent restarted now adopts
+    // from a record naming dead processes only (nginx, whose marker is
+    // overwritten, was then started a second time beside itself).
+    else if (main !== undefined && this.#identity() !== this.#savedIdentity) await this.#saveState();
     if (main !== undefined) {
       if (this.#crash.onRunning(this.#tracker.ranMs())) {
         this.#log.info({ appPid: main.pid }, 'app has run stably; crash count reset');
@@ -1967,9 +1974,16 @@ export class AppAgent {
     }
   }
 
-    async #saveState(): Promise<void> {
+  /** What of the state changes between transitions: the main process and the lineage. */
+  #identity(): string {
+    const main = this.#tracker.main;
+    return JSON.stringify([main?.pid, main?.startTime, this.#fx.lineage() ?? null]);
+  }
+
+  async #saveState(): Promise<void> {
     const main = this.#tracker.main;
     const since = this.#tracker.sinceMs;
+    this.#savedIdentity = this.#identity();
     await this.#recorder.save({
       app: this.app.name,
       state: this.#state,

@@ -344,6 +344,36 @@ test('an app that daemonizes (forks, the parent exits 0) is followed to the chil
   await assertServing(config, 'dm', two.pid);
 });
 
+test('an app that daemonizes a moment after it starts, restarted after a crash: the daemon it became is saved as the main, and the next agent adopts it', async (t) => {
+  // Found by the fresh-user trial with nginx (daemon on): the restart was
+  // recorded with the started process, the daemon followed in memory only;
+  // an agent restarted later, finding neither alive in the state file (nginx
+  // overwrites its marker), started a second nginx beside the first.
+  const root = await setup(t, 'relink-lineage-daemonlate-');
+  const app = await pyApp(root, 'dl', { '1.0': 'reload=fork\ndaemonize=1\ndaemonize_delay_ms=400\n' });
+  await setCurrent(app, '1.0');
+  const config = await configFor(root, [app]);
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, 'dl', 1)).outcome, 'deployed');
+  const one = await servedBy(app.port, 'app.1.0');
+  process.kill(one.pid, 'SIGKILL');
+  await agent.waitForLog('the restart', (l) => l.msg === 'app restarted', { timeoutMs: 20_000 });
+  const two = await waitFor('the daemon of the restart to serve', async () => {
+    const r = await ask(app.port).catch(() => undefined);
+    return r !== undefined && r.pid !== one.pid ? r : undefined;
+  });
+  const stateFile = path.join(root, 'state', 'apps', 'dl', 'state.json');
+  await waitFor('the state file to name the daemon as the main', async () => {
+    const st = JSON.parse(await readFile(stateFile, 'utf8')) as { pid: number | null; lineage: { members: Array<{ pid: number }> } };
+    return st.pid === two.pid && st.lineage.members.some((m) => m.pid === two.pid) ? true : undefined;
+  }, { timeoutMs: 10_000 });
+  assert.equal(await agent.stop(), 0);
+  const next = startAgent(t, config);
+  await next.waitForLog('adoption', (l) => l.msg === 'adopted running app' && l['appPid'] === two.pid);
+  await assertServing(config, 'dl', two.pid);
+  assert.equal((await history(root, 'dl')).length, 1, 'nothing started again');
+});
+
 test('two apps sharing a releases folder never see or signal each other\'s processes', async (t) => {
   const root = await setup(t, 'relink-lineage-shared-');
   const shared = path.join(root, 'shared-releases');

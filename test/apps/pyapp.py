@@ -27,6 +27,8 @@
 #   drain_ms=N       how long the old process lives on after handing over
 #   reap=0           never wait for a child (a dead successor stays a zombie)
 #   daemonize=1      fork at start; the parent exits 0, the child serves
+#   daemonize_delay_ms=N  with daemonize=1: the parent lingers this long
+#                    before it forks (the agent sees it as the started main)
 #   fail_start=1     exit 3 before serving
 #   ready_delay_ms=N sleep this long before serving (a successor that is not ready)
 #   helper=1         start a helper child (`sleep 3000`, subprocess.Popen: the
@@ -74,6 +76,7 @@ def main():
         sys.stderr.write('fail_start=1: exiting\n')
         sys.exit(3)
     if cfg.get('daemonize') == '1' and os.environ.get('PYAPP_DAEMON') != '1':
+        time.sleep(int(cfg.get('daemonize_delay_ms', '0')) / 1000)
         if os.fork() > 0:
             os._exit(0)
         os.setsid()
