@@ -36,45 +36,69 @@ const about = (description: string) => ({ description });
 export const STRATEGIES = ['reexec', 'inplace', 'upgrade', 'socket', 'restart'] as const;
 export type Strategy = (typeof STRATEGIES)[number];
 
-const signalName = (def: string, description: string) =>
-  z.enum(SIGNALS, { error: 'must be a catchable signal name such as "SIGHUP" (not SIGKILL or SIGSTOP)' }).default(def).meta(about(description));
+/** Signals that stop a server (nginx, gunicorn, unicorn, and the default action everywhere): never a reload, quiesce or resume. */
+const STOPPING: readonly string[] = ['SIGTERM', 'SIGINT', 'SIGQUIT'];
+
+/** The signal named `found` most likely meant ("hup", "SIGhup", "WINCH": "SIGHUP", "SIGWINCH"); undefined when none is. */
+function nearSignal(found: unknown): string | undefined {
+  if (typeof found !== 'string') return undefined;
+  const upper = found.trim().toUpperCase();
+  const name = upper.startsWith('SIG') ? upper : `SIG${upper}`;
+  return name !== found && SIGNALS.includes(name) ? name : undefined;
+}
+
+/** A signal name's schema; a near miss is answered with the name meant. */
+const signalEnum = (example: string) =>
+  z.enum(SIGNALS, {
+    error: (iss) => {
+      const near = nearSignal(iss.input);
+      return `must be a catchable signal name such as "${example}" (not SIGKILL or SIGSTOP)${near === undefined ? '' : `: did you mean "${near}"?`}`;
+    },
+  });
+
+const signalName = (def: string, description: string) => signalEnum('SIGHUP').default(def).meta(about(description));
 
 const ReloadSchema = z.strictObject({
   strategy: z.enum(STRATEGIES, { error: 'must be one of "reexec", "inplace", "upgrade", "socket", "restart" (README: "Reload strategies")' }).optional()
     .meta(about('how the app takes a new release: `reexec`, `inplace`, `upgrade`, `socket` or `restart` ("Reload strategies"); default `socket` when `sockets` is set, else `reexec`')),
-  signal: signalName('SIGHUP', 'the signal that makes the app reload (`reexec`, `inplace`) or start its new master (`upgrade`)'),
+  signal: signalName('SIGHUP', 'the signal that makes the app reload (`reexec`, `inplace`) or start its new master (`upgrade`); not `stop.signal`, nor a signal that stops a server (SIGTERM, SIGINT, SIGQUIT)'),
   mode: z.enum(['reexec', 'inplace'], { error: 'must be "reexec" or "inplace" (deprecated: use "strategy")' }).optional()
     .meta(about('deprecated alias of `strategy` (`reexec` or `inplace`); said once in the log')),
   timeoutMs: z.int().min(100).max(600_000).default(15_000)
     .meta(about('how long a start, a re-exec handoff or a new master may take to appear before the deploy counts as failed')),
   drainTimeoutMs: z.int().min(0).max(86_400_000).default(60_000)
     .meta(about('how long an older generation that exits by itself (`reexec`, `inplace`) may keep running (draining in-flight requests) after a new one serves; then `stop.signal`, and SIGKILL `stop.timeoutMs` later')),
-  quiesceSignal: z.enum(SIGNALS, { error: 'must be a catchable signal name such as "SIGWINCH" (not SIGKILL or SIGSTOP)' }).optional()
+  quiesceSignal: signalEnum('SIGWINCH').optional()
     .meta(about('optional, `upgrade` only, with `resumeSignal`: sent to the old master once the new generation waits for connections, before it is judged, to stop the old one\'s workers accepting (nginx, gunicorn, unicorn: `SIGWINCH`), so the probe and the traffic reach the new one; the old master keeps the socket. Not `reload.signal`, `stop.signal`, `resumeSignal`, nor a signal that stops a server (SIGTERM, SIGINT, SIGQUIT)')),
-  resumeSignal: z.enum(SIGNALS, { error: 'must be a catchable signal name such as "SIGHUP" (not SIGKILL or SIGSTOP)' }).optional()
-    .meta(about('optional, with `quiesceSignal`: sent to the quiesced old master when the new generation fails, with the links back on the good release and before the new one is stopped, to start its workers again (nginx, gunicorn, unicorn: `SIGHUP`)')),
+  resumeSignal: signalEnum('SIGHUP').optional()
+    .meta(about('optional, with `quiesceSignal`: sent to the quiesced old master when the new generation fails, with the links back on the good release and before the new one is stopped, to start its workers again (nginx, gunicorn, unicorn: `SIGHUP`). Not `stop.signal`, nor a signal that stops a server (SIGTERM, SIGINT, SIGQUIT)')),
 }).refine((r) => r.mode === undefined || r.strategy === undefined || r.mode === r.strategy,
   { message: 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)', path: ['mode'] })
   .superRefine((r, ctx) => {
-    if (r.quiesceSignal !== undefined && r.resumeSignal === undefined) {
-      ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: 'must be set with "quiesceSignal": an old master quiesced for a new generation that then fails must be told to accept again (nginx, gunicorn, unicorn: "SIGHUP")' });
-    }
-    if (r.quiesceSignal === undefined && r.resumeSignal !== undefined) {
+    // One problem per key, the first that applies.
+    const quiesce = r.quiesceSignal;
+    const resume = r.resumeSignal;
+    if (quiesce !== undefined) {
+      if ((r.strategy ?? r.mode) !== 'upgrade') {
+        ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: 'only with "strategy": "upgrade" (an old master that keeps the socket while its workers stop)' });
+      } else if (STOPPING.includes(quiesce)) {
+        // What stops a master everywhere leaves nothing to resume when the new generation fails.
+        ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: `must not be a signal that stops a server (${quiesce}): a failed new generation would leave nothing to resume (nginx, gunicorn, unicorn: "SIGWINCH")` });
+      } else if (quiesce === r.signal) {
+        // The upgrade signal would start a second new master.
+        ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: 'must differ from "signal" (that one starts the new master)' });
+      }
+    } else if (resume !== undefined) {
       ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: 'must be set with "resumeSignal", which undoes it (nginx, gunicorn, unicorn: "SIGWINCH")' });
     }
-    if (r.quiesceSignal !== undefined && (r.strategy ?? r.mode) !== 'upgrade') {
-      ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: 'only with "strategy": "upgrade" (an old master that keeps the socket while its workers stop)' });
-    }
-    // The upgrade signal would start a second new master; a resume that is the quiesce would undo nothing.
-    if (r.quiesceSignal !== undefined && r.quiesceSignal === r.signal) {
-      ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: 'must differ from "signal" (that one starts the new master)' });
-    }
-    // What stops a master everywhere (nginx, gunicorn, unicorn, most servers'
-    // default handlers) leaves nothing to resume when the new generation fails.
-    if (r.quiesceSignal !== undefined && ['SIGTERM', 'SIGINT', 'SIGQUIT'].includes(r.quiesceSignal)) {
-      ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: `must not be a signal that stops a server (${r.quiesceSignal}): a failed new generation would leave nothing to resume (nginx, gunicorn, unicorn: "SIGWINCH")` });
-    }
-    if (r.quiesceSignal !== undefined && r.quiesceSignal === r.resumeSignal) {
+    if (resume === undefined) {
+      if (quiesce !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: 'must be set with "quiesceSignal": an old master quiesced for a new generation that then fails must be told to accept again (nginx, gunicorn, unicorn: "SIGHUP")' });
+      }
+    } else if (STOPPING.includes(resume)) {
+      ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: `must not be a signal that stops a server (${resume}): it goes to the good old master, to make it accept again (nginx, gunicorn, unicorn: "SIGHUP")` });
+    } else if (resume === quiesce) {
+      // A resume that is the quiesce would undo nothing.
       ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: 'must differ from "quiesceSignal" (it undoes it)' });
     }
   });
@@ -334,8 +358,23 @@ const AppSchema = z.strictObject({
     ctx.addIssue({ code: 'custom', path: ['group'], message: 'needs "user" as well (without it the app runs as the agent\'s own user and group)' });
   }
   const strategy = a.reload.strategy ?? a.reload.mode;
-  if (a.reload.quiesceSignal !== undefined && a.reload.quiesceSignal === a.stop.signal) {
+  const { signal, quiesceSignal, resumeSignal } = a.reload;
+  // (Signals that stop every server are refused above already: one problem per key.)
+  if (quiesceSignal !== undefined && !STOPPING.includes(quiesceSignal) && quiesceSignal === a.stop.signal) {
     ctx.addIssue({ code: 'custom', path: ['reload', 'quiesceSignal'], message: 'must differ from "stop.signal": the old master would stop, and a failed new generation would leave nothing to resume' });
+  }
+  if (resumeSignal !== undefined && !STOPPING.includes(resumeSignal) && resumeSignal === a.stop.signal) {
+    ctx.addIssue({ code: 'custom', path: ['reload', 'resumeSignal'], message: 'must differ from "stop.signal": the good old master would stop instead of accepting again' });
+  }
+  // The signal a running app gets to reload (or start its new master): not
+  // what stops it. ("socket" and "restart" send no reload signal.)
+  const signalled = strategy ?? (a.sockets.length > 0 ? 'socket' : 'reexec');
+  if (signalled === 'reexec' || signalled === 'inplace' || signalled === 'upgrade') {
+    if (STOPPING.includes(signal)) {
+      ctx.addIssue({ code: 'custom', path: ['reload', 'signal'], message: `must not be a signal that stops a server (${signal}) under "${signalled}": it is sent to the serving app to ${signalled === 'upgrade' ? 'start a new master' : 'reload'} (nginx, gunicorn: SIGHUP to reload, SIGUSR2 to upgrade; grace: SIGUSR2; tableflip, endless: SIGHUP)` });
+    } else if (signal === a.stop.signal) {
+      ctx.addIssue({ code: 'custom', path: ['reload', 'signal'], message: `must differ from "stop.signal" (${signal}): one signal cannot mean both reload and stop` });
+    }
   }
   if (strategy === 'socket' && a.sockets.length === 0) {
     ctx.addIssue({ code: 'custom', path: ['reload', 'strategy'], message: '"socket" needs "sockets": the listen addresses the agent holds and passes to every generation' });

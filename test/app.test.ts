@@ -63,7 +63,7 @@ class World implements Effects {
   /** When set, relink waits for it: lets a test hold an apply open. */
   gate: Promise<void> | undefined;
   /** What a signal does to the process: re-exec (new pid), in-place (nothing), or nothing at all (hang). */
-  onSignal: 'reexec' | 'inplace' | 'ignore' | 'successorDies' | 'slowHandoff' | 'upgrade' | 'forkThenExec' | 'forkThenDies' | 'execInPlace' = 'reexec';
+  onSignal: 'reexec' | 'inplace' | 'ignore' | 'exits' | 'successorDies' | 'slowHandoff' | 'upgrade' | 'forkThenExec' | 'forkThenDies' | 'execInPlace' = 'reexec';
   /** execInPlace: how long the re-executed image starts (busy, not waiting for work) before its event loop runs (fake ms). */
   execStartMs = 800;
   /** Processes busy starting until the given fake time: not waiting for work. */
@@ -414,6 +414,11 @@ class World implements Effects {
       this.linksAtResume = { ...this.links };
       this.phaseAtResume = this.states.at(-1)?.inflight?.phase;
       this.workerOf(pid);
+      return true;
+    }
+    if (this.onSignal === 'exits') {
+      // No graceful restart: the default action of the signal ends it.
+      this.procs.delete(pid);
       return true;
     }
     if (this.onSignal === 'successorDies') this.childEnded(pid);
@@ -1974,13 +1979,14 @@ test('"upgrade" with reload.quiesceSignal, an agent killed after it resumed the 
 });
 
 test('strategy "reexec" on an app that just exits on the signal: the failure names the strategies that fit', async () => {
-  const { w, agent } = await running(appConfig({ signal: 'SIGTERM' }));
+  const { w, agent } = await running(appConfig());
+  w.onSignal = 'exits';
   w.write('2.0');
   agent.trigger('watch:change');
   await agent.idle();
   const e = w.entries[1]!;
   assert.equal(e.code, 'STRATEGY_MISMATCH');
-  assert.match(e.reason ?? '', /does not restart itself on SIGTERM.*"socket".*"restart"/);
+  assert.match(e.reason ?? '', /does not restart itself on SIGHUP.*"socket".*"restart"/);
 });
 
 test('the observer (metrics) hears every verdict, repeated refusals included, each transition and each crash restart; one that throws changes nothing', async () => {

@@ -560,6 +560,33 @@ test('loadConfig also refuses two apps whose files are the same only through a s
   await assert.rejects(loadConfig(file), (e: unknown) => e instanceof RelinkErrors && e.key === 'apps[1].currentFile' && /two apps would both apply one current\.conf/.test(e.message));
 });
 
+test('reload.signal: never one that stops a server, nor stop.signal, under the strategies that send it (reexec, inplace, upgrade); "socket" and "restart" send none', () => {
+  /** Each problem's key and rule; {} when the config is accepted. */
+  const problems = (apps: unknown[]): Record<string, string> => {
+    try {
+      parseConfig(JSON.stringify({ apps }), '/c.json');
+      return {};
+    } catch (err) {
+      return Object.fromEntries((err as RelinkErrors).problems.map((e) => [e.key ?? '', e.rule ?? '']));
+    }
+  };
+  // Found by the helper trial: "reload.signal": "SIGTERM" under "upgrade", and stop.signal equal to reload.signal, were accepted.
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGTERM' }, stop: { signal: 'SIGQUIT' } }]), {
+    'apps[0].reload.signal': 'must not be a signal that stops a server (SIGTERM) under "upgrade": it is sent to the serving app to start a new master (nginx, gunicorn: SIGHUP to reload, SIGUSR2 to upgrade; grace: SIGUSR2; tableflip, endless: SIGHUP)',
+  });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { signal: 'SIGQUIT' } }]), {
+    'apps[0].reload.signal': 'must not be a signal that stops a server (SIGQUIT) under "reexec": it is sent to the serving app to reload (nginx, gunicorn: SIGHUP to reload, SIGUSR2 to upgrade; grace: SIGUSR2; tableflip, endless: SIGHUP)',
+  });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGUSR2' }, stop: { signal: 'SIGUSR2' } }]), {
+    'apps[0].reload.signal': 'must differ from "stop.signal" (SIGUSR2): one signal cannot mean both reload and stop',
+  });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'inplace', signal: 'SIGHUP' }, stop: { signal: 'SIGHUP' } }]), {
+    'apps[0].reload.signal': 'must differ from "stop.signal" (SIGHUP): one signal cannot mean both reload and stop',
+  });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['127.0.0.1:8080'], reload: { signal: 'SIGTERM' } }]), {}, 'the default strategy with sockets is "socket": no reload signal is sent');
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'restart', signal: 'SIGTERM' } }]), {});
+});
+
 test('reload strategies: the default follows "sockets"; "mode" is an alias; a mismatch, "socket" without sockets and a shared or repeated address are refused', () => {
   const parse = (apps: unknown[]) => parseConfig(JSON.stringify({ apps }), '/c.json');
   const [plain, held, upgrade] = parse([
@@ -601,6 +628,23 @@ test('reload strategies: the default follows "sockets"; "mode" is an alias; a mi
     'apps[0].reload.quiesceSignal': 'must not be a signal that stops a server (SIGTERM): a failed new generation would leave nothing to resume (nginx, gunicorn, unicorn: "SIGWINCH")',
   });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', quiesceSignal: 'SIGKILL', resumeSignal: 'SIGHUP' } }]), { 'apps[0].reload.quiesceSignal': 'must be a catchable signal name such as "SIGWINCH" (not SIGKILL or SIGSTOP)' });
+  // Found by the helper trial: a resume signal that stops the good old master (nginx died, the rollback restarted it, wrk saw 22 errors).
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGTERM' }, stop: { signal: 'SIGQUIT' } }]), {
+    'apps[0].reload.resumeSignal': 'must not be a signal that stops a server (SIGTERM): it goes to the good old master, to make it accept again (nginx, gunicorn, unicorn: "SIGHUP")',
+  });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, stop: { signal: 'SIGHUP' } }]), {
+    'apps[0].reload.resumeSignal': 'must differ from "stop.signal": the good old master would stop instead of accepting again',
+  });
+  // One problem per key: the first that applies.
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'inplace', quiesceSignal: 'SIGTERM', resumeSignal: 'SIGHUP' } }]), {
+    'apps[0].reload.quiesceSignal': 'only with "strategy": "upgrade" (an old master that keeps the socket while its workers stop)',
+  });
+  // A near miss names the signal meant.
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'usr2', quiesceSignal: 'WINCH', resumeSignal: 'SIGhup' } }]), {
+    'apps[0].reload.signal': 'must be a catchable signal name such as "SIGHUP" (not SIGKILL or SIGSTOP): did you mean "SIGUSR2"?',
+    'apps[0].reload.quiesceSignal': 'must be a catchable signal name such as "SIGWINCH" (not SIGKILL or SIGSTOP): did you mean "SIGWINCH"?',
+    'apps[0].reload.resumeSignal': 'must be a catchable signal name such as "SIGHUP" (not SIGKILL or SIGSTOP): did you mean "SIGHUP"?',
+  });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', sockets: ['localhost:80', '127.0.0.1:0', 'unix:run/x', 'web1:80', '127.0.0.1:99999'] }]), {
     'apps[0].sockets[0]': '"localhost" is a host name: write an IP address: for this host only (what "localhost" means) "127.0.0.1" or "[::1]"; a name could resolve differently later',
     'apps[0].sockets[3]': '"web1" is a host name: write an IP address ("127.0.0.1", "[::1]", "0.0.0.0" or "[::]"); a name could resolve differently later',
