@@ -26,6 +26,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { RelinkError } from './errors.js';
 import { parseListenAddress } from './listenfds.js';
+import { portListener } from './proc.js';
 
 /** One address the agent holds: the fd (in this process) listening on it. */
 export interface Held {
@@ -268,7 +269,7 @@ export class SocketHolder {
         address: r.address,
         busy,
         retry: true,
-        error: new RelinkError('SOCKET_UNAVAILABLE', `cannot listen on ${r.address}: ${r.code}${busy ? ' (another process listens there)' : ''}`,
+        error: new RelinkError('SOCKET_UNAVAILABLE', `cannot listen on ${r.address}: ${r.code}${busy ? ` (${whoListens(r.address)})` : ''}`,
           { key: 'sockets', rule: 'the agent must be able to listen on every address in "sockets"', found: r.code }),
       });
     }
@@ -325,4 +326,18 @@ export class SocketHolder {
     this.#command(w, CLOSE_ALL);
     await exited;
   }
+}
+
+/**
+ * Who holds a TCP address the agent could not bind, for the message: "pid
+ * N (exe) listens there" (proc.ts portListener, which looks at every
+ * process's fds: only on this failure); "another process listens there"
+ * when it cannot be told (a unix socket, or a process the agent may not
+ * look into).
+ */
+function whoListens(address: string): string {
+  const a = parseListenAddress(address);
+  const holder = a.kind === 'tcp' ? portListener(a.port) : undefined;
+  if (holder?.pid === undefined) return 'another process listens there';
+  return `pid ${holder.pid}${holder.exe === undefined ? '' : ` (${holder.exe})`} listens there`;
 }

@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { realpathSync } from 'node:fs';
 import { lstat, readdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -86,6 +87,20 @@ test('an address in use is reported busy; a stale unix socket file is replaced, 
   assert.match(unheld[1]!.error.message, /cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/);
   assert.ok(holder.get(`unix:${stale}`) !== undefined);
   assert.equal(String(await (await import('node:fs/promises')).readFile(plain)), 'not a socket');
+});
+
+test('an address another process listens on: the refusal names its PID and executable', async (t) => {
+  // Found by the helper trial: "cannot listen on 127.0.0.1:18610: EADDRINUSE
+  // (another process listens there)", and nothing said which one.
+  const port = await freePort();
+  const other = spawn('/usr/bin/python3', ['-c', `import socket,time\ns=socket.socket()\ns.bind(("127.0.0.1", ${port}))\ns.listen()\nprint("up", flush=True)\ntime.sleep(60)`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  defer(t, () => { other.kill('SIGKILL'); });
+  await new Promise<void>((resolve) => other.stdout!.once('data', () => resolve()));
+  const holder = new SocketHolder();
+  defer(t, () => holder.close());
+  const [unheld] = await holder.bind([{ address: `127.0.0.1:${port}` }]);
+  assert.equal(unheld?.busy, true);
+  assert.equal(unheld?.error.message, `cannot listen on 127.0.0.1:${port}: EADDRINUSE (pid ${other.pid} (${realpathSync('/usr/bin/python3')}) listens there)`);
 });
 
 test('close() lets the sockets go: the port can be bound again, and nothing keeps the process alive', async () => {
