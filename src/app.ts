@@ -1360,6 +1360,15 @@ export class AppAgent {
       if (!(err instanceof RelinkError)) throw err;
       await this.#stopFailed(main, err);
       const now = await this.#observe();
+      if (now === undefined) {
+        // Nothing runs: supervision goes on as after a start that failed
+        // now (its backoff and its reason), not as after a run that lasted
+        // since the one before the stop (that restarted it at once).
+        this.#tracker.restartFailed();
+        this.#startFailed = true;
+        this.#problem = problemOf(err, this.#fx.now());
+        this.#problemFrom = 'start';
+      }
       await this.#finish(attempt, 'failed', action, release, now, now === undefined ? 'stopped' : 'running', err, { ...extra, strategy: this.app.reload.strategy });
       return;
     }

@@ -2047,6 +2047,33 @@ test('the observer (metrics) hears every verdict, repeated refusals included, ea
   assert.equal(quiet.lines.filter((l) => l.msg === 'the metrics could not be updated: unexpected error: boom').length, 1);
 });
 
+test('relink start that fails after a long stop: supervision counts it as a start that failed now (backoff, the start\'s own reason), not as a run as long as the stop', async () => {
+  // Found by the helper trial: "app exited unexpectedly after 24914 ms;
+  // restarting in 0 ms" for an nginx that could not bind, 2.5 s after
+  // relink start: the run was counted from before the stop.
+  const { w, agent, lines } = await running(appConfig({}, { supervise: { backoffMs: 1000, stableMs: 10_000 } }));
+  const at = (ms: number) => new Date(ms).toISOString();
+  w.requests.push({ command: 'stop', id: '00000000-0000-4000-8000-000000000011', at: at(w.clock), expiresAt: at(w.clock + 30_000) });
+  agent.requests();
+  await agent.idle();
+  assert.equal(agent.mainPid, undefined);
+  w.advance(30_000);
+  w.launchExits = true;
+  w.launchOutput = 'bind() to 127.0.0.1:8080 failed (98: Address already in use)';
+  w.requests.push({ command: 'start', id: '00000000-0000-4000-8000-000000000012', at: at(w.clock), expiresAt: at(w.clock + 30_000) });
+  agent.requests();
+  await agent.idle();
+  assert.equal(w.entries.at(-1)?.outcome, 'failed');
+  agent.check();
+  await agent.idle();
+  const said = lines.find((l) => typeof l['delayMs'] === 'number');
+  assert.ok(said !== undefined, JSON.stringify(lines.map((l) => l['msg'])));
+  assert.equal(said['delayMs'], 1000, 'the first backoff, not a restart at once');
+  assert.match(String(said['msg']), /^the app could not be started; restarting in 1000 ms/);
+  assert.match(agent.problem?.message ?? '', /Address already in use/);
+  await agent.close();
+});
+
 test('requests: one that expired before it could be taken is answered "refused" (REQUEST_EXPIRED) and not carried out; a due one is', async () => {
   const { w, agent } = await running(appConfig());
   const pid = agent.mainPid!;
