@@ -218,6 +218,8 @@ export class AppAgent {
   #ready = false;
   /** The state the previous agent left, until the setup has used it. */
   #savedState: AppStateName | undefined;
+  /** The main the state file names and since when it ran (fx.now() ms): an adopted main's run goes on from then. */
+  #savedRun: { pid: number; startTime: number; sinceMs: number } | undefined;
   #lastDeploy: HistoryEntry | null = null;
   /** current.conf content found naming what runs (no journal entry): for `deploy --wait`. */
   #matched: { hash: string; at: string } | undefined;
@@ -357,6 +359,8 @@ export class AppAgent {
     this.#lastGood = saved?.lastGood ?? undefined;
     this.#lastDeploy = saved?.lastDeploy ?? null;
     this.#savedState = saved?.state;
+    const sinceMs = saved?.since == null ? Number.NaN : Date.parse(saved.since);
+    if (saved?.pid != null && saved.pidStart != null && Number.isFinite(sinceMs)) this.#savedRun = { pid: saved.pid, startTime: saved.pidStart, sinceMs };
     if (saved?.state === 'fatal' && saved.problem != null) {
       // Why it was given up on, and since when: shown by status, and the
       // first pass leaves the app down unless current.conf was written since.
@@ -597,7 +601,11 @@ export class AppAgent {
       this.#tracker.warnStrays(found.strays, found.foreign);
       let state: AppStateName;
       if (found.main !== undefined) {
-        this.#tracker.set(found.main);
+        // The run the previous agent saw goes on: a crash soon after the
+        // adoption is not a quick one (a restart without backoff, as the
+        // previous agent would have done).
+        const run = sameProcess(this.#savedRun, found.main) ? this.#savedRun?.sinceMs : undefined;
+        this.#tracker.set(found.main, false, run);
         this.#log.info({ appPid: found.main.pid, exe: found.main.exe }, 'adopted running app');
         if (this.#lastGood === undefined) {
           // An app found running is the best known-good there is.
@@ -610,6 +618,7 @@ export class AppAgent {
         state = this.#savedState === 'fatal' ? 'fatal' : 'stopped';
       }
       this.#savedState = undefined;
+      this.#savedRun = undefined;
       const inflight = this.#savedInflight;
       this.#savedInflight = undefined;
       // Nothing to recover: whatever the previous agent left open is stale.

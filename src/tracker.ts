@@ -68,9 +68,10 @@ export class ProcessTracker {
     return found.main;
   }
 
-  /** Take `info` as the main process; `keepSince` for a successor of the same run (a handoff). */
-  set(info: ProcInfo, keepSince = false): void {
-    if (!keepSince || this.#sinceMs === undefined) this.#sinceMs = this.#fx.now();
+  /** Take `info` as the main process; `keepSince` for a successor of the same run (a handoff); `sinceMs`: the run began then (fx.now() ms: an adopted main's, as the state file says). */
+  set(info: ProcInfo, keepSince = false, sinceMs?: number): void {
+    if (sinceMs !== undefined) this.#sinceMs = sinceMs;
+    else if (!keepSince || this.#sinceMs === undefined) this.#sinceMs = this.#fx.now();
     this.#main = info;
   }
 

@@ -2074,6 +2074,31 @@ test('relink start that fails after a long stop: supervision counts it as a star
   await agent.close();
 });
 
+test('an adopted main keeps the run the previous agent saw: a crash soon after the adoption of a long-running app is not a quick failure', async () => {
+  // Found by the helper trial: nginx running for 18 s, the agent restarted,
+  // the master killed 2 s later: "app exited unexpectedly after 2165 ms;
+  // restarting in 1000 ms" (an extra second of outage).
+  const config = appConfig({}, { supervise: { backoffMs: 1000, stableMs: 10_000 } });
+  const { w, agent } = await running(config);
+  const pid = agent.mainPid!;
+  w.advance(60_000);
+  await agent.close();
+  const { log, lines } = silentLogger();
+  const next = new AppAgent(config, w, log);
+  await next.start();
+  await next.idle();
+  assert.equal(next.mainPid, pid, 'adopted');
+  w.advance(2_000);
+  w.procs.delete(pid);
+  next.check();
+  await next.idle();
+  const said = lines.find((l) => typeof l['ranMs'] === 'number');
+  assert.ok(said !== undefined, JSON.stringify(lines.map((l) => l['msg'])));
+  assert.ok((said['ranMs'] as number) >= 62_000, `the run counted from its start under the previous agent: ${String(said['msg'])}`);
+  assert.equal(said['delayMs'], 0, 'a stable run: restarted at once');
+  await next.close();
+});
+
 test('requests: one that expired before it could be taken is answered "refused" (REQUEST_EXPIRED) and not carried out; a due one is', async () => {
   const { w, agent } = await running(appConfig());
   const pid = agent.mainPid!;
