@@ -1122,8 +1122,10 @@ export class AppAgent {
     this.#newGen = launched.gen;
     this.#started = { gen: launched.gen, settings: launchSettings(this.app) };
     // Known on disk before it is waited for: an agent killed now leaves the
-    // next one able to judge it (or stop it), never an unknown copy serving.
-    if (!serve) await this.#saveState();
+    // next one able to judge it (or stop it), never an unknown copy serving;
+    // nor, for a start, a daemon it cannot tie to the app (nginx, its marker
+    // overwritten: started a second time beside itself).
+    await this.#saveState();
     let exited: string | undefined;
     const ended = launched.exited.then(({ code, signal }) => {
       exited = describeExit(code, signal);

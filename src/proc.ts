@@ -789,6 +789,8 @@ export class ProcessFinder {
   readonly #unexeced = new Map<number, { readonly startTime: number; readonly parent: Member; readonly startStack: number | undefined }>();
   /** A lineage record exists: processes without one are never taken for the app by their executable. */
   #recorded = false;
+  /** Mains restored from the previous agent's record (pid -> start time): how they ended is unknown to this agent. */
+  readonly #restoredMains = new Map<number, number>();
 
   constructor(opts: FinderOptions) {
     this.#name = opts.name;
@@ -826,7 +828,10 @@ export class ProcessFinder {
   restore(rec: LineageRecord | undefined, legacy?: ProcIdentity): void {
     if (rec !== undefined) {
       for (const m of rec.members) this.#members.set(m.pid, { pid: m.pid, startTime: m.startTime, gen: m.gen });
-      for (const m of rec.mains) this.#mains.set(m.gen, { pid: m.pid, startTime: m.startTime, sid: m.sid, ownSession: m.ownSession, exe: m.exe, cmd: m.cmd });
+      for (const m of rec.mains) {
+        this.#mains.set(m.gen, { pid: m.pid, startTime: m.startTime, sid: m.sid, ownSession: m.ownSession, exe: m.exe, cmd: m.cmd });
+        this.#restoredMains.set(m.pid, m.startTime);
+      }
       this.#serving = rec.serving;
       this.#lastGen = Math.max(rec.lastGen, rec.serving, ...(rec.openings ?? []).map((o) => o.gen));
       this.#openings = (rec.openings ?? []).map((o) => ({ gen: o.gen, parent: { pid: o.pid, startTime: o.startTime }, fromTick: o.fromTick }));
@@ -1392,8 +1397,9 @@ export class ProcessFinder {
    * environment overwritten by its process title, as nginx does), runs a
    * binary from the releases folder, and either nothing is recorded (before
    * lineage) or it started after a main the agent started exited cleanly (it
-   * daemonized: a double fork, its parent gone before the agent looked). It
-   * joins that main's generation.
+   * daemonized: a double fork, its parent gone before the agent looked), or
+   * after a main the previous agent recorded that is gone (how it ended was
+   * never seen). It joins that main's generation.
    */
   async #fromPidFile(uid: number): Promise<boolean> {
     if (this.#pidFile === undefined) return false;
@@ -1411,8 +1417,19 @@ export class ProcessFinder {
     } else if (!this.#runsRelease(info)) {
       return false;
     } else if (this.#recorded) {
-      const daemonizedFrom = [...this.#mains].filter(([, m]) => this.#exits.get(m.pid) === true && info.startTime >= m.startTime)
-        .sort(([a], [b]) => b - a)[0];
+      // A main the previous agent recorded and that is gone ended unseen by
+      // this one: taken as daemonized too (the agent killed right after it
+      // started nginx, "daemon on": its daemon would be started twice).
+      const endedClean = async (m: MainRecord): Promise<boolean> => {
+        const seen = this.#exits.get(m.pid);
+        if (seen !== undefined) return seen;
+        if (this.#restoredMains.get(m.pid) !== m.startTime) return false;
+        const now = await readProc(m.pid);
+        return now === undefined || now.startTime !== m.startTime;
+      };
+      const candidates: Array<[number, MainRecord]> = [];
+      for (const [gen, m] of this.#mains) if (info.startTime >= m.startTime && (await endedClean(m))) candidates.push([gen, m]);
+      const daemonizedFrom = candidates.sort(([a], [b]) => b - a)[0];
       if (daemonizedFrom === undefined) return false;
       into = daemonizedFrom[0];
     }

@@ -543,6 +543,8 @@ test('an app that daemonizes and overwrites its environment (nginx, daemon on) i
   const from = ticksNow();
   const started = spawnTracked(t, path.join(app.releasesDir, 'app.ngx'), ['-p', `${root}/`, '-e', 'error.log', '-c', conf]);
   const gen = await finder.launched(started.pid, true, from);
+  // What an agent saves right after the start (before it learns how the started process ended).
+  const atLaunch = finder.record();
   assert.deepEqual(await started.exited, { code: 0, signal: null }, 'nginx daemonized: its started process exited 0');
   finder.exited(started.pid, true);
   const master = Number((await waitFor('nginx\'s pid file', () => readFile(pidFile, 'utf8'))).trim());
@@ -555,6 +557,16 @@ test('an app that daemonizes and overwrites its environment (nginx, daemon on) i
   assert.deepEqual(found.followed, { from: started.pid, to: master });
   assert.equal(found.all.length, 2, 'the master and its worker');
   assert.deepEqual(found.leftovers, []);
+
+  // An agent killed right after that start: the next one, from the record
+  // saved then, never saw the started process exit; gone, it is taken as
+  // daemonized, and the master its PID file names is the app's (found by
+  // the helper trial: a second nginx was started beside the first).
+  const next = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile });
+  next.restore(atLaunch);
+  const adopted = await next.discover();
+  assert.equal(adopted.main?.pid, master, 'the next agent adopts the daemon');
+  assert.equal(adopted.main?.gen, gen);
 
   // Not trusted: the same PID file when the cleanly exited main the agent
   // started is younger than the process it names.
