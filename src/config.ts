@@ -71,7 +71,7 @@ const ReloadSchema = z.strictObject({
   quiesceSignal: signalEnum('SIGWINCH').optional()
     .meta(about('optional, `upgrade` only, with `resumeSignal`: sent to the old master once the new generation waits for connections, before it is judged, to stop the old one\'s workers accepting (nginx, gunicorn, unicorn: `SIGWINCH`), so the probe and the traffic reach the new one; the old master keeps the socket. Not `reload.signal`, `stop.signal`, `resumeSignal`, nor a signal that stops a server (SIGTERM, SIGINT, SIGQUIT)')),
   resumeSignal: signalEnum('SIGHUP').optional()
-    .meta(about('optional, with `quiesceSignal`: sent to the quiesced old master when the new generation fails, with the links back on the good release and before the new one is stopped, to start its workers again (nginx, gunicorn, unicorn: `SIGHUP`). Not `stop.signal`, nor a signal that stops a server (SIGTERM, SIGINT, SIGQUIT)')),
+    .meta(about('optional, with `quiesceSignal`: sent to the quiesced old master when the new generation fails, with the links back on the good release and before the new one is stopped, to start its workers again (nginx, gunicorn, unicorn: `SIGHUP`). Not `reload.signal`, `stop.signal`, `quiesceSignal`, nor a signal that stops a server (SIGTERM, SIGINT, SIGQUIT)')),
 }).refine((r) => r.mode === undefined || r.strategy === undefined || r.mode === r.strategy,
   { message: 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)', path: ['mode'] })
   .superRefine((r, ctx) => {
@@ -100,6 +100,9 @@ const ReloadSchema = z.strictObject({
     } else if (resume === quiesce) {
       // A resume that is the quiesce would undo nothing.
       ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: 'must differ from "quiesceSignal" (it undoes it)' });
+    } else if (resume === r.signal) {
+      // nginx ignores the upgrade signal while its new master runs: nothing would accept until the failed one is stopped.
+      ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: `must differ from "signal" (${resume}, which starts a new master: an old master ignores it while its new one runs)` });
     }
   });
 

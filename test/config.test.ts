@@ -635,6 +635,10 @@ test('reload strategies: the default follows "sockets"; "mode" is an alias; a mi
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, stop: { signal: 'SIGHUP' } }]), {
     'apps[0].reload.resumeSignal': 'must differ from "stop.signal": the good old master would stop instead of accepting again',
   });
+  // Found by the second helper trial: nginx ignored a resume that was its upgrade signal (5 s with no old worker accepting).
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGUSR2' }, stop: { signal: 'SIGQUIT' } }]), {
+    'apps[0].reload.resumeSignal': 'must differ from "signal" (SIGUSR2, which starts a new master: an old master ignores it while its new one runs)',
+  });
   // One problem per key: the first that applies.
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'inplace', quiesceSignal: 'SIGTERM', resumeSignal: 'SIGHUP' } }]), {
     'apps[0].reload.quiesceSignal': 'only with "strategy": "upgrade" (an old master that keeps the socket while its workers stop)',
