@@ -100,7 +100,7 @@ const ReloadSchema = z.strictObject({
     } else if (resume === quiesce) {
       // A resume that is the quiesce would undo nothing.
       ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: 'must differ from "quiesceSignal" (it undoes it)' });
-    } else if (quiesce !== undefined && resume === r.signal) {
+    } else if (quiesce !== undefined && (r.strategy ?? r.mode) === 'upgrade' && resume === r.signal) {
       // nginx ignores the upgrade signal while its new master runs: nothing would accept until the failed one is stopped.
       ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: `must differ from "signal" (${resume}, which starts a new master: an old master ignores it while its new one runs)` });
     }
