@@ -87,7 +87,7 @@ async function main(argv: string[]): Promise<number> {
       io.stderr(`relink ${name}: ${err.total} problem${err.total === 1 ? '' : 's'}:\n${err.problems.map((p) => `  ${p.message}`).join('\n')}\n`);
       // A config file being edited: the agent is not broken by it, and says so nowhere else.
       if (name !== 'agent' && err.problems.some((p) => CONFIG_PROBLEMS.has(p.code))) {
-        io.stderr(`A running agent is not affected: it keeps the config it last loaded. Fix the file, then relink reload (which checks it first and changes nothing while it is still invalid); to act meanwhile, give this command -c with a copy of the last good file.\n`);
+        io.stderr(`A running agent is not affected: it keeps the config it last loaded. If this is its config file, fix it, then relink reload (which checks it first and changes nothing while it is still invalid); to act meanwhile, give this command -c with a copy of the last good file.\n`);
       }
       return EXIT.failed;
     }
