@@ -28,7 +28,7 @@ import { stripBom } from './json.js';
 import type { Action, Command, HistoryEntry, Outcome } from './history.js';
 import { DeployHooks, pendingEntry } from './hooks.js';
 import { preflightRefusal } from './preflight.js';
-import { leavesOf, sameProcess, type ProcIdentity, type ProcInfo } from './proc.js';
+import { describeListener, leavesOf, sameProcess, type ProcIdentity, type ProcInfo } from './proc.js';
 import { entryFor, Recorder, type Attempt, type Extra, type ReadAttempt } from './record.js';
 import type { AppProblem, AppStateName, GoodRelease, InFlight } from './state.js';
 import { backoffDelay, CrashPolicy, LivenessCounter } from './supervise.js';
@@ -605,7 +605,7 @@ export class AppAgent {
         // adoption is not a quick one (a restart without backoff, as the
         // previous agent would have done).
         const run = sameProcess(this.#savedRun, found.main) ? this.#savedRun?.sinceMs : undefined;
-        this.#tracker.set(found.main, false, run);
+        this.#tracker.set(found.main, run);
         this.#log.info({ appPid: found.main.pid, exe: found.main.exe }, 'adopted running app');
         if (this.#lastGood === undefined) {
           // An app found running is the best known-good there is.
@@ -1040,10 +1040,9 @@ export class AppAgent {
         // replaced (killed after the links went back, before it was
         // stopped): stopped first, as the rollback it interrupted would have
         // (a quiesced old master resumed before: #stopFailed).
-        const beforeGen = before?.gen;
-        const failed = beforeGen === undefined ? undefined : Math.max(...found.all.map((p) => p.gen ?? 0));
-        if (failed !== undefined && beforeGen !== undefined && failed > beforeGen) {
-          this.#newGen = failed;
+        const newest = Math.max(0, ...found.all.map((p) => p.gen ?? 0));
+        if (before?.gen !== undefined && newest > before.gen) {
+          this.#newGen = newest;
           await this.#stopFailed(before, cause);
         }
         await this.#rollback(attempt, inf.pidBefore === null ? 'start' : 'signal', release, before, cause);
@@ -1112,7 +1111,7 @@ export class AppAgent {
     if (serve && this.app.sockets.length === 0) {
       const taken = this.#fx.probePortTaken();
       if (taken !== undefined) {
-        const who = taken.pid === undefined ? 'a process the agent cannot see' : `pid ${taken.pid}${taken.exe === undefined ? '' : ` (${taken.exe})`}`;
+        const who = describeListener(taken) ?? 'a process the agent cannot see';
         this.#log.warn({ code: 'PORT_TAKEN' satisfies ErrorCode, port: taken.port, holderPid: taken.pid, holderExe: taken.exe },
           `port ${taken.port} of the health probe (health.${this.app.health.probe !== undefined && 'url' in this.app.health.probe ? 'url' : 'tcp'}) is already listened on by ${who}, not a process of this app: the app may fail to bind it, and its health checks would be answered by that process (stop it, or point the probe at the app's own address)`);
       }

@@ -78,8 +78,9 @@ const ReloadSchema = z.strictObject({
     // One problem per key, the first that applies.
     const quiesce = r.quiesceSignal;
     const resume = r.resumeSignal;
+    const upgrade = (r.strategy ?? r.mode) === 'upgrade';
     if (quiesce !== undefined) {
-      if ((r.strategy ?? r.mode) !== 'upgrade') {
+      if (!upgrade) {
         ctx.addIssue({ code: 'custom', path: ['quiesceSignal'], message: 'only with "strategy": "upgrade" (an old master that keeps the socket while its workers stop)' });
       } else if (STOPPING.includes(quiesce)) {
         // What stops a master everywhere leaves nothing to resume when the new generation fails.
@@ -100,7 +101,7 @@ const ReloadSchema = z.strictObject({
     } else if (resume === quiesce) {
       // A resume that is the quiesce would undo nothing.
       ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: 'must differ from "quiesceSignal" (it undoes it)' });
-    } else if (quiesce !== undefined && (r.strategy ?? r.mode) === 'upgrade' && resume === r.signal) {
+    } else if (quiesce !== undefined && upgrade && resume === r.signal) {
       // nginx ignores the upgrade signal while its new master runs: nothing would accept until the failed one is stopped.
       ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: `must differ from "signal" (${resume}, which starts a new master: an old master ignores it while its new one runs)` });
     }

@@ -434,6 +434,12 @@ export function portListener(port: number, except: ReadonlySet<number> = new Set
   return {};
 }
 
+/** A listener portListener found, for a message: "pid N (exe)"; undefined when there is none or its holder could not be seen. */
+export function describeListener(holder: { readonly pid?: number; readonly exe?: string } | undefined): string | undefined {
+  if (holder?.pid === undefined) return undefined;
+  return `pid ${holder.pid}${holder.exe === undefined ? '' : ` (${holder.exe})`}`;
+}
+
 /** The inode of the socket open at `fd` in `pid` (its /proc/PID/fd link "socket:[N]"); undefined for anything else, or when closed or unreadable. */
 export function fdSocketInode(pid: number | 'self', fd: number | string): string | undefined {
   try {
@@ -791,6 +797,8 @@ export class ProcessFinder {
   #recorded = false;
   /** Mains restored from the previous agent's record (pid -> start time): how they ended is unknown to this agent. */
   readonly #restoredMains = new Map<number, number>();
+  /** Dead mains ("pid:startTime") whose orphans were looked for (#aMainJustDied). */
+  readonly #orphansLookedFor = new Set<string>();
 
   constructor(opts: FinderOptions) {
     this.#name = opts.name;
@@ -1002,7 +1010,7 @@ export class ProcessFinder {
     // A main of the serving (or a newer) generation is dead: what it left
     // that the lineage never saw (re-parented, no longer anyone's child) is
     // found by its session, to be followed or stopped with the rest.
-    if (await this.#aMainDied() && (await this.#adoptOrphans(rows, uid))) await this.#descend(rows, uid, zombies);
+    if (this.#aMainJustDied() && (await this.#adoptOrphans(rows, uid))) await this.#descend(rows, uid, zombies);
     if (!this.#recorded && this.#members.size === 0 && (await this.#byExecutable(rows, uid))) await this.#descend(rows, uid, zombies);
 
     const all: ProcInfo[] = [];
@@ -1113,14 +1121,24 @@ export class ProcessFinder {
     this.#mains.set(gen, { pid: info.pid, startTime: info.startTime, sid, ownSession, exe: info.exe, cmd: commandOf(info.pid) });
   }
 
-  /** Is the recorded main of the serving generation, or of a newer one, gone? */
-  async #aMainDied(): Promise<boolean> {
+  /**
+   * Has the recorded main of the serving generation, or of a newer one,
+   * died since the last look? Each death is answered once: its orphans are
+   * re-parented as it dies, and what they fork later descends from them (a
+   * stopped or crash-looping app, its main dead for good, is not scanned
+   * for orphans on every look).
+   */
+  #aMainJustDied(): boolean {
+    let died = false;
     for (const [gen, m] of this.#mains) {
       if (gen < this.#serving) continue;
-      const info = await readProc(m.pid);
-      if (info === undefined || info.startTime !== m.startTime) return true;
+      const st = readStat(m.pid);
+      if (st !== undefined && st.state !== 'Z' && st.startTime === m.startTime) continue;
+      const key = `${m.pid}:${m.startTime}`;
+      if (!this.#orphansLookedFor.has(key)) died = true;
+      this.#orphansLookedFor.add(key);
     }
-    return false;
+    return died;
   }
 
   /**

@@ -26,7 +26,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { RelinkError } from './errors.js';
 import { parseListenAddress } from './listenfds.js';
-import { portListener } from './proc.js';
+import { describeListener, portListener } from './proc.js';
 
 /** One address the agent holds: the fd (in this process) listening on it. */
 export interface Held {
@@ -337,7 +337,6 @@ export class SocketHolder {
  */
 function whoListens(address: string): string {
   const a = parseListenAddress(address);
-  const holder = a.kind === 'tcp' ? portListener(a.port) : undefined;
-  if (holder?.pid === undefined) return 'another process listens there';
-  return `pid ${holder.pid}${holder.exe === undefined ? '' : ` (${holder.exe})`} listens there`;
+  const holder = a.kind === 'tcp' ? describeListener(portListener(a.port)) : undefined;
+  return `${holder ?? 'another process'} listens there`;
 }

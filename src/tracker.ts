@@ -64,14 +64,18 @@ export class ProcessTracker {
     if (this.#main !== undefined && found.main.pid !== this.#main.pid) {
       this.#log.info({ appPid: found.main.pid, previous: this.#main.pid }, 'app handed over to a new process');
     }
-    this.set(found.main, true);
+    this.set(found.main, 'keep');
     return found.main;
   }
 
-  /** Take `info` as the main process; `keepSince` for a successor of the same run (a handoff); `sinceMs`: the run began then (fx.now() ms: an adopted main's, as the state file says). */
-  set(info: ProcInfo, keepSince = false, sinceMs?: number): void {
-    if (sinceMs !== undefined) this.#sinceMs = sinceMs;
-    else if (!keepSince || this.#sinceMs === undefined) this.#sinceMs = this.#fx.now();
+  /**
+   * Take `info` as the main process. `since`, when its run began: now
+   * (default); 'keep' for a successor of the same run (a handoff); or a
+   * time (fx.now() ms: an adopted main's, as the state file says).
+   */
+  set(info: ProcInfo, since?: number | 'keep'): void {
+    if (typeof since === 'number') this.#sinceMs = since;
+    else if (since !== 'keep' || this.#sinceMs === undefined) this.#sinceMs = this.#fx.now();
     this.#main = info;
   }
 

@@ -1838,36 +1838,45 @@ test('strategy "upgrade": the new master (a child of the old) is judged, then th
   assert.notEqual(agent.mainPid, old);
 });
 
-test('"upgrade" with reload.quiesceSignal: once the new master has a worker waiting, the old master is quiesced, then the new generation judged, then the old one stopped', async () => {
-  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, { ...PROBED, stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
+/** nginx's binary upgrade with quiesce and resume signals (README: "Common servers"). */
+const QUIESCING = appConfig({ strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, { ...PROBED, stop: { signal: 'SIGQUIT', timeoutMs: 5000 } });
+
+/**
+ * An agent serving 1.0 under QUIESCING on a master with one worker, which
+ * starts a new master on SIGUSR2; the new master's worker waits on the old
+ * master's socket if `sameSocket`. `deploy()` writes 2.0 and returns its
+ * journal entry once the agent is idle.
+ */
+async function quiescingUpgrade(sameSocket: boolean): Promise<{ w: World; agent: AppAgent; old: number; oldWorker: number; deploy: () => Promise<HistoryEntry> }> {
+  const { w, agent } = await running(QUIESCING);
   const old = agent.mainPid!;
   w.masters = true;
   const oldWorker = w.workerOf(old).pid;
   w.onSignal = 'upgrade';
-  w.listening = true; // the new worker waits on the socket the old master listens on
+  w.listening = sameSocket;
+  const deploy = async (): Promise<HistoryEntry> => {
+    w.write('2.0');
+    agent.trigger('watch:change');
+    await agent.idle();
+    return w.entries[1]!;
+  };
+  return { w, agent, old, oldWorker, deploy };
+}
+
+test('"upgrade" with reload.quiesceSignal: once the new master has a worker waiting, the old master is quiesced, then the new generation judged, then the old one stopped', async () => {
+  const { w, agent, old, oldWorker, deploy } = await quiescingUpgrade(true);
   // The probe may judge only once the old workers have stopped accepting.
   w.probeResult = () => (w.procs.has(oldWorker) ? { ok: false, detail: 'accepted by an older generation', older: true } : { ok: true, detail: 'HTTP 200' });
-  w.write('2.0');
-  agent.trigger('watch:change');
-  await agent.idle();
-  const e = w.entries[1]!;
+  const e = await deploy();
   assert.equal(e.outcome, 'deployed', e.reason ?? '');
   assert.deepEqual(w.signals, [[old, 'SIGUSR2'], [old, 'SIGWINCH'], [old, 'SIGQUIT']]);
   assert.notEqual(agent.mainPid, old);
 });
 
 test('"upgrade" with reload.quiesceSignal, the new generation unhealthy: the links go back, the old master is resumed (reload.resumeSignal) before the new one is stopped, and serves on', async () => {
-  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, { ...PROBED, stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
-  const old = agent.mainPid!;
-  w.masters = true;
-  w.workerOf(old);
-  w.onSignal = 'upgrade';
-  w.listening = true;
+  const { w, agent, old, deploy } = await quiescingUpgrade(true);
   w.unhealthy.add(`${REL}/app.2.0`);
-  w.write('2.0');
-  agent.trigger('watch:change');
-  await agent.idle();
-  const e = w.entries[1]!;
+  const e = await deploy();
   assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
   assert.equal(e.code, 'UNHEALTHY', e.reason ?? '');
   const newMaster = [...w.procs.values()].find((p) => p.ppid === old && p.exe === `${REL}/app.2.0`);
@@ -1893,7 +1902,7 @@ test('"upgrade" with reload.quiesceSignal, an agent killed while the old master 
   w.workerOf(master.pid);
   w.unhealthy.add(`${REL}/app.2.0`);
   killedMidDeploy(w, '2.0', old.pid, 40);
-  const agent = new AppAgent(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, { ...PROBED, stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }), w, silentLogger().log);
+  const agent = new AppAgent(QUIESCING, w, silentLogger().log);
   await agent.start();
   await agent.idle();
   const e = w.entries.at(-1)!;
@@ -1911,17 +1920,10 @@ test('"upgrade" with reload.quiesceSignal, a new worker waiting on another socke
   // Found by a trial with nginx: quiesced for a worker listening on another
   // port, nothing accepted on the old one until the deadline (every
   // connection hung 19 s).
-  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, { ...PROBED, stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
-  const old = agent.mainPid!;
-  w.masters = true;
-  w.workerOf(old);
-  w.onSignal = 'upgrade';
-  w.listening = false;
+  const { w, old, deploy } = await quiescingUpgrade(false);
   w.unhealthy.add(`${REL}/app.2.0`);
-  w.write('2.0');
-  agent.trigger('watch:change');
-  await agent.idle();
-  assert.equal(w.entries[1]?.outcome, 'rolled_back', w.entries[1]?.reason ?? '');
+  const e = await deploy();
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
   const toOld = w.signals.filter(([pid]) => pid === old).map(([, sig]) => sig);
   assert.deepEqual(toOld, ['SIGUSR2'], `never quiesced, never resumed: ${JSON.stringify(w.signals)}`);
   assert.ok([...w.procs.values()].some((p) => p.ppid === old), 'its worker serves on');
@@ -1946,8 +1948,6 @@ function upgradeLeftBehind(phase: 'deploy' | 'rollback', quiesced: boolean): { w
   }
   return { w, old, master };
 }
-
-const QUIESCING = appConfig({ strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, { ...PROBED, stop: { signal: 'SIGQUIT', timeoutMs: 5000 } });
 
 test('"upgrade" with reload.quiesceSignal, an agent killed before it quiesced the old master: the next one quiesces it before it judges the new generation', async () => {
   const { w, old } = upgradeLeftBehind('deploy', false);

@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
-import { descendantsOf, listeningInodes, markerEnv, portListener, ProcessFinder, procTable, readMarker, readProc, readStat, sharesListener, socketInodes, socketTable, sendSignal, startedAtMs, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
+import { describeListener, descendantsOf, listeningInodes, markerEnv, portListener, ProcessFinder, procTable, readMarker, readProc, readStat, sharesListener, socketInodes, socketTable, sendSignal, startedAtMs, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
 import { swapLink } from '../src/relink.js';
 import { alive, reapAppsAfter, waitFor } from './helpers.js';
 
@@ -687,7 +687,7 @@ test('portListener: the process listening on a TCP port, IPv4 or IPv6, other tha
   // A listener of our own: the agent's held sockets are never "someone else".
   const own = net.createServer();
   await new Promise<void>((resolve) => own.listen(port, '127.0.0.1', resolve));
-  t.after(() => own.close());
+  t.after(() => { if (own.listening) own.close(); });
   assert.equal(portListener(port), undefined, 'the agent\'s own listener');
   await new Promise<void>((resolve) => own.close(() => resolve()));
   // Another process, on the IPv6 wildcard (which takes IPv4 too).
@@ -697,7 +697,9 @@ test('portListener: the process listening on a TCP port, IPv4 or IPv6, other tha
   const found = portListener(port);
   assert.equal(found?.pid, other.pid);
   assert.equal(found?.exe, realpathSync('/usr/bin/python3'));
+  assert.equal(describeListener(found), `pid ${other.pid} (${realpathSync('/usr/bin/python3')})`);
   assert.deepEqual(portListener(port, new Set([other.pid!])), {}, 'excepted: a listener whose holder is not named');
+  assert.equal(describeListener({}), undefined);
   assert.equal(portListener(port === 65535 ? port - 1 : port + 1)?.pid === other.pid, false, 'another port');
 });
 
