@@ -278,8 +278,12 @@ export class AppAgent {
   #newGen: number | undefined;
   /** Under "upgrade": the master the serving one replaced (its parent until it exits). */
   #replaced: ProcIdentity | undefined;
-  /** Under "upgrade" with reload.quiesceSignal: the old master this agent quiesced, until the new generation serves or it is resumed. */
-  #quiesced: ProcIdentity | undefined;
+  /**
+   * Under "upgrade" with reload.quiesceSignal: the old master quiesced (by
+   * this agent, or by the one before it: the state file says), and when
+   * (epoch ms), until the new generation serves or it is resumed.
+   */
+  #quiesced: (ProcIdentity & { readonly sinceMs: number }) | undefined;
   /** A restart's gap: when the old generation was gone, and when the new one first accepted a connection (fx.now() ms). */
   #outage: { readonly goneAt: number; acceptedAt?: number; readonly held: boolean } | undefined;
   /** A reload signal sent and not yet judged: the generation it opened and the main it went to. */
@@ -376,6 +380,8 @@ export class AppAgent {
     this.#held = saved?.held ?? undefined;
     this.#settings = saved?.settings ?? undefined;
     this.#savedAnswering = saved?.answering ?? undefined;
+    const quiescedSince = saved?.quiesced == null ? Number.NaN : Date.parse(saved.quiesced.since);
+    if (saved?.quiesced != null && Number.isFinite(quiescedSince)) this.#quiesced = { pid: saved.quiesced.pid, startTime: saved.quiesced.startTime, sinceMs: quiescedSince };
     // Requests made while no agent ran are answered by the first pass.
     this.#pendingRequests = true;
     this.trigger('startup');
@@ -1061,10 +1067,10 @@ export class AppAgent {
           const strategy = this.app.reload.strategy;
           const beside = (before !== undefined && plan.proc.gen !== before.gen) || ((strategy === 'socket' || strategy === 'restart') && plan.proc.gen !== prior?.gen);
           if (plan.proc.gen !== undefined && beside) this.#newGen = plan.proc.gen;
-          // A new master beside the old one (the previous agent killed
-          // before it quiesced the old one, or after: a second quiesce
-          // signal to a master without workers changes nothing).
-          if (strategy === 'upgrade' && before !== undefined && beside) await this.#quiesce(before, plan.proc, this.#verifyBy);
+          // A new master beside the old one, which the previous agent was
+          // killed before it quiesced (the state file names it once quiesced:
+          // not signalled twice).
+          if (strategy === 'upgrade' && before !== undefined && beside && !sameProcess(this.#quiesced, before)) await this.#quiesce(before, plan.proc, this.#verifyBy);
           return plan.proc;
         }
         if (plan.kind === 'signal') return this.#takeOver(plan.proc, this.#verifyBy);
@@ -1524,7 +1530,10 @@ export class AppAgent {
       return;
     }
     if (!this.#fx.signal(old.pid, signal)) return;
-    this.#quiesced = { pid: old.pid, startTime: old.startTime };
+    this.#quiesced = { pid: old.pid, startTime: old.startTime, sinceMs: this.#fx.now() };
+    // Saved at once: status shows the old master quiesced rather than serving,
+    // and an agent killed while it is knows to resume it.
+    await this.#saveState();
     this.#log.info({ appPid: old.pid, newPid: successor.pid, signal },
       `the new master (pid ${successor.pid}) has a worker waiting for connections: ${signal} to the old master (pid ${old.pid}), whose workers stop accepting while the new generation is judged`);
   }
@@ -1542,9 +1551,10 @@ export class AppAgent {
    */
   async #resume(old: ProcInfo | undefined, cause?: RelinkError): Promise<void> {
     const signal = this.app.reload.resumeSignal;
-    if (signal === undefined || old === undefined) return;
+    if (signal === undefined) return;
     const mine = sameProcess(this.#quiesced, old);
     this.#quiesced = undefined;
+    if (old === undefined) return;
     const workers = this.#workersOf(old);
     if (!mine && (workers === undefined || workers.length > 0)) return;
     // The links go back now, before the rollback proper: an agent killed
@@ -2017,6 +2027,7 @@ export class AppAgent {
       lineage: this.#fx.lineage() ?? null,
       inflight: this.#inflight ?? null,
       draining: this.#generations.draining().map((d) => ({ gen: d.gen, since: new Date(d.sinceMs).toISOString() })),
+      quiesced: this.#quiesced === undefined ? null : { pid: this.#quiesced.pid, startTime: this.#quiesced.startTime, since: new Date(this.#quiesced.sinceMs).toISOString() },
       held: this.#held ?? null,
       settings: this.#settings ?? null,
       answering: this.#answering ?? null,

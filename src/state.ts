@@ -85,6 +85,15 @@ export interface AppState {
   /** Generations older than the serving one, still running: since when each drains (ISO time). */
   readonly draining?: ReadonlyArray<{ readonly gen: number; readonly since: string }> | null;
   /**
+   * Under "upgrade" with reload.quiesceSignal: the old master the agent
+   * quiesced (its workers stopped, the socket kept) while a new generation
+   * is judged, and since when (ISO time). Null or absent when none is: set
+   * when the quiesce signal is sent, cleared once the new generation serves
+   * or the old master is resumed. `relink status` shows it; the next agent
+   * resumes it if the new generation fails.
+   */
+  readonly quiesced?: { readonly pid: number; readonly startTime: number; readonly since: string } | null;
+  /**
    * Stopped on request (`relink stop`, ISO time and request id): supervision
    * leaves the app stopped, across agent restarts, until `relink start`.
    * Absent or null when not.
@@ -160,6 +169,7 @@ export const AppStateSchema = z.looseObject({
     cause: z.object({ code: z.string(), message: z.string() }).nullable(),
   }).nullable().optional(),
   draining: z.array(z.object({ gen: z.int().min(0), since: z.string() })).nullable().optional(),
+  quiesced: z.object({ pid: z.int().positive(), startTime: z.number(), since: z.string() }).nullable().optional(),
   held: z.object({ at: z.string(), request: z.string() }).nullable().optional(),
   settings: z.record(z.string(), z.string()).nullable().optional(),
   answering: z.object({ command: z.enum(['start', 'restart']), request: z.string(), at: z.string() }).nullable().optional(),

@@ -10,7 +10,7 @@
  * write (current.conf, release file names, a preflight's output).
  */
 import path from 'node:path';
-import type { AppStatus } from './cli/status.js';
+import { generationState, type AppStatus } from './cli/status.js';
 import { ago } from './cli/io.js';
 import type { HistoryEntry } from './history.js';
 
@@ -78,7 +78,7 @@ function appCard(a: AppStatus, now: number): string {
   if (a.held !== null) rows.push(row('held', `stopped by relink stop at ${escapeHtml(a.held)}`));
   if (a.pid !== null && a.since !== null) rows.push(row('uptime', `${escapeHtml(ago(a.since, now))} (pid ${a.pid} since ${escapeHtml(a.since)})`));
   for (const g of a.generations) {
-    const what = g.role === 'serving' ? 'serving' : `draining${g.drainingSince === null ? '' : ` since ${g.drainingSince}`}`;
+    const what = generationState(g, true);
     const pids = g.processes.map((p) => `${p.pid}${p.main ? ' (main)' : ''}`).join(', ');
     rows.push(row(`generation ${g.gen}`, `${escapeHtml(what)}: pids ${escapeHtml(pids)}`));
   }

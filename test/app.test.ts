@@ -1871,6 +1871,10 @@ test('"upgrade" with reload.quiesceSignal: once the new master has a worker wait
   assert.equal(e.outcome, 'deployed', e.reason ?? '');
   assert.deepEqual(w.signals, [[old, 'SIGUSR2'], [old, 'SIGWINCH'], [old, 'SIGQUIT']]);
   assert.notEqual(agent.mainPid, old);
+  // Saved as soon as it is quiesced (relink status shows it, the next agent resumes it), cleared once the new one serves.
+  const quiesced = w.states.find((st) => st.quiesced != null)?.quiesced;
+  assert.equal(quiesced?.pid, old, `the quiesced master is in the state file: ${JSON.stringify(w.states.map((st) => st.quiesced))}`);
+  assert.equal(w.states.at(-1)?.quiesced, null);
 });
 
 test('"upgrade" with reload.quiesceSignal, the new generation unhealthy: the links go back, the old master is resumed (reload.resumeSignal) before the new one is stopped, and serves on', async () => {
@@ -1913,6 +1917,22 @@ test('"upgrade" with reload.quiesceSignal, an agent killed while the old master 
   assert.ok(!w.procs.has(master.pid), 'the failed new master is stopped');
   assert.deepEqual(w.linksAtResume, { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` });
   assert.equal(agent.mainPid, old.pid);
+  await agent.close();
+});
+
+test('"upgrade" with reload.quiesceSignal, an agent killed just after it quiesced the old master, whose worker still finishes a request: the next one resumes it when the new generation fails', async () => {
+  // The old master still has a worker (draining after SIGWINCH), so only the
+  // state file tells that it was quiesced. Before it did, the next agent took
+  // it for a master never quiesced and sent the quiesce signal a second time.
+  const { w, old } = upgradeLeftBehind('deploy', false);
+  const st = w.states.at(-1)!;
+  w.states.push({ ...st, quiesced: { pid: old.pid, startTime: old.startTime, since: new Date(30).toISOString() } });
+  const agent = new AppAgent(QUIESCING, w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.equal(w.entries.at(-1)?.outcome, 'rolled_back', w.entries.at(-1)?.reason ?? '');
+  assert.deepEqual(w.signals.filter(([pid]) => pid === old.pid).map(([, sig]) => sig), ['SIGHUP'], `resumed, never stopped: ${JSON.stringify(w.signals)}`);
+  assert.equal(w.states.at(-1)?.quiesced, null);
   await agent.close();
 });
 

@@ -18,6 +18,7 @@ import parsePrometheus, { type Family } from 'parse-prometheus-text-format';
 import { parseConfig } from '../src/config.js';
 import type { HistoryEntry } from '../src/history.js';
 import { Metrics } from '../src/metrics.js';
+import { renderStatusPage } from '../src/statusPage.js';
 import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
 import { buildDemoApp } from '../src/demo/build.js';
 import { checkFolderForRoot } from '../src/trust.js';
@@ -653,4 +654,24 @@ test('the README\'s alerting rules are valid to promtool check rules, and the te
   assert.ok(pattern !== undefined);
   for (const label of ['/var/lib/prometheus/node-exporter/relink.prom', 'relink.prom']) assert.match(label, new RegExp(`^(?:${pattern})$`));
   assert.doesNotMatch('/var/lib/prometheus/node-exporter/relinkXprom', new RegExp(`^(?:${pattern})$`));
+});
+
+test('the status page names each generation\'s role as relink status does: a new one is "new, not judged yet", not draining; a quiesced old master is "serving, quiesced since"', () => {
+  const proc = (pid: number, main: boolean) => ({ pid, startedAt: '2026-12-03T10:00:00.000Z', exe: '/srv/web/release/app.1.0', deleted: false, main });
+  const app = {
+    name: 'web', state: 'deploying', pid: 10, since: '2026-12-03T10:00:00.000Z', bin: '/srv/web/release/app.2.0', cfg: '/srv/web/release/cfg.2.0',
+    held: null, restarts: 0, lastDeploy: null, problem: null, warnings: [],
+    generations: [
+      { gen: 3, role: 'new', drainingSince: null, quiesced: null, processes: [proc(30, false)] },
+      { gen: 2, role: 'serving', drainingSince: null, quiesced: '2026-12-03T10:05:00.000Z', processes: [proc(10, true)] },
+      { gen: 1, role: 'draining', drainingSince: '2026-12-03T10:01:00.000Z', quiesced: null, processes: [proc(5, false)] },
+    ],
+  };
+  const html = renderStatusPage({
+    agent: { pid: 1, version: 'test', startedAt: '2026-12-03T09:00:00.000Z', config: '/etc/relink/config.json' },
+    apps: [app as unknown as Parameters<typeof renderStatusPage>[0]['apps'][number]], recent: [], unreadable: [], refreshSeconds: 5, now: Date.parse('2026-12-03T10:06:00.000Z'),
+  });
+  assert.match(html, /generation 3<\/dt><dd>new, not judged yet: pids 30/);
+  assert.match(html, /generation 2<\/dt><dd>serving, quiesced since 2026-12-03T10:05:00\.000Z \(its workers stopped/);
+  assert.match(html, /generation 1<\/dt><dd>draining since 2026-12-03T10:01:00\.000Z: pids 5/);
 });

@@ -53,7 +53,12 @@ interface Server {
    * request, and the release before it answers on. Name → how to write it
    * and the journal's error code.
    */
-  readonly failing?: Readonly<Record<string, { write: (ctx: { dir: string; releasesDir: string; port: number; r: string }) => Promise<void>; code: string }>>;
+  readonly failing?: Readonly<Record<string, {
+    write: (ctx: { dir: string; releasesDir: string; port: number; r: string }) => Promise<void>;
+    code: string;
+    /** While it is judged, `relink status` shows the serving generation quiesced (reload.quiesceSignal). */
+    quiescedWhileJudged?: boolean;
+  }>>;
   /** What the agent must have said in its log by the end (each a pattern of a line's `msg`). */
   readonly logged?: readonly RegExp[];
 }
@@ -69,7 +74,7 @@ async function servedBy(s: Server, port: number, r: string): Promise<void> {
 
 interface StatusApp {
   name: string;
-  generations: Array<{ gen: number; role: string; processes: Array<{ pid: number; main: boolean }> }>;
+  generations: Array<{ gen: number; role: string; quiesced: string | null; processes: Array<{ pid: number; main: boolean }> }>;
 }
 
 /** What went wrong, for a failed assertion: the journal entry, the agent's last lines and the app's own log. */
@@ -136,6 +141,17 @@ async function exercise(t: TestContext, s: Server): Promise<void> {
   let n = s.deploys + 1;
   for (const [r, f] of Object.entries(s.failing ?? {})) {
     await setCurrent(r);
+    if (f.quiescedWhileJudged === true) {
+      // The old master, quiesced while the release is judged, is shown so
+      // (it serves nothing meanwhile), not as plainly "serving".
+      const shown = await waitFor(`${s.name}: status to show the old master quiesced while ${r} is judged`, async () => {
+        const st = await relinkCli(['status', '--config', configFile, '--app', s.name, '--json']);
+        return (JSON.parse(st.stdout) as { apps: StatusApp[] }).apps[0]?.generations.find((g) => g.quiesced !== null);
+      }, { timeoutMs: 10_000 });
+      assert.equal(shown.role, 'serving', JSON.stringify(shown));
+      const text = (await relinkCli(['status', '--config', configFile, '--app', s.name])).stdout;
+      assert.match(text, new RegExp(`generation ${shown.gen} +serving, quiesced since \\S+ \\(`), text);
+    }
     const e = await nth(root, s.name, ++n);
     assert.deepEqual([e.outcome, e.code], ['rolled_back', f.code], `the failing release ${r}: ${await explain(agent, dir, e)}`);
     await servedBy(s, port, live);
@@ -282,7 +298,7 @@ test('nginx binary upgrade, "upgrade": 20 deploys of a new binary, reload.signal
     logged: [/SIGWINCH to the old master/, /SIGHUP to the quiesced old master/],
     failing: {
       x: { write: (ctx) => nginxRelease(ctx, true, 'exits'), code: 'APP_EXITED' },
-      y: { write: (ctx) => nginxRelease(ctx, true, 'unhealthy'), code: 'UNHEALTHY' },
+      y: { write: (ctx) => nginxRelease(ctx, true, 'unhealthy'), code: 'UNHEALTHY', quiescedWhileJudged: true },
     },
     answered: nginxAnswered,
   });

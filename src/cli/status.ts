@@ -6,7 +6,7 @@ import type { HistoryEntry } from '../history.js';
 import { lower, readLimits } from '../limits.js';
 import { folderMissing } from '../applock.js';
 import { describeError, isErrno, RelinkError } from '../errors.js';
-import { bootTimeMs, ProcessFinder, startedAtMs, type Discovery, type ProcInfo } from '../proc.js';
+import { bootTimeMs, ProcessFinder, sameProcess, startedAtMs, type Discovery, type ProcInfo } from '../proc.js';
 import { detachedWriters } from '../logorphan.js';
 import { lookupUser, resolveRunAs } from '../user.js';
 import { readLinks } from '../relink.js';
@@ -99,6 +99,13 @@ export interface GenerationStatus {
   readonly role: 'serving' | 'draining' | 'new';
   /** When it began draining (ISO time), for a draining one. */
   readonly drainingSince: string | null;
+  /**
+   * Since when (ISO time) its main is quiesced: under "upgrade" with
+   * reload.quiesceSignal, an old master whose workers were stopped while a
+   * newer generation is judged (it keeps the socket, accepts nothing, and is
+   * resumed if the new generation fails). Null otherwise.
+   */
+  readonly quiesced: string | null;
   readonly processes: ReadonlyArray<{
     readonly pid: number;
     /** When the process itself started (ISO time, from /proc). */
@@ -108,6 +115,17 @@ export interface GenerationStatus {
     readonly deleted: boolean;
     readonly main: boolean;
   }>;
+}
+
+/**
+ * What a generation is doing, in words, for `relink status` and the status
+ * page: "serving", "serving, quiesced since T (...)", "new, not judged
+ * yet", "draining since T". `agentRunning`: false adds who judges a new one.
+ */
+export function generationState(g: GenerationStatus, agentRunning: boolean): string {
+  if (g.role === 'new') return `new, not judged yet${agentRunning ? '' : ' (the agent is not running: the next one judges it)'}`;
+  if (g.role === 'draining') return `draining${g.drainingSince === null ? '' : ` since ${g.drainingSince}`}`;
+  return g.quiesced === null ? 'serving' : `serving, quiesced since ${g.quiesced} (its workers stopped, it keeps the socket while the new generation is judged; resumed if that one fails)`;
 }
 
 export interface LimitStatus {
@@ -191,10 +209,12 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     if (p.gen === undefined) continue;
     gens.set(p.gen, [...(gens.get(p.gen) ?? []), p]);
   }
+  const quiesced = saved?.quiesced ?? undefined;
   const generations: GenerationStatus[] = [...gens].sort((a, b) => b[0] - a[0]).map(([gen, procs]) => ({
     gen,
     role: gen === finder.serving ? 'serving' : gen > finder.serving ? 'new' : 'draining',
     drainingSince: gen < finder.serving ? drainingSince.get(gen) ?? null : null,
+    quiesced: quiesced !== undefined && procs.some((p) => sameProcess(p, quiesced)) ? quiesced.since : null,
     processes: procs.sort((a, b) => a.startTime - b.startTime || a.pid - b.pid).map((p) => ({
       pid: p.pid, startedAt: new Date(startedAtMs(p, boot)).toISOString(), exe: p.exe === '' ? null : p.exe, deleted: p.deleted, main: p.pid === proc?.pid,
     })),
@@ -262,9 +282,7 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
     if (a.exe !== null && (a.exe !== a.bin || a.exeDeleted)) rows.push(['  running', `${a.exe}${a.exeDeleted ? ' (deleted on disk)' : ''}`]);
     rows.push(['  strategy', `${a.strategy}${a.sockets.length > 0 ? `, sockets ${a.sockets.join(' ')}` : ''}`]);
     for (const g of a.generations) {
-      const what = g.role === 'serving' ? 'serving'
-        : g.role === 'new' ? `new, not judged yet${agent === undefined ? ' (the agent is not running: the next one judges it)' : ''}`
-          : `draining${g.drainingSince === null ? '' : ` since ${g.drainingSince}`}`;
+      const what = generationState(g, agent !== undefined);
       const procs = g.processes.map((p) => `${p.pid}${p.main ? ' (main)' : ''} started ${p.startedAt}${p.deleted ? ' (deleted on disk)' : ''}`);
       rows.push([`  generation ${g.gen}`, `${what}: ${procs.join('; ')}`]);
     }
