@@ -35,7 +35,7 @@ import { Notifications } from './notifications.js';
 import { notifierProgramProblems, realSend } from './notifiers.js';
 import { appDir, ensureAppDir } from './stateDir.js';
 import path from 'node:path';
-import { unixListening } from './proc.js';
+import { describeListener, markedForApp, unixListening } from './proc.js';
 // Types only: the module itself (and prom-client with it) is imported when "metrics" is set.
 import type { Monitoring } from './monitoring.js';
 
@@ -672,7 +672,15 @@ async function holdSockets(config: AgentConfig, log: Logger, gids: ReadonlyArray
   }
   const unheld = await holder.bind(requests.map((r) => ({ address: r.address, owner: r.owner })), unixListening);
   for (const u of unheld) {
-    const app = requests.find((r) => r.address === u.address)?.app;
+    const r = requests.find((x) => x.address === u.address);
+    const app = r?.app;
+    const pid = u.holder?.pid;
+    if (app !== undefined && pid !== undefined && (await markedForApp(pid, app, r?.owner?.uid))) {
+      // Expected after a hand-started agent is restarted (README, "sockets"): not an error.
+      log.child({ app: app.name }).warn({ code: u.error.code, address: u.address, appPid: pid },
+        `${u.address} is held by the app's own running generation (${describeListener(u.holder) ?? `pid ${pid}`}), started by an agent before this one (started by hand, which held its sockets itself): the app serves on; its next deploy restarts it once (journal: action "restart", outageMs) and the agent holds the socket from then on`);
+      continue;
+    }
     log.child({ app: app?.name }).error({ code: u.error.code, address: u.address },
       `${u.error.message}${u.busy ? '; if the app itself holds it (an agent started by hand was restarted), its next deploy restarts it once and holds the socket from then on' : ''}`);
   }

@@ -1492,6 +1492,20 @@ function releasesPrefix(dir: string): string | undefined {
  * Both uids: the real one is whom kill() permission and accounting follow,
  * the effective one whose rights the process uses; an app of `uid` has both.
  */
+/**
+ * Is `pid` a process of `app`: its marker (the environment relink starts
+ * every process with) names the app, and it runs as `uid`, the app's user
+ * (a marker is believed of that user only)? Undefined `uid` (the user
+ * cannot be resolved): false.
+ */
+export async function markedForApp(pid: number, app: { readonly name: string; readonly dir: string }, uid: number | undefined): Promise<boolean> {
+  if (uid === undefined) return false;
+  const marker = readMarker(pid);
+  if (marker?.name !== app.name || marker.dir !== app.dir) return false;
+  const info = await readProc(pid);
+  return info !== undefined && ownedBy(info, uid);
+}
+
 function ownedBy(info: ProcInfo, uid: number): boolean {
   return info.uid === uid && (info.euid ?? info.uid) === uid;
 }

@@ -42,6 +42,8 @@ export interface Unheld {
   readonly error: RelinkError;
   /** The address is in use (EADDRINUSE, or a unix socket someone listens on): perhaps by the app's running generation. */
   readonly busy: boolean;
+  /** For a busy TCP address: the process listening there, when it can be told (src/proc.ts portListener). */
+  readonly holder?: { readonly pid?: number; readonly exe?: string };
   /** Binding it again may work (the agent binds its own: a port freed, a folder made); false when it must come from systemd. */
   readonly retry: boolean;
 }
@@ -265,11 +267,13 @@ export class SocketHolder {
         continue;
       }
       const busy = r.code === 'EADDRINUSE';
+      const holder = busy ? tcpHolder(r.address) : undefined;
       unheld.push({
         address: r.address,
         busy,
+        ...(holder === undefined ? {} : { holder }),
         retry: true,
-        error: new RelinkError('SOCKET_UNAVAILABLE', `cannot listen on ${r.address}: ${r.code}${busy ? ` (${whoListens(r.address)})` : ''}`,
+        error: new RelinkError('SOCKET_UNAVAILABLE', `cannot listen on ${r.address}: ${r.code}${busy ? ` (${describeListener(holder) ?? 'another process'} listens there)` : ''}`,
           { key: 'sockets', rule: 'the agent must be able to listen on every address in "sockets"', found: r.code }),
       });
     }
@@ -335,8 +339,7 @@ export class SocketHolder {
  * when it cannot be told (a unix socket, or a process the agent may not
  * look into).
  */
-function whoListens(address: string): string {
+function tcpHolder(address: string): { pid?: number; exe?: string } | undefined {
   const a = parseListenAddress(address);
-  const holder = a.kind === 'tcp' ? describeListener(portListener(a.port)) : undefined;
-  return `${holder ?? 'another process'} listens there`;
+  return a.kind === 'tcp' ? portListener(a.port) : undefined;
 }
