@@ -56,7 +56,21 @@ const signalEnum = (example: string) =>
     },
   });
 
-const signalName = (def: string, description: string) => signalEnum('SIGHUP').default(def).meta(about(description));
+const signalName = (def: string, description: string) => signalEnum(def).default(def).meta(about(description));
+
+/**
+ * When a cross-key check runs: whenever the keys it reads parsed. By
+ * default zod 4 skips an object's checks once anything in it failed to
+ * parse, so a type error anywhere in an app ("settleMs": "x") hid every
+ * cross-key rule until it was fixed, and the next run refused the config
+ * again for another reason. `keys` are paths below the object ("reload",
+ * "health.url"); an issue at, above or below one of them holds the check.
+ */
+function reads(...keys: readonly string[]): { when: (payload: z.core.ParsePayload) => boolean } {
+  const paths = keys.map((k) => k.split('.'));
+  const overlap = (a: readonly string[], b: readonly PropertyKey[]): boolean => a.slice(0, b.length).every((seg, n) => String(b[n]) === seg);
+  return { when: (payload) => !payload.issues.some((i) => i.continue !== true && paths.some((k) => overlap(k, i.path ?? []))) };
+}
 
 const ReloadSchema = z.strictObject({
   strategy: z.enum(STRATEGIES, { error: 'must be one of "reexec", "inplace", "upgrade", "socket", "restart" (README: "Reload strategies")' }).optional()
@@ -68,16 +82,17 @@ const ReloadSchema = z.strictObject({
     .meta(about('how long a start, a re-exec handoff or a new master may take to appear before the deploy counts as failed')),
   drainTimeoutMs: z.int().min(0).max(86_400_000).default(60_000)
     .meta(about('how long an older generation that exits by itself (`reexec`, `inplace`) may keep running (draining in-flight requests) after a new one serves; then `stop.signal`, and SIGKILL `stop.timeoutMs` later')),
-  quiesceSignal: signalEnum('SIGWINCH').optional()
+  quiesceSignal: signalEnum('SIGWINCH').nullable().optional()
     .meta(about('optional, `upgrade` only, with `resumeSignal`: sent to the old master once the new generation waits for connections, before it is judged, to stop the old one\'s workers accepting (nginx, gunicorn, unicorn: `SIGWINCH`), so the probe and the traffic reach the new one; the old master keeps the socket. Not `reload.signal`, `stop.signal`, `resumeSignal`, nor a signal that stops a server (SIGTERM, SIGINT, SIGQUIT)')),
-  resumeSignal: signalEnum('SIGHUP').optional()
+  resumeSignal: signalEnum('SIGHUP').nullable().optional()
     .meta(about('optional, with `quiesceSignal`: sent to the quiesced old master when the new generation fails, with the links back on the good release and before the new one is stopped, to start its workers again (nginx, gunicorn, unicorn: `SIGHUP`). Not `reload.signal`, `stop.signal`, `quiesceSignal`, nor a signal that stops a server (SIGTERM, SIGINT, SIGQUIT)')),
 }).refine((r) => r.mode === undefined || r.strategy === undefined || r.mode === r.strategy,
-  { message: 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)', path: ['mode'] })
+  { message: 'set "strategy" only ("mode" is its deprecated alias, and the two disagree)', path: ['mode'], ...reads('mode', 'strategy') })
   .superRefine((r, ctx) => {
     // One problem per key, the first that applies.
-    const quiesce = r.quiesceSignal;
-    const resume = r.resumeSignal;
+    // null: not set, as for the other optional keys.
+    const quiesce = r.quiesceSignal ?? undefined;
+    const resume = r.resumeSignal ?? undefined;
     const upgrade = (r.strategy ?? r.mode) === 'upgrade';
     if (quiesce !== undefined) {
       if (!upgrade) {
@@ -105,7 +120,7 @@ const ReloadSchema = z.strictObject({
       // nginx ignores the upgrade signal while its new master runs: nothing would accept until the failed one is stopped.
       ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: `must differ from "signal" (${resume}, which starts a new master: an old master ignores it while its new one runs)` });
     }
-  });
+  }, reads('strategy', 'mode', 'signal', 'quiesceSignal', 'resumeSignal'));
 
 const StopSchema = z.strictObject({
   signal: signalName('SIGTERM', 'the signal that makes the app stop: finish its in-flight requests and exit (gunicorn TERM, unicorn and nginx QUIT)'),
@@ -137,10 +152,10 @@ const HealthSchema = z.strictObject({
     .meta(about('`probe`: a new generation is ready after `settleMs` and the probe; `notify`: once it sends READY=1 to `$NOTIFY_SOCKET` (sd_notify) within `deadlineMs`, then the probe')),
   liveness: LivenessSchema.nullable().default(null)
     .meta(about('after a deploy is judged healthy, the probe (`url` or `tcp`, which must be set) keeps running, and an app that fails it `failureThreshold` times in a row is restarted like a crashed one; `null`: off')),
-}).refine((h) => !(h.url !== undefined && h.tcp !== undefined), 'set "url" or "tcp", not both')
-  .refine((h) => h.settleMs < h.deadlineMs, { message: 'settleMs must be shorter than deadlineMs', path: ['settleMs'] })
+}).refine((h) => !(h.url !== undefined && h.tcp !== undefined), { message: 'set "url" or "tcp", not both', ...reads('url', 'tcp') })
+  .refine((h) => h.settleMs < h.deadlineMs, { message: 'settleMs must be shorter than deadlineMs', path: ['settleMs'], ...reads('settleMs', 'deadlineMs') })
   .refine((h) => h.liveness === null || h.url !== undefined || h.tcp !== undefined,
-    { message: 'needs "url" or "tcp" in health: liveness supervision repeats that probe', path: ['liveness'] });
+    { message: 'needs "url" or "tcp" in health: liveness supervision repeats that probe', path: ['liveness'], ...reads('liveness', 'url', 'tcp') });
 
 const SuperviseSchema = z.strictObject({
   enabled: z.boolean().default(true)
@@ -265,8 +280,8 @@ const ReleaseNamesSchema = z.strictObject({
   bin: releaseName('app.{release}', 'the binary\'s name in releasesDir, `{release}` standing for e.g. `2.0`: a file name (`app.{release}`), or a path in a folder per release (`{release}/app`: Capistrano\'s layout, "Releases and pruning")'),
   cfg: releaseName('cfg.{release}', 'the config\'s name in releasesDir, like `bin`: `cfg.{release}`, or `{release}/app.cfg` in the same folder as the binary'),
 }).refine((n) => folderPattern(n.bin) === folderPattern(n.cfg),
-  { message: 'must be in the same folder per release as "bin" (both file names, or both "FOLDER/..." with the same FOLDER)', path: ['cfg'] })
-  .refine((n) => n.bin !== n.cfg, { message: 'must differ from "bin"', path: ['cfg'] });
+  { message: 'must be in the same folder per release as "bin" (both file names, or both "FOLDER/..." with the same FOLDER)', path: ['cfg'], ...reads('bin', 'cfg') })
+  .refine((n) => n.bin !== n.cfg, { message: 'must differ from "bin"', path: ['cfg'], ...reads('bin', 'cfg') });
 
 // A user or group: a name as useradd accepts it, or a numeric id (JSON number or string).
 const account = (what: 'user' | 'group') => z.union([
@@ -361,8 +376,16 @@ const AppSchema = z.strictObject({
   if (a.group !== null && a.user === null) {
     ctx.addIssue({ code: 'custom', path: ['group'], message: 'needs "user" as well (without it the app runs as the agent\'s own user and group)' });
   }
+  // Said at load time when the config itself asks for root; running as root
+  // because "user" is unset is refused when the app is started (launch.ts).
+  if ((a.user === 'root' || String(a.user) === '0') && !a.allowRoot) {
+    ctx.addIssue({ code: 'custom', path: ['user'], message: 'runs the app as root: set "allowRoot": true to mean it, or name an unprivileged user' });
+  }
+}, reads('user', 'group', 'allowRoot')).superRefine((a, ctx) => {
   const strategy = a.reload.strategy ?? a.reload.mode;
-  const { signal, quiesceSignal, resumeSignal } = a.reload;
+  const { signal } = a.reload;
+  const quiesceSignal = a.reload.quiesceSignal ?? undefined;
+  const resumeSignal = a.reload.resumeSignal ?? undefined;
   // (Signals that stop every server are refused above already: one problem per key.)
   if (quiesceSignal !== undefined && !STOPPING.includes(quiesceSignal) && quiesceSignal === a.stop.signal) {
     ctx.addIssue({ code: 'custom', path: ['reload', 'quiesceSignal'], message: 'must differ from "stop.signal": the old master would stop, and a failed new generation would leave nothing to resume' });
@@ -383,21 +406,18 @@ const AppSchema = z.strictObject({
   if (strategy === 'socket' && a.sockets.length === 0) {
     ctx.addIssue({ code: 'custom', path: ['reload', 'strategy'], message: '"socket" needs "sockets": the listen addresses the agent holds and passes to every generation' });
   }
+}, reads('reload.strategy', 'reload.mode', 'reload.signal', 'reload.quiesceSignal', 'reload.resumeSignal', 'stop.signal', 'sockets')).superRefine((a, ctx) => {
   const missed = probeMissesSockets(a.health.url !== undefined ? { url: a.health.url } : a.health.tcp !== undefined ? { tcp: a.health.tcp } : undefined, a.sockets);
   if (missed !== undefined) ctx.addIssue({ code: 'custom', path: ['health', a.health.url !== undefined ? 'url' : 'tcp'], message: missed });
   const canonical = a.sockets.map((s) => (listenAddressProblem(s) === undefined ? formatListenAddress(parseListenAddress(s)) : s));
   canonical.forEach((s, i) => {
     if (canonical.indexOf(s) !== i) ctx.addIssue({ code: 'custom', path: ['sockets', i], message: `must not repeat sockets[${canonical.indexOf(s)}]` });
   });
+}, reads('health.url', 'health.tcp', 'sockets')).superRefine((a, ctx) => {
   if (a.links.dir !== undefined && folderPattern(a.releaseNames.bin) === undefined) {
     ctx.addIssue({ code: 'custom', path: ['links', 'dir'], message: 'needs "releaseNames" in a folder per release, e.g. {"bin": "{release}/app", "cfg": "{release}/app.cfg"}: the link points at the live release\'s folder' });
   }
-  // Said at load time when the config itself asks for root; running as root
-  // because "user" is unset is refused when the app is started (launch.ts).
-  if ((a.user === 'root' || String(a.user) === '0') && !a.allowRoot) {
-    ctx.addIssue({ code: 'custom', path: ['user'], message: 'runs the app as root: set "allowRoot": true to mean it, or name an unprivileged user' });
-  }
-});
+}, reads('links.dir', 'releaseNames.bin'));
 
 const WatchSchema = z.strictObject({
   stabilityMs: z.int().min(0).max(10_000).default(50)
@@ -772,8 +792,8 @@ export function parseConfig(text: string, file: string): AgentConfig {
         signal: a.reload.signal as NodeJS.Signals,
         timeoutMs: a.reload.timeoutMs,
         drainTimeoutMs: a.reload.drainTimeoutMs,
-        quiesceSignal: a.reload.quiesceSignal as NodeJS.Signals | undefined,
-        resumeSignal: a.reload.resumeSignal as NodeJS.Signals | undefined,
+        quiesceSignal: (a.reload.quiesceSignal ?? undefined) as NodeJS.Signals | undefined,
+        resumeSignal: (a.reload.resumeSignal ?? undefined) as NodeJS.Signals | undefined,
         deprecatedMode: a.reload.mode !== undefined,
       }),
       sockets: Object.freeze([...a.sockets]),

@@ -614,6 +614,25 @@ test('reload strategies: the default follows "sockets"; "mode" is an alias; a mi
   const quiesced = parse([{ name: 'n', dir: '/srv/n', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' } }]).apps[0]!;
   assert.equal(quiesced.reload.quiesceSignal, 'SIGWINCH');
   assert.equal(quiesced.reload.resumeSignal, 'SIGHUP');
+  // A type error elsewhere in the app no longer hides the cross-key rules
+  // (zod skips an object's checks after one): every problem in one run.
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', health: { settleMs: 'x' }, reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP', timeoutMs: 'y' }, stop: { signal: 'SIGHUP' } }]), {
+    'apps[0].health.settleMs': 'must be an integer from 0 to 600000',
+    'apps[0].reload.timeoutMs': 'must be an integer from 100 to 600000',
+    'apps[0].reload.resumeSignal': 'must differ from "stop.signal": the good old master would stop instead of accepting again',
+  });
+  // ...but a rule is held while a key it reads is itself wrong (one problem per key).
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, stop: { signal: 'SIGHUP', timeoutMs: 'z' } }]), {
+    'apps[0].stop.timeoutMs': 'must be an integer from 0 to 3600000',
+    'apps[0].reload.resumeSignal': 'must differ from "stop.signal": the good old master would stop instead of accepting again',
+  });
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, stop: { signal: 7 } }]), {
+    'apps[0].stop.signal': 'must be a catchable signal name such as "SIGTERM" (not SIGKILL or SIGSTOP)',
+  });
+  // null is "not set", as for the other optional keys (it was refused: "expected string, received null").
+  const unset = parse([{ name: 'n', dir: '/srv/n', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: null, resumeSignal: null } }]).apps[0]!;
+  assert.deepEqual([unset.reload.quiesceSignal, unset.reload.resumeSignal], [undefined, undefined]);
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', quiesceSignal: 'SIGWINCH', resumeSignal: null } }]), { 'apps[0].reload.resumeSignal': 'must be set with "quiesceSignal": an old master quiesced for a new generation that then fails must be told to accept again (nginx, gunicorn, unicorn: "SIGHUP")' });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', quiesceSignal: 'SIGWINCH' } }]), { 'apps[0].reload.resumeSignal': 'must be set with "quiesceSignal": an old master quiesced for a new generation that then fails must be told to accept again (nginx, gunicorn, unicorn: "SIGHUP")' });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', resumeSignal: 'SIGHUP' } }]), { 'apps[0].reload.quiesceSignal': 'must be set with "resumeSignal", which undoes it (nginx, gunicorn, unicorn: "SIGWINCH")' });
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' } }]), { 'apps[0].reload.quiesceSignal': 'only with "strategy": "upgrade" (an old master that keeps the socket while its workers stop)' });
