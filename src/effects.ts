@@ -17,7 +17,7 @@ import type { CommandResult } from './command.js';
 import { runHook, type HookEntry, type HookName } from './hooks.js';
 import { logSize, logTail } from './logtail.js';
 import { AppOutput } from './appoutput.js';
-import { descendantsOf, leavesOf, portListener, ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
+import { descendantsOf, leavesOf, portListener, ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, stderrFile, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import type { SocketHolder, Unheld } from './sockets.js';
 import { RelinkError } from './errors.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
@@ -114,6 +114,13 @@ export interface Effects {
   waitingForWork(pid: number): boolean | undefined;
   /** The parent PID of `pid` now (/proc/PID/stat, whatever state the process is in: an exiting one too); undefined when gone. */
   parentOf(pid: number): number | undefined;
+  /**
+   * The file `pid` writes its errors to (its fd 2, /proc/PID/fd/2) when that
+   * is a file of its own other than the app's log: nginx, daemonized, points
+   * its stderr at its error_log. Undefined when it is the app's log, the
+   * journal, a pipe or a terminal, or the process is gone or not readable.
+   */
+  errorFile(pid: number): string | undefined;
   /**
    * The processes below `pid` now, each with its parent (proc.ts
    * descendantsOf: the kernel's children lists, no walk of the whole
@@ -286,6 +293,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     notifiedReady: (sinceMs, deadlineMs) => (opts.notify === undefined ? Promise.resolve(false) : opts.notify.ready(sinceMs, deadlineMs)),
     signal: sendSignal,
     parentOf: (pid) => readStat(pid)?.ppid,
+    errorFile: (pid) => stderrFile(pid, app.logFile),
     descendants: (pid) => descendantsOf(pid),
     waitingForWork: (pid) => waitingForWork(pid),
     probe: async (judged, probeOpts) => {

@@ -36,7 +36,7 @@
  * done with them.
  */
 import { execFile } from 'node:child_process';
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, realpathSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import psList from 'ps-list';
 import { isErrno, RelinkError } from './errors.js';
@@ -438,6 +438,29 @@ export function portListener(port: number, except: ReadonlySet<number> = new Set
 export function describeListener(holder: { readonly pid?: number; readonly exe?: string } | undefined): string | undefined {
   if (holder?.pid === undefined) return undefined;
   return `pid ${holder.pid}${holder.exe === undefined ? '' : ` (${holder.exe})`}`;
+}
+
+/**
+ * The regular file `pid` has open as its stderr (fd 2), by the path the
+ * kernel gives (/proc/PID/fd/2); undefined when fd 2 is something else (a
+ * pipe, a socket such as the journal's, a terminal, /dev/null), is the same
+ * file as `except` (the app's own log, compared by device and inode), was
+ * deleted, or cannot be read (gone, another user's).
+ */
+export function stderrFile(pid: number, except?: string): string | undefined {
+  try {
+    const target = readlinkSync(`/proc/${pid}/fd/2`);
+    if (!target.startsWith('/') || target.endsWith(' (deleted)')) return undefined;
+    const st = statSync(`/proc/${pid}/fd/2`);
+    if (!st.isFile()) return undefined;
+    if (except !== undefined) {
+      const other = statSync(except, { throwIfNoEntry: false });
+      if (other !== undefined && other.dev === st.dev && other.ino === st.ino) return undefined;
+    }
+    return target;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The inode of the socket open at `fd` in `pid` (its /proc/PID/fd link "socket:[N]"); undefined for anything else, or when closed or unreadable. */

@@ -27,10 +27,16 @@ function logFileOf(app: AppConfig): { file?: string } {
  * A verdict on what the app did or failed to do (never found after its
  * start, never ready, never healthy, never handed over): the app's own
  * output usually says why, so the message ends by saying where it is
- * (its log file, with the file key, or the journal).
+ * (its log file, with the file key, or the journal), and, given the
+ * process the verdict is about (`about`: fx and its pid), the file it
+ * writes its errors to when that is another (nginx points its stderr at
+ * its error_log once daemonized: "app.log" alone sent the operator to a
+ * file with nothing in it).
  */
-function appFault(app: AppConfig, code: ErrorCode, message: string, detail: ErrorDetail): RelinkError {
-  return new RelinkError(code, `${message} (see ${outputWhere(app)})`, { ...logFileOf(app), ...detail });
+function appFault(app: AppConfig, code: ErrorCode, message: string, detail: ErrorDetail, about?: { fx: Effects; pid: number }): RelinkError {
+  const own = about === undefined ? undefined : about.fx.errorFile(about.pid);
+  const also = own === undefined ? '' : `; pid ${about!.pid} writes its errors to ${own}`;
+  return new RelinkError(code, `${message} (see ${outputWhere(app)}${also})`, { ...logFileOf(app), ...detail });
 }
 
 /** How often a process is looked at while waiting (ms); /proc reads are cheap. */
@@ -282,7 +288,7 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
       }
       if (waiting !== undefined) {
         throw appFault(app, 'HANDOFF_TIMEOUT', `pid ${old.pid} still listens on the socket it shares with its successor (pid ${waiting.pid}) ${timeoutMs} ms after ${signal}: the successor never became ready, or the old process does not stop listening when it hands over (a new master that waits to be told to stop, as gunicorn, unicorn and nginx start on SIGUSR2, needs reload.strategy "upgrade")`,
-          { key: 'reload.timeoutMs', rule: 'the old process must hand over (stop listening) once its successor is ready', found: `pid ${old.pid} still listening` });
+          { key: 'reload.timeoutMs', rule: 'the old process must hand over (stop listening) once its successor is ready', found: `pid ${old.pid} still listening` }, { fx, pid: old.pid });
       }
       if (app.reload.strategy === 'upgrade') {
         // A master ignores the upgrade signal while the process that started
@@ -293,10 +299,10 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
         throw appFault(app, 'HANDOFF_TIMEOUT', `no new master of the app started within ${timeoutMs} ms of ${signal} to pid ${old.pid} (reload.strategy "upgrade"): ${agentsChild
           ? `pid ${old.pid} is the agent's own child (it runs in the foreground), and a master ignores the upgrade signal while the process that started it runs (nginx with "daemon off;"): run it daemonized (nginx: "daemon on;", its "pid" file named by the app's pidFile), or use reload.strategy "socket"`
           : 'a master ignores the upgrade signal while a new master of its own still runs, or while its own parent does (a master started by an earlier upgrade: gunicorn logs "USR2 signal ignored. Parent exists."); its output says which'}`,
-          { key: 'reload.strategy', rule: 'the master must start a new master on reload.signal', found: `pid ${old.pid} started none${agentsChild ? ', a child of the agent' : ''}` });
+          { key: 'reload.strategy', rule: 'the master must start a new master on reload.signal', found: `pid ${old.pid} started none${agentsChild ? ', a child of the agent' : ''}` }, { fx, pid: old.pid });
       }
       throw appFault(app, 'HANDOFF_TIMEOUT', `no new process of the app started within ${timeoutMs} ms of ${signal} to pid ${old.pid} (reload.strategy is "${app.reload.strategy}"; "inplace" fits an app that reloads without a new process, "socket" or "restart" one that has no reload at all)`,
-        { key: 'reload.strategy', rule: 'the app must start a successor (or re-execute itself)', found: `pid ${old.pid} started none` });
+        { key: 'reload.strategy', rule: 'the app must start a successor (or re-execute itself)', found: `pid ${old.pid} started none` }, { fx, pid: old.pid });
     }
     await fx.sleep(POLL_MS);
   }
@@ -473,7 +479,7 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
     if (fx.now() >= deadline) {
       if (!ready) {
         throw appFault(app, 'NOT_READY', `pid ${proc.pid} did not say READY=1 through sd_notify within ${deadlineMs} ms (health.readiness is "notify"; NOTIFY_SOCKET was set in its environment)`,
-          { key: 'health.readiness', rule: 'the new generation must send READY=1 to $NOTIFY_SOCKET within health.deadlineMs', found: 'no READY=1' });
+          { key: 'health.readiness', rule: 'the new generation must send READY=1 to $NOTIFY_SOCKET within health.deadlineMs', found: 'no READY=1' }, { fx, pid: proc.pid });
       }
       // Where the new generation's socket comes from: the agent ("socket",
       // LISTEN_FDS), else the old master it inherits it from ("upgrade").
@@ -481,13 +487,13 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
       if (last === '' && held !== '' && older === 0) last = held;
       if (last === '' && older > 0) {
         throw appFault(app, 'UNHEALTHY', `every one of ${older} probe connections in ${deadlineMs} ms was accepted by an older generation sharing the socket, none by pid ${proc.pid}: the new generation does not accept on the shared socket (${takes}), or the old one takes every connection first (a process blocked in a blocking accept() does; servers sharing a socket accept non-blocking)`,
-          { key: 'health', rule: 'the new generation must accept and answer a probe', found: `${older} probes answered by the older generation` });
+          { key: 'health', rule: 'the new generation must accept and answer a probe', found: `${older} probes answered by the older generation` }, { fx, pid: proc.pid });
       }
       const what = probe === undefined ? 'the settle time' : describeProbe(probe);
       // The last attempt timing out must not hide that the others all went to the old generation.
       const alsoOlder = older > 0 ? `; ${older} other probe connection${older === 1 ? ' was' : 's were'} accepted by an older generation sharing the socket, not by pid ${proc.pid} (${takes})` : '';
       throw appFault(app, 'UNHEALTHY', `${what} did not pass within ${deadlineMs} ms (checked from the end of the settle time of ${settleMs} ms; last: ${last || 'no answer'}${alsoOlder})`,
-        { key: 'health', rule: 'must answer 2xx (or accept) at the end of the settle time, within the deadline', found: last || 'no answer' });
+        { key: 'health', rule: 'must answer 2xx (or accept) at the end of the settle time, within the deadline', found: last || 'no answer' }, { fx, pid: proc.pid });
     }
     const until = Math.min(fx.now() >= settledAt && ready ? nextProbe : fx.now() >= settledAt ? fx.now() + POLL_MS : settledAt, deadline) - fx.now();
     await fx.sleep(Math.max(1, Math.min(POLL_MS * 2, until)));

@@ -381,6 +381,13 @@ class World implements Effects {
     return this.procs.get(pid)?.ppid;
   }
 
+  /** By executable: the file its processes write their errors to, other than the app's log (nginx's error_log). */
+  errorFiles = new Map<string, string>();
+  errorFile(pid: number): string | undefined {
+    const exe = this.procs.get(pid)?.exe;
+    return exe === undefined ? undefined : this.errorFiles.get(exe);
+  }
+
   descendants(pid: number): Array<{ pid: number; ppid: number }> | undefined {
     if (!this.procs.has(pid)) return undefined;
     const out: Array<{ pid: number; ppid: number }> = [];
@@ -780,6 +787,18 @@ test('a re-exec app that never hands over: HANDOFF_TIMEOUT after reload.timeoutM
   assert.equal(w.links.bin, `${REL}/app.1.0`);
   assert.match(w.text, /app\.1\.0/, 'current.conf names what runs again');
   assert.match(e?.rejected ?? '', /app\.2\.0/);
+});
+
+test('a release never healthy whose process writes its errors to a file of its own (nginx\'s error_log): the reason names that file beside the app\'s log', async () => {
+  const { w, agent } = await running(appConfig({}, PROBED));
+  w.unhealthy.add(`${REL}/app.2.0`);
+  w.errorFiles.set(`${REL}/app.2.0`, '/srv/web/logs/error.log');
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1];
+  assert.equal(e?.code, 'UNHEALTHY', e?.reason ?? '');
+  assert.match(e?.reason ?? '', /\(see \S+app\.log; pid \d+ writes its errors to \/srv\/web\/logs\/error\.log\)$/);
 });
 
 test('an unhealthy release is rolled back: links, process and current.conf back on the last good release', async () => {

@@ -58,6 +58,8 @@ interface Server {
     code: string;
     /** While it is judged, `relink status` shows the serving generation quiesced (reload.quiesceSignal). */
     quiescedWhileJudged?: boolean;
+    /** What the journal's reason must say. */
+    reason?: RegExp;
   }>>;
   /** What the agent must have said in its log by the end (each a pattern of a line's `msg`). */
   readonly logged?: readonly RegExp[];
@@ -154,6 +156,7 @@ async function exercise(t: TestContext, s: Server): Promise<void> {
     }
     const e = await nth(root, s.name, ++n);
     assert.deepEqual([e.outcome, e.code], ['rolled_back', f.code], `the failing release ${r}: ${await explain(agent, dir, e)}`);
+    if (f.reason !== undefined) assert.match(e.reason ?? '', f.reason);
     await servedBy(s, port, live);
   }
   const result = await wrk.stop();
@@ -298,7 +301,8 @@ test('nginx binary upgrade, "upgrade": 20 deploys of a new binary, reload.signal
     logged: [/SIGWINCH to the old master/, /SIGHUP to the quiesced old master/],
     failing: {
       x: { write: (ctx) => nginxRelease(ctx, true, 'exits'), code: 'APP_EXITED' },
-      y: { write: (ctx) => nginxRelease(ctx, true, 'unhealthy'), code: 'UNHEALTHY', quiescedWhileJudged: true },
+      // nginx, daemonized, points its stderr at its error log: the reason names it beside app.log.
+      y: { write: (ctx) => nginxRelease(ctx, true, 'unhealthy'), code: 'UNHEALTHY', quiescedWhileJudged: true, reason: /\(see \S+app\.log; pid \d+ writes its errors to \S+error\.log\)$/ },
     },
     answered: nginxAnswered,
   });
