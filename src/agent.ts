@@ -682,7 +682,7 @@ async function holdSockets(config: AgentConfig, log: Logger, gids: ReadonlyArray
       continue;
     }
     log.child({ app: app?.name }).error({ code: u.error.code, address: u.address },
-      `${u.error.message}${u.busy ? '; if the app itself holds it (an agent started by hand was restarted), its next deploy restarts it once and holds the socket from then on' : ''}`);
+      `${u.error.message}${u.busy && pid === undefined ? '; if the app itself holds it (an agent started by hand was restarted), its next deploy restarts it once and holds the socket from then on' : ''}`);
   }
   return holder;
 }

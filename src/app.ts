@@ -1162,14 +1162,18 @@ export class AppAgent {
       case 'socket':
         if (!this.#fx.socketsHeld()) {
           const unheld = await this.#fx.holdSockets();
-          if (unheld.some((u) => u.busy)) {
+          // One that stopping the app would not free (another program
+          // listens there, a folder is missing): refused before anything is
+          // stopped. A trial saw the healthy app stopped, then the bind fail.
+          const blocking = unheld.find((u) => u.own !== true);
+          if (blocking !== undefined) throw blocking.error;
+          if (unheld.length > 0) {
             // Held by the running generation, not by this agent (an agent
             // started by hand before this one bound them): they cannot be
             // shared, so this once the app is restarted, and bound after.
             this.#log.warn({ appPid: main.pid, addresses: unheld.map((u) => u.address) }, 'the sockets are held by the running generation, not by this agent (an agent started by hand was restarted): this deploy restarts the app once (journal: action "restart", outageMs); later ones share the held sockets');
             return this.#restart(main, stopBy);
           }
-          if (unheld.length > 0) throw unheld[0]!.error;
         }
         // The old generation is not touched until the new one is judged.
         return this.#startNew(stopBy, false);

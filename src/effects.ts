@@ -17,8 +17,9 @@ import type { CommandResult } from './command.js';
 import { runHook, type HookEntry, type HookName } from './hooks.js';
 import { logSize, logTail } from './logtail.js';
 import { AppOutput } from './appoutput.js';
-import { descendantsOf, leavesOf, portListener, ProcessFinder, readProc, readStat, sendSignal, sharesListener, socketInodes, stderrFile, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
+import { descendantsOf, leavesOf, portListener, ProcessFinder, readProc, readStat, sendSignal, listenerInodes, sharesListener, socketInodes, stderrFile, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import type { SocketHolder, Unheld } from './sockets.js';
+import { parseListenAddress } from './listenfds.js';
 import { RelinkError } from './errors.js';
 import { claimAppFolder, releaseAppFolder, type LockMemo, type LockOwner } from './applock.js';
 import { readLinks, relink, type LinkTargets } from './relink.js';
@@ -279,7 +280,16 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     holdSockets: async () => {
       if (opts.sockets === undefined || app.sockets.length === 0) return [];
       const owner = await resolveRunAs(app);
-      return opts.sockets.bind(app.sockets.map((address) => ({ address, owner: { uid: owner.uid, gid: owner.gid } })), unixListening);
+      const unheld = await opts.sockets.bind(app.sockets.map((address) => ({ address, owner: { uid: owner.uid, gid: owner.gid } })), unixListening);
+      // Which busy ones the app's own processes listen on (by socket inode).
+      const mine = new Set(finder.record().members.flatMap((m) => [...socketInodes(m.pid)]));
+      return unheld.map((u) => {
+        if (!u.busy) return u;
+        const a = parseListenAddress(u.address);
+        const where = a.kind === 'unix' ? { path: a.path } : { port: a.port };
+        const listeners = [...listenerInodes(where)];
+        return { ...u, own: listeners.length > 0 && listeners.every((i) => mine.has(i)) };
+      });
     },
     socketsHeld: () => app.sockets.every((a) => opts.sockets?.get(a) !== undefined),
     // Without a probe there is nothing to measure by: a connection to a held socket succeeds at once (it queues).

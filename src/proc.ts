@@ -604,6 +604,33 @@ export function sharesListener(old: ProcIdentity, successor: ProcIdentity): bool
   return theirs.length === 0 || theirs.some((i) => mine.has(i));
 }
 
+/**
+ * The inodes of the sockets listening on this host at `where`: on a TCP
+ * port (any local address), or at a unix socket's path (__SO_ACCEPTCON).
+ * Empty when none does or the tables cannot be read.
+ */
+export function listenerInodes(where: { readonly port: number } | { readonly path: string }): Set<string> {
+  const out = new Set<string>();
+  if ('port' in where) {
+    const hex = where.port.toString(16).toUpperCase().padStart(4, '0');
+    const onPort = (inode: string, local: string): void => {
+      if (local.endsWith(`:${hex}`)) out.add(inode);
+    };
+    tcpListeners('self', 'tcp', onPort);
+    tcpListeners('self', 'tcp6', onPort);
+    return out;
+  }
+  try {
+    for (const line of readFileSync('/proc/self/net/unix', 'utf8').split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[7] === where.path && f[3] !== undefined && (Number.parseInt(f[3], 16) & 0x10000) !== 0 && f[6] !== undefined) out.add(f[6]);
+    }
+  } catch {
+    // no unix table
+  }
+  return out;
+}
+
 /** Does a process on this host listen on the unix socket at `path` (/proc/self/net/unix, __SO_ACCEPTCON)? */
 export function unixListening(path: string): boolean {
   try {

@@ -44,6 +44,13 @@ export interface Unheld {
   readonly busy: boolean;
   /** For a busy TCP address: the process listening there, when it can be told (src/proc.ts portListener). */
   readonly holder?: { readonly pid?: number; readonly exe?: string };
+  /**
+   * Busy because the app's own running generation listens there (a hand-
+   * started agent was restarted): set by the app's Effects, which knows its
+   * processes (src/effects.ts holdSockets). Such an address is free once
+   * that generation is stopped; any other unheld one is not.
+   */
+  readonly own?: boolean;
   /** Binding it again may work (the agent binds its own: a port freed, a folder made); false when it must come from systemd. */
   readonly retry: boolean;
 }

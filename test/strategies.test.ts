@@ -15,7 +15,7 @@ import { freePort } from '../src/demo/layout.js';
 import { readMarker } from '../src/proc.js';
 import { SocketHolder } from '../src/sockets.js';
 import { needProgram } from './accounts.js';
-import { defer, get, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+import { alive, defer, get, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 import { assertNoErrors, configFor, FDAPP, load, makeApp, nth, PLAIN, servedBy, setCurrent, type App } from './plainapps.js';
 
 const DEPLOYS = 20;
@@ -572,6 +572,35 @@ test('"socket", agent started by hand and restarted: the next agent finds the ad
   assert.equal(again.outcome, 'deployed', again.reason ?? '');
   assert.equal(again.outageMs, undefined, 'held now: shared, no restart');
   await servedBy(app.port, 'app.a');
+  await next.stop();
+});
+
+test('"socket", agent started by hand and restarted, one address held by the app and another by some other program: the deploy is refused before the app is stopped, and the app serves on', async (t) => {
+  // Found by a trial: the deploy stopped the healthy app to free its own
+  // address, then could not bind the other one, and the app stayed down.
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'both', PLAIN, { a: '', b: '' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, 'a');
+  const first = startAgent(t, await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`] }));
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  const a = await servedBy(app.port, 'app.a');
+  assert.equal(await first.stop(), 0);
+  const otherPort = await freePort();
+  const squatter = net.createServer((c) => c.destroy());
+  await new Promise<void>((resolve, reject) => squatter.once('error', reject).listen(otherPort, '127.0.0.1', resolve));
+  defer(t, () => new Promise<void>((resolve) => squatter.close(() => resolve())));
+  const next = startAgent(t, await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`, `127.0.0.1:${otherPort}`] }));
+  const taken = await next.waitForLog('the other program\'s address', (l) => l['code'] === 'SOCKET_UNAVAILABLE' && String(l['address']) === `127.0.0.1:${otherPort}`);
+  assert.equal(taken.level, 'error');
+  assert.doesNotMatch(taken.msg, /if the app itself holds it/, 'the holder is known and is not the app');
+  await setCurrent(app, 'b');
+  const e = await nth(root, app.name, 2);
+  assert.notEqual(e.outcome, 'deployed', e.reason ?? '');
+  assert.equal(e.code, 'SOCKET_UNAVAILABLE', e.reason ?? '');
+  assert.match(e.reason ?? '', new RegExp(`127\\.0\\.0\\.1:${otherPort}: EADDRINUSE \\(pid ${process.pid} `));
+  assert.ok(await alive(a.pid), 'the app was never stopped');
+  assert.equal((await servedBy(app.port, 'app.a')).pid, a.pid, 'and serves on');
   await next.stop();
 });
 
