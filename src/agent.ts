@@ -35,7 +35,7 @@ import { Notifications } from './notifications.js';
 import { notifierProgramProblems, realSend } from './notifiers.js';
 import { appDir, ensureAppDir } from './stateDir.js';
 import path from 'node:path';
-import { describeListener, markedForApp, unixListening } from './proc.js';
+import { describeListener, ofApp, unixListening } from './proc.js';
 // Types only: the module itself (and prom-client with it) is imported when "metrics" is set.
 import type { Monitoring } from './monitoring.js';
 
@@ -675,7 +675,7 @@ async function holdSockets(config: AgentConfig, log: Logger, gids: ReadonlyArray
     const r = requests.find((x) => x.address === u.address);
     const app = r?.app;
     const pid = u.holder?.pid;
-    if (app !== undefined && pid !== undefined && (await markedForApp(pid, app, r?.owner?.uid))) {
+    if (app !== undefined && pid !== undefined && (await ofApp(pid, app, r?.owner?.uid))) {
       // Expected after a hand-started agent is restarted (README, "sockets"): not an error.
       log.child({ app: app.name }).warn({ code: u.error.code, address: u.address, appPid: pid },
         `${u.address} is held by the app's own running generation (${describeListener(u.holder) ?? `pid ${pid}`}), started by an agent before this one (started by hand, which held its sockets itself): the app serves on; its next deploy restarts it once (journal: action "restart", outageMs) and the agent holds the socket from then on`);

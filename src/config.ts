@@ -120,7 +120,9 @@ const ReloadSchema = z.strictObject({
       // nginx ignores the upgrade signal while its new master runs: nothing would accept until the failed one is stopped.
       ctx.addIssue({ code: 'custom', path: ['resumeSignal'], message: `must differ from "signal" (${resume}, which starts a new master: an old master ignores it while its new one runs)` });
     }
-  }, reads('strategy', 'mode', 'signal', 'quiesceSignal', 'resumeSignal'));
+    // (`signal` is only compared with valid names: a wrong one, reported on
+    // its own, matches none, so it does not hold these rules.)
+  }, reads('strategy', 'mode', 'quiesceSignal', 'resumeSignal'));
 
 const StopSchema = z.strictObject({
   signal: signalName('SIGTERM', 'the signal that makes the app stop: finish its in-flight requests and exit (gunicorn TERM, unicorn and nginx QUIT)'),
@@ -406,7 +408,7 @@ const AppSchema = z.strictObject({
   if (strategy === 'socket' && a.sockets.length === 0) {
     ctx.addIssue({ code: 'custom', path: ['reload', 'strategy'], message: '"socket" needs "sockets": the listen addresses the agent holds and passes to every generation' });
   }
-}, reads('reload.strategy', 'reload.mode', 'reload.signal', 'reload.quiesceSignal', 'reload.resumeSignal', 'stop.signal', 'sockets')).superRefine((a, ctx) => {
+}, reads('reload.strategy', 'reload.mode', 'reload.quiesceSignal', 'reload.resumeSignal', 'stop.signal', 'sockets')).superRefine((a, ctx) => {
   const missed = probeMissesSockets(a.health.url !== undefined ? { url: a.health.url } : a.health.tcp !== undefined ? { tcp: a.health.tcp } : undefined, a.sockets);
   if (missed !== undefined) ctx.addIssue({ code: 'custom', path: ['health', a.health.url !== undefined ? 'url' : 'tcp'], message: missed });
   const canonical = a.sockets.map((s) => (listenAddressProblem(s) === undefined ? formatListenAddress(parseListenAddress(s)) : s));

@@ -281,6 +281,7 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
       if (opts.sockets === undefined || app.sockets.length === 0) return [];
       const owner = await resolveRunAs(app);
       const unheld = await opts.sockets.bind(app.sockets.map((address) => ({ address, owner: { uid: owner.uid, gid: owner.gid } })), unixListening);
+      if (!unheld.some((u) => u.busy)) return unheld;
       // Which busy ones the app's own processes listen on (by socket inode).
       const mine = new Set(finder.record().members.flatMap((m) => [...socketInodes(m.pid)]));
       return unheld.map((u) => {

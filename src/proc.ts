@@ -407,15 +407,7 @@ export function socketInodes(pid: number): Set<string> {
  * start's pre-check, never a loop.
  */
 export function portListener(port: number, except: ReadonlySet<number> = new Set()): { pid?: number; exe?: string } | undefined {
-  const hex = port.toString(16).toUpperCase().padStart(4, '0');
-  // The listeners only (tcpListeners stops where they end: not the
-  // thousands of TIME_WAIT lines of a loaded host).
-  const inodes = new Set<string>();
-  const onPort = (inode: string, local: string): void => {
-    if (local.endsWith(`:${hex}`)) inodes.add(inode);
-  };
-  tcpListeners('self', 'tcp', onPort);
-  tcpListeners('self', 'tcp6', onPort);
+  const inodes = listenerInodes({ port });
   for (const own of socketInodes(process.pid)) inodes.delete(own);
   if (inodes.size === 0) return undefined;
   for (const name of readdirSync('/proc')) {
@@ -612,6 +604,8 @@ export function sharesListener(old: ProcIdentity, successor: ProcIdentity): bool
 export function listenerInodes(where: { readonly port: number } | { readonly path: string }): Set<string> {
   const out = new Set<string>();
   if ('port' in where) {
+    // The listeners only (tcpListeners stops where they end: not the
+    // thousands of TIME_WAIT lines of a loaded host).
     const hex = where.port.toString(16).toUpperCase().padStart(4, '0');
     const onPort = (inode: string, local: string): void => {
       if (local.endsWith(`:${hex}`)) out.add(inode);
@@ -633,15 +627,7 @@ export function listenerInodes(where: { readonly port: number } | { readonly pat
 
 /** Does a process on this host listen on the unix socket at `path` (/proc/self/net/unix, __SO_ACCEPTCON)? */
 export function unixListening(path: string): boolean {
-  try {
-    for (const line of readFileSync('/proc/self/net/unix', 'utf8').split('\n').slice(1)) {
-      const f = line.trim().split(/\s+/);
-      if (f[7] === path && f[3] !== undefined && (Number.parseInt(f[3], 16) & 0x10000) !== 0) return true;
-    }
-  } catch {
-    // no unix table
-  }
-  return false;
+  return listenerInodes({ path }).size > 0;
 }
 
 /**
@@ -1539,23 +1525,26 @@ function releasesPrefix(dir: string): string | undefined {
 }
 
 /**
+ * Is `pid` a process of `app`, running as `uid` (the app's user)? Its
+ * marker (the environment relink starts every process with, believed of
+ * that user only) names the app, or, when the process overwrote it (nginx
+ * writes its title there), its executable is in the app's releases folder.
+ * Undefined `uid` (the user cannot be resolved): false.
+ */
+export async function ofApp(pid: number, app: { readonly name: string; readonly dir: string; readonly releasesDir: string }, uid: number | undefined): Promise<boolean> {
+  if (uid === undefined) return false;
+  const info = await readProc(pid);
+  if (info === undefined || !ownedBy(info, uid)) return false;
+  const marker = readMarker(pid);
+  if (marker !== undefined) return marker.name === app.name && marker.dir === app.dir;
+  const prefix = releasesPrefix(app.releasesDir);
+  return prefix !== undefined && info.exe.startsWith(prefix);
+}
+
+/**
  * Both uids: the real one is whom kill() permission and accounting follow,
  * the effective one whose rights the process uses; an app of `uid` has both.
  */
-/**
- * Is `pid` a process of `app`: its marker (the environment relink starts
- * every process with) names the app, and it runs as `uid`, the app's user
- * (a marker is believed of that user only)? Undefined `uid` (the user
- * cannot be resolved): false.
- */
-export async function markedForApp(pid: number, app: { readonly name: string; readonly dir: string }, uid: number | undefined): Promise<boolean> {
-  if (uid === undefined) return false;
-  const marker = readMarker(pid);
-  if (marker?.name !== app.name || marker.dir !== app.dir) return false;
-  const info = await readProc(pid);
-  return info !== undefined && ownedBy(info, uid);
-}
-
 function ownedBy(info: ProcInfo, uid: number): boolean {
   return info.uid === uid && (info.euid ?? info.uid) === uid;
 }

@@ -621,6 +621,12 @@ test('reload strategies: the default follows "sockets"; "mode" is an alias; a mi
     'apps[0].reload.timeoutMs': 'must be an integer from 100 to 600000',
     'apps[0].reload.resumeSignal': 'must differ from "stop.signal": the good old master would stop instead of accepting again',
   });
+  // A wrong reload.signal (found by a trial) does not hold the rules that only compare with it.
+  assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'inplace', signal: 12, quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGWINCH' } }]), {
+    'apps[0].reload.signal': 'must be a catchable signal name such as "SIGHUP" (not SIGKILL or SIGSTOP)',
+    'apps[0].reload.quiesceSignal': 'only with "strategy": "upgrade" (an old master that keeps the socket while its workers stop)',
+    'apps[0].reload.resumeSignal': 'must differ from "quiesceSignal" (it undoes it)',
+  });
   // ...but a rule is held while a key it reads is itself wrong (one problem per key).
   assert.deepEqual(problems([{ name: 'a', dir: '/a', reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' }, stop: { signal: 'SIGHUP', timeoutMs: 'z' } }]), {
     'apps[0].stop.timeoutMs': 'must be an integer from 0 to 3600000',

@@ -6,14 +6,14 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readlinkSync, realpathSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, readFile, realpath, rm, symlink, unlink, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, realpath, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { freePort, makeApp, type DemoApp } from '../src/demo/layout.js';
-import { describeListener, descendantsOf, listeningInodes, markerEnv, portListener, ProcessFinder, procTable, readMarker, readProc, readStat, sharesListener, socketInodes, socketTable, sendSignal, startedAtMs, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
+import { describeListener, descendantsOf, ofApp, listeningInodes, markerEnv, portListener, ProcessFinder, procTable, readMarker, readProc, readStat, sharesListener, socketInodes, socketTable, sendSignal, startedAtMs, ticksNow, type ProcIdentity, type ProcInfo } from '../src/proc.js';
 import { swapLink } from '../src/relink.js';
 import { alive, reapAppsAfter, waitFor } from './helpers.js';
 
@@ -795,4 +795,31 @@ test('a successor seen before its exec, whose new image then forks a worker: the
   const after = await finder.discover();
   assert.equal(after.all.find((p) => p.pid === child)?.gen, gen, 'exec\'d: the generation the signal opened');
   assert.equal(after.all.find((p) => p.pid === worker)?.gen, gen, 'its worker too');
+});
+
+test('ofApp: a process is the app\'s by its marker, or, when it overwrote the marker (nginx), by an executable in the app\'s releases folder; never another user\'s', async (t) => {
+  const root = await realpath(await mkdtemp(path.join(os.tmpdir(), 'relink-ofapp-')));
+  t.after(() => rm(root, { recursive: true, force: true }));
+  const releasesDir = path.join(root, 'web', 'release');
+  await mkdir(releasesDir, { recursive: true });
+  await copyFile('/bin/sleep', path.join(releasesDir, 'app.1.0'));
+  await chmod(path.join(releasesDir, 'app.1.0'), 0o755);
+  const app = { name: 'web', dir: path.join(root, 'web'), releasesDir };
+  const start = (exe: string, env: Record<string, string>): ChildProcess => {
+    const child = spawn(exe, ['60'], { stdio: 'ignore', env });
+    t.after(() => { child.kill('SIGKILL'); });
+    return child;
+  };
+  const uid = process.getuid!();
+  const unmarked = start(path.join(releasesDir, 'app.1.0'), {});
+  const marked = start('/bin/sleep', markerEnv(app));
+  const other = start(path.join(releasesDir, 'app.1.0'), markerEnv({ name: 'api', dir: path.join(root, 'api') }));
+  const stranger = start('/bin/sleep', {});
+  await waitFor('the processes to have exec\'d', async () => (await Promise.all([unmarked, marked, other, stranger].map((c) => readProc(c.pid!)))).every((p) => p !== undefined && !p.exe.endsWith('/node')) || undefined);
+  assert.equal(await ofApp(unmarked.pid!, app, uid), true, 'a release binary, marker overwritten');
+  assert.equal(await ofApp(marked.pid!, app, uid), true, 'marked for the app');
+  assert.equal(await ofApp(other.pid!, app, uid), false, 'marked for another app: the marker decides');
+  assert.equal(await ofApp(stranger.pid!, app, uid), false, 'neither');
+  assert.equal(await ofApp(unmarked.pid!, app, uid + 1), false, 'not the app\'s user');
+  assert.equal(await ofApp(unmarked.pid!, app, undefined), false, 'user unknown');
 });
