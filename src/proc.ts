@@ -1450,10 +1450,12 @@ export class ProcessFinder {
    * that carries the app's marker; or that carries no readable marker (its
    * environment overwritten by its process title, as nginx does), runs a
    * binary from the releases folder, and either nothing is recorded (before
-   * lineage) or it started after a main the agent started exited cleanly (it
+   * lineage) or it started after the main of the serving generation or of
+   * a newer one, which the agent started and which exited cleanly (it
    * daemonized: a double fork, its parent gone before the agent looked), or
-   * after a main the previous agent recorded that is gone (how it ended was
-   * never seen). It joins that main's generation.
+   * which the previous agent recorded and is gone (how it ended was never
+   * seen). It joins that main's generation. A child of a member is left to
+   * descent.
    */
   async #fromPidFile(uid: number): Promise<boolean> {
     if (this.#pidFile === undefined) return false;
@@ -1464,6 +1466,13 @@ export class ProcessFinder {
     if (!Number.isSafeInteger(pid) || pid <= 1 || this.#members.has(pid)) return false;
     const info = await readProc(pid);
     if (info === undefined || !ownedBy(info, uid)) return false;
+    // A child of a member (a new master the file names before a scan has
+    // seen it) is descent's to place, in the generation its parent's reload
+    // signal opened: the next scan finds it. Taken from the file, it joined
+    // a dead main's generation and stayed there (every later upgrade timed
+    // out, its new master filed as draining).
+    const parent = this.#members.get(info.ppid);
+    if (parent !== undefined && parent.startTime <= info.startTime) return false;
     const marker = readMarker(pid);
     let into: number | undefined;
     if (marker !== undefined) {
@@ -1481,8 +1490,10 @@ export class ProcessFinder {
         const now = await readProc(m.pid);
         return now === undefined || now.startTime !== m.startTime;
       };
+      // Only the serving generation's main or a newer one's: an older main's
+      // end is its generation draining away, not a daemon's start.
       const candidates: Array<[number, MainRecord]> = [];
-      for (const [gen, m] of this.#mains) if (info.startTime >= m.startTime && (await endedClean(m))) candidates.push([gen, m]);
+      for (const [gen, m] of this.#mains) if (gen >= this.#serving && info.startTime >= m.startTime && (await endedClean(m))) candidates.push([gen, m]);
       const daemonizedFrom = candidates.sort(([a], [b]) => b - a)[0];
       if (daemonizedFrom === undefined) return false;
       into = daemonizedFrom[0];

@@ -583,6 +583,68 @@ test('an app that daemonizes and overwrites its environment (nginx, daemon on) i
   assert.deepEqual(refused.all, []);
 });
 
+// Found by a trial (issue 11): an agent killed mid-upgrade and restarted
+// filed every later new master, named by nginx's PID file before a process
+// table scan had seen it, in the long-dead generation the previous agent had
+// recorded (taken as "daemonized" from it): HANDOFF_TIMEOUT on every deploy.
+test('nginx binary upgrade after an agent restart: a new master its PID file names before any scan has seen it is of the generation the reload signal opened, never of a dead main the previous agent recorded', async (t) => {
+  if (!existsSync('/usr/sbin/nginx')) {
+    assert.fail('nginx is not installed (apt-get install nginx-light): .ci/run installs it');
+  }
+  const { root, app } = await setup(t);
+  await copyFile('/usr/sbin/nginx', path.join(app.releasesDir, 'app.ngx'));
+  const port = await freePort();
+  const pidFile = path.join(root, 'ngx.pid');
+  const conf = path.join(root, 'ngx.conf');
+  await writeFile(conf, `daemon on;\nworker_processes 1;\npid ${pidFile};\nerror_log ${root}/error.log notice;\nevents { worker_connections 64; }\n`
+    + `http {\n  access_log off;\n  client_body_temp_path ${root}/body_temp;\n  server { listen 127.0.0.1:${port}; location / { return 200 "ngx\\n"; } }\n}\n`);
+  const pidIn = async (what: string, not: number): Promise<number> => waitFor(what, async () => {
+    const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
+    return Number.isSafeInteger(pid) && pid > 1 && pid !== not && (await readProc(pid)) !== undefined ? pid : undefined;
+  });
+  const first = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile });
+  const from = ticksNow();
+  const started = spawnTracked(t, path.join(app.releasesDir, 'app.ngx'), ['-p', `${root}/`, '-e', 'error.log', '-c', conf]);
+  await first.launched(started.pid, true, from);
+  await started.exited;
+  first.exited(started.pid, true);
+  const m1 = await pidIn('the first master', 0);
+  assert.equal((await first.discover()).main?.pid, m1);
+  const m1Info = await mustRead(m1);
+
+  // A binary upgrade; the agent is killed right after its signal.
+  const gen2 = first.open(identity(m1Info));
+  const atKill = first.record();
+  assert.equal(sendSignal(m1, 'SIGUSR2'), true);
+  const m2 = await pidIn('the second master', m1);
+
+  // The next agent (its process table can be held back, below): the new
+  // master found in the opened generation, promoted; the old master stopped.
+  let frozen: Awaited<ReturnType<typeof procTable>> | undefined;
+  const next = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile, list: async () => frozen ?? procTable() });
+  next.restore(atKill);
+  const recovered = await next.discover();
+  assert.equal(recovered.all.find((p) => p.pid === m2)?.gen, gen2, JSON.stringify(recovered.all));
+  next.promote(gen2, (await next.verify(identity(await mustRead(m2))))!);
+  next.settle();
+  assert.equal(sendSignal(m1, 'SIGQUIT'), true);
+  await waitFor(`the old master ${m1} to exit`, async () => (await readProc(m1)) === undefined);
+  await next.discover();
+
+  // The next upgrade, looked at with a process table taken before it (a
+  // table is reused for a moment): only the PID file names the new master.
+  frozen = await procTable();
+  const gen3 = next.open(identity(await mustRead(m2)));
+  assert.equal(sendSignal(m2, 'SIGUSR2'), true);
+  const m3 = await pidIn('the third master', m2);
+  const early = await next.discover();
+  const filed = early.all.find((p) => p.pid === m3)?.gen;
+  assert.ok(filed === undefined || filed === gen3, `the new master is in no generation but the one opened (${gen3}): found in ${filed}`);
+  frozen = undefined;
+  const seen = await next.discover();
+  assert.equal(seen.all.find((p) => p.pid === m3)?.gen, gen3, JSON.stringify(seen.all));
+});
+
 test('a process the agent spawned is the app\'s while it is still root in its exec chain (prlimit, setpriv); one only recorded must run as the app\'s user', async (t) => {
   if (process.getuid?.() !== 0) {
     t.skip('needs root: the chain starts as root');
