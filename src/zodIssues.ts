@@ -60,7 +60,7 @@ export function zodProblems(
   const out: RelinkError[] = [];
   let uncounted = 0;
   // A typo'd key also makes the real key "missing": name the typo first, it is the cause.
-  const issues = [...error.issues].sort((a, b) => Number(b.code === 'unrecognized_keys') - Number(a.code === 'unrecognized_keys'));
+  const issues = tightestBounds(error.issues).sort((a, b) => Number(b.code === 'unrecognized_keys') - Number(a.code === 'unrecognized_keys'));
   for (const issue of issues) {
     if (issue.code === 'unrecognized_keys') {
       const here = valueAt(input, issue.path);
@@ -93,6 +93,28 @@ export function zodProblems(
     out.push(fileError(code, file, key, rule, describe(found, issue.path)));
   }
   return { listed: out, uncounted };
+}
+
+/**
+ * One bound per key and side: a number past two upper bounds (an integer's
+ * safe range and the key's own maximum, 1e300 for a timeout) is told the
+ * tighter one only, not two rules for one value.
+ */
+function tightestBounds(issues: readonly z.core.$ZodIssue[]): z.core.$ZodIssue[] {
+  const best = new Map<string, z.core.$ZodIssue>();
+  const keyOf = (i: z.core.$ZodIssue): string | undefined => (i.code === 'too_big' || i.code === 'too_small' ? `${i.code}\u0000${keyPath(i.path)}` : undefined);
+  const bound = (i: z.core.$ZodIssue): number => (i.code === 'too_big' ? Number(i.maximum) : i.code === 'too_small' ? Number(i.minimum) : Number.NaN);
+  for (const i of issues) {
+    const k = keyOf(i);
+    if (k === undefined) continue;
+    const seen = best.get(k);
+    const tighter = seen === undefined || (i.code === 'too_big' ? bound(i) < bound(seen) : bound(i) > bound(seen));
+    if (tighter) best.set(k, i);
+  }
+  return issues.filter((i) => {
+    const k = keyOf(i);
+    return k === undefined || best.get(k) === i;
+  });
 }
 
 /** The rule an issue without a message of its own broke, in relink's words. */

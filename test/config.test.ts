@@ -185,6 +185,13 @@ test('a bad reload mode and an out-of-range timeout are refused', () => {
   assert.equal(one(problems, 'apps[0].reload.timeoutMs').found, '50');
 });
 
+test('a number past two bounds of one key is one problem, the tighter bound (not also an integer\'s safe range)', () => {
+  const problems = refused(JSON.stringify({ apps: [{ name: 'web', dir: '/srv/web', stop: { timeoutMs: 1e300 }, health: { settleMs: -1e300 } }] }), '/c.json');
+  assert.deepEqual(problems.map((p) => p.key).sort(), ['apps[0].health.settleMs', 'apps[0].stop.timeoutMs']);
+  assert.match(one(problems, 'apps[0].stop.timeoutMs').message, /must be at most 3600000/);
+  assert.match(one(problems, 'apps[0].health.settleMs').message, /must be at least 0/);
+});
+
 test('a relative app dir is refused', () => {
   const p = one(refused(JSON.stringify({ apps: [{ name: 'web', dir: './web' }] }), '/c.json'), 'apps[0].dir');
   assert.equal(p.code, 'CONFIG_INVALID');
