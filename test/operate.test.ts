@@ -124,6 +124,33 @@ test('relink restart applies a changed env: status says "restart to apply: env.A
   await agent.stop();
 });
 
+test('relink status with no agent running says a deploy the last agent was carrying out is interrupted, until the next agent judges it', async (t) => {
+  const root = await tmpDir(t);
+  // Release 2 answers its health check only after 6 s: the deploy is in flight meanwhile.
+  const app = await makeApp(root, 'mid', PLAIN, { '1': '', '2': 'ready_delay_ms=6000' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, '1');
+  const config = await configFor(root, app, { reload: { strategy: 'restart', timeoutMs: 5_000 }, health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 200, deadlineMs: 20_000, intervalMs: 50 } });
+  let agent = startAgent(t, config);
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  await setCurrent(app, '2');
+  await waitFor('the deploy of release 2 under way', async () => ((await status(config)).state === 'deploying' ? true : undefined));
+  await agent.stop('SIGKILL');
+  const human = await relinkCli(['status', '--config', config]);
+  assert.match(human.stdout, new RegExp(`interrupted +the agent stopped in the middle of a deploy of ${app.releasesDir}/app\\.2 \\+ cfg\\.2, begun \\S+ \\(\\d+s ago\\): neither deployed nor rolled back yet; the next agent judges it as it starts`), human.stdout);
+  const json = JSON.parse((await relinkCli(['status', '--config', config, '--json'])).stdout) as { apps: Array<{ interrupted: { phase: string; bin: string; cfg: string; since: string } | null }> };
+  const i = json.apps[0]!.interrupted;
+  assert.deepEqual([i?.phase, i?.bin, i?.cfg], ['deploy', path.join(app.releasesDir, 'app.2'), path.join(app.releasesDir, 'cfg.2')]);
+  assert.ok(Date.now() - Date.parse(i!.since) < 60_000, i!.since);
+  // The next agent judges it; then nothing is interrupted.
+  agent = startAgent(t, config);
+  const e = await nth(root, app.name, 2);
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  assert.equal(JSON.parse((await relinkCli(['status', '--config', config, '--json'])).stdout).apps[0].interrupted, null);
+  await agent.stop();
+  assert.doesNotMatch((await relinkCli(['status', '--config', config])).stdout, /interrupted/);
+});
+
 test('relink start is the way out of "fatal"; --wait answers a failed restart with exit 1; requests need a running agent', async (t) => {
   const root = await tmpDir(t);
   const app = await makeApp(root, 'fat', PLAIN, { '1': '' });

@@ -58,6 +58,13 @@ export interface AppStatus {
   readonly held: string | null;
   /** Settings in the config the running generation was not started with ("env.APP_COLOR"): applied by relink restart. */
   readonly restartToApply: readonly string[];
+  /**
+   * With no agent running: the deploy (or its rollback) the last agent was
+   * carrying out when it stopped (state.json `inflight`), neither deployed
+   * nor rolled back yet; the next agent judges it as it starts. `since`:
+   * when the attempt began (ISO time). Null otherwise.
+   */
+  readonly interrupted: { readonly phase: 'deploy' | 'rollback'; readonly bin: string; readonly cfg: string; readonly since: string } | null;
 }
 
 /**
@@ -244,6 +251,8 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     generations,
     held: saved?.held?.at ?? null,
     restartToApply: proc === undefined || saved?.settings == null ? [] : changedSettings(saved.settings, launchSettings(app)),
+    interrupted: agentRunning || saved?.inflight == null ? null
+      : { phase: saved.inflight.phase, bin: saved.inflight.release.bin, cfg: saved.inflight.release.cfg, since: new Date(saved.inflight.startedMs).toISOString() },
   };
 }
 
@@ -300,6 +309,10 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
     }
     if (a.restartToApply.length > 0) rows.push(['  restart to apply', `${a.restartToApply.join(', ')} (changed in the config since the running generation started: ${configChanged ? 'relink reload, then ' : ''}relink restart ${a.name})`]);
     if (a.problem !== null) rows.push(['  problem', `${a.problem.message} [${a.problem.code}] since ${a.problem.since}`]);
+    if (a.interrupted !== null) {
+      const i = a.interrupted;
+      rows.push(['  interrupted', `the agent stopped in the middle of a ${i.phase === 'deploy' ? 'deploy of' : 'rollback to'} ${i.bin} + ${path.basename(i.cfg)}, begun ${i.since} (${ago(i.since)} ago): neither deployed nor rolled back yet; the next agent judges it as it starts`]);
+    }
     for (const w of a.warnings) rows.push(['  warning', w]);
     const d = a.lastDeploy;
     if (d !== null) {
