@@ -361,7 +361,7 @@ export class Monitoring {
   async #makePage(): Promise<string> {
     const config = this.#opts.config();
     const now = Date.now();
-    const apps = await Promise.all(config.apps.map((a) => appStatus(config, a, true, now).catch((err: unknown) => unavailable(a, err, now))));
+    const apps = await Promise.all(config.apps.map((a) => appStatus(config, a, true, now, process.pid).catch((err: unknown) => unavailable(a, err, now))));
     const recent = await newestEntries(config.stateDir, config.apps.map((a) => a.name), RECENT_ENTRIES);
     return renderStatusPage({
       agent: { pid: process.pid, version: VERSION, startedAt: this.#opts.startedAt, config: config.file },

@@ -590,10 +590,16 @@ test('"socket", agent started by hand and restarted, one address held by the app
   const squatter = net.createServer((c) => c.destroy());
   await new Promise<void>((resolve, reject) => squatter.once('error', reject).listen(otherPort, '127.0.0.1', resolve));
   defer(t, () => new Promise<void>((resolve) => squatter.close(() => resolve())));
-  const next = startAgent(t, await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`, `127.0.0.1:${otherPort}`] }));
+  const config = await configFor(root, app, { sockets: [`127.0.0.1:${app.port}`, `127.0.0.1:${otherPort}`] });
+  const next = startAgent(t, config);
   const taken = await next.waitForLog('the other program\'s address', (l) => l['code'] === 'SOCKET_UNAVAILABLE' && String(l['address']) === `127.0.0.1:${otherPort}`);
   assert.equal(taken.level, 'error');
   assert.doesNotMatch(taken.msg, /if the app itself holds it/, 'the holder is known and is not the app');
+  // relink status says so too (it was only in the agent's log at its start);
+  // the address the app's own generation holds is no other program's.
+  const st = (await relinkCli(['status', '--config', config])).stdout;
+  assert.match(st, new RegExp(`warning +127\\.0\\.0\\.1:${otherPort} is listened on by pid ${process.pid} \\(\\S+\\), neither the agent nor the app: a deploy that starts a new generation fails \\(SOCKET_UNAVAILABLE\\)`), st);
+  assert.doesNotMatch(st, new RegExp(`127\\.0\\.0\\.1:${app.port} is listened on`), st);
   await setCurrent(app, 'b');
   const e = await nth(root, app.name, 2);
   assert.notEqual(e.outcome, 'deployed', e.reason ?? '');

@@ -6,7 +6,8 @@ import type { HistoryEntry } from '../history.js';
 import { lower, readLimits } from '../limits.js';
 import { folderMissing } from '../applock.js';
 import { describeError, isErrno, RelinkError } from '../errors.js';
-import { bootTimeMs, ProcessFinder, sameProcess, startedAtMs, type Discovery, type ProcInfo } from '../proc.js';
+import { bootTimeMs, describeListener, listenerInodes, portListener, ProcessFinder, sameProcess, socketInodes, startedAtMs, type Discovery, type ProcInfo } from '../proc.js';
+import { parseListenAddress } from '../listenfds.js';
 import { detachedWriters } from '../logorphan.js';
 import { lookupUser, resolveRunAs } from '../user.js';
 import { readLinks } from '../relink.js';
@@ -144,7 +145,11 @@ export interface LimitStatus {
 /** The 1024 default nofile limit that busy apps run out of (the Supervisord trap in the seeds). */
 const OLD_NOFILE_DEFAULT = 1024;
 
-export async function appStatus(config: AgentConfig, app: AppConfig, agentRunning: boolean, now = Date.now()): Promise<AppStatus> {
+/**
+ * One app's status. `agentPid`: the running agent's, whose held sockets
+ * count as the app's (an address another program listens on is warned of).
+ */
+export async function appStatus(config: AgentConfig, app: AppConfig, agentRunning: boolean, now = Date.now(), agentPid?: number): Promise<AppStatus> {
   const damaged: string[] = [];
   const [saved, links] = await Promise.all([readAppState(config.stateDir, app.name, { onDamaged: (d) => damaged.push(describeDamage(d)) }), readLinks(app.links, app.releasesDir)]);
   const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user, mode: app.reload.mode });
@@ -186,6 +191,7 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     if (st !== undefined && !st.isSymbolicLink()) warnings.push(`${app.links.dir ?? ''} is a ${st.isDirectory() ? 'folder' : 'file'}, not a symlink: the agent does not replace it (LINK_NOT_SYMLINK); move it away, then the agent links the release's folder there`);
     else warnings.push(`${app.links.dir ?? ''} points at ${links.dir ?? 'nothing'}, not at the folder of the linked release: the agent puts it back on its next re-check (or, when current.conf names a release not applied, at the next deploy or crash restart)`);
   }
+  warnings.push(...socketsTaken(app, agentPid, discovery.all));
   if (proc?.deleted === true) warnings.push(`pid ${proc.pid} runs ${proc.exe}, which was replaced or deleted on disk after it started`);
   // A log deleted or renamed under the running app (src/logorphan.ts): /proc tells root and the app's own user, no one else.
   for (const d of detachedWriters(discovery.all.map((p) => p.pid), app.logFile)) {
@@ -254,6 +260,31 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     interrupted: agentRunning || saved?.inflight == null ? null
       : { phase: saved.inflight.phase, bin: saved.inflight.release.bin, cfg: saved.inflight.release.cfg, since: new Date(saved.inflight.startedMs).toISOString() },
   };
+}
+
+/**
+ * Addresses in "sockets" that another program listens on, and neither the
+ * agent nor the app: an agent started by hand holds them itself, and
+ * restarted, it cannot bind one taken meanwhile; the next deploy that
+ * starts a generation fails (SOCKET_UNAVAILABLE). Said here rather than
+ * only in the agent's log at its start. Nothing when the agent's
+ * descriptors cannot be read (another user: every address would look
+ * foreign).
+ */
+function socketsTaken(app: AppConfig, agentPid: number | undefined, procs: readonly ProcInfo[]): string[] {
+  if (agentPid === undefined || app.sockets.length === 0) return [];
+  const agentSockets = socketInodes(agentPid);
+  if (agentSockets.size === 0) return [];
+  const ours = new Set([...agentSockets, ...procs.flatMap((p) => [...socketInodes(p.pid)])]);
+  const out: string[] = [];
+  for (const address of app.sockets) {
+    const a = parseListenAddress(address);
+    const listeners = [...listenerInodes(a.kind === 'unix' ? { path: a.path } : { port: a.port })];
+    if (listeners.length === 0 || listeners.some((i) => ours.has(i))) continue;
+    const holder = a.kind === 'unix' ? undefined : describeListener(portListener(a.port, new Set([agentPid])));
+    out.push(`${address} is listened on by ${holder ?? 'another program'}, neither the agent nor the app: a deploy that starts a new generation fails (SOCKET_UNAVAILABLE) until it is freed; the agent binds it at the next deploy after that`);
+  }
+  return out;
 }
 
 /** What /proc/PID/limits says, next to the config; a warning for each limit below what is configured. */
@@ -333,7 +364,7 @@ export const statusCommand: Command<SpecOf<'status'>> = {
     const config = await loadFor(values.config, io);
     const apps = selectApps(config, values.app);
     const agent = await runningAgent(config.stateDir, { onDamaged: damageWarner(io, 'status') });
-    const statuses = await Promise.all(apps.map((a) => appStatus(config, a, agent !== undefined)));
+    const statuses = await Promise.all(apps.map((a) => appStatus(config, a, agent !== undefined, undefined, agent?.pid)));
     // What is shown comes from the file on disk; the agent runs on what it loaded.
     const onDisk = hashText(await readFile(config.file, 'utf8').catch(() => ''));
     const configChanged = agent?.config !== undefined && agent.config.hash !== onDisk;
