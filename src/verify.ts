@@ -89,7 +89,7 @@ export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exite
     if (how !== undefined && !(how === CLEAN_EXIT && app.pidFile !== undefined)) {
       // No `output`: not this process's alone to quote (a generation serving beside it writes there too).
       const said = output === undefined ? undefined : await output().catch(() => '');
-      throw new RelinkError('APP_EXITED', `the app exited right after start (${how})${said === undefined ? ` (see ${outputWhere(app)})` : said === '' ? `; nothing in ${outputWhere(app)}` : `; its last output: ${said}`}`,
+      throw new RelinkError('APP_EXITED', `the app exited right after start (${how})${said === undefined ? ` (see ${outputWhere(app)})` : said === '' ? `; nothing in ${outputWhere(app)}` : `; its last output: ${said}`}${how === CLEAN_EXIT ? daemonHint(fx) : ''}`,
         { ...logFileOf(app), rule: 'must keep running', found: how });
     }
     const stop = stopping(fx, stopBy, 'the started app appeared');
@@ -104,6 +104,19 @@ export async function awaitStart(fx: Effects, app: AppConfig, pid: number, exite
     }
     await fx.sleep(POLL_MS);
   }
+}
+
+/**
+ * For a started process that exited 0 at once with no pidFile set: it may
+ * have daemonized (forked, and the child serves on: nginx's default "daemon
+ * on"), which the agent cannot follow without a PID file. The process now
+ * listening on the health probe's port, when one does, is named: left
+ * running, it is unmanaged, and the next start fails on its port.
+ */
+function daemonHint(fx: Effects): string {
+  const taken = fx.probePortTaken();
+  const who = taken?.pid === undefined ? '' : ` pid ${taken.pid}${taken.exe === undefined ? '' : ` (${taken.exe})`} now listens on the health probe's port ${taken.port}, unmanaged: is it the app's daemon?`;
+  return `; an app that exits 0 at once may have daemonized (nginx's default "daemon on"):${who} set "pidFile" to the file it writes its PID to (the agent follows the daemon by it), or run it in the foreground`;
 }
 
 /**

@@ -349,6 +349,37 @@ test('nginx binary upgrade, "upgrade": the agent SIGKILLed just after it quiesce
   });
 });
 
+test('nginx daemonizing ("daemon on") with no pidFile: the start fails APP_EXITED naming the daemon left listening on the probe\'s port, and pidFile as the way to follow it', async (t) => {
+  if (process.getuid?.() !== 0) {
+    t.skip('nginx workers switch user: run as root');
+    return;
+  }
+  if (!(await needProgram(t, '/usr/sbin/nginx', 'nginx-light'))) return;
+  const root = await tmpDir(t, 'relink-servers-ngxnopid-');
+  const dir = path.join(root, 'ngxnopid');
+  const releasesDir = path.join(dir, 'release');
+  await mkdir(releasesDir, { recursive: true });
+  reapMarkedAfter(t, dir);
+  reapAppsAfter(t, releasesDir);
+  const port = await freePort();
+  await nginxRelease({ releasesDir, port, r: 'a' }, true);
+  await writeFileAtomic(path.join(releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': 'app.a', 'cfg.file': 'cfg.a' })}\n`);
+  const configFile = path.join(root, 'config.json');
+  await writeFile(configFile, JSON.stringify({
+    stateDir: path.join(root, 'state'),
+    apps: [{
+      name: 'ngxnopid', dir, allowRoot: true, command: nginxCommand(dir),
+      reload: { strategy: 'upgrade', signal: 'SIGUSR2', timeoutMs: 5_000 }, stop: { signal: 'SIGQUIT', timeoutMs: 5_000 },
+      health: { url: `http://127.0.0.1:${port}/healthz`, settleMs: 100, deadlineMs: 5_000, intervalMs: 50 },
+    }],
+  }));
+  const agent = startAgent(t, configFile);
+  const e = await nth(root, 'ngxnopid', 1);
+  assert.equal(e.code, 'APP_EXITED', `${e.outcome}: ${e.reason ?? ''}`);
+  assert.match(e.reason ?? '', new RegExp(`\\(exit code 0\\).*may have daemonized \\(nginx's default "daemon on"\\): pid \\d+ \\(${releasesDir}/app\\.a\\) now listens on the health probe's port ${port}, unmanaged: is it the app's daemon\\? set "pidFile" to the file it writes its PID to`));
+  await agent.stop();
+});
+
 test('nginx, "socket": 20 deploys of a new binary on the socket the agent holds (handed to nginx as NGINX="3;"), stop.signal SIGQUIT, refuse nothing', async (t) => {
   if (process.getuid?.() !== 0) {
     t.skip('nginx workers switch user: run as root');
