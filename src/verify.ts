@@ -459,7 +459,8 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
       // When its own, what it said last ("pid N exited 40 ms after the
       // deploy" alone sent the operator to the log).
       const said = own?.output === undefined ? '' : await own.output().catch(() => '');
-      throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${ms} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe)${how === undefined ? '' : `, ${how}`}${said === '' ? ` (see ${outputWhere(app)})` : `; its last output: ${said}`}`,
+      const daemon = how === CLEAN_EXIT && app.pidFile === undefined ? daemonHint(fx) : '';
+      throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${ms} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe)${how === undefined ? '' : `, ${how}`}${said === '' ? ` (see ${outputWhere(app)})` : `; its last output: ${said}`}${daemon}`,
         { ...logFileOf(app), key: 'health.settleMs', rule: 'the app must stay up', found: how ?? `exited after ${ms} ms` });
     }
     if (!ready) ready = await fx.notifiedReady(since ?? start, fx.now());

@@ -293,6 +293,8 @@ class World implements Effects {
 
   /** What a started app prints before it exits (launchExits). */
   launchOutput = '';
+  /** The exit code of a started app that exits (launchExits: default 1; launchZombie: default 3). */
+  launchCode: number | undefined;
   /** Set: claimApp throws it (another agent holds the app, its folder is gone). */
   claimError: Error | undefined;
   claims = 0;
@@ -308,11 +310,11 @@ class World implements Effects {
     const p = this.spawnProc(this.links.bin ?? 'none', gen);
     if (this.launchExits) this.procs.delete(p.pid);
     this.zombies = [];
-    let exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> = this.launchExits ? Promise.resolve({ code: 1, signal: null }) : new Promise(() => undefined);
+    let exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> = this.launchExits ? Promise.resolve({ code: this.launchCode ?? 1, signal: null }) : new Promise(() => undefined);
     if (this.launchZombie) {
       exited = new Promise((resolve) => {
         // Seen once (awaitStart), then dead at the next look with exit code 3, and still a zombie in /proc at the looks after (until the next start).
-        this.#dies = { pid: p.pid, gen, reaped: () => resolve({ code: 3, signal: null }) };
+        this.#dies = { pid: p.pid, gen, reaped: () => resolve({ code: this.launchCode ?? 3, signal: null }) };
       });
     }
     return {
@@ -1471,6 +1473,21 @@ test('a start whose process /proc shows as a zombie before the agent has reaped 
   assert.equal(e?.code, 'APP_EXITED');
   assert.doesNotMatch(String(e?.reason), /unreaped|zombie/);
   assert.match(String(e?.reason), /exit code 3.*its last output: fatal: cannot bind 127\.0\.0\.1:1/);
+});
+
+test('a start that exits 0 with no pidFile, before it is found or while it is judged, says it may have daemonized and names what listens on the probe\'s port', async () => {
+  const daemon = { port: 8080, pid: 4242, exe: `${REL}/app.1.0` };
+  for (const how of ['launchExits', 'launchZombie'] as const) {
+    const e = await failedStart((w) => { w[how] = true; w.launchCode = 0; w.portTaken = daemon; }, '');
+    assert.equal(e?.code, 'APP_EXITED', how);
+    assert.match(String(e?.reason), new RegExp(`exit code 0.*may have daemonized \\(nginx's default "daemon on"\\): pid 4242 \\(${REL}/app\\.1\\.0\\) now listens on the health probe's port 8080, unmanaged: is it the app's daemon\\? set "pidFile"`), `${how}: ${String(e?.reason)}`);
+  }
+  // Nothing on the port: still the hint, naming no process.
+  const quiet = await failedStart((w) => { w.launchExits = true; w.launchCode = 0; }, '');
+  assert.match(String(quiet?.reason), /exit code 0\); nothing in .*may have daemonized \(nginx's default "daemon on"\): set "pidFile"/);
+  // A failure exit is no daemon.
+  const failed = await failedStart((w) => { w.launchExits = true; w.portTaken = daemon; }, '');
+  assert.doesNotMatch(String(failed?.reason), /daemonized/);
 });
 
 test('a restart the agent cannot even start (a planted log link) is said as such, and its reason stays in the state, fatal included', async () => {

@@ -291,6 +291,22 @@ async function nginxRelease(ctx: { releasesDir: string; port: number; r: string 
 const nginxCommand = (dir: string): string[] => ['./app.bin', '-p', `${dir}/`, '-e', 'error.log', '-c', path.join(dir, 'app.cfg')];
 const nginxAnswered = (body: string): string | undefined => /^nginx (\w+)$/.exec(body.trim())?.[1];
 
+/**
+ * The README's nginx binary upgrade row: daemonized, followed by its PID
+ * file. Quiesced (WINCH to the old master once a new worker waits), the new
+ * generation is judged alone; a failing release has the old master resumed
+ * (HUP) before it is stopped.
+ */
+const NGINX_UPGRADE = {
+  needs: [['/usr/sbin/nginx', 'nginx-light']],
+  release: (ctx: { releasesDir: string; port: number; r: string }) => nginxRelease(ctx, true),
+  command: nginxCommand,
+  reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' },
+  stop: { signal: 'SIGQUIT' },
+  extra: { pidFile: 'nginx.pid' },
+  answered: nginxAnswered,
+} as const satisfies Partial<Server>;
+
 test('nginx binary upgrade, "upgrade": 20 deploys of a new binary, reload.signal SIGUSR2 (the master execs ./app.bin), quiesceSignal SIGWINCH, stop.signal SIGQUIT to the old master, refuse nothing; a release whose config nginx refuses and one never healthy are rolled back (the old master resumed with SIGHUP), losing nothing', async (t) => {
   if (process.getuid?.() !== 0) {
     t.skip('nginx workers switch user: run as root');
@@ -303,24 +319,15 @@ test('nginx binary upgrade, "upgrade": 20 deploys of a new binary, reload.signal
   // overwrites with its process title, is followed by its pid file. This
   // test failed (APP_EXITED at the first start) before that.
   await exercise(t, {
+    ...NGINX_UPGRADE,
     name: 'ngxupg',
-    needs: [['/usr/sbin/nginx', 'nginx-light']],
-    release: (ctx) => nginxRelease(ctx, true),
-    command: nginxCommand,
-    // Quiesced (WINCH to the old master once a new worker waits), the new
-    // generation is judged alone; the unhealthy release has the old master
-    // resumed (HUP) before it is stopped.
-    reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' },
-    stop: { signal: 'SIGQUIT' },
     deploys: 20,
-    extra: { pidFile: 'nginx.pid' },
     logged: [/SIGWINCH to the old master/, /SIGHUP to the quiesced old master/],
     failing: {
       x: { write: (ctx) => nginxRelease(ctx, true, 'exits'), code: 'APP_EXITED' },
       // nginx, daemonized, points its stderr at its error log: the reason names it beside app.log.
       y: { write: (ctx) => nginxRelease(ctx, true, 'unhealthy'), code: 'UNHEALTHY', quiescedWhileJudged: true, reason: /\(see \S+app\.log; pid \d+ writes its errors to \S+error\.log\)$/ },
     },
-    answered: nginxAnswered,
   });
 });
 
@@ -335,18 +342,7 @@ test('nginx binary upgrade, "upgrade": the agent SIGKILLed just after it quiesce
     t.skip('nginx workers switch user: run as root');
     return;
   }
-  await exercise(t, {
-    name: 'ngxkill',
-    needs: [['/usr/sbin/nginx', 'nginx-light']],
-    release: (ctx) => nginxRelease(ctx, true),
-    command: nginxCommand,
-    reload: { strategy: 'upgrade', signal: 'SIGUSR2', quiesceSignal: 'SIGWINCH', resumeSignal: 'SIGHUP' },
-    stop: { signal: 'SIGQUIT' },
-    deploys: 6,
-    extra: { pidFile: 'nginx.pid' },
-    killAgentAt: /SIGWINCH to the old master/,
-    answered: nginxAnswered,
-  });
+  await exercise(t, { ...NGINX_UPGRADE, name: 'ngxkill', deploys: 6, killAgentAt: /SIGWINCH to the old master/ });
 });
 
 test('nginx daemonizing ("daemon on") with no pidFile: the start fails APP_EXITED naming the daemon left listening on the probe\'s port, and pidFile as the way to follow it', async (t) => {
@@ -376,7 +372,9 @@ test('nginx daemonizing ("daemon on") with no pidFile: the start fails APP_EXITE
   const agent = startAgent(t, configFile);
   const e = await nth(root, 'ngxnopid', 1);
   assert.equal(e.code, 'APP_EXITED', `${e.outcome}: ${e.reason ?? ''}`);
-  assert.match(e.reason ?? '', new RegExp(`\\(exit code 0\\).*may have daemonized \\(nginx's default "daemon on"\\): pid \\d+ \\(${releasesDir}/app\\.a\\) now listens on the health probe's port ${port}, unmanaged: is it the app's daemon\\? set "pidFile" to the file it writes its PID to`));
+  // Whether the started process exited before the agent found it or while
+  // it was being judged (both happen: the second failed this test 1 run in 3).
+  assert.match(e.reason ?? '', new RegExp(`exit code 0\\)?.*may have daemonized \\(nginx's default "daemon on"\\): pid \\d+ \\(${releasesDir}/app\\.a\\) now listens on the health probe's port ${port}, unmanaged: is it the app's daemon\\? set "pidFile" to the file it writes its PID to`));
   await agent.stop();
 });
 
