@@ -525,23 +525,33 @@ test('a garbage, empty, missing or stale PID file is ignored and the scan still 
   }
 });
 
-test('an app that daemonizes and overwrites its environment (nginx, daemon on) is followed through its PID file once its started process exits 0', async (t) => {
+/**
+ * A release of nginx (a copy of /usr/sbin/nginx, app.ngx) that daemonizes
+ * ("daemon on") and writes its master's PID to `pidFile`, serving "ngx" on
+ * `port`; `start()` runs it as the agent would, from the releases folder.
+ */
+async function nginxDaemon(t: TestContext, root: string, app: DemoApp): Promise<{ port: number; pidFile: string; start: () => Spawned }> {
   if (!existsSync('/usr/sbin/nginx')) {
     assert.fail('nginx is not installed (apt-get install nginx-light): .ci/run installs it');
   }
-  const { root, app } = await setup(t);
-  // nginx's own way: the started process forks the master and exits 0, the
-  // master calls setsid(), overwrites its environment (and the agent's
-  // marker with it) with its process title, then writes its PID file.
   await copyFile('/usr/sbin/nginx', path.join(app.releasesDir, 'app.ngx'));
   const port = await freePort();
   const pidFile = path.join(root, 'ngx.pid');
   const conf = path.join(root, 'ngx.conf');
   await writeFile(conf, `daemon on;\nworker_processes 1;\npid ${pidFile};\nerror_log ${root}/error.log notice;\nevents { worker_connections 64; }\n`
     + `http {\n  access_log off;\n  client_body_temp_path ${root}/body_temp;\n  server { listen 127.0.0.1:${port}; location / { return 200 "ngx\\n"; } }\n}\n`);
+  return { port, pidFile, start: () => spawnTracked(t, path.join(app.releasesDir, 'app.ngx'), ['-p', `${root}/`, '-e', 'error.log', '-c', conf]) };
+}
+
+test('an app that daemonizes and overwrites its environment (nginx, daemon on) is followed through its PID file once its started process exits 0', async (t) => {
+  const { root, app } = await setup(t);
+  // nginx's own way: the started process forks the master and exits 0, the
+  // master calls setsid(), overwrites its environment (and the agent's
+  // marker with it) with its process title, then writes its PID file.
+  const { port, pidFile, start } = await nginxDaemon(t, root, app);
   const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile });
   const from = ticksNow();
-  const started = spawnTracked(t, path.join(app.releasesDir, 'app.ngx'), ['-p', `${root}/`, '-e', 'error.log', '-c', conf]);
+  const started = start();
   const gen = await finder.launched(started.pid, true, from);
   // What an agent saves right after the start (before it learns how the started process ended).
   const atLaunch = finder.record();
@@ -588,23 +598,15 @@ test('an app that daemonizes and overwrites its environment (nginx, daemon on) i
 // table scan had seen it, in the long-dead generation the previous agent had
 // recorded (taken as "daemonized" from it): HANDOFF_TIMEOUT on every deploy.
 test('nginx binary upgrade after an agent restart: a new master its PID file names before any scan has seen it is of the generation the reload signal opened, never of a dead main the previous agent recorded', async (t) => {
-  if (!existsSync('/usr/sbin/nginx')) {
-    assert.fail('nginx is not installed (apt-get install nginx-light): .ci/run installs it');
-  }
   const { root, app } = await setup(t);
-  await copyFile('/usr/sbin/nginx', path.join(app.releasesDir, 'app.ngx'));
-  const port = await freePort();
-  const pidFile = path.join(root, 'ngx.pid');
-  const conf = path.join(root, 'ngx.conf');
-  await writeFile(conf, `daemon on;\nworker_processes 1;\npid ${pidFile};\nerror_log ${root}/error.log notice;\nevents { worker_connections 64; }\n`
-    + `http {\n  access_log off;\n  client_body_temp_path ${root}/body_temp;\n  server { listen 127.0.0.1:${port}; location / { return 200 "ngx\\n"; } }\n}\n`);
+  const { pidFile, start } = await nginxDaemon(t, root, app);
   const pidIn = async (what: string, not: number): Promise<number> => waitFor(what, async () => {
     const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
     return Number.isSafeInteger(pid) && pid > 1 && pid !== not && (await readProc(pid)) !== undefined ? pid : undefined;
   });
   const first = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile });
   const from = ticksNow();
-  const started = spawnTracked(t, path.join(app.releasesDir, 'app.ngx'), ['-p', `${root}/`, '-e', 'error.log', '-c', conf]);
+  const started = start();
   await first.launched(started.pid, true, from);
   await started.exited;
   first.exited(started.pid, true);
