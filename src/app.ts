@@ -376,7 +376,12 @@ export class AppAgent {
     // before lineage names only the main).
     const legacy = saved?.pid != null && saved.pidStart != null ? { pid: saved.pid, startTime: saved.pidStart } : undefined;
     this.#fx.restoreLineage(saved?.lineage ?? undefined, legacy);
-    for (const d of saved?.draining ?? []) this.#generations.drainingSince(d.gen, Date.parse(d.since));
+    // Told to stop by the previous agent: killed stop.timeoutMs after that,
+    // not left until reload.drainTimeoutMs (a trial: 52 s, not 10).
+    for (const d of saved?.draining ?? []) {
+      const stopped = d.stopped == null ? Number.NaN : Date.parse(d.stopped);
+      this.#generations.drainingSince(d.gen, Date.parse(d.since), Number.isFinite(stopped) ? stopped : undefined);
+    }
     this.#held = saved?.held ?? undefined;
     this.#settings = saved?.settings ?? undefined;
     this.#savedAnswering = saved?.answering ?? undefined;
@@ -938,7 +943,7 @@ export class AppAgent {
     }
     this.#unboundTries = undefined;
     await this.#atStrength(after, before);
-    this.#serve(after, before);
+    await this.#serve(after, before);
     if (after.deleted) this.#log.warn({ appPid: after.pid, exe: after.exe }, `pid ${after.pid} runs ${after.exe}, which was replaced or deleted on disk since it started`);
     if (this.app.reload.mode === 'inplace' && after.exe !== release.bin && after.exe.startsWith(path.dirname(release.bin) + path.sep)) {
       this.#log.warn({ appPid: after.pid, exe: after.exe, bin: release.bin }, `pid ${after.pid} still runs ${after.exe}: an in-place reload reloads the config only; ${release.bin} runs once the app is restarted`);
@@ -1229,7 +1234,9 @@ export class AppAgent {
    * its stop time).
    */
   async #awaitOldMasterGone(main: ProcInfo, stopBy: StopBy): Promise<ProcInfo> {
-    const old = this.#replaced;
+    // Replaced by an agent before this one (restarted while it drained):
+    // the main's parent, of an older generation of the app.
+    const old = this.#replaced ?? this.#olderParent(main);
     if (old === undefined) return main;
     const deadline = this.#fx.now() + this.app.stop.timeoutMs;
     let killed = false;
@@ -1247,6 +1254,15 @@ export class AppAgent {
       }
       await this.#fx.sleep(20);
     }
+  }
+
+  /** The parent of `main` when it is a process of an older generation of the app (the master it was started by, draining). */
+  #olderParent(main: ProcInfo): ProcIdentity | undefined {
+    const ppid = this.#fx.parentOf(main.pid);
+    const rec = this.#fx.lineage();
+    const gen = main.gen ?? rec?.serving;
+    const m = ppid === undefined || gen === undefined ? undefined : rec?.members.find((x) => x.pid === ppid && x.gen < gen);
+    return m === undefined ? undefined : { pid: m.pid, startTime: m.startTime };
   }
 
   /** The generation the agent started last now serves: the settings it was started with are the app's. */
@@ -1392,7 +1408,7 @@ export class AppAgent {
       await this.#finish(attempt, 'failed', action, release, now, now === undefined ? 'stopped' : 'running', err, { ...extra, strategy: this.app.reload.strategy });
       return;
     }
-    this.#serve(after, main);
+    await this.#serve(after, main);
     this.#liveness?.reset();
     // Started and judged healthy: the release a failed deploy goes back to
     // (it may have been linked by a deploy while the app was stopped).
@@ -1639,7 +1655,7 @@ export class AppAgent {
    * drain (they may finish their in-flight requests, for at most
    * reload.drainTimeoutMs).
    */
-  #serve(after: ProcInfo, previous?: ProcInfo): void {
+  async #serve(after: ProcInfo, previous?: ProcInfo): Promise<void> {
     const gen = after.gen ?? this.#fx.lineage()?.serving ?? 0;
     this.#startedServes(gen);
     this.#fx.promote(gen, after);
@@ -1659,6 +1675,12 @@ export class AppAgent {
         if (strategy === 'upgrade') this.#replaced = previous;
       }
     }
+    // Saved at once, before the verdict is journaled: an agent killed in
+    // between left the old generation recorded as serving, and the next
+    // one took the draining master for the app's main (a trial: the deploy
+    // journaled, status showing it interrupted, the next deploy's USR2 sent
+    // to the draining master, HANDOFF_TIMEOUT).
+    await this.#saveState();
   }
 
   /**
@@ -1758,7 +1780,7 @@ export class AppAgent {
       }
       // An untouched old process said READY=1 long ago: only its health is asked again.
       after = await awaitHealthy(this.#fx, this.app, after, this.#rollbackBy, undefined, sameProcess(after, before), this.#launched);
-      this.#serve(after, now);
+      await this.#serve(after, now);
       // The operator's newer write wins: current.conf is put back only if it
       // still holds what failed; anything written since is applied next.
       const still = await this.#fx.readCurrent().catch(() => undefined);
@@ -2030,7 +2052,7 @@ export class AppAgent {
       matched: this.#matched ?? null,
       lineage: this.#fx.lineage() ?? null,
       inflight: this.#inflight ?? null,
-      draining: this.#generations.draining().map((d) => ({ gen: d.gen, since: new Date(d.sinceMs).toISOString() })),
+      draining: this.#generations.draining().map((d) => ({ gen: d.gen, since: new Date(d.sinceMs).toISOString(), stopped: d.stopAt === undefined ? null : new Date(d.stopAt).toISOString() })),
       quiesced: this.#quiesced === undefined ? null : { pid: this.#quiesced.pid, startTime: this.#quiesced.startTime, since: new Date(this.#quiesced.sinceMs).toISOString() },
       held: this.#held ?? null,
       settings: this.#settings ?? null,

@@ -44,9 +44,13 @@ export class Generations {
     this.#log = log;
   }
 
-  /** Generation `gen` drains since `ms` (kept if already known). */
-  drainingSince(gen: number, ms: number): void {
-    if (!this.#draining.has(gen)) this.#draining.set(gen, { sinceMs: ms });
+  /**
+   * Generation `gen` drains since `ms` (kept if already known); `stopAt`:
+   * when it was told to stop (a previous agent's record), from which
+   * stop.timeoutMs runs until its SIGKILL.
+   */
+  drainingSince(gen: number, ms: number, stopAt?: number): void {
+    if (!this.#draining.has(gen)) this.#draining.set(gen, stopAt === undefined ? { sinceMs: ms } : { sinceMs: ms, stopAt });
   }
 
   /** Every generation older than `serving` with a process left now drains. */

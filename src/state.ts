@@ -82,8 +82,12 @@ export interface AppState {
    * here (src/app.ts #recover). Absent or null when none is in flight.
    */
   readonly inflight?: InFlight | null;
-  /** Generations older than the serving one, still running: since when each drains (ISO time). */
-  readonly draining?: ReadonlyArray<{ readonly gen: number; readonly since: string }> | null;
+  /**
+   * Generations older than the serving one, still running: since when each
+   * drains, and when it was told to stop (stop.signal; SIGKILL
+   * stop.timeoutMs later), if it was (ISO times).
+   */
+  readonly draining?: ReadonlyArray<{ readonly gen: number; readonly since: string; readonly stopped?: string | null }> | null;
   /**
    * Under "upgrade" with reload.quiesceSignal: the old master the agent
    * quiesced (its workers stopped, the socket kept) while a new generation
@@ -168,7 +172,7 @@ export const AppStateSchema = z.looseObject({
     switchedTick: z.number(),
     cause: z.object({ code: z.string(), message: z.string() }).nullable(),
   }).nullable().optional(),
-  draining: z.array(z.object({ gen: z.int().min(0), since: z.string() })).nullable().optional(),
+  draining: z.array(z.object({ gen: z.int().min(0), since: z.string(), stopped: z.string().nullable().optional() })).nullable().optional(),
   quiesced: z.object({ pid: z.int().positive(), startTime: z.number(), since: z.string() }).nullable().optional(),
   held: z.object({ at: z.string(), request: z.string() }).nullable().optional(),
   settings: z.record(z.string(), z.string()).nullable().optional(),

@@ -533,8 +533,12 @@ class World implements Effects {
   /** Set: writing the journal and the state fails with it (a full disk). */
   writeError: Error | undefined;
 
+  /** The state file as last saved when each journal entry was written (what an agent killed right after the journal leaves). */
+  stateAtJournal: Array<AppState | undefined> = [];
+
   async record(entry: HistoryEntry): Promise<void> {
     if (this.writeError !== undefined) throw this.writeError;
+    this.stateAtJournal.push(this.states.at(-1));
     this.entries.push(entry);
   }
 
@@ -1911,6 +1915,50 @@ test('"upgrade" with reload.quiesceSignal: once the new master has a worker wait
   const quiesced = w.states.find((st) => st.quiesced != null)?.quiesced;
   assert.equal(quiesced?.pid, old, `the quiesced master is in the state file: ${JSON.stringify(w.states.map((st) => st.quiesced))}`);
   assert.equal(w.states.at(-1)?.quiesced, null);
+});
+
+test('"upgrade": the new generation is saved as serving, and the old one as told to stop, before the verdict is journaled', async () => {
+  // Found by a trial: an agent killed just after "generation N replaced"
+  // left the old master recorded as the app's main (the deploy journaled,
+  // the state not saved yet); the next agent took the draining master for
+  // the one serving, and the next deploy's USR2 went to it (HANDOFF_TIMEOUT).
+  const { w, agent, old, deploy } = await quiescingUpgrade(true);
+  const e = await deploy();
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  const st = w.stateAtJournal[1];
+  assert.equal(st?.pid, agent.mainPid, `saved before the journal: ${JSON.stringify(st)}`);
+  assert.notEqual(st?.pid, old);
+  assert.equal(st?.lineage?.serving, w.serving);
+  const d = st?.draining?.find((x) => x.gen < w.serving);
+  assert.ok(d?.stopped != null, `the old generation is saved as told to stop: ${JSON.stringify(st?.draining)}`);
+});
+
+test('an old generation the previous agent told to stop is killed stop.timeoutMs after that, not left until reload.drainTimeoutMs', async () => {
+  // Found by a trial: after an agent restart the replaced master (a request
+  // in flight, graceful_timeout 60) ran 21 to 52 s, not the 10 s of stop.timeoutMs.
+  const w = worldAt(2, 2, 100_000);
+  const old = w.spawnProc(`${REL}/app.1.0`, 1);
+  const cur = w.spawnProc(`${REL}/app.2.0`, 2);
+  w.ignoreTerm = true;
+  w.states.push({
+    app: 'web', state: 'running', pid: cur.pid, pidStart: cur.startTime, since: new Date(95_000).toISOString(), bin: null, cfg: null, lastDeploy: null,
+    lastGood: { bin: `${REL}/app.2.0`, cfg: `${REL}/cfg.2.0`, text: JSON.stringify({ 'bin.file': 'app.2.0', 'cfg.file': 'cfg.2.0' }) },
+    restarts: 0, updatedAt: new Date(95_000).toISOString(), lineage: w.lineage(),
+    draining: [{ gen: 1, since: new Date(95_000).toISOString(), stopped: new Date(95_000).toISOString() }],
+  });
+  w.write('2.0');
+  w.links = { bin: `${REL}/app.2.0`, cfg: `${REL}/cfg.2.0` };
+  const agent = new AppAgent(appConfig({ drainTimeoutMs: 60_000 }, { stop: { signal: 'SIGTERM', timeoutMs: 10_000 } }), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.ok(w.procs.has(old.pid), 'draining: told to stop 5 s ago');
+  for (let i = 0; i < 60; i++) {
+    w.advance(100);
+    await agent.idle();
+  }
+  assert.deepEqual(w.signals.filter(([pid]) => pid === old.pid), [[old.pid, 'SIGKILL']], `killed 11 s after it was told to stop: ${JSON.stringify(w.signals)}`);
+  assert.ok(w.procs.has(cur.pid));
+  await agent.close();
 });
 
 test('"upgrade" with reload.quiesceSignal, the new generation unhealthy: the links go back, the old master is resumed (reload.resumeSignal) before the new one is stopped, and serves on', async () => {

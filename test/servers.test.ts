@@ -18,7 +18,7 @@ import { writeFileAtomic } from '../src/atomicWrite.js';
 import { freePort } from '../src/demo/layout.js';
 import type { HistoryEntry } from '../src/history.js';
 import { needProgram } from './accounts.js';
-import { type AgentProc, get, reapAppsAfter, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
+import { type AgentProc, alive, get, reapAppsAfter, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 import { assertNoErrors, load, nth } from './plainapps.js';
 
 const APPS = path.join(ROOT, 'test', 'apps');
@@ -190,7 +190,7 @@ async function exercise(t: TestContext, s: Server): Promise<void> {
 // ---------------------------------------------------------------- gunicorn
 
 /** A #!/bin/sh wrapper that execs gunicorn (so LISTEN_PID, the wrapper's PID, is gunicorn's) and a gunicorn config per release. */
-async function gunicornRelease(ctx: { releasesDir: string; port: number; r: string }, opts: { bind: boolean; fault?: 'exits' | 'unhealthy' }): Promise<void> {
+async function gunicornRelease(ctx: { releasesDir: string; port: number; r: string }, opts: { bind: boolean; fault?: 'exits' | 'unhealthy'; gracefulTimeout?: number }): Promise<void> {
   await writeFile(path.join(ctx.releasesDir, `app.${ctx.r}`), `#!/bin/sh\n# release ${ctx.r}: gunicorn, as a release\nexec /usr/bin/gunicorn "$@"\n`);
   await chmod(path.join(ctx.releasesDir, `app.${ctx.r}`), 0o755);
   await writeFile(path.join(ctx.releasesDir, `cfg.${ctx.r}`), [
@@ -200,7 +200,7 @@ async function gunicornRelease(ctx: { releasesDir: string; port: number; r: stri
     'workers = 2', `pythonpath = "${APPS}"`,
     // A missing module: gunicorn's master exits at start (HaltServer, "App failed to load").
     `wsgi_app = "${opts.fault === 'exits' ? 'no_such_module' : 'wsgiapp'}:application"`,
-    `raw_env = ["RELEASE=${ctx.r}"${opts.fault === 'unhealthy' ? ', "UNHEALTHY=1"' : ''}]`, 'graceful_timeout = 5', '',
+    `raw_env = ["RELEASE=${ctx.r}"${opts.fault === 'unhealthy' ? ', "UNHEALTHY=1"' : ''}]`, `graceful_timeout = ${opts.gracefulTimeout ?? 5}`, '',
   ].join('\n'));
 }
 
@@ -239,6 +239,59 @@ test('gunicorn, "upgrade": 20 deploys, reload.signal SIGUSR2 (a new master), sto
     },
     answered: fromJson,
   });
+});
+
+// Found by a trial: an agent killed just after "generation N replaced"
+// (the old master draining a long request) left it recorded as serving,
+// and restarted, it neither killed it at stop.timeoutMs nor waited for it
+// before the next USR2, which the new master ignored ("Parent exists"):
+// HANDOFF_TIMEOUT.
+test('gunicorn, "upgrade": the agent SIGKILLed just after it told the old master to stop (a long request in flight) and started again kills that master at stop.timeoutMs, and the next deploy succeeds', async (t) => {
+  if (!(await needProgram(t, '/usr/bin/gunicorn', 'gunicorn'))) return;
+  const root = await tmpDir(t, 'relink-servers-gkill-');
+  const dir = path.join(root, 'gkill');
+  const releasesDir = path.join(dir, 'release');
+  await mkdir(releasesDir, { recursive: true });
+  reapMarkedAfter(t, dir);
+  reapAppsAfter(t, releasesDir);
+  const port = await freePort();
+  for (const r of ['a', 'b']) await gunicornRelease({ releasesDir, port, r }, { bind: true, gracefulTimeout: 120 });
+  const setCurrent = (r: string): Promise<void> => writeFileAtomic(path.join(releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': `app.${r}`, 'cfg.file': `cfg.${r}` })}\n`);
+  await setCurrent('a');
+  const configFile = path.join(root, 'config.json');
+  await writeFile(configFile, JSON.stringify({
+    stateDir: path.join(root, 'state'),
+    apps: [{
+      name: 'gkill', dir, ...(process.getuid?.() === 0 ? { allowRoot: true } : {}),
+      reload: { strategy: 'upgrade', signal: 'SIGUSR2', timeoutMs: 10_000, drainTimeoutMs: 60_000 }, stop: { signal: 'SIGTERM', timeoutMs: 3_000 },
+      health: { url: `http://127.0.0.1:${port}/healthz`, settleMs: 300, deadlineMs: 10_000, intervalMs: 50 },
+    }],
+  }));
+  let agent = startAgent(t, configFile);
+  assert.equal((await nth(root, 'gkill', 1)).outcome, 'deployed');
+  const a = await waitFor('release a to answer', async () => {
+    const res = await get(`http://127.0.0.1:${port}/`).catch(() => undefined);
+    return res?.status === 200 && fromJson(res.body) === 'a' ? JSON.parse(res.body) as { master: number } : undefined;
+  });
+  // A request that holds a worker of release a's master for 60 s (its graceful_timeout is 120 s).
+  const slow = get(`http://127.0.0.1:${port}/slow?60`).catch(() => undefined);
+  await setCurrent('b');
+  await agent.waitForLog('the old master told to stop', (l) => /^generation \d+ replaced: SIGTERM/.test(String(l.msg)), { timeoutMs: 20_000 });
+  await agent.stop('SIGKILL');
+  const killedAt = Date.now();
+  agent = startAgent(t, configFile);
+  const e = await nth(root, 'gkill', 2);
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  // At once, while the old master drains: the new one ignores USR2 until its parent is gone.
+  await setCurrent('a');
+  const next = await nth(root, 'gkill', 3);
+  assert.equal(next.outcome, 'deployed', next.reason ?? '');
+  // Killed stop.timeoutMs (3 s) after it was told to stop; before, it ran
+  // for reload.drainTimeoutMs (60 s here) or until its request ended.
+  await waitFor(`the old master ${a.master} to be gone`, async () => ((await alive(a.master)) ? undefined : true), { timeoutMs: 15_000 });
+  assert.ok(Date.now() - killedAt < 15_000);
+  await slow;
+  await agent.stop();
 });
 
 // Back to back: the serving master is still a child of the one it replaced, which gunicorn
