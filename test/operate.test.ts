@@ -124,10 +124,11 @@ test('relink restart applies a changed env: status says "restart to apply: env.A
   await agent.stop();
 });
 
-test('relink status with no agent running says a deploy the last agent was carrying out is interrupted, until the next agent judges it', async (t) => {
+test('relink status with no agent running says a deploy, or its rollback, the last agent was carrying out is interrupted, until the next agent finishes it', async (t) => {
   const root = await tmpDir(t);
-  // Release 2 answers its health check only after 6 s: the deploy is in flight meanwhile.
-  const app = await makeApp(root, 'mid', PLAIN, { '1': '', '2': 'ready_delay_ms=6000' });
+  // Release 2 answers its health check only after 6 s: a deploy to it, or a
+  // rollback to it, is in flight meanwhile. Release 3 exits at start.
+  const app = await makeApp(root, 'mid', PLAIN, { '1': '', '2': 'ready_delay_ms=6000', '3': 'fail_start=1' });
   reapMarkedAfter(t, app.dir);
   await setCurrent(app, '1');
   const config = await configFor(root, app, { reload: { strategy: 'restart', timeoutMs: 5_000 }, health: { url: `http://127.0.0.1:${app.port}/healthz`, settleMs: 200, deadlineMs: 20_000, intervalMs: 50 } });
@@ -138,15 +139,33 @@ test('relink status with no agent running says a deploy the last agent was carry
   await agent.stop('SIGKILL');
   const human = await relinkCli(['status', '--config', config]);
   assert.match(human.stdout, new RegExp(`interrupted +the agent stopped in the middle of a deploy of ${app.releasesDir}/app\\.2 \\+ cfg\\.2, begun \\S+ \\(\\d+s ago\\): neither deployed nor rolled back yet; the next agent judges it as it starts`), human.stdout);
-  const json = JSON.parse((await relinkCli(['status', '--config', config, '--json'])).stdout) as { apps: Array<{ interrupted: { phase: string; bin: string; cfg: string; since: string } | null }> };
-  const i = json.apps[0]!.interrupted;
-  assert.deepEqual([i?.phase, i?.bin, i?.cfg], ['deploy', path.join(app.releasesDir, 'app.2'), path.join(app.releasesDir, 'cfg.2')]);
+  type Interrupted = { phase: string; to: { bin: string; cfg: string }; from: { bin: string; cfg: string }; cause: string | null; since: string } | null;
+  const interrupted = async (): Promise<Interrupted> => (JSON.parse((await relinkCli(['status', '--config', config, '--json'])).stdout) as { apps: Array<{ interrupted: Interrupted }> }).apps[0]!.interrupted;
+  const i = await interrupted();
+  assert.deepEqual([i?.phase, i?.to.bin, i?.to.cfg, i?.from.bin, i?.cause], ['deploy', path.join(app.releasesDir, 'app.2'), path.join(app.releasesDir, 'cfg.2'), path.join(app.releasesDir, 'app.1'), null]);
   assert.ok(Date.now() - Date.parse(i!.since) < 60_000, i!.since);
   // The next agent judges it; then nothing is interrupted.
   agent = startAgent(t, config);
   const e = await nth(root, app.name, 2);
   assert.equal(e.outcome, 'deployed', e.reason ?? '');
-  assert.equal(JSON.parse((await relinkCli(['status', '--config', config, '--json'])).stdout).apps[0].interrupted, null);
+  assert.equal(await interrupted(), null);
+
+  // A rollback under way (back to release 2, which takes 6 s to be healthy)
+  // is told as one: from the failed release to the good one, with why (a
+  // trial saw it told as "a rollback to" the failed release).
+  await setCurrent(app, '3');
+  await agent.waitForLog('the rollback', (l) => l.msg === 'deploy failed verification; rolling back');
+  await agent.stop('SIGKILL');
+  const back = await interrupted();
+  assert.deepEqual([back?.phase, back?.from.bin, back?.to.bin, back?.to.cfg], ['rollback', path.join(app.releasesDir, 'app.3'), path.join(app.releasesDir, 'app.2'), path.join(app.releasesDir, 'cfg.2')]);
+  assert.match(back?.cause ?? '', /\[APP_EXITED\]$/);
+  const text = (await relinkCli(['status', '--config', config])).stdout;
+  assert.match(text, new RegExp(`interrupted +the agent stopped in the middle of a rollback from ${app.releasesDir}/app\\.3 \\+ cfg\\.3 \\(.*\\[APP_EXITED\\]\\) to ${app.releasesDir}/app\\.2 \\+ cfg\\.2, begun .*: the next agent finishes it as it starts`), text);
+  agent = startAgent(t, config);
+  const r = await nth(root, app.name, 3);
+  assert.equal(r.outcome, 'rolled_back', r.reason ?? '');
+  await servedBy(app.port, 'app.2');
+  assert.equal(await interrupted(), null);
   await agent.stop();
   assert.doesNotMatch((await relinkCli(['status', '--config', config])).stdout, /interrupted/);
 });

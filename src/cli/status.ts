@@ -11,7 +11,7 @@ import { parseListenAddress } from '../listenfds.js';
 import { detachedWriters } from '../logorphan.js';
 import { lookupUser, resolveRunAs } from '../user.js';
 import { readLinks } from '../relink.js';
-import { readAppState, runningAgent, type AgentRecord, type AppProblem, type AppStateName } from '../state.js';
+import { readAppState, runningAgent, type AgentRecord, type AppProblem, type AppStateName, type InFlight } from '../state.js';
 import { appStateFile, describeDamage } from '../stateDir.js';
 import { changedSettings, launchSettings } from '../settings.js';
 import { ago, EXIT, loadFor, releaseLabel, releasesDirsOf, selectApps, table } from './io.js';
@@ -62,10 +62,19 @@ export interface AppStatus {
   /**
    * With no agent running: the deploy (or its rollback) the last agent was
    * carrying out when it stopped (state.json `inflight`), neither deployed
-   * nor rolled back yet; the next agent judges it as it starts. `since`:
-   * when the attempt began (ISO time). Null otherwise.
+   * nor rolled back yet; the next agent finishes it as it starts. `to`: the
+   * release it was going to (a deploy's new release; a rollback's good
+   * one), `from`: the one before (a rollback's failed release), `cause`: why
+   * a rollback began, `since`: when the attempt began (ISO time). Null
+   * otherwise.
    */
-  readonly interrupted: { readonly phase: 'deploy' | 'rollback'; readonly bin: string; readonly cfg: string; readonly since: string } | null;
+  readonly interrupted: {
+    readonly phase: 'deploy' | 'rollback';
+    readonly to: { readonly bin: string | null; readonly cfg: string | null };
+    readonly from: { readonly bin: string | null; readonly cfg: string | null };
+    readonly cause: string | null;
+    readonly since: string;
+  } | null;
 }
 
 /**
@@ -257,8 +266,18 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     generations,
     held: saved?.held?.at ?? null,
     restartToApply: proc === undefined || saved?.settings == null ? [] : changedSettings(saved.settings, launchSettings(app)),
-    interrupted: agentRunning || saved?.inflight == null ? null
-      : { phase: saved.inflight.phase, bin: saved.inflight.release.bin, cfg: saved.inflight.release.cfg, since: new Date(saved.inflight.startedMs).toISOString() },
+    interrupted: agentRunning || saved?.inflight == null ? null : interruptedOf(saved.inflight),
+  };
+}
+
+/** A deploy in flight as status tells it: where it was going (a rollback goes back to where the deploy came from). */
+function interruptedOf(inf: InFlight): NonNullable<AppStatus['interrupted']> {
+  const release = { bin: inf.release.bin, cfg: inf.release.cfg };
+  const before = { bin: inf.from.bin, cfg: inf.from.cfg };
+  const rollback = inf.phase === 'rollback';
+  return {
+    phase: inf.phase, to: rollback ? before : release, from: rollback ? release : before,
+    cause: inf.cause === null ? null : `${inf.cause.message} [${inf.cause.code}]`, since: new Date(inf.startedMs).toISOString(),
   };
 }
 
@@ -322,7 +341,8 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
     if (a.exe !== null && (a.exe !== a.bin || a.exeDeleted)) rows.push(['  running', `${a.exe}${a.exeDeleted ? ' (deleted on disk)' : ''}`]);
     rows.push(['  strategy', `${a.strategy}${a.sockets.length > 0 ? `, sockets ${a.sockets.join(' ')}` : ''}`]);
     for (const g of a.generations) {
-      const what = generationState(g, agent !== undefined);
+      // The new generation of an interrupted rollback was judged: it failed.
+      const what = g.role === 'new' && a.interrupted?.phase === 'rollback' ? 'new, failed (the next agent stops it as it finishes the rollback)' : generationState(g, agent !== undefined);
       const procs = g.processes.map((p) => `${p.pid}${p.main ? ' (main)' : ''} started ${p.startedAt}${p.deleted ? ' (deleted on disk)' : ''}`);
       rows.push([`  generation ${g.gen}`, `${what}: ${procs.join('; ')}`]);
     }
@@ -342,7 +362,10 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
     if (a.problem !== null) rows.push(['  problem', `${a.problem.message} [${a.problem.code}] since ${a.problem.since}`]);
     if (a.interrupted !== null) {
       const i = a.interrupted;
-      rows.push(['  interrupted', `the agent stopped in the middle of a ${i.phase === 'deploy' ? 'deploy of' : 'rollback to'} ${i.bin} + ${path.basename(i.cfg)}, begun ${i.since} (${ago(i.since)} ago): neither deployed nor rolled back yet; the next agent judges it as it starts`]);
+      const pair = (r: { bin: string | null; cfg: string | null }): string => `${r.bin ?? '(no link)'} + ${r.cfg === null ? '(no link)' : path.basename(r.cfg)}`;
+      rows.push(['  interrupted', i.phase === 'deploy'
+        ? `the agent stopped in the middle of a deploy of ${pair(i.to)}, begun ${i.since} (${ago(i.since)} ago): neither deployed nor rolled back yet; the next agent judges it as it starts`
+        : `the agent stopped in the middle of a rollback from ${pair(i.from)}${i.cause === null ? '' : ` (${i.cause})`} to ${pair(i.to)}, begun ${i.since} (${ago(i.since)} ago): the next agent finishes it as it starts`]);
     }
     for (const w of a.warnings) rows.push(['  warning', w]);
     const d = a.lastDeploy;
