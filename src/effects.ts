@@ -257,7 +257,8 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
     promote: (gen, main) => finder.promote(gen, main),
     closeGeneration: (gen) => finder.close(gen),
     settleLineage: () => finder.settle(),
-    lineage: () => finder.record(),
+    // Nothing recorded is saved as nothing (null), not as an empty record.
+    lineage: () => (finder.recorded ? finder.record() : undefined),
     restoreLineage: (rec, legacy) => finder.restore(rec, legacy),
     launch: async (launchOpts = {}) => {
       const from = await output.size();

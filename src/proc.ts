@@ -847,6 +847,17 @@ export class ProcessFinder {
     this.#user = opts.user;
   }
 
+  /**
+   * Anything is recorded: the agent started a process of the app, adopted
+   * one, or restored a previous agent's record. False for an app this
+   * agent has never managed (another agent holds it: APP_LOCKED): its
+   * record says nothing, and saved as an empty one it would stop the next
+   * agent from adopting the app by its executable.
+   */
+  get recorded(): boolean {
+    return this.#recorded;
+  }
+
   /** The serving generation (0 before the first). */
   get serving(): number {
     return this.#serving;

@@ -16,7 +16,7 @@ import { test, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import { writeFileAtomic } from '../src/atomicWrite.js';
 import { freePort } from '../src/demo/layout.js';
-import type { HistoryEntry } from '../src/history.js';
+import { readHistory, type HistoryEntry } from '../src/history.js';
 import { needProgram } from './accounts.js';
 import { type AgentProc, alive, get, reapAppsAfter, reapMarkedAfter, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 import { assertNoErrors, load, nth } from './plainapps.js';
@@ -429,6 +429,56 @@ test('nginx daemonizing ("daemon on") with no pidFile: the start fails APP_EXITE
   // it was being judged (both happen: the second failed this test 1 run in 3).
   assert.match(e.reason ?? '', new RegExp(`exit code 0\\)?.*may have daemonized \\(nginx's default "daemon on"\\): pid \\d+ \\(${releasesDir}/app\\.a\\) now listens on the health probe's port ${port}, unmanaged: is it the app's daemon\\? set "pidFile" to the file it writes its PID to`));
   await agent.stop();
+});
+
+// Found by a trial: an agent refused for an app another agent holds
+// (APP_LOCKED) saved an empty lineage; started again once the other was
+// killed, it took that for "known, and nothing runs", did not adopt nginx
+// (no marker: found by its executable only when nothing is recorded),
+// started a second one, and journaled it deployed on the first one's answer.
+test('nginx: an agent once refused for the app (another agent held it) adopts the running nginx when it is started again after that agent died, and starts no second one', async (t) => {
+  if (process.getuid?.() !== 0) {
+    t.skip('nginx workers switch user: run as root');
+    return;
+  }
+  if (!(await needProgram(t, '/usr/sbin/nginx', 'nginx-light'))) return;
+  const root = await tmpDir(t, 'relink-servers-ngxlock-');
+  const dir = path.join(root, 'ngxlock');
+  const releasesDir = path.join(dir, 'release');
+  await mkdir(releasesDir, { recursive: true });
+  reapMarkedAfter(t, dir);
+  reapAppsAfter(t, releasesDir);
+  const port = await freePort();
+  await nginxRelease({ releasesDir, port, r: 'a' }, true);
+  await writeFileAtomic(path.join(releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': 'app.a', 'cfg.file': 'cfg.a' })}\n`);
+  const configIn = async (name: string): Promise<string> => {
+    const file = path.join(root, `${name}.json`);
+    await writeFile(file, JSON.stringify({
+      stateDir: path.join(root, name),
+      apps: [{
+        name: 'ngxlock', dir, allowRoot: true, command: nginxCommand(dir), pidFile: 'nginx.pid',
+        reload: { strategy: 'upgrade', signal: 'SIGUSR2', timeoutMs: 5_000 }, stop: { signal: 'SIGQUIT', timeoutMs: 5_000 },
+        health: { url: `http://127.0.0.1:${port}/healthz`, settleMs: 100, deadlineMs: 5_000, intervalMs: 50 },
+      }],
+    }));
+    return file;
+  };
+  const first = startAgent(t, await configIn('one'));
+  const e = await waitFor('the first agent\'s start', async () => (await readHistory(path.join(root, 'one'), 'ngxlock'))[0]);
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  const master = Number((await readFile(path.join(dir, 'nginx.pid'), 'utf8')).trim());
+  const second = path.join(root, 'two.json');
+  let other = startAgent(t, await configIn('two'));
+  await other.waitForLog('the refusal', (l) => l['code'] === 'APP_LOCKED');
+  await other.stop();
+  await first.stop('SIGKILL');
+  other = startAgent(t, second);
+  const adopted = await other.waitForLog('the adoption', (l) => l.msg === 'adopted running app');
+  assert.equal(adopted['appPid'], master, JSON.stringify(adopted));
+  const st = JSON.parse((await relinkCli(['status', '--config', second, '--json'])).stdout) as { apps: Array<{ state: string; pid: number }> };
+  assert.deepEqual([st.apps[0]?.state, st.apps[0]?.pid], ['running', master]);
+  assert.deepEqual(await readHistory(path.join(root, 'two'), 'ngxlock'), [], 'nothing started, nothing journaled');
+  await other.stop();
 });
 
 test('nginx, "socket": 20 deploys of a new binary on the socket the agent holds (handed to nginx as NGINX="3;"), stop.signal SIGQUIT, refuse nothing', async (t) => {
