@@ -1460,6 +1460,7 @@ export class AppAgent {
     // nginx and gunicorn ignore an upgrade signal while a new master runs,
     // and two masters served on).
     await this.#saveState();
+    this.#log.info({ appPid: main.pid, signal: this.app.reload.signal, gen }, `${this.app.reload.signal} to pid ${main.pid} (reload.signal, reload.strategy "${this.app.reload.strategy}"): what it starts is generation ${gen}`);
     if (!this.#fx.signal(main.pid, this.app.reload.signal)) {
       // Gone between the check and the signal: start it from the new links.
       this.#fx.closeGeneration(gen);

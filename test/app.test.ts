@@ -1714,6 +1714,8 @@ test('an old generation drains; past reload.drainTimeoutMs it gets SIGTERM, and 
   agent.trigger('watch:change');
   await agent.idle();
   assert.equal(w.entries[1]?.outcome, 'deployed', w.entries[1]?.reason ?? '');
+  // The reload signal is logged (a trial had to time an agent kill "just after USR2" from the app's own log).
+  assert.ok(lines.some((l) => new RegExp(`^SIGHUP to pid ${old.pid} \\(reload\\.signal, reload\\.strategy "reexec"\\): what it starts is generation 2$`).test(String(l['msg']))), JSON.stringify(lines.map((l) => l['msg'])));
   assert.ok(w.procs.has(old.pid), 'the old generation still drains');
   assert.deepEqual(w.states.at(-1)?.draining?.map((d) => d.gen), [old.gen]);
   const step = async (ms: number): Promise<void> => {
