@@ -1238,7 +1238,10 @@ export class AppAgent {
     // the main's parent, of an older generation of the app.
     const old = this.#replaced ?? this.#olderParent(main);
     if (old === undefined) return main;
-    const deadline = this.#fx.now() + this.app.stop.timeoutMs;
+    // From when it was first told to stop (by this agent or the one before).
+    const oldGen = this.#fx.lineage()?.members.find((m) => sameProcess(m, old))?.gen;
+    const toldAt = oldGen === undefined ? undefined : this.#generations.draining().find((d) => d.gen === oldGen)?.stopAt;
+    const deadline = (toldAt ?? this.#fx.now()) + this.app.stop.timeoutMs;
     let killed = false;
     for (;;) {
       const cur = await this.#fx.verify(main);
@@ -1669,19 +1672,22 @@ export class AppAgent {
     // Replaced, not handed over: the previous generation is told to stop
     // now, and may drain for stop.timeoutMs ("socket", "upgrade").
     const strategy = this.app.reload.strategy;
-    if ((strategy === 'socket' || strategy === 'upgrade') && previous !== undefined && !sameProcess(previous, after)) {
-      const prevGen = previous.gen ?? this.#fx.lineage()?.members.find((m) => sameProcess(m, previous))?.gen;
-      if (prevGen !== undefined && prevGen < gen) {
-        this.#generations.stopNow(prevGen, previous, this.app.stop);
-        if (strategy === 'upgrade') this.#replaced = previous;
-      }
-    }
-    // Saved at once, before the verdict is journaled: an agent killed in
-    // between left the old generation recorded as serving, and the next
-    // one took the draining master for the app's main (a trial: the deploy
-    // journaled, status showing it interrupted, the next deploy's USR2 sent
-    // to the draining master, HANDOFF_TIMEOUT).
+    const prevGen = previous === undefined || sameProcess(previous, after) ? undefined
+      : previous.gen ?? this.#fx.lineage()?.members.find((m) => sameProcess(m, previous))?.gen;
+    const replace = (strategy === 'socket' || strategy === 'upgrade') && previous !== undefined && prevGen !== undefined && prevGen < gen;
+    if (replace) this.#generations.stopping(prevGen);
+    // Saved at once, before the old generation is told to stop and before
+    // the verdict is journaled: an agent killed in between left the old
+    // generation recorded as serving, and the next one took the draining
+    // master for the app's main (a trial: the deploy journaled, status
+    // showing it interrupted, the next deploy's USR2 sent to the draining
+    // master, HANDOFF_TIMEOUT). Killed after this save and before the
+    // signal, the next agent judges the deploy again and sends it.
     await this.#saveState();
+    if (replace) {
+      this.#generations.stopNow(prevGen, previous, this.app.stop);
+      if (strategy === 'upgrade') this.#replaced = previous;
+    }
   }
 
   /**

@@ -66,11 +66,25 @@ export class Generations {
    * the generation is killed stop.timeoutMs later (by step()).
    */
   stopNow(gen: number, main: ProcIdentity, stop: StopPolicy): void {
-    const now = this.#fx.now();
-    const d = this.#draining.get(gen);
-    this.#draining.set(gen, { sinceMs: d?.sinceMs ?? now, stopAt: now });
+    this.stopping(gen);
     this.#log.info({ gen, appPid: main.pid, signal: stop.signal }, `generation ${gen} replaced: ${stop.signal} to pid ${main.pid}; it may drain for ${stop.timeoutMs} ms (stop.timeoutMs)`);
     this.#fx.signal(main.pid, stop.signal);
+  }
+
+  /**
+   * Generation `gen` is told to stop from now on (recorded before the
+   * signal goes out, so that the state saved in between says so). When it
+   * was told already (a previous agent's record, a signal sent again), the
+   * first time is kept: its SIGKILL comes stop.timeoutMs after that, not
+   * after the last (a trial: 47 s after the first signal, not 15).
+   * Returns when it was first told.
+   */
+  stopping(gen: number): number {
+    const now = this.#fx.now();
+    const d = this.#draining.get(gen);
+    const stopAt = d?.stopAt ?? now;
+    this.#draining.set(gen, { sinceMs: d?.sinceMs ?? now, stopAt });
+    return stopAt;
   }
 
   /** The generations draining, oldest first. */

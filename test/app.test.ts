@@ -8,6 +8,7 @@ import type { AppRequest, TakenRequests } from '../src/requests.js';
 import { test } from 'node:test';
 import { pino } from 'pino';
 import { AppAgent, type AppObserver, READ_LIMIT } from '../src/app.js';
+import { Generations } from '../src/generations.js';
 import { RefusalStreak } from '../src/record.js';
 import { parseConfig, type AppConfig } from '../src/config.js';
 import type { CurrentSnapshot, Release } from '../src/current.js';
@@ -1961,6 +1962,27 @@ test('an old generation the previous agent told to stop is killed stop.timeoutMs
   assert.deepEqual(w.signals.filter(([pid]) => pid === old.pid), [[old.pid, 'SIGKILL']], `killed 11 s after it was told to stop: ${JSON.stringify(w.signals)}`);
   assert.ok(w.procs.has(cur.pid));
   await agent.close();
+});
+
+test('a generation told to stop again (the next agent judging the deploy anew) is killed stop.timeoutMs after it was first told, as the restored record says', async () => {
+  // Found by a trial: the recovery's signal reset the clock (SIGKILL 47 s
+  // after the first signal, with stop.timeoutMs 15 s).
+  let now = 100_000;
+  const signals: Array<[number, string]> = [];
+  const member = { pid: 4242, startTime: 7, gen: 1 };
+  const g = new Generations({
+    now: () => now,
+    sleep: async () => undefined,
+    signal: (pid, sig) => { signals.push([pid, sig]); return true; },
+    verify: async (id) => (id.pid === member.pid ? { ...member, ppid: 1, uid: 0, exe: '/srv/web/release/app.1.0', deleted: false } as ProcInfo : undefined),
+    lineage: () => ({ members: [member], mains: [], serving: 2, lastGen: 2 }),
+  }, silentLogger().log);
+  g.drainingSince(1, 90_000, 95_000);
+  g.stopNow(1, member, { signal: 'SIGTERM', timeoutMs: 10_000 });
+  assert.equal(g.draining()[0]?.stopAt, 95_000, 'the first time is kept');
+  now = 105_500;
+  await g.step(60_000, { signal: 'SIGTERM', timeoutMs: 10_000 });
+  assert.deepEqual(signals, [[4242, 'SIGTERM'], [4242, 'SIGKILL']]);
 });
 
 test('"upgrade" with reload.quiesceSignal, the new generation unhealthy: the links go back, the old master is resumed (reload.resumeSignal) before the new one is stopped, and serves on', async () => {

@@ -1,4 +1,5 @@
 import { access, constants as fsConstants, lstat, readFile } from 'node:fs/promises';
+import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { LIMIT_NAMES, releaseOfFile, type AppConfig, type AgentConfig, type LimitName, type LimitValue } from '../config.js';
 import { hashText } from '../current.js';
@@ -292,9 +293,10 @@ function interruptedOf(inf: InFlight): NonNullable<AppStatus['interrupted']> {
  */
 function socketsTaken(app: AppConfig, agentPid: number | undefined, procs: readonly ProcInfo[]): string[] {
   if (agentPid === undefined || app.sockets.length === 0) return [];
-  const agentSockets = socketInodes(agentPid);
-  if (agentSockets.size === 0) return [];
-  const ours = new Set([...agentSockets, ...procs.flatMap((p) => [...socketInodes(p.pid)])]);
+  // An agent holding none at all is read too (every address of the app
+  // taken when it started): only descriptors this user may not read skip it.
+  if (!canReadFds(agentPid)) return [];
+  const ours = new Set([...socketInodes(agentPid), ...procs.flatMap((p) => [...socketInodes(p.pid)])]);
   const out: string[] = [];
   for (const address of app.sockets) {
     const a = parseListenAddress(address);
@@ -304,6 +306,16 @@ function socketsTaken(app: AppConfig, agentPid: number | undefined, procs: reado
     out.push(`${address} is listened on by ${holder ?? 'another program'}, neither the agent nor the app: a deploy that starts a new generation fails (SOCKET_UNAVAILABLE) until it is freed; the agent binds it at the next deploy after that`);
   }
   return out;
+}
+
+/** May this user list the descriptors of `pid` (/proc/PID/fd)? */
+function canReadFds(pid: number): boolean {
+  try {
+    readdirSync(`/proc/${pid}/fd`);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** What /proc/PID/limits says, next to the config; a warning for each limit below what is configured. */
