@@ -809,6 +809,16 @@ export class AppAgent {
       this.#log.warn({ code: this.#problem.code, since: this.#problem.since }, `the app is fatal since ${this.#problem.since} (${this.#problem.message}); left down: deploy, re-save current.conf, or relink start ${this.app.name}`);
       return;
     }
+    const last = this.#lastDeploy;
+    if (trigger === 'startup' && main !== undefined && last?.outcome === 'failed' && last.currentHash === snapshot.hash && snapshot.mtimeMs <= Date.parse(last.time)) {
+      // A new agent's first look after a deploy that failed, its rollback
+      // too: current.conf has not been written since, so nothing asks for
+      // that release again. Deployed again here, it stopped the generation
+      // that still served (a trial, after a plain agent restart).
+      this.#applied = { hash: snapshot.hash, release };
+      this.#log.warn({ code: last.code, at: last.time, appPid: main.pid }, `the last deploy of this current.conf failed at ${last.time} (${last.reason ?? last.code ?? 'failed'}); not deployed again: pid ${main.pid} serves on; deploy, re-save current.conf, or relink restart ${this.app.name}`);
+      return;
+    }
     // A deliberate change (or a re-save) is a fresh start for supervision.
     this.#resetSupervision();
     await this.#deploy(attempt, release, await this.#settled(main), links);

@@ -1964,6 +1964,39 @@ test('an old generation the previous agent told to stop is killed stop.timeoutMs
   await agent.close();
 });
 
+test('a new agent does not deploy again a current.conf whose deploy failed, its rollback too, when it was not written since: the generation that serves is left serving', async () => {
+  // Found by a trial: after a plain agent restart the failed release was
+  // deployed again (trigger "startup"), stopping the generation that served.
+  const w = worldAt(1, 1, 50_000);
+  const old = w.spawnProc(`${REL}/app.2.0`, 1);
+  w.links = { bin: `${REL}/app.2.0`, cfg: `${REL}/cfg.2.0` };
+  w.write('3.0');
+  const failed: HistoryEntry = {
+    time: new Date(40_000).toISOString(), app: 'web', outcome: 'failed', action: 'signal', trigger: 'watch:change',
+    from: { bin: `${REL}/app.2.0`, cfg: `${REL}/cfg.2.0` }, to: { bin: `${REL}/app.3.0`, cfg: `${REL}/cfg.3.0` },
+    reason: 'HTTP 404; rolling back to app.2.0 + cfg.2.0 failed too: HTTP 404', code: 'ROLLBACK_FAILED', pidBefore: old.pid, pidAfter: old.pid, durationMs: 900, currentHash: `h:${w.text}`,
+  };
+  w.states.push({
+    app: 'web', state: 'running', pid: old.pid, pidStart: old.startTime, since: null, bin: null, cfg: null, lastDeploy: failed,
+    lastGood: { bin: `${REL}/app.2.0`, cfg: `${REL}/cfg.2.0`, text: JSON.stringify({ 'bin.file': 'app.2.0', 'cfg.file': 'cfg.2.0' }) },
+    restarts: 0, updatedAt: new Date(40_000).toISOString(), lineage: w.lineage(),
+  });
+  const { log, lines } = silentLogger();
+  const agent = new AppAgent(appConfig(), w, log);
+  await agent.start();
+  await agent.idle();
+  assert.deepEqual(w.signals, [], 'nothing signalled, nothing stopped');
+  assert.deepEqual(w.entries, [], 'nothing journaled');
+  assert.equal(agent.mainPid, old.pid);
+  assert.ok(lines.some((l) => /^the last deploy of this current\.conf failed at .*not deployed again: pid \d+ serves on/.test(String(l['msg']))), JSON.stringify(lines.map((l) => l['msg'])));
+  // Written again, it is deployed.
+  w.write('3.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries.length, 1);
+  await agent.close();
+});
+
 test('a generation told to stop again (the next agent judging the deploy anew) is killed stop.timeoutMs after it was first told, as the restored record says', async () => {
   // Found by a trial: the recovery's signal reset the clock (SIGKILL 47 s
   // after the first signal, with stop.timeoutMs 15 s).
