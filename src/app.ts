@@ -947,6 +947,14 @@ export class AppAgent {
         await this.#retryUnbound(attempt, release, err);
         return;
       }
+      // Judged failed: a rollback from here on, saved before the failed
+      // generation is stopped (up to stop.timeoutMs). An agent killed
+      // meanwhile left a deploy to judge again, and status said so (a
+      // trial); the next one now carries out the rollback.
+      if (this.#inflight?.phase === 'deploy' && this.#lastGood !== undefined && !sameRelease(this.#lastGood, release)) {
+        this.#inflight = { ...this.#inflight, phase: 'rollback', cause: { code: err.code, message: err.message } };
+        await this.#saveState();
+      }
       await this.#stopFailed(before, err);
       await this.#rollback(attempt, action, release, before, err);
       return;

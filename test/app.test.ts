@@ -406,9 +406,13 @@ class World implements Effects {
     return out;
   }
 
+  /** The state file as last saved when each signal of `signals` went out. */
+  statesAtSignal: Array<AppState | undefined> = [];
+
   signal(pid: number, signal: NodeJS.Signals): boolean {
     if (!this.procs.has(pid)) return false;
     this.signals.push([pid, signal]);
+    this.statesAtSignal.push(this.states.at(-1));
     if (signal !== 'SIGTERM' && signal !== 'SIGKILL' && signal !== 'SIGQUIT') this.savedAtSignal = this.states.at(-1);
     if (signal === 'SIGTERM' || signal === 'SIGKILL') {
       if (!this.ignoreTerm || signal === 'SIGKILL') this.procs.delete(pid);
@@ -1961,6 +1965,23 @@ test('an old generation the previous agent told to stop is killed stop.timeoutMs
   }
   assert.deepEqual(w.signals.filter(([pid]) => pid === old.pid), [[old.pid, 'SIGKILL']], `killed 11 s after it was told to stop: ${JSON.stringify(w.signals)}`);
   assert.ok(w.procs.has(cur.pid));
+  await agent.close();
+});
+
+test('"socket", a release judged unhealthy: the rollback is saved as in flight, with its cause, before the failed generation is stopped', async () => {
+  // Found by a trial: killed while the failed generation was being stopped
+  // (up to stop.timeoutMs), the agent left a deploy "not judged yet".
+  const { w, agent } = await running(appConfig({ strategy: 'socket' }, { ...PROBED, sockets: ['127.0.0.1:8080'] }));
+  w.unhealthy.add(`${REL}/app.2.0`);
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  assert.equal(w.entries[1]?.outcome, 'rolled_back', w.entries[1]?.reason ?? '');
+  const failed = [...w.signals.entries()].find(([, [pid, sig]]) => sig === 'SIGTERM' && pid !== agent.mainPid);
+  assert.ok(failed !== undefined, JSON.stringify(w.signals));
+  const st = w.statesAtSignal[failed[0]];
+  assert.equal(st?.inflight?.phase, 'rollback', JSON.stringify(st?.inflight));
+  assert.equal(st?.inflight?.cause?.code, 'UNHEALTHY');
   await agent.close();
 });
 
