@@ -674,8 +674,10 @@ test('a generation left with zombies alone has nothing running: the app started 
   const { app } = await setup(t);
   // The serving generation's main and the failed release's both died and
   // were reaped by nobody (their parent gone, PID 1 not reaping at once):
-  // here a `sleep 0` whose shell became `sleep 300`.
-  const shell = spawnTracked(t, 'sh', ['-c', 'sleep 0 & echo $!; exec sleep 300'], { stdout: 'pipe' });
+  // here a child of a python3 that never waits. (A `sleep 0` whose shell
+  // became `sleep 300` was reaped by the shell itself when it exited before
+  // the exec, as it did once on a loaded host.)
+  const shell = spawnTracked(t, 'python3', ['-c', 'import os, time\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nprint(pid, flush=True)\ntime.sleep(300)'], { stdout: 'pipe' });
   const zombie = await new Promise<number>((resolve) => {
     let out = '';
     shell.child.stdout!.setEncoding('utf8').on('data', (c: string) => {
