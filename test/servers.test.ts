@@ -398,14 +398,19 @@ test('nginx binary upgrade, "upgrade": the agent SIGKILLed just after it quiesce
   await exercise(t, { ...NGINX_UPGRADE, name: 'ngxkill', deploys: 6, killAgentAt: /SIGWINCH to the old master/ });
 });
 
-test('nginx daemonizing ("daemon on") with no pidFile: the start fails APP_EXITED naming the daemon left listening on the probe\'s port, and pidFile as the way to follow it', async (t) => {
+/**
+ * An nginx app `name` in a folder of its own with release "a" (daemon on)
+ * named in current.conf, for a test with its own agents; undefined (the
+ * test skipped) when not root or nginx is missing.
+ */
+async function nginxApp(t: TestContext, name: string): Promise<{ root: string; dir: string; releasesDir: string; port: number } | undefined> {
   if (process.getuid?.() !== 0) {
     t.skip('nginx workers switch user: run as root');
-    return;
+    return undefined;
   }
-  if (!(await needProgram(t, '/usr/sbin/nginx', 'nginx-light'))) return;
-  const root = await tmpDir(t, 'relink-servers-ngxnopid-');
-  const dir = path.join(root, 'ngxnopid');
+  if (!(await needProgram(t, '/usr/sbin/nginx', 'nginx-light'))) return undefined;
+  const root = await tmpDir(t, `relink-servers-${name}-`);
+  const dir = path.join(root, name);
   const releasesDir = path.join(dir, 'release');
   await mkdir(releasesDir, { recursive: true });
   reapMarkedAfter(t, dir);
@@ -413,14 +418,24 @@ test('nginx daemonizing ("daemon on") with no pidFile: the start fails APP_EXITE
   const port = await freePort();
   await nginxRelease({ releasesDir, port, r: 'a' }, true);
   await writeFileAtomic(path.join(releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': 'app.a', 'cfg.file': 'cfg.a' })}\n`);
+  return { root, dir, releasesDir, port };
+}
+
+/** The agent config of such an app under "upgrade" (no pidFile: the caller adds it). */
+const nginxUpgradeApp = (name: string, dir: string, port: number): Record<string, unknown> => ({
+  name, dir, allowRoot: true, command: nginxCommand(dir),
+  reload: { strategy: 'upgrade', signal: 'SIGUSR2', timeoutMs: 5_000 }, stop: { signal: 'SIGQUIT', timeoutMs: 5_000 },
+  health: { url: `http://127.0.0.1:${port}/healthz`, settleMs: 100, deadlineMs: 5_000, intervalMs: 50 },
+});
+
+test('nginx daemonizing ("daemon on") with no pidFile: the start fails APP_EXITED naming the daemon left listening on the probe\'s port, and pidFile as the way to follow it', async (t) => {
+  const ngx = await nginxApp(t, 'ngxnopid');
+  if (ngx === undefined) return;
+  const { root, dir, releasesDir, port } = ngx;
   const configFile = path.join(root, 'config.json');
   await writeFile(configFile, JSON.stringify({
     stateDir: path.join(root, 'state'),
-    apps: [{
-      name: 'ngxnopid', dir, allowRoot: true, command: nginxCommand(dir),
-      reload: { strategy: 'upgrade', signal: 'SIGUSR2', timeoutMs: 5_000 }, stop: { signal: 'SIGQUIT', timeoutMs: 5_000 },
-      health: { url: `http://127.0.0.1:${port}/healthz`, settleMs: 100, deadlineMs: 5_000, intervalMs: 50 },
-    }],
+    apps: [nginxUpgradeApp('ngxnopid', dir, port)],
   }));
   const agent = startAgent(t, configFile);
   const e = await nth(root, 'ngxnopid', 1);
@@ -437,29 +452,14 @@ test('nginx daemonizing ("daemon on") with no pidFile: the start fails APP_EXITE
 // (no marker: found by its executable only when nothing is recorded),
 // started a second one, and journaled it deployed on the first one's answer.
 test('nginx: an agent once refused for the app (another agent held it) adopts the running nginx when it is started again after that agent died, and starts no second one', async (t) => {
-  if (process.getuid?.() !== 0) {
-    t.skip('nginx workers switch user: run as root');
-    return;
-  }
-  if (!(await needProgram(t, '/usr/sbin/nginx', 'nginx-light'))) return;
-  const root = await tmpDir(t, 'relink-servers-ngxlock-');
-  const dir = path.join(root, 'ngxlock');
-  const releasesDir = path.join(dir, 'release');
-  await mkdir(releasesDir, { recursive: true });
-  reapMarkedAfter(t, dir);
-  reapAppsAfter(t, releasesDir);
-  const port = await freePort();
-  await nginxRelease({ releasesDir, port, r: 'a' }, true);
-  await writeFileAtomic(path.join(releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': 'app.a', 'cfg.file': 'cfg.a' })}\n`);
+  const ngx = await nginxApp(t, 'ngxlock');
+  if (ngx === undefined) return;
+  const { root, dir, port } = ngx;
   const configIn = async (name: string): Promise<string> => {
     const file = path.join(root, `${name}.json`);
     await writeFile(file, JSON.stringify({
       stateDir: path.join(root, name),
-      apps: [{
-        name: 'ngxlock', dir, allowRoot: true, command: nginxCommand(dir), pidFile: 'nginx.pid',
-        reload: { strategy: 'upgrade', signal: 'SIGUSR2', timeoutMs: 5_000 }, stop: { signal: 'SIGQUIT', timeoutMs: 5_000 },
-        health: { url: `http://127.0.0.1:${port}/healthz`, settleMs: 100, deadlineMs: 5_000, intervalMs: 50 },
-      }],
+      apps: [{ ...nginxUpgradeApp('ngxlock', dir, port), pidFile: 'nginx.pid' }],
     }));
     return file;
   };
