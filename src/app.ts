@@ -276,8 +276,6 @@ export class AppAgent {
   #launched: StartedProcess | undefined;
   /** The generation a deploy in flight is bringing up: stopped if it fails. */
   #newGen: number | undefined;
-  /** Under "upgrade": the master the serving one replaced (its parent until it exits). */
-  #replaced: ProcIdentity | undefined;
   /**
    * Under "upgrade" with reload.quiesceSignal: the old master quiesced (by
    * this agent, or by the one before it: the state file says), and when
@@ -1252,9 +1250,9 @@ export class AppAgent {
    * its stop time).
    */
   async #awaitOldMasterGone(main: ProcInfo, stopBy: StopBy): Promise<ProcInfo> {
-    // Replaced by an agent before this one (restarted while it drained):
-    // the main's parent, of an older generation of the app.
-    const old = this.#replaced ?? this.#olderParent(main);
+    // The main's parent, of an older generation of the app: replaced by
+    // this agent or by one before it (restarted while it drained).
+    const old = this.#olderParent(main);
     if (old === undefined) return main;
     // From when it was first told to stop (by this agent or the one before).
     const oldGen = this.#fx.lineage()?.members.find((m) => sameProcess(m, old))?.gen;
@@ -1264,7 +1262,6 @@ export class AppAgent {
     for (;;) {
       const cur = await this.#fx.verify(main);
       if (cur === undefined || this.#fx.parentOf(cur.pid) !== old.pid) {
-        this.#replaced = undefined;
         return cur ?? main;
       }
       if (this.#fx.now() >= Math.min(deadline, stopBy())) {
@@ -1702,10 +1699,7 @@ export class AppAgent {
     // master, HANDOFF_TIMEOUT). Killed after this save and before the
     // signal, the next agent judges the deploy again and sends it.
     await this.#saveState();
-    if (replace) {
-      this.#generations.stopNow(prevGen, previous, this.app.stop);
-      if (strategy === 'upgrade') this.#replaced = previous;
-    }
+    if (replace) this.#generations.stopNow(prevGen, previous, this.app.stop);
   }
 
   /**
