@@ -25,6 +25,12 @@ export interface ProbeResult {
    * socket would have taken it (src/effects.ts). Not counted either way.
    */
   readonly notSent?: boolean;
+  /**
+   * The connection was accepted by a process of the generation judged
+   * (attributed probes only): a failure is that generation's own answer,
+   * whatever other probes an older generation took.
+   */
+  readonly judged?: boolean;
 }
 
 /**
@@ -85,12 +91,14 @@ function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): P
   return new Promise((resolve) => {
     const sock = net.connect(target);
     let settled = false;
+    /** Accepted by a process of the generation judged: whatever follows (an answer, a timeout) is that generation's. */
+    let judged = false;
     const done = (r: ProbeResult) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       sock.destroy();
-      resolve(r);
+      resolve(judged ? { ...r, judged } : r);
     };
     const timer = setTimeout(() => done({ ok: false, detail: `timeout after ${timeoutMs} ms` }), timeoutMs);
     sock.once('error', (err: NodeJS.ErrnoException) => done({ ok: false, detail: err.code ?? err.message }));
@@ -117,6 +125,7 @@ function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): P
           waitMs = Math.min(waitMs * 2, ACCEPTED_POLL_MS);
           return;
         }
+        judged = who === 'judged';
         if (who === 'older') done({ ok: false, detail: 'accepted by an older generation', older: true });
         else if (!('url' in probe)) done({ ok: true, detail: 'connected' });
         else request(probe.url);

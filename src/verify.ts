@@ -420,6 +420,8 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
   let ready = readiness !== 'notify' || alreadyReady;
   /** Probe connections accepted by an older generation sharing the socket (not counted). */
   let older = 0;
+  /** Probe connections accepted by the generation judged, which failed all the same (its own answers: HTTP 503, a timeout). */
+  let judgedFailed = 0;
   /** When a probe was last sent (or the settle time ended): one held back longer than `heldMs` is sent anyway. */
   let sentAt = settledAt;
   let heldMs: number = HELD_PROBE_MS.first;
@@ -484,6 +486,7 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
         } else {
           sentAt = fx.now();
           last = r.detail;
+          if (r.judged === true) judgedFailed += 1;
           nextProbe = fx.now() + intervalMs;
         }
       }
@@ -504,8 +507,14 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
           { key: 'health', rule: 'the new generation must accept and answer a probe', found: `${older} probes answered by the older generation` }, { fx, pid: proc.pid });
       }
       const what = probe === undefined ? 'the settle time' : describeProbe(probe);
-      // The last attempt timing out must not hide that the others all went to the old generation.
-      const alsoOlder = older > 0 ? `; ${older} other probe connection${older === 1 ? ' was' : 's were'} accepted by an older generation sharing the socket, not by pid ${proc.pid} (${takes})` : '';
+      // The last attempt timing out must not hide that the others all went
+      // to the old generation; but once the new one took probes and failed
+      // them itself (HTTP 503), those the old one took are no fault: both
+      // accept on the shared socket until the old one is stopped.
+      const others = `${older} other probe connection${older === 1 ? ' was' : 's were'}`;
+      const alsoOlder = older === 0 ? ''
+        : judgedFailed > 0 ? `; ${others} accepted by the older generation, which shares the socket until it is stopped (not counted)`
+          : `; ${others} accepted by an older generation sharing the socket, not by pid ${proc.pid} (${takes})`;
       throw appFault(app, 'UNHEALTHY', `${what} did not pass within ${deadlineMs} ms (checked from the end of the settle time of ${settleMs} ms; last: ${last || 'no answer'}${alsoOlder})`,
         { key: 'health', rule: 'must answer 2xx (or accept) at the end of the settle time, within the deadline', found: last || 'no answer' }, { fx, pid: proc.pid });
     }

@@ -1819,6 +1819,25 @@ test('strategy "socket": probes all taken by the old generation are said so, eve
   }
 });
 
+// Found by a trial: a gunicorn "upgrade" release answering 503 was rolled
+// back with "N other probe connections were accepted by an older
+// generation ... does it listen on the socket it inherits?", sending the
+// operator after the socket when the new generation had answered 503 itself.
+test('strategy "upgrade": a new generation that took probes and failed them itself is not also asked whether it listens on the socket (the old one shares it by design)', async () => {
+  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2' }, { ...PROBED, stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
+  w.onSignal = 'upgrade';
+  let n = 0;
+  w.probeResult = (exe) => (exe !== `${REL}/app.2.0` ? { ok: true, detail: 'HTTP 200' }
+    : (n += 1) % 2 === 0 ? { ok: false, detail: 'accepted by an older generation', older: true } : { ok: false, detail: 'HTTP 503', judged: true });
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1]!;
+  assert.equal(e.code, 'UNHEALTHY', e.reason ?? '');
+  assert.match(e.reason ?? '', /last: HTTP 503; \d+ other probe connections were accepted by the older generation, which shares the socket until it is stopped \(not counted\)\)/);
+  assert.doesNotMatch(e.reason ?? '', /does it listen/);
+});
+
 test('strategy "restart": the old generation is stopped first; the journal entry says how long nothing accepted (outageMs)', async () => {
   const { w, agent } = await running(appConfig({ strategy: 'restart' }));
   const old = agent.mainPid!;

@@ -51,7 +51,10 @@ test('probeOnce over TCP: a listening port is "connected", a closed one is refus
 
 test('an attributed probe names the socket that accepted it, on an IPv4 listener and on a dual-stack [::] one probed over IPv4 (ss asks the client\'s family first, then the other)', async (t) => {
   for (const host of ['127.0.0.1', '::']) {
-    const server = http.createServer((_req, res) => res.end('ok'));
+    const server = http.createServer((req, res) => {
+      res.statusCode = req.url === '/sick' ? 503 : 200;
+      res.end('ok');
+    });
     await new Promise<void>((r) => server.listen(0, host, r));
     defer(t, () => new Promise<void>((r) => server.close(() => r())));
     const port = (server.address() as net.AddressInfo).port;
@@ -62,10 +65,16 @@ test('an attributed probe names the socket that accepted it, on an IPv4 listener
       return socketInodes(process.pid).has(inode) ? 'judged' as const : 'unknown' as const;
     };
     const r = await probeOnce({ url: `http://127.0.0.1:${port}/` }, 5_000, acceptor);
-    assert.deepEqual(r, { ok: true, detail: 'HTTP 200' }, `listener on ${host}`);
+    assert.deepEqual(r, { ok: true, detail: 'HTTP 200', judged: true }, `listener on ${host}`);
     assert.equal(seen.length, 1, `listener on ${host}: asked once, with the inode found (${seen.join(', ')})`);
     const older = await probeOnce({ url: `http://127.0.0.1:${port}/` }, 5_000, () => 'older');
     assert.deepEqual(older, { ok: false, detail: 'accepted by an older generation', older: true }, `listener on ${host}`);
+    // A failure on a connection the judged generation accepted is its own
+    // answer (src/verify.ts does not then blame the shared socket).
+    const sick = await probeOnce({ url: `http://127.0.0.1:${port}/sick` }, 5_000, acceptor);
+    assert.deepEqual(sick, { ok: false, detail: 'HTTP 503', judged: true }, `listener on ${host}`);
+    const stranger = await probeOnce({ url: `http://127.0.0.1:${port}/sick` }, 5_000, () => 'unknown');
+    assert.deepEqual(stranger, { ok: false, detail: 'HTTP 503' }, `listener on ${host}: accepted by no process of the app`);
   }
 });
 
