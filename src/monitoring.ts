@@ -379,7 +379,7 @@ function unavailable(app: AppConfig, err: unknown, now: number): AppStatus {
   return {
     name: app.name, state: 'error', pid: null, since: null, uptimeSeconds: null, exe: null, exeDeleted: false, bin: null, cfg: null,
     currentFile: app.currentFile, lastGood: null, restarts: 0, lastDeploy: null, problem: { ...describeError(err), since: new Date(now).toISOString() },
-    user: null, limits: null, foreign: [], warnings: [], strategy: app.reload.strategy, sockets: app.sockets, generations: [], held: null, restartToApply: [], interrupted: null,
+    user: null, limits: null, foreign: [], unmanaged: [], warnings: [], strategy: app.reload.strategy, sockets: app.sockets, generations: [], held: null, restartToApply: [], interrupted: null,
   };
 }
 

@@ -363,6 +363,14 @@ export function procTable(): TableRow[] {
   return rows;
 }
 
+let fullTable: { at: number; rows: TableRow[] } | undefined;
+
+/** procTable, shared for TABLE_TTL_MS: a status of 20 apps walks /proc once, not once per app. */
+export function recentProcTable(now = Date.now()): ReadonlyArray<TableRow> {
+  if (fullTable === undefined || now - fullTable.at >= TABLE_TTL_MS) fullTable = { at: now, rows: procTable() };
+  return fullTable.rows;
+}
+
 /**
  * A process's command line with each argument cut to its last path
  * component ("./app.bin" and "/srv/web/app.bin" read the same), or
@@ -1531,6 +1539,53 @@ export class ProcessFinder {
     }
     return out;
   }
+}
+
+/** A copy of the app outside its lineage (src/cli/status.ts): its root process, and how many processes it has below it. */
+export interface UnmanagedCopy {
+  readonly root: ProcInfo;
+  /** Its processes below the root (workers, as any user), by pid. */
+  readonly below: readonly number[];
+}
+
+/**
+ * Copies of the app that none of its generations accounts for: a process
+ * running a binary of `releasesDir` as the app's user (`uid`; real and
+ * effective), in none of `known` (the app's processes, every generation)
+ * and not started below `agentPid` (the agent's preflight, hooks, or a
+ * generation it is starting), with the processes below it (a master's
+ * workers, which may run as another user). Started by hand, or by an agent
+ * with another stateDir: relink neither deploys, supervises nor stops such
+ * a copy, and it may hold the app's address. A script release's processes
+ * run an interpreter, not a release binary: not found here.
+ */
+export async function unmanagedCopies(releasesDir: string, uid: number, known: ReadonlySet<number>, agentPid?: number): Promise<UnmanagedCopy[]> {
+  const prefix = releasesPrefix(releasesDir);
+  if (prefix === undefined) return [];
+  const rows = recentProcTable();
+  const parent = new Map(rows.map((r) => [r.pid, r.ppid]));
+  /** Is `pid` the agent, a known process, or below one (a chain of at most 64 parents)? */
+  const accounted = (pid: number): boolean => {
+    let at: number | undefined = pid;
+    for (let hops = 0; at !== undefined && at > 1 && hops < 64; hops++, at = parent.get(at)) {
+      if (known.has(at) || at === agentPid) return true;
+    }
+    return false;
+  };
+  const runs = new Map<number, TableRow>();
+  for (const r of rows) if (r.path?.startsWith(prefix) === true && !accounted(r.pid)) runs.set(r.pid, r);
+  const out: UnmanagedCopy[] = [];
+  for (const r of runs.values()) {
+    if (r.ppid !== undefined && runs.has(r.ppid)) continue; // below another one: counted there
+    const root = await readProc(r.pid);
+    if (root === undefined || !root.exe.startsWith(prefix) || !ownedBy(root, uid)) continue;
+    const below = [...runs.keys()].filter((pid) => {
+      for (let at = parent.get(pid), hops = 0; at !== undefined && hops < 64; at = parent.get(at), hops++) if (at === r.pid) return true;
+      return false;
+    });
+    out.push({ root, below });
+  }
+  return out;
 }
 
 /**

@@ -482,6 +482,43 @@ test('nginx: an agent once refused for the app (another agent held it) adopts th
   await other.stop();
 });
 
+// Found by a trial: a second nginx master of the app's release, outside
+// its lineage (left by an agent on another stateDir), was invisible in
+// status but for its workers, warned of one by one as "not the app's user".
+test('nginx: a copy of the app\'s release started by hand (outside its lineage) is warned of in status as one unmanaged copy with its worker, and never signalled', async (t) => {
+  const ngx = await nginxApp(t, 'ngxhand');
+  if (ngx === undefined) return;
+  const { root, dir, releasesDir, port } = ngx;
+  const configFile = path.join(root, 'config.json');
+  await writeFile(configFile, JSON.stringify({ stateDir: path.join(root, 'state'), apps: [{ ...nginxUpgradeApp('ngxhand', dir, port), pidFile: 'nginx.pid' }] }));
+  const agent = startAgent(t, configFile);
+  const e = await nth(root, 'ngxhand', 1);
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  const master = Number((await readFile(path.join(dir, 'nginx.pid'), 'utf8')).trim());
+  // The same release binary, run by hand on another port with a prefix of its own (daemonized: re-parented).
+  const hand = path.join(root, 'hand');
+  await mkdir(hand);
+  const handPort = await freePort();
+  await writeFile(path.join(hand, 'nginx.conf'), nginxConf(handPort, 'hand', true));
+  await execFileAsync(path.join(releasesDir, 'app.a'), ['-p', `${hand}/`, '-e', 'error.log', '-c', path.join(hand, 'nginx.conf')]);
+  const handMaster = Number((await readFile(path.join(hand, 'nginx.pid'), 'utf8')).trim());
+  t.after(() => { try { process.kill(handMaster, 'SIGKILL'); } catch { /* gone */ } });
+  await waitFor('the copy by hand to answer', async () => ((await get(`http://127.0.0.1:${handPort}/`).catch(() => undefined))?.body === 'nginx hand\n' ? true : undefined));
+  type St = { apps: Array<{ pid: number; unmanaged: Array<{ pid: number; exe: string; processes: number }>; foreign: unknown[]; warnings: string[] }> };
+  const st = await waitFor('status to show the copy with its worker', async () => {
+    const s = JSON.parse((await relinkCli(['status', '--config', configFile, '--json'])).stdout) as St;
+    return s.apps[0]?.unmanaged[0]?.processes === 2 ? s.apps[0] : undefined;
+  });
+  assert.equal(st.pid, master, 'the app is still its own master');
+  assert.deepEqual(st.unmanaged, [{ pid: handMaster, exe: path.join(releasesDir, 'app.a'), processes: 2 }]);
+  assert.deepEqual(st.foreign, [], 'its worker (uid 65534) is said with it, not as a foreign process');
+  assert.ok(st.warnings.some((w) => w.startsWith(`pid ${handMaster} runs ${path.join(releasesDir, 'app.a')} as the app's user, with 1 process below it, but is none of the app's generations`)), st.warnings.join('\n'));
+  assert.equal(st.warnings.filter((w) => w.includes(`pid ${master} `)).length, 0, 'the managed master is not warned of');
+  assert.equal((await relinkCli(['status', '--config', configFile])).stdout.includes(`pid ${handMaster} runs`), true, 'the text status says it too');
+  await agent.stop();
+  assert.ok(await alive(handMaster), 'the copy by hand was never stopped');
+});
+
 test('nginx, "socket": 20 deploys of a new binary on the socket the agent holds (handed to nginx as NGINX="3;"), stop.signal SIGQUIT, refuse nothing', async (t) => {
   if (process.getuid?.() !== 0) {
     t.skip('nginx workers switch user: run as root');

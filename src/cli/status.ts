@@ -7,7 +7,7 @@ import type { HistoryEntry } from '../history.js';
 import { lower, readLimits } from '../limits.js';
 import { folderMissing } from '../applock.js';
 import { describeError, isErrno, RelinkError } from '../errors.js';
-import { bootTimeMs, describeListener, listenerInodes, portListener, ProcessFinder, sameProcess, socketInodes, startedAtMs, type Discovery, type ProcInfo } from '../proc.js';
+import { bootTimeMs, describeListener, listenerInodes, portListener, ProcessFinder, sameProcess, socketInodes, startedAtMs, unmanagedCopies, type Discovery, type ProcInfo } from '../proc.js';
 import { parseListenAddress } from '../listenfds.js';
 import { detachedWriters } from '../logorphan.js';
 import { lookupUser, resolveRunAs } from '../user.js';
@@ -49,6 +49,13 @@ export interface AppStatus {
   readonly limits: Readonly<Record<LimitName, LimitStatus>> | null;
   /** Processes running the app's binaries as another user: never adopted, never signalled. */
   readonly foreign: ReadonlyArray<{ readonly pid: number; readonly uid: number; readonly exe: string }>;
+  /**
+   * Copies of the app outside its lineage (src/proc.ts unmanagedCopies): a
+   * release binary run as the app's user by hand, or by an agent with
+   * another stateDir; `processes` counts the root and those below it.
+   * Never signalled.
+   */
+  readonly unmanaged: ReadonlyArray<{ readonly pid: number; readonly exe: string; readonly processes: number }>;
   readonly warnings: readonly string[];
   /** How the app takes a new release (reload.strategy). */
   readonly strategy: string;
@@ -183,8 +190,19 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     unavailable = { ...d, since: saved?.problem?.code === d.code ? saved.problem.since : new Date(now).toISOString() };
   }
   proc ??= discovery.main;
-  const foreign = (discovery.foreign ?? []).map((p) => ({ pid: p.pid, uid: p.uid, exe: p.exe }));
+  // A copy outside the lineage (a master started by hand, or by an agent
+  // on another stateDir): its workers, which may run as another user, are
+  // said with it, not each as a foreign process.
+  const appUid = unavailable === undefined ? await resolveRunAs(app).then((r) => r.uid, () => undefined) : undefined;
+  const copies = appUid === undefined ? [] : await unmanagedCopies(app.releasesDir, appUid, new Set([...discovery.all, ...discovery.strays, ...(discovery.leftovers ?? [])].map((p) => p.pid)), agentPid);
+  const belowCopies = new Set(copies.flatMap((c) => c.below));
+  const unmanaged = copies.map((c) => ({ pid: c.root.pid, exe: c.root.exe, processes: c.below.length + 1 }));
+  const foreign = (discovery.foreign ?? []).filter((p) => !belowCopies.has(p.pid)).map((p) => ({ pid: p.pid, uid: p.uid, exe: p.exe }));
   const warnings: string[] = [...damaged, ...foreign.map((p) => `pid ${p.pid} runs ${p.exe} as uid ${p.uid}, not as the app's user: left alone`)];
+  for (const u of unmanaged) {
+    const more = u.processes > 1 ? `, with ${u.processes - 1} process${u.processes === 2 ? '' : 'es'} below it` : '';
+    warnings.push(`pid ${u.pid} runs ${u.exe} as the app's user${more}, but is none of the app's generations: relink neither deploys, supervises nor stops it (started by hand, or by an agent with another stateDir?), and it may hold the app's address; stop it if it is not meant to run`);
+  }
   // The linked release deleted under the app (rm -rf of the live folder): it
   // may serve on from what it loaded, but a restart or a crash cannot start it.
   for (const [key, target] of [['bin', links.bin], ['cfg', links.cfg]] as const) {
@@ -261,6 +279,7 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     user,
     limits,
     foreign,
+    unmanaged,
     warnings,
     strategy: app.reload.strategy,
     sockets: app.sockets,
