@@ -708,6 +708,10 @@ export class AppAgent {
   }
 
   async #pass(trigger: string): Promise<void> {
+    // A backoff's retry is due whatever reason this pass ended up with: a
+    // re-check coming due at the same moment displaces "retry:sockets"
+    // (the newest reason wins), and must not take the file for judged.
+    const retry = this.#retryDue;
     this.#retryDue = false;
     if (this.#recovering !== undefined) {
       const inflight = this.#recovering;
@@ -719,7 +723,7 @@ export class AppAgent {
     // it was last judged (a stat, against reading it through src/safefs.ts
     // as the app's user): the idle agent's cost per app and re-check.
     const signature = await this.#fx.currentSignature();
-    if (trigger === RECHECK_TRIGGER && signature === this.#judged?.signature) {
+    if (trigger === RECHECK_TRIGGER && !retry && signature === this.#judged?.signature) {
       if (this.#judged.snapshot !== undefined) await this.#reconcileLinks(trigger, this.#judged.snapshot);
       return;
     }

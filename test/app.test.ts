@@ -7,13 +7,13 @@ import assert from 'node:assert/strict';
 import type { AppRequest, TakenRequests } from '../src/requests.js';
 import { test } from 'node:test';
 import { pino } from 'pino';
-import { AppAgent, type AppObserver, READ_LIMIT } from '../src/app.js';
+import { AppAgent, type AppObserver, READ_LIMIT, RECHECK_TRIGGER } from '../src/app.js';
 import { Generations } from '../src/generations.js';
 import { RefusalStreak } from '../src/record.js';
 import { parseConfig, type AppConfig } from '../src/config.js';
 import type { CurrentSnapshot, Release } from '../src/current.js';
 import type { Effects } from '../src/effects.js';
-import { fileError, RelinkErrors } from '../src/errors.js';
+import { fileError, RelinkError, RelinkErrors } from '../src/errors.js';
 import type { HistoryEntry } from '../src/history.js';
 import type { Launched } from '../src/launch.js';
 import type { AppEvent } from '../src/notifications.js';
@@ -22,6 +22,7 @@ import type { ProbeResult } from '../src/health.js';
 import type { CommandResult } from '../src/command.js';
 import type { PreflightResult } from '../src/preflight.js';
 import type { AppState } from '../src/state.js';
+import type { Unheld } from '../src/sockets.js';
 
 const REL = '/srv/web/release';
 const PROBED = { health: { url: 'http://127.0.0.1:8080/healthz' } };
@@ -337,12 +338,15 @@ class World implements Effects {
     return this.portTaken;
   }
 
-  async holdSockets(): Promise<[]> {
-    return [];
+  /** Set: the agent's sockets cannot be held (an address taken), each with whether a later try may bind it. */
+  unheld: Unheld[] | undefined;
+
+  async holdSockets(): Promise<Unheld[]> {
+    return this.unheld ?? [];
   }
 
   socketsHeld(): boolean {
-    return true;
+    return this.unheld === undefined;
   }
 
   /** Readiness "notify": when READY=1 arrives (fx.now()); undefined: never. */
@@ -1497,6 +1501,34 @@ test('a start that exits 0 with no pidFile, before it is found or while it is ju
   // A failure exit is no daemon.
   const failed = await failedStart((w) => { w.launchExits = true; w.portTaken = daemon; }, '');
   assert.doesNotMatch(String(failed?.reason), /daemonized/);
+});
+
+// Found in the full suite under load: a start whose socket was taken got
+// one try journaled, not supervise.maxRetries + 1. The backoff's
+// "retry:sockets" trigger was displaced by a periodic re-check (the newest
+// reason wins), which found current.conf unchanged and did nothing; the
+// supervision check then restarted the app its own way, journaling nothing.
+test('a start whose sockets cannot be bound is tried again after its backoff, and journaled, even when a periodic re-check displaces the retry trigger', async () => {
+  const cfg = appConfig({ strategy: 'socket' }, { sockets: ['127.0.0.1:8080'] });
+  const w = new World();
+  w.unheld = [{ address: '127.0.0.1:8080', busy: true, retry: true, error: new RelinkError('SOCKET_UNAVAILABLE', 'cannot listen on 127.0.0.1:8080: EADDRINUSE', { key: 'sockets', rule: 'the agent must be able to listen on every address', found: 'EADDRINUSE' }) }];
+  w.write('1.0');
+  const agent = new AppAgent({ ...cfg, supervise: { ...cfg.supervise, backoffMs: 100, maxBackoffMs: 100, maxRetries: 2 } }, w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  assert.match(w.entries[0]?.reason ?? '', /tried again in 100 ms \(1 of supervise\.maxRetries: 2\)/);
+  for (let i = 2; i <= 3; i++) {
+    // The backoff ends and, before the retry's pass runs, the re-check comes due.
+    w.advance(100);
+    agent.trigger(RECHECK_TRIGGER);
+    agent.check();
+    await agent.idle();
+    assert.equal(w.entries.length, i, `try ${i} journaled: ${w.entries.map((e) => e.reason).join(' | ')}`);
+    assert.equal(w.entries[i - 1]?.code, 'SOCKET_UNAVAILABLE');
+  }
+  assert.match(w.entries[2]?.reason ?? '', /3 tries, 2 of them after a backoff.*marked fatal/);
+  assert.equal(agent.state, 'fatal');
+  await agent.close();
 });
 
 test('a restart the agent cannot even start (a planted log link) is said as such, and its reason stays in the state, fatal included', async () => {

@@ -214,7 +214,11 @@ export function startAgent(t: TestContext, configFile: string, opts: { readonly 
     lines,
     raw,
     stderr,
-    waitForLog: (what, pred, opts) => waitFor(what, () => lines.find(pred), opts),
+    // Timed out: the agent's last lines say what it did instead.
+    waitForLog: (what, pred, opts) => waitFor(what, () => lines.find(pred), opts).catch((err: unknown) => {
+      const tail = lines.slice(-15).map((l) => `  ${l.level} ${String(l.msg)}`).join('\n');
+      throw new Error(`${(err as Error).message}\n--- the agent's last ${Math.min(15, lines.length)} lines (exit ${child.exitCode ?? child.signalCode ?? 'none yet'}):\n${tail}${stderr.length > 0 ? `\n--- its stderr:\n${stderr.slice(-10).join('\n')}` : ''}`);
+    }),
     stop(signal = 'SIGTERM') {
       stopping ??= (async () => {
         if (child.exitCode === null && child.signalCode === null) child.kill(signal);

@@ -95,7 +95,11 @@ export async function configFor(root: string, app: App, extra: Record<string, un
 }
 
 export async function nth(root: string, app: string, n: number): Promise<HistoryEntry> {
-  return waitFor(`${app}: journal entry #${n}`, async () => (await readHistory(path.join(root, 'state'), app))[n - 1], { timeoutMs: 30_000 });
+  let seen: readonly HistoryEntry[] = [];
+  return waitFor(`${app}: journal entry #${n}`, async () => (seen = await readHistory(path.join(root, 'state'), app))[n - 1], { timeoutMs: 30_000 }).catch((err: unknown) => {
+    // What was journaled by then, each entry's time and verdict.
+    throw new Error(`${(err as Error).message}; journaled: ${seen.map((e) => `${e.time} ${e.outcome} ${e.code ?? ''}`.trim()).join(', ') || 'nothing'}`);
+  });
 }
 
 export interface WrkResult {
