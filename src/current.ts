@@ -8,12 +8,13 @@
  */
 import { createHash } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { access, readFile, realpath, stat } from 'node:fs/promises';
+import { access, open, readFile, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import type { AppConfig } from './config.js';
 import { fileError, isErrno, RelinkError, RelinkErrors } from './errors.js';
-import { openRegular, readSmallFile, type Reader } from './safefs.js';
+import { deniedTo, openRegular, readSmallFile, type Reader } from './safefs.js';
+import { describeUser } from './user.js';
 import { releaseFolderOf } from './relink.js';
 import { checkTrust } from './trust.js';
 import { parseJsonFile } from './json.js';
@@ -150,7 +151,7 @@ export async function readCurrent(file: string, reader?: Reader): Promise<Curren
  * CURRENT_INVALID, CURRENT_UNKNOWN_KEY (with the nearest known key), then
  * the release files' and the trust rules' codes.
  */
-export async function validateCurrent(app: AppConfig, text: string, file: string = app.currentFile): Promise<Release> {
+export async function validateCurrent(app: AppConfig, text: string, file: string = app.currentFile, reader?: Reader): Promise<Release> {
   const raw = parseJsonFile(text, file, { syntax: 'CURRENT_SYNTAX', duplicate: 'CURRENT_DUPLICATE_KEY' });
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
     throw new RelinkErrors([fileError('CURRENT_INVALID', file, undefined, 'must be a JSON object {"bin.file": ..., "cfg.file": ...}', JSON.stringify(raw).slice(0, 80))]);
@@ -161,19 +162,21 @@ export async function validateCurrent(app: AppConfig, text: string, file: string
     throw new RelinkErrors([fileError('RELEASE_MISSING', file, undefined, `the releases folder ${app.releasesDir} must exist`, isErrno(err) ? err.code : String(err))]);
   });
   const problems: RelinkError[] = [];
-  const check = async (key: CurrentKey, value: string, executable: boolean): Promise<string | undefined> => {
+  const check = async (key: CurrentKey, value: string, executable: boolean): Promise<string | RelinkError> => {
     try {
-      return await checkReleaseFile(file, key, value, releasesReal, executable);
+      return await checkReleaseFile(file, key, value, releasesReal, executable, reader);
     } catch (err) {
-      if (err instanceof RelinkError) problems.push(err);
-      else throw err;
-      return undefined;
+      if (err instanceof RelinkError) return err;
+      throw err;
     }
   };
-  const [bin, cfg] = await Promise.all([
+  // Checked together, said in key order (bin.file, then cfg.file).
+  const checked = await Promise.all([
     check('bin.file', data['bin.file'], true),
     check('cfg.file', data['cfg.file'], false),
   ]);
+  for (const c of checked) if (c instanceof RelinkError) problems.push(c);
+  const [bin, cfg] = checked.map((c) => (typeof c === 'string' ? c : undefined));
   const expected: Array<[string | undefined, string | undefined, 'bin.sha256' | 'cfg.sha256']> = [
     [bin, data['bin.sha256'], 'bin.sha256'],
     [cfg, data['cfg.sha256'], 'cfg.sha256'],
@@ -205,7 +208,7 @@ export async function validateCurrent(app: AppConfig, text: string, file: string
  */
 export async function loadCurrent(app: AppConfig, file: string = app.currentFile, reader?: Reader): Promise<{ snapshot: CurrentSnapshot; release: Release }> {
   const snapshot = await readCurrent(file, reader);
-  const release = await validateCurrent(app, snapshot.text, file);
+  const release = await validateCurrent(app, snapshot.text, file, reader);
   return { snapshot, release };
 }
 
@@ -224,7 +227,7 @@ function folderProblem(file: string, releasesReal: string, release: Release): Re
   return fileError('RELEASE_NOT_IN_FOLDER', file, 'cfg.file', `must be in the release folder of "bin.file", ${binFolder} ${why}`, release.cfg);
 }
 
-async function checkReleaseFile(file: string, key: CurrentKey, value: string, releasesReal: string, executable: boolean): Promise<string> {
+async function checkReleaseFile(file: string, key: CurrentKey, value: string, releasesReal: string, executable: boolean, reader?: Reader): Promise<string> {
   const abs = await resolveReleasePath(file, key, value);
   let real: string;
   try {
@@ -262,7 +265,32 @@ async function checkReleaseFile(file: string, key: CurrentKey, value: string, re
       throw fileError('RELEASE_UNREADABLE', file, key, 'must be readable', real);
     }
   }
+  // The app's user must reach it too: the agent (root) may read what the
+  // app cannot, and such a release was started, then rolled back with the
+  // app's "Permission denied" in app.log only (a trial).
+  if (reader !== undefined && reader.uid !== process.getuid?.()) {
+    const who = `the app's user ${describeUser({ user: reader.name, uid: reader.uid })}`;
+    const script = executable && (await isScript(real));
+    const denied = await deniedTo(real, reader, executable ? (script ? 5 : 1) : 4);
+    if (denied !== undefined) {
+      throw executable
+        ? fileError('RELEASE_NOT_EXECUTABLE', file, key, `must be executable by ${who}, who runs it${script ? ' (a #! script: and readable, for its interpreter)' : ''}`, denied)
+        : fileError('RELEASE_UNREADABLE', file, key, `must be readable by ${who}, whose app reads it`, denied);
+    }
+  }
   return real;
+}
+
+/** Does the file start with "#!" (run through an interpreter, which must read it)? */
+async function isScript(file: string): Promise<boolean> {
+  const fh = await open(file, 'r').catch(() => undefined);
+  if (fh === undefined) return false;
+  try {
+    const { bytesRead, buffer } = await fh.read(Buffer.alloc(2), 0, 2, 0);
+    return bytesRead === 2 && buffer.toString('latin1') === '#!';
+  } finally {
+    await fh.close();
+  }
 }
 
 async function resolveReleasePath(file: string, key: CurrentKey, value: string): Promise<string> {

@@ -243,7 +243,8 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
       (err: unknown) => (isErrno(err) ? `error:${err.code ?? ''}` : 'error')),
     // A rollback's rewrite keeps the owner and mode the app's user gave the file.
     writeCurrent: async (text) => writeFileAtomic(app.currentFile, text, { keepOwner: (await resolveRunAs(app)).uid }),
-    validate: (text) => validateCurrent(app, text),
+    // And the release files as the app's user must reach them (they are started as it).
+    validate: async (text) => validateCurrent(app, text, app.currentFile, await readerOf(await resolveRunAs(app))),
     preflight: (release, signal) => preflightRelease(app, release, signal),
     hook: (name, entry, signal) => runHook(app, name, entry, signal),
     readLinks: () => readLinks(app.links, app.releasesDir),

@@ -38,6 +38,7 @@ import { execFile } from 'node:child_process';
 import { closeSync, constants as C, fstat as fstatCb, open as openCb, openSync, type Stats } from 'node:fs';
 import { lstat, mkdir, open, readdir, readlink, rmdir, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
+import { readAcls } from './acl.js';
 import { fileError, isErrno, RelinkError, type ErrorCode } from './errors.js';
 import { describeUser, lookupGroup, lookupUser } from './user.js';
 
@@ -236,6 +237,35 @@ function permits(st: Stats, r: Reader, bit: 4 | 2 | 1): boolean {
   if (st.uid === r.uid) return ((st.mode >> 6) & bit) !== 0;
   if (st.gid === r.gid || r.groups.includes(st.gid)) return ((st.mode >> 3) & bit) !== 0;
   return (st.mode & bit) !== 0;
+}
+
+/**
+ * What keeps the app's user `r` from a release file `real` (absolute and
+ * resolved: no symlink on the way): a folder on the way it may not search,
+ * or the file's own bits for `need` (4 read, 1 execute, 5 both), checked as
+ * the kernel checks mode bits (owner, then group, then other). Undefined
+ * when nothing does. A denial on a path with an extended ACL is not
+ * reported: the ACL may grant it, and the kernel decides at the start
+ * (src/acl.ts; getfacl is run only then). Returns the refusal's "found":
+ * `the folder /srv/web/release is owned by root (uid 0), mode 0700`.
+ */
+export async function deniedTo(real: string, r: Reader, need: 1 | 4 | 5): Promise<string | undefined> {
+  if (r.uid === 0 && (need & 1) === 0) return undefined;
+  const steps: Array<{ at: string; bits: Array<4 | 1> }> = [];
+  for (let dir = path.dirname(real); ; dir = path.dirname(dir)) {
+    steps.unshift({ at: dir, bits: [1] });
+    if (dir === path.dirname(dir)) break;
+  }
+  steps.push({ at: real, bits: (need & 4) !== 0 ? ((need & 1) !== 0 ? [4, 1] : [4]) : [1] });
+  for (const { at, bits } of steps) {
+    const st = await lstat(at).catch(() => undefined);
+    if (st === undefined || bits.every((b) => permits(st, r, b))) continue;
+    // An ACL found, or none could be read (getfacl missing): not refused on a guess.
+    const acl = await readAcls([at]).catch(() => undefined);
+    if (acl === undefined || acl.acls.has(at) || acl.unreadable.has(at)) return undefined;
+    return `${at === real ? at : `the folder ${at}`} is owned by ${await userText(st.uid)}, group ${(await lookupGroup(st.gid).catch(() => undefined))?.name ?? st.gid}, mode ${modeText(st)}`;
+  }
+  return undefined;
 }
 
 async function readerRefusal(ctx: Ctx, r: Reader, what: string, st: Stats): Promise<SafeFsError> {

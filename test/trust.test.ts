@@ -11,12 +11,14 @@ import { chmod, chown, mkdir, readlink, rm, symlink, writeFile } from 'node:fs/p
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { parseConfig, type AppConfig } from '../src/config.js';
-import { loadCurrent } from '../src/current.js';
+import { loadCurrent, validateCurrent } from '../src/current.js';
 import { get } from '../src/demo/demo.js';
 import { makeApp, setCurrent, writeConfig } from '../src/demo/layout.js';
 import { RelinkError, RelinkErrors } from '../src/errors.js';
 import { readHistory } from '../src/history.js';
 import { checkAgentProgram, checkFolderForRoot } from '../src/trust.js';
+import { readerOf } from '../src/safefs.js';
+import { resolveRunAs } from '../src/user.js';
 import { needProgram, openUp, rootOnly, testGroup, testUser } from './accounts.js';
 import { defer, MAIN, reapAppsAfter, RELINK, relinkCli, ROOT, startAgent, tmpDir, waitFor } from './helpers.js';
 
@@ -239,6 +241,53 @@ test('the README\'s validate example as written: a candidate made with mktemp in
   const bad = await relinkCli(['validate', '--config', configFile, '--app', 'web', next]);
   assert.equal(bad.code, 1);
   assert.match(bad.stderr, new RegExp(`${next.replaceAll('.', '\\.')} is writable by every user, mode 0666`));
+});
+
+// Found by a trial: a cfg.file only root could read passed relink validate
+// (the agent, root, can read it), was deployed, and rolled back with the
+// app's PermissionError in app.log only.
+test('a release file the app\'s user cannot read or run, or reach through a folder, is refused naming that user, the file or folder, and its mode; an ACL granting it passes', async (t) => {
+  if (!rootOnly(t)) return;
+  const l = await layout(t);
+  const web = await testUser(t);
+  const app = l.app({ user: web.name });
+  const reader = await readerOf(await resolveRunAs(app));
+  const text = '{"bin.file": "app.1.0", "cfg.file": "cfg.1.0"}';
+  const problems = async (): Promise<RelinkError[]> => validateCurrent(app, text, l.current, reader).then(() => [], (e: unknown) => {
+    assert.ok(e instanceof RelinkErrors, String(e));
+    return [...e.problems];
+  });
+  assert.deepEqual(await problems(), [], 'the control: root\'s files, 0755 and 0644');
+  const who = `the app's user ${web.name} (uid ${web.uid})`;
+
+  await chmod(l.cfg, 0o600);
+  const [cfg] = await problems();
+  assert.equal(cfg?.code, 'RELEASE_UNREADABLE');
+  assert.equal(cfg?.message, `${l.current}: "cfg.file": must be readable by ${who}, whose app reads it (found: ${l.cfg} is owned by root (uid 0), group root, mode 0600)`);
+  // An ACL entry for the app's user grants what the mode bits do not.
+  if (!(await setfacl(t, '-m', `u:${web.name}:r`, l.cfg))) return;
+  assert.deepEqual(await problems(), []);
+
+  // A #! script must be readable too: its interpreter reads it as the app's user.
+  await chmod(l.bin, 0o711);
+  const [bin] = await problems();
+  assert.equal(bin?.code, 'RELEASE_NOT_EXECUTABLE');
+  assert.equal(bin?.message, `${l.current}: "bin.file": must be executable by ${who}, who runs it (a #! script: and readable, for its interpreter) (found: ${l.bin} is owned by root (uid 0), group root, mode 0711)`);
+  await chmod(l.bin, 0o755);
+
+  await chmod(l.releases, 0o700);
+  const both = await problems();
+  assert.deepEqual(both.map((p) => [p.key, p.found]), [['bin.file', `the folder ${l.releases} is owned by root (uid 0), group root, mode 0700`], ['cfg.file', `the folder ${l.releases} is owned by root (uid 0), group root, mode 0700`]]);
+  await chmod(l.releases, 0o755);
+
+  // relink validate says it, as the agent would (it reads current.conf as the app's user).
+  await chmod(l.cfg, 0o600);
+  await run('/usr/bin/setfacl', ['-b', l.cfg]);
+  const configFile = path.join(l.root, 'config.json');
+  await writeFile(configFile, JSON.stringify({ stateDir: path.join(l.root, 'state'), apps: [{ name: 'web', dir: l.dir, user: web.name }] }));
+  const v = await relinkCli(['validate', '--config', configFile, '--app', 'web']);
+  assert.equal(v.code, 1, v.stdout);
+  assert.equal(v.stderr, `${cfg?.message ?? ''} [RELEASE_UNREADABLE]\n`);
 });
 
 /** As root the config must say the app may run as root (the layout is root's). */

@@ -53,7 +53,7 @@ export async function requestRelease(config: AgentConfig, app: AppConfig, wanted
   const reader = await readerOf(runAs);
   // The agent's own checks, before anything is written: a refusal here
   // leaves current.conf exactly as it was.
-  const release = await validateCurrent(app, text);
+  const release = await validateCurrent(app, text, app.currentFile, reader);
   // As history and status name it ("app.2.0", or "2.0/app" in a folder per release).
   const releasesReal = (await releasesDirsOf([app])).get(app.name);
   const short = (file: string) => releaseLabel(file, releasesReal);
@@ -160,7 +160,7 @@ function report(io: IO, opts: RequestOptions, r: { outcome: string; message: str
 /** The release current.conf names now, if it can be read and validated (as the app's user reads it). */
 async function namedByCurrent(app: AppConfig, reader: Reader): Promise<Release | undefined> {
   try {
-    return await validateCurrent(app, (await readCurrent(app.currentFile, reader)).text);
+    return await validateCurrent(app, (await readCurrent(app.currentFile, reader)).text, app.currentFile, reader);
   } catch {
     return undefined;
   }
