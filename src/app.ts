@@ -1076,11 +1076,13 @@ export class AppAgent {
           this.#newGen = newest;
           await this.#stopFailed(before, cause);
         }
-        await this.#rollback(attempt, inf.pidBefore === null ? 'start' : 'signal', release, before, cause);
+        // Journaled with the action of the deploy it rolls back ("replace" under "socket").
+        await this.#rollback(attempt, inf.pidBefore === null ? 'start' : ACTIONS[this.app.reload.strategy], release, before, cause);
         return;
       }
       const plan = recoveryPlan(inf, found, this.#fx.lineage()?.serving ?? 0, this.app.reload.mode);
-      this.#log.info({ plan: plan.kind, appPid: plan.kind === 'start' ? undefined : plan.proc.pid }, `recovering the deploy: ${plan.kind === 'judge' ? 'judging what runs it' : plan.kind === 'signal' ? 'signalling the main process' : 'starting the app'}`);
+      const takeOver: Record<Strategy, string> = { reexec: 'signalling the main process', inplace: 'signalling the main process', upgrade: 'signalling the main process', socket: 'starting a new generation beside the main process', restart: 'restarting the app' };
+      this.#log.info({ plan: plan.kind, appPid: plan.kind === 'start' ? undefined : plan.proc.pid }, `recovering the deploy: ${plan.kind === 'judge' ? 'judging what runs it' : plan.kind === 'signal' ? takeOver[this.app.reload.strategy] : 'starting the app'}`);
       const prior = before ?? found.main;
       await this.#judge(attempt, release, prior, plan.kind === 'start' ? 'start' : ACTIONS[this.app.reload.strategy], async () => {
         if (plan.kind === 'judge') {

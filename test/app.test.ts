@@ -2211,6 +2211,41 @@ test('"upgrade" with reload.quiesceSignal, an agent killed after it resumed the 
   await agent.close();
 });
 
+// Found by a trial: an interrupted rollback under "socket" was journaled
+// action "signal" (a deploy's is "replace"), and the recovery of a deploy
+// logged "signalling the main process" as it started a new generation.
+test('"socket": a recovered rollback is journaled "replace", and a recovered deploy says it starts a new generation beside the main process', async () => {
+  const SOCKET = appConfig({ strategy: 'socket' }, { ...PROBED, sockets: ['127.0.0.1:8080'] });
+  const w = worldAt(2, 1, 50);
+  const old = w.spawnProc(`${REL}/app.1.0`, 1);
+  const failed = w.spawnProc(`${REL}/app.2.0`, 2);
+  w.unhealthy.add(`${REL}/app.2.0`);
+  killedMidDeploy(w, '2.0', old.pid, 40);
+  const st = w.states.at(-1)!;
+  w.states.push({ ...st, inflight: { ...st.inflight!, phase: 'rollback', cause: { code: 'UNHEALTHY', message: 'HTTP 503' } } });
+  w.links = { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` };
+  const agent = new AppAgent(SOCKET, w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  const e = w.entries.at(-1)!;
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+  assert.equal(e.action, 'replace');
+  assert.ok(!w.procs.has(failed.pid), 'the failed generation is stopped');
+  await agent.close();
+
+  const w2 = worldAt(1, 1, 0);
+  const main = w2.spawnProc(`${REL}/app.1.0`, 1);
+  w2.clock = 50;
+  killedMidDeploy(w2, '2.0', main.pid, 50);
+  const { log, lines } = silentLogger();
+  const next = new AppAgent(SOCKET, w2, log);
+  await next.start();
+  await next.idle();
+  assert.equal(w2.entries.at(-1)?.action, 'replace', w2.entries.at(-1)?.reason ?? '');
+  assert.ok(lines.some((l) => l.msg === 'recovering the deploy: starting a new generation beside the main process'), lines.map((l) => String(l.msg)).join('\n'));
+  await next.close();
+});
+
 test('strategy "reexec" on an app that just exits on the signal: the failure names the strategies that fit', async () => {
   const { w, agent } = await running(appConfig());
   w.onSignal = 'exits';
