@@ -39,6 +39,18 @@ function appFault(app: AppConfig, code: ErrorCode, message: string, detail: Erro
   return new RelinkError(code, `${message} (see ${outputWhere(app)}${also})`, { ...logFileOf(app), ...detail });
 }
 
+/**
+ * Where the successor of `pid` wrote its errors, for the reason: its
+ * stderr, inherited from `pid`, when that is not the app's output (nginx
+ * points it at its error log, where a new master refusing its config says
+ * why; a trial found app.log empty and the reason naming only it). "" when
+ * it is the app's output.
+ */
+function inheritedErrors(fx: Effects, pid: number): string {
+  const file = fx.errorFile(pid);
+  return file === undefined ? '' : `; pid ${pid} writes its errors to ${file}, and so did the successor it started`;
+}
+
 /** How often a process is looked at while waiting (ms); /proc reads are cheap. */
 const POLL_MS = 20;
 
@@ -268,7 +280,7 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
       }
       if (successor !== undefined) waiting = successor;
       else if (waiting !== undefined) {
-        throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${waiting.pid}) exited before pid ${old.pid} handed over to it; pid ${old.pid} still serves the old release (see ${outputWhere(app)})`,
+        throw new RelinkError('APP_EXITED', `the new release did not take over: its process (pid ${waiting.pid}) exited before pid ${old.pid} handed over to it; pid ${old.pid} still serves the old release (see ${outputWhere(app)}${inheritedErrors(fx, old.pid)})`,
           { ...logFileOf(app), key: 'bin.file', rule: 'the successor must start and take over', found: `pid ${waiting.pid} exited` });
       }
       // A master that was itself started by an upgrade ignores the signal
@@ -284,7 +296,7 @@ export async function awaitHandoff(fx: Effects, app: AppConfig, old: ProcInfo, g
           { ...logFileOf(app), key: 'reload.strategy', rule: 'a successor must take over', found: `pid ${old.pid} exited, no successor` });
       }
       if (orphanedAt !== undefined && fx.now() - orphanedAt >= SUCCESSOR_GRACE_MS) {
-        throw new RelinkError('APP_EXITED', `the new release did not take over: a child of pid ${old.pid} exited after ${signal} and no new process of the app runs; pid ${old.pid} still serves the old release (see ${outputWhere(app)})`,
+        throw new RelinkError('APP_EXITED', `the new release did not take over: a child of pid ${old.pid} exited after ${signal} and no new process of the app runs; pid ${old.pid} still serves the old release (see ${outputWhere(app)}${inheritedErrors(fx, old.pid)})`,
           { ...logFileOf(app), key: 'bin.file', rule: 'the successor must start and take over', found: 'successor exited' });
       }
     }

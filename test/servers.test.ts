@@ -378,7 +378,8 @@ test('nginx binary upgrade, "upgrade": 20 deploys of a new binary, reload.signal
     deploys: 20,
     logged: [/SIGWINCH to the old master/, /SIGHUP to the quiesced old master/],
     failing: {
-      x: { write: (ctx) => nginxRelease(ctx, true, 'exits'), code: 'APP_EXITED' },
+      // The new master refusing its config says why in the error log it inherits (app.log stays empty).
+      x: { write: (ctx) => nginxRelease(ctx, true, 'exits'), code: 'APP_EXITED', reason: /\(see \S+app\.log; pid \d+ writes its errors to \S+error\.log, and so did the successor it started\)$/ },
       // nginx, daemonized, points its stderr at its error log: the reason names it beside app.log.
       y: { write: (ctx) => nginxRelease(ctx, true, 'unhealthy'), code: 'UNHEALTHY', quiescedWhileJudged: true, reason: /\(see \S+app\.log; pid \d+ writes its errors to \S+error\.log\)$/ },
     },
