@@ -407,7 +407,13 @@ export class Agent {
       onError: (err) => slot.log.error({ err }, 'watcher error'),
       onFolder: (event, dir) => {
         if (event === 'missing') slot.log.warn({ dir }, 'the folder of current.conf is missing or was replaced; watching for it to come back (re-read every re-check meanwhile)');
-        else slot.log.info({ dir }, 'watching the folder of current.conf again; current.conf is read again');
+        else {
+          slot.log.info({ dir }, 'watching the folder of current.conf again; current.conf is judged again');
+          // Judged afresh, as a re-save would be: a refusal that was about
+          // the old folder (its mode, its owner) is retried even when the
+          // file came back with the same content and mtime (mv, cp -a).
+          slot.app.rejudge('watch:folder');
+        }
       },
     });
   }

@@ -294,6 +294,18 @@ export class AppAgent {
   #started: { gen: number; settings: Record<string, string> } | undefined;
   /** The held app's not running was said in the log (once per agent). */
   #heldSaid = false;
+  /**
+   * Judge current.conf afresh on the next pass (reason `why`), even if its
+   * content and mtime are those already judged: its folder was recreated
+   * or replaced, and a refusal about the old one may no longer hold.
+   */
+  rejudge(why: string): void {
+    this.#seen = undefined;
+    this.#judged = undefined;
+    this.#readProblem = undefined;
+    this.trigger(why);
+  }
+
   /** Operators' requests may be waiting (src/requests.ts): the loop takes them. */
   #pendingRequests = false;
   #closed = false;

@@ -3,7 +3,7 @@
  * (re-exec or in-place reload), real links, real signals, real HTTP.
  */
 import assert from 'node:assert/strict';
-import { chmod, mkdir, readlink, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readlink, rename, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
@@ -317,4 +317,42 @@ test('current.conf\'s folder deleted and recreated (rm -rf deploy; mkdir deploy)
   const e = (await history(root)).at(-1);
   assert.equal(e?.outcome, 'deployed');
   assert.notEqual(e?.trigger, 'recheck', 'seen by the watcher, not by the once-a-minute re-check');
+});
+
+// Found by a trial: a current.conf refused for its folder (mode 0777),
+// the folder fixed, then moved away and back (or replaced by a cp -a copy):
+// "current.conf is read again" was logged, but the same content and mtime
+// were taken for judged already, and nothing was applied.
+test('current.conf refused for its folder, then the folder moved away and back: current.conf is judged again and deployed', async (t) => {
+  if (process.getuid?.() !== 0) {
+    if (process.env['CI']) assert.fail('the trust checks refuse a world-writable folder for root: CI runs as root');
+    t.skip('needs root');
+    return;
+  }
+  const root = await tmpDir(t);
+  const app = await makeApp({ root, releases: ['1.0', '2.0'] });
+  reapAppsAfter(t, app.releasesDir);
+  const deployDir = path.join(app.dir, 'deploy');
+  const current = path.join(deployDir, 'current.conf');
+  await mkdir(deployDir, { mode: 0o755 });
+  const write = (r: string) => writeFile(current, JSON.stringify({ 'bin.file': path.join(app.releasesDir, `app.${r}`), 'cfg.file': path.join(app.releasesDir, `cfg.${r}`) }));
+  await write('1.0');
+  const config = await writeConfig(root, [app], { reconcileMs: 60_000 }, { currentFile: 'deploy/current.conf' });
+  const agent = startAgent(t, config);
+  await servedBy(app, '1.0');
+  await chmod(deployDir, 0o777);
+  await write('2.0');
+  const refused = await waitFor('the refusal', async () => (await history(root)).find((e) => e.outcome === 'refused'));
+  assert.equal(refused.code, 'UNTRUSTED_PATH', refused.reason ?? '');
+  await chmod(deployDir, 0o755);
+  await rename(deployDir, `${deployDir}.x`);
+  await agent.waitForLog('the folder gone', (l) => l['dir'] === deployDir && String(l.msg).includes('missing or was replaced'));
+  await rename(`${deployDir}.x`, deployDir);
+  await agent.waitForLog('the folder back', (l) => l['dir'] === deployDir && String(l.msg).startsWith('watching the folder of current.conf again'));
+  let h: HistoryEntry[] = [];
+  await waitFor('the deploy after the refusal', async () => (h = await history(root)).length === 3 || undefined, { timeoutMs: 15_000 })
+    .catch((err: Error) => { throw new Error(`${err.message}: ${JSON.stringify(h.map((x) => [x.time, x.trigger, x.outcome, x.code]))}`); });
+  assert.deepEqual(h.map((x) => [x.outcome, x.trigger]), [['deployed', 'startup'], ['refused', 'watch:change'], ['deployed', 'watch:folder']]);
+  await servedBy(app, '2.0');
+  await agent.stop();
 });
