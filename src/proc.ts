@@ -1541,6 +1541,14 @@ export class ProcessFinder {
   }
 }
 
+/**
+ * How long a copy outside the lineage must have run to be reported (ms): a
+ * preflight or a hook may run the candidate release for a moment (a smoke
+ * test, started by `relink deploy` itself or daemonized away from the
+ * agent; a trial's ran 1.5 s), which is no copy left running.
+ */
+const UNMANAGED_MIN_AGE_MS = 10_000;
+
 /** A copy of the app outside its lineage (src/cli/status.ts): its root process, and how many processes it has below it. */
 export interface UnmanagedCopy {
   readonly root: ProcInfo;
@@ -1556,10 +1564,11 @@ export interface UnmanagedCopy {
  * generation it is starting), with the processes below it (a master's
  * workers, which may run as another user). Started by hand, or by an agent
  * with another stateDir: relink neither deploys, supervises nor stops such
- * a copy, and it may hold the app's address. A script release's processes
+ * a copy, and it may hold the app's address. One younger than `minAgeMs`
+ * (default UNMANAGED_MIN_AGE_MS) is left out. A script release's processes
  * run an interpreter, not a release binary: not found here.
  */
-export async function unmanagedCopies(releasesDir: string, uid: number, known: ReadonlySet<number>, agentPid?: number): Promise<UnmanagedCopy[]> {
+export async function unmanagedCopies(releasesDir: string, uid: number, known: ReadonlySet<number>, agentPid?: number, minAgeMs = UNMANAGED_MIN_AGE_MS): Promise<UnmanagedCopy[]> {
   const prefix = releasesPrefix(releasesDir);
   if (prefix === undefined) return [];
   const rows = recentProcTable();
@@ -1579,6 +1588,7 @@ export async function unmanagedCopies(releasesDir: string, uid: number, known: R
     if (r.ppid !== undefined && runs.has(r.ppid)) continue; // below another one: counted there
     const root = await readProc(r.pid);
     if (root === undefined || !root.exe.startsWith(prefix) || !ownedBy(root, uid)) continue;
+    if (Date.now() - startedAtMs(root) < minAgeMs) continue;
     const below = [...runs.keys()].filter((pid) => {
       for (let at = parent.get(pid), hops = 0; at !== undefined && hops < 64; at = parent.get(at), hops++) if (at === r.pid) return true;
       return false;

@@ -486,7 +486,7 @@ test('nginx: an agent once refused for the app (another agent held it) adopts th
 // Found by a trial: a second nginx master of the app's release, outside
 // its lineage (left by an agent on another stateDir), was invisible in
 // status but for its workers, warned of one by one as "not the app's user".
-test('nginx: a copy of the app\'s release started by hand (outside its lineage) is warned of in status as one unmanaged copy with its worker, and never signalled', async (t) => {
+test('nginx: a copy of the app\'s release started by hand (outside its lineage) is warned of in status, once it has run 10 s, as one unmanaged copy with its worker, and never signalled', async (t) => {
   const ngx = await nginxApp(t, 'ngxhand');
   if (ngx === undefined) return;
   const { root, dir, releasesDir, port } = ngx;
@@ -501,15 +501,21 @@ test('nginx: a copy of the app\'s release started by hand (outside its lineage) 
   await mkdir(hand);
   const handPort = await freePort();
   await writeFile(path.join(hand, 'nginx.conf'), nginxConf(handPort, 'hand', true));
+  const startedHand = Date.now();
   await execFileAsync(path.join(releasesDir, 'app.a'), ['-p', `${hand}/`, '-e', 'error.log', '-c', path.join(hand, 'nginx.conf')]);
   const handMaster = Number((await readFile(path.join(hand, 'nginx.pid'), 'utf8')).trim());
   t.after(() => { try { process.kill(handMaster, 'SIGKILL'); } catch { /* gone */ } });
   await waitFor('the copy by hand to answer', async () => ((await get(`http://127.0.0.1:${handPort}/`).catch(() => undefined))?.body === 'nginx hand\n' ? true : undefined));
   type St = { apps: Array<{ pid: number; unmanaged: Array<{ pid: number; exe: string; processes: number }>; foreign: unknown[]; warnings: string[] }> };
+  // Just started (what a preflight's smoke run of the candidate looks like): not reported yet.
+  const early = JSON.parse((await relinkCli(['status', '--config', configFile, '--json'])).stdout) as St;
+  if (Date.now() - startedHand < 9_000) assert.deepEqual(early.apps[0]?.unmanaged, [], 'a copy that has run a moment is not reported');
   const st = await waitFor('status to show the copy with its worker', async () => {
     const s = JSON.parse((await relinkCli(['status', '--config', configFile, '--json'])).stdout) as St;
     return s.apps[0]?.unmanaged[0]?.processes === 2 ? s.apps[0] : undefined;
-  });
+  }, { timeoutMs: 30_000 });
+  // Not before it has run 10 s: a preflight's smoke run of the candidate is no copy left running.
+  assert.ok(Date.now() - startedHand >= 10_000, 'reported only once it has run 10 s');
   assert.equal(st.pid, master, 'the app is still its own master');
   assert.deepEqual(st.unmanaged, [{ pid: handMaster, exe: path.join(releasesDir, 'app.a'), processes: 2 }]);
   assert.deepEqual(st.foreign, [], 'its worker (uid 65534) is said with it, not as a foreign process');
