@@ -13,7 +13,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import type { AppConfig } from './config.js';
 import { fileError, isErrno, RelinkError, RelinkErrors } from './errors.js';
-import { deniedTo, openRegular, readSmallFile, type Reader } from './safefs.js';
+import { deniedByKernel, deniedTo, openRegular, readSmallFile, type Reader } from './safefs.js';
 import { describeUser } from './user.js';
 import { releaseFolderOf } from './relink.js';
 import { checkTrust } from './trust.js';
@@ -270,24 +270,39 @@ async function checkReleaseFile(file: string, key: CurrentKey, value: string, re
   // app's "Permission denied" in app.log only (a trial).
   if (reader !== undefined && reader.uid !== process.getuid?.()) {
     const who = `the app's user ${describeUser({ user: reader.name, uid: reader.uid })}`;
-    const script = executable && (await isScript(real));
-    const denied = await deniedTo(real, reader, executable ? (script ? 5 : 1) : 4);
-    if (denied !== undefined) {
-      throw executable
-        ? fileError('RELEASE_NOT_EXECUTABLE', file, key, `must be executable by ${who}, who runs it${script ? ' (a #! script: and readable, for its interpreter)' : ''}`, denied)
-        : fileError('RELEASE_UNREADABLE', file, key, `must be readable by ${who}, whose app reads it`, denied);
+    const interpreter = executable ? await interpreterOf(real) : undefined;
+    const rule = executable
+      ? `must be executable by ${who}, who runs it${interpreter === undefined ? '' : ` (a #! script: and readable, for its interpreter ${interpreter}, which it must be able to run)`}`
+      : `must be readable by ${who}, whose app reads it`;
+    const code = executable ? 'RELEASE_NOT_EXECUTABLE' : 'RELEASE_UNREADABLE';
+    const need = executable ? (interpreter === undefined ? 1 : 5) : 4;
+    // The mode bits first: they say which file or folder, and why.
+    const denied = await deniedTo(real, reader, need) ?? (interpreter === undefined ? undefined : await deniedTo(interpreter, reader, 1));
+    if (denied !== undefined) throw fileError(code, file, key, rule, denied);
+    // Then the kernel's word, ACLs included (an entry may deny what the bits allow).
+    const checks: Array<{ path: string; op: 'r' | 'x' }> = [];
+    if ((need & 4) !== 0) checks.push({ path: real, op: 'r' });
+    if ((need & 1) !== 0) checks.push({ path: real, op: 'x' });
+    if (interpreter !== undefined) checks.push({ path: interpreter, op: 'x' });
+    const verdicts = await deniedByKernel(reader, checks);
+    const refused = checks.find((_, i) => verdicts?.[i] === true);
+    if (refused !== undefined) {
+      const what = refused.op === 'r' ? 'readable' : 'executable';
+      const whose = refused.path === real ? real : `${refused.path}, its #! interpreter,`;
+      throw fileError(code, file, key, rule, `${whose} is not ${what} by it, though the mode bits on the way allow it: an ACL denies it (getfacl ${refused.path} and the folders above)`);
     }
   }
   return real;
 }
 
-/** Does the file start with "#!" (run through an interpreter, which must read it)? */
-async function isScript(file: string): Promise<boolean> {
+/** A #! script's interpreter (the path after "#!"), or undefined for anything else. */
+async function interpreterOf(file: string): Promise<string | undefined> {
   const fh = await open(file, 'r').catch(() => undefined);
-  if (fh === undefined) return false;
+  if (fh === undefined) return undefined;
   try {
-    const { bytesRead, buffer } = await fh.read(Buffer.alloc(2), 0, 2, 0);
-    return bytesRead === 2 && buffer.toString('latin1') === '#!';
+    const { bytesRead, buffer } = await fh.read(Buffer.alloc(256), 0, 256, 0);
+    const m = /^#!\s*(\S+)/.exec(buffer.subarray(0, bytesRead).toString('latin1'));
+    return m === null || !m[1]!.startsWith('/') ? undefined : m[1];
   } finally {
     await fh.close();
   }

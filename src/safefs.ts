@@ -268,6 +268,25 @@ export async function deniedTo(real: string, r: Reader, need: 1 | 4 | 5): Promis
   return undefined;
 }
 
+/**
+ * The kernel's word on what the app's user `r` may do, ACLs and all: one
+ * `setpriv --reuid --regid --init-groups` (util-linux, as the app is
+ * started: src/launch.ts) running `test -r` / `test -x` on each path.
+ * Returns, per check, whether it is denied; undefined when that could not
+ * be asked (setpriv missing, the agent not root).
+ */
+export async function deniedByKernel(r: Reader, checks: ReadonlyArray<{ readonly path: string; readonly op: 'r' | 'x' }>): Promise<boolean[] | undefined> {
+  if (checks.length === 0) return [];
+  const groups = r.name === String(r.uid) ? '--clear-groups' : '--init-groups';
+  const script = 'while [ $# -gt 1 ]; do if test "$1" "$2"; then echo y; else echo n; fi; shift 2; done';
+  const args = [`--reuid=${r.uid}`, `--regid=${r.gid}`, groups, '--', '/bin/sh', '-c', script, 'sh', ...checks.flatMap((c) => [`-${c.op}`, c.path])];
+  const out = await new Promise<string | undefined>((resolve) => {
+    execFile('/usr/bin/setpriv', args, { timeout: 5_000, env: { PATH: '/usr/bin:/bin', LC_ALL: 'C' } }, (err, stdout) => resolve(err === null ? stdout : undefined));
+  });
+  const said = out?.split('\n').filter((l) => l !== '') ?? [];
+  return said.length === checks.length ? said.map((l) => l === 'n') : undefined;
+}
+
 async function readerRefusal(ctx: Ctx, r: Reader, what: string, st: Stats): Promise<SafeFsError> {
   return fail(ctx, 'permission', ctx.file, `must be readable by the app's user ${describeUser({ user: r.name, uid: r.uid })}, for whom the agent reads it`,
     `${what} is owned by ${await userText(st.uid)}, mode ${modeText(st)}`);

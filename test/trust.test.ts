@@ -272,8 +272,25 @@ test('a release file the app\'s user cannot read or run, or reach through a fold
   await chmod(l.bin, 0o711);
   const [bin] = await problems();
   assert.equal(bin?.code, 'RELEASE_NOT_EXECUTABLE');
-  assert.equal(bin?.message, `${l.current}: "bin.file": must be executable by ${who}, who runs it (a #! script: and readable, for its interpreter) (found: ${l.bin} is owned by root (uid 0), group root, mode 0711)`);
+  assert.equal(bin?.message, `${l.current}: "bin.file": must be executable by ${who}, who runs it (a #! script: and readable, for its interpreter /bin/sh, which it must be able to run) (found: ${l.bin} is owned by root (uid 0), group root, mode 0711)`);
   await chmod(l.bin, 0o755);
+
+  // What the mode bits allow and an ACL denies, the kernel refuses: asked as the app's user.
+  await run('/usr/bin/setfacl', ['-m', `u:${web.name}:---`, l.bin]);
+  const [acl] = await problems();
+  assert.equal(acl?.code, 'RELEASE_NOT_EXECUTABLE');
+  assert.equal(acl?.found, `${l.bin} is not readable by it, though the mode bits on the way allow it: an ACL denies it (getfacl ${l.bin} and the folders above)`);
+  await run('/usr/bin/setfacl', ['-b', l.bin]);
+  // A #! interpreter the app's user may not run.
+  const interp = path.join(l.root, 'interp');
+  await writeFile(interp, '#!/bin/sh\nexec /bin/sh "$@"\n', { mode: 0o700 });
+  await writeFile(l.bin, `#!${interp}\n`);
+  const [noInterp] = await problems();
+  assert.equal(noInterp?.code, 'RELEASE_NOT_EXECUTABLE');
+  assert.equal(noInterp?.found, `${interp} is owned by root (uid 0), group root, mode 0700`);
+  await chmod(interp, 0o755);
+  assert.deepEqual(await problems(), [], 'once the interpreter may be run');
+  await writeFile(l.bin, '#!/bin/sh\n');
 
   await chmod(l.releases, 0o700);
   const both = await problems();
