@@ -442,7 +442,10 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
   for (;;) {
     if ((await fx.verify(proc)) === undefined) {
       // An app that daemonizes: its main exits and its one child serves on.
-      const ms = fx.now() - start;
+      // From the deploy's start (the signal, the launch) when known: a
+      // successor found and judged a moment before it died read "exited 0
+      // ms after the deploy" (a trial).
+      const ms = fx.now() - (since ?? start);
       let found = await fx.discover(proc);
       // One the agent started: how it ended (its exit event comes a moment
       // after /proc shows it a zombie: Node reaps it, so it is never "left
@@ -474,7 +477,10 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
       // deploy" alone sent the operator to the log).
       const said = own?.output === undefined ? '' : await own.output().catch(() => '');
       const daemon = how === CLEAN_EXIT && app.pidFile === undefined ? daemonHint(fx) : '';
-      throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${ms} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe)${how === undefined ? '' : `, ${how}`}${said === '' ? ` (see ${outputWhere(app)})` : `; its last output: ${said}`}${daemon}`,
+      // Not the agent's own child (a new master started by the old one): its
+      // errors went where its parent's stderr goes (nginx: its error log).
+      const inherited = own === undefined && proc.ppid > 1 ? inheritedErrors(fx, proc.ppid) : '';
+      throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${ms} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe)${how === undefined ? '' : `, ${how}`}${said === '' ? ` (see ${outputWhere(app)}${inherited})` : `; its last output: ${said}`}${daemon}`,
         { ...logFileOf(app), key: 'health.settleMs', rule: 'the app must stay up', found: how ?? `exited after ${ms} ms` });
     }
     if (!ready) ready = await fx.notifiedReady(since ?? start, fx.now());

@@ -816,6 +816,27 @@ test('a release never healthy whose process writes its errors to a file of its o
   assert.match(e?.reason ?? '', /\(see \S+app\.log; pid \d+ writes its errors to \/srv\/web\/logs\/error\.log\)$/);
 });
 
+// Found in the full suite with nginx: a new master that refused its config
+// after it was seen was judged, and its exit said only "(see app.log)",
+// which was empty; nginx had said why in the error log it inherits.
+test('"upgrade": a new master that dies while judged is said with the error log it inherited from the old one', async () => {
+  const { w, agent } = await running(appConfig({ strategy: 'upgrade', signal: 'SIGUSR2' }, { ...PROBED, stop: { signal: 'SIGQUIT', timeoutMs: 5000 } }));
+  const old = agent.mainPid!;
+  w.onSignal = 'upgrade';
+  w.errorFiles.set(`${REL}/app.1.0`, '/srv/web/logs/error.log');
+  w.probeResult = (exe) => {
+    if (exe !== `${REL}/app.2.0`) return { ok: true, detail: 'HTTP 200' };
+    for (const [pid, p] of w.procs) if (p.exe === exe) w.procs.delete(pid);
+    return { ok: false, detail: 'ECONNREFUSED' };
+  };
+  w.write('2.0');
+  agent.trigger('watch:change');
+  await agent.idle();
+  const e = w.entries[1];
+  assert.equal(e?.code, 'APP_EXITED', e?.reason ?? '');
+  assert.match(e?.reason ?? '', new RegExp(`^pid \\d+ exited \\d+ ms after the deploy, before it was judged healthy .*\\(see \\S+app\\.log; pid ${old} writes its errors to /srv/web/logs/error\\.log, and so did the successor it started\\)$`));
+});
+
 test('an unhealthy release is rolled back: links, process and current.conf back on the last good release', async () => {
   const { w, agent } = await running(appConfig({}, PROBED));
   assert.equal(w.entries[0]?.outcome, 'deployed');

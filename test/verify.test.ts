@@ -36,9 +36,10 @@ for (const [release, code, why] of [
     // The previous release serves, the links and current.conf name it again.
     const now = await servedBy(f.app, '1.0');
     if (release === 'crash') assert.equal(now.pid, v1.pid, 'the old process never handed over and keeps serving');
-    // Reaped by the old main before the agent looked, or seen as its zombie
-    // first (on a loaded host): the same fault, said either way.
-    if (release === 'crash') assert.match(e.reason ?? '', /did not take over: (a child of pid \d+ exited after SIGHUP|its process \(pid \d+, started by pid \d+ after SIGHUP\) died and was left unreaped)/);
+    // Reaped by the old main before the agent looked, seen as its zombie
+    // first, or seen alive a moment and judged (on a loaded host; the full
+    // suite once): the same fault, said each way.
+    if (release === 'crash') assert.match(e.reason ?? '', /did not take over: (a child of pid \d+ exited after SIGHUP|its process \(pid \d+, started by pid \d+ after SIGHUP\) died and was left unreaped)|^pid \d+ exited \d+ ms after the deploy, before it was judged healthy/);
     assert.equal(await readlink(path.join(f.app.dir, 'app.bin')), path.join(f.app.releasesDir, 'app.1.0'));
     assert.deepEqual(await currentConf(f.app), { 'bin.file': 'app.1.0', 'cfg.file': 'cfg.1.0' });
 
