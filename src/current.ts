@@ -162,7 +162,7 @@ export async function validateCurrent(app: AppConfig, text: string, file: string
     throw new RelinkErrors([fileError('RELEASE_MISSING', file, undefined, `the releases folder ${app.releasesDir} must exist`, isErrno(err) ? err.code : String(err))]);
   });
   const problems: RelinkError[] = [];
-  const check = async (key: CurrentKey, value: string, executable: boolean): Promise<string | RelinkError> => {
+  const check = async (key: CurrentKey, value: string, executable: boolean): Promise<CheckedFile | RelinkError> => {
     try {
       return await checkReleaseFile(file, key, value, releasesReal, executable, reader);
     } catch (err) {
@@ -175,8 +175,15 @@ export async function validateCurrent(app: AppConfig, text: string, file: string
     check('bin.file', data['bin.file'], true),
     check('cfg.file', data['cfg.file'], false),
   ]);
-  for (const c of checked) if (c instanceof RelinkError) problems.push(c);
-  const [bin, cfg] = checked.map((c) => (typeof c === 'string' ? c : undefined));
+  // The kernel's word for both files at once, as the app's user (one setpriv).
+  const asked = checked.flatMap((c) => (c instanceof RelinkError ? [] : c.kernel));
+  const verdicts = reader === undefined ? undefined : await deniedByKernel(reader, asked.map((k) => k.check));
+  const refusals = new Map(asked.flatMap((k, i) => (verdicts?.[i] === true ? [[k.key, k.refusal] as const] : [])).reverse());
+  for (const c of checked) {
+    if (c instanceof RelinkError) problems.push(c);
+    else if (refusals.has(c.key)) problems.push(refusals.get(c.key)!);
+  }
+  const [bin, cfg] = checked.map((c) => (c instanceof RelinkError || refusals.has(c.key) ? undefined : c.real));
   const expected: Array<[string | undefined, string | undefined, 'bin.sha256' | 'cfg.sha256']> = [
     [bin, data['bin.sha256'], 'bin.sha256'],
     [cfg, data['cfg.sha256'], 'cfg.sha256'],
@@ -227,7 +234,18 @@ function folderProblem(file: string, releasesReal: string, release: Release): Re
   return fileError('RELEASE_NOT_IN_FOLDER', file, 'cfg.file', `must be in the release folder of "bin.file", ${binFolder} ${why}`, release.cfg);
 }
 
-async function checkReleaseFile(file: string, key: CurrentKey, value: string, releasesReal: string, executable: boolean, reader?: Reader): Promise<string> {
+/**
+ * A release file that passed the checks the agent makes itself, and what
+ * is left to ask the kernel as the app's user (`kernel`: each check with
+ * the refusal to make if it is denied; asked for both files at once).
+ */
+interface CheckedFile {
+  readonly key: CurrentKey;
+  readonly real: string;
+  readonly kernel: ReadonlyArray<{ readonly key: CurrentKey; readonly check: { readonly path: string; readonly op: 'r' | 'x' }; readonly refusal: RelinkError }>;
+}
+
+async function checkReleaseFile(file: string, key: CurrentKey, value: string, releasesReal: string, executable: boolean, reader?: Reader): Promise<CheckedFile> {
   const abs = await resolveReleasePath(file, key, value);
   let real: string;
   try {
@@ -279,20 +297,23 @@ async function checkReleaseFile(file: string, key: CurrentKey, value: string, re
     // The mode bits first: they say which file or folder, and why.
     const denied = await deniedTo(real, reader, need) ?? (interpreter === undefined ? undefined : await deniedTo(interpreter, reader, 1));
     if (denied !== undefined) throw fileError(code, file, key, rule, denied);
-    // Then the kernel's word, ACLs included (an entry may deny what the bits allow).
+    // Then the kernel's word, ACLs included (an entry may deny what the
+    // bits allow): asked by the caller for both files at once.
     const checks: Array<{ path: string; op: 'r' | 'x' }> = [];
     if ((need & 4) !== 0) checks.push({ path: real, op: 'r' });
     if ((need & 1) !== 0) checks.push({ path: real, op: 'x' });
     if (interpreter !== undefined) checks.push({ path: interpreter, op: 'x' });
-    const verdicts = await deniedByKernel(reader, checks);
-    const refused = checks.find((_, i) => verdicts?.[i] === true);
-    if (refused !== undefined) {
-      const what = refused.op === 'r' ? 'readable' : 'executable';
-      const whose = refused.path === real ? real : `${refused.path}, its #! interpreter,`;
-      throw fileError(code, file, key, rule, `${whose} is not ${what} by it, though the mode bits on the way allow it: an ACL denies it (getfacl ${refused.path} and the folders above)`);
-    }
+    return {
+      key,
+      real,
+      kernel: checks.map((check) => {
+        const what = check.op === 'r' ? 'readable' : 'executable';
+        const whose = check.path === real ? real : `${check.path}, its #! interpreter,`;
+        return { key, check, refusal: fileError(code, file, key, rule, `${whose} is not ${what} by it, though the mode bits on the way allow it: an ACL denies it (getfacl ${check.path} and the folders above)`) };
+      }),
+    };
   }
-  return real;
+  return { key, real, kernel: [] };
 }
 
 /** A #! script's interpreter (the path after "#!"), or undefined for anything else. */
