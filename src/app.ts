@@ -1441,7 +1441,12 @@ export class AppAgent {
         this.#problem = problemOf(err, this.#fx.now());
         this.#problemFrom = 'start';
       }
-      await this.#finish(attempt, 'failed', action, release, now, now === undefined ? 'stopped' : 'running', err, { ...extra, strategy: this.app.reload.strategy });
+      // Said in the verdict, so the asker knows the app may still come up.
+      const { enabled, backoffMs, maxRetries } = this.app.supervise;
+      const told = now === undefined && enabled
+        ? new RelinkError(err.code, `${err.message}; crash supervision tries again in ${backoffMs} ms, backing off up to supervise.maxRetries (${maxRetries}) times, and journals the start that works`, { key: err.key, rule: err.rule, found: err.found, file: err.file })
+        : err;
+      await this.#finish(attempt, 'failed', action, release, now, now === undefined ? 'stopped' : 'running', told, { ...extra, strategy: this.app.reload.strategy });
       return;
     }
     await this.#serve(after, main);
@@ -1942,6 +1947,12 @@ export class AppAgent {
       }
     }
     this.#restartDue = false;
+    // The journal's last word on the app left it down (a failed relink
+    // start, a failed start with nothing to go back to): the start that
+    // brings it up is journaled too, or history says "failed" while status
+    // says running (a trial: relink start with the port taken, then freed).
+    const leftDown = this.#lastDeploy !== null && this.#lastDeploy.outcome === 'failed' && this.#lastDeploy.pidAfter === null;
+    const attempt: Attempt = { trigger: 'supervise', started: this.#fx.now(), snapshot: null, from: links, pidBefore: undefined };
     try {
       if (links.dirStale === true) {
         // The folder link (links.dir) is missing or names another release
@@ -1964,6 +1975,7 @@ export class AppAgent {
       if (this.#problemFrom === 'start') this.#problem = undefined;
       this.#startFailed = false;
       await this.#transition('running');
+      if (leftDown) await this.#journalSupervisedStart(attempt, { bin: links.bin, cfg: links.cfg }, after);
     } catch (err) {
       if (!(err instanceof RelinkError)) throw err;
       // Not a crash of the app: it could not be started (a planted log
@@ -1978,6 +1990,27 @@ export class AppAgent {
       this.check();
       await this.#saveState();
     }
+  }
+
+  /**
+   * A start by the crash supervision after a verdict that left the app down:
+   * judged as a relink start is (settle time, readiness, the probe), then
+   * journaled "deployed", action "start", trigger "supervise". One that does
+   * not come up healthy is left to supervision and liveness as any restart,
+   * and the failed verdict stays the journal's last word.
+   */
+  async #journalSupervisedStart(attempt: Attempt, release: Release, started: ProcInfo): Promise<void> {
+    let after: ProcInfo;
+    try {
+      after = await awaitHealthy(this.#fx, this.app, started, this.#verifyBy, this.#tracker.sinceMs, false, this.#launched);
+    } catch (err) {
+      if (!(err instanceof RelinkError)) throw err;
+      this.#log.warn({ appPid: started.pid, code: err.code }, `the app restarted by supervision did not come up healthy: ${err.message}`);
+      return;
+    }
+    if (this.#unsettled !== undefined && sameProcess(this.#unsettled, started)) this.#unsettled = undefined;
+    this.#lastGood = { ...release, text: currentTextFor(this.app.currentFile, release) };
+    await this.#finish(attempt, 'deployed', 'start', release, after, 'running');
   }
 
   /**

@@ -2360,6 +2360,25 @@ test('relink start that fails after a long stop: supervision counts it as a star
   assert.equal(said['delayMs'], 1000, 'the first backoff, not a restart at once');
   assert.match(String(said['msg']), /^the app could not be started; restarting in 1000 ms/);
   assert.match(agent.problem?.message ?? '', /Address already in use/);
+  // Found by a trial: the start that works once the port is free was not
+  // journaled, and history said "failed" while status said running.
+  assert.match(w.entries.at(-1)?.reason ?? '', /; crash supervision tries again in 1000 ms, backing off up to supervise\.maxRetries \(5\) times, and journals the start that works$/);
+  w.launchExits = false;
+  w.advance(1000);
+  await agent.idle();
+  assert.equal(agent.state, 'running');
+  const last = w.entries.at(-1);
+  assert.deepEqual([last?.outcome, last?.action, last?.trigger, last?.pidAfter], ['deployed', 'start', 'supervise', agent.mainPid]);
+  assert.equal(last?.to.bin, `${REL}/app.1.0`);
+  // Once: a crash after it is supervision's, not the journal's.
+  const count = w.entries.length;
+  w.crash();
+  agent.check();
+  await agent.idle();
+  w.advance(2000);
+  await agent.idle();
+  assert.equal(agent.state, 'running');
+  assert.equal(w.entries.length, count);
   await agent.close();
 });
 

@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { readdir, readFile, readlink, rename, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
 import { readHistory } from '../src/history.js';
@@ -214,6 +215,37 @@ test('relink start is the way out of "fatal"; --wait answers a failed restart wi
   assert.deepEqual([said.outcome, said.code], ['error', 'NOT_ROOT']);
   assert.match(said.message, /^only root may have the agent \(pid \d+, root's\) reload: run it with sudo/);
   assert.equal((await status(config)).pid, (await servedBy(app.port, 'app.1')).pid, 'nothing was done');
+  await agent.stop();
+});
+
+// Found by a trial: with the app's port taken, relink start --wait exited 1
+// and journaled "failed"; crash supervision then brought the app up once
+// the port was free, journaling nothing: history said failed, status running.
+test('a relink start that fails on a taken port says supervision tries again, and the start that works once the port is free is journaled', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'busy', PLAIN, { '1': '' });
+  reapMarkedAfter(t, app.dir);
+  await setCurrent(app, '1');
+  const config = await configFor(root, app, { supervise: { checkMs: 100, backoffMs: 1_500, maxBackoffMs: 3_000, stableMs: 3_000, maxRetries: 5 } });
+  const agent = startAgent(t, config);
+  assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
+  assert.equal((await relinkCli(['stop', app.name, '--config', config, '--wait'])).code, 0);
+  const squatter = createServer((c) => c.destroy());
+  await new Promise<void>((resolve, reject) => squatter.once('error', reject).listen(app.port, '127.0.0.1', resolve));
+  defer(t, () => new Promise<void>((resolve) => squatter.close(() => resolve())));
+
+  const start = await relinkCli(['start', app.name, '--config', config, '--wait']);
+  assert.equal(start.code, 1, start.stdout);
+  assert.match(start.stderr, /busy: relink start failed: .*; crash supervision tries again in 1500 ms, backing off up to supervise\.maxRetries \(5\) times, and journals the start that works/);
+  await new Promise<void>((resolve) => squatter.close(() => resolve()));
+
+  const up = await nth(root, app.name, 4);
+  assert.deepEqual([up.outcome, up.action, up.trigger, up.code], ['deployed', 'start', 'supervise', null], up.reason ?? '');
+  const served = await servedBy(app.port, 'app.1');
+  assert.equal(up.pidAfter, served.pid);
+  assert.equal((await status(config)).state, 'running');
+  const hist = await relinkCli(['history', '--config', config]);
+  assert.match(hist.stdout.trim().split('\n').at(-1) ?? '', / deployed +start \(supervision\) /, hist.stdout + hist.stderr);
   await agent.stop();
 });
 

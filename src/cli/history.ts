@@ -33,7 +33,8 @@ function row(e: HistoryEntry, releasesDir: string | undefined): string[] {
   const base = (p: string | null) => releaseLabel(p, releasesDir);
   // A restart's gap: refused connections (outage) or ones that waited in a held socket's backlog (queued).
   const gap = e.outageMs != null ? ` (outage ${e.outageMs} ms)` : e.queuedMs != null ? ` (queued ${e.queuedMs} ms)` : '';
-  const asked = e.command === undefined ? '' : ` (relink ${e.command})`;
+  // Who asked: an operator (relink start...), or the crash supervision bringing up an app a failed verdict left down.
+  const asked = e.command !== undefined ? ` (relink ${e.command})` : e.trigger === 'supervise' ? ' (supervision)' : '';
   return [e.time, e.app, e.repeats === undefined ? e.outcome : `${e.outcome} x${e.repeats}`, `${e.action}${gap}${asked}`, `${base(e.to.bin)} / ${base(e.to.cfg)}`,
     pids(e.pidBefore, e.pidAfter), String(e.durationMs), e.reason ?? ''];
 }
