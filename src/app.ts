@@ -1625,8 +1625,14 @@ export class AppAgent {
     // masters, and nginx ignores an upgrade signal while its new one runs).
     if (this.#inflight?.phase === 'deploy' && cause !== undefined) {
       this.#inflight = { ...this.#inflight, phase: 'rollback', cause: { code: cause.code, message: cause.message } };
-      await this.#saveState();
     }
+    // Saved before the signal, the master no longer quiesced: an agent
+    // killed right after it must not resume it a second time (a trial with
+    // nginx: a SIGHUP while its failed new master is not yet reaped starts
+    // another set of workers beside the first, twice worker_processes until
+    // the next deploy). Killed between this write and the signal, the next
+    // agent resumes it only if it has no worker left (the branch above).
+    await this.#saveState();
     if (this.#lastGood !== undefined) await this.#fx.relink(this.#lastGood);
     if (!this.#fx.signal(old.pid, signal)) return;
     this.#log.warn({ appPid: old.pid, signal }, `the new generation failed: ${signal} to the quiesced old master (pid ${old.pid}) to start its workers again`);

@@ -242,6 +242,8 @@ class World implements Effects {
   linksAtResume: { bin: string | undefined; cfg: string | undefined } | undefined;
   /** The phase of the deploy in flight the state file held then. */
   phaseAtResume: string | undefined;
+  /** The quiesced master the state file held then (null: none). */
+  quiescedAtResume: number | null | undefined;
 
   /** A worker forked by `master`: its image and generation. */
   workerOf(master: number): ProcInfo {
@@ -431,6 +433,7 @@ class World implements Effects {
       // Resumed: it starts its workers again (nginx, without re-reading its config while its new master runs).
       this.linksAtResume = { ...this.links };
       this.phaseAtResume = this.states.at(-1)?.inflight?.phase;
+      this.quiescedAtResume = this.states.at(-1)?.quiesced?.pid ?? null;
       this.workerOf(pid);
       return true;
     }
@@ -2126,6 +2129,11 @@ test('"upgrade" with reload.quiesceSignal, the new generation unhealthy: the lin
   assert.ok(stopNew > hup, `the new generation is stopped after the resume: ${JSON.stringify(w.signals)}`);
   assert.deepEqual(w.linksAtResume, { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` }, 'the links are back on the good release when the old master may re-read its config');
   assert.equal(w.phaseAtResume, 'rollback', 'an agent killed from then on finds a rollback in flight, not a deploy whose links were never switched');
+  // Found by a trial with nginx (the agent killed right after the SIGHUP,
+  // 3 in 3): the state still named the master quiesced, the next agent sent
+  // SIGHUP again, and nginx, its new master not yet reaped, started a second
+  // set of workers beside the first.
+  assert.equal(w.quiescedAtResume, null, 'the state file no longer names the master quiesced when the resume goes out');
   assert.equal(agent.mainPid, old);
   assert.ok([...w.procs.values()].some((p) => p.ppid === old && p.exe === `${REL}/app.1.0`), 'the old master has a worker again');
 });
