@@ -169,6 +169,26 @@ test('relink status with no agent running says a deploy, or its rollback, the la
   assert.equal(await interrupted(), null);
   await agent.stop();
   assert.doesNotMatch((await relinkCli(['status', '--config', config])).stdout, /interrupted/);
+
+  // An agent killed after it journaled the verdict, before it saved the
+  // state without the deploy in flight (a trial, 2 in 5): the state file
+  // still holds the rollback and the deploy before it. The journal has the
+  // verdict: status says it, not "interrupted".
+  const stateFile = path.join(root, 'state', 'apps', app.name, 'state.json');
+  const saved = JSON.parse(await readFile(stateFile, 'utf8')) as Record<string, unknown>;
+  const before = (await readHistory(path.join(root, 'state'), app.name))[1]!;
+  await writeFile(stateFile, JSON.stringify({
+    ...saved,
+    lastDeploy: before,
+    inflight: {
+      phase: 'rollback', trigger: r.trigger, startedMs: Date.parse(r.time) - r.durationMs, hash: r.currentHash, text: '{}',
+      release: { bin: path.join(app.releasesDir, 'app.3'), cfg: path.join(app.releasesDir, 'cfg.3') }, from: r.from, pidBefore: r.pidBefore,
+      switchedTick: 0, cause: { code: 'APP_EXITED', message: 'exited' },
+    },
+  }));
+  const after = JSON.parse((await relinkCli(['status', '--config', config, '--json'])).stdout) as { apps: Array<{ interrupted: Interrupted; lastDeploy: { outcome: string } | null }> };
+  assert.equal(after.apps[0]!.interrupted, null);
+  assert.equal(after.apps[0]!.lastDeploy?.outcome, 'rolled_back');
 });
 
 test('relink start is the way out of "fatal"; --wait answers a failed restart with exit 1; requests need a running agent', async (t) => {

@@ -3,7 +3,8 @@ import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { LIMIT_NAMES, releaseOfFile, type AppConfig, type AgentConfig, type LimitName, type LimitValue } from '../config.js';
 import { hashText } from '../current.js';
-import type { HistoryEntry } from '../history.js';
+import { newestFirst, type HistoryEntry } from '../history.js';
+import { journaled } from '../inflight.js';
 import { lower, readLimits } from '../limits.js';
 import { folderMissing } from '../applock.js';
 import { describeError, isErrno, RelinkError } from '../errors.js';
@@ -169,6 +170,7 @@ const OLD_NOFILE_DEFAULT = 1024;
 export async function appStatus(config: AgentConfig, app: AppConfig, agentRunning: boolean, now = Date.now(), agentPid?: number): Promise<AppStatus> {
   const damaged: string[] = [];
   const [saved, links] = await Promise.all([readAppState(config.stateDir, app.name, { onDamaged: (d) => damaged.push(describeDamage(d)) }), readLinks(app.links, app.releasesDir)]);
+  const verdict = await verdictOf(config.stateDir, app.name, saved?.inflight, agentRunning);
   const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user, mode: app.reload.mode });
   const known = saved?.pid != null && saved.pidStart != null ? { pid: saved.pid, startTime: saved.pidStart } : undefined;
   finder.restore(saved?.lineage ?? undefined, known);
@@ -274,7 +276,7 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     currentFile: app.currentFile,
     lastGood: saved?.lastGood ? { bin: saved.lastGood.bin, cfg: saved.lastGood.cfg } : null,
     restarts: saved?.restarts ?? 0,
-    lastDeploy: saved?.lastDeploy ?? null,
+    lastDeploy: verdict ?? saved?.lastDeploy ?? null,
     problem: unavailable ?? (agentRunning ? saved?.problem ?? null : null),
     user,
     limits,
@@ -286,8 +288,25 @@ export async function appStatus(config: AgentConfig, app: AppConfig, agentRunnin
     generations,
     held: saved?.held?.at ?? null,
     restartToApply: proc === undefined || saved?.settings == null ? [] : changedSettings(saved.settings, launchSettings(app)),
-    interrupted: agentRunning || saved?.inflight == null ? null : interruptedOf(saved.inflight),
+    interrupted: verdict !== undefined || agentRunning || saved?.inflight == null ? null : interruptedOf(saved.inflight),
   };
+}
+
+/**
+ * With no agent running and a deploy in flight in the state file: the
+ * journal's newest entry, when it is that deploy's verdict. The agent
+ * journals a verdict before it saves the state without the deploy in
+ * flight; killed in between (a trial), the deploy is over, not interrupted.
+ * undefined otherwise, or when the journal cannot be read.
+ */
+async function verdictOf(stateDir: string, app: string, inflight: InFlight | null | undefined, agentRunning: boolean): Promise<HistoryEntry | undefined> {
+  if (agentRunning || inflight == null) return undefined;
+  try {
+    for await (const e of newestFirst(stateDir, app)) return journaled(inflight, e) ? e : undefined;
+  } catch {
+    // Unreadable (another user's journal): the state file's word stands.
+  }
+  return undefined;
 }
 
 /** A deploy in flight as status tells it: where it was going (a rollback goes back to where the deploy came from). */
