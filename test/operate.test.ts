@@ -227,7 +227,7 @@ test('relink start is the way out of "fatal"; --wait answers a failed restart wi
   for (const verb of ['stop', 'start', 'restart']) {
     const r = await relinkCli([verb, app.name, '--config', config, '--wait'], {}, user);
     assert.equal(r.code, 1, r.stderr);
-    assert.match(r.stderr, new RegExp(`^relink ${verb}: only root may ask the agent \\(\\S+ is root's\\): run it with sudo\n$`));
+    assert.match(r.stderr, new RegExp(`^relink ${verb}: only root may ask the agent \\(\\S+ is root's\\): run it with sudo \\[NOT_ROOT\\]\n$`));
   }
   const reload = await relinkCli(['reload', '--config', config, '--wait', '--json'], {}, user);
   assert.equal(reload.code, 1, reload.stderr);

@@ -75,7 +75,7 @@ test('an app\'s journal and state are readable by root and the app\'s group only
   // Anybody else reads neither, and is told so without a stack trace.
   const theirs = await cliAs(stranger, ['history', '--config', config, '--app', 'web']);
   assert.equal(theirs.code, 1);
-  assert.equal(theirs.stderr, `relink history: ${journalFile(stateDir, 'web')}: could not read the journal (EACCES: permission denied)\n`);
+  assert.equal(theirs.stderr, `relink history: ${journalFile(stateDir, 'web')}: could not read the journal (EACCES: permission denied) [STATE_UNREADABLE]\n`);
   const merged = await cliAs(stranger, ['history', '--config', config]);
   assert.equal(merged.code, 0, merged.stderr);
   assert.equal(merged.stdout, 'no deploys recorded yet\n');

@@ -449,7 +449,7 @@ test('a signal that starts a new master under "inplace" (gunicorn SIGUSR2) fails
   }
   const d = await relinkCli(['deploy', '--config', config, '--bin', path.join(app.releasesDir, 'app.3'), '--cfg', path.join(app.releasesDir, 'cfg.1')]);
   assert.equal(d.code, 1, d.stderr);
-  assert.match(d.stderr, /"bin\.file" changes .*app\.3\), but reload\.strategy "inplace"/);
+  assert.match(d.stderr, /"bin\.file" changes .*app\.3\), but reload\.strategy "inplace".*\[STRATEGY_MISMATCH\]\n$/);
   assert.equal(await readFile(path.join(app.releasesDir, 'current.conf'), 'utf8'), currentBefore, 'a refused deploy leaves current.conf as it was');
   // A new config only (a new binary is refused under "inplace").
   await writeFileAtomic(path.join(app.releasesDir, 'current.conf'), `${JSON.stringify({ 'bin.file': 'app.1', 'cfg.file': 'cfg.2' })}\n`);

@@ -84,7 +84,7 @@ async function main(argv: string[]): Promise<number> {
     return await Promise.race([run, stop.then((signal) => 128 + (osConstants.signals[signal as NodeJS.Signals] ?? 0))]);
   } catch (err) {
     if (err instanceof RelinkErrors) {
-      io.stderr(`relink ${name}: ${err.total} problem${err.total === 1 ? '' : 's'}:\n${err.problems.map((p) => `  ${p.message}`).join('\n')}\n`);
+      io.stderr(`relink ${name}: ${err.total} problem${err.total === 1 ? '' : 's'}:\n${err.problems.map((p) => `  ${p.message} [${p.code}]`).join('\n')}\n`);
       // A config file being edited: the agent is not broken by it, and says so nowhere else.
       if (name !== 'agent' && err.problems.some((p) => CONFIG_PROBLEMS.has(p.code))) {
         io.stderr(`A running agent is not affected: it keeps the config it last loaded. If this is its config file, fix it, then relink reload (which checks it first and changes nothing while it is still invalid); to act meanwhile, give this command -c with a copy of the last good file.\n`);
@@ -92,7 +92,8 @@ async function main(argv: string[]): Promise<number> {
       return EXIT.failed;
     }
     if (err instanceof RelinkError) {
-      io.stderr(`relink ${name}: ${err.message}\n`);
+      // The code as validate, status and the journal give it (a refused deploy, a request the agent cannot take).
+      io.stderr(`relink ${name}: ${err.message}${err.code === 'USAGE' ? '' : ` [${err.code}]`}\n`);
       if (err.code === 'USAGE') io.stderr(`Try: relink ${name} --help\n`);
       return err.code === 'USAGE' ? EXIT.usage : EXIT.failed;
     }
