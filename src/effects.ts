@@ -17,7 +17,7 @@ import type { CommandResult } from './command.js';
 import { runHook, type HookEntry, type HookName } from './hooks.js';
 import { logSize, logTail } from './logtail.js';
 import { AppOutput } from './appoutput.js';
-import { descendantsOf, leavesOf, portListener, ProcessFinder, readProc, readStat, sendSignal, listenerInodes, sharesListener, socketInodes, stderrFile, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
+import { descendantsOf, leavesOf, listeningInodes, portListener, ProcessFinder, readProc, readStat, sendSignal, listenerInodes, sharesListener, socketInodes, stderrFile, ticksNow, unixListening, waitingForWork, type Discovery, type LineageRecord, type ProcIdentity, type ProcInfo } from './proc.js';
 import type { SocketHolder, Unheld } from './sockets.js';
 import { parseListenAddress } from './listenfds.js';
 import { RelinkError } from './errors.js';
@@ -195,6 +195,15 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
   const configFile = opts.configFile ?? '';
   const output = opts.output ?? new AppOutput(app, { info: () => undefined, warn: () => undefined, error: () => undefined });
   const finder = new ProcessFinder({ name: app.name, dir: app.dir, releasesDir: app.releasesDir, pidFile: app.pidFile, user: app.user, mode: app.reload.mode });
+  /** Another program listening on the probe's port, as found before the last start with nothing of the app running (probePortTaken). */
+  let portTaken: { readonly port: number; readonly pid?: number; readonly exe?: string } | undefined;
+  /** Does a process of generation `gen` (or `pid`, the one judged) listen on any socket, TCP or Unix? */
+  const generationListens = (gen: number, pid: number): boolean => {
+    const listening = listeningInodes('self');
+    const pids = new Set([pid, ...finder.record().members.filter((m) => m.gen >= gen).map((m) => m.pid), ...(descendantsOf(pid) ?? []).map((p) => p.pid)]);
+    for (const p of pids) for (const i of socketInodes(p)) if (listening.has(i)) return true;
+    return false;
+  };
   /** Generations a process of which has been seen waiting for connections: probed at once from then on. */
   const accepting = new Set<number>();
   /** How many sockets a process of a generation being judged held when first looked at (pid -> count). */
@@ -301,7 +310,10 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
       const port = probePort(app.health.probe);
       if (port === undefined) return undefined;
       const taken = portListener(port, new Set(finder.record().members.map((m) => m.pid)));
-      return taken === undefined ? undefined : { port, ...taken };
+      // Asked before every start with nothing of the app running: the
+      // probes of that start are attributed while this holds.
+      portTaken = taken === undefined ? undefined : { port, ...taken };
+      return portTaken;
     },
     notifiedReady: (sinceMs, deadlineMs) => (opts.notify === undefined ? Promise.resolve(false) : opts.notify.ready(sinceMs, deadlineMs)),
     signal: sendSignal,
@@ -338,12 +350,28 @@ export function realEffects(app: AppConfig, stateDir: string, opts: RealEffectsO
       await finder.refresh();
       // Nothing older left to share the socket (the first start, "restart",
       // a handoff whose old generation is gone): any answer is the judged
-      // generation's, and the probe needs no attribution (an `ss` per look).
+      // generation's, and the probe needs no attribution (an `ss` per look),
+      // unless another program listened on the probe's port when the app
+      // was started (probePortTaken).
       const others = finder.record().members.some((m) => m.pid !== judged.pid && m.gen < gen);
       if (others && probeOpts?.onlyIfAccepting === true && !takesConnections(judged, gen)) {
         return { ok: false, detail: `no process of generation ${gen} (pid ${judged.pid} and its children) was seen waiting for connections yet`, notSent: true };
       }
-      return probeOnce(app.health.probe, app.health.probeTimeoutMs, others ? whose : undefined);
+      const squatter = portTaken;
+      if (squatter === undefined) return probeOnce(app.health.probe, app.health.probeTimeoutMs, others ? whose : undefined);
+      // Accepted by that program: a proxy in front of the app when the
+      // generation judged listens somewhere itself; else it answers for an
+      // app that could not bind its port (a trial: nginx retrying bind()
+      // for 2.5 s while python's http.server passed its probe, and relink
+      // start said "started and healthy").
+      const r = await probeOnce(app.health.probe, app.health.probeTimeoutMs, async (inode) => {
+        const who = await whose(inode);
+        return who === 'unknown' && !generationListens(gen, judged.pid) ? 'foreign' : who;
+      });
+      if (r.ok) portTaken = undefined;
+      if (r.foreign !== true) return r;
+      const by = squatter.pid === undefined ? 'a process the agent cannot see' : `pid ${squatter.pid}${squatter.exe === undefined ? '' : ` (${squatter.exe})`}`;
+      return { ...r, detail: `answered by ${by}, which listened on port ${squatter.port} before the app was started, while generation ${gen} listens on nothing: the app could not bind its port` };
     },
     record: (entry) => store.record(entry),
     notifyOperators: (event) => opts.notifications?.emit(event),

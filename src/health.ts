@@ -31,6 +31,12 @@ export interface ProbeResult {
    * whatever other probes an older generation took.
    */
   readonly judged?: boolean;
+  /**
+   * The connection was accepted by a process that is not the app's while
+   * the generation judged listens on nothing (attributed probes only): it
+   * answers for the app (a program holding the app's port), and fails.
+   */
+  readonly foreign?: boolean;
 }
 
 /**
@@ -39,7 +45,14 @@ export interface ProbeResult {
  * judged), "older" (a process of an older generation of the app), or
  * "unknown" (anyone else: a proxy, another host). Undefined: no attribution.
  */
-export type Acceptor = (inode: string) => 'judged' | 'older' | 'unknown' | Promise<'judged' | 'older' | 'unknown'>;
+export type Acceptor = (inode: string) => Accepted | Promise<Accepted>;
+
+/**
+ * "judged", "older", "unknown" (a process not the app's: a proxy in front
+ * of it, counted as the app's answer), or "foreign" (a process not the
+ * app's answering for it: a failure, src/effects.ts says by whom).
+ */
+export type Accepted = 'judged' | 'older' | 'unknown' | 'foreign';
 
 
 
@@ -103,7 +116,7 @@ function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): P
     const timer = setTimeout(() => done({ ok: false, detail: `timeout after ${timeoutMs} ms` }), timeoutMs);
     sock.once('error', (err: NodeJS.ErrnoException) => done({ ok: false, detail: err.code ?? err.message }));
     /** Who holds the server side now; undefined: not accepted yet. */
-    const whose = async (): Promise<'judged' | 'older' | 'unknown' | undefined> => {
+    const whose = async (): Promise<Accepted | undefined> => {
       const inode = await acceptedInode(target.port, sock.localPort ?? 0, sock.remoteFamily === 'IPv6' ? 6 : 4);
       if (inode === '0') return undefined;
       return inode === undefined ? 'unknown' : await acceptor(inode);
@@ -127,6 +140,7 @@ function attributedProbe(probe: Probe, timeoutMs: number, acceptor: Acceptor): P
         }
         judged = who === 'judged';
         if (who === 'older') done({ ok: false, detail: 'accepted by an older generation', older: true });
+        else if (who === 'foreign') done({ ok: false, detail: 'accepted by a process that is not the app\'s', foreign: true });
         else if (!('url' in probe)) done({ ok: true, detail: 'connected' });
         else request(probe.url);
       };

@@ -434,6 +434,8 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
   let older = 0;
   /** Probe connections accepted by the generation judged, which failed all the same (its own answers: HTTP 503, a timeout). */
   let judgedFailed = 0;
+  /** The last probe answered by another program holding the app's port while the app listened on nothing (ProbeResult.foreign). */
+  let foreign = '';
   /** When a probe was last sent (or the settle time ended): one held back longer than `heldMs` is sent anyway. */
   let sentAt = settledAt;
   let heldMs: number = HELD_PROBE_MS.first;
@@ -480,7 +482,9 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
       // Not the agent's own child (a new master started by the old one): its
       // errors went where its parent's stderr goes (nginx: its error log).
       const inherited = own === undefined && proc.ppid > 1 ? inheritedErrors(fx, proc.ppid) : '';
-      throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${ms} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe)${how === undefined ? '' : `, ${how}`}${said === '' ? ` (see ${outputWhere(app)}${inherited})` : `; its last output: ${said}`}${daemon}`,
+      // Its probes answered by the program holding its port: said, it is why.
+      const squatted = foreign === '' ? '' : `; the probe was ${foreign}`;
+      throw new RelinkError('APP_EXITED', `pid ${proc.pid} exited ${ms} ms after the deploy, before it was judged healthy (health.settleMs ${settleMs} ms, then the probe)${how === undefined ? '' : `, ${how}`}${said === '' ? ` (see ${outputWhere(app)}${inherited})` : `; its last output: ${said}`}${squatted}${daemon}`,
         { ...logFileOf(app), key: 'health.settleMs', rule: 'the app must stay up', found: how ?? `exited after ${ms} ms` });
     }
     if (!ready) ready = await fx.notifiedReady(since ?? start, fx.now());
@@ -504,6 +508,7 @@ export async function awaitHealthy(fx: Effects, app: AppConfig, proc: ProcInfo, 
         } else {
           sentAt = fx.now();
           last = r.detail;
+          if (r.foreign === true) foreign = r.detail;
           if (r.judged === true) judgedFailed += 1;
           nextProbe = fx.now() + intervalMs;
         }

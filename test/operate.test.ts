@@ -7,7 +7,8 @@
  */
 import assert from 'node:assert/strict';
 import { readdir, readFile, readlink, rename, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { createServer as createHttpServer } from 'node:http';
+import { connect, createServer as createNetServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
 import { readHistory } from '../src/history.js';
@@ -243,20 +244,23 @@ test('relink start is the way out of "fatal"; --wait answers a failed restart wi
 // the port was free, journaling nothing: history said failed, status running.
 test('a relink start that fails on a taken port says supervision tries again, and the start that works once the port is free is journaled', async (t) => {
   const root = await tmpDir(t);
-  const app = await makeApp(root, 'busy', PLAIN, { '1': '' });
+  // It tries to bind for 3 s (nginx does for 2.5 s), past its settle time.
+  const app = await makeApp(root, 'busy', PLAIN, { '1': 'bind_retries=6\n' });
   reapMarkedAfter(t, app.dir);
   await setCurrent(app, '1');
   const config = await configFor(root, app, { supervise: { checkMs: 100, backoffMs: 1_500, maxBackoffMs: 3_000, stableMs: 3_000, maxRetries: 5 } });
   const agent = startAgent(t, config);
   assert.equal((await nth(root, app.name, 1)).outcome, 'deployed');
   assert.equal((await relinkCli(['stop', app.name, '--config', config, '--wait'])).code, 0);
-  const squatter = createServer((c) => c.destroy());
+  // Another program that answers every request with 200, as python's
+  // http.server did in the trial (its probe passed: "started and healthy").
+  const squatter = createHttpServer((_req, res) => res.end('not the app'));
   await new Promise<void>((resolve, reject) => squatter.once('error', reject).listen(app.port, '127.0.0.1', resolve));
   defer(t, () => new Promise<void>((resolve) => squatter.close(() => resolve())));
 
   const start = await relinkCli(['start', app.name, '--config', config, '--wait']);
   assert.equal(start.code, 1, start.stdout);
-  assert.match(start.stderr, /busy: relink start failed: .*; crash supervision tries again in 1500 ms, backing off up to supervise\.maxRetries \(5\) times, and journals the start that works/);
+  assert.match(start.stderr, /busy: relink start failed: .*answered by pid \d+ \(\S*node\S*\), which listened on port \d+ before the app was started, while generation \d+ listens on nothing: the app could not bind its port.*; crash supervision tries again in 1500 ms, backing off up to supervise\.maxRetries \(5\) times, and journals the start that works/);
   await new Promise<void>((resolve) => squatter.close(() => resolve()));
 
   const up = await nth(root, app.name, 4);
@@ -266,6 +270,32 @@ test('a relink start that fails on a taken port says supervision tries again, an
   assert.equal((await status(config)).state, 'running');
   const hist = await relinkCli(['history', '--config', config]);
   assert.match(hist.stdout.trim().split('\n').at(-1) ?? '', / deployed +start \(supervision\) /, hist.stdout + hist.stderr);
+  await agent.stop();
+});
+
+// The other side of the rule above: a probe that goes through a proxy in
+// front of the app on purpose (README, PORT_TAKEN) is answered by a program
+// that is not the app, while the app listens on its own port: it passes.
+test('a probe through a proxy in front of the app (another program on the probe\'s port) passes when the app listens itself', async (t) => {
+  const root = await tmpDir(t);
+  const app = await makeApp(root, 'behind', PLAIN, { '1': '' });
+  reapMarkedAfter(t, app.dir);
+  const proxy = createNetServer((c) => {
+    const up = connect(app.port, '127.0.0.1');
+    c.pipe(up).pipe(c);
+    up.on('error', () => c.destroy());
+    c.on('error', () => up.destroy());
+  });
+  await new Promise<void>((resolve, reject) => proxy.once('error', reject).listen(0, '127.0.0.1', resolve));
+  defer(t, () => new Promise<void>((resolve) => proxy.close(() => resolve())));
+  const port = (proxy.address() as AddressInfo).port;
+  await setCurrent(app, '1');
+  const config = await configFor(root, app, { health: { url: `http://127.0.0.1:${port}/healthz`, settleMs: 200, deadlineMs: 4_000, intervalMs: 50 } });
+  const agent = startAgent(t, config);
+  const first = await nth(root, app.name, 1);
+  assert.deepEqual([first.outcome, first.action], ['deployed', 'start'], first.reason ?? '');
+  await agent.waitForLog('the proxy named', (l) => l['code'] === 'PORT_TAKEN' && l['holderPid'] === process.pid);
+  await servedBy(app.port, 'app.1');
   await agent.stop();
 });
 

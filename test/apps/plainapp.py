@@ -179,7 +179,19 @@ def main():
             srv.socket = s
             servers.append(srv)
     else:
-        servers.append(Server(('127.0.0.1', int(cfg['port'])), Handler))
+        # bind_retries=N: tries again every 500 ms, N times, then fails (as
+        # nginx does for 2.5 s: it outlives the settle time meanwhile).
+        tries = int(cfg.get('bind_retries', '0'))
+        while True:
+            try:
+                servers.append(Server(('127.0.0.1', int(cfg['port'])), Handler))
+                break
+            except OSError as e:
+                if tries <= 0:
+                    raise
+                tries -= 1
+                print(f'plainapp: bind() failed ({e}), retrying in 500 ms', flush=True)
+                time.sleep(0.5)
 
     stopping = threading.Event()
     # On SIGTERM: stop accepting (what is queued stays in the shared backlog
