@@ -966,7 +966,7 @@ export class AppAgent {
       // meanwhile left a deploy to judge again, and status said so (a
       // trial); the next one now carries out the rollback.
       if (this.#inflight?.phase === 'deploy' && this.#lastGood !== undefined && !sameRelease(this.#lastGood, release)) {
-        this.#inflight = { ...this.#inflight, phase: 'rollback', cause: { code: err.code, message: err.message } };
+        this.#inflight = this.#rollbackPhase(this.#inflight, err);
         await this.#saveState();
       }
       await this.#stopFailed(before, err);
@@ -1032,6 +1032,17 @@ export class AppAgent {
   }
 
   /**
+   * The deploy in flight turned rollback (saved by the caller before the
+   * links go back): why, and from when (the first time only): a process
+   * started since is the rollback's own, which the next agent judges as it
+   * is rather than replacing it (a trial: a good generation already serving
+   * was restarted, a second outage).
+   */
+  #rollbackPhase(inf: InFlight, cause: RelinkError): InFlight {
+    return { ...inf, phase: 'rollback', cause: { code: cause.code, message: cause.message }, rollbackTick: inf.phase === 'rollback' && inf.rollbackTick !== undefined ? inf.rollbackTick : this.#fx.ticks() };
+  }
+
+  /**
    * An unexpected (untyped) error in the middle of a deploy: it still ends
    * in a journaled outcome (failed, INTERNAL) and a state that says what
    * runs, never "deploying"; the caller rethrows it to the pass's handler.
@@ -1073,6 +1084,12 @@ export class AppAgent {
     this.#log.warn({ phase: inf.phase, bin: release.bin, cfg: release.cfg }, `the previous agent stopped in the middle of a ${inf.phase === 'deploy' ? 'deploy' : 'rollback'}: judging it now`);
     this.#inflight = inf;
     this.#seen = undefined;
+    // The deploy restarted the app (stopped the old generation first): its
+    // entry says so, with the gap from then (outageMs, or queuedMs with the
+    // sockets held), measured when this agent starts the app itself, else
+    // null (it came back while no agent ran).
+    const gap = inf.restart === undefined ? undefined : { goneAt: inf.restart.goneAtMs, held: inf.restart.held };
+    this.#outage = gap;
     await this.#transition('deploying');
     try {
       const found = await this.#fx.discover();
@@ -1088,8 +1105,13 @@ export class AppAgent {
           this.#newGen = newest;
           await this.#stopFailed(before, cause);
         }
+        // A generation the rollback started before the agent was killed runs
+        // the good release: judged as it is, not replaced (a trial: under
+        // "socket" with the sockets not held, it was restarted).
+        const since = inf.rollbackTick;
+        const own = since === undefined ? undefined : newestRoot(found.all.filter((p) => p.startTime >= since && !sameProcess(p, before)));
         // Journaled with the action of the deploy it rolls back ("replace" under "socket").
-        await this.#rollback(attempt, inf.pidBefore === null ? 'start' : ACTIONS[this.app.reload.strategy], release, before, cause);
+        await this.#rollback(attempt, inf.pidBefore === null ? 'start' : ACTIONS[this.app.reload.strategy], release, before, cause, own);
         return;
       }
       const plan = recoveryPlan(inf, found, this.#fx.lineage()?.serving ?? 0, this.app.reload.mode);
@@ -1097,6 +1119,8 @@ export class AppAgent {
       this.#log.info({ plan: plan.kind, appPid: plan.kind === 'start' ? undefined : plan.proc.pid }, `recovering the deploy: ${plan.kind === 'judge' ? 'judging what runs it' : plan.kind === 'signal' ? takeOver[this.app.reload.strategy] : 'starting the app'}`);
       const prior = before ?? found.main;
       await this.#judge(attempt, release, prior, plan.kind === 'start' ? 'start' : ACTIONS[this.app.reload.strategy], async () => {
+        // (#judge begins with no gap measured: the interrupted restart's is carried over.)
+        if (plan.kind !== 'signal') this.#outage = gap === undefined ? undefined : { ...gap };
         if (plan.kind === 'judge') {
           // A generation the previous agent brought up beside one that still
           // serves (the old main lives on: "upgrade"; or the agent started
@@ -1113,7 +1137,9 @@ export class AppAgent {
           return plan.proc;
         }
         if (plan.kind === 'signal') return this.#takeOver(plan.proc, this.#verifyBy);
-        return this.#startNew(this.#verifyBy);
+        const started = await this.#startNew(this.#verifyBy);
+        await this.#firstAccepted(started, this.#verifyBy);
+        return started;
       });
     } catch (err) {
       if (!(err instanceof RelinkError)) await this.#internal(attempt, release, err);
@@ -1238,6 +1264,9 @@ export class AppAgent {
     const unheld = await this.#fx.holdSockets();
     for (const u of unheld) this.#log.error({ code: u.error.code }, u.error.message);
     this.#outage = { goneAt: this.#fx.now(), held };
+    // Saved with the launch (#startNew): an agent killed from here on leaves
+    // the next one to journal the restart and its gap.
+    if (this.#inflight !== undefined) this.#inflight = { ...this.#inflight, restart: { goneAtMs: this.#outage.goneAt, held } };
     const started = await this.#startNew(stopBy);
     await this.#firstAccepted(started, stopBy);
     return started;
@@ -1624,7 +1653,7 @@ export class AppAgent {
     // were never switched (it would apply current.conf afresh over two
     // masters, and nginx ignores an upgrade signal while its new one runs).
     if (this.#inflight?.phase === 'deploy' && cause !== undefined) {
-      this.#inflight = { ...this.#inflight, phase: 'rollback', cause: { code: cause.code, message: cause.message } };
+      this.#inflight = this.#rollbackPhase(this.#inflight, cause);
     }
     // Saved before the signal, the master no longer quiesced: an agent
     // killed right after it must not resume it a second time (a trial with
@@ -1776,7 +1805,7 @@ export class AppAgent {
    * signal or start as the situation needs, verify it like a deploy, and
    * rewrite current.conf so that it names what runs again.
    */
-  async #rollback(attempt: ReadAttempt, action: Action, bad: Release, before: ProcInfo | undefined, cause: RelinkError): Promise<void> {
+  async #rollback(attempt: ReadAttempt, action: Action, bad: Release, before: ProcInfo | undefined, cause: RelinkError, own?: ProcInfo): Promise<void> {
     const good = this.#lastGood;
     if (good === undefined || sameRelease(good, bad)) {
       const now = await this.#tracker.current();
@@ -1788,7 +1817,7 @@ export class AppAgent {
     // the gap runs from then until the good release accepts again.
     const gap = this.#outage;
     if (this.#inflight !== undefined) {
-      this.#inflight = { ...this.#inflight, phase: 'rollback', cause: { code: cause.code, message: cause.message } };
+      this.#inflight = this.#rollbackPhase(this.#inflight, cause);
       await this.#saveState();
     }
     let after: ProcInfo | undefined;
@@ -1807,6 +1836,11 @@ export class AppAgent {
           await this.#firstAccepted(after, this.#rollbackBy);
         }
         assertBinary(this.app, after, good);
+      } else if (own !== undefined && sameProcess(now, own) && sameRelease(await this.#fx.readLinks(), good)) {
+        // Recovered: the generation this rollback started before the agent
+        // was killed, the links on the good release. Judged as it is.
+        this.#log.info({ appPid: now.pid }, `pid ${now.pid}, started by the interrupted rollback, runs the good release: judged as it is, not replaced`);
+        after = now;
       } else if (cause.found === IN_PLACE_FOUND && before !== undefined && sameProcess(now, before)) {
         // It reloaded the failed release's config in place: the same signal,
         // with the links back, reloads the good one the same way.

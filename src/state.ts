@@ -136,6 +136,10 @@ export interface InFlight {
   readonly switchedTick: number;
   /** In the rollback phase: why the deploy failed. */
   readonly cause: { readonly code: string; readonly message: string } | null;
+  /** When the rollback phase began, in clock ticks since boot: a process started at or after it is the rollback's own (runs the good release). */
+  readonly rollbackTick?: number;
+  /** The deploy stopped the serving generation before starting the new one (a restart): when it was gone (ms since the epoch), and whether the agent held its sockets meanwhile. */
+  readonly restart?: { readonly goneAtMs: number; readonly held: boolean };
 }
 
 /** A state file at the boundary. Unknown keys are kept: a newer agent may add fields. */
@@ -171,6 +175,8 @@ export const AppStateSchema = z.looseObject({
     pidBefore: z.int().positive().nullable(),
     switchedTick: z.number(),
     cause: z.object({ code: z.string(), message: z.string() }).nullable(),
+    rollbackTick: z.number().optional(),
+    restart: z.object({ goneAtMs: z.number(), held: z.boolean() }).optional(),
   }).nullable().optional(),
   draining: z.array(z.object({ gen: z.int().min(0), since: z.string(), stopped: z.string().nullable().optional() })).nullable().optional(),
   quiesced: z.object({ pid: z.int().positive(), startTime: z.number(), since: z.string() }).nullable().optional(),

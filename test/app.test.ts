@@ -1704,6 +1704,51 @@ async function nextAgent(w: World): Promise<AppAgent> {
   return agent;
 }
 
+// Found by a trial (gunicorn, "socket" with the sockets not held after an
+// agent restart: the deploy was a restart): the agent killed after its
+// rollback had started the good release, which served. The next agent took
+// over that generation as a deploy would, restarting it (a second outage),
+// and journaled "replace" with no gap.
+test('an agent killed after its rollback started the good release: the next one judges that generation as it is, and journals the restart and its gap', async () => {
+  const w = worldAt(3, 1, 0);
+  const RESTART = appConfig({ strategy: 'restart' }, PROBED);
+  w.clock = 50;
+  killedMidDeploy(w, '2.0', 1, 10);
+  // The deploy stopped pid 1 at 20 (a restart), started 2.0, which failed;
+  // the rollback phase began at 40, the links went back, and it started 1.0.
+  const st = w.states.at(-1)!;
+  w.states.push({ ...st, inflight: { ...st.inflight!, phase: 'rollback', cause: { code: 'APP_EXITED', message: 'exited' }, rollbackTick: 40, restart: { goneAtMs: 20, held: false } } });
+  w.links = { bin: `${REL}/app.1.0`, cfg: `${REL}/cfg.1.0` };
+  const good = w.spawnProc(`${REL}/app.1.0`, 3);
+  const agent = new AppAgent(RESTART, w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  const e = w.entries.at(-1)!;
+  assert.equal(e.outcome, 'rolled_back', e.reason ?? '');
+  assert.equal(agent.mainPid, good.pid, `the rollback's own generation serves on: ${JSON.stringify(w.signals)}`);
+  assert.deepEqual(w.signals.filter(([pid]) => pid === good.pid), [], 'never signalled');
+  assert.deepEqual([e.action, e.outageMs, e.pidAfter], ['restart', null, good.pid], 'a restart whose gap ended while no agent ran');
+  await agent.close();
+});
+
+test('an agent killed in the middle of a restart deploy, nothing running: the next one starts the release, and journals the restart with its gap from the stop', async () => {
+  const w = worldAt(2, 1, 0);
+  w.clock = 50;
+  w.listening = true;
+  killedMidDeploy(w, '2.0', 1, 10);
+  const st = w.states.at(-1)!;
+  w.states.push({ ...st, inflight: { ...st.inflight!, restart: { goneAtMs: 20, held: false } } });
+  const agent = new AppAgent(appConfig({ strategy: 'restart' }, PROBED), w, silentLogger().log);
+  await agent.start();
+  await agent.idle();
+  const e = w.entries.at(-1)!;
+  assert.equal(e.outcome, 'deployed', e.reason ?? '');
+  assert.equal(e.action, 'restart');
+  assert.equal(typeof e.outageMs, 'number', `the gap from the stop to the first answer: ${JSON.stringify(e)}`);
+  assert.ok((e.outageMs ?? 0) >= 30, String(e.outageMs));
+  await agent.close();
+});
+
 test('an agent killed between relink and signal: the next one signals the old main, judges the new release and journals the verdict', async () => {
   const w = worldAt(1, 1, 0);
   const old = w.spawnProc(`${REL}/app.1.0`, 1);
@@ -1906,6 +1951,8 @@ test('strategy "restart": the old generation is stopped first; the journal entry
   assert.deepEqual(w.signals, [[old, 'SIGTERM']]);
   assert.equal(typeof e.outageMs, 'number');
   assert.equal(e.queuedMs, undefined);
+  // Saved with the new generation's launch: an agent killed from then on leaves the next one the gap to journal.
+  assert.ok(w.states.some((st) => st.inflight?.restart?.held === false && typeof st.inflight.restart.goneAtMs === 'number'), 'the restart is in the state file while it is judged');
 });
 
 test('strategy "inplace": a deploy that changes bin.file is refused before anything is switched, naming the strategies that change binaries', async () => {
