@@ -13,7 +13,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import type { AppConfig } from './config.js';
 import { fileError, isErrno, RelinkError, RelinkErrors } from './errors.js';
-import { deniedByKernel, deniedTo, openRegular, readSmallFile, type Reader } from './safefs.js';
+import { deniedByAcl, deniedByKernel, deniedTo, openRegular, readSmallFile, type Reader } from './safefs.js';
 import { describeUser } from './user.js';
 import { releaseFolderOf } from './relink.js';
 import { checkTrust } from './trust.js';
@@ -176,9 +176,21 @@ export async function validateCurrent(app: AppConfig, text: string, file: string
     check('cfg.file', data['cfg.file'], false),
   ]);
   // The kernel's word for both files at once, as the app's user (one setpriv).
+  // Each file's folders on the way first (-x), then the file: the first denied is named.
   const asked = checked.flatMap((c) => (c instanceof RelinkError ? [] : c.kernel));
-  const verdicts = reader === undefined ? undefined : await deniedByKernel(reader, asked.map((k) => k.check));
-  const refusals = new Map(asked.flatMap((k, i) => (verdicts?.[i] === true ? [[k.key, k.refusal] as const] : [])).reverse());
+  const paths = asked.flatMap((k) => [...k.folders.map((dir) => ({ path: dir, op: 'x' as const })), k.check]);
+  const verdicts = reader === undefined || asked.length === 0 ? undefined : await deniedByKernel(reader, paths);
+  const found: Array<readonly [CurrentKey, RelinkError]> = [];
+  let at = 0;
+  for (const k of asked) {
+    const mine = verdicts?.slice(at, at + k.folders.length + 1);
+    at += k.folders.length + 1;
+    if (mine === undefined || !mine.at(-1)) continue;
+    const folder = k.folders.find((_, i) => mine[i] === true);
+    found.push([k.key, await k.refusal(folder ?? k.check.path)]);
+  }
+  // A file's first denied check is said (its read before its execute).
+  const refusals = new Map(found.reverse());
   for (const c of checked) {
     if (c instanceof RelinkError) problems.push(c);
     else if (refusals.has(c.key)) problems.push(refusals.get(c.key)!);
@@ -242,7 +254,14 @@ function folderProblem(file: string, releasesReal: string, release: Release): Re
 interface CheckedFile {
   readonly key: CurrentKey;
   readonly real: string;
-  readonly kernel: ReadonlyArray<{ readonly key: CurrentKey; readonly check: { readonly path: string; readonly op: 'r' | 'x' }; readonly refusal: RelinkError }>;
+  readonly kernel: ReadonlyArray<{
+    readonly key: CurrentKey;
+    readonly check: { readonly path: string; readonly op: 'r' | 'x' };
+    /** The folders on the way to check.path, from the top: one the user may not search is what denies it. */
+    readonly folders: readonly string[];
+    /** The refusal, naming `denied` (check.path, or the folder that denies it). */
+    readonly refusal: (denied: string) => Promise<RelinkError>;
+  }>;
 }
 
 async function checkReleaseFile(file: string, key: CurrentKey, value: string, releasesReal: string, executable: boolean, reader?: Reader): Promise<CheckedFile> {
@@ -308,8 +327,18 @@ async function checkReleaseFile(file: string, key: CurrentKey, value: string, re
       real,
       kernel: checks.map((check) => {
         const what = check.op === 'r' ? 'readable' : 'executable';
-        const whose = check.path === real ? real : `${check.path}, its #! interpreter,`;
-        return { key, check, refusal: fileError(code, file, key, rule, `${whose} is not ${what} by it, though the mode bits on the way allow it: an ACL denies it (getfacl ${check.path} and the folders above)`) };
+        const folders: string[] = [];
+        for (let dir = path.dirname(check.path); ; dir = path.dirname(dir)) {
+          folders.unshift(dir);
+          if (dir === path.dirname(dir)) break;
+        }
+        const refusal = async (denied: string): Promise<RelinkError> => {
+          const where = await deniedByAcl(denied, check.path);
+          const verb = denied !== check.path ? `may not search it, so ${check.path} is not ${what} by it` : check.op === 'r' ? 'may not read it' : 'may not run it';
+          const whose = check.path === real ? '' : ` (${check.path} is the #! interpreter of ${real})`;
+          return fileError(code, file, key, rule, `${where}; the user ${verb}, though the mode bits allow it: an ACL denies it (getfacl ${denied})${whose}`);
+        };
+        return { key, check, folders, refusal };
       }),
     };
   }

@@ -263,9 +263,34 @@ export async function deniedTo(real: string, r: Reader, need: 1 | 4 | 5): Promis
     // An ACL found, or none could be read (getfacl missing): not refused on a guess.
     const acl = await readAcls([at]).catch(() => undefined);
     if (acl === undefined || acl.acls.has(at) || acl.unreadable.has(at)) return undefined;
-    return `${at === real ? at : `the folder ${at}`} is owned by ${await userText(st.uid)}, group ${(await lookupGroup(st.gid).catch(() => undefined))?.name ?? st.gid}, mode ${modeText(st)}`;
+    return `${at === real ? at : `the folder ${at}`} is ${await ownership(st)}`;
   }
   return undefined;
+}
+
+/** "owned by root (uid 0), group web, mode 0640". */
+async function ownership(st: Stats): Promise<string> {
+  return `owned by ${await userText(st.uid)}, group ${(await lookupGroup(st.gid).catch(() => undefined))?.name ?? st.gid}, mode ${modeText(st)}`;
+}
+
+/**
+ * What the kernel denied the app's user on `at` (the release file `real`,
+ * or a folder on the way to it), for a refusal's "found":
+ * `the folder /srv/web/release/acl is owned by root (uid 0), group root,
+ * mode 0755, ACL user:1001:---, mask::r-x`. The ACL's named user and group
+ * entries and its mask as getfacl prints them (numeric ids); none read: not
+ * said.
+ */
+export async function deniedByAcl(at: string, real: string): Promise<string> {
+  const st = await lstat(at).catch(() => undefined);
+  const what = at === real ? at : `the folder ${at}`;
+  if (st === undefined) return what;
+  const acl = (await readAcls([at]).catch(() => undefined))?.acls.get(at);
+  const entries = acl === undefined ? [] : [
+    ...acl.entries.filter((e) => e.id !== undefined).map((e) => `${e.tag}:${e.id}:${e.perms}`),
+    ...(acl.mask === undefined ? [] : [`mask::${acl.mask}`]),
+  ];
+  return `${what} is ${await ownership(st)}${entries.length === 0 ? '' : `, ACL ${entries.join(', ')}`}`;
 }
 
 /**

@@ -279,8 +279,15 @@ test('a release file the app\'s user cannot read or run, or reach through a fold
   await run('/usr/bin/setfacl', ['-m', `u:${web.name}:---`, l.bin]);
   const [acl] = await problems();
   assert.equal(acl?.code, 'RELEASE_NOT_EXECUTABLE');
-  assert.equal(acl?.found, `${l.bin} is not readable by it, though the mode bits on the way allow it: an ACL denies it (getfacl ${l.bin} and the folders above)`);
+  // Named with its owner, group, mode and the ACL's entries (a trial found
+  // "an ACL denies it" alone, and a folder's ACL blamed on the file).
+  assert.equal(acl?.found, `${l.bin} is owned by root (uid 0), group root, mode 0755, ACL user:${web.uid}:---, mask::r-x; the user may not read it, though the mode bits allow it: an ACL denies it (getfacl ${l.bin})`);
   await run('/usr/bin/setfacl', ['-b', l.bin]);
+  await run('/usr/bin/setfacl', ['-m', `u:${web.name}:---`, l.releases]);
+  const [folderAcl, cfgToo] = await problems();
+  assert.deepEqual([folderAcl?.key, cfgToo?.key], ['bin.file', 'cfg.file']);
+  assert.equal(folderAcl?.found, `the folder ${l.releases} is owned by root (uid 0), group root, mode 0755, ACL user:${web.uid}:---, mask::r-x; the user may not search it, so ${l.bin} is not readable by it, though the mode bits allow it: an ACL denies it (getfacl ${l.releases})`);
+  await run('/usr/bin/setfacl', ['-b', l.releases]);
   // A #! interpreter the app's user may not run.
   const interp = path.join(l.root, 'interp');
   await writeFile(interp, '#!/bin/sh\nexec /bin/sh "$@"\n', { mode: 0o700 });
