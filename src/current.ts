@@ -309,7 +309,7 @@ async function checkReleaseFile(file: string, key: CurrentKey, value: string, re
     const who = `the app's user ${describeUser({ user: reader.name, uid: reader.uid })}`;
     const interpreter = executable ? await interpreterOf(real) : undefined;
     const rule = executable
-      ? `must be executable by ${who}, who runs it${interpreter === undefined ? '' : ` (a #! script: and readable, for its interpreter ${interpreter}, which it must be able to run)`}`
+      ? `must be executable by ${who}, who runs it${interpreter === undefined ? '' : `; a #! script must also be readable by that user, and its interpreter ${interpreter} executable by it`}`
       : `must be readable by ${who}, whose app reads it`;
     const code = executable ? 'RELEASE_NOT_EXECUTABLE' : 'RELEASE_UNREADABLE';
     const need = executable ? (interpreter === undefined ? 1 : 5) : 4;

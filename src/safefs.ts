@@ -314,7 +314,7 @@ export async function deniedByKernel(r: Reader, checks: ReadonlyArray<{ readonly
 
 async function readerRefusal(ctx: Ctx, r: Reader, what: string, st: Stats): Promise<SafeFsError> {
   return fail(ctx, 'permission', ctx.file, `must be readable by the app's user ${describeUser({ user: r.name, uid: r.uid })}, for whom the agent reads it`,
-    `${what} is owned by ${await userText(st.uid)}, mode ${modeText(st)}`);
+    `${what} is ${await ownership(st)}`);
 }
 
 /** With a reader: may it search `dir` (to reach an entry in it)? */

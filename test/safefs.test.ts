@@ -200,7 +200,7 @@ test('with a reader, a file that user could not read is refused unread: mode bit
   const secret = await file('secret', [0, 0], 0o600);
   const err = await refusal(readSmallFile(secret, { maxBytes: 64, reader, codes: { permission: 'CURRENT_UNREADABLE' } }), 'permission');
   assert.equal(err.code, 'CURRENT_UNREADABLE');
-  assert.equal(err.message, `${secret}: must be readable by the app's user ${user.name} (uid ${user.uid}), for whom the agent reads it (found: ${secret} is owned by root (uid 0), mode 0600)`);
+  assert.equal(err.message, `${secret}: must be readable by the app's user ${user.name} (uid ${user.uid}), for whom the agent reads it (found: ${secret} is owned by root (uid 0), group root, mode 0600)`);
 
   assert.equal((await readSmallFile(await file('group', [0, group.gid], 0o640), { maxBytes: 64, reader })).bytes.toString(), 'group\n');
   assert.equal((await readSmallFile(await file('world', [0, 0], 0o644), { maxBytes: 64, reader })).bytes.toString(), 'world\n');
@@ -216,7 +216,7 @@ test('with a reader, a file that user could not read is refused unread: mode bit
   await symlink(path.join(vault, 'open'), viaLink);
   const folderErr = await refusal(readSmallFile(viaLink, { maxBytes: 64, reader, links: 'follow' }), 'permission');
   assert.equal(folderErr.file, viaLink);
-  assert.equal(folderErr.found, `the folder ${vault} is owned by root (uid 0), mode 0700`);
+  assert.equal(folderErr.found, `the folder ${vault} is owned by root (uid 0), group root, mode 0700`);
   // Root reads anything.
   const rootReader = await readerOf({ user: 'root', uid: 0, gid: 0 });
   assert.equal((await readSmallFile(viaLink, { maxBytes: 64, reader: rootReader, links: 'follow' })).bytes.toString(), 'open\n');

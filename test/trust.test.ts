@@ -272,7 +272,7 @@ test('a release file the app\'s user cannot read or run, or reach through a fold
   await chmod(l.bin, 0o711);
   const [bin] = await problems();
   assert.equal(bin?.code, 'RELEASE_NOT_EXECUTABLE');
-  assert.equal(bin?.message, `${l.current}: "bin.file": must be executable by ${who}, who runs it (a #! script: and readable, for its interpreter /bin/sh, which it must be able to run) (found: ${l.bin} is owned by root (uid 0), group root, mode 0711)`);
+  assert.equal(bin?.message, `${l.current}: "bin.file": must be executable by ${who}, who runs it; a #! script must also be readable by that user, and its interpreter /bin/sh executable by it (found: ${l.bin} is owned by root (uid 0), group root, mode 0711)`);
   await chmod(l.bin, 0o755);
 
   // What the mode bits allow and an ACL denies, the kernel refuses: asked as the app's user.
