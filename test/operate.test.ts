@@ -162,7 +162,10 @@ test('relink status with no agent running says a deploy, or its rollback, the la
   assert.deepEqual([back?.phase, back?.from.bin, back?.to.bin, back?.to.cfg], ['rollback', path.join(app.releasesDir, 'app.3'), path.join(app.releasesDir, 'app.2'), path.join(app.releasesDir, 'cfg.2')]);
   assert.match(back?.cause ?? '', /\[APP_EXITED\]$/);
   const text = (await relinkCli(['status', '--config', config])).stdout;
-  assert.match(text, new RegExp(`interrupted +the agent stopped in the middle of a rollback from ${app.releasesDir}/app\\.3 \\+ cfg\\.3 \\(.*\\[APP_EXITED\\]\\) to ${app.releasesDir}/app\\.2 \\+ cfg\\.2, begun .*: the next agent finishes it as it starts`), text);
+  // When the rollback began, and the deploy it rolls back (a trial read the deploy's start as the rollback's).
+  assert.match(text, new RegExp(`interrupted +the agent stopped in the middle of a rollback from ${app.releasesDir}/app\\.3 \\+ cfg\\.3 \\(.*\\[APP_EXITED\\]\\) to ${app.releasesDir}/app\\.2 \\+ cfg\\.2, begun \\S+ \\(\\d+s ago\\), the deploy at \\S+: the next agent finishes it as it starts`), text);
+  const rs = (JSON.parse((await relinkCli(['status', '--config', config, '--json'])).stdout) as { apps: Array<{ interrupted: { since: string; rollbackSince: string | null } }> }).apps[0]!.interrupted;
+  assert.ok(rs.rollbackSince !== null && Date.parse(rs.rollbackSince) >= Date.parse(rs.since) - 20, `the rollback began after the deploy: ${JSON.stringify(rs)}`);
   agent = startAgent(t, config);
   const r = await nth(root, app.name, 3);
   assert.equal(r.outcome, 'rolled_back', r.reason ?? '');

@@ -82,7 +82,10 @@ export interface AppStatus {
     readonly to: { readonly bin: string | null; readonly cfg: string | null };
     readonly from: { readonly bin: string | null; readonly cfg: string | null };
     readonly cause: string | null;
+    /** When the deploy began (ISO time), for a rollback too. */
     readonly since: string;
+    /** A rollback: when it began (ISO time); null when the state file does not say (an older agent's). */
+    readonly rollbackSince: string | null;
   } | null;
 }
 
@@ -317,6 +320,7 @@ function interruptedOf(inf: InFlight): NonNullable<AppStatus['interrupted']> {
   return {
     phase: inf.phase, to: rollback ? before : release, from: rollback ? release : before,
     cause: inf.cause === null ? null : `${inf.cause.message} [${inf.cause.code}]`, since: new Date(inf.startedMs).toISOString(),
+    rollbackSince: rollback && inf.rollbackTick !== undefined ? new Date(startedAtMs({ pid: 0, startTime: inf.rollbackTick })).toISOString() : null,
   };
 }
 
@@ -415,7 +419,7 @@ function render(agent: AgentRecord | undefined, apps: readonly AppStatus[], conf
       const pair = (r: { bin: string | null; cfg: string | null }): string => `${r.bin ?? '(no link)'} + ${r.cfg === null ? '(no link)' : path.basename(r.cfg)}`;
       rows.push(['  interrupted', i.phase === 'deploy'
         ? `the agent stopped in the middle of a deploy of ${pair(i.to)}, begun ${i.since} (${ago(i.since)} ago): neither deployed nor rolled back yet; the next agent judges it as it starts`
-        : `the agent stopped in the middle of a rollback from ${pair(i.from)}${i.cause === null ? '' : ` (${i.cause})`} to ${pair(i.to)}, begun ${i.since} (${ago(i.since)} ago): the next agent finishes it as it starts`]);
+        : `the agent stopped in the middle of a rollback from ${pair(i.from)}${i.cause === null ? '' : ` (${i.cause})`} to ${pair(i.to)}, begun ${i.rollbackSince ?? i.since} (${ago(i.rollbackSince ?? i.since)} ago)${i.rollbackSince === null ? ' with the deploy' : `, the deploy at ${i.since}`}: the next agent finishes it as it starts`]);
     }
     for (const w of a.warnings) rows.push(['  warning', w]);
     const d = a.lastDeploy;
