@@ -13,7 +13,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import type { AppConfig } from './config.js';
 import { fileError, isErrno, RelinkError, RelinkErrors } from './errors.js';
-import { deniedByAcl, deniedByKernel, deniedTo, openRegular, readSmallFile, type Reader } from './safefs.js';
+import { deniedByAcl, deniedByKernel, deniedTo, kernelReadable, openRegular, readSmallFile, type Reader } from './safefs.js';
 import { describeUser } from './user.js';
 import { releaseFolderOf } from './relink.js';
 import { checkTrust } from './trust.js';
@@ -139,6 +139,21 @@ export async function readCurrent(file: string, reader?: Reader): Promise<Curren
       loop: 'CURRENT_UNREADABLE', permission: 'CURRENT_UNREADABLE', io: 'CURRENT_UNREADABLE', symlink: 'CURRENT_UNREADABLE',
     },
   });
+  // The mode bits allowed it; the kernel decides, ACLs included, for the
+  // very file read (a trial: an ACL denying the app's user left a root
+  // file's content in the journal, which that user may read). Nothing read
+  // is used before this.
+  if (reader !== undefined && reader.uid !== 0 && reader.uid !== process.getuid?.()) {
+    const seen = await kernelReadable(reader, file);
+    const rule = `must be readable by the app's user ${describeUser({ user: reader.name, uid: reader.uid })}, for whom the agent reads it`;
+    if (seen === false) {
+      const real = await realpath(file).catch(() => file);
+      throw fileError('CURRENT_UNREADABLE', file, undefined, rule, `${await deniedByAcl(real, real)}; the user may not read it, though the mode bits allow it: an ACL denies it (getfacl ${real} and the folders above)`);
+    }
+    if (seen !== undefined && seen !== `${stats.dev}:${stats.ino}`) {
+      throw fileError('CURRENT_UNREADABLE', file, undefined, 'must not be replaced while it is read', `it names another file now; read again on its next change`);
+    }
+  }
   const text = bytes.toString('utf8');
   return { text, hash: hashText(text), mtimeMs: stats.mtimeMs };
 }

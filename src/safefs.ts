@@ -312,6 +312,26 @@ export async function deniedByKernel(r: Reader, checks: ReadonlyArray<{ readonly
   return said.length === checks.length ? said.map((l) => l === 'n') : undefined;
 }
 
+/**
+ * The kernel's word on whether the app's user `r` may read `file` as it
+ * is now, ACLs included (the mode bits were checked as it was opened):
+ * one `setpriv` as that user running `test -r`, then `stat -L` for the
+ * device and inode the path leads to. Returns "dev:ino" when readable
+ * (the caller compares it with what it read: the same file, not one
+ * swapped in meanwhile), false when denied, undefined when it could not
+ * be asked (setpriv missing, the agent not root).
+ */
+export async function kernelReadable(r: Reader, file: string): Promise<string | false | undefined> {
+  const groups = r.name === String(r.uid) ? '--clear-groups' : '--init-groups';
+  const script = 'if test -r "$1"; then /usr/bin/stat -L -c %d:%i -- "$1"; else echo n; fi';
+  const out = await new Promise<string | undefined>((resolve) => {
+    execFile('/usr/bin/setpriv', [`--reuid=${r.uid}`, `--regid=${r.gid}`, groups, '--', '/bin/sh', '-c', script, 'sh', file], { timeout: 5_000, env: { PATH: '/usr/bin:/bin', LC_ALL: 'C' } }, (err, stdout) => resolve(err === null ? stdout.trim() : undefined));
+  });
+  if (out === undefined) return undefined;
+  if (out === 'n') return false;
+  return /^\d+:\d+$/.test(out) ? out : undefined;
+}
+
 async function readerRefusal(ctx: Ctx, r: Reader, what: string, st: Stats): Promise<SafeFsError> {
   return fail(ctx, 'permission', ctx.file, `must be readable by the app's user ${describeUser({ user: r.name, uid: r.uid })}, for whom the agent reads it`,
     `${what} is ${await ownership(st)}`);

@@ -11,7 +11,7 @@ import { chmod, chown, mkdir, readlink, rm, symlink, writeFile } from 'node:fs/p
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { parseConfig, type AppConfig } from '../src/config.js';
-import { loadCurrent, validateCurrent } from '../src/current.js';
+import { loadCurrent, readCurrent, validateCurrent } from '../src/current.js';
 import { get } from '../src/demo/demo.js';
 import { makeApp, setCurrent, writeConfig } from '../src/demo/layout.js';
 import { RelinkError, RelinkErrors } from '../src/errors.js';
@@ -312,6 +312,35 @@ test('a release file the app\'s user cannot read or run, or reach through a fold
   const v = await relinkCli(['validate', '--config', configFile, '--app', 'web']);
   assert.equal(v.code, 1, v.stdout);
   assert.equal(v.stderr, `${cfg?.message ?? ''} [RELEASE_UNREADABLE]\n`);
+});
+
+// Found by a trial: a current.conf linked to a root file whose ACL denies
+// the app's user (mode 0644) was read by the agent as root, and its content
+// quoted in a refusal the journal keeps, which that user may read.
+test('a current.conf the app\'s user may not read because of an ACL is refused unread, naming the file and the ACL', async (t) => {
+  if (!rootOnly(t)) return;
+  const l = await layout(t);
+  const web = await testUser(t);
+  const secret = path.join(l.root, 'secret.json');
+  await writeFile(secret, '{"bin.file": "SECRET-TOKEN-123", "cfg.file": "hunter2"}', { mode: 0o644 });
+  if (!(await setfacl(t, '-m', `u:${web.name}:---`, secret))) return;
+  await rm(l.current);
+  await symlink(secret, l.current);
+  const err = await readCurrent(l.current, await readerOf(await resolveRunAs(l.app({ user: web.name })))).then(() => undefined, (e: unknown) => e);
+  assert.ok(err instanceof RelinkError, String(err));
+  assert.equal(err.code, 'CURRENT_UNREADABLE');
+  assert.equal(err.message, `${l.current}: must be readable by the app's user ${web.name} (uid ${web.uid}), for whom the agent reads it (found: ${secret} is owned by root (uid 0), group root, mode 0644, ACL user:${web.uid}:---, mask::r--; the user may not read it, though the mode bits allow it: an ACL denies it (getfacl ${secret} and the folders above))`);
+  assert.doesNotMatch(err.message, /SECRET|hunter2/);
+  // relink validate says the same for a candidate file, and quotes nothing.
+  const configFile = path.join(l.root, 'config.json');
+  await writeFile(configFile, JSON.stringify({ stateDir: path.join(l.root, 'state'), apps: [{ name: 'web', dir: l.dir, user: web.name }] }));
+  const v = await relinkCli(['validate', '--config', configFile, '--app', 'web', secret]);
+  assert.equal(v.code, 1, v.stdout);
+  assert.match(v.stderr, /an ACL denies it.*\[CURRENT_UNREADABLE\]/);
+  assert.doesNotMatch(v.stderr + v.stdout, /SECRET|hunter2/);
+  // Granted by an ACL entry, it is read.
+  await run('/usr/bin/setfacl', ['-m', `u:${web.name}:r`, secret]);
+  assert.match((await readCurrent(l.current, await readerOf(await resolveRunAs(l.app({ user: web.name }))))).text, /SECRET/);
 });
 
 /** As root the config must say the app may run as root (the layout is root's). */
