@@ -1264,9 +1264,14 @@ export class AppAgent {
     const unheld = await this.#fx.holdSockets();
     for (const u of unheld) this.#log.error({ code: u.error.code }, u.error.message);
     this.#outage = { goneAt: this.#fx.now(), held };
-    // Saved with the launch (#startNew): an agent killed from here on leaves
-    // the next one to journal the restart and its gap.
-    if (this.#inflight !== undefined) this.#inflight = { ...this.#inflight, restart: { goneAtMs: this.#outage.goneAt, held } };
+    // Saved now: an agent killed from here on (before the start, or while
+    // it is judged) leaves the next one to journal the restart and its gap
+    // (a trial: killed between the stop and the start, the next agent's
+    // start was journaled "start", the gap unsaid).
+    if (this.#inflight !== undefined) {
+      this.#inflight = { ...this.#inflight, restart: { goneAtMs: this.#outage.goneAt, held } };
+      await this.#saveState();
+    }
     const started = await this.#startNew(stopBy);
     await this.#firstAccepted(started, stopBy);
     return started;

@@ -1951,8 +1951,11 @@ test('strategy "restart": the old generation is stopped first; the journal entry
   assert.deepEqual(w.signals, [[old, 'SIGTERM']]);
   assert.equal(typeof e.outageMs, 'number');
   assert.equal(e.queuedMs, undefined);
-  // Saved with the new generation's launch: an agent killed from then on leaves the next one the gap to journal.
-  assert.ok(w.states.some((st) => st.inflight?.restart?.held === false && typeof st.inflight.restart.goneAtMs === 'number'), 'the restart is in the state file while it is judged');
+  // Saved once the old one is gone, before the new one is started: an agent
+  // killed from then on leaves the next one the gap to journal.
+  const saved = w.states.findIndex((st) => st.inflight?.restart?.held === false && typeof st.inflight.restart.goneAtMs === 'number');
+  assert.ok(saved >= 0, 'the restart is in the state file while it is judged');
+  assert.ok(w.states[saved]!.lineage?.members.every((m) => m.gen <= 1) ?? true, `saved before the new generation was launched: ${JSON.stringify(w.states[saved]!.lineage)}`);
 });
 
 test('strategy "inplace": a deploy that changes bin.file is refused before anything is switched, naming the strategies that change binaries', async () => {
