@@ -23,7 +23,7 @@ import type { Logger } from 'pino';
 import type { AppConfig, Strategy } from './config.js';
 import { currentTextFor, type CurrentSnapshot, type Release } from './current.js';
 import type { Effects } from './effects.js';
-import { describeError, isErrno, RelinkError, type ErrorCode } from './errors.js';
+import { describeError, isErrno, RelinkError, RelinkErrors, type ErrorCode } from './errors.js';
 import { stripBom } from './json.js';
 import type { Action, Command, HistoryEntry, Outcome } from './history.js';
 import { DeployHooks, pendingEntry } from './hooks.js';
@@ -1441,6 +1441,20 @@ export class AppAgent {
     if (main !== undefined && command === 'start') {
       this.#log.info({ appPid: main.pid }, `relink start: already running (pid ${main.pid})${wasHeld ? '; no longer held' : ''}`);
       await this.#finish(attempt, 'deployed', 'none', release, main, 'running', undefined, extra);
+      return;
+    }
+    // The linked release checked as a deploy checks it (the app's user may
+    // read and run it, trust), before anything is stopped: a trial's
+    // relink restart stopped a healthy app whose live cfg an ACL had since
+    // made unreadable to its user, which then could not start.
+    try {
+      await this.#fx.validate(currentTextFor(this.app.currentFile, release));
+    } catch (err) {
+      if (!(err instanceof RelinkError)) throw err;
+      const problems = err instanceof RelinkErrors ? err.problems : [err];
+      const e = new RelinkError(err.code, `relink ${command}: the linked release is refused, nothing was ${main === undefined ? 'started' : 'stopped'}: ${problems.map((p) => p.message).join('; ')}`, { key: err.key, rule: err.rule, found: err.found, file: err.file });
+      this.#log.error({ code: e.code }, e.message);
+      await this.#finish(attempt, 'failed', 'none', release, main, main === undefined ? this.#state : 'running', e, extra);
       return;
     }
     const stale = this.settingsToApply();

@@ -186,8 +186,12 @@ class World implements Effects {
     return { text: this.text, hash: `h:${this.text}`, mtimeMs: this.mtime };
   }
 
+  /** What validate throws, whatever the text (a release the app's user may no longer read). */
+  validateError: RelinkError | undefined;
+
   async validate(text: string): Promise<Release> {
     this.validations += 1;
+    if (this.validateError !== undefined) throw new RelinkErrors([this.validateError]);
     let raw: Record<string, string>;
     try {
       raw = JSON.parse(text) as Record<string, string>;
@@ -2437,6 +2441,26 @@ test('relink start that fails after a long stop: supervision counts it as a star
   await agent.idle();
   assert.equal(agent.state, 'running');
   assert.equal(w.entries.length, count);
+  await agent.close();
+});
+
+// Found by a trial: an ACL made the live release's cfg unreadable to the
+// app's user; relink restart stopped the healthy app, which then could not
+// start ("cat: app.cfg: Permission denied", backoff).
+test('relink restart and start check the linked release as a deploy would before anything is stopped or started', async () => {
+  const { w, agent } = await running(appConfig());
+  const pid = agent.mainPid!;
+  const at = (ms: number) => new Date(ms).toISOString();
+  w.validateError = fileError('RELEASE_UNREADABLE', `${REL}/current.conf`, 'cfg.file', "must be readable by the app's user web (uid 998), whose app reads it", `${REL}/cfg.1.0 is owned by root (uid 0), group root, mode 0600`);
+  w.requests.push({ command: 'restart', id: '00000000-0000-4000-8000-000000000021', at: at(w.clock), expiresAt: at(w.clock + 30_000) });
+  agent.requests();
+  await agent.idle();
+  const e = w.entries.at(-1)!;
+  assert.deepEqual([e.outcome, e.code, e.command], ['failed', 'RELEASE_UNREADABLE', 'restart']);
+  assert.match(e.reason ?? '', /^relink restart: the linked release is refused, nothing was stopped: .*cfg\.1\.0 is owned by root/);
+  assert.deepEqual(w.signals, [], 'the app was not touched');
+  assert.equal(agent.mainPid, pid);
+  assert.equal(agent.state, 'running');
   await agent.close();
 });
 
